@@ -1,0 +1,218 @@
+//! The plugin-side SDK: write ordinary `async fn` Rust, export it with [`export_plugin!`].
+//!
+//! A plugin library implements some of the traits below ([`SettingsStore`], [`UserAuth`], ...),
+//! registers constructors in a `register` function, and calls
+//! `plugin_sdk::export_plugin!(register);` once. The SDK then owns everything the ABI needs:
+//! - the library's own tokio runtime (started in `init`, stopped in `shutdown`): every async
+//!   method runs as a task there, and the future the host awaits only waits for that task, with
+//!   an abort-on-drop guard so a host-side timeout cancels the work;
+//! - the panic guard: a panic in a method becomes a `PANICKED` error and marks the instance
+//!   unhealthy, instead of crossing the FFI boundary (which would end the host process);
+//! - log forwarding: `tracing` and `log` events of the library go to the host's output.
+//!
+//! ```ignore
+//! fn register(r: &mut plugin_sdk::Registry) {
+//!     r.settings_store("MySettingsStore", "settings in my database", |config, _services| {
+//!         let config: MyConfig = plugin_sdk::parse_config(config)?;
+//!         Ok(MySettingsStore::new(config))
+//!     });
+//! }
+//! plugin_sdk::export_plugin!(register);
+//! ```
+// The export macro emits `#[export_root_module]`, which expands to unsafe code.
+#![allow(unsafe_code)]
+
+mod adapters;
+mod export;
+mod logging;
+mod runtime;
+mod services;
+
+use plugin_api::models::{Secrets, Settings};
+use std::future::Future;
+
+pub use export::{
+    __call_root_module_loader, __lib_header, __root_module, parse_config, Registry, ConversationManagerObject, ConversationStoreObject,
+    MonitoringObject, RoutesObject, SecretsStoreObject, SettingsStoreObject, UserAuthObject,
+};
+pub use plugin_api::{
+    self, models, AuthOutcome, AuthRequest, AuthType, CallContext, ErrorCode, EventQuery,
+    EventSink_TO, HttpRequest, HttpResponse, PluginError, RouteSpec,
+};
+pub use runtime::{block_on_runtime, start_runtime_for_tests};
+pub use services::{EventSink, Services};
+
+/// What every plugin method returns.
+pub type Result<T, E = PluginError> = std::result::Result<T, E>;
+
+/// `settings_store` (OpenHands `SettingsStore`). Scope every read and write by `ctx.user_id()`.
+pub trait SettingsStore: Send + Sync + 'static {
+    fn load(&self, ctx: CallContext) -> impl Future<Output = Result<Option<Settings>>> + Send;
+    fn store(&self, ctx: CallContext, settings: Settings) -> impl Future<Output = Result<()>> + Send;
+    fn health(&self) -> impl Future<Output = Result<String>> + Send {
+        async { Ok("ok".to_owned()) }
+    }
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// `secrets_store` (OpenHands `SecretsStore`). Scope by `ctx.user_id()`; never log values.
+pub trait SecretsStore: Send + Sync + 'static {
+    fn load(&self, ctx: CallContext) -> impl Future<Output = Result<Option<Secrets>>> + Send;
+    fn store(&self, ctx: CallContext, secrets: Secrets) -> impl Future<Output = Result<()>> + Send;
+    fn health(&self) -> impl Future<Output = Result<String>> + Send {
+        async { Ok("ok".to_owned()) }
+    }
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// `conversation_store`: metadata and the event log. A conversation that another user owns
+/// behaves as absent.
+pub trait ConversationStore: Send + Sync + 'static {
+    fn save_metadata(
+        &self,
+        ctx: CallContext,
+        metadata: models::ConversationMetadata,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn get_metadata(
+        &self,
+        ctx: CallContext,
+        conversation_id: String,
+    ) -> impl Future<Output = Result<Option<models::ConversationMetadata>>> + Send;
+    fn delete_metadata(
+        &self,
+        ctx: CallContext,
+        conversation_id: String,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Default: the metadata's `user_id` equals `user_id` (OpenHands' default).
+    fn validate_metadata(
+        &self,
+        ctx: CallContext,
+        conversation_id: String,
+        user_id: String,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        async move {
+            let metadata = self.get_metadata(ctx, conversation_id).await?;
+            Ok(metadata.is_some_and(|m| !user_id.is_empty() && m.user_id.as_deref() == Some(&*user_id)))
+        }
+    }
+    fn search(
+        &self,
+        ctx: CallContext,
+        page_id: Option<String>,
+        limit: u32,
+    ) -> impl Future<Output = Result<models::ConversationMetadataResultSet>> + Send;
+    fn append_events(
+        &self,
+        ctx: CallContext,
+        conversation_id: String,
+        events: Vec<serde_json::Value>,
+    ) -> impl Future<Output = Result<u64>> + Send;
+    fn get_events(
+        &self,
+        ctx: CallContext,
+        conversation_id: String,
+        query: EventQuery,
+    ) -> impl Future<Output = Result<models::EventPage>> + Send;
+    fn health(&self) -> impl Future<Output = Result<String>> + Send {
+        async { Ok("ok".to_owned()) }
+    }
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// `conversation_manager`: runs agent loops and streams their events to subscribers.
+pub trait ConversationManager: Send + Sync + 'static {
+    fn maybe_start(
+        &self,
+        ctx: CallContext,
+        request: models::StartRequest,
+    ) -> impl Future<Output = Result<models::AgentLoopInfo>> + Send;
+    fn send_event(
+        &self,
+        ctx: CallContext,
+        conversation_id: String,
+        event: serde_json::Value,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn close(&self, ctx: CallContext, conversation_id: String) -> impl Future<Output = Result<bool>> + Send;
+    fn running(
+        &self,
+        ctx: CallContext,
+        filter_ids: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<models::AgentLoopInfo>>> + Send;
+    fn subscribe(
+        &self,
+        ctx: CallContext,
+        conversation_id: String,
+        sink: EventSink,
+    ) -> impl Future<Output = Result<u64>> + Send;
+    fn unsubscribe(&self, ctx: CallContext, subscription_id: u64) -> impl Future<Output = Result<()>> + Send;
+    fn health(&self) -> impl Future<Output = Result<String>> + Send {
+        async { Ok("ok".to_owned()) }
+    }
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// `user_auth`: credentials -> user, or an `AUTH_*` error.
+pub trait UserAuth: Send + Sync + 'static {
+    fn authenticate(
+        &self,
+        ctx: CallContext,
+        request: AuthRequest,
+    ) -> impl Future<Output = Result<AuthOutcome>> + Send;
+    /// Provider tokens brokered by the auth system; `None` (the default) = ask the secrets store.
+    fn provider_tokens(
+        &self,
+        _ctx: CallContext,
+    ) -> impl Future<Output = Result<Option<models::ProviderTokens>>> + Send {
+        async { Ok(None) }
+    }
+    fn health(&self) -> impl Future<Output = Result<String>> + Send {
+        async { Ok("ok".to_owned()) }
+    }
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// `monitoring`: sync hooks that must not block (queue, then return).
+pub trait MonitoringListener: Send + Sync + 'static {
+    fn on_session_event(&self, _ctx: &CallContext, _event: &serde_json::Value) {}
+    fn on_agent_session_start(&self, _ctx: &CallContext, _success: bool, _duration_secs: f64) {}
+    fn on_create_conversation(&self, _ctx: &CallContext) {}
+    fn experiment_variant(
+        &self,
+        _ctx: CallContext,
+        _experiment: String,
+    ) -> impl Future<Output = Result<Option<String>>> + Send {
+        async { Ok(None) }
+    }
+    fn health(&self) -> impl Future<Output = Result<String>> + Send {
+        async { Ok("ok".to_owned()) }
+    }
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// `routes`: extra HTTP routes.
+pub trait RouteHandler: Send + Sync + 'static {
+    fn routes(&self) -> Vec<RouteSpec>;
+    fn handle(
+        &self,
+        ctx: CallContext,
+        request: HttpRequest,
+    ) -> impl Future<Output = Result<HttpResponse>> + Send;
+    fn health(&self) -> impl Future<Output = Result<String>> + Send {
+        async { Ok("ok".to_owned()) }
+    }
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}

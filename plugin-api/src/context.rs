@@ -1,0 +1,93 @@
+//! Identifiers and the per-call context.
+
+use abi_stable::{
+    std_types::{ROption, RString},
+    StableAbi,
+};
+use std::fmt;
+
+/// Which extension point an implementation serves. Open `u32` codes, like [`crate::ErrorCode`].
+#[repr(transparent)]
+#[derive(StableAbi, Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExtensionPoint(pub u32);
+
+impl ExtensionPoint {
+    pub const SETTINGS_STORE: ExtensionPoint = ExtensionPoint(1);
+    pub const SECRETS_STORE: ExtensionPoint = ExtensionPoint(2);
+    pub const CONVERSATION_STORE: ExtensionPoint = ExtensionPoint(3);
+    pub const CONVERSATION_MANAGER: ExtensionPoint = ExtensionPoint(4);
+    pub const USER_AUTH: ExtensionPoint = ExtensionPoint(5);
+    pub const MONITORING: ExtensionPoint = ExtensionPoint(6);
+    pub const ROUTES: ExtensionPoint = ExtensionPoint(7);
+
+    /// Every extension point this version of the contract declares.
+    pub const ALL: [ExtensionPoint; 7] = [
+        Self::SETTINGS_STORE,
+        Self::SECRETS_STORE,
+        Self::CONVERSATION_STORE,
+        Self::CONVERSATION_MANAGER,
+        Self::USER_AUTH,
+        Self::MONITORING,
+        Self::ROUTES,
+    ];
+
+    /// The key used in `plugins.toml` (`[extensions.<key>]`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::SETTINGS_STORE => "settings_store",
+            Self::SECRETS_STORE => "secrets_store",
+            Self::CONVERSATION_STORE => "conversation_store",
+            Self::CONVERSATION_MANAGER => "conversation_manager",
+            Self::USER_AUTH => "user_auth",
+            Self::MONITORING => "monitoring",
+            Self::ROUTES => "routes",
+            _ => "unknown",
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<ExtensionPoint> {
+        Self::ALL.into_iter().find(|p| p.key() == key)
+    }
+}
+
+impl fmt::Debug for ExtensionPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+impl fmt::Display for ExtensionPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+/// One implementation a library offers.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct ImplementationInfo {
+    pub point: ExtensionPoint,
+    pub name: RString,
+    pub description: RString,
+}
+
+/// Carried by every call: who is asking, for which request, and until when.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, Default)]
+pub struct CallContext {
+    /// The host's request id (also in the `x-request-id` response header).
+    pub request_id: RString,
+    /// W3C `traceparent` of the request, empty when there is none.
+    pub traceparent: RString,
+    /// The authenticated user; `None` in single-user mode. Stores scope every read and
+    /// write by it.
+    pub user_id: ROption<RString>,
+    /// Milliseconds since the Unix epoch after which the host stops waiting; 0 = none.
+    pub deadline_unix_ms: u64,
+}
+
+impl CallContext {
+    pub fn user_id(&self) -> Option<&str> {
+        self.user_id.as_ref().map(|s| s.as_str()).into_option()
+    }
+}

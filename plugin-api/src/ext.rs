@@ -1,0 +1,289 @@
+//! The extension points, as stable-ABI trait objects, and the host-side objects plugins get.
+//!
+//! Rules every trait follows (DESIGN §5):
+//! - I/O methods return an [`FfiFuture`] and take a [`CallContext`]; the plugin runs the work on
+//!   its own runtime and the host bounds the wait with a deadline.
+//! - Documents cross as JSON text of the types in [`crate::models`].
+//! - Every trait has `health` and `shutdown`; `shutdown` is the last prefix method, so methods
+//!   appended after it are optional for older libraries.
+//! - Sync methods are only for cheap, non-blocking work.
+#![allow(non_local_definitions)] // emitted by #[sabi_trait] on recent compilers; harmless
+
+use crate::{CallContext, PResult};
+use abi_stable::{
+    sabi_trait,
+    std_types::{RBox, ROption, RString, RVec, Tuple2},
+    StableAbi,
+};
+use async_ffi::FfiFuture;
+
+/// A header list (name, value), in the order received.
+pub type Headers = RVec<Tuple2<RString, RString>>;
+
+/// What a `health` call reports when the instance is fine; failures are errors.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct Health {
+    /// A short human-readable status ("ok", "3 connections idle", ...).
+    pub detail: RString,
+}
+
+/// `settings_store`: load and store one user's Settings document (OpenHands §3).
+#[sabi_trait]
+pub trait SettingsStore: Send + Sync {
+    /// The user's `models::Settings` as JSON (secret fields included), or `None` if never stored.
+    fn load(&self, ctx: CallContext) -> FfiFuture<PResult<ROption<RString>>>;
+    /// Replaces the user's Settings with this JSON document.
+    fn store(&self, ctx: CallContext, settings_json: RString) -> FfiFuture<PResult<()>>;
+    fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
+    #[sabi(last_prefix_field)]
+    fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
+}
+
+/// `secrets_store`: provider tokens and custom secrets of one user (OpenHands §4).
+#[sabi_trait]
+pub trait SecretsStore: Send + Sync {
+    /// The user's `models::Secrets` as JSON with plaintext values, or `None`.
+    fn load(&self, ctx: CallContext) -> FfiFuture<PResult<ROption<RString>>>;
+    /// Replaces the user's Secrets with this JSON document.
+    fn store(&self, ctx: CallContext, secrets_json: RString) -> FfiFuture<PResult<()>>;
+    fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
+    #[sabi(last_prefix_field)]
+    fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
+}
+
+/// A page request for event reads.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct EventQuery {
+    /// First event id to return (inclusive).
+    pub start_id: u64,
+    /// Last event id to return (inclusive), if bounded.
+    pub end_id: ROption<u64>,
+    /// Newest first instead of oldest first.
+    pub reverse: bool,
+    /// At most this many events.
+    pub limit: u32,
+}
+
+/// `conversation_store`: conversation metadata and the append-only event log (OpenHands §5).
+/// Every call is scoped by `ctx.user_id`: a conversation of another user does not exist.
+#[sabi_trait]
+pub trait ConversationStore: Send + Sync {
+    /// Creates or replaces `models::ConversationMetadata` (JSON).
+    fn save_metadata(&self, ctx: CallContext, metadata_json: RString) -> FfiFuture<PResult<()>>;
+    /// The metadata as JSON, or `None` when the conversation does not exist for this user.
+    fn get_metadata(
+        &self,
+        ctx: CallContext,
+        conversation_id: RString,
+    ) -> FfiFuture<PResult<ROption<RString>>>;
+    /// Deletes the metadata and the events; `false` when there was nothing to delete.
+    fn delete_metadata(&self, ctx: CallContext, conversation_id: RString)
+        -> FfiFuture<PResult<bool>>;
+    /// Whether `user_id` owns the conversation (OpenHands `validate_metadata`).
+    fn validate_metadata(
+        &self,
+        ctx: CallContext,
+        conversation_id: RString,
+        user_id: RString,
+    ) -> FfiFuture<PResult<bool>>;
+    /// Newest first, `models::ConversationMetadataResultSet` as JSON.
+    fn search(
+        &self,
+        ctx: CallContext,
+        page_id: ROption<RString>,
+        limit: u32,
+    ) -> FfiFuture<PResult<RString>>;
+    /// Appends events (JSON objects) in order, giving them dense ids that continue the log.
+    /// Returns the id given to the first one.
+    fn append_events(
+        &self,
+        ctx: CallContext,
+        conversation_id: RString,
+        events_json: RVec<RString>,
+    ) -> FfiFuture<PResult<u64>>;
+    /// A page of stored events, `models::EventPage` as JSON.
+    fn get_events(
+        &self,
+        ctx: CallContext,
+        conversation_id: RString,
+        query: EventQuery,
+    ) -> FfiFuture<PResult<RString>>;
+    fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
+    #[sabi(last_prefix_field)]
+    fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
+}
+
+/// Where a conversation manager pushes a conversation's live events; implemented by the host.
+/// `send` must not block: the host queues, and returns `false` once the subscriber is gone.
+#[sabi_trait]
+pub trait EventSink: Send + Sync {
+    /// One `oh_event` payload (an event, or a status update), as JSON.
+    #[sabi(last_prefix_field)]
+    fn send(&self, event_json: RString) -> bool;
+}
+
+/// `conversation_manager`: runs agent loops (OpenHands §6). Requests and answers are JSON of
+/// the types in `models` (`StartRequest`, `AgentLoopInfo`).
+#[sabi_trait]
+pub trait ConversationManager: Send + Sync {
+    /// Starts the agent loop of a conversation unless it runs already; returns `AgentLoopInfo`.
+    fn maybe_start(&self, ctx: CallContext, request_json: RString) -> FfiFuture<PResult<RString>>;
+    /// Delivers a user event (an action dict) to a running conversation.
+    fn send_event(
+        &self,
+        ctx: CallContext,
+        conversation_id: RString,
+        event_json: RString,
+    ) -> FfiFuture<PResult<()>>;
+    /// Stops a conversation's loop; `false` when it was not running.
+    fn close(&self, ctx: CallContext, conversation_id: RString) -> FfiFuture<PResult<bool>>;
+    /// `AgentLoopInfo`s (JSON array) of running loops, filtered by user and by ids when given.
+    fn running(&self, ctx: CallContext, filter_ids: RVec<RString>) -> FfiFuture<PResult<RString>>;
+    /// Subscribes a sink to the live events of a conversation; returns a subscription id.
+    fn subscribe(
+        &self,
+        ctx: CallContext,
+        conversation_id: RString,
+        sink: EventSink_TO<'static, RBox<()>>,
+    ) -> FfiFuture<PResult<u64>>;
+    fn unsubscribe(&self, ctx: CallContext, subscription_id: u64) -> FfiFuture<PResult<()>>;
+    fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
+    #[sabi(last_prefix_field)]
+    fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
+}
+
+/// What the auth gate hands to `user_auth`.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct AuthRequest {
+    pub method: RString,
+    /// Path without the query string.
+    pub path: RString,
+    pub query: RString,
+    /// Request headers, cookies included (`cookie`).
+    pub headers: Headers,
+    pub remote_addr: RString,
+}
+
+/// How the user authenticated (OpenHands `AuthType`).
+#[repr(transparent)]
+#[derive(StableAbi, Copy, Clone, Debug, PartialEq, Eq)]
+pub struct AuthType(pub u32);
+
+impl AuthType {
+    pub const NONE: AuthType = AuthType(0);
+    pub const COOKIE: AuthType = AuthType(1);
+    pub const BEARER: AuthType = AuthType(2);
+}
+
+/// A successful authentication.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct AuthOutcome {
+    /// `None` = single-user mode (OpenHands' `user_id is None`).
+    pub user_id: ROption<RString>,
+    pub email: ROption<RString>,
+    pub auth_type: AuthType,
+    /// Headers the host adds to the response (e.g. a refreshed `Set-Cookie`).
+    pub response_headers: Headers,
+}
+
+/// `user_auth`: turns a request's credentials into a user or a typed error (OpenHands §7).
+/// Errors use the `AUTH_*` codes of [`crate::ErrorCode`].
+#[sabi_trait]
+pub trait UserAuth: Send + Sync {
+    fn authenticate(&self, ctx: CallContext, request: AuthRequest) -> FfiFuture<PResult<AuthOutcome>>;
+    /// The user's git provider tokens (`models::ProviderTokens` JSON) when the auth system
+    /// brokers them, `None` when the secrets store holds them.
+    fn provider_tokens(&self, ctx: CallContext) -> FfiFuture<PResult<ROption<RString>>>;
+    fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
+    #[sabi(last_prefix_field)]
+    fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
+}
+
+/// `monitoring` (0..n): hears what happens. The hooks are sync and must not block or do I/O
+/// inline: queue and return (OpenHands §8).
+#[sabi_trait]
+pub trait MonitoringListener: Send + Sync {
+    fn on_session_event(&self, ctx: CallContext, event_json: RString);
+    fn on_agent_session_start(&self, ctx: CallContext, success: bool, duration_secs: f64);
+    fn on_create_conversation(&self, ctx: CallContext);
+    /// The variant of an experiment for the calling user, if this listener runs experiments.
+    fn experiment_variant(
+        &self,
+        ctx: CallContext,
+        experiment: RString,
+    ) -> FfiFuture<PResult<ROption<RString>>>;
+    fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
+    #[sabi(last_prefix_field)]
+    fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
+}
+
+/// One route a `routes` instance serves.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct RouteSpec {
+    /// `GET`, `POST`, ... or `*` for any.
+    pub method: RString,
+    /// An axum path (`/api/keys/{id}`); absolute.
+    pub path: RString,
+    /// Whether the host's auth gate runs before the handler (the user id is then in the
+    /// call context).
+    pub authenticated: bool,
+}
+
+/// An HTTP request as a route handler sees it (body fully read, bounded by the host).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct HttpRequest {
+    pub method: RString,
+    pub path: RString,
+    pub query: RString,
+    pub headers: Headers,
+    pub body: RVec<u8>,
+}
+
+/// A route handler's answer.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: RVec<u8>,
+}
+
+/// `routes` (0..n): extra HTTP routes (OAuth callbacks, webhooks, billing, ...).
+#[sabi_trait]
+pub trait RouteHandler: Send + Sync {
+    /// Read once after the instance is built.
+    fn routes(&self) -> RVec<RouteSpec>;
+    fn handle(&self, ctx: CallContext, request: HttpRequest) -> FfiFuture<PResult<HttpResponse>>;
+    fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
+    #[sabi(last_prefix_field)]
+    fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
+}
+
+/// The host's side of the wiring, given to every instance when it is built: how a plugin
+/// reaches the other extension points (a conversation manager stores events through the
+/// configured `conversation_store`, reads settings, calls the monitoring listeners).
+///
+/// `call` is a small JSON RPC so that the set of reachable operations can grow without an
+/// ABI change: `point` is an extension-point key (`"conversation_store"`), `method` one of its
+/// method names, `args_json` a JSON object of the arguments; the answer is JSON.
+#[sabi_trait]
+pub trait HostServices: Send + Sync {
+    fn call(
+        &self,
+        ctx: CallContext,
+        point: RString,
+        method: RString,
+        args_json: RString,
+    ) -> FfiFuture<PResult<RString>>;
+    /// `"oss"` or `"saas"` (`[server] app_mode`).
+    fn app_mode(&self) -> RString;
+    /// The root directory for file-backed state (`[server] state_dir`, `~` expanded).
+    #[sabi(last_prefix_field)]
+    fn state_dir(&self) -> RString;
+}

@@ -1,0 +1,41 @@
+//! The oh-host plugin contract.
+//!
+//! Everything that crosses between the host and a plugin library is defined here, and nothing
+//! else: stable-ABI (`abi_stable`) types for identifiers, errors, contexts and HTTP frames; one
+//! `#[sabi_trait]` per extension point; the root module ([`PluginLib`]) every library exports;
+//! and the serde data models ([`models`]) whose JSON text crosses the boundary, so that a field
+//! added to a document later does not break a plugin built earlier.
+//!
+//! Plugin authors do not implement these traits by hand: the `plugin-sdk` crate adapts ordinary
+//! `async fn` Rust to them and exports the root module.
+//!
+//! Compatibility: the host checks [`ApiInfo::major`]/[`ApiInfo::minor`] and abi_stable checks the
+//! layout of every type reachable from [`PluginLib`]. In 0.x plugins are rebuilt with the host
+//! (lock-step); see `ARCHITECTURE.md`.
+
+// abi_stable's derives and `#[sabi_trait]` expand to unsafe impls; this crate writes none itself.
+#![allow(unsafe_code)]
+#![allow(non_camel_case_types)]
+
+mod context;
+mod error;
+mod ext;
+pub mod models;
+mod root;
+
+pub use context::{CallContext, ExtensionPoint, ImplementationInfo};
+pub use error::{ErrorCode, PResult, PluginError};
+pub use ext::*;
+pub use root::{ApiInfo, HostApi, HostApi_Ref, LogLevel, PluginLib, PluginLib_Ref};
+
+/// Re-exports so that plugins and the host use the very same versions.
+pub use abi_stable;
+pub use async_ffi;
+pub use async_ffi::FfiFuture;
+
+/// Major version of this contract. A library built against another major is refused.
+pub const API_MAJOR: u32 = 0;
+/// Minor version of this contract. In 0.x a different minor is refused too (lock-step builds).
+pub const API_MINOR: u32 = 1;
+/// First field of [`ApiInfo`]: tells an oh-host plugin apart from any other abi_stable library.
+pub const API_MAGIC: u64 = 0x6f68_2d68_6f73_7401; // "oh-host" + 1

@@ -1,0 +1,137 @@
+//! The root module each library exports, and the host API it receives.
+
+use crate::{
+    ext::{
+        ConversationManager_TO, ConversationStore_TO, HostServices_TO, MonitoringListener_TO,
+        RouteHandler_TO, SecretsStore_TO, SettingsStore_TO, UserAuth_TO,
+    },
+    ImplementationInfo, PResult,
+};
+use abi_stable::{
+    declare_root_module_statics,
+    library::RootModule,
+    package_version_strings,
+    sabi_types::VersionStrings,
+    std_types::{RBox, RStr, RVec},
+    StableAbi,
+};
+use async_ffi::FfiFuture;
+
+/// Identifies the contract a library was built against, checked by the host before anything
+/// else is called. `rustc`, `target` and `sdk_version` are for diagnostics only.
+#[repr(C)]
+#[derive(StableAbi, Copy, Clone, Debug)]
+pub struct ApiInfo {
+    /// Always [`crate::API_MAGIC`].
+    pub magic: u64,
+    pub major: u32,
+    pub minor: u32,
+    /// `cfg!(panic = "unwind")` in the library's build. The host refuses `false`: a plugin
+    /// built with `panic = "abort"` would take the whole server down on its first panic.
+    pub panic_unwind: bool,
+    pub rustc: RStr<'static>,
+    pub target: RStr<'static>,
+    pub sdk_version: RStr<'static>,
+}
+
+/// Each `new_*` field is a factory: implementation name, its config (JSON) and the host's
+/// services -> an instance.
+///
+/// The root module: what `lib<name>.so` exports (one per library).
+///
+/// A prefix type: fields can be appended in later versions. A factory called for an
+/// implementation the library does not offer returns `UNIMPLEMENTED`.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginLib_Ref)))]
+#[sabi(missing_field(panic))]
+pub struct PluginLib {
+    pub api: ApiInfo,
+    /// The library's name (its crate name), e.g. `file_stores`.
+    pub name: RStr<'static>,
+    pub version: RStr<'static>,
+    /// Called once, before any factory: starts the library's runtime and log forwarding.
+    /// `library_config_json` is the `[libraries.<name>]` table of `plugins.toml` (or `{}`).
+    pub init: extern "C" fn(host: HostApi_Ref, library_config_json: RStr<'_>) -> PResult<()>,
+    /// The implementations this library offers, per extension point.
+    pub implementations: extern "C" fn() -> RVec<ImplementationInfo>,
+    pub new_settings_store: extern "C" fn(
+        implementation: RStr<'_>,
+        config_json: RStr<'_>,
+        services: HostServices_TO<'static, RBox<()>>,
+    ) -> PResult<SettingsStore_TO<'static, RBox<()>>>,
+    pub new_secrets_store: extern "C" fn(
+        implementation: RStr<'_>,
+        config_json: RStr<'_>,
+        services: HostServices_TO<'static, RBox<()>>,
+    ) -> PResult<SecretsStore_TO<'static, RBox<()>>>,
+    pub new_conversation_store: extern "C" fn(
+        implementation: RStr<'_>,
+        config_json: RStr<'_>,
+        services: HostServices_TO<'static, RBox<()>>,
+    ) -> PResult<ConversationStore_TO<'static, RBox<()>>>,
+    pub new_conversation_manager: extern "C" fn(
+        implementation: RStr<'_>,
+        config_json: RStr<'_>,
+        services: HostServices_TO<'static, RBox<()>>,
+    ) -> PResult<ConversationManager_TO<'static, RBox<()>>>,
+    pub new_user_auth: extern "C" fn(
+        implementation: RStr<'_>,
+        config_json: RStr<'_>,
+        services: HostServices_TO<'static, RBox<()>>,
+    ) -> PResult<UserAuth_TO<'static, RBox<()>>>,
+    pub new_monitoring: extern "C" fn(
+        implementation: RStr<'_>,
+        config_json: RStr<'_>,
+        services: HostServices_TO<'static, RBox<()>>,
+    ) -> PResult<MonitoringListener_TO<'static, RBox<()>>>,
+    pub new_routes: extern "C" fn(
+        implementation: RStr<'_>,
+        config_json: RStr<'_>,
+        services: HostServices_TO<'static, RBox<()>>,
+    ) -> PResult<RouteHandler_TO<'static, RBox<()>>>,
+    /// Stops the library's runtime, waiting at most `deadline_ms`.
+    #[sabi(last_prefix_field)]
+    pub shutdown: extern "C" fn(deadline_ms: u64) -> FfiFuture<()>,
+}
+
+impl RootModule for PluginLib_Ref {
+    declare_root_module_statics! {PluginLib_Ref}
+    const BASE_NAME: &'static str = "oh_plugin";
+    const NAME: &'static str = "oh-host plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// Log levels, as `tracing` orders them.
+#[repr(u8)]
+#[derive(StableAbi, Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+    Trace = 5,
+}
+
+/// Callbacks the host gives each library at `init`, so that the library's logs and metrics
+/// land in the host's output. A prefix type: fields missing in an older host read as `None`.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = HostApi_Ref)))]
+#[sabi(missing_field(option))]
+pub struct HostApi {
+    /// Whether the host would record an event of this level and target.
+    pub log_enabled: extern "C" fn(level: LogLevel, target: RStr<'_>) -> bool,
+    /// Records one log event. `library` is the plugin library's name; `fields` is
+    /// `key=value` text of the event's fields.
+    pub log: extern "C" fn(
+        level: LogLevel,
+        library: RStr<'_>,
+        target: RStr<'_>,
+        message: RStr<'_>,
+        fields: RStr<'_>,
+    ),
+    /// Adds `value` to a counter named `name` with `labels_json` (a JSON object).
+    #[sabi(last_prefix_field)]
+    pub metric: extern "C" fn(name: RStr<'_>, value: f64, labels_json: RStr<'_>),
+}

@@ -1,0 +1,209 @@
+//! `FileConversationStore`: `metadata.json` and an append-only `events/<id>.json` log per
+//! conversation, under `sessions/` (single user) or `users/<id>/conversations/`.
+
+use crate::fsutil;
+use plugin_sdk::{
+    models::{paging, ConversationMetadata, ConversationMetadataResultSet, EventPage},
+    CallContext, ErrorCode, EventQuery, PluginError,
+};
+use serde_json::Value;
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+pub struct FileConversationStore {
+    root: PathBuf,
+    /// Next event id per conversation directory, guarded so appends are serialised.
+    logs: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Option<u64>>>>>,
+}
+
+impl FileConversationStore {
+    pub(crate) fn new(root: PathBuf) -> Self {
+        Self { root, logs: Mutex::new(HashMap::new()) }
+    }
+
+    fn base(&self, ctx: &CallContext) -> Result<PathBuf, PluginError> {
+        Ok(match ctx.user_id() {
+            None => self.root.join("sessions"),
+            Some(_) => fsutil::user_dir(&self.root, ctx.user_id())?.join("conversations"),
+        })
+    }
+
+    fn dir(&self, ctx: &CallContext, id: &str) -> Result<PathBuf, PluginError> {
+        Ok(self.base(ctx)?.join(fsutil::safe_component("conversation", id)?))
+    }
+
+    fn log_lock(&self, dir: &Path) -> Arc<tokio::sync::Mutex<Option<u64>>> {
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        logs.entry(dir.to_path_buf()).or_default().clone()
+    }
+}
+
+fn read_metadata(path: &Path) -> Result<Option<ConversationMetadata>, PluginError> {
+    let Some(bytes) = fsutil::read_optional(path).map_err(|e| fsutil::io_error("read metadata", path, e))? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| fsutil::corrupt(path, e))
+}
+
+/// Number of events in a log: ids are dense from 0, so it is the first missing id.
+fn count_events(events: &Path) -> Result<u64, PluginError> {
+    let entries = match fs::read_dir(events) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(fsutil::io_error("list events", events, e)),
+    };
+    let mut max: Option<u64> = None;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<u64>().ok()) else {
+            continue;
+        };
+        max = Some(max.map_or(id, |m| m.max(id)));
+    }
+    Ok(max.map_or(0, |m| m + 1))
+}
+
+fn read_event(events: &Path, id: u64) -> Result<Value, PluginError> {
+    let path = events.join(format!("{id}.json"));
+    let bytes = fs::read(&path).map_err(|e| fsutil::io_error("read an event", &path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| fsutil::corrupt(&path, e))
+}
+
+impl plugin_sdk::ConversationStore for FileConversationStore {
+    async fn save_metadata(&self, ctx: CallContext, mut metadata: ConversationMetadata) -> Result<(), PluginError> {
+        let dir = self.dir(&ctx, &metadata.conversation_id)?;
+        if let Some(user) = ctx.user_id() {
+            match metadata.user_id.as_deref() {
+                None => metadata.user_id = Some(user.to_owned()),
+                Some(owner) if owner != user => {
+                    return Err(PluginError::new(ErrorCode::PERMISSION_DENIED, "metadata names another user"));
+                }
+                Some(_) => {}
+            }
+        }
+        fsutil::blocking(move || {
+            let path = dir.join("metadata.json");
+            let bytes = serde_json::to_vec_pretty(&metadata).map_err(|e| PluginError::internal(e.to_string()))?;
+            fsutil::write_atomic(&path, &bytes, 0o600).map_err(|e| fsutil::io_error("write metadata", &path, e))
+        })
+        .await
+    }
+
+    async fn get_metadata(&self, ctx: CallContext, id: String) -> Result<Option<ConversationMetadata>, PluginError> {
+        let path = self.dir(&ctx, &id)?.join("metadata.json");
+        fsutil::blocking(move || read_metadata(&path)).await
+    }
+
+    async fn delete_metadata(&self, ctx: CallContext, id: String) -> Result<bool, PluginError> {
+        let dir = self.dir(&ctx, &id)?;
+        let lock = self.log_lock(&dir);
+        let mut next = lock.lock().await;
+        let deleted = fsutil::blocking(move || match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(fsutil::io_error("delete a conversation", &dir, e)),
+        })
+        .await?;
+        *next = None;
+        Ok(deleted)
+    }
+
+    async fn search(&self, ctx: CallContext, page_id: Option<String>, limit: u32) -> Result<ConversationMetadataResultSet, PluginError> {
+        let base = self.base(&ctx)?;
+        let offset = paging::page_id_to_offset(page_id.as_deref())
+            .ok_or_else(|| PluginError::invalid_argument("invalid page_id"))?;
+        fsutil::blocking(move || {
+            let mut all = Vec::new();
+            let entries = match fs::read_dir(&base) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(ConversationMetadataResultSet::default());
+                }
+                Err(e) => return Err(fsutil::io_error("list conversations", &base, e)),
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if name.to_str().is_none_or(|n| n.starts_with('.')) {
+                    continue;
+                }
+                // As OpenHands: a conversation whose metadata cannot be read is logged and skipped.
+                match read_metadata(&entry.path().join("metadata.json")) {
+                    Ok(Some(m)) => all.push(m),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "skipping a conversation in search"),
+                }
+            }
+            all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.conversation_id.cmp(&a.conversation_id)));
+            let total = all.len();
+            let end = offset.saturating_add(limit as usize).min(total);
+            let results = if offset < total { all.drain(offset..end).collect() } else { Vec::new() };
+            Ok(ConversationMetadataResultSet { results, next_page_id: paging::offset_to_page_id(end, end < total) })
+        })
+        .await
+    }
+
+    async fn append_events(&self, ctx: CallContext, id: String, events: Vec<Value>) -> Result<u64, PluginError> {
+        let dir = self.dir(&ctx, &id)?;
+        let lock = self.log_lock(&dir);
+        let mut next = lock.lock().await;
+        let known = *next;
+        let (first, new_next) = fsutil::blocking(move || {
+            if !dir.join("metadata.json").exists() {
+                return Err(PluginError::not_found("conversation not found"));
+            }
+            let events_dir = dir.join("events");
+            let first = match known {
+                Some(n) => n,
+                None => count_events(&events_dir)?,
+            };
+            let mut id = first;
+            for mut event in events {
+                let obj = event.as_object_mut().ok_or_else(|| PluginError::invalid_argument("an event must be a JSON object"))?;
+                obj.insert("id".to_owned(), Value::from(id));
+                let path = events_dir.join(format!("{id}.json"));
+                let bytes = serde_json::to_vec(&event).map_err(|e| PluginError::internal(e.to_string()))?;
+                fsutil::write_atomic(&path, &bytes, 0o600).map_err(|e| fsutil::io_error("write an event", &path, e))?;
+                id += 1;
+            }
+            Ok((first, id))
+        })
+        .await?;
+        *next = Some(new_next);
+        Ok(first)
+    }
+
+    async fn get_events(&self, ctx: CallContext, id: String, query: EventQuery) -> Result<EventPage, PluginError> {
+        let dir = self.dir(&ctx, &id)?;
+        fsutil::blocking(move || {
+            if !dir.join("metadata.json").exists() {
+                return Err(PluginError::not_found("conversation not found"));
+            }
+            let events_dir = dir.join("events");
+            let count = count_events(&events_dir)?;
+            if count == 0 || query.start_id >= count {
+                return Ok(EventPage::default());
+            }
+            let last = query.end_id.into_option().map_or(count - 1, |e| e.min(count - 1));
+            if last < query.start_id {
+                return Ok(EventPage::default());
+            }
+            let ids: Box<dyn Iterator<Item = u64>> =
+                if query.reverse { Box::new((query.start_id..=last).rev()) } else { Box::new(query.start_id..=last) };
+            let mut events = Vec::new();
+            let mut has_more = false;
+            for id in ids {
+                if events.len() == query.limit as usize {
+                    has_more = true;
+                    break;
+                }
+                events.push(read_event(&events_dir, id)?);
+            }
+            Ok(EventPage { events, has_more })
+        })
+        .await
+    }
+}
