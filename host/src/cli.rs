@@ -1,0 +1,206 @@
+//! The command line: `oh-host [serve]`, `oh-host check`, `oh-host plugins`.
+
+use crate::{config, loader, registry::Registry};
+use plugin_api::ExtensionPoint;
+use std::{path::PathBuf, process::ExitCode};
+
+const USAGE: &str = "\
+usage: oh-host [COMMAND] [--config FILE]
+
+commands:
+  serve     load the plugins and serve HTTP (the default)
+  check     validate the profile and the plugins it names, print every problem, exit
+  plugins   list every library in the plugins directory: file, ABI version, sha256, implementations
+
+options:
+  --config FILE   the profile (default: $OPENHANDS_PLUGINS_TOML, else ./plugins.toml)
+  --dir DIR       for `plugins`: the directory to list (default: the profile's plugins_dir)
+  -h, --help      this text
+  -V, --version   the version
+";
+
+struct Args {
+    command: String,
+    config: Option<PathBuf>,
+    dir: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args { command: "serve".to_owned(), config: None, dir: None };
+    let mut it = std::env::args().skip(1);
+    let mut command_seen = false;
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--config" | "-c" => args.config = Some(it.next().ok_or("--config needs a file")?.into()),
+            "--dir" => args.dir = Some(it.next().ok_or("--dir needs a directory")?.into()),
+            "-h" | "--help" => args.command = "help".to_owned(),
+            "-V" | "--version" => args.command = "version".to_owned(),
+            s if s.starts_with("--config=") => args.config = Some(s["--config=".len()..].into()),
+            "serve" | "check" | "plugins" if !command_seen => {
+                args.command = arg;
+                command_seen = true;
+            }
+            other => return Err(format!("unexpected argument `{other}`")),
+        }
+    }
+    Ok(args)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(crate::env::RUST_LOG)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+pub fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("oh-host: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match args.command.as_str() {
+        "help" => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        "version" => {
+            println!("oh-host {} (plugin-api {}.{})", env!("CARGO_PKG_VERSION"), plugin_api::API_MAJOR, plugin_api::API_MINOR);
+            ExitCode::SUCCESS
+        }
+        "check" => {
+            init_logging();
+            check(&args)
+        }
+        "plugins" => {
+            init_logging();
+            plugins(&args)
+        }
+        _ => {
+            init_logging();
+            serve(&args)
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("oh-host").build().expect("tokio runtime")
+}
+
+fn serve(args: &Args) -> ExitCode {
+    let path = config::profile_path(args.config.as_deref());
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("oh-host: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = runtime();
+    let registry = match Registry::build(&config, rt.handle().clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprint!("oh-host: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.server.bind).await.map_err(|e| {
+            format!("cannot listen on {} (server.bind in {}): {e}", config.server.bind, path.display())
+        })?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(profile = %path.display(), "oh-host listening on http://{addr}");
+        crate::serve(&config, registry, listener, crate::shutdown_signal()).await.map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("oh-host: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(args: &Args) -> ExitCode {
+    let path = config::profile_path(args.config.as_deref());
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = runtime();
+    let result = Registry::build(&config, rt.handle().clone());
+    match result {
+        Ok(registry) => {
+            println!("{}: OK", path.display());
+            for m in registry.metas() {
+                println!("  {:<22} {}::{} ({} ms timeout)", m.point.key(), m.library, m.implementation, m.timeout.as_millis());
+            }
+            rt.block_on(registry.shutdown(config.server.shutdown_timeout));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn plugins(args: &Args) -> ExitCode {
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            let path = config::profile_path(args.config.as_deref());
+            match config::load(&path) {
+                Ok(c) => c.server.plugins_dir,
+                Err(e) => {
+                    eprint!("{e}(use --dir DIR to list a directory without a valid profile)\n");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let libraries = match loader::scan(&dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("oh-host: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("plugins in {} (this host speaks plugin-api {}.{})", dir.display(), plugin_api::API_MAJOR, plugin_api::API_MINOR);
+    if libraries.is_empty() {
+        println!("  (none; run `make plugins`)");
+    }
+    let mut failed = false;
+    for (name, lib) in libraries {
+        match lib {
+            Ok(lib) => {
+                println!("\n{name}  {}", lib.path.display());
+                println!("  version {}  plugin-api {}  {}", lib.version, lib.api_version(), lib.api.rustc.as_str());
+                println!("  sha256  {}", lib.sha256);
+                for point in ExtensionPoint::ALL {
+                    for i in lib.implementations.iter().filter(|i| i.point == point) {
+                        println!("  {:<22} {:<26} {}", point.key(), i.name, i.description);
+                    }
+                }
+            }
+            Err(e) => {
+                failed = true;
+                println!("\n{name}  REFUSED: {e}");
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,616 @@
+//! The profile (`plugins.toml`): parsed, expanded and validated in one pass that reports every
+//! problem at once, before any port is bound.
+//!
+//! Each problem names the file, the key and the fix. Paths in the profile are relative to the
+//! profile's own directory; `~` is the user's home.
+
+use crate::env;
+use plugin_api::ExtensionPoint;
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+use toml::{Table, Value};
+
+/// `[server] app_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppMode {
+    Oss,
+    Saas,
+}
+
+impl AppMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppMode::Oss => "oss",
+            AppMode::Saas => "saas",
+        }
+    }
+}
+
+/// The validated `[server]` table.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub app_mode: AppMode,
+    pub bind: SocketAddr,
+    pub plugins_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// Default deadline of one plugin call.
+    pub call_timeout: Duration,
+    /// How long shutdown waits for in-flight requests and then for each plugin.
+    pub shutdown_timeout: Duration,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Conversations older than this are left out of searches (OpenHands' default: 10 days).
+    pub conversation_max_age: Duration,
+}
+
+/// One `[extensions.*]` entry, validated and with `${VAR}` expanded.
+#[derive(Clone, Debug)]
+pub struct ExtensionConfig {
+    pub point: ExtensionPoint,
+    /// Where it came from in the profile, e.g. `extensions.routes[1]`, for messages.
+    pub key: String,
+    pub library: String,
+    pub implementation: String,
+    /// The `config` table as JSON, handed to the plugin.
+    pub config_json: String,
+    pub sha256: Option<String>,
+    pub timeout: Duration,
+    /// False when this is a bundled default standing in for an unnamed extension point.
+    pub explicit: bool,
+}
+
+/// The whole validated profile.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub extensions: Vec<ExtensionConfig>,
+    /// `[libraries.<name>]` tables as JSON (runtime sizing), by library name.
+    pub libraries: BTreeMap<String, String>,
+}
+
+/// Every problem found in a profile.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    pub path: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(f, "{}: {n} problem{}", self.path.display(), if n == 1 { "" } else { "s" })?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The bundled OSS default of each extension point that has one.
+pub fn oss_default(point: ExtensionPoint) -> Option<(&'static str, &'static str)> {
+    match point {
+        ExtensionPoint::SETTINGS_STORE => Some(("file_stores", "FileSettingsStore")),
+        ExtensionPoint::SECRETS_STORE => Some(("file_stores", "FileSecretsStore")),
+        ExtensionPoint::CONVERSATION_STORE => Some(("file_stores", "FileConversationStore")),
+        ExtensionPoint::USER_AUTH => Some(("default_auth", "DefaultUserAuth")),
+        ExtensionPoint::MONITORING => Some(("log_monitoring", "LogMonitoringListener")),
+        _ => None,
+    }
+}
+
+/// Which profile to read: `--config`, else `OPENHANDS_PLUGINS_TOML`, else `./plugins.toml`.
+pub fn profile_path(cli: Option<&Path>) -> PathBuf {
+    cli.map(Path::to_path_buf)
+        .or_else(|| env::get(env::OPENHANDS_PLUGINS_TOML).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("plugins.toml"))
+}
+
+/// Reads and validates a profile, with variables from the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let fail = |p: String| ConfigErrors { path: path.to_path_buf(), problems: vec![p] };
+    let text = std::fs::read(path).map_err(|e| {
+        fail(format!(
+            "cannot read the profile: {e} (create it, or point --config / {} at one)",
+            env::OPENHANDS_PLUGINS_TOML
+        ))
+    })?;
+    let text = String::from_utf8(text).map_err(|_| fail("the profile is not UTF-8 text".to_owned()))?;
+    parse(path, &text, &|name| std::env::var(name).ok())
+}
+
+const SERVER_KEYS: &[&str] = &[
+    "app_mode",
+    "bind",
+    "plugins_dir",
+    "state_dir",
+    "call_timeout_ms",
+    "shutdown_timeout_ms",
+    "max_body_bytes",
+    "conversation_max_age_seconds",
+];
+const ENTRY_KEYS: &[&str] = &["library", "implementation", "config", "sha256", "enabled_if_env", "timeout_ms"];
+
+/// Parses profile text; `lookup` reads variables (the environment, or a map in tests).
+pub fn parse(path: &Path, text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let mut p = Problems { file: path.display().to_string(), list: Vec::new() };
+    let root: Table = match text.parse::<Table>() {
+        Ok(t) => t,
+        Err(e) => {
+            p.list.push(format!("not valid TOML: {}", e.to_string().trim()));
+            return Err(p.into_errors(path));
+        }
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+
+    for key in root.keys() {
+        if !["server", "extensions", "libraries"].contains(&key.as_str()) {
+            p.push(key, "unknown table; the profile has [server], [extensions.*] and [libraries.*]");
+        }
+    }
+
+    let empty = Table::new();
+    let server = table_at(&root, "server", &mut p).unwrap_or(&empty);
+    let server = parse_server(server, &base, lookup, &mut p);
+
+    let mut extensions = Vec::new();
+    if let Some(ext) = table_at(&root, "extensions", &mut p) {
+        for (name, value) in ext {
+            let Some(point) = ExtensionPoint::from_key(name) else {
+                let known: Vec<_> = ExtensionPoint::ALL.iter().map(|p| p.key()).collect();
+                p.push(&format!("extensions.{name}"), &format!("unknown extension point; known: {}", known.join(", ")));
+                continue;
+            };
+            let multi = matches!(point, ExtensionPoint::MONITORING | ExtensionPoint::ROUTES);
+            match value {
+                Value::Table(t) => {
+                    let key = format!("extensions.{name}");
+                    extensions.extend(parse_entry(point, &key, t, server.as_ref(), lookup, &mut p));
+                }
+                Value::Array(items) if multi => {
+                    for (i, item) in items.iter().enumerate() {
+                        let key = format!("extensions.{name}[{i}]");
+                        match item {
+                            Value::Table(t) => extensions.extend(parse_entry(point, &key, t, server.as_ref(), lookup, &mut p)),
+                            _ => p.push(&key, "must be a table ([[extensions.…]])"),
+                        }
+                    }
+                }
+                Value::Array(_) => p.push(
+                    &format!("extensions.{name}"),
+                    "takes one implementation: write [extensions.NAME], not [[extensions.NAME]]",
+                ),
+                _ => p.push(&format!("extensions.{name}"), "must be a table"),
+            }
+        }
+    }
+
+    let mut libraries = BTreeMap::new();
+    if let Some(libs) = table_at(&root, "libraries", &mut p) {
+        for (name, value) in libs {
+            let key = format!("libraries.{name}");
+            match value {
+                Value::Table(t) => {
+                    let mut t = Value::Table(t.clone());
+                    expand_value(&mut t, &key, lookup, &mut p);
+                    libraries.insert(name.clone(), toml_to_json(&t).to_string());
+                }
+                _ => p.push(&key, "must be a table"),
+            }
+        }
+    }
+
+    // Bundled defaults for every extension point left unnamed ("graceful degradation").
+    if let Some(server) = &server {
+        for point in ExtensionPoint::ALL {
+            if extensions.iter().any(|e| e.point == point) {
+                continue;
+            }
+            if let Some((library, implementation)) = oss_default(point) {
+                extensions.push(ExtensionConfig {
+                    point,
+                    key: format!("extensions.{} (bundled default)", point.key()),
+                    library: library.to_owned(),
+                    implementation: implementation.to_owned(),
+                    config_json: "{}".to_owned(),
+                    sha256: None,
+                    timeout: server.call_timeout,
+                    explicit: false,
+                });
+            }
+        }
+    }
+
+    // One library, one pin.
+    let mut pins: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    for e in &extensions {
+        if let Some(pin) = &e.sha256 {
+            if let Some((other_key, other_pin)) = pins.insert(&e.library, (&e.key, pin)) {
+                if other_pin != pin {
+                    p.list.push(format!(
+                        "{}: {}.sha256 differs from {other_key}.sha256 for the same library `{}`; pin one hash",
+                        p.file, e.key, e.library
+                    ));
+                }
+            }
+        }
+    }
+
+    match server {
+        Some(server) if p.list.is_empty() => Ok(Config { path: path.to_path_buf(), server, extensions, libraries }),
+        _ => Err(p.into_errors(path)),
+    }
+}
+
+struct Problems {
+    file: String,
+    list: Vec<String>,
+}
+
+impl Problems {
+    fn push(&mut self, key: &str, message: &str) {
+        self.list.push(format!("{}: {key}: {message}", self.file));
+    }
+    fn into_errors(self, path: &Path) -> ConfigErrors {
+        ConfigErrors { path: path.to_path_buf(), problems: self.list }
+    }
+}
+
+fn table_at<'a>(root: &'a Table, key: &str, p: &mut Problems) -> Option<&'a Table> {
+    match root.get(key) {
+        None => None,
+        Some(Value::Table(t)) => Some(t),
+        Some(_) => {
+            p.push(key, "must be a table");
+            None
+        }
+    }
+}
+
+fn parse_server(t: &Table, base: &Path, lookup: &dyn Fn(&str) -> Option<String>, p: &mut Problems) -> Option<ServerConfig> {
+    let before = p.list.len();
+    for key in t.keys() {
+        if !SERVER_KEYS.contains(&key.as_str()) {
+            p.push(&format!("server.{key}"), &format!("unknown key; known: {}", SERVER_KEYS.join(", ")));
+        }
+    }
+    let string = |key: &str, default: &str, p: &mut Problems| -> String {
+        match t.get(key) {
+            None => default.to_owned(),
+            Some(Value::String(s)) => expand(s, &format!("server.{key}"), lookup, p),
+            Some(_) => {
+                p.push(&format!("server.{key}"), "must be a string");
+                default.to_owned()
+            }
+        }
+    };
+    let int = |key: &str, default: i64, min: i64, p: &mut Problems| -> i64 {
+        match t.get(key) {
+            None => default,
+            Some(Value::Integer(n)) if *n >= min => *n,
+            Some(Value::String(s)) => {
+                let s = expand(s, &format!("server.{key}"), lookup, p);
+                s.parse::<i64>().ok().filter(|n| *n >= min).unwrap_or_else(|| {
+                    p.push(&format!("server.{key}"), &format!("`{s}` is not an integer >= {min}"));
+                    default
+                })
+            }
+            Some(_) => {
+                p.push(&format!("server.{key}"), &format!("must be an integer >= {min}"));
+                default
+            }
+        }
+    };
+    let app_mode = match string("app_mode", "oss", p).as_str() {
+        "oss" => AppMode::Oss,
+        "saas" => AppMode::Saas,
+        other => {
+            p.push("server.app_mode", &format!("`{other}` is not a mode; use \"oss\" or \"saas\""));
+            AppMode::Oss
+        }
+    };
+    let bind_text = string("bind", "127.0.0.1:3000", p);
+    let bind = bind_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+        p.push("server.bind", &format!("`{bind_text}` is not an address; write it as \"127.0.0.1:3000\""));
+        SocketAddr::from(([127, 0, 0, 1], 3000))
+    });
+    let plugins_dir = resolve(base, &string("plugins_dir", "target/plugins", p));
+    let state_dir = resolve(base, &string("state_dir", "~/.openhands-host", p));
+    let server = ServerConfig {
+        app_mode,
+        bind,
+        plugins_dir,
+        state_dir,
+        call_timeout: Duration::from_millis(int("call_timeout_ms", 10_000, 1, p) as u64),
+        shutdown_timeout: Duration::from_millis(int("shutdown_timeout_ms", 5_000, 0, p) as u64),
+        max_body_bytes: int("max_body_bytes", 4 * 1024 * 1024, 1024, p) as usize,
+        conversation_max_age: Duration::from_secs(int("conversation_max_age_seconds", 864_000, 1, p) as u64),
+    };
+    (p.list.len() == before).then_some(server)
+}
+
+fn parse_entry(
+    point: ExtensionPoint,
+    key: &str,
+    t: &Table,
+    server: Option<&ServerConfig>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems,
+) -> Option<ExtensionConfig> {
+    for k in t.keys() {
+        if !ENTRY_KEYS.contains(&k.as_str()) {
+            p.push(&format!("{key}.{k}"), &format!("unknown key; an entry has {}", ENTRY_KEYS.join(", ")));
+        }
+    }
+    // Conditional loading, as the enterprise app does: skip the entry (and its variables)
+    // unless the named variable is set and not empty.
+    match t.get("enabled_if_env") {
+        None => {}
+        Some(Value::String(var)) => {
+            if lookup(var).filter(|v| !v.is_empty()).is_none() {
+                tracing::debug!(entry = key, var = %var, "skipped: enabled_if_env variable not set");
+                return None;
+            }
+        }
+        Some(_) => p.push(&format!("{key}.enabled_if_env"), "must be the name of an environment variable"),
+    }
+    let before = p.list.len();
+    let text = |k: &str, p: &mut Problems| -> Option<String> {
+        match t.get(k) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(expand(s, &format!("{key}.{k}"), lookup, p)),
+            Some(_) => {
+                p.push(&format!("{key}.{k}"), "must be a non-empty string");
+                None
+            }
+            None => None,
+        }
+    };
+    let library = text("library", p);
+    let implementation = text("implementation", p);
+    if library.is_none() && !t.contains_key("library") {
+        p.push(&format!("{key}.library"), "missing; name the library (lib<name>.so in plugins_dir), e.g. library = \"file_stores\"");
+    }
+    if implementation.is_none() && !t.contains_key("implementation") {
+        p.push(&format!("{key}.implementation"), "missing; name the implementation, e.g. implementation = \"FileSettingsStore\"");
+    }
+    if let Some(lib) = &library {
+        if !lib.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            p.push(
+                &format!("{key}.library"),
+                &format!("`{lib}` is not a library name; write the name only (file_stores), not a path or file name"),
+            );
+        }
+    }
+    let sha256 = text("sha256", p).map(|s| s.to_ascii_lowercase());
+    if let Some(pin) = &sha256 {
+        if pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()) {
+            p.push(&format!("{key}.sha256"), "must be 64 hex digits (see `oh-host plugins` for the hash of each library)");
+        }
+    }
+    let mut config = match t.get("config") {
+        None => Value::Table(Table::new()),
+        Some(v @ Value::Table(_)) => v.clone(),
+        Some(_) => {
+            p.push(&format!("{key}.config"), "must be a table, e.g. config = { root = \"/var/lib/oh\" }");
+            Value::Table(Table::new())
+        }
+    };
+    expand_value(&mut config, &format!("{key}.config"), lookup, p);
+    let timeout = match t.get("timeout_ms") {
+        None => server.map(|s| s.call_timeout).unwrap_or(Duration::from_secs(10)),
+        Some(Value::Integer(n)) if *n > 0 => Duration::from_millis(*n as u64),
+        Some(_) => {
+            p.push(&format!("{key}.timeout_ms"), "must be an integer > 0 (milliseconds)");
+            Duration::from_secs(10)
+        }
+    };
+    if p.list.len() != before {
+        return None;
+    }
+    Some(ExtensionConfig {
+        point,
+        key: key.to_owned(),
+        library: library?,
+        implementation: implementation?,
+        config_json: toml_to_json(&config).to_string(),
+        sha256,
+        timeout,
+        explicit: true,
+    })
+}
+
+/// Expands `${VAR}` and `${VAR:-default}`; `$${` is a literal `${`.
+fn expand(text: &str, key: &str, lookup: &dyn Fn(&str) -> Option<String>, p: &mut Problems) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('$') {
+        out.push_str(&rest[..start]);
+        let tail = &rest[start..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+            continue;
+        }
+        let Some(body_start) = tail.strip_prefix("${") else {
+            out.push('$');
+            rest = &tail[1..];
+            continue;
+        };
+        let Some(end) = body_start.find('}') else {
+            p.push(key, "unclosed `${`: write ${VAR} or ${VAR:-default}");
+            return out;
+        };
+        let body = &body_start[..end];
+        let (name, default) = match body.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (body, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            p.push(key, &format!("`${{{body}}}` is not a variable reference; use ${{NAME}} or ${{NAME:-default}}"));
+        } else {
+            match (lookup(name).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => p.push(
+                    key,
+                    &format!("environment variable {name} is not set; set it, or write ${{{name}:-default}}"),
+                ),
+            }
+        }
+        rest = &body_start[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn expand_value(v: &mut Value, key: &str, lookup: &dyn Fn(&str) -> Option<String>, p: &mut Problems) {
+    match v {
+        Value::String(s) => *s = expand(s, key, lookup, p),
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_value(item, &format!("{key}[{i}]"), lookup, p);
+            }
+        }
+        Value::Table(t) => {
+            for (k, item) in t.iter_mut() {
+                expand_value(item, &format!("{key}.{k}"), lookup, p);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn toml_to_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::String(s) => serde_json::Value::String(s.clone()),
+        Value::Integer(n) => serde_json::Value::from(*n),
+        Value::Float(f) => serde_json::Value::from(*f),
+        Value::Boolean(b) => serde_json::Value::Bool(*b),
+        Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        Value::Array(items) => serde_json::Value::Array(items.iter().map(toml_to_json).collect()),
+        Value::Table(t) => serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
+    }
+}
+
+/// `~/x` -> `$HOME/x`; relative paths are relative to the profile's directory.
+fn resolve(base: &Path, text: &str) -> PathBuf {
+    let path = match text.strip_prefix("~/").or((text == "~").then_some("")) {
+        Some(rest) => PathBuf::from(env::get(env::HOME).unwrap_or_else(|| "/".to_owned())).join(rest),
+        None => PathBuf::from(text),
+    };
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn parse_with(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        parse(Path::new("/etc/oh/plugins.toml"), text, &vars(env))
+    }
+
+    #[test]
+    fn empty_profile_falls_back_to_bundled_defaults() {
+        let c = parse_with("", &[("HOME", "/home/u")]).unwrap();
+        assert_eq!(c.server.bind.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.server.plugins_dir, PathBuf::from("/etc/oh/target/plugins"));
+        let named: Vec<_> = c.extensions.iter().map(|e| (e.point.key(), e.implementation.as_str(), e.explicit)).collect();
+        assert!(named.contains(&("settings_store", "FileSettingsStore", false)));
+        assert!(named.contains(&("user_auth", "DefaultUserAuth", false)));
+        assert!(!named.iter().any(|(p, _, _)| *p == "routes"));
+    }
+
+    #[test]
+    fn expands_variables_with_defaults() {
+        let text = r#"
+            [server]
+            state_dir = "${STATE:-/var/lib/oh}"
+            [extensions.settings_store]
+            library = "file_stores"
+            implementation = "FileSettingsStore"
+            config = { root = "${ROOT}/x", port = 5, literal = "$${NOT}" }
+        "#;
+        let c = parse_with(text, &[("ROOT", "/data")]).unwrap();
+        assert_eq!(c.server.state_dir, PathBuf::from("/var/lib/oh"));
+        let e = c.extensions.iter().find(|e| e.point == ExtensionPoint::SETTINGS_STORE).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&e.config_json).unwrap();
+        assert_eq!(json, serde_json::json!({ "root": "/data/x", "port": 5, "literal": "${NOT}" }));
+        assert!(e.explicit);
+    }
+
+    #[test]
+    fn reports_every_problem_at_once_naming_file_key_and_fix() {
+        let text = r#"
+            [server]
+            bind = "nowhere"
+            colour = "blue"
+            [extensions.settings_stor]
+            library = "x"
+            [extensions.secrets_store]
+            implementation = "FileSecretsStore"
+            sha256 = "abc"
+            [[extensions.routes]]
+            library = "integrations"
+            implementation = "GithubWebhooks"
+            config = { secret = "${GITHUB_APP_WEBHOOK_SECRET}" }
+        "#;
+        let err = parse_with(text, &[]).unwrap_err();
+        let all = err.to_string();
+        for needle in [
+            "server.bind: `nowhere` is not an address",
+            "server.colour: unknown key",
+            "extensions.settings_stor: unknown extension point",
+            "extensions.secrets_store.library: missing",
+            "extensions.secrets_store.sha256: must be 64 hex digits",
+            "extensions.routes[0].config.secret: environment variable GITHUB_APP_WEBHOOK_SECRET is not set",
+        ] {
+            assert!(all.contains(needle), "missing `{needle}` in:\n{all}");
+        }
+        assert_eq!(err.problems.len(), 6, "{all}");
+        assert!(err.problems.iter().all(|p| p.starts_with("/etc/oh/plugins.toml: ")));
+    }
+
+    #[test]
+    fn enabled_if_env_skips_the_entry_and_its_variables() {
+        let text = r#"
+            [[extensions.routes]]
+            library = "integrations"
+            implementation = "GithubWebhooks"
+            enabled_if_env = "GITHUB_APP_CLIENT_ID"
+            config = { secret = "${GITHUB_APP_WEBHOOK_SECRET}" }
+        "#;
+        let c = parse_with(text, &[]).unwrap();
+        assert!(!c.extensions.iter().any(|e| e.point == ExtensionPoint::ROUTES));
+        let err = parse_with(text, &[("GITHUB_APP_CLIENT_ID", "x")]).unwrap_err();
+        assert!(err.to_string().contains("GITHUB_APP_WEBHOOK_SECRET is not set"));
+    }
+
+    #[test]
+    fn bad_toml_is_one_clear_problem() {
+        let err = parse_with("[server\nbind=", &[]).unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+        assert!(err.problems[0].contains("not valid TOML"), "{}", err.problems[0]);
+    }
+
+    #[test]
+    fn single_points_refuse_arrays() {
+        let err = parse_with("[[extensions.user_auth]]\nlibrary=\"a\"\nimplementation=\"b\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("takes one implementation"), "{err}");
+    }
+}

@@ -1,0 +1,116 @@
+//! The one HTTP error type: a status, a JSON body, and headers a plugin asked for.
+
+use crate::registry::CallError;
+use axum::{
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use plugin_api::{ErrorCode, PluginError};
+use serde_json::{json, Value};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: HeaderMap,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, body: Value) -> Self {
+        Self { status, body, headers: HeaderMap::new() }
+    }
+
+    /// `{"error": message}`, the most common OpenHands shape.
+    pub fn error(status: StatusCode, message: impl Into<String>) -> Self {
+        Self::new(status, json!({ "error": message.into() }))
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::error(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::error(StatusCode::NOT_FOUND, message)
+    }
+
+    /// From a plugin error: the status from its code, and any headers from its details.
+    pub fn from_plugin(err: &PluginError, origin: &str) -> Self {
+        let status = status_of(err.code);
+        let message = if err.code == ErrorCode::PANICKED {
+            format!("{origin} failed unexpectedly (it panicked; see the server log)")
+        } else {
+            err.message.to_string()
+        };
+        let body = if err.code.is_auth() {
+            json!({ "error": err.code.name(), "message": message })
+        } else {
+            json!({ "error": message, "code": err.code.name() })
+        };
+        let mut e = Self::new(status, body);
+        e.headers = detail_headers(&err.details_json);
+        e
+    }
+}
+
+/// How plugin error codes become HTTP statuses (DESIGN §5, OpenHands' auth error kinds).
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::INVALID_ARGUMENT => StatusCode::BAD_REQUEST,
+        ErrorCode::NOT_FOUND => StatusCode::NOT_FOUND,
+        ErrorCode::ALREADY_EXISTS | ErrorCode::CONFLICT => StatusCode::CONFLICT,
+        ErrorCode::UNAUTHENTICATED
+        | ErrorCode::AUTH_NO_CREDENTIALS
+        | ErrorCode::AUTH_EXPIRED
+        | ErrorCode::AUTH_INVALID
+        | ErrorCode::AUTH_TOS_NOT_ACCEPTED => StatusCode::UNAUTHORIZED,
+        ErrorCode::PERMISSION_DENIED | ErrorCode::AUTH_EMAIL_NOT_VERIFIED => StatusCode::FORBIDDEN,
+        ErrorCode::RESOURCE_EXHAUSTED | ErrorCode::AUTH_RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::DEADLINE_EXCEEDED => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::UNIMPLEMENTED => StatusCode::NOT_IMPLEMENTED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// `{"headers": {"Retry-After": "1"}}` in a plugin error's details.
+pub fn detail_headers(details_json: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if details_json.is_empty() {
+        return headers;
+    }
+    let Ok(details) = serde_json::from_str::<Value>(details_json) else { return headers };
+    if let Some(map) = details.get("headers").and_then(Value::as_object) {
+        for (k, v) in map {
+            let values: Vec<&str> = match v {
+                Value::String(s) => vec![s.as_str()],
+                Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+                _ => continue,
+            };
+            let Ok(name) = HeaderName::try_from(k.as_str()) else { continue };
+            for value in values {
+                if let Ok(value) = HeaderValue::try_from(value) {
+                    headers.append(name.clone(), value);
+                }
+            }
+        }
+    }
+    headers
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        let origin = format!("the {} plugin ({}::{})", e.point, e.library, e.implementation);
+        Self::from_plugin(&e.error, &origin)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body)).into_response();
+        response.headers_mut().extend(self.headers);
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,124 @@
+//! Extractors whose rejections are JSON errors, and the checks on ids from the path.
+
+use super::error::ApiError;
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Path, Query, Request},
+    http::{request::Parts, StatusCode},
+};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+/// A JSON body: 413 when too large, 400 when not UTF-8 or not JSON, 422 when the JSON does
+/// not fit the type (unknown fields where forbidden, wrong types).
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {e}"))
+            }
+        })?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("request body is not UTF-8"))?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+        let parsed = serde_json::from_value(value).map_err(|e| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": format!("invalid request body: {e}") }))
+        })?;
+        Ok(JsonBody(parsed))
+    }
+}
+
+/// Query parameters with a JSON 400 on rejection.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| QueryParams(q))
+            .map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))
+    }
+}
+
+/// A conversation id from the path, checked as OpenHands' `validate_conversation_id`.
+pub struct ConversationId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ConversationId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::bad_request("invalid conversation ID: not UTF-8"))?;
+        validate_conversation_id(&id)?;
+        Ok(ConversationId(id))
+    }
+}
+
+/// 400 for ids longer than 100 characters, with NUL, `..`, `/`, `\` or control characters.
+pub fn validate_conversation_id(id: &str) -> Result<(), ApiError> {
+    let reason = if id.is_empty() {
+        Some("empty")
+    } else if id.chars().count() > 100 {
+        Some("longer than 100 characters")
+    } else if id.contains('\0') {
+        Some("contains a NUL byte")
+    } else if id.contains("..") {
+        Some("contains `..`")
+    } else if id.contains('/') || id.contains('\\') {
+        Some("contains a path separator")
+    } else if id.chars().any(char::is_control) {
+        Some("contains control characters")
+    } else {
+        None
+    };
+    match reason {
+        Some(r) => Err(ApiError::bad_request(format!("invalid conversation ID: {r}"))),
+        None => Ok(()),
+    }
+}
+
+/// A secret name/id from the path.
+pub struct SecretId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for SecretId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::bad_request("invalid secret ID: not UTF-8"))?;
+        validate_secret_name(&id)?;
+        Ok(SecretId(id))
+    }
+}
+
+/// Secret names end up as environment variable names in the agent's sandbox.
+pub fn validate_secret_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("invalid secret name: 1 to 256 characters, no control characters"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_ids_are_checked_like_openhands() {
+        for bad in ["", "..", "a/b", "a\\b", "a\0b", "a\nb", &"x".repeat(101)] {
+            assert!(validate_conversation_id(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_conversation_id(&"x".repeat(100)).is_ok());
+        assert!(validate_conversation_id("0123abcd").is_ok());
+    }
+}

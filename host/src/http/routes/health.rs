@@ -1,0 +1,115 @@
+//! `/alive`, `/health`, `/ready` and the host's own `/internal/*` views.
+
+use crate::{http::AppState, loader, registry::Meta};
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::IntoResponse,
+    Json,
+};
+use serde_json::{json, Value};
+use std::{fmt::Write as _, sync::atomic::Ordering};
+
+pub(super) async fn alive() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub(super) async fn health() -> Json<&'static str> {
+    Json("OK")
+}
+
+/// 200 when every instance's `health` answers, else 503 naming the failing ones.
+pub(super) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let results = state.registry.health().await;
+    let ok = results.iter().all(|(_, r)| r.is_ok());
+    let plugins: Vec<Value> = results
+        .iter()
+        .map(|(m, r)| match r {
+            Ok(detail) => json!({ "extension": m.key, "implementation": m.implementation, "ok": true, "detail": detail }),
+            Err(e) => json!({ "extension": m.key, "implementation": m.implementation, "ok": false, "error": e }),
+        })
+        .collect();
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "status": if ok { "ready" } else { "unavailable" }, "plugins": plugins })))
+}
+
+fn stats(m: &Meta) -> Value {
+    let s = &m.stats;
+    let calls = s.calls.load(Ordering::Relaxed);
+    let total = s.latency_us_total.load(Ordering::Relaxed);
+    json!({
+        "calls": calls,
+        "errors": s.errors.load(Ordering::Relaxed),
+        "panics": s.panics.load(Ordering::Relaxed),
+        "timeouts": s.timeouts.load(Ordering::Relaxed),
+        "latency_us_mean": if calls == 0 { 0 } else { total / calls },
+        "latency_us_max": s.latency_us_max.load(Ordering::Relaxed),
+    })
+}
+
+/// What is loaded: libraries (file, hash, versions) and instances (health, counters).
+pub(super) async fn plugins(State(state): State<AppState>) -> Json<Value> {
+    let r = &state.registry;
+    let health = r.health().await;
+    let libraries: Vec<Value> = r
+        .libraries
+        .iter()
+        .map(|l| {
+            json!({
+                "name": l.name, "file": l.path, "sha256": l.sha256, "version": l.version,
+                "api_version": l.api_version(), "rustc": l.api.rustc.as_str(),
+                "implementations": l.implementations.iter().map(|i| json!({
+                    "extension_point": i.point.key(), "name": i.name, "description": i.description,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let instances: Vec<Value> = health
+        .iter()
+        .map(|(m, h)| {
+            json!({
+                "extension": m.key, "extension_point": m.point.key(), "library": m.library,
+                "implementation": m.implementation, "timeout_ms": m.timeout.as_millis() as u64,
+                "healthy": h.is_ok(), "health": match h { Ok(d) => d.clone(), Err(e) => e.clone() },
+                "stats": stats(m),
+            })
+        })
+        .collect();
+    Json(json!({ "app_mode": r.app_mode.as_str(), "libraries": libraries, "instances": instances }))
+}
+
+/// Prometheus text: per-instance counters and what plugins reported through `HostApi::metric`.
+pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut out = String::new();
+    let families: [(&str, &str, fn(&Meta) -> u64); 5] = [
+        ("oh_plugin_calls_total", "Calls into a plugin instance.", |m| m.stats.calls.load(Ordering::Relaxed)),
+        ("oh_plugin_errors_total", "Calls that returned an error.", |m| m.stats.errors.load(Ordering::Relaxed)),
+        ("oh_plugin_panics_total", "Calls that panicked.", |m| m.stats.panics.load(Ordering::Relaxed)),
+        ("oh_plugin_timeouts_total", "Calls that hit their deadline.", |m| m.stats.timeouts.load(Ordering::Relaxed)),
+        ("oh_plugin_latency_microseconds_total", "Time spent in calls.", |m| m.stats.latency_us_total.load(Ordering::Relaxed)),
+    ];
+    for (name, help, get) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for m in state.registry.metas() {
+            let _ = writeln!(
+                out,
+                "{name}{{extension_point=\"{}\",library=\"{}\",implementation=\"{}\"}} {}",
+                m.point.key(),
+                m.library,
+                m.implementation,
+                get(m)
+            );
+        }
+    }
+    let reported = loader::plugin_metrics().lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for ((name, labels), value) in reported {
+        let labels: serde_json::Map<String, Value> = serde_json::from_str(&labels).unwrap_or_default();
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()).replace('"', "\\\"")))
+            .collect();
+        let name: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+        let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

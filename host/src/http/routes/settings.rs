@@ -1,0 +1,84 @@
+//! `/api/settings` (OpenHands §9.4): secret fields never leave the server.
+
+use super::Caller;
+use crate::http::{
+    error::{ApiError, ApiResult},
+    extract::JsonBody,
+    AppState,
+};
+use axum::{
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+    Json, Router,
+};
+use plugin_api::models::{Secrets, Settings};
+use serde_json::{json, Map, Value};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/settings", get(load).post(store))
+        .route("/api/reset-settings", post(reset))
+}
+
+/// OpenHands' `GETSettingsModel`: Settings without `secrets_store`, the three secret fields
+/// `null`, plus `llm_api_key_set`, `search_api_key_set` and `provider_tokens_set`.
+pub(crate) fn settings_view(settings: &Settings, secrets: Option<&Secrets>) -> Value {
+    let mut doc = serde_json::to_value(settings).unwrap_or_default();
+    let obj = doc.as_object_mut().expect("settings serialize to an object");
+    for field in Settings::SECRET_FIELDS {
+        obj.insert(field.to_owned(), Value::Null);
+    }
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|k| !k.trim().is_empty());
+    obj.insert("llm_api_key_set".to_owned(), json!(set(&settings.llm_api_key)));
+    obj.insert("search_api_key_set".to_owned(), json!(set(&settings.search_api_key)));
+    let providers: Map<String, Value> = secrets
+        .map(|s| {
+            s.provider_tokens
+                .iter()
+                .filter(|(_, t)| t.token.as_deref().is_some_and(|t| !t.is_empty()) || t.user_id.is_some())
+                .map(|(p, t)| (p.clone(), json!(t.host)))
+                .collect()
+        })
+        .unwrap_or_default();
+    obj.insert("provider_tokens_set".to_owned(), Value::Object(providers));
+    doc
+}
+
+async fn load(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    let registry = &state.registry;
+    let (settings, secrets) =
+        tokio::join!(registry.load_settings(caller.ctx.clone()), registry.load_secrets(caller.ctx.clone()));
+    let Some(settings) = settings? else {
+        return Err(ApiError::not_found("Settings not found"));
+    };
+    Ok(Json(settings_view(&settings, secrets?.as_ref())))
+}
+
+/// Stores the posted Settings. As OpenHands: when settings exist, a null `llm_api_key`,
+/// `llm_model`, `llm_base_url`, `search_api_key` or `user_consents_to_analytics` keeps the
+/// stored value; every other field is replaced.
+async fn store(State(state): State<AppState>, caller: Caller, JsonBody(mut settings): JsonBody<Settings>) -> ApiResult<Json<Value>> {
+    if settings.condenser_max_size.is_some_and(|n| n < 20) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({ "error": "invalid request body: condenser_max_size must be at least 20" }),
+        ));
+    }
+    settings.normalize();
+    let lock = state.user_lock(&caller.principal.user_id);
+    let _guard = lock.lock().await;
+    if let Some(existing) = state.registry.load_settings(caller.ctx.clone()).await? {
+        settings.llm_api_key = settings.llm_api_key.or(existing.llm_api_key);
+        settings.llm_model = settings.llm_model.or(existing.llm_model);
+        settings.llm_base_url = settings.llm_base_url.or(existing.llm_base_url);
+        settings.search_api_key = settings.search_api_key.or(existing.search_api_key);
+        settings.user_consents_to_analytics = settings.user_consents_to_analytics.or(existing.user_consents_to_analytics);
+    }
+    state.registry.store_settings(caller.ctx, &settings).await?;
+    Ok(Json(json!({ "message": "Settings stored" })))
+}
+
+async fn reset() -> ApiError {
+    ApiError::error(StatusCode::GONE, "Reset settings functionality has been removed.")
+}

@@ -1,0 +1,312 @@
+//! Loading plugin libraries: the checks before `dlopen`, the ABI handshake after it, and the
+//! host API handed to each library.
+//!
+//! Order (DESIGN §5, §9): the file must exist in the plugins directory (no search path, no
+//! symlink out of it), neither it nor its directory may be writable by other users, its
+//! sha256 must match the pin when there is one; then abi_stable checks the layout of every
+//! type, and we check our own API version and the panic strategy. Libraries are never
+//! unloaded.
+// The loader is one of the two places allowed unsafe code: dlopen runs the library's
+// initialisers, and geteuid is a libc call.
+#![allow(unsafe_code)]
+
+use abi_stable::{
+    library::{lib_header_from_path, LibraryError},
+    prefix_type::PrefixTypeTrait,
+    std_types::RStr,
+};
+use plugin_api::{ApiInfo, ExtensionPoint, HostApi, HostApi_Ref, LogLevel, PluginLib_Ref};
+use sha2::{Digest, Sha256};
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Read,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::{Mutex, OnceLock},
+};
+
+/// A library that passed every check and whose root module is loaded.
+#[derive(Clone)]
+pub struct Library {
+    /// The name used in `plugins.toml` (`lib<name>.so`).
+    pub name: String,
+    pub path: PathBuf,
+    pub sha256: String,
+    pub module: PluginLib_Ref,
+    pub api: ApiInfo,
+    /// The library's own name and version (its crate's).
+    pub declared_name: String,
+    pub version: String,
+    pub implementations: Vec<Implementation>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Implementation {
+    pub point: ExtensionPoint,
+    pub name: String,
+    pub description: String,
+}
+
+impl Library {
+    pub fn offers(&self, point: ExtensionPoint, name: &str) -> bool {
+        self.implementations.iter().any(|i| i.point == point && i.name == name)
+    }
+    pub fn api_version(&self) -> String {
+        format!("{}.{}", self.api.major, self.api.minor)
+    }
+}
+
+/// `<plugins_dir>/lib<name>.so`.
+pub fn library_path(plugins_dir: &Path, name: &str) -> PathBuf {
+    plugins_dir.join(format!("lib{name}.so"))
+}
+
+/// Loads one library by name from `plugins_dir`, with every check. The message of the error
+/// names the file and the fix; the caller adds the extension point.
+pub fn load(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Library, String> {
+    let path = library_path(plugins_dir, name);
+    let shown = path.display().to_string();
+    if fs::symlink_metadata(&path).is_err() {
+        return Err(format!(
+            "library `{name}` not found: no {shown} (run `make plugins`, or copy lib{name}.so there)"
+        ));
+    }
+    let dir = fs::canonicalize(plugins_dir).map_err(|e| format!("plugins_dir {}: {e}", plugins_dir.display()))?;
+    let real = fs::canonicalize(&path).map_err(|e| format!("{shown}: {e}"))?;
+    if real.parent() != Some(dir.as_path()) {
+        return Err(format!(
+            "{shown} resolves to {}, outside the plugins directory {}; copy the library into the directory instead of linking to it",
+            real.display(),
+            dir.display()
+        ));
+    }
+    check_permissions(&dir)?;
+    check_permissions(&real)?;
+    let sha256 = file_sha256(&real).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if let Some(pin) = pin {
+        if !pin.eq_ignore_ascii_case(&sha256) {
+            return Err(format!(
+                "{shown}: sha256 is {sha256} but the profile pins {pin}; refusing to load it (if the new build is intended, update the pin)"
+            ));
+        }
+    }
+    let module = open(&real)?;
+    let api = module.api();
+    if api.magic != plugin_api::API_MAGIC {
+        return Err(format!("{shown} is an abi_stable library but not an oh-host plugin (wrong magic number)"));
+    }
+    if api.major != plugin_api::API_MAJOR || api.minor != plugin_api::API_MINOR {
+        return Err(format!(
+            "{shown} was built for plugin-api {}.{}, this host speaks {}.{}; rebuild the plugin against this host's plugin-api (plugins are built in lock-step with the host in 0.x)",
+            api.major,
+            api.minor,
+            plugin_api::API_MAJOR,
+            plugin_api::API_MINOR
+        ));
+    }
+    if !api.panic_unwind {
+        return Err(format!(
+            "{shown} was built with panic = \"abort\": its first panic would end the whole server; rebuild it with panic = \"unwind\""
+        ));
+    }
+    let implementations = (module.implementations())()
+        .into_iter()
+        .map(|i| Implementation { point: i.point, name: i.name.into_string(), description: i.description.into_string() })
+        .collect();
+    Ok(Library {
+        name: name.to_owned(),
+        path: real,
+        sha256,
+        module,
+        api,
+        declared_name: module.name().to_string(),
+        version: module.version().to_string(),
+        implementations,
+    })
+}
+
+/// `dlopen` + abi_stable's checks. Never `RootModule::load_from_*`: those cache one module per
+/// type, so a second library would silently return the first.
+fn open(path: &Path) -> Result<PluginLib_Ref, String> {
+    let shown = path.display();
+    let header = lib_header_from_path(path).map_err(|e| describe(&shown.to_string(), e))?;
+    header.init_root_module::<PluginLib_Ref>().map_err(|e| describe(&shown.to_string(), e))
+}
+
+fn describe(shown: &str, err: LibraryError) -> String {
+    match err {
+        LibraryError::OpenError { err, .. } => format!("{shown} cannot be opened as a shared library: {err}"),
+        LibraryError::GetSymbolError { .. } => format!(
+            "{shown} is not an oh-host plugin: it exports no abi_stable root module (build it with plugin_sdk::export_plugin!)"
+        ),
+        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => format!(
+            "{shown} was built against plugin-api {actual_version}, this host uses {expected_version}; rebuild the plugin with this host's plugin-api"
+        ),
+        LibraryError::AbiInstability(e) => {
+            let full = e.to_string();
+            tracing::debug!(library = shown, layout = %full, "abi_stable layout check failed");
+            format!(
+                "{shown} does not match this host's plugin-api layout (rebuild it against this host's plugin-api):\n{}",
+                summarize_layout_error(&full)
+            )
+        }
+        LibraryError::RootModule { err, .. } => format!("{shown}: its root module failed to load: {err}"),
+        other => format!("{shown}: {other}"),
+    }
+}
+
+/// abi_stable's layout errors are dumps of hundreds of lines; the operator needs the
+/// `Error:` / `Expected` / `Found` lines.
+pub fn summarize_layout_error(full: &str) -> String {
+    let mut keep: Vec<String> = Vec::new();
+    for line in full.lines() {
+        let t = line.trim();
+        if (t.starts_with("Error:") || t.starts_with("Expected") || t.starts_with("Found")) && !keep.iter().any(|k| k == t) {
+            keep.push(t.to_owned());
+        }
+        if keep.len() >= 12 {
+            break;
+        }
+    }
+    if keep.is_empty() {
+        full.lines().take(5).collect::<Vec<_>>().join("\n")
+    } else {
+        keep.iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+    }
+}
+
+fn check_permissions(path: &Path) -> Result<(), String> {
+    let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.mode() & 0o7777;
+    let what = if meta.is_dir() { "directory" } else { "library" };
+    if mode & 0o002 != 0 {
+        return Err(format!(
+            "{what} {} is writable by every user (mode {mode:o}); anyone could replace the code the server runs. Run `chmod o-w {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Err(format!(
+            "{what} {} is owned by uid {}, neither root nor this server's user (uid {euid}); `chown` it",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Every `*.so` in the plugins directory, loaded with the same checks (for `oh-host plugins`).
+pub fn scan(plugins_dir: &Path) -> Result<Vec<(String, Result<Library, String>)>, String> {
+    let entries = fs::read_dir(plugins_dir)
+        .map_err(|e| format!("cannot list plugins_dir {}: {e} (run `make plugins`)", plugins_dir.display()))?;
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter_map(|n| n.strip_prefix("lib").and_then(|n| n.strip_suffix(".so")).map(str::to_owned))
+        .collect();
+    names.sort();
+    Ok(names.into_iter().map(|n| (n.clone(), load(plugins_dir, &n, None))).collect())
+}
+
+// ---- The host API given to each library at init. ----
+
+/// Counters plugins report through `HostApi::metric`, by (name, labels JSON).
+pub fn plugin_metrics() -> &'static Mutex<BTreeMap<(String, String), f64>> {
+    static METRICS: OnceLock<Mutex<BTreeMap<(String, String), f64>>> = OnceLock::new();
+    METRICS.get_or_init(Default::default)
+}
+
+extern "C" fn host_log_enabled(level: LogLevel, _target: RStr<'_>) -> bool {
+    tracing::level_filters::LevelFilter::current() >= to_level(level)
+}
+
+fn to_level(level: LogLevel) -> tracing::Level {
+    match level {
+        LogLevel::Error => tracing::Level::ERROR,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Trace => tracing::Level::TRACE,
+    }
+}
+
+extern "C" fn host_log(level: LogLevel, library: RStr<'_>, target: RStr<'_>, message: RStr<'_>, fields: RStr<'_>) {
+    let (library, target, message, fields) = (library.as_str(), target.as_str(), message.as_str(), fields.as_str());
+    macro_rules! emit {
+        ($lvl:ident) => {
+            if fields.is_empty() {
+                tracing::$lvl!(target: "plugin", plugin = library, source = target, "{message}")
+            } else {
+                tracing::$lvl!(target: "plugin", plugin = library, source = target, "{message} {fields}")
+            }
+        };
+    }
+    match level {
+        LogLevel::Error => emit!(error),
+        LogLevel::Warn => emit!(warn),
+        LogLevel::Info => emit!(info),
+        LogLevel::Debug => emit!(debug),
+        LogLevel::Trace => emit!(trace),
+    }
+}
+
+extern "C" fn host_metric(name: RStr<'_>, value: f64, labels_json: RStr<'_>) {
+    let mut metrics = plugin_metrics().lock().unwrap_or_else(|e| e.into_inner());
+    *metrics.entry((name.to_string(), labels_json.to_string())).or_insert(0.0) += value;
+}
+
+/// The one `HostApi` all libraries share.
+pub fn host_api() -> HostApi_Ref {
+    static API: OnceLock<HostApi_Ref> = OnceLock::new();
+    *API.get_or_init(|| HostApi { log_enabled: host_log_enabled, log: host_log, metric: host_metric }.leak_into_prefix())
+}
+
+/// Calls the library's `init` once per process.
+pub fn init(lib: &Library, library_config_json: &str) -> Result<(), String> {
+    static DONE: OnceLock<Mutex<BTreeMap<PathBuf, Result<(), String>>>> = OnceLock::new();
+    let mut done = DONE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    done.entry(lib.path.clone())
+        .or_insert_with(|| {
+            (lib.module.init())(host_api(), RStr::from_str(library_config_json))
+                .into_result()
+                .map_err(|e| format!("library `{}` ({}) failed to start: {e}", lib.name, lib.path.display()))
+        })
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_dumps_are_summarised() {
+        let dump = "lots\n  of\nError:too many fields\n   Expected: 11\n   Found: 10\nError:too many fields\n more";
+        assert_eq!(summarize_layout_error(dump), "    Error:too many fields\n    Expected: 11\n    Found: 10");
+    }
+
+    #[test]
+    fn missing_library_names_the_file_and_the_fix() {
+        let dir = std::env::temp_dir();
+        let err = load(&dir, "no_such_plugin_xyz", None).err().unwrap();
+        assert!(err.contains("libno_such_plugin_xyz.so"), "{err}");
+        assert!(err.contains("make plugins"), "{err}");
+    }
+}
