@@ -26,12 +26,18 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { command: "serve".to_owned(), config: None, dir: None };
+    let mut args = Args {
+        command: "serve".to_owned(),
+        config: None,
+        dir: None,
+    };
     let mut it = std::env::args().skip(1);
     let mut command_seen = false;
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--config" | "-c" => args.config = Some(it.next().ok_or("--config needs a file")?.into()),
+            "--config" | "-c" => {
+                args.config = Some(it.next().ok_or("--config needs a file")?.into())
+            }
             "--dir" => args.dir = Some(it.next().ok_or("--dir needs a directory")?.into()),
             "-h" | "--help" => args.command = "help".to_owned(),
             "-V" | "--version" => args.command = "version".to_owned(),
@@ -71,7 +77,12 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         "version" => {
-            println!("oh-host {} (plugin-api {}.{})", env!("CARGO_PKG_VERSION"), plugin_api::API_MAJOR, plugin_api::API_MINOR);
+            println!(
+                "oh-host {} (plugin-api {}.{})",
+                env!("CARGO_PKG_VERSION"),
+                plugin_api::API_MAJOR,
+                plugin_api::API_MINOR
+            );
             ExitCode::SUCCESS
         }
         "check" => {
@@ -90,7 +101,11 @@ pub fn main() -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("oh-host").build().expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("oh-host")
+        .build()
+        .expect("tokio runtime")
 }
 
 fn serve(args: &Args) -> ExitCode {
@@ -111,12 +126,20 @@ fn serve(args: &Args) -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.server.bind).await.map_err(|e| {
-            format!("cannot listen on {} (server.bind in {}): {e}", config.server.bind, path.display())
-        })?;
+        let listener = tokio::net::TcpListener::bind(config.server.bind)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot listen on {} (server.bind in {}): {e}",
+                    config.server.bind,
+                    path.display()
+                )
+            })?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(profile = %path.display(), "oh-host listening on http://{addr}");
-        crate::serve(&config, registry, listener, crate::shutdown_signal()).await.map_err(|e| e.to_string())
+        crate::serve(&config, registry, listener, crate::shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,7 +165,13 @@ fn check(args: &Args) -> ExitCode {
         Ok(registry) => {
             println!("{}: OK", path.display());
             for m in registry.metas() {
-                println!("  {:<22} {}::{} ({} ms timeout)", m.point.key(), m.library, m.implementation, m.timeout.as_millis());
+                println!(
+                    "  {:<22} {}::{} ({} ms timeout)",
+                    m.point.key(),
+                    m.library,
+                    m.implementation,
+                    m.timeout.as_millis()
+                );
             }
             rt.block_on(registry.shutdown(config.server.shutdown_timeout));
             ExitCode::SUCCESS
@@ -175,7 +204,12 @@ fn plugins(args: &Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("plugins in {} (this host speaks plugin-api {}.{})", dir.display(), plugin_api::API_MAJOR, plugin_api::API_MINOR);
+    println!(
+        "plugins in {} (this host speaks plugin-api {}.{})",
+        dir.display(),
+        plugin_api::API_MAJOR,
+        plugin_api::API_MINOR
+    );
     if libraries.is_empty() {
         println!("  (none; run `make plugins`)");
     }
@@ -184,7 +218,12 @@ fn plugins(args: &Args) -> ExitCode {
         match lib {
             Ok(lib) => {
                 println!("\n{name}  {}", lib.path.display());
-                println!("  version {}  plugin-api {}  {}", lib.version, lib.api_version(), lib.api.rustc.as_str());
+                println!(
+                    "  version {}  plugin-api {}  {}",
+                    lib.version,
+                    lib.api_version(),
+                    lib.api.rustc.as_str()
+                );
                 println!("  sha256  {}", lib.sha256);
                 for point in ExtensionPoint::ALL {
                     for i in lib.implementations.iter().filter(|i| i.point == point) {

@@ -79,8 +79,11 @@ pub trait ConversationStore: Send + Sync {
         conversation_id: RString,
     ) -> FfiFuture<PResult<ROption<RString>>>;
     /// Deletes the metadata and the events; `false` when there was nothing to delete.
-    fn delete_metadata(&self, ctx: CallContext, conversation_id: RString)
-        -> FfiFuture<PResult<bool>>;
+    fn delete_metadata(
+        &self,
+        ctx: CallContext,
+        conversation_id: RString,
+    ) -> FfiFuture<PResult<bool>>;
     /// Whether `user_id` owns the conversation (OpenHands `validate_metadata`).
     fn validate_metadata(
         &self,
@@ -194,7 +197,11 @@ pub struct AuthOutcome {
 /// Errors use the `AUTH_*` codes of [`crate::ErrorCode`].
 #[sabi_trait]
 pub trait UserAuth: Send + Sync {
-    fn authenticate(&self, ctx: CallContext, request: AuthRequest) -> FfiFuture<PResult<AuthOutcome>>;
+    fn authenticate(
+        &self,
+        ctx: CallContext,
+        request: AuthRequest,
+    ) -> FfiFuture<PResult<AuthOutcome>>;
     /// The user's git provider tokens (`models::ProviderTokens` JSON) when the auth system
     /// brokers them, `None` when the secrets store holds them.
     fn provider_tokens(&self, ctx: CallContext) -> FfiFuture<PResult<ROption<RString>>>;

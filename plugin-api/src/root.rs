@@ -69,12 +69,14 @@ pub struct PluginLib {
         implementation: RStr<'_>,
         config_json: RStr<'_>,
         services: HostServices_TO<'static, RBox<()>>,
-    ) -> PResult<ConversationStore_TO<'static, RBox<()>>>,
-    pub new_conversation_manager: extern "C" fn(
-        implementation: RStr<'_>,
-        config_json: RStr<'_>,
-        services: HostServices_TO<'static, RBox<()>>,
-    ) -> PResult<ConversationManager_TO<'static, RBox<()>>>,
+    )
+        -> PResult<ConversationStore_TO<'static, RBox<()>>>,
+    pub new_conversation_manager:
+        extern "C" fn(
+            implementation: RStr<'_>,
+            config_json: RStr<'_>,
+            services: HostServices_TO<'static, RBox<()>>,
+        ) -> PResult<ConversationManager_TO<'static, RBox<()>>>,
     pub new_user_auth: extern "C" fn(
         implementation: RStr<'_>,
         config_json: RStr<'_>,

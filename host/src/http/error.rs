@@ -18,7 +18,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, body: Value) -> Self {
-        Self { status, body, headers: HeaderMap::new() }
+        Self {
+            status,
+            body,
+            headers: HeaderMap::new(),
+        }
     }
 
     /// `{"error": message}`, the most common OpenHands shape.
@@ -65,7 +69,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::AUTH_INVALID
         | ErrorCode::AUTH_TOS_NOT_ACCEPTED => StatusCode::UNAUTHORIZED,
         ErrorCode::PERMISSION_DENIED | ErrorCode::AUTH_EMAIL_NOT_VERIFIED => StatusCode::FORBIDDEN,
-        ErrorCode::RESOURCE_EXHAUSTED | ErrorCode::AUTH_RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RESOURCE_EXHAUSTED | ErrorCode::AUTH_RATE_LIMITED => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         ErrorCode::UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::DEADLINE_EXCEEDED => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::UNIMPLEMENTED => StatusCode::NOT_IMPLEMENTED,
@@ -79,7 +85,9 @@ pub fn detail_headers(details_json: &str) -> HeaderMap {
     if details_json.is_empty() {
         return headers;
     }
-    let Ok(details) = serde_json::from_str::<Value>(details_json) else { return headers };
+    let Ok(details) = serde_json::from_str::<Value>(details_json) else {
+        return headers;
+    };
     if let Some(map) = details.get("headers").and_then(Value::as_object) {
         for (k, v) in map {
             let values: Vec<&str> = match v {
@@ -87,7 +95,9 @@ pub fn detail_headers(details_json: &str) -> HeaderMap {
                 Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
                 _ => continue,
             };
-            let Ok(name) = HeaderName::try_from(k.as_str()) else { continue };
+            let Ok(name) = HeaderName::try_from(k.as_str()) else {
+                continue;
+            };
             for value in values {
                 if let Ok(value) = HeaderValue::try_from(value) {
                     headers.append(name.clone(), value);
@@ -100,7 +110,10 @@ pub fn detail_headers(details_json: &str) -> HeaderMap {
 
 impl From<CallError> for ApiError {
     fn from(e: CallError) -> Self {
-        let origin = format!("the {} plugin ({}::{})", e.point, e.library, e.implementation);
+        let origin = format!(
+            "the {} plugin ({}::{})",
+            e.point, e.library, e.implementation
+        );
         Self::from_plugin(&e.error, &origin)
     }
 }

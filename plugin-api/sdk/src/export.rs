@@ -94,7 +94,10 @@ impl Registry {
     }
 
     fn implementations(&self) -> Vec<ImplementationInfo> {
-        fn infos<O>(point: ExtensionPoint, entries: &[Entry<O>]) -> impl Iterator<Item = ImplementationInfo> + '_ {
+        fn infos<O>(
+            point: ExtensionPoint,
+            entries: &[Entry<O>],
+        ) -> impl Iterator<Item = ImplementationInfo> + '_ {
             entries.iter().map(move |e| ImplementationInfo {
                 point,
                 name: e.name.as_str().into(),
@@ -103,7 +106,10 @@ impl Registry {
         }
         infos(ExtensionPoint::SETTINGS_STORE, &self.settings)
             .chain(infos(ExtensionPoint::SECRETS_STORE, &self.secrets))
-            .chain(infos(ExtensionPoint::CONVERSATION_STORE, &self.conversations))
+            .chain(infos(
+                ExtensionPoint::CONVERSATION_STORE,
+                &self.conversations,
+            ))
             .chain(infos(ExtensionPoint::CONVERSATION_MANAGER, &self.managers))
             .chain(infos(ExtensionPoint::USER_AUTH, &self.auth))
             .chain(infos(ExtensionPoint::MONITORING, &self.monitoring))
@@ -112,9 +118,17 @@ impl Registry {
     }
 }
 
-fn build<O>(entries: &[Entry<O>], name: &str, config: &str, services: Services) -> Result<O, PluginError> {
+fn build<O>(
+    entries: &[Entry<O>],
+    name: &str,
+    config: &str,
+    services: Services,
+) -> Result<O, PluginError> {
     let entry = entries.iter().find(|e| e.name == name).ok_or_else(|| {
-        PluginError::new(ErrorCode::UNIMPLEMENTED, format!("this library has no implementation named `{name}` here"))
+        PluginError::new(
+            ErrorCode::UNIMPLEMENTED,
+            format!("this library has no implementation named `{name}` here"),
+        )
     })?;
     (entry.ctor)(config, services)
 }
@@ -122,7 +136,11 @@ fn build<O>(entries: &[Entry<O>], name: &str, config: &str, services: Services) 
 /// Parses an implementation's config, naming the problem on failure. Use a struct with
 /// `#[serde(deny_unknown_fields)]` so that a misspelt key is an error, not a silent default.
 pub fn parse_config<C: serde::de::DeserializeOwned>(config_json: &str) -> Result<C, PluginError> {
-    let text = if config_json.trim().is_empty() { "{}" } else { config_json };
+    let text = if config_json.trim().is_empty() {
+        "{}"
+    } else {
+        config_json
+    };
     serde_json::from_str(text).map_err(|e| PluginError::invalid_config(e.to_string()))
 }
 
@@ -213,10 +231,15 @@ extern "C" fn init(host: HostApi_Ref, library_config_json: RStr<'_>) -> PResult<
     runtime::guard(None, || {
         let name = LIBRARY.get().map(|l| l.name).unwrap_or("plugin");
         logging::install(host, name);
-        let config: LibraryConfig = parse_config(library_config_json.as_str())
-            .map_err(|e| PluginError::invalid_config(format!("[libraries.{name}]: {}", e.message)))?;
+        let config: LibraryConfig = parse_config(library_config_json.as_str()).map_err(|e| {
+            PluginError::invalid_config(format!("[libraries.{name}]: {}", e.message))
+        })?;
         runtime::start(name, config.worker_threads)?;
-        tracing::debug!(library = name, workers = config.worker_threads, "plugin library initialised");
+        tracing::debug!(
+            library = name,
+            workers = config.worker_threads,
+            "plugin library initialised"
+        );
         Ok(())
     })
     .into()
@@ -272,7 +295,8 @@ macro_rules! export_plugin {
         /// The header abi_stable's loader finds in every oh-host plugin library.
         #[no_mangle]
         #[allow(unsafe_code, non_upper_case_globals)]
-        pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::plugin_api::abi_stable::library::LibHeader = {
+        pub static _1as_0lib_1header_0root_bmodule_bloader:
+            $crate::plugin_api::abi_stable::library::LibHeader = {
             extern "C" fn erased() -> $crate::plugin_api::abi_stable::library::RootModuleResult {
                 $crate::__call_root_module_loader(__oh_plugin_root_module)
             }

@@ -10,7 +10,7 @@
 //!   unhealthy, instead of crossing the FFI boundary (which would end the host process);
 //! - log forwarding: `tracing` and `log` events of the library go to the host's output.
 //!
-//! ```ignore
+//! ```text
 //! fn register(r: &mut plugin_sdk::Registry) {
 //!     r.settings_store("MySettingsStore", "settings in my database", |config, _services| {
 //!         let config: MyConfig = plugin_sdk::parse_config(config)?;
@@ -32,8 +32,9 @@ use plugin_api::models::{Secrets, Settings};
 use std::future::Future;
 
 pub use export::{
-    __call_root_module_loader, __lib_header, __root_module, parse_config, Registry, ConversationManagerObject, ConversationStoreObject,
-    MonitoringObject, RoutesObject, SecretsStoreObject, SettingsStoreObject, UserAuthObject,
+    __call_root_module_loader, __lib_header, __root_module, parse_config,
+    ConversationManagerObject, ConversationStoreObject, MonitoringObject, Registry, RoutesObject,
+    SecretsStoreObject, SettingsStoreObject, UserAuthObject,
 };
 pub use plugin_api::{
     self, models, AuthOutcome, AuthRequest, AuthType, CallContext, ErrorCode, EventQuery,
@@ -48,7 +49,11 @@ pub type Result<T, E = PluginError> = std::result::Result<T, E>;
 /// `settings_store` (OpenHands `SettingsStore`). Scope every read and write by `ctx.user_id()`.
 pub trait SettingsStore: Send + Sync + 'static {
     fn load(&self, ctx: CallContext) -> impl Future<Output = Result<Option<Settings>>> + Send;
-    fn store(&self, ctx: CallContext, settings: Settings) -> impl Future<Output = Result<()>> + Send;
+    fn store(
+        &self,
+        ctx: CallContext,
+        settings: Settings,
+    ) -> impl Future<Output = Result<()>> + Send;
     fn health(&self) -> impl Future<Output = Result<String>> + Send {
         async { Ok("ok".to_owned()) }
     }
@@ -96,7 +101,8 @@ pub trait ConversationStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool>> + Send {
         async move {
             let metadata = self.get_metadata(ctx, conversation_id).await?;
-            Ok(metadata.is_some_and(|m| !user_id.is_empty() && m.user_id.as_deref() == Some(&*user_id)))
+            Ok(metadata
+                .is_some_and(|m| !user_id.is_empty() && m.user_id.as_deref() == Some(&*user_id)))
         }
     }
     fn search(
@@ -138,7 +144,11 @@ pub trait ConversationManager: Send + Sync + 'static {
         conversation_id: String,
         event: serde_json::Value,
     ) -> impl Future<Output = Result<()>> + Send;
-    fn close(&self, ctx: CallContext, conversation_id: String) -> impl Future<Output = Result<bool>> + Send;
+    fn close(
+        &self,
+        ctx: CallContext,
+        conversation_id: String,
+    ) -> impl Future<Output = Result<bool>> + Send;
     fn running(
         &self,
         ctx: CallContext,
@@ -150,7 +160,11 @@ pub trait ConversationManager: Send + Sync + 'static {
         conversation_id: String,
         sink: EventSink,
     ) -> impl Future<Output = Result<u64>> + Send;
-    fn unsubscribe(&self, ctx: CallContext, subscription_id: u64) -> impl Future<Output = Result<()>> + Send;
+    fn unsubscribe(
+        &self,
+        ctx: CallContext,
+        subscription_id: u64,
+    ) -> impl Future<Output = Result<()>> + Send;
     fn health(&self) -> impl Future<Output = Result<String>> + Send {
         async { Ok("ok".to_owned()) }
     }

@@ -23,18 +23,30 @@ use plugin_sdk::Registry;
 
 /// Registers the three stores (also used by benchmarks that link this crate statically).
 pub fn register(r: &mut Registry) {
-    r.settings_store("FileSettingsStore", "settings.json per user under the state dir, secret fields encrypted", |config, services| {
-        let (_, root) = FileStoreConfig::parse(config, &services)?;
-        FileSettingsStore::new(root)
-    });
-    r.secrets_store("FileSecretsStore", "secrets.json per user under the state dir, encrypted with a local key file", |config, services| {
-        let (_, root) = FileStoreConfig::parse(config, &services)?;
-        FileSecretsStore::new(root)
-    });
-    r.conversation_store("FileConversationStore", "metadata.json and an append-only event log per conversation", |config, services| {
-        let (_, root) = FileStoreConfig::parse(config, &services)?;
-        Ok(FileConversationStore::new(root))
-    });
+    r.settings_store(
+        "FileSettingsStore",
+        "settings.json per user under the state dir, secret fields encrypted",
+        |config, services| {
+            let (_, root) = FileStoreConfig::parse(config, &services)?;
+            FileSettingsStore::new(root)
+        },
+    );
+    r.secrets_store(
+        "FileSecretsStore",
+        "secrets.json per user under the state dir, encrypted with a local key file",
+        |config, services| {
+            let (_, root) = FileStoreConfig::parse(config, &services)?;
+            FileSecretsStore::new(root)
+        },
+    );
+    r.conversation_store(
+        "FileConversationStore",
+        "metadata.json and an append-only event log per conversation",
+        |config, services| {
+            let (_, root) = FileStoreConfig::parse(config, &services)?;
+            Ok(FileConversationStore::new(root))
+        },
+    );
 }
 
 plugin_sdk::export_plugin!(register);

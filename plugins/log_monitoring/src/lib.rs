@@ -26,7 +26,11 @@ fn user(ctx: &CallContext) -> &str {
 
 impl plugin_sdk::MonitoringListener for LogMonitoringListener {
     fn on_session_event(&self, ctx: &CallContext, event: &serde_json::Value) {
-        let kind = event.get("action").or_else(|| event.get("observation")).and_then(|v| v.as_str()).unwrap_or("other");
+        let kind = event
+            .get("action")
+            .or_else(|| event.get("observation"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("other");
         let id = event.get("id").and_then(|v| v.as_i64()).unwrap_or(-1);
         if self.debug {
             tracing::debug!(hook = "on_session_event", user = user(ctx), request_id = %ctx.request_id, kind, id, "session event");
@@ -36,7 +40,13 @@ impl plugin_sdk::MonitoringListener for LogMonitoringListener {
     }
 
     fn on_agent_session_start(&self, ctx: &CallContext, success: bool, duration_secs: f64) {
-        tracing::info!(hook = "on_agent_session_start", user = user(ctx), success, duration_secs, "agent session started");
+        tracing::info!(
+            hook = "on_agent_session_start",
+            user = user(ctx),
+            success,
+            duration_secs,
+            "agent session started"
+        );
     }
 
     fn on_create_conversation(&self, ctx: &CallContext) {
@@ -45,15 +55,23 @@ impl plugin_sdk::MonitoringListener for LogMonitoringListener {
 }
 
 pub fn register(r: &mut Registry) {
-    r.monitoring("LogMonitoringListener", "structured log lines for each monitoring hook", |config, _| {
-        let config: Config = plugin_sdk::parse_config(config)?;
-        let debug = match config.level.as_str() {
-            "info" => false,
-            "debug" => true,
-            other => return Err(PluginError::invalid_config(format!("level `{other}`: use \"info\" or \"debug\""))),
-        };
-        Ok(LogMonitoringListener { debug })
-    });
+    r.monitoring(
+        "LogMonitoringListener",
+        "structured log lines for each monitoring hook",
+        |config, _| {
+            let config: Config = plugin_sdk::parse_config(config)?;
+            let debug = match config.level.as_str() {
+                "info" => false,
+                "debug" => true,
+                other => {
+                    return Err(PluginError::invalid_config(format!(
+                        "level `{other}`: use \"info\" or \"debug\""
+                    )))
+                }
+            };
+            Ok(LogMonitoringListener { debug })
+        },
+    );
 }
 
 plugin_sdk::export_plugin!(register);

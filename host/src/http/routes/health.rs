@@ -29,8 +29,15 @@ pub(super) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             Err(e) => json!({ "extension": m.key, "implementation": m.implementation, "ok": false, "error": e }),
         })
         .collect();
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "status": if ok { "ready" } else { "unavailable" }, "plugins": plugins })))
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "status": if ok { "ready" } else { "unavailable" }, "plugins": plugins })),
+    )
 }
 
 fn stats(m: &Meta) -> Value {
@@ -82,11 +89,29 @@ pub(super) async fn plugins(State(state): State<AppState>) -> Json<Value> {
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut out = String::new();
     let families: [(&str, &str, fn(&Meta) -> u64); 5] = [
-        ("oh_plugin_calls_total", "Calls into a plugin instance.", |m| m.stats.calls.load(Ordering::Relaxed)),
-        ("oh_plugin_errors_total", "Calls that returned an error.", |m| m.stats.errors.load(Ordering::Relaxed)),
-        ("oh_plugin_panics_total", "Calls that panicked.", |m| m.stats.panics.load(Ordering::Relaxed)),
-        ("oh_plugin_timeouts_total", "Calls that hit their deadline.", |m| m.stats.timeouts.load(Ordering::Relaxed)),
-        ("oh_plugin_latency_microseconds_total", "Time spent in calls.", |m| m.stats.latency_us_total.load(Ordering::Relaxed)),
+        (
+            "oh_plugin_calls_total",
+            "Calls into a plugin instance.",
+            |m| m.stats.calls.load(Ordering::Relaxed),
+        ),
+        (
+            "oh_plugin_errors_total",
+            "Calls that returned an error.",
+            |m| m.stats.errors.load(Ordering::Relaxed),
+        ),
+        ("oh_plugin_panics_total", "Calls that panicked.", |m| {
+            m.stats.panics.load(Ordering::Relaxed)
+        }),
+        (
+            "oh_plugin_timeouts_total",
+            "Calls that hit their deadline.",
+            |m| m.stats.timeouts.load(Ordering::Relaxed),
+        ),
+        (
+            "oh_plugin_latency_microseconds_total",
+            "Time spent in calls.",
+            |m| m.stats.latency_us_total.load(Ordering::Relaxed),
+        ),
     ];
     for (name, help, get) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -101,14 +126,35 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
             );
         }
     }
-    let reported = loader::plugin_metrics().lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let reported = loader::plugin_metrics()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     for ((name, labels), value) in reported {
-        let labels: serde_json::Map<String, Value> = serde_json::from_str(&labels).unwrap_or_default();
+        let labels: serde_json::Map<String, Value> =
+            serde_json::from_str(&labels).unwrap_or_default();
         let labels: Vec<String> = labels
             .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()).replace('"', "\\\"")))
+            .map(|(k, v)| {
+                format!(
+                    "{k}=\"{}\"",
+                    v.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| v.to_string())
+                        .replace('"', "\\\"")
+                )
+            })
             .collect();
-        let name: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+        let name: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)

@@ -43,8 +43,17 @@ impl FromRequestParts<AppState> for Caller {
             .extensions
             .get::<Principal>()
             .cloned()
-            .ok_or_else(|| ApiError::error(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "route is not behind the auth gate"))?;
-        let request_id = parts.extensions.get::<RequestId>().cloned().unwrap_or_else(|| RequestId(String::new()));
+            .ok_or_else(|| {
+                ApiError::error(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "route is not behind the auth gate",
+                )
+            })?;
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| RequestId(String::new()));
         let ctx = call_context(&principal, &request_id, &state.server);
         Ok(Caller { principal, ctx })
     }

@@ -47,7 +47,11 @@ struct ProvidersIn {
 
 /// The submitted map replaces the stored provider tokens; an entry with an empty token keeps
 /// the stored token and updates its host. Custom secrets are kept.
-async fn add_git_providers(State(state): State<AppState>, caller: Caller, JsonBody(body): JsonBody<ProvidersIn>) -> ApiResult<Json<Value>> {
+async fn add_git_providers(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<ProvidersIn>,
+) -> ApiResult<Json<Value>> {
     for provider in body.provider_tokens.keys() {
         if !PROVIDERS.contains(&provider.as_str()) {
             return Err(ApiError::new(
@@ -58,14 +62,25 @@ async fn add_git_providers(State(state): State<AppState>, caller: Caller, JsonBo
     }
     let lock = state.user_lock(&caller.principal.user_id);
     let _guard = lock.lock().await;
-    let mut secrets = state.registry.load_secrets(caller.ctx.clone()).await?.unwrap_or_default();
+    let mut secrets = state
+        .registry
+        .load_secrets(caller.ctx.clone())
+        .await?
+        .unwrap_or_default();
     let mut tokens = BTreeMap::new();
     for (provider, incoming) in body.provider_tokens {
         let token = incoming.token.filter(|t| !t.trim().is_empty());
         let stored = secrets.provider_tokens.get(&provider);
         let entry = match (token, stored) {
-            (Some(token), _) => ProviderToken { token: Some(token), host: incoming.host, user_id: incoming.user_id },
-            (None, Some(stored)) => ProviderToken { host: incoming.host.or(stored.host.clone()), ..stored.clone() },
+            (Some(token), _) => ProviderToken {
+                token: Some(token),
+                host: incoming.host,
+                user_id: incoming.user_id,
+            },
+            (None, Some(stored)) => ProviderToken {
+                host: incoming.host.or(stored.host.clone()),
+                ..stored.clone()
+            },
             (None, None) => continue,
         };
         tokens.insert(provider, entry);
@@ -75,7 +90,10 @@ async fn add_git_providers(State(state): State<AppState>, caller: Caller, JsonBo
     Ok(Json(json!({ "message": "Git providers stored" })))
 }
 
-async fn unset_provider_tokens(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+async fn unset_provider_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Value>> {
     let lock = state.user_lock(&caller.principal.user_id);
     let _guard = lock.lock().await;
     if let Some(mut secrets) = state.registry.load_secrets(caller.ctx.clone()).await? {
@@ -86,7 +104,11 @@ async fn unset_provider_tokens(State(state): State<AppState>, caller: Caller) ->
 }
 
 async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    let secrets = state.registry.load_secrets(caller.ctx).await?.unwrap_or_default();
+    let secrets = state
+        .registry
+        .load_secrets(caller.ctx)
+        .await?
+        .unwrap_or_default();
     let items: Vec<Value> = secrets
         .custom_secrets
         .iter()
@@ -104,19 +126,37 @@ struct SecretIn {
     description: Option<String>,
 }
 
-async fn create(State(state): State<AppState>, caller: Caller, JsonBody(body): JsonBody<SecretIn>) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<SecretIn>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     validate_secret_name(&body.name)?;
     let lock = state.user_lock(&caller.principal.user_id);
     let _guard = lock.lock().await;
-    let mut secrets: Secrets = state.registry.load_secrets(caller.ctx.clone()).await?.unwrap_or_default();
+    let mut secrets: Secrets = state
+        .registry
+        .load_secrets(caller.ctx.clone())
+        .await?
+        .unwrap_or_default();
     if secrets.custom_secrets.contains_key(&body.name) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, json!({ "message": format!("Secret {} already exists", body.name) })));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            json!({ "message": format!("Secret {} already exists", body.name) }),
+        ));
     }
-    secrets
-        .custom_secrets
-        .insert(body.name, CustomSecret { secret: body.value, description: body.description.unwrap_or_default() });
+    secrets.custom_secrets.insert(
+        body.name,
+        CustomSecret {
+            secret: body.value,
+            description: body.description.unwrap_or_default(),
+        },
+    );
     state.registry.store_secrets(caller.ctx, &secrets).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "message": "Secret created successfully" }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "message": "Secret created successfully" })),
+    ))
 }
 
 /// `CustomSecretWithoutValueModel`: rename or re-describe; the value is kept.
@@ -136,26 +176,49 @@ async fn update(
     validate_secret_name(&body.name)?;
     let lock = state.user_lock(&caller.principal.user_id);
     let _guard = lock.lock().await;
-    let mut secrets = state.registry.load_secrets(caller.ctx.clone()).await?.unwrap_or_default();
+    let mut secrets = state
+        .registry
+        .load_secrets(caller.ctx.clone())
+        .await?
+        .unwrap_or_default();
     let Some(existing) = secrets.custom_secrets.remove(&id) else {
-        return Err(ApiError::not_found(format!("Secret with ID {id} not found")));
+        return Err(ApiError::not_found(format!(
+            "Secret with ID {id} not found"
+        )));
     };
     if body.name != id && secrets.custom_secrets.contains_key(&body.name) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, json!({ "message": format!("Secret {} already exists", body.name) })));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            json!({ "message": format!("Secret {} already exists", body.name) }),
+        ));
     }
-    secrets
-        .custom_secrets
-        .insert(body.name, CustomSecret { secret: existing.secret, description: body.description.unwrap_or_default() });
+    secrets.custom_secrets.insert(
+        body.name,
+        CustomSecret {
+            secret: existing.secret,
+            description: body.description.unwrap_or_default(),
+        },
+    );
     state.registry.store_secrets(caller.ctx, &secrets).await?;
     Ok(Json(json!({ "message": "Secret updated successfully" })))
 }
 
-async fn remove(State(state): State<AppState>, caller: Caller, SecretId(id): SecretId) -> ApiResult<Json<Value>> {
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    SecretId(id): SecretId,
+) -> ApiResult<Json<Value>> {
     let lock = state.user_lock(&caller.principal.user_id);
     let _guard = lock.lock().await;
-    let mut secrets = state.registry.load_secrets(caller.ctx.clone()).await?.unwrap_or_default();
+    let mut secrets = state
+        .registry
+        .load_secrets(caller.ctx.clone())
+        .await?
+        .unwrap_or_default();
     if secrets.custom_secrets.remove(&id).is_none() {
-        return Err(ApiError::not_found(format!("Secret with ID {id} not found")));
+        return Err(ApiError::not_found(format!(
+            "Secret with ID {id} not found"
+        )));
     }
     state.registry.store_secrets(caller.ctx, &secrets).await?;
     Ok(Json(json!({ "message": "Secret deleted successfully" })))

@@ -1,0 +1,41 @@
+# Each target is a thin cargo line. `make run` and `make test` are all a newcomer needs.
+CARGO       ?= cargo
+PLUGINS_DIR := target/plugins
+# The bundled OSS plugin libraries that `make run` serves.
+BUNDLED     := file_stores default_auth log_monitoring
+EXAMPLE     := examples/token-auth/Cargo.toml
+
+.PHONY: build plugins examples run test services bench lint fmt clean-state
+
+build:
+	$(CARGO) build --workspace
+
+# Copies the bundled libraries where plugins.toml looks for them (0644 in a 0755 directory:
+# the host refuses libraries that other users could replace).
+plugins: build
+	install -d -m 0755 $(PLUGINS_DIR)
+	for p in $(BUNDLED); do install -m 0644 target/debug/lib$$p.so $(PLUGINS_DIR)/; done
+
+# The third-party example, built on its own as an outside author would (shares target/).
+examples:
+	$(CARGO) build --manifest-path $(EXAMPLE) --target-dir target
+
+run: plugins
+	target/debug/oh-host --config plugins.toml
+
+services:
+	bash .ci/services
+
+test: services plugins examples
+	$(CARGO) test --workspace
+	$(CARGO) test --manifest-path $(EXAMPLE) --target-dir target
+
+bench: services
+	bash bench/run
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all

@@ -1,0 +1,71 @@
+//! `oh-host plugins` and `oh-host check` as an operator runs them.
+
+use oh_e2e::Deployment;
+
+#[test]
+fn plugins_lists_every_library_with_hash_version_and_implementations() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.install("token_auth");
+    d.install_as("not_abi_stable", "plain");
+    d.write_profile("", "");
+    let out = d.run_cli(&["plugins"]);
+    let sha = oh_e2e::sha256_hex_file(&d.plugins_dir().join("libfile_stores.so"));
+    assert!(
+        out.stdout.contains(&format!("sha256  {sha}")),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("plugin-api 0.1"), "{}", out.stdout);
+    for line in [
+        "settings_store         FileSettingsStore",
+        "user_auth              TokenAuth",
+        "monitoring             LogMonitoringListener",
+    ] {
+        assert!(
+            out.stdout.contains(line),
+            "missing `{line}` in:\n{}",
+            out.stdout
+        );
+    }
+    assert!(out.stdout.contains("plain  REFUSED"), "{}", out.stdout);
+    // A refused library makes the listing fail, so scripts notice.
+    assert!(!out.status.success());
+}
+
+#[test]
+fn check_accepts_a_good_profile_and_names_what_it_would_load() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    let out = d.run_cli(&["check"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stdout.contains("OK"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("conversation_store     file_stores::FileConversationStore"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn check_reports_profile_errors_with_file_key_and_fix() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("colour = \"blue\"", "[extensions.routes]\nlibrary = \"x\"\nimplementation = \"Y\"\nconfig = { secret = \"${OH_TEST_SURELY_UNSET_VAR}\" }\n");
+    let out = d.run_cli(&["check"]);
+    out.assert_refused();
+    let profile = d.profile_path().display().to_string();
+    assert!(
+        out.stderr
+            .contains(&format!("{profile}: server.colour: unknown key")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("extensions.routes.config.secret: environment variable OH_TEST_SURELY_UNSET_VAR is not set"),
+        "{}",
+        out.stderr
+    );
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: one binary, one module per area (matklad's "one integration test crate").
+
+mod cli;
+mod conversations;
+mod failures;
+mod http;
+mod token_auth;

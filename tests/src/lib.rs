@@ -1,0 +1,344 @@
+//! The end-to-end harness: a [`TestHost`] runs the real `oh-host` binary on `127.0.0.1:0`
+//! with a temporary state dir, plugins dir and profile; helpers build profiles and copy
+//! plugin libraries the way an operator would.
+//!
+//! The binaries and libraries come from `make test` (which builds the workspace, the plugins
+//! and the example plugin first): `target/debug/oh-host`, `target/debug/lib*.so`.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf()
+}
+
+/// `target/debug`, where `make test` leaves the binary and the libraries.
+pub fn target_debug() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+        .join("debug")
+}
+
+pub fn host_binary() -> PathBuf {
+    let bin = target_debug().join("oh-host");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `make test` (it builds the host first)",
+        bin.display()
+    );
+    bin
+}
+
+/// A temporary directory laid out like a deployment: `plugins/`, `state/`, `plugins.toml`.
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Deployment {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Deployment {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("plugins")).unwrap();
+        fs::set_permissions(
+            dir.path().join("plugins"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        Self { dir }
+    }
+
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn profile_path(&self) -> PathBuf {
+        self.dir.path().join("plugins.toml")
+    }
+
+    /// Copies `target/debug/lib<built>.so` into the plugins dir as `lib<name>.so`.
+    pub fn install_as(&self, built: &str, name: &str) -> PathBuf {
+        let src = target_debug().join(format!("lib{built}.so"));
+        assert!(
+            src.exists(),
+            "{} is missing: run `make test` (it builds every plugin first)",
+            src.display()
+        );
+        let dst = self.plugins_dir().join(format!("lib{name}.so"));
+        fs::copy(&src, &dst).unwrap();
+        fs::set_permissions(&dst, fs::Permissions::from_mode(0o644)).unwrap();
+        dst
+    }
+
+    pub fn install(&self, name: &str) -> PathBuf {
+        self.install_as(name, name)
+    }
+
+    /// The bundled OSS plugins.
+    pub fn install_bundled(&self) {
+        for p in ["file_stores", "default_auth", "log_monitoring"] {
+            self.install(p);
+        }
+    }
+
+    /// Writes `plugins.toml`: a `[server]` table pointing at this deployment, then `extra`.
+    pub fn write_profile(&self, server_extra: &str, extra: &str) {
+        let text = format!(
+            "[server]\nbind = \"127.0.0.1:0\"\nplugins_dir = \"{}\"\nstate_dir = \"{}\"\nshutdown_timeout_ms = 2000\n{server_extra}\n\n{extra}\n",
+            self.plugins_dir().display(),
+            self.state_dir().display()
+        );
+        fs::write(self.profile_path(), text).unwrap();
+    }
+
+    /// Runs `oh-host <args> --config plugins.toml` to completion.
+    pub fn run_cli(&self, args: &[&str]) -> CliOutput {
+        let out = Command::new(host_binary())
+            .args(args)
+            .arg("--config")
+            .arg(self.profile_path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run oh-host");
+        CliOutput {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Starts the server and waits until it listens.
+    pub fn start(&self) -> TestHost {
+        self.start_with_env(&[])
+    }
+
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> TestHost {
+        let mut child = Command::new(host_binary())
+            .arg("--config")
+            .arg(self.profile_path())
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn oh-host");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let addr = addr.split_whitespace().next().unwrap_or("").to_owned();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("oh-host did not start; its log:\n{}", log.lock().unwrap());
+            }
+        };
+        TestHost {
+            child,
+            base: format!("http://{addr}"),
+            log,
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+pub struct CliOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Exited by itself (no signal: the host did not crash) with a non-zero status.
+    pub fn assert_refused(&self) {
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            self.status.signal().is_none(),
+            "oh-host died of a signal: {:?}\n{}",
+            self.status,
+            self.stderr
+        );
+        assert!(
+            !self.status.success(),
+            "expected a failure, got success:\n{}{}",
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
+/// A running `oh-host`.
+pub struct TestHost {
+    child: Child,
+    pub base: String,
+    log: Arc<Mutex<String>>,
+    pub http: reqwest::Client,
+}
+
+impl TestHost {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        Response::from(self.http.get(self.url(path)).send().await.expect("GET")).await
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Response {
+        Response::from(req.send().await.expect("request")).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Response {
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
+    /// Sends raw request bytes and returns the raw answer (for what HTTP clients normalise).
+    pub fn raw(&self, request: &str) -> String {
+        use std::io::{Read, Write};
+        let addr = self.base.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = self.child.kill();
+                panic!("oh-host did not stop within 20 s after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response read in full.
+pub struct Response {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Response {
+    async fn from(r: reqwest::Response) -> Response {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap_or_default();
+        Response {
+            status,
+            headers,
+            text,
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+}
+
+/// SHA-256 hex of a string.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if fs::read(&p)
+                .map(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                .unwrap_or(false)
+            {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}
+
+/// SHA-256 hex of a file.
+pub fn sha256_hex_file(path: &Path) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(fs::read(path).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
