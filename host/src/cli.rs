@@ -26,18 +26,12 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        command: "serve".to_owned(),
-        config: None,
-        dir: None,
-    };
+    let mut args = Args { command: "serve".to_owned(), config: None, dir: None };
     let mut it = std::env::args().skip(1);
     let mut command_seen = false;
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--config" | "-c" => {
-                args.config = Some(it.next().ok_or("--config needs a file")?.into())
-            }
+            "--config" | "-c" => args.config = Some(it.next().ok_or("--config needs a file")?.into()),
             "--dir" => args.dir = Some(it.next().ok_or("--dir needs a directory")?.into()),
             "-h" | "--help" => args.command = "help".to_owned(),
             "-V" | "--version" => args.command = "version".to_owned(),
@@ -101,11 +95,7 @@ pub fn main() -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("oh-host")
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("oh-host").build().expect("tokio runtime")
 }
 
 fn serve(args: &Args) -> ExitCode {
@@ -128,18 +118,10 @@ fn serve(args: &Args) -> ExitCode {
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.server.bind)
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot listen on {} (server.bind in {}): {e}",
-                    config.server.bind,
-                    path.display()
-                )
-            })?;
+            .map_err(|e| format!("cannot listen on {} (server.bind in {}): {e}", config.server.bind, path.display()))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(profile = %path.display(), "oh-host listening on http://{addr}");
-        crate::serve(&config, registry, listener, crate::shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
+        crate::serve(&config, registry, listener, crate::shutdown_signal()).await.map_err(|e| e.to_string())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -191,7 +173,7 @@ fn plugins(args: &Args) -> ExitCode {
             match config::load(&path) {
                 Ok(c) => c.server.plugins_dir,
                 Err(e) => {
-                    eprint!("{e}(use --dir DIR to list a directory without a valid profile)\n");
+                    eprintln!("{e}(use --dir DIR to list a directory without a valid profile)");
                     return ExitCode::FAILURE;
                 }
             }
@@ -218,12 +200,7 @@ fn plugins(args: &Args) -> ExitCode {
         match lib {
             Ok(lib) => {
                 println!("\n{name}  {}", lib.path.display());
-                println!(
-                    "  version {}  plugin-api {}  {}",
-                    lib.version,
-                    lib.api_version(),
-                    lib.api.rustc.as_str()
-                );
+                println!("  version {}  plugin-api {}  {}", lib.version, lib.api_version(), lib.api.rustc.as_str());
                 println!("  sha256  {}", lib.sha256);
                 for point in ExtensionPoint::ALL {
                     for i in lib.implementations.iter().filter(|i| i.point == point) {

@@ -84,12 +84,7 @@ pub struct ConfigErrors {
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.problems.len();
-        writeln!(
-            f,
-            "{}: {n} problem{}",
-            self.path.display(),
-            if n == 1 { "" } else { "s" }
-        )?;
+        writeln!(f, "{}: {n} problem{}", self.path.display(), if n == 1 { "" } else { "s" })?;
         for p in &self.problems {
             writeln!(f, "  - {p}")?;
         }
@@ -120,18 +115,14 @@ pub fn profile_path(cli: Option<&Path>) -> PathBuf {
 
 /// Reads and validates a profile, with variables from the process environment.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let fail = |p: String| ConfigErrors {
-        path: path.to_path_buf(),
-        problems: vec![p],
-    };
+    let fail = |p: String| ConfigErrors { path: path.to_path_buf(), problems: vec![p] };
     let text = std::fs::read(path).map_err(|e| {
         fail(format!(
             "cannot read the profile: {e} (create it, or point --config / {} at one)",
             env::OPENHANDS_PLUGINS_TOML
         ))
     })?;
-    let text =
-        String::from_utf8(text).map_err(|_| fail("the profile is not UTF-8 text".to_owned()))?;
+    let text = String::from_utf8(text).map_err(|_| fail("the profile is not UTF-8 text".to_owned()))?;
     parse(path, &text, &|name| std::env::var(name).ok())
 }
 
@@ -145,30 +136,15 @@ const SERVER_KEYS: &[&str] = &[
     "max_body_bytes",
     "conversation_max_age_seconds",
 ];
-const ENTRY_KEYS: &[&str] = &[
-    "library",
-    "implementation",
-    "config",
-    "sha256",
-    "enabled_if_env",
-    "timeout_ms",
-];
+const ENTRY_KEYS: &[&str] = &["library", "implementation", "config", "sha256", "enabled_if_env", "timeout_ms"];
 
 /// Parses profile text; `lookup` reads variables (the environment, or a map in tests).
-pub fn parse(
-    path: &Path,
-    text: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, ConfigErrors> {
-    let mut p = Problems {
-        file: path.display().to_string(),
-        list: Vec::new(),
-    };
+pub fn parse(path: &Path, text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let mut p = Problems { file: path.display().to_string(), list: Vec::new() };
     let root: Table = match text.parse::<Table>() {
         Ok(t) => t,
         Err(e) => {
-            p.list
-                .push(format!("not valid TOML: {}", e.to_string().trim()));
+            p.list.push(format!("not valid TOML: {}", e.to_string().trim()));
             return Err(p.into_errors(path));
         }
     };
@@ -176,10 +152,7 @@ pub fn parse(
 
     for key in root.keys() {
         if !["server", "extensions", "libraries"].contains(&key.as_str()) {
-            p.push(
-                key,
-                "unknown table; the profile has [server], [extensions.*] and [libraries.*]",
-            );
+            p.push(key, "unknown table; the profile has [server], [extensions.*] and [libraries.*]");
         }
     }
 
@@ -192,10 +165,7 @@ pub fn parse(
         for (name, value) in ext {
             let Some(point) = ExtensionPoint::from_key(name) else {
                 let known: Vec<_> = ExtensionPoint::ALL.iter().map(|p| p.key()).collect();
-                p.push(
-                    &format!("extensions.{name}"),
-                    &format!("unknown extension point; known: {}", known.join(", ")),
-                );
+                p.push(&format!("extensions.{name}"), &format!("unknown extension point; known: {}", known.join(", ")));
                 continue;
             };
             let multi = matches!(point, ExtensionPoint::MONITORING | ExtensionPoint::ROUTES);
@@ -208,14 +178,9 @@ pub fn parse(
                     for (i, item) in items.iter().enumerate() {
                         let key = format!("extensions.{name}[{i}]");
                         match item {
-                            Value::Table(t) => extensions.extend(parse_entry(
-                                point,
-                                &key,
-                                t,
-                                server.as_ref(),
-                                lookup,
-                                &mut p,
-                            )),
+                            Value::Table(t) => {
+                                extensions.extend(parse_entry(point, &key, t, server.as_ref(), lookup, &mut p))
+                            }
                             _ => p.push(&key, "must be a table ([[extensions.…]])"),
                         }
                     }
@@ -281,12 +246,7 @@ pub fn parse(
     }
 
     match server {
-        Some(server) if p.list.is_empty() => Ok(Config {
-            path: path.to_path_buf(),
-            server,
-            extensions,
-            libraries,
-        }),
+        Some(server) if p.list.is_empty() => Ok(Config { path: path.to_path_buf(), server, extensions, libraries }),
         _ => Err(p.into_errors(path)),
     }
 }
@@ -301,10 +261,7 @@ impl Problems {
         self.list.push(format!("{}: {key}: {message}", self.file));
     }
     fn into_errors(self, path: &Path) -> ConfigErrors {
-        ConfigErrors {
-            path: path.to_path_buf(),
-            problems: self.list,
-        }
+        ConfigErrors { path: path.to_path_buf(), problems: self.list }
     }
 }
 
@@ -328,10 +285,7 @@ fn parse_server(
     let before = p.list.len();
     for key in t.keys() {
         if !SERVER_KEYS.contains(&key.as_str()) {
-            p.push(
-                &format!("server.{key}"),
-                &format!("unknown key; known: {}", SERVER_KEYS.join(", ")),
-            );
+            p.push(&format!("server.{key}"), &format!("unknown key; known: {}", SERVER_KEYS.join(", ")));
         }
     }
     let string = |key: &str, default: &str, p: &mut Problems| -> String {
@@ -350,22 +304,13 @@ fn parse_server(
             Some(Value::Integer(n)) if *n >= min => *n,
             Some(Value::String(s)) => {
                 let s = expand(s, &format!("server.{key}"), lookup, p);
-                s.parse::<i64>()
-                    .ok()
-                    .filter(|n| *n >= min)
-                    .unwrap_or_else(|| {
-                        p.push(
-                            &format!("server.{key}"),
-                            &format!("`{s}` is not an integer >= {min}"),
-                        );
-                        default
-                    })
+                s.parse::<i64>().ok().filter(|n| *n >= min).unwrap_or_else(|| {
+                    p.push(&format!("server.{key}"), &format!("`{s}` is not an integer >= {min}"));
+                    default
+                })
             }
             Some(_) => {
-                p.push(
-                    &format!("server.{key}"),
-                    &format!("must be an integer >= {min}"),
-                );
+                p.push(&format!("server.{key}"), &format!("must be an integer >= {min}"));
                 default
             }
         }
@@ -374,19 +319,13 @@ fn parse_server(
         "oss" => AppMode::Oss,
         "saas" => AppMode::Saas,
         other => {
-            p.push(
-                "server.app_mode",
-                &format!("`{other}` is not a mode; use \"oss\" or \"saas\""),
-            );
+            p.push("server.app_mode", &format!("`{other}` is not a mode; use \"oss\" or \"saas\""));
             AppMode::Oss
         }
     };
     let bind_text = string("bind", "127.0.0.1:3000", p);
     let bind = bind_text.parse::<SocketAddr>().unwrap_or_else(|_| {
-        p.push(
-            "server.bind",
-            &format!("`{bind_text}` is not an address; write it as \"127.0.0.1:3000\""),
-        );
+        p.push("server.bind", &format!("`{bind_text}` is not an address; write it as \"127.0.0.1:3000\""));
         SocketAddr::from(([127, 0, 0, 1], 3000))
     });
     let plugins_dir = resolve(base, &string("plugins_dir", "target/plugins", p));
@@ -399,9 +338,7 @@ fn parse_server(
         call_timeout: Duration::from_millis(int("call_timeout_ms", 10_000, 1, p) as u64),
         shutdown_timeout: Duration::from_millis(int("shutdown_timeout_ms", 5_000, 0, p) as u64),
         max_body_bytes: int("max_body_bytes", 4 * 1024 * 1024, 1024, p) as usize,
-        conversation_max_age: Duration::from_secs(
-            int("conversation_max_age_seconds", 864_000, 1, p) as u64,
-        ),
+        conversation_max_age: Duration::from_secs(int("conversation_max_age_seconds", 864_000, 1, p) as u64),
     };
     (p.list.len() == before).then_some(server)
 }
@@ -416,33 +353,25 @@ fn parse_entry(
 ) -> Option<ExtensionConfig> {
     for k in t.keys() {
         if !ENTRY_KEYS.contains(&k.as_str()) {
-            p.push(
-                &format!("{key}.{k}"),
-                &format!("unknown key; an entry has {}", ENTRY_KEYS.join(", ")),
-            );
+            p.push(&format!("{key}.{k}"), &format!("unknown key; an entry has {}", ENTRY_KEYS.join(", ")));
         }
     }
     // Conditional loading, as the enterprise app does: skip the entry (and its variables)
     // unless the named variable is set and not empty.
     match t.get("enabled_if_env") {
-        None => {}
-        Some(Value::String(var)) => {
-            if lookup(var).filter(|v| !v.is_empty()).is_none() {
-                tracing::debug!(entry = key, var = %var, "skipped: enabled_if_env variable not set");
-                return None;
-            }
+        None | Some(Value::String(_)) => {}
+        Some(_) => p.push(&format!("{key}.enabled_if_env"), "must be the name of an environment variable"),
+    }
+    if let Some(Value::String(var)) = t.get("enabled_if_env") {
+        if lookup(var).filter(|v| !v.is_empty()).is_none() {
+            tracing::debug!(entry = key, var = %var, "skipped: enabled_if_env variable not set");
+            return None;
         }
-        Some(_) => p.push(
-            &format!("{key}.enabled_if_env"),
-            "must be the name of an environment variable",
-        ),
     }
     let before = p.list.len();
     let text = |k: &str, p: &mut Problems| -> Option<String> {
         match t.get(k) {
-            Some(Value::String(s)) if !s.trim().is_empty() => {
-                Some(expand(s, &format!("{key}.{k}"), lookup, p))
-            }
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(expand(s, &format!("{key}.{k}"), lookup, p)),
             Some(_) => {
                 p.push(&format!("{key}.{k}"), "must be a non-empty string");
                 None
@@ -453,7 +382,10 @@ fn parse_entry(
     let library = text("library", p);
     let implementation = text("implementation", p);
     if library.is_none() && !t.contains_key("library") {
-        p.push(&format!("{key}.library"), "missing; name the library (lib<name>.so in plugins_dir), e.g. library = \"file_stores\"");
+        p.push(
+            &format!("{key}.library"),
+            "missing; name the library (lib<name>.so in plugins_dir), e.g. library = \"file_stores\"",
+        );
     }
     if implementation.is_none() && !t.contains_key("implementation") {
         p.push(
@@ -462,10 +394,7 @@ fn parse_entry(
         );
     }
     if let Some(lib) = &library {
-        if !lib
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
+        if !lib.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             p.push(
                 &format!("{key}.library"),
                 &format!("`{lib}` is not a library name; write the name only (file_stores), not a path or file name"),
@@ -485,24 +414,16 @@ fn parse_entry(
         None => Value::Table(Table::new()),
         Some(v @ Value::Table(_)) => v.clone(),
         Some(_) => {
-            p.push(
-                &format!("{key}.config"),
-                "must be a table, e.g. config = { root = \"/var/lib/oh\" }",
-            );
+            p.push(&format!("{key}.config"), "must be a table, e.g. config = { root = \"/var/lib/oh\" }");
             Value::Table(Table::new())
         }
     };
     expand_value(&mut config, &format!("{key}.config"), lookup, p);
     let timeout = match t.get("timeout_ms") {
-        None => server
-            .map(|s| s.call_timeout)
-            .unwrap_or(Duration::from_secs(10)),
+        None => server.map(|s| s.call_timeout).unwrap_or(Duration::from_secs(10)),
         Some(Value::Integer(n)) if *n > 0 => Duration::from_millis(*n as u64),
         Some(_) => {
-            p.push(
-                &format!("{key}.timeout_ms"),
-                "must be an integer > 0 (milliseconds)",
-            );
+            p.push(&format!("{key}.timeout_ms"), "must be an integer > 0 (milliseconds)");
             Duration::from_secs(10)
         }
     };
@@ -522,12 +443,7 @@ fn parse_entry(
 }
 
 /// Expands `${VAR}` and `${VAR:-default}`; `$${` is a literal `${`.
-fn expand(
-    text: &str,
-    key: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-    p: &mut Problems,
-) -> String {
+fn expand(text: &str, key: &str, lookup: &dyn Fn(&str) -> Option<String>, p: &mut Problems) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find('$') {
@@ -570,12 +486,7 @@ fn expand(
     out
 }
 
-fn expand_value(
-    v: &mut Value,
-    key: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-    p: &mut Problems,
-) {
+fn expand_value(v: &mut Value, key: &str, lookup: &dyn Fn(&str) -> Option<String>, p: &mut Problems) {
     match v {
         Value::String(s) => *s = expand(s, key, lookup, p),
         Value::Array(items) => {
@@ -600,20 +511,14 @@ fn toml_to_json(v: &Value) -> serde_json::Value {
         Value::Boolean(b) => serde_json::Value::Bool(*b),
         Value::Datetime(d) => serde_json::Value::String(d.to_string()),
         Value::Array(items) => serde_json::Value::Array(items.iter().map(toml_to_json).collect()),
-        Value::Table(t) => serde_json::Value::Object(
-            t.iter()
-                .map(|(k, v)| (k.clone(), toml_to_json(v)))
-                .collect(),
-        ),
+        Value::Table(t) => serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
     }
 }
 
 /// `~/x` -> `$HOME/x`; relative paths are relative to the profile's directory.
 fn resolve(base: &Path, text: &str) -> PathBuf {
     let path = match text.strip_prefix("~/").or((text == "~").then_some("")) {
-        Some(rest) => {
-            PathBuf::from(env::get(env::HOME).unwrap_or_else(|| "/".to_owned())).join(rest)
-        }
+        Some(rest) => PathBuf::from(env::get(env::HOME).unwrap_or_else(|| "/".to_owned())).join(rest),
         None => PathBuf::from(text),
     };
     if path.is_absolute() {
@@ -628,10 +533,7 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 
@@ -643,15 +545,9 @@ mod tests {
     fn empty_profile_falls_back_to_bundled_defaults() {
         let c = parse_with("", &[("HOME", "/home/u")]).unwrap();
         assert_eq!(c.server.bind.to_string(), "127.0.0.1:3000");
-        assert_eq!(
-            c.server.plugins_dir,
-            PathBuf::from("/etc/oh/target/plugins")
-        );
-        let named: Vec<_> = c
-            .extensions
-            .iter()
-            .map(|e| (e.point.key(), e.implementation.as_str(), e.explicit))
-            .collect();
+        assert_eq!(c.server.plugins_dir, PathBuf::from("/etc/oh/target/plugins"));
+        let named: Vec<_> =
+            c.extensions.iter().map(|e| (e.point.key(), e.implementation.as_str(), e.explicit)).collect();
         assert!(named.contains(&("settings_store", "FileSettingsStore", false)));
         assert!(named.contains(&("user_auth", "DefaultUserAuth", false)));
         assert!(!named.iter().any(|(p, _, _)| *p == "routes"));
@@ -669,16 +565,9 @@ mod tests {
         "#;
         let c = parse_with(text, &[("ROOT", "/data")]).unwrap();
         assert_eq!(c.server.state_dir, PathBuf::from("/var/lib/oh"));
-        let e = c
-            .extensions
-            .iter()
-            .find(|e| e.point == ExtensionPoint::SETTINGS_STORE)
-            .unwrap();
+        let e = c.extensions.iter().find(|e| e.point == ExtensionPoint::SETTINGS_STORE).unwrap();
         let json: serde_json::Value = serde_json::from_str(&e.config_json).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!({ "root": "/data/x", "port": 5, "literal": "${NOT}" })
-        );
+        assert_eq!(json, serde_json::json!({ "root": "/data/x", "port": 5, "literal": "${NOT}" }));
         assert!(e.explicit);
     }
 
@@ -711,10 +600,7 @@ mod tests {
             assert!(all.contains(needle), "missing `{needle}` in:\n{all}");
         }
         assert_eq!(err.problems.len(), 6, "{all}");
-        assert!(err
-            .problems
-            .iter()
-            .all(|p| p.starts_with("/etc/oh/plugins.toml: ")));
+        assert!(err.problems.iter().all(|p| p.starts_with("/etc/oh/plugins.toml: ")));
     }
 
     #[test]
@@ -727,37 +613,21 @@ mod tests {
             config = { secret = "${GITHUB_APP_WEBHOOK_SECRET}" }
         "#;
         let c = parse_with(text, &[]).unwrap();
-        assert!(!c
-            .extensions
-            .iter()
-            .any(|e| e.point == ExtensionPoint::ROUTES));
+        assert!(!c.extensions.iter().any(|e| e.point == ExtensionPoint::ROUTES));
         let err = parse_with(text, &[("GITHUB_APP_CLIENT_ID", "x")]).unwrap_err();
-        assert!(err
-            .to_string()
-            .contains("GITHUB_APP_WEBHOOK_SECRET is not set"));
+        assert!(err.to_string().contains("GITHUB_APP_WEBHOOK_SECRET is not set"));
     }
 
     #[test]
     fn bad_toml_is_one_clear_problem() {
         let err = parse_with("[server\nbind=", &[]).unwrap_err();
         assert_eq!(err.problems.len(), 1);
-        assert!(
-            err.problems[0].contains("not valid TOML"),
-            "{}",
-            err.problems[0]
-        );
+        assert!(err.problems[0].contains("not valid TOML"), "{}", err.problems[0]);
     }
 
     #[test]
     fn single_points_refuse_arrays() {
-        let err = parse_with(
-            "[[extensions.user_auth]]\nlibrary=\"a\"\nimplementation=\"b\"\n",
-            &[],
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("takes one implementation"),
-            "{err}"
-        );
+        let err = parse_with("[[extensions.user_auth]]\nlibrary=\"a\"\nimplementation=\"b\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("takes one implementation"), "{err}");
     }
 }

@@ -50,9 +50,7 @@ pub struct Implementation {
 
 impl Library {
     pub fn offers(&self, point: ExtensionPoint, name: &str) -> bool {
-        self.implementations
-            .iter()
-            .any(|i| i.point == point && i.name == name)
+        self.implementations.iter().any(|i| i.point == point && i.name == name)
     }
     pub fn api_version(&self) -> String {
         format!("{}.{}", self.api.major, self.api.minor)
@@ -70,12 +68,9 @@ pub fn load(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Library
     let path = library_path(plugins_dir, name);
     let shown = path.display().to_string();
     if fs::symlink_metadata(&path).is_err() {
-        return Err(format!(
-            "library `{name}` not found: no {shown} (run `make plugins`, or copy lib{name}.so there)"
-        ));
+        return Err(format!("library `{name}` not found: no {shown} (run `make plugins`, or copy lib{name}.so there)"));
     }
-    let dir = fs::canonicalize(plugins_dir)
-        .map_err(|e| format!("plugins_dir {}: {e}", plugins_dir.display()))?;
+    let dir = fs::canonicalize(plugins_dir).map_err(|e| format!("plugins_dir {}: {e}", plugins_dir.display()))?;
     let real = fs::canonicalize(&path).map_err(|e| format!("{shown}: {e}"))?;
     if real.parent() != Some(dir.as_path()) {
         return Err(format!(
@@ -97,9 +92,7 @@ pub fn load(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Library
     let module = open(&real)?;
     let api = module.api();
     if api.magic != plugin_api::API_MAGIC {
-        return Err(format!(
-            "{shown} is an abi_stable library but not an oh-host plugin (wrong magic number)"
-        ));
+        return Err(format!("{shown} is an abi_stable library but not an oh-host plugin (wrong magic number)"));
     }
     if api.major != plugin_api::API_MAJOR || api.minor != plugin_api::API_MINOR {
         return Err(format!(
@@ -140,9 +133,7 @@ pub fn load(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Library
 fn open(path: &Path) -> Result<PluginLib_Ref, String> {
     let shown = path.display();
     let header = lib_header_from_path(path).map_err(|e| describe(&shown.to_string(), e))?;
-    header
-        .init_root_module::<PluginLib_Ref>()
-        .map_err(|e| describe(&shown.to_string(), e))
+    header.init_root_module::<PluginLib_Ref>().map_err(|e| describe(&shown.to_string(), e))
 }
 
 fn describe(shown: &str, err: LibraryError) -> String {
@@ -185,21 +176,14 @@ pub fn summarize_layout_error(full: &str) -> String {
     if keep.is_empty() {
         full.lines().take(5).collect::<Vec<_>>().join("\n")
     } else {
-        keep.iter()
-            .map(|l| format!("    {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        keep.iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
     }
 }
 
 fn check_permissions(path: &Path) -> Result<(), String> {
     let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mode = meta.mode() & 0o7777;
-    let what = if meta.is_dir() {
-        "directory"
-    } else {
-        "library"
-    };
+    let what = if meta.is_dir() { "directory" } else { "library" };
     if mode & 0o002 != 0 {
         return Err(format!(
             "{what} {} is writable by every user (mode {mode:o}); anyone could replace the code the server runs. Run `chmod o-w {}`",
@@ -230,35 +214,23 @@ pub fn file_sha256(path: &Path) -> std::io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A library found by [`scan`]: its name, and what loading it gave.
+pub type Scanned = (String, Result<Library, String>);
+
 /// Every `*.so` in the plugins directory, loaded with the same checks (for `oh-host plugins`).
-pub fn scan(plugins_dir: &Path) -> Result<Vec<(String, Result<Library, String>)>, String> {
-    let entries = fs::read_dir(plugins_dir).map_err(|e| {
-        format!(
-            "cannot list plugins_dir {}: {e} (run `make plugins`)",
-            plugins_dir.display()
-        )
-    })?;
+pub fn scan(plugins_dir: &Path) -> Result<Vec<Scanned>, String> {
+    let entries = fs::read_dir(plugins_dir)
+        .map_err(|e| format!("cannot list plugins_dir {}: {e} (run `make plugins`)", plugins_dir.display()))?;
     let mut names: Vec<String> = entries
         .flatten()
         .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .filter_map(|n| {
-            n.strip_prefix("lib")
-                .and_then(|n| n.strip_suffix(".so"))
-                .map(str::to_owned)
-        })
+        .filter_map(|n| n.strip_prefix("lib").and_then(|n| n.strip_suffix(".so")).map(str::to_owned))
         .collect();
     names.sort();
-    Ok(names
-        .into_iter()
-        .map(|n| (n.clone(), load(plugins_dir, &n, None)))
-        .collect())
+    Ok(names.into_iter().map(|n| (n.clone(), load(plugins_dir, &n, None))).collect())
 }
 
 // ---- The host API given to each library at init. ----
@@ -283,19 +255,8 @@ fn to_level(level: LogLevel) -> tracing::Level {
     }
 }
 
-extern "C" fn host_log(
-    level: LogLevel,
-    library: RStr<'_>,
-    target: RStr<'_>,
-    message: RStr<'_>,
-    fields: RStr<'_>,
-) {
-    let (library, target, message, fields) = (
-        library.as_str(),
-        target.as_str(),
-        message.as_str(),
-        fields.as_str(),
-    );
+extern "C" fn host_log(level: LogLevel, library: RStr<'_>, target: RStr<'_>, message: RStr<'_>, fields: RStr<'_>) {
+    let (library, target, message, fields) = (library.as_str(), target.as_str(), message.as_str(), fields.as_str());
     macro_rules! emit {
         ($lvl:ident) => {
             if fields.is_empty() {
@@ -316,42 +277,26 @@ extern "C" fn host_log(
 
 extern "C" fn host_metric(name: RStr<'_>, value: f64, labels_json: RStr<'_>) {
     let mut metrics = plugin_metrics().lock().unwrap_or_else(|e| e.into_inner());
-    *metrics
-        .entry((name.to_string(), labels_json.to_string()))
-        .or_insert(0.0) += value;
+    *metrics.entry((name.to_string(), labels_json.to_string())).or_insert(0.0) += value;
 }
 
 /// The one `HostApi` all libraries share.
 pub fn host_api() -> HostApi_Ref {
     static API: OnceLock<HostApi_Ref> = OnceLock::new();
     *API.get_or_init(|| {
-        HostApi {
-            log_enabled: host_log_enabled,
-            log: host_log,
-            metric: host_metric,
-        }
-        .leak_into_prefix()
+        HostApi { log_enabled: host_log_enabled, log: host_log, metric: host_metric }.leak_into_prefix()
     })
 }
 
 /// Calls the library's `init` once per process.
 pub fn init(lib: &Library, library_config_json: &str) -> Result<(), String> {
     static DONE: OnceLock<Mutex<BTreeMap<PathBuf, Result<(), String>>>> = OnceLock::new();
-    let mut done = DONE
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut done = DONE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     done.entry(lib.path.clone())
         .or_insert_with(|| {
             (lib.module.init())(host_api(), RStr::from_str(library_config_json))
                 .into_result()
-                .map_err(|e| {
-                    format!(
-                        "library `{}` ({}) failed to start: {e}",
-                        lib.name,
-                        lib.path.display()
-                    )
-                })
+                .map_err(|e| format!("library `{}` ({}) failed to start: {e}", lib.name, lib.path.display()))
         })
         .clone()
 }
@@ -363,10 +308,7 @@ mod tests {
     #[test]
     fn layout_dumps_are_summarised() {
         let dump = "lots\n  of\nError:too many fields\n   Expected: 11\n   Found: 10\nError:too many fields\n more";
-        assert_eq!(
-            summarize_layout_error(dump),
-            "    Error:too many fields\n    Expected: 11\n    Found: 10"
-        );
+        assert_eq!(summarize_layout_error(dump), "    Error:too many fields\n    Expected: 11\n    Found: 10");
     }
 
     #[test]

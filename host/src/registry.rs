@@ -15,9 +15,9 @@ use abi_stable::{
 use async_ffi::{FfiFuture, FutureExt as _};
 use futures_util::FutureExt as _;
 use plugin_api::{
-    models, CallContext, ConversationManager_TO, ConversationStore_TO, ErrorCode, EventQuery,
-    ExtensionPoint, HostServices, HostServices_TO, MonitoringListener_TO, PResult, PluginError,
-    RouteHandler_TO, SecretsStore_TO, SettingsStore_TO, UserAuth_TO,
+    models, CallContext, ConversationManager_TO, ConversationStore_TO, ErrorCode, EventQuery, ExtensionPoint,
+    HostServices, HostServices_TO, MonitoringListener_TO, PResult, PluginError, RouteHandler_TO, SecretsStore_TO,
+    SettingsStore_TO, UserAuth_TO,
 };
 use serde_json::{json, Value};
 use std::{
@@ -66,11 +66,7 @@ pub struct CallError {
 
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}::{}.{}: {}",
-            self.point, self.library, self.implementation, self.method, self.error
-        )
+        write!(f, "{} {}::{}.{}: {}", self.point, self.library, self.implementation, self.method, self.error)
     }
 }
 
@@ -98,37 +94,21 @@ impl Meta {
     }
 
     /// Awaits a plugin future with this instance's deadline, counting the outcome.
-    pub async fn call<T>(
-        &self,
-        method: &'static str,
-        fut: FfiFuture<PResult<T>>,
-    ) -> Result<T, CallError> {
+    pub async fn call<T>(&self, method: &'static str, fut: FfiFuture<PResult<T>>) -> Result<T, CallError> {
         let start = Instant::now();
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let outcome =
-            tokio::time::timeout(self.timeout, AssertUnwindSafe(fut).catch_unwind()).await;
+        let outcome = tokio::time::timeout(self.timeout, AssertUnwindSafe(fut).catch_unwind()).await;
         let elapsed = start.elapsed().as_micros() as u64;
-        self.stats
-            .latency_us_total
-            .fetch_add(elapsed, Ordering::Relaxed);
-        self.stats
-            .latency_us_max
-            .fetch_max(elapsed, Ordering::Relaxed);
+        self.stats.latency_us_total.fetch_add(elapsed, Ordering::Relaxed);
+        self.stats.latency_us_max.fetch_max(elapsed, Ordering::Relaxed);
         let result = match outcome {
             Ok(Ok(r)) => r.into_result(),
-            Ok(Err(_)) => Err(PluginError::new(
-                ErrorCode::PANICKED,
-                "plugin future panicked while polled",
-            )),
+            Ok(Err(_)) => Err(PluginError::new(ErrorCode::PANICKED, "plugin future panicked while polled")),
             Err(_) => {
                 self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 Err(PluginError::new(
                     ErrorCode::DEADLINE_EXCEEDED,
-                    format!(
-                        "no answer within {} ms (timeout_ms of {})",
-                        self.timeout.as_millis(),
-                        self.key
-                    ),
+                    format!("no answer within {} ms (timeout_ms of {})", self.timeout.as_millis(), self.key),
                 ))
             }
         };
@@ -140,10 +120,7 @@ impl Meta {
             }
             let err = self.fail(method, error);
             match err.error.code {
-                ErrorCode::PANICKED
-                | ErrorCode::INTERNAL
-                | ErrorCode::DEADLINE_EXCEEDED
-                | ErrorCode::UNAVAILABLE => {
+                ErrorCode::PANICKED | ErrorCode::INTERNAL | ErrorCode::DEADLINE_EXCEEDED | ErrorCode::UNAVAILABLE => {
                     tracing::error!(error = %err, "plugin call failed")
                 }
                 _ => tracing::debug!(error = %err, "plugin call returned an error"),
@@ -188,11 +165,7 @@ pub struct LoadErrors(pub Vec<String>);
 impl std::fmt::Display for LoadErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let n = self.0.len();
-        writeln!(
-            f,
-            "cannot load the plugins: {n} problem{}",
-            if n == 1 { "" } else { "s" }
-        )?;
+        writeln!(f, "cannot load the plugins: {n} problem{}", if n == 1 { "" } else { "s" })?;
         for p in &self.0 {
             writeln!(f, "  - {p}")?;
         }
@@ -235,10 +208,7 @@ impl HostServices for Services {
             };
             let args: Value = serde_json::from_str(&args_json)
                 .map_err(|e| PluginError::invalid_argument(format!("args_json: {e}")))?;
-            registry
-                .dispatch(ctx, &point, &method, args)
-                .await
-                .map(|v| RString::from(v.to_string()))
+            registry.dispatch(ctx, &point, &method, args).await.map(|v| RString::from(v.to_string()))
         }));
         async move {
             let mut task = task;
@@ -267,19 +237,13 @@ fn arg_str(args: &Value, key: &str) -> Result<RString, PluginError> {
 }
 
 fn from_call(e: CallError) -> PluginError {
-    PluginError {
-        message: format!("{e}").into(),
-        ..e.error
-    }
+    PluginError { message: format!("{e}").into(), ..e.error }
 }
 
 impl Registry {
     /// Loads every library the profile names, checks each implementation, builds instances.
     /// All problems are collected; nothing is half-built on failure.
-    pub fn build(
-        config: &Config,
-        runtime: tokio::runtime::Handle,
-    ) -> Result<Arc<Registry>, LoadErrors> {
+    pub fn build(config: &Config, runtime: tokio::runtime::Handle) -> Result<Arc<Registry>, LoadErrors> {
         let mut problems = Vec::new();
         let mut libraries: Vec<Library> = Vec::new();
         let slot: Arc<OnceLock<Weak<Registry>>> = Arc::new(OnceLock::new());
@@ -300,48 +264,29 @@ impl Registry {
             };
             let lib = match libraries.iter().find(|l| l.name == e.library) {
                 Some(l) => l.clone(),
-                None => {
-                    match loader::load(&config.server.plugins_dir, &e.library, e.sha256.as_deref())
-                    {
-                        Ok(l) => {
-                            let lib_config = config
-                                .libraries
-                                .get(&e.library)
-                                .map(String::as_str)
-                                .unwrap_or("{}");
-                            if let Err(msg) = loader::init(&l, lib_config) {
-                                problems.push(format!("{}: {msg}", e.key));
-                                continue;
-                            }
-                            libraries.push(l.clone());
-                            l
-                        }
-                        Err(msg) => {
-                            problems.push(format!("{}{origin}: {msg}", e.key));
+                None => match loader::load(&config.server.plugins_dir, &e.library, e.sha256.as_deref()) {
+                    Ok(l) => {
+                        let lib_config = config.libraries.get(&e.library).map(String::as_str).unwrap_or("{}");
+                        if let Err(msg) = loader::init(&l, lib_config) {
+                            problems.push(format!("{}: {msg}", e.key));
                             continue;
                         }
+                        libraries.push(l.clone());
+                        l
                     }
-                }
+                    Err(msg) => {
+                        problems.push(format!("{}{origin}: {msg}", e.key));
+                        continue;
+                    }
+                },
             };
             if !lib.offers(e.point, &e.implementation) {
-                let elsewhere: Vec<_> = lib
-                    .implementations
-                    .iter()
-                    .filter(|i| i.name == e.implementation)
-                    .map(|i| i.point.key())
-                    .collect();
-                let here: Vec<_> = lib
-                    .implementations
-                    .iter()
-                    .filter(|i| i.point == e.point)
-                    .map(|i| i.name.as_str())
-                    .collect();
+                let elsewhere: Vec<_> =
+                    lib.implementations.iter().filter(|i| i.name == e.implementation).map(|i| i.point.key()).collect();
+                let here: Vec<_> =
+                    lib.implementations.iter().filter(|i| i.point == e.point).map(|i| i.name.as_str()).collect();
                 let hint = if !elsewhere.is_empty() {
-                    format!(
-                        "it implements {} instead, not {}",
-                        elsewhere.join(", "),
-                        e.point
-                    )
+                    format!("it implements {} instead, not {}", elsewhere.join(", "), e.point)
                 } else if here.is_empty() {
                     format!("the library offers nothing for {}", e.point)
                 } else {
@@ -373,32 +318,19 @@ impl Registry {
             let m = lib.module;
             let meta = Meta::new(e);
             let fail = |err: PluginError| {
-                let what = if err.code == ErrorCode::INVALID_CONFIG {
-                    "rejected its config"
-                } else {
-                    "failed to start"
-                };
-                format!(
-                    "{}: {} ({}) {what}: {}",
-                    e.key,
-                    e.implementation,
-                    lib.path.display(),
-                    err
-                )
+                let what =
+                    if err.code == ErrorCode::INVALID_CONFIG { "rejected its config" } else { "failed to start" };
+                format!("{}: {} ({}) {what}: {}", e.key, e.implementation, lib.path.display(), err)
             };
             match e.point {
-                ExtensionPoint::SETTINGS_STORE => {
-                    match (m.new_settings_store())(name, cfg, services()).into_result() {
-                        Ok(obj) => settings = Some(Instance { obj, meta }),
-                        Err(err) => problems.push(fail(err)),
-                    }
-                }
-                ExtensionPoint::SECRETS_STORE => {
-                    match (m.new_secrets_store())(name, cfg, services()).into_result() {
-                        Ok(obj) => secrets = Some(Instance { obj, meta }),
-                        Err(err) => problems.push(fail(err)),
-                    }
-                }
+                ExtensionPoint::SETTINGS_STORE => match (m.new_settings_store())(name, cfg, services()).into_result() {
+                    Ok(obj) => settings = Some(Instance { obj, meta }),
+                    Err(err) => problems.push(fail(err)),
+                },
+                ExtensionPoint::SECRETS_STORE => match (m.new_secrets_store())(name, cfg, services()).into_result() {
+                    Ok(obj) => secrets = Some(Instance { obj, meta }),
+                    Err(err) => problems.push(fail(err)),
+                },
                 ExtensionPoint::CONVERSATION_STORE => {
                     match (m.new_conversation_store())(name, cfg, services()).into_result() {
                         Ok(obj) => conversations = Some(Instance { obj, meta }),
@@ -411,40 +343,28 @@ impl Registry {
                         Err(err) => problems.push(fail(err)),
                     }
                 }
-                ExtensionPoint::USER_AUTH => {
-                    match (m.new_user_auth())(name, cfg, services()).into_result() {
-                        Ok(obj) => auth = Some(Instance { obj, meta }),
-                        Err(err) => problems.push(fail(err)),
-                    }
-                }
-                ExtensionPoint::MONITORING => {
-                    match (m.new_monitoring())(name, cfg, services()).into_result() {
-                        Ok(obj) => monitoring.push(Instance { obj, meta }),
-                        Err(err) => problems.push(fail(err)),
-                    }
-                }
-                ExtensionPoint::ROUTES => {
-                    match (m.new_routes())(name, cfg, services()).into_result() {
-                        Ok(obj) => routes.push(Instance { obj, meta }),
-                        Err(err) => problems.push(fail(err)),
-                    }
-                }
-                other => problems.push(format!(
-                    "{}: extension point {other} is not supported by this host",
-                    e.key
-                )),
+                ExtensionPoint::USER_AUTH => match (m.new_user_auth())(name, cfg, services()).into_result() {
+                    Ok(obj) => auth = Some(Instance { obj, meta }),
+                    Err(err) => problems.push(fail(err)),
+                },
+                ExtensionPoint::MONITORING => match (m.new_monitoring())(name, cfg, services()).into_result() {
+                    Ok(obj) => monitoring.push(Instance { obj, meta }),
+                    Err(err) => problems.push(fail(err)),
+                },
+                ExtensionPoint::ROUTES => match (m.new_routes())(name, cfg, services()).into_result() {
+                    Ok(obj) => routes.push(Instance { obj, meta }),
+                    Err(err) => problems.push(fail(err)),
+                },
+                other => problems.push(format!("{}: extension point {other} is not supported by this host", e.key)),
             }
         }
 
         if !problems.is_empty() {
             return Err(LoadErrors(problems));
         }
-        let (Some(settings), Some(secrets), Some(conversations), Some(auth)) =
-            (settings, secrets, conversations, auth)
+        let (Some(settings), Some(secrets), Some(conversations), Some(auth)) = (settings, secrets, conversations, auth)
         else {
-            return Err(LoadErrors(vec![
-                "internal: a required extension point has no instance".to_owned(),
-            ]));
+            return Err(LoadErrors(vec!["internal: a required extension point has no instance".to_owned()]));
         };
         let registry = Arc::new(Registry {
             app_mode: config.server.app_mode,
@@ -463,11 +383,7 @@ impl Registry {
 
     /// Every instance's metadata, in a stable order.
     pub fn metas(&self) -> Vec<&Meta> {
-        let mut all = vec![
-            &self.settings.meta,
-            &self.secrets.meta,
-            &self.conversations.meta,
-        ];
+        let mut all = vec![&self.settings.meta, &self.secrets.meta, &self.conversations.meta];
         all.extend(self.manager.as_ref().map(|m| &m.meta));
         all.push(&self.auth.meta);
         all.extend(self.monitoring.iter().map(|m| &m.meta));
@@ -478,28 +394,18 @@ impl Registry {
     /// Calls `health` on every instance (in parallel); `(meta, Ok(detail) | Err(reason))`.
     /// Health probes are bounded by each instance's timeout but not counted as calls.
     pub async fn health(&self) -> Vec<(&Meta, Result<String, String>)> {
-        type Probe<'a> = std::pin::Pin<
-            Box<dyn std::future::Future<Output = (&'a Meta, Result<String, String>)> + Send + 'a>,
-        >;
+        type Probe<'a> =
+            std::pin::Pin<Box<dyn std::future::Future<Output = (&'a Meta, Result<String, String>)> + Send + 'a>>;
         fn probe(meta: &Meta, fut: FfiFuture<PResult<plugin_api::Health>>) -> Probe<'_> {
             Box::pin(async move {
-                let outcome =
-                    tokio::time::timeout(meta.timeout, AssertUnwindSafe(fut).catch_unwind()).await;
+                let outcome = tokio::time::timeout(meta.timeout, AssertUnwindSafe(fut).catch_unwind()).await;
                 let result = match outcome {
-                    Ok(Ok(r)) => r
-                        .into_result()
-                        .map(|h| h.detail.into_string())
-                        .map_err(|e| e.to_string()),
+                    Ok(Ok(r)) => r.into_result().map(|h| h.detail.into_string()).map_err(|e| e.to_string()),
                     Ok(Err(_)) => Err("health check panicked".to_owned()),
-                    Err(_) => Err(format!(
-                        "no health answer within {} ms",
-                        meta.timeout.as_millis()
-                    )),
+                    Err(_) => Err(format!("no health answer within {} ms", meta.timeout.as_millis())),
                 };
                 let result = match result {
-                    Ok(_) if !meta.healthy.load(Ordering::Relaxed) => {
-                        Err("the instance panicked earlier".to_owned())
-                    }
+                    Ok(_) if !meta.healthy.load(Ordering::Relaxed) => Err("the instance panicked earlier".to_owned()),
                     other => other,
                 };
                 (meta, result)
@@ -509,27 +415,12 @@ impl Registry {
         let mut probes = vec![
             probe(&self.settings.meta, self.settings.obj.health(ctx())),
             probe(&self.secrets.meta, self.secrets.obj.health(ctx())),
-            probe(
-                &self.conversations.meta,
-                self.conversations.obj.health(ctx()),
-            ),
+            probe(&self.conversations.meta, self.conversations.obj.health(ctx())),
         ];
-        probes.extend(
-            self.manager
-                .iter()
-                .map(|m| probe(&m.meta, m.obj.health(ctx()))),
-        );
+        probes.extend(self.manager.iter().map(|m| probe(&m.meta, m.obj.health(ctx()))));
         probes.push(probe(&self.auth.meta, self.auth.obj.health(ctx())));
-        probes.extend(
-            self.monitoring
-                .iter()
-                .map(|m| probe(&m.meta, m.obj.health(ctx()))),
-        );
-        probes.extend(
-            self.routes
-                .iter()
-                .map(|m| probe(&m.meta, m.obj.health(ctx()))),
-        );
+        probes.extend(self.monitoring.iter().map(|m| probe(&m.meta, m.obj.health(ctx()))));
+        probes.extend(self.routes.iter().map(|m| probe(&m.meta, m.obj.health(ctx()))));
         futures_util::future::join_all(probes).await
     }
 
@@ -547,29 +438,17 @@ impl Registry {
         if let Some(m) = &self.manager {
             futures.push((m.meta.key.clone(), m.obj.shutdown(ms)));
         }
-        futures.push((
-            self.conversations.meta.key.clone(),
-            self.conversations.obj.shutdown(ms),
-        ));
+        futures.push((self.conversations.meta.key.clone(), self.conversations.obj.shutdown(ms)));
         futures.push((self.secrets.meta.key.clone(), self.secrets.obj.shutdown(ms)));
-        futures.push((
-            self.settings.meta.key.clone(),
-            self.settings.obj.shutdown(ms),
-        ));
+        futures.push((self.settings.meta.key.clone(), self.settings.obj.shutdown(ms)));
         for (key, fut) in futures {
-            if tokio::time::timeout(deadline, AssertUnwindSafe(fut).catch_unwind())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(deadline, AssertUnwindSafe(fut).catch_unwind()).await.is_err() {
                 tracing::warn!(extension = %key, "shutdown did not finish within {ms} ms");
             }
         }
         for lib in self.libraries.iter().rev() {
             let fut = (lib.module.shutdown())(ms);
-            if tokio::time::timeout(deadline + Duration::from_millis(100), fut)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(deadline + Duration::from_millis(100), fut).await.is_err() {
                 tracing::warn!(library = %lib.name, "library runtime did not stop within {ms} ms");
             }
         }
@@ -577,44 +456,26 @@ impl Registry {
 
     // ---- Typed calls used by the HTTP layer. ----
 
-    pub async fn load_settings(
-        &self,
-        ctx: CallContext,
-    ) -> Result<Option<models::Settings>, CallError> {
+    pub async fn load_settings(&self, ctx: CallContext) -> Result<Option<models::Settings>, CallError> {
         let i = &self.settings;
         let json = i.meta.call("load", i.obj.load(ctx)).await?;
         decode_opt(&i.meta, "load", json)
     }
 
-    pub async fn store_settings(
-        &self,
-        ctx: CallContext,
-        settings: &models::Settings,
-    ) -> Result<(), CallError> {
+    pub async fn store_settings(&self, ctx: CallContext, settings: &models::Settings) -> Result<(), CallError> {
         let i = &self.settings;
-        i.meta
-            .call("store", i.obj.store(ctx, encode(settings)))
-            .await
+        i.meta.call("store", i.obj.store(ctx, encode(settings))).await
     }
 
-    pub async fn load_secrets(
-        &self,
-        ctx: CallContext,
-    ) -> Result<Option<models::Secrets>, CallError> {
+    pub async fn load_secrets(&self, ctx: CallContext) -> Result<Option<models::Secrets>, CallError> {
         let i = &self.secrets;
         let json = i.meta.call("load", i.obj.load(ctx)).await?;
         decode_opt(&i.meta, "load", json)
     }
 
-    pub async fn store_secrets(
-        &self,
-        ctx: CallContext,
-        secrets: &models::Secrets,
-    ) -> Result<(), CallError> {
+    pub async fn store_secrets(&self, ctx: CallContext, secrets: &models::Secrets) -> Result<(), CallError> {
         let i = &self.secrets;
-        i.meta
-            .call("store", i.obj.store(ctx, encode(secrets)))
-            .await
+        i.meta.call("store", i.obj.store(ctx, encode(secrets))).await
     }
 
     pub async fn get_metadata(
@@ -623,29 +484,18 @@ impl Registry {
         id: &str,
     ) -> Result<Option<models::ConversationMetadata>, CallError> {
         let i = &self.conversations;
-        let json = i
-            .meta
-            .call("get_metadata", i.obj.get_metadata(ctx, id.into()))
-            .await?;
+        let json = i.meta.call("get_metadata", i.obj.get_metadata(ctx, id.into())).await?;
         decode_opt(&i.meta, "get_metadata", json)
     }
 
-    pub async fn save_metadata(
-        &self,
-        ctx: CallContext,
-        m: &models::ConversationMetadata,
-    ) -> Result<(), CallError> {
+    pub async fn save_metadata(&self, ctx: CallContext, m: &models::ConversationMetadata) -> Result<(), CallError> {
         let i = &self.conversations;
-        i.meta
-            .call("save_metadata", i.obj.save_metadata(ctx, encode(m)))
-            .await
+        i.meta.call("save_metadata", i.obj.save_metadata(ctx, encode(m))).await
     }
 
     pub async fn delete_metadata(&self, ctx: CallContext, id: &str) -> Result<bool, CallError> {
         let i = &self.conversations;
-        i.meta
-            .call("delete_metadata", i.obj.delete_metadata(ctx, id.into()))
-            .await
+        i.meta.call("delete_metadata", i.obj.delete_metadata(ctx, id.into())).await
     }
 
     pub async fn search_conversations(
@@ -656,10 +506,7 @@ impl Registry {
     ) -> Result<models::ConversationMetadataResultSet, CallError> {
         let i = &self.conversations;
         let page: ROption<RString> = page_id.map(RString::from).into();
-        let json = i
-            .meta
-            .call("search", i.obj.search(ctx, page, limit))
-            .await?;
+        let json = i.meta.call("search", i.obj.search(ctx, page, limit)).await?;
         decode(&i.meta, "search", &json)
     }
 
@@ -670,35 +517,18 @@ impl Registry {
         query: EventQuery,
     ) -> Result<models::EventPage, CallError> {
         let i = &self.conversations;
-        let json = i
-            .meta
-            .call("get_events", i.obj.get_events(ctx, id.into(), query))
-            .await?;
+        let json = i.meta.call("get_events", i.obj.get_events(ctx, id.into(), query)).await?;
         decode(&i.meta, "get_events", &json)
     }
 
-    pub async fn append_events(
-        &self,
-        ctx: CallContext,
-        id: &str,
-        events: &[Value],
-    ) -> Result<u64, CallError> {
+    pub async fn append_events(&self, ctx: CallContext, id: &str, events: &[Value]) -> Result<u64, CallError> {
         let i = &self.conversations;
-        let events: RVec<RString> = events
-            .iter()
-            .map(|e| RString::from(e.to_string()))
-            .collect();
-        i.meta
-            .call("append_events", i.obj.append_events(ctx, id.into(), events))
-            .await
+        let events: RVec<RString> = events.iter().map(|e| RString::from(e.to_string())).collect();
+        i.meta.call("append_events", i.obj.append_events(ctx, id.into(), events)).await
     }
 
     /// Running agent loops, when a conversation manager is configured.
-    pub async fn running(
-        &self,
-        ctx: CallContext,
-        ids: &[String],
-    ) -> Result<Vec<models::AgentLoopInfo>, CallError> {
+    pub async fn running(&self, ctx: CallContext, ids: &[String]) -> Result<Vec<models::AgentLoopInfo>, CallError> {
         let Some(m) = &self.manager else {
             return Ok(Vec::new());
         };
@@ -714,19 +544,9 @@ impl Registry {
     }
 
     /// `HostServices::call`: the operations plugins may reach through the host.
-    async fn dispatch(
-        &self,
-        ctx: CallContext,
-        point: &str,
-        method: &str,
-        args: Value,
-    ) -> Result<Value, PluginError> {
-        let unknown = || {
-            PluginError::new(
-                ErrorCode::UNIMPLEMENTED,
-                format!("the host offers no `{point}.{method}` to plugins"),
-            )
-        };
+    async fn dispatch(&self, ctx: CallContext, point: &str, method: &str, args: Value) -> Result<Value, PluginError> {
+        let unknown =
+            || PluginError::new(ErrorCode::UNIMPLEMENTED, format!("the host offers no `{point}.{method}` to plugins"));
         let v = |r: Result<Value, CallError>| r.map_err(from_call);
         match (point, method) {
             ("settings_store", "load") => v(self.load_settings(ctx).await.map(|s| json!(s))),
@@ -743,53 +563,29 @@ impl Registry {
             }
             ("conversation_store", "append_events") => {
                 let id = arg_str(&args, "conversation_id")?;
-                let events = args
-                    .get("events")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                v(self
-                    .append_events(ctx, &id, &events)
-                    .await
-                    .map(|first| json!(first)))
+                let events = args.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
+                v(self.append_events(ctx, &id, &events).await.map(|first| json!(first)))
             }
             ("conversation_store", "get_events") => {
                 let id = arg_str(&args, "conversation_id")?;
                 let query = EventQuery {
                     start_id: args.get("start_id").and_then(Value::as_u64).unwrap_or(0),
-                    end_id: args
-                        .get("end_id")
-                        .and_then(Value::as_u64)
-                        .map_or(RNone, RSome),
-                    reverse: args
-                        .get("reverse")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false),
-                    limit: args
-                        .get("limit")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(100)
-                        .min(10_000) as u32,
+                    end_id: args.get("end_id").and_then(Value::as_u64).map_or(RNone, RSome),
+                    reverse: args.get("reverse").and_then(Value::as_bool).unwrap_or(false),
+                    limit: args.get("limit").and_then(Value::as_u64).unwrap_or(100).min(10_000) as u32,
                 };
                 v(self.get_events(ctx, &id, query).await.map(|p| json!(p)))
             }
             ("monitoring", "on_session_event") => {
-                let event =
-                    RString::from(args.get("event").cloned().unwrap_or_default().to_string());
+                let event = RString::from(args.get("event").cloned().unwrap_or_default().to_string());
                 for m in &self.monitoring {
                     m.obj.on_session_event(ctx.clone(), event.clone());
                 }
                 Ok(Value::Null)
             }
             ("monitoring", "on_agent_session_start") => {
-                let success = args
-                    .get("success")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                let duration = args
-                    .get("duration_secs")
-                    .and_then(Value::as_f64)
-                    .unwrap_or(0.0);
+                let success = args.get("success").and_then(Value::as_bool).unwrap_or(false);
+                let duration = args.get("duration_secs").and_then(Value::as_f64).unwrap_or(0.0);
                 for m in &self.monitoring {
                     m.obj.on_agent_session_start(ctx.clone(), success, duration);
                 }
@@ -805,23 +601,12 @@ impl Registry {
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> RString {
-    serde_json::to_string(value)
-        .expect("models serialize")
-        .into()
+    serde_json::to_string(value).expect("models serialize").into()
 }
 
-fn decode<T: serde::de::DeserializeOwned>(
-    meta: &Meta,
-    method: &'static str,
-    json: &str,
-) -> Result<T, CallError> {
+fn decode<T: serde::de::DeserializeOwned>(meta: &Meta, method: &'static str, json: &str) -> Result<T, CallError> {
     serde_json::from_str(json).map_err(|e| {
-        meta.fail(
-            method,
-            PluginError::internal(format!(
-                "the plugin answered with a malformed document: {e}"
-            )),
-        )
+        meta.fail(method, PluginError::internal(format!("the plugin answered with a malformed document: {e}")))
     })
 }
 
@@ -830,7 +615,5 @@ fn decode_opt<T: serde::de::DeserializeOwned>(
     method: &'static str,
     json: ROption<RString>,
 ) -> Result<Option<T>, CallError> {
-    json.into_option()
-        .map(|j| decode(meta, method, &j))
-        .transpose()
+    json.into_option().map(|j| decode(meta, method, &j)).transpose()
 }

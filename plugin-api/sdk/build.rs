@@ -11,9 +11,6 @@ fn main() {
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=OH_SDK_RUSTC={version}");
-    println!(
-        "cargo:rustc-env=OH_SDK_TARGET={}",
-        std::env::var("TARGET").unwrap_or_default()
-    );
+    println!("cargo:rustc-env=OH_SDK_TARGET={}", std::env::var("TARGET").unwrap_or_default());
     println!("cargo:rerun-if-env-changed=RUSTC");
 }

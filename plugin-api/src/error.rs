@@ -110,12 +110,7 @@ pub struct PluginError {
 impl PluginError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let message: String = message.into();
-        Self {
-            code,
-            message: message.into(),
-            retryable: false,
-            details_json: RString::new(),
-        }
+        Self { code, message: message.into(), retryable: false, details_json: RString::new() }
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::INTERNAL, message)
@@ -130,10 +125,7 @@ impl PluginError {
         Self::new(ErrorCode::INVALID_CONFIG, message)
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self {
-            retryable: true,
-            ..Self::new(ErrorCode::UNAVAILABLE, message)
-        }
+        Self { retryable: true, ..Self::new(ErrorCode::UNAVAILABLE, message) }
     }
     /// Attaches a details object (see the type's documentation).
     pub fn with_details(mut self, details: &serde_json::Value) -> Self {

@@ -73,17 +73,9 @@ pub trait ConversationStore: Send + Sync {
     /// Creates or replaces `models::ConversationMetadata` (JSON).
     fn save_metadata(&self, ctx: CallContext, metadata_json: RString) -> FfiFuture<PResult<()>>;
     /// The metadata as JSON, or `None` when the conversation does not exist for this user.
-    fn get_metadata(
-        &self,
-        ctx: CallContext,
-        conversation_id: RString,
-    ) -> FfiFuture<PResult<ROption<RString>>>;
+    fn get_metadata(&self, ctx: CallContext, conversation_id: RString) -> FfiFuture<PResult<ROption<RString>>>;
     /// Deletes the metadata and the events; `false` when there was nothing to delete.
-    fn delete_metadata(
-        &self,
-        ctx: CallContext,
-        conversation_id: RString,
-    ) -> FfiFuture<PResult<bool>>;
+    fn delete_metadata(&self, ctx: CallContext, conversation_id: RString) -> FfiFuture<PResult<bool>>;
     /// Whether `user_id` owns the conversation (OpenHands `validate_metadata`).
     fn validate_metadata(
         &self,
@@ -92,12 +84,7 @@ pub trait ConversationStore: Send + Sync {
         user_id: RString,
     ) -> FfiFuture<PResult<bool>>;
     /// Newest first, `models::ConversationMetadataResultSet` as JSON.
-    fn search(
-        &self,
-        ctx: CallContext,
-        page_id: ROption<RString>,
-        limit: u32,
-    ) -> FfiFuture<PResult<RString>>;
+    fn search(&self, ctx: CallContext, page_id: ROption<RString>, limit: u32) -> FfiFuture<PResult<RString>>;
     /// Appends events (JSON objects) in order, giving them dense ids that continue the log.
     /// Returns the id given to the first one.
     fn append_events(
@@ -107,12 +94,7 @@ pub trait ConversationStore: Send + Sync {
         events_json: RVec<RString>,
     ) -> FfiFuture<PResult<u64>>;
     /// A page of stored events, `models::EventPage` as JSON.
-    fn get_events(
-        &self,
-        ctx: CallContext,
-        conversation_id: RString,
-        query: EventQuery,
-    ) -> FfiFuture<PResult<RString>>;
+    fn get_events(&self, ctx: CallContext, conversation_id: RString, query: EventQuery) -> FfiFuture<PResult<RString>>;
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
     #[sabi(last_prefix_field)]
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
@@ -134,12 +116,7 @@ pub trait ConversationManager: Send + Sync {
     /// Starts the agent loop of a conversation unless it runs already; returns `AgentLoopInfo`.
     fn maybe_start(&self, ctx: CallContext, request_json: RString) -> FfiFuture<PResult<RString>>;
     /// Delivers a user event (an action dict) to a running conversation.
-    fn send_event(
-        &self,
-        ctx: CallContext,
-        conversation_id: RString,
-        event_json: RString,
-    ) -> FfiFuture<PResult<()>>;
+    fn send_event(&self, ctx: CallContext, conversation_id: RString, event_json: RString) -> FfiFuture<PResult<()>>;
     /// Stops a conversation's loop; `false` when it was not running.
     fn close(&self, ctx: CallContext, conversation_id: RString) -> FfiFuture<PResult<bool>>;
     /// `AgentLoopInfo`s (JSON array) of running loops, filtered by user and by ids when given.
@@ -197,11 +174,7 @@ pub struct AuthOutcome {
 /// Errors use the `AUTH_*` codes of [`crate::ErrorCode`].
 #[sabi_trait]
 pub trait UserAuth: Send + Sync {
-    fn authenticate(
-        &self,
-        ctx: CallContext,
-        request: AuthRequest,
-    ) -> FfiFuture<PResult<AuthOutcome>>;
+    fn authenticate(&self, ctx: CallContext, request: AuthRequest) -> FfiFuture<PResult<AuthOutcome>>;
     /// The user's git provider tokens (`models::ProviderTokens` JSON) when the auth system
     /// brokers them, `None` when the secrets store holds them.
     fn provider_tokens(&self, ctx: CallContext) -> FfiFuture<PResult<ROption<RString>>>;
@@ -218,11 +191,7 @@ pub trait MonitoringListener: Send + Sync {
     fn on_agent_session_start(&self, ctx: CallContext, success: bool, duration_secs: f64);
     fn on_create_conversation(&self, ctx: CallContext);
     /// The variant of an experiment for the calling user, if this listener runs experiments.
-    fn experiment_variant(
-        &self,
-        ctx: CallContext,
-        experiment: RString,
-    ) -> FfiFuture<PResult<ROption<RString>>>;
+    fn experiment_variant(&self, ctx: CallContext, experiment: RString) -> FfiFuture<PResult<ROption<RString>>>;
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
     #[sabi(last_prefix_field)]
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;

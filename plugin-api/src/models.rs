@@ -50,8 +50,7 @@ fn yes() -> bool {
 
 impl Settings {
     /// Names of the fields that hold secrets: never returned, encrypted at rest.
-    pub const SECRET_FIELDS: [&'static str; 3] =
-        ["llm_api_key", "search_api_key", "sandbox_api_key"];
+    pub const SECRET_FIELDS: [&'static str; 3] = ["llm_api_key", "search_api_key", "sandbox_api_key"];
 
     /// OpenHands turns empty or whitespace-only keys into `None`.
     pub fn normalize(&mut self) {
@@ -64,13 +63,7 @@ impl Settings {
 }
 
 /// Git providers OpenHands knows (`ProviderType`).
-pub const PROVIDERS: [&str; 5] = [
-    "github",
-    "gitlab",
-    "bitbucket",
-    "azure_devops",
-    "enterprise_sso",
-];
+pub const PROVIDERS: [&str; 5] = ["github", "gitlab", "bitbucket", "azure_devops", "enterprise_sso"];
 
 /// A git provider token (`ProviderToken`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -207,11 +200,7 @@ pub mod paging {
     fn encode(bytes: &[u8]) -> String {
         let mut out = String::new();
         for chunk in bytes.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..4 {
                 if i <= chunk.len() {

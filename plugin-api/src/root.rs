@@ -2,8 +2,8 @@
 
 use crate::{
     ext::{
-        ConversationManager_TO, ConversationStore_TO, HostServices_TO, MonitoringListener_TO,
-        RouteHandler_TO, SecretsStore_TO, SettingsStore_TO, UserAuth_TO,
+        ConversationManager_TO, ConversationStore_TO, HostServices_TO, MonitoringListener_TO, RouteHandler_TO,
+        SecretsStore_TO, SettingsStore_TO, UserAuth_TO,
     },
     ImplementationInfo, PResult,
 };
@@ -69,14 +69,12 @@ pub struct PluginLib {
         implementation: RStr<'_>,
         config_json: RStr<'_>,
         services: HostServices_TO<'static, RBox<()>>,
-    )
-        -> PResult<ConversationStore_TO<'static, RBox<()>>>,
-    pub new_conversation_manager:
-        extern "C" fn(
-            implementation: RStr<'_>,
-            config_json: RStr<'_>,
-            services: HostServices_TO<'static, RBox<()>>,
-        ) -> PResult<ConversationManager_TO<'static, RBox<()>>>,
+    ) -> PResult<ConversationStore_TO<'static, RBox<()>>>,
+    pub new_conversation_manager: extern "C" fn(
+        implementation: RStr<'_>,
+        config_json: RStr<'_>,
+        services: HostServices_TO<'static, RBox<()>>,
+    ) -> PResult<ConversationManager_TO<'static, RBox<()>>>,
     pub new_user_auth: extern "C" fn(
         implementation: RStr<'_>,
         config_json: RStr<'_>,
@@ -126,13 +124,7 @@ pub struct HostApi {
     pub log_enabled: extern "C" fn(level: LogLevel, target: RStr<'_>) -> bool,
     /// Records one log event. `library` is the plugin library's name; `fields` is
     /// `key=value` text of the event's fields.
-    pub log: extern "C" fn(
-        level: LogLevel,
-        library: RStr<'_>,
-        target: RStr<'_>,
-        message: RStr<'_>,
-        fields: RStr<'_>,
-    ),
+    pub log: extern "C" fn(level: LogLevel, library: RStr<'_>, target: RStr<'_>, message: RStr<'_>, fields: RStr<'_>),
     /// Adds `value` to a counter named `name` with `labels_json` (a JSON object).
     #[sabi(last_prefix_field)]
     pub metric: extern "C" fn(name: RStr<'_>, value: f64, labels_json: RStr<'_>),

@@ -11,22 +11,14 @@ fn plugins_lists_every_library_with_hash_version_and_implementations() {
     d.write_profile("", "");
     let out = d.run_cli(&["plugins"]);
     let sha = oh_e2e::sha256_hex_file(&d.plugins_dir().join("libfile_stores.so"));
-    assert!(
-        out.stdout.contains(&format!("sha256  {sha}")),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains(&format!("sha256  {sha}")), "{}", out.stdout);
     assert!(out.stdout.contains("plugin-api 0.1"), "{}", out.stdout);
     for line in [
         "settings_store         FileSettingsStore",
         "user_auth              TokenAuth",
         "monitoring             LogMonitoringListener",
     ] {
-        assert!(
-            out.stdout.contains(line),
-            "missing `{line}` in:\n{}",
-            out.stdout
-        );
+        assert!(out.stdout.contains(line), "missing `{line}` in:\n{}", out.stdout);
     }
     assert!(out.stdout.contains("plain  REFUSED"), "{}", out.stdout);
     // A refused library makes the listing fail, so scripts notice.
@@ -41,12 +33,7 @@ fn check_accepts_a_good_profile_and_names_what_it_would_load() {
     let out = d.run_cli(&["check"]);
     assert!(out.status.success(), "{}", out.stderr);
     assert!(out.stdout.contains("OK"), "{}", out.stdout);
-    assert!(
-        out.stdout
-            .contains("conversation_store     file_stores::FileConversationStore"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("conversation_store     file_stores::FileConversationStore"), "{}", out.stdout);
 }
 
 #[test]
@@ -57,14 +44,10 @@ fn check_reports_profile_errors_with_file_key_and_fix() {
     let out = d.run_cli(&["check"]);
     out.assert_refused();
     let profile = d.profile_path().display().to_string();
+    assert!(out.stderr.contains(&format!("{profile}: server.colour: unknown key")), "{}", out.stderr);
     assert!(
         out.stderr
-            .contains(&format!("{profile}: server.colour: unknown key")),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains("extensions.routes.config.secret: environment variable OH_TEST_SURELY_UNSET_VAR is not set"),
+            .contains("extensions.routes.config.secret: environment variable OH_TEST_SURELY_UNSET_VAR is not set"),
         "{}",
         out.stderr
     );

@@ -6,19 +6,11 @@ use serde_json::{json, Value};
 use std::fs;
 
 fn now_minus(days: i64) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-        - days * 86_400;
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - days * 86_400;
     // A sortable RFC 3339 UTC timestamp, without pulling a date crate into the tests.
     let out = std::process::Command::new("date")
-        .args([
-            "-u",
-            "-d",
-            &format!("@{secs}"),
-            "+%Y-%m-%dT%H:%M:%S.000000Z",
-        ])
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%S.000000Z"])
         .output()
         .unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
@@ -50,12 +42,7 @@ fn deployment() -> (Deployment, TestHost) {
 }
 
 fn ids(page: &Value) -> Vec<String> {
-    page["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["conversation_id"].as_str().unwrap().to_owned())
-        .collect()
+    page["results"].as_array().unwrap().iter().map(|c| c["conversation_id"].as_str().unwrap().to_owned()).collect()
 }
 
 #[tokio::test]
@@ -69,18 +56,12 @@ async fn search_pages_newest_first_with_openhands_shapes() {
     assert_eq!(item["conversation_version"], "V0");
     assert_eq!(item["selected_repository"], "org/repo");
     let next = first["next_page_id"].as_str().unwrap();
-    let second = host
-        .get(&format!("/api/conversations?limit=2&page_id={next}"))
-        .await
-        .json();
+    let second = host.get(&format!("/api/conversations?limit=2&page_id={next}")).await.json();
     // The 30-day-old one is beyond conversation_max_age (10 days) and left out.
     assert_eq!(ids(&second), ["aaa111"]);
     assert_eq!(second["next_page_id"], Value::Null);
 
-    let filtered = host
-        .get("/api/conversations?selected_repository=other/repo")
-        .await
-        .json();
+    let filtered = host.get("/api/conversations?selected_repository=other/repo").await.json();
     assert_eq!(ids(&filtered), Vec::<String>::new());
     assert_eq!(host.get("/api/conversations?limit=0").await.status, 400);
     assert_eq!(host.get("/api/conversations?limit=abc").await.status, 400);
@@ -94,72 +75,25 @@ async fn get_rename_delete_and_events() {
     let none = host.get("/api/conversations/zzz000").await;
     assert_eq!((none.status, none.text.as_str()), (200, "null"));
 
-    let patch = |id: &str, body: Value| {
-        host.http
-            .patch(host.url(&format!("/api/conversations/{id}")))
-            .json(&body)
-    };
-    let renamed = host
-        .send(patch("ccc333", json!({ "title": "renamed" })))
-        .await;
+    let patch = |id: &str, body: Value| host.http.patch(host.url(&format!("/api/conversations/{id}"))).json(&body);
+    let renamed = host.send(patch("ccc333", json!({ "title": "renamed" }))).await;
     assert_eq!((renamed.status, renamed.text.as_str()), (200, "true"));
-    assert_eq!(
-        host.get("/api/conversations/ccc333").await.json()["title"],
-        "renamed"
-    );
-    assert_eq!(
-        host.send(patch("ccc333", json!({ "title": "x", "extra": 1 })))
-            .await
-            .status,
-        422
-    );
-    assert_eq!(
-        host.send(patch("ccc333", json!({ "title": "" })))
-            .await
-            .status,
-        422
-    );
+    assert_eq!(host.get("/api/conversations/ccc333").await.json()["title"], "renamed");
+    assert_eq!(host.send(patch("ccc333", json!({ "title": "x", "extra": 1 }))).await.status, 422);
+    assert_eq!(host.send(patch("ccc333", json!({ "title": "" }))).await.status, 422);
     let missing = host.send(patch("zzz000", json!({ "title": "x" }))).await;
-    assert_eq!(
-        (missing.status, missing.json()["msg_id"].as_str()),
-        (404, Some("CONVERSATION$NOT_FOUND"))
-    );
+    assert_eq!((missing.status, missing.json()["msg_id"].as_str()), (404, Some("CONVERSATION$NOT_FOUND")));
 
-    let page = host
-        .get("/api/conversations/bbb222/events?start_id=1&limit=2")
-        .await
-        .json();
-    let event_ids: Vec<u64> = page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        (event_ids, page["has_more"].as_bool()),
-        (vec![1, 2], Some(true))
-    );
-    let rev = host
-        .get("/api/conversations/bbb222/events?reverse=true&limit=100")
-        .await
-        .json();
+    let page = host.get("/api/conversations/bbb222/events?start_id=1&limit=2").await.json();
+    let event_ids: Vec<u64> = page["events"].as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert_eq!((event_ids, page["has_more"].as_bool()), (vec![1, 2], Some(true)));
+    let rev = host.get("/api/conversations/bbb222/events?reverse=true&limit=100").await.json();
     assert_eq!(rev["events"][0]["id"], 4);
     assert_eq!(rev["has_more"], false);
-    assert_eq!(
-        host.get("/api/conversations/bbb222/events?limit=101")
-            .await
-            .status,
-        400
-    );
-    assert_eq!(
-        host.get("/api/conversations/zzz000/events").await.status,
-        404
-    );
+    assert_eq!(host.get("/api/conversations/bbb222/events?limit=101").await.status, 400);
+    assert_eq!(host.get("/api/conversations/zzz000/events").await.status, 404);
 
-    let delete = |id: &str| {
-        host.http
-            .delete(host.url(&format!("/api/conversations/{id}")))
-    };
+    let delete = |id: &str| host.http.delete(host.url(&format!("/api/conversations/{id}")));
     assert_eq!(host.send(delete("bbb222")).await.text, "true");
     assert_eq!(host.send(delete("bbb222")).await.text, "false");
     assert!(!d.state_dir().join("sessions/bbb222").exists());
@@ -170,8 +104,7 @@ async fn hostile_ids_are_refused_before_any_store_call() {
     let (d, host) = deployment();
     let long = "a".repeat(101);
     // reqwest (like a browser) resolves `..` segments before sending; say it raw.
-    let raw =
-        host.raw("GET /api/conversations/.. HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let raw = host.raw("GET /api/conversations/.. HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
     assert!(raw.contains("invalid conversation ID"), "{raw}");
     for path in [
@@ -181,20 +114,10 @@ async fn hostile_ids_are_refused_before_any_store_call() {
         &format!("/api/conversations/{long}"),
         "/api/conversations/%FF%FE",
     ] {
-        for req in [
-            host.http.get(host.url(path)),
-            host.http.delete(host.url(path)),
-        ] {
+        for req in [host.http.get(host.url(path)), host.http.delete(host.url(path))] {
             let r = host.send(req).await;
             assert_eq!(r.status, 400, "{path}: {}", r.text);
-            assert!(
-                r.json()["error"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with("invalid conversation ID"),
-                "{path}: {}",
-                r.text
-            );
+            assert!(r.json()["error"].as_str().unwrap().starts_with("invalid conversation ID"), "{path}: {}", r.text);
         }
     }
     assert!(d.state_dir().join("sessions/aaa111/metadata.json").exists());
@@ -217,15 +140,8 @@ async fn a_corrupt_file_fails_its_request_and_nothing_else() {
     let broken = host.get("/api/conversations/aaa111").await;
     assert_eq!(broken.status, 500);
     let message = broken.json()["error"].as_str().unwrap().to_owned();
-    assert!(
-        message.contains("metadata.json") && message.contains("corrupt"),
-        "{message}"
-    );
-    assert!(
-        host.log().contains(&path.display().to_string()),
-        "the log must name the file:\n{}",
-        host.log()
-    );
+    assert!(message.contains("metadata.json") && message.contains("corrupt"), "{message}");
+    assert!(host.log().contains(&path.display().to_string()), "the log must name the file:\n{}", host.log());
     // Everything else still works.
     let page = host.get("/api/conversations").await;
     assert_eq!(page.status, 200);

@@ -27,14 +27,8 @@ fn refused(d: &Deployment) -> String {
 fn missing_library_file() {
     let d = with_settings_store("library = \"ghost\"\nimplementation = \"X\"");
     let err = refused(&d);
-    assert!(
-        err.contains("extensions.settings_store: library `ghost` not found"),
-        "{err}"
-    );
-    assert!(
-        err.contains("libghost.so") && err.contains("make plugins"),
-        "{err}"
-    );
+    assert!(err.contains("extensions.settings_store: library `ghost` not found"), "{err}");
+    assert!(err.contains("libghost.so") && err.contains("make plugins"), "{err}");
 }
 
 #[test]
@@ -42,10 +36,7 @@ fn not_an_abi_stable_library() {
     let d = with_settings_store("library = \"plain\"\nimplementation = \"X\"");
     d.install_as("not_abi_stable", "plain");
     let err = refused(&d);
-    assert!(
-        err.contains("libplain.so is not an oh-host plugin: it exports no abi_stable root module"),
-        "{err}"
-    );
+    assert!(err.contains("libplain.so is not an oh-host plugin: it exports no abi_stable root module"), "{err}");
 }
 
 #[test]
@@ -53,10 +44,7 @@ fn incompatible_api_version_names_both_versions() {
     let d = with_settings_store("library = \"old\"\nimplementation = \"X\"");
     d.install_as("old_api_plugin", "old");
     let err = refused(&d);
-    assert!(
-        err.contains("was built for plugin-api 0.99, this host speaks 0.1"),
-        "{err}"
-    );
+    assert!(err.contains("was built for plugin-api 0.99, this host speaks 0.1"), "{err}");
     assert!(err.contains("rebuild the plugin"), "{err}");
 }
 
@@ -65,14 +53,8 @@ fn implementation_absent_from_the_library() {
     let d = with_settings_store("library = \"fixture_plugin\"\nimplementation = \"Nope\"");
     d.install("fixture_plugin");
     let err = refused(&d);
-    assert!(
-        err.contains("has no settings_store implementation named `Nope`"),
-        "{err}"
-    );
-    assert!(
-        err.contains("for settings_store it offers: PanicOnCall, Hang, StrictConfig, PanicInInit"),
-        "{err}"
-    );
+    assert!(err.contains("has no settings_store implementation named `Nope`"), "{err}");
+    assert!(err.contains("for settings_store it offers: PanicOnCall, Hang, StrictConfig, PanicInInit"), "{err}");
 }
 
 #[test]
@@ -81,26 +63,22 @@ fn implementation_offered_for_another_extension_point() {
     d.install_bundled();
     d.write_profile("", "[extensions.user_auth]\nlibrary = \"file_stores\"\nimplementation = \"FileSettingsStore\"\n");
     let err = refused(&d);
+    assert!(err.contains("extensions.user_auth: library `file_stores`"), "{err}");
     assert!(
-        err.contains("extensions.user_auth: library `file_stores`"),
+        err.contains("has no user_auth implementation named `FileSettingsStore`; it implements settings_store instead"),
         "{err}"
     );
-    assert!(err.contains("has no user_auth implementation named `FileSettingsStore`; it implements settings_store instead"), "{err}");
 }
 
 #[test]
 fn plugin_rejects_its_config_and_the_message_surfaces() {
-    let d = with_settings_store("library = \"fixture_plugin\"\nimplementation = \"StrictConfig\"\nconfig = { path = \"relative\" }");
+    let d = with_settings_store(
+        "library = \"fixture_plugin\"\nimplementation = \"StrictConfig\"\nconfig = { path = \"relative\" }",
+    );
     d.install("fixture_plugin");
     let err = refused(&d);
-    assert!(
-        err.contains("extensions.settings_store: StrictConfig"),
-        "{err}"
-    );
-    assert!(
-        err.contains("rejected its config: INVALID_CONFIG: path `relative` must be absolute"),
-        "{err}"
-    );
+    assert!(err.contains("extensions.settings_store: StrictConfig"), "{err}");
+    assert!(err.contains("rejected its config: INVALID_CONFIG: path `relative` must be absolute"), "{err}");
 
     d.write_profile("", "[extensions.settings_store]\nlibrary = \"fixture_plugin\"\nimplementation = \"StrictConfig\"\nconfig = { path = \"/x\", colour = \"red\" }\n");
     let err = refused(&d);
@@ -114,9 +92,7 @@ fn panic_while_building_an_instance() {
     let err = refused(&d);
     assert!(err.contains("PanicInInit"), "{err}");
     assert!(
-        err.contains(
-            "failed to start: PANICKED: plugin panicked: fixture: constructor panicked on purpose"
-        ),
+        err.contains("failed to start: PANICKED: plugin panicked: fixture: constructor panicked on purpose"),
         "{err}"
     );
 }
@@ -144,10 +120,7 @@ fn library_in_a_world_writable_directory() {
     d.write_profile("", "");
     fs::set_permissions(d.plugins_dir(), fs::Permissions::from_mode(0o777)).unwrap();
     let err = refused(&d);
-    assert!(
-        err.contains("is writable by every user (mode 777)"),
-        "{err}"
-    );
+    assert!(err.contains("is writable by every user (mode 777)"), "{err}");
     assert!(err.contains("chmod o-w"), "{err}");
 }
 
@@ -162,16 +135,12 @@ fn every_problem_is_reported_at_once() {
     );
     let err = refused(&d);
     assert!(err.contains("2 problems"), "{err}");
-    assert!(
-        err.contains("library `ghost` not found") && err.contains("named `Nope`"),
-        "{err}"
-    );
+    assert!(err.contains("library `ghost` not found") && err.contains("named `Nope`"), "{err}");
 }
 
 fn start_fixture(implementation: &str, timeout: &str) -> (Deployment, TestHost) {
-    let d = with_settings_store(&format!(
-        "library = \"fixture_plugin\"\nimplementation = \"{implementation}\"\n{timeout}"
-    ));
+    let d =
+        with_settings_store(&format!("library = \"fixture_plugin\"\nimplementation = \"{implementation}\"\n{timeout}"));
     d.install("fixture_plugin");
     let host = d.start();
     (d, host)
@@ -180,23 +149,11 @@ fn start_fixture(implementation: &str, timeout: &str) -> (Deployment, TestHost) 
 #[tokio::test]
 async fn panic_in_a_method_fails_that_request_only() {
     let (_d, mut host) = start_fixture("PanicOnCall", "");
-    assert_eq!(
-        host.post_json("/api/settings", &json!({ "language": "panic" }))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(host.post_json("/api/settings", &json!({ "language": "panic" })).await.status, 200);
     let r = host.get("/api/settings").await;
     assert_eq!(r.status, 500, "{}", r.text);
     assert_eq!(r.json()["code"], "PANICKED");
-    assert!(
-        r.json()["error"]
-            .as_str()
-            .unwrap()
-            .contains("fixture_plugin::PanicOnCall"),
-        "{}",
-        r.text
-    );
+    assert!(r.json()["error"].as_str().unwrap().contains("fixture_plugin::PanicOnCall"), "{}", r.text);
     // The next requests are served, by the same process: other plugins, and this one again
     // (which still panics on this stored document, and still answers 500).
     assert!(host.alive());
@@ -207,18 +164,13 @@ async fn panic_in_a_method_fails_that_request_only() {
     // The instance is marked unhealthy.
     let ready = host.get("/ready").await;
     assert_eq!(ready.status, 503, "{}", ready.text);
-    assert!(
-        host.log().contains("fixture: load panicked on purpose"),
-        "{}",
-        host.log()
-    );
+    assert!(host.log().contains("fixture: load panicked on purpose"), "{}", host.log());
 }
 
 #[tokio::test]
 async fn a_hanging_method_times_out_with_504() {
     let (_d, mut host) = start_fixture("Hang", "timeout_ms = 300");
-    host.post_json("/api/settings", &json!({ "language": "hang" }))
-        .await;
+    host.post_json("/api/settings", &json!({ "language": "hang" })).await;
     let started = std::time::Instant::now();
     let r = host.get("/api/settings").await;
     assert_eq!(r.status, 504, "{}", r.text);
@@ -228,13 +180,7 @@ async fn a_hanging_method_times_out_with_504() {
     assert_eq!(host.get("/alive").await.status, 200);
     assert_eq!(host.get("/api/secrets").await.status, 200);
     // POST loads the stored settings first (to merge), so it times out too, in bounded time.
-    assert_eq!(
-        host.post_json("/api/settings", &json!({ "language": "en" }))
-            .await
-            .status,
-        504
-    );
-    let timeouts =
-        host.get("/internal/plugins").await.json()["instances"][0]["stats"]["timeouts"].as_u64();
+    assert_eq!(host.post_json("/api/settings", &json!({ "language": "en" })).await.status, 504);
+    let timeouts = host.get("/internal/plugins").await.json()["instances"][0]["stats"]["timeouts"].as_u64();
     assert_eq!(timeouts, Some(2));
 }

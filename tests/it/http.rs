@@ -15,39 +15,19 @@ fn oss() -> (Deployment, TestHost) {
 async fn health_options_and_middleware_headers() {
     let (_d, host) = oss();
     let alive = host.get("/alive").await;
-    assert_eq!(
-        (alive.status, alive.json()),
-        (200, json!({ "status": "ok" }))
-    );
+    assert_eq!((alive.status, alive.json()), (200, json!({ "status": "ok" })));
     assert_eq!(host.get("/health").await.json(), json!("OK"));
     let ready = host.get("/ready").await;
     assert_eq!(ready.status, 200, "{}", ready.text);
-    assert_eq!(
-        ready.json()["plugins"].as_array().unwrap().len(),
-        5,
-        "{}",
-        ready.text
-    );
+    assert_eq!(ready.json()["plugins"].as_array().unwrap().len(), 5, "{}", ready.text);
 
     let config = host.get("/api/options/config").await;
     assert_eq!(config.json()["APP_MODE"], "oss");
-    assert_eq!(
-        config.json()["FEATURE_FLAGS"],
-        json!({ "ENABLE_BILLING": false, "HIDE_LLM_SETTINGS": false })
-    );
+    assert_eq!(config.json()["FEATURE_FLAGS"], json!({ "ENABLE_BILLING": false, "HIDE_LLM_SETTINGS": false }));
     assert!(config.headers["x-request-id"].len() >= 8);
-    assert_eq!(
-        config.headers["cache-control"],
-        "no-cache, no-store, must-revalidate, max-age=0"
-    );
+    assert_eq!(config.headers["cache-control"], "no-cache, no-store, must-revalidate, max-age=0");
 
-    let echoed = host
-        .send(
-            host.http
-                .get(host.url("/alive"))
-                .header("x-request-id", "abc-123"),
-        )
-        .await;
+    let echoed = host.send(host.http.get(host.url("/alive")).header("x-request-id", "abc-123")).await;
     assert_eq!(echoed.headers["x-request-id"], "abc-123");
 
     let missing = host.get("/api/nothing-here").await;
@@ -65,10 +45,7 @@ async fn cors_allows_localhost_origins_only_by_default() {
             .header("access-control-request-method", "POST")
     };
     let ok = host.send(preflight("http://localhost:3001")).await;
-    assert_eq!(
-        ok.headers["access-control-allow-origin"],
-        "http://localhost:3001"
-    );
+    assert_eq!(ok.headers["access-control-allow-origin"], "http://localhost:3001");
     assert_eq!(ok.headers["access-control-allow-credentials"], "true");
     let evil = host.send(preflight("https://evil.example")).await;
     assert!(evil.headers.get("access-control-allow-origin").is_none());
@@ -79,28 +56,10 @@ async fn cors_follows_permitted_origins() {
     let d = Deployment::new();
     d.install_bundled();
     d.write_profile("", "");
-    let host = d.start_with_env(&[(
-        "PERMITTED_CORS_ORIGINS",
-        "https://app.example.com, https://other.example",
-    )]);
-    let r = host
-        .send(
-            host.http
-                .get(host.url("/alive"))
-                .header("origin", "https://app.example.com"),
-        )
-        .await;
-    assert_eq!(
-        r.headers["access-control-allow-origin"],
-        "https://app.example.com"
-    );
-    let r = host
-        .send(
-            host.http
-                .get(host.url("/alive"))
-                .header("origin", "http://localhost:3001"),
-        )
-        .await;
+    let host = d.start_with_env(&[("PERMITTED_CORS_ORIGINS", "https://app.example.com, https://other.example")]);
+    let r = host.send(host.http.get(host.url("/alive")).header("origin", "https://app.example.com")).await;
+    assert_eq!(r.headers["access-control-allow-origin"], "https://app.example.com");
+    let r = host.send(host.http.get(host.url("/alive")).header("origin", "http://localhost:3001")).await;
     assert!(r.headers.get("access-control-allow-origin").is_none());
 }
 
@@ -108,10 +67,7 @@ async fn cors_follows_permitted_origins() {
 async fn settings_are_stored_merged_and_never_returned_or_written_in_plaintext() {
     let (d, host) = oss();
     let none = host.get("/api/settings").await;
-    assert_eq!(
-        (none.status, none.json()),
-        (404, json!({ "error": "Settings not found" }))
-    );
+    assert_eq!((none.status, none.json()), (404, json!({ "error": "Settings not found" })));
 
     let posted = host
         .post_json(
@@ -120,10 +76,7 @@ async fn settings_are_stored_merged_and_never_returned_or_written_in_plaintext()
                      "sandbox_api_key": "sbx-333", "language": "en", "an_unknown_field": 1 }),
         )
         .await;
-    assert_eq!(
-        (posted.status, posted.json()),
-        (200, json!({ "message": "Settings stored" }))
-    );
+    assert_eq!((posted.status, posted.json()), (200, json!({ "message": "Settings stored" })));
 
     let got = host.get("/api/settings").await.json();
     assert_eq!(got["llm_model"], "gpt-4o");
@@ -137,20 +90,13 @@ async fn settings_are_stored_merged_and_never_returned_or_written_in_plaintext()
     assert!(got.get("an_unknown_field").is_none());
 
     // OpenHands' partial merge: null key/model/base_url are kept, the rest is replaced.
-    host.post_json("/api/settings", &json!({ "language": "fr" }))
-        .await;
+    host.post_json("/api/settings", &json!({ "language": "fr" })).await;
     let got = host.get("/api/settings").await.json();
-    assert_eq!(
-        (got["language"].as_str(), got["llm_model"].as_str()),
-        (Some("fr"), Some("gpt-4o"))
-    );
+    assert_eq!((got["language"].as_str(), got["llm_model"].as_str()), (Some("fr"), Some("gpt-4o")));
     assert_eq!(got["llm_api_key_set"], true);
 
     for secret in ["sk-plain-111", "srch-222"] {
-        assert!(
-            files_containing(&d.state_dir(), secret).is_empty(),
-            "{secret} is on disk in plain text"
-        );
+        assert!(files_containing(&d.state_dir(), secret).is_empty(), "{secret} is on disk in plain text");
         assert!(!host.log().contains(secret), "{secret} is in the log");
     }
 }
@@ -158,47 +104,20 @@ async fn settings_are_stored_merged_and_never_returned_or_written_in_plaintext()
 #[tokio::test]
 async fn bad_settings_input_gets_a_clear_4xx_and_writes_nothing() {
     let (d, host) = oss();
-    host.post_json("/api/settings", &json!({ "language": "en" }))
-        .await;
+    host.post_json("/api/settings", &json!({ "language": "en" })).await;
     let before = std::fs::read(d.state_dir().join("settings.json")).unwrap();
 
-    let malformed = host
-        .send(
-            host.http
-                .post(host.url("/api/settings"))
-                .body("{\"language\": "),
-        )
-        .await;
+    let malformed = host.send(host.http.post(host.url("/api/settings")).body("{\"language\": ")).await;
     assert_eq!(malformed.status, 400);
-    assert!(
-        malformed.json()["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("malformed JSON"),
-        "{}",
-        malformed.text
-    );
+    assert!(malformed.json()["error"].as_str().unwrap().starts_with("malformed JSON"), "{}", malformed.text);
 
-    let not_utf8 = host
-        .send(
-            host.http
-                .post(host.url("/api/settings"))
-                .body(vec![0xff, 0xfe, 0x7b]),
-        )
-        .await;
-    assert_eq!(
-        (not_utf8.status, not_utf8.json()["error"].as_str()),
-        (400, Some("request body is not UTF-8"))
-    );
+    let not_utf8 = host.send(host.http.post(host.url("/api/settings")).body(vec![0xff, 0xfe, 0x7b])).await;
+    assert_eq!((not_utf8.status, not_utf8.json()["error"].as_str()), (400, Some("request body is not UTF-8")));
 
-    let wrong_type = host
-        .post_json("/api/settings", &json!({ "max_iterations": "many" }))
-        .await;
+    let wrong_type = host.post_json("/api/settings", &json!({ "max_iterations": "many" })).await;
     assert_eq!(wrong_type.status, 422, "{}", wrong_type.text);
 
-    let too_small = host
-        .post_json("/api/settings", &json!({ "condenser_max_size": 5 }))
-        .await;
+    let too_small = host.post_json("/api/settings", &json!({ "condenser_max_size": 5 })).await;
     assert_eq!(too_small.status, 422);
 
     let huge = json!({ "language": "x".repeat(10_000) });
@@ -211,12 +130,7 @@ async fn bad_settings_input_gets_a_clear_4xx_and_writes_nothing() {
         before,
         "a rejected request changed the file"
     );
-    assert_eq!(
-        host.post_json("/api/reset-settings", &json!({}))
-            .await
-            .status,
-        410
-    );
+    assert_eq!(host.post_json("/api/reset-settings", &json!({})).await.status, 410);
 }
 
 #[tokio::test]
@@ -228,19 +142,10 @@ async fn secrets_and_provider_tokens_round_trip_without_values() {
             &json!({ "name": "OPENAI", "value": "v-secret-value-9", "description": "for tools" }),
         )
         .await;
-    assert_eq!(
-        (created.status, created.json()),
-        (201, json!({ "message": "Secret created successfully" }))
-    );
-    let dup = host
-        .post_json("/api/secrets", &json!({ "name": "OPENAI", "value": "x" }))
-        .await;
-    assert_eq!(
-        (dup.status, dup.json()),
-        (400, json!({ "message": "Secret OPENAI already exists" }))
-    );
-    host.post_json("/api/secrets", &json!({ "name": "OTHER", "value": "v2" }))
-        .await;
+    assert_eq!((created.status, created.json()), (201, json!({ "message": "Secret created successfully" })));
+    let dup = host.post_json("/api/secrets", &json!({ "name": "OPENAI", "value": "x" })).await;
+    assert_eq!((dup.status, dup.json()), (400, json!({ "message": "Secret OPENAI already exists" })));
+    host.post_json("/api/secrets", &json!({ "name": "OTHER", "value": "v2" })).await;
 
     let list = host.get("/api/secrets").await;
     assert_eq!(
@@ -249,94 +154,48 @@ async fn secrets_and_provider_tokens_round_trip_without_values() {
     );
     assert!(!list.text.contains("v-secret-value-9"));
 
-    let renamed = host
-        .send(
-            host.http
-                .put(host.url("/api/secrets/OPENAI"))
-                .json(&json!({ "name": "OPENAI_KEY" })),
-        )
-        .await;
+    let renamed =
+        host.send(host.http.put(host.url("/api/secrets/OPENAI")).json(&json!({ "name": "OPENAI_KEY" }))).await;
     assert_eq!(renamed.status, 200, "{}", renamed.text);
-    let clash = host
-        .send(
-            host.http
-                .put(host.url("/api/secrets/OTHER"))
-                .json(&json!({ "name": "OPENAI_KEY" })),
-        )
-        .await;
+    let clash = host.send(host.http.put(host.url("/api/secrets/OTHER")).json(&json!({ "name": "OPENAI_KEY" }))).await;
     assert_eq!(clash.status, 400);
-    let missing = host
-        .send(host.http.delete(host.url("/api/secrets/NOPE")))
-        .await;
-    assert_eq!(
-        (missing.status, missing.json()),
-        (404, json!({ "error": "Secret with ID NOPE not found" }))
-    );
-    let deleted = host
-        .send(host.http.delete(host.url("/api/secrets/OTHER")))
-        .await;
-    assert_eq!(
-        deleted.json(),
-        json!({ "message": "Secret deleted successfully" })
-    );
+    let missing = host.send(host.http.delete(host.url("/api/secrets/NOPE"))).await;
+    assert_eq!((missing.status, missing.json()), (404, json!({ "error": "Secret with ID NOPE not found" })));
+    let deleted = host.send(host.http.delete(host.url("/api/secrets/OTHER"))).await;
+    assert_eq!(deleted.json(), json!({ "message": "Secret deleted successfully" }));
 
     let stored = host
-        .post_json("/api/add-git-providers", &json!({ "provider_tokens": { "github": { "token": "ghp_tok_777", "host": "github.com" } } }))
+        .post_json(
+            "/api/add-git-providers",
+            &json!({ "provider_tokens": { "github": { "token": "ghp_tok_777", "host": "github.com" } } }),
+        )
         .await;
     assert_eq!(stored.json(), json!({ "message": "Git providers stored" }));
-    host.post_json("/api/settings", &json!({ "language": "en" }))
-        .await;
-    assert_eq!(
-        host.get("/api/settings").await.json()["provider_tokens_set"],
-        json!({ "github": "github.com" })
-    );
+    host.post_json("/api/settings", &json!({ "language": "en" })).await;
+    assert_eq!(host.get("/api/settings").await.json()["provider_tokens_set"], json!({ "github": "github.com" }));
     // An empty token keeps the stored one and updates the host.
     host.post_json(
         "/api/add-git-providers",
         &json!({ "provider_tokens": { "github": { "token": "", "host": "ghe.corp" } } }),
     )
     .await;
-    assert_eq!(
-        host.get("/api/settings").await.json()["provider_tokens_set"],
-        json!({ "github": "ghe.corp" })
-    );
-    let unknown = host
-        .post_json(
-            "/api/add-git-providers",
-            &json!({ "provider_tokens": { "svn": { "token": "x" } } }),
-        )
-        .await;
+    assert_eq!(host.get("/api/settings").await.json()["provider_tokens_set"], json!({ "github": "ghe.corp" }));
+    let unknown =
+        host.post_json("/api/add-git-providers", &json!({ "provider_tokens": { "svn": { "token": "x" } } })).await;
     assert_eq!(unknown.status, 422);
 
-    let unset = host
-        .post_json("/api/unset-provider-tokens", &json!({}))
-        .await;
-    assert_eq!(
-        unset.json(),
-        json!({ "message": "Unset Git provider tokens" })
-    );
-    assert_eq!(
-        host.get("/api/settings").await.json()["provider_tokens_set"],
-        json!({})
-    );
+    let unset = host.post_json("/api/unset-provider-tokens", &json!({})).await;
+    assert_eq!(unset.json(), json!({ "message": "Unset Git provider tokens" }));
+    assert_eq!(host.get("/api/settings").await.json()["provider_tokens_set"], json!({}));
     // Custom secrets survive provider changes.
-    assert_eq!(
-        host.get("/api/secrets").await.json()["custom_secrets"][0]["name"],
-        "OPENAI_KEY"
-    );
+    assert_eq!(host.get("/api/secrets").await.json()["custom_secrets"][0]["name"], "OPENAI_KEY");
 
     for secret in ["v-secret-value-9", "ghp_tok_777"] {
-        assert!(
-            files_containing(&d.state_dir(), secret).is_empty(),
-            "{secret} is on disk in plain text"
-        );
+        assert!(files_containing(&d.state_dir(), secret).is_empty(), "{secret} is on disk in plain text");
     }
     let key = d.state_dir().join(".keys/file_stores.key");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(key).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(key).unwrap().permissions().mode() & 0o777, 0o600);
 }
 
 #[tokio::test]
@@ -346,9 +205,7 @@ async fn internal_views_show_libraries_and_counters() {
     let plugins = host.get("/internal/plugins").await.json();
     let libs = plugins["libraries"].as_array().unwrap();
     assert_eq!(libs.len(), 3, "{plugins}");
-    assert!(libs
-        .iter()
-        .all(|l| l["sha256"].as_str().unwrap().len() == 64 && l["api_version"] == "0.1"));
+    assert!(libs.iter().all(|l| l["sha256"].as_str().unwrap().len() == 64 && l["api_version"] == "0.1"));
     let settings = plugins["instances"]
         .as_array()
         .unwrap()

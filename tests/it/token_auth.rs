@@ -36,17 +36,8 @@ async fn missing_or_wrong_tokens_are_401() {
     assert_eq!(none.status, 401);
     assert_eq!(none.json()["error"], "NoCredentialsError");
     assert_eq!(none.headers["www-authenticate"], "Bearer");
-    let wrong = host
-        .send(
-            host.http
-                .get(host.url("/api/settings"))
-                .bearer_auth("not-a-token"),
-        )
-        .await;
-    assert_eq!(
-        (wrong.status, wrong.json()["error"].as_str()),
-        (401, Some("UNAUTHENTICATED"))
-    );
+    let wrong = host.send(host.http.get(host.url("/api/settings")).bearer_auth("not-a-token")).await;
+    assert_eq!((wrong.status, wrong.json()["error"].as_str()), (401, Some("UNAUTHENTICATED")));
     // Public routes stay public.
     assert_eq!(host.get("/api/options/config").await.status, 200);
     assert_eq!(host.get("/alive").await.status, 200);
@@ -61,55 +52,27 @@ async fn each_user_has_their_own_settings_and_secrets() {
     let get = |token: &str, path: &str| as_user(&host, token, host.http.get(host.url(path)));
 
     assert_eq!(
-        host.send(post(
-            ALICE,
-            "/api/settings",
-            json!({ "llm_model": "alice-model", "llm_api_key": "sk-alice-xyz" })
-        ))
-        .await
-        .status,
+        host.send(post(ALICE, "/api/settings", json!({ "llm_model": "alice-model", "llm_api_key": "sk-alice-xyz" })))
+            .await
+            .status,
         200
     );
     assert_eq!(
-        host.send(post(
-            ALICE,
-            "/api/secrets",
-            json!({ "name": "ALICE_ONLY", "value": "alice-secret-v" })
-        ))
-        .await
-        .status,
+        host.send(post(ALICE, "/api/secrets", json!({ "name": "ALICE_ONLY", "value": "alice-secret-v" }))).await.status,
         201
     );
 
-    assert_eq!(
-        host.send(get(ALICE, "/api/settings")).await.json()["llm_model"],
-        "alice-model"
-    );
+    assert_eq!(host.send(get(ALICE, "/api/settings")).await.json()["llm_model"], "alice-model");
     assert_eq!(host.send(get(BOB, "/api/settings")).await.status, 404);
-    assert_eq!(
-        host.send(get(BOB, "/api/secrets")).await.json(),
-        json!({ "custom_secrets": [] })
-    );
-    let bob_delete = host
-        .send(as_user(
-            &host,
-            BOB,
-            host.http.delete(host.url("/api/secrets/ALICE_ONLY")),
-        ))
-        .await;
+    assert_eq!(host.send(get(BOB, "/api/secrets")).await.json(), json!({ "custom_secrets": [] }));
+    let bob_delete = host.send(as_user(&host, BOB, host.http.delete(host.url("/api/secrets/ALICE_ONLY")))).await;
     assert_eq!(bob_delete.status, 404);
-    assert_eq!(
-        host.send(get(ALICE, "/api/secrets")).await.json()["custom_secrets"][0]["name"],
-        "ALICE_ONLY"
-    );
+    assert_eq!(host.send(get(ALICE, "/api/secrets")).await.json()["custom_secrets"][0]["name"], "ALICE_ONLY");
 
     assert!(d.state_dir().join("users/alice/settings.json").exists());
     assert!(d.state_dir().join("users/alice/secrets.json").exists());
     assert!(!d.state_dir().join("users/bob/settings.json").exists());
-    assert!(
-        !d.state_dir().join("settings.json").exists(),
-        "per-user stores must not write the single-user file"
-    );
+    assert!(!d.state_dir().join("settings.json").exists(), "per-user stores must not write the single-user file");
     assert!(files_containing(&d.state_dir(), "sk-alice-xyz").is_empty());
     assert!(files_containing(&d.state_dir(), "alice-secret-v").is_empty());
 }

@@ -17,27 +17,17 @@ use std::{
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_path_buf()
 }
 
 /// `target/debug`, where `make test` leaves the binary and the libraries.
 pub fn target_debug() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"))
-        .join("debug")
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target")).join("debug")
 }
 
 pub fn host_binary() -> PathBuf {
     let bin = target_debug().join("oh-host");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `make test` (it builds the host first)",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} is missing: run `make test` (it builds the host first)", bin.display());
     bin
 }
 
@@ -56,11 +46,7 @@ impl Deployment {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::create_dir(dir.path().join("plugins")).unwrap();
-        fs::set_permissions(
-            dir.path().join("plugins"),
-            fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
+        fs::set_permissions(dir.path().join("plugins"), fs::Permissions::from_mode(0o755)).unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         Self { dir }
     }
@@ -80,11 +66,7 @@ impl Deployment {
     /// Copies `target/debug/lib<built>.so` into the plugins dir as `lib<name>.so`.
     pub fn install_as(&self, built: &str, name: &str) -> PathBuf {
         let src = target_debug().join(format!("lib{built}.so"));
-        assert!(
-            src.exists(),
-            "{} is missing: run `make test` (it builds every plugin first)",
-            src.display()
-        );
+        assert!(src.exists(), "{} is missing: run `make test` (it builds every plugin first)", src.display());
         let dst = self.plugins_dir().join(format!("lib{name}.so"));
         fs::copy(&src, &dst).unwrap();
         fs::set_permissions(&dst, fs::Permissions::from_mode(0o644)).unwrap();
@@ -169,12 +151,7 @@ impl Deployment {
                 panic!("oh-host did not start; its log:\n{}", log.lock().unwrap());
             }
         };
-        TestHost {
-            child,
-            base: format!("http://{addr}"),
-            log,
-            http: reqwest::Client::new(),
-        }
+        TestHost { child, base: format!("http://{addr}"), log, http: reqwest::Client::new() }
     }
 }
 
@@ -188,18 +165,8 @@ impl CliOutput {
     /// Exited by itself (no signal: the host did not crash) with a non-zero status.
     pub fn assert_refused(&self) {
         use std::os::unix::process::ExitStatusExt;
-        assert!(
-            self.status.signal().is_none(),
-            "oh-host died of a signal: {:?}\n{}",
-            self.status,
-            self.stderr
-        );
-        assert!(
-            !self.status.success(),
-            "expected a failure, got success:\n{}{}",
-            self.stdout,
-            self.stderr
-        );
+        assert!(self.status.signal().is_none(), "oh-host died of a signal: {:?}\n{}", self.status, self.stderr);
+        assert!(!self.status.success(), "expected a failure, got success:\n{}{}", self.stdout, self.stderr);
     }
 }
 
@@ -242,9 +209,7 @@ impl TestHost {
         use std::io::{Read, Write};
         let addr = self.base.trim_start_matches("http://");
         let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         stream.write_all(request.as_bytes()).unwrap();
         let mut out = Vec::new();
         let _ = stream.read_to_end(&mut out);
@@ -253,10 +218,7 @@ impl TestHost {
 
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(mut self) -> ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -290,11 +252,7 @@ impl Response {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let text = r.text().await.unwrap_or_default();
-        Response {
-            status,
-            headers,
-            text,
-        }
+        Response { status, headers, text }
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -305,10 +263,7 @@ impl Response {
 /// SHA-256 hex of a string.
 pub fn sha256_hex(text: &str) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Every file under `dir` whose bytes contain `needle`.
@@ -323,10 +278,7 @@ pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if fs::read(&p)
-                .map(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
-                .unwrap_or(false)
-            {
+            } else if fs::read(&p).map(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())).unwrap_or(false) {
                 hits.push(p);
             }
         }
@@ -337,8 +289,5 @@ pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
 /// SHA-256 hex of a file.
 pub fn sha256_hex_file(path: &Path) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(fs::read(path).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sha2::Sha256::digest(fs::read(path).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -64,10 +64,15 @@ impl TokenAuth {
         let mut tokens = Vec::new();
         for (i, t) in config.tokens.into_iter().enumerate() {
             let hash = parse_hex(&t.sha256).ok_or_else(|| {
-                PluginError::invalid_config(format!("tokens[{i}].sha256 must be 64 hex digits (`printf %s TOKEN | sha256sum`)"))
+                PluginError::invalid_config(format!(
+                    "tokens[{i}].sha256 must be 64 hex digits (`printf %s TOKEN | sha256sum`)"
+                ))
             })?;
             if t.user_id.is_empty() || t.user_id.contains(['/', '\\', '\0']) || t.user_id.contains("..") {
-                return Err(PluginError::invalid_config(format!("tokens[{i}].user_id `{}` is not a valid user id", t.user_id)));
+                return Err(PluginError::invalid_config(format!(
+                    "tokens[{i}].user_id `{}` is not a valid user id",
+                    t.user_id
+                )));
             }
             tokens.push((hash, t.user_id));
         }
@@ -95,7 +100,9 @@ impl plugin_sdk::UserAuth for TokenAuth {
             .or_else(|| header.strip_prefix("bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| Self::unauthenticated(ErrorCode::UNAUTHENTICATED, "Authorization must be `Bearer <token>`"))?;
+            .ok_or_else(|| {
+                Self::unauthenticated(ErrorCode::UNAUTHENTICATED, "Authorization must be `Bearer <token>`")
+            })?;
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
         for (expected, user) in &self.tokens {
@@ -120,9 +127,11 @@ impl plugin_sdk::UserAuth for TokenAuth {
 }
 
 pub fn register(r: &mut Registry) {
-    r.user_auth("TokenAuth", "Authorization: Bearer <token>, checked against SHA-256 hashes in its config", |config, _| {
-        TokenAuth::new(plugin_sdk::parse_config(config)?)
-    });
+    r.user_auth(
+        "TokenAuth",
+        "Authorization: Bearer <token>, checked against SHA-256 hashes in its config",
+        |config, _| TokenAuth::new(plugin_sdk::parse_config(config)?),
+    );
 }
 
 plugin_sdk::export_plugin!(register);
@@ -137,7 +146,10 @@ mod tests {
             method: "GET".into(),
             path: "/api/settings".into(),
             query: RString::new(),
-            headers: authorization.map(|a| Tuple2(RString::from("Authorization"), RString::from(a))).into_iter().collect(),
+            headers: authorization
+                .map(|a| Tuple2(RString::from("Authorization"), RString::from(a)))
+                .into_iter()
+                .collect(),
             remote_addr: RString::new(),
         }
     }
@@ -165,7 +177,8 @@ mod tests {
     #[test]
     fn bad_config_is_refused_with_the_fix() {
         let r = Registry::from_register(register);
-        let err = r.build_user_auth("TokenAuth", r#"{ "tokens": [{ "user_id": "a", "sha256": "xyz" }] }"#).err().unwrap();
+        let err =
+            r.build_user_auth("TokenAuth", r#"{ "tokens": [{ "user_id": "a", "sha256": "xyz" }] }"#).err().unwrap();
         assert_eq!(err.code, ErrorCode::INVALID_CONFIG);
         assert!(err.message.contains("sha256sum"), "{}", err.message);
         let err = r.build_user_auth("TokenAuth", r#"{ "tokenz": [] }"#).err().unwrap();

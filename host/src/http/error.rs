@@ -18,11 +18,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, body: Value) -> Self {
-        Self {
-            status,
-            body,
-            headers: HeaderMap::new(),
-        }
+        Self { status, body, headers: HeaderMap::new() }
     }
 
     /// `{"error": message}`, the most common OpenHands shape.
@@ -69,9 +65,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::AUTH_INVALID
         | ErrorCode::AUTH_TOS_NOT_ACCEPTED => StatusCode::UNAUTHORIZED,
         ErrorCode::PERMISSION_DENIED | ErrorCode::AUTH_EMAIL_NOT_VERIFIED => StatusCode::FORBIDDEN,
-        ErrorCode::RESOURCE_EXHAUSTED | ErrorCode::AUTH_RATE_LIMITED => {
-            StatusCode::TOO_MANY_REQUESTS
-        }
+        ErrorCode::RESOURCE_EXHAUSTED | ErrorCode::AUTH_RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::DEADLINE_EXCEEDED => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::UNIMPLEMENTED => StatusCode::NOT_IMPLEMENTED,
@@ -110,10 +104,7 @@ pub fn detail_headers(details_json: &str) -> HeaderMap {
 
 impl From<CallError> for ApiError {
     fn from(e: CallError) -> Self {
-        let origin = format!(
-            "the {} plugin ({}::{})",
-            e.point, e.library, e.implementation
-        );
+        let origin = format!("the {} plugin ({}::{})", e.point, e.library, e.implementation);
         Self::from_plugin(&e.error, &origin)
     }
 }

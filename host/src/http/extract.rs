@@ -24,15 +24,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ApiError::bad_request(format!("cannot read the request body: {e}"))
             }
         })?;
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| ApiError::bad_request("request body is not UTF-8"))?;
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("request body is not UTF-8"))?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
         let parsed = serde_json::from_value(value).map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                json!({ "error": format!("invalid request body: {e}") }),
-            )
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": format!("invalid request body: {e}") }))
         })?;
         Ok(JsonBody(parsed))
     }
@@ -85,9 +81,7 @@ pub fn validate_conversation_id(id: &str) -> Result<(), ApiError> {
         None
     };
     match reason {
-        Some(r) => Err(ApiError::bad_request(format!(
-            "invalid conversation ID: {r}"
-        ))),
+        Some(r) => Err(ApiError::bad_request(format!("invalid conversation ID: {r}"))),
         None => Ok(()),
     }
 }
@@ -110,9 +104,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SecretId {
 /// Secret names end up as environment variable names in the agent's sandbox.
 pub fn validate_secret_name(name: &str) -> Result<(), ApiError> {
     if name.trim().is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "invalid secret name: 1 to 256 characters, no control characters",
-        ));
+        return Err(ApiError::bad_request("invalid secret name: 1 to 256 characters, no control characters"));
     }
     Ok(())
 }

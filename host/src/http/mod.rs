@@ -26,26 +26,24 @@ use std::{
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
+type UserLock = Arc<tokio::sync::Mutex<()>>;
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub server: Arc<ServerConfig>,
     /// Serialises read-modify-write of one user's secrets in this process.
-    locks: Arc<Mutex<HashMap<Option<String>, Arc<tokio::sync::Mutex<()>>>>>,
+    locks: Arc<Mutex<HashMap<Option<String>, UserLock>>>,
 }
 
 impl AppState {
     pub fn new(registry: Arc<Registry>, server: ServerConfig) -> Self {
-        Self {
-            registry,
-            server: Arc::new(server),
-            locks: Arc::default(),
-        }
+        Self { registry, server: Arc::new(server), locks: Arc::default() }
     }
 
     /// The per-user lock for read-modify-write of that user's documents.
-    pub fn user_lock(&self, user: &Option<String>) -> Arc<tokio::sync::Mutex<()>> {
+    pub fn user_lock(&self, user: &Option<String>) -> UserLock {
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         locks.entry(user.clone()).or_default().clone()
     }
@@ -64,13 +62,8 @@ pub struct Principal {
 pub struct RequestId(pub String);
 
 /// Builds the context of a plugin call for this request.
-pub fn call_context(
-    principal: &Principal,
-    request_id: &RequestId,
-    server: &ServerConfig,
-) -> CallContext {
-    let deadline =
-        chrono::Utc::now().timestamp_millis() as u64 + server.call_timeout.as_millis() as u64;
+pub fn call_context(principal: &Principal, request_id: &RequestId, server: &ServerConfig) -> CallContext {
+    let deadline = chrono::Utc::now().timestamp_millis() as u64 + server.call_timeout.as_millis() as u64;
     CallContext {
         request_id: request_id.0.as_str().into(),
         traceparent: RString::new(),
@@ -100,21 +93,14 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed on this route",
-    )
+    ApiError::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
 }
 
 /// `PERMITTED_CORS_ORIGINS` (comma-separated), else any localhost / 127.0.0.1 origin, as
 /// OpenHands' `LocalhostCORSMiddleware`.
 fn cors() -> CorsLayer {
-    let permitted: Option<Vec<String>> = env::get(env::PERMITTED_CORS_ORIGINS).map(|v| {
-        v.split(',')
-            .map(|s| s.trim().trim_end_matches('/').to_owned())
-            .filter(|s| !s.is_empty())
-            .collect()
-    });
+    let permitted: Option<Vec<String>> = env::get(env::PERMITTED_CORS_ORIGINS)
+        .map(|v| v.split(',').map(|s| s.trim().trim_end_matches('/').to_owned()).filter(|s| !s.is_empty()).collect());
     let allow = AllowOrigin::predicate(move |origin: &HeaderValue, _| {
         let Ok(origin) = origin.to_str() else {
             return false;
@@ -132,10 +118,7 @@ fn cors() -> CorsLayer {
 }
 
 fn is_localhost_origin(origin: &str) -> bool {
-    let Some(rest) = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-    else {
+    let Some(rest) = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) else {
         return false;
     };
     let host = rest.split(':').next().unwrap_or("");
@@ -146,14 +129,9 @@ fn is_localhost_origin(origin: &str) -> bool {
 async fn cache_control(req: Request, next: Next) -> Response {
     let assets = req.uri().path().starts_with("/assets");
     let mut response = next.run(req).await;
-    let value = if assets {
-        "public, max-age=2592000, immutable"
-    } else {
-        "no-cache, no-store, must-revalidate, max-age=0"
-    };
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static(value));
+    let value =
+        if assets { "public, max-age=2592000, immutable" } else { "no-cache, no-store, must-revalidate, max-age=0" };
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(value));
     response
 }
 
@@ -166,16 +144,12 @@ async fn request_id(mut req: Request, next: Next) -> Response {
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         })
         .map(str::to_owned)
         .unwrap_or_else(new_request_id);
     req.extensions_mut().insert(RequestId(id.clone()));
-    let span =
-        tracing::debug_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let span = tracing::debug_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
     let mut response = next.run(req).instrument(span.clone()).await;
     span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -196,16 +170,9 @@ async fn auth_gate(State(state): State<AppState>, mut req: Request, next: Next) 
     if req.method() == Method::OPTIONS {
         return next.run(req).await;
     }
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .cloned()
-        .unwrap_or_else(|| RequestId(new_request_id()));
-    let remote = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.to_string())
-        .unwrap_or_default();
+    let request_id = req.extensions().get::<RequestId>().cloned().unwrap_or_else(|| RequestId(new_request_id()));
+    let remote =
+        req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.to_string()).unwrap_or_default();
     let auth_request = AuthRequest {
         method: req.method().as_str().into(),
         path: req.uri().path().into(),
@@ -213,26 +180,14 @@ async fn auth_gate(State(state): State<AppState>, mut req: Request, next: Next) 
         headers: req
             .headers()
             .iter()
-            .filter_map(|(k, v)| {
-                v.to_str()
-                    .ok()
-                    .map(|v| Tuple2(RString::from(k.as_str()), RString::from(v)))
-            })
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| Tuple2(RString::from(k.as_str()), RString::from(v))))
             .collect(),
         remote_addr: remote.into(),
     };
-    let anonymous = Principal {
-        user_id: None,
-        email: None,
-        auth_type: AuthType::NONE,
-    };
+    let anonymous = Principal { user_id: None, email: None, auth_type: AuthType::NONE };
     let ctx = call_context(&anonymous, &request_id, &state.server);
     let auth = &state.registry.auth;
-    match auth
-        .meta
-        .call("authenticate", auth.obj.authenticate(ctx, auth_request))
-        .await
-    {
+    match auth.meta.call("authenticate", auth.obj.authenticate(ctx, auth_request)).await {
         Ok(outcome) => {
             req.extensions_mut().insert(Principal {
                 user_id: outcome.user_id.into_option().map(RString::into_string),
@@ -241,10 +196,7 @@ async fn auth_gate(State(state): State<AppState>, mut req: Request, next: Next) 
             });
             let mut response = next.run(req).await;
             for Tuple2(k, v) in outcome.response_headers {
-                if let (Ok(k), Ok(v)) = (
-                    HeaderName::try_from(k.as_str()),
-                    HeaderValue::try_from(v.as_str()),
-                ) {
+                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
                     response.headers_mut().append(k, v);
                 }
             }

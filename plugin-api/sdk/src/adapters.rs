@@ -7,8 +7,8 @@ use crate::{runtime, services::EventSink};
 use plugin_api::{
     abi_stable::std_types::{RBox, RErr, ROption, RString, RVec},
     async_ffi::FfiFuture,
-    models, AuthOutcome, AuthRequest, CallContext, ErrorCode, EventQuery, EventSink_TO, Health,
-    HttpRequest, HttpResponse, PResult, PluginError, RouteSpec,
+    models, AuthOutcome, AuthRequest, CallContext, ErrorCode, EventQuery, EventSink_TO, Health, HttpRequest,
+    HttpResponse, PResult, PluginError, RouteSpec,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::{
@@ -26,10 +26,7 @@ pub(crate) struct Adapter<T> {
 
 impl<T: Send + Sync + 'static> Adapter<T> {
     pub(crate) fn new(inner: T) -> Self {
-        Self {
-            inner: Arc::new(inner),
-            poisoned: Arc::new(AtomicBool::new(false)),
-        }
+        Self { inner: Arc::new(inner), poisoned: Arc::new(AtomicBool::new(false)) }
     }
 
     /// Spawns `body(inner)` on the plugin runtime.
@@ -46,10 +43,7 @@ impl<T: Send + Sync + 'static> Adapter<T> {
         }
     }
 
-    fn health_of<Fut>(
-        &self,
-        body: impl FnOnce(Arc<T>) -> Fut + Send + 'static,
-    ) -> FfiFuture<PResult<Health>>
+    fn health_of<Fut>(&self, body: impl FnOnce(Arc<T>) -> Fut + Send + 'static) -> FfiFuture<PResult<Health>>
     where
         Fut: Future<Output = Result<String, PluginError>> + Send + 'static,
     {
@@ -59,11 +53,7 @@ impl<T: Send + Sync + 'static> Adapter<T> {
                 "instance panicked earlier and is marked unhealthy (reload or restart the host)",
             )));
         }
-        self.run(move |t| async move {
-            body(t).await.map(|detail| Health {
-                detail: detail.into(),
-            })
-        })
+        self.run(move |t| async move { body(t).await.map(|detail| Health { detail: detail.into() }) })
     }
 
     fn shutdown_of<Fut>(&self, body: impl FnOnce(Arc<T>) -> Fut + Send + 'static) -> FfiFuture<()>
@@ -87,8 +77,7 @@ fn to_json<T: Serialize>(value: &T) -> Result<RString, PluginError> {
 }
 
 fn from_json<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, PluginError> {
-    serde_json::from_str(text)
-        .map_err(|e| PluginError::invalid_argument(format!("bad {what} JSON: {e}")))
+    serde_json::from_str(text).map_err(|e| PluginError::invalid_argument(format!("bad {what} JSON: {e}")))
 }
 
 impl<T: crate::SettingsStore> plugin_api::SettingsStore for Adapter<T> {
@@ -149,36 +138,16 @@ impl<T: crate::ConversationStore> plugin_api::ConversationStore for Adapter<T> {
     fn delete_metadata(&self, ctx: CallContext, id: RString) -> FfiFuture<PResult<bool>> {
         self.run(move |t| async move { t.delete_metadata(ctx, id.into_string()).await })
     }
-    fn validate_metadata(
-        &self,
-        ctx: CallContext,
-        id: RString,
-        user_id: RString,
-    ) -> FfiFuture<PResult<bool>> {
-        self.run(move |t| async move {
-            t.validate_metadata(ctx, id.into_string(), user_id.into_string())
-                .await
-        })
+    fn validate_metadata(&self, ctx: CallContext, id: RString, user_id: RString) -> FfiFuture<PResult<bool>> {
+        self.run(move |t| async move { t.validate_metadata(ctx, id.into_string(), user_id.into_string()).await })
     }
-    fn search(
-        &self,
-        ctx: CallContext,
-        page_id: ROption<RString>,
-        limit: u32,
-    ) -> FfiFuture<PResult<RString>> {
+    fn search(&self, ctx: CallContext, page_id: ROption<RString>, limit: u32) -> FfiFuture<PResult<RString>> {
         self.run(move |t| async move {
-            let page = t
-                .search(ctx, page_id.map(RString::into_string).into_option(), limit)
-                .await?;
+            let page = t.search(ctx, page_id.map(RString::into_string).into_option(), limit).await?;
             to_json(&page)
         })
     }
-    fn append_events(
-        &self,
-        ctx: CallContext,
-        id: RString,
-        events_json: RVec<RString>,
-    ) -> FfiFuture<PResult<u64>> {
+    fn append_events(&self, ctx: CallContext, id: RString, events_json: RVec<RString>) -> FfiFuture<PResult<u64>> {
         self.run(move |t| async move {
             let events = events_json
                 .iter()
@@ -187,15 +156,8 @@ impl<T: crate::ConversationStore> plugin_api::ConversationStore for Adapter<T> {
             t.append_events(ctx, id.into_string(), events).await
         })
     }
-    fn get_events(
-        &self,
-        ctx: CallContext,
-        id: RString,
-        query: EventQuery,
-    ) -> FfiFuture<PResult<RString>> {
-        self.run(
-            move |t| async move { to_json(&t.get_events(ctx, id.into_string(), query).await?) },
-        )
+    fn get_events(&self, ctx: CallContext, id: RString, query: EventQuery) -> FfiFuture<PResult<RString>> {
+        self.run(move |t| async move { to_json(&t.get_events(ctx, id.into_string(), query).await?) })
     }
     fn health(&self, _ctx: CallContext) -> FfiFuture<PResult<Health>> {
         self.health_of(|t| async move { t.health().await })
@@ -212,12 +174,7 @@ impl<T: crate::ConversationManager> plugin_api::ConversationManager for Adapter<
             to_json(&t.maybe_start(ctx, request).await?)
         })
     }
-    fn send_event(
-        &self,
-        ctx: CallContext,
-        id: RString,
-        event_json: RString,
-    ) -> FfiFuture<PResult<()>> {
+    fn send_event(&self, ctx: CallContext, id: RString, event_json: RString) -> FfiFuture<PResult<()>> {
         self.run(move |t| async move {
             let event = from_json("event", &event_json)?;
             t.send_event(ctx, id.into_string(), event).await
@@ -253,11 +210,7 @@ impl<T: crate::ConversationManager> plugin_api::ConversationManager for Adapter<
 }
 
 impl<T: crate::UserAuth> plugin_api::UserAuth for Adapter<T> {
-    fn authenticate(
-        &self,
-        ctx: CallContext,
-        request: AuthRequest,
-    ) -> FfiFuture<PResult<AuthOutcome>> {
+    fn authenticate(&self, ctx: CallContext, request: AuthRequest) -> FfiFuture<PResult<AuthOutcome>> {
         self.run(move |t| async move { t.authenticate(ctx, request).await })
     }
     fn provider_tokens(&self, ctx: CallContext) -> FfiFuture<PResult<ROption<RString>>> {
@@ -295,23 +248,14 @@ impl<T: crate::MonitoringListener> plugin_api::MonitoringListener for Adapter<T>
         }
     }
     fn on_agent_session_start(&self, ctx: CallContext, success: bool, duration_secs: f64) {
-        self.hook("on_agent_session_start", |t| {
-            t.on_agent_session_start(&ctx, success, duration_secs)
-        });
+        self.hook("on_agent_session_start", |t| t.on_agent_session_start(&ctx, success, duration_secs));
     }
     fn on_create_conversation(&self, ctx: CallContext) {
         self.hook("on_create_conversation", |t| t.on_create_conversation(&ctx));
     }
-    fn experiment_variant(
-        &self,
-        ctx: CallContext,
-        experiment: RString,
-    ) -> FfiFuture<PResult<ROption<RString>>> {
+    fn experiment_variant(&self, ctx: CallContext, experiment: RString) -> FfiFuture<PResult<ROption<RString>>> {
         self.run(move |t| async move {
-            Ok(t.experiment_variant(ctx, experiment.into_string())
-                .await?
-                .map(RString::from)
-                .into())
+            Ok(t.experiment_variant(ctx, experiment.into_string()).await?.map(RString::from).into())
         })
     }
     fn health(&self, _ctx: CallContext) -> FfiFuture<PResult<Health>> {

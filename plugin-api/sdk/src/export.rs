@@ -9,9 +9,9 @@ use plugin_api::{
         std_types::{RBox, RStr, RVec},
     },
     async_ffi::FfiFuture,
-    ApiInfo, ConversationManager_TO, ConversationStore_TO, ErrorCode, ExtensionPoint, HostApi_Ref,
-    HostServices_TO, ImplementationInfo, MonitoringListener_TO, PResult, PluginError, PluginLib,
-    PluginLib_Ref, RouteHandler_TO, SecretsStore_TO, SettingsStore_TO, UserAuth_TO,
+    ApiInfo, ConversationManager_TO, ConversationStore_TO, ErrorCode, ExtensionPoint, HostApi_Ref, HostServices_TO,
+    ImplementationInfo, MonitoringListener_TO, PResult, PluginError, PluginLib, PluginLib_Ref, RouteHandler_TO,
+    SecretsStore_TO, SettingsStore_TO, UserAuth_TO,
 };
 use std::{sync::OnceLock, time::Duration};
 
@@ -94,10 +94,7 @@ impl Registry {
     }
 
     fn implementations(&self) -> Vec<ImplementationInfo> {
-        fn infos<O>(
-            point: ExtensionPoint,
-            entries: &[Entry<O>],
-        ) -> impl Iterator<Item = ImplementationInfo> + '_ {
+        fn infos<O>(point: ExtensionPoint, entries: &[Entry<O>]) -> impl Iterator<Item = ImplementationInfo> + '_ {
             entries.iter().map(move |e| ImplementationInfo {
                 point,
                 name: e.name.as_str().into(),
@@ -106,10 +103,7 @@ impl Registry {
         }
         infos(ExtensionPoint::SETTINGS_STORE, &self.settings)
             .chain(infos(ExtensionPoint::SECRETS_STORE, &self.secrets))
-            .chain(infos(
-                ExtensionPoint::CONVERSATION_STORE,
-                &self.conversations,
-            ))
+            .chain(infos(ExtensionPoint::CONVERSATION_STORE, &self.conversations))
             .chain(infos(ExtensionPoint::CONVERSATION_MANAGER, &self.managers))
             .chain(infos(ExtensionPoint::USER_AUTH, &self.auth))
             .chain(infos(ExtensionPoint::MONITORING, &self.monitoring))
@@ -118,17 +112,9 @@ impl Registry {
     }
 }
 
-fn build<O>(
-    entries: &[Entry<O>],
-    name: &str,
-    config: &str,
-    services: Services,
-) -> Result<O, PluginError> {
+fn build<O>(entries: &[Entry<O>], name: &str, config: &str, services: Services) -> Result<O, PluginError> {
     let entry = entries.iter().find(|e| e.name == name).ok_or_else(|| {
-        PluginError::new(
-            ErrorCode::UNIMPLEMENTED,
-            format!("this library has no implementation named `{name}` here"),
-        )
+        PluginError::new(ErrorCode::UNIMPLEMENTED, format!("this library has no implementation named `{name}` here"))
     })?;
     (entry.ctor)(config, services)
 }
@@ -136,11 +122,7 @@ fn build<O>(
 /// Parses an implementation's config, naming the problem on failure. Use a struct with
 /// `#[serde(deny_unknown_fields)]` so that a misspelt key is an error, not a silent default.
 pub fn parse_config<C: serde::de::DeserializeOwned>(config_json: &str) -> Result<C, PluginError> {
-    let text = if config_json.trim().is_empty() {
-        "{}"
-    } else {
-        config_json
-    };
+    let text = if config_json.trim().is_empty() { "{}" } else { config_json };
     serde_json::from_str(text).map_err(|e| PluginError::invalid_config(e.to_string()))
 }
 
@@ -203,10 +185,7 @@ pub const fn __lib_header(constructor: extern "C" fn() -> RootModuleResult) -> L
     // SAFETY: `constructor` is the function `export_plugin!` generates, which returns the
     // `PluginLib_Ref` built by `__root_module`; the layout check stays on.
     unsafe {
-        LibHeader::from_constructor::<PluginLib_Ref>(
-            constructor,
-            plugin_api::abi_stable::library::CheckTypeLayout::Yes,
-        )
+        LibHeader::from_constructor::<PluginLib_Ref>(constructor, plugin_api::abi_stable::library::CheckTypeLayout::Yes)
     }
 }
 
@@ -231,15 +210,10 @@ extern "C" fn init(host: HostApi_Ref, library_config_json: RStr<'_>) -> PResult<
     runtime::guard(None, || {
         let name = LIBRARY.get().map(|l| l.name).unwrap_or("plugin");
         logging::install(host, name);
-        let config: LibraryConfig = parse_config(library_config_json.as_str()).map_err(|e| {
-            PluginError::invalid_config(format!("[libraries.{name}]: {}", e.message))
-        })?;
+        let config: LibraryConfig = parse_config(library_config_json.as_str())
+            .map_err(|e| PluginError::invalid_config(format!("[libraries.{name}]: {}", e.message)))?;
         runtime::start(name, config.worker_threads)?;
-        tracing::debug!(
-            library = name,
-            workers = config.worker_threads,
-            "plugin library initialised"
-        );
+        tracing::debug!(library = name, workers = config.worker_threads, "plugin library initialised");
         Ok(())
     })
     .into()
@@ -284,19 +258,13 @@ extern "C" fn shutdown(deadline_ms: u64) -> FfiFuture<()> {
 macro_rules! export_plugin {
     ($register:path) => {
         fn __oh_plugin_root_module() -> $crate::plugin_api::PluginLib_Ref {
-            $crate::__root_module(
-                env!("CARGO_PKG_NAME"),
-                env!("CARGO_PKG_VERSION"),
-                cfg!(panic = "unwind"),
-                $register,
-            )
+            $crate::__root_module(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), cfg!(panic = "unwind"), $register)
         }
 
         /// The header abi_stable's loader finds in every oh-host plugin library.
         #[no_mangle]
         #[allow(unsafe_code, non_upper_case_globals)]
-        pub static _1as_0lib_1header_0root_bmodule_bloader:
-            $crate::plugin_api::abi_stable::library::LibHeader = {
+        pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::plugin_api::abi_stable::library::LibHeader = {
             extern "C" fn erased() -> $crate::plugin_api::abi_stable::library::RootModuleResult {
                 $crate::__call_root_module_loader(__oh_plugin_root_module)
             }

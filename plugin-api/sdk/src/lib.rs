@@ -32,13 +32,13 @@ use plugin_api::models::{Secrets, Settings};
 use std::future::Future;
 
 pub use export::{
-    __call_root_module_loader, __lib_header, __root_module, parse_config,
-    ConversationManagerObject, ConversationStoreObject, MonitoringObject, Registry, RoutesObject,
-    SecretsStoreObject, SettingsStoreObject, UserAuthObject,
+    __call_root_module_loader, __lib_header, __root_module, parse_config, ConversationManagerObject,
+    ConversationStoreObject, MonitoringObject, Registry, RoutesObject, SecretsStoreObject, SettingsStoreObject,
+    UserAuthObject,
 };
 pub use plugin_api::{
-    self, models, AuthOutcome, AuthRequest, AuthType, CallContext, ErrorCode, EventQuery,
-    EventSink_TO, HttpRequest, HttpResponse, PluginError, RouteSpec,
+    self, models, AuthOutcome, AuthRequest, AuthType, CallContext, ErrorCode, EventQuery, EventSink_TO, HttpRequest,
+    HttpResponse, PluginError, RouteSpec,
 };
 pub use runtime::{block_on_runtime, start_runtime_for_tests};
 pub use services::{EventSink, Services};
@@ -49,11 +49,7 @@ pub type Result<T, E = PluginError> = std::result::Result<T, E>;
 /// `settings_store` (OpenHands `SettingsStore`). Scope every read and write by `ctx.user_id()`.
 pub trait SettingsStore: Send + Sync + 'static {
     fn load(&self, ctx: CallContext) -> impl Future<Output = Result<Option<Settings>>> + Send;
-    fn store(
-        &self,
-        ctx: CallContext,
-        settings: Settings,
-    ) -> impl Future<Output = Result<()>> + Send;
+    fn store(&self, ctx: CallContext, settings: Settings) -> impl Future<Output = Result<()>> + Send;
     fn health(&self) -> impl Future<Output = Result<String>> + Send {
         async { Ok("ok".to_owned()) }
     }
@@ -87,11 +83,7 @@ pub trait ConversationStore: Send + Sync + 'static {
         ctx: CallContext,
         conversation_id: String,
     ) -> impl Future<Output = Result<Option<models::ConversationMetadata>>> + Send;
-    fn delete_metadata(
-        &self,
-        ctx: CallContext,
-        conversation_id: String,
-    ) -> impl Future<Output = Result<bool>> + Send;
+    fn delete_metadata(&self, ctx: CallContext, conversation_id: String) -> impl Future<Output = Result<bool>> + Send;
     /// Default: the metadata's `user_id` equals `user_id` (OpenHands' default).
     fn validate_metadata(
         &self,
@@ -101,8 +93,7 @@ pub trait ConversationStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool>> + Send {
         async move {
             let metadata = self.get_metadata(ctx, conversation_id).await?;
-            Ok(metadata
-                .is_some_and(|m| !user_id.is_empty() && m.user_id.as_deref() == Some(&*user_id)))
+            Ok(metadata.is_some_and(|m| !user_id.is_empty() && m.user_id.as_deref() == Some(&*user_id)))
         }
     }
     fn search(
@@ -144,11 +135,7 @@ pub trait ConversationManager: Send + Sync + 'static {
         conversation_id: String,
         event: serde_json::Value,
     ) -> impl Future<Output = Result<()>> + Send;
-    fn close(
-        &self,
-        ctx: CallContext,
-        conversation_id: String,
-    ) -> impl Future<Output = Result<bool>> + Send;
+    fn close(&self, ctx: CallContext, conversation_id: String) -> impl Future<Output = Result<bool>> + Send;
     fn running(
         &self,
         ctx: CallContext,
@@ -160,11 +147,7 @@ pub trait ConversationManager: Send + Sync + 'static {
         conversation_id: String,
         sink: EventSink,
     ) -> impl Future<Output = Result<u64>> + Send;
-    fn unsubscribe(
-        &self,
-        ctx: CallContext,
-        subscription_id: u64,
-    ) -> impl Future<Output = Result<()>> + Send;
+    fn unsubscribe(&self, ctx: CallContext, subscription_id: u64) -> impl Future<Output = Result<()>> + Send;
     fn health(&self) -> impl Future<Output = Result<String>> + Send {
         async { Ok("ok".to_owned()) }
     }
@@ -175,11 +158,7 @@ pub trait ConversationManager: Send + Sync + 'static {
 
 /// `user_auth`: credentials -> user, or an `AUTH_*` error.
 pub trait UserAuth: Send + Sync + 'static {
-    fn authenticate(
-        &self,
-        ctx: CallContext,
-        request: AuthRequest,
-    ) -> impl Future<Output = Result<AuthOutcome>> + Send;
+    fn authenticate(&self, ctx: CallContext, request: AuthRequest) -> impl Future<Output = Result<AuthOutcome>> + Send;
     /// Provider tokens brokered by the auth system; `None` (the default) = ask the secrets store.
     fn provider_tokens(
         &self,
@@ -218,11 +197,7 @@ pub trait MonitoringListener: Send + Sync + 'static {
 /// `routes`: extra HTTP routes.
 pub trait RouteHandler: Send + Sync + 'static {
     fn routes(&self) -> Vec<RouteSpec>;
-    fn handle(
-        &self,
-        ctx: CallContext,
-        request: HttpRequest,
-    ) -> impl Future<Output = Result<HttpResponse>> + Send;
+    fn handle(&self, ctx: CallContext, request: HttpRequest) -> impl Future<Output = Result<HttpResponse>> + Send;
     fn health(&self) -> impl Future<Output = Result<String>> + Send {
         async { Ok("ok".to_owned()) }
     }

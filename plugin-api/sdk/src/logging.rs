@@ -25,30 +25,15 @@ struct Forwarder {
 static FORWARDER: OnceLock<Forwarder> = OnceLock::new();
 
 pub(crate) fn install(host: HostApi_Ref, library: &'static str) {
-    if FORWARDER
-        .set(Forwarder {
-            host,
-            library,
-            next_span: AtomicU64::new(1),
-        })
-        .is_err()
-    {
+    if FORWARDER.set(Forwarder { host, library, next_span: AtomicU64::new(1) }).is_err() {
         return; // already installed: init called twice
     }
     let _ = tracing::subscriber::set_global_default(Dispatch);
     let _ = log::set_logger(&LogForwarder).map(|()| log::set_max_level(log::LevelFilter::Trace));
     std::panic::set_hook(Box::new(|info| {
-        let location = info
-            .location()
-            .map(|l| format!("{}:{}", l.file(), l.line()))
-            .unwrap_or_default();
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
         let message = crate::runtime::panic_message(info.payload());
-        forward(
-            LogLevel::Error,
-            "panic",
-            &format!("plugin panicked at {location}: {message}"),
-            "",
-        );
+        forward(LogLevel::Error, "panic", &format!("plugin panicked at {location}: {message}"), "");
     }));
 }
 
@@ -65,9 +50,7 @@ fn forward(level: LogLevel, target: &str, message: &str, fields: &str) {
 }
 
 fn enabled(level: LogLevel, target: &str) -> bool {
-    FORWARDER
-        .get()
-        .is_some_and(|f| (f.host.log_enabled())(level, RStr::from_str(target)))
+    FORWARDER.get().is_some_and(|f| (f.host.log_enabled())(level, RStr::from_str(target)))
 }
 
 fn level_of(level: &Level) -> LogLevel {
@@ -117,9 +100,7 @@ impl Subscriber for Dispatch {
         enabled(level_of(metadata.level()), metadata.target())
     }
     fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
-        let f = FORWARDER
-            .get()
-            .expect("forwarder installed with the subscriber");
+        let f = FORWARDER.get().expect("forwarder installed with the subscriber");
         span::Id::from_u64(f.next_span.fetch_add(1, Ordering::Relaxed))
     }
     fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
@@ -128,12 +109,7 @@ impl Subscriber for Dispatch {
         let mut fields = Fields::default();
         event.record(&mut fields);
         let meta = event.metadata();
-        forward(
-            level_of(meta.level()),
-            meta.target(),
-            &fields.message,
-            &fields.rest,
-        );
+        forward(level_of(meta.level()), meta.target(), &fields.message, &fields.rest);
     }
     fn enter(&self, _: &span::Id) {}
     fn exit(&self, _: &span::Id) {}
@@ -158,12 +134,7 @@ impl log::Log for LogForwarder {
     }
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
-            forward(
-                log_level(record.level()),
-                record.target(),
-                &record.args().to_string(),
-                "",
-            );
+            forward(log_level(record.level()), record.target(), &record.args().to_string(), "");
         }
     }
     fn flush(&self) {}

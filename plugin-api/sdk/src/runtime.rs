@@ -53,9 +53,7 @@ where
 {
     start_runtime_for_tests();
     let handle = HANDLE.get().expect("runtime started").clone();
-    std::thread::spawn(move || handle.block_on(future))
-        .join()
-        .expect("test future panicked")
+    std::thread::spawn(move || handle.block_on(future)).join().expect("test future panicked")
 }
 
 pub(crate) fn handle() -> Option<&'static Handle> {
@@ -101,9 +99,7 @@ where
     F: Future<Output = Result<T, PluginError>> + Send + 'static,
 {
     let Some(handle) = handle() else {
-        return ready(RErr(PluginError::internal(
-            "plugin runtime not started (init was not called)",
-        )));
+        return ready(RErr(PluginError::internal("plugin runtime not started (init was not called)")));
     };
     let task = AbortOnDrop(handle.spawn(work));
     async move {
@@ -142,10 +138,7 @@ pub(crate) fn ready<T: Send + 'static>(value: T) -> FfiFuture<T> {
 }
 
 pub(crate) fn panicked(payload: Box<dyn Any + Send>) -> PluginError {
-    PluginError::new(
-        ErrorCode::PANICKED,
-        format!("plugin panicked: {}", panic_message(&*payload)),
-    )
+    PluginError::new(ErrorCode::PANICKED, format!("plugin panicked: {}", panic_message(&*payload)))
 }
 
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {

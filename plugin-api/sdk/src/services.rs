@@ -14,9 +14,7 @@ pub struct Services {
 
 impl Services {
     pub(crate) fn new(inner: HostServices_TO<'static, RBox<()>>) -> Self {
-        Self {
-            inner: Some(Arc::new(inner)),
-        }
+        Self { inner: Some(Arc::new(inner)) }
     }
 
     /// Services that answer every call with `UNAVAILABLE`: for a plugin used as an rlib in
@@ -27,17 +25,12 @@ impl Services {
 
     /// `"oss"` or `"saas"`.
     pub fn app_mode(&self) -> String {
-        self.inner
-            .as_ref()
-            .map(|s| s.app_mode().into_string())
-            .unwrap_or_else(|| "oss".to_owned())
+        self.inner.as_ref().map(|s| s.app_mode().into_string()).unwrap_or_else(|| "oss".to_owned())
     }
 
     /// The host's state directory, `None` when detached.
     pub fn state_dir(&self) -> Option<std::path::PathBuf> {
-        self.inner
-            .as_ref()
-            .map(|s| s.state_dir().into_string().into())
+        self.inner.as_ref().map(|s| s.state_dir().into_string().into())
     }
 
     /// Calls `method` of the extension point `point` (e.g. `"conversation_store"`) in the host,
@@ -50,22 +43,14 @@ impl Services {
         args: serde_json::Value,
     ) -> Result<serde_json::Value, PluginError> {
         let Some(inner) = &self.inner else {
-            return Err(PluginError::unavailable(
-                "no host services (plugin used without a host)",
-            ));
+            return Err(PluginError::unavailable("no host services (plugin used without a host)"));
         };
         let answer = inner
-            .call(
-                ctx,
-                RString::from(point),
-                RString::from(method),
-                RString::from(args.to_string()),
-            )
+            .call(ctx, RString::from(point), RString::from(method), RString::from(args.to_string()))
             .await
             .into_result()?;
-        serde_json::from_str(&answer).map_err(|e| {
-            PluginError::internal(format!("host answered {point}.{method} with bad JSON: {e}"))
-        })
+        serde_json::from_str(&answer)
+            .map_err(|e| PluginError::internal(format!("host answered {point}.{method} with bad JSON: {e}")))
     }
 }
 
@@ -77,9 +62,7 @@ pub struct EventSink {
 
 impl EventSink {
     pub(crate) fn new(inner: EventSink_TO<'static, RBox<()>>) -> Self {
-        Self {
-            inner: Arc::new(inner),
-        }
+        Self { inner: Arc::new(inner) }
     }
 
     /// Sends one `oh_event` payload; `false` once the subscriber is gone.

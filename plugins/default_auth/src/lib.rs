@@ -16,17 +16,8 @@ struct Config {}
 pub struct DefaultUserAuth;
 
 impl plugin_sdk::UserAuth for DefaultUserAuth {
-    async fn authenticate(
-        &self,
-        _ctx: CallContext,
-        _request: AuthRequest,
-    ) -> Result<AuthOutcome, PluginError> {
-        Ok(AuthOutcome {
-            user_id: RNone,
-            email: RNone,
-            auth_type: AuthType::NONE,
-            response_headers: RVec::new(),
-        })
+    async fn authenticate(&self, _ctx: CallContext, _request: AuthRequest) -> Result<AuthOutcome, PluginError> {
+        Ok(AuthOutcome { user_id: RNone, email: RNone, auth_type: AuthType::NONE, response_headers: RVec::new() })
     }
 
     async fn health(&self) -> Result<String, PluginError> {
@@ -35,14 +26,10 @@ impl plugin_sdk::UserAuth for DefaultUserAuth {
 }
 
 pub fn register(r: &mut Registry) {
-    r.user_auth(
-        "DefaultUserAuth",
-        "single user, no credentials (OpenHands DefaultUserAuth)",
-        |config, _| {
-            let Config {} = plugin_sdk::parse_config(config)?;
-            Ok(DefaultUserAuth)
-        },
-    );
+    r.user_auth("DefaultUserAuth", "single user, no credentials (OpenHands DefaultUserAuth)", |config, _| {
+        let Config {} = plugin_sdk::parse_config(config)?;
+        Ok(DefaultUserAuth)
+    });
 }
 
 plugin_sdk::export_plugin!(register);

@@ -22,10 +22,7 @@ pub struct FileConversationStore {
 
 impl FileConversationStore {
     pub(crate) fn new(root: PathBuf) -> Self {
-        Self {
-            root,
-            logs: Mutex::new(HashMap::new()),
-        }
+        Self { root, logs: Mutex::new(HashMap::new()) }
     }
 
     fn base(&self, ctx: &CallContext) -> Result<PathBuf, PluginError> {
@@ -36,9 +33,7 @@ impl FileConversationStore {
     }
 
     fn dir(&self, ctx: &CallContext, id: &str) -> Result<PathBuf, PluginError> {
-        Ok(self
-            .base(ctx)?
-            .join(fsutil::safe_component("conversation", id)?))
+        Ok(self.base(ctx)?.join(fsutil::safe_component("conversation", id)?))
     }
 
     fn log_lock(&self, dir: &Path) -> Arc<tokio::sync::Mutex<Option<u64>>> {
@@ -48,14 +43,10 @@ impl FileConversationStore {
 }
 
 fn read_metadata(path: &Path) -> Result<Option<ConversationMetadata>, PluginError> {
-    let Some(bytes) =
-        fsutil::read_optional(path).map_err(|e| fsutil::io_error("read metadata", path, e))?
-    else {
+    let Some(bytes) = fsutil::read_optional(path).map_err(|e| fsutil::io_error("read metadata", path, e))? else {
         return Ok(None);
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| fsutil::corrupt(path, e))
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| fsutil::corrupt(path, e))
 }
 
 /// Number of events in a log: ids are dense from 0, so it is the first missing id.
@@ -68,11 +59,7 @@ fn count_events(events: &Path) -> Result<u64, PluginError> {
     let mut max: Option<u64> = None;
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(id) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".json"))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<u64>().ok()) else {
             continue;
         };
         max = Some(max.map_or(id, |m| m.max(id)));
@@ -87,39 +74,26 @@ fn read_event(events: &Path, id: u64) -> Result<Value, PluginError> {
 }
 
 impl plugin_sdk::ConversationStore for FileConversationStore {
-    async fn save_metadata(
-        &self,
-        ctx: CallContext,
-        mut metadata: ConversationMetadata,
-    ) -> Result<(), PluginError> {
+    async fn save_metadata(&self, ctx: CallContext, mut metadata: ConversationMetadata) -> Result<(), PluginError> {
         let dir = self.dir(&ctx, &metadata.conversation_id)?;
         if let Some(user) = ctx.user_id() {
             match metadata.user_id.as_deref() {
                 None => metadata.user_id = Some(user.to_owned()),
                 Some(owner) if owner != user => {
-                    return Err(PluginError::new(
-                        ErrorCode::PERMISSION_DENIED,
-                        "metadata names another user",
-                    ));
+                    return Err(PluginError::new(ErrorCode::PERMISSION_DENIED, "metadata names another user"));
                 }
                 Some(_) => {}
             }
         }
         fsutil::blocking(move || {
             let path = dir.join("metadata.json");
-            let bytes = serde_json::to_vec_pretty(&metadata)
-                .map_err(|e| PluginError::internal(e.to_string()))?;
-            fsutil::write_atomic(&path, &bytes, 0o600)
-                .map_err(|e| fsutil::io_error("write metadata", &path, e))
+            let bytes = serde_json::to_vec_pretty(&metadata).map_err(|e| PluginError::internal(e.to_string()))?;
+            fsutil::write_atomic(&path, &bytes, 0o600).map_err(|e| fsutil::io_error("write metadata", &path, e))
         })
         .await
     }
 
-    async fn get_metadata(
-        &self,
-        ctx: CallContext,
-        id: String,
-    ) -> Result<Option<ConversationMetadata>, PluginError> {
+    async fn get_metadata(&self, ctx: CallContext, id: String) -> Result<Option<ConversationMetadata>, PluginError> {
         let path = self.dir(&ctx, &id)?.join("metadata.json");
         fsutil::blocking(move || read_metadata(&path)).await
     }
@@ -168,32 +142,16 @@ impl plugin_sdk::ConversationStore for FileConversationStore {
                     Err(e) => tracing::warn!(error = %e, "skipping a conversation in search"),
                 }
             }
-            all.sort_by(|a, b| {
-                b.created_at
-                    .cmp(&a.created_at)
-                    .then_with(|| b.conversation_id.cmp(&a.conversation_id))
-            });
+            all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.conversation_id.cmp(&a.conversation_id)));
             let total = all.len();
             let end = offset.saturating_add(limit as usize).min(total);
-            let results = if offset < total {
-                all.drain(offset..end).collect()
-            } else {
-                Vec::new()
-            };
-            Ok(ConversationMetadataResultSet {
-                results,
-                next_page_id: paging::offset_to_page_id(end, end < total),
-            })
+            let results = if offset < total { all.drain(offset..end).collect() } else { Vec::new() };
+            Ok(ConversationMetadataResultSet { results, next_page_id: paging::offset_to_page_id(end, end < total) })
         })
         .await
     }
 
-    async fn append_events(
-        &self,
-        ctx: CallContext,
-        id: String,
-        events: Vec<Value>,
-    ) -> Result<u64, PluginError> {
+    async fn append_events(&self, ctx: CallContext, id: String, events: Vec<Value>) -> Result<u64, PluginError> {
         let dir = self.dir(&ctx, &id)?;
         let lock = self.log_lock(&dir);
         let mut next = lock.lock().await;
@@ -209,15 +167,13 @@ impl plugin_sdk::ConversationStore for FileConversationStore {
             };
             let mut id = first;
             for mut event in events {
-                let obj = event.as_object_mut().ok_or_else(|| {
-                    PluginError::invalid_argument("an event must be a JSON object")
-                })?;
+                let obj = event
+                    .as_object_mut()
+                    .ok_or_else(|| PluginError::invalid_argument("an event must be a JSON object"))?;
                 obj.insert("id".to_owned(), Value::from(id));
                 let path = events_dir.join(format!("{id}.json"));
-                let bytes =
-                    serde_json::to_vec(&event).map_err(|e| PluginError::internal(e.to_string()))?;
-                fsutil::write_atomic(&path, &bytes, 0o600)
-                    .map_err(|e| fsutil::io_error("write an event", &path, e))?;
+                let bytes = serde_json::to_vec(&event).map_err(|e| PluginError::internal(e.to_string()))?;
+                fsutil::write_atomic(&path, &bytes, 0o600).map_err(|e| fsutil::io_error("write an event", &path, e))?;
                 id += 1;
             }
             Ok((first, id))
@@ -227,12 +183,7 @@ impl plugin_sdk::ConversationStore for FileConversationStore {
         Ok(first)
     }
 
-    async fn get_events(
-        &self,
-        ctx: CallContext,
-        id: String,
-        query: EventQuery,
-    ) -> Result<EventPage, PluginError> {
+    async fn get_events(&self, ctx: CallContext, id: String, query: EventQuery) -> Result<EventPage, PluginError> {
         let dir = self.dir(&ctx, &id)?;
         fsutil::blocking(move || {
             if !dir.join("metadata.json").exists() {
@@ -243,18 +194,12 @@ impl plugin_sdk::ConversationStore for FileConversationStore {
             if count == 0 || query.start_id >= count {
                 return Ok(EventPage::default());
             }
-            let last = query
-                .end_id
-                .into_option()
-                .map_or(count - 1, |e| e.min(count - 1));
+            let last = query.end_id.into_option().map_or(count - 1, |e| e.min(count - 1));
             if last < query.start_id {
                 return Ok(EventPage::default());
             }
-            let ids: Box<dyn Iterator<Item = u64>> = if query.reverse {
-                Box::new((query.start_id..=last).rev())
-            } else {
-                Box::new(query.start_id..=last)
-            };
+            let ids: Box<dyn Iterator<Item = u64>> =
+                if query.reverse { Box::new((query.start_id..=last).rev()) } else { Box::new(query.start_id..=last) };
             let mut events = Vec::new();
             let mut has_more = false;
             for id in ids {

@@ -59,9 +59,7 @@ impl Keyring {
                 key.len()
             )));
         }
-        let mode = fs::metadata(&path)
-            .map(|m| m.permissions().mode() & 0o777)
-            .unwrap_or(0);
+        let mode = fs::metadata(&path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
         if mode & 0o077 != 0 {
             return Err(PluginError::invalid_config(format!(
                 "key file {} has mode {mode:o}; run `chmod 600 {}`",
@@ -71,24 +69,16 @@ impl Keyring {
         }
         let digest = Sha256::digest(&key);
         let key_id = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        let cipher = XChaCha20Poly1305::new_from_slice(&key)
-            .map_err(|_| PluginError::internal("bad key length"))?;
+        let cipher = XChaCha20Poly1305::new_from_slice(&key).map_err(|_| PluginError::internal("bad key length"))?;
         Ok(Keyring { cipher, key_id })
     }
 
     pub(crate) fn seal(&self, plaintext: &[u8], aad: &str) -> Result<Sealed, PluginError> {
         let mut nonce = [0u8; 24];
-        getrandom::getrandom(&mut nonce)
-            .map_err(|e| PluginError::internal(format!("no randomness: {e}")))?;
+        getrandom::getrandom(&mut nonce).map_err(|e| PluginError::internal(format!("no randomness: {e}")))?;
         let ciphertext = self
             .cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: aad.as_bytes(),
-                },
-            )
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: aad.as_bytes() })
             .map_err(|_| PluginError::internal("encryption failed"))?;
         Ok(Sealed {
             format: FORMAT.to_owned(),
@@ -100,10 +90,7 @@ impl Keyring {
 
     pub(crate) fn open_sealed(&self, sealed: &Sealed, aad: &str) -> Result<Vec<u8>, PluginError> {
         if sealed.format != FORMAT {
-            return Err(PluginError::internal(format!(
-                "unknown sealed format `{}`",
-                sealed.format
-            )));
+            return Err(PluginError::internal(format!("unknown sealed format `{}`", sealed.format)));
         }
         if sealed.key_id != self.key_id {
             return Err(PluginError::internal(format!(
@@ -111,42 +98,23 @@ impl Keyring {
                 sealed.key_id, self.key_id
             )));
         }
-        let nonce = B64
-            .decode(&sealed.nonce)
-            .map_err(|_| PluginError::internal("bad nonce encoding"))?;
-        let ciphertext = B64
-            .decode(&sealed.ciphertext)
-            .map_err(|_| PluginError::internal("bad ciphertext encoding"))?;
+        let nonce = B64.decode(&sealed.nonce).map_err(|_| PluginError::internal("bad nonce encoding"))?;
+        let ciphertext =
+            B64.decode(&sealed.ciphertext).map_err(|_| PluginError::internal("bad ciphertext encoding"))?;
         if nonce.len() != 24 {
             return Err(PluginError::internal("bad nonce length"));
         }
         self.cipher
-            .decrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &ciphertext,
-                    aad: aad.as_bytes(),
-                },
-            )
-            .map_err(|_| {
-                PluginError::internal(
-                    "cannot decrypt: the data was tampered with or belongs to another user",
-                )
-            })
+            .decrypt(XNonce::from_slice(&nonce), Payload { msg: &ciphertext, aad: aad.as_bytes() })
+            .map_err(|_| PluginError::internal("cannot decrypt: the data was tampered with or belongs to another user"))
     }
 }
 
 fn create_key(path: &Path) -> Result<Vec<u8>, PluginError> {
     let mut key = vec![0u8; 32];
-    getrandom::getrandom(&mut key)
-        .map_err(|e| PluginError::internal(format!("no randomness: {e}")))?;
+    getrandom::getrandom(&mut key).map_err(|e| PluginError::internal(format!("no randomness: {e}")))?;
     // create_new: if another store created it first, read theirs.
-    match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
+    match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(mut file) => {
             file.write_all(&key)
                 .and_then(|()| file.sync_all())
@@ -174,30 +142,14 @@ mod tests {
     fn key_file_is_private_and_binding_holds() {
         let dir = tempfile::tempdir().unwrap();
         let ring = Keyring::open(dir.path()).unwrap();
-        let mode = fs::metadata(dir.path().join(".keys/file_stores.key"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = fs::metadata(dir.path().join(".keys/file_stores.key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let sealed = ring
-            .seal(b"hunter2", &aad("secrets", Some("alice")))
-            .unwrap();
+        let sealed = ring.seal(b"hunter2", &aad("secrets", Some("alice"))).unwrap();
         assert!(!sealed.ciphertext.contains("hunter2"));
-        assert_eq!(
-            ring.open_sealed(&sealed, &aad("secrets", Some("alice")))
-                .unwrap(),
-            b"hunter2"
-        );
-        assert!(ring
-            .open_sealed(&sealed, &aad("secrets", Some("bob")))
-            .is_err());
+        assert_eq!(ring.open_sealed(&sealed, &aad("secrets", Some("alice"))).unwrap(), b"hunter2");
+        assert!(ring.open_sealed(&sealed, &aad("secrets", Some("bob"))).is_err());
         // A second open reads the same key.
         let again = Keyring::open(dir.path()).unwrap();
-        assert_eq!(
-            again
-                .open_sealed(&sealed, &aad("secrets", Some("alice")))
-                .unwrap(),
-            b"hunter2"
-        );
+        assert_eq!(again.open_sealed(&sealed, &aad("secrets", Some("alice"))).unwrap(), b"hunter2");
     }
 }

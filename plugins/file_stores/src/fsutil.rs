@@ -13,22 +13,12 @@ use std::{
 /// a torn one: temp file in the same directory, fsync, rename, fsync the directory.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("path has no parent"))?;
+    let dir = path.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
     fs::create_dir_all(dir)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -74,10 +64,7 @@ pub(crate) fn user_dir(root: &Path, user_id: Option<&str>) -> Result<PathBuf, Pl
 /// An I/O error as a plugin error, logged with its path (the path is not sent to clients).
 pub(crate) fn io_error(action: &str, path: &Path, err: io::Error) -> PluginError {
     tracing::error!(path = %path.display(), error = %err, "cannot {action}");
-    PluginError::new(
-        ErrorCode::INTERNAL,
-        format!("cannot {action}: {}", err.kind()),
-    )
+    PluginError::new(ErrorCode::INTERNAL, format!("cannot {action}: {}", err.kind()))
 }
 
 /// A stored file that does not parse: logged with its path; that one request fails.
@@ -120,10 +107,7 @@ mod tests {
         write_atomic(&path, b"one", 0o600).unwrap();
         write_atomic(&path, b"two", 0o600).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("x.json")]);
     }
 }

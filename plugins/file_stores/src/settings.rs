@@ -28,26 +28,16 @@ impl FileSettingsStore {
 }
 
 /// Splits the secret fields off a Settings document and seals them.
-pub(crate) fn seal_settings(
-    keys: &Keyring,
-    settings: &Settings,
-    user: Option<&str>,
-) -> Result<Value, PluginError> {
-    let mut doc =
-        serde_json::to_value(settings).map_err(|e| PluginError::internal(e.to_string()))?;
-    let obj = doc
-        .as_object_mut()
-        .ok_or_else(|| PluginError::internal("settings is not an object"))?;
+pub(crate) fn seal_settings(keys: &Keyring, settings: &Settings, user: Option<&str>) -> Result<Value, PluginError> {
+    let mut doc = serde_json::to_value(settings).map_err(|e| PluginError::internal(e.to_string()))?;
+    let obj = doc.as_object_mut().ok_or_else(|| PluginError::internal("settings is not an object"))?;
     let mut secret = Map::new();
     for field in Settings::SECRET_FIELDS {
         if let Some(value) = obj.remove(field) {
             secret.insert(field.to_owned(), value);
         }
     }
-    let sealed = keys.seal(
-        Value::Object(secret).to_string().as_bytes(),
-        &crypto::aad("settings", user),
-    )?;
+    let sealed = keys.seal(Value::Object(secret).to_string().as_bytes(), &crypto::aad("settings", user))?;
     obj.insert(
         "sealed_secrets".to_owned(),
         serde_json::to_value(sealed).map_err(|e| PluginError::internal(e.to_string()))?,
@@ -55,20 +45,12 @@ pub(crate) fn seal_settings(
     Ok(doc)
 }
 
-pub(crate) fn open_settings(
-    keys: &Keyring,
-    mut doc: Value,
-    user: Option<&str>,
-) -> Result<Settings, String> {
+pub(crate) fn open_settings(keys: &Keyring, mut doc: Value, user: Option<&str>) -> Result<Settings, String> {
     let obj = doc.as_object_mut().ok_or("not a JSON object")?;
     if let Some(sealed) = obj.remove("sealed_secrets") {
-        let sealed: Sealed =
-            serde_json::from_value(sealed).map_err(|e| format!("bad sealed_secrets: {e}"))?;
-        let plain = keys
-            .open_sealed(&sealed, &crypto::aad("settings", user))
-            .map_err(|e| e.message.to_string())?;
-        let secret: Map<String, Value> =
-            serde_json::from_slice(&plain).map_err(|e| e.to_string())?;
+        let sealed: Sealed = serde_json::from_value(sealed).map_err(|e| format!("bad sealed_secrets: {e}"))?;
+        let plain = keys.open_sealed(&sealed, &crypto::aad("settings", user)).map_err(|e| e.message.to_string())?;
+        let secret: Map<String, Value> = serde_json::from_slice(&plain).map_err(|e| e.to_string())?;
         obj.extend(secret);
     }
     serde_json::from_value(doc).map_err(|e| e.to_string())
@@ -79,16 +61,12 @@ impl plugin_sdk::SettingsStore for FileSettingsStore {
         let path = self.path(&ctx)?;
         let keys = self.keys.clone();
         fsutil::blocking(move || {
-            let Some(bytes) = fsutil::read_optional(&path)
-                .map_err(|e| fsutil::io_error("read settings", &path, e))?
+            let Some(bytes) = fsutil::read_optional(&path).map_err(|e| fsutil::io_error("read settings", &path, e))?
             else {
                 return Ok(None);
             };
-            let doc: Value =
-                serde_json::from_slice(&bytes).map_err(|e| fsutil::corrupt(&path, e))?;
-            open_settings(&keys, doc, ctx.user_id())
-                .map(Some)
-                .map_err(|e| fsutil::corrupt(&path, e))
+            let doc: Value = serde_json::from_slice(&bytes).map_err(|e| fsutil::corrupt(&path, e))?;
+            open_settings(&keys, doc, ctx.user_id()).map(Some).map_err(|e| fsutil::corrupt(&path, e))
         })
         .await
     }
@@ -97,10 +75,8 @@ impl plugin_sdk::SettingsStore for FileSettingsStore {
         let path = self.path(&ctx)?;
         let doc = seal_settings(&self.keys, &settings, ctx.user_id())?;
         fsutil::blocking(move || {
-            let bytes = serde_json::to_vec_pretty(&doc)
-                .map_err(|e| PluginError::internal(e.to_string()))?;
-            fsutil::write_atomic(&path, &bytes, 0o600)
-                .map_err(|e| fsutil::io_error("write settings", &path, e))
+            let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| PluginError::internal(e.to_string()))?;
+            fsutil::write_atomic(&path, &bytes, 0o600).map_err(|e| fsutil::io_error("write settings", &path, e))
         })
         .await
     }
@@ -109,10 +85,7 @@ impl plugin_sdk::SettingsStore for FileSettingsStore {
         let root = self.root.clone();
         fsutil::blocking(move || match std::fs::metadata(&root) {
             Ok(m) if m.is_dir() => Ok(format!("files under {}", root.display())),
-            Ok(_) => Err(PluginError::unavailable(format!(
-                "{} is not a directory",
-                root.display()
-            ))),
+            Ok(_) => Err(PluginError::unavailable(format!("{} is not a directory", root.display()))),
             Err(e) => Err(PluginError::unavailable(format!("{}: {e}", root.display()))),
         })
         .await

@@ -26,11 +26,7 @@ fn user(ctx: &CallContext) -> &str {
 
 impl plugin_sdk::MonitoringListener for LogMonitoringListener {
     fn on_session_event(&self, ctx: &CallContext, event: &serde_json::Value) {
-        let kind = event
-            .get("action")
-            .or_else(|| event.get("observation"))
-            .and_then(|v| v.as_str())
-            .unwrap_or("other");
+        let kind = event.get("action").or_else(|| event.get("observation")).and_then(|v| v.as_str()).unwrap_or("other");
         let id = event.get("id").and_then(|v| v.as_i64()).unwrap_or(-1);
         if self.debug {
             tracing::debug!(hook = "on_session_event", user = user(ctx), request_id = %ctx.request_id, kind, id, "session event");
@@ -55,23 +51,15 @@ impl plugin_sdk::MonitoringListener for LogMonitoringListener {
 }
 
 pub fn register(r: &mut Registry) {
-    r.monitoring(
-        "LogMonitoringListener",
-        "structured log lines for each monitoring hook",
-        |config, _| {
-            let config: Config = plugin_sdk::parse_config(config)?;
-            let debug = match config.level.as_str() {
-                "info" => false,
-                "debug" => true,
-                other => {
-                    return Err(PluginError::invalid_config(format!(
-                        "level `{other}`: use \"info\" or \"debug\""
-                    )))
-                }
-            };
-            Ok(LogMonitoringListener { debug })
-        },
-    );
+    r.monitoring("LogMonitoringListener", "structured log lines for each monitoring hook", |config, _| {
+        let config: Config = plugin_sdk::parse_config(config)?;
+        let debug = match config.level.as_str() {
+            "info" => false,
+            "debug" => true,
+            other => return Err(PluginError::invalid_config(format!("level `{other}`: use \"info\" or \"debug\""))),
+        };
+        Ok(LogMonitoringListener { debug })
+    });
 }
 
 plugin_sdk::export_plugin!(register);

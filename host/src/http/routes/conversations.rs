@@ -18,10 +18,7 @@ use std::collections::HashMap;
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/conversations", get(search))
-        .route(
-            "/api/conversations/{id}",
-            get(get_one).patch(rename).delete(delete),
-        )
+        .route("/api/conversations/{id}", get(get_one).patch(rename).delete(delete))
         .route("/api/conversations/{id}/events", get(events))
 }
 
@@ -69,14 +66,9 @@ fn default_limit() -> i64 {
 /// else is taken as a store page id, as OpenHands does.
 fn store_page_id(page_id: Option<&str>) -> Option<String> {
     let page_id = page_id.filter(|p| !p.is_empty())?;
-    let decoded = B64
-        .decode(page_id)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    let decoded = B64.decode(page_id).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok());
     match decoded {
-        Some(Value::Object(o)) if o.contains_key("v0") => {
-            o.get("v0").and_then(Value::as_str).map(str::to_owned)
-        }
+        Some(Value::Object(o)) if o.contains_key("v0") => o.get("v0").and_then(Value::as_str).map(str::to_owned),
         _ => Some(page_id.to_owned()),
     }
 }
@@ -95,30 +87,15 @@ async fn search(
     }
     let page = state
         .registry
-        .search_conversations(
-            caller.ctx.clone(),
-            store_page_id(q.page_id.as_deref()).as_deref(),
-            q.limit as u32,
-        )
+        .search_conversations(caller.ctx.clone(), store_page_id(q.page_id.as_deref()).as_deref(), q.limit as u32)
         .await?;
-    let oldest = chrono::Utc::now()
-        - chrono::Duration::from_std(state.server.conversation_max_age).unwrap_or_default();
+    let oldest = chrono::Utc::now() - chrono::Duration::from_std(state.server.conversation_max_age).unwrap_or_default();
     let kept: Vec<&ConversationMetadata> = page
         .results
         .iter()
-        .filter(|m| {
-            chrono::DateTime::parse_from_rfc3339(&m.created_at).map_or(true, |t| t >= oldest)
-        })
-        .filter(|m| {
-            q.selected_repository
-                .as_ref()
-                .is_none_or(|r| m.selected_repository.as_ref() == Some(r))
-        })
-        .filter(|m| {
-            q.conversation_trigger
-                .as_ref()
-                .is_none_or(|t| m.trigger.as_ref() == Some(t))
-        })
+        .filter(|m| chrono::DateTime::parse_from_rfc3339(&m.created_at).map_or(true, |t| t >= oldest))
+        .filter(|m| q.selected_repository.as_ref().is_none_or(|r| m.selected_repository.as_ref() == Some(r)))
+        .filter(|m| q.conversation_trigger.as_ref().is_none_or(|t| m.trigger.as_ref() == Some(t)))
         .collect();
     let ids: Vec<String> = kept.iter().map(|m| m.conversation_id.clone()).collect();
     let running: HashMap<String, (String, Option<String>)> = state
@@ -132,16 +109,10 @@ async fn search(
         .iter()
         .map(|m| {
             let live = running.get(&m.conversation_id);
-            info(
-                m,
-                live.map(|l| l.0.as_str()),
-                live.and_then(|l| l.1.as_deref()),
-            )
+            info(m, live.map(|l| l.0.as_str()), live.and_then(|l| l.1.as_deref()))
         })
         .collect();
-    Ok(Json(
-        json!({ "results": results, "next_page_id": wrap_page_id(page.next_page_id) }),
-    ))
+    Ok(Json(json!({ "results": results, "next_page_id": wrap_page_id(page.next_page_id) })))
 }
 
 /// 200 with the `ConversationInfo`, or 200 `null` when there is none (as OpenHands).
@@ -153,16 +124,9 @@ async fn get_one(
     let Some(m) = state.registry.get_metadata(caller.ctx.clone(), &id).await? else {
         return Ok(Json(Value::Null));
     };
-    let live = state
-        .registry
-        .running(caller.ctx, std::slice::from_ref(&id))
-        .await?;
+    let live = state.registry.running(caller.ctx, std::slice::from_ref(&id)).await?;
     let live = live.iter().find(|l| l.conversation_id == id);
-    Ok(Json(info(
-        &m,
-        live.map(|l| l.status.as_str()),
-        live.and_then(|l| l.runtime_status.as_deref()),
-    )))
+    Ok(Json(info(&m, live.map(|l| l.status.as_str()), live.and_then(|l| l.runtime_status.as_deref()))))
 }
 
 #[derive(Deserialize)]
@@ -203,8 +167,7 @@ async fn rename(
         }
     }
     m.title = Some(title);
-    m.last_updated_at =
-        Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    m.last_updated_at = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
     state.registry.save_metadata(caller.ctx, &m).await?;
     Ok(Json(true))
 }
@@ -216,22 +179,11 @@ async fn delete(
     caller: Caller,
     ConversationId(id): ConversationId,
 ) -> ApiResult<Json<bool>> {
-    if state
-        .registry
-        .get_metadata(caller.ctx.clone(), &id)
-        .await?
-        .is_none()
-    {
+    if state.registry.get_metadata(caller.ctx.clone(), &id).await?.is_none() {
         return Ok(Json(false));
     }
     if let Some(manager) = &state.registry.manager {
-        manager
-            .meta
-            .call(
-                "close",
-                manager.obj.close(caller.ctx.clone(), id.as_str().into()),
-            )
-            .await?;
+        manager.meta.call("close", manager.obj.close(caller.ctx.clone(), id.as_str().into())).await?;
     }
     Ok(Json(state.registry.delete_metadata(caller.ctx, &id).await?))
 }
@@ -257,16 +209,9 @@ async fn events(
         return Err(ApiError::bad_request("limit must be between 0 and 100"));
     }
     if q.start_id < 0 || q.end_id.is_some_and(|e| e < 0) {
-        return Err(ApiError::bad_request(
-            "start_id and end_id must not be negative",
-        ));
+        return Err(ApiError::bad_request("start_id and end_id must not be negative"));
     }
-    if state
-        .registry
-        .get_metadata(caller.ctx.clone(), &id)
-        .await?
-        .is_none()
-    {
+    if state.registry.get_metadata(caller.ctx.clone(), &id).await?.is_none() {
         return Err(not_found_conversation());
     }
     let query = EventQuery {
@@ -276,7 +221,5 @@ async fn events(
         limit: q.limit as u32,
     };
     let page = state.registry.get_events(caller.ctx, &id, query).await?;
-    Ok(Json(
-        json!({ "events": page.events, "has_more": page.has_more }),
-    ))
+    Ok(Json(json!({ "events": page.events, "has_more": page.has_more })))
 }

@@ -25,19 +25,14 @@ pub(super) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let plugins: Vec<Value> = results
         .iter()
         .map(|(m, r)| match r {
-            Ok(detail) => json!({ "extension": m.key, "implementation": m.implementation, "ok": true, "detail": detail }),
+            Ok(detail) => {
+                json!({ "extension": m.key, "implementation": m.implementation, "ok": true, "detail": detail })
+            }
             Err(e) => json!({ "extension": m.key, "implementation": m.implementation, "ok": false, "error": e }),
         })
         .collect();
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(json!({ "status": if ok { "ready" } else { "unavailable" }, "plugins": plugins })),
-    )
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "status": if ok { "ready" } else { "unavailable" }, "plugins": plugins })))
 }
 
 fn stats(m: &Meta) -> Value {
@@ -49,7 +44,7 @@ fn stats(m: &Meta) -> Value {
         "errors": s.errors.load(Ordering::Relaxed),
         "panics": s.panics.load(Ordering::Relaxed),
         "timeouts": s.timeouts.load(Ordering::Relaxed),
-        "latency_us_mean": if calls == 0 { 0 } else { total / calls },
+        "latency_us_mean": total.checked_div(calls).unwrap_or(0),
         "latency_us_max": s.latency_us_max.load(Ordering::Relaxed),
     })
 }
@@ -88,30 +83,15 @@ pub(super) async fn plugins(State(state): State<AppState>) -> Json<Value> {
 /// Prometheus text: per-instance counters and what plugins reported through `HostApi::metric`.
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut out = String::new();
-    let families: [(&str, &str, fn(&Meta) -> u64); 5] = [
-        (
-            "oh_plugin_calls_total",
-            "Calls into a plugin instance.",
-            |m| m.stats.calls.load(Ordering::Relaxed),
-        ),
-        (
-            "oh_plugin_errors_total",
-            "Calls that returned an error.",
-            |m| m.stats.errors.load(Ordering::Relaxed),
-        ),
-        ("oh_plugin_panics_total", "Calls that panicked.", |m| {
-            m.stats.panics.load(Ordering::Relaxed)
+    type Family = (&'static str, &'static str, fn(&Meta) -> u64);
+    let families: [Family; 5] = [
+        ("oh_plugin_calls_total", "Calls into a plugin instance.", |m| m.stats.calls.load(Ordering::Relaxed)),
+        ("oh_plugin_errors_total", "Calls that returned an error.", |m| m.stats.errors.load(Ordering::Relaxed)),
+        ("oh_plugin_panics_total", "Calls that panicked.", |m| m.stats.panics.load(Ordering::Relaxed)),
+        ("oh_plugin_timeouts_total", "Calls that hit their deadline.", |m| m.stats.timeouts.load(Ordering::Relaxed)),
+        ("oh_plugin_latency_microseconds_total", "Time spent in calls.", |m| {
+            m.stats.latency_us_total.load(Ordering::Relaxed)
         }),
-        (
-            "oh_plugin_timeouts_total",
-            "Calls that hit their deadline.",
-            |m| m.stats.timeouts.load(Ordering::Relaxed),
-        ),
-        (
-            "oh_plugin_latency_microseconds_total",
-            "Time spent in calls.",
-            |m| m.stats.latency_us_total.load(Ordering::Relaxed),
-        ),
     ];
     for (name, help, get) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -126,35 +106,19 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
             );
         }
     }
-    let reported = loader::plugin_metrics()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let reported = loader::plugin_metrics().lock().unwrap_or_else(|e| e.into_inner()).clone();
     for ((name, labels), value) in reported {
-        let labels: serde_json::Map<String, Value> =
-            serde_json::from_str(&labels).unwrap_or_default();
+        let labels: serde_json::Map<String, Value> = serde_json::from_str(&labels).unwrap_or_default();
         let labels: Vec<String> = labels
             .iter()
             .map(|(k, v)| {
                 format!(
                     "{k}=\"{}\"",
-                    v.as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| v.to_string())
-                        .replace('"', "\\\"")
+                    v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()).replace('"', "\\\"")
                 )
             })
             .collect();
-        let name: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let name: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
         let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)

@@ -23,10 +23,7 @@ pub(super) fn public() -> Router<AppState> {
 
 /// Routes behind the auth gate.
 pub(super) fn api() -> Router<AppState> {
-    Router::new()
-        .merge(settings::routes())
-        .merge(secrets::routes())
-        .merge(conversations::routes())
+    Router::new().merge(settings::routes()).merge(secrets::routes()).merge(conversations::routes())
 }
 
 /// The authenticated caller and the context for its plugin calls.
@@ -39,21 +36,10 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let principal = parts
-            .extensions
-            .get::<Principal>()
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::error(
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "route is not behind the auth gate",
-                )
-            })?;
-        let request_id = parts
-            .extensions
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(|| RequestId(String::new()));
+        let principal = parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
+            ApiError::error(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "route is not behind the auth gate")
+        })?;
+        let request_id = parts.extensions.get::<RequestId>().cloned().unwrap_or_else(|| RequestId(String::new()));
         let ctx = call_context(&principal, &request_id, &state.server);
         Ok(Caller { principal, ctx })
     }

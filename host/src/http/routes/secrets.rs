@@ -62,25 +62,14 @@ async fn add_git_providers(
     }
     let lock = state.user_lock(&caller.principal.user_id);
     let _guard = lock.lock().await;
-    let mut secrets = state
-        .registry
-        .load_secrets(caller.ctx.clone())
-        .await?
-        .unwrap_or_default();
+    let mut secrets = state.registry.load_secrets(caller.ctx.clone()).await?.unwrap_or_default();
     let mut tokens = BTreeMap::new();
     for (provider, incoming) in body.provider_tokens {
         let token = incoming.token.filter(|t| !t.trim().is_empty());
         let stored = secrets.provider_tokens.get(&provider);
         let entry = match (token, stored) {
-            (Some(token), _) => ProviderToken {
-                token: Some(token),
-                host: incoming.host,
-                user_id: incoming.user_id,
-            },
-            (None, Some(stored)) => ProviderToken {
-                host: incoming.host.or(stored.host.clone()),
-                ..stored.clone()
-            },
+            (Some(token), _) => ProviderToken { token: Some(token), host: incoming.host, user_id: incoming.user_id },
+            (None, Some(stored)) => ProviderToken { host: incoming.host.or(stored.host.clone()), ..stored.clone() },
             (None, None) => continue,
         };
         tokens.insert(provider, entry);
@@ -90,10 +79,7 @@ async fn add_git_providers(
     Ok(Json(json!({ "message": "Git providers stored" })))
 }
 
-async fn unset_provider_tokens(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> ApiResult<Json<Value>> {
+async fn unset_provider_tokens(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     let lock = state.user_lock(&caller.principal.user_id);
     let _guard = lock.lock().await;
     if let Some(mut secrets) = state.registry.load_secrets(caller.ctx.clone()).await? {
@@ -104,11 +90,7 @@ async fn unset_provider_tokens(
 }
 
 async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    let secrets = state
-        .registry
-        .load_secrets(caller.ctx)
-        .await?
-        .unwrap_or_default();
+    let secrets = state.registry.load_secrets(caller.ctx).await?.unwrap_or_default();
     let items: Vec<Value> = secrets
         .custom_secrets
         .iter()
@@ -134,29 +116,18 @@ async fn create(
     validate_secret_name(&body.name)?;
     let lock = state.user_lock(&caller.principal.user_id);
     let _guard = lock.lock().await;
-    let mut secrets: Secrets = state
-        .registry
-        .load_secrets(caller.ctx.clone())
-        .await?
-        .unwrap_or_default();
+    let mut secrets: Secrets = state.registry.load_secrets(caller.ctx.clone()).await?.unwrap_or_default();
     if secrets.custom_secrets.contains_key(&body.name) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             json!({ "message": format!("Secret {} already exists", body.name) }),
         ));
     }
-    secrets.custom_secrets.insert(
-        body.name,
-        CustomSecret {
-            secret: body.value,
-            description: body.description.unwrap_or_default(),
-        },
-    );
+    secrets
+        .custom_secrets
+        .insert(body.name, CustomSecret { secret: body.value, description: body.description.unwrap_or_default() });
     state.registry.store_secrets(caller.ctx, &secrets).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "message": "Secret created successfully" })),
-    ))
+    Ok((StatusCode::CREATED, Json(json!({ "message": "Secret created successfully" }))))
 }
 
 /// `CustomSecretWithoutValueModel`: rename or re-describe; the value is kept.
@@ -176,15 +147,9 @@ async fn update(
     validate_secret_name(&body.name)?;
     let lock = state.user_lock(&caller.principal.user_id);
     let _guard = lock.lock().await;
-    let mut secrets = state
-        .registry
-        .load_secrets(caller.ctx.clone())
-        .await?
-        .unwrap_or_default();
+    let mut secrets = state.registry.load_secrets(caller.ctx.clone()).await?.unwrap_or_default();
     let Some(existing) = secrets.custom_secrets.remove(&id) else {
-        return Err(ApiError::not_found(format!(
-            "Secret with ID {id} not found"
-        )));
+        return Err(ApiError::not_found(format!("Secret with ID {id} not found")));
     };
     if body.name != id && secrets.custom_secrets.contains_key(&body.name) {
         return Err(ApiError::new(
@@ -192,33 +157,19 @@ async fn update(
             json!({ "message": format!("Secret {} already exists", body.name) }),
         ));
     }
-    secrets.custom_secrets.insert(
-        body.name,
-        CustomSecret {
-            secret: existing.secret,
-            description: body.description.unwrap_or_default(),
-        },
-    );
+    secrets
+        .custom_secrets
+        .insert(body.name, CustomSecret { secret: existing.secret, description: body.description.unwrap_or_default() });
     state.registry.store_secrets(caller.ctx, &secrets).await?;
     Ok(Json(json!({ "message": "Secret updated successfully" })))
 }
 
-async fn remove(
-    State(state): State<AppState>,
-    caller: Caller,
-    SecretId(id): SecretId,
-) -> ApiResult<Json<Value>> {
+async fn remove(State(state): State<AppState>, caller: Caller, SecretId(id): SecretId) -> ApiResult<Json<Value>> {
     let lock = state.user_lock(&caller.principal.user_id);
     let _guard = lock.lock().await;
-    let mut secrets = state
-        .registry
-        .load_secrets(caller.ctx.clone())
-        .await?
-        .unwrap_or_default();
+    let mut secrets = state.registry.load_secrets(caller.ctx.clone()).await?.unwrap_or_default();
     if secrets.custom_secrets.remove(&id).is_none() {
-        return Err(ApiError::not_found(format!(
-            "Secret with ID {id} not found"
-        )));
+        return Err(ApiError::not_found(format!("Secret with ID {id} not found")));
     }
     state.registry.store_secrets(caller.ctx, &secrets).await?;
     Ok(Json(json!({ "message": "Secret deleted successfully" })))

@@ -16,37 +16,25 @@ use plugin_api::models::{Secrets, Settings};
 use serde_json::{json, Map, Value};
 
 pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/settings", get(load).post(store))
-        .route("/api/reset-settings", post(reset))
+    Router::new().route("/api/settings", get(load).post(store)).route("/api/reset-settings", post(reset))
 }
 
 /// OpenHands' `GETSettingsModel`: Settings without `secrets_store`, the three secret fields
 /// `null`, plus `llm_api_key_set`, `search_api_key_set` and `provider_tokens_set`.
 pub(crate) fn settings_view(settings: &Settings, secrets: Option<&Secrets>) -> Value {
     let mut doc = serde_json::to_value(settings).unwrap_or_default();
-    let obj = doc
-        .as_object_mut()
-        .expect("settings serialize to an object");
+    let obj = doc.as_object_mut().expect("settings serialize to an object");
     for field in Settings::SECRET_FIELDS {
         obj.insert(field.to_owned(), Value::Null);
     }
     let set = |v: &Option<String>| v.as_deref().is_some_and(|k| !k.trim().is_empty());
-    obj.insert(
-        "llm_api_key_set".to_owned(),
-        json!(set(&settings.llm_api_key)),
-    );
-    obj.insert(
-        "search_api_key_set".to_owned(),
-        json!(set(&settings.search_api_key)),
-    );
+    obj.insert("llm_api_key_set".to_owned(), json!(set(&settings.llm_api_key)));
+    obj.insert("search_api_key_set".to_owned(), json!(set(&settings.search_api_key)));
     let providers: Map<String, Value> = secrets
         .map(|s| {
             s.provider_tokens
                 .iter()
-                .filter(|(_, t)| {
-                    t.token.as_deref().is_some_and(|t| !t.is_empty()) || t.user_id.is_some()
-                })
+                .filter(|(_, t)| t.token.as_deref().is_some_and(|t| !t.is_empty()) || t.user_id.is_some())
                 .map(|(p, t)| (p.clone(), json!(t.host)))
                 .collect()
         })
@@ -57,10 +45,8 @@ pub(crate) fn settings_view(settings: &Settings, secrets: Option<&Secrets>) -> V
 
 async fn load(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     let registry = &state.registry;
-    let (settings, secrets) = tokio::join!(
-        registry.load_settings(caller.ctx.clone()),
-        registry.load_secrets(caller.ctx.clone())
-    );
+    let (settings, secrets) =
+        tokio::join!(registry.load_settings(caller.ctx.clone()), registry.load_secrets(caller.ctx.clone()));
     let Some(settings) = settings? else {
         return Err(ApiError::not_found("Settings not found"));
     };
@@ -89,17 +75,13 @@ async fn store(
         settings.llm_model = settings.llm_model.or(existing.llm_model);
         settings.llm_base_url = settings.llm_base_url.or(existing.llm_base_url);
         settings.search_api_key = settings.search_api_key.or(existing.search_api_key);
-        settings.user_consents_to_analytics = settings
-            .user_consents_to_analytics
-            .or(existing.user_consents_to_analytics);
+        settings.user_consents_to_analytics =
+            settings.user_consents_to_analytics.or(existing.user_consents_to_analytics);
     }
     state.registry.store_settings(caller.ctx, &settings).await?;
     Ok(Json(json!({ "message": "Settings stored" })))
 }
 
 async fn reset() -> ApiError {
-    ApiError::error(
-        StatusCode::GONE,
-        "Reset settings functionality has been removed.",
-    )
+    ApiError::error(StatusCode::GONE, "Reset settings functionality has been removed.")
 }
