@@ -2,7 +2,7 @@
 
 use crate::{config, loader, registry::Registry};
 use plugin_api::ExtensionPoint;
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 const USAGE: &str = "\
 usage: oh-host [COMMAND] [--config FILE]
@@ -98,22 +98,20 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("oh-host").build().expect("tokio runtime")
 }
 
-fn serve(args: &Args) -> ExitCode {
+/// Loads the profile and builds every instance: everything `serve` and `check` do before
+/// binding. Problems are printed; `None` then.
+fn load(args: &Args, rt: &tokio::runtime::Runtime) -> Option<(PathBuf, config::Config, Arc<Registry>)> {
     let path = config::profile_path(args.config.as_deref());
-    let config = match config::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprint!("oh-host: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let config = config::load(&path).map_err(|e| eprint!("oh-host: {e}")).ok()?;
+    let registry =
+        Registry::build(&config, rt.handle().clone()).map_err(|e| eprint!("oh-host: {}: {e}", path.display())).ok()?;
+    Some((path, config, registry))
+}
+
+fn serve(args: &Args) -> ExitCode {
     let rt = runtime();
-    let registry = match Registry::build(&config, rt.handle().clone()) {
-        Ok(r) => r,
-        Err(e) => {
-            eprint!("oh-host: {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
+    let Some((path, config, registry)) = load(args, &rt) else {
+        return ExitCode::FAILURE;
     };
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.server.bind)
@@ -133,18 +131,9 @@ fn serve(args: &Args) -> ExitCode {
 }
 
 fn check(args: &Args) -> ExitCode {
-    let path = config::profile_path(args.config.as_deref());
-    let config = match config::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let rt = runtime();
-    let result = Registry::build(&config, rt.handle().clone());
-    match result {
-        Ok(registry) => {
+    match load(args, &rt) {
+        Some((path, config, registry)) => {
             println!("{}: OK", path.display());
             for m in registry.metas() {
                 println!(
@@ -158,10 +147,7 @@ fn check(args: &Args) -> ExitCode {
             rt.block_on(registry.shutdown(config.server.shutdown_timeout));
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprint!("{}: {e}", path.display());
-            ExitCode::FAILURE
-        }
+        None => ExitCode::FAILURE,
     }
 }
 

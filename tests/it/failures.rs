@@ -49,6 +49,16 @@ fn incompatible_api_version_names_both_versions() {
 }
 
 #[test]
+fn panic_abort_builds_are_refused() {
+    let d = with_settings_store("library = \"abort\"\nimplementation = \"X\"");
+    d.install_as("old_api_plugin", "abort");
+    let out = d.run_cli_env(&["check"], &[("OH_FIXTURE_CLAIM", "abort")]);
+    out.assert_refused();
+    assert!(out.stderr.contains("libabort.so was built with panic = \"abort\""), "{}", out.stderr);
+    assert!(out.stderr.contains("rebuild it with panic = \"unwind\""), "{}", out.stderr);
+}
+
+#[test]
 fn implementation_absent_from_the_library() {
     let d = with_settings_store("library = \"fixture_plugin\"\nimplementation = \"Nope\"");
     d.install("fixture_plugin");

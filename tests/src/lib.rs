@@ -96,11 +96,16 @@ impl Deployment {
 
     /// Runs `oh-host <args> --config plugins.toml` to completion.
     pub fn run_cli(&self, args: &[&str]) -> CliOutput {
+        self.run_cli_env(args, &[])
+    }
+
+    pub fn run_cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
         let out = Command::new(host_binary())
             .args(args)
             .arg("--config")
             .arg(self.profile_path())
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .output()
             .expect("run oh-host");
         CliOutput {

@@ -48,16 +48,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
     }
 }
 
+/// One path parameter, decoded: a JSON 400 naming `what` when it is not UTF-8.
+async fn path_param(parts: &mut Parts, what: &str) -> Result<String, ApiError> {
+    Path::<String>::from_request_parts(parts, &())
+        .await
+        .map(|Path(id)| id)
+        .map_err(|_| ApiError::bad_request(format!("invalid {what}: not UTF-8")))
+}
+
 /// A conversation id from the path, checked as OpenHands' `validate_conversation_id`.
 pub struct ConversationId(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for ConversationId {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(id) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::bad_request("invalid conversation ID: not UTF-8"))?;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let id = path_param(parts, "conversation ID").await?;
         validate_conversation_id(&id)?;
         Ok(ConversationId(id))
     }
@@ -92,10 +98,8 @@ pub struct SecretId(pub String);
 impl<S: Send + Sync> FromRequestParts<S> for SecretId {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(id) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::bad_request("invalid secret ID: not UTF-8"))?;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let id = path_param(parts, "secret ID").await?;
         validate_secret_name(&id)?;
         Ok(SecretId(id))
     }

@@ -40,7 +40,13 @@ impl FromRequestParts<AppState> for Caller {
             ApiError::error(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "route is not behind the auth gate")
         })?;
         let request_id = parts.extensions.get::<RequestId>().cloned().unwrap_or_else(|| RequestId(String::new()));
-        let ctx = call_context(&principal, &request_id, &state.server);
+        let mut ctx = call_context(&principal, &request_id, &state.server);
+        // W3C trace context, passed through so plugin logs can join the caller's trace.
+        if let Some(tp) = parts.headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+            if tp.len() <= 128 && tp.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                ctx.traceparent = tp.into();
+            }
+        }
         Ok(Caller { principal, ctx })
     }
 }

@@ -1,0 +1,199 @@
+//! `make bench`: prints, from one run,
+//! 1. the cost of one async plugin call through the `.so` versus the same plugin crate linked
+//!    statically (rlib), in µs per call and as a ratio;
+//! 2. `GET /api/settings` requests/s and p50/p99 latency of the real `oh-host` binary under a
+//!    bounded load on 127.0.0.1.
+//!
+//! Usage: `oh-bench <dir with oh-host and lib*.so>` (bench/run passes target/release).
+//! Figures, not pass/fail: the machines are shared and noisy.
+
+use plugin_api::CallContext;
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const CALLS: u32 = 20_000;
+const HTTP_CONCURRENCY: usize = 16;
+const HTTP_DURATION: Duration = Duration::from_secs(5);
+const HTTP_MAX_REQUESTS: usize = 200_000;
+
+fn main() {
+    let bin_dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "target/release".to_owned()));
+    let work = tempfile::tempdir().expect("tempdir");
+    let plugins = work.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    for lib in ["file_stores", "default_auth", "log_monitoring"] {
+        let src = bin_dir.join(format!("lib{lib}.so"));
+        std::fs::copy(&src, plugins.join(format!("lib{lib}.so")))
+            .unwrap_or_else(|e| panic!("{}: {e} (build with `cargo build --release --workspace`)", src.display()));
+    }
+    let state = work.path().join("state");
+    let profile = format!(
+        "[server]\nbind = \"127.0.0.1:0\"\nplugins_dir = \"{}\"\nstate_dir = \"{}\"\n",
+        plugins.display(),
+        state.display()
+    );
+    let profile_path = work.path().join("plugins.toml");
+    std::fs::write(&profile_path, &profile).unwrap();
+
+    println!(
+        "oh-host benchmarks ({} build, {} cores)",
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        cores()
+    );
+    ffi_call_cost(&profile_path, &state);
+    http_load(&bin_dir.join("oh-host"), &profile_path);
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Times `calls` sequential awaits of `call()`; µs per call.
+async fn per_call<F, Fut>(calls: u32, mut call: F) -> f64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..calls / 10 {
+        call().await; // warm up
+    }
+    let start = Instant::now();
+    for _ in 0..calls {
+        call().await;
+    }
+    start.elapsed().as_secs_f64() * 1e6 / f64::from(calls)
+}
+
+fn ffi_call_cost(profile: &Path, state: &Path) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let config = oh_host::config::load(profile).unwrap_or_else(|e| panic!("{e}"));
+    let registry = oh_host::registry::Registry::build(&config, rt.handle().clone()).unwrap_or_else(|e| panic!("{e}"));
+
+    // The same crate, linked into this binary.
+    let store_config = serde_json::json!({ "root": state }).to_string();
+    let static_lib = plugin_sdk::Registry::from_register(file_stores::register);
+    let static_conversations = static_lib.build_conversation_store("FileConversationStore", &store_config).unwrap();
+    let static_settings = static_lib.build_settings_store("FileSettingsStore", &store_config).unwrap();
+
+    rt.block_on(async {
+        // A settings document to read back (about 1 KB on disk, one sealed field).
+        let settings = serde_json::json!({ "llm_model": "gpt-4o", "llm_api_key": "sk-bench", "language": "en" });
+        registry.store_settings(CallContext::default(), &serde_json::from_value(settings).unwrap()).await.unwrap();
+
+        let dynamic = &registry.conversations.obj;
+        let health_so = per_call(CALLS, || async {
+            dynamic.health(CallContext::default()).await.unwrap();
+        })
+        .await;
+        let health_rlib = per_call(CALLS, || async {
+            static_conversations.health(CallContext::default()).await.unwrap();
+        })
+        .await;
+        let load_so = per_call(CALLS / 4, || async {
+            registry.settings.obj.load(CallContext::default()).await.unwrap();
+        })
+        .await;
+        let load_rlib = per_call(CALLS / 4, || async {
+            static_settings.load(CallContext::default()).await.unwrap();
+        })
+        .await;
+        let host_path = per_call(CALLS / 4, || async {
+            registry.load_settings(CallContext::default()).await.unwrap();
+        })
+        .await;
+
+        println!("\n1. one async plugin call, .so (dlopen) vs the same crate linked statically (rlib)");
+        println!("   {:<44} {:>10} {:>10} {:>8}", "call", ".so µs", "rlib µs", "ratio");
+        println!(
+            "   {:<44} {:>10.2} {:>10.2} {:>8.2}",
+            "conversation_store.health (no I/O)",
+            health_so,
+            health_rlib,
+            health_so / health_rlib
+        );
+        println!(
+            "   {:<44} {:>10.2} {:>10.2} {:>8.2}",
+            "settings_store.load (file read + decrypt)",
+            load_so,
+            load_rlib,
+            load_so / load_rlib
+        );
+        println!(
+            "   {:<44} {:>10.2}   (deadline, catch_unwind, counters, JSON decode)",
+            "same load through the host's Registry", host_path
+        );
+    });
+    rt.block_on(registry.shutdown(Duration::from_secs(2)));
+}
+
+fn http_load(bin: &Path, profile: &Path) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(profile)
+        .env("RUST_LOG", "warn,oh_host::cli=info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("oh-host exited before listening").unwrap();
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let url = format!("http://{addr}/api/settings");
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (count, elapsed, mut latencies) = rt.block_on(async {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(HTTP_CONCURRENCY).build().unwrap();
+        let ok =
+            client.post(&url).json(&serde_json::json!({ "llm_model": "gpt-4o", "llm_api_key": "sk-x" })).send().await;
+        assert!(ok.map(|r| r.status().is_success()).unwrap_or(false), "POST /api/settings failed");
+        let start = Instant::now();
+        let deadline = start + HTTP_DURATION;
+        let mut tasks = Vec::new();
+        for _ in 0..HTTP_CONCURRENCY {
+            let client = client.clone();
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while Instant::now() < deadline && lat.len() < HTTP_MAX_REQUESTS / HTTP_CONCURRENCY {
+                    let t = Instant::now();
+                    let r = client.get(&url).send().await.expect("GET");
+                    assert_eq!(r.status(), 200);
+                    let _ = r.bytes().await;
+                    lat.push(t.elapsed());
+                }
+                lat
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        (all.len(), start.elapsed(), all)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!("\n2. GET /api/settings on the real binary, bundled file stores, 127.0.0.1");
+    println!(
+        "   {HTTP_CONCURRENCY} connections, {:.1} s (cap {HTTP_MAX_REQUESTS} requests): {count} requests",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "   {:.0} requests/s   p50 {:.0} µs   p99 {:.0} µs   max {:.0} µs",
+        count as f64 / elapsed.as_secs_f64(),
+        pct(0.50).as_secs_f64() * 1e6,
+        pct(0.99).as_secs_f64() * 1e6,
+        latencies.last().unwrap().as_secs_f64() * 1e6
+    );
+}
