@@ -24,7 +24,7 @@ fn main() {
     let work = tempfile::tempdir().expect("tempdir");
     let plugins = work.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
-    for lib in ["file_stores", "default_auth", "log_monitoring"] {
+    for lib in ["file_stores", "default_auth", "log_monitoring", "standalone_manager"] {
         let src = bin_dir.join(format!("lib{lib}.so"));
         std::fs::copy(&src, plugins.join(format!("lib{lib}.so")))
             .unwrap_or_else(|e| panic!("{}: {e} (build with `cargo build --release --workspace`)", src.display()));

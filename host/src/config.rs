@@ -100,6 +100,7 @@ pub fn oss_default(point: ExtensionPoint) -> Option<(&'static str, &'static str)
         ExtensionPoint::SETTINGS_STORE => Some(("file_stores", "FileSettingsStore")),
         ExtensionPoint::SECRETS_STORE => Some(("file_stores", "FileSecretsStore")),
         ExtensionPoint::CONVERSATION_STORE => Some(("file_stores", "FileConversationStore")),
+        ExtensionPoint::CONVERSATION_MANAGER => Some(("standalone_manager", "StandaloneConversationManager")),
         ExtensionPoint::USER_AUTH => Some(("default_auth", "DefaultUserAuth")),
         ExtensionPoint::MONITORING => Some(("log_monitoring", "LogMonitoringListener")),
         _ => None,

@@ -15,9 +15,9 @@ use abi_stable::{
 use async_ffi::{FfiFuture, FutureExt as _};
 use futures_util::FutureExt as _;
 use plugin_api::{
-    models, CallContext, ConversationManager_TO, ConversationStore_TO, ErrorCode, EventQuery, ExtensionPoint,
-    HostServices, HostServices_TO, MonitoringListener_TO, PResult, PluginError, RouteHandler_TO, SecretsStore_TO,
-    SettingsStore_TO, UserAuth_TO,
+    models, CallContext, ConversationManager_TO, ConversationStore_TO, ErrorCode, EventQuery, EventSink_TO,
+    ExtensionPoint, HostServices, HostServices_TO, MonitoringListener_TO, PResult, PluginError, RouteHandler_TO,
+    SecretsStore_TO, SettingsStore_TO, UserAuth_TO,
 };
 use serde_json::{json, Value};
 use std::{
@@ -537,6 +537,57 @@ impl Registry {
         decode(&m.meta, "running", &json)
     }
 
+    /// The configured conversation manager, or `UNIMPLEMENTED` (HTTP 501) without one.
+    pub fn manager(&self) -> Result<&ConversationManager, CallError> {
+        self.manager.as_ref().ok_or_else(|| CallError {
+            point: ExtensionPoint::CONVERSATION_MANAGER,
+            library: "-".to_owned(),
+            implementation: "-".to_owned(),
+            method: "any",
+            error: PluginError::new(
+                ErrorCode::UNIMPLEMENTED,
+                "no conversation_manager is configured; add [extensions.conversation_manager] to the profile",
+            ),
+        })
+    }
+
+    pub async fn maybe_start(
+        &self,
+        ctx: CallContext,
+        request: &models::StartRequest,
+    ) -> Result<models::AgentLoopInfo, CallError> {
+        let m = self.manager()?;
+        let json = m.meta.call("maybe_start", m.obj.maybe_start(ctx, encode(request))).await?;
+        decode(&m.meta, "maybe_start", &json)
+    }
+
+    pub async fn send_event(&self, ctx: CallContext, id: &str, event: &Value) -> Result<(), CallError> {
+        let m = self.manager()?;
+        m.meta.call("send_event", m.obj.send_event(ctx, id.into(), event.to_string().into())).await
+    }
+
+    pub async fn close_conversation(&self, ctx: CallContext, id: &str) -> Result<bool, CallError> {
+        let m = self.manager()?;
+        m.meta.call("close", m.obj.close(ctx, id.into())).await
+    }
+
+    /// Subscribes a channel to a conversation's live events; returns the subscription id.
+    pub async fn subscribe(
+        &self,
+        ctx: CallContext,
+        id: &str,
+        events: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<u64, CallError> {
+        let m = self.manager()?;
+        let sink = EventSink_TO::from_value(ChannelSink(events), TD_Opaque);
+        m.meta.call("subscribe", m.obj.subscribe(ctx, id.into(), sink)).await
+    }
+
+    pub async fn unsubscribe(&self, ctx: CallContext, subscription: u64) -> Result<(), CallError> {
+        let m = self.manager()?;
+        m.meta.call("unsubscribe", m.obj.unsubscribe(ctx, subscription)).await
+    }
+
     pub fn on_create_conversation(&self, ctx: &CallContext) {
         for m in &self.monitoring {
             m.obj.on_create_conversation(ctx.clone());
@@ -597,6 +648,16 @@ impl Registry {
             }
             _ => Err(unknown()),
         }
+    }
+}
+
+/// The host's `EventSink`: a channel to the socket that subscribed. Called from plugin
+/// threads; an unbounded send needs no runtime and never blocks.
+struct ChannelSink(tokio::sync::mpsc::UnboundedSender<String>);
+
+impl plugin_api::EventSink for ChannelSink {
+    fn send(&self, event_json: RString) -> bool {
+        self.0.send(event_json.into_string()).is_ok()
     }
 }
 

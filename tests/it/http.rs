@@ -19,7 +19,7 @@ async fn health_options_and_middleware_headers() {
     assert_eq!(host.get("/health").await.json(), json!("OK"));
     let ready = host.get("/ready").await;
     assert_eq!(ready.status, 200, "{}", ready.text);
-    assert_eq!(ready.json()["plugins"].as_array().unwrap().len(), 5, "{}", ready.text);
+    assert_eq!(ready.json()["plugins"].as_array().unwrap().len(), 6, "{}", ready.text);
 
     let config = host.get("/api/options/config").await;
     assert_eq!(config.json()["APP_MODE"], "oss");
@@ -204,7 +204,7 @@ async fn internal_views_show_libraries_and_counters() {
     host.get("/api/settings").await;
     let plugins = host.get("/internal/plugins").await.json();
     let libs = plugins["libraries"].as_array().unwrap();
-    assert_eq!(libs.len(), 3, "{plugins}");
+    assert_eq!(libs.len(), 4, "{plugins}");
     assert!(libs.iter().all(|l| l["sha256"].as_str().unwrap().len() == 64 && l["api_version"] == "0.1"));
     let settings = plugins["instances"]
         .as_array()

@@ -1,5 +1,6 @@
 //! End-to-end tests: one binary, one module per area (matklad's "one integration test crate").
 
+mod agent;
 mod cli;
 mod conversations;
 mod failures;

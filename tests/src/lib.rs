@@ -5,6 +5,9 @@
 //! The binaries and libraries come from `make test` (which builds the workspace, the plugins
 //! and the example plugin first): `target/debug/oh-host`, `target/debug/lib*.so`.
 
+pub mod llm;
+pub mod sio;
+
 use std::{
     fs,
     io::{BufRead, BufReader},
@@ -79,7 +82,7 @@ impl Deployment {
 
     /// The bundled OSS plugins.
     pub fn install_bundled(&self) {
-        for p in ["file_stores", "default_auth", "log_monitoring"] {
+        for p in ["file_stores", "default_auth", "log_monitoring", "standalone_manager"] {
             self.install(p);
         }
     }

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod extract;
 mod routes;
+pub mod socket;
 
 use crate::{config::ServerConfig, env, registry::Registry};
 use abi_stable::std_types::{RString, Tuple2};
@@ -81,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(socket::layer(state.clone()))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(request_id))
         .layer(middleware::from_fn(cache_control))

@@ -6,6 +6,8 @@ mod options;
 mod secrets;
 mod settings;
 
+pub(crate) use conversations::start_request;
+
 use super::{call_context, error::ApiError, AppState, Principal, RequestId};
 use axum::{extract::FromRequestParts, http::request::Parts, routing::get, Router};
 use plugin_api::CallContext;

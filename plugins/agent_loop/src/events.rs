@@ -1,0 +1,154 @@
+//! OpenHands-shaped events (reference/openhands-server.md §9.10, `event_to_dict`).
+//!
+//! Stored events get their `id` from the conversation store; live-only payloads (status
+//! updates, streaming deltas) have none.
+
+use crate::llm::{ChatMessage, Completion};
+use serde_json::{json, Value};
+
+/// Now, as OpenHands writes timestamps.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// A `MessageAction` from the user.
+pub fn user_message(content: &str, image_urls: &[String]) -> Value {
+    json!({
+        "timestamp": now(), "source": "user", "message": content, "action": "message",
+        "args": { "content": content, "image_urls": image_urls, "file_urls": [], "wait_for_response": false },
+    })
+}
+
+/// A `MessageAction` from the agent, with the turn's metrics.
+pub fn agent_message(completion: &Completion, model: &str, totals: &Totals) -> Value {
+    json!({
+        "timestamp": now(), "source": "agent", "message": completion.content, "action": "message",
+        "args": { "content": completion.content, "image_urls": null, "file_urls": null, "wait_for_response": true },
+        "llm_metrics": {
+            "model_name": model,
+            "accumulated_cost": totals.cost,
+            "accumulated_token_usage": {
+                "model": model,
+                "prompt_tokens": totals.prompt_tokens,
+                "completion_tokens": totals.completion_tokens,
+                "cache_read_tokens": 0, "cache_write_tokens": 0,
+                "context_window": 0, "per_turn_token": completion.usage.total_tokens,
+            },
+            "costs": [{ "model": model, "cost": completion.cost, "timestamp": now() }],
+        },
+    })
+}
+
+/// Running totals of a conversation (what its metadata keeps).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Totals {
+    pub cost: f64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+}
+
+impl Totals {
+    pub fn add(&mut self, c: &Completion) {
+        self.cost += c.cost;
+        self.prompt_tokens += c.usage.prompt_tokens;
+        self.completion_tokens += c.usage.completion_tokens;
+        self.total_tokens += c.usage.total_tokens;
+    }
+}
+
+/// `AgentStateChangedObservation`: loading, running, awaiting_user_input, stopped, error.
+pub fn agent_state_changed(state: &str, reason: &str) -> Value {
+    json!({
+        "timestamp": now(), "source": "agent", "message": "", "observation": "agent_state_changed",
+        "content": "", "extras": { "agent_state": state, "reason": reason },
+    })
+}
+
+/// `ErrorObservation`.
+pub fn error_observation(message: &str, error_id: &str) -> Value {
+    json!({
+        "timestamp": now(), "source": "agent", "message": message, "observation": "error",
+        "content": message, "extras": { "error_id": error_id },
+    })
+}
+
+/// A status update (`{'status_update': True, 'type': 'info'|'error', 'id': ..., 'message': ...}`).
+pub fn status_update(kind: &str, id: &str, message: &str) -> Value {
+    json!({ "status_update": true, "type": kind, "id": id, "message": message })
+}
+
+/// The title update OpenHands emits when it names a conversation.
+pub fn title_update(conversation_id: &str, title: &str) -> Value {
+    json!({ "status_update": true, "type": "info", "message": conversation_id, "conversation_title": title })
+}
+
+/// A streamed piece of the agent's reply: live only, never stored; the full message follows
+/// as a `message` action.
+pub fn streaming_delta(delta: &str, seq: u64) -> Value {
+    json!({
+        "timestamp": now(), "source": "agent", "message": delta, "action": "streaming_message",
+        "args": { "delta": delta, "seq": seq }, "streaming": true,
+    })
+}
+
+/// Whether a stored event is a chat message, and whose.
+fn message_role(event: &Value) -> Option<&'static str> {
+    if event["action"] != "message" {
+        return None;
+    }
+    match event["source"].as_str() {
+        Some("user") => Some("user"),
+        Some("agent") => Some("assistant"),
+        _ => None,
+    }
+}
+
+/// The chat history of stored events, after an optional system prompt.
+pub fn history(system_prompt: &str, events: &[Value]) -> Vec<ChatMessage> {
+    let mut messages = Vec::new();
+    if !system_prompt.is_empty() {
+        messages.push(ChatMessage { role: "system".into(), content: system_prompt.into() });
+    }
+    for e in events {
+        if let Some(role) = message_role(e) {
+            let content = e["args"]["content"].as_str().or(e["message"].as_str()).unwrap_or_default();
+            messages.push(ChatMessage { role: role.into(), content: content.into() });
+        }
+    }
+    messages
+}
+
+/// A title from the first user message (OpenHands auto-titles a conversation from it).
+pub fn title_from(message: &str) -> String {
+    let line = message.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("New conversation");
+    let mut title: String = line.chars().take(50).collect();
+    if line.chars().count() > 50 {
+        title.push('…');
+    }
+    title
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_keeps_messages_in_order_with_roles() {
+        let events = vec![
+            agent_state_changed("loading", ""),
+            user_message("hi", &[]),
+            error_observation("x", ""),
+            json!({ "source": "agent", "action": "message", "args": { "content": "hello" } }),
+        ];
+        let h = history("sys", &events);
+        let roles: Vec<_> = h.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
+        assert_eq!(roles, [("system", "sys"), ("user", "hi"), ("assistant", "hello")]);
+    }
+
+    #[test]
+    fn titles_are_short_first_lines() {
+        assert_eq!(title_from("\n  Fix the bug\nin main"), "Fix the bug");
+        assert_eq!(title_from(&"x".repeat(60)).chars().count(), 51);
+    }
+}

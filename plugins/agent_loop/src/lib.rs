@@ -1,0 +1,6 @@
+//! The agent loop shared by conversation managers (DESIGN §7): an OpenAI-compatible streaming
+//! chat client ([`llm`]) and OpenHands-shaped events ([`events`]). It has no state of its own;
+//! a manager drives it one turn at a time.
+
+pub mod events;
+pub mod llm;

@@ -1,0 +1,351 @@
+//! An OpenAI-compatible `/chat/completions` client: streaming (SSE) with a non-streaming
+//! fallback, a deadline on every call and on every gap between chunks, and retries with
+//! backoff for what may pass (429, 5xx, timeouts, refused connections).
+
+use futures_util::StreamExt as _;
+use plugin_sdk::models::Settings;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Where and how to call the model.
+#[derive(Clone, Debug)]
+pub struct LlmConfig {
+    pub model: String,
+    /// Base URL without the `/chat/completions` suffix, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    pub api_key: Option<String>,
+    /// Deadline of one whole call.
+    pub request_timeout: Duration,
+    /// Longest gap between two streamed chunks before the call counts as stalled.
+    pub chunk_timeout: Duration,
+    /// Retries after the first attempt, for retryable failures.
+    pub max_retries: u32,
+    /// Wait before the first retry; doubled each time.
+    pub initial_backoff: Duration,
+}
+
+/// The knobs a conversation manager's config sets; the rest comes from the user's settings.
+#[derive(Clone, Debug)]
+pub struct LlmLimits {
+    pub request_timeout: Duration,
+    pub chunk_timeout: Duration,
+    pub max_retries: u32,
+    pub initial_backoff: Duration,
+}
+
+impl LlmConfig {
+    /// From the user's settings; `LITE_LLM_API_URL` / `LITE_LLM_API_KEY` (read through `env`)
+    /// override the base URL and key, as OpenHands SaaS does.
+    pub fn from_settings(
+        settings: &Settings,
+        limits: &LlmLimits,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        let model =
+            settings.llm_model.clone().filter(|m| !m.trim().is_empty()).ok_or("no llm_model in the settings")?;
+        let base_url = env("LITE_LLM_API_URL")
+            .or_else(|| settings.llm_base_url.clone())
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| "https://api.openai.com/v1".to_owned());
+        let api_key = env("LITE_LLM_API_KEY").or_else(|| settings.llm_api_key.clone()).filter(|k| !k.trim().is_empty());
+        Ok(LlmConfig {
+            model,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            api_key,
+            request_timeout: limits.request_timeout,
+            chunk_timeout: limits.chunk_timeout,
+            max_retries: limits.max_retries,
+            initial_backoff: limits.initial_backoff,
+        })
+    }
+}
+
+/// One chat message.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// Token usage of a call, as the provider reports it.
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: i64,
+    #[serde(default)]
+    pub completion_tokens: i64,
+    #[serde(default)]
+    pub total_tokens: i64,
+}
+
+/// A finished completion.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Completion {
+    pub content: String,
+    pub usage: Usage,
+    /// USD, when the endpoint reports it (LiteLLM's `x-litellm-response-cost`), else 0.
+    pub cost: f64,
+}
+
+/// Why a call failed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LlmError {
+    /// 401/403: the key is wrong; retrying will not help.
+    Auth(String),
+    /// 429, 5xx, timeouts, stalls, connection failures: may pass.
+    Retryable(String),
+    /// Anything else (400, a malformed answer).
+    Fatal(String),
+}
+
+impl std::fmt::Display for LlmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LlmError::Auth(m) => write!(f, "LLM authentication failed: {m}"),
+            LlmError::Retryable(m) | LlmError::Fatal(m) => f.write_str(m),
+        }
+    }
+}
+
+/// What happens during a call, for the caller to turn into events.
+pub enum Progress<'a> {
+    Delta(&'a str),
+    Retry { attempt: u32, wait: Duration, reason: &'a str },
+}
+
+/// Calls the model with retries. `progress` hears each streamed delta and each retry.
+pub async fn complete(
+    client: &reqwest::Client,
+    cfg: &LlmConfig,
+    messages: &[ChatMessage],
+    progress: &mut (dyn FnMut(Progress<'_>) + Send),
+) -> Result<Completion, LlmError> {
+    let mut attempt = 0;
+    let mut wait = cfg.initial_backoff;
+    loop {
+        let outcome = tokio::time::timeout(cfg.request_timeout, call_once(client, cfg, messages, progress)).await;
+        let err = match outcome {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(e)) => e,
+            Err(_) => LlmError::Retryable(format!("no complete answer within {} s", cfg.request_timeout.as_secs_f64())),
+        };
+        match err {
+            LlmError::Retryable(reason) if attempt < cfg.max_retries => {
+                attempt += 1;
+                progress(Progress::Retry { attempt, wait, reason: &reason });
+                tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, reason = %reason, "LLM call failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = wait.saturating_mul(2);
+            }
+            other => return Err(other),
+        }
+    }
+}
+
+async fn call_once(
+    client: &reqwest::Client,
+    cfg: &LlmConfig,
+    messages: &[ChatMessage],
+    progress: &mut (dyn FnMut(Progress<'_>) + Send),
+) -> Result<Completion, LlmError> {
+    let body = json!({
+        "model": cfg.model,
+        "messages": messages,
+        "stream": true,
+        "stream_options": { "include_usage": true },
+    });
+    let mut request = client.post(format!("{}/chat/completions", cfg.base_url)).json(&body);
+    if let Some(key) = &cfg.api_key {
+        request = request.bearer_auth(key);
+    }
+    let response =
+        request.send().await.map_err(|e| LlmError::Retryable(format!("cannot reach the LLM: {}", describe(&e))))?;
+    let status = response.status();
+    if !status.is_success() {
+        let text = response.text().await.unwrap_or_default();
+        let detail = error_message(&text).unwrap_or_else(|| format!("HTTP {status}"));
+        return Err(match status.as_u16() {
+            401 | 403 => LlmError::Auth(detail),
+            408 | 409 | 429 | 500..=599 => LlmError::Retryable(format!("LLM answered {status}: {detail}")),
+            _ => LlmError::Fatal(format!("LLM answered {status}: {detail}")),
+        });
+    }
+    let cost = response
+        .headers()
+        .get("x-litellm-response-cost")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let streaming = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let mut completion = if streaming {
+        read_stream(response, cfg.chunk_timeout, progress).await?
+    } else {
+        let value: Value = response.json().await.map_err(|e| LlmError::Fatal(format!("malformed LLM answer: {e}")))?;
+        let content = value["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned();
+        progress(Progress::Delta(&content));
+        let usage = serde_json::from_value(value["usage"].clone()).unwrap_or_default();
+        Completion { content, usage, cost: 0.0 }
+    };
+    completion.cost = cost;
+    Ok(completion)
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        "connection failed".to_owned()
+    } else {
+        e.to_string()
+    }
+}
+
+fn error_message(body: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    v["error"]["message"].as_str().or_else(|| v["error"].as_str()).map(str::to_owned)
+}
+
+/// Reads `data:` events until `[DONE]` or the end of the body.
+async fn read_stream(
+    response: reqwest::Response,
+    chunk_timeout: Duration,
+    progress: &mut (dyn FnMut(Progress<'_>) + Send),
+) -> Result<Completion, LlmError> {
+    let mut stream = response.bytes_stream();
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut completion = Completion::default();
+    loop {
+        let next = tokio::time::timeout(chunk_timeout, stream.next())
+            .await
+            .map_err(|_| LlmError::Retryable(format!("LLM stream stalled for {} s", chunk_timeout.as_secs_f64())))?;
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|e| LlmError::Retryable(format!("LLM stream broke: {}", describe(&e))))?;
+        buffer.extend_from_slice(&chunk);
+        while let Some(end) = find_event_end(&buffer) {
+            let event: Vec<u8> = buffer.drain(..end.0).collect();
+            buffer.drain(..end.1);
+            if handle_event(&event, &mut completion, progress)? {
+                return Ok(completion);
+            }
+        }
+    }
+    if !buffer.is_empty() {
+        handle_event(&buffer, &mut completion, progress)?;
+    }
+    Ok(completion)
+}
+
+/// Position of the blank line ending the first SSE event: (event length, separator length).
+fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Applies one SSE event; `true` at `[DONE]`.
+fn handle_event(
+    event: &[u8],
+    completion: &mut Completion,
+    progress: &mut (dyn FnMut(Progress<'_>) + Send),
+) -> Result<bool, LlmError> {
+    let text = String::from_utf8_lossy(event);
+    let data: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    if data.is_empty() {
+        return Ok(false);
+    }
+    if data.trim() == "[DONE]" {
+        return Ok(true);
+    }
+    let value: Value =
+        serde_json::from_str(&data).map_err(|e| LlmError::Fatal(format!("malformed LLM stream chunk: {e}")))?;
+    if let Some(message) = value.get("error").and_then(|e| e["message"].as_str().or(e.as_str())) {
+        return Err(LlmError::Retryable(format!("LLM stream error: {message}")));
+    }
+    if let Some(delta) = value["choices"][0]["delta"]["content"].as_str() {
+        if !delta.is_empty() {
+            completion.content.push_str(delta);
+            progress(Progress::Delta(delta));
+        }
+    }
+    if let Ok(usage) = serde_json::from_value::<Usage>(value["usage"].clone()) {
+        if value["usage"].is_object() {
+            completion.usage = usage;
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sse_events_across_arbitrary_chunk_boundaries() {
+        let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+                      data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\r\n\r\n\
+                      data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n\
+                      data: [DONE]\n\n";
+        for split in [1, 7, 13, stream.len()] {
+            let mut buffer = Vec::new();
+            let mut completion = Completion::default();
+            let mut deltas = Vec::new();
+            let mut done = false;
+            for chunk in stream.as_bytes().chunks(split) {
+                buffer.extend_from_slice(chunk);
+                while let Some(end) = find_event_end(&buffer) {
+                    let event: Vec<u8> = buffer.drain(..end.0).collect();
+                    buffer.drain(..end.1);
+                    done |= handle_event(&event, &mut completion, &mut |p| {
+                        if let Progress::Delta(d) = p {
+                            deltas.push(d.to_owned())
+                        }
+                    })
+                    .unwrap();
+                }
+            }
+            assert!(done);
+            assert_eq!(completion.content, "Hello");
+            assert_eq!(deltas, ["Hel", "lo"]);
+            assert_eq!(completion.usage, Usage { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 });
+        }
+    }
+
+    #[test]
+    fn lite_llm_variables_override_the_users_endpoint() {
+        let settings = Settings {
+            llm_model: Some("m".into()),
+            llm_base_url: Some("http://user/".into()),
+            llm_api_key: Some("user-key".into()),
+            ..Default::default()
+        };
+        let limits = LlmLimits {
+            request_timeout: Duration::from_secs(1),
+            chunk_timeout: Duration::from_secs(1),
+            max_retries: 0,
+            initial_backoff: Duration::ZERO,
+        };
+        let plain = LlmConfig::from_settings(&settings, &limits, &|_| None).unwrap();
+        assert_eq!((plain.base_url.as_str(), plain.api_key.as_deref()), ("http://user", Some("user-key")));
+        let env = |k: &str| match k {
+            "LITE_LLM_API_URL" => Some("http://proxy".to_owned()),
+            "LITE_LLM_API_KEY" => Some("proxy-key".to_owned()),
+            _ => None,
+        };
+        let saas = LlmConfig::from_settings(&settings, &limits, &env).unwrap();
+        assert_eq!((saas.base_url.as_str(), saas.api_key.as_deref()), ("http://proxy", Some("proxy-key")));
+        assert!(LlmConfig::from_settings(&Settings::default(), &limits, &|_| None).is_err());
+    }
+}

@@ -1,0 +1,259 @@
+//! `StandaloneConversationManager`: agent loops in this process (OpenHands §6.3).
+//!
+//! One task per running conversation owns its history and runs turns one at a time; every
+//! event it emits is stored through the host's `conversation_store` (which gives it its dense
+//! id), then pushed to the conversation's subscribers (the host's socket.io connections) and to
+//! the monitoring listeners. Streaming deltas and status updates are pushed live only.
+
+mod config;
+mod session;
+
+use config::Config;
+use plugin_sdk::{
+    models::{AgentLoopInfo, StartRequest},
+    CallContext, ErrorCode, EventSink, PluginError, Registry, Services,
+};
+use serde_json::{json, Value};
+use session::{Command, Session, Shared};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
+    },
+    time::{Duration, Instant},
+};
+
+pub struct StandaloneConversationManager {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) services: Services,
+    pub(crate) config: Config,
+    pub(crate) client: reqwest::Client,
+    sessions: Mutex<HashMap<String, Session>>,
+    /// Subscribers by conversation, independent of whether its loop runs: a client may
+    /// subscribe first and start the loop after.
+    subscribers: Mutex<HashMap<String, HashMap<u64, EventSink>>>,
+    subscription_owner: Mutex<HashMap<u64, String>>,
+    next_subscription: AtomicU64,
+    cleanup: OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    /// Pushes a payload to every subscriber of a conversation, forgetting the gone ones.
+    pub(crate) fn broadcast(&self, sid: &str, event: &Value) {
+        let mut subscribers = lock(&self.subscribers);
+        if let Some(subs) = subscribers.get_mut(sid) {
+            subs.retain(|_, sink| sink.send(event));
+        }
+    }
+
+    fn has_subscribers(&self, sid: &str) -> bool {
+        lock(&self.subscribers).get(sid).is_some_and(|s| !s.is_empty())
+    }
+
+    /// Stops a session: its task emits `stopped` and ends; aborted if it does not in time.
+    fn stop(&self, sid: &str) -> bool {
+        let Some(session) = lock(&self.sessions).remove(sid) else { return false };
+        session.stop();
+        true
+    }
+
+    fn info(sid: &str) -> AgentLoopInfo {
+        AgentLoopInfo {
+            conversation_id: sid.to_owned(),
+            url: Some(format!("/api/conversations/{sid}")),
+            session_api_key: None,
+            status: "RUNNING".to_owned(),
+            runtime_status: Some("STATUS$READY".to_owned()),
+        }
+    }
+
+    /// Closes idle conversations: nobody connected, agent not running, quiet for `close_delay`.
+    fn close_idle(&self) {
+        let delay = self.config.close_delay();
+        let idle: Vec<String> = lock(&self.sessions)
+            .iter()
+            .filter(|(sid, s)| s.shared.idle_for() >= delay && !s.shared.is_running() && !self.has_subscribers(sid))
+            .map(|(sid, _)| sid.clone())
+            .collect();
+        for sid in idle {
+            tracing::info!(conversation_id = %sid, "closing idle conversation");
+            self.stop(&sid);
+        }
+    }
+}
+
+impl StandaloneConversationManager {
+    fn new(services: Services, config: Config) -> Result<Self, PluginError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| PluginError::internal(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                services,
+                config,
+                client,
+                sessions: Mutex::new(HashMap::new()),
+                subscribers: Mutex::new(HashMap::new()),
+                subscription_owner: Mutex::new(HashMap::new()),
+                next_subscription: AtomicU64::new(1),
+                cleanup: OnceLock::new(),
+            }),
+        })
+    }
+
+    /// Starts the idle sweeper on first use (the plugin runtime is running by then).
+    fn ensure_cleanup(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let interval = self.inner.config.cleanup_interval();
+        self.inner.cleanup.get_or_init(|| {
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(interval).await;
+                    match weak.upgrade() {
+                        Some(inner) => inner.close_idle(),
+                        None => break,
+                    }
+                }
+            })
+        });
+    }
+}
+
+fn same_user(a: &Option<String>, ctx: &CallContext) -> bool {
+    a.as_deref() == ctx.user_id()
+}
+
+impl plugin_sdk::ConversationManager for StandaloneConversationManager {
+    async fn maybe_start(&self, ctx: CallContext, request: StartRequest) -> Result<AgentLoopInfo, PluginError> {
+        self.ensure_cleanup();
+        let sid = request.conversation_id.clone();
+        let user = ctx.user_id().map(str::to_owned);
+        let llm = agent_loop::llm::LlmConfig::from_settings(&request.settings, &self.inner.config.limits(), &|k| {
+            std::env::var(k).ok().filter(|v| !v.is_empty())
+        })
+        .map_err(PluginError::invalid_argument)?;
+        let mut sessions = lock(&self.inner.sessions);
+        if let Some(s) = sessions.get(&sid) {
+            if s.user_id != user {
+                return Err(PluginError::new(ErrorCode::PERMISSION_DENIED, "conversation belongs to another user"));
+            }
+            return Ok(Inner::info(&sid));
+        }
+        // Per-user limit: close the least recently active until there is room.
+        loop {
+            let mine: Vec<(String, Instant)> = sessions
+                .iter()
+                .filter(|(_, s)| s.user_id == user)
+                .map(|(id, s)| (id.clone(), s.shared.last_active()))
+                .collect();
+            if mine.len() < self.inner.config.max_concurrent_conversations {
+                break;
+            }
+            let Some((oldest, _)) = mine.into_iter().min_by_key(|(_, t)| *t) else { break };
+            tracing::info!(conversation_id = %oldest, "closing the oldest conversation: too many at once");
+            self.inner.broadcast(
+                &oldest,
+                &json!({
+                    "status_update": true, "type": "error", "id": "AGENT_ERROR$TOO_MANY_CONVERSATIONS",
+                    "message": "Too many conversations at once. If you are still using this one, try reactivating it by prompting the agent to continue",
+                }),
+            );
+            if let Some(session) = sessions.remove(&oldest) {
+                session.stop();
+            }
+        }
+        let shared = Arc::new(Shared::new());
+        let session = Session::spawn(self.inner.clone(), ctx, request, llm, shared);
+        sessions.insert(sid.clone(), session);
+        Ok(Inner::info(&sid))
+    }
+
+    async fn send_event(&self, ctx: CallContext, conversation_id: String, event: Value) -> Result<(), PluginError> {
+        let sessions = lock(&self.inner.sessions);
+        let Some(session) = sessions.get(&conversation_id) else {
+            return Err(PluginError::not_found(format!(
+                "no_conversation:{conversation_id}: the conversation is not running"
+            )));
+        };
+        if !same_user(&session.user_id, &ctx) {
+            return Err(PluginError::new(ErrorCode::PERMISSION_DENIED, "conversation belongs to another user"));
+        }
+        session.send(Command::User(event))
+    }
+
+    async fn close(&self, ctx: CallContext, conversation_id: String) -> Result<bool, PluginError> {
+        {
+            let sessions = lock(&self.inner.sessions);
+            match sessions.get(&conversation_id) {
+                None => return Ok(false),
+                Some(s) if !same_user(&s.user_id, &ctx) => {
+                    return Err(PluginError::new(ErrorCode::PERMISSION_DENIED, "conversation belongs to another user"));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(self.inner.stop(&conversation_id))
+    }
+
+    async fn running(&self, ctx: CallContext, filter_ids: Vec<String>) -> Result<Vec<AgentLoopInfo>, PluginError> {
+        let sessions = lock(&self.inner.sessions);
+        Ok(sessions
+            .iter()
+            .filter(|(id, s)| same_user(&s.user_id, &ctx) && (filter_ids.is_empty() || filter_ids.contains(id)))
+            .map(|(id, _)| Inner::info(id))
+            .collect())
+    }
+
+    async fn subscribe(&self, _ctx: CallContext, conversation_id: String, sink: EventSink) -> Result<u64, PluginError> {
+        let id = self.inner.next_subscription.fetch_add(1, Ordering::Relaxed);
+        lock(&self.inner.subscribers).entry(conversation_id.clone()).or_default().insert(id, sink);
+        lock(&self.inner.subscription_owner).insert(id, conversation_id);
+        Ok(id)
+    }
+
+    async fn unsubscribe(&self, _ctx: CallContext, subscription_id: u64) -> Result<(), PluginError> {
+        if let Some(sid) = lock(&self.inner.subscription_owner).remove(&subscription_id) {
+            let mut subscribers = lock(&self.inner.subscribers);
+            if let Some(subs) = subscribers.get_mut(&sid) {
+                subs.remove(&subscription_id);
+                if subs.is_empty() {
+                    subscribers.remove(&sid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<String, PluginError> {
+        Ok(format!("{} conversations running", lock(&self.inner.sessions).len()))
+    }
+
+    async fn shutdown(&self) {
+        let sids: Vec<String> = lock(&self.inner.sessions).keys().cloned().collect();
+        for sid in sids {
+            self.inner.stop(&sid);
+        }
+        if let Some(cleanup) = self.inner.cleanup.get() {
+            cleanup.abort();
+        }
+    }
+}
+
+pub fn register(r: &mut Registry) {
+    r.conversation_manager(
+        "StandaloneConversationManager",
+        "agent loops in this process, per-user limit, idle close (OpenHands StandaloneConversationManager)",
+        |config, services| StandaloneConversationManager::new(services, plugin_sdk::parse_config(config)?),
+    );
+}
+
+plugin_sdk::export_plugin!(register);

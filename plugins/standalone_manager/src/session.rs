@@ -1,0 +1,298 @@
+//! One running conversation: a task that owns the history and runs one turn at a time.
+
+use crate::Inner;
+use agent_loop::{
+    events::{self, Totals},
+    llm::{self, ChatMessage, LlmConfig, LlmError, Progress},
+};
+use plugin_sdk::{
+    models::{ConversationMetadata, StartRequest},
+    CallContext, PluginError,
+};
+use serde_json::{json, Value};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+use tokio::sync::{mpsc, watch};
+
+pub(crate) enum Command {
+    User(Value),
+}
+
+/// What the manager reads of a session without talking to its task.
+pub(crate) struct Shared {
+    last_active: Mutex<Instant>,
+    running: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Shared { last_active: Mutex::new(Instant::now()), running: AtomicBool::new(false) }
+    }
+    fn touch(&self) {
+        *self.last_active.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+    pub(crate) fn last_active(&self) -> Instant {
+        *self.last_active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn idle_for(&self) -> Duration {
+        self.last_active().elapsed()
+    }
+    pub(crate) fn is_running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) struct Session {
+    pub(crate) user_id: Option<String>,
+    pub(crate) shared: Arc<Shared>,
+    inbox: mpsc::UnboundedSender<Command>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    pub(crate) fn spawn(
+        inner: Arc<Inner>,
+        ctx: CallContext,
+        request: StartRequest,
+        llm: LlmConfig,
+        shared: Arc<Shared>,
+    ) -> Session {
+        let (inbox, rx) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = watch::channel(false);
+        let user_id = ctx.user_id().map(str::to_owned);
+        let runner = Runner {
+            sid: request.conversation_id.clone(),
+            inner,
+            ctx,
+            llm,
+            shared: shared.clone(),
+            messages: Vec::new(),
+            totals: Totals::default(),
+            stop: stop_rx,
+        };
+        let task = tokio::spawn(runner.run(request, rx));
+        Session { user_id, shared, inbox, stop, task }
+    }
+
+    pub(crate) fn send(&self, command: Command) -> Result<(), PluginError> {
+        self.shared.touch();
+        self.inbox.send(command).map_err(|_| PluginError::not_found("the conversation has stopped"))
+    }
+
+    /// Asks the task to stop (it emits `stopped`); aborts it if it has not ended in 5 s.
+    pub(crate) fn stop(self) {
+        let _ = self.stop.send(true);
+        let task = self.task;
+        tokio::spawn(async move {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+                abort.abort();
+            }
+        });
+    }
+}
+
+struct Runner {
+    sid: String,
+    inner: Arc<Inner>,
+    ctx: CallContext,
+    llm: LlmConfig,
+    shared: Arc<Shared>,
+    messages: Vec<ChatMessage>,
+    totals: Totals,
+    stop: watch::Receiver<bool>,
+}
+
+impl Runner {
+    async fn run(mut self, request: StartRequest, mut inbox: mpsc::UnboundedReceiver<Command>) {
+        let started = Instant::now();
+        self.persist(events::agent_state_changed("loading", "")).await;
+        let history = self.load_history().await;
+        let ok = history.is_ok();
+        self.messages = events::history(&self.inner.config.system_prompt, history.as_deref().unwrap_or_default());
+        if let Ok(Some(m)) = self.metadata().await {
+            self.totals = Totals {
+                cost: m.accumulated_cost,
+                prompt_tokens: m.prompt_tokens,
+                completion_tokens: m.completion_tokens,
+                total_tokens: m.total_tokens,
+            };
+        }
+        self.monitor(
+            "on_agent_session_start",
+            json!({ "success": ok, "duration_secs": started.elapsed().as_secs_f64() }),
+        )
+        .await;
+        if let Err(e) = history {
+            tracing::error!(conversation_id = %self.sid, error = %e, "cannot load the conversation's history");
+        }
+        match request.initial_user_msg.filter(|m| !m.trim().is_empty()) {
+            Some(message) => self.turn(&message, &request.image_urls).await,
+            None => self.set_state("awaiting_user_input").await,
+        }
+        loop {
+            let command = tokio::select! {
+                c = inbox.recv() => c,
+                _ = self.stop.changed() => None,
+            };
+            let Some(Command::User(event)) = command else { break };
+            if *self.stop.borrow() {
+                break;
+            }
+            self.handle_user_event(event).await;
+        }
+        self.set_state("stopped").await;
+    }
+
+    async fn handle_user_event(&mut self, event: Value) {
+        match event["action"].as_str() {
+            Some("message") => {
+                let content = event["args"]["content"].as_str().unwrap_or_default().to_owned();
+                let images: Vec<String> = event["args"]["image_urls"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default();
+                self.turn(&content, &images).await;
+            }
+            Some("change_agent_state") if event["args"]["agent_state"] == "stopped" => {
+                self.set_state("stopped").await;
+            }
+            other => {
+                let message = format!("unsupported action `{}`", other.unwrap_or("(none)"));
+                self.inner.broadcast(&self.sid, &events::status_update("error", "STATUS$ERROR", &message));
+            }
+        }
+    }
+
+    /// One user message and the agent's answer.
+    async fn turn(&mut self, content: &str, images: &[String]) {
+        self.persist(events::user_message(content, images)).await;
+        self.messages.push(ChatMessage { role: "user".into(), content: content.into() });
+        self.maybe_title(content).await;
+        self.set_state("running").await;
+
+        let inner = self.inner.clone();
+        let sid = self.sid.clone();
+        let mut seq = 0u64;
+        let mut progress = move |p: Progress<'_>| match p {
+            Progress::Delta(delta) => {
+                inner.broadcast(&sid, &events::streaming_delta(delta, seq));
+                seq += 1;
+            }
+            Progress::Retry { attempt, wait, reason } => {
+                let message = format!("LLM call failed ({reason}); retry {attempt} in {} ms", wait.as_millis());
+                inner.broadcast(&sid, &events::status_update("info", "STATUS$LLM_RETRY", &message));
+            }
+        };
+        let mut stop = self.stop.clone();
+        let outcome = tokio::select! {
+            r = llm::complete(&self.inner.client, &self.llm, &self.messages, &mut progress) => Some(r),
+            _ = stop.changed() => None,
+        };
+        match outcome {
+            None => {} // stopped mid-turn: `run` emits `stopped`
+            Some(Ok(completion)) => {
+                self.totals.add(&completion);
+                self.messages.push(ChatMessage { role: "assistant".into(), content: completion.content.clone() });
+                self.persist(events::agent_message(&completion, &self.llm.model, &self.totals)).await;
+                self.update_metadata(|_| {}).await;
+                self.set_state("awaiting_user_input").await;
+            }
+            Some(Err(err)) => {
+                let (id, text) = match &err {
+                    LlmError::Auth(_) => ("STATUS$ERROR_LLM_AUTHENTICATION", err.to_string()),
+                    LlmError::Retryable(_) => ("STATUS$ERROR_LLM_SERVICE_UNAVAILABLE", err.to_string()),
+                    LlmError::Fatal(_) => ("STATUS$ERROR", err.to_string()),
+                };
+                tracing::warn!(conversation_id = %self.sid, error = %text, "agent turn failed");
+                self.inner.broadcast(&self.sid, &events::status_update("error", id, &text));
+                self.persist(events::error_observation(&text, id)).await;
+                self.set_state("error").await;
+            }
+        }
+    }
+
+    async fn set_state(&mut self, state: &str) {
+        self.shared.running.store(state == "running", Ordering::Relaxed);
+        self.persist(events::agent_state_changed(state, "")).await;
+    }
+
+    /// Stores an event (it gets its id), then pushes it live and to monitoring.
+    async fn persist(&mut self, mut event: Value) {
+        self.shared.touch();
+        let args = json!({ "conversation_id": self.sid, "events": [event] });
+        match self.inner.services.call(self.ctx.clone(), "conversation_store", "append_events", args).await {
+            Ok(id) => event["id"] = id,
+            Err(e) => tracing::error!(conversation_id = %self.sid, error = %e, "cannot store an event"),
+        }
+        self.inner.broadcast(&self.sid, &event);
+        self.monitor("on_session_event", json!({ "event": event })).await;
+    }
+
+    async fn monitor(&self, hook: &str, args: Value) {
+        if let Err(e) = self.inner.services.call(self.ctx.clone(), "monitoring", hook, args).await {
+            tracing::debug!(hook, error = %e, "monitoring hook not delivered");
+        }
+    }
+
+    async fn load_history(&self) -> Result<Vec<Value>, PluginError> {
+        let mut all = Vec::new();
+        loop {
+            let args = json!({ "conversation_id": self.sid, "start_id": all.len(), "limit": 500 });
+            let page = self.inner.services.call(self.ctx.clone(), "conversation_store", "get_events", args).await?;
+            let events = page["events"].as_array().cloned().unwrap_or_default();
+            let more = page["has_more"].as_bool().unwrap_or(false) && !events.is_empty();
+            all.extend(events);
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+
+    async fn metadata(&self) -> Result<Option<ConversationMetadata>, PluginError> {
+        let args = json!({ "conversation_id": self.sid });
+        let v = self.inner.services.call(self.ctx.clone(), "conversation_store", "get_metadata", args).await?;
+        serde_json::from_value(v).map_err(|e| PluginError::internal(format!("bad metadata: {e}")))
+    }
+
+    /// Keeps the metadata current: last update, token and cost totals, plus `change`.
+    async fn update_metadata(&self, change: impl FnOnce(&mut ConversationMetadata)) {
+        let mut m = match self.metadata().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(conversation_id = %self.sid, error = %e, "cannot read metadata to update it");
+                return;
+            }
+        };
+        m.last_updated_at = Some(events::now());
+        m.accumulated_cost = self.totals.cost;
+        m.prompt_tokens = self.totals.prompt_tokens;
+        m.completion_tokens = self.totals.completion_tokens;
+        m.total_tokens = self.totals.total_tokens;
+        m.llm_model = Some(self.llm.model.clone());
+        change(&mut m);
+        let args = json!({ "metadata": m });
+        if let Err(e) = self.inner.services.call(self.ctx.clone(), "conversation_store", "save_metadata", args).await {
+            tracing::warn!(conversation_id = %self.sid, error = %e, "cannot update metadata");
+        }
+    }
+
+    /// Names an untitled conversation after its first user message.
+    async fn maybe_title(&self, content: &str) {
+        let Ok(Some(m)) = self.metadata().await else { return };
+        if m.title.is_some() {
+            return;
+        }
+        let title = events::title_from(content);
+        let t = title.clone();
+        self.update_metadata(move |m| m.title = Some(t)).await;
+        self.inner.broadcast(&self.sid, &events::title_update(&self.sid, &title));
+    }
+}

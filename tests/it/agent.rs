@@ -1,0 +1,338 @@
+//! Conversations that run: the standalone manager, the agent loop against a fake
+//! OpenAI-compatible LLM, and the socket.io event stream, all through the real binary.
+
+use oh_e2e::{
+    llm::{FakeLlm, Reply},
+    sha256_hex,
+    sio::{is_state, pretty, SioClient},
+    Deployment, TestHost,
+};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn manager(config: &str) -> String {
+    format!(
+        "[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n\
+         config = {{ llm_retry_initial_ms = 20, llm_chunk_timeout_secs = 1, llm_timeout_secs = 10{config} }}\n"
+    )
+}
+
+async fn setup(manager_config: &str) -> (Deployment, TestHost, FakeLlm) {
+    let llm = FakeLlm::start().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", &manager(manager_config));
+    let host = d.start();
+    configure(&host, &llm, None).await;
+    (d, host, llm)
+}
+
+async fn configure(host: &TestHost, llm: &FakeLlm, token: Option<&str>) {
+    let mut req = host.http.post(host.url("/api/settings")).json(&json!({
+        "llm_model": "fake-model", "llm_base_url": llm.base_url, "llm_api_key": "sk-test-key",
+    }));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    assert_eq!(host.send(req).await.status, 200);
+}
+
+async fn create(host: &TestHost, message: &str) -> String {
+    let r = host.post_json("/api/conversations", &json!({ "initial_user_msg": message })).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let body = r.json();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["conversation_status"], "RUNNING");
+    body["conversation_id"].as_str().unwrap().to_owned()
+}
+
+fn agent_says(e: &Value, text: &str) -> bool {
+    e["action"] == "message" && e["source"] == "agent" && e["args"]["content"] == text
+}
+
+fn stored(events: &[Value]) -> Vec<Value> {
+    events.iter().filter(|e| e["id"].is_u64()).cloned().collect()
+}
+
+fn ids(events: &[Value]) -> Vec<u64> {
+    events.iter().filter_map(|e| e["id"].as_u64()).collect()
+}
+
+async fn connect(host: &TestHost, id: &str, latest: i64) -> SioClient {
+    SioClient::connect(&host.base, &format!("conversation_id={id}&latest_event_id={latest}"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("socket refused: {e}"))
+}
+
+#[tokio::test]
+async fn a_conversation_replays_streams_and_answers_user_actions() {
+    let (_d, host, llm) = setup("").await;
+    let id = create(&host, "hello there").await;
+
+    // Everything stored so far is replayed, in order, then live events follow.
+    let mut socket = connect(&host, &id, -1).await;
+    let mut first = socket.until(WAIT, |e| agent_says(e, "Echo: hello there.")).await;
+    let first_ids = ids(&first);
+    assert_eq!(first_ids, (0..first_ids.len() as u64).collect::<Vec<_>>(), "{}", pretty(&first));
+    assert!(is_state(&first[0], "loading"), "{}", pretty(&first));
+    assert!(first
+        .iter()
+        .any(|e| e["action"] == "message" && e["source"] == "user" && e["args"]["content"] == "hello there"));
+    first.extend(socket.until(WAIT, |e| is_state(e, "awaiting_user_input")).await);
+
+    socket.emit("oh_user_action", &json!({ "action": "message", "args": { "content": "second", "image_urls": [] } }));
+    let second = socket.until(WAIT, |e| agent_says(e, "Echo: second.")).await;
+    // Streamed: the deltas arrive live before the stored message.
+    let deltas: Vec<&str> = second
+        .iter()
+        .filter(|e| e["action"] == "streaming_message")
+        .filter_map(|e| e["args"]["delta"].as_str())
+        .collect();
+    assert_eq!(deltas, ["Echo: ", "second", "."], "{}", pretty(&second));
+    let all_ids: Vec<u64> = ids(&first).into_iter().chain(ids(&second)).collect();
+    assert_eq!(all_ids, (0..all_ids.len() as u64).collect::<Vec<_>>(), "ids must be dense");
+    let metrics = &second.iter().find(|e| agent_says(e, "Echo: second.")).unwrap()["llm_metrics"];
+    assert!((metrics["accumulated_cost"].as_f64().unwrap() - 0.005).abs() < 1e-9, "{metrics}");
+
+    // The LLM saw the user's key, the model, and the whole history.
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[1].0.as_deref(), Some("sk-test-key"));
+    assert_eq!(requests[1].1["model"], "fake-model");
+    let roles: Vec<&str> =
+        requests[1].1["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user"]);
+
+    // Search and get show the live status and the metadata the manager keeps.
+    let list = host.get("/api/conversations").await.json();
+    assert_eq!(list["results"][0]["status"], "RUNNING");
+    let one = host.get(&format!("/api/conversations/{id}")).await.json();
+    assert_eq!(one["title"], "hello there");
+    assert_eq!(one["status"], "RUNNING");
+
+    // Stored events, over REST, match what the socket delivered.
+    let page = host.get(&format!("/api/conversations/{id}/events?limit=100")).await.json();
+    let rest_ids = ids(page["events"].as_array().unwrap());
+    assert_eq!(rest_ids[..all_ids.len()], all_ids[..], "REST and socket disagree");
+
+    // Reconnect with latest_event_id: only the later events come back.
+    socket.close();
+    let n = 3;
+    let mut again = connect(&host, &id, n).await;
+    let replay = again.until(WAIT, |e| agent_says(e, "Echo: second.")).await;
+    assert_eq!(ids(&stored(&replay))[0], n as u64 + 1, "{}", pretty(&replay));
+}
+
+#[tokio::test]
+async fn rest_routes_send_messages_stop_and_start() {
+    let (_d, host, _llm) = setup("").await;
+    let id = create(&host, "one").await;
+    let mut socket = connect(&host, &id, -1).await;
+    socket.until(WAIT, |e| agent_says(e, "Echo: one.")).await;
+
+    let sent = host.post_json(&format!("/api/conversations/{id}/message"), &json!({ "message": "two" })).await;
+    assert_eq!((sent.status, sent.json()), (200, json!({ "success": true })));
+    socket.until(WAIT, |e| agent_says(e, "Echo: two.")).await;
+    let raw = json!({ "action": "message", "args": { "content": "three" } });
+    assert_eq!(
+        host.post_json(&format!("/api/conversations/{id}/events"), &raw).await.json(),
+        json!({ "success": true })
+    );
+    socket.until(WAIT, |e| agent_says(e, "Echo: three.")).await;
+
+    let stop = host.post_json(&format!("/api/conversations/{id}/stop"), &json!({})).await.json();
+    assert_eq!(stop["message"], "Conversation stopped successfully");
+    socket.until(WAIT, |e| is_state(e, "stopped")).await;
+    assert_eq!(host.get(&format!("/api/conversations/{id}")).await.json()["status"], "STOPPED");
+    let again = host.post_json(&format!("/api/conversations/{id}/stop"), &json!({})).await.json();
+    assert_eq!(again["message"], "Conversation was not running");
+    let not_running = host.post_json(&format!("/api/conversations/{id}/message"), &json!({ "message": "x" })).await;
+    assert_eq!((not_running.status, not_running.json()["success"].as_bool()), (404, Some(false)));
+
+    let start =
+        host.post_json(&format!("/api/conversations/{id}/start"), &json!({ "providers_set": null })).await.json();
+    assert_eq!((start["status"].as_str(), start["conversation_status"].as_str()), (Some("ok"), Some("RUNNING")));
+    assert_eq!(host.get(&format!("/api/conversations/{id}")).await.json()["status"], "RUNNING");
+    let missing = host.post_json("/api/conversations/nope123/start", &json!({})).await;
+    assert_eq!((missing.status, missing.json()), (404, json!({ "status": "error", "conversation_id": "nope123" })));
+}
+
+#[tokio::test]
+async fn creation_needs_settings_and_an_llm_key() {
+    let llm = FakeLlm::start().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", &manager(""));
+    let host = d.start();
+    let none = host.post_json("/api/conversations", &json!({ "initial_user_msg": "hi" })).await;
+    assert_eq!((none.status, none.json()["msg_id"].as_str()), (400, Some("CONFIGURATION$SETTINGS_NOT_FOUND")));
+    host.post_json("/api/settings", &json!({ "llm_model": "fake-model", "llm_base_url": llm.base_url })).await;
+    let keyless = host.post_json("/api/conversations", &json!({ "initial_user_msg": "hi" })).await;
+    assert_eq!((keyless.status, keyless.json()["msg_id"].as_str()), (400, Some("STATUS$ERROR_LLM_AUTHENTICATION")));
+    let unknown = host.post_json("/api/conversations", &json!({ "initial_user_msg": "hi", "bogus": 1 })).await;
+    assert_eq!(unknown.status, 422);
+    assert!(llm.requests().is_empty());
+    assert_eq!(host.get("/api/conversations").await.json()["results"], json!([]), "nothing half-created");
+}
+
+#[tokio::test]
+async fn sockets_are_refused_for_unknown_or_foreign_conversations() {
+    let llm = FakeLlm::start().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    d.install("token_auth");
+    let (alice, bob) = ("alice-sock-token", "bob-sock-token");
+    d.write_profile(
+        "",
+        &format!(
+            "{}[extensions.user_auth]\nlibrary = \"token_auth\"\nimplementation = \"TokenAuth\"\n\
+             config = {{ tokens = [{{ user_id = \"alice\", sha256 = \"{}\" }}, {{ user_id = \"bob\", sha256 = \"{}\" }}] }}\n",
+            manager(""),
+            sha256_hex(alice),
+            sha256_hex(bob)
+        ),
+    );
+    let host = d.start();
+    configure(&host, &llm, Some(alice)).await;
+    configure(&host, &llm, Some(bob)).await;
+    let r = host
+        .send(
+            host.http
+                .post(host.url("/api/conversations"))
+                .bearer_auth(alice)
+                .json(&json!({ "initial_user_msg": "mine" })),
+        )
+        .await;
+    let id = r.json()["conversation_id"].as_str().unwrap().to_owned();
+    assert_eq!(r.json()["conversation_status"], "RUNNING");
+
+    let as_user = |t: &str| format!("Bearer {t}");
+    let q = format!("conversation_id={id}&latest_event_id=-1");
+    let bob_h = as_user(bob);
+    let refused = SioClient::connect(&host.base, &q, &[("authorization", &bob_h)]).await.err().unwrap();
+    assert!(refused.contains("not found"), "{refused}");
+    let no_token = SioClient::connect(&host.base, &q, &[]).await.err().unwrap();
+    assert!(no_token.contains("NoCredentialsError"), "{no_token}");
+    let unknown =
+        SioClient::connect(&host.base, "conversation_id=doesnotexist", &[("authorization", &as_user(alice))]).await;
+    assert!(unknown.err().unwrap().contains("not found"));
+    let missing = SioClient::connect(&host.base, "latest_event_id=-1", &[("authorization", &as_user(alice))]).await;
+    assert_eq!(missing.err().unwrap(), "No conversation_id in request");
+
+    let alice_h = as_user(alice);
+    let mut ok = SioClient::connect(&host.base, &q, &[("authorization", &alice_h)]).await.unwrap();
+    ok.until(WAIT, |e| agent_says(e, "Echo: mine.")).await;
+    // Bob cannot talk to it over REST either.
+    let r = host
+        .send(
+            host.http
+                .post(host.url(&format!("/api/conversations/{id}/message")))
+                .bearer_auth(bob)
+                .json(&json!({ "message": "x" })),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    assert!(d.state_dir().join(format!("users/alice/conversations/{id}/events/0.json")).exists());
+}
+
+#[tokio::test]
+async fn the_per_user_limit_closes_the_oldest() {
+    let (_d, host, _llm) = setup(", max_concurrent_conversations = 2").await;
+    let first = create(&host, "a").await;
+    let mut socket = connect(&host, &first, -1).await;
+    socket.until(WAIT, |e| agent_says(e, "Echo: a.")).await;
+    let _second = create(&host, "b").await;
+    let _third = create(&host, "c").await;
+    let closing = socket.until(WAIT, |e| is_state(e, "stopped")).await;
+    assert!(
+        closing.iter().any(|e| e["status_update"] == true && e["id"] == "AGENT_ERROR$TOO_MANY_CONVERSATIONS"),
+        "{}",
+        pretty(&closing)
+    );
+    let list = host.get("/api/conversations").await.json();
+    let running = list["results"].as_array().unwrap().iter().filter(|c| c["status"] == "RUNNING").count();
+    assert_eq!(running, 2, "{list}");
+    assert_eq!(host.get(&format!("/api/conversations/{first}")).await.json()["status"], "STOPPED");
+}
+
+#[tokio::test]
+async fn idle_conversations_close_after_the_configured_delay() {
+    let (_d, host, _llm) = setup(", close_delay_secs = 1, cleanup_interval_ms = 100").await;
+    let id = create(&host, "quiet").await;
+    let mut waited = Duration::ZERO;
+    loop {
+        let status = host.get(&format!("/api/conversations/{id}")).await.json()["status"].clone();
+        if status == "STOPPED" {
+            break;
+        }
+        assert!(waited < WAIT, "still {status} after {waited:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        waited += Duration::from_millis(200);
+    }
+    let events = host.get(&format!("/api/conversations/{id}/events?limit=100")).await.json();
+    let last = events["events"].as_array().unwrap().last().unwrap().clone();
+    assert!(is_state(&last, "stopped"), "{last}");
+}
+
+#[tokio::test]
+async fn llm_failures_become_status_updates_and_errors() {
+    let (_d, host, llm) = setup(", llm_max_retries = 2").await;
+    // 401: no retry, the OpenHands authentication status.
+    llm.push([Reply::Status(401)]);
+    let id = create(&host, "auth").await;
+    let mut s = connect(&host, &id, -1).await;
+    let events = s.until(WAIT, |e| is_state(e, "error")).await;
+    assert!(events.iter().any(|e| e["id"] == "STATUS$ERROR_LLM_AUTHENTICATION"), "{}", pretty(&events));
+    assert!(events.iter().any(|e| e["observation"] == "error"), "{}", pretty(&events));
+
+    // 429 then 500, then success: two retries announced, then the answer.
+    llm.push([Reply::Status(429), Reply::Status(500)]);
+    s.emit("oh_user_action", &json!({ "action": "message", "args": { "content": "retry me" } }));
+    let events = s.until(WAIT, |e| agent_says(e, "Echo: retry me.")).await;
+    let retries = events.iter().filter(|e| e["id"] == "STATUS$LLM_RETRY").count();
+    assert_eq!(retries, 2, "{}", pretty(&events));
+
+    // A stall past the chunk deadline, every time: retried, then an error; never a hang.
+    llm.push([Reply::Stall, Reply::Stall, Reply::Stall]);
+    s.emit("oh_user_action", &json!({ "action": "message", "args": { "content": "stall" } }));
+    let events = s.until(WAIT, |e| is_state(e, "error")).await;
+    assert!(
+        events.iter().any(|e| e["observation"] == "error" && e["content"].as_str().unwrap().contains("stalled")),
+        "{}",
+        pretty(&events)
+    );
+
+    // And the conversation still works after.
+    s.emit("oh_user_action", &json!({ "action": "message", "args": { "content": "fine" } }));
+    s.until(WAIT, |e| agent_says(e, "Echo: fine.")).await;
+}
+
+#[tokio::test]
+async fn events_survive_a_restart_and_replay_in_order() {
+    let llm = FakeLlm::start().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", &manager(""));
+    let host = d.start();
+    configure(&host, &llm, None).await;
+    let id = create(&host, "remember me").await;
+    let mut s = connect(&host, &id, -1).await;
+    let before = stored(&s.until(WAIT, |e| is_state(e, "awaiting_user_input")).await);
+    s.close();
+    assert!(host.stop().success());
+
+    let host = d.start();
+    let mut s = connect(&host, &id, -1).await;
+    let after = s.until(WAIT, |e| agent_says(e, "Echo: remember me.")).await;
+    let after = stored(&after);
+    assert_eq!(after[..before.len() - 1], before[..before.len() - 1], "replay differs after restart");
+    // The loop restarts on connect and knows the history.
+    s.emit("oh_user_action", &json!({ "action": "message", "args": { "content": "and now?" } }));
+    s.until(WAIT, |e| agent_says(e, "Echo: and now?.")).await;
+    let last = llm.requests().pop().unwrap().1;
+    let contents: Vec<&str> =
+        last["messages"].as_array().unwrap().iter().filter_map(|m| m["content"].as_str()).collect();
+    assert!(contents.contains(&"remember me") && contents.contains(&"Echo: remember me."), "{contents:?}");
+}

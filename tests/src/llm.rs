@@ -1,0 +1,154 @@
+//! A small OpenAI-compatible server on 127.0.0.1 that stands in for the LLM (a third party we
+//! cannot run here). It speaks the real wire format: `POST /v1/chat/completions`, SSE when
+//! `stream` is true (`data: {chunk}` … `data: [DONE]`), JSON otherwise. Replies are scripted
+//! per request; with no script it answers `Echo: <last user message>` in three chunks.
+
+use axum::{
+    body::Body,
+    extract::State,
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+    Json, Router,
+};
+use serde_json::{json, Value};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+/// One scripted answer.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// Stream these chunks (or answer them joined, when the request does not stream).
+    Chunks(Vec<String>),
+    /// Stream `n` chunks, each one `{i} ` (a "token"), `gap` apart.
+    Tokens { n: usize, gap: Duration },
+    /// Answer with this status and an OpenAI-style error body.
+    Status(u16),
+    /// Send headers and one chunk, then nothing, forever.
+    Stall,
+}
+
+#[derive(Default)]
+struct Script {
+    replies: VecDeque<Reply>,
+    requests: Vec<(Option<String>, Value)>,
+}
+
+/// A running fake LLM.
+pub struct FakeLlm {
+    pub base_url: String,
+    script: Arc<Mutex<Script>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeLlm {
+    pub async fn start() -> FakeLlm {
+        let script = Arc::new(Mutex::new(Script::default()));
+        let app = Router::new().route("/v1/chat/completions", post(completions)).with_state(script.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeLlm { base_url: format!("http://{addr}/v1"), script, task }
+    }
+
+    /// Queues replies for the next requests, in order.
+    pub fn push(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.script.lock().unwrap().replies.extend(replies);
+    }
+
+    /// Every request so far: (bearer key, body).
+    pub fn requests(&self) -> Vec<(Option<String>, Value)> {
+        self.script.lock().unwrap().requests.clone()
+    }
+}
+
+impl Drop for FakeLlm {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn chunk(model: &str, delta: &str) -> String {
+    let v = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model,
+                    "choices": [{ "index": 0, "delta": { "content": delta }, "finish_reason": null }] });
+    format!("data: {v}\n\n")
+}
+
+async fn completions(
+    State(script): State<Arc<Mutex<Script>>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let reply = {
+        let mut s = script.lock().unwrap();
+        s.requests.push((key, body.clone()));
+        s.replies.pop_front()
+    };
+    let last_user = body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    let reply = reply.unwrap_or_else(|| Reply::Chunks(vec!["Echo: ".into(), last_user.clone(), ".".into()]));
+    let model = body["model"].as_str().unwrap_or("fake").to_owned();
+    let streaming = body["stream"].as_bool().unwrap_or(false);
+    match reply {
+        Reply::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap();
+            (status, Json(json!({ "error": { "message": format!("scripted {code}"), "type": "fake" } })))
+                .into_response()
+        }
+        Reply::Chunks(chunks) if !streaming => {
+            let content: String = chunks.concat();
+            Json(json!({
+                "id": "chatcmpl-fake", "object": "chat.completion", "model": model,
+                "choices": [{ "index": 0, "message": { "role": "assistant", "content": content }, "finish_reason": "stop" }],
+                "usage": { "prompt_tokens": 10, "completion_tokens": chunks.len(), "total_tokens": 10 + chunks.len() },
+            }))
+            .into_response()
+        }
+        Reply::Chunks(chunks) => sse(model, chunks.into_iter().map(|c| (c, Duration::ZERO)).collect(), false),
+        Reply::Tokens { n, gap } => sse(model, (0..n).map(|i| (format!("{i} "), gap)).collect(), false),
+        Reply::Stall => sse(model, vec![("…".to_owned(), Duration::ZERO)], true),
+    }
+}
+
+fn sse(model: String, chunks: Vec<(String, Duration)>, stall: bool) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let n = chunks.len();
+        for (text, gap) in chunks {
+            if !gap.is_zero() {
+                tokio::time::sleep(gap).await;
+            }
+            if tx.send(Ok(chunk(&model, &text))).await.is_err() {
+                return;
+            }
+        }
+        if stall {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return;
+        }
+        let usage = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [],
+                            "usage": { "prompt_tokens": 10, "completion_tokens": n, "total_tokens": 10 + n } });
+        let _ = tx.send(Ok(format!("data: {usage}\n\n"))).await;
+        let _ = tx.send(Ok("data: [DONE]\n\n".to_owned())).await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header("x-litellm-response-cost", "0.0025")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
