@@ -2,7 +2,10 @@
 //! 1. the cost of one async plugin call through the `.so` versus the same plugin crate linked
 //!    statically (rlib), in µs per call and as a ratio;
 //! 2. `GET /api/settings` requests/s and p50/p99 latency of the real `oh-host` binary under a
-//!    bounded load on 127.0.0.1.
+//!    bounded load on 127.0.0.1;
+//! 3. 200 conversations at once against a local fake LLM streaming 50 tokens each: events per
+//!    second through socket.io, p50/p99 delay from the LLM's chunk to the client's `oh_event`,
+//!    and the host's RSS.
 //!
 //! Usage: `oh-bench <dir with oh-host and lib*.so>` (bench/run passes target/release).
 //! Figures, not pass/fail: the machines are shared and noisy.
@@ -45,6 +48,127 @@ fn main() {
     );
     ffi_call_cost(&profile_path, &state);
     http_load(&bin_dir.join("oh-host"), &profile_path);
+
+    let manager = "\n[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\n\
+                   implementation = \"StandaloneConversationManager\"\nconfig = { max_concurrent_conversations = 1000 }\n";
+    std::fs::write(&profile_path, format!("{profile}{manager}")).unwrap();
+    conversations_load(&bin_dir.join("oh-host"), &profile_path);
+}
+
+/// Starts the binary; returns the child and its address once it listens.
+fn spawn_host(bin: &Path, profile: &Path) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(profile)
+        .env("RUST_LOG", "warn,oh_host::cli=info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("oh-host exited before listening").unwrap();
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+/// `VmRSS` and `VmHWM` (peak) of a process, in MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+const CONVERSATIONS: usize = 200;
+const TOKENS: usize = 50;
+
+fn conversations_load(bin: &Path, profile: &Path) {
+    use oh_e2e::{
+        llm::{now_micros, FakeLlm, Reply},
+        sio::SioClient,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async {
+        let llm = FakeLlm::start().await;
+        let (mut child, addr) = spawn_host(bin, profile);
+        let base = format!("http://{addr}");
+        let http = reqwest::Client::new();
+        let settings = serde_json::json!({ "llm_model": "fake", "llm_base_url": llm.base_url, "llm_api_key": "sk-bench" });
+        assert!(http.post(format!("{base}/api/settings")).json(&settings).send().await.unwrap().status().is_success());
+        let (rss_idle, _) = rss_mib(child.id());
+
+        let mut clients = Vec::new();
+        for _ in 0..CONVERSATIONS {
+            let r: serde_json::Value =
+                http.post(format!("{base}/api/conversations")).json(&serde_json::json!({})).send().await.unwrap().json().await.unwrap();
+            let id = r["conversation_id"].as_str().expect("conversation created").to_owned();
+            let mut c = SioClient::connect(&base, &format!("conversation_id={id}&latest_event_id=-1"), &[]).await.unwrap();
+            c.until(Duration::from_secs(30), |e| oh_e2e::sio::is_state(e, "awaiting_user_input")).await;
+            clients.push(c);
+        }
+        let (rss_ready, _) = rss_mib(child.id());
+        llm.push((0..CONVERSATIONS).map(|_| Reply::TimedTokens { n: TOKENS, gap: Duration::from_millis(20) }));
+
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for mut c in clients {
+            tasks.push(tokio::spawn(async move {
+                c.emit("oh_user_action", &serde_json::json!({ "action": "message", "args": { "content": "go" } }));
+                let mut delays = Vec::new();
+                let mut events = 0usize;
+                loop {
+                    let Some(e) = c.next(Duration::from_secs(60)).await else { break };
+                    events += 1;
+                    if let Some(t) = e["args"]["delta"].as_str().and_then(|d| d.trim().strip_prefix('t')) {
+                        if let Ok(sent) = t.parse::<u128>() {
+                            delays.push(now_micros().saturating_sub(sent) as u64);
+                        }
+                    }
+                    if oh_e2e::sio::is_state(&e, "awaiting_user_input") {
+                        break;
+                    }
+                }
+                c.close();
+                (events, delays)
+            }));
+        }
+        let mut events = 0;
+        let mut delays = Vec::new();
+        for t in tasks {
+            let (n, d) = t.await.unwrap();
+            events += n;
+            delays.extend(d);
+        }
+        let elapsed = start.elapsed();
+        let (rss_after, peak) = rss_mib(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        delays.sort_unstable();
+        let pct = |p: f64| delays.get(((delays.len() as f64 * p) as usize).min(delays.len().saturating_sub(1))).copied().unwrap_or(0);
+        println!("\n3. {CONVERSATIONS} conversations at once, fake LLM streaming {TOKENS} tokens each (20 ms apart), socket.io");
+        println!(
+            "   {events} oh_events in {:.2} s: {:.0} events/s; {} deltas timed",
+            elapsed.as_secs_f64(),
+            events as f64 / elapsed.as_secs_f64(),
+            delays.len()
+        );
+        println!("   LLM chunk -> client oh_event: p50 {} µs   p99 {} µs   max {} µs", pct(0.5), pct(0.99), delays.last().copied().unwrap_or(0));
+        println!("   host RSS: {rss_idle:.1} MiB idle, {rss_ready:.1} MiB with {CONVERSATIONS} connected, {rss_after:.1} MiB after, peak {peak:.1} MiB");
+    });
 }
 
 fn cores() -> usize {
@@ -130,24 +254,7 @@ fn ffi_call_cost(profile: &Path, state: &Path) {
 }
 
 fn http_load(bin: &Path, profile: &Path) {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(bin)
-        .arg("--config")
-        .arg(profile)
-        .env("RUST_LOG", "warn,oh_host::cli=info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("oh-host exited before listening").unwrap();
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (mut child, addr) = spawn_host(bin, profile);
     let url = format!("http://{addr}/api/settings");
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();

@@ -117,6 +117,12 @@ async fn a_conversation_replays_streams_and_answers_user_actions() {
     let rest_ids = ids(page["events"].as_array().unwrap());
     assert_eq!(rest_ids[..all_ids.len()], all_ids[..], "REST and socket disagree");
 
+    // The manager called the monitoring hooks (LogMonitoringListener logs each).
+    let log = host.log();
+    for hook in ["on_create_conversation", "on_agent_session_start", "on_session_event"] {
+        assert!(log.contains(&format!("hook=\"{hook}\"")), "no {hook} in the log:\n{log}");
+    }
+
     // Reconnect with latest_event_id: only the later events come back.
     socket.close();
     let n = 3;

@@ -25,6 +25,9 @@ pub enum Reply {
     Chunks(Vec<String>),
     /// Stream `n` chunks, each one `{i} ` (a "token"), `gap` apart.
     Tokens { n: usize, gap: Duration },
+    /// Stream `n` chunks `gap` apart, each `t<µs since the Unix epoch when sent> `: lets a
+    /// client measure the delay from the LLM's chunk to its own `oh_event`.
+    TimedTokens { n: usize, gap: Duration },
     /// Answer with this status and an OpenAI-style error body.
     Status(u16),
     /// Send headers and one chunk, then nothing, forever.
@@ -120,8 +123,17 @@ async fn completions(
         }
         Reply::Chunks(chunks) => sse(model, chunks.into_iter().map(|c| (c, Duration::ZERO)).collect(), false),
         Reply::Tokens { n, gap } => sse(model, (0..n).map(|i| (format!("{i} "), gap)).collect(), false),
+        Reply::TimedTokens { n, gap } => sse(model, (0..n).map(|_| (TIMESTAMP.to_owned(), gap)).collect(), false),
         Reply::Stall => sse(model, vec![("…".to_owned(), Duration::ZERO)], true),
     }
+}
+
+/// A chunk text replaced by `t<µs since the epoch> ` at the moment it is sent.
+const TIMESTAMP: &str = "\u{0}now";
+
+/// Microseconds since the Unix epoch.
+pub fn now_micros() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros()
 }
 
 fn sse(model: String, chunks: Vec<(String, Duration)>, stall: bool) -> Response {
@@ -132,6 +144,7 @@ fn sse(model: String, chunks: Vec<(String, Duration)>, stall: bool) -> Response 
             if !gap.is_zero() {
                 tokio::time::sleep(gap).await;
             }
+            let text = if text == TIMESTAMP { format!("t{} ", now_micros()) } else { text };
             if tx.send(Ok(chunk(&model, &text))).await.is_err() {
                 return;
             }
