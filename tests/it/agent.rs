@@ -120,7 +120,7 @@ async fn a_conversation_replays_streams_and_answers_user_actions() {
     // The manager called the monitoring hooks (LogMonitoringListener logs each).
     let log = host.log();
     for hook in ["on_create_conversation", "on_agent_session_start", "on_session_event"] {
-        assert!(log.contains(&format!("hook=\"{hook}\"")), "no {hook} in the log:\n{log}");
+        assert!(log.contains(&format!("hook={hook}")), "no {hook} in the log:\n{log}");
     }
 
     // Reconnect with latest_event_id: only the later events come back.
