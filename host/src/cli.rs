@@ -11,6 +11,9 @@ commands:
   serve     load the plugins and serve HTTP (the default)
   check     validate the profile and the plugins it names, print every problem, exit
   plugins   list every library in the plugins directory: file, ABI version, sha256, implementations
+  migrate   apply pending database migrations of the configured stores, then exit
+  rotate-keys
+            re-encrypt every stored secret with the current master key (resumable, safe while serving)
 
 options:
   --config FILE   the profile (default: $OPENHANDS_PLUGINS_TOML, else ./plugins.toml)
@@ -36,7 +39,7 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => args.command = "help".to_owned(),
             "-V" | "--version" => args.command = "version".to_owned(),
             s if s.starts_with("--config=") => args.config = Some(s["--config=".len()..].into()),
-            "serve" | "check" | "plugins" if !command_seen => {
+            "serve" | "check" | "plugins" | "migrate" | "rotate-keys" if !command_seen => {
                 args.command = arg;
                 command_seen = true;
             }
@@ -86,6 +89,14 @@ pub fn main() -> ExitCode {
         "plugins" => {
             init_logging();
             plugins(&args)
+        }
+        "migrate" => {
+            init_logging();
+            admin(&args, "migrate")
+        }
+        "rotate-keys" => {
+            init_logging();
+            admin(&args, "rotate_keys")
         }
         _ => {
             init_logging();
@@ -148,6 +159,33 @@ fn check(args: &Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         None => ExitCode::FAILURE,
+    }
+}
+
+/// `oh-host migrate` / `oh-host rotate-keys`: the command on every configured store.
+fn admin(args: &Args, command: &str) -> ExitCode {
+    let rt = runtime();
+    let Some((path, config, registry)) = load(args, &rt) else {
+        return ExitCode::FAILURE;
+    };
+    let results = rt.block_on(registry.admin(command, &serde_json::json!({})));
+    let mut failed = false;
+    println!("{}: {command}", path.display());
+    for (store, result) in results {
+        match result {
+            Ok(Some(report)) => println!("  {store}: {report}"),
+            Ok(None) => println!("  {store}: nothing to do (this store has no `{command}`)"),
+            Err(e) => {
+                failed = true;
+                println!("  {store}: FAILED: {e}");
+            }
+        }
+    }
+    rt.block_on(registry.shutdown(config.server.shutdown_timeout));
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

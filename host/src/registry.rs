@@ -537,6 +537,34 @@ impl Registry {
         decode(&m.meta, "running", &json)
     }
 
+    /// Runs an operator command on each store (settings, secrets, conversations), once per
+    /// distinct library + implementation: `(extension, Ok(report) | Err(reason))`. Stores
+    /// without the command answer `UNIMPLEMENTED`, reported as `Ok(None)`.
+    pub async fn admin(&self, command: &str, args: &Value) -> Vec<(String, Result<Option<Value>, String>)> {
+        let ctx = CallContext::default;
+        let args = RString::from(args.to_string());
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let calls: [(&Meta, FfiFuture<PResult<RString>>); 3] = [
+            (&self.settings.meta, self.settings.obj.admin(ctx(), command.into(), args.clone())),
+            (&self.secrets.meta, self.secrets.obj.admin(ctx(), command.into(), args.clone())),
+            (&self.conversations.meta, self.conversations.obj.admin(ctx(), command.into(), args.clone())),
+        ];
+        for (meta, fut) in calls {
+            let key = format!("{} ({}::{})", meta.key, meta.library, meta.implementation);
+            if !seen.insert((meta.library.clone(), meta.implementation.clone())) {
+                continue;
+            }
+            let result = match meta.call("admin", fut).await {
+                Ok(json) => Ok(Some(serde_json::from_str(&json).unwrap_or(Value::String(json.into_string())))),
+                Err(e) if e.error.code == ErrorCode::UNIMPLEMENTED => Ok(None),
+                Err(e) => Err(e.error.to_string()),
+            };
+            out.push((key, result));
+        }
+        out
+    }
+
     /// The configured conversation manager, or `UNIMPLEMENTED` (HTTP 501) without one.
     pub fn manager(&self) -> Result<&ConversationManager, CallError> {
         self.manager.as_ref().ok_or_else(|| CallError {

@@ -38,6 +38,10 @@ pub trait SettingsStore: Send + Sync {
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
     #[sabi(last_prefix_field)]
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
+    /// Operator commands (`oh-host migrate`, `oh-host rotate-keys`): `command` names one,
+    /// `args_json` is a JSON object; answers a JSON report. `UNIMPLEMENTED` for a command the
+    /// store does not have. Added in plugin-api 0.2.
+    fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>>;
 }
 
 /// `secrets_store`: provider tokens and custom secrets of one user (OpenHands §4).
@@ -50,6 +54,10 @@ pub trait SecretsStore: Send + Sync {
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
     #[sabi(last_prefix_field)]
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
+    /// Operator commands (`oh-host migrate`, `oh-host rotate-keys`): `command` names one,
+    /// `args_json` is a JSON object; answers a JSON report. `UNIMPLEMENTED` for a command the
+    /// store does not have. Added in plugin-api 0.2.
+    fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>>;
 }
 
 /// A page request for event reads.
@@ -98,6 +106,10 @@ pub trait ConversationStore: Send + Sync {
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
     #[sabi(last_prefix_field)]
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
+    /// Operator commands (`oh-host migrate`, `oh-host rotate-keys`): `command` names one,
+    /// `args_json` is a JSON object; answers a JSON report. `UNIMPLEMENTED` for a command the
+    /// store does not have. Added in plugin-api 0.2.
+    fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>>;
 }
 
 /// Where a conversation manager pushes a conversation's live events; implemented by the host.

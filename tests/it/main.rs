@@ -5,4 +5,5 @@ mod cli;
 mod conversations;
 mod failures;
 mod http;
+mod stores;
 mod token_auth;

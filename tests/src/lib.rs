@@ -6,6 +6,7 @@
 //! and the example plugin first): `target/debug/oh-host`, `target/debug/lib*.so`.
 
 pub mod llm;
+pub mod pg;
 pub mod sio;
 
 use std::{
@@ -82,7 +83,7 @@ impl Deployment {
 
     /// The bundled OSS plugins.
     pub fn install_bundled(&self) {
-        for p in ["file_stores", "default_auth", "log_monitoring", "standalone_manager"] {
+        for p in ["file_stores", "default_auth", "log_monitoring", "standalone_manager", "postgres_stores"] {
             self.install(p);
         }
     }

@@ -99,6 +99,12 @@ impl<T: crate::SettingsStore> plugin_api::SettingsStore for Adapter<T> {
     fn shutdown(&self, _deadline_ms: u64) -> FfiFuture<()> {
         self.shutdown_of(|t| async move { t.shutdown().await })
     }
+    fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>> {
+        self.run(move |t| async move {
+            let args = from_json("admin arguments", &args_json)?;
+            to_json(&t.admin(ctx, command.into_string(), args).await?)
+        })
+    }
 }
 
 impl<T: crate::SecretsStore> plugin_api::SecretsStore for Adapter<T> {
@@ -119,6 +125,12 @@ impl<T: crate::SecretsStore> plugin_api::SecretsStore for Adapter<T> {
     }
     fn shutdown(&self, _deadline_ms: u64) -> FfiFuture<()> {
         self.shutdown_of(|t| async move { t.shutdown().await })
+    }
+    fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>> {
+        self.run(move |t| async move {
+            let args = from_json("admin arguments", &args_json)?;
+            to_json(&t.admin(ctx, command.into_string(), args).await?)
+        })
     }
 }
 
@@ -164,6 +176,12 @@ impl<T: crate::ConversationStore> plugin_api::ConversationStore for Adapter<T> {
     }
     fn shutdown(&self, _deadline_ms: u64) -> FfiFuture<()> {
         self.shutdown_of(|t| async move { t.shutdown().await })
+    }
+    fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>> {
+        self.run(move |t| async move {
+            let args = from_json("admin arguments", &args_json)?;
+            to_json(&t.admin(ctx, command.into_string(), args).await?)
+        })
     }
 }
 

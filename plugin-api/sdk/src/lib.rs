@@ -40,7 +40,7 @@ pub use plugin_api::{
     self, models, AuthOutcome, AuthRequest, AuthType, CallContext, ErrorCode, EventQuery, EventSink_TO, HttpRequest,
     HttpResponse, PluginError, RouteSpec,
 };
-pub use runtime::{block_on_runtime, start_runtime_for_tests};
+pub use runtime::{block_on_runtime, enter_runtime, start_runtime_for_tests};
 pub use services::{EventSink, Services};
 
 /// What every plugin method returns.
@@ -56,6 +56,15 @@ pub trait SettingsStore: Send + Sync + 'static {
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
+    /// Operator commands: `"migrate"`, `"rotate_keys"` (see `plugin_api`). Default: none.
+    fn admin(
+        &self,
+        _ctx: CallContext,
+        command: String,
+        _args: serde_json::Value,
+    ) -> impl Future<Output = Result<serde_json::Value>> + Send {
+        async move { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, format!("no `{command}` command in this store"))) }
+    }
 }
 
 /// `secrets_store` (OpenHands `SecretsStore`). Scope by `ctx.user_id()`; never log values.
@@ -67,6 +76,15 @@ pub trait SecretsStore: Send + Sync + 'static {
     }
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
         async {}
+    }
+    /// Operator commands: `"migrate"`, `"rotate_keys"` (see `plugin_api`). Default: none.
+    fn admin(
+        &self,
+        _ctx: CallContext,
+        command: String,
+        _args: serde_json::Value,
+    ) -> impl Future<Output = Result<serde_json::Value>> + Send {
+        async move { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, format!("no `{command}` command in this store"))) }
     }
 }
 
@@ -119,6 +137,15 @@ pub trait ConversationStore: Send + Sync + 'static {
     }
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
         async {}
+    }
+    /// Operator commands: `"migrate"`, `"rotate_keys"` (see `plugin_api`). Default: none.
+    fn admin(
+        &self,
+        _ctx: CallContext,
+        command: String,
+        _args: serde_json::Value,
+    ) -> impl Future<Output = Result<serde_json::Value>> + Send {
+        async move { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, format!("no `{command}` command in this store"))) }
     }
 }
 

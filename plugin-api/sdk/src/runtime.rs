@@ -60,6 +60,18 @@ pub(crate) fn handle() -> Option<&'static Handle> {
     HANDLE.get()
 }
 
+/// Runs `f` inside the library's runtime context, for constructors that build clients whose
+/// setup spawns tasks (connection pools). Outside any runtime when `init` was not called.
+pub fn enter_runtime<R>(f: impl FnOnce() -> R) -> R {
+    match HANDLE.get() {
+        Some(h) => {
+            let _guard = h.enter();
+            f()
+        }
+        None => f(),
+    }
+}
+
 /// Stops the runtime, waiting at most `deadline` for its tasks. Runs on a fresh thread:
 /// a runtime cannot be dropped from inside an async context.
 pub(crate) fn stop(deadline: Duration) -> FfiFuture<()> {

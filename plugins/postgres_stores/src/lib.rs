@@ -1,0 +1,40 @@
+//! Enterprise stores in PostgreSQL (OpenHands SaaS §10.6, with our improvements):
+//! - `SaasSettingsStore`: `user_settings`, secret fields sealed together;
+//! - `SaasSecretsStore`: `user_secrets`, the whole document sealed (provider tokens kept);
+//! - `SaasConversationStore`: `conversation_metadata` + `conversation_events`, dense ids under
+//!   a row lock so several hosts can append to one conversation.
+//!
+//! Every query is scoped by the caller's user id. Secrets are sealed with per-user keys
+//! derived from a master key (see `crypto`), rotatable with `oh-host rotate-keys`. Migrations
+//! (`migrations/`, embedded) run on first use under an advisory lock, and with `oh-host migrate`.
+
+mod config;
+mod crypto;
+mod db;
+mod stores;
+
+pub use crypto::{Binding, Keyring};
+pub use stores::{SaasConversationStore, SaasSecretsStore, SaasSettingsStore};
+
+use config::Config;
+use plugin_sdk::Registry;
+
+pub fn register(r: &mut Registry) {
+    r.settings_store(
+        "SaasSettingsStore",
+        "PostgreSQL user_settings, per user, secret fields encrypted",
+        |config, _| Ok(SaasSettingsStore { db: db::open(&Config::parse(config)?)? }),
+    );
+    r.secrets_store(
+        "SaasSecretsStore",
+        "PostgreSQL user_secrets, per user, envelope-encrypted with key rotation",
+        |config, _| Ok(SaasSecretsStore { db: db::open(&Config::parse(config)?)? }),
+    );
+    r.conversation_store(
+        "SaasConversationStore",
+        "PostgreSQL conversation metadata and event log, every query filtered by user",
+        |config, _| Ok(SaasConversationStore { db: db::open(&Config::parse(config)?)? }),
+    );
+}
+
+plugin_sdk::export_plugin!(register);

@@ -1,0 +1,276 @@
+//! One store contract, run against the file stores and the PostgreSQL stores through the
+//! host's registry (real dlopen), plus what only PostgreSQL does: encryption of raw rows,
+//! key rotation, migrations, outages.
+
+use oh_e2e::{pg::TestDb, Deployment};
+use oh_host::registry::Registry;
+use plugin_api::{
+    abi_stable::std_types::{RNone, RString},
+    models::{ConversationMetadata, CustomSecret, Secrets, Settings},
+    CallContext, ErrorCode, EventQuery,
+};
+use serde_json::json;
+use std::sync::Arc;
+
+const MASTER: &str = "test-master-key-0123456789abcdef";
+
+fn ctx(user: Option<&str>) -> CallContext {
+    CallContext { user_id: user.map(RString::from).into(), ..Default::default() }
+}
+
+fn registry(d: &Deployment, stores: &str) -> Arc<Registry> {
+    d.write_profile("", stores);
+    let text = std::fs::read_to_string(d.profile_path()).unwrap();
+    let config =
+        oh_host::config::parse(&d.profile_path(), &text, &|k| std::env::var(k).ok()).unwrap_or_else(|e| panic!("{e}"));
+    Registry::build(&config, tokio::runtime::Handle::current()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn pg_stores(url: &str, master: &str, previous: &[&str]) -> String {
+    let config =
+        format!("{{ database_url = \"{url}\", master_key = \"{master}\", previous_master_keys = {previous:?} }}");
+    format!(
+        "[extensions.settings_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSettingsStore\"\nconfig = {config}\n\
+         [extensions.secrets_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSecretsStore\"\nconfig = {config}\n\
+         [extensions.conversation_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasConversationStore\"\nconfig = {config}\n"
+    )
+}
+
+fn metadata(id: &str, day: u32) -> ConversationMetadata {
+    ConversationMetadata {
+        conversation_id: id.into(),
+        created_at: format!("2025-01-{day:02}T00:00:00.000000Z"),
+        title: Some(format!("t-{id}")),
+        ..Default::default()
+    }
+}
+
+fn q(start: u64, limit: u32) -> EventQuery {
+    EventQuery { start_id: start, end_id: RNone, reverse: false, limit }
+}
+
+/// What every implementation of the three stores must do.
+async fn contract(r: &Registry) {
+    let (a, b, single) = (|| ctx(Some("alice")), || ctx(Some("bob")), || ctx(None));
+
+    // Settings: absent, stored, read back whole (secrets included), per user.
+    assert_eq!(r.load_settings(a()).await.unwrap(), None);
+    let s = Settings {
+        llm_model: Some("m".into()),
+        llm_api_key: Some("sk-alice-1".into()),
+        language: Some("en".into()),
+        ..Default::default()
+    };
+    r.store_settings(a(), &s).await.unwrap();
+    assert_eq!(r.load_settings(a()).await.unwrap(), Some(s.clone()));
+    assert_eq!(r.load_settings(b()).await.unwrap(), None, "bob must not see alice's settings");
+    let s2 = Settings { llm_api_key: None, ..s.clone() };
+    r.store_settings(a(), &s2).await.unwrap();
+    assert_eq!(r.load_settings(a()).await.unwrap(), Some(s2), "store replaces the document");
+    r.store_settings(single(), &s).await.unwrap();
+    assert_eq!(r.load_settings(single()).await.unwrap(), Some(s.clone()));
+
+    // Secrets.
+    let mut secrets = Secrets::default();
+    secrets
+        .custom_secrets
+        .insert("K".into(), CustomSecret { secret: "alice-secret-2".into(), description: "d".into() });
+    r.store_secrets(a(), &secrets).await.unwrap();
+    assert_eq!(r.load_secrets(a()).await.unwrap(), Some(secrets.clone()));
+    assert_eq!(r.load_secrets(b()).await.unwrap(), None);
+
+    // Conversations: newest first, paged, per user.
+    for (id, day) in [("a1", 1), ("a2", 2), ("a3", 3)] {
+        r.save_metadata(a(), &metadata(id, day)).await.unwrap();
+    }
+    r.save_metadata(b(), &metadata("b1", 4)).await.unwrap();
+    let page = r.search_conversations(a(), None, 2).await.unwrap();
+    let ids: Vec<_> = page.results.iter().map(|m| m.conversation_id.as_str()).collect();
+    assert_eq!(ids, ["a3", "a2"]);
+    let next = r.search_conversations(a(), page.next_page_id.as_deref(), 2).await.unwrap();
+    assert_eq!(next.results.iter().map(|m| m.conversation_id.as_str()).collect::<Vec<_>>(), ["a1"]);
+    assert_eq!(next.next_page_id, None);
+    let bobs = r.search_conversations(b(), None, 20).await.unwrap();
+    assert_eq!(bobs.results.iter().map(|m| m.conversation_id.as_str()).collect::<Vec<_>>(), ["b1"]);
+
+    // Bob can neither read, change nor delete alice's conversation or its events.
+    assert_eq!(r.get_metadata(b(), "a1").await.unwrap(), None);
+    assert!(!r.delete_metadata(b(), "a1").await.unwrap());
+    let err = r.append_events(b(), "a1", &[json!({ "x": 1 })]).await.unwrap_err();
+    assert_eq!(err.error.code, ErrorCode::NOT_FOUND);
+    assert_eq!(r.get_events(b(), "a1", q(0, 10)).await.unwrap_err().error.code, ErrorCode::NOT_FOUND);
+    let mut hijack = metadata("a1", 9);
+    hijack.title = Some("hijacked".into());
+    let _ = r.save_metadata(b(), &hijack).await; // may create bob's own, may be refused
+    assert_eq!(r.get_metadata(a(), "a1").await.unwrap().unwrap().title.as_deref(), Some("t-a1"));
+
+    // Events: dense ids across appends, paged.
+    assert_eq!(r.append_events(a(), "a1", &[json!({ "m": 0 }), json!({ "m": 1 })]).await.unwrap(), 0);
+    assert_eq!(r.append_events(a(), "a1", &[json!({ "m": 2 })]).await.unwrap(), 2);
+    let page = r.get_events(a(), "a1", q(1, 1)).await.unwrap();
+    assert_eq!((page.events[0]["id"].as_u64(), page.events[0]["m"].as_u64(), page.has_more), (Some(1), Some(1), true));
+    let all = r.get_events(a(), "a1", q(0, 100)).await.unwrap();
+    assert_eq!(all.events.iter().map(|e| e["id"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
+    assert!(!all.has_more);
+    assert_eq!(r.append_events(a(), "nope", &[json!({})]).await.unwrap_err().error.code, ErrorCode::NOT_FOUND);
+
+    // Delete takes the events with it.
+    assert!(r.delete_metadata(a(), "a1").await.unwrap());
+    assert_eq!(r.get_metadata(a(), "a1").await.unwrap(), None);
+    assert_eq!(r.get_events(a(), "a1", q(0, 10)).await.unwrap_err().error.code, ErrorCode::NOT_FOUND);
+    assert!(!r.delete_metadata(a(), "a1").await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_stores_honour_the_store_contract() {
+    let d = Deployment::new();
+    d.install_bundled();
+    let r = registry(&d, "");
+    contract(&r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stores_honour_the_store_contract() {
+    let db = TestDb::create().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    let r = registry(&d, &pg_stores(&db.url, MASTER, &[]));
+    contract(&r).await;
+    // The migrations were applied to the empty database, once.
+    let mut conn = db.connect().await;
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version").fetch_all(&mut conn).await.unwrap();
+    assert_eq!(versions, [1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_rows_hold_no_plaintext_and_do_not_move_between_users() {
+    let db = TestDb::create().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    let r = registry(&d, &pg_stores(&db.url, MASTER, &[]));
+    let alice = || ctx(Some("alice"));
+    r.store_settings(alice(), &Settings { llm_api_key: Some("sk-raw-plaintext-7".into()), ..Default::default() })
+        .await
+        .unwrap();
+    let mut secrets = Secrets::default();
+    secrets
+        .custom_secrets
+        .insert("TOKEN".into(), CustomSecret { secret: "raw-secret-value-8".into(), description: String::new() });
+    r.store_secrets(alice(), &secrets).await.unwrap();
+
+    let mut conn = db.connect().await;
+    let dump: Vec<String> = sqlx::query_scalar(
+        "SELECT row_to_json(t)::text FROM (SELECT * FROM user_settings) t UNION ALL SELECT row_to_json(t)::text FROM (SELECT * FROM user_secrets) t",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(dump.len(), 2);
+    for secret in ["sk-raw-plaintext-7", "raw-secret-value-8"] {
+        assert!(dump.iter().all(|row| !row.contains(secret)), "{secret} found in a raw row: {dump:?}");
+    }
+
+    // A row copied to another user's id does not decrypt there.
+    sqlx::query(
+        "INSERT INTO user_secrets (user_id, sealed) SELECT 'mallory', sealed FROM user_secrets WHERE user_id = 'alice'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let err = r.load_secrets(ctx(Some("mallory"))).await.unwrap_err();
+    assert!(err.error.message.contains("does not decrypt"), "{}", err.error.message);
+    assert_eq!(r.load_secrets(alice()).await.unwrap(), Some(secrets));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_keeps_everything_readable_and_reseals_every_row() {
+    let db = TestDb::create().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    let old = registry(&d, &pg_stores(&db.url, MASTER, &[]));
+    for user in ["u1", "u2", "u3"] {
+        let mut s = Secrets::default();
+        s.custom_secrets
+            .insert("K".into(), CustomSecret { secret: format!("{user}-secret"), description: String::new() });
+        old.store_secrets(ctx(Some(user)), &s).await.unwrap();
+        old.store_settings(
+            ctx(Some(user)),
+            &Settings { llm_api_key: Some(format!("{user}-key")), ..Default::default() },
+        )
+        .await
+        .unwrap();
+    }
+    let new_master = "rotated-master-key-fedcba9876543210";
+    let both = registry(&d, &pg_stores(&db.url, new_master, &[MASTER]));
+    // Readable with the old key as "previous", before any rotation.
+    assert_eq!(both.load_settings(ctx(Some("u2"))).await.unwrap().unwrap().llm_api_key.as_deref(), Some("u2-key"));
+    let report = both.admin("rotate_keys", &json!({})).await;
+    let rotated: Vec<(String, serde_json::Value)> =
+        report.into_iter().filter_map(|(k, r)| r.unwrap().map(|v| (k, v))).collect();
+    assert_eq!(rotated.len(), 2, "{rotated:?}");
+    for (_, r) in &rotated {
+        assert_eq!((r["rotated"].as_u64(), r["remaining"].as_i64()), (Some(3), Some(0)), "{r}");
+    }
+    // A second run has nothing to do (resumable, idempotent).
+    for (_, r) in both.admin("rotate_keys", &json!({})).await {
+        if let Some(r) = r.unwrap() {
+            assert_eq!(r["rotated"], 0);
+        }
+    }
+    // Now the old key is not needed at all.
+    let only_new = registry(&d, &pg_stores(&db.url, new_master, &[]));
+    for user in ["u1", "u2", "u3"] {
+        let s = only_new.load_secrets(ctx(Some(user))).await.unwrap().unwrap();
+        assert_eq!(s.custom_secrets["K"].secret, format!("{user}-secret"));
+        assert_eq!(
+            only_new.load_settings(ctx(Some(user))).await.unwrap().unwrap().llm_api_key,
+            Some(format!("{user}-key"))
+        );
+    }
+    // And a registry that knows only the old key cannot read what was re-sealed.
+    let stale = registry(&d, &pg_stores(&db.url, MASTER, &[]));
+    assert!(stale.load_secrets(ctx(Some("u1"))).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_migrating_together_apply_each_migration_once() {
+    let db = TestDb::create().await;
+    let d1 = Deployment::new();
+    d1.install_bundled();
+    let d2 = Deployment::new();
+    d2.install_bundled();
+    let r1 = registry(&d1, &pg_stores(&db.url, MASTER, &[]));
+    let r2 = registry(&d2, &pg_stores(&db.url, MASTER, &[]));
+    let args = json!({});
+    let (a, b) = tokio::join!(r1.admin("migrate", &args), r2.admin("migrate", &args));
+    let applied: Vec<i64> = a
+        .into_iter()
+        .chain(b)
+        .filter_map(|(_, r)| r.unwrap())
+        .flat_map(|v| v["applied"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_i64())
+        .collect();
+    assert_eq!(applied, [1], "each migration applied exactly once across both hosts");
+}
+
+#[tokio::test]
+async fn an_unreachable_database_fails_ready_and_requests_fast_with_503() {
+    let d = Deployment::new();
+    d.install_bundled();
+    let stores = pg_stores("postgres://postgres@127.0.0.1:9/none", MASTER, &[]).replacen(
+        "{ database_url",
+        "{ acquire_timeout_ms = 500, database_url",
+        3,
+    );
+    d.write_profile("", &stores);
+    let host = d.start();
+    let ready = host.get("/ready").await;
+    assert_eq!(ready.status, 503, "{}", ready.text);
+    let started = std::time::Instant::now();
+    let r = host.get("/api/settings").await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert!(r.json()["error"].as_str().unwrap().contains("PostgreSQL is unreachable"), "{}", r.text);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(host.get("/alive").await.status, 200);
+}
