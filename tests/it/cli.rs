@@ -52,3 +52,24 @@ fn check_reports_profile_errors_with_file_key_and_fix() {
         out.stderr
     );
 }
+
+#[test]
+fn the_enterprise_profile_checks_with_its_environment_and_names_what_is_missing() {
+    let profile = oh_e2e::workspace().join("examples/plugins.saas.toml");
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(oh_e2e::host_binary());
+        cmd.arg("check").arg("--config").arg(&profile).env("RUST_LOG", "warn");
+        for var in ["JWT_SECRET", "OH_MASTER_KEY", "DB_HOST", "DB_NAME"] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().copied()).output().unwrap()
+    };
+    let ok = run(&[("JWT_SECRET", "a-long-enough-jwt-secret-value"), ("DB_HOST", "127.0.0.1"), ("OH_STATE_DIR", "/tmp")]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{stdout}{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(stdout.contains("settings_store         postgres_stores::SaasSettingsStore"), "{stdout}");
+    let missing = run(&[("OH_STATE_DIR", "/tmp")]);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    assert!(stderr.contains("no master key: set config.master_key, or OH_MASTER_KEY or JWT_SECRET"), "{stderr}");
+}

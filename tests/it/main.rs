@@ -6,4 +6,5 @@ mod conversations;
 mod failures;
 mod http;
 mod stores;
+mod tenancy;
 mod token_auth;
