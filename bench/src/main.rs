@@ -3,7 +3,9 @@
 //!    statically (rlib), in µs per call and as a ratio;
 //! 2. `GET /api/settings` requests/s and p50/p99 latency of the real `oh-host` binary under a
 //!    bounded load on 127.0.0.1;
-//! 3. 200 conversations at once against a local fake LLM streaming 50 tokens each: events per
+//!    the same with the PostgreSQL stores, and POST;
+//! 3. conversation search with 10,000 conversations of one user, file and PostgreSQL stores;
+//! 4. 200 conversations at once against a local fake LLM streaming 50 tokens each: events per
 //!    second through socket.io, p50/p99 delay from the LLM's chunk to the client's `oh_event`,
 //!    and the host's RSS.
 //!
@@ -27,7 +29,7 @@ fn main() {
     let work = tempfile::tempdir().expect("tempdir");
     let plugins = work.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
-    for lib in ["file_stores", "default_auth", "log_monitoring", "standalone_manager"] {
+    for lib in ["file_stores", "default_auth", "log_monitoring", "standalone_manager", "postgres_stores"] {
         let src = bin_dir.join(format!("lib{lib}.so"));
         std::fs::copy(&src, plugins.join(format!("lib{lib}.so")))
             .unwrap_or_else(|e| panic!("{}: {e} (build with `cargo build --release --workspace`)", src.display()));
@@ -47,12 +49,48 @@ fn main() {
         cores()
     );
     ffi_call_cost(&profile_path, &state);
-    http_load(&bin_dir.join("oh-host"), &profile_path);
+
+    // The same server with the PostgreSQL stores, on a database of its own.
+    let db = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(oh_e2e::pg::TestDb::create());
+    let pg_config = format!("{{ database_url = \"{}\", master_key = \"bench-master-key-0123456789\" }}", db.url);
+    let pg_stores = [
+        "SaasSettingsStore:settings_store",
+        "SaasSecretsStore:secrets_store",
+        "SaasConversationStore:conversation_store",
+    ]
+    .iter()
+    .map(|s| {
+        let (imp, point) = s.split_once(':').unwrap();
+        format!(
+            "[extensions.{point}]\nlibrary = \"postgres_stores\"\nimplementation = \"{imp}\"\nconfig = {pg_config}\n"
+        )
+    })
+    .collect::<String>();
+    let pg_profile = work.path().join("plugins.pg.toml");
+    std::fs::write(&pg_profile, format!("{profile}{pg_stores}")).unwrap();
+    http_load(
+        &bin_dir.join("oh-host"),
+        &[("file stores", profile_path.clone()), ("PostgreSQL stores", pg_profile.clone())],
+    );
+    let search_state = work.path().join("search-state");
+    let search_profile = work.path().join("plugins.search.toml");
+    std::fs::write(&search_profile, profile.replace(&state.display().to_string(), &search_state.display().to_string()))
+        .unwrap();
+    search_load(
+        &bin_dir.join("oh-host"),
+        &[("file stores", search_profile, search_state), ("postgres", pg_profile, PathBuf::new())],
+        &db.url,
+    );
 
     let manager = "\n[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\n\
                    implementation = \"StandaloneConversationManager\"\nconfig = { max_concurrent_conversations = 1000 }\n";
     std::fs::write(&profile_path, format!("{profile}{manager}")).unwrap();
     conversations_load(&bin_dir.join("oh-host"), &profile_path);
+    drop(db);
 }
 
 /// Starts the binary; returns the child and its address once it listens.
@@ -159,7 +197,7 @@ fn conversations_load(bin: &Path, profile: &Path) {
         let _ = child.wait();
         delays.sort_unstable();
         let pct = |p: f64| delays.get(((delays.len() as f64 * p) as usize).min(delays.len().saturating_sub(1))).copied().unwrap_or(0);
-        println!("\n3. {CONVERSATIONS} conversations at once, fake LLM streaming {TOKENS} tokens each (20 ms apart), socket.io");
+        println!("\n4. {CONVERSATIONS} conversations at once, fake LLM streaming {TOKENS} tokens each (20 ms apart), socket.io");
         println!(
             "   {events} oh_events in {:.2} s: {:.0} events/s; {} deltas timed",
             elapsed.as_secs_f64(),
@@ -253,54 +291,121 @@ fn ffi_call_cost(profile: &Path, state: &Path) {
     rt.block_on(registry.shutdown(Duration::from_secs(2)));
 }
 
-fn http_load(bin: &Path, profile: &Path) {
-    let (mut child, addr) = spawn_host(bin, profile);
-    let url = format!("http://{addr}/api/settings");
+/// Drives `requests` (a fresh request per call) from `HTTP_CONCURRENCY` connections for
+/// `HTTP_DURATION`; every answer must be 2xx. Returns (count, elapsed, sorted latencies).
+async fn load(make: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync + Clone + 'static) -> Stats {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(HTTP_CONCURRENCY).build().unwrap();
+    let start = Instant::now();
+    let deadline = start + HTTP_DURATION;
+    let mut tasks = Vec::new();
+    for _ in 0..HTTP_CONCURRENCY {
+        let (client, make) = (client.clone(), make.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline && lat.len() < HTTP_MAX_REQUESTS / HTTP_CONCURRENCY {
+                let t = Instant::now();
+                let r = make(&client).send().await.expect("request");
+                assert!(r.status().is_success(), "{}", r.status());
+                let _ = r.bytes().await;
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    Stats { elapsed: start.elapsed(), latencies: all }
+}
 
+struct Stats {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Stats {
+    fn row(&self, label: &str) {
+        let l = &self.latencies;
+        let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)].as_secs_f64() * 1e6;
+        println!(
+            "   {label:<38} {:>8.0} req/s   p50 {:>6.0} µs   p99 {:>6.0} µs   ({} requests)",
+            l.len() as f64 / self.elapsed.as_secs_f64(),
+            pct(0.5),
+            pct(0.99),
+            l.len()
+        );
+    }
+}
+
+fn http_load(bin: &Path, profiles: &[(&str, PathBuf)]) {
+    println!(
+        "\n2. /api/settings on the real binary, 127.0.0.1, {HTTP_CONCURRENCY} connections, {:.0} s each",
+        HTTP_DURATION.as_secs_f64()
+    );
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let (count, elapsed, mut latencies) = rt.block_on(async {
-        let client = reqwest::Client::builder().pool_max_idle_per_host(HTTP_CONCURRENCY).build().unwrap();
-        let ok =
-            client.post(&url).json(&serde_json::json!({ "llm_model": "gpt-4o", "llm_api_key": "sk-x" })).send().await;
-        assert!(ok.map(|r| r.status().is_success()).unwrap_or(false), "POST /api/settings failed");
-        let start = Instant::now();
-        let deadline = start + HTTP_DURATION;
-        let mut tasks = Vec::new();
-        for _ in 0..HTTP_CONCURRENCY {
-            let client = client.clone();
-            let url = url.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while Instant::now() < deadline && lat.len() < HTTP_MAX_REQUESTS / HTTP_CONCURRENCY {
-                    let t = Instant::now();
-                    let r = client.get(&url).send().await.expect("GET");
-                    assert_eq!(r.status(), 200);
-                    let _ = r.bytes().await;
-                    lat.push(t.elapsed());
+    for (label, profile) in profiles {
+        let (mut child, addr) = spawn_host(bin, profile);
+        let url = format!("http://{addr}/api/settings");
+        rt.block_on(async {
+            let body = serde_json::json!({ "llm_model": "gpt-4o", "llm_api_key": "sk-x", "language": "en" });
+            let ok = reqwest::Client::new().post(&url).json(&body).send().await.unwrap();
+            assert!(ok.status().is_success(), "POST /api/settings failed");
+            let get_url = url.clone();
+            load(move |c| c.get(&get_url)).await.row(&format!("GET  /api/settings, {label}"));
+            let post_url = url.clone();
+            load(move |c| c.post(&post_url).json(&body)).await.row(&format!("POST /api/settings, {label}"));
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Conversation search with 10,000 conversations of one user, a page of 20.
+fn search_load(bin: &Path, profiles: &[(&str, PathBuf, PathBuf)], pg_url: &str) {
+    const N: usize = 10_000;
+    println!("\n3. GET /api/conversations?limit=20 with {N} conversations of one user");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    for (label, profile, state) in profiles {
+        let (mut child, addr) = spawn_host(bin, profile);
+        rt.block_on(async {
+            if *label == "postgres" {
+                use sqlx::Connection as _;
+                let mut conn = sqlx::PgConnection::connect(pg_url).await.unwrap();
+                sqlx::query(
+                    "INSERT INTO conversation_metadata (conversation_id, user_id, created_at, metadata) \
+                     SELECT 'c' || i, '', now() - i * interval '1 second', \
+                            json_build_object('conversation_id', 'c' || i, 'created_at', \
+                              to_char((now() - i * interval '1 second') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+                              'title', 'bench ' || i) \
+                     FROM generate_series(1, $1) i",
+                )
+                .bind(N as i32)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            } else {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                for i in 0..N {
+                    let dir = state.join("sessions").join(format!("c{i}"));
+                    std::fs::create_dir_all(&dir).unwrap();
+                    let created = chrono_like(now - i as u64);
+                    let meta = serde_json::json!({ "conversation_id": format!("c{i}"), "created_at": created, "title": format!("bench {i}") });
+                    std::fs::write(dir.join("metadata.json"), meta.to_string()).unwrap();
                 }
-                lat
-            }));
-        }
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
-        (all.len(), start.elapsed(), all)
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    println!("\n2. GET /api/settings on the real binary, bundled file stores, 127.0.0.1");
-    println!(
-        "   {HTTP_CONCURRENCY} connections, {:.1} s (cap {HTTP_MAX_REQUESTS} requests): {count} requests",
-        elapsed.as_secs_f64()
-    );
-    println!(
-        "   {:.0} requests/s   p50 {:.0} µs   p99 {:.0} µs   max {:.0} µs",
-        count as f64 / elapsed.as_secs_f64(),
-        pct(0.50).as_secs_f64() * 1e6,
-        pct(0.99).as_secs_f64() * 1e6,
-        latencies.last().unwrap().as_secs_f64() * 1e6
-    );
+            }
+            let first = format!("http://{addr}/api/conversations?limit=20");
+            load(move |c| c.get(&first)).await.row(&format!("first page, {label}"));
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// RFC 3339 UTC text of a Unix time, via `date` (the bench has no date crate).
+fn chrono_like(secs: u64) -> String {
+    let out =
+        Command::new("date").args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%S.000000Z"]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }

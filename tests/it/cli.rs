@@ -64,7 +64,8 @@ fn the_enterprise_profile_checks_with_its_environment_and_names_what_is_missing(
         }
         cmd.envs(env.iter().copied()).output().unwrap()
     };
-    let ok = run(&[("JWT_SECRET", "a-long-enough-jwt-secret-value"), ("DB_HOST", "127.0.0.1"), ("OH_STATE_DIR", "/tmp")]);
+    let ok =
+        run(&[("JWT_SECRET", "a-long-enough-jwt-secret-value"), ("DB_HOST", "127.0.0.1"), ("OH_STATE_DIR", "/tmp")]);
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(ok.status.success(), "{stdout}{}", String::from_utf8_lossy(&ok.stderr));
     assert!(stdout.contains("settings_store         postgres_stores::SaasSettingsStore"), "{stdout}");

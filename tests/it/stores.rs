@@ -274,3 +274,77 @@ async fn an_unreachable_database_fails_ready_and_requests_fast_with_503() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     assert_eq!(host.get("/alive").await.status, 200);
 }
+
+/// Stops and restarts a PostgreSQL of the test's own under write load: during the outage
+/// requests fail fast with 503 and `/ready` says so; after it the pool recovers without a
+/// host restart; every write that was acknowledged is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_recovers_after_an_outage_and_no_acknowledged_write_is_lost() {
+    let pg = oh_e2e::pg::OwnPostgres::start();
+    let d = Deployment::new();
+    d.install_bundled();
+    let stores =
+        pg_stores(&pg.url(), MASTER, &[]).replacen("{ database_url", "{ acquire_timeout_ms = 500, database_url", 3);
+    d.write_profile("", &stores);
+    let host = d.start();
+    assert_eq!(host.get("/ready").await.status, 200);
+
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    let write = |i: usize| {
+        let req = host
+            .http
+            .post(host.url("/api/secrets"))
+            .json(&json!({ "name": format!("S{i}"), "value": format!("v{i}") }));
+        let host = &host;
+        async move { host.send(req).await }
+    };
+    for i in 0..20 {
+        let r = write(i).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        acknowledged.push(format!("S{i}"));
+    }
+    pg.stop();
+    let outage = std::time::Instant::now();
+    for i in 20..30 {
+        let started = std::time::Instant::now();
+        let r = write(i).await;
+        match r.status {
+            201 => acknowledged.push(format!("S{i}")),
+            503 => {
+                refused += 1;
+                assert!(r.json()["error"].as_str().unwrap().contains("PostgreSQL"), "{}", r.text);
+            }
+            other => panic!("unexpected {other}: {}", r.text),
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "a request hung during the outage");
+    }
+    assert!(refused > 0, "the outage was not noticed");
+    assert_eq!(host.get("/ready").await.status, 503);
+    assert!(outage.elapsed() < std::time::Duration::from_secs(40));
+
+    pg.start_again();
+    let mut recovered = false;
+    for _ in 0..100 {
+        if host.get("/ready").await.status == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the pool did not recover");
+    for i in 30..40 {
+        let r = write(i).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        acknowledged.push(format!("S{i}"));
+    }
+    let listed: Vec<String> = host.get("/api/secrets").await.json()["custom_secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    for name in &acknowledged {
+        assert!(listed.contains(name), "acknowledged write {name} was lost");
+    }
+}

@@ -42,7 +42,10 @@ async fn user_b_never_reaches_user_a_data_on_any_route() {
     // A's data: settings, a secret, a provider token, a running conversation with events.
     let settings = json!({ "llm_model": "fake", "llm_base_url": llm.base_url, "llm_api_key": "sk-a-secret", "language": "a-lang" });
     assert_eq!(call(&host, A, "POST", "/api/settings", Some(settings)).await.status, 200);
-    assert_eq!(call(&host, A, "POST", "/api/secrets", Some(json!({ "name": "A_SECRET", "value": "a-value" }))).await.status, 201);
+    assert_eq!(
+        call(&host, A, "POST", "/api/secrets", Some(json!({ "name": "A_SECRET", "value": "a-value" }))).await.status,
+        201
+    );
     let providers = json!({ "provider_tokens": { "github": { "token": "ghp_a", "host": "github.com" } } });
     assert_eq!(call(&host, A, "POST", "/api/add-git-providers", Some(providers)).await.status, 200);
     let created = call(&host, A, "POST", "/api/conversations", Some(json!({ "initial_user_msg": "a's chat" }))).await;
@@ -70,7 +73,18 @@ async fn user_b_never_reaches_user_a_data_on_any_route() {
     assert_eq!(call(&host, B, "GET", &conv, None).await.text, "null");
     assert_eq!(call(&host, B, "PATCH", &conv, Some(json!({ "title": "stolen" }))).await.status, 404);
     assert_eq!(call(&host, B, "GET", &format!("{conv}/events"), None).await.status, 404);
-    assert_eq!(call(&host, B, "POST", &format!("{conv}/events"), Some(json!({ "action": "message", "args": { "content": "x" } }))).await.status, 404);
+    assert_eq!(
+        call(
+            &host,
+            B,
+            "POST",
+            &format!("{conv}/events"),
+            Some(json!({ "action": "message", "args": { "content": "x" } }))
+        )
+        .await
+        .status,
+        404
+    );
     assert_eq!(call(&host, B, "POST", &format!("{conv}/message"), Some(json!({ "message": "x" }))).await.status, 404);
     assert_eq!(call(&host, B, "POST", &format!("{conv}/stop"), None).await.status, 404);
     assert_eq!(call(&host, B, "POST", &format!("{conv}/start"), None).await.status, 404);
@@ -85,12 +99,16 @@ async fn user_b_never_reaches_user_a_data_on_any_route() {
     assert_eq!(call(&host, A, "GET", "/api/secrets", None).await.json()["custom_secrets"][0]["name"], "A_SECRET");
     let mine = call(&host, A, "GET", &conv, None).await.json();
     assert_eq!((mine["title"].as_str(), mine["status"].as_str()), (Some("a's chat"), Some("RUNNING")));
-    assert!(call(&host, A, "GET", &format!("{conv}/events"), None).await.json()["events"].as_array().unwrap().len() >= 5);
+    assert!(
+        call(&host, A, "GET", &format!("{conv}/events"), None).await.json()["events"].as_array().unwrap().len() >= 5
+    );
 
     // And the raw rows are scoped: B's row is B's, A's secrets are sealed.
     let mut conn = db.connect().await;
-    let owners: Vec<String> = sqlx::query_scalar("SELECT user_id FROM conversation_metadata").fetch_all(&mut conn).await.unwrap();
+    let owners: Vec<String> =
+        sqlx::query_scalar("SELECT user_id FROM conversation_metadata").fetch_all(&mut conn).await.unwrap();
     assert_eq!(owners, ["a"]);
-    let sealed: String = sqlx::query_scalar("SELECT sealed FROM user_secrets WHERE user_id = 'a'").fetch_one(&mut conn).await.unwrap();
+    let sealed: String =
+        sqlx::query_scalar("SELECT sealed FROM user_secrets WHERE user_id = 'a'").fetch_one(&mut conn).await.unwrap();
     assert!(!sealed.contains("a-value") && !sealed.contains("ghp_a"));
 }
