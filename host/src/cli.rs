@@ -116,6 +116,13 @@ fn load(args: &Args, rt: &tokio::runtime::Runtime) -> Option<(PathBuf, config::C
     let config = config::load(&path).map_err(|e| eprint!("oh-host: {e}")).ok()?;
     let registry =
         Registry::build(&config, rt.handle().clone()).map_err(|e| eprint!("oh-host: {}: {e}", path.display())).ok()?;
+    if let Err(problems) = crate::http::plugin_routes::collect(&registry) {
+        eprintln!("oh-host: {}: cannot mount the plugins' routes:", path.display());
+        for p in problems {
+            eprintln!("  - {p}");
+        }
+        return None;
+    }
     Some((path, config, registry))
 }
 

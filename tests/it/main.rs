@@ -5,6 +5,7 @@ mod cli;
 mod conversations;
 mod failures;
 mod http;
+mod routes;
 mod stores;
 mod tenancy;
 mod token_auth;

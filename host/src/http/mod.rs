@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod plugin_routes;
 mod routes;
 pub mod socket;
 
@@ -76,9 +77,16 @@ pub fn call_context(principal: &Principal, request_id: &RequestId, server: &Serv
 /// The whole application.
 pub fn router(state: AppState) -> Router {
     let max_body = state.server.max_body_bytes;
-    let api = routes::api().layer(middleware::from_fn_with_state(state.clone(), auth_gate));
+    let mounted = plugin_routes::collect(&state.registry).unwrap_or_else(|problems| {
+        // `oh-host` checks these before binding; an embedder calling `router` directly
+        // gets the host's routes without the plugin's.
+        tracing::error!(?problems, "plugin routes not mounted");
+        Vec::new()
+    });
+    let (public, api) = plugin_routes::mount(&mounted, routes::public(), routes::api());
+    let api = api.layer(middleware::from_fn_with_state(state.clone(), auth_gate));
     Router::new()
-        .merge(routes::public())
+        .merge(public)
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

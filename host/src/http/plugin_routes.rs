@@ -1,0 +1,176 @@
+//! Routes served by `routes` plugins: each instance declares its routes once (`routes()`);
+//! the host mounts them, behind the auth gate when a route asks for it, reads the body within
+//! the body limit, and forwards the request through `RouteHandler::handle`.
+
+use super::{call_context, error::ApiError, AppState, Principal, RequestId};
+use crate::registry::Registry;
+use abi_stable::std_types::{RString, Tuple2};
+use axum::{
+    body::{to_bytes, Body},
+    extract::{Request, State},
+    http::{HeaderName, HeaderValue, Method, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{any, on, MethodFilter},
+    Router,
+};
+use plugin_api::{AuthType, HttpRequest};
+use std::collections::HashSet;
+
+/// One route a plugin asked for, validated.
+#[derive(Clone, Debug)]
+pub struct Mounted {
+    pub instance: usize,
+    pub method: Option<Method>,
+    pub path: String,
+    pub authenticated: bool,
+    pub extension: String,
+}
+
+/// Paths the host serves itself; a plugin may not take them.
+const HOST_PREFIXES: &[&str] = &[
+    "/alive",
+    "/health",
+    "/ready",
+    "/internal/",
+    "/socket.io",
+    "/api/settings",
+    "/api/secrets",
+    "/api/conversations",
+    "/api/options/",
+    "/api/add-git-providers",
+    "/api/unset-provider-tokens",
+    "/api/reset-settings",
+];
+
+/// Reads and checks every plugin's routes: all problems at once, before binding.
+pub fn collect(registry: &Registry) -> Result<Vec<Mounted>, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut mounted = Vec::new();
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    let clashes = |seen: &HashSet<(String, String)>, method: &str, path: &str| {
+        let path = path.to_owned();
+        seen.contains(&(method.to_owned(), path.clone()))
+            || seen.contains(&("*".to_owned(), path.clone()))
+            || (method == "*" && seen.iter().any(|(_, p)| *p == path))
+    };
+    for (instance, r) in registry.routes.iter().enumerate() {
+        for spec in r.obj.routes() {
+            let path = spec.path.to_string();
+            let method = spec.method.to_string().to_ascii_uppercase();
+            let origin = format!("{} ({}::{})", r.meta.key, r.meta.library, r.meta.implementation);
+            if !path.starts_with('/') || path.contains("//") {
+                problems.push(format!("{origin}: route path `{path}` must be absolute, like /api/keys"));
+                continue;
+            }
+            if let Some(p) = HOST_PREFIXES.iter().find(|p| path == p.trim_end_matches('/') || path.starts_with(*p)) {
+                problems.push(format!("{origin}: route `{path}` overlaps the host's own `{p}`"));
+                continue;
+            }
+            let method = if method == "*" {
+                None
+            } else {
+                match Method::from_bytes(method.as_bytes()) {
+                    Ok(m) => Some(m),
+                    Err(_) => {
+                        problems.push(format!("{origin}: `{method}` is not an HTTP method"));
+                        continue;
+                    }
+                }
+            };
+            let key = (method.as_ref().map_or("*".to_owned(), |m| m.to_string()), path.clone());
+            if clashes(&seen, &key.0, &path) {
+                problems.push(format!("{origin}: route {} {path} is declared twice", key.0));
+                continue;
+            }
+            seen.insert(key);
+            mounted.push(Mounted { instance, method, path, authenticated: spec.authenticated, extension: origin });
+        }
+    }
+    if problems.is_empty() {
+        Ok(mounted)
+    } else {
+        Err(problems)
+    }
+}
+
+fn filter(method: &Method) -> Option<MethodFilter> {
+    MethodFilter::try_from(method.clone()).ok()
+}
+
+/// Adds the mounted routes to `public` and `authenticated` routers.
+pub fn mount(
+    mounted: &[Mounted],
+    mut public: Router<AppState>,
+    mut authed: Router<AppState>,
+) -> (Router<AppState>, Router<AppState>) {
+    // Group by path: axum takes one `route` call per path.
+    let mut paths: Vec<(&str, bool)> = mounted.iter().map(|m| (m.path.as_str(), m.authenticated)).collect();
+    paths.sort();
+    paths.dedup();
+    for (path, auth) in paths {
+        let mut method_router = None::<axum::routing::MethodRouter<AppState>>;
+        for m in mounted.iter().filter(|m| m.path == path && m.authenticated == auth) {
+            let instance = m.instance;
+            let handler = move |state: State<AppState>, req: Request| forward(state, instance, req);
+            let next = match m.method.as_ref().and_then(filter) {
+                Some(f) => on(f, handler),
+                None => any(handler),
+            };
+            method_router = Some(match method_router {
+                Some(existing) => existing.merge(next),
+                None => next,
+            });
+        }
+        if let Some(mr) = method_router {
+            if auth {
+                authed = authed.route(path, mr);
+            } else {
+                public = public.route(path, mr);
+            }
+        }
+    }
+    (public, authed)
+}
+
+async fn forward(State(state): State<AppState>, instance: usize, req: Request) -> Response {
+    let Some(r) = state.registry.routes.get(instance) else {
+        return ApiError::error(StatusCode::INTERNAL_SERVER_ERROR, "route plugin is gone").into_response();
+    };
+    let principal = req.extensions().get::<Principal>().cloned().unwrap_or(Principal {
+        user_id: None,
+        email: None,
+        auth_type: AuthType::NONE,
+    });
+    let request_id = req.extensions().get::<RequestId>().cloned().unwrap_or_else(|| RequestId(String::new()));
+    let (parts, body) = req.into_parts();
+    let body = match to_bytes(body, state.server.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => return ApiError::error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response(),
+    };
+    let request = HttpRequest {
+        method: parts.method.as_str().into(),
+        path: parts.uri.path().into(),
+        query: parts.uri.query().unwrap_or("").into(),
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| Tuple2(RString::from(k.as_str()), RString::from(v))))
+            .collect(),
+        body: body.to_vec().into(),
+    };
+    let ctx = call_context(&principal, &request_id, &state.server);
+    match r.meta.call("handle", r.obj.handle(ctx, request)).await {
+        Ok(answer) => {
+            let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = Response::new(Body::from(answer.body.into_vec()));
+            *response.status_mut() = status;
+            for Tuple2(k, v) in answer.headers {
+                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+                    response.headers_mut().append(k, v);
+                }
+            }
+            response
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
