@@ -2,7 +2,7 @@
 CARGO       ?= cargo
 PLUGINS_DIR := target/plugins
 # The bundled OSS plugin libraries that `make run` serves.
-BUNDLED     := file_stores default_auth log_monitoring standalone_manager postgres_stores
+BUNDLED     := file_stores default_auth log_monitoring standalone_manager postgres_stores saas_auth
 EXAMPLE     := examples/token-auth/Cargo.toml
 
 .PHONY: build plugins examples run test services bench lint fmt clean-state

@@ -6,6 +6,7 @@ mod conversations;
 mod failures;
 mod http;
 mod routes;
+mod saas_auth;
 mod stores;
 mod tenancy;
 mod token_auth;

@@ -83,7 +83,8 @@ impl Deployment {
 
     /// The bundled OSS plugins.
     pub fn install_bundled(&self) {
-        for p in ["file_stores", "default_auth", "log_monitoring", "standalone_manager", "postgres_stores"] {
+        for p in ["file_stores", "default_auth", "log_monitoring", "standalone_manager", "postgres_stores", "saas_auth"]
+        {
             self.install(p);
         }
     }

@@ -36,6 +36,7 @@ pub use export::{
     ConversationStoreObject, MonitoringObject, Registry, RoutesObject, SecretsStoreObject, SettingsStoreObject,
     UserAuthObject,
 };
+pub use logging::metric;
 pub use plugin_api::{
     self, models, AuthOutcome, AuthRequest, AuthType, CallContext, ErrorCode, EventQuery, EventSink_TO, HttpRequest,
     HttpResponse, PluginError, RouteSpec,

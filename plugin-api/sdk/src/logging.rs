@@ -49,6 +49,14 @@ fn forward(level: LogLevel, target: &str, message: &str, fields: &str) {
     }
 }
 
+/// Adds `value` to the host's counter `name` with `labels` (a JSON object); it shows in
+/// `/internal/metrics`. A no-op before `init`.
+pub fn metric(name: &str, value: f64, labels: &serde_json::Value) {
+    if let Some(f) = FORWARDER.get() {
+        (f.host.metric())(RStr::from_str(name), value, RStr::from_str(&labels.to_string()));
+    }
+}
+
 fn enabled(level: LogLevel, target: &str) -> bool {
     FORWARDER.get().is_some_and(|f| (f.host.log_enabled())(level, RStr::from_str(target)))
 }

@@ -49,28 +49,7 @@ impl Config {
 
     /// Connection options and a label for logs (no password).
     pub(crate) fn connect_options(&self) -> Result<(PgConnectOptions, String), PluginError> {
-        if let Some(url) = &self.database_url {
-            let options: PgConnectOptions = url
-                .parse()
-                .map_err(|e| PluginError::invalid_config(format!("database_url is not a PostgreSQL URL: {e}")))?;
-            let label =
-                format!("{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or("?"));
-            return Ok((options, label));
-        }
-        let host = env("DB_HOST").unwrap_or_else(|| "localhost".to_owned());
-        let port = match env("DB_PORT") {
-            None => 5432,
-            Some(p) => {
-                p.parse().map_err(|_| PluginError::invalid_config(format!("DB_PORT `{p}` is not a port number")))?
-            }
-        };
-        let name = env("DB_NAME").unwrap_or_else(|| "openhands".to_owned());
-        let user = env("DB_USER").unwrap_or_else(|| "postgres".to_owned());
-        let mut options = PgConnectOptions::new().host(&host).port(port).database(&name).username(&user);
-        if let Some(pass) = env("DB_PASS") {
-            options = options.password(&pass);
-        }
-        Ok((options, format!("{host}:{port}/{name}")))
+        pg_common::connect_options(self.database_url.as_deref())
     }
 
     pub(crate) fn keyring(&self) -> Result<Keyring, PluginError> {
@@ -86,10 +65,6 @@ impl Config {
     }
 
     pub(crate) fn max_connections(&self) -> u32 {
-        self.max_connections.unwrap_or_else(|| {
-            let size: u32 = env("DB_POOL_SIZE").and_then(|v| v.parse().ok()).unwrap_or(10);
-            let overflow: u32 = env("DB_MAX_OVERFLOW").and_then(|v| v.parse().ok()).unwrap_or(20);
-            (size + overflow).max(1)
-        })
+        pg_common::max_connections(self.max_connections)
     }
 }

@@ -2,37 +2,17 @@
 //! migrations under PostgreSQL's advisory lock, and error mapping.
 
 use crate::{config::Config, crypto::Keyring};
-use plugin_sdk::{ErrorCode, PluginError};
+use plugin_sdk::PluginError;
 use sqlx::{
-    migrate::{Migration, MigrationType, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
     PgPool,
 };
 use std::{
-    borrow::Cow,
     collections::HashMap,
     sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 use tokio::sync::OnceCell;
-
-/// The migrations in `migrations/`, embedded at build time (sqlx's file format).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../../migrations/0001_init.sql"))];
-
-pub(crate) fn migrator() -> Migrator {
-    let migrations = MIGRATIONS
-        .iter()
-        .map(|(version, description, sql)| {
-            Migration::new(*version, Cow::Borrowed(*description), MigrationType::Simple, Cow::Borrowed(*sql), false)
-        })
-        .collect();
-    // `locking`: sqlx takes pg_advisory_lock around the run, so hosts starting together
-    // apply each migration once.
-    Migrator { migrations: Cow::Owned(migrations), ignore_missing: false, locking: true, no_tx: false }
-}
-
-/// The advisory lock key around migrations ("ohhost" in ASCII).
-const MIGRATION_LOCK: i64 = 0x6f68_686f_7374;
 
 /// What the stores of one database share.
 pub(crate) struct Db {
@@ -53,25 +33,9 @@ impl Db {
         Ok(&self.pool)
     }
 
-    /// Applies pending migrations; returns the versions this call applied. Hosts starting
-    /// together serialise on an advisory lock, so each migration runs (and is reported) once.
+    /// Applies pending migrations; returns the versions this call applied.
     pub(crate) async fn migrate(&self) -> Result<Vec<i64>, PluginError> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await.map_err(db_error)?;
-        let result = async {
-            let applied = || sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success");
-            let before: Vec<i64> = applied().fetch_all(&self.pool).await.unwrap_or_default();
-            // On another pooled connection; `conn` holds the lock for the whole sequence.
-            migrator().run(&self.pool).await.map_err(|e| match e {
-                sqlx::migrate::MigrateError::Execute(e) => db_error(e),
-                other => PluginError::internal(format!("migrations failed: {other}")),
-            })?;
-            let after: Vec<i64> = applied().fetch_all(&self.pool).await.map_err(db_error)?;
-            Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
-        }
-        .await;
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await;
-        result
+        pg_common::migrate(&self.pool).await
     }
 }
 
@@ -105,20 +69,4 @@ fn pool(options: PgConnectOptions, config: &Config) -> PgPool {
     })
 }
 
-/// A database error as a plugin error: unreachable -> UNAVAILABLE (503), else INTERNAL.
-pub(crate) fn db_error(e: sqlx::Error) -> PluginError {
-    match &e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
-            tracing::warn!(error = %e, "PostgreSQL unreachable");
-            PluginError::unavailable(format!("PostgreSQL is unreachable ({e}); retry shortly"))
-        }
-        sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P03") => {
-            tracing::warn!(error = %e, "PostgreSQL connection lost");
-            PluginError::unavailable(format!("PostgreSQL is unavailable ({e}); retry shortly"))
-        }
-        _ => {
-            tracing::error!(error = %e, "PostgreSQL query failed");
-            PluginError::new(ErrorCode::INTERNAL, "database error (see the server log)")
-        }
-    }
-}
+pub(crate) use pg_common::db_error;

@@ -1,0 +1,88 @@
+//! Configuration of `SaasUserAuth` and `SaasAuthRoutes` (their `config` tables).
+
+use plugin_sdk::PluginError;
+use serde::Deserialize;
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    /// PostgreSQL for API keys; default from DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASS.
+    #[serde(default)]
+    pub(crate) database_url: Option<String>,
+    /// Pool size; default DB_POOL_SIZE + DB_MAX_OVERFLOW.
+    #[serde(default)]
+    pub(crate) max_connections: Option<u32>,
+    /// How long a call waits for a database connection before 503 (ms).
+    #[serde(default = "default_acquire_ms")]
+    pub(crate) acquire_timeout_ms: u64,
+    /// Redis for rate limits; default from REDIS_HOST (localhost), REDIS_PORT (6379),
+    /// REDIS_PASSWORD.
+    #[serde(default)]
+    pub(crate) redis_url: Option<String>,
+    /// Requests per user per second (OpenHands: 10). 0 turns the limit off.
+    #[serde(default = "default_per_second")]
+    pub(crate) rate_limit_per_second: u64,
+    /// Requests per user per minute (OpenHands: 100). 0 turns the limit off.
+    #[serde(default = "default_per_minute")]
+    pub(crate) rate_limit_per_minute: u64,
+    /// Prefix of every Redis key this plugin writes.
+    #[serde(default = "default_prefix")]
+    pub(crate) redis_key_prefix: String,
+    /// Service-account keys given by hash in the profile (no database row): how the first
+    /// real API keys get created, and how automation signs in without Keycloak.
+    #[serde(default)]
+    pub(crate) static_keys: Vec<StaticKey>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StaticKey {
+    pub(crate) user_id: String,
+    /// Hex SHA-256 of the key.
+    pub(crate) sha256: String,
+}
+
+fn default_acquire_ms() -> u64 {
+    3000
+}
+fn default_per_second() -> u64 {
+    10
+}
+fn default_per_minute() -> u64 {
+    100
+}
+fn default_prefix() -> String {
+    "oh:".to_owned()
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Config {
+    pub(crate) fn parse(json: &str) -> Result<Config, PluginError> {
+        let c: Config = plugin_sdk::parse_config(json)?;
+        for (i, k) in c.static_keys.iter().enumerate() {
+            if k.sha256.len() != 64 || !k.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(PluginError::invalid_config(format!(
+                    "static_keys[{i}].sha256 must be 64 hex digits (`printf %s KEY | sha256sum`)"
+                )));
+            }
+            if k.user_id.is_empty() {
+                return Err(PluginError::invalid_config(format!("static_keys[{i}].user_id is empty")));
+            }
+        }
+        Ok(c)
+    }
+
+    pub(crate) fn redis_url(&self) -> String {
+        self.redis_url.clone().unwrap_or_else(|| {
+            let host = env("REDIS_HOST").unwrap_or_else(|| "localhost".to_owned());
+            let port = env("REDIS_PORT").unwrap_or_else(|| "6379".to_owned());
+            match env("REDIS_PASSWORD") {
+                Some(p) => format!("redis://:{p}@{host}:{port}/"),
+                None => format!("redis://{host}:{port}/"),
+            }
+        })
+    }
+}

@@ -1,0 +1,186 @@
+//! API keys in PostgreSQL: created shown once, stored as a SHA-256, with expiry,
+//! `last_used_at` and revocation.
+
+use pg_common::db_error;
+use plugin_sdk::{ErrorCode, PluginError};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::{postgres::PgPoolOptions, PgPool, Row as _};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+pub(crate) struct KeyStore {
+    pool: PgPool,
+    migrated: OnceCell<()>,
+}
+
+/// A key as listed (never the key itself).
+#[derive(Serialize)]
+pub(crate) struct KeyInfo {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) prefix: String,
+    pub(crate) created_at: String,
+    pub(crate) expires_at: Option<String>,
+    pub(crate) last_used_at: Option<String>,
+}
+
+pub(crate) fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_hex(bytes: usize) -> Result<String, PluginError> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::getrandom(&mut buf).map_err(|e| PluginError::internal(format!("no randomness: {e}")))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Why a key was refused.
+pub(crate) enum Refusal {
+    Unknown,
+    Revoked,
+    Expired,
+}
+
+const TIME: &str = "to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+
+fn time(col: &str) -> String {
+    TIME.replace("%s", col)
+}
+
+impl KeyStore {
+    pub(crate) fn new(database_url: Option<&str>, max: Option<u32>, acquire_ms: u64) -> Result<KeyStore, PluginError> {
+        let (options, _) = pg_common::connect_options(database_url)?;
+        let pool = plugin_sdk::enter_runtime(|| {
+            PgPoolOptions::new()
+                .max_connections(pg_common::max_connections(max))
+                .min_connections(0)
+                .acquire_timeout(Duration::from_millis(acquire_ms))
+                .test_before_acquire(true)
+                .connect_lazy_with(options)
+        });
+        Ok(KeyStore { pool, migrated: OnceCell::new() })
+    }
+
+    async fn ready(&self) -> Result<&PgPool, PluginError> {
+        self.migrated.get_or_try_init(|| async { pg_common::migrate(&self.pool).await.map(|_| ()) }).await?;
+        Ok(&self.pool)
+    }
+
+    /// The user a key signs in as, or why not; records the use.
+    pub(crate) async fn verify(&self, key: &str) -> Result<Result<String, Refusal>, PluginError> {
+        let pool = self.ready().await?;
+        let row = sqlx::query(
+            "SELECT id, user_id, revoked_at IS NOT NULL, expires_at IS NOT NULL AND expires_at <= now() \
+             FROM api_keys WHERE key_sha256 = $1",
+        )
+        .bind(sha256_hex(key))
+        .fetch_optional(pool)
+        .await
+        .map_err(db_error)?;
+        let Some(row) = row else { return Ok(Err(Refusal::Unknown)) };
+        let (id, user, revoked, expired): (String, String, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        if revoked {
+            return Ok(Err(Refusal::Revoked));
+        }
+        if expired {
+            return Ok(Err(Refusal::Expired));
+        }
+        sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE id = $1")
+            .bind(&id)
+            .execute(pool)
+            .await
+            .map_err(db_error)?;
+        Ok(Ok(user))
+    }
+
+    /// Creates a key; returns it (the only time it is seen) and its listing.
+    pub(crate) async fn create(
+        &self,
+        user: &str,
+        name: &str,
+        expires_at: Option<&str>,
+    ) -> Result<(String, KeyInfo), PluginError> {
+        let pool = self.ready().await?;
+        let key = format!("oh_{}", random_hex(32)?);
+        let id = random_hex(8)?;
+        let prefix: String = key.chars().take(10).collect();
+        let row = sqlx::query(&format!(
+            "INSERT INTO api_keys (id, user_id, name, key_sha256, prefix, expires_at) VALUES ($1, $2, $3, $4, $5, $6::timestamptz) \
+             RETURNING {}, {}",
+            time("created_at"),
+            time("expires_at")
+        ))
+        .bind(&id)
+        .bind(user)
+        .bind(name)
+        .bind(sha256_hex(&key))
+        .bind(&prefix)
+        .bind(expires_at)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("22007") || d.code().as_deref() == Some("22008") => {
+                PluginError::invalid_argument("expires_at is not a valid timestamp")
+            }
+            _ => db_error(e),
+        })?;
+        let info = KeyInfo {
+            id,
+            name: name.to_owned(),
+            prefix,
+            created_at: row.get(0),
+            expires_at: row.get(1),
+            last_used_at: None,
+        };
+        Ok((key, info))
+    }
+
+    pub(crate) async fn list(&self, user: &str) -> Result<Vec<KeyInfo>, PluginError> {
+        let pool = self.ready().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT id, name, prefix, {}, {}, {} FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC",
+            time("created_at"),
+            time("expires_at"),
+            time("last_used_at")
+        ))
+        .bind(user)
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| KeyInfo {
+                id: r.get(0),
+                name: r.get(1),
+                prefix: r.get(2),
+                created_at: r.get(3),
+                expires_at: r.get(4),
+                last_used_at: r.get(5),
+            })
+            .collect())
+    }
+
+    /// Revokes one of the user's keys; `NOT_FOUND` for anyone else's.
+    pub(crate) async fn revoke(&self, user: &str, id: &str) -> Result<(), PluginError> {
+        let pool = self.ready().await?;
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL")
+                .bind(id)
+                .bind(user)
+                .execute(pool)
+                .await
+                .map_err(db_error)?;
+        if done.rows_affected() == 0 {
+            return Err(PluginError::new(ErrorCode::NOT_FOUND, format!("API key {id} not found")));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn health(&self) -> Result<String, PluginError> {
+        let pool = self.ready().await?;
+        sqlx::query("SELECT 1").execute(pool).await.map_err(db_error)?;
+        Ok("api keys: PostgreSQL reachable".to_owned())
+    }
+}
