@@ -7,6 +7,7 @@ mod failures;
 mod http;
 mod routes;
 mod saas_auth;
+mod sso;
 mod stores;
 mod tenancy;
 mod token_auth;

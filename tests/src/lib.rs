@@ -6,6 +6,7 @@
 //! and the example plugin first): `target/debug/oh-host`, `target/debug/lib*.so`.
 
 pub mod llm;
+pub mod oidc;
 pub mod pg;
 pub mod sio;
 

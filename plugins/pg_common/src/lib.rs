@@ -15,6 +15,7 @@ use std::borrow::Cow;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../../migrations/0001_init.sql")),
     (2, "api_keys", include_str!("../../../migrations/0002_api_keys.sql")),
+    (3, "user_tos", include_str!("../../../migrations/0003_user_tos.sql")),
 ];
 
 /// The advisory lock key around migrations ("ohhost" in ASCII).

@@ -32,6 +32,36 @@ pub(crate) struct Config {
     /// real API keys get created, and how automation signs in without Keycloak.
     #[serde(default)]
     pub(crate) static_keys: Vec<StaticKey>,
+    /// Keycloak as this server reaches it (KEYCLOAK_SERVER_URL); cookie sign-in is off
+    /// without it.
+    #[serde(default)]
+    pub(crate) keycloak_server_url: Option<String>,
+    /// Keycloak as browsers reach it (KEYCLOAK_SERVER_URL_EXT); default: the server URL.
+    #[serde(default)]
+    pub(crate) keycloak_server_url_ext: Option<String>,
+    /// KEYCLOAK_REALM_NAME.
+    #[serde(default)]
+    pub(crate) keycloak_realm_name: Option<String>,
+    /// KEYCLOAK_CLIENT_ID.
+    #[serde(default)]
+    pub(crate) keycloak_client_id: Option<String>,
+    /// KEYCLOAK_CLIENT_SECRET.
+    #[serde(default)]
+    pub(crate) keycloak_client_secret: Option<String>,
+    /// Signs the `keycloak_auth` cookie (JWT_SECRET).
+    #[serde(default)]
+    pub(crate) jwt_secret: Option<String>,
+    /// This server's public origin (WEB_HOST), e.g. `https://app.example.com`: the OAuth
+    /// redirect URI and the only origin `redirect_url` may point to.
+    #[serde(default)]
+    pub(crate) web_host: Option<String>,
+}
+
+/// Cookie sign-in settings, when Keycloak is configured.
+pub(crate) struct Sso {
+    pub(crate) keycloak: crate::keycloak::Keycloak,
+    pub(crate) jwt_secret: String,
+    pub(crate) web_host: String,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -73,6 +103,33 @@ impl Config {
             }
         }
         Ok(c)
+    }
+
+    /// Keycloak sign-in, when `keycloak_server_url` is set; then realm, client, secret,
+    /// `jwt_secret` and `web_host` are required.
+    pub(crate) fn sso(&self) -> Result<Option<Sso>, PluginError> {
+        let Some(server) = self.keycloak_server_url.as_deref().filter(|s| !s.is_empty()) else { return Ok(None) };
+        let need = |v: &Option<String>, key: &str, var: &str| {
+            v.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
+                PluginError::invalid_config(format!("keycloak_server_url is set, so `{key}` is required (from {var})"))
+            })
+        };
+        let realm = need(&self.keycloak_realm_name, "keycloak_realm_name", "KEYCLOAK_REALM_NAME")?;
+        let client_id = need(&self.keycloak_client_id, "keycloak_client_id", "KEYCLOAK_CLIENT_ID")?;
+        let client_secret = need(&self.keycloak_client_secret, "keycloak_client_secret", "KEYCLOAK_CLIENT_SECRET")?;
+        let jwt_secret = need(&self.jwt_secret, "jwt_secret", "JWT_SECRET")?;
+        if jwt_secret.len() < 16 {
+            return Err(PluginError::invalid_config("jwt_secret must be at least 16 characters"));
+        }
+        let web_host = need(&self.web_host, "web_host", "WEB_HOST")?.trim_end_matches('/').to_owned();
+        let keycloak = crate::keycloak::Keycloak::new(
+            server,
+            self.keycloak_server_url_ext.as_deref().filter(|s| !s.is_empty()),
+            &realm,
+            &client_id,
+            &client_secret,
+        );
+        Ok(Some(Sso { keycloak, jwt_secret, web_host }))
     }
 
     pub(crate) fn redis_url(&self) -> String {

@@ -178,6 +178,27 @@ impl KeyStore {
         Ok(())
     }
 
+    /// Records that the user accepted the terms of service.
+    pub(crate) async fn accept_tos(&self, user: &str) -> Result<(), PluginError> {
+        let pool = self.ready().await?;
+        sqlx::query("INSERT INTO user_tos (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING")
+            .bind(user)
+            .execute(pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    pub(crate) async fn accepted_tos(&self, user: &str) -> Result<bool, PluginError> {
+        let pool = self.ready().await?;
+        let found: Option<String> = sqlx::query_scalar("SELECT user_id FROM user_tos WHERE user_id = $1")
+            .bind(user)
+            .fetch_optional(pool)
+            .await
+            .map_err(db_error)?;
+        Ok(found.is_some())
+    }
+
     pub(crate) async fn health(&self) -> Result<String, PluginError> {
         let pool = self.ready().await?;
         sqlx::query("SELECT 1").execute(pool).await.map_err(db_error)?;

@@ -5,11 +5,17 @@
 //!   `static_keys` from the profile); then the user's rate limit in Redis.
 //! - `SaasAuthRoutes` (`routes`): `POST/GET /api/keys`, `DELETE /api/keys/{id}`.
 //!
-//! Keycloak SSO cookies, the OAuth routes, TOS/email gates and provider tokens are the next
-//! part; until then a `keycloak_auth` cookie alone is refused with a message saying so.
+//! With Keycloak configured, also the `keycloak_auth` cookie: the outer HS256 token
+//! (`JWT_SECRET`) and the Keycloak access token inside it are verified (RS256, JWKS); an
+//! expired access token is refreshed and the rewritten cookie set on the response; the TOS and
+//! email-verification gates apply; and the OAuth routes sign users in (`state` and the PKCE
+//! verifier in a signed short-lived cookie). Provider tokens through Keycloak's broker are the
+//! next part.
 
 mod config;
+mod keycloak;
 mod keys;
+mod oauth;
 mod ratelimit;
 
 use config::Config;
@@ -27,6 +33,22 @@ pub struct SaasUserAuth {
     keys: KeyStore,
     limiter: RateLimiter,
     static_keys: Vec<([u8; 32], String)>,
+    sso: Option<config::Sso>,
+}
+
+/// The value of cookie `name` in a `Cookie` header.
+pub(crate) fn cookie_value<'a>(cookie_header: Option<&'a str>, name: &str) -> Option<&'a str> {
+    cookie_header?.split(';').find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+/// Paths a user with an unverified email may still use: OpenHands' exemptions, plus
+/// `/api/accept_tos` (so the two gates can be passed in either order).
+fn email_exempt(path: &str) -> bool {
+    path.starts_with("/api/email")
+        || ["/api/settings", "/api/logout", "/api/authenticate", "/api/accept_tos"].contains(&path)
 }
 
 fn header<'a>(request: &'a AuthRequest, name: &str) -> Option<&'a str> {
@@ -36,10 +58,6 @@ fn header<'a>(request: &'a AuthRequest, name: &str) -> Option<&'a str> {
         .find(|h| h.0.eq_ignore_ascii_case(name))
         .map(|h| h.1.as_str().trim())
         .filter(|v| !v.is_empty())
-}
-
-fn has_cookie(request: &AuthRequest, name: &str) -> bool {
-    header(request, "cookie").is_some_and(|c| c.split(';').any(|kv| kv.trim().split('=').next() == Some(name)))
 }
 
 fn unhex(hex: &str) -> [u8; 32] {
@@ -69,6 +87,62 @@ impl SaasUserAuth {
                 .iter()
                 .map(|k| (unhex(&k.sha256.to_ascii_lowercase()), k.user_id.clone()))
                 .collect(),
+            sso: c.sso()?,
+        })
+    }
+
+    /// The cookie path: verify, refresh when expired, apply the gates.
+    async fn authenticate_cookie(&self, sso: &config::Sso, cookie: &str, path: &str) -> Result<AuthOutcome, PluginError> {
+        let clear = || json!({ "headers": { "Set-Cookie": keycloak::clear_cookie("keycloak_auth", &sso.web_host) } });
+        let Some(mut claims) = keycloak::verify_signed::<keycloak::CookieClaims>(cookie, &sso.jwt_secret) else {
+            return Err(PluginError::new(ErrorCode::AUTH_INVALID, "invalid session cookie; sign in again")
+                .with_details(&clear()));
+        };
+        let mut set_cookie = None;
+        let access = match sso.keycloak.verify(&claims.access_token).await {
+            Ok(a) => a,
+            Err(keycloak::TokenError::Expired) => {
+                let tokens = sso
+                    .keycloak
+                    .refresh(&claims.refresh_token)
+                    .await
+                    .map_err(|e| PluginError::from(e).with_details(&clear()))?;
+                claims.access_token = tokens.access_token;
+                claims.refresh_token = tokens.refresh_token;
+                let access = sso
+                    .keycloak
+                    .verify(&claims.access_token)
+                    .await
+                    .map_err(|e| PluginError::from(e).with_details(&clear()))?;
+                set_cookie = Some(keycloak::cookie(
+                    "keycloak_auth",
+                    &keycloak::sign(&claims, &sso.jwt_secret)?,
+                    &sso.web_host,
+                    None,
+                ));
+                access
+            }
+            Err(e @ keycloak::TokenError::Unavailable(_)) => return Err(e.into()),
+            Err(e) => return Err(PluginError::from(e).with_details(&clear())),
+        };
+        if !claims.accepted_tos && path != "/api/accept_tos" {
+            return Err(PluginError::new(
+                ErrorCode::AUTH_TOS_NOT_ACCEPTED,
+                "accept the terms of service first (POST /api/accept_tos)",
+            ));
+        }
+        if access.email_verified == Some(false) && !email_exempt(path) {
+            return Err(PluginError::new(ErrorCode::AUTH_EMAIL_NOT_VERIFIED, "verify your email address first"));
+        }
+        let mut headers = self.limiter.check(&access.sub).await?;
+        if let Some(c) = set_cookie {
+            headers.push(("Set-Cookie".to_owned(), c));
+        }
+        Ok(AuthOutcome {
+            user_id: RSome(access.sub.into()),
+            email: access.email.map(RString::from).into(),
+            auth_type: AuthType::COOKIE,
+            response_headers: headers.into_iter().map(|(k, v)| Tuple2(RString::from(k), RString::from(v))).collect(),
         })
     }
 
@@ -100,11 +174,14 @@ impl plugin_sdk::UserAuth for SaasUserAuth {
             .map(str::trim)
             .or_else(|| header(&request, "x-session-api-key"));
         let Some(key) = key else {
-            if has_cookie(&request, "keycloak_auth") {
-                return Err(auth_error(
-                    ErrorCode::UNAUTHENTICATED,
-                    "keycloak_auth cookies are not accepted by this build yet; use an API key",
-                ));
+            if let Some(cookie) = cookie_value(header(&request, "cookie"), "keycloak_auth") {
+                return match &self.sso {
+                    Some(sso) => self.authenticate_cookie(sso, cookie, request.path.as_str()).await,
+                    None => Err(auth_error(
+                        ErrorCode::UNAUTHENTICATED,
+                        "keycloak_auth cookies are not accepted: no Keycloak is configured (keycloak_server_url)",
+                    )),
+                };
             }
             return Err(auth_error(
                 ErrorCode::AUTH_NO_CREDENTIALS,
@@ -128,6 +205,7 @@ impl plugin_sdk::UserAuth for SaasUserAuth {
 
 pub struct SaasAuthRoutes {
     keys: KeyStore,
+    sso: Option<config::Sso>,
 }
 
 #[derive(Deserialize)]
@@ -139,7 +217,7 @@ struct NewKey {
     expires_at: Option<String>,
 }
 
-fn respond(status: u16, body: &Value) -> HttpResponse {
+pub(crate) fn respond(status: u16, body: &Value) -> HttpResponse {
     HttpResponse {
         status,
         headers: RVec::from(vec![Tuple2(RString::from("content-type"), RString::from("application/json"))]),
@@ -149,14 +227,23 @@ fn respond(status: u16, body: &Value) -> HttpResponse {
 
 impl plugin_sdk::RouteHandler for SaasAuthRoutes {
     fn routes(&self) -> Vec<RouteSpec> {
-        vec![
+        let mut routes = vec![
             RouteSpec { method: "POST".into(), path: "/api/keys".into(), authenticated: true },
             RouteSpec { method: "GET".into(), path: "/api/keys".into(), authenticated: true },
             RouteSpec { method: "DELETE".into(), path: "/api/keys/{id}".into(), authenticated: true },
-        ]
+        ];
+        if self.sso.is_some() {
+            routes.extend(oauth::routes());
+        }
+        routes
     }
 
     async fn handle(&self, ctx: CallContext, request: HttpRequest) -> Result<HttpResponse, PluginError> {
+        if let Some(sso) = &self.sso {
+            if let Some(answer) = oauth::handle(sso, &self.keys, &ctx, &request).await? {
+                return Ok(answer);
+            }
+        }
         let Some(user) = ctx.user_id() else {
             return Ok(respond(401, &json!({ "error": "API keys belong to a signed-in user" })));
         };
@@ -208,7 +295,10 @@ pub fn register(r: &mut Registry) {
     );
     r.routes("SaasAuthRoutes", "POST/GET /api/keys, DELETE /api/keys/{id}", |config, _| {
         let c = Config::parse(config)?;
-        Ok(SaasAuthRoutes { keys: KeyStore::new(c.database_url.as_deref(), c.max_connections, c.acquire_timeout_ms)? })
+        Ok(SaasAuthRoutes {
+            keys: KeyStore::new(c.database_url.as_deref(), c.max_connections, c.acquire_timeout_ms)?,
+            sso: c.sso()?,
+        })
     });
 }
 

@@ -1,0 +1,253 @@
+//! Keycloak (OIDC) as the enterprise edition uses it: access tokens verified (RS256 against
+//! the realm's JWKS, `kid` rotation with a rate-limited refetch, `iss`, `exp`, `sub`), tokens
+//! refreshed with the refresh token, codes exchanged with the PKCE verifier, sessions ended.
+//! And the `keycloak_auth` cookie: an HS256 token (`JWT_SECRET`) wrapping the Keycloak tokens
+//! and `accepted_tos`, as OpenHands writes it.
+
+use jsonwebtoken::{
+    decode, decode_header, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
+use plugin_sdk::PluginError;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+use tokio::sync::Mutex;
+
+/// The least time between two JWKS fetches triggered by an unknown `kid`.
+const JWKS_REFETCH: Duration = Duration::from_secs(1);
+
+pub(crate) struct Keycloak {
+    /// Where this server reaches Keycloak.
+    server_url: String,
+    /// Where browsers reach it (and what its tokens name as issuer).
+    public_url: String,
+    realm: String,
+    pub(crate) client_id: String,
+    client_secret: String,
+    http: reqwest::Client,
+    jwks: Mutex<(HashMap<String, DecodingKey>, Option<Instant>)>,
+}
+
+/// Claims of a Keycloak access token that we use.
+#[derive(Deserialize, Debug, Clone)]
+pub(crate) struct AccessClaims {
+    pub(crate) sub: String,
+    #[serde(default)]
+    pub(crate) email: Option<String>,
+    #[serde(default)]
+    pub(crate) email_verified: Option<bool>,
+}
+
+/// A token endpoint's answer.
+#[derive(Deserialize, Debug)]
+pub(crate) struct Tokens {
+    pub(crate) access_token: String,
+    pub(crate) refresh_token: String,
+}
+
+pub(crate) enum TokenError {
+    Expired,
+    Invalid(String),
+    Unavailable(String),
+}
+
+impl Keycloak {
+    pub(crate) fn new(
+        server_url: &str,
+        public_url: Option<&str>,
+        realm: &str,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Self {
+        let server_url = server_url.trim_end_matches('/').to_owned();
+        Keycloak {
+            public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()).unwrap_or_else(|| server_url.clone()),
+            server_url,
+            realm: realm.to_owned(),
+            client_id: client_id.to_owned(),
+            client_secret: client_secret.to_owned(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client"),
+            jwks: Mutex::new((HashMap::new(), None)),
+        }
+    }
+
+    fn realm_url(&self, base: &str) -> String {
+        format!("{base}/realms/{}", self.realm)
+    }
+
+    pub(crate) fn issuer(&self) -> String {
+        self.realm_url(&self.public_url)
+    }
+
+    /// The browser-facing authorization URL.
+    pub(crate) fn authorize_url(&self) -> String {
+        format!("{}/protocol/openid-connect/auth", self.realm_url(&self.public_url))
+    }
+
+    fn endpoint(&self, path: &str) -> String {
+        format!("{}/protocol/openid-connect/{path}", self.realm_url(&self.server_url))
+    }
+
+    async fn key(&self, kid: &str) -> Result<DecodingKey, TokenError> {
+        let mut cache = self.jwks.lock().await;
+        if let Some(k) = cache.0.get(kid) {
+            return Ok(k.clone());
+        }
+        if cache.1.is_some_and(|t| t.elapsed() < JWKS_REFETCH) {
+            return Err(TokenError::Invalid(format!("unknown signing key `{kid}`")));
+        }
+        cache.1 = Some(Instant::now());
+        let jwks: jsonwebtoken::jwk::JwkSet = self
+            .http
+            .get(self.endpoint("certs"))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| TokenError::Unavailable(format!("cannot fetch Keycloak's keys: {e}")))?
+            .json()
+            .await
+            .map_err(|e| TokenError::Unavailable(format!("Keycloak's keys are malformed: {e}")))?;
+        cache.0 =
+            jwks.keys.iter().filter_map(|k| Some((k.common.key_id.clone()?, DecodingKey::from_jwk(k).ok()?))).collect();
+        cache.0.get(kid).cloned().ok_or_else(|| TokenError::Invalid(format!("unknown signing key `{kid}`")))
+    }
+
+    /// Verifies a Keycloak access token.
+    pub(crate) async fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        let header = decode_header(token).map_err(|e| TokenError::Invalid(format!("malformed access token: {e}")))?;
+        // Only RS256: refuses `none` and HS256 signed with the public key (alg confusion).
+        if header.alg != Algorithm::RS256 {
+            return Err(TokenError::Invalid(format!("access token algorithm {:?} is not accepted", header.alg)));
+        }
+        let kid = header.kid.ok_or_else(|| TokenError::Invalid("access token has no kid".to_owned()))?;
+        let key = self.key(&kid).await?;
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_issuer(&[self.issuer()]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        validation.validate_aud = false;
+        validation.leeway = 5;
+        decode::<AccessClaims>(token, &key, &validation).map(|d| d.claims).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            _ => TokenError::Invalid(format!("access token refused: {e}")),
+        })
+    }
+
+    async fn token_call(&self, form: &[(&str, &str)]) -> Result<Tokens, TokenError> {
+        let r = self
+            .http
+            .post(self.endpoint("token"))
+            .form(form)
+            .send()
+            .await
+            .map_err(|e| TokenError::Unavailable(format!("cannot reach Keycloak: {e}")))?;
+        let status = r.status();
+        if status.is_success() {
+            return r.json().await.map_err(|e| TokenError::Unavailable(format!("malformed token answer: {e}")));
+        }
+        let body: Value = r.json().await.unwrap_or_default();
+        let error = body["error"].as_str().unwrap_or("").to_owned();
+        if status.as_u16() == 400 && error == "invalid_grant" {
+            return Err(TokenError::Expired);
+        }
+        if status.is_server_error() {
+            return Err(TokenError::Unavailable(format!("Keycloak answered {status}")));
+        }
+        Err(TokenError::Invalid(format!("Keycloak refused the token request: {status} {error}")))
+    }
+
+    pub(crate) async fn refresh(&self, refresh_token: &str) -> Result<Tokens, TokenError> {
+        self.token_call(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", &self.client_id),
+            ("client_secret", &self.client_secret),
+            ("refresh_token", refresh_token),
+        ])
+        .await
+    }
+
+    pub(crate) async fn exchange(&self, code: &str, verifier: &str, redirect_uri: &str) -> Result<Tokens, TokenError> {
+        self.token_call(&[
+            ("grant_type", "authorization_code"),
+            ("client_id", &self.client_id),
+            ("client_secret", &self.client_secret),
+            ("code", code),
+            ("code_verifier", verifier),
+            ("redirect_uri", redirect_uri),
+        ])
+        .await
+    }
+
+    /// Ends the Keycloak session (best effort: the cookie is cleared anyway).
+    pub(crate) async fn logout(&self, refresh_token: &str) {
+        let form = [
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", &self.client_secret),
+            ("refresh_token", refresh_token),
+        ];
+        if let Err(e) =
+            self.http.post(self.endpoint("logout")).form(&form).send().await.and_then(|r| r.error_for_status())
+        {
+            tracing::warn!(error = %e, "Keycloak logout failed");
+        }
+    }
+}
+
+impl From<TokenError> for PluginError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Expired => {
+                PluginError::new(plugin_sdk::ErrorCode::AUTH_EXPIRED, "session expired; sign in again")
+            }
+            TokenError::Invalid(m) => PluginError::new(plugin_sdk::ErrorCode::AUTH_INVALID, m),
+            TokenError::Unavailable(m) => PluginError::unavailable(m),
+        }
+    }
+}
+
+/// The `keycloak_auth` cookie's claims (OpenHands' names).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) struct CookieClaims {
+    pub(crate) access_token: String,
+    pub(crate) refresh_token: String,
+    #[serde(default)]
+    pub(crate) accepted_tos: bool,
+}
+
+pub(crate) fn sign<T: Serialize>(claims: &T, secret: &str) -> Result<String, PluginError> {
+    encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
+        .map_err(|e| PluginError::internal(format!("cannot sign: {e}")))
+}
+
+/// Verifies an HS256 token of ours; `exp` is checked when present.
+pub(crate) fn verify_signed<T: serde::de::DeserializeOwned>(token: &str, secret: &str) -> Option<T> {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_required_spec_claims::<&str>(&[]);
+    validation.validate_aud = false;
+    decode::<T>(token, &DecodingKey::from_secret(secret.as_bytes()), &validation).ok().map(|d| d.claims)
+}
+
+/// Cookie attributes as OpenHands sets them: HttpOnly; Secure except on localhost; SameSite
+/// Lax on localhost, Strict elsewhere.
+pub(crate) fn cookie(name: &str, value: &str, web_host: &str, max_age: Option<i64>) -> String {
+    let local = is_local(web_host);
+    let mut c = format!("{name}={value}; Path=/; HttpOnly; SameSite={}", if local { "Lax" } else { "Strict" });
+    if !local {
+        c.push_str("; Secure");
+    }
+    if let Some(age) = max_age {
+        c.push_str(&format!("; Max-Age={age}"));
+    }
+    c
+}
+
+pub(crate) fn clear_cookie(name: &str, web_host: &str) -> String {
+    cookie(name, "", web_host, Some(0))
+}
+
+fn is_local(web_host: &str) -> bool {
+    let host = web_host.split("://").nth(1).unwrap_or(web_host).split(['/', ':']).next().unwrap_or("");
+    host == "localhost" || host == "127.0.0.1"
+}

@@ -1,0 +1,254 @@
+//! The sign-in routes: `/oauth/keycloak/login` starts the authorization-code flow with PKCE
+//! (`state`, the verifier and the target kept in a signed cookie that lives ten minutes),
+//! `/oauth/keycloak/callback` checks `state`, exchanges the code with the verifier, sets the
+//! `keycloak_auth` cookie and redirects to a same-site URL only; `/api/authenticate`,
+//! `/api/logout` and `/api/accept_tos` (OpenHands §10.9).
+
+use crate::{
+    config::Sso,
+    cookie_value,
+    keycloak::{self, CookieClaims},
+    keys::KeyStore,
+    respond,
+};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine as _};
+use plugin_sdk::{
+    plugin_api::abi_stable::std_types::{RString, Tuple2},
+    CallContext, HttpRequest, HttpResponse, PluginError, RouteSpec,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+const STATE_COOKIE: &str = "oh_oauth_state";
+
+pub(crate) fn routes() -> Vec<RouteSpec> {
+    let r =
+        |method: &str, path: &str, authenticated| RouteSpec { method: method.into(), path: path.into(), authenticated };
+    vec![
+        r("GET", "/oauth/keycloak/login", false),
+        r("GET", "/oauth/keycloak/callback", false),
+        r("GET", "/oauth/keycloak/offline/callback", false),
+        r("POST", "/api/authenticate", true),
+        r("POST", "/api/logout", true),
+        r("POST", "/api/accept_tos", true),
+    ]
+}
+
+#[derive(Serialize, Deserialize)]
+struct FlowState {
+    state: String,
+    verifier: String,
+    redirect: String,
+    exp: i64,
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|c| match c {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (c as char).to_string(),
+            _ => format!("%{c:02X}"),
+        })
+        .collect()
+}
+
+/// A same-site target: a path (`/x`, not `//x`), or an absolute URL on `web_host`.
+fn safe_redirect(target: &str, web_host: &str) -> Option<String> {
+    if target.is_empty() {
+        return Some("/".to_owned());
+    }
+    if target.starts_with('/') && !target.starts_with("//") && !target.starts_with("/\\") {
+        return Some(target.to_owned());
+    }
+    let rest = target.strip_prefix(web_host)?;
+    (rest.is_empty() || rest.starts_with('/')).then(|| target.to_owned())
+}
+
+fn random(bytes: usize) -> Result<String, PluginError> {
+    let mut b = vec![0u8; bytes];
+    getrandom::getrandom(&mut b).map_err(|e| PluginError::internal(format!("no randomness: {e}")))?;
+    Ok(B64.encode(b))
+}
+
+fn redirect_to(location: &str, cookies: &[String]) -> HttpResponse {
+    let mut headers = vec![Tuple2(RString::from("location"), RString::from(location))];
+    headers.extend(cookies.iter().map(|c| Tuple2(RString::from("set-cookie"), RString::from(c.as_str()))));
+    HttpResponse { status: 302, headers: headers.into(), body: Vec::new().into() }
+}
+
+fn with_cookies(mut r: HttpResponse, cookies: &[String]) -> HttpResponse {
+    for c in cookies {
+        r.headers.push(Tuple2(RString::from("set-cookie"), RString::from(c.as_str())));
+    }
+    r
+}
+
+fn request_cookie<'a>(request: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    let header = request.headers.iter().find(|h| h.0.eq_ignore_ascii_case("cookie")).map(|h| h.1.as_str());
+    cookie_value(header, name)
+}
+
+/// Answers the sign-in routes; `None` for any other path.
+pub(crate) async fn handle(
+    sso: &Sso,
+    keys: &KeyStore,
+    ctx: &CallContext,
+    request: &HttpRequest,
+) -> Result<Option<HttpResponse>, PluginError> {
+    let query = request.query.as_str();
+    let answer = match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/oauth/keycloak/login") => {
+            let target = query_param(query, "redirect_url").unwrap_or_default();
+            let Some(redirect) = safe_redirect(&target, &sso.web_host) else {
+                return Ok(Some(respond(
+                    400,
+                    &json!({ "error": "redirect_url must be a path or a URL on this site" }),
+                )));
+            };
+            let flow = FlowState {
+                state: random(16)?,
+                verifier: random(32)?,
+                redirect,
+                exp: chrono::Utc::now().timestamp() + 600,
+            };
+            let challenge = B64.encode(Sha256::digest(flow.verifier.as_bytes()));
+            let callback = format!("{}/oauth/keycloak/callback", sso.web_host);
+            let url = format!(
+                "{}?client_id={}&response_type=code&scope=openid%20email%20profile&redirect_uri={}&state={}&code_challenge={}&code_challenge_method=S256",
+                sso.keycloak.authorize_url(),
+                percent_encode(&sso.keycloak.client_id),
+                percent_encode(&callback),
+                percent_encode(&flow.state),
+                challenge
+            );
+            let cookie =
+                keycloak::cookie(STATE_COOKIE, &keycloak::sign(&flow, &sso.jwt_secret)?, &sso.web_host, Some(600));
+            // The state cookie must come back on the cross-site redirect from Keycloak.
+            redirect_to(&url, &[cookie.replace("SameSite=Strict", "SameSite=Lax")])
+        }
+        ("GET", "/oauth/keycloak/callback" | "/oauth/keycloak/offline/callback") => {
+            let clear_state = keycloak::clear_cookie(STATE_COOKIE, &sso.web_host);
+            let refuse =
+                |msg: &str| with_cookies(respond(400, &json!({ "error": msg })), std::slice::from_ref(&clear_state));
+            let Some(flow) = request_cookie(request, STATE_COOKIE)
+                .and_then(|c| keycloak::verify_signed::<FlowState>(c, &sso.jwt_secret))
+            else {
+                return Ok(Some(refuse("missing or expired OAuth state; start the sign-in again")));
+            };
+            let given = query_param(query, "state").unwrap_or_default();
+            if given.len() != flow.state.len()
+                || given.bytes().zip(flow.state.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0
+            {
+                return Ok(Some(refuse("OAuth state mismatch")));
+            }
+            let Some(code) = query_param(query, "code").filter(|c| !c.is_empty()) else {
+                return Ok(Some(refuse("missing code")));
+            };
+            let callback = format!("{}{}", sso.web_host, request.path.as_str());
+            let tokens = match sso.keycloak.exchange(&code, &flow.verifier, &callback).await {
+                Ok(t) => t,
+                Err(e) => {
+                    let e = PluginError::from(e);
+                    return Ok(Some(with_cookies(
+                        respond(401, &json!({ "error": e.message.as_str() })),
+                        &[clear_state],
+                    )));
+                }
+            };
+            let access = sso.keycloak.verify(&tokens.access_token).await?;
+            let claims = CookieClaims {
+                access_token: tokens.access_token,
+                refresh_token: tokens.refresh_token,
+                accepted_tos: keys.accepted_tos(&access.sub).await?,
+            };
+            let session =
+                keycloak::cookie("keycloak_auth", &keycloak::sign(&claims, &sso.jwt_secret)?, &sso.web_host, None);
+            redirect_to(&flow.redirect, &[session, clear_state])
+        }
+        ("POST", "/api/authenticate") => respond(200, &json!({ "message": "User authenticated" })),
+        ("POST", "/api/logout") => {
+            if let Some(claims) = request_cookie(request, "keycloak_auth")
+                .and_then(|c| keycloak::verify_signed::<CookieClaims>(c, &sso.jwt_secret))
+            {
+                sso.keycloak.logout(&claims.refresh_token).await;
+            }
+            with_cookies(
+                respond(200, &json!({ "message": "User logged out" })),
+                &[keycloak::clear_cookie("keycloak_auth", &sso.web_host)],
+            )
+        }
+        ("POST", "/api/accept_tos") => {
+            let Some(user) = ctx.user_id() else {
+                return Ok(Some(respond(401, &json!({ "error": "sign in first" }))));
+            };
+            keys.accept_tos(user).await?;
+            let mut cookies = Vec::new();
+            if let Some(mut claims) = request_cookie(request, "keycloak_auth")
+                .and_then(|c| keycloak::verify_signed::<CookieClaims>(c, &sso.jwt_secret))
+            {
+                claims.accepted_tos = true;
+                cookies.push(keycloak::cookie(
+                    "keycloak_auth",
+                    &keycloak::sign(&claims, &sso.jwt_secret)?,
+                    &sso.web_host,
+                    None,
+                ));
+            }
+            let target = serde_json::from_slice::<serde_json::Value>(&request.body)
+                .ok()
+                .and_then(|b| b["redirect_url"].as_str().map(str::to_owned))
+                .and_then(|t| safe_redirect(&t, &sso.web_host))
+                .unwrap_or_else(|| "/".to_owned());
+            with_cookies(respond(200, &json!({ "redirect_url": target })), &cookies)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_same_site_redirects_are_accepted() {
+        let host = "https://app.example.com";
+        for ok in ["/", "/conversations/1", "https://app.example.com/x", "https://app.example.com"] {
+            assert!(safe_redirect(ok, host).is_some(), "{ok}");
+        }
+        for bad in [
+            "//evil.com",
+            "/\\evil.com",
+            "https://evil.com",
+            "https://app.example.com.evil.com/",
+            "javascript:alert(1)",
+        ] {
+            assert!(safe_redirect(bad, host).is_none(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Keycloak sign-in through the real host against the fake Keycloak: the full login flow,
+//! the TOS and email gates, refresh and cookie rewrite, logout, key rotation, and the attacks
+//! (each refused).
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine as _};
+use oh_e2e::{
+    oidc::{FakeKeycloak, User, CLIENT_ID, CLIENT_SECRET, REALM},
+    pg::TestDb,
+    Deployment, Response, TestHost,
+};
+use serde_json::json;
+
+const JWT_SECRET: &str = "sso-test-jwt-secret-0123456789";
+const WEB_HOST: &str = "http://localhost:3000";
+
+struct Sso {
+    _db: TestDb,
+    _d: Deployment,
+    host: TestHost,
+    kc: FakeKeycloak,
+    browser: reqwest::Client,
+}
+
+async fn start() -> Sso {
+    let db = TestDb::create().await;
+    let kc = FakeKeycloak::start().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    let config = format!(
+        "{{ database_url = \"{}\", rate_limit_per_second = 0, rate_limit_per_minute = 0, keycloak_server_url = \"{}\", \
+         keycloak_realm_name = \"{REALM}\", keycloak_client_id = \"{CLIENT_ID}\", keycloak_client_secret = \"{CLIENT_SECRET}\", \
+         jwt_secret = \"{JWT_SECRET}\", web_host = \"{WEB_HOST}\" }}",
+        db.url, kc.base
+    );
+    d.write_profile(
+        "",
+        &format!(
+            "[extensions.user_auth]\nlibrary = \"saas_auth\"\nimplementation = \"SaasUserAuth\"\nconfig = {config}\n\
+             [[extensions.routes]]\nlibrary = \"saas_auth\"\nimplementation = \"SaasAuthRoutes\"\nconfig = {config}\n"
+        ),
+    );
+    let host = d.start();
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    Sso { _db: db, _d: d, host, kc, browser }
+}
+
+fn set_cookie(r: &Response, name: &str) -> Option<String> {
+    r.headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .map(str::to_owned)
+}
+
+fn cookie_value(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_owned()
+}
+
+impl Sso {
+    async fn get(&self, url: &str, cookie: Option<&str>) -> Response {
+        let mut req = self.browser.get(url);
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        self.host.send(req).await
+    }
+
+    async fn api(&self, method: reqwest::Method, path: &str, session: &str) -> Response {
+        self.host
+            .send(
+                self.browser.request(method, self.host.url(path)).header("cookie", format!("keycloak_auth={session}")),
+            )
+            .await
+    }
+
+    /// The whole browser flow; returns the callback response.
+    async fn login(&self, redirect_url: &str) -> Response {
+        let start = self.get(&self.host.url(&format!("/oauth/keycloak/login?redirect_url={redirect_url}")), None).await;
+        assert_eq!(start.status, 302, "{}", start.text);
+        let state_cookie = set_cookie(&start, "oh_oauth_state").expect("state cookie");
+        let to_kc = start.headers["location"].to_str().unwrap().to_owned();
+        assert!(
+            to_kc.starts_with(&format!("{}/realms/{REALM}/protocol/openid-connect/auth?", self.kc.base)),
+            "{to_kc}"
+        );
+        assert!(to_kc.contains("code_challenge_method=S256") && to_kc.contains("state="));
+        let at_kc = self.get(&to_kc, None).await;
+        let back = at_kc.headers["location"].to_str().unwrap().to_owned();
+        let query = back.split_once('?').unwrap().1;
+        self.get(
+            &self.host.url(&format!("/oauth/keycloak/callback?{query}")),
+            Some(&format!("oh_oauth_state={}", cookie_value(&state_cookie))),
+        )
+        .await
+    }
+
+    /// Signs in and accepts the TOS; returns the session cookie value.
+    async fn session(&self) -> String {
+        let callback = self.login("/").await;
+        let session = cookie_value(&set_cookie(&callback, "keycloak_auth").expect("session cookie"));
+        let accepted = self.api(reqwest::Method::POST, "/api/accept_tos", &session).await;
+        assert_eq!(accepted.status, 200, "{}", accepted.text);
+        cookie_value(&set_cookie(&accepted, "keycloak_auth").expect("rewritten cookie"))
+    }
+
+    /// A cookie wrapping `access_token`, signed as the host signs them.
+    fn forged(&self, access_token: &str) -> String {
+        let claims = json!({ "access_token": access_token, "refresh_token": "unknown", "accepted_tos": true });
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn the_login_flow_sets_a_cookie_and_the_tos_gate_holds_until_accepted() {
+    let s = start().await;
+    let callback = s.login("/conversations/1").await;
+    assert_eq!(callback.status, 302, "{}", callback.text);
+    assert_eq!(callback.headers["location"], "/conversations/1");
+    let cookie = set_cookie(&callback, "keycloak_auth").unwrap();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && !cookie.contains("Secure"), "{cookie}");
+    let session = cookie_value(&cookie);
+
+    let gated = s.api(reqwest::Method::GET, "/api/settings", &session).await;
+    assert_eq!((gated.status, gated.json()["error"].as_str()), (401, Some("TosNotAcceptedError")));
+    let accepted = s.api(reqwest::Method::POST, "/api/accept_tos", &session).await;
+    assert_eq!(accepted.status, 200);
+    let session = cookie_value(&set_cookie(&accepted, "keycloak_auth").unwrap());
+    assert_eq!(s.api(reqwest::Method::GET, "/api/settings", &session).await.status, 404, "signed in: no settings yet");
+    assert_eq!(s.api(reqwest::Method::POST, "/api/authenticate", &session).await.status, 200);
+    // Acceptance is remembered: the next login's cookie already carries it.
+    let again = cookie_value(&set_cookie(&s.login("/").await, "keycloak_auth").unwrap());
+    assert_eq!(s.api(reqwest::Method::GET, "/api/settings", &again).await.status, 404);
+}
+
+#[tokio::test]
+async fn an_expired_access_token_is_refreshed_and_the_cookie_rewritten_then_logout_ends_it() {
+    let s = start().await;
+    s.kc.set_access_ttl(1);
+    let session = s.session().await;
+    // exp has one-second resolution and verification allows 5 s of clock skew.
+    tokio::time::sleep(std::time::Duration::from_millis(7600)).await;
+    let r = s.api(reqwest::Method::GET, "/api/settings", &session).await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    let rewritten = set_cookie(&r, "keycloak_auth")
+        .unwrap_or_else(|| panic!("no refreshed cookie: {:?} {}\n{}", r.headers, r.text, s.host.log()));
+    let fresh = cookie_value(&rewritten);
+    assert_ne!(fresh, session);
+    // The old refresh token was used up: the old cookie is now expired for good.
+    let stale = s.api(reqwest::Method::GET, "/api/settings", &session).await;
+    assert_eq!((stale.status, stale.json()["error"].as_str()), (401, Some("ExpiredError")));
+    assert!(set_cookie(&stale, "keycloak_auth").unwrap().contains("Max-Age=0"));
+
+    s.kc.set_access_ttl(300);
+    let out = s.api(reqwest::Method::POST, "/api/logout", &fresh).await;
+    assert_eq!(out.status, 200, "{}", out.text);
+    assert!(set_cookie(&out, "keycloak_auth").unwrap().contains("Max-Age=0"));
+    assert_eq!(s.kc.logouts(), 1);
+}
+
+#[tokio::test]
+async fn unverified_email_is_403_except_on_exempt_routes() {
+    let s = start().await;
+    s.kc.set_user(User { sub: "kc-unverified".into(), email: "u@example.com".into(), email_verified: false });
+    let session = s.session().await;
+    let gated = s.api(reqwest::Method::GET, "/api/secrets", &session).await;
+    assert_eq!((gated.status, gated.json()["error"].as_str()), (403, Some("EmailNotVerifiedError")));
+    assert_eq!(s.api(reqwest::Method::GET, "/api/settings", &session).await.status, 404);
+}
+
+#[tokio::test]
+async fn signing_keys_rotate_with_a_jwks_refetch() {
+    let s = start().await;
+    let before = s.session().await;
+    assert_eq!(s.api(reqwest::Method::GET, "/api/settings", &before).await.status, 404);
+    s.kc.rotate_key();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let after = s.session().await;
+    assert_eq!(s.api(reqwest::Method::GET, "/api/settings", &after).await.status, 404);
+}
+
+#[tokio::test]
+async fn attacks_are_refused() {
+    let s = start().await;
+    let user = User { sub: "mallory".into(), email: "m@example.com".into(), email_verified: true };
+    let refused = |r: &Response| assert_eq!(r.status, 401, "{}", r.text);
+
+    // alg: none.
+    let header = B64.encode(br#"{"alg":"none","typ":"JWT","kid":"test-key-a"}"#);
+    let payload = B64.encode(json!({ "sub": "mallory", "iss": s.kc.issuer(), "exp": 4_000_000_000u64 }).to_string());
+    refused(&s.api(reqwest::Method::GET, "/api/settings", &s.forged(&format!("{header}.{payload}."))).await);
+    // HS256 signed with the RSA public key (algorithm confusion).
+    let jwk = s.kc.public_jwk();
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = Some("test-key-a".into());
+    let confused = jsonwebtoken::encode(
+        &h,
+        &json!({ "sub": "mallory", "iss": s.kc.issuer(), "exp": 4_000_000_000u64 }),
+        &jsonwebtoken::EncodingKey::from_secret(jwk["n"].as_str().unwrap().as_bytes()),
+    )
+    .unwrap();
+    refused(&s.api(reqwest::Method::GET, "/api/settings", &s.forged(&confused)).await);
+    // Another issuer; an expired token (and no valid refresh token); an unknown kid.
+    refused(
+        &s.api(
+            reqwest::Method::GET,
+            "/api/settings",
+            &s.forged(&s.kc.mint(&user, json!({ "iss": "http://evil/realms/oh" }))),
+        )
+        .await,
+    );
+    let expired =
+        s.api(reqwest::Method::GET, "/api/settings", &s.forged(&s.kc.mint(&user, json!({ "exp": 1_000_000 })))).await;
+    assert_eq!((expired.status, expired.json()["error"].as_str()), (401, Some("ExpiredError")));
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.kid = Some("no-such-key".into());
+    let pem = std::fs::read(oh_e2e::workspace().join("tests/fixtures/keys/a.pem")).unwrap();
+    let unknown_kid = jsonwebtoken::encode(
+        &h,
+        &json!({ "sub": "mallory", "iss": s.kc.issuer(), "exp": 4_000_000_000u64 }),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap();
+    refused(&s.api(reqwest::Method::GET, "/api/settings", &s.forged(&unknown_kid)).await);
+    // A tampered cookie: refused and cleared.
+    let good = s.session().await;
+    let mut tampered = good.clone();
+    tampered.replace_range(tampered.len() - 3.., "AAA");
+    let r = s.api(reqwest::Method::GET, "/api/settings", &tampered).await;
+    refused(&r);
+    assert!(set_cookie(&r, "keycloak_auth").unwrap().contains("Max-Age=0"));
+    // An open redirect.
+    let open = s.get(&s.host.url("/oauth/keycloak/login?redirect_url=https://evil.example/"), None).await;
+    assert_eq!(open.status, 400);
+    let open = s.get(&s.host.url("/oauth/keycloak/login?redirect_url=//evil.example/"), None).await;
+    assert_eq!(open.status, 400);
+    // A missing state, a mismatched state, a replayed callback.
+    let start = s.get(&s.host.url("/oauth/keycloak/login"), None).await;
+    let state_cookie = format!("oh_oauth_state={}", cookie_value(&set_cookie(&start, "oh_oauth_state").unwrap()));
+    let at_kc = s.get(start.headers["location"].to_str().unwrap(), None).await;
+    let query = at_kc.headers["location"].to_str().unwrap().split_once('?').unwrap().1.to_owned();
+    assert_eq!(s.get(&s.host.url(&format!("/oauth/keycloak/callback?{query}")), None).await.status, 400);
+    let code = query.split('&').next().unwrap();
+    assert_eq!(
+        s.get(&s.host.url(&format!("/oauth/keycloak/callback?{code}&state=forged")), Some(&state_cookie)).await.status,
+        400
+    );
+    let first = s.get(&s.host.url(&format!("/oauth/keycloak/callback?{query}")), Some(&state_cookie)).await;
+    assert_eq!(first.status, 302, "{}", first.text);
+    let replay = s.get(&s.host.url(&format!("/oauth/keycloak/callback?{query}")), Some(&state_cookie)).await;
+    assert_eq!(replay.status, 401, "a replayed code must not sign in: {}", replay.text);
+}

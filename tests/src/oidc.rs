@@ -1,0 +1,263 @@
+//! A fake Keycloak on 127.0.0.1 speaking the endpoints the enterprise auth uses (realm `oh`):
+//! certs (JWKS, with key rotation), token (`authorization_code` with PKCE and
+//! `refresh_token` grants), auth (auto-approves the configured user and redirects back with a
+//! code), logout. Tokens are RS256 JWTs signed with the test keys in `tests/fixtures/keys`.
+
+use axum::{
+    body::Bytes,
+    extract::{Query, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine as _};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+pub const REALM: &str = "oh";
+pub const CLIENT_ID: &str = "openhands";
+pub const CLIENT_SECRET: &str = "kc-client-secret";
+
+fn key_file(name: &str) -> String {
+    std::fs::read_to_string(crate::workspace().join("tests/fixtures/keys").join(name)).unwrap()
+}
+
+/// Who signs in next, and how.
+#[derive(Clone)]
+pub struct User {
+    pub sub: String,
+    pub email: String,
+    pub email_verified: bool,
+}
+
+struct Code {
+    user: User,
+    challenge: String,
+    redirect_uri: String,
+}
+
+struct Inner {
+    key: char,
+    access_ttl: i64,
+    user: User,
+    codes: HashMap<String, Code>,
+    refresh: HashMap<String, User>,
+    logouts: usize,
+    counter: u64,
+}
+
+#[derive(Clone)]
+pub struct FakeKeycloak {
+    pub base: String,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl FakeKeycloak {
+    pub async fn start() -> FakeKeycloak {
+        let inner = Arc::new(Mutex::new(Inner {
+            key: 'a',
+            access_ttl: 300,
+            user: User { sub: "kc-user-1".into(), email: "user1@example.com".into(), email_verified: true },
+            codes: HashMap::new(),
+            refresh: HashMap::new(),
+            logouts: 0,
+            counter: 0,
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let kc = FakeKeycloak { base, inner };
+        let p = format!("/realms/{REALM}/protocol/openid-connect");
+        let app = Router::new()
+            .route(&format!("{p}/certs"), get(certs))
+            .route(&format!("{p}/token"), post(token))
+            .route(&format!("{p}/auth"), get(auth))
+            .route(&format!("{p}/logout"), post(logout))
+            .with_state(kc.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        kc
+    }
+
+    pub fn issuer(&self) -> String {
+        format!("{}/realms/{REALM}", self.base)
+    }
+
+    pub fn set_user(&self, user: User) {
+        self.inner.lock().unwrap().user = user;
+    }
+
+    pub fn set_access_ttl(&self, secs: i64) {
+        self.inner.lock().unwrap().access_ttl = secs;
+    }
+
+    /// Switches signing to the other test key; the JWKS then lists only the new one.
+    pub fn rotate_key(&self) {
+        let mut i = self.inner.lock().unwrap();
+        i.key = if i.key == 'a' { 'b' } else { 'a' };
+    }
+
+    pub fn logouts(&self) -> usize {
+        self.inner.lock().unwrap().logouts
+    }
+
+    /// An RS256 access token as Keycloak would sign it, with `claims` merged over the usual.
+    pub fn mint(&self, user: &User, overrides: Value) -> String {
+        let (key, ttl) = {
+            let i = self.inner.lock().unwrap();
+            (i.key, i.access_ttl)
+        };
+        let now = chrono_now();
+        let mut claims = json!({
+            "sub": user.sub, "email": user.email, "email_verified": user.email_verified,
+            "iss": self.issuer(), "iat": now, "exp": now + ttl, "typ": "Bearer", "azp": CLIENT_ID,
+        });
+        for (k, v) in overrides.as_object().cloned().unwrap_or_default() {
+            claims[k] = v;
+        }
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(format!("test-key-{key}"));
+        let pem = key_file(&format!("{key}.pem"));
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap()).unwrap()
+    }
+
+    /// The PEM of the public half of the current key (for the alg-confusion attack).
+    pub fn public_jwk(&self) -> Value {
+        let key = self.inner.lock().unwrap().key;
+        serde_json::from_str(&key_file(&format!("{key}.jwk.json"))).unwrap()
+    }
+
+    fn issue(&self, user: &User) -> Value {
+        let access = self.mint(user, json!({}));
+        let refresh = {
+            let mut i = self.inner.lock().unwrap();
+            i.counter += 1;
+            let r = format!("refresh-{}-{}", i.counter, user.sub);
+            i.refresh.insert(r.clone(), user.clone());
+            r
+        };
+        json!({ "access_token": access, "refresh_token": refresh, "token_type": "Bearer", "expires_in": 300 })
+    }
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn form(body: &[u8]) -> HashMap<String, String> {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let b = s.replace('+', " ");
+    let b = b.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap(), 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+async fn certs(State(kc): State<FakeKeycloak>) -> Json<Value> {
+    Json(json!({ "keys": [kc.public_jwk()] }))
+}
+
+fn invalid_grant(why: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": "invalid_grant", "error_description": why }))).into_response()
+}
+
+async fn token(State(kc): State<FakeKeycloak>, body: Bytes) -> Response {
+    let f = form(&body);
+    if f.get("client_id").map(String::as_str) != Some(CLIENT_ID)
+        || f.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET)
+    {
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "error": "unauthorized_client" }))).into_response();
+    }
+    match f.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {
+            let code = kc.inner.lock().unwrap().codes.remove(f.get("code").map(String::as_str).unwrap_or(""));
+            let Some(code) = code else { return invalid_grant("code unknown or already used") };
+            let verifier = f.get("code_verifier").cloned().unwrap_or_default();
+            if B64.encode(Sha256::digest(verifier.as_bytes())) != code.challenge {
+                return invalid_grant("PKCE verification failed");
+            }
+            if f.get("redirect_uri") != Some(&code.redirect_uri) {
+                return invalid_grant("redirect_uri mismatch");
+            }
+            Json(kc.issue(&code.user)).into_response()
+        }
+        Some("refresh_token") => {
+            let user =
+                kc.inner.lock().unwrap().refresh.remove(f.get("refresh_token").map(String::as_str).unwrap_or(""));
+            match user {
+                Some(u) => Json(kc.issue(&u)).into_response(),
+                None => invalid_grant("refresh token unknown, used or revoked"),
+            }
+        }
+        _ => (StatusCode::BAD_REQUEST, Json(json!({ "error": "unsupported_grant_type" }))).into_response(),
+    }
+}
+
+/// The user "signs in" at once: back to `redirect_uri` with a code.
+async fn auth(State(kc): State<FakeKeycloak>, Query(q): Query<HashMap<String, String>>) -> Response {
+    if q.get("client_id").map(String::as_str) != Some(CLIENT_ID)
+        || q.get("code_challenge_method").map(String::as_str) != Some("S256")
+    {
+        return (StatusCode::BAD_REQUEST, "bad authorization request").into_response();
+    }
+    let redirect_uri = q.get("redirect_uri").cloned().unwrap_or_default();
+    let code = {
+        let mut i = kc.inner.lock().unwrap();
+        i.counter += 1;
+        let code = format!("code-{}", i.counter);
+        let user = i.user.clone();
+        i.codes.insert(
+            code.clone(),
+            Code {
+                user,
+                challenge: q.get("code_challenge").cloned().unwrap_or_default(),
+                redirect_uri: redirect_uri.clone(),
+            },
+        );
+        code
+    };
+    let state = q.get("state").cloned().unwrap_or_default();
+    let location = format!("{redirect_uri}?code={code}&state={}", urlencode(&state));
+    (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|c| match c {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (c as char).to_string(),
+            _ => format!("%{c:02X}"),
+        })
+        .collect()
+}
+
+async fn logout(State(kc): State<FakeKeycloak>, body: Bytes) -> StatusCode {
+    let f = form(&body);
+    let mut i = kc.inner.lock().unwrap();
+    i.logouts += 1;
+    i.refresh.remove(f.get("refresh_token").map(String::as_str).unwrap_or(""));
+    StatusCode::NO_CONTENT
+}
