@@ -23,3 +23,17 @@ pub const HOME: &str = "HOME";
 pub fn get(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
+/// SaaS: shown as `APP_SLUG` (the GitHub App's slug).
+pub const GITHUB_APP_SLUG: &str = "GITHUB_APP_SLUG";
+/// SaaS: which providers `PROVIDERS_CONFIGURED` lists (set = configured).
+pub const GITLAB_APP_CLIENT_ID: &str = "GITLAB_APP_CLIENT_ID";
+pub const BITBUCKET_APP_CLIENT_ID: &str = "BITBUCKET_APP_CLIENT_ID";
+pub const ENABLE_ENTERPRISE_SSO: &str = "ENABLE_ENTERPRISE_SSO";
+/// SaaS feature flags (`"true"` or `"1"`).
+pub const ENABLE_JIRA: &str = "ENABLE_JIRA";
+pub const ENABLE_JIRA_DC: &str = "ENABLE_JIRA_DC";
+pub const ENABLE_LINEAR: &str = "ENABLE_LINEAR";
+/// SaaS: `MAINTENANCE.startTime` in `/api/options/config` when set.
+pub const MAINTENANCE_START_TIME: &str = "MAINTENANCE_START_TIME";
+/// SaaS: `AUTH_URL` in `/api/options/config` when set.
+pub const AUTH_URL: &str = "AUTH_URL";

@@ -59,18 +59,39 @@ fn the_enterprise_profile_checks_with_its_environment_and_names_what_is_missing(
     let run = |env: &[(&str, &str)]| {
         let mut cmd = std::process::Command::new(oh_e2e::host_binary());
         cmd.arg("check").arg("--config").arg(&profile).env("RUST_LOG", "warn");
-        for var in ["JWT_SECRET", "OH_MASTER_KEY", "DB_HOST", "DB_NAME"] {
+        for var in [
+            "JWT_SECRET",
+            "OH_MASTER_KEY",
+            "DB_HOST",
+            "DB_NAME",
+            "KEYCLOAK_SERVER_URL",
+            "KEYCLOAK_SERVER_URL_EXT",
+            "WEB_HOST",
+        ] {
             cmd.env_remove(var);
         }
         cmd.envs(env.iter().copied()).output().unwrap()
     };
-    let ok =
-        run(&[("JWT_SECRET", "a-long-enough-jwt-secret-value"), ("DB_HOST", "127.0.0.1"), ("OH_STATE_DIR", "/tmp")]);
+    let keycloak = [
+        ("KEYCLOAK_SERVER_URL", "http://127.0.0.1:8080"),
+        ("KEYCLOAK_REALM_NAME", "openhands"),
+        ("KEYCLOAK_CLIENT_ID", "openhands"),
+        ("KEYCLOAK_CLIENT_SECRET", "secret"),
+        ("WEB_HOST", "https://app.example.com"),
+        ("OH_STATE_DIR", "/tmp"),
+    ];
+    let mut env = keycloak.to_vec();
+    env.extend([("JWT_SECRET", "a-long-enough-jwt-secret-value"), ("DB_HOST", "127.0.0.1")]);
+    let ok = run(&env);
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(ok.status.success(), "{stdout}{}", String::from_utf8_lossy(&ok.stderr));
     assert!(stdout.contains("settings_store         postgres_stores::SaasSettingsStore"), "{stdout}");
-    let missing = run(&[("OH_STATE_DIR", "/tmp")]);
+    assert!(stdout.contains("user_auth              saas_auth::SaasUserAuth"), "{stdout}");
+    let missing = run(&keycloak);
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(!missing.status.success());
-    assert!(stderr.contains("no master key: set config.master_key, or OH_MASTER_KEY or JWT_SECRET"), "{stderr}");
+    assert!(
+        stderr.contains("extensions.user_auth.config.jwt_secret: environment variable JWT_SECRET is not set"),
+        "{stderr}"
+    );
 }

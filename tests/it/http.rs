@@ -226,3 +226,27 @@ async fn sigterm_stops_cleanly() {
     let status = host.stop();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn saas_mode_adds_openhands_saas_keys_to_the_options() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("app_mode = \"saas\"", "");
+    let host = d.start_with_env(&[
+        ("GITHUB_APP_CLIENT_ID", "gh-client"),
+        ("GITLAB_APP_CLIENT_ID", "gl-client"),
+        ("GITHUB_APP_SLUG", "openhands-app"),
+        ("ENABLE_JIRA", "true"),
+        ("MAINTENANCE_START_TIME", "2026-12-01T00:00:00Z"),
+        ("AUTH_URL", "https://auth.example.com"),
+    ]);
+    let c = host.get("/api/options/config").await.json();
+    assert_eq!(c["APP_MODE"], "saas");
+    assert_eq!(c["GITHUB_CLIENT_ID"], "gh-client");
+    assert_eq!(c["APP_SLUG"], "openhands-app");
+    assert_eq!(c["PROVIDERS_CONFIGURED"], json!(["github", "gitlab"]));
+    assert_eq!(c["FEATURE_FLAGS"]["ENABLE_JIRA"], true);
+    assert_eq!(c["FEATURE_FLAGS"]["ENABLE_LINEAR"], false);
+    assert_eq!(c["MAINTENANCE"], json!({ "startTime": "2026-12-01T00:00:00Z" }));
+    assert_eq!(c["AUTH_URL"], "https://auth.example.com");
+}

@@ -92,7 +92,12 @@ impl SaasUserAuth {
     }
 
     /// The cookie path: verify, refresh when expired, apply the gates.
-    async fn authenticate_cookie(&self, sso: &config::Sso, cookie: &str, path: &str) -> Result<AuthOutcome, PluginError> {
+    async fn authenticate_cookie(
+        &self,
+        sso: &config::Sso,
+        cookie: &str,
+        path: &str,
+    ) -> Result<AuthOutcome, PluginError> {
         let clear = || json!({ "headers": { "Set-Cookie": keycloak::clear_cookie("keycloak_auth", &sso.web_host) } });
         let Some(mut claims) = keycloak::verify_signed::<keycloak::CookieClaims>(cookie, &sso.jwt_secret) else {
             return Err(PluginError::new(ErrorCode::AUTH_INVALID, "invalid session cookie; sign in again")
