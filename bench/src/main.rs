@@ -7,7 +7,9 @@
 //! 3. conversation search with 10,000 conversations of one user, file and PostgreSQL stores;
 //! 4. 200 conversations at once against a local fake LLM streaming 50 tokens each: events per
 //!    second through socket.io, p50/p99 delay from the LLM's chunk to the client's `oh_event`,
-//!    and the host's RSS.
+//!    and the host's RSS;
+//! 5. authenticated `GET /api/settings`: Keycloak cookie and API key (saas_auth) next to the
+//!    OSS single-user auth.
 //!
 //! Usage: `oh-bench <dir with oh-host and lib*.so>` (bench/run passes target/release).
 //! Figures, not pass/fail: the machines are shared and noisy.
@@ -29,7 +31,7 @@ fn main() {
     let work = tempfile::tempdir().expect("tempdir");
     let plugins = work.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
-    for lib in ["file_stores", "default_auth", "log_monitoring", "standalone_manager", "postgres_stores"] {
+    for lib in ["file_stores", "default_auth", "log_monitoring", "standalone_manager", "postgres_stores", "saas_auth"] {
         let src = bin_dir.join(format!("lib{lib}.so"));
         std::fs::copy(&src, plugins.join(format!("lib{lib}.so")))
             .unwrap_or_else(|e| panic!("{}: {e} (build with `cargo build --release --workspace`)", src.display()));
@@ -89,8 +91,100 @@ fn main() {
     let manager = "\n[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\n\
                    implementation = \"StandaloneConversationManager\"\nconfig = { max_concurrent_conversations = 1000 }\n";
     std::fs::write(&profile_path, format!("{profile}{manager}")).unwrap();
+    let oss_profile = work.path().join("plugins.oss.toml");
+    std::fs::write(&oss_profile, &profile).unwrap();
     conversations_load(&bin_dir.join("oh-host"), &profile_path);
+    auth_load(&bin_dir.join("oh-host"), &oss_profile, work.path(), &profile, &db.url);
     drop(db);
+}
+
+/// Section 5: the cost of authentication on a cheap authenticated route.
+fn auth_load(bin: &Path, oss_profile: &Path, work: &Path, base_profile: &str, db_url: &str) {
+    use oh_e2e::oidc::{FakeKeycloak, CLIENT_ID, CLIENT_SECRET, REALM};
+    const SERVICE_KEY: &str = "bench-service-key-0123456789";
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    println!("\n5. authenticated GET /api/settings, {HTTP_CONCURRENCY} connections, file stores");
+    rt.block_on(async {
+        // OSS: single user, no credentials.
+        let (mut child, addr) = spawn_host(bin, oss_profile);
+        let url = format!("http://{addr}/api/settings");
+        let body = serde_json::json!({ "llm_model": "gpt-4o", "language": "en" });
+        assert!(reqwest::Client::new().post(&url).json(&body).send().await.unwrap().status().is_success());
+        let u = url.clone();
+        load(move |c| c.get(&u)).await.row("DefaultUserAuth (no credentials)");
+        let _ = child.kill();
+        let _ = child.wait();
+
+        let kc = FakeKeycloak::start().await;
+        let hash: String = {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(SERVICE_KEY.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+        };
+        let config = format!(
+            "{{ database_url = \"{db_url}\", rate_limit_per_second = 0, rate_limit_per_minute = 0, keycloak_server_url = \"{}\", \
+             keycloak_realm_name = \"{REALM}\", keycloak_client_id = \"{CLIENT_ID}\", keycloak_client_secret = \"{CLIENT_SECRET}\", \
+             jwt_secret = \"bench-jwt-secret-0123456789\", web_host = \"http://localhost:3000\", \
+             static_keys = [{{ user_id = \"svc\", sha256 = \"{hash}\" }}] }}",
+            kc.base
+        );
+        let saas = format!(
+            "{base_profile}[extensions.user_auth]\nlibrary = \"saas_auth\"\nimplementation = \"SaasUserAuth\"\nconfig = {config}\n\
+             [[extensions.routes]]\nlibrary = \"saas_auth\"\nimplementation = \"SaasAuthRoutes\"\nconfig = {config}\n"
+        );
+        let saas_profile = work.join("plugins.auth.toml");
+        std::fs::write(&saas_profile, saas).unwrap();
+        let (mut child, addr) = spawn_host(bin, &saas_profile);
+        let base = format!("http://{addr}");
+        let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        // A browser session: login, Keycloak, callback, accept the TOS.
+        let start = browser.get(format!("{base}/oauth/keycloak/login")).send().await.unwrap();
+        let state = cookie(&start, "oh_oauth_state");
+        let at_kc = browser.get(start.headers()["location"].to_str().unwrap()).send().await.unwrap();
+        let query = at_kc.headers()["location"].to_str().unwrap().split_once('?').unwrap().1.to_owned();
+        let back = browser
+            .get(format!("{base}/oauth/keycloak/callback?{query}"))
+            .header("cookie", format!("oh_oauth_state={state}"))
+            .send()
+            .await
+            .unwrap();
+        let session = cookie(&back, "keycloak_auth");
+        let tos = browser.post(format!("{base}/api/accept_tos")).header("cookie", format!("keycloak_auth={session}")).send().await.unwrap();
+        let session = cookie(&tos, "keycloak_auth");
+        let session_header = format!("keycloak_auth={session}");
+        let settings = format!("{base}/api/settings");
+        let ok = browser.post(&settings).header("cookie", &session_header).json(&body).send().await.unwrap();
+        assert!(ok.status().is_success(), "{}", ok.status());
+        let (u, h) = (settings.clone(), session_header.clone());
+        load(move |c| c.get(&u).header("cookie", &h)).await.row("SaasUserAuth, keycloak_auth cookie");
+
+        // An API key from the database (not the static one).
+        let created: serde_json::Value = browser
+            .post(format!("{base}/api/keys"))
+            .bearer_auth(SERVICE_KEY)
+            .json(&serde_json::json!({ "name": "bench" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let key = created["key"].as_str().expect("API key created").to_owned();
+        let ok = browser.post(&settings).bearer_auth(&key).json(&body).send().await.unwrap();
+        assert!(ok.status().is_success());
+        let u = settings.clone();
+        load(move |c| c.get(&u).bearer_auth(&key)).await.row("SaasUserAuth, API key (PostgreSQL)");
+        let _ = child.kill();
+        let _ = child.wait();
+    });
+}
+
+fn cookie(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix(&format!("{name}=")).map(|rest| rest.split(';').next().unwrap().to_owned()))
+        .unwrap_or_else(|| panic!("no {name} cookie"))
 }
 
 /// Starts the binary; returns the child and its address once it listens.

@@ -565,6 +565,13 @@ impl Registry {
         out
     }
 
+    /// Git provider tokens brokered by the auth system (`None`: the secrets store has them).
+    pub async fn provider_tokens(&self, ctx: CallContext) -> Result<Option<models::ProviderTokens>, CallError> {
+        let i = &self.auth;
+        let json = i.meta.call("provider_tokens", i.obj.provider_tokens(ctx)).await?;
+        decode_opt(&i.meta, "provider_tokens", json)
+    }
+
     /// The configured conversation manager, or `UNIMPLEMENTED` (HTTP 501) without one.
     pub fn manager(&self) -> Result<&ConversationManager, CallError> {
         self.manager.as_ref().ok_or_else(|| CallError {

@@ -279,10 +279,12 @@ pub(crate) async fn start_request(
         ));
     }
     let secrets = secrets?.unwrap_or_default();
+    // Tokens the auth system brokers (Keycloak in SaaS) win over stored ones, as in OpenHands.
+    let provider_tokens = state.registry.provider_tokens(ctx.clone()).await?.unwrap_or(secrets.provider_tokens);
     Ok(plugin_api::models::StartRequest {
         conversation_id: conversation_id.to_owned(),
         settings,
-        provider_tokens: secrets.provider_tokens,
+        provider_tokens,
         custom_secrets: secrets.custom_secrets,
         ..Default::default()
     })
