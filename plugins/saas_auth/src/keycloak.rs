@@ -29,7 +29,12 @@ pub(crate) struct Keycloak {
     client_secret: String,
     http: reqwest::Client,
     jwks: Mutex<(HashMap<String, DecodingKey>, Option<Instant>)>,
+    /// Tokens already verified, by SHA-256, until their `exp`: one RS256 verification per
+    /// token, not per request. Bounded; cleared when full.
+    verified: std::sync::Mutex<HashMap<[u8; 32], AccessClaims>>,
 }
+
+const VERIFIED_CACHE: usize = 10_000;
 
 /// Claims of a Keycloak access token that we use.
 #[derive(Deserialize, Debug, Clone)]
@@ -39,6 +44,7 @@ pub(crate) struct AccessClaims {
     pub(crate) email: Option<String>,
     #[serde(default)]
     pub(crate) email_verified: Option<bool>,
+    pub(crate) exp: i64,
 }
 
 /// A token endpoint's answer.
@@ -71,6 +77,7 @@ impl Keycloak {
             client_secret: client_secret.to_owned(),
             http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client"),
             jwks: Mutex::new((HashMap::new(), None)),
+            verified: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -115,8 +122,26 @@ impl Keycloak {
         cache.0.get(kid).cloned().ok_or_else(|| TokenError::Invalid(format!("unknown signing key `{kid}`")))
     }
 
-    /// Verifies a Keycloak access token.
+    /// Verifies a Keycloak access token (or finds it verified already and not expired).
     pub(crate) async fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        use sha2::Digest as _;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = chrono::Utc::now().timestamp();
+        if let Some(claims) = self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(&digest) {
+            if claims.exp > now {
+                return Ok(claims.clone());
+            }
+        }
+        let claims = self.verify_signature(token).await?;
+        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= VERIFIED_CACHE {
+            cache.clear();
+        }
+        cache.insert(digest, claims.clone());
+        Ok(claims)
+    }
+
+    async fn verify_signature(&self, token: &str) -> Result<AccessClaims, TokenError> {
         let header = decode_header(token).map_err(|e| TokenError::Invalid(format!("malformed access token: {e}")))?;
         // Only RS256: refuses `none` and HS256 signed with the public key (alg confusion).
         if header.alg != Algorithm::RS256 {

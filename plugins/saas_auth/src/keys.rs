@@ -87,11 +87,15 @@ impl KeyStore {
         if expired {
             return Ok(Err(Refusal::Expired));
         }
-        sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE id = $1")
-            .bind(&id)
-            .execute(pool)
-            .await
-            .map_err(db_error)?;
+        // At most one write a minute per key: a busy script must not turn reads into writes.
+        sqlx::query(
+            "UPDATE api_keys SET last_used_at = now() \
+             WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')",
+        )
+        .bind(&id)
+        .execute(pool)
+        .await
+        .map_err(db_error)?;
         Ok(Ok(user))
     }
 
