@@ -22,6 +22,10 @@ struct Sso {
 }
 
 async fn start() -> Sso {
+    start_with("").await
+}
+
+async fn start_with(extra: &str) -> Sso {
     let db = TestDb::create().await;
     let kc = FakeKeycloak::start().await;
     let d = Deployment::new();
@@ -29,8 +33,10 @@ async fn start() -> Sso {
     let config = format!(
         "{{ database_url = \"{}\", rate_limit_per_second = 0, rate_limit_per_minute = 0, keycloak_server_url = \"{}\", \
          keycloak_realm_name = \"{REALM}\", keycloak_client_id = \"{CLIENT_ID}\", keycloak_client_secret = \"{CLIENT_SECRET}\", \
-         jwt_secret = \"{JWT_SECRET}\", web_host = \"{WEB_HOST}\" }}",
-        db.url, kc.base
+         jwt_secret = \"{JWT_SECRET}\", web_host = \"{WEB_HOST}\"{} }}",
+        db.url,
+        kc.base,
+        extra.replace("GITHUB_TOKEN_URL", &kc.github_token_url())
     );
     d.write_profile(
         "",
@@ -254,4 +260,42 @@ async fn attacks_are_refused() {
     assert_eq!(first.status, 302, "{}", first.text);
     let replay = s.get(&s.host.url(&format!("/oauth/keycloak/callback?{query}")), Some(&state_cookie)).await;
     assert_eq!(replay.status, 401, "a replayed code must not sign in: {}", replay.text);
+}
+
+#[tokio::test]
+async fn provider_tokens_are_brokered_at_sign_in_stored_sealed_and_refreshed_before_they_expire() {
+    let s = start_with(
+        ", providers = [{ idp = \"github\", client_id = \"gh-app-id\", client_secret = \"gh-app-secret\", token_url = \"GITHUB_TOKEN_URL\" }]",
+    )
+    .await;
+    let session = s.session().await;
+    let settings = s
+        .host
+        .send(
+            s.browser
+                .post(s.host.url("/api/settings"))
+                .header("cookie", format!("keycloak_auth={session}"))
+                .json(&json!({ "language": "en" })),
+        )
+        .await;
+    assert_eq!(settings.status, 200, "{}", settings.text);
+    let got = s.api(reqwest::Method::GET, "/api/settings", &session).await.json();
+    assert_eq!(got["provider_tokens_set"], json!({ "github": "github.com" }));
+    assert_eq!(s.kc.github_refreshes(), 0, "a token valid for 8 h is not refreshed");
+
+    // Sealed at rest.
+    let mut conn = s._db.connect().await;
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT row_to_json(t)::text FROM auth_tokens t").fetch_all(&mut conn).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(!rows[0].contains("gho_") && !rows[0].contains("ghr_"), "{rows:?}");
+
+    // A token expiring within 4 h is refreshed once, then good for 8 h.
+    s.kc.set_github_expires_in(600);
+    let session = s.session().await;
+    s.api(reqwest::Method::GET, "/api/settings", &session).await;
+    assert_eq!(s.kc.github_refreshes(), 1);
+    let got = s.api(reqwest::Method::GET, "/api/settings", &session).await.json();
+    assert_eq!(got["provider_tokens_set"], json!({ "github": "github.com" }));
+    assert_eq!(s.kc.github_refreshes(), 1);
 }

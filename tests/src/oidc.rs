@@ -50,6 +50,9 @@ struct Inner {
     refresh: HashMap<String, User>,
     logouts: usize,
     counter: u64,
+    /// `expires_in` of brokered GitHub tokens.
+    github_expires_in: i64,
+    github_refreshes: usize,
 }
 
 #[derive(Clone)]
@@ -68,6 +71,8 @@ impl FakeKeycloak {
             refresh: HashMap::new(),
             logouts: 0,
             counter: 0,
+            github_expires_in: 8 * 3600,
+            github_refreshes: 0,
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -78,6 +83,8 @@ impl FakeKeycloak {
             .route(&format!("{p}/token"), post(token))
             .route(&format!("{p}/auth"), get(auth))
             .route(&format!("{p}/logout"), post(logout))
+            .route(&format!("/realms/{REALM}/broker/{{idp}}/token"), get(broker))
+            .route("/github/login/oauth/access_token", post(github_refresh))
             .with_state(kc.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -101,6 +108,21 @@ impl FakeKeycloak {
     pub fn rotate_key(&self) {
         let mut i = self.inner.lock().unwrap();
         i.key = if i.key == 'a' { 'b' } else { 'a' };
+    }
+
+    /// How long the GitHub tokens Keycloak brokers from now on live.
+    pub fn set_github_expires_in(&self, secs: i64) {
+        self.inner.lock().unwrap().github_expires_in = secs;
+    }
+
+    /// How many times GitHub's token endpoint refreshed a token.
+    pub fn github_refreshes(&self) -> usize {
+        self.inner.lock().unwrap().github_refreshes
+    }
+
+    /// The token URL to configure for GitHub.
+    pub fn github_token_url(&self) -> String {
+        format!("{}/github/login/oauth/access_token", self.base)
     }
 
     pub fn logouts(&self) -> usize {
@@ -260,4 +282,44 @@ async fn logout(State(kc): State<FakeKeycloak>, body: Bytes) -> StatusCode {
     i.logouts += 1;
     i.refresh.remove(f.get("refresh_token").map(String::as_str).unwrap_or(""));
     StatusCode::NO_CONTENT
+}
+
+/// Keycloak's broker endpoint: the linked GitHub identity's tokens, form-encoded as GitHub
+/// returns them.
+async fn broker(
+    State(kc): State<FakeKeycloak>,
+    axum::extract::Path(idp): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !bearer.starts_with("Bearer ey") || idp != "github" {
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": "not linked" }))).into_response();
+    }
+    let (n, expires) = {
+        let mut i = kc.inner.lock().unwrap();
+        i.counter += 1;
+        (i.counter, i.github_expires_in)
+    };
+    let body = format!("access_token=gho_brokered_{n}&expires_in={expires}&refresh_token=ghr_brokered_{n}&refresh_token_expires_in=15811200&scope=repo&token_type=bearer");
+    ([(header::CONTENT_TYPE, "application/x-www-form-urlencoded")], body).into_response()
+}
+
+/// GitHub's token endpoint, refresh grant.
+async fn github_refresh(State(kc): State<FakeKeycloak>, body: Bytes) -> Response {
+    let f = form(&body);
+    if f.get("grant_type").map(String::as_str) != Some("refresh_token")
+        || !f.get("refresh_token").is_some_and(|r| r.starts_with("ghr_"))
+        || f.get("client_id").map(String::as_str) != Some("gh-app-id")
+    {
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": "bad_refresh_token" }))).into_response();
+    }
+    let n = {
+        let mut i = kc.inner.lock().unwrap();
+        i.github_refreshes += 1;
+        i.counter += 1;
+        i.counter
+    };
+    Json(json!({ "access_token": format!("gho_refreshed_{n}"), "expires_in": 28800, "refresh_token": format!("ghr_refreshed_{n}"),
+                 "refresh_token_expires_in": 15811200, "token_type": "bearer" }))
+    .into_response()
 }

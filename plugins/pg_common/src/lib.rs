@@ -1,7 +1,10 @@
 //! What the PostgreSQL plugins share: connection options from OpenHands' `DB_*` variables,
 //! the migrations of `migrations/` (embedded; every plugin must know all of them, or sqlx
 //! refuses a database that a newer one migrated), migrating under an advisory lock, and the
-//! mapping of database errors to plugin errors.
+//! mapping of database errors to plugin errors; and the envelope encryption of secrets at rest
+//! (`crypto`).
+
+pub mod crypto;
 
 use plugin_sdk::{ErrorCode, PluginError};
 use sqlx::{
@@ -16,6 +19,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../../migrations/0001_init.sql")),
     (2, "api_keys", include_str!("../../../migrations/0002_api_keys.sql")),
     (3, "user_tos", include_str!("../../../migrations/0003_user_tos.sql")),
+    (4, "auth_tokens", include_str!("../../../migrations/0004_auth_tokens.sql")),
 ];
 
 /// The advisory lock key around migrations ("ohhost" in ASCII).

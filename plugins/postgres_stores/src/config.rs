@@ -1,7 +1,7 @@
 //! Configuration of the PostgreSQL stores (each entry's `config` table), with OpenHands'
 //! `DB_*` environment variables as defaults.
 
-use crate::crypto::Keyring;
+use pg_common::crypto::Keyring;
 use plugin_sdk::PluginError;
 use serde::Deserialize;
 use sqlx::postgres::PgConnectOptions;

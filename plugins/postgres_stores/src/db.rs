@@ -1,7 +1,8 @@
 //! The connection pool (one per database and key set, shared by the library's stores),
 //! migrations under PostgreSQL's advisory lock, and error mapping.
 
-use crate::{config::Config, crypto::Keyring};
+use crate::config::Config;
+use pg_common::crypto::Keyring;
 use plugin_sdk::PluginError;
 use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},

@@ -5,15 +5,14 @@
 //!   a row lock so several hosts can append to one conversation.
 //!
 //! Every query is scoped by the caller's user id. Secrets are sealed with per-user keys
-//! derived from a master key (see `crypto`), rotatable with `oh-host rotate-keys`. Migrations
+//! derived from a master key (see `pg_common::crypto`), rotatable with `oh-host rotate-keys`. Migrations
 //! (`migrations/`, embedded) run on first use under an advisory lock, and with `oh-host migrate`.
 
 mod config;
-mod crypto;
 mod db;
 mod stores;
 
-pub use crypto::{Binding, Keyring};
+pub use pg_common::crypto::{Binding, Keyring};
 pub use stores::{SaasConversationStore, SaasSecretsStore, SaasSettingsStore};
 
 use config::Config;

@@ -1,10 +1,8 @@
 //! `SaasSettingsStore`, `SaasSecretsStore`, `SaasConversationStore`: every query is scoped by
 //! the caller's user id (`''` in single-user mode).
 
-use crate::{
-    crypto::Binding,
-    db::{db_error, Db},
-};
+use crate::db::{db_error, Db};
+use pg_common::crypto::Binding;
 use plugin_sdk::{
     models::{paging, ConversationMetadata, ConversationMetadataResultSet, EventPage, Secrets, Settings},
     CallContext, ErrorCode, EventQuery, PluginError,

@@ -55,6 +55,13 @@ pub(crate) struct Config {
     /// redirect URI and the only origin `redirect_url` may point to.
     #[serde(default)]
     pub(crate) web_host: Option<String>,
+    /// Git providers whose tokens Keycloak brokers (GitHub, GitLab, Bitbucket).
+    #[serde(default)]
+    pub(crate) providers: Vec<crate::providers::ProviderConfig>,
+    /// Master key sealing provider tokens at rest; default OH_MASTER_KEY, else JWT_SECRET
+    /// (the environment's, else `jwt_secret`).
+    #[serde(default)]
+    pub(crate) master_key: Option<String>,
 }
 
 /// Cookie sign-in settings, when Keycloak is configured.
@@ -130,6 +137,28 @@ impl Config {
             &client_secret,
         );
         Ok(Some(Sso { keycloak, jwt_secret, web_host }))
+    }
+
+    pub(crate) fn providers(&self) -> Result<crate::providers::Providers, PluginError> {
+        let active = self.providers.iter().any(|p| !p.client_id.is_empty());
+        let master = self
+            .master_key
+            .clone()
+            .or_else(|| env("OH_MASTER_KEY"))
+            .or_else(|| env("JWT_SECRET"))
+            .or_else(|| self.jwt_secret.clone());
+        let master = match (master, active) {
+            (Some(m), _) => m,
+            // Nothing will be sealed: any valid placeholder key will do.
+            (None, false) => "no-providers-configured-key".to_owned(),
+            (None, true) => {
+                return Err(PluginError::invalid_config(
+                    "providers are configured but no master key: set master_key, OH_MASTER_KEY or JWT_SECRET",
+                ))
+            }
+        };
+        let keys = pg_common::crypto::Keyring::new(&master, &[])?;
+        Ok(crate::providers::Providers::new(self.providers.clone(), keys))
     }
 
     pub(crate) fn redis_url(&self) -> String {

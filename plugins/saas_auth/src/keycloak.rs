@@ -205,6 +205,17 @@ impl Keycloak {
         .await
     }
 
+    /// A linked identity provider's tokens, from Keycloak's broker endpoint (the raw answer).
+    pub(crate) async fn broker_token(&self, idp: &str, access_token: &str) -> Result<String, String> {
+        let url = format!("{}/broker/{idp}/token", self.realm_url(&self.server_url));
+        let r = self.http.get(url).bearer_auth(access_token).send().await.map_err(|e| e.to_string())?;
+        let status = r.status();
+        if !status.is_success() {
+            return Err(format!("broker answered {status}"));
+        }
+        r.text().await.map_err(|e| e.to_string())
+    }
+
     /// Ends the Keycloak session (best effort: the cookie is cleared anyway).
     pub(crate) async fn logout(&self, refresh_token: &str) {
         let form = [

@@ -62,7 +62,7 @@ impl KeyStore {
         Ok(KeyStore { pool, migrated: OnceCell::new() })
     }
 
-    async fn ready(&self) -> Result<&PgPool, PluginError> {
+    pub(crate) async fn ready(&self) -> Result<&PgPool, PluginError> {
         self.migrated.get_or_try_init(|| async { pg_common::migrate(&self.pool).await.map(|_| ()) }).await?;
         Ok(&self.pool)
     }

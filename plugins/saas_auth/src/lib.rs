@@ -16,6 +16,7 @@ mod config;
 mod keycloak;
 mod keys;
 mod oauth;
+mod providers;
 mod ratelimit;
 
 use config::Config;
@@ -34,6 +35,7 @@ pub struct SaasUserAuth {
     limiter: RateLimiter,
     static_keys: Vec<([u8; 32], String)>,
     sso: Option<config::Sso>,
+    providers: providers::Providers,
 }
 
 /// The value of cookie `name` in a `Cookie` header.
@@ -88,6 +90,7 @@ impl SaasUserAuth {
                 .map(|k| (unhex(&k.sha256.to_ascii_lowercase()), k.user_id.clone()))
                 .collect(),
             sso: c.sso()?,
+            providers: c.providers()?,
         })
     }
 
@@ -203,6 +206,18 @@ impl plugin_sdk::UserAuth for SaasUserAuth {
         })
     }
 
+    async fn provider_tokens(
+        &self,
+        ctx: CallContext,
+    ) -> Result<Option<plugin_sdk::models::ProviderTokens>, PluginError> {
+        if self.providers.is_empty() {
+            return Ok(None);
+        }
+        let Some(user) = ctx.user_id() else { return Ok(None) };
+        let pool = self.keys.ready().await?;
+        self.providers.tokens(pool, user).await.map(Some)
+    }
+
     async fn health(&self) -> Result<String, PluginError> {
         self.keys.health().await
     }
@@ -211,6 +226,7 @@ impl plugin_sdk::UserAuth for SaasUserAuth {
 pub struct SaasAuthRoutes {
     keys: KeyStore,
     sso: Option<config::Sso>,
+    providers: providers::Providers,
 }
 
 #[derive(Deserialize)]
@@ -245,7 +261,7 @@ impl plugin_sdk::RouteHandler for SaasAuthRoutes {
 
     async fn handle(&self, ctx: CallContext, request: HttpRequest) -> Result<HttpResponse, PluginError> {
         if let Some(sso) = &self.sso {
-            if let Some(answer) = oauth::handle(sso, &self.keys, &ctx, &request).await? {
+            if let Some(answer) = oauth::handle(sso, &self.keys, &self.providers, &ctx, &request).await? {
                 return Ok(answer);
             }
         }
@@ -303,6 +319,7 @@ pub fn register(r: &mut Registry) {
         Ok(SaasAuthRoutes {
             keys: KeyStore::new(c.database_url.as_deref(), c.max_connections, c.acquire_timeout_ms)?,
             sso: c.sso()?,
+            providers: c.providers()?,
         })
     });
 }

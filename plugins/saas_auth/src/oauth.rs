@@ -117,6 +117,7 @@ fn request_cookie<'a>(request: &'a HttpRequest, name: &str) -> Option<&'a str> {
 pub(crate) async fn handle(
     sso: &Sso,
     keys: &KeyStore,
+    providers: &crate::providers::Providers,
     ctx: &CallContext,
     request: &HttpRequest,
 ) -> Result<Option<HttpResponse>, PluginError> {
@@ -181,6 +182,10 @@ pub(crate) async fn handle(
                 }
             };
             let access = sso.keycloak.verify(&tokens.access_token).await?;
+            if !providers.is_empty() {
+                let pool = keys.ready().await?;
+                providers.fetch_from_broker(&sso.keycloak, pool, &access.sub, &tokens.access_token).await;
+            }
             let claims = CookieClaims {
                 access_token: tokens.access_token,
                 refresh_token: tokens.refresh_token,

@@ -45,12 +45,20 @@ pub(crate) fn settings_view(settings: &Settings, secrets: Option<&Secrets>) -> V
 
 async fn load(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     let registry = &state.registry;
-    let (settings, secrets) =
-        tokio::join!(registry.load_settings(caller.ctx.clone()), registry.load_secrets(caller.ctx.clone()));
+    let (settings, secrets, brokered) = tokio::join!(
+        registry.load_settings(caller.ctx.clone()),
+        registry.load_secrets(caller.ctx.clone()),
+        registry.provider_tokens(caller.ctx.clone())
+    );
     let Some(settings) = settings? else {
         return Err(ApiError::not_found("Settings not found"));
     };
-    Ok(Json(settings_view(&settings, secrets?.as_ref())))
+    let mut secrets = secrets?;
+    // Tokens the auth system brokers (Keycloak in SaaS) are the ones that count.
+    if let Some(tokens) = brokered? {
+        secrets.get_or_insert_with(Default::default).provider_tokens = tokens;
+    }
+    Ok(Json(settings_view(&settings, secrets.as_ref())))
 }
 
 /// Stores the posted Settings. As OpenHands: when settings exist, a null `llm_api_key`,
