@@ -79,6 +79,8 @@ impl FakeKeycloak {
         let kc = FakeKeycloak { base, inner };
         let p = format!("/realms/{REALM}/protocol/openid-connect");
         let app = Router::new()
+            .route(&format!("/realms/{REALM}/.well-known/openid-configuration"), get(discovery))
+            .route(&format!("{p}/userinfo"), get(userinfo))
             .route(&format!("{p}/certs"), get(certs))
             .route(&format!("{p}/token"), post(token))
             .route(&format!("{p}/auth"), get(auth))
@@ -322,4 +324,35 @@ async fn github_refresh(State(kc): State<FakeKeycloak>, body: Bytes) -> Response
     Json(json!({ "access_token": format!("gho_refreshed_{n}"), "expires_in": 28800, "refresh_token": format!("ghr_refreshed_{n}"),
                  "refresh_token_expires_in": 15811200, "token_type": "bearer" }))
     .into_response()
+}
+
+/// The realm's discovery document: where everything else is.
+async fn discovery(State(kc): State<FakeKeycloak>) -> Json<Value> {
+    let p = format!("{}/realms/{REALM}/protocol/openid-connect", kc.base);
+    Json(json!({
+        "issuer": kc.issuer(),
+        "authorization_endpoint": format!("{p}/auth"),
+        "token_endpoint": format!("{p}/token"),
+        "userinfo_endpoint": format!("{p}/userinfo"),
+        "end_session_endpoint": format!("{p}/logout"),
+        "jwks_uri": format!("{p}/certs"),
+        "code_challenge_methods_supported": ["S256"],
+    }))
+}
+
+/// The signed-in user, for a valid access token.
+async fn userinfo(State(kc): State<FakeKeycloak>, headers: axum::http::HeaderMap) -> Response {
+    let token =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = token else { return StatusCode::UNAUTHORIZED.into_response() };
+    let mut validation = jsonwebtoken::Validation::new(Algorithm::RS256);
+    validation.validate_aud = false;
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(kc.public_jwk()).unwrap();
+    match jsonwebtoken::decode::<Value>(token, &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(), &validation) {
+        Ok(d) => Json(
+            json!({ "sub": d.claims["sub"], "email": d.claims["email"], "email_verified": d.claims["email_verified"] }),
+        )
+        .into_response(),
+        Err(_) => StatusCode::UNAUTHORIZED.into_response(),
+    }
 }

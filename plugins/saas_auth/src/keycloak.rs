@@ -32,6 +32,7 @@ pub(crate) struct Keycloak {
     /// Tokens already verified, by SHA-256, until their `exp`: one RS256 verification per
     /// token, not per request. Bounded; cleared when full.
     verified: std::sync::Mutex<HashMap<[u8; 32], AccessClaims>>,
+    discovery: tokio::sync::OnceCell<Option<Value>>,
 }
 
 const VERIFIED_CACHE: usize = 10_000;
@@ -78,6 +79,7 @@ impl Keycloak {
             http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client"),
             jwks: Mutex::new((HashMap::new(), None)),
             verified: std::sync::Mutex::new(HashMap::new()),
+            discovery: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -94,8 +96,49 @@ impl Keycloak {
         format!("{}/protocol/openid-connect/auth", self.realm_url(&self.public_url))
     }
 
-    fn endpoint(&self, path: &str) -> String {
-        format!("{}/protocol/openid-connect/{path}", self.realm_url(&self.server_url))
+    /// An endpoint from the realm's discovery document (`certs` = `jwks_uri`, `token`,
+    /// `logout` = `end_session_endpoint`, `userinfo`), fetched once; Keycloak's fixed paths
+    /// when discovery is unreachable.
+    async fn endpoint(&self, path: &str) -> String {
+        let discovered = self
+            .discovery
+            .get_or_init(|| async {
+                let url = format!("{}/.well-known/openid-configuration", self.realm_url(&self.server_url));
+                match self.http.get(url).send().await.and_then(|r| r.error_for_status()) {
+                    Ok(r) => r.json::<Value>().await.ok(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Keycloak discovery failed; using the standard paths");
+                        None
+                    }
+                }
+            })
+            .await;
+        let key = match path {
+            "certs" => "jwks_uri",
+            "token" => "token_endpoint",
+            "logout" => "end_session_endpoint",
+            _ => "userinfo_endpoint",
+        };
+        discovered
+            .as_ref()
+            .and_then(|d| d[key].as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{}/protocol/openid-connect/{path}", self.realm_url(&self.server_url)))
+    }
+
+    /// The userinfo of an access token's user (checked against the token at sign-in).
+    pub(crate) async fn userinfo(&self, access_token: &str) -> Result<Value, TokenError> {
+        let r = self
+            .http
+            .get(self.endpoint("userinfo").await)
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .map_err(|e| TokenError::Unavailable(format!("cannot reach Keycloak: {e}")))?;
+        if !r.status().is_success() {
+            return Err(TokenError::Invalid(format!("userinfo refused: {}", r.status())));
+        }
+        r.json().await.map_err(|e| TokenError::Unavailable(format!("malformed userinfo: {e}")))
     }
 
     async fn key(&self, kid: &str) -> Result<DecodingKey, TokenError> {
@@ -109,7 +152,7 @@ impl Keycloak {
         cache.1 = Some(Instant::now());
         let jwks: jsonwebtoken::jwk::JwkSet = self
             .http
-            .get(self.endpoint("certs"))
+            .get(self.endpoint("certs").await)
             .send()
             .await
             .and_then(|r| r.error_for_status())
@@ -163,7 +206,7 @@ impl Keycloak {
     async fn token_call(&self, form: &[(&str, &str)]) -> Result<Tokens, TokenError> {
         let r = self
             .http
-            .post(self.endpoint("token"))
+            .post(self.endpoint("token").await)
             .form(form)
             .send()
             .await
@@ -224,7 +267,7 @@ impl Keycloak {
             ("refresh_token", refresh_token),
         ];
         if let Err(e) =
-            self.http.post(self.endpoint("logout")).form(&form).send().await.and_then(|r| r.error_for_status())
+            self.http.post(self.endpoint("logout").await).form(&form).send().await.and_then(|r| r.error_for_status())
         {
             tracing::warn!(error = %e, "Keycloak logout failed");
         }

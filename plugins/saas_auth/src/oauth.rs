@@ -182,6 +182,14 @@ pub(crate) async fn handle(
                 }
             };
             let access = sso.keycloak.verify(&tokens.access_token).await?;
+            // As OpenHands: the user Keycloak describes must be the token's.
+            let info = sso.keycloak.userinfo(&tokens.access_token).await?;
+            if info["sub"].as_str() != Some(access.sub.as_str()) {
+                return Ok(Some(with_cookies(
+                    respond(401, &json!({ "error": "userinfo does not match the token" })),
+                    &[clear_state],
+                )));
+            }
             if !providers.is_empty() {
                 let pool = keys.ready().await?;
                 providers.fetch_from_broker(&sso.keycloak, pool, &access.sub, &tokens.access_token).await;
