@@ -37,3 +37,5 @@ pub const ENABLE_LINEAR: &str = "ENABLE_LINEAR";
 pub const MAINTENANCE_START_TIME: &str = "MAINTENANCE_START_TIME";
 /// SaaS: `AUTH_URL` in `/api/options/config` when set.
 pub const AUTH_URL: &str = "AUTH_URL";
+/// A directory of static files (the web client) served at `/` when set.
+pub const FRONTEND_DIRECTORY: &str = "FRONTEND_DIRECTORY";

@@ -250,3 +250,26 @@ async fn saas_mode_adds_openhands_saas_keys_to_the_options() {
     assert_eq!(c["MAINTENANCE"], json!({ "startTime": "2026-12-01T00:00:00Z" }));
     assert_eq!(c["AUTH_URL"], "https://auth.example.com");
 }
+
+#[tokio::test]
+async fn frontend_directory_is_served_as_a_single_page_app() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    let web = d.dir.path().join("web");
+    std::fs::create_dir_all(web.join("assets")).unwrap();
+    std::fs::write(web.join("index.html"), "<html>oh</html>").unwrap();
+    std::fs::write(web.join("assets/app.js"), "console.log(1)").unwrap();
+    let host = d.start_with_env(&[("FRONTEND_DIRECTORY", web.to_str().unwrap())]);
+    let index = host.get("/").await;
+    assert_eq!((index.status, index.text.as_str()), (200, "<html>oh</html>"));
+    let asset = host.get("/assets/app.js").await;
+    assert_eq!(asset.text, "console.log(1)");
+    assert_eq!(asset.headers["cache-control"], "public, max-age=2592000, immutable");
+    let route = host.get("/conversations/abc").await;
+    assert_eq!((route.status, route.text.as_str()), (200, "<html>oh</html>"));
+    let api = host.get("/api/nothing").await;
+    assert_eq!(api.status, 404);
+    assert!(api.json()["error"].is_string());
+    assert_eq!(host.get("/api/options/config").await.status, 200);
+}

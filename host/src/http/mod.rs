@@ -85,10 +85,18 @@ pub fn router(state: AppState) -> Router {
     });
     let (public, api) = plugin_routes::mount(&mounted, routes::public(), routes::api());
     let api = api.layer(middleware::from_fn_with_state(state.clone(), auth_gate));
-    Router::new()
-        .merge(public)
-        .merge(api)
-        .fallback(not_found)
+    let router = Router::new().merge(public).merge(api);
+    // FRONTEND_DIRECTORY: the web client's files; unknown non-API paths get its index.html
+    // (a single-page app routes them itself). API paths keep their JSON 404.
+    let router = match env::get(env::FRONTEND_DIRECTORY) {
+        Some(dir) => {
+            let index = std::path::Path::new(&dir).join("index.html");
+            let spa = tower_http::services::ServeDir::new(&dir).fallback(tower_http::services::ServeFile::new(index));
+            router.route("/api/{*rest}", axum::routing::any(not_found)).fallback_service(spa)
+        }
+        None => router.fallback(not_found),
+    };
+    router
         .method_not_allowed_fallback(method_not_allowed)
         .layer(socket::layer(state.clone()))
         .layer(DefaultBodyLimit::max(max_body))
