@@ -52,44 +52,17 @@ pub fn layer(state: AppState) -> SocketIoLayer {
     layer
 }
 
-fn query_param(query: &str, key: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == key).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The connect middleware: an `Err` refuses the connection with that message.
 async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
     let parts = s.req_parts();
     let query = parts.uri.query().unwrap_or("");
-    let conversation_id = query_param(query, "conversation_id").ok_or("No conversation_id in request")?;
+    let params = axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(&parts.uri)
+        .map(|q| q.0)
+        .map_err(|e| format!("bad query string: {e}"))?;
+    let query_param = |k: &str| params.get(k).cloned();
+    let conversation_id = query_param("conversation_id").ok_or("No conversation_id in request")?;
     validate_conversation_id(&conversation_id).map_err(|e| e.body["error"].as_str().unwrap_or("invalid").to_owned())?;
-    let latest_event_id = match query_param(query, "latest_event_id") {
+    let latest_event_id = match query_param("latest_event_id") {
         None => -1,
         Some(v) => v.parse::<i64>().map_err(|_| format!("latest_event_id `{v}` is not an integer"))?,
     };

@@ -6,7 +6,11 @@ use plugin_sdk::{ErrorCode, PluginError};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{postgres::PgPoolOptions, PgPool, Row as _};
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
 use tokio::sync::OnceCell;
 
 pub(crate) struct KeyStore {
@@ -49,7 +53,25 @@ fn time(col: &str) -> String {
 }
 
 impl KeyStore {
-    pub(crate) fn new(database_url: Option<&str>, max: Option<u32>, acquire_ms: u64) -> Result<KeyStore, PluginError> {
+    /// The library's store for this database: `SaasUserAuth` and `SaasAuthRoutes` share one
+    /// pool rather than opening one each.
+    pub(crate) fn shared(
+        database_url: Option<&str>,
+        max: Option<u32>,
+        acquire_ms: u64,
+    ) -> Result<Arc<KeyStore>, PluginError> {
+        static STORES: OnceLock<Mutex<HashMap<String, Arc<KeyStore>>>> = OnceLock::new();
+        let (_, label) = pg_common::connect_options(database_url)?;
+        let mut stores = STORES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = stores.get(&label) {
+            return Ok(s.clone());
+        }
+        let store = Arc::new(KeyStore::new(database_url, max, acquire_ms)?);
+        stores.insert(label, store.clone());
+        Ok(store)
+    }
+
+    fn new(database_url: Option<&str>, max: Option<u32>, acquire_ms: u64) -> Result<KeyStore, PluginError> {
         let (options, _) = pg_common::connect_options(database_url)?;
         let pool = plugin_sdk::enter_runtime(|| {
             PgPoolOptions::new()

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub struct SaasUserAuth {
-    keys: KeyStore,
+    keys: std::sync::Arc<KeyStore>,
     limiter: RateLimiter,
     static_keys: Vec<([u8; 32], String)>,
     sso: Option<config::Sso>,
@@ -77,7 +77,7 @@ fn auth_error(code: ErrorCode, message: &str) -> PluginError {
 impl SaasUserAuth {
     fn new(c: &Config) -> Result<Self, PluginError> {
         Ok(SaasUserAuth {
-            keys: KeyStore::new(c.database_url.as_deref(), c.max_connections, c.acquire_timeout_ms)?,
+            keys: KeyStore::shared(c.database_url.as_deref(), c.max_connections, c.acquire_timeout_ms)?,
             limiter: RateLimiter::new(
                 &c.redis_url(),
                 c.rate_limit_per_second,
@@ -224,7 +224,7 @@ impl plugin_sdk::UserAuth for SaasUserAuth {
 }
 
 pub struct SaasAuthRoutes {
-    keys: KeyStore,
+    keys: std::sync::Arc<KeyStore>,
     sso: Option<config::Sso>,
     providers: providers::Providers,
 }
@@ -317,7 +317,7 @@ pub fn register(r: &mut Registry) {
     r.routes("SaasAuthRoutes", "POST/GET /api/keys, DELETE /api/keys/{id}", |config, _| {
         let c = Config::parse(config)?;
         Ok(SaasAuthRoutes {
-            keys: KeyStore::new(c.database_url.as_deref(), c.max_connections, c.acquire_timeout_ms)?,
+            keys: KeyStore::shared(c.database_url.as_deref(), c.max_connections, c.acquire_timeout_ms)?,
             sso: c.sso()?,
             providers: c.providers()?,
         })
