@@ -112,7 +112,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Loads the profile and builds every instance: everything `serve` and `check` do before
 /// binding. Problems are printed; `None` then.
 fn load(args: &Args, rt: &tokio::runtime::Runtime) -> Option<(PathBuf, config::Config, Arc<Registry>)> {
-    let path = config::profile_path(args.config.as_deref());
+    let path = config::profile_path(args.config.as_deref(), &crate::env::process);
     let config = config::load(&path).map_err(|e| eprint!("oh-host: {e}")).ok()?;
     let registry =
         Registry::build(&config, rt.handle().clone()).map_err(|e| eprint!("oh-host: {}: {e}", path.display())).ok()?;
@@ -200,7 +200,7 @@ fn plugins(args: &Args) -> ExitCode {
     let dir = match &args.dir {
         Some(d) => d.clone(),
         None => {
-            let path = config::profile_path(args.config.as_deref());
+            let path = config::profile_path(args.config.as_deref(), &crate::env::process);
             match config::load(&path) {
                 Ok(c) => c.server.plugins_dir,
                 Err(e) => {

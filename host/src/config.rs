@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Conversations older than this are left out of searches (OpenHands' default: 10 days).
     pub conversation_max_age: Duration,
+    /// What the host reads of its environment (read once, with the profile).
+    pub env: env::HostEnv,
 }
 
 /// One `[extensions.*]` entry, validated and with `${VAR}` expanded.
@@ -108,9 +110,9 @@ pub fn oss_default(point: ExtensionPoint) -> Option<(&'static str, &'static str)
 }
 
 /// Which profile to read: `--config`, else `OPENHANDS_PLUGINS_TOML`, else `./plugins.toml`.
-pub fn profile_path(cli: Option<&Path>) -> PathBuf {
+pub fn profile_path(cli: Option<&Path>, lookup: env::Lookup<'_>) -> PathBuf {
     cli.map(Path::to_path_buf)
-        .or_else(|| env::get(env::OPENHANDS_PLUGINS_TOML).map(PathBuf::from))
+        .or_else(|| lookup(env::OPENHANDS_PLUGINS_TOML).map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("plugins.toml"))
 }
 
@@ -124,7 +126,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         ))
     })?;
     let text = String::from_utf8(text).map_err(|_| fail("the profile is not UTF-8 text".to_owned()))?;
-    parse(path, &text, &|name| std::env::var(name).ok())
+    parse(path, &text, &env::process)
 }
 
 const SERVER_KEYS: &[&str] = &[
@@ -140,7 +142,7 @@ const SERVER_KEYS: &[&str] = &[
 const ENTRY_KEYS: &[&str] = &["library", "implementation", "config", "sha256", "enabled_if_env", "timeout_ms"];
 
 /// Parses profile text; `lookup` reads variables (the environment, or a map in tests).
-pub fn parse(path: &Path, text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+pub fn parse(path: &Path, text: &str, lookup: env::Lookup<'_>) -> Result<Config, ConfigErrors> {
     let mut p = Problems { file: path.display().to_string(), list: Vec::new() };
     let root: Table = match text.parse::<Table>() {
         Ok(t) => t,
@@ -277,12 +279,7 @@ fn table_at<'a>(root: &'a Table, key: &str, p: &mut Problems) -> Option<&'a Tabl
     }
 }
 
-fn parse_server(
-    t: &Table,
-    base: &Path,
-    lookup: &dyn Fn(&str) -> Option<String>,
-    p: &mut Problems,
-) -> Option<ServerConfig> {
+fn parse_server(t: &Table, base: &Path, lookup: env::Lookup<'_>, p: &mut Problems) -> Option<ServerConfig> {
     let before = p.list.len();
     for key in t.keys() {
         if !SERVER_KEYS.contains(&key.as_str()) {
@@ -329,8 +326,11 @@ fn parse_server(
         p.push("server.bind", &format!("`{bind_text}` is not an address; write it as \"127.0.0.1:3000\""));
         SocketAddr::from(([127, 0, 0, 1], 3000))
     });
-    let plugins_dir = resolve(base, &string("plugins_dir", "target/plugins", p));
-    let state_dir = resolve(base, &string("state_dir", "~/.openhands-host", p));
+    let plugins_dir = resolve(base, &string("plugins_dir", "target/plugins", p), lookup);
+    let state_dir = resolve(base, &string("state_dir", "~/.openhands-host", p), lookup);
+    let mut env_problems = Vec::new();
+    let host_env = env::HostEnv::read(lookup, &mut env_problems);
+    p.list.extend(env_problems.into_iter().map(|e| format!("{}: {e}", p.file)));
     let server = ServerConfig {
         app_mode,
         bind,
@@ -340,6 +340,7 @@ fn parse_server(
         shutdown_timeout: Duration::from_millis(int("shutdown_timeout_ms", 5_000, 0, p) as u64),
         max_body_bytes: int("max_body_bytes", 4 * 1024 * 1024, 1024, p) as usize,
         conversation_max_age: Duration::from_secs(int("conversation_max_age_seconds", 864_000, 1, p) as u64),
+        env: host_env,
     };
     (p.list.len() == before).then_some(server)
 }
@@ -349,7 +350,7 @@ fn parse_entry(
     key: &str,
     t: &Table,
     server: Option<&ServerConfig>,
-    lookup: &dyn Fn(&str) -> Option<String>,
+    lookup: env::Lookup<'_>,
     p: &mut Problems,
 ) -> Option<ExtensionConfig> {
     for k in t.keys() {
@@ -444,7 +445,7 @@ fn parse_entry(
 }
 
 /// Expands `${VAR}` and `${VAR:-default}`; `$${` is a literal `${`.
-fn expand(text: &str, key: &str, lookup: &dyn Fn(&str) -> Option<String>, p: &mut Problems) -> String {
+fn expand(text: &str, key: &str, lookup: env::Lookup<'_>, p: &mut Problems) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find('$') {
@@ -487,7 +488,7 @@ fn expand(text: &str, key: &str, lookup: &dyn Fn(&str) -> Option<String>, p: &mu
     out
 }
 
-fn expand_value(v: &mut Value, key: &str, lookup: &dyn Fn(&str) -> Option<String>, p: &mut Problems) {
+fn expand_value(v: &mut Value, key: &str, lookup: env::Lookup<'_>, p: &mut Problems) {
     match v {
         Value::String(s) => *s = expand(s, key, lookup, p),
         Value::Array(items) => {
@@ -517,9 +518,9 @@ fn toml_to_json(v: &Value) -> serde_json::Value {
 }
 
 /// `~/x` -> `$HOME/x`; relative paths are relative to the profile's directory.
-fn resolve(base: &Path, text: &str) -> PathBuf {
+fn resolve(base: &Path, text: &str, lookup: env::Lookup<'_>) -> PathBuf {
     let path = match text.strip_prefix("~/").or((text == "~").then_some("")) {
-        Some(rest) => PathBuf::from(env::get(env::HOME).unwrap_or_else(|| "/".to_owned())).join(rest),
+        Some(rest) => PathBuf::from(lookup(env::HOME).unwrap_or_else(|| "/".to_owned())).join(rest),
         None => PathBuf::from(text),
     };
     if path.is_absolute() {

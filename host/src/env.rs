@@ -1,41 +1,145 @@
-//! Every environment variable the host itself reads, in one place.
+//! Every environment variable the host itself reads, in one place, and [`HostEnv`]: what the
+//! profile loader reads of them, once, through the injected lookup (so tests pass a map).
 //!
-//! Plugins read their own (DB_*, REDIS_*, KEYCLOAK_*, ...) through `${VAR}` in `plugins.toml`.
+//! Plugins read their own variables (DB_*, REDIS_*, KEYCLOAK_*, ...) through `${VAR}` in
+//! `plugins.toml` or `plugin_sdk::env`; `docs/configuration.md` lists them all.
+
+use std::path::PathBuf;
 
 /// The profile file; default `./plugins.toml`. `--config FILE` overrides it.
 pub const OPENHANDS_PLUGINS_TOML: &str = "OPENHANDS_PLUGINS_TOML";
+/// `tracing` filter for the logs (e.g. `info,oh_host=debug`); default `info`.
+pub const RUST_LOG: &str = "RUST_LOG";
+/// `HOME`, for `~` in profile paths.
+pub const HOME: &str = "HOME";
 /// Comma-separated origins allowed by CORS; default: any `localhost`/`127.0.0.1` origin.
 pub const PERMITTED_CORS_ORIGINS: &str = "PERMITTED_CORS_ORIGINS";
-/// `tracing` filter for the host's logs (e.g. `info,oh_host=debug`); default `info`.
-pub const RUST_LOG: &str = "RUST_LOG";
-/// Shown as `GITHUB_CLIENT_ID` by `/api/options/config`.
+/// A directory of static files (the web client) served at `/` when set.
+pub const FRONTEND_DIRECTORY: &str = "FRONTEND_DIRECTORY";
+/// `1` lets `POST /api/conversations` choose the conversation id (as OpenHands).
+pub const ALLOW_SET_CONVERSATION_ID: &str = "ALLOW_SET_CONVERSATION_ID";
+/// The public URL of the web app (SaaS), e.g. `https://app.example.com`.
+pub const WEB_HOST: &str = "WEB_HOST";
+/// Shown as `GITHUB_CLIENT_ID` by `/api/options/config`; SaaS: `github` in `PROVIDERS_CONFIGURED`.
 pub const GITHUB_APP_CLIENT_ID: &str = "GITHUB_APP_CLIENT_ID";
-/// `"true"` turns on `FEATURE_FLAGS.ENABLE_BILLING` in `/api/options/config`.
-pub const ENABLE_BILLING: &str = "ENABLE_BILLING";
-/// `"true"` turns on `FEATURE_FLAGS.HIDE_LLM_SETTINGS` in `/api/options/config`.
-pub const HIDE_LLM_SETTINGS: &str = "HIDE_LLM_SETTINGS";
-/// PostHog key shown to the frontend; default OpenHands' public key.
-pub const POSTHOG_CLIENT_KEY: &str = "POSTHOG_CLIENT_KEY";
-/// `HOME`, for `~` in paths.
-pub const HOME: &str = "HOME";
-
-/// Reads a variable, treating an empty value as unset.
-pub fn get(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
+/// SaaS: `gitlab` in `PROVIDERS_CONFIGURED` when set.
+pub const GITLAB_APP_CLIENT_ID: &str = "GITLAB_APP_CLIENT_ID";
+/// SaaS: `bitbucket` in `PROVIDERS_CONFIGURED` when set.
+pub const BITBUCKET_APP_CLIENT_ID: &str = "BITBUCKET_APP_CLIENT_ID";
+/// SaaS: `enterprise_sso` in `PROVIDERS_CONFIGURED` when set.
+pub const ENABLE_ENTERPRISE_SSO: &str = "ENABLE_ENTERPRISE_SSO";
 /// SaaS: shown as `APP_SLUG` (the GitHub App's slug).
 pub const GITHUB_APP_SLUG: &str = "GITHUB_APP_SLUG";
-/// SaaS: which providers `PROVIDERS_CONFIGURED` lists (set = configured).
-pub const GITLAB_APP_CLIENT_ID: &str = "GITLAB_APP_CLIENT_ID";
-pub const BITBUCKET_APP_CLIENT_ID: &str = "BITBUCKET_APP_CLIENT_ID";
-pub const ENABLE_ENTERPRISE_SSO: &str = "ENABLE_ENTERPRISE_SSO";
-/// SaaS feature flags (`"true"` or `"1"`).
+/// PostHog key shown to the frontend; default OpenHands' public key.
+pub const POSTHOG_CLIENT_KEY: &str = "POSTHOG_CLIENT_KEY";
+/// `true`/`1`: `FEATURE_FLAGS.ENABLE_BILLING` in `/api/options/config`.
+pub const ENABLE_BILLING: &str = "ENABLE_BILLING";
+/// `true`/`1`: `FEATURE_FLAGS.HIDE_LLM_SETTINGS` in `/api/options/config`.
+pub const HIDE_LLM_SETTINGS: &str = "HIDE_LLM_SETTINGS";
+/// SaaS, `true`/`1`: `FEATURE_FLAGS.ENABLE_JIRA`.
 pub const ENABLE_JIRA: &str = "ENABLE_JIRA";
+/// SaaS, `true`/`1`: `FEATURE_FLAGS.ENABLE_JIRA_DC`.
 pub const ENABLE_JIRA_DC: &str = "ENABLE_JIRA_DC";
+/// SaaS, `true`/`1`: `FEATURE_FLAGS.ENABLE_LINEAR`.
 pub const ENABLE_LINEAR: &str = "ENABLE_LINEAR";
 /// SaaS: `MAINTENANCE.startTime` in `/api/options/config` when set.
 pub const MAINTENANCE_START_TIME: &str = "MAINTENANCE_START_TIME";
 /// SaaS: `AUTH_URL` in `/api/options/config` when set.
 pub const AUTH_URL: &str = "AUTH_URL";
-/// A directory of static files (the web client) served at `/` when set.
-pub const FRONTEND_DIRECTORY: &str = "FRONTEND_DIRECTORY";
+
+/// Every variable above, for the configuration reference (a test checks it lists them all).
+pub const ALL: &[&str] = &[
+    OPENHANDS_PLUGINS_TOML,
+    RUST_LOG,
+    HOME,
+    PERMITTED_CORS_ORIGINS,
+    FRONTEND_DIRECTORY,
+    ALLOW_SET_CONVERSATION_ID,
+    WEB_HOST,
+    GITHUB_APP_CLIENT_ID,
+    GITLAB_APP_CLIENT_ID,
+    BITBUCKET_APP_CLIENT_ID,
+    ENABLE_ENTERPRISE_SSO,
+    GITHUB_APP_SLUG,
+    POSTHOG_CLIENT_KEY,
+    ENABLE_BILLING,
+    HIDE_LLM_SETTINGS,
+    ENABLE_JIRA,
+    ENABLE_JIRA_DC,
+    ENABLE_LINEAR,
+    MAINTENANCE_START_TIME,
+    AUTH_URL,
+];
+
+/// How the host reads a variable: the process environment, or a map in tests.
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment; an empty value counts as unset.
+pub fn process(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// What the host reads of its environment, once, when the profile is loaded.
+#[derive(Clone, Debug, Default)]
+pub struct HostEnv {
+    /// `PERMITTED_CORS_ORIGINS`, split and without trailing slashes; `None` = localhost only.
+    pub permitted_cors_origins: Option<Vec<String>>,
+    pub frontend_directory: Option<PathBuf>,
+    pub allow_set_conversation_id: bool,
+    pub web_host: Option<String>,
+    pub github_app_client_id: Option<String>,
+    pub gitlab_app_client_id: Option<String>,
+    pub bitbucket_app_client_id: Option<String>,
+    pub enable_enterprise_sso: bool,
+    pub github_app_slug: Option<String>,
+    pub posthog_client_key: Option<String>,
+    pub enable_billing: bool,
+    pub hide_llm_settings: bool,
+    pub enable_jira: bool,
+    pub enable_jira_dc: bool,
+    pub enable_linear: bool,
+    pub maintenance_start_time: Option<String>,
+    pub auth_url: Option<String>,
+}
+
+/// `true` or `1` (OpenHands' flags).
+fn flag(v: Option<String>) -> bool {
+    v.is_some_and(|v| v == "true" || v == "1")
+}
+
+impl HostEnv {
+    /// Reads the variables; a problem (a frontend directory that is not one) is pushed.
+    pub fn read(lookup: Lookup<'_>, problems: &mut Vec<String>) -> HostEnv {
+        let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
+        let frontend_directory = get(FRONTEND_DIRECTORY).map(PathBuf::from);
+        if let Some(dir) = &frontend_directory {
+            if !dir.join("index.html").is_file() {
+                problems.push(format!(
+                    "environment variable {FRONTEND_DIRECTORY}: {} has no index.html; point it at the web client's build",
+                    dir.display()
+                ));
+            }
+        }
+        HostEnv {
+            permitted_cors_origins: get(PERMITTED_CORS_ORIGINS).map(|v| {
+                v.split(',').map(|s| s.trim().trim_end_matches('/').to_owned()).filter(|s| !s.is_empty()).collect()
+            }),
+            frontend_directory,
+            allow_set_conversation_id: get(ALLOW_SET_CONVERSATION_ID).as_deref() == Some("1"),
+            web_host: get(WEB_HOST).map(|v| v.trim_end_matches('/').to_owned()),
+            github_app_client_id: get(GITHUB_APP_CLIENT_ID),
+            gitlab_app_client_id: get(GITLAB_APP_CLIENT_ID),
+            bitbucket_app_client_id: get(BITBUCKET_APP_CLIENT_ID),
+            enable_enterprise_sso: get(ENABLE_ENTERPRISE_SSO).is_some(),
+            github_app_slug: get(GITHUB_APP_SLUG),
+            posthog_client_key: get(POSTHOG_CLIENT_KEY),
+            enable_billing: flag(get(ENABLE_BILLING)),
+            hide_llm_settings: flag(get(HIDE_LLM_SETTINGS)),
+            enable_jira: flag(get(ENABLE_JIRA)),
+            enable_jira_dc: flag(get(ENABLE_JIRA_DC)),
+            enable_linear: flag(get(ENABLE_LINEAR)),
+            maintenance_start_time: get(MAINTENANCE_START_TIME),
+            auth_url: get(AUTH_URL),
+        }
+    }
+}

@@ -87,6 +87,23 @@ pub struct CallContext {
 }
 
 impl CallContext {
+    /// A context for `request_id`, acting for `user_id` (`None`: single-user mode), with a
+    /// deadline in milliseconds since the Unix epoch (0: none).
+    pub fn new(request_id: &str, user_id: Option<&str>, deadline_unix_ms: u64) -> Self {
+        CallContext {
+            request_id: request_id.into(),
+            traceparent: RString::new(),
+            user_id: user_id.map(RString::from).into(),
+            deadline_unix_ms,
+        }
+    }
+
+    /// The same context with a W3C `traceparent`.
+    pub fn with_traceparent(mut self, traceparent: &str) -> Self {
+        self.traceparent = traceparent.into();
+        self
+    }
+
     pub fn user_id(&self) -> Option<&str> {
         self.user_id.as_ref().map(|s| s.as_str()).into_option()
     }

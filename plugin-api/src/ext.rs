@@ -20,6 +20,28 @@ use async_ffi::FfiFuture;
 /// A header list (name, value), in the order received.
 pub type Headers = RVec<Tuple2<RString, RString>>;
 
+// The owned trait objects, one per trait: what a factory returns, what the host holds and
+// what the SDK builds. Named once, here, so neither side spells `_TO<'static, RBox<()>>`.
+
+/// An owned `settings_store` instance.
+pub type SettingsStoreObject = SettingsStore_TO<'static, RBox<()>>;
+/// An owned `secrets_store` instance.
+pub type SecretsStoreObject = SecretsStore_TO<'static, RBox<()>>;
+/// An owned `conversation_store` instance.
+pub type ConversationStoreObject = ConversationStore_TO<'static, RBox<()>>;
+/// An owned `conversation_manager` instance.
+pub type ConversationManagerObject = ConversationManager_TO<'static, RBox<()>>;
+/// An owned `user_auth` instance.
+pub type UserAuthObject = UserAuth_TO<'static, RBox<()>>;
+/// An owned `monitoring` instance.
+pub type MonitoringObject = MonitoringListener_TO<'static, RBox<()>>;
+/// An owned `routes` instance.
+pub type RoutesObject = RouteHandler_TO<'static, RBox<()>>;
+/// The host's services, as every factory receives them.
+pub type HostServicesObject = HostServices_TO<'static, RBox<()>>;
+/// A live-event sink, as `ConversationManager::subscribe` receives it.
+pub type EventSinkObject = EventSink_TO<'static, RBox<()>>;
+
 /// What a `health` call reports when the instance is fine; failures are errors.
 #[repr(C)]
 #[derive(StableAbi, Clone, Debug)]
@@ -72,6 +94,13 @@ pub struct EventQuery {
     pub reverse: bool,
     /// At most this many events.
     pub limit: u32,
+}
+
+impl EventQuery {
+    /// Events `start_id..=end_id` (unbounded without `end_id`), at most `limit`.
+    pub fn new(start_id: u64, end_id: Option<u64>, reverse: bool, limit: u32) -> Self {
+        EventQuery { start_id, end_id: end_id.into(), reverse, limit }
+    }
 }
 
 /// `conversation_store`: conversation metadata and the append-only event log (OpenHands §5).
@@ -134,12 +163,7 @@ pub trait ConversationManager: Send + Sync {
     /// `AgentLoopInfo`s (JSON array) of running loops, filtered by user and by ids when given.
     fn running(&self, ctx: CallContext, filter_ids: RVec<RString>) -> FfiFuture<PResult<RString>>;
     /// Subscribes a sink to the live events of a conversation; returns a subscription id.
-    fn subscribe(
-        &self,
-        ctx: CallContext,
-        conversation_id: RString,
-        sink: EventSink_TO<'static, RBox<()>>,
-    ) -> FfiFuture<PResult<u64>>;
+    fn subscribe(&self, ctx: CallContext, conversation_id: RString, sink: EventSinkObject) -> FfiFuture<PResult<u64>>;
     fn unsubscribe(&self, ctx: CallContext, subscription_id: u64) -> FfiFuture<PResult<()>>;
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
     #[sabi(last_prefix_field)]
@@ -259,7 +283,9 @@ pub trait RouteHandler: Send + Sync {
 ///
 /// `call` is a small JSON RPC so that the set of reachable operations can grow without an
 /// ABI change: `point` is an extension-point key (`"conversation_store"`), `method` one of its
-/// method names, `args_json` a JSON object of the arguments; the answer is JSON.
+/// method names, `args_json` a JSON object of the arguments; the answer is JSON. The
+/// operations, their arguments and answers are the types of [`crate::host_calls`]; neither
+/// side spells them by hand.
 #[sabi_trait]
 pub trait HostServices: Send + Sync {
     fn call(

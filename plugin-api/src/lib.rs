@@ -20,6 +20,7 @@
 mod context;
 mod error;
 mod ext;
+pub mod host_calls;
 pub mod models;
 mod root;
 

@@ -2,8 +2,8 @@
 
 use crate::{
     ext::{
-        ConversationManager_TO, ConversationStore_TO, HostServices_TO, MonitoringListener_TO, RouteHandler_TO,
-        SecretsStore_TO, SettingsStore_TO, UserAuth_TO,
+        ConversationManagerObject, ConversationStoreObject, HostServicesObject, MonitoringObject, RoutesObject,
+        SecretsStoreObject, SettingsStoreObject, UserAuthObject,
     },
     ImplementationInfo, PResult,
 };
@@ -12,7 +12,7 @@ use abi_stable::{
     library::RootModule,
     package_version_strings,
     sabi_types::VersionStrings,
-    std_types::{RBox, RStr, RVec},
+    std_types::{RStr, RVec},
     StableAbi,
 };
 use async_ffi::FfiFuture;
@@ -58,38 +58,38 @@ pub struct PluginLib {
     pub new_settings_store: extern "C" fn(
         implementation: RStr<'_>,
         config_json: RStr<'_>,
-        services: HostServices_TO<'static, RBox<()>>,
-    ) -> PResult<SettingsStore_TO<'static, RBox<()>>>,
+        services: HostServicesObject,
+    ) -> PResult<SettingsStoreObject>,
     pub new_secrets_store: extern "C" fn(
         implementation: RStr<'_>,
         config_json: RStr<'_>,
-        services: HostServices_TO<'static, RBox<()>>,
-    ) -> PResult<SecretsStore_TO<'static, RBox<()>>>,
+        services: HostServicesObject,
+    ) -> PResult<SecretsStoreObject>,
     pub new_conversation_store: extern "C" fn(
         implementation: RStr<'_>,
         config_json: RStr<'_>,
-        services: HostServices_TO<'static, RBox<()>>,
-    ) -> PResult<ConversationStore_TO<'static, RBox<()>>>,
+        services: HostServicesObject,
+    ) -> PResult<ConversationStoreObject>,
     pub new_conversation_manager: extern "C" fn(
         implementation: RStr<'_>,
         config_json: RStr<'_>,
-        services: HostServices_TO<'static, RBox<()>>,
-    ) -> PResult<ConversationManager_TO<'static, RBox<()>>>,
+        services: HostServicesObject,
+    ) -> PResult<ConversationManagerObject>,
     pub new_user_auth: extern "C" fn(
         implementation: RStr<'_>,
         config_json: RStr<'_>,
-        services: HostServices_TO<'static, RBox<()>>,
-    ) -> PResult<UserAuth_TO<'static, RBox<()>>>,
+        services: HostServicesObject,
+    ) -> PResult<UserAuthObject>,
     pub new_monitoring: extern "C" fn(
         implementation: RStr<'_>,
         config_json: RStr<'_>,
-        services: HostServices_TO<'static, RBox<()>>,
-    ) -> PResult<MonitoringListener_TO<'static, RBox<()>>>,
+        services: HostServicesObject,
+    ) -> PResult<MonitoringObject>,
     pub new_routes: extern "C" fn(
         implementation: RStr<'_>,
         config_json: RStr<'_>,
-        services: HostServices_TO<'static, RBox<()>>,
-    ) -> PResult<RouteHandler_TO<'static, RBox<()>>>,
+        services: HostServicesObject,
+    ) -> PResult<RoutesObject>,
     /// Stops the library's runtime, waiting at most `deadline_ms`.
     #[sabi(last_prefix_field)]
     pub shutdown: extern "C" fn(deadline_ms: u64) -> FfiFuture<()>,

@@ -1,4 +1,11 @@
 //! The one HTTP error type: a status, a JSON body, and headers a plugin asked for.
+//!
+//! Error handling in the host: plugin calls fail with a `registry::CallError` (which plugin,
+//! which method, the plugin's `PluginError`); handlers return [`ApiResult`] and `?` turns a
+//! `CallError` into an [`ApiError`] with the status of its code. Where OpenHands clients read
+//! a route's error body, the body has OpenHands' shape, built by a named constructor below;
+//! internal causes (paths, panics) are logged where they happen, never sent. Start-up and CLI
+//! errors are plain messages that name the file, the key and the fix.
 
 use crate::registry::CallError;
 use axum::{
@@ -32,6 +39,37 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::error(StatusCode::NOT_FOUND, message)
+    }
+
+    /// 422 `{"error": "invalid request body: …"}`: the JSON parsed but does not fit.
+    pub fn unprocessable(message: impl std::fmt::Display) -> Self {
+        Self::error(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid request body: {message}"))
+    }
+
+    /// OpenHands' `{"status": "error", "message": …, "msg_id": …}`, which the web client shows
+    /// by `msg_id`.
+    pub fn with_msg_id(status: StatusCode, message: &str, msg_id: &str) -> Self {
+        Self::new(status, json!({ "status": "error", "message": message, "msg_id": msg_id }))
+    }
+
+    /// 404 of the conversation routes that answer with a message id (rename, events, message).
+    pub fn conversation_not_found() -> Self {
+        Self::with_msg_id(StatusCode::NOT_FOUND, "Conversation not found", "CONVERSATION$NOT_FOUND")
+    }
+
+    /// 404 of `start` and `stop`: `{"status": "error", "conversation_id": …}`.
+    pub fn conversation_missing(id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, json!({ "status": "error", "conversation_id": id }))
+    }
+
+    /// 400 `{"message": "Secret NAME already exists"}`.
+    pub fn secret_exists(name: &str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, json!({ "message": format!("Secret {name} already exists") }))
+    }
+
+    /// 404 `{"error": "Secret with ID NAME not found"}`.
+    pub fn secret_not_found(name: &str) -> Self {
+        Self::not_found(format!("Secret with ID {name} not found"))
     }
 
     /// From a plugin error: the status from its code, and any headers from its details.

@@ -1,13 +1,13 @@
 //! Extractors whose rejections are JSON errors, and the checks on ids from the path.
 
-use super::error::ApiError;
+use super::{call_context, error::ApiError, AppState, Principal, RequestId};
 use axum::{
     body::Bytes,
     extract::{FromRequest, FromRequestParts, Path, Query, Request},
     http::{request::Parts, StatusCode},
 };
+use plugin_api::CallContext;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
 /// A JSON body: 413 when too large, 400 when not UTF-8 or not JSON, 422 when the JSON does
 /// not fit the type (unknown fields where forbidden, wrong types).
@@ -27,9 +27,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("request body is not UTF-8"))?;
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
-        let parsed = serde_json::from_value(value).map_err(|e| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": format!("invalid request body: {e}") }))
-        })?;
+        let parsed = serde_json::from_value(value).map_err(ApiError::unprocessable)?;
         Ok(JsonBody(parsed))
     }
 }
@@ -45,6 +43,32 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
             .await
             .map(|Query(q)| QueryParams(q))
             .map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))
+    }
+}
+
+/// The authenticated caller (set by the auth gate) and the context for its plugin calls.
+pub struct Caller {
+    pub principal: Principal,
+    pub ctx: CallContext,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let principal =
+            parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
+                ApiError::error(StatusCode::INTERNAL_SERVER_ERROR, "route is not behind the auth gate")
+            })?;
+        let request_id = parts.extensions.get::<RequestId>().cloned().unwrap_or_else(|| RequestId(String::new()));
+        let mut ctx = call_context(&principal, &request_id, &state.server);
+        // W3C trace context, passed through so plugin logs can join the caller's trace.
+        if let Some(tp) = parts.headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+            if tp.len() <= 128 && tp.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                ctx = ctx.with_traceparent(tp);
+            }
+        }
+        Ok(Caller { principal, ctx })
     }
 }
 

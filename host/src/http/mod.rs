@@ -1,53 +1,42 @@
-//! The HTTP surface: router, shared state, middleware (DESIGN §6).
+//! The HTTP surface: router, shared state, middleware.
 //!
 //! Middleware order, outermost first: CORS → cache control → request id → body limit →
-//! auth gate → route.
+//! (socket.io) → auth gate → route. Every plugin is reached through `Registry`.
 
+mod auth;
+mod documents;
 pub mod error;
 pub mod extract;
 pub mod plugin_routes;
 mod routes;
 pub mod socket;
+mod start;
 
-use crate::{config::ServerConfig, env, registry::Registry};
-use abi_stable::std_types::{RString, Tuple2};
+use crate::{config::ServerConfig, registry::Registry};
 use axum::{
-    extract::{DefaultBodyLimit, Request, State},
-    http::{header, HeaderName, HeaderValue, Method, StatusCode},
+    extract::{DefaultBodyLimit, Request},
+    http::{header, HeaderName, HeaderValue, StatusCode},
     middleware::{self, Next},
-    response::{IntoResponse, Response},
+    response::Response,
     Router,
 };
 use error::ApiError;
-use plugin_api::{AuthRequest, AuthType, CallContext};
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use plugin_api::{AuthType, CallContext};
+use std::sync::Arc;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 use tracing::Instrument;
-
-type UserLock = Arc<tokio::sync::Mutex<()>>;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub server: Arc<ServerConfig>,
-    /// Serialises read-modify-write of one user's secrets in this process.
-    locks: Arc<Mutex<HashMap<Option<String>, UserLock>>>,
+    locks: Arc<documents::UserLocks>,
 }
 
 impl AppState {
     pub fn new(registry: Arc<Registry>, server: ServerConfig) -> Self {
         Self { registry, server: Arc::new(server), locks: Arc::default() }
-    }
-
-    /// The per-user lock for read-modify-write of that user's documents.
-    pub fn user_lock(&self, user: &Option<String>) -> UserLock {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(user.clone()).or_default().clone()
     }
 }
 
@@ -59,6 +48,13 @@ pub struct Principal {
     pub auth_type: AuthType,
 }
 
+impl Principal {
+    /// Before authentication: nobody.
+    pub fn anonymous() -> Principal {
+        Principal { user_id: None, email: None, auth_type: AuthType::NONE }
+    }
+}
+
 /// The request id, set by the request-id middleware.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
@@ -66,12 +62,7 @@ pub struct RequestId(pub String);
 /// Builds the context of a plugin call for this request.
 pub fn call_context(principal: &Principal, request_id: &RequestId, server: &ServerConfig) -> CallContext {
     let deadline = chrono::Utc::now().timestamp_millis() as u64 + server.call_timeout.as_millis() as u64;
-    CallContext {
-        request_id: request_id.0.as_str().into(),
-        traceparent: RString::new(),
-        user_id: principal.user_id.as_deref().map(RString::from).into(),
-        deadline_unix_ms: deadline,
-    }
+    CallContext::new(&request_id.0, principal.user_id.as_deref(), deadline)
 }
 
 /// The whole application.
@@ -84,25 +75,26 @@ pub fn router(state: AppState) -> Router {
         Vec::new()
     });
     let (public, api) = plugin_routes::mount(&mounted, routes::public(), routes::api());
-    let api = api.layer(middleware::from_fn_with_state(state.clone(), auth_gate));
+    let api = api.layer(middleware::from_fn_with_state(state.clone(), auth::gate));
     let router = Router::new().merge(public).merge(api);
     // FRONTEND_DIRECTORY: the web client's files; unknown non-API paths get its index.html
     // (a single-page app routes them itself). API paths keep their JSON 404.
-    let router = match env::get(env::FRONTEND_DIRECTORY) {
+    let router = match &state.server.env.frontend_directory {
         Some(dir) => {
-            let index = std::path::Path::new(&dir).join("index.html");
-            let spa = tower_http::services::ServeDir::new(&dir).fallback(tower_http::services::ServeFile::new(index));
+            let index = dir.join("index.html");
+            let spa = tower_http::services::ServeDir::new(dir).fallback(tower_http::services::ServeFile::new(index));
             router.route("/api/{*rest}", axum::routing::any(not_found)).fallback_service(spa)
         }
         None => router.fallback(not_found),
     };
+    let cors = cors(state.server.env.permitted_cors_origins.clone());
     router
         .method_not_allowed_fallback(method_not_allowed)
         .layer(socket::layer(state.clone()))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(request_id))
         .layer(middleware::from_fn(cache_control))
-        .layer(cors())
+        .layer(cors)
         .with_state(state)
 }
 
@@ -114,11 +106,9 @@ async fn method_not_allowed() -> ApiError {
     ApiError::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
 }
 
-/// `PERMITTED_CORS_ORIGINS` (comma-separated), else any localhost / 127.0.0.1 origin, as
-/// OpenHands' `LocalhostCORSMiddleware`.
-fn cors() -> CorsLayer {
-    let permitted: Option<Vec<String>> = env::get(env::PERMITTED_CORS_ORIGINS)
-        .map(|v| v.split(',').map(|s| s.trim().trim_end_matches('/').to_owned()).filter(|s| !s.is_empty()).collect());
+/// `PERMITTED_CORS_ORIGINS`, else any localhost / 127.0.0.1 origin, as OpenHands'
+/// `LocalhostCORSMiddleware`.
+fn cors(permitted: Option<Vec<String>>) -> CorsLayer {
     let allow = AllowOrigin::predicate(move |origin: &HeaderValue, _| {
         let Ok(origin) = origin.to_str() else {
             return false;
@@ -180,46 +170,4 @@ fn new_request_id() -> String {
     let mut bytes = [0u8; 12];
     let _ = getrandom::getrandom(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Calls `user_auth` and maps its error kinds to 401/403/429; adds the headers it asks for
-/// (a refreshed cookie) to the response.
-async fn auth_gate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    if req.method() == Method::OPTIONS {
-        return next.run(req).await;
-    }
-    let request_id = req.extensions().get::<RequestId>().cloned().unwrap_or_else(|| RequestId(new_request_id()));
-    let remote =
-        req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.to_string()).unwrap_or_default();
-    let auth_request = AuthRequest {
-        method: req.method().as_str().into(),
-        path: req.uri().path().into(),
-        query: req.uri().query().unwrap_or("").into(),
-        headers: req
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| v.to_str().ok().map(|v| Tuple2(RString::from(k.as_str()), RString::from(v))))
-            .collect(),
-        remote_addr: remote.into(),
-    };
-    let anonymous = Principal { user_id: None, email: None, auth_type: AuthType::NONE };
-    let ctx = call_context(&anonymous, &request_id, &state.server);
-    let auth = &state.registry.auth;
-    match auth.meta.call("authenticate", auth.obj.authenticate(ctx, auth_request)).await {
-        Ok(outcome) => {
-            req.extensions_mut().insert(Principal {
-                user_id: outcome.user_id.into_option().map(RString::into_string),
-                email: outcome.email.into_option().map(RString::into_string),
-                auth_type: outcome.auth_type,
-            });
-            let mut response = next.run(req).await;
-            for Tuple2(k, v) in outcome.response_headers {
-                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
-                    response.headers_mut().append(k, v);
-                }
-            }
-            response
-        }
-        Err(err) => ApiError::from(err).into_response(),
-    }
 }

@@ -4,16 +4,14 @@
 
 use super::{call_context, error::ApiError, AppState, Principal, RequestId};
 use crate::registry::Registry;
-use abi_stable::std_types::{RString, Tuple2};
 use axum::{
-    body::{to_bytes, Body},
+    body::to_bytes,
     extract::{Request, State},
-    http::{HeaderName, HeaderValue, Method, StatusCode},
+    http::{Method, StatusCode},
     response::{IntoResponse, Response},
     routing::{any, on, MethodFilter},
     Router,
 };
-use plugin_api::{AuthType, HttpRequest};
 use std::collections::HashSet;
 
 /// One route a plugin asked for, validated.
@@ -42,7 +40,7 @@ const HOST_PREFIXES: &[&str] = &[
     "/api/reset-settings",
 ];
 
-/// Reads and checks every plugin's routes: all problems at once, before binding.
+/// Checks every plugin's declared routes: all problems at once, before binding.
 pub fn collect(registry: &Registry) -> Result<Vec<Mounted>, Vec<String>> {
     let mut problems = Vec::new();
     let mut mounted = Vec::new();
@@ -53,38 +51,36 @@ pub fn collect(registry: &Registry) -> Result<Vec<Mounted>, Vec<String>> {
             || seen.contains(&("*".to_owned(), path.clone()))
             || (method == "*" && seen.iter().any(|(_, p)| *p == path))
     };
-    for (instance, r) in registry.routes.iter().enumerate() {
-        for spec in r.obj.routes() {
-            let path = spec.path.to_string();
-            let method = spec.method.to_string().to_ascii_uppercase();
-            let origin = format!("{} ({}::{})", r.meta.key, r.meta.library, r.meta.implementation);
-            if !path.starts_with('/') || path.contains("//") {
-                problems.push(format!("{origin}: route path `{path}` must be absolute, like /api/keys"));
-                continue;
-            }
-            if let Some(p) = HOST_PREFIXES.iter().find(|p| path == p.trim_end_matches('/') || path.starts_with(*p)) {
-                problems.push(format!("{origin}: route `{path}` overlaps the host's own `{p}`"));
-                continue;
-            }
-            let method = if method == "*" {
-                None
-            } else {
-                match Method::from_bytes(method.as_bytes()) {
-                    Ok(m) => Some(m),
-                    Err(_) => {
-                        problems.push(format!("{origin}: `{method}` is not an HTTP method"));
-                        continue;
-                    }
-                }
-            };
-            let key = (method.as_ref().map_or("*".to_owned(), |m| m.to_string()), path.clone());
-            if clashes(&seen, &key.0, &path) {
-                problems.push(format!("{origin}: route {} {path} is declared twice", key.0));
-                continue;
-            }
-            seen.insert(key);
-            mounted.push(Mounted { instance, method, path, authenticated: spec.authenticated, extension: origin });
+    for (instance, meta, spec) in registry.declared_routes() {
+        let path = spec.path.clone();
+        let method = spec.method.to_ascii_uppercase();
+        let origin = format!("{} ({}::{})", meta.key, meta.library, meta.implementation);
+        if !path.starts_with('/') || path.contains("//") {
+            problems.push(format!("{origin}: route path `{path}` must be absolute, like /api/keys"));
+            continue;
         }
+        if let Some(p) = HOST_PREFIXES.iter().find(|p| path == p.trim_end_matches('/') || path.starts_with(*p)) {
+            problems.push(format!("{origin}: route `{path}` overlaps the host's own `{p}`"));
+            continue;
+        }
+        let method = if method == "*" {
+            None
+        } else {
+            match Method::from_bytes(method.as_bytes()) {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    problems.push(format!("{origin}: `{method}` is not an HTTP method"));
+                    continue;
+                }
+            }
+        };
+        let key = (method.as_ref().map_or("*".to_owned(), |m| m.to_string()), path.clone());
+        if clashes(&seen, &key.0, &path) {
+            problems.push(format!("{origin}: route {} {path} is declared twice", key.0));
+            continue;
+        }
+        seen.insert(key);
+        mounted.push(Mounted { instance, method, path, authenticated: spec.authenticated, extension: origin });
     }
     if problems.is_empty() {
         Ok(mounted)
@@ -133,44 +129,16 @@ pub fn mount(
 }
 
 async fn forward(State(state): State<AppState>, instance: usize, req: Request) -> Response {
-    let Some(r) = state.registry.routes.get(instance) else {
-        return ApiError::error(StatusCode::INTERNAL_SERVER_ERROR, "route plugin is gone").into_response();
-    };
-    let principal = req.extensions().get::<Principal>().cloned().unwrap_or(Principal {
-        user_id: None,
-        email: None,
-        auth_type: AuthType::NONE,
-    });
+    let principal = req.extensions().get::<Principal>().cloned().unwrap_or_else(Principal::anonymous);
     let request_id = req.extensions().get::<RequestId>().cloned().unwrap_or_else(|| RequestId(String::new()));
     let (parts, body) = req.into_parts();
     let body = match to_bytes(body, state.server.max_body_bytes).await {
         Ok(b) => b,
         Err(_) => return ApiError::error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response(),
     };
-    let request = HttpRequest {
-        method: parts.method.as_str().into(),
-        path: parts.uri.path().into(),
-        query: parts.uri.query().unwrap_or("").into(),
-        headers: parts
-            .headers
-            .iter()
-            .filter_map(|(k, v)| v.to_str().ok().map(|v| Tuple2(RString::from(k.as_str()), RString::from(v))))
-            .collect(),
-        body: body.to_vec().into(),
-    };
     let ctx = call_context(&principal, &request_id, &state.server);
-    match r.meta.call("handle", r.obj.handle(ctx, request)).await {
-        Ok(answer) => {
-            let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut response = Response::new(Body::from(answer.body.into_vec()));
-            *response.status_mut() = status;
-            for Tuple2(k, v) in answer.headers {
-                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
-                    response.headers_mut().append(k, v);
-                }
-            }
-            response
-        }
+    match state.registry.handle_route(instance, ctx, &parts.method, &parts.uri, &parts.headers, body).await {
+        Ok(response) => response,
         Err(e) => ApiError::from(e).into_response(),
     }
 }

@@ -1,16 +1,18 @@
 //! socket.io at `/socket.io` (OpenHands §9.10), with socketioxide.
 //!
 //! Connect: `?conversation_id=…&latest_event_id=N`. A connect middleware authenticates the
-//! handshake through `user_auth` (headers and cookies) and refuses unless the user owns the
-//! conversation and has settings. The connect handler then subscribes to the conversation's
-//! live events, replays the stored events after `latest_event_id`, forwards live `oh_event`s
-//! (skipping what the replay already sent), and starts the agent loop if it is not running.
-//! `oh_user_action` (and legacy `oh_action`) go to the conversation manager; a disconnect
-//! only unsubscribes: the agent keeps running.
+//! handshake (the same `authenticate` as the HTTP auth gate) and refuses unless the user owns
+//! the conversation and has settings. The connect handler first registers its event handlers
+//! (an action sent right after connecting is queued, never dropped), then subscribes to the
+//! conversation's live events, starts the agent loop if it is not running, replays the stored
+//! events after `latest_event_id`, and forwards live `oh_event`s (skipping what the replay
+//! already sent). Queued and later `oh_user_action`s (and legacy `oh_action`s) go to the
+//! conversation manager in order; a disconnect only unsubscribes: the agent keeps running.
 
-use super::{call_context, extract::validate_conversation_id, AppState, Principal, RequestId};
-use abi_stable::std_types::{RNone, RString, Tuple2};
-use plugin_api::{AuthRequest, AuthType, CallContext, EventQuery};
+use super::{
+    auth::authenticate, call_context, extract::validate_conversation_id, start::start_request, AppState, RequestId,
+};
+use plugin_api::{CallContext, EventQuery};
 use serde_json::{json, Value};
 use socketioxide::{
     extract::{Data, SocketRef},
@@ -19,9 +21,11 @@ use socketioxide::{
     SendError, SocketError, SocketIo,
 };
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
+use tokio::{sync::mpsc, task::AbortHandle};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -31,7 +35,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone)]
 struct Connection {
     conversation_id: String,
-    latest_event_id: i64,
+    /// The last event the client has; replay starts after it.
+    latest_event_id: Option<u64>,
     ctx: CallContext,
 }
 
@@ -52,44 +57,36 @@ pub fn layer(state: AppState) -> SocketIoLayer {
     layer
 }
 
+/// `latest_event_id`: absent or negative means "nothing yet"; otherwise an event id.
+fn parse_latest(value: Option<&String>) -> Result<Option<u64>, String> {
+    match value {
+        None => Ok(None),
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n < 0 => Ok(None),
+            Ok(n) => Ok(Some(n as u64)),
+            Err(_) => Err(format!("latest_event_id `{v}` is not an integer")),
+        },
+    }
+}
+
 /// The connect middleware: an `Err` refuses the connection with that message.
 async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
     let parts = s.req_parts();
-    let query = parts.uri.query().unwrap_or("");
-    let params = axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(&parts.uri)
+    let params = axum::extract::Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
         .map(|q| q.0)
         .map_err(|e| format!("bad query string: {e}"))?;
-    let query_param = |k: &str| params.get(k).cloned();
-    let conversation_id = query_param("conversation_id").ok_or("No conversation_id in request")?;
+    let conversation_id = params.get("conversation_id").cloned().ok_or("No conversation_id in request")?;
     validate_conversation_id(&conversation_id).map_err(|e| e.body["error"].as_str().unwrap_or("invalid").to_owned())?;
-    let latest_event_id = match query_param("latest_event_id") {
-        None => -1,
-        Some(v) => v.parse::<i64>().map_err(|_| format!("latest_event_id `{v}` is not an integer"))?,
-    };
+    let latest_event_id = parse_latest(params.get("latest_event_id"))?;
     let request_id = RequestId(format!("sio-{}", s.id));
-    let auth_request = AuthRequest {
-        method: "GET".into(),
-        path: "/socket.io/".into(),
-        query: query.into(),
-        headers: parts
-            .headers
-            .iter()
-            .filter_map(|(k, v)| v.to_str().ok().map(|v| Tuple2(RString::from(k.as_str()), RString::from(v))))
-            .collect(),
-        remote_addr: RString::new(),
-    };
-    let anonymous = Principal { user_id: None, email: None, auth_type: AuthType::NONE };
-    let auth = &state.registry.auth;
-    let outcome = auth
-        .meta
-        .call("authenticate", auth.obj.authenticate(call_context(&anonymous, &request_id, &state.server), auth_request))
-        .await
-        .map_err(|e| format!("{}: {}", e.error.code.name(), e.error.message))?;
-    let principal = Principal {
-        user_id: outcome.user_id.into_option().map(RString::into_string),
-        email: outcome.email.into_option().map(RString::into_string),
-        auth_type: outcome.auth_type,
-    };
+    let (principal, _) =
+        authenticate(&state, &request_id, &parts.method, &parts.uri, &parts.headers, None).await.map_err(|e| {
+            let kind = e.body["error"].as_str().unwrap_or("AuthError");
+            match e.body["message"].as_str() {
+                Some(message) => format!("{kind}: {message}"),
+                None => kind.to_owned(),
+            }
+        })?;
     let ctx = call_context(&principal, &request_id, &state.server);
     // The conversation store is scoped by user: another user's conversation does not exist.
     match state.registry.get_metadata(ctx.clone(), &conversation_id).await {
@@ -125,44 +122,77 @@ async fn emit(s: &SocketRef, event: &Value) -> bool {
     false
 }
 
+fn error_event(message: &str) -> Value {
+    json!({ "error": true, "message": message })
+}
+
+/// Tasks and the subscription a disconnect must end.
+#[derive(Default)]
+struct Cleanup {
+    subscription: Option<u64>,
+    tasks: Vec<AbortHandle>,
+    gone: bool,
+}
+
 async fn on_connect(state: AppState, s: SocketRef) {
     let Some(conn) = s.extensions.get::<Connection>() else { return };
-    let registry = &state.registry;
     let sid = conn.conversation_id.clone();
 
-    // Subscribe before replaying, so nothing falls between the two.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let subscription = match registry.subscribe(conn.ctx.clone(), &sid, tx).await {
-        Ok(id) => Some(id),
-        Err(e) => {
-            tracing::warn!(conversation_id = %sid, error = %e, "cannot subscribe to live events");
-            let _ = s.emit("oh_event", &json!({ "error": true, "message": e.error.message.as_str() }));
-            None
-        }
-    };
-
-    // A disconnect only unsubscribes (and stops forwarding): the agent keeps running.
-    let forward_slot: Arc<Mutex<Option<tokio::task::AbortHandle>>> = Arc::default();
-    {
-        let state = state.clone();
-        let ctx = conn.ctx.clone();
-        let slot = forward_slot.clone();
-        s.on_disconnect(move || async move {
-            if let Some(forward) = lock(&slot).take() {
-                forward.abort();
+    // Before any await: the action handlers (they queue) and the disconnect handler.
+    let (actions, mut queued) = mpsc::unbounded_channel::<Value>();
+    for name in ["oh_user_action", "oh_action"] {
+        let actions = actions.clone();
+        s.on(name, move |Data(event): Data<Value>| {
+            let actions = actions.clone();
+            async move {
+                let _ = actions.send(event);
             }
+        });
+    }
+    drop(actions);
+    let cleanup: Arc<Mutex<Cleanup>> = Arc::default();
+    {
+        let (state, ctx, cleanup) = (state.clone(), conn.ctx.clone(), cleanup.clone());
+        s.on_disconnect(move || async move {
+            let (subscription, tasks) = {
+                let mut c = lock(&cleanup);
+                c.gone = true;
+                (c.subscription.take(), std::mem::take(&mut c.tasks))
+            };
+            tasks.iter().for_each(AbortHandle::abort);
             if let Some(id) = subscription {
                 let _ = state.registry.unsubscribe(ctx, id).await;
             }
         });
     }
+    let registry = &state.registry;
+
+    // Subscribe before replaying, so nothing falls between the two.
+    let (tx, mut live) = mpsc::unbounded_channel::<String>();
+    match registry.subscribe(conn.ctx.clone(), &sid, tx).await {
+        Ok(id) => {
+            let gone = {
+                let mut c = lock(&cleanup);
+                c.subscription = Some(id);
+                c.gone
+            };
+            if gone {
+                let _ = registry.unsubscribe(conn.ctx.clone(), id).await;
+                return;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(conversation_id = %sid, error = %e, "cannot subscribe to live events");
+            let _ = s.emit("oh_event", &error_event(&e.error.message));
+        }
+    }
 
     // Join: start the agent loop if it is not running (OpenHands' join_conversation), before
-    // the replay, so a user action sent right after it finds the loop running.
-    match super::routes::start_request(&state, &conn.ctx, &sid).await {
+    // the queued actions are delivered, so they find it running.
+    match start_request(&state, &conn.ctx, &sid).await {
         Ok(request) => {
             if let Err(e) = registry.maybe_start(conn.ctx.clone(), &request).await {
-                let _ = s.emit("oh_event", &json!({ "error": true, "message": e.error.message.as_str() }));
+                let _ = s.emit("oh_event", &error_event(&e.error.message));
             }
         }
         Err(e) => {
@@ -174,29 +204,38 @@ async fn on_connect(state: AppState, s: SocketRef) {
         }
     }
 
-    for name in ["oh_user_action", "oh_action"] {
-        let state = state.clone();
-        let conn = conn.clone();
-        s.on(name, move |s: SocketRef, Data(event): Data<Value>| async move {
-            if !event.is_object() {
-                let _ = s.emit("oh_event", &json!({ "error": true, "message": "an action must be a JSON object" }));
-                return;
+    // User actions, in the order sent, one at a time.
+    let deliver = {
+        let (state, ctx, sid, s) = (state.clone(), conn.ctx.clone(), sid.clone(), s.clone());
+        tokio::spawn(async move {
+            while let Some(event) = queued.recv().await {
+                if !event.is_object() {
+                    let _ = s.emit("oh_event", &error_event("an action must be a JSON object"));
+                    continue;
+                }
+                if let Err(e) = state.registry.send_event(ctx.clone(), &sid, &event).await {
+                    let _ = s.emit("oh_event", &error_event(&e.error.message));
+                }
             }
-            if let Err(e) = state.registry.send_event(conn.ctx.clone(), &conn.conversation_id, &event).await {
-                let _ = s.emit("oh_event", &json!({ "error": true, "message": e.error.message.as_str() }));
-            }
-        });
+        })
+    };
+    {
+        let mut c = lock(&cleanup);
+        if c.gone {
+            deliver.abort();
+            return;
+        }
+        c.tasks.push(deliver.abort_handle());
     }
 
     // Replay what is stored after latest_event_id, oldest first.
-    let mut next = u64::try_from(conn.latest_event_id + 1).unwrap_or(0);
-    let mut last_replayed: i64 = conn.latest_event_id;
+    let mut next = conn.latest_event_id.map_or(0, |n| n.saturating_add(1));
+    let mut last_replayed = conn.latest_event_id;
     loop {
-        let query = EventQuery { start_id: next, end_id: RNone, reverse: false, limit: 100 };
-        let page = match registry.get_events(conn.ctx.clone(), &sid, query).await {
+        let page = match registry.get_events(conn.ctx.clone(), &sid, EventQuery::new(next, None, false, 100)).await {
             Ok(p) => p,
             Err(e) => {
-                let _ = s.emit("oh_event", &json!({ "error": true, "message": e.error.message.as_str() }));
+                let _ = s.emit("oh_event", &error_event(&e.error.message));
                 break;
             }
         };
@@ -204,9 +243,9 @@ async fn on_connect(state: AppState, s: SocketRef) {
             if !emit(&s, event).await {
                 return;
             }
-            if let Some(id) = event["id"].as_i64() {
-                last_replayed = last_replayed.max(id);
-                next = id as u64 + 1;
+            if let Some(id) = event["id"].as_u64() {
+                last_replayed = Some(last_replayed.map_or(id, |l| l.max(id)));
+                next = id.saturating_add(1);
             }
         }
         if !page.has_more || page.events.is_empty() {
@@ -218,9 +257,9 @@ async fn on_connect(state: AppState, s: SocketRef) {
     let forward = {
         let s = s.clone();
         tokio::spawn(async move {
-            while let Some(text) = rx.recv().await {
+            while let Some(text) = live.recv().await {
                 let Ok(event) = serde_json::from_str::<Value>(&text) else { continue };
-                if event["id"].as_i64().is_some_and(|id| id <= last_replayed) {
+                if event["id"].as_u64().is_some_and(|id| last_replayed.is_some_and(|l| id <= l)) {
                     continue;
                 }
                 if !emit(&s, &event).await {
@@ -229,6 +268,10 @@ async fn on_connect(state: AppState, s: SocketRef) {
             }
         })
     };
-
-    *lock(&forward_slot) = Some(forward.abort_handle());
+    let mut c = lock(&cleanup);
+    if c.gone {
+        forward.abort();
+    } else {
+        c.tasks.push(forward.abort_handle());
+    }
 }

@@ -5,9 +5,9 @@
 
 use crate::{runtime, services::EventSink};
 use plugin_api::{
-    abi_stable::std_types::{RBox, RErr, ROption, RString, RVec},
+    abi_stable::std_types::{RErr, ROption, RString, RVec},
     async_ffi::FfiFuture,
-    models, AuthOutcome, AuthRequest, CallContext, ErrorCode, EventQuery, EventSink_TO, Health, HttpRequest,
+    models, AuthOutcome, AuthRequest, CallContext, ErrorCode, EventQuery, EventSinkObject, Health, HttpRequest,
     HttpResponse, PResult, PluginError, RouteSpec,
 };
 use serde::{de::DeserializeOwned, Serialize};
@@ -207,12 +207,7 @@ impl<T: crate::ConversationManager> plugin_api::ConversationManager for Adapter<
             to_json(&t.running(ctx, ids).await?)
         })
     }
-    fn subscribe(
-        &self,
-        ctx: CallContext,
-        id: RString,
-        sink: EventSink_TO<'static, RBox<()>>,
-    ) -> FfiFuture<PResult<u64>> {
+    fn subscribe(&self, ctx: CallContext, id: RString, sink: EventSinkObject) -> FfiFuture<PResult<u64>> {
         let sink = EventSink::new(sink);
         self.run(move |t| async move { t.subscribe(ctx, id.into_string(), sink).await })
     }

@@ -6,22 +6,15 @@ use plugin_api::{
         library::{LibHeader, RootModuleResult},
         prefix_type::PrefixTypeTrait,
         sabi_trait::TD_Opaque,
-        std_types::{RBox, RStr, RVec},
+        std_types::{RStr, RVec},
     },
     async_ffi::FfiFuture,
-    ApiInfo, ConversationManager_TO, ConversationStore_TO, ErrorCode, ExtensionPoint, HostApi_Ref, HostServices_TO,
-    ImplementationInfo, MonitoringListener_TO, PResult, PluginError, PluginLib, PluginLib_Ref, RouteHandler_TO,
-    SecretsStore_TO, SettingsStore_TO, UserAuth_TO,
+    ApiInfo, ConversationManagerObject, ConversationManager_TO, ConversationStoreObject, ConversationStore_TO,
+    ErrorCode, ExtensionPoint, HostApi_Ref, HostServicesObject, ImplementationInfo, MonitoringListener_TO,
+    MonitoringObject, PResult, PluginError, PluginLib, PluginLib_Ref, RouteHandler_TO, RoutesObject,
+    SecretsStoreObject, SecretsStore_TO, SettingsStoreObject, SettingsStore_TO, UserAuthObject, UserAuth_TO,
 };
 use std::{sync::OnceLock, time::Duration};
-
-pub type SettingsStoreObject = SettingsStore_TO<'static, RBox<()>>;
-pub type SecretsStoreObject = SecretsStore_TO<'static, RBox<()>>;
-pub type ConversationStoreObject = ConversationStore_TO<'static, RBox<()>>;
-pub type ConversationManagerObject = ConversationManager_TO<'static, RBox<()>>;
-pub type UserAuthObject = UserAuth_TO<'static, RBox<()>>;
-pub type MonitoringObject = MonitoringListener_TO<'static, RBox<()>>;
-pub type RoutesObject = RouteHandler_TO<'static, RBox<()>>;
 
 type Ctor<O> = Box<dyn Fn(&str, Services) -> Result<O, PluginError> + Send + Sync>;
 
@@ -181,6 +174,7 @@ pub fn __root_module(
 
 /// Used by [`crate::export_plugin!`]: the library header abi_stable's loader looks for.
 #[doc(hidden)]
+#[allow(unsafe_code)] // the one unsafe call of the SDK; see SAFETY below
 pub const fn __lib_header(constructor: extern "C" fn() -> RootModuleResult) -> LibHeader {
     // SAFETY: `constructor` is the function `export_plugin!` generates, which returns the
     // `PluginLib_Ref` built by `__root_module`; the layout check stays on.
@@ -228,7 +222,7 @@ macro_rules! factories {
         extern "C" fn $fn(
             implementation: RStr<'_>,
             config_json: RStr<'_>,
-            services: HostServices_TO<'static, RBox<()>>,
+            services: HostServicesObject,
         ) -> PResult<$obj> {
             runtime::guard(None, || {
                 build(&registry().$field, implementation.as_str(), config_json.as_str(), Services::new(services))

@@ -19,8 +19,9 @@
 //! }
 //! plugin_sdk::export_plugin!(register);
 //! ```
-// The export macro emits `#[export_root_module]`, which expands to unsafe code.
-#![allow(unsafe_code)]
+//! Environment variables: read them with [`env`] only, so that the configuration reference
+//! (`docs/configuration.md`) can list every variable a bundled plugin reads (a test looks for
+//! each `plugin_sdk::env("…")` call).
 
 mod adapters;
 mod export;
@@ -31,21 +32,24 @@ mod services;
 use plugin_api::models::{Secrets, Settings};
 use std::future::Future;
 
-pub use export::{
-    __call_root_module_loader, __lib_header, __root_module, parse_config, ConversationManagerObject,
-    ConversationStoreObject, MonitoringObject, Registry, RoutesObject, SecretsStoreObject, SettingsStoreObject,
-    UserAuthObject,
-};
+pub use export::{__call_root_module_loader, __lib_header, __root_module, parse_config, Registry};
 pub use logging::metric;
 pub use plugin_api::{
-    self, models, AuthOutcome, AuthRequest, AuthType, CallContext, ErrorCode, EventQuery, EventSink_TO, HttpRequest,
-    HttpResponse, PluginError, RouteSpec,
+    self, host_calls, models, AuthOutcome, AuthRequest, AuthType, CallContext, ConversationManagerObject,
+    ConversationStoreObject, ErrorCode, EventQuery, HttpRequest, HttpResponse, MonitoringObject, PluginError,
+    RouteSpec, RoutesObject, SecretsStoreObject, SettingsStoreObject, UserAuthObject,
 };
 pub use runtime::{block_on_runtime, enter_runtime, start_runtime_for_tests};
 pub use services::{EventSink, Services};
 
 /// What every plugin method returns.
 pub type Result<T, E = PluginError> = std::result::Result<T, E>;
+
+/// An environment variable of the host process; an empty value counts as unset. Plugins read
+/// the environment through this function only (see the crate documentation).
+pub fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
 
 /// `settings_store` (OpenHands `SettingsStore`). Scope every read and write by `ctx.user_id()`.
 pub trait SettingsStore: Send + Sync + 'static {

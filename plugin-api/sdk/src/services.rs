@@ -1,19 +1,18 @@
 //! Plugin-side handles on what the host provides: other extension points, event sinks.
 
 use plugin_api::{
-    abi_stable::std_types::{RBox, RString},
-    CallContext, EventSink_TO, HostServices_TO, PluginError,
+    abi_stable::std_types::RString, host_calls::HostCall, CallContext, EventSinkObject, HostServicesObject, PluginError,
 };
 use std::sync::Arc;
 
 /// The host's services, given to every constructor (see `plugin_api::HostServices`).
 #[derive(Clone)]
 pub struct Services {
-    inner: Option<Arc<HostServices_TO<'static, RBox<()>>>>,
+    inner: Option<Arc<HostServicesObject>>,
 }
 
 impl Services {
-    pub(crate) fn new(inner: HostServices_TO<'static, RBox<()>>) -> Self {
+    pub(crate) fn new(inner: HostServicesObject) -> Self {
         Self { inner: Some(Arc::new(inner)) }
     }
 
@@ -33,22 +32,17 @@ impl Services {
         self.inner.as_ref().map(|s| s.state_dir().into_string().into())
     }
 
-    /// Calls `method` of the extension point `point` (e.g. `"conversation_store"`) in the host,
-    /// with JSON arguments; answers JSON.
-    pub async fn call(
-        &self,
-        ctx: CallContext,
-        point: &str,
-        method: &str,
-        args: serde_json::Value,
-    ) -> Result<serde_json::Value, PluginError> {
+    /// Asks the host for one of the operations of `plugin_api::host_calls`, e.g.
+    /// `services.call(ctx, AppendEvents { .. })`.
+    pub async fn call<C: HostCall>(&self, ctx: CallContext, request: C) -> Result<C::Answer, PluginError> {
         let Some(inner) = &self.inner else {
             return Err(PluginError::unavailable("no host services (plugin used without a host)"));
         };
-        let answer = inner
-            .call(ctx, RString::from(point), RString::from(method), RString::from(args.to_string()))
-            .await
-            .into_result()?;
+        let (point, method) = (C::POINT.key(), C::METHOD);
+        let args = serde_json::to_string(&request)
+            .map_err(|e| PluginError::internal(format!("cannot encode {point}.{method}: {e}")))?;
+        let answer =
+            inner.call(ctx, RString::from(point), RString::from(method), RString::from(args)).await.into_result()?;
         serde_json::from_str(&answer)
             .map_err(|e| PluginError::internal(format!("host answered {point}.{method} with bad JSON: {e}")))
     }
@@ -57,11 +51,11 @@ impl Services {
 /// Where a conversation manager pushes live events (see `plugin_api::EventSink`).
 #[derive(Clone)]
 pub struct EventSink {
-    inner: Arc<EventSink_TO<'static, RBox<()>>>,
+    inner: Arc<EventSinkObject>,
 }
 
 impl EventSink {
-    pub(crate) fn new(inner: EventSink_TO<'static, RBox<()>>) -> Self {
+    pub(crate) fn new(inner: EventSinkObject) -> Self {
         Self { inner: Arc::new(inner) }
     }
 

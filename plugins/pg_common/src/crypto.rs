@@ -12,10 +12,45 @@ use chacha20poly1305::{
     XChaCha20Poly1305, XNonce,
 };
 use hkdf::Hkdf;
-use plugin_sdk::PluginError;
+use plugin_sdk::{env, PluginError};
 use sha2::{Digest, Sha256};
 
 const VERSION: &str = "v1";
+
+/// The environment variable of the current master key (else `JWT_SECRET`).
+pub const OH_MASTER_KEY: &str = "OH_MASTER_KEY";
+/// Comma-separated earlier master keys, still accepted for reading until `oh-host rotate-keys`
+/// has re-sealed everything with the current one.
+pub const OH_PREVIOUS_MASTER_KEYS: &str = "OH_PREVIOUS_MASTER_KEYS";
+
+/// The deployment's master keys. The environment is the one place they are configured, so
+/// every entry of every PostgreSQL plugin agrees: the current key is `master_key` (a profile
+/// override, for tests and odd set-ups), else `OH_MASTER_KEY`, else `JWT_SECRET`, else
+/// `fallback`; previous keys are `previous_master_keys`, else `OH_PREVIOUS_MASTER_KEYS`.
+pub fn deployment_keyring(
+    master_key: Option<&str>,
+    previous_master_keys: Option<&[String]>,
+    fallback: Option<&str>,
+) -> Result<Keyring, PluginError> {
+    let master = master_key
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .or_else(|| env(OH_MASTER_KEY))
+        .or_else(|| env("JWT_SECRET"))
+        .or_else(|| fallback.filter(|k| !k.is_empty()).map(str::to_owned))
+        .ok_or_else(|| {
+            PluginError::invalid_config(
+                "no master key for secrets at rest: set OH_MASTER_KEY (or JWT_SECRET) in the environment",
+            )
+        })?;
+    let previous: Vec<String> = match previous_master_keys {
+        Some(list) => list.to_vec(),
+        None => env(OH_PREVIOUS_MASTER_KEYS)
+            .map(|v| v.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default(),
+    };
+    Keyring::new(&master, &previous)
+}
 
 struct MasterKey {
     id: String,

@@ -1,18 +1,28 @@
-//! What the PostgreSQL plugins share: connection options from OpenHands' `DB_*` variables,
-//! the migrations of `migrations/` (embedded; every plugin must know all of them, or sqlx
-//! refuses a database that a newer one migrated), migrating under an advisory lock, and the
-//! mapping of database errors to plugin errors; and the envelope encryption of secrets at rest
-//! (`crypto`).
+//! What the PostgreSQL plugins share, so each is written once:
+//! - [`Database`]: one lazy pool per database per process (the host starts while PostgreSQL
+//!   is down), with migrations on first use; connection options from `database_url` or
+//!   OpenHands' `DB_*` variables;
+//! - the migrations of `migrations/` (embedded; every plugin must know all of them, or sqlx
+//!   refuses a database that a newer one migrated), applied under an advisory lock;
+//! - the mapping of database errors to plugin errors;
+//! - [`crypto`]: the envelope encryption of secrets at rest, and the deployment's master keys
+//!   ([`crypto::deployment_keyring`]).
 
 pub mod crypto;
 
-use plugin_sdk::{ErrorCode, PluginError};
+use plugin_sdk::{env, ErrorCode, PluginError};
 use sqlx::{
     migrate::{Migration, MigrationType, Migrator},
-    postgres::PgConnectOptions,
+    postgres::{PgConnectOptions, PgPoolOptions},
     PgPool,
 };
-use std::borrow::Cow;
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+use tokio::sync::OnceCell;
 
 /// The migrations in `migrations/`, in order.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -56,10 +66,6 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>, PluginError> {
     result
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
 /// Connection options from `database_url`, else DB_HOST (localhost), DB_PORT (5432),
 /// DB_NAME (openhands), DB_USER (postgres), DB_PASS; and a label without the password.
 pub fn connect_options(database_url: Option<&str>) -> Result<(PgConnectOptions, String), PluginError> {
@@ -93,6 +99,78 @@ pub fn max_connections(configured: Option<u32>) -> u32 {
     })
 }
 
+/// How long a call waits for a pooled connection before failing with 503, by default.
+pub const DEFAULT_ACQUIRE_MS: u64 = 3000;
+
+/// One database of this library: a lazy pool (created without connecting) and the migrations
+/// applied to it, shared by every instance of the library that names the same database.
+pub struct Database {
+    pool: PgPool,
+    label: String,
+    migrate_on_first_use: bool,
+    migrated: OnceCell<()>,
+}
+
+impl Database {
+    /// The library's `Database` for `database_url` (else the `DB_*` variables); created on
+    /// first use. Instances with different `migrate` settings share it; any one that asks for
+    /// migrations on first use gets them.
+    pub fn shared(
+        database_url: Option<&str>,
+        max_connections: Option<u32>,
+        acquire_timeout_ms: u64,
+        migrate_on_first_use: bool,
+    ) -> Result<Arc<Database>, PluginError> {
+        type ByTarget = HashMap<(String, bool), Arc<Database>>;
+        static DATABASES: OnceLock<Mutex<ByTarget>> = OnceLock::new();
+        let (options, label) = connect_options(database_url)?;
+        let mut all = DATABASES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = all.get(&(label.clone(), migrate_on_first_use)) {
+            return Ok(db.clone());
+        }
+        // Lazy: the host starts even while PostgreSQL is down; calls fail fast with 503 until
+        // it is back, and the pool reconnects by itself.
+        let pool = plugin_sdk::enter_runtime(|| {
+            PgPoolOptions::new()
+                .max_connections(crate::max_connections(max_connections))
+                .min_connections(0)
+                .acquire_timeout(Duration::from_millis(acquire_timeout_ms))
+                .idle_timeout(Duration::from_secs(60))
+                .test_before_acquire(true)
+                .connect_lazy_with(options)
+        });
+        let db = Arc::new(Database { pool, label: label.clone(), migrate_on_first_use, migrated: OnceCell::new() });
+        all.insert((label, migrate_on_first_use), db.clone());
+        Ok(db)
+    }
+
+    /// `host:port/database`, without credentials.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The pool, with migrations applied once per process (when asked for). A failure
+    /// (database down) is returned and retried on the next call.
+    pub async fn ready(&self) -> Result<&PgPool, PluginError> {
+        if self.migrate_on_first_use {
+            self.migrated.get_or_try_init(|| async { migrate(&self.pool).await.map(|_| ()) }).await?;
+        }
+        Ok(&self.pool)
+    }
+
+    /// Applies pending migrations now; returns the versions this call applied.
+    pub async fn migrate(&self) -> Result<Vec<i64>, PluginError> {
+        migrate(&self.pool).await
+    }
+
+    /// `SELECT 1`: a health probe.
+    pub async fn ping(&self) -> Result<&PgPool, PluginError> {
+        let pool = self.ready().await?;
+        sqlx::query("SELECT 1").execute(pool).await.map_err(db_error)?;
+        Ok(pool)
+    }
+}
+
 /// A database error as a plugin error: unreachable -> UNAVAILABLE (503), else INTERNAL.
 pub fn db_error(e: sqlx::Error) -> PluginError {
     match &e {
@@ -103,6 +181,17 @@ pub fn db_error(e: sqlx::Error) -> PluginError {
         sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P03") => {
             tracing::warn!(error = %e, "PostgreSQL connection lost");
             PluginError::unavailable(format!("PostgreSQL is unavailable ({e}); retry shortly"))
+        }
+        // The server is up but refuses us: the database is missing, the role or its password
+        // is wrong. An operator's fix, so the cause is in the message.
+        sqlx::Error::Database(d) if d.code().is_some_and(|c| c == "3D000" || c.starts_with("28")) => {
+            tracing::error!(error = %e, "PostgreSQL refused the connection");
+            let fix = if d.code().as_deref() == Some("3D000") {
+                "create the database (createdb), or point DB_NAME / database_url at one"
+            } else {
+                "check DB_USER / DB_PASS or database_url"
+            };
+            PluginError::unavailable(format!("PostgreSQL refused the connection: {} ({fix})", d.message()))
         }
         _ => {
             tracing::error!(error = %e, "PostgreSQL query failed");

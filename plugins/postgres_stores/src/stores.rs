@@ -26,7 +26,7 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> PluginError {
 /// Common admin commands; `rotate` re-seals one table's column.
 async fn admin(db: &Db, command: &str, rotate: Option<(&str, &str)>) -> Result<Value, PluginError> {
     match (command, rotate) {
-        ("migrate", _) => Ok(json!({ "database": db.label, "applied": db.migrate().await? })),
+        ("migrate", _) => Ok(json!({ "database": db.label(), "applied": db.migrate().await? })),
         ("rotate_keys", Some((table, column))) => rotate_keys(db, table, column).await,
         _ => Err(PluginError::new(ErrorCode::UNIMPLEMENTED, format!("no `{command}` command in this store"))),
     }
@@ -81,9 +81,8 @@ async fn rotate_keys(db: &Db, table: &str, column: &str) -> Result<Value, Plugin
 }
 
 async fn health(db: &Db) -> Result<String, PluginError> {
-    let pool = db.ready().await?;
-    sqlx::query("SELECT 1").execute(pool).await.map_err(db_error)?;
-    Ok(format!("PostgreSQL {} ({} connections)", db.label, pool.size()))
+    let pool = db.ping().await?;
+    Ok(format!("PostgreSQL {} ({} connections)", db.label(), pool.size()))
 }
 
 pub struct SaasSettingsStore {

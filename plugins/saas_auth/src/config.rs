@@ -1,6 +1,6 @@
 //! Configuration of `SaasUserAuth` and `SaasAuthRoutes` (their `config` tables).
 
-use plugin_sdk::PluginError;
+use plugin_sdk::{env, PluginError};
 use serde::Deserialize;
 
 #[derive(Deserialize, Debug, Clone)]
@@ -92,10 +92,6 @@ fn default_prefix() -> String {
     "oh:".to_owned()
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
 impl Config {
     pub(crate) fn parse(json: &str) -> Result<Config, PluginError> {
         let c: Config = plugin_sdk::parse_config(json)?;
@@ -141,23 +137,9 @@ impl Config {
 
     pub(crate) fn providers(&self) -> Result<crate::providers::Providers, PluginError> {
         let active = self.providers.iter().any(|p| !p.client_id.is_empty());
-        let master = self
-            .master_key
-            .clone()
-            .or_else(|| env("OH_MASTER_KEY"))
-            .or_else(|| env("JWT_SECRET"))
-            .or_else(|| self.jwt_secret.clone());
-        let master = match (master, active) {
-            (Some(m), _) => m,
-            // Nothing will be sealed: any valid placeholder key will do.
-            (None, false) => "no-providers-configured-key".to_owned(),
-            (None, true) => {
-                return Err(PluginError::invalid_config(
-                    "providers are configured but no master key: set master_key, OH_MASTER_KEY or JWT_SECRET",
-                ))
-            }
-        };
-        let keys = pg_common::crypto::Keyring::new(&master, &[])?;
+        // Nothing is sealed without a provider: any valid key will do then.
+        let fallback = if active { self.jwt_secret.as_deref() } else { Some("no-providers-configured-key") };
+        let keys = pg_common::crypto::deployment_keyring(self.master_key.as_deref(), None, fallback)?;
         Ok(crate::providers::Providers::new(self.providers.clone(), keys))
     }
 

@@ -1,21 +1,15 @@
 //! API keys in PostgreSQL: created shown once, stored as a SHA-256, with expiry,
 //! `last_used_at` and revocation.
 
-use pg_common::db_error;
+use pg_common::{db_error, Database};
 use plugin_sdk::{ErrorCode, PluginError};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::{postgres::PgPoolOptions, PgPool, Row as _};
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
-use tokio::sync::OnceCell;
+use sqlx::{PgPool, Row as _};
+use std::sync::Arc;
 
 pub(crate) struct KeyStore {
-    pool: PgPool,
-    migrated: OnceCell<()>,
+    database: Arc<Database>,
 }
 
 /// A key as listed (never the key itself).
@@ -53,40 +47,18 @@ fn time(col: &str) -> String {
 }
 
 impl KeyStore {
-    /// The library's store for this database: `SaasUserAuth` and `SaasAuthRoutes` share one
-    /// pool rather than opening one each.
+    /// The library's store for this database: `SaasUserAuth` and `SaasAuthRoutes` share the
+    /// pool of `pg_common::Database` rather than opening one each.
     pub(crate) fn shared(
         database_url: Option<&str>,
         max: Option<u32>,
         acquire_ms: u64,
     ) -> Result<Arc<KeyStore>, PluginError> {
-        static STORES: OnceLock<Mutex<HashMap<String, Arc<KeyStore>>>> = OnceLock::new();
-        let (_, label) = pg_common::connect_options(database_url)?;
-        let mut stores = STORES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = stores.get(&label) {
-            return Ok(s.clone());
-        }
-        let store = Arc::new(KeyStore::new(database_url, max, acquire_ms)?);
-        stores.insert(label, store.clone());
-        Ok(store)
-    }
-
-    fn new(database_url: Option<&str>, max: Option<u32>, acquire_ms: u64) -> Result<KeyStore, PluginError> {
-        let (options, _) = pg_common::connect_options(database_url)?;
-        let pool = plugin_sdk::enter_runtime(|| {
-            PgPoolOptions::new()
-                .max_connections(pg_common::max_connections(max))
-                .min_connections(0)
-                .acquire_timeout(Duration::from_millis(acquire_ms))
-                .test_before_acquire(true)
-                .connect_lazy_with(options)
-        });
-        Ok(KeyStore { pool, migrated: OnceCell::new() })
+        Ok(Arc::new(KeyStore { database: Database::shared(database_url, max, acquire_ms, true)? }))
     }
 
     pub(crate) async fn ready(&self) -> Result<&PgPool, PluginError> {
-        self.migrated.get_or_try_init(|| async { pg_common::migrate(&self.pool).await.map(|_| ()) }).await?;
-        Ok(&self.pool)
+        self.database.ready().await
     }
 
     /// The user a key signs in as, or why not; records the use.
@@ -226,8 +198,7 @@ impl KeyStore {
     }
 
     pub(crate) async fn health(&self) -> Result<String, PluginError> {
-        let pool = self.ready().await?;
-        sqlx::query("SELECT 1").execute(pool).await.map_err(db_error)?;
+        self.database.ping().await?;
         Ok("api keys: PostgreSQL reachable".to_owned())
     }
 }

@@ -138,7 +138,7 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
         let sid = request.conversation_id.clone();
         let user = ctx.user_id().map(str::to_owned);
         let llm = agent_loop::llm::LlmConfig::from_settings(&request.settings, &self.inner.config.limits(), &|k| {
-            std::env::var(k).ok().filter(|v| !v.is_empty())
+            plugin_sdk::env(k)
         })
         .map_err(PluginError::invalid_argument)?;
         let mut sessions = lock(&self.inner.sessions);

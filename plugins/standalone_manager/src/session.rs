@@ -6,10 +6,11 @@ use agent_loop::{
     llm::{self, ChatMessage, LlmConfig, LlmError, Progress},
 };
 use plugin_sdk::{
+    host_calls::{AgentSessionStart, AppendEvents, GetEvents, GetMetadata, HostCall, SaveMetadata, SessionEvent},
     models::{ConversationMetadata, StartRequest},
     CallContext, PluginError,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -124,11 +125,7 @@ impl Runner {
                 total_tokens: m.total_tokens,
             };
         }
-        self.monitor(
-            "on_agent_session_start",
-            json!({ "success": ok, "duration_secs": started.elapsed().as_secs_f64() }),
-        )
-        .await;
+        self.monitor(AgentSessionStart { success: ok, duration_secs: started.elapsed().as_secs_f64() }).await;
         if let Err(e) = history {
             tracing::error!(conversation_id = %self.sid, error = %e, "cannot load the conversation's history");
         }
@@ -226,29 +223,34 @@ impl Runner {
     /// Stores an event (it gets its id), then pushes it live and to monitoring.
     async fn persist(&mut self, mut event: Value) {
         self.shared.touch();
-        let args = json!({ "conversation_id": self.sid, "events": [event] });
-        match self.inner.services.call(self.ctx.clone(), "conversation_store", "append_events", args).await {
-            Ok(id) => event["id"] = id,
+        let request = AppendEvents { conversation_id: self.sid.clone(), events: vec![event.clone()] };
+        match self.inner.services.call(self.ctx.clone(), request).await {
+            Ok(id) => event["id"] = id.into(),
             Err(e) => tracing::error!(conversation_id = %self.sid, error = %e, "cannot store an event"),
         }
         self.inner.broadcast(&self.sid, &event);
-        self.monitor("on_session_event", json!({ "event": event })).await;
+        self.monitor(SessionEvent { event }).await;
     }
 
-    async fn monitor(&self, hook: &str, args: Value) {
-        if let Err(e) = self.inner.services.call(self.ctx.clone(), "monitoring", hook, args).await {
-            tracing::debug!(hook, error = %e, "monitoring hook not delivered");
+    async fn monitor<C: HostCall<Answer = ()>>(&self, hook: C) {
+        if let Err(e) = self.inner.services.call(self.ctx.clone(), hook).await {
+            tracing::debug!(hook = C::METHOD, error = %e, "monitoring hook not delivered");
         }
     }
 
     async fn load_history(&self) -> Result<Vec<Value>, PluginError> {
         let mut all = Vec::new();
         loop {
-            let args = json!({ "conversation_id": self.sid, "start_id": all.len(), "limit": 500 });
-            let page = self.inner.services.call(self.ctx.clone(), "conversation_store", "get_events", args).await?;
-            let events = page["events"].as_array().cloned().unwrap_or_default();
-            let more = page["has_more"].as_bool().unwrap_or(false) && !events.is_empty();
-            all.extend(events);
+            let request = GetEvents {
+                conversation_id: self.sid.clone(),
+                start_id: all.len() as u64,
+                end_id: None,
+                reverse: false,
+                limit: 500,
+            };
+            let page = self.inner.services.call(self.ctx.clone(), request).await?;
+            let more = page.has_more && !page.events.is_empty();
+            all.extend(page.events);
             if !more {
                 return Ok(all);
             }
@@ -256,9 +258,7 @@ impl Runner {
     }
 
     async fn metadata(&self) -> Result<Option<ConversationMetadata>, PluginError> {
-        let args = json!({ "conversation_id": self.sid });
-        let v = self.inner.services.call(self.ctx.clone(), "conversation_store", "get_metadata", args).await?;
-        serde_json::from_value(v).map_err(|e| PluginError::internal(format!("bad metadata: {e}")))
+        self.inner.services.call(self.ctx.clone(), GetMetadata { conversation_id: self.sid.clone() }).await
     }
 
     /// Keeps the metadata current: last update, token and cost totals, plus `change`.
@@ -278,8 +278,7 @@ impl Runner {
         m.total_tokens = self.totals.total_tokens;
         m.llm_model = Some(self.llm.model.clone());
         change(&mut m);
-        let args = json!({ "metadata": m });
-        if let Err(e) = self.inner.services.call(self.ctx.clone(), "conversation_store", "save_metadata", args).await {
+        if let Err(e) = self.inner.services.call(self.ctx.clone(), SaveMetadata { metadata: m }).await {
             tracing::warn!(conversation_id = %self.sid, error = %e, "cannot update metadata");
         }
     }

@@ -41,6 +41,7 @@ fn stats(m: &Meta) -> Value {
     let total = s.latency_us_total.load(Ordering::Relaxed);
     json!({
         "calls": calls,
+        "probes": s.probes.load(Ordering::Relaxed),
         "errors": s.errors.load(Ordering::Relaxed),
         "panics": s.panics.load(Ordering::Relaxed),
         "timeouts": s.timeouts.load(Ordering::Relaxed),
@@ -54,7 +55,7 @@ pub(super) async fn plugins(State(state): State<AppState>) -> Json<Value> {
     let r = &state.registry;
     let health = r.health().await;
     let libraries: Vec<Value> = r
-        .libraries
+        .libraries()
         .iter()
         .map(|l| {
             json!({
@@ -77,7 +78,7 @@ pub(super) async fn plugins(State(state): State<AppState>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({ "app_mode": r.app_mode.as_str(), "libraries": libraries, "instances": instances }))
+    Json(json!({ "app_mode": r.app_mode().as_str(), "libraries": libraries, "instances": instances }))
 }
 
 /// Prometheus text: per-instance counters and what plugins reported through `HostApi::metric`.

@@ -1,9 +1,8 @@
 //! Provider tokens and custom secrets (OpenHands §9.5). Values go in, never out.
 
-use super::Caller;
 use crate::http::{
     error::{ApiError, ApiResult},
-    extract::{validate_secret_name, JsonBody, SecretId},
+    extract::{validate_secret_name, Caller, JsonBody, SecretId},
     AppState,
 };
 use axum::{
@@ -12,7 +11,7 @@ use axum::{
     routing::{get, post, put},
     Json, Router,
 };
-use plugin_api::models::{CustomSecret, ProviderToken, Secrets, PROVIDERS};
+use plugin_api::models::{CustomSecret, ProviderToken, PROVIDERS};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -52,40 +51,39 @@ async fn add_git_providers(
     caller: Caller,
     JsonBody(body): JsonBody<ProvidersIn>,
 ) -> ApiResult<Json<Value>> {
-    for provider in body.provider_tokens.keys() {
-        if !PROVIDERS.contains(&provider.as_str()) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                json!({ "error": format!("invalid request body: unknown provider `{provider}`; known: {}", PROVIDERS.join(", ")) }),
-            ));
-        }
+    if let Some(provider) = body.provider_tokens.keys().find(|p| !PROVIDERS.contains(&p.as_str())) {
+        return Err(ApiError::unprocessable(format!("unknown provider `{provider}`; known: {}", PROVIDERS.join(", "))));
     }
-    let lock = state.user_lock(&caller.principal.user_id);
-    let _guard = lock.lock().await;
-    let mut secrets = state.registry.load_secrets(caller.ctx.clone()).await?.unwrap_or_default();
-    let mut tokens = BTreeMap::new();
-    for (provider, incoming) in body.provider_tokens {
-        let token = incoming.token.filter(|t| !t.trim().is_empty());
-        let stored = secrets.provider_tokens.get(&provider);
-        let entry = match (token, stored) {
-            (Some(token), _) => ProviderToken { token: Some(token), host: incoming.host, user_id: incoming.user_id },
-            (None, Some(stored)) => ProviderToken { host: incoming.host.or(stored.host.clone()), ..stored.clone() },
-            (None, None) => continue,
-        };
-        tokens.insert(provider, entry);
-    }
-    secrets.provider_tokens = tokens;
-    state.registry.store_secrets(caller.ctx, &secrets).await?;
+    state
+        .update_secrets(&caller, |secrets| {
+            let mut tokens = BTreeMap::new();
+            for (provider, incoming) in body.provider_tokens {
+                let token = incoming.token.filter(|t| !t.trim().is_empty());
+                let entry = match (token, secrets.provider_tokens.get(&provider)) {
+                    (Some(token), _) => {
+                        ProviderToken { token: Some(token), host: incoming.host, user_id: incoming.user_id }
+                    }
+                    (None, Some(stored)) => {
+                        ProviderToken { host: incoming.host.or(stored.host.clone()), ..stored.clone() }
+                    }
+                    (None, None) => continue,
+                };
+                tokens.insert(provider, entry);
+            }
+            secrets.provider_tokens = tokens;
+            Ok(())
+        })
+        .await?;
     Ok(Json(json!({ "message": "Git providers stored" })))
 }
 
 async fn unset_provider_tokens(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    let lock = state.user_lock(&caller.principal.user_id);
-    let _guard = lock.lock().await;
-    if let Some(mut secrets) = state.registry.load_secrets(caller.ctx.clone()).await? {
-        secrets.provider_tokens.clear();
-        state.registry.store_secrets(caller.ctx, &secrets).await?;
-    }
+    state
+        .update_secrets(&caller, |secrets| {
+            secrets.provider_tokens.clear();
+            Ok(())
+        })
+        .await?;
     Ok(Json(json!({ "message": "Unset Git provider tokens" })))
 }
 
@@ -114,19 +112,16 @@ async fn create(
     JsonBody(body): JsonBody<SecretIn>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     validate_secret_name(&body.name)?;
-    let lock = state.user_lock(&caller.principal.user_id);
-    let _guard = lock.lock().await;
-    let mut secrets: Secrets = state.registry.load_secrets(caller.ctx.clone()).await?.unwrap_or_default();
-    if secrets.custom_secrets.contains_key(&body.name) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            json!({ "message": format!("Secret {} already exists", body.name) }),
-        ));
-    }
-    secrets
-        .custom_secrets
-        .insert(body.name, CustomSecret { secret: body.value, description: body.description.unwrap_or_default() });
-    state.registry.store_secrets(caller.ctx, &secrets).await?;
+    state
+        .update_secrets(&caller, |secrets| {
+            if secrets.custom_secrets.contains_key(&body.name) {
+                return Err(ApiError::secret_exists(&body.name));
+            }
+            let secret = CustomSecret { secret: body.value, description: body.description.unwrap_or_default() };
+            secrets.custom_secrets.insert(body.name, secret);
+            Ok(())
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(json!({ "message": "Secret created successfully" }))))
 }
 
@@ -145,32 +140,28 @@ async fn update(
     JsonBody(body): JsonBody<SecretUpdate>,
 ) -> ApiResult<Json<Value>> {
     validate_secret_name(&body.name)?;
-    let lock = state.user_lock(&caller.principal.user_id);
-    let _guard = lock.lock().await;
-    let mut secrets = state.registry.load_secrets(caller.ctx.clone()).await?.unwrap_or_default();
-    let Some(existing) = secrets.custom_secrets.remove(&id) else {
-        return Err(ApiError::not_found(format!("Secret with ID {id} not found")));
-    };
-    if body.name != id && secrets.custom_secrets.contains_key(&body.name) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            json!({ "message": format!("Secret {} already exists", body.name) }),
-        ));
-    }
-    secrets
-        .custom_secrets
-        .insert(body.name, CustomSecret { secret: existing.secret, description: body.description.unwrap_or_default() });
-    state.registry.store_secrets(caller.ctx, &secrets).await?;
+    state
+        .update_secrets(&caller, |secrets| {
+            let Some(existing) = secrets.custom_secrets.remove(&id) else {
+                return Err(ApiError::secret_not_found(&id));
+            };
+            if body.name != id && secrets.custom_secrets.contains_key(&body.name) {
+                return Err(ApiError::secret_exists(&body.name));
+            }
+            let secret = CustomSecret { secret: existing.secret, description: body.description.unwrap_or_default() };
+            secrets.custom_secrets.insert(body.name, secret);
+            Ok(())
+        })
+        .await?;
     Ok(Json(json!({ "message": "Secret updated successfully" })))
 }
 
 async fn remove(State(state): State<AppState>, caller: Caller, SecretId(id): SecretId) -> ApiResult<Json<Value>> {
-    let lock = state.user_lock(&caller.principal.user_id);
-    let _guard = lock.lock().await;
-    let mut secrets = state.registry.load_secrets(caller.ctx.clone()).await?.unwrap_or_default();
-    if secrets.custom_secrets.remove(&id).is_none() {
-        return Err(ApiError::not_found(format!("Secret with ID {id} not found")));
-    }
-    state.registry.store_secrets(caller.ctx, &secrets).await?;
+    state
+        .update_secrets(&caller, |secrets| match secrets.custom_secrets.remove(&id) {
+            Some(_) => Ok(()),
+            None => Err(ApiError::secret_not_found(&id)),
+        })
+        .await?;
     Ok(Json(json!({ "message": "Secret deleted successfully" })))
 }

@@ -1,9 +1,8 @@
 //! `/api/settings` (OpenHands §9.4): secret fields never leave the server.
 
-use super::Caller;
 use crate::http::{
     error::{ApiError, ApiResult},
-    extract::JsonBody,
+    extract::{Caller, JsonBody},
     AppState,
 };
 use axum::{
@@ -70,23 +69,22 @@ async fn store(
     JsonBody(mut settings): JsonBody<Settings>,
 ) -> ApiResult<Json<Value>> {
     if settings.condenser_max_size.is_some_and(|n| n < 20) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            json!({ "error": "invalid request body: condenser_max_size must be at least 20" }),
-        ));
+        return Err(ApiError::unprocessable("condenser_max_size must be at least 20"));
     }
     settings.normalize();
-    let lock = state.user_lock(&caller.principal.user_id);
-    let _guard = lock.lock().await;
-    if let Some(existing) = state.registry.load_settings(caller.ctx.clone()).await? {
-        settings.llm_api_key = settings.llm_api_key.or(existing.llm_api_key);
-        settings.llm_model = settings.llm_model.or(existing.llm_model);
-        settings.llm_base_url = settings.llm_base_url.or(existing.llm_base_url);
-        settings.search_api_key = settings.search_api_key.or(existing.search_api_key);
-        settings.user_consents_to_analytics =
-            settings.user_consents_to_analytics.or(existing.user_consents_to_analytics);
-    }
-    state.registry.store_settings(caller.ctx, &settings).await?;
+    state
+        .update_settings(&caller, |stored| {
+            if let Some(existing) = stored {
+                settings.llm_api_key = settings.llm_api_key.or(existing.llm_api_key);
+                settings.llm_model = settings.llm_model.or(existing.llm_model);
+                settings.llm_base_url = settings.llm_base_url.or(existing.llm_base_url);
+                settings.search_api_key = settings.search_api_key.or(existing.search_api_key);
+                settings.user_consents_to_analytics =
+                    settings.user_consents_to_analytics.or(existing.user_consents_to_analytics);
+            }
+            Ok(settings)
+        })
+        .await?;
     Ok(Json(json!({ "message": "Settings stored" })))
 }
 

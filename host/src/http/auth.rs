@@ -1,0 +1,50 @@
+//! Authentication, written once: the auth gate in front of the API routes and the socket.io
+//! handshake both call [`authenticate`], which asks `user_auth` through the registry.
+
+use super::{call_context, error::ApiError, AppState, Principal, RequestId};
+use crate::registry::AuthInput;
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, Method, Uri},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use std::net::SocketAddr;
+
+/// The caller of a request: its principal, and the headers `user_auth` wants on the response
+/// (a refreshed cookie, rate-limit headers). Auth error kinds become 401/403/429.
+pub(crate) async fn authenticate(
+    state: &AppState,
+    request_id: &RequestId,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    remote: Option<SocketAddr>,
+) -> Result<(Principal, HeaderMap), ApiError> {
+    let ctx = call_context(&Principal::anonymous(), request_id, &state.server);
+    let input = AuthInput { method, uri, headers, remote };
+    let outcome = state.registry.authenticate(ctx, input).await?;
+    let principal = Principal { user_id: outcome.user_id, email: outcome.email, auth_type: outcome.auth_type };
+    Ok((principal, outcome.response_headers))
+}
+
+/// The auth gate: sets the [`Principal`] for the route, adds `user_auth`'s headers to the
+/// response. Preflight requests pass (CORS answers them).
+pub(super) async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if req.method() == Method::OPTIONS {
+        return next.run(req).await;
+    }
+    let request_id = req.extensions().get::<RequestId>().cloned().unwrap_or_else(|| RequestId(String::new()));
+    let remote = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    match authenticate(&state, &request_id, req.method(), req.uri(), req.headers(), remote).await {
+        Ok((principal, headers)) => {
+            req.extensions_mut().insert(principal);
+            let mut response = next.run(req).await;
+            for (k, v) in &headers {
+                response.headers_mut().append(k.clone(), v.clone());
+            }
+            response
+        }
+        Err(e) => e.into_response(),
+    }
+}

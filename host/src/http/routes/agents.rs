@@ -1,0 +1,180 @@
+//! Conversations that run (OpenHands §9.6, §9.7): create, start, stop, and user events into a
+//! running agent loop. Everything here goes to the `conversation_manager`.
+
+use super::conversation;
+use crate::http::{
+    error::{status_of, ApiError, ApiResult},
+    extract::{validate_conversation_id, Caller, ConversationId, JsonBody},
+    start::start_request,
+    AppState,
+};
+use axum::{extract::State, http::StatusCode, routing::post, Json, Router};
+use plugin_api::{models::ConversationMetadata, AuthType};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/conversations", post(create))
+        .route("/api/conversations/{id}/events", post(post_event))
+        .route("/api/conversations/{id}/message", post(post_message))
+        .route("/api/conversations/{id}/start", post(start))
+        .route("/api/conversations/{id}/stop", post(stop))
+}
+
+/// OpenHands' `InitSessionRequest` (`extra='forbid'`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InitSessionRequest {
+    repository: Option<String>,
+    git_provider: Option<String>,
+    selected_branch: Option<String>,
+    initial_user_msg: Option<String>,
+    #[serde(default)]
+    image_urls: Vec<String>,
+    replay_json: Option<String>,
+    suggested_task: Option<Value>,
+    create_microagent: Option<Value>,
+    conversation_instructions: Option<String>,
+    #[allow(dead_code)] // accepted for compatibility; MCP servers come from Settings
+    mcp_config: Option<Value>,
+    conversation_id: Option<String>,
+}
+
+fn new_conversation_id() -> String {
+    let mut bytes = [0u8; 16];
+    let _ = getrandom::getrandom(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `{"status": "ok", "conversation_id", "message": null, "conversation_status"}`.
+fn started(id: &str, status: &str) -> Json<Value> {
+    Json(json!({ "status": "ok", "conversation_id": id, "message": Value::Null, "conversation_status": status }))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<InitSessionRequest>,
+) -> ApiResult<Json<Value>> {
+    if !state.registry.has_manager() {
+        return Err(ApiError::error(
+            StatusCode::NOT_IMPLEMENTED,
+            "no conversation_manager is configured; add [extensions.conversation_manager] to the profile",
+        ));
+    }
+    let id = match body.conversation_id {
+        Some(id) if state.server.env.allow_set_conversation_id => {
+            validate_conversation_id(&id)?;
+            id
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request("conversation_id may only be set when ALLOW_SET_CONVERSATION_ID=1"))
+        }
+        None => new_conversation_id(),
+    };
+    let mut request = start_request(&state, &caller.ctx, &id).await?;
+    if state.registry.get_metadata(caller.ctx.clone(), &id).await?.is_some() {
+        return Err(ApiError::error(StatusCode::CONFLICT, format!("conversation {id} exists already")));
+    }
+    let trigger = if caller.principal.auth_type == AuthType::BEARER {
+        "openhands_api"
+    } else if body.create_microagent.is_some() {
+        "microagent_management"
+    } else if body.suggested_task.is_some() {
+        "suggested_task"
+    } else {
+        "gui"
+    };
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let metadata = ConversationMetadata {
+        conversation_id: id.clone(),
+        selected_repository: body.repository,
+        user_id: caller.principal.user_id.clone(),
+        selected_branch: body.selected_branch,
+        git_provider: body.git_provider,
+        trigger: Some(trigger.to_owned()),
+        created_at: now.clone(),
+        last_updated_at: Some(now),
+        llm_model: request.settings.llm_model.clone(),
+        conversation_version: Some("V0".to_owned()),
+        ..Default::default()
+    };
+    state.registry.save_metadata(caller.ctx.clone(), &metadata).await?;
+    state.registry.on_create_conversation(&caller.ctx);
+    request.initial_user_msg = body.initial_user_msg;
+    request.image_urls = body.image_urls;
+    request.replay_json = body.replay_json;
+    request.conversation_instructions = body.conversation_instructions;
+    let info = state.registry.maybe_start(caller.ctx, &request).await?;
+    Ok(started(&id, &info.status))
+}
+
+async fn start(
+    State(state): State<AppState>,
+    caller: Caller,
+    ConversationId(id): ConversationId,
+) -> ApiResult<Json<Value>> {
+    conversation(&state, &caller, &id, || ApiError::conversation_missing(&id)).await?;
+    let request = start_request(&state, &caller.ctx, &id).await?;
+    match state.registry.maybe_start(caller.ctx, &request).await {
+        Ok(info) => Ok(started(&id, &info.status)),
+        Err(e) => {
+            let message = format!("Failed to start conversation: {}", e.error.message);
+            Err(ApiError::new(
+                status_of(e.error.code),
+                json!({ "status": "error", "conversation_id": id, "message": message }),
+            ))
+        }
+    }
+}
+
+async fn stop(
+    State(state): State<AppState>,
+    caller: Caller,
+    ConversationId(id): ConversationId,
+) -> ApiResult<Json<Value>> {
+    conversation(&state, &caller, &id, || ApiError::conversation_missing(&id)).await?;
+    let stopped = state.registry.close_conversation(caller.ctx, &id).await?;
+    let message = if stopped { "Conversation stopped successfully" } else { "Conversation was not running" };
+    Ok(Json(json!({ "status": "ok", "conversation_id": id, "message": message, "conversation_status": "STOPPED" })))
+}
+
+/// Delivers a user event to a running conversation: `{"success": true}`.
+async fn deliver(state: &AppState, caller: Caller, id: &str, event: Value) -> ApiResult<Json<Value>> {
+    conversation(state, &caller, id, ApiError::conversation_not_found).await?;
+    match state.registry.send_event(caller.ctx, id, &event).await {
+        Ok(()) => Ok(Json(json!({ "success": true }))),
+        Err(e) => {
+            Err(ApiError::new(status_of(e.error.code), json!({ "success": false, "error": e.error.message.as_str() })))
+        }
+    }
+}
+
+async fn post_event(
+    State(state): State<AppState>,
+    caller: Caller,
+    ConversationId(id): ConversationId,
+    JsonBody(event): JsonBody<Value>,
+) -> ApiResult<Json<Value>> {
+    if !event.is_object() {
+        return Err(ApiError::error(StatusCode::UNPROCESSABLE_ENTITY, "an event must be a JSON object"));
+    }
+    deliver(&state, caller, &id, event).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageIn {
+    message: String,
+}
+
+async fn post_message(
+    State(state): State<AppState>,
+    caller: Caller,
+    ConversationId(id): ConversationId,
+    JsonBody(body): JsonBody<MessageIn>,
+) -> ApiResult<Json<Value>> {
+    let event = json!({ "action": "message", "args": { "content": body.message, "image_urls": [] } });
+    deliver(&state, caller, &id, event).await
+}

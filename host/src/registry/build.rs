@@ -1,0 +1,264 @@
+//! Building the registry from a profile: load each library once, check each implementation,
+//! instantiate it, read what routes it declares; every problem collected, nothing half-built.
+
+use super::{
+    call::{Kind, Meta},
+    services::Services,
+    Registry,
+};
+use crate::{
+    config::{Config, ExtensionConfig},
+    loader::{self, Library},
+};
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RStr, RVec},
+};
+use async_ffi::FfiFuture;
+use plugin_api::{
+    CallContext, ConversationManagerObject, ConversationStoreObject, ErrorCode, ExtensionPoint, Health,
+    HostServicesObject, HostServices_TO, MonitoringObject, PResult, RouteSpec, RoutesObject, SecretsStoreObject,
+    SettingsStoreObject, UserAuthObject,
+};
+use std::sync::{Arc, OnceLock, Weak};
+
+/// One instance: the stable-ABI object (reached only by the registry's typed calls) and what
+/// the host knows about it.
+pub(crate) struct Instance<T> {
+    pub(super) obj: T,
+    pub(crate) meta: Meta,
+}
+
+/// What every extension point's object has: the lifecycle methods.
+pub(crate) trait Object: Send + Sync + 'static {
+    fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
+    fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
+}
+
+macro_rules! objects {
+    ($($obj:ty => $trait:path;)*) => {$(
+        impl Object for $obj {
+            fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>> {
+                <$obj as $trait>::health(self, ctx)
+            }
+            fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()> {
+                <$obj as $trait>::shutdown(self, deadline_ms)
+            }
+        }
+    )*};
+}
+
+objects! {
+    SettingsStoreObject => plugin_api::SettingsStore;
+    SecretsStoreObject => plugin_api::SecretsStore;
+    ConversationStoreObject => plugin_api::ConversationStore;
+    ConversationManagerObject => plugin_api::ConversationManager;
+    UserAuthObject => plugin_api::UserAuth;
+    MonitoringObject => plugin_api::MonitoringListener;
+    RoutesObject => plugin_api::RouteHandler;
+}
+
+/// Any instance, for what the host does to all of them (health, shutdown, listings).
+pub(crate) trait AnyInstance: Send + Sync {
+    fn meta(&self) -> &Meta;
+    fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
+    fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
+}
+
+impl<T: Object> AnyInstance for Instance<T> {
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+    fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>> {
+        self.obj.health(ctx)
+    }
+    fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()> {
+        self.obj.shutdown(deadline_ms)
+    }
+}
+
+/// Why the registry could not be built: every problem, each naming the extension point and
+/// the library.
+#[derive(Debug)]
+pub struct LoadErrors(pub Vec<String>);
+
+impl std::fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.len();
+        writeln!(f, "cannot load the plugins: {n} problem{}", if n == 1 { "" } else { "s" })?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+type Factory<O> = extern "C" fn(RStr<'_>, RStr<'_>, HostServicesObject) -> PResult<O>;
+
+/// Builds one instance with the library's factory for its extension point.
+fn instantiate<O>(
+    factory: Factory<O>,
+    e: &ExtensionConfig,
+    lib: &Library,
+    services: HostServicesObject,
+) -> Result<Instance<O>, String> {
+    let meta = Meta::new(e);
+    let built = meta.call_sync_as(
+        "new",
+        || factory(RStr::from_str(&e.implementation), RStr::from_str(&e.config_json), services).into_result(),
+        Kind::Probe,
+    );
+    match built.map_err(|e| e.error).and_then(|r| r) {
+        Ok(obj) => Ok(Instance { obj, meta }),
+        Err(err) => {
+            let what = if err.code == ErrorCode::INVALID_CONFIG { "rejected its config" } else { "failed to start" };
+            Err(format!("{}: {} ({}) {what}: {}", e.key, e.implementation, lib.path.display(), err))
+        }
+    }
+}
+
+/// Loads (once) and initialises the library an entry names.
+fn library(config: &Config, e: &ExtensionConfig, libraries: &mut Vec<Library>) -> Result<Library, String> {
+    if let Some(l) = libraries.iter().find(|l| l.name == e.library) {
+        return Ok(l.clone());
+    }
+    let origin = if e.explicit { "" } else { " (the bundled default for an unnamed extension point)" };
+    let lib = loader::load(&config.server.plugins_dir, &e.library, e.sha256.as_deref())
+        .map_err(|msg| format!("{}{origin}: {msg}", e.key))?;
+    let lib_config = config.libraries.get(&e.library).map(String::as_str).unwrap_or("{}");
+    loader::init(&lib, lib_config).map_err(|msg| format!("{}: {msg}", e.key))?;
+    libraries.push(lib.clone());
+    Ok(lib)
+}
+
+/// "library `x` has no user_auth implementation named `Y`; it implements ... instead".
+fn not_offered(e: &ExtensionConfig, lib: &Library) -> String {
+    let elsewhere: Vec<_> =
+        lib.implementations.iter().filter(|i| i.name == e.implementation).map(|i| i.point.key()).collect();
+    let here: Vec<_> = lib.implementations.iter().filter(|i| i.point == e.point).map(|i| i.name.as_str()).collect();
+    let hint = if !elsewhere.is_empty() {
+        format!("it implements {} instead, not {}", elsewhere.join(", "), e.point)
+    } else if here.is_empty() {
+        format!("the library offers nothing for {}", e.point)
+    } else {
+        format!("for {} it offers: {}", e.point, here.join(", "))
+    };
+    format!(
+        "{}: library `{}` ({}) has no {} implementation named `{}`; {hint} (see `oh-host plugins`)",
+        e.key,
+        e.library,
+        lib.path.display(),
+        e.point,
+        e.implementation
+    )
+}
+
+fn put<T>(slot: &mut Option<Instance<T>>, built: Result<Instance<T>, String>, problems: &mut Vec<String>) {
+    match built {
+        Ok(i) => *slot = Some(i),
+        Err(p) => problems.push(p),
+    }
+}
+
+fn push<T>(list: &mut Vec<Instance<T>>, built: Result<Instance<T>, String>, problems: &mut Vec<String>) {
+    match built {
+        Ok(i) => list.push(i),
+        Err(p) => problems.push(p),
+    }
+}
+
+impl Registry {
+    /// Loads every library the profile names, checks each implementation, builds instances.
+    /// All problems are collected; nothing is half-built on failure.
+    pub fn build(config: &Config, runtime: tokio::runtime::Handle) -> Result<Arc<Registry>, LoadErrors> {
+        let mut problems = Vec::new();
+        let mut libraries: Vec<Library> = Vec::new();
+        let slot: Arc<OnceLock<Weak<Registry>>> = Arc::new(OnceLock::new());
+        let (mut settings, mut secrets, mut conversations, mut manager, mut auth) = (None, None, None, None, None);
+        let (mut monitoring, mut routes) = (Vec::new(), Vec::new());
+
+        for e in &config.extensions {
+            let lib = match library(config, e, &mut libraries) {
+                Ok(l) => l,
+                Err(p) => {
+                    problems.push(p);
+                    continue;
+                }
+            };
+            if !lib.offers(e.point, &e.implementation) {
+                problems.push(not_offered(e, &lib));
+                continue;
+            }
+            let services = HostServices_TO::from_value(
+                Services {
+                    registry: slot.clone(),
+                    app_mode: config.server.app_mode,
+                    state_dir: config.server.state_dir.clone(),
+                    runtime: runtime.clone(),
+                },
+                TD_Opaque,
+            );
+            let m = lib.module;
+            match e.point {
+                ExtensionPoint::SETTINGS_STORE => {
+                    put(&mut settings, instantiate(m.new_settings_store(), e, &lib, services), &mut problems)
+                }
+                ExtensionPoint::SECRETS_STORE => {
+                    put(&mut secrets, instantiate(m.new_secrets_store(), e, &lib, services), &mut problems)
+                }
+                ExtensionPoint::CONVERSATION_STORE => {
+                    put(&mut conversations, instantiate(m.new_conversation_store(), e, &lib, services), &mut problems)
+                }
+                ExtensionPoint::CONVERSATION_MANAGER => {
+                    put(&mut manager, instantiate(m.new_conversation_manager(), e, &lib, services), &mut problems)
+                }
+                ExtensionPoint::USER_AUTH => {
+                    put(&mut auth, instantiate(m.new_user_auth(), e, &lib, services), &mut problems)
+                }
+                ExtensionPoint::MONITORING => {
+                    push(&mut monitoring, instantiate(m.new_monitoring(), e, &lib, services), &mut problems)
+                }
+                ExtensionPoint::ROUTES => {
+                    push(&mut routes, instantiate(m.new_routes(), e, &lib, services), &mut problems)
+                }
+                other => problems.push(format!("{}: extension point {other} is not supported by this host", e.key)),
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(LoadErrors(problems));
+        }
+        let (Some(settings), Some(secrets), Some(conversations), Some(auth)) = (settings, secrets, conversations, auth)
+        else {
+            return Err(LoadErrors(vec!["internal: a required extension point has no instance".to_owned()]));
+        };
+        // Each routes instance declares its routes once, now.
+        let mut declared = Vec::with_capacity(routes.len());
+        for r in &routes {
+            let specs: Result<RVec<RouteSpec>, _> = r.meta.call_sync_as("routes", || r.obj.routes(), Kind::Probe);
+            match specs {
+                Ok(specs) => declared.push(specs.into_iter().map(super::DeclaredRoute::from).collect()),
+                Err(e) => problems.push(format!("{}: {e}", r.meta.key)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(LoadErrors(problems));
+        }
+        let registry = Arc::new(Registry {
+            app_mode: config.server.app_mode,
+            libraries,
+            settings,
+            secrets,
+            conversations,
+            manager,
+            auth,
+            monitoring,
+            routes,
+            declared,
+        });
+        let _ = slot.set(Arc::downgrade(&registry));
+        Ok(registry)
+    }
+}

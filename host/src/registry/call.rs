@@ -1,0 +1,218 @@
+//! The one way a plugin instance is called: [`Meta::call`] for async methods (a deadline, a
+//! guard against the panic async-ffi re-raises when a plugin future panics while polled, and
+//! counters) and [`Meta::call_sync`] for the few sync ones (counters and the panic guard; a
+//! sync call cannot be cancelled, so it has no deadline). Plus the JSON codec of documents.
+//!
+//! Errors: a failed call is a [`CallError`], which names the extension point, library,
+//! implementation and method and carries the plugin's [`PluginError`]; the HTTP layer turns it
+//! into a status and a JSON body (`http/error.rs`). Internal causes are logged here, once.
+
+use crate::config::ExtensionConfig;
+use abi_stable::std_types::{ROption, RString};
+use async_ffi::FfiFuture;
+use futures_util::FutureExt as _;
+use plugin_api::{ErrorCode, ExtensionPoint, PResult, PluginError};
+use std::{
+    panic::AssertUnwindSafe,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+/// Counters of one instance. Health probes and shutdown are counted apart (`probes`), so
+/// `calls` and `errors` are what requests and plugins asked of it.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub calls: AtomicU64,
+    pub probes: AtomicU64,
+    pub errors: AtomicU64,
+    pub panics: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub latency_us_total: AtomicU64,
+    pub latency_us_max: AtomicU64,
+}
+
+/// What the host knows about one instance.
+#[derive(Debug)]
+pub struct Meta {
+    pub point: ExtensionPoint,
+    /// Where it came from in the profile, e.g. `extensions.routes[1]`.
+    pub key: String,
+    pub library: String,
+    pub implementation: String,
+    pub timeout: Duration,
+    pub stats: Stats,
+    /// Cleared when the instance panics: a panicked instance is unhealthy until restarted.
+    pub healthy: AtomicBool,
+}
+
+/// A failed plugin call, with what the operator needs to find it.
+#[derive(Debug, Clone)]
+pub struct CallError {
+    pub point: ExtensionPoint,
+    pub library: String,
+    pub implementation: String,
+    pub method: &'static str,
+    pub error: PluginError,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}::{}.{}: {}", self.point, self.library, self.implementation, self.method, self.error)
+    }
+}
+
+impl std::error::Error for CallError {}
+
+impl CallError {
+    /// The plugin's error with the call's origin in its message (for answers to plugins).
+    pub(crate) fn into_plugin_error(self) -> PluginError {
+        PluginError { message: self.to_string().into(), ..self.error }
+    }
+}
+
+/// What a call is for: how it is counted and how loudly its failure is logged.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A call the host makes for a request or a plugin: counted in `calls` (and `errors`);
+    /// server-side failures (panics, timeouts, internal, unavailable) logged at ERROR.
+    Call,
+    /// Building an instance, reading its routes, a health probe or a shutdown: counted in
+    /// `probes`; failures at DEBUG (`/ready` and the
+    /// shutdown report them).
+    Probe,
+}
+
+impl Meta {
+    pub(crate) fn new(e: &ExtensionConfig) -> Meta {
+        Meta {
+            point: e.point,
+            key: e.key.clone(),
+            library: e.library.clone(),
+            implementation: e.implementation.clone(),
+            timeout: e.timeout,
+            stats: Stats::default(),
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    pub(crate) fn fail(&self, method: &'static str, error: PluginError) -> CallError {
+        CallError {
+            point: self.point,
+            library: self.library.clone(),
+            implementation: self.implementation.clone(),
+            method,
+            error,
+        }
+    }
+
+    /// Awaits a plugin future with this instance's deadline, counting the outcome.
+    pub(crate) async fn call<T>(&self, method: &'static str, fut: FfiFuture<PResult<T>>) -> Result<T, CallError> {
+        self.call_with(method, fut, None, Kind::Call).await
+    }
+
+    /// [`Meta::call`] with another deadline than the instance's (shutdown has its own) and
+    /// another log level for failures.
+    pub(crate) async fn call_with<T>(
+        &self,
+        method: &'static str,
+        fut: FfiFuture<PResult<T>>,
+        deadline: Option<Duration>,
+        kind: Kind,
+    ) -> Result<T, CallError> {
+        let start = Instant::now();
+        let timeout = deadline.unwrap_or(self.timeout);
+        let outcome = tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind()).await;
+        let result = match outcome {
+            Ok(Ok(r)) => r.into_result(),
+            Ok(Err(_)) => Err(PluginError::new(ErrorCode::PANICKED, "plugin future panicked while polled")),
+            Err(_) => {
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(PluginError::new(
+                    ErrorCode::DEADLINE_EXCEEDED,
+                    format!("no answer within {} ms (timeout_ms of {})", timeout.as_millis(), self.key),
+                ))
+            }
+        };
+        self.count(method, start, result, kind)
+    }
+
+    /// Runs a sync plugin method under `catch_unwind`, counting the outcome.
+    pub(crate) fn call_sync<T>(&self, method: &'static str, f: impl FnOnce() -> T) -> Result<T, CallError> {
+        self.call_sync_as(method, f, Kind::Call)
+    }
+
+    /// [`Meta::call_sync`] counted as `kind` (building an instance and reading its routes are
+    /// probes: the host's business, not a request's).
+    pub(crate) fn call_sync_as<T>(
+        &self,
+        method: &'static str,
+        f: impl FnOnce() -> T,
+        kind: Kind,
+    ) -> Result<T, CallError> {
+        let start = Instant::now();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(f))
+            .map_err(|_| PluginError::new(ErrorCode::PANICKED, "plugin panicked in a sync call"));
+        self.count(method, start, result, kind)
+    }
+
+    fn count<T>(
+        &self,
+        method: &'static str,
+        start: Instant,
+        result: Result<T, PluginError>,
+        kind: Kind,
+    ) -> Result<T, CallError> {
+        if kind == Kind::Probe {
+            self.stats.probes.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let elapsed = start.elapsed().as_micros() as u64;
+            self.stats.calls.fetch_add(1, Ordering::Relaxed);
+            self.stats.latency_us_total.fetch_add(elapsed, Ordering::Relaxed);
+            self.stats.latency_us_max.fetch_max(elapsed, Ordering::Relaxed);
+        }
+        result.map_err(|error| {
+            if kind == Kind::Call {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            if error.code == ErrorCode::PANICKED {
+                self.stats.panics.fetch_add(1, Ordering::Relaxed);
+                self.healthy.store(false, Ordering::Relaxed);
+            }
+            let err = self.fail(method, error);
+            let server_side = matches!(
+                err.error.code,
+                ErrorCode::PANICKED | ErrorCode::INTERNAL | ErrorCode::DEADLINE_EXCEEDED | ErrorCode::UNAVAILABLE
+            );
+            if server_side && kind == Kind::Call {
+                tracing::error!(error = %err, "plugin call failed");
+            } else {
+                tracing::debug!(error = %err, "plugin call returned an error");
+            }
+            err
+        })
+    }
+
+    /// A document from the plugin, decoded; a malformed one is this call's error.
+    pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &'static str,
+        json: &str,
+    ) -> Result<T, CallError> {
+        serde_json::from_str(json).map_err(|e| {
+            self.fail(method, PluginError::internal(format!("the plugin answered with a malformed document: {e}")))
+        })
+    }
+
+    pub(crate) fn decode_opt<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &'static str,
+        json: ROption<RString>,
+    ) -> Result<Option<T>, CallError> {
+        json.into_option().map(|j| self.decode(method, &j)).transpose()
+    }
+}
+
+/// A document for the plugin. Our models always serialize.
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> RString {
+    serde_json::to_string(value).expect("models serialize").into()
+}

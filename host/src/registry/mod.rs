@@ -1,0 +1,404 @@
+//! The loaded instances, one per configured extension, and the only way to reach them.
+//!
+//! Every call to a plugin goes through a typed method here, which goes through
+//! [`call::Meta`]: async calls get a deadline, panic containment and counters; sync calls
+//! (monitoring hooks, `routes()`, factories) get panic containment and counters. Outside this
+//! module the host sees its own types, plugin-api's documents (`models`) and the per-call
+//! `CallContext`; the `R*` types of the ABI stay in here (`convert.rs` turns HTTP vocabulary
+//! into them and back).
+//!
+//! - `build.rs`: loading libraries and building instances from a profile;
+//! - `call.rs`: `Meta`, the counters, `CallError`, the document codec;
+//! - `services.rs`: what plugins ask of the host (`HostServices`) and live-event sinks;
+//! - `convert.rs`: HTTP requests, responses and headers to and from the ABI.
+
+mod build;
+mod call;
+mod convert;
+mod services;
+
+pub use build::LoadErrors;
+pub use call::{CallError, Meta, Stats};
+pub use convert::AuthInput;
+
+use crate::{config::AppMode, loader::Library};
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{ROk, ROption, RString, RVec},
+};
+use async_ffi::{FfiFuture, FutureExt as _};
+use axum::{
+    body::Bytes,
+    http::{HeaderMap, Method, Uri},
+    response::Response,
+};
+use build::{AnyInstance, Instance};
+use call::{encode, Kind};
+use plugin_api::{
+    models, AuthType, CallContext, ConversationManagerObject, ConversationStoreObject, ErrorCode, EventQuery,
+    EventSink_TO, ExtensionPoint, MonitoringObject, PResult, PluginError, RoutesObject, SecretsStoreObject,
+    SettingsStoreObject, UserAuthObject,
+};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Everything loaded from a profile.
+pub struct Registry {
+    app_mode: AppMode,
+    libraries: Vec<Library>,
+    settings: Instance<SettingsStoreObject>,
+    secrets: Instance<SecretsStoreObject>,
+    conversations: Instance<ConversationStoreObject>,
+    manager: Option<Instance<ConversationManagerObject>>,
+    auth: Instance<UserAuthObject>,
+    monitoring: Vec<Instance<MonitoringObject>>,
+    routes: Vec<Instance<RoutesObject>>,
+    /// What each `routes` instance declared when it was built, by instance.
+    declared: Vec<Vec<DeclaredRoute>>,
+}
+
+/// A route a `routes` instance serves (as declared; `http::plugin_routes` validates it).
+#[derive(Clone, Debug)]
+pub struct DeclaredRoute {
+    /// `GET`, `POST`, ... or `*`.
+    pub method: String,
+    pub path: String,
+    pub authenticated: bool,
+}
+
+impl From<plugin_api::RouteSpec> for DeclaredRoute {
+    fn from(s: plugin_api::RouteSpec) -> Self {
+        DeclaredRoute { method: s.method.into_string(), path: s.path.into_string(), authenticated: s.authenticated }
+    }
+}
+
+/// A successful authentication, in the host's terms.
+#[derive(Clone, Debug)]
+pub struct Authenticated {
+    /// `None` in single-user mode.
+    pub user_id: Option<String>,
+    pub email: Option<String>,
+    pub auth_type: AuthType,
+    /// Headers for the response (a refreshed cookie, rate-limit headers).
+    pub response_headers: HeaderMap,
+}
+
+fn shutdown_result(fut: FfiFuture<()>) -> FfiFuture<PResult<()>> {
+    async move {
+        fut.await;
+        ROk(())
+    }
+    .into_ffi()
+}
+
+impl Registry {
+    pub fn app_mode(&self) -> AppMode {
+        self.app_mode
+    }
+
+    /// The libraries loaded, in load order.
+    pub fn libraries(&self) -> &[Library] {
+        &self.libraries
+    }
+
+    /// Every instance, in a stable order: stores, manager, auth, monitoring, routes.
+    fn instances(&self) -> Vec<&dyn AnyInstance> {
+        let mut all: Vec<&dyn AnyInstance> = vec![&self.settings, &self.secrets, &self.conversations];
+        all.extend(self.manager.iter().map(|m| m as &dyn AnyInstance));
+        all.push(&self.auth);
+        all.extend(self.monitoring.iter().map(|m| m as &dyn AnyInstance));
+        all.extend(self.routes.iter().map(|m| m as &dyn AnyInstance));
+        all
+    }
+
+    /// Every instance's metadata, in the order of [`Registry::instances`].
+    pub fn metas(&self) -> Vec<&Meta> {
+        self.instances().into_iter().map(AnyInstance::meta).collect()
+    }
+
+    /// Calls `health` on every instance (in parallel); `(meta, Ok(detail) | Err(reason))`.
+    /// An instance that panicked earlier is unhealthy whatever it answers.
+    pub async fn health(&self) -> Vec<(&Meta, Result<String, String>)> {
+        let probes = self.instances().into_iter().map(|i| async move {
+            let meta = i.meta();
+            let answer = meta.call_with("health", i.health(CallContext::default()), None, Kind::Probe).await;
+            let result = match answer {
+                Ok(_) if !meta.healthy.load(std::sync::atomic::Ordering::Relaxed) => {
+                    Err("the instance panicked earlier".to_owned())
+                }
+                Ok(h) => Ok(h.detail.into_string()),
+                Err(e) => Err(e.error.to_string()),
+            };
+            (meta, result)
+        });
+        futures_util::future::join_all(probes).await
+    }
+
+    /// Calls every instance's `shutdown`, then every library's, each bounded by `deadline`.
+    /// Order: routes, the conversation manager (its loops still store their last events),
+    /// auth, monitoring, then the stores.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let ms = deadline.as_millis() as u64;
+        let mut order: Vec<&dyn AnyInstance> = self.routes.iter().rev().map(|i| i as &dyn AnyInstance).collect();
+        order.extend(self.manager.iter().map(|i| i as &dyn AnyInstance));
+        order.push(&self.auth);
+        order.extend(self.monitoring.iter().rev().map(|i| i as &dyn AnyInstance));
+        order.extend([&self.conversations as &dyn AnyInstance, &self.secrets, &self.settings]);
+        for i in order {
+            let meta = i.meta();
+            if meta.call_with("shutdown", shutdown_result(i.shutdown(ms)), Some(deadline), Kind::Probe).await.is_err() {
+                tracing::warn!(extension = %meta.key, "shutdown did not finish within {ms} ms");
+            }
+        }
+        for lib in self.libraries.iter().rev() {
+            let fut = (lib.module.shutdown())(ms);
+            if tokio::time::timeout(deadline + Duration::from_millis(100), fut).await.is_err() {
+                tracing::warn!(library = %lib.name, "library runtime did not stop within {ms} ms");
+            }
+        }
+    }
+
+    // ---- user_auth ----
+
+    /// Authenticates a request (the HTTP auth gate and the socket.io handshake both use this).
+    pub async fn authenticate(&self, ctx: CallContext, input: AuthInput<'_>) -> Result<Authenticated, CallError> {
+        let i = &self.auth;
+        let outcome = i.meta.call("authenticate", i.obj.authenticate(ctx, convert::auth_request(&input))).await?;
+        Ok(Authenticated {
+            user_id: outcome.user_id.into_option().map(RString::into_string),
+            email: outcome.email.into_option().map(RString::into_string),
+            auth_type: outcome.auth_type,
+            response_headers: convert::from_abi_headers(outcome.response_headers),
+        })
+    }
+
+    /// Git provider tokens brokered by the auth system (`None`: the secrets store has them).
+    pub async fn provider_tokens(&self, ctx: CallContext) -> Result<Option<models::ProviderTokens>, CallError> {
+        let i = &self.auth;
+        let json = i.meta.call("provider_tokens", i.obj.provider_tokens(ctx)).await?;
+        i.meta.decode_opt("provider_tokens", json)
+    }
+
+    // ---- settings_store, secrets_store ----
+
+    pub async fn load_settings(&self, ctx: CallContext) -> Result<Option<models::Settings>, CallError> {
+        let i = &self.settings;
+        let json = i.meta.call("load", i.obj.load(ctx)).await?;
+        i.meta.decode_opt("load", json)
+    }
+
+    pub async fn store_settings(&self, ctx: CallContext, settings: &models::Settings) -> Result<(), CallError> {
+        let i = &self.settings;
+        i.meta.call("store", i.obj.store(ctx, encode(settings))).await
+    }
+
+    pub async fn load_secrets(&self, ctx: CallContext) -> Result<Option<models::Secrets>, CallError> {
+        let i = &self.secrets;
+        let json = i.meta.call("load", i.obj.load(ctx)).await?;
+        i.meta.decode_opt("load", json)
+    }
+
+    pub async fn store_secrets(&self, ctx: CallContext, secrets: &models::Secrets) -> Result<(), CallError> {
+        let i = &self.secrets;
+        i.meta.call("store", i.obj.store(ctx, encode(secrets))).await
+    }
+
+    // ---- conversation_store ----
+
+    pub async fn get_metadata(
+        &self,
+        ctx: CallContext,
+        id: &str,
+    ) -> Result<Option<models::ConversationMetadata>, CallError> {
+        let i = &self.conversations;
+        let json = i.meta.call("get_metadata", i.obj.get_metadata(ctx, id.into())).await?;
+        i.meta.decode_opt("get_metadata", json)
+    }
+
+    pub async fn save_metadata(&self, ctx: CallContext, m: &models::ConversationMetadata) -> Result<(), CallError> {
+        let i = &self.conversations;
+        i.meta.call("save_metadata", i.obj.save_metadata(ctx, encode(m))).await
+    }
+
+    pub async fn delete_metadata(&self, ctx: CallContext, id: &str) -> Result<bool, CallError> {
+        let i = &self.conversations;
+        i.meta.call("delete_metadata", i.obj.delete_metadata(ctx, id.into())).await
+    }
+
+    pub async fn search_conversations(
+        &self,
+        ctx: CallContext,
+        page_id: Option<&str>,
+        limit: u32,
+    ) -> Result<models::ConversationMetadataResultSet, CallError> {
+        let i = &self.conversations;
+        let page: ROption<RString> = page_id.map(RString::from).into();
+        let json = i.meta.call("search", i.obj.search(ctx, page, limit)).await?;
+        i.meta.decode("search", &json)
+    }
+
+    pub async fn get_events(
+        &self,
+        ctx: CallContext,
+        id: &str,
+        query: EventQuery,
+    ) -> Result<models::EventPage, CallError> {
+        let i = &self.conversations;
+        let json = i.meta.call("get_events", i.obj.get_events(ctx, id.into(), query)).await?;
+        i.meta.decode("get_events", &json)
+    }
+
+    pub async fn append_events(&self, ctx: CallContext, id: &str, events: &[Value]) -> Result<u64, CallError> {
+        let i = &self.conversations;
+        let events: RVec<RString> = events.iter().map(|e| RString::from(e.to_string())).collect();
+        i.meta.call("append_events", i.obj.append_events(ctx, id.into(), events)).await
+    }
+
+    /// Runs an operator command on each store (settings, secrets, conversations), once per
+    /// distinct library + implementation: `(extension, Ok(report) | Err(reason))`. Stores
+    /// without the command answer `UNIMPLEMENTED`, reported as `Ok(None)`.
+    pub async fn admin(&self, command: &str, args: &Value) -> Vec<(String, Result<Option<Value>, String>)> {
+        let ctx = CallContext::default;
+        let args = RString::from(args.to_string());
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let calls: [(&Meta, FfiFuture<PResult<RString>>); 3] = [
+            (&self.settings.meta, self.settings.obj.admin(ctx(), command.into(), args.clone())),
+            (&self.secrets.meta, self.secrets.obj.admin(ctx(), command.into(), args.clone())),
+            (&self.conversations.meta, self.conversations.obj.admin(ctx(), command.into(), args.clone())),
+        ];
+        for (meta, fut) in calls {
+            let key = format!("{} ({}::{})", meta.key, meta.library, meta.implementation);
+            if !seen.insert((meta.library.clone(), meta.implementation.clone())) {
+                continue;
+            }
+            let result = match meta.call("admin", fut).await {
+                Ok(json) => Ok(Some(serde_json::from_str(&json).unwrap_or(Value::String(json.into_string())))),
+                Err(e) if e.error.code == ErrorCode::UNIMPLEMENTED => Ok(None),
+                Err(e) => Err(e.error.to_string()),
+            };
+            out.push((key, result));
+        }
+        out
+    }
+
+    // ---- conversation_manager ----
+
+    /// Whether a conversation manager is configured.
+    pub fn has_manager(&self) -> bool {
+        self.manager.is_some()
+    }
+
+    /// The configured conversation manager, or `UNIMPLEMENTED` (HTTP 501) without one.
+    fn manager(&self) -> Result<&Instance<ConversationManagerObject>, CallError> {
+        self.manager.as_ref().ok_or_else(|| CallError {
+            point: ExtensionPoint::CONVERSATION_MANAGER,
+            library: "-".to_owned(),
+            implementation: "-".to_owned(),
+            method: "any",
+            error: PluginError::new(
+                ErrorCode::UNIMPLEMENTED,
+                "no conversation_manager is configured; add [extensions.conversation_manager] to the profile",
+            ),
+        })
+    }
+
+    /// Running agent loops, when a conversation manager is configured.
+    pub async fn running(&self, ctx: CallContext, ids: &[String]) -> Result<Vec<models::AgentLoopInfo>, CallError> {
+        let Some(m) = &self.manager else {
+            return Ok(Vec::new());
+        };
+        let ids: RVec<RString> = ids.iter().map(|s| RString::from(s.as_str())).collect();
+        let json = m.meta.call("running", m.obj.running(ctx, ids)).await?;
+        m.meta.decode("running", &json)
+    }
+
+    pub async fn maybe_start(
+        &self,
+        ctx: CallContext,
+        request: &models::StartRequest,
+    ) -> Result<models::AgentLoopInfo, CallError> {
+        let m = self.manager()?;
+        let json = m.meta.call("maybe_start", m.obj.maybe_start(ctx, encode(request))).await?;
+        m.meta.decode("maybe_start", &json)
+    }
+
+    pub async fn send_event(&self, ctx: CallContext, id: &str, event: &Value) -> Result<(), CallError> {
+        let m = self.manager()?;
+        m.meta.call("send_event", m.obj.send_event(ctx, id.into(), event.to_string().into())).await
+    }
+
+    /// Stops a conversation's loop; `false` when it was not running (or no manager runs loops).
+    pub async fn close_conversation(&self, ctx: CallContext, id: &str) -> Result<bool, CallError> {
+        let Some(m) = &self.manager else {
+            return Ok(false);
+        };
+        m.meta.call("close", m.obj.close(ctx, id.into())).await
+    }
+
+    /// Subscribes a channel to a conversation's live events; returns the subscription id.
+    pub async fn subscribe(
+        &self,
+        ctx: CallContext,
+        id: &str,
+        events: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<u64, CallError> {
+        let m = self.manager()?;
+        let sink = EventSink_TO::from_value(services::ChannelSink(events), TD_Opaque);
+        m.meta.call("subscribe", m.obj.subscribe(ctx, id.into(), sink)).await
+    }
+
+    pub async fn unsubscribe(&self, ctx: CallContext, subscription: u64) -> Result<(), CallError> {
+        let m = self.manager()?;
+        m.meta.call("unsubscribe", m.obj.unsubscribe(ctx, subscription)).await
+    }
+
+    // ---- monitoring (sync hooks: they must not block; see plugin-api) ----
+
+    pub fn on_create_conversation(&self, ctx: &CallContext) {
+        for m in &self.monitoring {
+            let _ = m.meta.call_sync("on_create_conversation", || m.obj.on_create_conversation(ctx.clone()));
+        }
+    }
+
+    pub fn on_session_event(&self, ctx: &CallContext, event: &Value) {
+        let event = RString::from(event.to_string());
+        for m in &self.monitoring {
+            let _ = m.meta.call_sync("on_session_event", || m.obj.on_session_event(ctx.clone(), event.clone()));
+        }
+    }
+
+    pub fn on_agent_session_start(&self, ctx: &CallContext, success: bool, duration_secs: f64) {
+        for m in &self.monitoring {
+            let _ = m.meta.call_sync("on_agent_session_start", || {
+                m.obj.on_agent_session_start(ctx.clone(), success, duration_secs)
+            });
+        }
+    }
+
+    // ---- routes ----
+
+    /// What each `routes` instance declared: `(instance, its meta, the route)`.
+    pub fn declared_routes(&self) -> impl Iterator<Item = (usize, &Meta, &DeclaredRoute)> {
+        self.declared
+            .iter()
+            .enumerate()
+            .flat_map(move |(i, routes)| routes.iter().map(move |r| (i, &self.routes[i].meta, r)))
+    }
+
+    /// Forwards one request (body read in full by the caller) to a `routes` instance.
+    pub async fn handle_route(
+        &self,
+        instance: usize,
+        ctx: CallContext,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, CallError> {
+        let r = &self.routes[instance];
+        let request = convert::http_request(method, uri, headers, body);
+        let answer = r.meta.call("handle", r.obj.handle(ctx, request)).await?;
+        Ok(convert::http_response(answer))
+    }
+}

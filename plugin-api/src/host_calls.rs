@@ -1,0 +1,130 @@
+//! What a plugin may ask of the host through [`crate::HostServices::call`]: one request type
+//! per operation, naming its extension point, its method and its answer.
+//!
+//! The host dispatches on these types and the SDK sends them, so the protocol is written once:
+//! the JSON on the wire is the serde form of the request (the `args_json` object) and of its
+//! [`HostCall::Answer`]. Adding an operation is adding a type here (and its arm in the host);
+//! a host that does not know an operation answers `UNIMPLEMENTED`.
+
+use crate::{
+    models::{ConversationMetadata, EventPage, Secrets, Settings},
+    ExtensionPoint,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::Value;
+
+/// One operation the host offers to plugins.
+pub trait HostCall: Serialize + DeserializeOwned + Send + 'static {
+    /// The extension point whose instance(s) serve it.
+    const POINT: ExtensionPoint;
+    /// Its method name on the wire.
+    const METHOD: &'static str;
+    /// What the host answers.
+    type Answer: Serialize + DeserializeOwned + Send + 'static;
+}
+
+macro_rules! host_call {
+    ($(#[$doc:meta])* $name:ident, $point:ident, $method:literal, $answer:ty) => {
+        impl HostCall for $name {
+            const POINT: ExtensionPoint = ExtensionPoint::$point;
+            const METHOD: &'static str = $method;
+            type Answer = $answer;
+        }
+    };
+}
+
+/// The calling user's settings (secret fields included), if stored.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct LoadSettings {}
+host_call!(LoadSettings, SETTINGS_STORE, "load", Option<Settings>);
+
+/// The calling user's secrets, if stored.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct LoadSecrets {}
+host_call!(LoadSecrets, SECRETS_STORE, "load", Option<Secrets>);
+
+/// A conversation's metadata, if it exists for the calling user.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct GetMetadata {
+    pub conversation_id: String,
+}
+host_call!(GetMetadata, CONVERSATION_STORE, "get_metadata", Option<ConversationMetadata>);
+
+/// Creates or replaces a conversation's metadata.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct SaveMetadata {
+    pub metadata: ConversationMetadata,
+}
+host_call!(SaveMetadata, CONVERSATION_STORE, "save_metadata", ());
+
+/// Appends events to a conversation's log; answers the id given to the first.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct AppendEvents {
+    pub conversation_id: String,
+    /// JSON objects; the store sets their `id`.
+    pub events: Vec<Value>,
+}
+host_call!(AppendEvents, CONVERSATION_STORE, "append_events", u64);
+
+/// A page of a conversation's stored events.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct GetEvents {
+    pub conversation_id: String,
+    #[serde(default)]
+    pub start_id: u64,
+    #[serde(default)]
+    pub end_id: Option<u64>,
+    #[serde(default)]
+    pub reverse: bool,
+    /// At most this many (the host caps it at [`GetEvents::MAX_LIMIT`]).
+    #[serde(default = "default_limit")]
+    pub limit: u32,
+}
+host_call!(GetEvents, CONVERSATION_STORE, "get_events", EventPage);
+
+impl GetEvents {
+    /// The largest page the host reads in one call.
+    pub const MAX_LIMIT: u32 = 10_000;
+}
+
+fn default_limit() -> u32 {
+    100
+}
+
+/// Tells every monitoring listener about a session event (`on_session_event`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct SessionEvent {
+    pub event: Value,
+}
+host_call!(SessionEvent, MONITORING, "on_session_event", ());
+
+/// Tells every monitoring listener an agent session started (`on_agent_session_start`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct AgentSessionStart {
+    pub success: bool,
+    pub duration_secs: f64,
+}
+host_call!(AgentSessionStart, MONITORING, "on_agent_session_start", ());
+
+/// Tells every monitoring listener a conversation was created (`on_create_conversation`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct CreateConversation {}
+host_call!(CreateConversation, MONITORING, "on_create_conversation", ());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_keep_their_wire_names() {
+        let call = AppendEvents { conversation_id: "c1".into(), events: vec![serde_json::json!({ "a": 1 })] };
+        assert_eq!(
+            serde_json::to_value(&call).unwrap(),
+            serde_json::json!({ "conversation_id": "c1", "events": [{ "a": 1 }] })
+        );
+        assert_eq!((AppendEvents::POINT.key(), AppendEvents::METHOD), ("conversation_store", "append_events"));
+        let q: GetEvents = serde_json::from_str(r#"{"conversation_id":"c1"}"#).unwrap();
+        assert_eq!((q.start_id, q.end_id, q.reverse, q.limit), (0, None, false, 100));
+        assert_eq!(serde_json::to_string(&()).unwrap(), "null");
+    }
+}
