@@ -1,56 +1,68 @@
-//! The command line: `oh-host [serve]`, `oh-host check`, `oh-host plugins`.
+//! The command line: `oh-host [serve]`, `check`, `plugins`, `migrate`, `rotate-keys`, `help`.
+//!
+//! Errors here are the end of the line: each is printed once, as a sentence that names the
+//! file, the key and the fix, and the process exits non-zero.
 
-use crate::{config, loader, registry::Registry};
+use crate::{config, env, loader, registry::Registry};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use plugin_api::ExtensionPoint;
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
-const USAGE: &str = "\
-usage: oh-host [COMMAND] [--config FILE]
+const ABOUT: &str = "An OpenHands-compatible agent server whose every part is a plugin library.";
 
-commands:
-  serve     load the plugins and serve HTTP (the default)
-  check     validate the profile and the plugins it names, print every problem, exit
-  plugins   list every library in the plugins directory: file, ABI version, sha256, implementations
-  migrate   apply pending database migrations of the configured stores, then exit
-  rotate-keys
-            re-encrypt every stored secret with the current master key (resumable, safe while serving)
+const AFTER_HELP: &str = "\
+The profile is --config FILE, else $OPENHANDS_PLUGINS_TOML, else ./plugins.toml.
+Logs go to stderr; RUST_LOG sets what is logged (default `info`; e.g. RUST_LOG=debug, or
+RUST_LOG=info,oh_host=debug). docs/configuration.md lists every setting and variable.";
 
-options:
-  --config FILE   the profile (default: $OPENHANDS_PLUGINS_TOML, else ./plugins.toml)
-  --dir DIR       for `plugins`: the directory to list (default: the profile's plugins_dir)
-  -h, --help      this text
-  -V, --version   the version
-";
-
-struct Args {
-    command: String,
+#[derive(Parser)]
+#[command(name = "oh-host", about = ABOUT, after_help = AFTER_HELP, disable_help_subcommand = false)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The profile (default: $OPENHANDS_PLUGINS_TOML, else ./plugins.toml).
+    #[arg(short, long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    dir: Option<PathBuf>,
+    /// Listen on this address instead of the profile's `[server] bind` (serve only).
+    #[arg(long, global = true, value_name = "ADDR")]
+    bind: Option<SocketAddr>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args { command: "serve".to_owned(), config: None, dir: None };
-    let mut it = std::env::args().skip(1);
-    let mut command_seen = false;
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--config" | "-c" => args.config = Some(it.next().ok_or("--config needs a file")?.into()),
-            "--dir" => args.dir = Some(it.next().ok_or("--dir needs a directory")?.into()),
-            "-h" | "--help" => args.command = "help".to_owned(),
-            "-V" | "--version" => args.command = "version".to_owned(),
-            s if s.starts_with("--config=") => args.config = Some(s["--config=".len()..].into()),
-            "serve" | "check" | "plugins" | "migrate" | "rotate-keys" if !command_seen => {
-                args.command = arg;
-                command_seen = true;
-            }
-            other => return Err(format!("unexpected argument `{other}`")),
-        }
-    }
-    Ok(args)
+#[derive(Subcommand)]
+enum Command {
+    /// Load the plugins and serve HTTP and socket.io (the default command).
+    Serve,
+    /// Validate the profile and the plugins it names, and check each one's health.
+    ///
+    /// Loads every plugin the profile names and asks each instance for its health (a database
+    /// that does not exist is found here); prints every problem and exits non-zero if there is
+    /// one. Binds nothing.
+    Check,
+    /// List the libraries in the plugins directory.
+    ///
+    /// For each: file, plugin-api version, sha256, and the implementations it offers.
+    /// Libraries the loader refuses are listed with the reason, and the exit code is non-zero.
+    Plugins {
+        /// The directory to list (default: the profile's plugins_dir).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Apply the pending database migrations of the configured stores, then exit.
+    Migrate,
+    /// Re-encrypt every stored secret with the current master key.
+    ///
+    /// The current key is OH_MASTER_KEY (else JWT_SECRET); the old one must be listed in
+    /// OH_PREVIOUS_MASTER_KEYS. Works in batches for a few seconds and reports what remains:
+    /// run it until `remaining` is 0. Resumable and safe while hosts are serving.
+    RotateKeys,
+}
+
+fn version() -> String {
+    format!("{} (plugin-api {}.{})", env!("CARGO_PKG_VERSION"), plugin_api::API_MAJOR, plugin_api::API_MINOR)
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env(crate::env::RUST_LOG)
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env::RUST_LOG)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal as _;
     let _ = tracing_subscriber::fmt()
@@ -61,47 +73,20 @@ fn init_logging() {
 }
 
 pub fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("oh-host: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+    // Leaked once: clap keeps the version as a `&'static str`.
+    let version: &'static str = Box::leak(version().into_boxed_str());
+    let matches = Cli::command().version(version).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
     };
-    match args.command.as_str() {
-        "help" => {
-            print!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        "version" => {
-            println!(
-                "oh-host {} (plugin-api {}.{})",
-                env!("CARGO_PKG_VERSION"),
-                plugin_api::API_MAJOR,
-                plugin_api::API_MINOR
-            );
-            ExitCode::SUCCESS
-        }
-        "check" => {
-            init_logging();
-            check(&args)
-        }
-        "plugins" => {
-            init_logging();
-            plugins(&args)
-        }
-        "migrate" => {
-            init_logging();
-            admin(&args, "migrate")
-        }
-        "rotate-keys" => {
-            init_logging();
-            admin(&args, "rotate_keys")
-        }
-        _ => {
-            init_logging();
-            serve(&args)
-        }
+    init_logging();
+    match cli.command.as_ref().unwrap_or(&Command::Serve) {
+        Command::Serve => serve(&cli),
+        Command::Check => check(&cli),
+        Command::Plugins { dir } => plugins(&cli, dir.as_ref()),
+        Command::Migrate => admin(&cli, "migrate"),
+        Command::RotateKeys => admin(&cli, "rotate_keys"),
     }
 }
 
@@ -111,9 +96,12 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Loads the profile and builds every instance: everything `serve` and `check` do before
 /// binding. Problems are printed; `None` then.
-fn load(args: &Args, rt: &tokio::runtime::Runtime) -> Option<(PathBuf, config::Config, Arc<Registry>)> {
-    let path = config::profile_path(args.config.as_deref(), &crate::env::process);
-    let config = config::load(&path).map_err(|e| eprint!("oh-host: {e}")).ok()?;
+fn load(cli: &Cli, rt: &tokio::runtime::Runtime) -> Option<(PathBuf, config::Config, Arc<Registry>)> {
+    let path = config::profile_path(cli.config.as_deref(), &env::process);
+    let mut config = config::load(&path).map_err(|e| eprint!("oh-host: {e}")).ok()?;
+    if let Some(bind) = cli.bind {
+        config.server.bind = bind;
+    }
     let registry =
         Registry::build(&config, rt.handle().clone()).map_err(|e| eprint!("oh-host: {}: {e}", path.display())).ok()?;
     if let Err(problems) = crate::http::plugin_routes::collect(&registry) {
@@ -126,17 +114,26 @@ fn load(args: &Args, rt: &tokio::runtime::Runtime) -> Option<(PathBuf, config::C
     Some((path, config, registry))
 }
 
-fn serve(args: &Args) -> ExitCode {
+fn serve(cli: &Cli) -> ExitCode {
     let rt = runtime();
-    let Some((path, config, registry)) = load(args, &rt) else {
+    let Some((path, config, registry)) = load(cli, &rt) else {
         return ExitCode::FAILURE;
     };
     let result = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.server.bind)
-            .await
-            .map_err(|e| format!("cannot listen on {} (server.bind in {}): {e}", config.server.bind, path.display()))?;
+        let listener = tokio::net::TcpListener::bind(config.server.bind).await.map_err(|e| {
+            format!("cannot listen on {} (server.bind in {}, or --bind): {e}", config.server.bind, path.display())
+        })?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        tracing::info!(profile = %path.display(), "oh-host listening on http://{addr}");
+        tracing::info!(
+            profile = %path.display(),
+            state_dir = %config.server.state_dir.display(),
+            mode = config.server.app_mode.as_str(),
+            "oh-host {} listening on http://{addr}",
+            env!("CARGO_PKG_VERSION")
+        );
+        for m in registry.metas() {
+            tracing::info!("  {:<22} {}::{}", m.point.key(), m.library, m.implementation);
+        }
         crate::serve(&config, registry, listener, crate::shutdown_signal()).await.map_err(|e| e.to_string())
     });
     match result {
@@ -148,31 +145,42 @@ fn serve(args: &Args) -> ExitCode {
     }
 }
 
-fn check(args: &Args) -> ExitCode {
+/// Loads everything, then asks every instance for its health: a database that does not
+/// exist, a directory that cannot be written, are found here rather than at the first request.
+fn check(cli: &Cli) -> ExitCode {
     let rt = runtime();
-    match load(args, &rt) {
-        Some((path, config, registry)) => {
-            println!("{}: OK", path.display());
-            for m in registry.metas() {
-                println!(
-                    "  {:<22} {}::{} ({} ms timeout)",
-                    m.point.key(),
-                    m.library,
-                    m.implementation,
-                    m.timeout.as_millis()
-                );
-            }
-            rt.block_on(registry.shutdown(config.server.shutdown_timeout));
-            ExitCode::SUCCESS
-        }
-        None => ExitCode::FAILURE,
+    let Some((path, config, registry)) = load(cli, &rt) else {
+        return ExitCode::FAILURE;
+    };
+    let health = rt.block_on(registry.health());
+    let failed = health.iter().filter(|(_, h)| h.is_err()).count();
+    println!("{}: {}", path.display(), if failed == 0 { "OK" } else { "FAILED" });
+    for (m, h) in &health {
+        let state = match h {
+            Ok(detail) => format!("ok: {detail}"),
+            Err(reason) => format!("FAILED: {reason}"),
+        };
+        println!(
+            "  {:<22} {}::{} ({} ms timeout) {state}",
+            m.point.key(),
+            m.library,
+            m.implementation,
+            m.timeout.as_millis()
+        );
+    }
+    rt.block_on(registry.shutdown(config.server.shutdown_timeout));
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("oh-host: {failed} instance(s) are not healthy; see above");
+        ExitCode::FAILURE
     }
 }
 
 /// `oh-host migrate` / `oh-host rotate-keys`: the command on every configured store.
-fn admin(args: &Args, command: &str) -> ExitCode {
+fn admin(cli: &Cli, command: &str) -> ExitCode {
     let rt = runtime();
-    let Some((path, config, registry)) = load(args, &rt) else {
+    let Some((path, config, registry)) = load(cli, &rt) else {
         return ExitCode::FAILURE;
     };
     let results = rt.block_on(registry.admin(command, &serde_json::json!({})));
@@ -196,11 +204,11 @@ fn admin(args: &Args, command: &str) -> ExitCode {
     }
 }
 
-fn plugins(args: &Args) -> ExitCode {
-    let dir = match &args.dir {
+fn plugins(cli: &Cli, dir: Option<&PathBuf>) -> ExitCode {
+    let dir = match dir {
         Some(d) => d.clone(),
         None => {
-            let path = config::profile_path(args.config.as_deref(), &crate::env::process);
+            let path = config::profile_path(cli.config.as_deref(), &env::process);
             match config::load(&path) {
                 Ok(c) => c.server.plugins_dir,
                 Err(e) => {

@@ -15,7 +15,9 @@ const WAIT: Duration = Duration::from_secs(20);
 fn manager(config: &str) -> String {
     format!(
         "[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n\
-         config = {{ llm_retry_initial_ms = 20, llm_chunk_timeout_secs = 1, llm_timeout_secs = 10{config} }}\n"
+         config = {{ llm_retry_initial_ms = 20, llm_chunk_timeout_secs = 1, llm_timeout_secs = 10{config} }}\n\
+         [[extensions.monitoring]]\nlibrary = \"log_monitoring\"\nimplementation = \"LogMonitoringListener\"\n\
+         config = {{ level = \"info\" }}\n"
     )
 }
 

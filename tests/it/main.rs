@@ -5,6 +5,7 @@ mod cli;
 mod conversations;
 mod failures;
 mod http;
+mod newcomer;
 mod routes;
 mod saas_auth;
 mod sso;

@@ -127,7 +127,13 @@ impl Deployment {
     }
 
     pub fn start_with_env(&self, env: &[(&str, &str)]) -> TestHost {
+        self.start_with(&[], env)
+    }
+
+    /// Starts `oh-host <args> --config plugins.toml` with `env` and waits until it listens.
+    pub fn start_with(&self, args: &[&str], env: &[(&str, &str)]) -> TestHost {
         let mut child = Command::new(host_binary())
+            .args(args)
             .arg("--config")
             .arg(self.profile_path())
             .env("RUST_LOG", "info")
@@ -198,6 +204,11 @@ impl TestHost {
         self.log.lock().unwrap().clone()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
@@ -229,7 +240,17 @@ impl TestHost {
 
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(mut self) -> ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.signal("TERM")
+    }
+
+    /// Ctrl-C (SIGINT), then wait for a clean exit; the log stays readable.
+    pub fn interrupt(&mut self) -> ExitStatus {
+        self.signal("INT")
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, `KILL`, ...) and waits for the process to end.
+    pub fn signal(&mut self, signal: &str) -> ExitStatus {
+        let _ = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -237,7 +258,7 @@ impl TestHost {
             }
             if start.elapsed() > Duration::from_secs(20) {
                 let _ = self.child.kill();
-                panic!("oh-host did not stop within 20 s after SIGTERM");
+                panic!("oh-host did not stop within 20 s after SIG{signal}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

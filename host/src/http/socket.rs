@@ -1,13 +1,14 @@
 //! socket.io at `/socket.io` (OpenHands §9.10), with socketioxide.
 //!
 //! Connect: `?conversation_id=…&latest_event_id=N`. A connect middleware authenticates the
-//! handshake (the same `authenticate` as the HTTP auth gate) and refuses unless the user owns
-//! the conversation and has settings. The connect handler first registers its event handlers
-//! (an action sent right after connecting is queued, never dropped), then subscribes to the
-//! conversation's live events, starts the agent loop if it is not running, replays the stored
-//! events after `latest_event_id`, and forwards live `oh_event`s (skipping what the replay
-//! already sent). Queued and later `oh_user_action`s (and legacy `oh_action`s) go to the
-//! conversation manager in order; a disconnect only unsubscribes: the agent keeps running.
+//! handshake (the same `authenticate` as the HTTP auth gate), refuses unless the user owns
+//! the conversation and has settings, and registers the event handlers, before the client is
+//! told it is connected: an action sent right after connecting is queued, never dropped. The
+//! connect handler then subscribes to the conversation's live events, starts the agent loop if
+//! it is not running, replays the stored events after `latest_event_id`, and forwards live
+//! `oh_event`s (skipping what the replay already sent). Queued and later `oh_user_action`s
+//! (and legacy `oh_action`s) go to the conversation manager in order, even those sent just
+//! before a disconnect; a disconnect only unsubscribes: the agent keeps running.
 
 use super::{
     auth::authenticate, call_context, extract::validate_conversation_id, start::start_request, AppState, RequestId,
@@ -31,13 +32,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What the middleware learned, for the handler.
+/// What the middleware learned and set up, for the handler.
 #[derive(Clone)]
 struct Connection {
     conversation_id: String,
     /// The last event the client has; replay starts after it.
     latest_event_id: Option<u64>,
     ctx: CallContext,
+    /// User actions received so far, in order (the handler takes the receiver).
+    queued: Arc<Mutex<Option<mpsc::UnboundedReceiver<Value>>>>,
+    cleanup: Arc<Mutex<Cleanup>>,
+    disconnected: Arc<tokio::sync::Notify>,
 }
 
 /// The socket.io layer, to put on the router.
@@ -99,7 +104,46 @@ async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
         Ok(None) => return Err("Settings not found".to_owned()),
         Err(e) => return Err(format!("cannot load settings: {}", e.error.message)),
     }
-    s.extensions.insert(Connection { conversation_id, latest_event_id, ctx });
+    // The event handlers, now: socketioxide acknowledges the connection when this middleware
+    // returns and only then spawns the connect handler, so an action sent right after
+    // connecting would find no handler if they were registered there.
+    let (actions, queued) = mpsc::unbounded_channel::<Value>();
+    for name in ["oh_user_action", "oh_action"] {
+        let actions = actions.clone();
+        s.on(name, move |Data(event): Data<Value>| {
+            let actions = actions.clone();
+            async move {
+                let _ = actions.send(event);
+            }
+        });
+    }
+    let cleanup: Arc<Mutex<Cleanup>> = Arc::default();
+    let disconnected = Arc::new(tokio::sync::Notify::new());
+    {
+        let (state, ctx, cleanup, disconnected) = (state.clone(), ctx.clone(), cleanup.clone(), disconnected.clone());
+        s.on_disconnect(move || async move {
+            let (subscription, forward) = {
+                let mut c = lock(&cleanup);
+                c.gone = true;
+                (c.subscription.take(), c.forward.take())
+            };
+            disconnected.notify_one();
+            if let Some(f) = forward {
+                f.abort();
+            }
+            if let Some(id) = subscription {
+                let _ = state.registry.unsubscribe(ctx, id).await;
+            }
+        });
+    }
+    s.extensions.insert(Connection {
+        conversation_id,
+        latest_event_id,
+        ctx,
+        queued: Arc::new(Mutex::new(Some(queued))),
+        cleanup,
+        disconnected,
+    });
     Ok(())
 }
 
@@ -126,11 +170,13 @@ fn error_event(message: &str) -> Value {
     json!({ "error": true, "message": message })
 }
 
-/// Tasks and the subscription a disconnect must end.
+/// What a disconnect must end: the subscription and the live forwarder. Queued user actions
+/// are still delivered (the client sent them); `disconnected` tells the delivering task to
+/// drain the queue and stop.
 #[derive(Default)]
 struct Cleanup {
     subscription: Option<u64>,
-    tasks: Vec<AbortHandle>,
+    forward: Option<AbortHandle>,
     gone: bool,
 }
 
@@ -138,33 +184,8 @@ async fn on_connect(state: AppState, s: SocketRef) {
     let Some(conn) = s.extensions.get::<Connection>() else { return };
     let sid = conn.conversation_id.clone();
 
-    // Before any await: the action handlers (they queue) and the disconnect handler.
-    let (actions, mut queued) = mpsc::unbounded_channel::<Value>();
-    for name in ["oh_user_action", "oh_action"] {
-        let actions = actions.clone();
-        s.on(name, move |Data(event): Data<Value>| {
-            let actions = actions.clone();
-            async move {
-                let _ = actions.send(event);
-            }
-        });
-    }
-    drop(actions);
-    let cleanup: Arc<Mutex<Cleanup>> = Arc::default();
-    {
-        let (state, ctx, cleanup) = (state.clone(), conn.ctx.clone(), cleanup.clone());
-        s.on_disconnect(move || async move {
-            let (subscription, tasks) = {
-                let mut c = lock(&cleanup);
-                c.gone = true;
-                (c.subscription.take(), std::mem::take(&mut c.tasks))
-            };
-            tasks.iter().for_each(AbortHandle::abort);
-            if let Some(id) = subscription {
-                let _ = state.registry.unsubscribe(ctx, id).await;
-            }
-        });
-    }
+    let Some(queued) = lock(&conn.queued).take() else { return };
+    let (cleanup, disconnected) = (conn.cleanup.clone(), conn.disconnected.clone());
     let registry = &state.registry;
 
     // Subscribe before replaying, so nothing falls between the two.
@@ -173,12 +194,11 @@ async fn on_connect(state: AppState, s: SocketRef) {
         Ok(id) => {
             let gone = {
                 let mut c = lock(&cleanup);
-                c.subscription = Some(id);
+                c.subscription = (!c.gone).then_some(id);
                 c.gone
             };
             if gone {
                 let _ = registry.unsubscribe(conn.ctx.clone(), id).await;
-                return;
             }
         }
         Err(e) => {
@@ -204,28 +224,10 @@ async fn on_connect(state: AppState, s: SocketRef) {
         }
     }
 
-    // User actions, in the order sent, one at a time.
-    let deliver = {
-        let (state, ctx, sid, s) = (state.clone(), conn.ctx.clone(), sid.clone(), s.clone());
-        tokio::spawn(async move {
-            while let Some(event) = queued.recv().await {
-                if !event.is_object() {
-                    let _ = s.emit("oh_event", &error_event("an action must be a JSON object"));
-                    continue;
-                }
-                if let Err(e) = state.registry.send_event(ctx.clone(), &sid, &event).await {
-                    let _ = s.emit("oh_event", &error_event(&e.error.message));
-                }
-            }
-        })
-    };
-    {
-        let mut c = lock(&cleanup);
-        if c.gone {
-            deliver.abort();
-            return;
-        }
-        c.tasks.push(deliver.abort_handle());
+    // User actions, in the order sent, one at a time; after a disconnect, what was queued.
+    tokio::spawn(deliver(state.clone(), conn.ctx.clone(), sid.clone(), s.clone(), queued, disconnected));
+    if lock(&cleanup).gone {
+        return;
     }
 
     // Replay what is stored after latest_event_id, oldest first.
@@ -272,6 +274,45 @@ async fn on_connect(state: AppState, s: SocketRef) {
     if c.gone {
         forward.abort();
     } else {
-        c.tasks.push(forward.abort_handle());
+        c.forward = Some(forward.abort_handle());
+    }
+}
+
+/// Delivers a socket's user actions to the conversation manager, in order. Ends after the
+/// socket disconnects, once what was queued is delivered.
+async fn deliver(
+    state: AppState,
+    ctx: CallContext,
+    sid: String,
+    s: SocketRef,
+    mut queued: mpsc::UnboundedReceiver<Value>,
+    disconnected: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        let event = tokio::select! {
+            biased;
+            event = queued.recv() => event,
+            () = disconnected.notified() => {
+                // Drain what arrived before the disconnect, then stop.
+                while let Ok(event) = queued.try_recv() {
+                    send_action(&state, &ctx, &sid, &s, event).await;
+                }
+                return;
+            }
+        };
+        match event {
+            Some(event) => send_action(&state, &ctx, &sid, &s, event).await,
+            None => return,
+        }
+    }
+}
+
+async fn send_action(state: &AppState, ctx: &CallContext, sid: &str, s: &SocketRef, event: Value) {
+    if !event.is_object() {
+        let _ = s.emit("oh_event", &error_event("an action must be a JSON object"));
+        return;
+    }
+    if let Err(e) = state.registry.send_event(ctx.clone(), sid, &event).await {
+        let _ = s.emit("oh_event", &error_event(&e.error.message));
     }
 }

@@ -7,13 +7,14 @@ use serde::Deserialize;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
-    /// `info` (default) or `debug`: the level of the per-event lines.
+    /// `debug` (default) or `info`: the level of the per-event lines (one per stored
+    /// conversation event). The other hooks log at `info`.
     #[serde(default = "default_level")]
     level: String,
 }
 
 fn default_level() -> String {
-    "info".to_owned()
+    "debug".to_owned()
 }
 
 pub struct LogMonitoringListener {

@@ -58,11 +58,11 @@ impl Inner {
         lock(&self.subscribers).get(sid).is_some_and(|s| !s.is_empty())
     }
 
-    /// Stops a session: its task emits `stopped` and ends; aborted if it does not in time.
-    fn stop(&self, sid: &str) -> bool {
-        let Some(session) = lock(&self.sessions).remove(sid) else { return false };
-        session.stop();
-        true
+    /// Stops a session: its task stores `stopped` and ends (aborted if it does not in time).
+    /// The handle resolves when it is over; `None` when it was not running.
+    fn stop(&self, sid: &str) -> Option<tokio::task::JoinHandle<()>> {
+        let session = lock(&self.sessions).remove(sid)?;
+        Some(session.stop())
     }
 
     fn info(sid: &str) -> AgentLoopInfo {
@@ -85,7 +85,7 @@ impl Inner {
             .collect();
         for sid in idle {
             tracing::info!(conversation_id = %sid, "closing idle conversation");
-            self.stop(&sid);
+            drop(self.stop(&sid));
         }
     }
 }
@@ -168,7 +168,7 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
                 }),
             );
             if let Some(session) = sessions.remove(&oldest) {
-                session.stop();
+                drop(session.stop());
             }
         }
         let shared = Arc::new(Shared::new());
@@ -201,7 +201,14 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
                 Some(_) => {}
             }
         }
-        Ok(self.inner.stop(&conversation_id))
+        // Wait until its last event is stored: a caller may delete the conversation next.
+        match self.inner.stop(&conversation_id) {
+            Some(stopped) => {
+                let _ = stopped.await;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     async fn running(&self, ctx: CallContext, filter_ids: Vec<String>) -> Result<Vec<AgentLoopInfo>, PluginError> {
@@ -237,13 +244,16 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
         Ok(format!("{} conversations running", lock(&self.inner.sessions).len()))
     }
 
+    /// Stops every loop and waits until each has stored its `stopped` event (the host bounds
+    /// the wait with its shutdown deadline).
     async fn shutdown(&self) {
-        let sids: Vec<String> = lock(&self.inner.sessions).keys().cloned().collect();
-        for sid in sids {
-            self.inner.stop(&sid);
-        }
         if let Some(cleanup) = self.inner.cleanup.get() {
             cleanup.abort();
+        }
+        let sids: Vec<String> = lock(&self.inner.sessions).keys().cloned().collect();
+        let stopping: Vec<_> = sids.iter().filter_map(|sid| self.inner.stop(sid)).collect();
+        for stopped in stopping {
+            let _ = stopped.await;
         }
     }
 }

@@ -86,8 +86,10 @@ impl Session {
         self.inbox.send(command).map_err(|_| PluginError::not_found("the conversation has stopped"))
     }
 
-    /// Asks the task to stop (it emits `stopped`); aborts it if it has not ended in 5 s.
-    pub(crate) fn stop(self) {
+    /// Asks the task to stop (it stores `stopped`, then ends); aborts it if it has not ended
+    /// in 5 s. The handle resolves once the task is over, so a caller can wait for its last
+    /// event to be stored.
+    pub(crate) fn stop(self) -> tokio::task::JoinHandle<()> {
         let _ = self.stop.send(true);
         let task = self.task;
         tokio::spawn(async move {
@@ -95,7 +97,7 @@ impl Session {
             if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
                 abort.abort();
             }
-        });
+        })
     }
 }
 
