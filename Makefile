@@ -1,11 +1,14 @@
 # Each target is a thin cargo line. `make run` and `make test` are all a newcomer needs.
 CARGO       ?= cargo
 PLUGINS_DIR := target/plugins
-# The bundled OSS plugin libraries that `make run` serves.
+# The plugin libraries built into target/plugins, where plugins.toml and the example profiles
+# look for them: the OSS defaults (file stores, single-user auth, log monitoring, standalone
+# manager) and the enterprise ones (PostgreSQL stores, SaaS auth). The Dockerfile bundles the
+# same list (a test checks it).
 BUNDLED     := file_stores default_auth log_monitoring standalone_manager postgres_stores saas_auth
 EXAMPLE     := examples/token-auth/Cargo.toml
 
-.PHONY: build plugins examples run test services bench lint fmt clean-state
+.PHONY: build plugins examples run test services bench lint fmt
 
 build:
 	$(CARGO) build --workspace
@@ -33,9 +36,12 @@ test: services plugins examples
 bench: services
 	bash bench/run
 
-lint:
+# Formatting, clippy, and the repository's own checks (unused dependencies, a complete
+# configuration reference, no citation outside the repository).
+lint: plugins
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test -p oh-e2e --test it -- hygiene::
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,7 +1,7 @@
 //! Loading plugin libraries: the checks before `dlopen`, the ABI handshake after it, and the
 //! host API handed to each library.
 //!
-//! Order (DESIGN §5, §9): the file must exist in the plugins directory (no search path, no
+//! Order (docs/decisions.md §5, §8): the file must exist in the plugins directory (no search path, no
 //! symlink out of it), neither it nor its directory may be writable by other users, its
 //! sha256 must match the pin when there is one; then abi_stable checks the layout of every
 //! type, and we check our own API version and the panic strategy. Libraries are never

@@ -1,6 +1,6 @@
 //! The extension points, as stable-ABI trait objects, and the host-side objects plugins get.
 //!
-//! Rules every trait follows (DESIGN §5):
+//! Rules every trait follows (docs/decisions.md §5):
 //! - I/O methods return an [`FfiFuture`] and take a [`CallContext`]; the plugin runs the work on
 //!   its own runtime and the host bounds the wait with a deadline.
 //! - Documents cross as JSON text of the types in [`crate::models`].

@@ -53,8 +53,10 @@ fn check_reports_profile_errors_with_file_key_and_fix() {
     );
 }
 
-#[test]
-fn the_enterprise_profile_checks_with_its_environment_and_names_what_is_missing() {
+#[tokio::test]
+async fn the_enterprise_profile_checks_with_its_environment_and_names_what_is_missing() {
+    let db = oh_e2e::pg::TestDb::create().await;
+
     let profile = oh_e2e::workspace().join("examples/plugins.saas.toml");
     let run = |env: &[(&str, &str)]| {
         let mut cmd = std::process::Command::new(oh_e2e::host_binary());
@@ -81,7 +83,11 @@ fn the_enterprise_profile_checks_with_its_environment_and_names_what_is_missing(
         ("OH_STATE_DIR", "/tmp"),
     ];
     let mut env = keycloak.to_vec();
-    env.extend([("JWT_SECRET", "a-long-enough-jwt-secret-value"), ("DB_HOST", "127.0.0.1")]);
+    env.extend([
+        ("JWT_SECRET", "a-long-enough-jwt-secret-value"),
+        ("DB_HOST", "127.0.0.1"),
+        ("DB_NAME", db.name.as_str()),
+    ]);
     let ok = run(&env);
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(ok.status.success(), "{stdout}{}", String::from_utf8_lossy(&ok.stderr));

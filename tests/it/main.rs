@@ -5,6 +5,7 @@ mod cli;
 mod conversations;
 mod failures;
 mod http;
+mod hygiene;
 mod newcomer;
 mod routes;
 mod saas_auth;

@@ -91,7 +91,7 @@ impl ApiError {
     }
 }
 
-/// How plugin error codes become HTTP statuses (DESIGN §5, OpenHands' auth error kinds).
+/// How plugin error codes become HTTP statuses (docs/decisions.md §5, OpenHands' auth error kinds).
 pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::INVALID_ARGUMENT => StatusCode::BAD_REQUEST,

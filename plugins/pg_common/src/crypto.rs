@@ -1,4 +1,4 @@
-//! Envelope encryption for secrets at rest (DESIGN §9).
+//! Envelope encryption for secrets at rest (docs/decisions.md §8).
 //!
 //! Each user's key is derived with HKDF-SHA256 from a master key and the user id; values are
 //! sealed with XChaCha20-Poly1305 with `table/field/user` as associated data, so a ciphertext
@@ -35,7 +35,7 @@ pub fn deployment_keyring(
     let master = master_key
         .filter(|k| !k.is_empty())
         .map(str::to_owned)
-        .or_else(|| env(OH_MASTER_KEY))
+        .or_else(|| env("OH_MASTER_KEY"))
         .or_else(|| env("JWT_SECRET"))
         .or_else(|| fallback.filter(|k| !k.is_empty()).map(str::to_owned))
         .ok_or_else(|| {
@@ -45,7 +45,7 @@ pub fn deployment_keyring(
         })?;
     let previous: Vec<String> = match previous_master_keys {
         Some(list) => list.to_vec(),
-        None => env(OH_PREVIOUS_MASTER_KEYS)
+        None => env("OH_PREVIOUS_MASTER_KEYS")
             .map(|v| v.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect())
             .unwrap_or_default(),
     };

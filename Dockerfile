@@ -1,0 +1,38 @@
+# oh-host with the bundled plugins, as a container.
+#   docker build -t oh-host .
+#   docker run -p 3000:3000 -v oh-state:/var/lib/oh-host oh-host
+# Your own profile: -v ./plugins.toml:/etc/oh-host/plugins.toml (plugins_dir must stay
+# /opt/oh-host/plugins, or mount yours there: -v ./plugins:/opt/oh-host/plugins:ro; the host
+# refuses libraries that other users may write).
+
+# --- build: the host and the bundled plugin libraries, release profile ---
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+# The same list as the Makefile's BUNDLED.
+ARG BUNDLED="file_stores default_auth log_monitoring standalone_manager postgres_stores saas_auth"
+RUN cargo build --release -p oh-host $(for p in $BUNDLED; do printf -- '-p %s ' "$p"; done) \
+ && mkdir -p /out/plugins \
+ && for p in $BUNDLED; do install -m 0644 "target/release/lib$p.so" /out/plugins/; done \
+ && install -m 0755 target/release/oh-host /out/oh-host \
+ && sed -e 's|^bind = .*|bind = "0.0.0.0:3000"|' \
+        -e 's|^plugins_dir = .*|plugins_dir = "/opt/oh-host/plugins"|' \
+        -e 's|^state_dir = .*|state_dir = "/var/lib/oh-host"|' plugins.toml > /out/plugins.toml
+
+# --- run: a slim image, a user of its own ---
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --home-dir /var/lib/oh-host --create-home --shell /usr/sbin/nologin oh
+COPY --from=build /out/oh-host /usr/local/bin/oh-host
+# Owned by root, 0755/0644: the oh user can read the libraries but not replace them.
+COPY --from=build --chown=root:root /out/plugins /opt/oh-host/plugins
+COPY --from=build --chown=root:root /out/plugins.toml /etc/oh-host/plugins.toml
+ENV OPENHANDS_PLUGINS_TOML=/etc/oh-host/plugins.toml
+USER oh
+VOLUME /var/lib/oh-host
+EXPOSE 3000
+HEALTHCHECK --interval=30s --timeout=3s CMD ["oh-host", "check"]
+ENTRYPOINT ["oh-host"]
+CMD ["serve"]
