@@ -64,6 +64,18 @@ pub trait SettingsStore: Send + Sync {
     /// `args_json` is a JSON object; answers a JSON report. `UNIMPLEMENTED` for a command the
     /// store does not have. Added in plugin-api 0.2.
     fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>>;
+    /// The user's Settings with their version (`models::VersionedSettings` JSON), or `None`.
+    /// `UNIMPLEMENTED` from a store that keeps no versions. Added in plugin-api 0.3.
+    fn load_versioned(&self, ctx: CallContext) -> FfiFuture<PResult<ROption<RString>>>;
+    /// Stores the Settings only if the stored version is still `expected_version` (0: nothing
+    /// stored yet) and answers the new version; `CONFLICT` when another writer (another host
+    /// included) stored first: the caller reloads and tries again. Added in plugin-api 0.3.
+    fn store_versioned(
+        &self,
+        ctx: CallContext,
+        settings_json: RString,
+        expected_version: u64,
+    ) -> FfiFuture<PResult<u64>>;
 }
 
 /// `secrets_store`: provider tokens and custom secrets of one user (OpenHands §4).
@@ -80,6 +92,11 @@ pub trait SecretsStore: Send + Sync {
     /// `args_json` is a JSON object; answers a JSON report. `UNIMPLEMENTED` for a command the
     /// store does not have. Added in plugin-api 0.2.
     fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>>;
+    /// Applies one change (`models::SecretsChange` JSON) atomically with respect to every other
+    /// writer, other hosts included, touching only what it names; `NOT_FOUND` /
+    /// `ALREADY_EXISTS` as the change says. `UNIMPLEMENTED` from a store that cannot. Added in
+    /// plugin-api 0.3.
+    fn update(&self, ctx: CallContext, change_json: RString) -> FfiFuture<PResult<()>>;
 }
 
 /// A page request for event reads.

@@ -48,9 +48,80 @@ fn yes() -> bool {
     true
 }
 
+/// Calls `f(server, key, value)` for each secret value of an `mcp_config` (OpenHands
+/// `MCPConfig`: `sse_servers` and `shttp_servers` with `api_key`, `stdio_servers` with an
+/// `env` map). `server` identifies the server (its kind and url or name), `key` the value.
+fn visit_mcp_secrets(config: Option<&mut serde_json::Value>, f: &mut dyn FnMut(&str, &str, &mut serde_json::Value)) {
+    let Some(config) = config.and_then(|c| c.as_object_mut()) else { return };
+    for kind in ["sse_servers", "shttp_servers", "stdio_servers"] {
+        let Some(servers) = config.get_mut(kind).and_then(|s| s.as_array_mut()) else { continue };
+        for (i, server) in servers.iter_mut().enumerate() {
+            let Some(server) = server.as_object_mut() else { continue };
+            let id = server
+                .get("url")
+                .or_else(|| server.get("name"))
+                .and_then(|v| v.as_str())
+                .map(|v| format!("{kind}:{v}"))
+                .unwrap_or_else(|| format!("{kind}#{i}"));
+            if let Some(key) = server.get_mut("api_key") {
+                f(&id, "api_key", key);
+            }
+            if let Some(env) = server.get_mut("env").and_then(|e| e.as_object_mut()) {
+                for (name, value) in env.iter_mut() {
+                    f(&id, &format!("env:{name}"), value);
+                }
+            }
+        }
+    }
+}
+
+/// Settings with the version a store keeps for them (`SettingsStore::load_versioned`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct VersionedSettings {
+    /// Grows with every store; 0 is never a stored version.
+    pub version: u64,
+    pub settings: Settings,
+}
+
 impl Settings {
     /// Names of the fields that hold secrets: never returned, encrypted at rest.
     pub const SECRET_FIELDS: [&'static str; 3] = ["llm_api_key", "search_api_key", "sandbox_api_key"];
+    /// What stores encrypt at rest: the secret fields and `mcp_config` (its servers' API keys
+    /// and environments).
+    pub const SEALED_FIELDS: [&'static str; 4] = ["llm_api_key", "search_api_key", "sandbox_api_key", "mcp_config"];
+    /// What a masked value reads as (OpenHands' `SecretStr`).
+    pub const MASK: &'static str = "**********";
+
+    /// Masks the secret values inside `mcp_config` (each server's `api_key`, each stdio
+    /// server's `env` value), for showing the settings to a client.
+    pub fn mask_mcp_secrets(&mut self) {
+        visit_mcp_secrets(self.mcp_config.as_mut(), &mut |_, _, value| {
+            if value.as_str().is_some_and(|v| !v.is_empty()) {
+                *value = serde_json::Value::String(Self::MASK.to_owned());
+            }
+        });
+    }
+
+    /// Puts back, in posted settings, the `mcp_config` secrets a client sent masked: a masked
+    /// value keeps the one `stored` has for the same server and key.
+    pub fn unmask_mcp_secrets(&mut self, stored: Option<&Settings>) {
+        let mut known = Vec::new();
+        if let Some(stored) = stored {
+            let mut stored = stored.mcp_config.clone();
+            visit_mcp_secrets(stored.as_mut(), &mut |server, key, value| {
+                known.push((server.to_owned(), key.to_owned(), value.clone()));
+            });
+        }
+        visit_mcp_secrets(self.mcp_config.as_mut(), &mut |server, key, value| {
+            if value.as_str() == Some(Self::MASK) {
+                *value = known
+                    .iter()
+                    .find(|(s, k, _)| s == server && k == key)
+                    .map(|(_, _, v)| v.clone())
+                    .unwrap_or(serde_json::Value::Null);
+            }
+        });
+    }
 
     /// OpenHands turns empty or whitespace-only keys into `None`.
     pub fn normalize(&mut self) {
@@ -91,6 +162,94 @@ pub type ProviderTokens = BTreeMap<String, ProviderToken>;
 pub struct Secrets {
     pub provider_tokens: ProviderTokens,
     pub custom_secrets: BTreeMap<String, CustomSecret>,
+}
+
+/// A provider token as a client submits it: no token keeps the stored one (and updates its
+/// host).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct ProviderTokenChange {
+    pub token: Option<String>,
+    pub host: Option<String>,
+    pub user_id: Option<String>,
+}
+
+/// One change to a user's secrets (`SecretsStore::update`): each names what it touches, so a
+/// store applies it without losing another writer's change to something else.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum SecretsChange {
+    /// Adds a custom secret; `ALREADY_EXISTS` if the name is taken.
+    CreateCustomSecret { name: String, secret: String, description: String },
+    /// Renames or re-describes a custom secret, keeping its value; `NOT_FOUND` if `name` does
+    /// not exist, `ALREADY_EXISTS` if `new_name` (another one) does.
+    UpdateCustomSecret { name: String, new_name: String, description: String },
+    /// Deletes a custom secret; `NOT_FOUND` if it does not exist.
+    DeleteCustomSecret { name: String },
+    /// The submitted providers replace the stored ones (OpenHands' `add-git-providers`): a
+    /// provider without a token keeps its stored token with the submitted host, and is left
+    /// out if none is stored; providers not submitted are removed.
+    SetProviderTokens { provider_tokens: BTreeMap<String, ProviderTokenChange> },
+    /// Removes every provider token.
+    UnsetProviderTokens,
+}
+
+impl SecretsChange {
+    /// The change applied to a whole document: what a store that keeps one document per user
+    /// does under its lock, so every store gives a change the same meaning.
+    pub fn apply(&self, secrets: &mut Secrets) -> Result<(), crate::PluginError> {
+        use crate::{ErrorCode, PluginError};
+        let exists = |name: &str| PluginError::new(ErrorCode::ALREADY_EXISTS, format!("Secret {name} already exists"));
+        let missing = |name: &str| PluginError::not_found(format!("Secret with ID {name} not found"));
+        match self {
+            SecretsChange::CreateCustomSecret { name, secret, description } => {
+                if secrets.custom_secrets.contains_key(name) {
+                    return Err(exists(name));
+                }
+                let value = CustomSecret { secret: secret.clone(), description: description.clone() };
+                secrets.custom_secrets.insert(name.clone(), value);
+            }
+            SecretsChange::UpdateCustomSecret { name, new_name, description } => {
+                if !secrets.custom_secrets.contains_key(name) {
+                    return Err(missing(name));
+                }
+                if new_name != name && secrets.custom_secrets.contains_key(new_name) {
+                    return Err(exists(new_name));
+                }
+                let old = secrets.custom_secrets.remove(name).unwrap_or_default();
+                let value = CustomSecret { secret: old.secret, description: description.clone() };
+                secrets.custom_secrets.insert(new_name.clone(), value);
+            }
+            SecretsChange::DeleteCustomSecret { name } => {
+                secrets.custom_secrets.remove(name).ok_or_else(|| missing(name))?;
+            }
+            SecretsChange::SetProviderTokens { provider_tokens } => {
+                let mut next = ProviderTokens::new();
+                for (provider, change) in provider_tokens {
+                    if let Some(token) = Self::provider_token(change, secrets.provider_tokens.get(provider)) {
+                        next.insert(provider.clone(), token);
+                    }
+                }
+                secrets.provider_tokens = next;
+            }
+            SecretsChange::UnsetProviderTokens => secrets.provider_tokens.clear(),
+        }
+        Ok(())
+    }
+
+    /// What one submitted provider token becomes, given the stored one (`None`: left out).
+    pub fn provider_token(change: &ProviderTokenChange, stored: Option<&ProviderToken>) -> Option<ProviderToken> {
+        let token = change.token.clone().filter(|t| !t.trim().is_empty());
+        match (token, stored) {
+            (Some(token), _) => {
+                Some(ProviderToken { token: Some(token), host: change.host.clone(), user_id: change.user_id.clone() })
+            }
+            (None, Some(stored)) => {
+                Some(ProviderToken { host: change.host.clone().or(stored.host.clone()), ..stored.clone() })
+            }
+            (None, None) => None,
+        }
+    }
 }
 
 /// Conversation metadata (OpenHands `ConversationMetadata`). Timestamps are RFC 3339 text in

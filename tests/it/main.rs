@@ -4,6 +4,7 @@ mod agent;
 mod cli;
 mod conversations;
 mod failures;
+mod hardening;
 mod http;
 mod hygiene;
 mod newcomer;

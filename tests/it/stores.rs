@@ -140,7 +140,7 @@ async fn postgres_stores_honour_the_store_contract() {
     let mut conn = db.connect().await;
     let versions: Vec<i64> =
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version").fetch_all(&mut conn).await.unwrap();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,27 +160,101 @@ async fn raw_rows_hold_no_plaintext_and_do_not_move_between_users() {
     r.store_secrets(alice(), &secrets).await.unwrap();
 
     let mut conn = db.connect().await;
-    let dump: Vec<String> = sqlx::query_scalar(
-        "SELECT row_to_json(t)::text FROM (SELECT * FROM user_settings) t UNION ALL SELECT row_to_json(t)::text FROM (SELECT * FROM user_secrets) t",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(dump.len(), 2);
+    let mut dump = Vec::new();
+    for table in ["user_settings", "user_secrets", "user_custom_secrets", "user_provider_tokens"] {
+        let rows: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT row_to_json(t)::text FROM (SELECT * FROM {table}) t"))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        dump.extend(rows);
+    }
+    assert_eq!(dump.len(), 2, "{dump:?}");
     for secret in ["sk-raw-plaintext-7", "raw-secret-value-8"] {
         assert!(dump.iter().all(|row| !row.contains(secret)), "{secret} found in a raw row: {dump:?}");
     }
 
-    // A row copied to another user's id does not decrypt there.
+    // A row copied to another user's id, or to another secret's name, does not decrypt there.
     sqlx::query(
-        "INSERT INTO user_secrets (user_id, sealed) SELECT 'mallory', sealed FROM user_secrets WHERE user_id = 'alice'",
+        "INSERT INTO user_custom_secrets (user_id, name, sealed) SELECT 'mallory', name, sealed FROM user_custom_secrets WHERE user_id = 'alice'",
     )
     .execute(&mut conn)
     .await
     .unwrap();
     let err = r.load_secrets(ctx(Some("mallory"))).await.unwrap_err();
     assert!(err.error.message.contains("does not decrypt"), "{}", err.error.message);
+    sqlx::query(
+        "INSERT INTO user_custom_secrets (user_id, name, sealed) SELECT user_id, 'OTHER', sealed FROM user_custom_secrets WHERE user_id = 'alice'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let err = r.load_secrets(alice()).await.unwrap_err();
+    assert!(err.error.message.contains("does not decrypt"), "{}", err.error.message);
+    sqlx::query("DELETE FROM user_custom_secrets WHERE name = 'OTHER'").execute(&mut conn).await.unwrap();
     assert_eq!(r.load_secrets(alice()).await.unwrap(), Some(secrets));
+}
+
+/// Secrets stored as one sealed document per user (before per-row secrets) stay readable, are
+/// split into rows by the next change without losing one, and by `oh-host migrate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_document_secrets_are_split_into_rows_without_losing_any() {
+    let db = TestDb::create().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    let r = registry(&d, &pg_stores(&db.url, MASTER, &[]));
+    assert_eq!(r.load_secrets(ctx(Some("warmup"))).await.unwrap(), None); // migrations applied
+    let keys = pg_common::crypto::Keyring::new(MASTER, &[]).unwrap();
+    let mut conn = db.connect().await;
+    for user in ["old1", "old2"] {
+        let mut doc = Secrets::default();
+        for name in ["A", "B"] {
+            doc.custom_secrets
+                .insert(name.into(), CustomSecret { secret: format!("{user}-{name}"), description: "d".into() });
+        }
+        doc.provider_tokens.insert(
+            "github".into(),
+            plugin_api::models::ProviderToken {
+                token: Some(format!("ghp-{user}")),
+                host: Some("github.com".into()),
+                user_id: None,
+            },
+        );
+        let at = pg_common::crypto::Binding { table: "user_secrets", field: "sealed", user_id: user };
+        let sealed = keys.seal(&serde_json::to_vec(&doc).unwrap(), &at).unwrap();
+        sqlx::query("INSERT INTO user_secrets (user_id, sealed) VALUES ($1, $2)")
+            .bind(user)
+            .bind(sealed)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let before = r.load_secrets(ctx(Some("old1"))).await.unwrap().unwrap();
+    assert_eq!(before.custom_secrets.len(), 2);
+    // A change splits the document first: creating an existing name is refused, a new one added.
+    let dup = models_change("A");
+    assert_eq!(r.update_secrets(ctx(Some("old1")), &dup).await.unwrap_err().error.code, ErrorCode::ALREADY_EXISTS);
+    r.update_secrets(ctx(Some("old1")), &models_change("C")).await.unwrap();
+    let after = r.load_secrets(ctx(Some("old1"))).await.unwrap().unwrap();
+    assert_eq!(after.custom_secrets.keys().collect::<Vec<_>>(), ["A", "B", "C"]);
+    assert_eq!(after.custom_secrets["A"].secret, "old1-A");
+    assert_eq!(after.provider_tokens["github"].token.as_deref(), Some("ghp-old1"));
+    // migrate splits the rest.
+    let report = r.admin("migrate", &json!({})).await;
+    let split: u64 =
+        report.iter().filter_map(|(_, r)| r.as_ref().unwrap().as_ref()?["split_secret_documents"].as_u64()).sum();
+    assert_eq!(split, 1);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM user_secrets").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(r.load_secrets(ctx(Some("old2"))).await.unwrap().unwrap().custom_secrets["B"].secret, "old2-B");
+}
+
+fn models_change(name: &str) -> plugin_api::models::SecretsChange {
+    plugin_api::models::SecretsChange::CreateCustomSecret {
+        name: name.into(),
+        secret: format!("new-{name}"),
+        description: String::new(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +325,7 @@ async fn two_hosts_migrating_together_apply_each_migration_once() {
         .flat_map(|v| v["applied"].as_array().cloned().unwrap_or_default())
         .filter_map(|v| v.as_i64())
         .collect();
-    assert_eq!(applied, [1, 2, 3, 4], "each migration applied exactly once across both hosts");
+    assert_eq!(applied, [1, 2, 3, 4, 5], "each migration applied exactly once across both hosts");
 }
 
 #[tokio::test]

@@ -108,7 +108,13 @@ async fn user_b_never_reaches_user_a_data_on_any_route() {
     let owners: Vec<String> =
         sqlx::query_scalar("SELECT user_id FROM conversation_metadata").fetch_all(&mut conn).await.unwrap();
     assert_eq!(owners, ["a"]);
-    let sealed: String =
-        sqlx::query_scalar("SELECT sealed FROM user_secrets WHERE user_id = 'a'").fetch_one(&mut conn).await.unwrap();
-    assert!(!sealed.contains("a-value") && !sealed.contains("ghp_a"));
+    let sealed: String = sqlx::query_scalar("SELECT sealed FROM user_custom_secrets WHERE user_id = 'a'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let token: String = sqlx::query_scalar("SELECT sealed_token FROM user_provider_tokens WHERE user_id = 'a'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(!sealed.contains("a-value") && !token.contains("ghp_a"));
 }

@@ -1,14 +1,31 @@
-//! Read-modify-write of a user's Settings and Secrets documents, in one place: the per-user
-//! lock is taken here, so a route cannot forget it.
+//! Writes of a user's Settings and Secrets, in one place, safe with several hosts on one
+//! store: settings by optimistic concurrency (load a version, store if it is still that
+//! version, else load again), secrets by one change at a time that the store applies
+//! atomically. A store without versions or changes gets a read-modify-write under a lock of
+//! this process only (logged once: such a store is not safe with several hosts).
 
-use super::{error::ApiResult, extract::Caller, AppState};
-use plugin_api::models::{Secrets, Settings};
+use super::{
+    error::{ApiError, ApiResult},
+    extract::Caller,
+    AppState,
+};
+use axum::http::StatusCode;
+use plugin_api::{
+    models::{Secrets, SecretsChange, Settings},
+    ErrorCode,
+};
 use std::{
     collections::hash_map::DefaultHasher,
     hash::{Hash, Hasher},
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
 };
 
-/// Striped locks: one of a fixed set per user, so memory does not grow with the users seen.
+/// How many times a settings write is retried when another writer got there first.
+const SETTINGS_ATTEMPTS: u32 = 20;
+
+/// Striped locks for the fallback path: one of a fixed set per user, so memory does not grow
+/// with the users seen.
 pub(super) struct UserLocks([tokio::sync::Mutex<()>; 64]);
 
 impl Default for UserLocks {
@@ -25,13 +42,56 @@ impl UserLocks {
     }
 }
 
+fn unimplemented<T>(r: &Result<T, crate::registry::CallError>) -> bool {
+    matches!(r, Err(e) if e.error.code == ErrorCode::UNIMPLEMENTED)
+}
+
+fn warn_once(flag: &AtomicBool, what: &str) {
+    if !flag.swap(true, Ordering::Relaxed) {
+        tracing::warn!("the {what} store cannot version its writes: several hosts on it may lose changes");
+    }
+}
+
+/// A short random pause before retrying, so writers that collided do not collide again.
+async fn backoff(attempt: u32) {
+    let mut byte = [0u8; 1];
+    let _ = getrandom::getrandom(&mut byte);
+    let ms = u64::from(byte[0] % 8) + u64::from(attempt.min(10)) * 2;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
 impl AppState {
     /// Replaces the caller's Settings with what `change` makes of the stored ones (`None` when
-    /// there are none yet), under the caller's lock.
+    /// there are none yet). `change` may run more than once: when another writer stored in
+    /// between, it runs again on what that writer stored.
     pub(super) async fn update_settings(
         &self,
         caller: &Caller,
-        change: impl FnOnce(Option<Settings>) -> ApiResult<Settings>,
+        mut change: impl FnMut(Option<Settings>) -> ApiResult<Settings>,
+    ) -> ApiResult<()> {
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        for attempt in 0..SETTINGS_ATTEMPTS {
+            let loaded = self.registry.load_settings_versioned(caller.ctx.clone()).await;
+            if unimplemented(&loaded) {
+                warn_once(&WARNED, "settings");
+                return self.update_settings_locked(caller, change).await;
+            }
+            let loaded = loaded?;
+            let expected = loaded.as_ref().map_or(0, |v| v.version);
+            let settings = change(loaded.map(|v| v.settings))?;
+            match self.registry.store_settings_versioned(caller.ctx.clone(), &settings, expected).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.error.code == ErrorCode::CONFLICT => backoff(attempt).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::error(StatusCode::CONFLICT, "the settings are being changed by others; try again"))
+    }
+
+    async fn update_settings_locked(
+        &self,
+        caller: &Caller,
+        mut change: impl FnMut(Option<Settings>) -> ApiResult<Settings>,
     ) -> ApiResult<()> {
         let _guard = self.locks.of(caller.principal.user_id.as_deref()).lock().await;
         let stored = self.registry.load_settings(caller.ctx.clone()).await?;
@@ -40,17 +100,41 @@ impl AppState {
         Ok(())
     }
 
-    /// Changes the caller's Secrets (empty when none are stored) with `change`, under the
-    /// caller's lock, and stores them unless `change` fails.
-    pub(super) async fn update_secrets<T>(
-        &self,
-        caller: &Caller,
-        change: impl FnOnce(&mut Secrets) -> ApiResult<T>,
-    ) -> ApiResult<T> {
-        let _guard = self.locks.of(caller.principal.user_id.as_deref()).lock().await;
-        let mut secrets = self.registry.load_secrets(caller.ctx.clone()).await?.unwrap_or_default();
-        let answer = change(&mut secrets)?;
-        self.registry.store_secrets(caller.ctx.clone(), &secrets).await?;
-        Ok(answer)
+    /// Applies one change to the caller's secrets. `NOT_FOUND` and `ALREADY_EXISTS` from the
+    /// store become OpenHands' answers for the named secret.
+    pub(super) async fn change_secrets(&self, caller: &Caller, change: SecretsChange) -> ApiResult<()> {
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        let result = self.registry.update_secrets(caller.ctx.clone(), &change).await;
+        let result = if unimplemented(&result) {
+            warn_once(&WARNED, "secrets");
+            let _guard = self.locks.of(caller.principal.user_id.as_deref()).lock().await;
+            let mut secrets: Secrets = self.registry.load_secrets(caller.ctx.clone()).await?.unwrap_or_default();
+            match change.apply(&mut secrets) {
+                Ok(()) => self.registry.store_secrets(caller.ctx.clone(), &secrets).await.map_err(ApiError::from),
+                Err(e) => Err(secret_error(&change, e.code)),
+            }
+        } else {
+            result.map_err(|e| match e.error.code {
+                ErrorCode::NOT_FOUND | ErrorCode::ALREADY_EXISTS => secret_error(&change, e.error.code),
+                _ => e.into(),
+            })
+        };
+        result
+    }
+}
+
+/// OpenHands' answers for a secret that is missing (404) or already there (400).
+fn secret_error(change: &SecretsChange, code: ErrorCode) -> ApiError {
+    let (name, new_name) = match change {
+        SecretsChange::CreateCustomSecret { name, .. } | SecretsChange::DeleteCustomSecret { name } => {
+            (name.as_str(), name.as_str())
+        }
+        SecretsChange::UpdateCustomSecret { name, new_name, .. } => (name.as_str(), new_name.as_str()),
+        _ => ("", ""),
+    };
+    if code == ErrorCode::ALREADY_EXISTS {
+        ApiError::secret_exists(new_name)
+    } else {
+        ApiError::secret_not_found(name)
     }
 }

@@ -13,10 +13,11 @@
 use super::{
     auth::authenticate, call_context, extract::validate_conversation_id, start::start_request, AppState, RequestId,
 };
+use axum::http::{HeaderMap, Method, Uri};
 use plugin_api::{CallContext, EventQuery};
 use serde_json::{json, Value};
 use socketioxide::{
-    extract::{Data, SocketRef},
+    extract::{AckSender, Data, SocketRef},
     handler::ConnectHandler,
     layer::SocketIoLayer,
     SendError, SocketError, SocketIo,
@@ -40,7 +41,10 @@ struct Connection {
     latest_event_id: Option<u64>,
     ctx: CallContext,
     /// User actions received so far, in order (the handler takes the receiver).
-    queued: Arc<Mutex<Option<mpsc::UnboundedReceiver<Value>>>>,
+    queued: Arc<Mutex<Option<mpsc::UnboundedReceiver<Action>>>>,
+    /// The handshake's request: each action is authenticated again with its credentials, so it
+    /// counts against the user's rate limit as an HTTP request does.
+    handshake: Arc<(Method, Uri, HeaderMap)>,
     cleanup: Arc<Mutex<Cleanup>>,
     disconnected: Arc<tokio::sync::Notify>,
 }
@@ -107,13 +111,13 @@ async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
     // The event handlers, now: socketioxide acknowledges the connection when this middleware
     // returns and only then spawns the connect handler, so an action sent right after
     // connecting would find no handler if they were registered there.
-    let (actions, queued) = mpsc::unbounded_channel::<Value>();
+    let (actions, queued) = mpsc::unbounded_channel::<Action>();
     for name in ["oh_user_action", "oh_action"] {
         let actions = actions.clone();
-        s.on(name, move |Data(event): Data<Value>| {
+        s.on(name, move |Data(event): Data<Value>, ack: AckSender| {
             let actions = actions.clone();
             async move {
-                let _ = actions.send(event);
+                let _ = actions.send((event, ack));
             }
         });
     }
@@ -141,6 +145,7 @@ async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
         latest_event_id,
         ctx,
         queued: Arc::new(Mutex::new(Some(queued))),
+        handshake: Arc::new((parts.method.clone(), parts.uri.clone(), parts.headers.clone())),
         cleanup,
         disconnected,
     });
@@ -225,7 +230,7 @@ async fn on_connect(state: AppState, s: SocketRef) {
     }
 
     // User actions, in the order sent, one at a time; after a disconnect, what was queued.
-    tokio::spawn(deliver(state.clone(), conn.ctx.clone(), sid.clone(), s.clone(), queued, disconnected));
+    tokio::spawn(deliver(state.clone(), conn.clone(), s.clone(), queued, disconnected));
     if lock(&cleanup).gone {
         return;
     }
@@ -278,41 +283,64 @@ async fn on_connect(state: AppState, s: SocketRef) {
     }
 }
 
+/// A user action and, when the client asked for one, its acknowledgement.
+type Action = (Value, AckSender);
+
 /// Delivers a socket's user actions to the conversation manager, in order. Ends after the
 /// socket disconnects, once what was queued is delivered.
 async fn deliver(
     state: AppState,
-    ctx: CallContext,
-    sid: String,
+    conn: Connection,
     s: SocketRef,
-    mut queued: mpsc::UnboundedReceiver<Value>,
+    mut queued: mpsc::UnboundedReceiver<Action>,
     disconnected: Arc<tokio::sync::Notify>,
 ) {
     loop {
-        let event = tokio::select! {
+        let action = tokio::select! {
             biased;
-            event = queued.recv() => event,
+            action = queued.recv() => action,
             () = disconnected.notified() => {
                 // Drain what arrived before the disconnect, then stop.
-                while let Ok(event) = queued.try_recv() {
-                    send_action(&state, &ctx, &sid, &s, event).await;
+                while let Ok(action) = queued.try_recv() {
+                    send_action(&state, &conn, &s, action).await;
                 }
                 return;
             }
         };
-        match event {
-            Some(event) => send_action(&state, &ctx, &sid, &s, event).await,
+        match action {
+            Some(action) => send_action(&state, &conn, &s, action).await,
             None => return,
         }
     }
 }
 
-async fn send_action(state: &AppState, ctx: &CallContext, sid: &str, s: &SocketRef, event: Value) {
+/// One action: authenticated again (rate limits, expired credentials), then handed to the
+/// manager, which stores it before answering; the client's ack (if it asked) says so.
+async fn send_action(state: &AppState, conn: &Connection, s: &SocketRef, (event, ack): Action) {
+    let answer = |ok: bool, message: Option<&str>| {
+        let body = match message {
+            Some(m) => json!({ "success": ok, "error": m }),
+            None => json!({ "success": ok }),
+        };
+        let _ = ack.send(&body);
+    };
     if !event.is_object() {
         let _ = s.emit("oh_event", &error_event("an action must be a JSON object"));
-        return;
+        return answer(false, Some("an action must be a JSON object"));
     }
-    if let Err(e) = state.registry.send_event(ctx.clone(), sid, &event).await {
-        let _ = s.emit("oh_event", &error_event(&e.error.message));
+    let (method, uri, headers) = &*conn.handshake;
+    let request_id = RequestId(format!("sio-{}", s.id));
+    if let Err(e) = authenticate(state, &request_id, method, uri, headers, None).await {
+        let kind = e.body["error"].as_str().unwrap_or("AuthError").to_owned();
+        let message = format!("{kind}: {}", e.body["message"].as_str().unwrap_or("not allowed"));
+        let _ = s.emit("oh_event", &json!({ "error": true, "message": message, "status": e.status.as_u16() }));
+        return answer(false, Some(&message));
+    }
+    match state.registry.send_event(conn.ctx.clone(), &conn.conversation_id, &event).await {
+        Ok(()) => answer(true, None),
+        Err(e) => {
+            let _ = s.emit("oh_event", &error_event(&e.error.message));
+            answer(false, Some(&e.error.message));
+        }
     }
 }

@@ -192,6 +192,33 @@ impl Registry {
         i.meta.call("store", i.obj.store(ctx, encode(settings))).await
     }
 
+    /// The Settings with their version; `UNIMPLEMENTED` from a store that keeps none.
+    pub async fn load_settings_versioned(
+        &self,
+        ctx: CallContext,
+    ) -> Result<Option<models::VersionedSettings>, CallError> {
+        let i = &self.settings;
+        let json = i.meta.call("load_versioned", i.obj.load_versioned(ctx)).await?;
+        i.meta.decode_opt("load_versioned", json)
+    }
+
+    /// Stores if the stored version is `expected` (0: none); the new version, or `CONFLICT`.
+    pub async fn store_settings_versioned(
+        &self,
+        ctx: CallContext,
+        settings: &models::Settings,
+        expected: u64,
+    ) -> Result<u64, CallError> {
+        let i = &self.settings;
+        i.meta.call("store_versioned", i.obj.store_versioned(ctx, encode(settings), expected)).await
+    }
+
+    /// Applies one change to the user's secrets; `UNIMPLEMENTED` from a store that cannot.
+    pub async fn update_secrets(&self, ctx: CallContext, change: &models::SecretsChange) -> Result<(), CallError> {
+        let i = &self.secrets;
+        i.meta.call("update", i.obj.update(ctx, encode(change))).await
+    }
+
     pub async fn load_secrets(&self, ctx: CallContext) -> Result<Option<models::Secrets>, CallError> {
         let i = &self.secrets;
         let json = i.meta.call("load", i.obj.load(ctx)).await?;

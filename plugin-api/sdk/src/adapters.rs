@@ -81,6 +81,18 @@ fn from_json<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, PluginErr
 }
 
 impl<T: crate::SettingsStore> plugin_api::SettingsStore for Adapter<T> {
+    fn load_versioned(&self, ctx: CallContext) -> FfiFuture<PResult<ROption<RString>>> {
+        self.run(move |t| async move {
+            let versioned = t.load_versioned(ctx).await?;
+            Ok(versioned.map(|v| to_json(&v)).transpose()?.into())
+        })
+    }
+    fn store_versioned(&self, ctx: CallContext, settings_json: RString, expected: u64) -> FfiFuture<PResult<u64>> {
+        self.run(move |t| async move {
+            let settings: models::Settings = from_json("settings", &settings_json)?;
+            t.store_versioned(ctx, settings, expected).await
+        })
+    }
     fn load(&self, ctx: CallContext) -> FfiFuture<PResult<ROption<RString>>> {
         self.run(move |t| async move {
             let settings = t.load(ctx).await?;
@@ -108,6 +120,12 @@ impl<T: crate::SettingsStore> plugin_api::SettingsStore for Adapter<T> {
 }
 
 impl<T: crate::SecretsStore> plugin_api::SecretsStore for Adapter<T> {
+    fn update(&self, ctx: CallContext, change_json: RString) -> FfiFuture<PResult<()>> {
+        self.run(move |t| async move {
+            let change: models::SecretsChange = from_json("secrets change", &change_json)?;
+            t.update(ctx, change).await
+        })
+    }
     fn load(&self, ctx: CallContext) -> FfiFuture<PResult<ROption<RString>>> {
         self.run(move |t| async move {
             let secrets = t.load(ctx).await?;

@@ -55,6 +55,26 @@ pub fn env(name: &str) -> Option<String> {
 pub trait SettingsStore: Send + Sync + 'static {
     fn load(&self, ctx: CallContext) -> impl Future<Output = Result<Option<Settings>>> + Send;
     fn store(&self, ctx: CallContext, settings: Settings) -> impl Future<Output = Result<()>> + Send;
+    /// The Settings with their version. Implement it with [`SettingsStore::store_versioned`]
+    /// so several hosts can write one user's settings without losing a change; the default
+    /// answers `UNIMPLEMENTED` and the host falls back to `load`/`store` under a lock of its
+    /// own process only.
+    fn load_versioned(
+        &self,
+        _ctx: CallContext,
+    ) -> impl Future<Output = Result<Option<models::VersionedSettings>>> + Send {
+        async { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, "this settings store keeps no versions")) }
+    }
+    /// Stores if the stored version is `expected_version` (0: none stored); the new version,
+    /// or `CONFLICT`.
+    fn store_versioned(
+        &self,
+        _ctx: CallContext,
+        _settings: Settings,
+        _expected_version: u64,
+    ) -> impl Future<Output = Result<u64>> + Send {
+        async { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, "this settings store keeps no versions")) }
+    }
     fn health(&self) -> impl Future<Output = Result<String>> + Send {
         async { Ok("ok".to_owned()) }
     }
@@ -76,6 +96,13 @@ pub trait SettingsStore: Send + Sync + 'static {
 pub trait SecretsStore: Send + Sync + 'static {
     fn load(&self, ctx: CallContext) -> impl Future<Output = Result<Option<Secrets>>> + Send;
     fn store(&self, ctx: CallContext, secrets: Secrets) -> impl Future<Output = Result<()>> + Send;
+    /// Applies one change atomically with respect to every writer, other hosts included
+    /// (`SecretsChange::apply` gives each change its meaning). The default answers
+    /// `UNIMPLEMENTED` and the host falls back to `load`/`store` under a lock of its own
+    /// process only.
+    fn update(&self, _ctx: CallContext, _change: models::SecretsChange) -> impl Future<Output = Result<()>> + Send {
+        async { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, "this secrets store cannot apply one change")) }
+    }
     fn health(&self) -> impl Future<Output = Result<String>> + Send {
         async { Ok("ok".to_owned()) }
     }

@@ -2,7 +2,24 @@
 
 use plugin_sdk::{PluginError, Services};
 use serde::Deserialize;
-use std::path::PathBuf;
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+/// Removes the temp files a crash left under `root`, once per process (the three stores
+/// usually share a root).
+fn clean_once(root: &Path) {
+    static CLEANED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+    let mut cleaned = CLEANED.lock().unwrap_or_else(|e| e.into_inner());
+    if cleaned.get_or_insert_with(HashSet::new).insert(root.to_path_buf()) {
+        let removed = crate::fsutil::remove_stale_temp_files(root);
+        if removed > 0 {
+            tracing::info!(root = %root.display(), removed, "removed temp files left by a crash");
+        }
+    }
+}
 
 /// Shared by `FileSettingsStore`, `FileSecretsStore` and `FileConversationStore`.
 #[derive(Deserialize, Debug, Default)]
@@ -26,6 +43,7 @@ impl FileStoreConfig {
         }
         std::fs::create_dir_all(&root)
             .map_err(|e| PluginError::invalid_config(format!("cannot create root {}: {e}", root.display())))?;
+        clean_once(&root);
         Ok((config, root))
     }
 }

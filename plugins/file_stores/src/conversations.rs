@@ -67,6 +67,11 @@ fn count_events(events: &Path) -> Result<u64, PluginError> {
     Ok(max.map_or(0, |m| m + 1))
 }
 
+/// Whether `n` is still the next id: no event `n` yet, and event `n - 1` there.
+fn next_id_still_valid(events: &Path, n: u64) -> bool {
+    !events.join(format!("{n}.json")).exists() && (n == 0 || events.join(format!("{}.json", n - 1)).exists())
+}
+
 fn read_event(events: &Path, id: u64) -> Result<Value, PluginError> {
     let path = events.join(format!("{id}.json"));
     let bytes = fs::read(&path).map_err(|e| fsutil::io_error("read an event", &path, e))?;
@@ -160,23 +165,28 @@ impl plugin_sdk::ConversationStore for FileConversationStore {
             if !dir.join("metadata.json").exists() {
                 return Err(PluginError::not_found("conversation not found"));
             }
-            let events_dir = dir.join("events");
-            let first = match known {
-                Some(n) => n,
-                None => count_events(&events_dir)?,
-            };
-            let mut id = first;
-            for mut event in events {
-                let obj = event
-                    .as_object_mut()
-                    .ok_or_else(|| PluginError::invalid_argument("an event must be a JSON object"))?;
-                obj.insert("id".to_owned(), Value::from(id));
-                let path = events_dir.join(format!("{id}.json"));
-                let bytes = serde_json::to_vec(&event).map_err(|e| PluginError::internal(e.to_string()))?;
-                fsutil::write_atomic(&path, &bytes, 0o600).map_err(|e| fsutil::io_error("write an event", &path, e))?;
-                id += 1;
-            }
-            Ok((first, id))
+            // Other processes sharing the state directory append too: under the OS lock, the
+            // next id this process remembers is checked against the files before it is used.
+            fsutil::with_dir_lock(&dir, || {
+                let events_dir = dir.join("events");
+                let first = match known {
+                    Some(n) if next_id_still_valid(&events_dir, n) => n,
+                    _ => count_events(&events_dir)?,
+                };
+                let mut id = first;
+                for mut event in events {
+                    let obj = event
+                        .as_object_mut()
+                        .ok_or_else(|| PluginError::invalid_argument("an event must be a JSON object"))?;
+                    obj.insert("id".to_owned(), Value::from(id));
+                    let path = events_dir.join(format!("{id}.json"));
+                    let bytes = serde_json::to_vec(&event).map_err(|e| PluginError::internal(e.to_string()))?;
+                    fsutil::write_atomic(&path, &bytes, 0o600)
+                        .map_err(|e| fsutil::io_error("write an event", &path, e))?;
+                    id += 1;
+                }
+                Ok((first, id))
+            })
         })
         .await?;
         *next = Some(new_next);

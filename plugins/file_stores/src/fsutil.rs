@@ -1,4 +1,5 @@
-//! Atomic file writes, safe path components, and running blocking I/O off the async workers.
+//! Atomic file writes, a lock shared with other processes, safe path components, stale
+//! temp files, and running blocking I/O off the async workers.
 
 use plugin_sdk::{ErrorCode, PluginError};
 use std::{
@@ -28,6 +29,52 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<(
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Runs `f` holding an exclusive OS lock (`flock`) on `<dir>/.lock`: every process sharing
+/// the state directory serialises its read-modify-writes of `dir` on it. Blocking: call it
+/// from [`blocking`].
+pub(crate) fn with_dir_lock<T>(dir: &Path, f: impl FnOnce() -> Result<T, PluginError>) -> Result<T, PluginError> {
+    fs::create_dir_all(dir).map_err(|e| io_error("create a directory", dir, e))?;
+    let path = dir.join(".lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| io_error("open a lock file", &path, e))?;
+    file.lock().map_err(|e| io_error("lock", &path, e))?;
+    let result = f();
+    let _ = file.unlock();
+    result
+}
+
+/// Removes the temp files of atomic writes that a crashed process left under `root`: those
+/// of processes that are gone (a live process's may be mid-write). Returns how many.
+pub(crate) fn remove_stale_temp_files(root: &Path) -> usize {
+    let mut removed = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else { continue };
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if kind.is_dir() {
+                stack.push(entry.path());
+                continue;
+            }
+            // `.<name>.tmp-<pid>-<n>`, as `write_atomic` names them.
+            let Some(pid) = name.rsplit_once(".tmp-").and_then(|(_, rest)| rest.split('-').next()) else { continue };
+            let Ok(pid) = pid.parse::<u32>() else { continue };
+            let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+            if name.starts_with('.') && !alive && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
 }
 
 /// Reads a file; `Ok(None)` when it does not exist.
@@ -98,6 +145,22 @@ mod tests {
             assert!(safe_component("conversation", id).is_err(), "{id:?}");
         }
         assert_eq!(safe_component("conversation", "abc123").unwrap(), "abc123");
+    }
+
+    #[test]
+    fn stale_temp_files_of_dead_processes_go_and_others_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("users/u1");
+        fs::create_dir_all(&sub).unwrap();
+        // pid 1 is alive on every Linux; an absurd pid is not.
+        for name in [".settings.json.tmp-4000000-0", ".secrets.json.tmp-1-3", "settings.json", ".lock"] {
+            fs::write(sub.join(name), b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temp_files(dir.path()), 1);
+        let mut left: Vec<_> =
+            fs::read_dir(&sub).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, [".lock", ".secrets.json.tmp-1-3", "settings.json"]);
     }
 
     #[test]

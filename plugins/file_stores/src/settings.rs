@@ -1,15 +1,24 @@
 //! `FileSettingsStore`: one `settings.json` per user; the secret fields are sealed.
 //!
-//! On disk the document is the Settings JSON with `llm_api_key`, `search_api_key` and
-//! `sandbox_api_key` removed and `sealed_secrets` added: those three fields encrypted together.
+//! On disk the document is the Settings JSON with the sealed fields (`llm_api_key`,
+//! `search_api_key`, `sandbox_api_key`, `mcp_config`) removed and `sealed_secrets` added
+//! (those fields encrypted together), plus `version`, which grows with every write. Writes
+//! happen under the user directory's OS lock, so a versioned store from another host that
+//! shares the state directory sees a conflict instead of losing a change.
 
 use crate::{
     crypto::{self, Keyring, Sealed},
     fsutil,
 };
-use plugin_sdk::{models::Settings, CallContext, PluginError};
+use plugin_sdk::{
+    models::{Settings, VersionedSettings},
+    CallContext, ErrorCode, PluginError,
+};
 use serde_json::{Map, Value};
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 pub struct FileSettingsStore {
     root: PathBuf,
@@ -22,9 +31,42 @@ impl FileSettingsStore {
         Ok(Self { root, keys })
     }
 
-    fn path(&self, ctx: &CallContext) -> Result<PathBuf, PluginError> {
-        Ok(fsutil::user_dir(&self.root, ctx.user_id())?.join("settings.json"))
+    fn dir(&self, ctx: &CallContext) -> Result<PathBuf, PluginError> {
+        fsutil::user_dir(&self.root, ctx.user_id())
     }
+}
+
+/// The stored settings and their version (0 when there are none; files from before versions
+/// read as version 1).
+fn read(keys: &Keyring, path: &Path, user: Option<&str>) -> Result<Option<VersionedSettings>, PluginError> {
+    let Some(bytes) = fsutil::read_optional(path).map_err(|e| fsutil::io_error("read settings", path, e))? else {
+        return Ok(None);
+    };
+    let mut doc: Value = serde_json::from_slice(&bytes).map_err(|e| fsutil::corrupt(path, e))?;
+    let version = doc.as_object_mut().and_then(|o| o.remove("version")).and_then(|v| v.as_u64()).unwrap_or(1);
+    let settings = open_settings(keys, doc, user).map_err(|e| fsutil::corrupt(path, e))?;
+    Ok(Some(VersionedSettings { version, settings }))
+}
+
+/// Writes `settings` as the next version, if the stored one is `expected` (any when `None`).
+fn write(
+    keys: &Keyring,
+    dir: &Path,
+    user: Option<&str>,
+    settings: &Settings,
+    expected: Option<u64>,
+) -> Result<u64, PluginError> {
+    let path = dir.join("settings.json");
+    let current = read(keys, &path, user)?.map_or(0, |v| v.version);
+    if expected.is_some_and(|e| e != current) {
+        return Err(PluginError::new(ErrorCode::CONFLICT, "the settings changed since they were read"));
+    }
+    let mut doc = seal_settings(keys, settings, user)?;
+    let version = current + 1;
+    doc["version"] = Value::from(version);
+    let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| PluginError::internal(e.to_string()))?;
+    fsutil::write_atomic(&path, &bytes, 0o600).map_err(|e| fsutil::io_error("write settings", &path, e))?;
+    Ok(version)
 }
 
 /// Splits the secret fields off a Settings document and seals them.
@@ -32,7 +74,7 @@ pub(crate) fn seal_settings(keys: &Keyring, settings: &Settings, user: Option<&s
     let mut doc = serde_json::to_value(settings).map_err(|e| PluginError::internal(e.to_string()))?;
     let obj = doc.as_object_mut().ok_or_else(|| PluginError::internal("settings is not an object"))?;
     let mut secret = Map::new();
-    for field in Settings::SECRET_FIELDS {
+    for field in Settings::SEALED_FIELDS {
         if let Some(value) = obj.remove(field) {
             secret.insert(field.to_owned(), value);
         }
@@ -58,25 +100,28 @@ pub(crate) fn open_settings(keys: &Keyring, mut doc: Value, user: Option<&str>) 
 
 impl plugin_sdk::SettingsStore for FileSettingsStore {
     async fn load(&self, ctx: CallContext) -> Result<Option<Settings>, PluginError> {
-        let path = self.path(&ctx)?;
-        let keys = self.keys.clone();
-        fsutil::blocking(move || {
-            let Some(bytes) = fsutil::read_optional(&path).map_err(|e| fsutil::io_error("read settings", &path, e))?
-            else {
-                return Ok(None);
-            };
-            let doc: Value = serde_json::from_slice(&bytes).map_err(|e| fsutil::corrupt(&path, e))?;
-            open_settings(&keys, doc, ctx.user_id()).map(Some).map_err(|e| fsutil::corrupt(&path, e))
-        })
-        .await
+        Ok(self.load_versioned(ctx).await?.map(|v| v.settings))
     }
 
     async fn store(&self, ctx: CallContext, settings: Settings) -> Result<(), PluginError> {
-        let path = self.path(&ctx)?;
-        let doc = seal_settings(&self.keys, &settings, ctx.user_id())?;
+        let dir = self.dir(&ctx)?;
+        let keys = self.keys.clone();
+        fsutil::blocking(move || fsutil::with_dir_lock(&dir, || write(&keys, &dir, ctx.user_id(), &settings, None)))
+            .await
+            .map(|_| ())
+    }
+
+    async fn load_versioned(&self, ctx: CallContext) -> Result<Option<VersionedSettings>, PluginError> {
+        let path = self.dir(&ctx)?.join("settings.json");
+        let keys = self.keys.clone();
+        fsutil::blocking(move || read(&keys, &path, ctx.user_id())).await
+    }
+
+    async fn store_versioned(&self, ctx: CallContext, settings: Settings, expected: u64) -> Result<u64, PluginError> {
+        let dir = self.dir(&ctx)?;
+        let keys = self.keys.clone();
         fsutil::blocking(move || {
-            let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| PluginError::internal(e.to_string()))?;
-            fsutil::write_atomic(&path, &bytes, 0o600).map_err(|e| fsutil::io_error("write settings", &path, e))
+            fsutil::with_dir_lock(&dir, || write(&keys, &dir, ctx.user_id(), &settings, Some(expected)))
         })
         .await
     }

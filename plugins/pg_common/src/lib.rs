@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "api_keys", include_str!("../../../migrations/0002_api_keys.sql")),
     (3, "user_tos", include_str!("../../../migrations/0003_user_tos.sql")),
     (4, "auth_tokens", include_str!("../../../migrations/0004_auth_tokens.sql")),
+    (5, "per_row_secrets", include_str!("../../../migrations/0005_per_row_secrets.sql")),
 ];
 
 /// The advisory lock key around migrations ("ohhost" in ASCII).

@@ -1,6 +1,7 @@
 //! Enterprise stores in PostgreSQL (OpenHands SaaS §10.6, with our improvements):
-//! - `SaasSettingsStore`: `user_settings`, secret fields sealed together;
-//! - `SaasSecretsStore`: `user_secrets`, the whole document sealed (provider tokens kept);
+//! - `SaasSettingsStore`: `user_settings`, secret fields sealed together, a version checked on
+//!   write;
+//! - `SaasSecretsStore`: a row per custom secret and per provider token, each sealed;
 //! - `SaasConversationStore`: `conversation_metadata` + `conversation_events`, dense ids under
 //!   a row lock so several hosts can append to one conversation.
 //!
@@ -8,12 +9,17 @@
 //! derived from a master key (see `pg_common::crypto`), rotatable with `oh-host rotate-keys`. Migrations
 //! (`migrations/`, embedded) run on first use under an advisory lock, and with `oh-host migrate`.
 
+mod admin;
 mod config;
+mod conversations;
 mod db;
-mod stores;
+mod secrets;
+mod settings;
 
+pub use conversations::SaasConversationStore;
 pub use pg_common::crypto::{Binding, Keyring};
-pub use stores::{SaasConversationStore, SaasSecretsStore, SaasSettingsStore};
+pub use secrets::SaasSecretsStore;
+pub use settings::SaasSettingsStore;
 
 use config::Config;
 use plugin_sdk::Registry;

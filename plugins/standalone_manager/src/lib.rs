@@ -10,6 +10,7 @@ mod session;
 
 use config::Config;
 use plugin_sdk::{
+    host_calls::{AppendEvents, HostCall, SessionEvent},
     models::{AgentLoopInfo, StartRequest},
     CallContext, ErrorCode, EventSink, PluginError, Registry, Services,
 };
@@ -23,6 +24,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use tokio::sync::mpsc;
 
 pub struct StandaloneConversationManager {
     inner: Arc<Inner>,
@@ -46,6 +48,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
+    /// Stores an event (the store gives it its id), then pushes it to the subscribers and the
+    /// monitoring listeners; answers the stored event.
+    pub(crate) async fn store_and_push(
+        &self,
+        ctx: &CallContext,
+        sid: &str,
+        mut event: Value,
+    ) -> Result<Value, PluginError> {
+        let request = AppendEvents { conversation_id: sid.to_owned(), events: vec![event.clone()] };
+        let id = self.services.call(ctx.clone(), request).await?;
+        event["id"] = id.into();
+        self.broadcast(sid, &event);
+        self.monitor(ctx, SessionEvent { event: event.clone() }).await;
+        Ok(event)
+    }
+
+    pub(crate) async fn monitor<C: HostCall<Answer = ()>>(&self, ctx: &CallContext, hook: C) {
+        if let Err(e) = self.services.call(ctx.clone(), hook).await {
+            tracing::debug!(hook = C::METHOD, error = %e, "monitoring hook not delivered");
+        }
+    }
+
     /// Pushes a payload to every subscriber of a conversation, forgetting the gone ones.
     pub(crate) fn broadcast(&self, sid: &str, event: &Value) {
         let mut subscribers = lock(&self.subscribers);
@@ -177,17 +201,57 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
         Ok(Inner::info(&sid))
     }
 
+    /// A user message is stored before this answers (acknowledged means stored), then queued
+    /// for the agent; with [`session::QUEUE`] messages already waiting, the sender is told to
+    /// retry (429). A stop interrupts the answer in progress at once.
     async fn send_event(&self, ctx: CallContext, conversation_id: String, event: Value) -> Result<(), PluginError> {
-        let sessions = lock(&self.inner.sessions);
-        let Some(session) = sessions.get(&conversation_id) else {
-            return Err(PluginError::not_found(format!(
-                "no_conversation:{conversation_id}: the conversation is not running"
-            )));
+        let (inbox, interrupt, shared) = {
+            let sessions = lock(&self.inner.sessions);
+            let Some(session) = sessions.get(&conversation_id) else {
+                return Err(PluginError::not_found(format!(
+                    "no_conversation:{conversation_id}: the conversation is not running"
+                )));
+            };
+            if !same_user(&session.user_id, &ctx) {
+                return Err(PluginError::new(ErrorCode::PERMISSION_DENIED, "conversation belongs to another user"));
+            }
+            (session.inbox.clone(), session.interrupt.clone(), session.shared.clone())
         };
-        if !same_user(&session.user_id, &ctx) {
-            return Err(PluginError::new(ErrorCode::PERMISSION_DENIED, "conversation belongs to another user"));
+        shared.touch();
+        let reserve = |inbox: mpsc::Sender<Command>| match inbox.try_reserve_owned() {
+            Ok(permit) => Ok(permit),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(PluginError::new(
+                ErrorCode::RESOURCE_EXHAUSTED,
+                format!("{} messages are waiting for the agent already; retry shortly", session::QUEUE),
+            )
+            .with_details(&json!({ "headers": { "Retry-After": "1" } }))),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(PluginError::not_found("the conversation has stopped")),
+        };
+        match event["action"].as_str() {
+            Some("message") => {
+                let permit = reserve(inbox)?;
+                let content = event["args"]["content"].as_str().unwrap_or_default().to_owned();
+                let images: Vec<String> = event["args"]["image_urls"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default();
+                self.inner
+                    .store_and_push(&ctx, &conversation_id, agent_loop::events::user_message(&content, &images))
+                    .await?;
+                permit.send(Command::Answer { content });
+                Ok(())
+            }
+            Some("change_agent_state") if event["args"]["agent_state"] == "stopped" => {
+                let permit = reserve(inbox)?;
+                interrupt.notify_waiters();
+                permit.send(Command::Stopped);
+                Ok(())
+            }
+            other => Err(PluginError::invalid_argument(format!(
+                "unsupported action `{}`: send a `message`, or `change_agent_state` to `stopped`",
+                other.unwrap_or("(none)")
+            ))),
         }
-        session.send(Command::User(event))
     }
 
     async fn close(&self, ctx: CallContext, conversation_id: String) -> Result<bool, PluginError> {

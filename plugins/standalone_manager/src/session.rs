@@ -1,4 +1,6 @@
-//! One running conversation: a task that owns the history and runs one turn at a time.
+//! One running conversation: a task that owns the history and answers one user message at a
+//! time. User messages reach it already stored (the manager stores them before it answers the
+//! sender), through a bounded queue; a stop interrupts the answer in progress at once.
 
 use crate::Inner;
 use agent_loop::{
@@ -6,7 +8,7 @@ use agent_loop::{
     llm::{self, ChatMessage, LlmConfig, LlmError, Progress},
 };
 use plugin_sdk::{
-    host_calls::{AgentSessionStart, AppendEvents, GetEvents, GetMetadata, HostCall, SaveMetadata, SessionEvent},
+    host_calls::{AgentSessionStart, GetEvents, GetMetadata, HostCall, SaveMetadata},
     models::{ConversationMetadata, StartRequest},
     CallContext, PluginError,
 };
@@ -20,9 +22,18 @@ use std::{
 };
 use tokio::sync::{mpsc, watch};
 
+/// What the manager asks of a session's task.
 pub(crate) enum Command {
-    User(Value),
+    /// Answer this user message (already stored).
+    Answer { content: String },
+    /// The user stopped the agent (`change_agent_state: stopped`): the answer in progress was
+    /// interrupted; store the state.
+    Stopped,
 }
+
+/// How many user messages may wait for an answer in one conversation; beyond that a sender
+/// is told to retry later (429).
+pub(crate) const QUEUE: usize = 64;
 
 /// What the manager reads of a session without talking to its task.
 pub(crate) struct Shared {
@@ -34,7 +45,7 @@ impl Shared {
     pub(crate) fn new() -> Self {
         Shared { last_active: Mutex::new(Instant::now()), running: AtomicBool::new(false) }
     }
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         *self.last_active.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
     pub(crate) fn last_active(&self) -> Instant {
@@ -51,7 +62,9 @@ impl Shared {
 pub(crate) struct Session {
     pub(crate) user_id: Option<String>,
     pub(crate) shared: Arc<Shared>,
-    inbox: mpsc::UnboundedSender<Command>,
+    pub(crate) inbox: mpsc::Sender<Command>,
+    /// Interrupts the answer in progress (a user's stop), not the session.
+    pub(crate) interrupt: Arc<tokio::sync::Notify>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -64,8 +77,9 @@ impl Session {
         llm: LlmConfig,
         shared: Arc<Shared>,
     ) -> Session {
-        let (inbox, rx) = mpsc::unbounded_channel();
+        let (inbox, rx) = mpsc::channel(QUEUE);
         let (stop, stop_rx) = watch::channel(false);
+        let interrupt = Arc::new(tokio::sync::Notify::new());
         let user_id = ctx.user_id().map(str::to_owned);
         let runner = Runner {
             sid: request.conversation_id.clone(),
@@ -76,14 +90,10 @@ impl Session {
             messages: Vec::new(),
             totals: Totals::default(),
             stop: stop_rx,
+            interrupt: interrupt.clone(),
         };
         let task = tokio::spawn(runner.run(request, rx));
-        Session { user_id, shared, inbox, stop, task }
-    }
-
-    pub(crate) fn send(&self, command: Command) -> Result<(), PluginError> {
-        self.shared.touch();
-        self.inbox.send(command).map_err(|_| PluginError::not_found("the conversation has stopped"))
+        Session { user_id, shared, inbox, interrupt, stop, task }
     }
 
     /// Asks the task to stop (it stores `stopped`, then ends); aborts it if it has not ended
@@ -110,10 +120,11 @@ struct Runner {
     messages: Vec<ChatMessage>,
     totals: Totals,
     stop: watch::Receiver<bool>,
+    interrupt: Arc<tokio::sync::Notify>,
 }
 
 impl Runner {
-    async fn run(mut self, request: StartRequest, mut inbox: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, request: StartRequest, mut inbox: mpsc::Receiver<Command>) {
         let started = Instant::now();
         self.persist(events::agent_state_changed("loading", "")).await;
         let history = self.load_history().await;
@@ -132,7 +143,13 @@ impl Runner {
             tracing::error!(conversation_id = %self.sid, error = %e, "cannot load the conversation's history");
         }
         match request.initial_user_msg.filter(|m| !m.trim().is_empty()) {
-            Some(message) => self.turn(&message, &request.image_urls).await,
+            Some(message) => {
+                self.persist(events::user_message(&message, &request.image_urls)).await;
+                self.answer(&message).await;
+            }
+            // A message stored but never answered (the host stopped, or died, in between) is
+            // answered now: acknowledged means it will be.
+            None if self.messages.last().is_some_and(|m| m.role == "user") => self.respond().await,
             None => self.set_state("awaiting_user_input").await,
         }
         loop {
@@ -140,40 +157,28 @@ impl Runner {
                 c = inbox.recv() => c,
                 _ = self.stop.changed() => None,
             };
-            let Some(Command::User(event)) = command else { break };
             if *self.stop.borrow() {
                 break;
             }
-            self.handle_user_event(event).await;
+            match command {
+                Some(Command::Answer { content }) => self.answer(&content).await,
+                Some(Command::Stopped) => self.set_state("stopped").await,
+                None => break,
+            }
         }
         self.set_state("stopped").await;
     }
 
-    async fn handle_user_event(&mut self, event: Value) {
-        match event["action"].as_str() {
-            Some("message") => {
-                let content = event["args"]["content"].as_str().unwrap_or_default().to_owned();
-                let images: Vec<String> = event["args"]["image_urls"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-                    .unwrap_or_default();
-                self.turn(&content, &images).await;
-            }
-            Some("change_agent_state") if event["args"]["agent_state"] == "stopped" => {
-                self.set_state("stopped").await;
-            }
-            other => {
-                let message = format!("unsupported action `{}`", other.unwrap_or("(none)"));
-                self.inner.broadcast(&self.sid, &events::status_update("error", "STATUS$ERROR", &message));
-            }
-        }
-    }
-
-    /// One user message and the agent's answer.
-    async fn turn(&mut self, content: &str, images: &[String]) {
-        self.persist(events::user_message(content, images)).await;
+    /// Answers a user message (stored already): it joins the history, then the agent replies.
+    async fn answer(&mut self, content: &str) {
         self.messages.push(ChatMessage { role: "user".into(), content: content.into() });
         self.maybe_title(content).await;
+        self.respond().await;
+    }
+
+    /// The agent's reply to the history: streamed live, stored when complete. A stop of the
+    /// session or of the agent interrupts it at once.
+    async fn respond(&mut self) {
         self.set_state("running").await;
 
         let inner = self.inner.clone();
@@ -190,12 +195,14 @@ impl Runner {
             }
         };
         let mut stop = self.stop.clone();
+        let interrupt = self.interrupt.clone();
         let outcome = tokio::select! {
             r = llm::complete(&self.inner.client, &self.llm, &self.messages, &mut progress) => Some(r),
             _ = stop.changed() => None,
+            () = interrupt.notified() => None,
         };
         match outcome {
-            None => {} // stopped mid-turn: `run` emits `stopped`
+            None => {} // stopped mid-answer: `run` stores `stopped` (a Stopped command follows)
             Some(Ok(completion)) => {
                 self.totals.add(&completion);
                 self.messages.push(ChatMessage { role: "assistant".into(), content: completion.content.clone() });
@@ -223,21 +230,15 @@ impl Runner {
     }
 
     /// Stores an event (it gets its id), then pushes it live and to monitoring.
-    async fn persist(&mut self, mut event: Value) {
+    async fn persist(&mut self, event: Value) {
         self.shared.touch();
-        let request = AppendEvents { conversation_id: self.sid.clone(), events: vec![event.clone()] };
-        match self.inner.services.call(self.ctx.clone(), request).await {
-            Ok(id) => event["id"] = id.into(),
-            Err(e) => tracing::error!(conversation_id = %self.sid, error = %e, "cannot store an event"),
+        if let Err(e) = self.inner.store_and_push(&self.ctx, &self.sid, event).await {
+            tracing::error!(conversation_id = %self.sid, error = %e, "cannot store an event");
         }
-        self.inner.broadcast(&self.sid, &event);
-        self.monitor(SessionEvent { event }).await;
     }
 
     async fn monitor<C: HostCall<Answer = ()>>(&self, hook: C) {
-        if let Err(e) = self.inner.services.call(self.ctx.clone(), hook).await {
-            tracing::debug!(hook = C::METHOD, error = %e, "monitoring hook not delivered");
-        }
+        self.inner.monitor(&self.ctx, hook).await;
     }
 
     async fn load_history(&self) -> Result<Vec<Value>, PluginError> {

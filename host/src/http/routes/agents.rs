@@ -3,7 +3,7 @@
 
 use super::conversation;
 use crate::http::{
-    error::{status_of, ApiError, ApiResult},
+    error::{detail_headers, status_of, ApiError, ApiResult},
     extract::{validate_conversation_id, Caller, ConversationId, JsonBody},
     start::start_request,
     AppState,
@@ -140,13 +140,17 @@ async fn stop(
     Ok(Json(json!({ "status": "ok", "conversation_id": id, "message": message, "conversation_status": "STOPPED" })))
 }
 
-/// Delivers a user event to a running conversation: `{"success": true}`.
+/// Delivers a user event to a running conversation: `{"success": true}` once the manager has
+/// stored it; 429 with `Retry-After` when too many wait for the agent.
 async fn deliver(state: &AppState, caller: Caller, id: &str, event: Value) -> ApiResult<Json<Value>> {
     conversation(state, &caller, id, ApiError::conversation_not_found).await?;
     match state.registry.send_event(caller.ctx, id, &event).await {
         Ok(()) => Ok(Json(json!({ "success": true }))),
         Err(e) => {
-            Err(ApiError::new(status_of(e.error.code), json!({ "success": false, "error": e.error.message.as_str() })))
+            let mut error =
+                ApiError::new(status_of(e.error.code), json!({ "success": false, "error": e.error.message.as_str() }));
+            error.headers = detail_headers(&e.error.details_json);
+            Err(error)
         }
     }
 }

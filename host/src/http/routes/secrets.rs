@@ -11,7 +11,7 @@ use axum::{
     routing::{get, post, put},
     Json, Router,
 };
-use plugin_api::models::{CustomSecret, ProviderToken, PROVIDERS};
+use plugin_api::models::{ProviderTokenChange, SecretsChange, PROVIDERS};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -24,21 +24,11 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/secrets/{id}", put(update).delete(remove))
 }
 
-#[derive(Deserialize)]
-struct ProviderTokenIn {
-    #[serde(default)]
-    token: Option<String>,
-    #[serde(default)]
-    host: Option<String>,
-    #[serde(default)]
-    user_id: Option<String>,
-}
-
 /// `POSTProviderModel`.
 #[derive(Deserialize)]
 struct ProvidersIn {
     #[serde(default)]
-    provider_tokens: BTreeMap<String, ProviderTokenIn>,
+    provider_tokens: BTreeMap<String, ProviderTokenChange>,
     #[serde(default)]
     #[allow(dead_code)] // accepted for compatibility; MCP config lives in Settings
     mcp_config: Option<Value>,
@@ -54,36 +44,12 @@ async fn add_git_providers(
     if let Some(provider) = body.provider_tokens.keys().find(|p| !PROVIDERS.contains(&p.as_str())) {
         return Err(ApiError::unprocessable(format!("unknown provider `{provider}`; known: {}", PROVIDERS.join(", "))));
     }
-    state
-        .update_secrets(&caller, |secrets| {
-            let mut tokens = BTreeMap::new();
-            for (provider, incoming) in body.provider_tokens {
-                let token = incoming.token.filter(|t| !t.trim().is_empty());
-                let entry = match (token, secrets.provider_tokens.get(&provider)) {
-                    (Some(token), _) => {
-                        ProviderToken { token: Some(token), host: incoming.host, user_id: incoming.user_id }
-                    }
-                    (None, Some(stored)) => {
-                        ProviderToken { host: incoming.host.or(stored.host.clone()), ..stored.clone() }
-                    }
-                    (None, None) => continue,
-                };
-                tokens.insert(provider, entry);
-            }
-            secrets.provider_tokens = tokens;
-            Ok(())
-        })
-        .await?;
+    state.change_secrets(&caller, SecretsChange::SetProviderTokens { provider_tokens: body.provider_tokens }).await?;
     Ok(Json(json!({ "message": "Git providers stored" })))
 }
 
 async fn unset_provider_tokens(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    state
-        .update_secrets(&caller, |secrets| {
-            secrets.provider_tokens.clear();
-            Ok(())
-        })
-        .await?;
+    state.change_secrets(&caller, SecretsChange::UnsetProviderTokens).await?;
     Ok(Json(json!({ "message": "Unset Git provider tokens" })))
 }
 
@@ -112,16 +78,9 @@ async fn create(
     JsonBody(body): JsonBody<SecretIn>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     validate_secret_name(&body.name)?;
-    state
-        .update_secrets(&caller, |secrets| {
-            if secrets.custom_secrets.contains_key(&body.name) {
-                return Err(ApiError::secret_exists(&body.name));
-            }
-            let secret = CustomSecret { secret: body.value, description: body.description.unwrap_or_default() };
-            secrets.custom_secrets.insert(body.name, secret);
-            Ok(())
-        })
-        .await?;
+    let description = body.description.unwrap_or_default();
+    let change = SecretsChange::CreateCustomSecret { name: body.name, secret: body.value, description };
+    state.change_secrets(&caller, change).await?;
     Ok((StatusCode::CREATED, Json(json!({ "message": "Secret created successfully" }))))
 }
 
@@ -140,28 +99,14 @@ async fn update(
     JsonBody(body): JsonBody<SecretUpdate>,
 ) -> ApiResult<Json<Value>> {
     validate_secret_name(&body.name)?;
+    let description = body.description.unwrap_or_default();
     state
-        .update_secrets(&caller, |secrets| {
-            let Some(existing) = secrets.custom_secrets.remove(&id) else {
-                return Err(ApiError::secret_not_found(&id));
-            };
-            if body.name != id && secrets.custom_secrets.contains_key(&body.name) {
-                return Err(ApiError::secret_exists(&body.name));
-            }
-            let secret = CustomSecret { secret: existing.secret, description: body.description.unwrap_or_default() };
-            secrets.custom_secrets.insert(body.name, secret);
-            Ok(())
-        })
+        .change_secrets(&caller, SecretsChange::UpdateCustomSecret { name: id, new_name: body.name, description })
         .await?;
     Ok(Json(json!({ "message": "Secret updated successfully" })))
 }
 
 async fn remove(State(state): State<AppState>, caller: Caller, SecretId(id): SecretId) -> ApiResult<Json<Value>> {
-    state
-        .update_secrets(&caller, |secrets| match secrets.custom_secrets.remove(&id) {
-            Some(_) => Ok(()),
-            None => Err(ApiError::secret_not_found(&id)),
-        })
-        .await?;
+    state.change_secrets(&caller, SecretsChange::DeleteCustomSecret { name: id }).await?;
     Ok(Json(json!({ "message": "Secret deleted successfully" })))
 }

@@ -21,7 +21,9 @@ pub(super) fn routes() -> Router<AppState> {
 /// OpenHands' `GETSettingsModel`: Settings without `secrets_store`, the three secret fields
 /// `null`, plus `llm_api_key_set`, `search_api_key_set` and `provider_tokens_set`.
 pub(crate) fn settings_view(settings: &Settings, secrets: Option<&Secrets>) -> Value {
-    let mut doc = serde_json::to_value(settings).unwrap_or_default();
+    let mut masked = settings.clone();
+    masked.mask_mcp_secrets();
+    let mut doc = serde_json::to_value(&masked).unwrap_or_default();
     let obj = doc.as_object_mut().expect("settings serialize to an object");
     for field in Settings::SECRET_FIELDS {
         obj.insert(field.to_owned(), Value::Null);
@@ -62,7 +64,8 @@ async fn load(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<V
 
 /// Stores the posted Settings. As OpenHands: when settings exist, a null `llm_api_key`,
 /// `llm_model`, `llm_base_url`, `search_api_key` or `user_consents_to_analytics` keeps the
-/// stored value; every other field is replaced.
+/// stored value; every other field is replaced. An `mcp_config` secret posted masked (as GET
+/// shows it) keeps the stored value.
 async fn store(
     State(state): State<AppState>,
     caller: Caller,
@@ -74,15 +77,17 @@ async fn store(
     settings.normalize();
     state
         .update_settings(&caller, |stored| {
+            let mut posted = settings.clone();
+            posted.unmask_mcp_secrets(stored.as_ref());
             if let Some(existing) = stored {
-                settings.llm_api_key = settings.llm_api_key.or(existing.llm_api_key);
-                settings.llm_model = settings.llm_model.or(existing.llm_model);
-                settings.llm_base_url = settings.llm_base_url.or(existing.llm_base_url);
-                settings.search_api_key = settings.search_api_key.or(existing.search_api_key);
-                settings.user_consents_to_analytics =
-                    settings.user_consents_to_analytics.or(existing.user_consents_to_analytics);
+                posted.llm_api_key = posted.llm_api_key.or(existing.llm_api_key);
+                posted.llm_model = posted.llm_model.or(existing.llm_model);
+                posted.llm_base_url = posted.llm_base_url.or(existing.llm_base_url);
+                posted.search_api_key = posted.search_api_key.or(existing.search_api_key);
+                posted.user_consents_to_analytics =
+                    posted.user_consents_to_analytics.or(existing.user_consents_to_analytics);
             }
-            Ok(settings)
+            Ok(posted)
         })
         .await?;
     Ok(Json(json!({ "message": "Settings stored" })))
