@@ -38,7 +38,7 @@ fn main() {
     }
     let state = work.path().join("state");
     let profile = format!(
-        "[server]\nbind = \"127.0.0.1:0\"\nplugins_dir = \"{}\"\nstate_dir = \"{}\"\n",
+        "[server]\nbind = \"127.0.0.1:0\"\nadmin_bind = \"off\"\nplugins_dir = \"{}\"\nstate_dir = \"{}\"\n",
         plugins.display(),
         state.display()
     );

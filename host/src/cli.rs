@@ -124,6 +124,17 @@ fn serve(cli: &Cli) -> ExitCode {
             format!("cannot listen on {} (server.bind in {}, or --bind): {e}", config.server.bind, path.display())
         })?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let admin = match config.server.admin_bind {
+            Some(bind) => {
+                let admin = tokio::net::TcpListener::bind(bind)
+                    .await
+                    .map_err(|e| format!("cannot listen on {bind} (server.admin_bind in {}): {e}", path.display()))?;
+                let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+                tracing::info!("operators' routes (/internal/*) on http://{admin_addr}");
+                Some(admin)
+            }
+            None => None,
+        };
         tracing::info!(
             profile = %path.display(),
             state_dir = %config.server.state_dir.display(),
@@ -134,7 +145,8 @@ fn serve(cli: &Cli) -> ExitCode {
         for m in registry.metas() {
             tracing::info!("  {:<22} {}::{}", m.point.key(), m.library, m.implementation);
         }
-        crate::serve(&config, registry, listener, crate::shutdown_signal()).await.map_err(|e| e.to_string())
+        let listeners = crate::Listeners { public: listener, admin };
+        crate::serve(&config, registry, listeners, crate::shutdown_signal()).await.map_err(|e| e.to_string())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

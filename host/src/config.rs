@@ -46,6 +46,15 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Conversations older than this are left out of searches (OpenHands' default: 10 days).
     pub conversation_max_age: Duration,
+    /// Where `/internal/*` is served (loopback by default); `None` when set to `"off"`.
+    pub admin_bind: Option<SocketAddr>,
+    /// The deadline for a request's headers, which is also how long a keep-alive connection
+    /// may sit idle.
+    pub header_read_timeout: Duration,
+    /// Open connections at most, per listener.
+    pub max_connections: usize,
+    /// The largest request head (request line and headers) accepted; 431 beyond.
+    pub max_header_bytes: usize,
     /// What the host reads of its environment (read once, with the profile).
     pub env: env::HostEnv,
 }
@@ -138,6 +147,10 @@ const SERVER_KEYS: &[&str] = &[
     "shutdown_timeout_ms",
     "max_body_bytes",
     "conversation_max_age_seconds",
+    "admin_bind",
+    "header_read_timeout_ms",
+    "max_connections",
+    "max_header_bytes",
 ];
 const ENTRY_KEYS: &[&str] = &["library", "implementation", "config", "sha256", "enabled_if_env", "timeout_ms"];
 
@@ -326,6 +339,21 @@ fn parse_server(t: &Table, base: &Path, lookup: env::Lookup<'_>, p: &mut Problem
         p.push("server.bind", &format!("`{bind_text}` is not an address; write it as \"127.0.0.1:3000\""));
         SocketAddr::from(([127, 0, 0, 1], 3000))
     });
+    let admin_text = string("admin_bind", "127.0.0.1:9464", p);
+    let admin_bind = if admin_text == "off" {
+        None
+    } else {
+        match admin_text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                p.push(
+                    "server.admin_bind",
+                    &format!("`{admin_text}` is not an address; write \"127.0.0.1:9464\", or \"off\" to serve no /internal routes"),
+                );
+                None
+            }
+        }
+    };
     let plugins_dir = resolve(base, &string("plugins_dir", "target/plugins", p), lookup);
     let state_dir = resolve(base, &string("state_dir", "~/.openhands-host", p), lookup);
     let mut env_problems = Vec::new();
@@ -340,6 +368,10 @@ fn parse_server(t: &Table, base: &Path, lookup: env::Lookup<'_>, p: &mut Problem
         shutdown_timeout: Duration::from_millis(int("shutdown_timeout_ms", 5_000, 0, p) as u64),
         max_body_bytes: int("max_body_bytes", 4 * 1024 * 1024, 1024, p) as usize,
         conversation_max_age: Duration::from_secs(int("conversation_max_age_seconds", 864_000, 1, p) as u64),
+        admin_bind,
+        header_read_timeout: Duration::from_millis(int("header_read_timeout_ms", 10_000, 100, p) as u64),
+        max_connections: int("max_connections", crate::server::default_max_connections() as i64, 1, p) as usize,
+        max_header_bytes: int("max_header_bytes", 16 * 1024, 1024, p) as usize,
         env: host_env,
     };
     (p.list.len() == before).then_some(server)

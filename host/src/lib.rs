@@ -9,40 +9,47 @@ pub mod env;
 pub mod http;
 pub mod loader;
 pub mod registry;
+pub mod server;
 
 use config::Config;
 use registry::Registry;
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, sync::Arc};
 use tokio::net::TcpListener;
 
-/// Serves `registry` on `listener` until `shutdown` resolves; then stops accepting, waits for
-/// in-flight requests (at most `shutdown_timeout`), and calls every plugin's `shutdown`.
+/// Where the server listens: the public address, and the operators' one for `/internal/*`.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+/// Serves `registry` until `shutdown` resolves; then stops accepting, lets requests in flight
+/// finish (at most `shutdown_timeout`), and calls every plugin's `shutdown`.
 pub async fn serve(
     config: &Config,
     registry: Arc<Registry>,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = http::AppState::new(registry.clone(), config.server.clone());
-    let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let stopping = Arc::new(tokio::sync::Notify::new());
-    let signal = {
-        let stopping = stopping.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, finishing requests in flight");
-            stopping.notify_waiters();
-        }
+    let public_addr = listeners.public.local_addr()?;
+    let state = http::AppState::new(registry.clone(), config.server.clone(), public_addr);
+    let limits = server::Limits {
+        header_read_timeout: config.server.header_read_timeout,
+        max_connections: config.server.max_connections,
+        max_header_bytes: config.server.max_header_bytes * 4,
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut servers =
+        vec![tokio::spawn(server::run(listeners.public, http::router(state.clone()), limits.clone(), stopped.clone()))];
+    if let Some(admin) = listeners.admin {
+        servers.push(tokio::spawn(server::run(admin, http::admin_router(state), limits, stopped)));
+    }
+    shutdown.await;
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
+    let _ = stop.send(true);
     let deadline = config.server.shutdown_timeout;
-    let drained = async {
-        stopping.notified().await;
-        tokio::time::sleep(deadline).await;
-    };
-    tokio::select! {
-        result = server => result?,
-        () = drained => tracing::warn!("requests still in flight after {} ms; closing them", deadline.as_millis()),
+    let drained = futures_util::future::join_all(servers);
+    if tokio::time::timeout(deadline, drained).await.is_err() {
+        tracing::warn!("requests still in flight after {} ms; closing them", deadline.as_millis());
     }
     registry.shutdown(deadline).await;
     tracing::info!("stopped");

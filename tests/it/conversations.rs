@@ -104,7 +104,8 @@ async fn hostile_ids_are_refused_before_any_store_call() {
     let (d, host) = deployment();
     let long = "a".repeat(101);
     // reqwest (like a browser) resolves `..` segments before sending; say it raw.
-    let raw = host.raw("GET /api/conversations/.. HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let address = host.base.trim_start_matches("http://");
+    let raw = host.raw(&format!("GET /api/conversations/.. HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"));
     assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
     assert!(raw.contains("invalid conversation ID"), "{raw}");
     for path in [
@@ -121,7 +122,7 @@ async fn hostile_ids_are_refused_before_any_store_call() {
         }
     }
     assert!(d.state_dir().join("sessions/aaa111/metadata.json").exists());
-    let calls = host.get("/internal/plugins").await.json()["instances"]
+    let calls = host.admin_get("/internal/plugins").await.json()["instances"]
         .as_array()
         .unwrap()
         .iter()

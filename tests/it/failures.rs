@@ -191,6 +191,6 @@ async fn a_hanging_method_times_out_with_504() {
     assert_eq!(host.get("/api/secrets").await.status, 200);
     // POST loads the stored settings first (to merge), so it times out too, in bounded time.
     assert_eq!(host.post_json("/api/settings", &json!({ "language": "en" })).await.status, 504);
-    let timeouts = host.get("/internal/plugins").await.json()["instances"][0]["stats"]["timeouts"].as_u64();
+    let timeouts = host.admin_get("/internal/plugins").await.json()["instances"][0]["stats"]["timeouts"].as_u64();
     assert_eq!(timeouts, Some(2));
 }

@@ -304,3 +304,155 @@ async fn mcp_secrets_are_sealed_at_rest_masked_in_answers_and_kept_when_posted_b
     assert_eq!(mcp["shttp_servers"][0]["api_key"], "mcp-api-key-222");
     assert_eq!(mcp["stdio_servers"][0]["env"]["TOKEN"], "mcp-env-333");
 }
+
+/// Sends raw bytes on a new connection; the raw answer (until the server closes or 5 s).
+fn raw(host: &TestHost, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(host.base.trim_start_matches("http://")).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn body_of(raw: &str) -> Value {
+    serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn a_cross_site_page_cannot_change_settings_or_read_through_dns_rebinding() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    let host = d.start();
+    let address = host.base.trim_start_matches("http://").to_owned();
+    assert_eq!(
+        host.post_json("/api/settings", &json!({ "llm_base_url": "https://api.openai.com/v1" })).await.status,
+        200
+    );
+    // A "simple" cross-site request: text/plain needs no preflight, so a browser sends it.
+    let body = r#"{"llm_base_url":"http://attacker/v1","llm_model":"openai/gpt-4o"}"#;
+    let text_plain = raw(
+        &host,
+        &format!(
+            "POST /api/settings HTTP/1.1\r\nHost: {address}\r\nOrigin: http://evil.com\r\nContent-Type: text/plain\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(text_plain.starts_with("HTTP/1.1 403"), "{text_plain}");
+    assert!(body_of(&text_plain)["error"].as_str().unwrap().contains("cross-site request refused"), "{text_plain}");
+    // Without an Origin (curl), a non-JSON body is still refused: 415.
+    let no_json =
+        host.send(host.http.post(host.url("/api/settings")).header("content-type", "text/plain").body(body)).await;
+    assert_eq!(no_json.status, 415, "{}", no_json.text);
+    assert!(no_json.json()["error"].as_str().unwrap().contains("Content-Type: application/json"));
+    // The page's own origin (the web client served here) may.
+    let own = host
+        .send(
+            host.http
+                .post(host.url("/api/settings"))
+                .header("origin", host.base.as_str())
+                .json(&json!({ "language": "de" })),
+        )
+        .await;
+    assert_eq!(own.status, 200, "{}", own.text);
+    assert_eq!(
+        host.get("/api/settings").await.json()["llm_base_url"],
+        "https://api.openai.com/v1",
+        "changed cross-site"
+    );
+    // DNS rebinding: another name resolved to 127.0.0.1 reaches us with its own Host.
+    let rebound = raw(
+        &host,
+        &format!(
+            "GET /api/settings HTTP/1.1\r\nHost: evil.com:{}\r\nConnection: close\r\n\r\n",
+            host.base.rsplit(':').next().unwrap()
+        ),
+    );
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+    assert!(!rebound.contains("api.openai.com"), "{rebound}");
+}
+
+#[tokio::test]
+async fn operators_routes_are_served_only_on_the_admin_address() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("app_mode = \"saas\"", "");
+    let host = d.start();
+    for path in ["/internal/plugins", "/internal/metrics", "/internal/ready"] {
+        assert_eq!(host.get(path).await.status, 404, "{path} on the public address");
+        assert_eq!(host.admin_get(path).await.status, 200, "{path} on the admin address");
+    }
+    let ready = host.get("/ready").await;
+    assert_eq!(ready.json(), json!({ "status": "ready" }), "/ready says more than ready: {}", ready.text);
+    let plugins = host.admin_get("/internal/plugins").await.text;
+    assert!(plugins.contains("sha256") && plugins.contains(&d.state_dir().display().to_string()), "{plugins}");
+}
+
+#[tokio::test]
+async fn slow_idle_and_oversized_requests_are_bounded() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("header_read_timeout_ms = 1000\nmax_connections = 20", "");
+    let host = d.start();
+    let address = host.base.trim_start_matches("http://").to_owned();
+    use std::io::{Read, Write};
+    let closed_within = |mut stream: std::net::TcpStream| {
+        let started = Instant::now();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => continue,
+            }
+        }
+    };
+    // Slowloris: part of the headers, then nothing.
+    let mut slow = std::net::TcpStream::connect(&address).unwrap();
+    slow.write_all(format!("GET /alive HTTP/1.1\r\nHost: {address}\r\nX-Slow: ").as_bytes()).unwrap();
+    assert!(closed_within(slow) < Duration::from_secs(4));
+    // A connection that never sends a byte.
+    assert!(closed_within(std::net::TcpStream::connect(&address).unwrap()) < Duration::from_secs(4));
+    // A keep-alive connection left idle after a request.
+    let mut idle = std::net::TcpStream::connect(&address).unwrap();
+    idle.write_all(format!("GET /alive HTTP/1.1\r\nHost: {address}\r\n\r\n").as_bytes()).unwrap();
+    assert!(closed_within(idle) < Duration::from_secs(4));
+    // All 20 slots held by idle sockets: a real request waits only until they time out.
+    let held: Vec<_> = (0..40).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
+    let started = Instant::now();
+    assert_eq!(host.get("/alive").await.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(6), "/alive took {:?}", started.elapsed());
+    drop(held);
+    // Oversized headers: 431 with a JSON body.
+    let big = raw(
+        &host,
+        &format!(
+            "GET /alive HTTP/1.1\r\nHost: {address}\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+            "x".repeat(20_000)
+        ),
+    );
+    assert!(big.starts_with("HTTP/1.1 431"), "{}", &big[..big.len().min(200)]);
+    assert!(body_of(&big)["error"].as_str().unwrap().contains("too large"), "{big}");
+}
+
+#[tokio::test]
+async fn more_idle_sockets_than_file_descriptors_do_not_stop_the_server() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("header_read_timeout_ms = 1000", "");
+    let mut host = d.start_wrapped(&["prlimit", "--nofile=128:128", "--"], &[], &[]);
+    let address = host.base.trim_start_matches("http://").to_owned();
+    let held: Vec<_> = (0..300).filter_map(|_| std::net::TcpStream::connect(&address).ok()).collect();
+    assert!(held.len() > 200);
+    let started = Instant::now();
+    let alive = host.get("/alive").await;
+    assert_eq!(alive.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(10), "/alive took {:?}", started.elapsed());
+    // The stores still have descriptors: a write works.
+    assert_eq!(host.post_json("/api/settings", &json!({ "language": "en" })).await.status, 200);
+    assert!(host.alive());
+    drop(held);
+}

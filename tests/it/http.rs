@@ -18,8 +18,9 @@ async fn health_options_and_middleware_headers() {
     assert_eq!((alive.status, alive.json()), (200, json!({ "status": "ok" })));
     assert_eq!(host.get("/health").await.json(), json!("OK"));
     let ready = host.get("/ready").await;
-    assert_eq!(ready.status, 200, "{}", ready.text);
-    assert_eq!(ready.json()["plugins"].as_array().unwrap().len(), 6, "{}", ready.text);
+    assert_eq!((ready.status, ready.json()), (200, json!({ "status": "ready" })), "{}", ready.text);
+    let detail = host.admin_get("/internal/ready").await;
+    assert_eq!(detail.json()["plugins"].as_array().unwrap().len(), 6, "{}", detail.text);
 
     let config = host.get("/api/options/config").await;
     assert_eq!(config.json()["APP_MODE"], "oss");
@@ -36,19 +37,23 @@ async fn health_options_and_middleware_headers() {
 }
 
 #[tokio::test]
-async fn cors_allows_localhost_origins_only_by_default() {
+async fn cors_allows_this_servers_own_loopback_origins_only_by_default() {
     let (_d, host) = oss();
-    let preflight = |origin: &'static str| {
+    let preflight = |origin: String| {
         host.http
             .request(reqwest::Method::OPTIONS, host.url("/api/settings"))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
     };
-    let ok = host.send(preflight("http://localhost:3001")).await;
-    assert_eq!(ok.headers["access-control-allow-origin"], "http://localhost:3001");
+    let port = host.base.rsplit(':').next().unwrap().to_owned();
+    let own = format!("http://localhost:{port}");
+    let ok = host.send(preflight(own.clone())).await;
+    assert_eq!(ok.headers["access-control-allow-origin"], own.as_str());
     assert_eq!(ok.headers["access-control-allow-credentials"], "true");
-    let evil = host.send(preflight("https://evil.example")).await;
+    let evil = host.send(preflight("https://evil.example".to_owned())).await;
     assert!(evil.headers.get("access-control-allow-origin").is_none());
+    let other_port = host.send(preflight("http://localhost:1".to_owned())).await;
+    assert!(other_port.headers.get("access-control-allow-origin").is_none());
 }
 
 #[tokio::test]
@@ -107,11 +112,12 @@ async fn bad_settings_input_gets_a_clear_4xx_and_writes_nothing() {
     host.post_json("/api/settings", &json!({ "language": "en" })).await;
     let before = std::fs::read(d.state_dir().join("settings.json")).unwrap();
 
-    let malformed = host.send(host.http.post(host.url("/api/settings")).body("{\"language\": ")).await;
+    let json_post = || host.http.post(host.url("/api/settings")).header("content-type", "application/json");
+    let malformed = host.send(json_post().body("{\"language\": ")).await;
     assert_eq!(malformed.status, 400);
     assert!(malformed.json()["error"].as_str().unwrap().starts_with("malformed JSON"), "{}", malformed.text);
 
-    let not_utf8 = host.send(host.http.post(host.url("/api/settings")).body(vec![0xff, 0xfe, 0x7b])).await;
+    let not_utf8 = host.send(json_post().body(vec![0xff, 0xfe, 0x7b])).await;
     assert_eq!((not_utf8.status, not_utf8.json()["error"].as_str()), (400, Some("request body is not UTF-8")));
 
     let wrong_type = host.post_json("/api/settings", &json!({ "max_iterations": "many" })).await;
@@ -202,7 +208,7 @@ async fn secrets_and_provider_tokens_round_trip_without_values() {
 async fn internal_views_show_libraries_and_counters() {
     let (_d, host) = oss();
     host.get("/api/settings").await;
-    let plugins = host.get("/internal/plugins").await.json();
+    let plugins = host.admin_get("/internal/plugins").await.json();
     let libs = plugins["libraries"].as_array().unwrap();
     assert_eq!(libs.len(), 4, "{plugins}");
     assert!(libs.iter().all(|l| l["sha256"].as_str().unwrap().len() == 64 && l["api_version"] == "0.3"));
@@ -215,7 +221,7 @@ async fn internal_views_show_libraries_and_counters() {
         .clone();
     assert!(settings["stats"]["calls"].as_u64().unwrap() >= 1);
     assert_eq!(settings["healthy"], true);
-    let metrics = host.get("/internal/metrics").await.text;
+    let metrics = host.admin_get("/internal/metrics").await.text;
     assert!(metrics.contains("oh_plugin_calls_total{extension_point=\"settings_store\",library=\"file_stores\",implementation=\"FileSettingsStore\"}"), "{metrics}");
 }
 

@@ -75,10 +75,11 @@ async fn the_readme_try_it_commands_work_as_written() {
     d.write_profile("", "");
     let host = d.start();
     let address = host.base.trim_start_matches("http://").to_owned();
+    let admin = host.admin.as_deref().unwrap().trim_start_matches("http://").to_owned();
     let block = readme_blocks("What `make run` serves").remove(0);
     let mut answers = Vec::new();
     for line in block.iter().filter(|l| l.starts_with("curl")) {
-        let line = line.replace("localhost:3000", &address);
+        let line = line.replace("localhost:3000", &address).replace("localhost:9464", &admin);
         let out = bash(&line, &[]);
         let answer: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("`{line}`: not JSON ({e}): {out}"));
         assert!(answer.get("error").is_none(), "`{line}` answered an error: {answer}");

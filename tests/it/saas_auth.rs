@@ -146,7 +146,7 @@ async fn requests_are_served_when_redis_is_down_and_the_failure_is_counted() {
         let r = host.send(host.http.get(host.url("/api/secrets")).bearer_auth(ALICE_BOOTSTRAP)).await;
         assert_eq!(r.status, 200, "{}", r.text);
     }
-    let metrics = host.get("/internal/metrics").await.text;
+    let metrics = host.admin_get("/internal/metrics").await.text;
     let line = metrics
         .lines()
         .find(|l| l.starts_with("oh_rate_limit_redis_errors_total"))

@@ -93,7 +93,7 @@ impl Deployment {
     /// Writes `plugins.toml`: a `[server]` table pointing at this deployment, then `extra`.
     pub fn write_profile(&self, server_extra: &str, extra: &str) {
         let text = format!(
-            "[server]\nbind = \"127.0.0.1:0\"\nplugins_dir = \"{}\"\nstate_dir = \"{}\"\nshutdown_timeout_ms = 2000\n{server_extra}\n\n{extra}\n",
+            "[server]\nbind = \"127.0.0.1:0\"\nadmin_bind = \"127.0.0.1:0\"\nplugins_dir = \"{}\"\nstate_dir = \"{}\"\nshutdown_timeout_ms = 2000\n{server_extra}\n\n{extra}\n",
             self.plugins_dir().display(),
             self.state_dir().display()
         );
@@ -132,7 +132,20 @@ impl Deployment {
 
     /// Starts `oh-host <args> --config plugins.toml` with `env` and waits until it listens.
     pub fn start_with(&self, args: &[&str], env: &[(&str, &str)]) -> TestHost {
-        let mut child = Command::new(host_binary())
+        self.start_wrapped(&[], args, env)
+    }
+
+    /// Starts the host under a wrapper command (`["prlimit", "--nofile=128:128", "--"]`).
+    pub fn start_wrapped(&self, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> TestHost {
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(host_binary());
+                c
+            }
+            None => Command::new(host_binary()),
+        };
+        let mut child = command
             .args(args)
             .arg("--config")
             .arg(self.profile_path())
@@ -146,9 +159,15 @@ impl Deployment {
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = log.clone();
+        let admin: Arc<Mutex<Option<String>>> = Arc::default();
+        let admin_slot = admin.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("(/internal/*) on http://").nth(1) {
+                    let addr = addr.split_whitespace().next().unwrap_or("").to_owned();
+                    *admin_slot.lock().unwrap() = Some(addr);
+                }
                 if let Some(addr) = line.split("listening on http://").nth(1) {
                     let addr = addr.split_whitespace().next().unwrap_or("").to_owned();
                     if let Some(tx) = tx.take() {
@@ -168,7 +187,8 @@ impl Deployment {
                 panic!("oh-host did not start; its log:\n{}", log.lock().unwrap());
             }
         };
-        TestHost { child, base: format!("http://{addr}"), log, http: reqwest::Client::new() }
+        let admin = admin.lock().unwrap().clone().map(|a| format!("http://{a}"));
+        TestHost { child, base: format!("http://{addr}"), admin, log, http: reqwest::Client::new() }
     }
 }
 
@@ -191,6 +211,8 @@ impl CliOutput {
 pub struct TestHost {
     child: Child,
     pub base: String,
+    /// The admin listener (`/internal/*`), when the profile has one.
+    pub admin: Option<String>,
     log: Arc<Mutex<String>>,
     pub http: reqwest::Client,
 }
@@ -212,6 +234,12 @@ impl TestHost {
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    /// GET on the admin listener (`/internal/*`).
+    pub async fn admin_get(&self, path: &str) -> Response {
+        let base = self.admin.as_deref().expect("this host has no admin listener (admin_bind = \"off\"?)");
+        Response::from(self.http.get(format!("{base}{path}")).send().await.expect("GET")).await
     }
 
     pub async fn get(&self, path: &str) -> Response {

@@ -9,14 +9,31 @@ use axum::{
 use plugin_api::CallContext;
 use serde::de::DeserializeOwned;
 
-/// A JSON body: 413 when too large, 400 when not UTF-8 or not JSON, 422 when the JSON does
-/// not fit the type (unknown fields where forbidden, wrong types).
+/// A JSON body: 415 unless the request says it is JSON (`Content-Type: application/json`: a
+/// browser sends other types cross-site without asking the server first), 413 when too large,
+/// 400 when not UTF-8 or not JSON, 422 when it is not an object or does not fit the type.
 pub struct JsonBody<T>(pub T);
+
+/// `application/json` or `application/<anything>+json`, with parameters or not.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = req.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        if !content_type.is_some_and(is_json) {
+            return Err(ApiError::error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "the body must be JSON with `Content-Type: application/json` (got {})",
+                    content_type.map_or("none".to_owned(), |c| format!("`{c}`"))
+                ),
+            ));
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
@@ -27,6 +44,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("request body is not UTF-8"))?;
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+        // Every JSON route takes an object (serde would also take an array for a struct).
+        if !value.is_object() {
+            return Err(ApiError::unprocessable("the body must be a JSON object"));
+        }
         let parsed = serde_json::from_value(value).map_err(ApiError::unprocessable)?;
         Ok(JsonBody(parsed))
     }

@@ -1,12 +1,14 @@
-//! The HTTP surface: router, shared state, middleware.
+//! The HTTP surface: routers (public and operators'), shared state, middleware.
 //!
-//! Middleware order, outermost first: CORS → cache control → request id → body limit →
-//! (socket.io) → auth gate → route. Every plugin is reached through `Registry`.
+//! Middleware order, outermost first: CORS → origin guard (Host, Origin) → header size →
+//! cache control → request id → body limit → (socket.io) → auth gate → route. Every plugin is
+//! reached through `Registry`.
 
 mod auth;
 mod documents;
 pub mod error;
 pub mod extract;
+mod guard;
 pub mod plugin_routes;
 mod routes;
 pub mod socket;
@@ -22,7 +24,7 @@ use axum::{
 };
 use error::ApiError;
 use plugin_api::{AuthType, CallContext};
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
@@ -32,11 +34,15 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub server: Arc<ServerConfig>,
     locks: Arc<documents::UserLocks>,
+    origins: Arc<guard::Origins>,
 }
 
 impl AppState {
-    pub fn new(registry: Arc<Registry>, server: ServerConfig) -> Self {
-        Self { registry, server: Arc::new(server), locks: Arc::default() }
+    /// `public` is the address the public listener is bound to (its port is what a browser's
+    /// `Origin` and `Host` name).
+    pub fn new(registry: Arc<Registry>, server: ServerConfig, public: SocketAddr) -> Self {
+        let origins = Arc::new(guard::Origins::new(&server, public));
+        Self { registry, server: Arc::new(server), locks: Arc::default(), origins }
     }
 }
 
@@ -65,7 +71,12 @@ pub fn call_context(principal: &Principal, request_id: &RequestId, server: &Serv
     CallContext::new(&request_id.0, principal.user_id.as_deref(), deadline)
 }
 
-/// The whole application.
+/// The operators' routes, for the admin listener: what is loaded, counters, details of health.
+pub fn admin_router(state: AppState) -> Router {
+    routes::admin().fallback(not_found).with_state(state)
+}
+
+/// The public application.
 pub fn router(state: AppState) -> Router {
     let max_body = state.server.max_body_bytes;
     let mounted = plugin_routes::collect(&state.registry).unwrap_or_else(|problems| {
@@ -87,13 +98,15 @@ pub fn router(state: AppState) -> Router {
         }
         None => router.fallback(not_found),
     };
-    let cors = cors(state.server.env.permitted_cors_origins.clone());
+    let cors = cors(state.origins.clone());
     router
         .method_not_allowed_fallback(method_not_allowed)
         .layer(socket::layer(state.clone()))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(request_id))
         .layer(middleware::from_fn(cache_control))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::header_size))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::origin))
         .layer(cors)
         .with_state(state)
 }
@@ -106,31 +119,17 @@ async fn method_not_allowed() -> ApiError {
     ApiError::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
 }
 
-/// `PERMITTED_CORS_ORIGINS`, else any localhost / 127.0.0.1 origin, as OpenHands'
-/// `LocalhostCORSMiddleware`.
-fn cors(permitted: Option<Vec<String>>) -> CorsLayer {
+/// CORS for the origins the guard allows (`PERMITTED_CORS_ORIGINS`, `WEB_HOST`, and in OSS
+/// mode this server's own loopback origins).
+fn cors(origins: Arc<guard::Origins>) -> CorsLayer {
     let allow = AllowOrigin::predicate(move |origin: &HeaderValue, _| {
-        let Ok(origin) = origin.to_str() else {
-            return false;
-        };
-        match &permitted {
-            Some(list) => list.iter().any(|o| o == origin),
-            None => is_localhost_origin(origin),
-        }
+        origin.to_str().is_ok_and(|origin| origins.allows(origin))
     });
     CorsLayer::new()
         .allow_origin(allow)
         .allow_credentials(true)
         .allow_methods(AllowMethods::mirror_request())
         .allow_headers(AllowHeaders::mirror_request())
-}
-
-fn is_localhost_origin(origin: &str) -> bool {
-    let Some(rest) = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) else {
-        return false;
-    };
-    let host = rest.split(':').next().unwrap_or("");
-    host == "localhost" || host == "127.0.0.1" || rest.starts_with("[::1]")
 }
 
 /// No caching, except `/assets` (30 days, immutable), as OpenHands' `CacheControlMiddleware`.

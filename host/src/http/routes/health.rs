@@ -18,8 +18,17 @@ pub(super) async fn health() -> Json<&'static str> {
     Json("OK")
 }
 
-/// 200 when every instance's `health` answers, else 503 naming the failing ones.
+/// 200 `{"status": "ready"}` when every instance's `health` answers, else 503
+/// `{"status": "unavailable"}`: what a load balancer needs, nothing about what is inside
+/// (`/internal/ready` on the admin listener names the failing instances).
 pub(super) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let ok = state.registry.health().await.iter().all(|(_, r)| r.is_ok());
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "status": if ok { "ready" } else { "unavailable" } })))
+}
+
+/// 200 when every instance's `health` answers, else 503 naming the failing ones.
+pub(super) async fn ready_detail(State(state): State<AppState>) -> impl IntoResponse {
     let results = state.registry.health().await;
     let ok = results.iter().all(|(_, r)| r.is_ok());
     let plugins: Vec<Value> = results

@@ -15,15 +15,22 @@ use super::{
 use axum::{routing::get, Router};
 use plugin_api::models::ConversationMetadata;
 
-/// Routes outside the auth gate: health, options, host internals.
+/// Routes outside the auth gate: health and options.
 pub(super) fn public() -> Router<AppState> {
     Router::new()
         .route("/alive", get(health::alive))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
+        .route("/api/options/config", get(options::config))
+}
+
+/// The operators' routes (the admin listener): what is loaded, counters, health in detail.
+pub(super) fn admin() -> Router<AppState> {
+    Router::new()
+        .route("/alive", get(health::alive))
+        .route("/internal/ready", get(health::ready_detail))
         .route("/internal/plugins", get(health::plugins))
         .route("/internal/metrics", get(health::metrics))
-        .route("/api/options/config", get(options::config))
 }
 
 /// Routes behind the auth gate.
