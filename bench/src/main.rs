@@ -157,10 +157,10 @@ fn auth_load(bin: &Path, oss_profile: &Path, work: &Path, base_profile: &str, db
         let (u, h) = (settings.clone(), session_header.clone());
         load(move |c| c.get(&u).header("cookie", &h)).await.row("SaasUserAuth, keycloak_auth cookie");
 
-        // An API key from the database (not the static one).
+        // An API key from the database (not the static one), made in the browser session.
         let created: serde_json::Value = browser
             .post(format!("{base}/api/keys"))
-            .bearer_auth(SERVICE_KEY)
+            .header("cookie", &session_header)
             .json(&serde_json::json!({ "name": "bench" }))
             .send()
             .await

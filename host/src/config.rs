@@ -160,7 +160,7 @@ pub fn parse(path: &Path, text: &str, lookup: env::Lookup<'_>) -> Result<Config,
     let root: Table = match text.parse::<Table>() {
         Ok(t) => t,
         Err(e) => {
-            p.list.push(format!("not valid TOML: {}", e.to_string().trim()));
+            p.list.push(format!("{}: not valid TOML: {}", p.file, e.to_string().trim()));
             return Err(p.into_errors(path));
         }
     };
@@ -657,6 +657,44 @@ mod tests {
         let err = parse_with("[server\nbind=", &[]).unwrap_err();
         assert_eq!(err.problems.len(), 1);
         assert!(err.problems[0].contains("not valid TOML"), "{}", err.problems[0]);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever the text, the parser answers: a profile, or problems that each name the
+            /// file (and never a panic).
+            #[test]
+            fn any_text_gives_a_profile_or_located_problems(text in "(?s).{0,400}") {
+                if let Err(e) = parse_with(&text, &[]) {
+                    prop_assert!(!e.problems.is_empty());
+                    for p in &e.problems {
+                        prop_assert!(p.starts_with("/etc/oh/plugins.toml: "), "{}", p);
+                    }
+                }
+            }
+
+            /// `${…}` in a value: expands, or is a problem naming the key.
+            #[test]
+            fn variable_references_expand_or_name_the_key(value in "[a-zA-Z0-9_${}:/ .-]{0,40}", set in proptest::bool::ANY) {
+                let text = format!("[server]\nstate_dir = \"/s/{value}\"\n");
+                let env: Vec<(&str, &str)> = if set { vec![("A", "/a"), ("B_1", "b")] } else { vec![] };
+                match parse_with(&text, &env) {
+                    Ok(c) => prop_assert!(c.server.state_dir.starts_with("/s")),
+                    Err(e) => prop_assert!(e.problems.iter().all(|p| p.contains("server.state_dir")), "{:?}", e.problems),
+                }
+            }
+
+            /// Well-formed references expand to the variable, or to the default when unset.
+            #[test]
+            fn well_formed_references_expand(name in "[A-Z][A-Z0-9_]{0,8}", value in "[a-z0-9/]{1,12}", default in "[a-z0-9/]{0,12}") {
+                let text = format!("[server]\nstate_dir = \"/r/${{{name}}}/${{UNSET_{name}:-{default}}}\"\n");
+                let c = parse_with(&text, &[(name.as_str(), value.as_str())]).unwrap();
+                prop_assert_eq!(c.server.state_dir, PathBuf::from(format!("/r/{value}/{default}")));
+            }
+        }
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub fn load(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Library
             dir.display()
         ));
     }
+    check_ancestors(&dir)?;
     check_permissions(&dir)?;
     check_permissions(&real)?;
     let sha256 = file_sha256(&real).map_err(|e| format!("cannot read {shown}: {e}"))?;
@@ -180,17 +181,29 @@ pub fn summarize_layout_error(full: &str) -> String {
     }
 }
 
+/// The library file and its directory: writable by nobody but their owner (and root's group),
+/// owned by root or by this server's user. As sshd's StrictModes: whoever can write there can
+/// choose the code the server runs.
 fn check_permissions(path: &Path) -> Result<(), String> {
     let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mode = meta.mode() & 0o7777;
     let what = if meta.is_dir() { "directory" } else { "library" };
+    let shown = path.display();
     if mode & 0o002 != 0 {
         return Err(format!(
-            "{what} {} is writable by every user (mode {mode:o}); anyone could replace the code the server runs. Run `chmod o-w {}`",
-            path.display(),
-            path.display()
+            "{what} {shown} is writable by every user (mode {mode:o}); anyone could replace the code the server runs. Run `chmod o-w {shown}`"
         ));
     }
+    if mode & 0o020 != 0 && meta.gid() != 0 {
+        return Err(format!(
+            "{what} {shown} is writable by its group (gid {}, mode {mode:o}); its members could replace the code the server runs. Run `chmod g-w {shown}`",
+            meta.gid()
+        ));
+    }
+    check_owner(path, &meta, what)
+}
+
+fn check_owner(path: &Path, meta: &fs::Metadata, what: &str) -> Result<(), String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     if meta.uid() != 0 && meta.uid() != euid {
@@ -199,6 +212,31 @@ fn check_permissions(path: &Path) -> Result<(), String> {
             path.display(),
             meta.uid()
         ));
+    }
+    Ok(())
+}
+
+/// Every directory above the plugins directory, up to `/`: one that others may write could be
+/// used to swap the plugins directory itself. A root-owned sticky directory (`/tmp`) is fine:
+/// nobody else may rename what is in it.
+fn check_ancestors(dir: &Path) -> Result<(), String> {
+    for ancestor in dir.ancestors().skip(1) {
+        let meta = fs::metadata(ancestor).map_err(|e| format!("{}: {e}", ancestor.display()))?;
+        let mode = meta.mode() & 0o7777;
+        let sticky_root = mode & 0o1000 != 0 && meta.uid() == 0;
+        let shown = ancestor.display();
+        if mode & 0o002 != 0 && !sticky_root {
+            return Err(format!(
+                "directory {shown}, above the plugins directory, is writable by every user (mode {mode:o}); anyone could swap the plugins directory. Run `chmod o-w {shown}` or move the plugins"
+            ));
+        }
+        if mode & 0o020 != 0 && meta.gid() != 0 && !sticky_root {
+            return Err(format!(
+                "directory {shown}, above the plugins directory, is writable by its group (gid {}, mode {mode:o}); run `chmod g-w {shown}` or move the plugins",
+                meta.gid()
+            ));
+        }
+        check_owner(ancestor, &meta, "directory")?;
     }
     Ok(())
 }

@@ -393,6 +393,16 @@ pub mod paging {
     mod tests {
         use super::*;
 
+        proptest::proptest! {
+            /// Any text as a page id: an offset or `None`, never a panic; offsets round-trip.
+            #[test]
+            fn page_ids_never_panic_and_offsets_round_trip(text in "(?s).{0,64}", offset in 0usize..10_000_000) {
+                let _ = page_id_to_offset(Some(&text));
+                let id = offset_to_page_id(offset, true).unwrap();
+                proptest::prop_assert_eq!(page_id_to_offset(Some(&id)), Some(offset));
+            }
+        }
+
         #[test]
         fn round_trips_like_python() {
             // base64.b64encode(b"20") == b"MjA="

@@ -456,3 +456,274 @@ async fn more_idle_sockets_than_file_descriptors_do_not_stop_the_server() {
     assert!(host.alive());
     drop(held);
 }
+
+/// A profile with `saas_auth` (static keys for alice and bob) and `extra` settings.
+fn saas_auth(db: &TestDb, extra: &str) -> String {
+    let config = format!(
+        "{{ database_url = \"{}\", redis_key_prefix = \"ohtest:hard:{}:{}:\", \
+         static_keys = [{{ user_id = \"alice\", sha256 = \"{}\" }}]{extra} }}",
+        db.url,
+        std::process::id(),
+        db.name,
+        sha256_hex("alice-hardening-key")
+    );
+    format!("[extensions.user_auth]\nlibrary = \"saas_auth\"\nimplementation = \"SaasUserAuth\"\nconfig = {config}\n")
+}
+
+#[tokio::test]
+async fn guessing_api_keys_is_limited_per_client_address() {
+    let db = TestDb::create().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", &saas_auth(&db, ", failed_auth_per_minute = 5"));
+    let host = d.start();
+    let try_key = |key: String| host.send(host.http.get(host.url("/api/settings")).bearer_auth(key));
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(try_key(format!("oh_guess_{i}")).await.status);
+    }
+    // Whether the minute turned over mid-run or not, at most 5 guesses a minute get answered.
+    let answered = statuses.iter().filter(|s| **s == 401).count();
+    assert!(answered <= 10 && statuses.contains(&429), "{statuses:?}");
+    let limited = try_key("alice-hardening-key".into()).await;
+    assert_eq!(limited.status, 429, "the address is refused for the minute, even with a good key");
+    assert_eq!(limited.json()["error"], "RateLimitError");
+    assert!(limited.headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() <= 60);
+}
+
+/// A "Redis" that accepts connections and never answers.
+fn hung_redis() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_redis_does_not_hold_requests() {
+    let db = TestDb::create().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    let port = hung_redis();
+    d.write_profile("", &saas_auth(&db, &format!(", redis_url = \"redis://127.0.0.1:{port}/\"")));
+    let host = d.start();
+    let started = Instant::now();
+    let requests =
+        (0..20).map(|_| host.send(host.http.get(host.url("/api/settings")).bearer_auth("alice-hardening-key")));
+    let answers = futures_util::future::join_all(requests).await;
+    assert!(answers.iter().all(|r| r.status == 404), "{:?}", answers.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert!(started.elapsed() < Duration::from_secs(3), "20 requests took {:?} with Redis hung", started.elapsed());
+    // And again: the limiter does not wait on the hung connection any more.
+    let started = Instant::now();
+    assert_eq!(
+        host.send(host.http.get(host.url("/api/settings")).bearer_auth("alice-hardening-key")).await.status,
+        404
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgres_outage_answers_every_request_with_503_in_bounded_time() {
+    let pg = oh_e2e::pg::OwnPostgres::start();
+    pg.stop();
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", &pg_stores(&pg.url()));
+    let host = d.start();
+    let started = Instant::now();
+    let requests = (0..30).map(|i| {
+        host.send(host.http.post(host.url("/api/secrets")).json(&json!({ "name": format!("S{i}"), "value": "v" })))
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    let elapsed = started.elapsed();
+    assert!(
+        answers.iter().all(|r| r.status == 503),
+        "{:?}",
+        answers.iter().map(|r| (r.status, &r.text)).collect::<Vec<_>>()
+    );
+    assert!(answers[0].json()["error"].as_str().unwrap().contains("PostgreSQL"), "{}", answers[0].text);
+    // Each waits at most the acquire timeout (3 s), not in turn.
+    assert!(elapsed < Duration::from_secs(6), "30 requests during the outage took {elapsed:?}");
+    let started = Instant::now();
+    assert_eq!(host.get("/ready").await.status, 503);
+    assert!(started.elapsed() < Duration::from_millis(1500), "/ready took {:?}", started.elapsed());
+    // PostgreSQL back: the background migrator catches up, requests succeed, no restart.
+    pg.start_again();
+    let mut ok = false;
+    for _ in 0..100 {
+        if host.post_json("/api/secrets", &json!({ "name": "AFTER", "value": "v" })).await.status == 201 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "no recovery after the outage");
+}
+
+#[test]
+fn every_entry_checks_its_pin_even_when_an_earlier_entry_loaded_the_library() {
+    let d = Deployment::new();
+    d.install_bundled();
+    // secrets_store loads file_stores first (entries load in key order); settings_store pins
+    // another build of the same library.
+    d.write_profile(
+        "",
+        &format!(
+            "[extensions.settings_store]\nlibrary = \"file_stores\"\nimplementation = \"FileSettingsStore\"\nsha256 = \"{}\"\n",
+            "0".repeat(64)
+        ),
+    );
+    let out = d.run_cli(&["check"]);
+    out.assert_refused();
+    assert!(out.stderr.contains("extensions.settings_store"), "{}", out.stderr);
+    assert!(out.stderr.contains("but the profile pins 0000"), "{}", out.stderr);
+}
+
+#[test]
+fn group_writable_plugins_and_writable_parent_directories_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let chgrp = |path: &std::path::Path| {
+        assert!(std::process::Command::new("chgrp").arg("100").arg(path).status().unwrap().success());
+    };
+    let refused = |d: &Deployment, needle: &str| {
+        let out = d.run_cli(&["check"]);
+        out.assert_refused();
+        assert!(out.stderr.contains(needle), "expected `{needle}` in:\n{}", out.stderr);
+    };
+    // The plugins directory, group-writable by a group other than root's.
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    chgrp(&d.plugins_dir());
+    std::fs::set_permissions(d.plugins_dir(), std::fs::Permissions::from_mode(0o775)).unwrap();
+    refused(&d, "is writable by its group (gid 100");
+    // A library file.
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    let lib = d.plugins_dir().join("libfile_stores.so");
+    chgrp(&lib);
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o664)).unwrap();
+    refused(&d, "libfile_stores.so is writable by its group");
+    // A directory above the plugins directory, writable by everyone (and not sticky).
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused(&d, "above the plugins directory, is writable by every user");
+    // Group-writable by root's group is fine (as sshd), and so is the sticky /tmp above.
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    std::fs::set_permissions(d.plugins_dir(), std::fs::Permissions::from_mode(0o775)).unwrap();
+    let ok = d.run_cli(&["check"]);
+    assert!(ok.status.success(), "{}", ok.stderr);
+}
+
+#[tokio::test]
+async fn in_saas_mode_a_users_llm_base_url_cannot_reach_local_or_private_addresses() {
+    let llm = FakeLlm::start().await;
+    let port = llm.base_url.split(':').nth(2).unwrap().split('/').next().unwrap().to_owned();
+    let start = |allowed: &str| {
+        let d = Deployment::new();
+        d.install_bundled();
+        d.write_profile(
+            "app_mode = \"saas\"",
+            &MANAGER.replace(
+                "llm_chunk_timeout_secs = 5",
+                &format!("llm_chunk_timeout_secs = 5, llm_max_retries = 0{allowed}"),
+            ),
+        );
+        let host = d.start();
+        (d, host)
+    };
+    let try_url = |host: &TestHost, url: String| {
+        let host_url = host.url("/api/settings");
+        let create = host.url("/api/conversations");
+        let http = host.http.clone();
+        async move {
+            let r = http
+                .post(host_url)
+                .json(&json!({ "llm_model": "m", "llm_api_key": "sk-user-key", "llm_base_url": url }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let r = http.post(create).json(&json!({ "initial_user_msg": "hi" })).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (_d, host) = start("");
+    for url in [
+        format!("http://127.0.0.1:{port}/v1"),
+        format!("http://localhost:{port}/v1"),
+        "http://169.254.169.254/latest".to_owned(),
+    ] {
+        let (status, text) = try_url(&host, url.clone()).await;
+        assert_eq!(status, 400, "{url}: {text}");
+        assert!(text.contains("local or private address"), "{url}: {text}");
+    }
+    // A name that resolves to a loopback address is refused when it resolves.
+    let name =
+        String::from_utf8(std::process::Command::new("hostname").output().unwrap().stdout).unwrap().trim().to_owned();
+    let resolved: Vec<std::net::SocketAddr> =
+        tokio::net::lookup_host((name.as_str(), 0)).await.map(|a| a.collect()).unwrap_or_default();
+    if !resolved.is_empty() && resolved.iter().all(|a| a.ip().is_loopback()) {
+        let (status, text) = try_url(&host, format!("http://{name}:{port}/v1")).await;
+        assert_eq!(status, 200, "the loop starts; its call is refused: {text}");
+        let id = serde_json::from_str::<Value>(&text).unwrap()["conversation_id"].as_str().unwrap().to_owned();
+        let mut refused = false;
+        for _ in 0..50 {
+            let events = all_events(&host, &id).await;
+            if events.iter().any(|e| {
+                e["observation"] == "error" && e["content"].as_str().is_some_and(|c| c.contains("does not call"))
+            }) {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(refused, "no refusal stored for {name}");
+    }
+    assert!(llm.requests().is_empty(), "the server called a private address with the user's key");
+    // An operator may allow an internal gateway by name.
+    let (_d, host) = start(", llm_private_hosts_allowed = [\"127.0.0.1\"]");
+    let (status, text) = try_url(&host, format!("http://127.0.0.1:{port}/v1")).await;
+    assert_eq!(status, 200, "{text}");
+}
+
+#[tokio::test]
+async fn edge_inputs_get_clear_errors_and_never_a_panic() {
+    let llm = FakeLlm::start().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", MANAGER);
+    let mut host = d.start();
+    let settings = host.post_json("/api/settings", &json!([null, "lang"])).await;
+    assert_eq!(settings.status, 422, "{}", settings.text);
+    assert!(settings.json()["error"].as_str().unwrap().contains("JSON object"));
+    assert_eq!(host.get("/api/settings").await.status, 404, "nothing was stored");
+    host.post_json("/api/settings", &json!({ "llm_model": "f", "llm_base_url": llm.base_url, "llm_api_key": "k" }))
+        .await;
+    let id = host.post_json("/api/conversations", &json!({ "initial_user_msg": "hi" })).await.json()["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let zero = host.get(&format!("/api/conversations/{id}/events?limit=0")).await;
+    assert_eq!((zero.status, zero.json()["error"].as_str()), (400, Some("limit must be between 1 and 100")));
+    for latest in ["9223372036854775807", "-9223372036854775808", "18446744073709551616", "abc"] {
+        let connected =
+            SioClient::connect(&host.base, &format!("conversation_id={id}&latest_event_id={latest}"), &[]).await;
+        match latest {
+            "abc" | "18446744073709551616" => assert!(connected.err().unwrap().contains("is not an integer")),
+            _ => connected.unwrap().close(),
+        }
+    }
+    assert!(host.alive(), "{}", host.log());
+    assert!(!host.log().contains("panicked"), "{}", host.log());
+}

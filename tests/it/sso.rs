@@ -21,6 +21,8 @@ struct Sso {
     browser: reqwest::Client,
 }
 
+const BOB_KEY: &str = "sso-test-bob-service-key";
+
 async fn start() -> Sso {
     start_with("").await
 }
@@ -33,9 +35,11 @@ async fn start_with(extra: &str) -> Sso {
     let config = format!(
         "{{ database_url = \"{}\", rate_limit_per_second = 0, rate_limit_per_minute = 0, keycloak_server_url = \"{}\", \
          keycloak_realm_name = \"{REALM}\", keycloak_client_id = \"{CLIENT_ID}\", keycloak_client_secret = \"{CLIENT_SECRET}\", \
-         jwt_secret = \"{JWT_SECRET}\", web_host = \"{WEB_HOST}\"{} }}",
+         jwt_secret = \"{JWT_SECRET}\", web_host = \"{WEB_HOST}\", \
+         static_keys = [{{ user_id = \"bob\", sha256 = \"{}\" }}]{} }}",
         db.url,
         kc.base,
+        oh_e2e::sha256_hex(BOB_KEY),
         extra.replace("GITHUB_TOKEN_URL", &kc.github_token_url())
     );
     d.write_profile(
@@ -211,6 +215,15 @@ async fn attacks_are_refused() {
     )
     .unwrap();
     refused(&s.api(reqwest::Method::GET, "/api/settings", &s.forged(&confused)).await);
+    // A token of this realm issued to another client (its audience and azp name that one).
+    let other_client = s.kc.mint(&user, json!({ "azp": "other-app", "aud": ["other-app", "account"] }));
+    let r = s.api(reqwest::Method::GET, "/api/settings", &s.forged(&other_client)).await;
+    refused(&r);
+    assert!(r.json()["message"].as_str().unwrap().contains("issued to another client"), "{}", r.text);
+    // Named as an audience, it is accepted (aud may carry the client id instead of azp).
+    let audience = s.kc.mint(&user, json!({ "azp": "other-app", "aud": ["account", oh_e2e::oidc::CLIENT_ID] }));
+    let r = s.api(reqwest::Method::GET, "/api/settings", &s.forged(&audience)).await;
+    assert_eq!(r.status, 404, "signed in, no settings yet: {}", r.text);
     // Another issuer; an expired token (and no valid refresh token); an unknown kid.
     refused(
         &s.api(
@@ -298,4 +311,73 @@ async fn provider_tokens_are_brokered_at_sign_in_stored_sealed_and_refreshed_bef
     let got = s.api(reqwest::Method::GET, "/api/settings", &session).await.json();
     assert_eq!(got["provider_tokens_set"], json!({ "github": "github.com" }));
     assert_eq!(s.kc.github_refreshes(), 1);
+}
+
+async fn with_key(
+    host: &TestHost,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Response {
+    let mut req = host.http.request(method, host.url(path)).bearer_auth(key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    host.send(req).await
+}
+
+#[tokio::test]
+async fn api_keys_are_made_in_a_session_shown_once_stored_hashed_and_revocable() {
+    use reqwest::Method;
+    let sso = start().await;
+    let session = sso.session().await;
+    let host = &sso.host;
+    let create = |body: serde_json::Value| {
+        let req =
+            sso.browser.post(host.url("/api/keys")).header("cookie", format!("keycloak_auth={session}")).json(&body);
+        host.send(req)
+    };
+    let created = create(json!({ "name": "ci" })).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let key = created.json()["key"].as_str().unwrap().to_owned();
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("oh_") && key.len() > 40);
+
+    // The new key signs in as the session's user (no settings yet: 404, not 401).
+    assert_eq!(with_key(host, &key, Method::GET, "/api/settings", None).await.status, 404);
+    let listed = with_key(host, &key, Method::GET, "/api/keys", None).await;
+    assert!(!listed.text.contains(&key), "a listing must never show a key");
+    let item = &listed.json()[0];
+    assert_eq!((item["id"].as_str(), item["name"].as_str()), (Some(id.as_str()), Some("ci")));
+    assert!(item["last_used_at"].is_string(), "{item}");
+    assert_eq!(item["prefix"].as_str().unwrap(), &key[..10]);
+
+    // A key cannot mint a key that outlives it, nor revoke its owner's keys.
+    let minted = with_key(host, &key, Method::POST, "/api/keys", Some(json!({ "name": "child" }))).await;
+    assert_eq!(minted.status, 403, "{}", minted.text);
+    assert_eq!(with_key(host, &key, Method::DELETE, &format!("/api/keys/{id}"), None).await.status, 403);
+
+    // Stored as a hash only.
+    let mut conn = sso._db.connect().await;
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT row_to_json(k)::text FROM api_keys k").fetch_all(&mut conn).await.unwrap();
+    assert!(rows.iter().all(|r| !r.contains(&key)), "{rows:?}");
+    assert!(rows[0].contains(&oh_e2e::sha256_hex(&key)));
+
+    // Bob can neither see it nor use it as his.
+    assert_eq!(with_key(host, BOB_KEY, Method::GET, "/api/keys", None).await.json(), json!([]));
+
+    // Revoked in the session: refused at once. Expired keys are refused too.
+    let revoked = sso.api(Method::DELETE, &format!("/api/keys/{id}"), &session).await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text);
+    let refused = with_key(host, &key, Method::GET, "/api/settings", None).await;
+    assert_eq!((refused.status, refused.json()["message"].as_str()), (401, Some("this API key was revoked")));
+    let expired_key = create(json!({ "name": "old", "expires_at": "2020-01-01T00:00:00Z" })).await.json()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let expired = with_key(host, &expired_key, Method::GET, "/api/settings", None).await;
+    assert_eq!((expired.status, expired.json()["error"].as_str()), (401, Some("ExpiredError")));
+    assert_eq!(create(json!({ "name": "" })).await.status, 422);
 }

@@ -78,15 +78,21 @@ fn parse_latest(value: Option<&String>) -> Result<Option<u64>, String> {
     }
 }
 
-/// The connect middleware: an `Err` refuses the connection with that message.
-async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
-    let parts = s.req_parts();
-    let params = axum::extract::Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+/// The conversation and the last event a handshake's query names, or why not.
+fn handshake_query(uri: &Uri) -> Result<(String, Option<u64>), String> {
+    let params = axum::extract::Query::<HashMap<String, String>>::try_from_uri(uri)
         .map(|q| q.0)
         .map_err(|e| format!("bad query string: {e}"))?;
     let conversation_id = params.get("conversation_id").cloned().ok_or("No conversation_id in request")?;
     validate_conversation_id(&conversation_id).map_err(|e| e.body["error"].as_str().unwrap_or("invalid").to_owned())?;
     let latest_event_id = parse_latest(params.get("latest_event_id"))?;
+    Ok((conversation_id, latest_event_id))
+}
+
+/// The connect middleware: an `Err` refuses the connection with that message.
+async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
+    let parts = s.req_parts();
+    let (conversation_id, latest_event_id) = handshake_query(&parts.uri)?;
     let request_id = RequestId(format!("sio-{}", s.id));
     let (principal, _) =
         authenticate(&state, &request_id, &parts.method, &parts.uri, &parts.headers, None).await.map_err(|e| {
@@ -342,5 +348,37 @@ async fn send_action(state: &AppState, conn: &Connection, s: &SocketRef, (event,
             let _ = s.emit("oh_event", &error_event(&e.error.message));
             answer(false, Some(&e.error.message));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any query string: the handshake's values, or a message to send back; no panic.
+        #[test]
+        fn any_handshake_query_is_parsed_or_refused_with_a_message(query in "[a-zA-Z0-9_=&%+.~-]{0,80}") {
+            let uri: Uri = format!("/socket.io/?{query}").parse().unwrap();
+            if let Err(message) = handshake_query(&uri) {
+                prop_assert!(!message.is_empty());
+            }
+        }
+
+        #[test]
+        fn any_latest_event_id_is_a_position_or_an_error(n in proptest::num::i64::ANY, text in ".{0,24}") {
+            let given = n.to_string();
+            prop_assert_eq!(parse_latest(Some(&given)).unwrap(), (n >= 0).then_some(n as u64));
+            let _ = parse_latest(Some(&text));
+        }
+    }
+
+    #[test]
+    fn the_largest_latest_event_id_replays_nothing_and_does_not_overflow() {
+        let uri: Uri = "/socket.io/?conversation_id=abc&latest_event_id=9223372036854775807".parse().unwrap();
+        let (id, latest) = handshake_query(&uri).unwrap();
+        assert_eq!((id.as_str(), latest), ("abc", Some(i64::MAX as u64)));
+        assert_eq!(latest.map_or(0, |n| n.saturating_add(1)), i64::MAX as u64 + 1);
     }
 }

@@ -122,6 +122,15 @@ fn instantiate<O>(
 /// Loads (once) and initialises the library an entry names.
 fn library(config: &Config, e: &ExtensionConfig, libraries: &mut Vec<Library>) -> Result<Library, String> {
     if let Some(l) = libraries.iter().find(|l| l.name == e.library) {
+        // Loaded for an earlier entry: this entry's pin is checked all the same.
+        if let Some(pin) = e.sha256.as_deref().filter(|pin| !pin.eq_ignore_ascii_case(&l.sha256)) {
+            return Err(format!(
+                "{}: {}: sha256 is {} but the profile pins {pin}; refusing to load it (if the new build is intended, update the pin)",
+                e.key,
+                l.path.display(),
+                l.sha256
+            ));
+        }
         return Ok(l.clone());
     }
     let origin = if e.explicit { "" } else { " (the bundled default for an unnamed extension point)" };

@@ -23,6 +23,9 @@ pub struct LlmConfig {
     pub max_retries: u32,
     /// Wait before the first retry; doubled each time.
     pub initial_backoff: Duration,
+    /// The base URL is the user's (`llm_base_url`), not the deployment's (`LITE_LLM_API_URL`):
+    /// it is called with the client that enforces the destination policy.
+    pub user_endpoint: bool,
 }
 
 /// The knobs a conversation manager's config sets; the rest comes from the user's settings.
@@ -44,7 +47,9 @@ impl LlmConfig {
     ) -> Result<Self, String> {
         let model =
             settings.llm_model.clone().filter(|m| !m.trim().is_empty()).ok_or("no llm_model in the settings")?;
-        let base_url = env("LITE_LLM_API_URL")
+        let deployment_url = env("LITE_LLM_API_URL").filter(|u| !u.trim().is_empty());
+        let user_endpoint = deployment_url.is_none();
+        let base_url = deployment_url
             .or_else(|| settings.llm_base_url.clone())
             .filter(|u| !u.trim().is_empty())
             .unwrap_or_else(|| "https://api.openai.com/v1".to_owned());
@@ -57,6 +62,7 @@ impl LlmConfig {
             chunk_timeout: limits.chunk_timeout,
             max_retries: limits.max_retries,
             initial_backoff: limits.initial_backoff,
+            user_endpoint,
         })
     }
 }
@@ -159,8 +165,10 @@ async fn call_once(
     if let Some(key) = &cfg.api_key {
         request = request.bearer_auth(key);
     }
-    let response =
-        request.send().await.map_err(|e| LlmError::Retryable(format!("cannot reach the LLM: {}", describe(&e))))?;
+    let response = request.send().await.map_err(|e| match refused_destination(&e) {
+        Some(reason) => LlmError::Fatal(reason),
+        None => LlmError::Retryable(format!("cannot reach the LLM: {}", describe(&e))),
+    })?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
@@ -205,9 +213,26 @@ fn describe(e: &reqwest::Error) -> String {
     }
 }
 
+/// The destination policy's refusal, when that is why a request could not be sent.
+fn refused_destination(e: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = source {
+        let text = err.to_string();
+        if text.contains("which this server does not call") {
+            return Some(text);
+        }
+        source = err.source();
+    }
+    None
+}
+
+/// The message of an OpenAI-style error body, cut short and stripped of control characters:
+/// what an upstream says is shown to the user, never its raw body.
 fn error_message(body: &str) -> Option<String> {
     let v: Value = serde_json::from_str(body).ok()?;
-    v["error"]["message"].as_str().or_else(|| v["error"].as_str()).map(str::to_owned)
+    let message = v["error"]["message"].as_str().or_else(|| v["error"].as_str())?;
+    let clean: String = message.chars().filter(|c| !c.is_control()).take(300).collect();
+    Some(clean)
 }
 
 /// Reads `data:` events until `[DONE]` or the end of the body.

@@ -19,10 +19,13 @@ use sqlx::{
 use std::{
     borrow::Cow,
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, OnceLock, Weak,
+    },
     time::Duration,
 };
-use tokio::sync::OnceCell;
+use tokio::sync::watch;
 
 /// The migrations in `migrations/`, in order.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -105,11 +108,19 @@ pub const DEFAULT_ACQUIRE_MS: u64 = 3000;
 
 /// One database of this library: a lazy pool (created without connecting) and the migrations
 /// applied to it, shared by every instance of the library that names the same database.
+///
+/// Migrations on first use are applied by one background task per database, retried with
+/// backoff while PostgreSQL is unreachable; a request waits for it at most the pool's acquire
+/// timeout, then gets 503 with the last failure. So an outage costs each request at most that
+/// wait, never a queue of callers each retrying in turn.
 pub struct Database {
     pool: PgPool,
     label: String,
-    migrate_on_first_use: bool,
-    migrated: OnceCell<()>,
+    acquire_timeout: Duration,
+    migrated: watch::Sender<bool>,
+    migrator_started: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    this: OnceLock<Weak<Database>>,
 }
 
 impl Database {
@@ -129,18 +140,28 @@ impl Database {
         if let Some(db) = all.get(&(label.clone(), migrate_on_first_use)) {
             return Ok(db.clone());
         }
+        let acquire_timeout = Duration::from_millis(acquire_timeout_ms);
         // Lazy: the host starts even while PostgreSQL is down; calls fail fast with 503 until
         // it is back, and the pool reconnects by itself.
         let pool = plugin_sdk::enter_runtime(|| {
             PgPoolOptions::new()
                 .max_connections(crate::max_connections(max_connections))
                 .min_connections(0)
-                .acquire_timeout(Duration::from_millis(acquire_timeout_ms))
+                .acquire_timeout(acquire_timeout)
                 .idle_timeout(Duration::from_secs(60))
                 .test_before_acquire(true)
                 .connect_lazy_with(options)
         });
-        let db = Arc::new(Database { pool, label: label.clone(), migrate_on_first_use, migrated: OnceCell::new() });
+        let db = Arc::new(Database {
+            pool,
+            label: label.clone(),
+            acquire_timeout,
+            migrated: watch::channel(!migrate_on_first_use).0,
+            migrator_started: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            this: OnceLock::new(),
+        });
+        let _ = db.this.set(Arc::downgrade(&db));
         all.insert((label, migrate_on_first_use), db.clone());
         Ok(db)
     }
@@ -150,25 +171,76 @@ impl Database {
         &self.label
     }
 
-    /// The pool, with migrations applied once per process (when asked for). A failure
-    /// (database down) is returned and retried on the next call.
+    /// The pool, once migrations are applied (when asked for): waits at most the acquire
+    /// timeout for the background migrator, then `UNAVAILABLE` with its last failure.
     pub async fn ready(&self) -> Result<&PgPool, PluginError> {
-        if self.migrate_on_first_use {
-            self.migrated.get_or_try_init(|| async { migrate(&self.pool).await.map(|_| ()) }).await?;
+        self.ready_within(self.acquire_timeout).await
+    }
+
+    async fn ready_within(&self, wait: Duration) -> Result<&PgPool, PluginError> {
+        if *self.migrated.borrow() {
+            return Ok(&self.pool);
         }
-        Ok(&self.pool)
+        self.start_migrator();
+        let mut migrated = self.migrated.subscribe();
+        let done = tokio::time::timeout(wait, async { migrated.wait_for(|m| *m).await.is_ok() }).await;
+        match done {
+            Ok(true) => Ok(&self.pool),
+            _ => {
+                let cause = self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                Err(PluginError::unavailable(format!(
+                    "PostgreSQL is not ready: {}; retrying in the background",
+                    cause.unwrap_or_else(|| "migrations are being applied".to_owned())
+                )))
+            }
+        }
+    }
+
+    /// Starts, once, the task that applies migrations, retrying with backoff until it has.
+    fn start_migrator(&self) {
+        if self.migrator_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(this) = self.this.get().cloned() else { return };
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(100);
+            loop {
+                let Some(db) = this.upgrade() else { return };
+                match migrate(&db.pool).await {
+                    Ok(_) => {
+                        *db.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        let _ = db.migrated.send(true);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(database = %db.label, error = %e, "migrations not applied yet; retrying");
+                        *db.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.message.to_string());
+                    }
+                }
+                drop(db);
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        });
     }
 
     /// Applies pending migrations now; returns the versions this call applied.
     pub async fn migrate(&self) -> Result<Vec<i64>, PluginError> {
-        migrate(&self.pool).await
+        let applied = migrate(&self.pool).await?;
+        let _ = self.migrated.send(true);
+        Ok(applied)
     }
 
-    /// `SELECT 1`: a health probe.
+    /// `SELECT 1` within a second: a health probe (a load balancer's `/ready` must not hang).
     pub async fn ping(&self) -> Result<&PgPool, PluginError> {
-        let pool = self.ready().await?;
-        sqlx::query("SELECT 1").execute(pool).await.map_err(db_error)?;
-        Ok(pool)
+        let probe = async {
+            let pool = self.ready_within(Duration::from_secs(1)).await?;
+            sqlx::query("SELECT 1").execute(pool).await.map_err(db_error)?;
+            Ok(pool)
+        };
+        tokio::time::timeout(Duration::from_secs(1), probe)
+            .await
+            .unwrap_or_else(|_| Err(PluginError::unavailable("PostgreSQL did not answer within 1 s")))
     }
 }
 

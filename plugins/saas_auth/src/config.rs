@@ -25,6 +25,10 @@ pub(crate) struct Config {
     /// Requests per user per minute (OpenHands: 100). 0 turns the limit off.
     #[serde(default = "default_per_minute")]
     pub(crate) rate_limit_per_minute: u64,
+    /// Failed sign-ins (an unknown, revoked or tampered credential) per client address per
+    /// minute before that address is refused (429) for the rest of the minute. 0 turns it off.
+    #[serde(default = "default_failed_per_minute")]
+    pub(crate) failed_auth_per_minute: u64,
     /// Prefix of every Redis key this plugin writes.
     #[serde(default = "default_prefix")]
     pub(crate) redis_key_prefix: String,
@@ -87,6 +91,9 @@ fn default_per_second() -> u64 {
 }
 fn default_per_minute() -> u64 {
     100
+}
+fn default_failed_per_minute() -> u64 {
+    20
 }
 fn default_prefix() -> String {
     "oh:".to_owned()

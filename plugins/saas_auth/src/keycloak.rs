@@ -46,6 +46,25 @@ pub(crate) struct AccessClaims {
     #[serde(default)]
     pub(crate) email_verified: Option<bool>,
     pub(crate) exp: i64,
+    /// Who the token is for (a string or a list); Keycloak puts `account` and resource servers.
+    #[serde(default)]
+    pub(crate) aud: Option<Value>,
+    /// The client the token was issued to.
+    #[serde(default)]
+    pub(crate) azp: Option<String>,
+}
+
+impl AccessClaims {
+    /// Whether the token was issued to `client_id` (its `azp`) or names it as an audience: a
+    /// token the realm issued to another client must not sign in here.
+    fn is_for(&self, client_id: &str) -> bool {
+        let in_aud = match &self.aud {
+            Some(Value::String(a)) => a == client_id,
+            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(client_id)),
+            _ => false,
+        };
+        in_aud || self.azp.as_deref() == Some(client_id)
+    }
 }
 
 /// A token endpoint's answer.
@@ -197,10 +216,19 @@ impl Keycloak {
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         validation.validate_aud = false;
         validation.leeway = 5;
-        decode::<AccessClaims>(token, &key, &validation).map(|d| d.claims).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            _ => TokenError::Invalid(format!("access token refused: {e}")),
-        })
+        let claims =
+            decode::<AccessClaims>(token, &key, &validation).map(|d| d.claims).map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid(format!("access token refused: {e}")),
+            })?;
+        if !claims.is_for(&self.client_id) {
+            return Err(TokenError::Invalid(format!(
+                "access token refused: issued to another client (azp {:?}), not {}",
+                claims.azp.as_deref().unwrap_or("none"),
+                self.client_id
+            )));
+        }
+        Ok(claims)
     }
 
     async fn token_call(&self, form: &[(&str, &str)]) -> Result<Tokens, TokenError> {
@@ -329,4 +357,43 @@ pub(crate) fn clear_cookie(name: &str, web_host: &str) -> String {
 fn is_local(web_host: &str) -> bool {
     let host = web_host.split("://").nth(1).unwrap_or(web_host).split(['/', ':']).next().unwrap_or("");
     host == "localhost" || host == "127.0.0.1"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SECRET: &str = "property-test-secret-0123456789";
+
+    proptest! {
+        /// Any text as a cookie or token: refused (`None`), never a panic.
+        #[test]
+        fn arbitrary_tokens_are_refused(token in "(?s).{0,300}", jwt_like in "[A-Za-z0-9_-]{0,40}\\\\.[A-Za-z0-9_-]{0,80}\\\\.[A-Za-z0-9_-]{0,60}") {
+            prop_assert!(verify_signed::<CookieClaims>(&token, SECRET).is_none());
+            prop_assert!(verify_signed::<CookieClaims>(&jwt_like, SECRET).is_none());
+        }
+
+        /// A signed cookie reads back; any change to it is refused.
+        #[test]
+        fn signed_cookies_read_back_and_tampering_is_refused(access in "[a-zA-Z0-9.]{1,40}", position in 0usize..1000, with in "[A-Za-z0-9]") {
+            let claims = CookieClaims { access_token: access.clone(), refresh_token: "r".into(), accepted_tos: true };
+            let signed = sign(&claims, SECRET).unwrap();
+            prop_assert_eq!(verify_signed::<CookieClaims>(&signed, SECRET).unwrap().access_token, access);
+            prop_assert!(verify_signed::<CookieClaims>(&signed, "another-secret-0123456789").is_none());
+            let at = position % signed.len();
+            let mut tampered = signed.clone();
+            tampered.replace_range(at..at + 1, &with);
+            if tampered != signed {
+                let read = verify_signed::<CookieClaims>(&tampered, SECRET);
+                // Base64 padding bits aside, a changed token does not verify.
+                prop_assert!(read.is_none() || read.is_some_and(|c| c.access_token == claims.access_token));
+            }
+        }
+
+        #[test]
+        fn cookie_headers_never_panic(header in "(?s).{0,200}", name in "[a-z_]{1,12}") {
+            let _ = crate::cookie_value(Some(&header), &name);
+        }
+    }
 }

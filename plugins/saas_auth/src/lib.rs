@@ -82,6 +82,7 @@ impl SaasUserAuth {
                 &c.redis_url(),
                 c.rate_limit_per_second,
                 c.rate_limit_per_minute,
+                c.failed_auth_per_minute,
                 c.redis_key_prefix.clone(),
             )?,
             static_keys: c
@@ -154,29 +155,12 @@ impl SaasUserAuth {
         })
     }
 
-    async fn user_of(&self, key: &str) -> Result<String, PluginError> {
-        let hash = unhex(&keys::sha256_hex(key));
-        // Constant time over every static key.
-        let mut found = None;
-        for (expected, user) in &self.static_keys {
-            if expected.iter().zip(&hash).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0 {
-                found = Some(user.clone());
-            }
-        }
-        if let Some(user) = found {
-            return Ok(user);
-        }
-        match self.keys.verify(key).await? {
-            Ok(user) => Ok(user),
-            Err(Refusal::Unknown) => Err(auth_error(ErrorCode::AUTH_INVALID, "invalid API key")),
-            Err(Refusal::Revoked) => Err(auth_error(ErrorCode::AUTH_INVALID, "this API key was revoked")),
-            Err(Refusal::Expired) => Err(auth_error(ErrorCode::AUTH_EXPIRED, "this API key has expired")),
-        }
-    }
-}
-
-impl plugin_sdk::UserAuth for SaasUserAuth {
-    async fn authenticate(&self, _ctx: CallContext, request: AuthRequest) -> Result<AuthOutcome, PluginError> {
+    /// The credentials of a request: an API key (header), else the session cookie.
+    async fn authenticate_credentials(
+        &self,
+        _ctx: CallContext,
+        request: AuthRequest,
+    ) -> Result<AuthOutcome, PluginError> {
         let key = header(&request, "authorization")
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim)
@@ -204,6 +188,47 @@ impl plugin_sdk::UserAuth for SaasUserAuth {
             auth_type: AuthType::BEARER,
             response_headers: headers.into_iter().map(|(k, v)| Tuple2(RString::from(k), RString::from(v))).collect(),
         })
+    }
+
+    async fn user_of(&self, key: &str) -> Result<String, PluginError> {
+        let hash = unhex(&keys::sha256_hex(key));
+        // Constant time over every static key.
+        let mut found = None;
+        for (expected, user) in &self.static_keys {
+            if expected.iter().zip(&hash).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0 {
+                found = Some(user.clone());
+            }
+        }
+        if let Some(user) = found {
+            return Ok(user);
+        }
+        match self.keys.verify(key).await? {
+            Ok(user) => Ok(user),
+            Err(Refusal::Unknown) => Err(auth_error(ErrorCode::AUTH_INVALID, "invalid API key")),
+            Err(Refusal::Revoked) => Err(auth_error(ErrorCode::AUTH_INVALID, "this API key was revoked")),
+            Err(Refusal::Expired) => Err(auth_error(ErrorCode::AUTH_EXPIRED, "this API key has expired")),
+        }
+    }
+}
+
+/// The client's IP address (the port left out): what failed sign-ins are counted by.
+fn client_address(remote: &str) -> String {
+    remote.parse::<std::net::SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| remote.to_owned())
+}
+
+impl plugin_sdk::UserAuth for SaasUserAuth {
+    /// Refuses an address with too many failed sign-ins this minute (before its credentials
+    /// cost a query), then checks the credentials; an invalid one counts as a failure.
+    async fn authenticate(&self, ctx: CallContext, request: AuthRequest) -> Result<AuthOutcome, PluginError> {
+        let address = client_address(&request.remote_addr);
+        self.limiter.check_failures(&address).await?;
+        let outcome = self.authenticate_credentials(ctx, request).await;
+        if let Err(e) = &outcome {
+            if e.code == ErrorCode::AUTH_INVALID {
+                self.limiter.count_failure(&address).await;
+            }
+        }
+        outcome
     }
 
     async fn provider_tokens(
@@ -268,6 +293,19 @@ impl plugin_sdk::RouteHandler for SaasAuthRoutes {
         let Some(user) = ctx.user_id() else {
             return Ok(respond(401, &json!({ "error": "API keys belong to a signed-in user" })));
         };
+        // Creating and revoking keys needs an interactive sign-in: a key (even one expiring
+        // soon) must not mint a key that outlives it, or revoke its owner's other keys. The
+        // auth gate authenticates by key whenever one is sent, so a key here means a key.
+        let by_key = request.headers.iter().any(|h| {
+            (h.0.eq_ignore_ascii_case("authorization") && h.1.trim().to_ascii_lowercase().starts_with("bearer "))
+                || h.0.eq_ignore_ascii_case("x-session-api-key")
+        });
+        if by_key && matches!(request.method.as_str(), "POST" | "DELETE") {
+            return Ok(respond(
+                403,
+                &json!({ "error": "API keys are managed from a signed-in browser session; an API key cannot create or revoke keys" }),
+            ));
+        }
         match (request.method.as_str(), request.path.as_str()) {
             ("POST", "/api/keys") => {
                 let body: NewKey = match serde_json::from_slice(&request.body) {

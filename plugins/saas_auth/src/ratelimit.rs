@@ -1,49 +1,118 @@
-//! Per-user rate limits in Redis: fixed one-second and one-minute windows (OpenHands:
-//! `10/second; 100/minute`). When Redis is down, requests are served and the failure is
-//! logged and counted (`oh_rate_limit_redis_errors_total`): a limiter must not become an
-//! outage.
+//! Rate limits in Redis: per user, fixed one-second and one-minute windows (OpenHands:
+//! `10/second; 100/minute`); and per client address, failed sign-ins per minute (so keys
+//! cannot be guessed at database speed).
+//!
+//! A limiter must not become an outage: when Redis refuses, hangs or is slow, requests are
+//! served and the failure is logged and counted (`oh_rate_limit_redis_errors_total`). No lock
+//! is held across a Redis call; every call has a short deadline; a lost connection is
+//! re-established by one background task while requests go on without it.
 
 use plugin_sdk::{ErrorCode, PluginError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::json;
-use std::time::Duration;
-use tokio::sync::Mutex;
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
 
 pub(crate) struct RateLimiter {
-    client: Option<redis::Client>,
-    connection: Mutex<Option<ConnectionManager>>,
+    inner: Arc<Inner>,
     per_second: u64,
     per_minute: u64,
+    failed_per_minute: u64,
     prefix: String,
+}
+
+struct Inner {
+    client: redis::Client,
+    connection: Mutex<Option<ConnectionManager>>,
+    connecting: AtomicBool,
 }
 
 /// Headers for the response.
 pub(crate) type Headers = Vec<(String, String)>;
 
-const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+/// The deadline of one Redis call (and of connecting).
+const REDIS_TIMEOUT: Duration = Duration::from_millis(300);
 
-impl RateLimiter {
-    pub(crate) fn new(url: &str, per_second: u64, per_minute: u64, prefix: String) -> Result<RateLimiter, PluginError> {
-        let client = redis::Client::open(url).map_err(|e| PluginError::invalid_config(format!("redis URL: {e}")))?;
-        Ok(RateLimiter { client: Some(client), connection: Mutex::new(None), per_second, per_minute, prefix })
+impl Inner {
+    /// The current connection, without waiting: `None` starts (once) a background connect,
+    /// and this request goes on without Redis.
+    fn connection(self: &Arc<Self>) -> Option<ConnectionManager> {
+        let current = self.connection.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if current.is_none() && !self.connecting.swap(true, Ordering::AcqRel) {
+            let inner = self.clone();
+            tokio::spawn(async move {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(REDIS_TIMEOUT))
+                    .set_response_timeout(Some(REDIS_TIMEOUT))
+                    .set_number_of_retries(1);
+                let made = tokio::time::timeout(
+                    REDIS_TIMEOUT * 3,
+                    ConnectionManager::new_with_config(inner.client.clone(), config),
+                )
+                .await;
+                match made {
+                    Ok(Ok(c)) => *inner.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(c),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "rate limiter: cannot connect to Redis"),
+                    Err(_) => tracing::warn!("rate limiter: Redis did not answer the connection in time"),
+                }
+                // Let the next failure wait a little before trying again.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                inner.connecting.store(false, Ordering::Release);
+            });
+        }
+        current
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, String> {
-        let mut slot = self.connection.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
+    fn forget(&self) {
+        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Runs a pipeline within the deadline; `None` (logged, counted) when Redis is not there.
+    async fn query<T: redis::FromRedisValue>(self: &Arc<Self>, pipe: redis::Pipeline) -> Option<T> {
+        let failed = |reason: String| {
+            tracing::warn!(error = %reason, "rate limiter: Redis unavailable; serving without a limit");
+            plugin_sdk::metric("oh_rate_limit_redis_errors_total", 1.0, &json!({}));
+        };
+        let Some(mut c) = self.connection() else {
+            failed("not connected".to_owned());
+            return None;
+        };
+        match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<T>(&mut c)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                failed(e.to_string());
+                self.forget();
+                None
+            }
+            Err(_) => {
+                failed("timed out".to_owned());
+                self.forget();
+                None
+            }
         }
-        let client = self.client.clone().ok_or("no redis client")?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1);
-        let c = tokio::time::timeout(REDIS_TIMEOUT * 2, ConnectionManager::new_with_config(client, config))
-            .await
-            .map_err(|_| "connect timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        *slot = Some(c.clone());
-        Ok(c)
+    }
+}
+
+fn now() -> u64 {
+    chrono::Utc::now().timestamp().max(0) as u64
+}
+
+impl RateLimiter {
+    pub(crate) fn new(
+        url: &str,
+        per_second: u64,
+        per_minute: u64,
+        failed_per_minute: u64,
+        prefix: String,
+    ) -> Result<RateLimiter, PluginError> {
+        let client = redis::Client::open(url).map_err(|e| PluginError::invalid_config(format!("redis URL: {e}")))?;
+        let inner = Arc::new(Inner { client, connection: Mutex::new(None), connecting: AtomicBool::new(false) });
+        Ok(RateLimiter { inner, per_second, per_minute, failed_per_minute, prefix })
     }
 
     /// Counts one request of `user`: headers to add, or `RateLimitError` (429) with
@@ -52,40 +121,26 @@ impl RateLimiter {
         if self.per_second == 0 && self.per_minute == 0 {
             return Ok(Vec::new());
         }
-        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        let now = now();
         let sec_key = format!("{}rl:{user}:s:{now}", self.prefix);
         let min_key = format!("{}rl:{user}:m:{}", self.prefix, now / 60);
-        let counts: Result<(u64, u64), String> = async {
-            let mut c = self.connection().await?;
-            let q = redis::pipe()
-                .incr(&sec_key, 1)
-                .expire(&sec_key, 2)
-                .ignore()
-                .incr(&min_key, 1)
-                .expire(&min_key, 120)
-                .ignore()
-                .to_owned();
-            tokio::time::timeout(REDIS_TIMEOUT, q.query_async::<(u64, u64)>(&mut c))
-                .await
-                .map_err(|_| "timed out".to_owned())?
-                .map_err(|e| e.to_string())
-        }
-        .await;
-        let (second, minute) = match counts {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "rate limiter: Redis unavailable; serving without a limit");
-                plugin_sdk::metric("oh_rate_limit_redis_errors_total", 1.0, &json!({}));
-                *self.connection.lock().await = None;
-                return Ok(Vec::new());
-            }
+        let pipe = redis::pipe()
+            .incr(&sec_key, 1)
+            .expire(&sec_key, 2)
+            .ignore()
+            .incr(&min_key, 1)
+            .expire(&min_key, 120)
+            .ignore()
+            .to_owned();
+        let Some((second, minute)) = self.inner.query::<(u64, u64)>(pipe).await else {
+            return Ok(Vec::new());
         };
         let minute_reset = (now / 60 + 1) * 60;
         if self.per_second > 0 && second > self.per_second {
-            return Err(limited(self.per_second, now + 1, 1));
+            return Err(limited(self.per_second, now + 1, 1, "Too many requests"));
         }
         if self.per_minute > 0 && minute > self.per_minute {
-            return Err(limited(self.per_minute, minute_reset, minute_reset - now));
+            return Err(limited(self.per_minute, minute_reset, minute_reset - now, "Too many requests"));
         }
         let (limit, used) = if self.per_minute > 0 { (self.per_minute, minute) } else { (self.per_second, second) };
         Ok(vec![
@@ -94,10 +149,45 @@ impl RateLimiter {
             ("X-RateLimit-Reset".to_owned(), minute_reset.to_string()),
         ])
     }
+
+    fn failures_key(&self, address: &str) -> String {
+        format!("{}authfail:{address}:{}", self.prefix, now() / 60)
+    }
+
+    /// Refuses (429) a client address that failed to sign in too often this minute, before its
+    /// credentials cost a database query.
+    pub(crate) async fn check_failures(&self, address: &str) -> Result<(), PluginError> {
+        if self.failed_per_minute == 0 || address.is_empty() {
+            return Ok(());
+        }
+        let pipe = redis::pipe().get(self.failures_key(address)).to_owned();
+        let Some((failures,)) = self.inner.query::<(Option<u64>,)>(pipe).await else { return Ok(()) };
+        if failures.unwrap_or(0) >= self.failed_per_minute {
+            let now = now();
+            let reset = (now / 60 + 1) * 60;
+            return Err(limited(
+                self.failed_per_minute,
+                reset,
+                reset - now,
+                "Too many failed sign-ins from this address; wait and retry",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts a failed sign-in of a client address.
+    pub(crate) async fn count_failure(&self, address: &str) {
+        if self.failed_per_minute == 0 || address.is_empty() {
+            return;
+        }
+        let key = self.failures_key(address);
+        let pipe = redis::pipe().incr(&key, 1).ignore().expire(&key, 120).ignore().to_owned();
+        let _: Option<()> = self.inner.query(pipe).await;
+    }
 }
 
-fn limited(limit: u64, reset: u64, retry_after: u64) -> PluginError {
-    PluginError::new(ErrorCode::AUTH_RATE_LIMITED, "Too many requests").with_details(&json!({
+fn limited(limit: u64, reset: u64, retry_after: u64, message: &str) -> PluginError {
+    PluginError::new(ErrorCode::AUTH_RATE_LIMITED, message).with_details(&json!({
         "headers": {
             "Retry-After": retry_after.max(1).to_string(),
             "X-RateLimit-Limit": limit.to_string(),

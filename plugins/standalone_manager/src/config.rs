@@ -25,6 +25,9 @@ pub(crate) struct Config {
     pub(crate) llm_retry_initial_ms: u64,
     /// The system message that starts every conversation's history.
     pub(crate) system_prompt: String,
+    /// In SaaS mode a user's `llm_base_url` may not lead to a loopback, private or link-local
+    /// address; these host names or IPs are allowed all the same (an internal LLM gateway).
+    pub(crate) llm_private_hosts_allowed: Vec<String>,
 }
 
 impl Default for Config {
@@ -38,6 +41,7 @@ impl Default for Config {
             llm_max_retries: 3,
             llm_retry_initial_ms: 1000,
             system_prompt: "You are OpenHands agent, a helpful AI assistant.".to_owned(),
+            llm_private_hosts_allowed: Vec::new(),
         }
     }
 }

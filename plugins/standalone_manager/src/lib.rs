@@ -33,7 +33,11 @@ pub struct StandaloneConversationManager {
 pub(crate) struct Inner {
     pub(crate) services: Services,
     pub(crate) config: Config,
+    /// For the deployment's LLM endpoint (`LITE_LLM_API_URL`).
     pub(crate) client: reqwest::Client,
+    /// For a user's `llm_base_url`: in SaaS mode it reaches public addresses only.
+    pub(crate) user_client: reqwest::Client,
+    destinations: agent_loop::destination::Policy,
     sessions: Mutex<HashMap<String, Session>>,
     /// Subscribers by conversation, independent of whether its loop runs: a client may
     /// subscribe first and start the loop after.
@@ -116,15 +120,21 @@ impl Inner {
 
 impl StandaloneConversationManager {
     fn new(services: Services, config: Config) -> Result<Self, PluginError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| PluginError::internal(format!("cannot build the HTTP client: {e}")))?;
+        let builder = || reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        let failed = |e: reqwest::Error| PluginError::internal(format!("cannot build the HTTP client: {e}"));
+        let client = builder().build().map_err(failed)?;
+        let destinations = agent_loop::destination::Policy {
+            public_only: services.app_mode() == "saas",
+            allowed_hosts: config.llm_private_hosts_allowed.clone(),
+        };
+        let user_client = agent_loop::destination::client(&destinations, builder()).map_err(failed)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 services,
                 config,
                 client,
+                user_client,
+                destinations,
                 sessions: Mutex::new(HashMap::new()),
                 subscribers: Mutex::new(HashMap::new()),
                 subscription_owner: Mutex::new(HashMap::new()),
@@ -165,6 +175,9 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
             plugin_sdk::env(k)
         })
         .map_err(PluginError::invalid_argument)?;
+        if llm.user_endpoint {
+            self.inner.destinations.check_url(&llm.base_url).map_err(PluginError::invalid_argument)?;
+        }
         let mut sessions = lock(&self.inner.sessions);
         if let Some(s) = sessions.get(&sid) {
             if s.user_id != user {

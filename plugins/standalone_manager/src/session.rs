@@ -196,8 +196,9 @@ impl Runner {
         };
         let mut stop = self.stop.clone();
         let interrupt = self.interrupt.clone();
+        let client = if self.llm.user_endpoint { &self.inner.user_client } else { &self.inner.client };
         let outcome = tokio::select! {
-            r = llm::complete(&self.inner.client, &self.llm, &self.messages, &mut progress) => Some(r),
+            r = llm::complete(client, &self.llm, &self.messages, &mut progress) => Some(r),
             _ = stop.changed() => None,
             () = interrupt.notified() => None,
         };

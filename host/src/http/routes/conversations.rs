@@ -185,20 +185,53 @@ struct EventsQuery {
     limit: i64,
 }
 
+/// The store query of `GET …/events`: 400 for a limit outside 1..=100 or a negative id.
+fn event_query(q: &EventsQuery) -> ApiResult<EventQuery> {
+    if !(1..=100).contains(&q.limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 100"));
+    }
+    if q.start_id < 0 || q.end_id.is_some_and(|e| e < 0) {
+        return Err(ApiError::bad_request("start_id and end_id must not be negative"));
+    }
+    Ok(EventQuery::new(q.start_id as u64, q.end_id.map(|e| e as u64), q.reverse, q.limit as u32))
+}
+
 async fn events(
     State(state): State<AppState>,
     caller: Caller,
     ConversationId(id): ConversationId,
     QueryParams(q): QueryParams<EventsQuery>,
 ) -> ApiResult<Json<Value>> {
-    if !(0..=100).contains(&q.limit) {
-        return Err(ApiError::bad_request("limit must be between 0 and 100"));
-    }
-    if q.start_id < 0 || q.end_id.is_some_and(|e| e < 0) {
-        return Err(ApiError::bad_request("start_id and end_id must not be negative"));
-    }
+    let query = event_query(&q)?;
     conversation(&state, &caller, &id, ApiError::conversation_not_found).await?;
-    let query = EventQuery::new(q.start_id as u64, q.end_id.map(|e| e as u64), q.reverse, q.limit as u32);
     let page = state.registry.get_events(caller.ctx, &id, query).await?;
     Ok(Json(json!({ "events": page.events, "has_more": page.has_more })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn event_queries_are_valid_or_a_clear_400(start in proptest::num::i64::ANY, end in proptest::option::of(proptest::num::i64::ANY), limit in proptest::num::i64::ANY, reverse in proptest::bool::ANY) {
+            let q = EventsQuery { start_id: start, end_id: end, reverse, limit };
+            match event_query(&q) {
+                Ok(query) => {
+                    prop_assert!((1..=100).contains(&limit) && start >= 0);
+                    prop_assert_eq!((query.start_id, query.limit), (start as u64, limit as u32));
+                }
+                Err(e) => prop_assert_eq!(e.status, StatusCode::BAD_REQUEST),
+            }
+        }
+
+        /// A client's page id, whatever it is, gives a store page id or none, never a panic;
+        /// the ones the server hands out read back.
+        #[test]
+        fn page_ids_never_panic_and_wrapped_ones_read_back(text in "(?s).{0,80}", inner in "[A-Za-z0-9+/=]{1,16}") {
+            let _ = store_page_id(Some(&text));
+            prop_assert_eq!(store_page_id(wrap_page_id(Some(inner.clone())).as_deref()), Some(inner));
+        }
+    }
 }
