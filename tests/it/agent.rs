@@ -344,3 +344,27 @@ async fn events_survive_a_restart_and_replay_in_order() {
         last["messages"].as_array().unwrap().iter().filter_map(|m| m["content"].as_str()).collect();
     assert!(contents.contains(&"remember me") && contents.contains(&"Echo: remember me."), "{contents:?}");
 }
+
+#[tokio::test]
+async fn the_llm_is_reached_over_https_trusting_the_systems_certificates() {
+    let d = Deployment::new();
+    let (llm, cert) = FakeLlm::start_tls(d.dir.path()).await;
+    d.install_bundled();
+    d.write_profile("", &manager(", llm_max_retries = 0"));
+    // Trusted through SSL_CERT_FILE (as a private CA in the system store would be).
+    let host = d.start_with_env(&[("SSL_CERT_FILE", cert.to_str().unwrap())]);
+    configure(&host, &llm, None).await;
+    let id = create(&host, "over tls").await;
+    let mut socket = connect(&host, &id, -1).await;
+    socket.until(WAIT, |e| agent_says(e, "Echo: over tls.")).await;
+    assert_eq!(llm.requests()[0].0.as_deref(), Some("sk-test-key"));
+    drop(host);
+    // Not trusted: the call fails (and says so); nothing is sent.
+    let host = d.start();
+    let id = create(&host, "untrusted").await;
+    let mut socket = connect(&host, &id, -1).await;
+    let events = socket.until(WAIT, |e| is_state(e, "error")).await;
+    let error = events.iter().find(|e| e["observation"] == "error").expect("an error observation");
+    assert!(error["content"].as_str().unwrap().to_lowercase().contains("certificate"), "{error}");
+    assert_eq!(llm.requests().len(), 1);
+}

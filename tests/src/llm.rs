@@ -59,6 +59,100 @@ impl FakeLlm {
         FakeLlm { base_url: format!("http://{addr}/v1"), script, task }
     }
 
+    /// The same over HTTPS, with a certificate for `localhost` from a test CA (both made with the
+    /// `openssl` command); returns the server and the CA's PEM file, for a client's
+    /// `SSL_CERT_FILE`.
+    pub async fn start_tls(dir: &std::path::Path) -> (FakeLlm, std::path::PathBuf) {
+        use tokio_rustls::rustls::{
+            self,
+            pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer},
+        };
+        // A test CA, and a server certificate for localhost signed by it.
+        let (ca, ca_key) = (dir.join("test-ca.pem"), dir.join("test-ca.key"));
+        let (cert, key, csr, ext) =
+            (dir.join("llm-cert.pem"), dir.join("llm-key.pem"), dir.join("llm.csr"), dir.join("llm.ext"));
+        std::fs::write(
+            &ext,
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let openssl = |args: &[&std::ffi::OsStr]| {
+            let made = std::process::Command::new("openssl").args(args).output().expect("openssl");
+            assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        };
+        let s = |t: &str| std::ffi::OsString::from(t);
+        openssl(&[
+            &s("req"),
+            &s("-x509"),
+            &s("-newkey"),
+            &s("rsa:2048"),
+            &s("-nodes"),
+            &s("-days"),
+            &s("1"),
+            &s("-subj"),
+            &s("/CN=oh-test-ca"),
+            &s("-keyout"),
+            ca_key.as_os_str(),
+            &s("-out"),
+            ca.as_os_str(),
+        ]);
+        openssl(&[
+            &s("req"),
+            &s("-newkey"),
+            &s("rsa:2048"),
+            &s("-nodes"),
+            &s("-subj"),
+            &s("/CN=localhost"),
+            &s("-keyout"),
+            key.as_os_str(),
+            &s("-out"),
+            csr.as_os_str(),
+        ]);
+        openssl(&[
+            &s("x509"),
+            &s("-req"),
+            &s("-in"),
+            csr.as_os_str(),
+            &s("-CA"),
+            ca.as_os_str(),
+            &s("-CAkey"),
+            ca_key.as_os_str(),
+            &s("-CAcreateserial"),
+            &s("-days"),
+            &s("1"),
+            &s("-extfile"),
+            ext.as_os_str(),
+            &s("-out"),
+            cert.as_os_str(),
+        ]);
+        let certs = vec![CertificateDer::from_pem_file(&cert).unwrap()];
+        let key_der = PrivateKeyDer::from_pem_file(&key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key_der)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let script = Arc::new(Mutex::new(Script::default()));
+        let app = Router::new().route("/v1/chat/completions", post(completions)).with_state(script.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else { return };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        (FakeLlm { base_url: format!("https://localhost:{port}/v1"), script, task }, ca)
+    }
+
     /// Queues replies for the next requests, in order.
     pub fn push(&self, replies: impl IntoIterator<Item = Reply>) {
         self.script.lock().unwrap().replies.extend(replies);

@@ -203,13 +203,25 @@ async fn call_once(
     Ok(completion)
 }
 
+/// A transport error with its causes (a refused connection, a certificate the system does
+/// not trust, ...): what an operator needs, and nothing secret.
 fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
-        "timed out".to_owned()
-    } else if e.is_connect() {
-        "connection failed".to_owned()
-    } else {
-        e.to_string()
+        return "timed out".to_owned();
+    }
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        let text = err.to_string();
+        if !causes.contains(&text) {
+            causes.push(text);
+        }
+        source = err.source();
+    }
+    let head = if e.is_connect() { "connection failed" } else { "request failed" };
+    match causes.last() {
+        Some(cause) => format!("{head}: {cause}"),
+        None => head.to_owned(),
     }
 }
 
