@@ -46,6 +46,12 @@ pub const ENABLE_LINEAR: &str = "ENABLE_LINEAR";
 pub const MAINTENANCE_START_TIME: &str = "MAINTENANCE_START_TIME";
 /// SaaS: `AUTH_URL` in `/api/options/config` when set.
 pub const AUTH_URL: &str = "AUTH_URL";
+/// The deployment's default model: listed first by `/api/options/models`.
+pub const LITELLM_DEFAULT_MODEL: &str = "LITELLM_DEFAULT_MODEL";
+/// A LiteLLM proxy: in SaaS mode `/api/options/models` lists its models (`GET {url}/models`).
+pub const LITE_LLM_API_URL: &str = "LITE_LLM_API_URL";
+/// The key for the LiteLLM proxy's `/models`.
+pub const LITE_LLM_API_KEY: &str = "LITE_LLM_API_KEY";
 
 /// Every variable above, for the configuration reference (a test checks it lists them all).
 pub const ALL: &[&str] = &[
@@ -69,6 +75,9 @@ pub const ALL: &[&str] = &[
     ENABLE_LINEAR,
     MAINTENANCE_START_TIME,
     AUTH_URL,
+    LITELLM_DEFAULT_MODEL,
+    LITE_LLM_API_URL,
+    LITE_LLM_API_KEY,
 ];
 
 /// How the host reads a variable: the process environment, or a map in tests.
@@ -100,6 +109,9 @@ pub struct HostEnv {
     pub enable_linear: bool,
     pub maintenance_start_time: Option<String>,
     pub auth_url: Option<String>,
+    pub litellm_default_model: Option<String>,
+    pub lite_llm_api_url: Option<String>,
+    pub lite_llm_api_key: Option<String>,
 }
 
 /// `true` or `1` (OpenHands' flags).
@@ -140,6 +152,9 @@ impl HostEnv {
             enable_linear: flag(get(ENABLE_LINEAR)),
             maintenance_start_time: get(MAINTENANCE_START_TIME),
             auth_url: get(AUTH_URL),
+            litellm_default_model: get(LITELLM_DEFAULT_MODEL),
+            lite_llm_api_url: get(LITE_LLM_API_URL).map(|u| u.trim_end_matches('/').to_owned()),
+            lite_llm_api_key: get(LITE_LLM_API_KEY),
         }
     }
 }

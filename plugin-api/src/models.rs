@@ -288,6 +288,10 @@ pub struct ConversationMetadata {
     pub sandbox_id: Option<String>,
     #[serde(default)]
     pub conversation_version: Option<String>,
+    /// Feedback the user gave on the conversation (`POST …/submit-feedback`), oldest first.
+    /// Ours, not OpenHands' (which forwards it elsewhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feedback: Vec<serde_json::Value>,
 }
 
 /// A page of conversation metadata, newest first.

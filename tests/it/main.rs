@@ -14,3 +14,4 @@ mod sso;
 mod stores;
 mod tenancy;
 mod token_auth;
+mod web_client;

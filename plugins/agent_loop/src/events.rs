@@ -20,7 +20,7 @@ pub fn user_message(content: &str, image_urls: &[String]) -> Value {
 }
 
 /// A `MessageAction` from the agent, with the turn's metrics.
-pub fn agent_message(completion: &Completion, model: &str, totals: &Totals) -> Value {
+pub fn agent_message(completion: &Completion, model: &str, context_window: i64, totals: &Totals) -> Value {
     json!({
         "timestamp": now(), "source": "agent", "message": completion.content, "action": "message",
         "args": { "content": completion.content, "image_urls": null, "file_urls": null, "wait_for_response": true },
@@ -32,7 +32,7 @@ pub fn agent_message(completion: &Completion, model: &str, totals: &Totals) -> V
                 "prompt_tokens": totals.prompt_tokens,
                 "completion_tokens": totals.completion_tokens,
                 "cache_read_tokens": 0, "cache_write_tokens": 0,
-                "context_window": 0, "per_turn_token": completion.usage.total_tokens,
+                "context_window": context_window, "per_turn_token": completion.usage.total_tokens,
             },
             "costs": [{ "model": model, "cost": completion.cost, "timestamp": now() }],
         },
@@ -57,7 +57,9 @@ impl Totals {
     }
 }
 
-/// `AgentStateChangedObservation`: loading, running, awaiting_user_input, stopped, error.
+/// `AgentStateChangedObservation`: loading, running, awaiting_user_input, stopped, error. For
+/// `error`, `reason` is the status id the web client shows (e.g.
+/// `STATUS$ERROR_LLM_AUTHENTICATION`).
 pub fn agent_state_changed(state: &str, reason: &str) -> Value {
     json!({
         "timestamp": now(), "source": "agent", "message": "", "observation": "agent_state_changed",

@@ -8,10 +8,65 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::time::Duration;
 
+/// Providers whose API speaks OpenAI's chat completions, with their endpoint: a model named
+/// `<provider>/<model>` (as the web client stores it) is sent there as `<model>`, unless the
+/// user set a base URL.
+const PROVIDERS: &[(&str, &str)] = &[
+    ("openai", "https://api.openai.com/v1"),
+    ("anthropic", "https://api.anthropic.com/v1"),
+    ("gemini", "https://generativelanguage.googleapis.com/v1beta/openai"),
+    ("mistral", "https://api.mistral.ai/v1"),
+    ("deepseek", "https://api.deepseek.com/v1"),
+    ("groq", "https://api.groq.com/openai/v1"),
+    ("openrouter", "https://openrouter.ai/api/v1"),
+    ("together_ai", "https://api.together.xyz/v1"),
+    ("fireworks_ai", "https://api.fireworks.ai/inference/v1"),
+    ("xai", "https://api.x.ai/v1"),
+    ("ollama", "http://localhost:11434/v1"),
+    // A LiteLLM proxy (OpenHands SaaS names its models `openhands/…`): the base URL is the
+    // user's or LITE_LLM_API_URL.
+    ("litellm_proxy", ""),
+    ("openhands", ""),
+];
+
+/// `(provider, model as the provider names it)` for a model string the web client stored.
+pub fn split_provider(model: &str) -> (Option<&'static str>, &str) {
+    if let Some((prefix, rest)) = model.split_once('/') {
+        if let Some((provider, _)) = PROVIDERS.iter().find(|(p, _)| *p == prefix) {
+            return (Some(provider), rest);
+        }
+    }
+    (None, model)
+}
+
+/// The context window (tokens) of well-known models; 128k otherwise.
+pub fn context_window(model: &str) -> i64 {
+    let m = model.rsplit('/').next().unwrap_or(model).to_ascii_lowercase();
+    let table: &[(&str, i64)] = &[
+        ("claude", 200_000),
+        ("gpt-5", 400_000),
+        ("gpt-4.1", 1_047_576),
+        ("gpt-4o", 128_000),
+        ("o3", 200_000),
+        ("o4", 200_000),
+        ("gemini-2", 1_048_576),
+        ("gemini-1.5", 1_048_576),
+        ("deepseek", 128_000),
+        ("devstral", 128_000),
+        ("qwen3-coder", 262_144),
+        ("kimi-k2", 131_072),
+    ];
+    table.iter().find(|(prefix, _)| m.starts_with(prefix)).map_or(128_000, |(_, n)| *n)
+}
+
 /// Where and how to call the model.
 #[derive(Clone, Debug)]
 pub struct LlmConfig {
+    /// The model as the endpoint names it (a known provider prefix removed).
     pub model: String,
+    /// The model as the user chose it (shown in metrics).
+    pub display_model: String,
+    pub context_window: i64,
     /// Base URL without the `/chat/completions` suffix, e.g. `https://api.openai.com/v1`.
     pub base_url: String,
     pub api_key: Option<String>,
@@ -45,17 +100,22 @@ impl LlmConfig {
         limits: &LlmLimits,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
-        let model =
+        let display_model =
             settings.llm_model.clone().filter(|m| !m.trim().is_empty()).ok_or("no llm_model in the settings")?;
+        let (provider, bare) = split_provider(&display_model);
         let deployment_url = env("LITE_LLM_API_URL").filter(|u| !u.trim().is_empty());
         let user_endpoint = deployment_url.is_none();
+        let provider_url = provider.and_then(|p| PROVIDERS.iter().find(|(name, _)| *name == p)).map(|(_, u)| *u);
         let base_url = deployment_url
             .or_else(|| settings.llm_base_url.clone())
             .filter(|u| !u.trim().is_empty())
+            .or_else(|| provider_url.filter(|u| !u.is_empty()).map(str::to_owned))
             .unwrap_or_else(|| "https://api.openai.com/v1".to_owned());
         let api_key = env("LITE_LLM_API_KEY").or_else(|| settings.llm_api_key.clone()).filter(|k| !k.trim().is_empty());
         Ok(LlmConfig {
-            model,
+            model: bare.to_owned(),
+            context_window: context_window(bare),
+            display_model: display_model.clone(),
             base_url: base_url.trim_end_matches('/').to_owned(),
             api_key,
             request_timeout: limits.request_timeout,
@@ -358,6 +418,37 @@ mod tests {
             assert_eq!(deltas, ["Hel", "lo"]);
             assert_eq!(completion.usage, Usage { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 });
         }
+    }
+
+    #[test]
+    fn provider_prefixes_route_to_their_endpoint_and_are_not_sent() {
+        let limits = LlmLimits {
+            request_timeout: Duration::from_secs(1),
+            chunk_timeout: Duration::from_secs(1),
+            max_retries: 0,
+            initial_backoff: Duration::ZERO,
+        };
+        let cfg = |model: &str, base: Option<&str>| {
+            let settings =
+                Settings { llm_model: Some(model.into()), llm_base_url: base.map(str::to_owned), ..Default::default() };
+            let c = LlmConfig::from_settings(&settings, &limits, &|_| None).unwrap();
+            (c.model, c.base_url)
+        };
+        assert_eq!(cfg("openai/gpt-4o", None), ("gpt-4o".into(), "https://api.openai.com/v1".into()));
+        assert_eq!(cfg("anthropic/claude-sonnet-4-20250514", None).1, "https://api.anthropic.com/v1");
+        assert_eq!(
+            cfg("openrouter/anthropic/claude-3", None),
+            ("anthropic/claude-3".into(), "https://openrouter.ai/api/v1".into())
+        );
+        assert_eq!(cfg("openai/gpt-4o", Some("http://gw/v1/")), ("gpt-4o".into(), "http://gw/v1".into()));
+        assert_eq!(
+            cfg("meta-llama/Llama-3", Some("http://vllm/v1")).0,
+            "meta-llama/Llama-3",
+            "unknown prefixes are kept"
+        );
+        assert_eq!(cfg("fake-model", Some("http://x/v1")).0, "fake-model");
+        assert_eq!(context_window("anthropic/claude-sonnet-4-5-20250929"), 200_000);
+        assert_eq!(context_window("fake-model"), 128_000);
     }
 
     #[test]

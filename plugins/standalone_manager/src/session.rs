@@ -207,7 +207,13 @@ impl Runner {
             Some(Ok(completion)) => {
                 self.totals.add(&completion);
                 self.messages.push(ChatMessage { role: "assistant".into(), content: completion.content.clone() });
-                self.persist(events::agent_message(&completion, &self.llm.model, &self.totals)).await;
+                self.persist(events::agent_message(
+                    &completion,
+                    &self.llm.display_model,
+                    self.llm.context_window,
+                    &self.totals,
+                ))
+                .await;
                 self.update_metadata(|_| {}).await;
                 self.set_state("awaiting_user_input").await;
             }
@@ -220,14 +226,19 @@ impl Runner {
                 tracing::warn!(conversation_id = %self.sid, error = %text, "agent turn failed");
                 self.inner.broadcast(&self.sid, &events::status_update("error", id, &text));
                 self.persist(events::error_observation(&text, id)).await;
-                self.set_state("error").await;
+                self.set_state_because("error", id).await;
             }
         }
     }
 
     async fn set_state(&mut self, state: &str) {
+        self.set_state_because(state, "").await;
+    }
+
+    /// A state change with its reason (for `error`, the status id the web client shows).
+    async fn set_state_because(&mut self, state: &str, reason: &str) {
         self.shared.running.store(state == "running", Ordering::Relaxed);
-        self.persist(events::agent_state_changed(state, "")).await;
+        self.persist(events::agent_state_changed(state, reason)).await;
     }
 
     /// Stores an event (it gets its id), then pushes it live and to monitoring.
@@ -280,7 +291,7 @@ impl Runner {
         m.prompt_tokens = self.totals.prompt_tokens;
         m.completion_tokens = self.totals.completion_tokens;
         m.total_tokens = self.totals.total_tokens;
-        m.llm_model = Some(self.llm.model.clone());
+        m.llm_model = Some(self.llm.display_model.clone());
         change(&mut m);
         if let Err(e) = self.inner.services.call(self.ctx.clone(), SaveMetadata { metadata: m }).await {
             tracing::warn!(conversation_id = %self.sid, error = %e, "cannot update metadata");

@@ -6,6 +6,7 @@ mod health;
 mod options;
 mod secrets;
 mod settings;
+mod workspace;
 
 use super::{
     error::{ApiError, ApiResult},
@@ -22,6 +23,9 @@ pub(super) fn public() -> Router<AppState> {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/api/options/config", get(options::config))
+        .route("/api/options/models", get(options::models))
+        .route("/api/options/agents", get(options::agents))
+        .route("/api/options/security-analyzers", get(options::security_analyzers))
 }
 
 /// The operators' routes (the admin listener): what is loaded, counters, health in detail.
@@ -40,6 +44,7 @@ pub(super) fn api() -> Router<AppState> {
         .merge(secrets::routes())
         .merge(conversations::routes())
         .merge(agents::routes())
+        .merge(workspace::routes())
 }
 
 /// The caller's conversation `id`, or `missing()` (each route answers absence in its own
