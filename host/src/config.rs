@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// The largest request head (request line and headers) accepted; 431 beyond.
     pub max_header_bytes: usize,
+    /// The git providers' API addresses (`/api/user/*`).
+    pub git: crate::git::ApiUrls,
     /// What the host reads of its environment (read once, with the profile).
     pub env: env::HostEnv,
 }
@@ -151,6 +153,9 @@ const SERVER_KEYS: &[&str] = &[
     "header_read_timeout_ms",
     "max_connections",
     "max_header_bytes",
+    "github_api_url",
+    "gitlab_api_url",
+    "bitbucket_api_url",
 ];
 const ENTRY_KEYS: &[&str] = &["library", "implementation", "config", "sha256", "enabled_if_env", "timeout_ms"];
 
@@ -354,6 +359,19 @@ fn parse_server(t: &Table, base: &Path, lookup: env::Lookup<'_>, p: &mut Problem
             }
         }
     };
+    let defaults = crate::git::ApiUrls::default();
+    let api_url = |key: &str, default: &str, p: &mut Problems| -> String {
+        let url = string(key, default, p);
+        if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains(char::is_whitespace) {
+            p.push(&format!("server.{key}"), &format!("`{url}` is not an http(s) URL; write it as \"{default}\""));
+        }
+        url.trim_end_matches('/').to_owned()
+    };
+    let git = crate::git::ApiUrls {
+        github: api_url("github_api_url", &defaults.github, p),
+        gitlab: api_url("gitlab_api_url", &defaults.gitlab, p),
+        bitbucket: api_url("bitbucket_api_url", &defaults.bitbucket, p),
+    };
     let plugins_dir = resolve(base, &string("plugins_dir", "target/plugins", p), lookup);
     let state_dir = resolve(base, &string("state_dir", "~/.openhands-host", p), lookup);
     let mut env_problems = Vec::new();
@@ -372,6 +390,7 @@ fn parse_server(t: &Table, base: &Path, lookup: env::Lookup<'_>, p: &mut Problem
         header_read_timeout: Duration::from_millis(int("header_read_timeout_ms", 10_000, 100, p) as u64),
         max_connections: int("max_connections", crate::server::default_max_connections() as i64, 1, p) as usize,
         max_header_bytes: int("max_header_bytes", 16 * 1024, 1024, p) as usize,
+        git,
         env: host_env,
     };
     (p.list.len() == before).then_some(server)

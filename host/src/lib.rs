@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod env;
+pub mod git;
 pub mod http;
 pub mod loader;
 pub mod registry;

@@ -4,6 +4,7 @@ mod agent;
 mod cli;
 mod conversations;
 mod failures;
+mod git_providers;
 mod hardening;
 mod http;
 mod hygiene;

@@ -2,6 +2,5 @@
 //! chat client ([`llm`]) and OpenHands-shaped events ([`events`]). It has no state of its own;
 //! a manager drives it one turn at a time.
 
-pub mod destination;
 pub mod events;
 pub mod llm;

@@ -37,7 +37,7 @@ pub(crate) struct Inner {
     pub(crate) client: reqwest::Client,
     /// For a user's `llm_base_url`: in SaaS mode it reaches public addresses only.
     pub(crate) user_client: reqwest::Client,
-    destinations: agent_loop::destination::Policy,
+    destinations: outbound::Policy,
     sessions: Mutex<HashMap<String, Session>>,
     /// Subscribers by conversation, independent of whether its loop runs: a client may
     /// subscribe first and start the loop after.
@@ -123,11 +123,13 @@ impl StandaloneConversationManager {
         let builder = || reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
         let failed = |e: reqwest::Error| PluginError::internal(format!("cannot build the HTTP client: {e}"));
         let client = builder().build().map_err(failed)?;
-        let destinations = agent_loop::destination::Policy {
+        let destinations = outbound::Policy {
             public_only: services.app_mode() == "saas",
             allowed_hosts: config.llm_private_hosts_allowed.clone(),
+            subject: "the LLM base URL",
+            allow_setting: "llm_private_hosts_allowed",
         };
-        let user_client = agent_loop::destination::client(&destinations, builder()).map_err(failed)?;
+        let user_client = outbound::client(&destinations, builder()).map_err(failed)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 services,

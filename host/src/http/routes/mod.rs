@@ -6,6 +6,7 @@ mod health;
 mod options;
 mod secrets;
 mod settings;
+mod user;
 mod workspace;
 
 use super::{
@@ -45,6 +46,7 @@ pub(super) fn api() -> Router<AppState> {
         .merge(conversations::routes())
         .merge(agents::routes())
         .merge(workspace::routes())
+        .merge(user::routes())
 }
 
 /// The caller's conversation `id`, or `missing()` (each route answers absence in its own

@@ -1,8 +1,9 @@
-//! Where a user-chosen `llm_base_url` may lead. In SaaS mode the server would otherwise call
-//! any address with the user's key, including its own loopback and private network (and show
-//! the answer's error text): such destinations are refused unless the profile allows them by
-//! name. Literal IPs are checked when the URL is read; names are checked when they resolve,
-//! by the HTTP client's resolver, so a name cannot be re-pointed after the check.
+//! Where a user-chosen URL may lead (an `llm_base_url`, a git provider's host). In SaaS mode
+//! the server would otherwise call any address with the user's credentials, including its own
+//! loopback and private network (and show the answer's error text): such destinations are
+//! refused unless the operator allows them by name. Literal IPs are checked when the URL is
+//! read; names are checked when they resolve, by the HTTP client's resolver, so a name cannot
+//! be re-pointed after the check.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -16,6 +17,10 @@ pub struct Policy {
     pub public_only: bool,
     /// Host names or IPs allowed even when they are not public (an internal LLM gateway).
     pub allowed_hosts: Vec<String>,
+    /// What the URL is, for messages: "the LLM base URL".
+    pub subject: &'static str,
+    /// The setting an operator uses to allow a host, for messages.
+    pub allow_setting: &'static str,
 }
 
 impl Policy {
@@ -29,25 +34,26 @@ impl Policy {
         if !self.public_only {
             return Ok(());
         }
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("the LLM base URL `{url}` is not a URL: {e}"))?;
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("{} `{url}` is not a URL: {e}", self.subject))?;
         let host = parsed.host_str().unwrap_or("");
         if self.allows_name(host) {
             return Ok(());
         }
         let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>();
         match ip {
-            Ok(ip) if !is_public(ip) => Err(refusal(host)),
-            _ if host.eq_ignore_ascii_case("localhost") || host.ends_with(".localhost") => Err(refusal(host)),
+            Ok(ip) if !is_public(ip) => Err(self.refusal(host)),
+            _ if host.eq_ignore_ascii_case("localhost") || host.ends_with(".localhost") => Err(self.refusal(host)),
             _ => Ok(()),
         }
     }
-}
 
-fn refusal(host: &str) -> String {
-    format!(
-        "the LLM base URL names `{host}`, a local or private address, which this server does not call \
-         (an operator can allow it with llm_private_hosts_allowed)"
-    )
+    fn refusal(&self, host: &str) -> String {
+        format!(
+            "{} names `{host}`, a local or private address, which this server does not call \
+             (an operator can allow it with {})",
+            self.subject, self.allow_setting
+        )
+    }
 }
 
 /// Whether an address is on the public internet.
@@ -93,11 +99,12 @@ impl reqwest::dns::Resolve for PublicOnly {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let name = name.as_str().to_owned();
         let allowed = self.0.allows_name(&name);
+        let policy = self.0.clone();
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
             let kept: Vec<SocketAddr> = addrs.into_iter().filter(|a| allowed || is_public(a.ip())).collect();
             if kept.is_empty() {
-                return Err(refusal(&name).into());
+                return Err(policy.refusal(&name).into());
             }
             Ok(Box::new(kept.into_iter()) as reqwest::dns::Addrs)
         })
@@ -138,11 +145,17 @@ mod tests {
 
     #[test]
     fn literal_private_urls_are_refused_unless_allowed() {
-        let policy = Policy { public_only: true, allowed_hosts: vec!["10.0.0.5".into()] };
+        let policy = Policy {
+            public_only: true,
+            allowed_hosts: vec!["10.0.0.5".into()],
+            subject: "the LLM base URL",
+            allow_setting: "llm_private_hosts_allowed",
+        };
         for url in
             ["http://127.0.0.1:8080/v1", "http://[::1]/v1", "http://169.254.169.254/latest", "http://localhost:4000"]
         {
-            assert!(policy.check_url(url).is_err(), "{url}");
+            let refused = policy.check_url(url).unwrap_err();
+            assert!(refused.starts_with("the LLM base URL names") && refused.contains("llm_private_hosts_allowed"));
         }
         assert!(policy.check_url("http://10.0.0.5:4000/v1").is_ok());
         assert!(policy.check_url("https://api.openai.com/v1").is_ok());

@@ -1,0 +1,397 @@
+//! `/api/user/*`: the signed-in user's git providers, called with their provider tokens (the
+//! ones the auth system brokers, else the stored ones). Answers and statuses as OpenHands
+//! 0.62's `routes/git.py`: 401 with a JSON string when there is no token or the provider
+//! refuses it, 500 with the provider's error otherwise; lists that span providers skip a
+//! failing one.
+
+use crate::{
+    config::AppMode,
+    git::{self, Api, BranchPage, GitError, Provider},
+    http::{
+        error::{ApiError, ApiResult},
+        extract::{Caller, QueryParams},
+        AppState,
+    },
+};
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    routing::get,
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/user/info", get(info))
+        .route("/api/user/installations", get(installations))
+        .route("/api/user/repositories", get(repositories))
+        .route("/api/user/search/repositories", get(search_repositories))
+        .route("/api/user/search/branches", get(search_branches))
+        .route("/api/user/suggested-tasks", get(suggested_tasks))
+        .route("/api/user/repository/branches", get(branches))
+        .route("/api/user/repository/{*rest}", get(repository_microagents))
+}
+
+const TOKEN_REQUIRED: &str = "Git provider token required. (such as GitHub).";
+
+/// OpenHands' `AuthenticationError` answer: 401 and the message as a JSON string.
+fn unauthorized(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, json!(message.into()))
+}
+
+/// A provider's failure as OpenHands answers it.
+fn provider_error(e: GitError) -> ApiError {
+    match e {
+        GitError::Unauthorized(m) => unauthorized(m),
+        GitError::RateLimited(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, json!(m)),
+        GitError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, json!(m)),
+        GitError::Failed(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, json!(m)),
+    }
+}
+
+/// The caller's provider APIs, one per provider with a token, in OpenHands' order.
+async fn apis(state: &AppState, caller: &Caller) -> ApiResult<Vec<Api>> {
+    let tokens = match state.registry.provider_tokens(caller.ctx.clone()).await? {
+        Some(brokered) => brokered,
+        None => state.registry.load_secrets(caller.ctx.clone()).await?.unwrap_or_default().provider_tokens,
+    };
+    let saas = state.registry.app_mode() == AppMode::Saas;
+    let mut apis = Vec::new();
+    for provider in Provider::ALL {
+        let Some(token) = tokens.get(provider.name()) else { continue };
+        let Some(secret) = token.token.as_deref().filter(|t| !t.trim().is_empty()) else { continue };
+        match Api::new(provider, secret, token.host.as_deref(), &state.server.git, saas) {
+            Ok(api) => apis.push(api),
+            Err(e) => return Err(ApiError::bad_request(format!("{} token: {e}", provider.name()))),
+        }
+    }
+    Ok(apis)
+}
+
+fn selected(apis: Vec<Api>, provider: &str) -> ApiResult<Api> {
+    let wanted = Provider::parse(provider).ok_or_else(|| {
+        ApiError::unprocessable(format!("selected_provider `{provider}` is not one of github, gitlab, bitbucket"))
+    })?;
+    apis.into_iter()
+        .find(|a| a.provider == wanted)
+        .ok_or_else(|| unauthorized(format!("No {} token is set. Add one in the Git settings.", wanted.name())))
+}
+
+fn check_repository(name: &str) -> ApiResult<()> {
+    if git::valid_repository(name) {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(format!("repository `{name}` is not an owner/name path")))
+    }
+}
+
+/// `GET /api/user/info`: the user as the first provider that answers sees them.
+async fn info(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<git::User>> {
+    let apis = apis(&state, &caller).await?;
+    if apis.is_empty() {
+        return Err(unauthorized(TOKEN_REQUIRED));
+    }
+    for api in &apis {
+        match git::user(api).await {
+            Ok(user) => return Ok(Json(user)),
+            Err(e) => tracing::info!(provider = api.provider.name(), error = %e, "the provider did not give the user"),
+        }
+    }
+    Err(unauthorized("Need valid provider token"))
+}
+
+#[derive(Deserialize)]
+struct InstallationsQuery {
+    provider: String,
+}
+
+/// `GET /api/user/installations?provider=`: GitHub App installations or Bitbucket workspaces
+/// (none when the provider cannot list them).
+async fn installations(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<InstallationsQuery>,
+) -> ApiResult<Json<Value>> {
+    let apis = apis(&state, &caller).await?;
+    if apis.is_empty() {
+        return Err(unauthorized(TOKEN_REQUIRED));
+    }
+    let provider = Provider::parse(&q.provider)
+        .ok_or_else(|| ApiError::unprocessable(format!("provider `{}` is not a git provider", q.provider)))?;
+    if provider == Provider::GitLab {
+        let message = "Provider ProviderType.GITLAB doesn't support installations";
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, json!(message)));
+    }
+    let Some(api) = apis.iter().find(|a| a.provider == provider) else { return Ok(Json(json!([]))) };
+    match git::installations(api).await {
+        Ok(ids) => Ok(Json(json!(ids))),
+        Err(e) => {
+            tracing::warn!(provider = provider.name(), error = %e, "cannot list installations");
+            Ok(Json(json!([])))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RepositoriesQuery {
+    #[serde(default = "pushed")]
+    sort: String,
+    selected_provider: Option<String>,
+    page: Option<u32>,
+    per_page: Option<u32>,
+    installation_id: Option<String>,
+}
+
+fn pushed() -> String {
+    "pushed".to_owned()
+}
+
+/// `GET /api/user/repositories`: one page of one provider's repositories (the web client's
+/// picker, which follows `link_header`), or every provider's, up to 1000 each.
+async fn repositories(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<RepositoriesQuery>,
+) -> ApiResult<Json<Vec<git::Repository>>> {
+    let apis = apis(&state, &caller).await?;
+    if apis.is_empty() {
+        return Err(unauthorized(TOKEN_REQUIRED));
+    }
+    if let Some(provider) = &q.selected_provider {
+        let (Some(page), Some(per_page)) = (q.page.filter(|p| *p >= 1), q.per_page.filter(|p| (1..=100).contains(p)))
+        else {
+            return Err(ApiError::bad_request(
+                "page (1 or more) and per_page (1 to 100) are required with selected_provider",
+            ));
+        };
+        let api = selected(apis, provider)?;
+        let installation = q.installation_id.as_deref().filter(|i| !i.is_empty());
+        if installation.is_some_and(|i| !i.chars().all(|c| c.is_ascii_alphanumeric() || "-_.{}".contains(c))) {
+            return Err(ApiError::unprocessable("installation_id is not an installation or workspace id"));
+        }
+        let repos = git::repositories_page(&api, page, per_page, &q.sort, installation).await;
+        return repos.map(Json).map_err(provider_error);
+    }
+    let mut all = Vec::new();
+    for api in &apis {
+        match git::all_repositories(api, &q.sort).await {
+            Ok(repos) => all.extend(repos),
+            Err(e) => tracing::warn!(provider = api.provider.name(), error = %e, "cannot list repositories"),
+        }
+    }
+    Ok(Json(all))
+}
+
+#[derive(Deserialize)]
+struct SearchRepositoriesQuery {
+    query: String,
+    #[serde(default = "five")]
+    per_page: u32,
+    #[serde(default = "stars")]
+    sort: String,
+    #[serde(default = "desc")]
+    order: String,
+    selected_provider: Option<String>,
+}
+
+fn five() -> u32 {
+    5
+}
+fn stars() -> String {
+    "stars".to_owned()
+}
+fn desc() -> String {
+    "desc".to_owned()
+}
+
+/// Whether a search query is a repository's URL on this provider (its own host or the
+/// public one).
+fn is_repository_url(query: &str, api: &Api) -> bool {
+    (query.starts_with("http://") || query.starts_with("https://"))
+        && (query.contains(api.provider.domain()) || api.host.as_deref().is_some_and(|h| query.contains(h)))
+}
+
+/// `GET /api/user/search/repositories`.
+async fn search_repositories(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<SearchRepositoriesQuery>,
+) -> ApiResult<Json<Vec<git::Repository>>> {
+    let per_page = q.per_page.clamp(1, 100);
+    let apis = apis(&state, &caller).await?;
+    if apis.is_empty() {
+        return Err(unauthorized("Git provider token required."));
+    }
+    if let Some(provider) = &q.selected_provider {
+        let api = selected(apis, provider)?;
+        let public = is_repository_url(&q.query, &api);
+        let found = git::search_repositories(&api, &q.query, per_page, &q.sort, &q.order, public).await;
+        let mut repos = found.map_err(provider_error)?;
+        let mut seen = std::collections::HashSet::new();
+        repos.retain(|r| seen.insert(r.full_name.clone()));
+        return Ok(Json(repos));
+    }
+    let mut all = Vec::new();
+    for api in &apis {
+        let public = is_repository_url(&q.query, api);
+        match git::search_repositories(api, &q.query, per_page, &q.sort, &q.order, public).await {
+            Ok(repos) => all.extend(repos),
+            Err(e) => tracing::warn!(provider = api.provider.name(), error = %e, "repository search failed"),
+        }
+    }
+    Ok(Json(all))
+}
+
+#[derive(Deserialize)]
+struct SearchBranchesQuery {
+    repository: String,
+    query: String,
+    #[serde(default = "thirty")]
+    per_page: u32,
+    selected_provider: Option<String>,
+}
+
+fn thirty() -> u32 {
+    30
+}
+
+/// `GET /api/user/search/branches`: a failed search is an empty list, as in OpenHands.
+async fn search_branches(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<SearchBranchesQuery>,
+) -> ApiResult<Json<Vec<git::Branch>>> {
+    check_repository(&q.repository)?;
+    let per_page = q.per_page.clamp(1, 100);
+    let apis = apis(&state, &caller).await?;
+    if apis.is_empty() {
+        return Err(unauthorized("Git provider token required."));
+    }
+    let api = match &q.selected_provider {
+        Some(provider) => Some(selected(apis, provider)?),
+        None => owner_of(apis, &q.repository).await,
+    };
+    let Some(api) = api else { return Ok(Json(Vec::new())) };
+    match git::search_branches(&api, &q.repository, &q.query, per_page).await {
+        Ok(branches) => Ok(Json(branches)),
+        Err(GitError::Unauthorized(m)) => Err(unauthorized(m)),
+        Err(e) => {
+            tracing::warn!(provider = api.provider.name(), error = %e, "branch search failed");
+            Ok(Json(Vec::new()))
+        }
+    }
+}
+
+/// The first provider that can see `repository`.
+async fn owner_of(apis: Vec<Api>, repository: &str) -> Option<Api> {
+    for api in apis {
+        if git::repository(&api, repository).await.is_ok() {
+            return Some(api);
+        }
+    }
+    None
+}
+
+/// `GET /api/user/suggested-tasks`.
+async fn suggested_tasks(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<git::SuggestedTask>>> {
+    let apis = apis(&state, &caller).await?;
+    if apis.is_empty() {
+        return Err(unauthorized("No providers set."));
+    }
+    let mut tasks = Vec::new();
+    for api in &apis {
+        match git::suggested_tasks(api).await {
+            Ok(found) => tasks.extend(found),
+            Err(e) => tracing::warn!(provider = api.provider.name(), error = %e, "cannot read suggested tasks"),
+        }
+    }
+    Ok(Json(tasks))
+}
+
+#[derive(Deserialize)]
+struct BranchesQuery {
+    repository: String,
+    #[serde(default = "one")]
+    page: u32,
+    #[serde(default = "thirty")]
+    per_page: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `GET /api/user/repository/branches`: the first provider that answers; an empty page when
+/// none does.
+async fn branches(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<BranchesQuery>,
+) -> ApiResult<Json<BranchPage>> {
+    check_repository(&q.repository)?;
+    let (page, per_page) = (q.page.max(1), q.per_page.clamp(1, 100));
+    let apis = apis(&state, &caller).await?;
+    if apis.is_empty() {
+        return Err(unauthorized(TOKEN_REQUIRED));
+    }
+    for api in &apis {
+        match git::branches_page(api, &q.repository, page, per_page).await {
+            Ok(found) => return Ok(Json(found)),
+            Err(e) => tracing::info!(provider = api.provider.name(), error = %e, "cannot list branches"),
+        }
+    }
+    Ok(Json(BranchPage::empty(page, per_page)))
+}
+
+#[derive(Deserialize)]
+struct ContentQuery {
+    file_path: Option<String>,
+}
+
+/// `GET /api/user/repository/{owner/name}/microagents[/content?file_path=]`.
+async fn repository_microagents(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(rest): Path<String>,
+    QueryParams(q): QueryParams<ContentQuery>,
+) -> ApiResult<Json<Value>> {
+    let (repository, content) = if let Some(repo) = rest.strip_suffix("/microagents/content") {
+        (repo, true)
+    } else if let Some(repo) = rest.strip_suffix("/microagents") {
+        (repo, false)
+    } else {
+        return Err(ApiError::not_found(format!("no such route: /api/user/repository/{rest}")));
+    };
+    check_repository(repository)?;
+    let apis = apis(&state, &caller).await?;
+    if !content {
+        let mut errors = Vec::new();
+        for api in &apis {
+            match git::microagents(api, repository).await {
+                Ok(found) if !found.is_empty() => return Ok(Json(json!(found))),
+                Ok(_) => {}
+                Err(e) => errors.push(format!("{}: {e}", api.provider.name())),
+            }
+        }
+        if !errors.is_empty() {
+            tracing::warn!(repository, errors = %errors.join("; "), "cannot list microagents");
+            return Err(unauthorized(format!("Unable to fetch microagents for {repository}")));
+        }
+        return Ok(Json(json!([])));
+    }
+    let Some(path) = q.file_path.filter(|p| git::valid_file_path(p)) else {
+        return Err(ApiError::unprocessable("file_path must name a file in the repository"));
+    };
+    for api in &apis {
+        match git::microagent_content(api, repository, &path).await {
+            Ok(found) => return Ok(Json(json!(found))),
+            Err(GitError::NotFound(_)) => {}
+            Err(e) => {
+                tracing::warn!(provider = api.provider.name(), repository, error = %e, "cannot read a microagent")
+            }
+        }
+    }
+    Err(unauthorized(format!("Microagent file {path} not found in {repository}")))
+}
