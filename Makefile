@@ -8,7 +8,7 @@ PLUGINS_DIR := target/plugins
 BUNDLED     := file_stores default_auth log_monitoring standalone_manager postgres_stores saas_auth
 EXAMPLE     := examples/token-auth/Cargo.toml
 
-.PHONY: build plugins examples run test services bench lint fmt
+.PHONY: build plugins examples run test test-browser services bench lint fmt
 
 build:
 	$(CARGO) build --workspace
@@ -32,6 +32,11 @@ services:
 test: services plugins examples
 	$(CARGO) test --workspace
 	$(CARGO) test --manifest-path $(EXAMPLE) --target-dir target
+
+# Only the browser tests (the OpenHands web client in headless Chromium); fails when the
+# client's build is absent (OH_FRONTEND_DIR, default ../shared/openhands-frontend-0.62.0).
+test-browser: services plugins
+	OH_REQUIRE_BROWSER=1 $(CARGO) test -p oh-e2e --test it -- browser::
 
 bench: services
 	bash bench/run

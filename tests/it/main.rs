@@ -1,6 +1,7 @@
 //! End-to-end tests: one binary, one module per area (matklad's "one integration test crate").
 
 mod agent;
+mod browser;
 mod cli;
 mod conversations;
 mod failures;

@@ -5,6 +5,7 @@
 //! The binaries and libraries come from `make test` (which builds the workspace, the plugins
 //! and the example plugin first): `target/debug/oh-host`, `target/debug/lib*.so`.
 
+pub mod browser;
 pub mod git;
 pub mod llm;
 pub mod oidc;
