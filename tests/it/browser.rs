@@ -155,3 +155,152 @@ async fn an_llm_that_refuses_the_key_shows_why() {
     assert!(!browser.text().await.contains("Unknown error"));
     browser.assert_no_unexpected_errors(&base, EXPECTED).await;
 }
+
+/// The enterprise profile (`examples/plugins.saas.toml`) as shipped, its plugins directory
+/// pointed at the deployment's.
+fn saas_profile(d: &Deployment) {
+    let shipped = std::fs::read_to_string(oh_e2e::workspace().join("examples/plugins.saas.toml")).unwrap();
+    let profile = shipped
+        .replace("plugins_dir = \"../target/plugins\"", &format!("plugins_dir = \"{}\"", d.plugins_dir().display()));
+    assert_ne!(profile, shipped, "the example profile's plugins_dir line moved");
+    std::fs::write(d.profile_path(), profile).unwrap();
+}
+
+/// Signs in through the web client's own sign-in (Keycloak over HTTPS), accepting the terms.
+async fn sign_in(browser: &Browser, web: &str) {
+    browser.goto(&format!("{web}/")).await;
+    browser.click_button("Login with Enterprise SSO").await;
+    browser.wait_until("the terms page", "return location.pathname == '/accept-tos'").await;
+    browser.click("input[type=checkbox]").await;
+    browser.click_button("Continue").await;
+    browser.wait_until("the home page", "return location.pathname == '/'").await;
+}
+
+#[tokio::test]
+async fn saas_sign_in_terms_api_keys_two_users_apart_and_sign_out() {
+    let Some(frontend) = frontend_dir() else { return };
+    let db = oh_e2e::pg::TestDb::create().await;
+    let kc = oh_e2e::oidc::FakeKeycloak::start().await;
+    let certificates = tempfile::tempdir().unwrap();
+    let auth_url = kc.serve_https(certificates.path()).await;
+    let llm = FakeLlm::start().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    saas_profile(&d);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // The client builds its callback as http:// only for `localhost`.
+    let web = format!("http://localhost:{port}");
+    let bind = format!("127.0.0.1:{port}");
+    let state_dir = d.state_dir();
+    let env = [
+        ("OH_BIND", bind.as_str()),
+        ("OH_STATE_DIR", state_dir.to_str().unwrap()),
+        ("FRONTEND_DIRECTORY", frontend.to_str().unwrap()),
+        ("JWT_SECRET", "browser-test-jwt-secret-0123456789"),
+        ("KEYCLOAK_SERVER_URL", kc.base.as_str()),
+        ("KEYCLOAK_REALM_NAME", oh_e2e::oidc::REALM),
+        ("KEYCLOAK_CLIENT_ID", oh_e2e::oidc::CLIENT_ID),
+        ("KEYCLOAK_CLIENT_SECRET", oh_e2e::oidc::CLIENT_SECRET),
+        ("WEB_HOST", web.as_str()),
+        ("AUTH_URL", auth_url.as_str()),
+        ("ENABLE_ENTERPRISE_SSO", "1"),
+        ("DB_HOST", "127.0.0.1"),
+        ("DB_NAME", db.name.as_str()),
+        // The deployment's LLM proxy (a user's own base URL may not be a local address).
+        ("LITE_LLM_API_URL", llm.base_url.as_str()),
+        ("LITE_LLM_API_KEY", "sk-proxy-key"),
+    ];
+    let host = d.start_with_env(&env);
+    let browser = Browser::start("saas_sign_in").await;
+    // Users of their own (the profile's rate limits count per user in the shared Redis).
+    let run = std::process::id();
+    let user = |name: &str| oh_e2e::oidc::User {
+        sub: format!("kc-{name}-{run}"),
+        email: format!("{name}@example.com"),
+        email_verified: true,
+    };
+    kc.set_user(user("alice"));
+
+    // Alice signs in, accepts the terms, and talks: new users get the deployment's LLM proxy
+    // and its default model, as in OpenHands SaaS.
+    sign_in(&browser, &web).await;
+    let alices = new_conversation(&browser, &web, "hello from alice").await;
+    browser.wait_text("Echo: hello from alice.").await;
+    let (auth, body) = llm.requests().last().cloned().unwrap();
+    assert_eq!((auth.as_deref(), body["model"].as_str()), (Some("sk-proxy-key"), Some("claude-sonnet-4-20250514")));
+
+    // She names another model in the LLM settings (advanced: the defaults are a proxy's).
+    browser.goto(&format!("{web}/settings")).await;
+    browser.clear("[data-testid=llm-custom-model-input]").await;
+    browser.type_text("[data-testid=llm-custom-model-input]", "litellm_proxy/claude-opus-4-1-20250805").await;
+    browser.click("[data-testid=llm-settings-screen] [data-testid=submit-button]").await;
+    browser
+        .wait_until("settings saved", "return !document.querySelector('[data-testid=submit-button]:not([disabled])')")
+        .await;
+
+    // Her API keys page: a key is shown once, then listed by name.
+    browser.goto(&format!("{web}/settings/api-keys")).await;
+    browser.click_button("Create API Key").await;
+    browser.type_text("input[name=name], [data-testid=api-key-name-input]", "ci").await;
+    browser.click_button("Create").await;
+    let key = browser
+        .wait_until("the new key", "const m = document.body.innerText.match(/oh_[A-Za-z0-9_-]{20,}/); return m && m[0]")
+        .await;
+    let key = key.as_str().unwrap().to_owned();
+    let hers = host.send(host.http.get(host.url("/api/settings")).bearer_auth(&key)).await;
+    assert_eq!(hers.status, 200, "the key shown signs in: {}", hers.text);
+    assert_eq!(hers.json()["llm_model"], "litellm_proxy/claude-opus-4-1-20250805");
+    // The page also holds her own key at the LLM proxy (masked), made there for her.
+    browser.wait_text("OpenHands LLM Key").await;
+    let (made, _) = llm.proxy_keys();
+    assert_eq!(made.len(), 1, "{made:?}");
+    let byor = host.send(host.http.get(host.url("/api/keys/llm/byor")).bearer_auth(&key)).await;
+    assert_eq!(byor.json(), json!({ "key": made[0] }), "stored: the same key every time");
+    // Refreshing it replaces it at the proxy.
+    browser.click_button("Close").await;
+    browser.click_button("Refresh API Key").await;
+    let started = std::time::Instant::now();
+    while llm.proxy_keys().1.is_empty() && started.elapsed() < oh_e2e::browser::WAIT {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (made, deleted) = llm.proxy_keys();
+    assert_eq!((made.len(), deleted.clone()), (2, vec![made[0].clone()]));
+
+    // Sign out.
+    browser.goto(&format!("{web}/")).await;
+    browser.click("[data-testid=user-avatar]").await;
+    browser.click("//button[normalize-space()='Logout']").await;
+    browser.wait_until("signed out", "return document.body.innerText.includes('Login with Enterprise SSO') || document.body.innerText.includes('Log in')").await;
+
+    // Bob signs in: none of Alice's settings or conversations.
+    kc.set_user(user("bob"));
+    sign_in(&browser, &web).await;
+    browser.wait_text("No recent conversations").await;
+    assert!(!browser.text().await.contains("hello from alice"));
+    browser.goto(&format!("{web}/settings")).await;
+    let model = browser
+        .wait_until(
+            "Bob's model",
+            "const i = document.querySelector('[data-testid=llm-custom-model-input]'); return i && i.value",
+        )
+        .await;
+    assert_eq!(model.as_str(), Some("litellm_proxy/claude-sonnet-4-20250514"), "Bob has his own settings");
+    let theirs = host.send(host.http.get(host.url(&format!("/api/conversations/{alices}"))).bearer_auth(&key)).await;
+    assert_eq!(theirs.json()["title"], "hello from alice", "Alice's key still sees hers");
+
+    let seen = browser
+        .assert_no_unexpected_errors(
+            &web,
+            &[
+                (401, "POST", "/api/authenticate"),
+                (404, "GET", "/api/conversations/{id}/git/changes"),
+                // Signed in with enterprise SSO, they have no git provider: OpenHands' answer.
+                (401, "GET", "/api/user/info"),
+                (401, "GET", "/api/user/suggested-tasks"),
+            ],
+        )
+        .await;
+    // Billing is off: the client asks nothing of it and offers no payment.
+    assert!(!seen.iter().any(|s| s.url.contains("/api/billing")), "{seen:#?}");
+    assert!(seen.iter().any(|s| s.method == "POST" && s.url.ends_with("/api/accept_tos") && s.status == 200));
+}

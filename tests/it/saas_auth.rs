@@ -128,3 +128,43 @@ async fn requests_are_served_when_redis_is_down_and_the_failure_is_counted() {
     let counted: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert_eq!(counted, 6.0, "{line}");
 }
+
+#[tokio::test]
+async fn each_user_gets_one_proxy_key_made_at_the_proxy_and_refresh_replaces_it() {
+    let db = TestDb::create().await;
+    let llm = oh_e2e::llm::FakeLlm::start().await;
+    let proxy = llm.base_url.trim_end_matches("/v1").to_owned();
+    let (_d, host) = start(
+        &db,
+        &format!(", rate_limit_per_second = 0, rate_limit_per_minute = 0, litellm_api_url = \"{proxy}\", litellm_api_key = \"sk-master\", \
+             master_key = \"test-master-key-0123456789abcdef\""),
+    );
+    use reqwest::Method;
+    // Concurrent first reads (two tabs, two hosts): one key is kept, the other deleted.
+    let (a, b) = tokio::join!(
+        as_key(&host, ALICE_BOOTSTRAP, Method::GET, "/api/keys/llm/byor", None),
+        as_key(&host, ALICE_BOOTSTRAP, Method::GET, "/api/keys/llm/byor", None)
+    );
+    assert_eq!((a.status, b.status), (200, 200), "{} {}", a.text, b.text);
+    let key = a.json()["key"].as_str().unwrap().to_owned();
+    assert_eq!(b.json()["key"], key.as_str(), "both answers are the stored key");
+    let (made, deleted) = llm.proxy_keys();
+    assert_eq!(made.len() - deleted.len(), 1, "made {made:?}, deleted {deleted:?}");
+    // Sealed at rest.
+    let mut conn = db.connect().await;
+    let rows: Vec<String> = sqlx::query_scalar("SELECT key_sealed FROM llm_keys").fetch_all(&mut conn).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(!rows[0].contains(&key));
+    // Bob's is his own.
+    let bobs = as_key(&host, BOB_BOOTSTRAP, Method::GET, "/api/keys/llm/byor", None).await.json();
+    assert_ne!(bobs["key"], key.as_str());
+    // Refresh needs a browser session (a key cannot mint credentials).
+    let by_key = as_key(&host, ALICE_BOOTSTRAP, Method::POST, "/api/keys/llm/byor/refresh", None).await;
+    assert_eq!(by_key.status, 403);
+
+    // Without a proxy: a clear 503, not "no such route".
+    let (_d2, plain) = start(&TestDb::create().await, ", rate_limit_per_second = 0, rate_limit_per_minute = 0");
+    let none = as_key(&plain, ALICE_BOOTSTRAP, Method::GET, "/api/keys/llm/byor", None).await;
+    assert_eq!(none.status, 503);
+    assert!(none.json()["error"].as_str().unwrap().contains("litellm_api_url"));
+}

@@ -131,7 +131,8 @@ async fn the_login_flow_sets_a_cookie_and_the_tos_gate_holds_until_accepted() {
     let s = start().await;
     let callback = s.login("/conversations/1").await;
     assert_eq!(callback.status, 302, "{}", callback.text);
-    assert_eq!(callback.headers["location"], "/conversations/1");
+    // As OpenHands: the terms first, then the page asked for.
+    assert_eq!(callback.headers["location"], "/accept-tos?redirect_url=%2Fconversations%2F1");
     let cookie = set_cookie(&callback, "keycloak_auth").unwrap();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && !cookie.contains("Secure"), "{cookie}");
     let session = cookie_value(&cookie);
@@ -143,9 +144,63 @@ async fn the_login_flow_sets_a_cookie_and_the_tos_gate_holds_until_accepted() {
     let session = cookie_value(&set_cookie(&accepted, "keycloak_auth").unwrap());
     assert_eq!(s.api(reqwest::Method::GET, "/api/settings", &session).await.status, 404, "signed in: no settings yet");
     assert_eq!(s.api(reqwest::Method::POST, "/api/authenticate", &session).await.status, 200);
-    // Acceptance is remembered: the next login's cookie already carries it.
-    let again = cookie_value(&set_cookie(&s.login("/").await, "keycloak_auth").unwrap());
+    // Acceptance is remembered: the next login goes straight to its page, and its cookie
+    // already carries it.
+    let next = s.login("/conversations/2").await;
+    assert_eq!(next.headers["location"], "/conversations/2");
+    let again = cookie_value(&set_cookie(&next, "keycloak_auth").unwrap());
     assert_eq!(s.api(reqwest::Method::GET, "/api/settings", &again).await.status, 404);
+}
+
+/// The OpenHands web client's own sign-in: it sends the browser to Keycloak itself, with
+/// `state` set to the page to come back to and no PKCE.
+async fn client_sign_in(s: &Sso, state: &str) -> Response {
+    let auth = format!(
+        "{}/realms/{REALM}/protocol/openid-connect/auth?client_id={CLIENT_ID}&kc_idp_hint=github&response_type=code\
+         &redirect_uri={}&scope=openid%20email%20profile&state={}",
+        s.kc.base,
+        urlencode(&format!("{WEB_HOST}/oauth/keycloak/callback")),
+        urlencode(state)
+    );
+    let at_kc = s.get(&auth, None).await;
+    assert_eq!(at_kc.status, 302, "{}", at_kc.text);
+    let back = at_kc.headers["location"].to_str().unwrap().to_owned();
+    let query = back.split_once('?').unwrap().1;
+    s.get(&s.host.url(&format!("/oauth/keycloak/callback?{query}")), None).await
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|c| match c {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (c as char).to_string(),
+            _ => format!("%{c:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_web_clients_own_sign_in_returns_to_its_page_unless_turned_off() {
+    let s = start().await;
+    let page = format!("{WEB_HOST}/conversations/9?login_method=github");
+    let callback = client_sign_in(&s, &page).await;
+    assert_eq!(callback.status, 302, "{}", callback.text);
+    assert_eq!(
+        callback.headers["location"].to_str().unwrap(),
+        format!("/accept-tos?redirect_url={}", urlencode(&page))
+    );
+    let session = cookie_value(&set_cookie(&callback, "keycloak_auth").expect("signed in"));
+    assert_eq!(s.api(reqwest::Method::POST, "/api/accept_tos", &session).await.status, 200);
+    // Another site as `state`, or none: refused.
+    for state in ["https://evil.example/x", "", "not-a-url"] {
+        let r = client_sign_in(&s, state).await;
+        assert_eq!(r.status, 400, "{state}: {}", r.text);
+        assert!(set_cookie(&r, "keycloak_auth").is_none());
+    }
+
+    let strict = start_with(", client_initiated_sign_in = false").await;
+    let refused = client_sign_in(&strict, &page).await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    assert!(refused.json()["error"].as_str().unwrap().contains("start the sign-in again"));
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ pub mod llm;
 pub mod oidc;
 pub mod pg;
 pub mod sio;
+pub mod tls;
 
 use std::{
     fs,

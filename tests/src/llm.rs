@@ -38,6 +38,43 @@ pub enum Reply {
 struct Script {
     replies: VecDeque<Reply>,
     requests: Vec<(Option<String>, Value)>,
+    /// Keys made through the LiteLLM admin API, and those deleted.
+    keys: Vec<String>,
+    deleted: Vec<String>,
+}
+
+/// The chat endpoint, and LiteLLM's key admin API (`/key/generate`, `/key/delete`, under the
+/// proxy's root or `/v1`).
+fn router(script: Arc<Mutex<Script>>) -> Router {
+    let mut app = Router::new().route("/v1/chat/completions", post(completions));
+    for prefix in ["", "/v1"] {
+        app = app
+            .route(&format!("{prefix}/key/generate"), post(generate_key))
+            .route(&format!("{prefix}/key/delete"), post(delete_key));
+    }
+    app.with_state(script)
+}
+
+async fn generate_key(
+    State(script): State<Arc<Mutex<Script>>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if headers.get(header::AUTHORIZATION).is_none() {
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "error": "no master key" }))).into_response();
+    }
+    let mut s = script.lock().unwrap();
+    let key = format!("sk-litellm-{}-{}", body["user_id"].as_str().unwrap_or("?"), s.keys.len());
+    s.keys.push(key.clone());
+    Json(json!({ "key": key, "key_alias": body["key_alias"] })).into_response()
+}
+
+async fn delete_key(State(script): State<Arc<Mutex<Script>>>, Json(body): Json<Value>) -> Response {
+    let mut s = script.lock().unwrap();
+    let keys: Vec<String> =
+        body["keys"].as_array().into_iter().flatten().filter_map(|k| k.as_str().map(str::to_owned)).collect();
+    s.deleted.extend(keys.clone());
+    Json(json!({ "deleted_keys": keys })).into_response()
 }
 
 /// A running fake LLM.
@@ -50,7 +87,7 @@ pub struct FakeLlm {
 impl FakeLlm {
     pub async fn start() -> FakeLlm {
         let script = Arc::new(Mutex::new(Script::default()));
-        let app = Router::new().route("/v1/chat/completions", post(completions)).with_state(script.clone());
+        let app = router(script.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -59,98 +96,20 @@ impl FakeLlm {
         FakeLlm { base_url: format!("http://{addr}/v1"), script, task }
     }
 
-    /// The same over HTTPS, with a certificate for `localhost` from a test CA (both made with the
-    /// `openssl` command); returns the server and the CA's PEM file, for a client's
+    /// The same over HTTPS, with a certificate for `localhost` from a test CA (see
+    /// [`crate::tls`]); returns the server and the CA's PEM file, for a client's
     /// `SSL_CERT_FILE`.
     pub async fn start_tls(dir: &std::path::Path) -> (FakeLlm, std::path::PathBuf) {
-        use tokio_rustls::rustls::{
-            self,
-            pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer},
-        };
-        // A test CA, and a server certificate for localhost signed by it.
-        let (ca, ca_key) = (dir.join("test-ca.pem"), dir.join("test-ca.key"));
-        let (cert, key, csr, ext) =
-            (dir.join("llm-cert.pem"), dir.join("llm-key.pem"), dir.join("llm.csr"), dir.join("llm.ext"));
-        std::fs::write(
-            &ext,
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        let openssl = |args: &[&std::ffi::OsStr]| {
-            let made = std::process::Command::new("openssl").args(args).output().expect("openssl");
-            assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-        };
-        let s = |t: &str| std::ffi::OsString::from(t);
-        openssl(&[
-            &s("req"),
-            &s("-x509"),
-            &s("-newkey"),
-            &s("rsa:2048"),
-            &s("-nodes"),
-            &s("-days"),
-            &s("1"),
-            &s("-subj"),
-            &s("/CN=oh-test-ca"),
-            &s("-keyout"),
-            ca_key.as_os_str(),
-            &s("-out"),
-            ca.as_os_str(),
-        ]);
-        openssl(&[
-            &s("req"),
-            &s("-newkey"),
-            &s("rsa:2048"),
-            &s("-nodes"),
-            &s("-subj"),
-            &s("/CN=localhost"),
-            &s("-keyout"),
-            key.as_os_str(),
-            &s("-out"),
-            csr.as_os_str(),
-        ]);
-        openssl(&[
-            &s("x509"),
-            &s("-req"),
-            &s("-in"),
-            csr.as_os_str(),
-            &s("-CA"),
-            ca.as_os_str(),
-            &s("-CAkey"),
-            ca_key.as_os_str(),
-            &s("-CAcreateserial"),
-            &s("-days"),
-            &s("1"),
-            &s("-extfile"),
-            ext.as_os_str(),
-            &s("-out"),
-            cert.as_os_str(),
-        ]);
-        let certs = vec![CertificateDer::from_pem_file(&cert).unwrap()];
-        let key_der = PrivateKeyDer::from_pem_file(&key).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key_der)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let script = Arc::new(Mutex::new(Script::default()));
-        let app = Router::new().route("/v1/chat/completions", post(completions)).with_state(script.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (acceptor, app) = (acceptor.clone(), app.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else { return };
-                    let service = hyper_util::service::TowerToHyperService::new(app);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
+        let app = router(script.clone());
+        let (port, ca, task) = crate::tls::serve(app, dir).await;
         (FakeLlm { base_url: format!("https://localhost:{port}/v1"), script, task }, ca)
+    }
+
+    /// Keys made through the admin API, and the deleted ones.
+    pub fn proxy_keys(&self) -> (Vec<String>, Vec<String>) {
+        let s = self.script.lock().unwrap();
+        (s.keys.clone(), s.deleted.clone())
     }
 
     /// Queues replies for the next requests, in order.

@@ -1,7 +1,9 @@
-//! A fake Keycloak on 127.0.0.1 speaking the endpoints the enterprise auth uses (realm `oh`):
-//! certs (JWKS, with key rotation), token (`authorization_code` with PKCE and
-//! `refresh_token` grants), auth (auto-approves the configured user and redirects back with a
-//! code), logout. Tokens are RS256 JWTs signed with the test keys in `tests/fixtures/keys`.
+//! A fake Keycloak on 127.0.0.1 speaking the endpoints the enterprise auth uses (realm and
+//! client `allhands`, the names the OpenHands web client builds its sign-in URL with): certs
+//! (JWKS, with key rotation), token (`authorization_code`, with PKCE when the authorization
+//! request used it, and `refresh_token` grants), auth (auto-approves the configured user and
+//! redirects back with a code), logout. It also serves HTTPS on request, since the web
+//! client always sends browsers to `https://AUTH_URL`. Tokens are RS256 JWTs signed with the test keys in `tests/fixtures/keys`.
 
 use axum::{
     body::Bytes,
@@ -20,8 +22,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-pub const REALM: &str = "oh";
-pub const CLIENT_ID: &str = "openhands";
+pub const REALM: &str = "allhands";
+pub const CLIENT_ID: &str = "allhands";
 pub const CLIENT_SECRET: &str = "kc-client-secret";
 
 fn key_file(name: &str) -> String {
@@ -77,8 +79,24 @@ impl FakeKeycloak {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let kc = FakeKeycloak { base, inner };
+        let app = kc.router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        kc
+    }
+
+    /// The same endpoints over HTTPS too (a self-signed test certificate made in `dir`);
+    /// returns `127.0.0.1:PORT`, the web client's `AUTH_URL`.
+    pub async fn serve_https(&self, dir: &std::path::Path) -> String {
+        let (port, _ca, task) = crate::tls::serve(self.router(), dir).await;
+        std::mem::forget(task); // serves until the test's runtime ends
+        format!("127.0.0.1:{port}")
+    }
+
+    fn router(&self) -> Router {
         let p = format!("/realms/{REALM}/protocol/openid-connect");
-        let app = Router::new()
+        Router::new()
             .route(&format!("/realms/{REALM}/.well-known/openid-configuration"), get(discovery))
             .route(&format!("{p}/userinfo"), get(userinfo))
             .route(&format!("{p}/certs"), get(certs))
@@ -87,11 +105,7 @@ impl FakeKeycloak {
             .route(&format!("{p}/logout"), post(logout))
             .route(&format!("/realms/{REALM}/broker/{{idp}}/token"), get(broker))
             .route("/github/login/oauth/access_token", post(github_refresh))
-            .with_state(kc.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        kc
+            .with_state(self.clone())
     }
 
     pub fn issuer(&self) -> String {
@@ -220,8 +234,12 @@ async fn token(State(kc): State<FakeKeycloak>, body: Bytes) -> Response {
         Some("authorization_code") => {
             let code = kc.inner.lock().unwrap().codes.remove(f.get("code").map(String::as_str).unwrap_or(""));
             let Some(code) = code else { return invalid_grant("code unknown or already used") };
+            // As Keycloak: PKCE is checked when the authorization request used it.
             let verifier = f.get("code_verifier").cloned().unwrap_or_default();
-            if B64.encode(Sha256::digest(verifier.as_bytes())) != code.challenge {
+            if code.challenge.is_empty() && !verifier.is_empty() {
+                return invalid_grant("PKCE code verifier specified but challenge not present in authorization");
+            }
+            if !code.challenge.is_empty() && B64.encode(Sha256::digest(verifier.as_bytes())) != code.challenge {
                 return invalid_grant("PKCE verification failed");
             }
             if f.get("redirect_uri") != Some(&code.redirect_uri) {
@@ -243,8 +261,8 @@ async fn token(State(kc): State<FakeKeycloak>, body: Bytes) -> Response {
 
 /// The user "signs in" at once: back to `redirect_uri` with a code.
 async fn auth(State(kc): State<FakeKeycloak>, Query(q): Query<HashMap<String, String>>) -> Response {
-    if q.get("client_id").map(String::as_str) != Some(CLIENT_ID)
-        || q.get("code_challenge_method").map(String::as_str) != Some("S256")
+    let challenge_method = q.get("code_challenge").map(|_| q.get("code_challenge_method").map(String::as_str));
+    if q.get("client_id").map(String::as_str) != Some(CLIENT_ID) || challenge_method.is_some_and(|m| m != Some("S256"))
     {
         return (StatusCode::BAD_REQUEST, "bad authorization request").into_response();
     }

@@ -12,7 +12,7 @@ use super::{
 use axum::http::StatusCode;
 use plugin_api::{
     models::{Secrets, SecretsChange, Settings},
-    ErrorCode,
+    CallContext, ErrorCode,
 };
 use std::{
     collections::hash_map::DefaultHasher,
@@ -60,7 +60,42 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
+/// OpenHands SaaS' default model when `LITELLM_DEFAULT_MODEL` is unset.
+const SAAS_DEFAULT_MODEL: &str = "litellm_proxy/claude-sonnet-4-20250514";
+
 impl AppState {
+    /// The user's Settings. As OpenHands SaaS: in SaaS mode with the deployment's LLM proxy
+    /// (`LITE_LLM_API_URL`), a signed-in user who has none gets default settings (the proxy
+    /// and its default model), stored unless another request stored some first.
+    pub(crate) async fn settings_or_saas_default(&self, ctx: &CallContext) -> ApiResult<Option<Settings>> {
+        if let Some(settings) = self.registry.load_settings(ctx.clone()).await? {
+            return Ok(Some(settings));
+        }
+        let env = &self.server.env;
+        let (Some(proxy), Some(_)) = (env.lite_llm_api_url.as_ref(), ctx.user_id()) else { return Ok(None) };
+        if self.registry.app_mode() != crate::config::AppMode::Saas {
+            return Ok(None);
+        }
+        let defaults = Settings {
+            language: Some("en".to_owned()),
+            llm_model: Some(env.litellm_default_model.clone().unwrap_or_else(|| SAAS_DEFAULT_MODEL.to_owned())),
+            llm_base_url: Some(proxy.clone()),
+            enable_proactive_conversation_starters: true,
+            ..Settings::default()
+        };
+        let created = self.registry.store_settings_versioned(ctx.clone(), &defaults, 0).await;
+        match created {
+            Ok(_) => Ok(Some(defaults)),
+            // Another request created them first: theirs.
+            Err(e) if e.error.code == ErrorCode::CONFLICT => Ok(self.registry.load_settings(ctx.clone()).await?),
+            Err(e) if e.error.code == ErrorCode::UNIMPLEMENTED => {
+                self.registry.store_settings(ctx.clone(), &defaults).await?;
+                Ok(Some(defaults))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Replaces the caller's Settings with what `change` makes of the stored ones (`None` when
     /// there are none yet). `change` may run more than once: when another writer stored in
     /// between, it runs again on what that writer stored.

@@ -13,7 +13,7 @@ pub(crate) async fn start_request(
     conversation_id: &str,
 ) -> ApiResult<StartRequest> {
     let registry = &state.registry;
-    let (settings, secrets) = tokio::join!(registry.load_settings(ctx.clone()), registry.load_secrets(ctx.clone()));
+    let (settings, secrets) = tokio::join!(state.settings_or_saas_default(ctx), registry.load_secrets(ctx.clone()));
     let Some(settings) = settings? else {
         return Err(ApiError::with_msg_id(
             StatusCode::BAD_REQUEST,
@@ -22,7 +22,9 @@ pub(crate) async fn start_request(
         ));
     };
     let model = settings.llm_model.as_deref().unwrap_or("");
-    let keyless = model.starts_with("bedrock/") || model.starts_with("lemonade/");
+    // The deployment's proxy key (LITE_LLM_API_KEY) stands in for the user's.
+    let keyless =
+        model.starts_with("bedrock/") || model.starts_with("lemonade/") || state.server.env.lite_llm_api_key.is_some();
     if settings.llm_api_key.as_deref().is_none_or(|k| k.trim().is_empty()) && !keyless {
         return Err(ApiError::with_msg_id(
             StatusCode::BAD_REQUEST,

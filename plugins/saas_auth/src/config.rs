@@ -59,9 +59,22 @@ pub(crate) struct Config {
     /// redirect URI and the only origin `redirect_url` may point to.
     #[serde(default)]
     pub(crate) web_host: Option<String>,
+    /// Accept a sign-in the browser started itself, as the OpenHands web client does (it
+    /// sends users to Keycloak with `state` set to the page to return to, without PKCE or a
+    /// state cookie). Such a callback cannot be told from a forged one (login CSRF: a victim
+    /// signed in to the attacker's account); `false` accepts only sign-ins started at
+    /// `/oauth/keycloak/login`, which a client built for it must then use.
+    #[serde(default = "yes")]
+    pub(crate) client_initiated_sign_in: bool,
     /// Git providers whose tokens Keycloak brokers (GitHub, GitLab, Bitbucket).
     #[serde(default)]
     pub(crate) providers: Vec<crate::providers::ProviderConfig>,
+    /// The deployment's LiteLLM proxy (LITE_LLM_API_URL) and its master key
+    /// (LITE_LLM_API_KEY): each user's own proxy key (`/api/keys/llm/byor`) is made there.
+    #[serde(default)]
+    pub(crate) litellm_api_url: Option<String>,
+    #[serde(default)]
+    pub(crate) litellm_api_key: Option<String>,
     /// Master key sealing provider tokens at rest; default OH_MASTER_KEY, else JWT_SECRET
     /// (the environment's, else `jwt_secret`).
     #[serde(default)]
@@ -73,6 +86,7 @@ pub(crate) struct Sso {
     pub(crate) keycloak: crate::keycloak::Keycloak,
     pub(crate) jwt_secret: String,
     pub(crate) web_host: String,
+    pub(crate) client_initiated_sign_in: bool,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -94,6 +108,9 @@ fn default_per_minute() -> u64 {
 }
 fn default_failed_per_minute() -> u64 {
     20
+}
+fn yes() -> bool {
+    true
 }
 fn default_prefix() -> String {
     "oh:".to_owned()
@@ -139,7 +156,8 @@ impl Config {
             &client_id,
             &client_secret,
         );
-        Ok(Some(Sso { keycloak, jwt_secret, web_host }))
+        let client_initiated_sign_in = self.client_initiated_sign_in;
+        Ok(Some(Sso { keycloak, jwt_secret, web_host, client_initiated_sign_in }))
     }
 
     pub(crate) fn providers(&self) -> Result<crate::providers::Providers, PluginError> {
@@ -148,6 +166,18 @@ impl Config {
         let fallback = if active { self.jwt_secret.as_deref() } else { Some("no-providers-configured-key") };
         let keys = pg_common::crypto::deployment_keyring(self.master_key.as_deref(), None, fallback)?;
         Ok(crate::providers::Providers::new(self.providers.clone(), keys))
+    }
+
+    /// The LLM proxy for users' own keys, when configured.
+    pub(crate) fn byor(&self) -> Result<Option<crate::byor::Proxy>, PluginError> {
+        let configured = [&self.litellm_api_url, &self.litellm_api_key]
+            .iter()
+            .all(|v| v.as_deref().is_some_and(|v| !v.trim().is_empty()));
+        if !configured {
+            return Ok(None);
+        }
+        let keys = pg_common::crypto::deployment_keyring(self.master_key.as_deref(), None, self.jwt_secret.as_deref())?;
+        Ok(crate::byor::Proxy::new(self.litellm_api_url.as_deref(), self.litellm_api_key.as_deref(), keys))
     }
 
     pub(crate) fn redis_url(&self) -> String {

@@ -264,16 +264,19 @@ impl Keycloak {
         .await
     }
 
+    /// The authorization code's tokens; `verifier` is PKCE's, empty for a flow without it.
     pub(crate) async fn exchange(&self, code: &str, verifier: &str, redirect_uri: &str) -> Result<Tokens, TokenError> {
-        self.token_call(&[
+        let mut form = vec![
             ("grant_type", "authorization_code"),
-            ("client_id", &self.client_id),
-            ("client_secret", &self.client_secret),
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.client_secret.as_str()),
             ("code", code),
-            ("code_verifier", verifier),
             ("redirect_uri", redirect_uri),
-        ])
-        .await
+        ];
+        if !verifier.is_empty() {
+            form.push(("code_verifier", verifier));
+        }
+        self.token_call(&form).await
     }
 
     /// A linked identity provider's tokens, from Keycloak's broker endpoint (the raw answer).

@@ -12,6 +12,7 @@
 //! verifier in a signed short-lived cookie). Provider tokens through Keycloak's broker are the
 //! next part.
 
+mod byor;
 mod config;
 mod keycloak;
 mod keys;
@@ -252,6 +253,7 @@ pub struct SaasAuthRoutes {
     keys: std::sync::Arc<KeyStore>,
     sso: Option<config::Sso>,
     providers: providers::Providers,
+    byor: Option<byor::Proxy>,
 }
 
 #[derive(Deserialize)]
@@ -277,6 +279,8 @@ impl plugin_sdk::RouteHandler for SaasAuthRoutes {
             RouteSpec { method: "POST".into(), path: "/api/keys".into(), authenticated: true },
             RouteSpec { method: "GET".into(), path: "/api/keys".into(), authenticated: true },
             RouteSpec { method: "DELETE".into(), path: "/api/keys/{id}".into(), authenticated: true },
+            RouteSpec { method: "GET".into(), path: "/api/keys/llm/byor".into(), authenticated: true },
+            RouteSpec { method: "POST".into(), path: "/api/keys/llm/byor/refresh".into(), authenticated: true },
         ];
         if self.sso.is_some() {
             routes.extend(oauth::routes());
@@ -327,6 +331,21 @@ impl plugin_sdk::RouteHandler for SaasAuthRoutes {
                 Ok(respond(201, &out))
             }
             ("GET", "/api/keys") => Ok(respond(200, &json!(self.keys.list(user).await?))),
+            ("GET", "/api/keys/llm/byor") | ("POST", "/api/keys/llm/byor/refresh") => {
+                let Some(proxy) = &self.byor else {
+                    return Ok(respond(
+                        503,
+                        &json!({ "error": "this deployment has no LLM proxy: set litellm_api_url and litellm_api_key (LITE_LLM_API_URL, LITE_LLM_API_KEY)" }),
+                    ));
+                };
+                let pool = self.keys.ready().await?;
+                let key = if request.method.as_str() == "GET" {
+                    proxy.key(pool, user).await?
+                } else {
+                    proxy.refresh(pool, user).await?
+                };
+                Ok(respond(200, &json!({ "key": key })))
+            }
             ("DELETE", path) => {
                 let id = path.trim_start_matches("/api/keys/");
                 match self.keys.revoke(user, id).await {
@@ -352,12 +371,13 @@ pub fn register(r: &mut Registry) {
         "API keys (hashed, expiring, revocable) and per-user rate limits in Redis",
         |config, _| SaasUserAuth::new(&Config::parse(config)?),
     );
-    r.routes("SaasAuthRoutes", "POST/GET /api/keys, DELETE /api/keys/{id}", |config, _| {
+    r.routes("SaasAuthRoutes", "POST/GET /api/keys, DELETE /api/keys/{id}, /api/keys/llm/byor", |config, _| {
         let c = Config::parse(config)?;
         Ok(SaasAuthRoutes {
             keys: KeyStore::shared(c.database_url.as_deref(), c.max_connections, c.acquire_timeout_ms)?,
             sso: c.sso()?,
             providers: c.providers()?,
+            byor: c.byor()?,
         })
     });
 }

@@ -77,7 +77,8 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-/// A same-site target: a path (`/x`, not `//x`), or an absolute URL on `web_host`.
+/// A same-site target: a path (`/x`, not `//x`), or an absolute URL on `web_host` (the
+/// origin itself, or followed by a path, a query or a fragment).
 fn safe_redirect(target: &str, web_host: &str) -> Option<String> {
     if target.is_empty() {
         return Some("/".to_owned());
@@ -86,7 +87,7 @@ fn safe_redirect(target: &str, web_host: &str) -> Option<String> {
         return Some(target.to_owned());
     }
     let rest = target.strip_prefix(web_host)?;
-    (rest.is_empty() || rest.starts_with('/')).then(|| target.to_owned())
+    (rest.is_empty() || rest.starts_with(['/', '?', '#'])).then(|| target.to_owned())
 }
 
 fn random(bytes: usize) -> Result<String, PluginError> {
@@ -156,17 +157,27 @@ pub(crate) async fn handle(
             let clear_state = keycloak::clear_cookie(STATE_COOKIE, &sso.web_host);
             let refuse =
                 |msg: &str| with_cookies(respond(400, &json!({ "error": msg })), std::slice::from_ref(&clear_state));
-            let Some(flow) = request_cookie(request, STATE_COOKIE)
-                .and_then(|c| keycloak::verify_signed::<FlowState>(c, &sso.jwt_secret))
-            else {
-                return Ok(Some(refuse("missing or expired OAuth state; start the sign-in again")));
-            };
             let given = query_param(query, "state").unwrap_or_default();
-            if given.len() != flow.state.len()
-                || given.bytes().zip(flow.state.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0
+            let flow = match request_cookie(request, STATE_COOKIE)
+                .and_then(|c| keycloak::verify_signed::<FlowState>(c, &sso.jwt_secret))
             {
-                return Ok(Some(refuse("OAuth state mismatch")));
-            }
+                Some(flow) => {
+                    if given.len() != flow.state.len()
+                        || given.bytes().zip(flow.state.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0
+                    {
+                        return Ok(Some(refuse("OAuth state mismatch")));
+                    }
+                    flow
+                }
+                // The web client's own sign-in: `state` is the page to return to.
+                None if sso.client_initiated_sign_in && given.starts_with(&sso.web_host) => {
+                    let Some(redirect) = safe_redirect(&given, &sso.web_host) else {
+                        return Ok(Some(refuse("state must be a page of this site")));
+                    };
+                    FlowState { state: given.clone(), verifier: String::new(), redirect, exp: 0 }
+                }
+                None => return Ok(Some(refuse("missing or expired OAuth state; start the sign-in again"))),
+            };
             let Some(code) = query_param(query, "code").filter(|c| !c.is_empty()) else {
                 return Ok(Some(refuse("missing code")));
             };
@@ -194,14 +205,18 @@ pub(crate) async fn handle(
                 let pool = keys.ready().await?;
                 providers.fetch_from_broker(&sso.keycloak, pool, &access.sub, &tokens.access_token).await;
             }
-            let claims = CookieClaims {
-                access_token: tokens.access_token,
-                refresh_token: tokens.refresh_token,
-                accepted_tos: keys.accepted_tos(&access.sub).await?,
-            };
+            let accepted_tos = keys.accepted_tos(&access.sub).await?;
+            let claims =
+                CookieClaims { access_token: tokens.access_token, refresh_token: tokens.refresh_token, accepted_tos };
             let session =
                 keycloak::cookie("keycloak_auth", &keycloak::sign(&claims, &sso.jwt_secret)?, &sso.web_host, None);
-            redirect_to(&flow.redirect, &[session, clear_state])
+            // As OpenHands: a user who has not accepted the terms is shown them first.
+            let target = if accepted_tos {
+                flow.redirect
+            } else {
+                format!("/accept-tos?redirect_url={}", percent_encode(&flow.redirect))
+            };
+            redirect_to(&target, &[session, clear_state])
         }
         ("POST", "/api/authenticate") => respond(200, &json!({ "message": "User authenticated" })),
         ("POST", "/api/logout") => {
@@ -251,7 +266,13 @@ mod tests {
     #[test]
     fn only_same_site_redirects_are_accepted() {
         let host = "https://app.example.com";
-        for ok in ["/", "/conversations/1", "https://app.example.com/x", "https://app.example.com"] {
+        for ok in [
+            "/",
+            "/conversations/1",
+            "https://app.example.com/x",
+            "https://app.example.com",
+            "https://app.example.com?login_method=github",
+        ] {
             assert!(safe_redirect(ok, host).is_some(), "{ok}");
         }
         for bad in [
@@ -259,6 +280,8 @@ mod tests {
             "/\\evil.com",
             "https://evil.com",
             "https://app.example.com.evil.com/",
+            "https://app.example.com@evil.com/",
+            "https://app.example.com:8080/",
             "javascript:alert(1)",
         ] {
             assert!(safe_redirect(bad, host).is_none(), "{bad}");

@@ -47,7 +47,7 @@ pub(crate) fn settings_view(settings: &Settings, secrets: Option<&Secrets>) -> V
 async fn load(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     let registry = &state.registry;
     let (settings, secrets, brokered) = tokio::join!(
-        registry.load_settings(caller.ctx.clone()),
+        state.settings_or_saas_default(&caller.ctx),
         registry.load_secrets(caller.ctx.clone()),
         registry.provider_tokens(caller.ctx.clone())
     );
