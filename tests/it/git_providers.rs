@@ -245,3 +245,52 @@ async fn gitlab_and_bitbucket_page_their_own_ways() {
     assert_eq!(bb_branches["branches"].as_array().unwrap().len(), BRANCHES - 30);
     assert_eq!(bb_branches["has_next_page"], false);
 }
+
+#[tokio::test]
+async fn the_microagent_page_lists_its_conversations_without_closed_pull_requests() {
+    let (d, host, _p) = setup().await;
+    let llm = oh_e2e::llm::FakeLlm::start().await;
+    let settings = json!({ "llm_model": "fake-model", "llm_base_url": llm.base_url, "llm_api_key": "sk-test" });
+    assert_eq!(host.post_json("/api/settings", &settings).await.status, 200);
+    set_tokens(&host, json!({ "github": { "token": "ghp_good" } })).await;
+    let create = |microagent: bool| {
+        let mut body = json!({ "repository": "octo/repo-0", "git_provider": "github" });
+        if microagent {
+            body["create_microagent"] = json!({ "repo": "octo/repo-0", "git_provider": "github" });
+        }
+        body
+    };
+    let mut ids = Vec::new();
+    for microagent in [true, true, true, false] {
+        let r = host.post_json("/api/conversations", &create(microagent)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        ids.push(r.json()["conversation_id"].as_str().unwrap().to_owned());
+    }
+    // The agent opened pull requests from two of them: 1 (open) and 2 (merged since).
+    for (id, pr) in [(&ids[0], 1), (&ids[1], 2)] {
+        let path = oh_e2e::files_containing(&d.state_dir(), id)
+            .into_iter()
+            .find(|p| p.ends_with("metadata.json"))
+            .expect("the conversation's metadata file");
+        let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        m["pr_number"] = json!([pr]);
+        std::fs::write(&path, m.to_string()).unwrap();
+    }
+    let listed = host.get("/api/microagent-management/conversations?selected_repository=octo/repo-0").await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    let mut got: Vec<String> = listed.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["conversation_id"].as_str().unwrap().to_owned())
+        .collect();
+    got.sort();
+    let mut want = vec![ids[0].clone(), ids[2].clone()];
+    want.sort();
+    assert_eq!(got, want, "microagent conversations of the repository, the merged one left out");
+    let other = host.get("/api/microagent-management/conversations?selected_repository=octo/repo-1").await.json();
+    assert_eq!(other["results"], json!([]));
+    let missing = host.get("/api/microagent-management/conversations").await;
+    assert_eq!(missing.status, 400, "the repository is required");
+    assert!(missing.text.contains("selected_repository"), "{}", missing.text);
+}

@@ -127,6 +127,8 @@ async fn workspace_routes_answer_in_openhands_shapes_without_a_workspace() {
         let r = host.get(&at(path)).await;
         assert_eq!((r.status, r.json()), (404, json!({ "error": error })), "{path}");
     }
+    let remember = host.get(&at("remember-prompt?event_id=1")).await;
+    assert_eq!((remember.status, remember.json()["status"].as_str()), (501, Some("error")));
     let upload = host.send(host.http.post(host.url(&at("upload-files"))).body("x")).await;
     assert_eq!((upload.status, upload.json()), (404, json!({ "error": "Runtime not yet initialized" })));
 

@@ -246,6 +246,12 @@ fn github(s: &Shared, method: &Method, path: &str, q: &BTreeMap<String, String>,
             Json(json!({ "type": "file", "name": "deploy.md", "encoding": "base64", "content": wrapped.join("\n") }))
                 .into_response()
         }
+        // Pull request 1 is open, 2 merged (closed); others do not exist.
+        ("GET", ["repos", "octo", "repo-0", "pulls", n]) => match *n {
+            "1" => Json(json!({ "number": 1, "state": "open" })).into_response(),
+            "2" => Json(json!({ "number": 2, "state": "closed", "merged": true })).into_response(),
+            _ => not_found(),
+        },
         ("POST", ["graphql"]) => github_graphql(body),
         _ => not_found(),
     }

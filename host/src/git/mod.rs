@@ -559,6 +559,19 @@ pub async fn microagents(api: &Api, repository: &str) -> GitResult<Vec<Microagen
     Ok(found)
 }
 
+/// Whether pull (merge) request `number` of `repository` is open.
+pub async fn pr_is_open(api: &Api, repository: &str, number: i64) -> GitResult<bool> {
+    if !valid_repository(repository) {
+        return Err(GitError::Failed(format!("`{repository}` is not a repository name")));
+    }
+    let (path, open) = match api.provider {
+        Provider::GitHub => (format!("repos/{repository}/pulls/{number}"), "open"),
+        Provider::GitLab => (format!("projects/{}/merge_requests/{number}", repository.replace('/', "%2F")), "opened"),
+        Provider::Bitbucket => (format!("repositories/{repository}/pullrequests/{number}"), "OPEN"),
+    };
+    Ok(api.get(&path, &[]).await?.body["state"] == open)
+}
+
 pub async fn microagent_content(api: &Api, repository: &str, path: &str) -> GitResult<MicroagentContent> {
     let raw = match api.provider {
         Provider::GitHub => github::file(api, repository, path).await?,

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/conversations", get(search))
+        .route("/api/microagent-management/conversations", get(microagent_management))
         .route("/api/conversations/{id}", get(get_one).patch(rename).delete(delete))
         .route("/api/conversations/{id}/events", get(events))
 }
@@ -81,6 +82,60 @@ async fn search(
     caller: Caller,
     QueryParams(q): QueryParams<SearchQuery>,
 ) -> ApiResult<Json<Value>> {
+    let (kept, next) = search_stored(&state, &caller, &q).await?;
+    Ok(Json(json!({ "results": infos(&state, caller, &kept).await?, "next_page_id": next })))
+}
+
+#[derive(Deserialize)]
+struct MicroagentQuery {
+    selected_repository: String,
+    page_id: Option<String>,
+    #[serde(default = "default_limit")]
+    limit: i64,
+}
+
+/// `GET /api/microagent-management/conversations`: the repository's conversations started
+/// from the microagent management page, without those whose pull request was closed.
+async fn microagent_management(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<MicroagentQuery>,
+) -> ApiResult<Json<Value>> {
+    let query = SearchQuery {
+        page_id: q.page_id,
+        limit: q.limit,
+        selected_repository: Some(q.selected_repository),
+        conversation_trigger: Some("microagent_management".to_owned()),
+    };
+    let (kept, next) = search_stored(&state, &caller, &query).await?;
+    let mut open = Vec::new();
+    for m in kept {
+        if pr_may_be_open(&state, &caller, &m).await {
+            open.push(m);
+        }
+    }
+    Ok(Json(json!({ "results": infos(&state, caller, &open).await?, "next_page_id": next })))
+}
+
+/// Whether the conversation's last pull request is open; yes when it cannot be told (as
+/// OpenHands: a conversation is kept rather than lost).
+async fn pr_may_be_open(state: &AppState, caller: &Caller, m: &ConversationMetadata) -> bool {
+    let (Some(number), Some(repo), Some(provider)) =
+        (m.pr_number.last(), m.selected_repository.as_deref(), m.git_provider.as_deref())
+    else {
+        return true;
+    };
+    let Some(api) = super::user::api_for(state, caller, provider).await else { return true };
+    crate::git::pr_is_open(&api, repo, *number).await.unwrap_or(true)
+}
+
+/// A page of the caller's stored conversations, filtered as the query asks; and the next
+/// page's id.
+async fn search_stored(
+    state: &AppState,
+    caller: &Caller,
+    q: &SearchQuery,
+) -> ApiResult<(Vec<ConversationMetadata>, Option<String>)> {
     if !(1..=100).contains(&q.limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 100"));
     }
@@ -89,13 +144,18 @@ async fn search(
         .search_conversations(caller.ctx.clone(), store_page_id(q.page_id.as_deref()).as_deref(), q.limit as u32)
         .await?;
     let oldest = chrono::Utc::now() - chrono::Duration::from_std(state.server.conversation_max_age).unwrap_or_default();
-    let kept: Vec<&ConversationMetadata> = page
+    let kept: Vec<ConversationMetadata> = page
         .results
-        .iter()
+        .into_iter()
         .filter(|m| chrono::DateTime::parse_from_rfc3339(&m.created_at).map_or(true, |t| t >= oldest))
         .filter(|m| q.selected_repository.as_ref().is_none_or(|r| m.selected_repository.as_ref() == Some(r)))
         .filter(|m| q.conversation_trigger.as_ref().is_none_or(|t| m.trigger.as_ref() == Some(t)))
         .collect();
+    Ok((kept, wrap_page_id(page.next_page_id)))
+}
+
+/// `ConversationInfo`s, with the status of those running.
+async fn infos(state: &AppState, caller: Caller, kept: &[ConversationMetadata]) -> ApiResult<Vec<Value>> {
     let ids: Vec<String> = kept.iter().map(|m| m.conversation_id.clone()).collect();
     let running: HashMap<String, (String, Option<String>)> = state
         .registry
@@ -104,14 +164,13 @@ async fn search(
         .into_iter()
         .map(|l| (l.conversation_id, (l.status, l.runtime_status)))
         .collect();
-    let results: Vec<Value> = kept
+    Ok(kept
         .iter()
         .map(|m| {
             let live = running.get(&m.conversation_id);
             info(m, live.map(|l| l.0.as_str()), live.and_then(|l| l.1.as_deref()))
         })
-        .collect();
-    Ok(Json(json!({ "results": results, "next_page_id": wrap_page_id(page.next_page_id) })))
+        .collect())
 }
 
 /// 200 with the `ConversationInfo`, or 200 `null` when there is none (as OpenHands).

@@ -70,6 +70,12 @@ async fn apis(state: &AppState, caller: &Caller) -> ApiResult<Vec<Api>> {
     Ok(apis)
 }
 
+/// The caller's API of one provider (by OpenHands' name), when they have a token for it.
+pub(super) async fn api_for(state: &AppState, caller: &Caller, provider: &str) -> Option<Api> {
+    let wanted = Provider::parse(provider)?;
+    apis(state, caller).await.ok()?.into_iter().find(|a| a.provider == wanted)
+}
+
 fn selected(apis: Vec<Api>, provider: &str) -> ApiResult<Api> {
     let wanted = Provider::parse(provider).ok_or_else(|| {
         ApiError::unprocessable(format!("selected_provider `{provider}` is not one of github, gitlab, bitbucket"))

@@ -32,6 +32,22 @@ pub(super) fn routes() -> Router<AppState> {
         .route(&format!("{base}/microagents"), get(microagents))
         .route(&format!("{base}/trajectory"), get(trajectory))
         .route(&format!("{base}/submit-feedback"), post(submit_feedback))
+        .route(&format!("{base}/remember-prompt"), get(remember_prompt))
+}
+
+/// The "remember this" prompt (a microagent update the agent would commit to the
+/// repository): this server runs agents without a workspace or repository to commit to, so
+/// it says so (501) instead of writing a prompt nothing can act on.
+async fn remember_prompt(
+    State(state): State<AppState>,
+    caller: Caller,
+    ConversationId(id): ConversationId,
+) -> ApiResult<Json<Value>> {
+    exists(&state, &caller, &id).await?;
+    Err(ApiError::new(
+        axum::http::StatusCode::NOT_IMPLEMENTED,
+        json!({ "status": "error", "message": "Remembering needs a repository workspace, which this server's agents do not have yet" }),
+    ))
 }
 
 async fn exists(state: &AppState, caller: &Caller, id: &str) -> ApiResult<()> {
