@@ -156,6 +156,18 @@ pub trait ConversationStore: Send + Sync {
     /// `args_json` is a JSON object; answers a JSON report. `UNIMPLEMENTED` for a command the
     /// store does not have. Added in plugin-api 0.2.
     fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>>;
+    /// [`ConversationStore::append_events`] by the holder of fencing token `fence` (a
+    /// conversation's owner in a cluster; tokens grow with each new owner). The store keeps
+    /// the highest token it has seen per conversation and refuses (`CONFLICT`) an append with
+    /// a lower one, atomically with the append: a node that lost its lease while paused cannot
+    /// write after its successor did. Added in plugin-api 0.4.
+    fn append_events_fenced(
+        &self,
+        ctx: CallContext,
+        conversation_id: RString,
+        events_json: RVec<RString>,
+        fence: u64,
+    ) -> FfiFuture<PResult<u64>>;
 }
 
 /// Where a conversation manager pushes a conversation's live events; implemented by the host.
@@ -185,6 +197,10 @@ pub trait ConversationManager: Send + Sync {
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
     #[sabi(last_prefix_field)]
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
+    /// Operator questions (`"cluster"`: the nodes, their leases and relay lag, for the admin
+    /// address's `/internal/cluster`): answers a JSON report; `UNIMPLEMENTED` for a command
+    /// the manager does not have. Added in plugin-api 0.4.
+    fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>>;
 }
 
 /// What the auth gate hands to `user_auth`.

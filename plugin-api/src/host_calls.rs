@@ -57,12 +57,16 @@ pub struct SaveMetadata {
 }
 host_call!(SaveMetadata, CONVERSATION_STORE, "save_metadata", ());
 
-/// Appends events to a conversation's log; answers the id given to the first.
+/// Appends events to a conversation's log; answers the id given to the first. With a
+/// `fence`, the store refuses (`CONFLICT`) the append when a holder of a higher fencing token
+/// has appended already (`ConversationStore::append_events_fenced`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct AppendEvents {
     pub conversation_id: String,
     /// JSON objects; the store sets their `id`.
     pub events: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
 }
 host_call!(AppendEvents, CONVERSATION_STORE, "append_events", u64);
 
@@ -117,7 +121,7 @@ mod tests {
 
     #[test]
     fn requests_keep_their_wire_names() {
-        let call = AppendEvents { conversation_id: "c1".into(), events: vec![serde_json::json!({ "a": 1 })] };
+        let call = AppendEvents { conversation_id: "c1".into(), events: vec![serde_json::json!({ "a": 1 })], fence: None };
         assert_eq!(
             serde_json::to_value(&call).unwrap(),
             serde_json::json!({ "conversation_id": "c1", "events": [{ "a": 1 }] })

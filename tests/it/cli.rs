@@ -12,7 +12,7 @@ fn plugins_lists_every_library_with_hash_version_and_implementations() {
     let out = d.run_cli(&["plugins"]);
     let sha = oh_e2e::sha256_hex_file(&d.plugins_dir().join("libfile_stores.so"));
     assert!(out.stdout.contains(&format!("sha256  {sha}")), "{}", out.stdout);
-    assert!(out.stdout.contains("plugin-api 0.3"), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("plugin-api {}", oh_e2e::api_version())), "{}", out.stdout);
     for line in [
         "settings_store         FileSettingsStore",
         "user_auth              TokenAuth",

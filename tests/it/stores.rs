@@ -50,7 +50,7 @@ fn q(start: u64, limit: u32) -> EventQuery {
 }
 
 /// What every implementation of the three stores must do.
-async fn contract(r: &Registry) {
+async fn contract(r: &Arc<Registry>) {
     let (a, b, single) = (|| ctx(Some("alice")), || ctx(Some("bob")), || ctx(None));
 
     // Settings: absent, stored, read back whole (secrets included), per user.
@@ -96,7 +96,7 @@ async fn contract(r: &Registry) {
     // Bob can neither read, change nor delete alice's conversation or its events.
     assert_eq!(r.get_metadata(b(), "a1").await.unwrap(), None);
     assert!(!r.delete_metadata(b(), "a1").await.unwrap());
-    let err = r.append_events(b(), "a1", &[json!({ "x": 1 })]).await.unwrap_err();
+    let err = r.append_events(b(), "a1", &[json!({ "x": 1 })], None).await.unwrap_err();
     assert_eq!(err.error.code, ErrorCode::NOT_FOUND);
     assert_eq!(r.get_events(b(), "a1", q(0, 10)).await.unwrap_err().error.code, ErrorCode::NOT_FOUND);
     let mut hijack = metadata("a1", 9);
@@ -105,14 +105,46 @@ async fn contract(r: &Registry) {
     assert_eq!(r.get_metadata(a(), "a1").await.unwrap().unwrap().title.as_deref(), Some("t-a1"));
 
     // Events: dense ids across appends, paged.
-    assert_eq!(r.append_events(a(), "a1", &[json!({ "m": 0 }), json!({ "m": 1 })]).await.unwrap(), 0);
-    assert_eq!(r.append_events(a(), "a1", &[json!({ "m": 2 })]).await.unwrap(), 2);
+    assert_eq!(r.append_events(a(), "a1", &[json!({ "m": 0 }), json!({ "m": 1 })], None).await.unwrap(), 0);
+    assert_eq!(r.append_events(a(), "a1", &[json!({ "m": 2 })], None).await.unwrap(), 2);
     let page = r.get_events(a(), "a1", q(1, 1)).await.unwrap();
     assert_eq!((page.events[0]["id"].as_u64(), page.events[0]["m"].as_u64(), page.has_more), (Some(1), Some(1), true));
     let all = r.get_events(a(), "a1", q(0, 100)).await.unwrap();
     assert_eq!(all.events.iter().map(|e| e["id"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
     assert!(!all.has_more);
-    assert_eq!(r.append_events(a(), "nope", &[json!({})]).await.unwrap_err().error.code, ErrorCode::NOT_FOUND);
+    assert_eq!(r.append_events(a(), "nope", &[json!({})], None).await.unwrap_err().error.code, ErrorCode::NOT_FOUND);
+
+    // Fencing: an owner's token is recorded with its append; a lower one is refused and
+    // writes nothing; unfenced appends (a user's message from another node) still go in.
+    assert_eq!(r.append_events(a(), "a1", &[json!({ "owner": 5 })], Some(5)).await.unwrap(), 3);
+    assert_eq!(r.append_events(a(), "a1", &[json!({ "owner": 5 })], Some(5)).await.unwrap(), 4);
+    assert_eq!(r.append_events(a(), "a1", &[json!({ "owner": 7 })], Some(7)).await.unwrap(), 5);
+    let stale = r.append_events(a(), "a1", &[json!({ "owner": 5 })], Some(5)).await.unwrap_err();
+    assert_eq!(stale.error.code, ErrorCode::CONFLICT, "{stale}");
+    assert!(stale.error.message.as_str().contains("token 7"), "{stale}");
+    assert_eq!(r.append_events(a(), "a1", &[json!({ "user": true })], None).await.unwrap(), 6);
+    let owners: Vec<_> = r.get_events(a(), "a1", q(3, 100)).await.unwrap().events.iter().map(|e| e["owner"].clone()).collect();
+    assert_eq!(owners, [json!(5), json!(5), json!(7), json!(null)], "dense, nothing from the stale owner");
+    // Racing owners: of appends from tokens 8 and 9 interleaved, none of 8's lands after 9's.
+    let (r8, r9) = (r.clone(), r.clone());
+    let eight = tokio::spawn(async move {
+        let mut landed = Vec::new();
+        for _ in 0..20 {
+            if let Ok(id) = r8.append_events(a(), "a1", &[json!({ "owner": 8 })], Some(8)).await {
+                landed.push(id);
+            }
+        }
+        landed
+    });
+    let nine = tokio::spawn(async move {
+        let mut landed = Vec::new();
+        for _ in 0..20 {
+            landed.push(r9.append_events(a(), "a1", &[json!({ "owner": 9 })], Some(9)).await.unwrap());
+        }
+        landed
+    });
+    let (eight, nine) = (eight.await.unwrap(), nine.await.unwrap());
+    assert!(eight.iter().all(|e| e < nine.iter().min().unwrap()), "8 wrote {eight:?} after 9 began at {nine:?}");
 
     // Delete takes the events with it.
     assert!(r.delete_metadata(a(), "a1").await.unwrap());
@@ -140,7 +172,7 @@ async fn postgres_stores_honour_the_store_contract() {
     let mut conn = db.connect().await;
     let versions: Vec<i64> =
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version").fetch_all(&mut conn).await.unwrap();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,7 +357,7 @@ async fn two_hosts_migrating_together_apply_each_migration_once() {
         .flat_map(|v| v["applied"].as_array().cloned().unwrap_or_default())
         .filter_map(|v| v.as_i64())
         .collect();
-    assert_eq!(applied, [1, 2, 3, 4, 5, 6], "each migration applied exactly once across both hosts");
+    assert_eq!(applied, [1, 2, 3, 4, 5, 6, 7], "each migration applied exactly once across both hosts");
 }
 
 #[tokio::test]

@@ -23,6 +23,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The plugin API version this workspace speaks, as the host prints it (`0.4`).
+pub fn api_version() -> String {
+    format!("{}.{}", plugin_api::API_MAJOR, plugin_api::API_MINOR)
+}
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_path_buf()

@@ -275,10 +275,23 @@ impl Registry {
         i.meta.decode("get_events", &json)
     }
 
-    pub async fn append_events(&self, ctx: CallContext, id: &str, events: &[Value]) -> Result<u64, CallError> {
+    /// Appends events; with a `fence`, only while no higher fencing token has appended
+    /// (`CONFLICT` otherwise).
+    pub async fn append_events(
+        &self,
+        ctx: CallContext,
+        id: &str,
+        events: &[Value],
+        fence: Option<u64>,
+    ) -> Result<u64, CallError> {
         let i = &self.conversations;
         let events: RVec<RString> = events.iter().map(|e| RString::from(e.to_string())).collect();
-        i.meta.call("append_events", i.obj.append_events(ctx, id.into(), events)).await
+        match fence {
+            None => i.meta.call("append_events", i.obj.append_events(ctx, id.into(), events)).await,
+            Some(fence) => {
+                i.meta.call("append_events_fenced", i.obj.append_events_fenced(ctx, id.into(), events, fence)).await
+            }
+        }
     }
 
     /// Runs an operator command on each store (settings, secrets, conversations), once per
@@ -356,6 +369,14 @@ impl Registry {
     }
 
     /// Stops a conversation's loop; `false` when it was not running (or no manager runs loops).
+    /// An operator question to the conversation manager (`"cluster"`); `None` without a
+    /// manager.
+    pub async fn manager_admin(&self, ctx: CallContext, command: &str) -> Option<Result<Value, CallError>> {
+        let m = self.manager.as_ref()?;
+        let answer = m.meta.call("admin", m.obj.admin(ctx, command.into(), "{}".into())).await;
+        Some(answer.and_then(|json| m.meta.decode("admin", &json)))
+    }
+
     pub async fn close_conversation(&self, ctx: CallContext, id: &str) -> Result<bool, CallError> {
         let Some(m) = &self.manager else {
             return Ok(false);

@@ -110,7 +110,7 @@ impl Registry {
             .await
         } else if is::<AppendEvents>(point, method) {
             serve(args, |r: AppendEvents| async move {
-                self.append_events(ctx, &r.conversation_id, &r.events).await.map_err(|e| e.into_plugin_error())
+                self.append_events(ctx, &r.conversation_id, &r.events, r.fence).await.map_err(|e| e.into_plugin_error())
             })
             .await
         } else if is::<GetEvents>(point, method) {

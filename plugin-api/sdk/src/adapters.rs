@@ -186,6 +186,21 @@ impl<T: crate::ConversationStore> plugin_api::ConversationStore for Adapter<T> {
             t.append_events(ctx, id.into_string(), events).await
         })
     }
+    fn append_events_fenced(
+        &self,
+        ctx: CallContext,
+        id: RString,
+        events_json: RVec<RString>,
+        fence: u64,
+    ) -> FfiFuture<PResult<u64>> {
+        self.run(move |t| async move {
+            let events = events_json
+                .iter()
+                .map(|e| from_json::<serde_json::Value>("event", e))
+                .collect::<Result<Vec<_>, _>>()?;
+            t.append_events_fenced(ctx, id.into_string(), events, fence).await
+        })
+    }
     fn get_events(&self, ctx: CallContext, id: RString, query: EventQuery) -> FfiFuture<PResult<RString>> {
         self.run(move |t| async move { to_json(&t.get_events(ctx, id.into_string(), query).await?) })
     }
@@ -237,6 +252,12 @@ impl<T: crate::ConversationManager> plugin_api::ConversationManager for Adapter<
     }
     fn shutdown(&self, _deadline_ms: u64) -> FfiFuture<()> {
         self.shutdown_of(|t| async move { t.shutdown().await })
+    }
+    fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>> {
+        self.run(move |t| async move {
+            let args = from_json("admin arguments", &args_json)?;
+            to_json(&t.admin(ctx, command.into_string(), args).await?)
+        })
     }
 }
 

@@ -179,6 +179,18 @@ pub trait ConversationStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<serde_json::Value>> + Send {
         async move { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, format!("no `{command}` command in this store"))) }
     }
+    /// `append_events` by the holder of fencing token `fence`: refuse (`CONFLICT`) when a
+    /// higher token was seen for the conversation, atomically with the append. Default:
+    /// `UNIMPLEMENTED` (such a store cannot serve a clustered manager).
+    fn append_events_fenced(
+        &self,
+        _ctx: CallContext,
+        _conversation_id: String,
+        _events: Vec<serde_json::Value>,
+        _fence: u64,
+    ) -> impl Future<Output = Result<u64>> + Send {
+        async { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, "this store does not fence appends")) }
+    }
 }
 
 /// `conversation_manager`: runs agent loops and streams their events to subscribers.
@@ -212,6 +224,15 @@ pub trait ConversationManager: Send + Sync + 'static {
     }
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
         async {}
+    }
+    /// Operator questions (`"cluster"`). Default: none.
+    fn admin(
+        &self,
+        _ctx: CallContext,
+        command: String,
+        _args: serde_json::Value,
+    ) -> impl Future<Output = Result<serde_json::Value>> + Send {
+        async move { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, format!("no `{command}` command in this manager"))) }
     }
 }
 

@@ -21,6 +21,54 @@ pub struct FileConversationStore {
 }
 
 impl FileConversationStore {
+    /// Appends under the conversation's OS lock; with a fence, first checks it against the
+    /// highest one seen (the `fence` file) and records it, in the same critical section.
+    async fn append(
+        &self,
+        ctx: CallContext,
+        id: String,
+        events: Vec<Value>,
+        fence: Option<u64>,
+    ) -> Result<u64, PluginError> {
+        let dir = self.dir(&ctx, &id)?;
+        let lock = self.log_lock(&dir);
+        let mut next = lock.lock().await;
+        let known = *next;
+        let (first, new_next) = fsutil::blocking(move || {
+            if !dir.join("metadata.json").exists() {
+                return Err(PluginError::not_found("conversation not found"));
+            }
+            // Other processes sharing the state directory append too: under the OS lock, the
+            // next id this process remembers is checked against the files before it is used.
+            fsutil::with_dir_lock(&dir, || {
+                if let Some(fence) = fence {
+                    check_fence(&dir, fence)?;
+                }
+                let events_dir = dir.join("events");
+                let first = match known {
+                    Some(n) if next_id_still_valid(&events_dir, n) => n,
+                    _ => count_events(&events_dir)?,
+                };
+                let mut id = first;
+                for mut event in events {
+                    let obj = event
+                        .as_object_mut()
+                        .ok_or_else(|| PluginError::invalid_argument("an event must be a JSON object"))?;
+                    obj.insert("id".to_owned(), Value::from(id));
+                    let path = events_dir.join(format!("{id}.json"));
+                    let bytes = serde_json::to_vec(&event).map_err(|e| PluginError::internal(e.to_string()))?;
+                    fsutil::write_atomic(&path, &bytes, 0o600)
+                        .map_err(|e| fsutil::io_error("write an event", &path, e))?;
+                    id += 1;
+                }
+                Ok((first, id))
+            })
+        })
+        .await?;
+        *next = Some(new_next);
+        Ok(first)
+    }
+
     pub(crate) fn new(root: PathBuf) -> Self {
         Self { root, logs: Mutex::new(HashMap::new()) }
     }
@@ -50,6 +98,30 @@ fn read_metadata(path: &Path) -> Result<Option<ConversationMetadata>, PluginErro
 }
 
 /// Number of events in a log: ids are dense from 0, so it is the first missing id.
+/// Refuses a fencing token lower than the highest seen for the conversation (its `fence`
+/// file); records a higher one. Runs under the conversation's OS lock.
+fn check_fence(dir: &std::path::Path, fence: u64) -> Result<(), PluginError> {
+    let path = dir.join("fence");
+    let seen = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|_| {
+            PluginError::internal(format!("{} is not a fencing token; remove it to reset", path.display()))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(fsutil::io_error("read the fencing token", &path, e)),
+    };
+    if fence < seen {
+        return Err(PluginError::new(
+            ErrorCode::CONFLICT,
+            format!("fenced: the conversation's owner now holds token {seen}, this append has {fence}"),
+        ));
+    }
+    if fence > seen {
+        fsutil::write_atomic(&path, fence.to_string().as_bytes(), 0o600)
+            .map_err(|e| fsutil::io_error("record the fencing token", &path, e))?;
+    }
+    Ok(())
+}
+
 fn count_events(events: &Path) -> Result<u64, PluginError> {
     let entries = match fs::read_dir(events) {
         Ok(entries) => entries,
@@ -157,40 +229,17 @@ impl plugin_sdk::ConversationStore for FileConversationStore {
     }
 
     async fn append_events(&self, ctx: CallContext, id: String, events: Vec<Value>) -> Result<u64, PluginError> {
-        let dir = self.dir(&ctx, &id)?;
-        let lock = self.log_lock(&dir);
-        let mut next = lock.lock().await;
-        let known = *next;
-        let (first, new_next) = fsutil::blocking(move || {
-            if !dir.join("metadata.json").exists() {
-                return Err(PluginError::not_found("conversation not found"));
-            }
-            // Other processes sharing the state directory append too: under the OS lock, the
-            // next id this process remembers is checked against the files before it is used.
-            fsutil::with_dir_lock(&dir, || {
-                let events_dir = dir.join("events");
-                let first = match known {
-                    Some(n) if next_id_still_valid(&events_dir, n) => n,
-                    _ => count_events(&events_dir)?,
-                };
-                let mut id = first;
-                for mut event in events {
-                    let obj = event
-                        .as_object_mut()
-                        .ok_or_else(|| PluginError::invalid_argument("an event must be a JSON object"))?;
-                    obj.insert("id".to_owned(), Value::from(id));
-                    let path = events_dir.join(format!("{id}.json"));
-                    let bytes = serde_json::to_vec(&event).map_err(|e| PluginError::internal(e.to_string()))?;
-                    fsutil::write_atomic(&path, &bytes, 0o600)
-                        .map_err(|e| fsutil::io_error("write an event", &path, e))?;
-                    id += 1;
-                }
-                Ok((first, id))
-            })
-        })
-        .await?;
-        *next = Some(new_next);
-        Ok(first)
+        self.append(ctx, id, events, None).await
+    }
+
+    async fn append_events_fenced(
+        &self,
+        ctx: CallContext,
+        id: String,
+        events: Vec<Value>,
+        fence: u64,
+    ) -> Result<u64, PluginError> {
+        self.append(ctx, id, events, Some(fence)).await
     }
 
     async fn get_events(&self, ctx: CallContext, id: String, query: EventQuery) -> Result<EventPage, PluginError> {

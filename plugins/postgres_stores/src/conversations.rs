@@ -23,6 +23,72 @@ fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, PluginError> 
         .map_err(|e| PluginError::invalid_argument(format!("created_at `{text}` is not an RFC 3339 time: {e}")))
 }
 
+impl SaasConversationStore {
+    /// Appends in one transaction under the conversation row's lock (ids stay dense across
+    /// hosts); with a fence, checks and records it in the same transaction.
+    async fn append(
+        &self,
+        ctx: CallContext,
+        id: String,
+        events: Vec<Value>,
+        fence: Option<u64>,
+    ) -> Result<u64, PluginError> {
+        let pool = self.db.ready().await?;
+        let mut tx = pool.begin().await.map_err(db_error)?;
+        // The row lock on the conversation serialises appends across hosts: ids stay dense.
+        let seen: Option<i64> = sqlx::query_scalar(
+            "SELECT fence FROM conversation_metadata WHERE conversation_id = $1 AND user_id = $2 FOR UPDATE",
+        )
+        .bind(&id)
+        .bind(user(&ctx))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let Some(seen) = seen else {
+            return Err(PluginError::not_found("conversation not found"));
+        };
+        if let Some(fence) = fence {
+            let fence = i64::try_from(fence).map_err(|_| PluginError::invalid_argument("fencing token out of range"))?;
+            if fence < seen {
+                return Err(PluginError::new(
+                    ErrorCode::CONFLICT,
+                    format!("fenced: the conversation's owner now holds token {seen}, this append has {fence}"),
+                ));
+            }
+            if fence > seen {
+                sqlx::query("UPDATE conversation_metadata SET fence = $2 WHERE conversation_id = $1")
+                    .bind(&id)
+                    .bind(fence)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+            }
+        }
+        let first: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(id) + 1, 0) FROM conversation_events WHERE conversation_id = $1")
+                .bind(&id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        for (i, mut event) in events.into_iter().enumerate() {
+            let n = first + i as i64;
+            let obj =
+                event.as_object_mut().ok_or_else(|| PluginError::invalid_argument("an event must be a JSON object"))?;
+            obj.insert("id".to_owned(), Value::from(n));
+            sqlx::query("INSERT INTO conversation_events (conversation_id, id, event) VALUES ($1, $2, $3)")
+                .bind(&id)
+                .bind(n)
+                .bind(&event)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(first as u64)
+    }
+
+}
+
 impl plugin_sdk::ConversationStore for SaasConversationStore {
     async fn save_metadata(&self, ctx: CallContext, mut metadata: ConversationMetadata) -> Result<(), PluginError> {
         let pool = self.db.ready().await?;
@@ -115,41 +181,17 @@ impl plugin_sdk::ConversationStore for SaasConversationStore {
     }
 
     async fn append_events(&self, ctx: CallContext, id: String, events: Vec<Value>) -> Result<u64, PluginError> {
-        let pool = self.db.ready().await?;
-        let mut tx = pool.begin().await.map_err(db_error)?;
-        // The row lock on the conversation serialises appends across hosts: ids stay dense.
-        let owned: Option<String> = sqlx::query_scalar(
-            "SELECT conversation_id FROM conversation_metadata WHERE conversation_id = $1 AND user_id = $2 FOR UPDATE",
-        )
-        .bind(&id)
-        .bind(user(&ctx))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        if owned.is_none() {
-            return Err(PluginError::not_found("conversation not found"));
-        }
-        let first: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(id) + 1, 0) FROM conversation_events WHERE conversation_id = $1")
-                .bind(&id)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        for (i, mut event) in events.into_iter().enumerate() {
-            let n = first + i as i64;
-            let obj =
-                event.as_object_mut().ok_or_else(|| PluginError::invalid_argument("an event must be a JSON object"))?;
-            obj.insert("id".to_owned(), Value::from(n));
-            sqlx::query("INSERT INTO conversation_events (conversation_id, id, event) VALUES ($1, $2, $3)")
-                .bind(&id)
-                .bind(n)
-                .bind(&event)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        }
-        tx.commit().await.map_err(db_error)?;
-        Ok(first as u64)
+        self.append(ctx, id, events, None).await
+    }
+
+    async fn append_events_fenced(
+        &self,
+        ctx: CallContext,
+        id: String,
+        events: Vec<Value>,
+        fence: u64,
+    ) -> Result<u64, PluginError> {
+        self.append(ctx, id, events, Some(fence)).await
     }
 
     async fn get_events(&self, ctx: CallContext, id: String, query: EventQuery) -> Result<EventPage, PluginError> {

@@ -5,17 +5,16 @@
 //! id), then pushed to the conversation's subscribers (the host's socket.io connections) and to
 //! the monitoring listeners. Streaming deltas and status updates are pushed live only.
 
-mod config;
-mod session;
-
-use config::Config;
+use agent_loop::{
+    config::ManagerConfig as Config,
+    session::{self, Command, Env, Session, Shared},
+};
 use plugin_sdk::{
     host_calls::{AppendEvents, HostCall, SessionEvent},
     models::{AgentLoopInfo, StartRequest},
     CallContext, ErrorCode, EventSink, PluginError, Registry, Services,
 };
 use serde_json::{json, Value};
-use session::{Command, Session, Shared};
 use std::{
     collections::HashMap,
     sync::{
@@ -30,13 +29,13 @@ pub struct StandaloneConversationManager {
     inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
-    pub(crate) services: Services,
-    pub(crate) config: Config,
+struct Inner {
+    services: Services,
+    config: Config,
     /// For the deployment's LLM endpoint (`LITE_LLM_API_URL`).
-    pub(crate) client: reqwest::Client,
+    client: reqwest::Client,
     /// For a user's `llm_base_url`: in SaaS mode it reaches public addresses only.
-    pub(crate) user_client: reqwest::Client,
+    user_client: reqwest::Client,
     destinations: outbound::Policy,
     sessions: Mutex<HashMap<String, Session>>,
     /// Subscribers by conversation, independent of whether its loop runs: a client may
@@ -54,13 +53,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Inner {
     /// Stores an event (the store gives it its id), then pushes it to the subscribers and the
     /// monitoring listeners; answers the stored event.
-    pub(crate) async fn store_and_push(
+    async fn store_and_push(
         &self,
         ctx: &CallContext,
         sid: &str,
         mut event: Value,
     ) -> Result<Value, PluginError> {
-        let request = AppendEvents { conversation_id: sid.to_owned(), events: vec![event.clone()] };
+        let request = AppendEvents { conversation_id: sid.to_owned(), events: vec![event.clone()], fence: None };
         let id = self.services.call(ctx.clone(), request).await?;
         event["id"] = id.into();
         self.broadcast(sid, &event);
@@ -68,14 +67,14 @@ impl Inner {
         Ok(event)
     }
 
-    pub(crate) async fn monitor<C: HostCall<Answer = ()>>(&self, ctx: &CallContext, hook: C) {
+    async fn monitor<C: HostCall<Answer = ()>>(&self, ctx: &CallContext, hook: C) {
         if let Err(e) = self.services.call(ctx.clone(), hook).await {
             tracing::debug!(hook = C::METHOD, error = %e, "monitoring hook not delivered");
         }
     }
 
     /// Pushes a payload to every subscriber of a conversation, forgetting the gone ones.
-    pub(crate) fn broadcast(&self, sid: &str, event: &Value) {
+    fn broadcast(&self, sid: &str, event: &Value) {
         let mut subscribers = lock(&self.subscribers);
         if let Some(subs) = subscribers.get_mut(sid) {
             subs.retain(|_, sink| sink.send(event));
@@ -164,6 +163,28 @@ impl StandaloneConversationManager {
     }
 }
 
+impl Env for Inner {
+    fn services(&self) -> &Services {
+        &self.services
+    }
+    fn system_prompt(&self) -> &str {
+        &self.config.system_prompt
+    }
+    fn client(&self, user_endpoint: bool) -> &reqwest::Client {
+        if user_endpoint {
+            &self.user_client
+        } else {
+            &self.client
+        }
+    }
+    async fn persist(&self, ctx: &CallContext, sid: &str, _fence: Option<u64>, event: Value) -> Result<Value, PluginError> {
+        self.store_and_push(ctx, sid, event).await
+    }
+    fn broadcast(&self, sid: &str, event: &Value) {
+        Inner::broadcast(self, sid, event);
+    }
+}
+
 fn same_user(a: &Option<String>, ctx: &CallContext) -> bool {
     a.as_deref() == ctx.user_id()
 }
@@ -211,7 +232,7 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
             }
         }
         let shared = Arc::new(Shared::new());
-        let session = Session::spawn(self.inner.clone(), ctx, request, llm, shared);
+        let session = Session::spawn(self.inner.clone(), ctx, request, llm, shared, None);
         sessions.insert(sid.clone(), session);
         Ok(Inner::info(&sid))
     }

@@ -133,3 +133,18 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
+
+/// `GET /internal/cluster`: the conversation manager's view of the cluster (nodes, leases,
+/// relay lag); 404 with a reason when the manager is not a clustered one.
+pub(super) async fn cluster(State(state): State<AppState>) -> impl IntoResponse {
+    let ctx = plugin_api::CallContext::new("internal-cluster", None, 0);
+    match state.registry.manager_admin(ctx, "cluster").await {
+        Some(Ok(report)) => (StatusCode::OK, Json(report)),
+        Some(Err(e)) if e.error.code == plugin_api::ErrorCode::UNIMPLEMENTED => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "the conversation manager is not clustered (it has no cluster to describe)" })),
+        ),
+        Some(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e.to_string() }))),
+        None => (StatusCode::NOT_FOUND, Json(json!({ "error": "no conversation_manager is configured" }))),
+    }
+}

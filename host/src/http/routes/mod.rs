@@ -36,6 +36,7 @@ pub(super) fn admin() -> Router<AppState> {
         .route("/internal/ready", get(health::ready_detail))
         .route("/internal/plugins", get(health::plugins))
         .route("/internal/metrics", get(health::metrics))
+        .route("/internal/cluster", get(health::cluster))
 }
 
 /// Routes behind the auth gate.

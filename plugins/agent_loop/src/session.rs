@@ -1,19 +1,24 @@
 //! One running conversation: a task that owns the history and answers one user message at a
 //! time. User messages reach it already stored (the manager stores them before it answers the
 //! sender), through a bounded queue; a stop interrupts the answer in progress at once.
+//!
+//! The same session runs in every manager: an [`Env`] is where it stores and publishes
+//! (in process for the standalone manager; with a fencing token and a relay for a clustered
+//! one). When the store refuses an append because a newer owner holds the conversation
+//! (`CONFLICT` from a fenced append), the session ends at once without writing more.
 
-use crate::Inner;
-use agent_loop::{
+use crate::{
     events::{self, Totals},
     llm::{self, ChatMessage, LlmConfig, LlmError, Progress},
 };
 use plugin_sdk::{
     host_calls::{AgentSessionStart, GetEvents, GetMetadata, HostCall, SaveMetadata},
     models::{ConversationMetadata, StartRequest},
-    CallContext, PluginError,
+    CallContext, ErrorCode, PluginError, Services,
 };
 use serde_json::Value;
 use std::{
+    future::Future,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -22,8 +27,28 @@ use std::{
 };
 use tokio::sync::{mpsc, watch};
 
+/// Where a session stores and publishes: its manager.
+pub trait Env: Send + Sync + 'static {
+    fn services(&self) -> &Services;
+    /// The system message that starts every history.
+    fn system_prompt(&self) -> &str;
+    /// The HTTP client for the LLM: a user's own endpoint (`true`) or the deployment's.
+    fn client(&self, user_endpoint: bool) -> &reqwest::Client;
+    /// Stores an event (the store gives it its id; with `fence`, only while this session
+    /// still owns the conversation), then publishes it to subscribers and monitoring.
+    fn persist(
+        &self,
+        ctx: &CallContext,
+        sid: &str,
+        fence: Option<u64>,
+        event: Value,
+    ) -> impl Future<Output = Result<Value, PluginError>> + Send;
+    /// Pushes a live-only event (streaming deltas, status updates).
+    fn broadcast(&self, sid: &str, event: &Value);
+}
+
 /// What the manager asks of a session's task.
-pub(crate) enum Command {
+pub enum Command {
     /// Answer this user message (already stored).
     Answer { content: String },
     /// The user stopped the agent (`change_agent_state: stopped`): the answer in progress was
@@ -33,49 +58,64 @@ pub(crate) enum Command {
 
 /// How many user messages may wait for an answer in one conversation; beyond that a sender
 /// is told to retry later (429).
-pub(crate) const QUEUE: usize = 64;
+pub const QUEUE: usize = 64;
 
 /// What the manager reads of a session without talking to its task.
-pub(crate) struct Shared {
+pub struct Shared {
     last_active: Mutex<Instant>,
     running: AtomicBool,
+    /// Set when the store refused an append: another node owns the conversation now.
+    fenced: AtomicBool,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Shared {
-    pub(crate) fn new() -> Self {
-        Shared { last_active: Mutex::new(Instant::now()), running: AtomicBool::new(false) }
+    pub fn new() -> Self {
+        Shared { last_active: Mutex::new(Instant::now()), running: AtomicBool::new(false), fenced: AtomicBool::new(false) }
     }
-    pub(crate) fn touch(&self) {
+    /// Whether the session ended because a newer owner took the conversation.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
+    }
+    pub fn touch(&self) {
         *self.last_active.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
-    pub(crate) fn last_active(&self) -> Instant {
+    pub fn last_active(&self) -> Instant {
         *self.last_active.lock().unwrap_or_else(|e| e.into_inner())
     }
-    pub(crate) fn idle_for(&self) -> Duration {
+    pub fn idle_for(&self) -> Duration {
         self.last_active().elapsed()
     }
-    pub(crate) fn is_running(&self) -> bool {
+    pub fn is_running(&self) -> bool {
         self.running.load(Ordering::Relaxed)
     }
 }
 
-pub(crate) struct Session {
-    pub(crate) user_id: Option<String>,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) inbox: mpsc::Sender<Command>,
+/// A running session, as its manager holds it.
+pub struct Session {
+    pub user_id: Option<String>,
+    pub shared: Arc<Shared>,
+    pub inbox: mpsc::Sender<Command>,
     /// Interrupts the answer in progress (a user's stop), not the session.
-    pub(crate) interrupt: Arc<tokio::sync::Notify>,
+    pub interrupt: Arc<tokio::sync::Notify>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Session {
-    pub(crate) fn spawn(
-        inner: Arc<Inner>,
+    /// Starts the session's task; `fence` is the owner's fencing token (clustered managers).
+    pub fn spawn<E: Env>(
+        env: Arc<E>,
         ctx: CallContext,
         request: StartRequest,
         llm: LlmConfig,
         shared: Arc<Shared>,
+        fence: Option<u64>,
     ) -> Session {
         let (inbox, rx) = mpsc::channel(QUEUE);
         let (stop, stop_rx) = watch::channel(false);
@@ -83,7 +123,8 @@ impl Session {
         let user_id = ctx.user_id().map(str::to_owned);
         let runner = Runner {
             sid: request.conversation_id.clone(),
-            inner,
+            env,
+            fence,
             ctx,
             llm,
             shared: shared.clone(),
@@ -99,7 +140,7 @@ impl Session {
     /// Asks the task to stop (it stores `stopped`, then ends); aborts it if it has not ended
     /// in 5 s. The handle resolves once the task is over, so a caller can wait for its last
     /// event to be stored.
-    pub(crate) fn stop(self) -> tokio::task::JoinHandle<()> {
+    pub fn stop(self) -> tokio::task::JoinHandle<()> {
         let _ = self.stop.send(true);
         let task = self.task;
         tokio::spawn(async move {
@@ -109,11 +150,23 @@ impl Session {
             }
         })
     }
+
+    /// Ends the task at once, storing nothing more (the lease was lost: another node owns
+    /// the conversation now).
+    pub fn abandon(self) {
+        self.task.abort();
+    }
+
+    /// Whether the task has ended (stopped, or fenced off).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
 }
 
-struct Runner {
+struct Runner<E: Env> {
     sid: String,
-    inner: Arc<Inner>,
+    env: Arc<E>,
+    fence: Option<u64>,
     ctx: CallContext,
     llm: LlmConfig,
     shared: Arc<Shared>,
@@ -123,13 +176,13 @@ struct Runner {
     interrupt: Arc<tokio::sync::Notify>,
 }
 
-impl Runner {
+impl<E: Env> Runner<E> {
     async fn run(mut self, request: StartRequest, mut inbox: mpsc::Receiver<Command>) {
         let started = Instant::now();
         self.persist(events::agent_state_changed("loading", "")).await;
         let history = self.load_history().await;
         let ok = history.is_ok();
-        self.messages = events::history(&self.inner.config.system_prompt, history.as_deref().unwrap_or_default());
+        self.messages = events::history(self.env.system_prompt(), history.as_deref().unwrap_or_default());
         if let Ok(Some(m)) = self.metadata().await {
             self.totals = Totals {
                 cost: m.accumulated_cost,
@@ -153,6 +206,9 @@ impl Runner {
             None => self.set_state("awaiting_user_input").await,
         }
         loop {
+            if self.shared.is_fenced() {
+                return; // another node owns the conversation: nothing more is ours to store
+            }
             let command = tokio::select! {
                 c = inbox.recv() => c,
                 _ = self.stop.changed() => None,
@@ -181,22 +237,25 @@ impl Runner {
     async fn respond(&mut self) {
         self.set_state("running").await;
 
-        let inner = self.inner.clone();
+        if self.shared.is_fenced() {
+            return;
+        }
+        let env = self.env.clone();
         let sid = self.sid.clone();
         let mut seq = 0u64;
         let mut progress = move |p: Progress<'_>| match p {
             Progress::Delta(delta) => {
-                inner.broadcast(&sid, &events::streaming_delta(delta, seq));
+                env.broadcast(&sid, &events::streaming_delta(delta, seq));
                 seq += 1;
             }
             Progress::Retry { attempt, wait, reason } => {
                 let message = format!("LLM call failed ({reason}); retry {attempt} in {} ms", wait.as_millis());
-                inner.broadcast(&sid, &events::status_update("info", "STATUS$LLM_RETRY", &message));
+                env.broadcast(&sid, &events::status_update("info", "STATUS$LLM_RETRY", &message));
             }
         };
         let mut stop = self.stop.clone();
         let interrupt = self.interrupt.clone();
-        let client = if self.llm.user_endpoint { &self.inner.user_client } else { &self.inner.client };
+        let client = self.env.client(self.llm.user_endpoint);
         let outcome = tokio::select! {
             r = llm::complete(client, &self.llm, &self.messages, &mut progress) => Some(r),
             _ = stop.changed() => None,
@@ -224,7 +283,7 @@ impl Runner {
                     LlmError::Fatal(_) => ("STATUS$ERROR", err.to_string()),
                 };
                 tracing::warn!(conversation_id = %self.sid, error = %text, "agent turn failed");
-                self.inner.broadcast(&self.sid, &events::status_update("error", id, &text));
+                self.env.broadcast(&self.sid, &events::status_update("error", id, &text));
                 self.persist(events::error_observation(&text, id)).await;
                 self.set_state_because("error", id).await;
             }
@@ -241,16 +300,27 @@ impl Runner {
         self.persist(events::agent_state_changed(state, reason)).await;
     }
 
-    /// Stores an event (it gets its id), then pushes it live and to monitoring.
+    /// Stores an event (it gets its id), then pushes it live and to monitoring. A refused
+    /// fenced append ends the session: the conversation is another node's now.
     async fn persist(&mut self, event: Value) {
+        if self.shared.is_fenced() {
+            return;
+        }
         self.shared.touch();
-        if let Err(e) = self.inner.store_and_push(&self.ctx, &self.sid, event).await {
-            tracing::error!(conversation_id = %self.sid, error = %e, "cannot store an event");
+        match self.env.persist(&self.ctx, &self.sid, self.fence, event).await {
+            Ok(_) => {}
+            Err(e) if e.code == ErrorCode::CONFLICT && self.fence.is_some() => {
+                tracing::warn!(conversation_id = %self.sid, error = %e, "fenced off: another node owns the conversation now");
+                self.shared.fenced.store(true, Ordering::Relaxed);
+            }
+            Err(e) => tracing::error!(conversation_id = %self.sid, error = %e, "cannot store an event"),
         }
     }
 
     async fn monitor<C: HostCall<Answer = ()>>(&self, hook: C) {
-        self.inner.monitor(&self.ctx, hook).await;
+        if let Err(e) = self.env.services().call(self.ctx.clone(), hook).await {
+            tracing::debug!(hook = C::METHOD, error = %e, "monitoring hook not delivered");
+        }
     }
 
     async fn load_history(&self) -> Result<Vec<Value>, PluginError> {
@@ -263,7 +333,7 @@ impl Runner {
                 reverse: false,
                 limit: 500,
             };
-            let page = self.inner.services.call(self.ctx.clone(), request).await?;
+            let page = self.env.services().call(self.ctx.clone(), request).await?;
             let more = page.has_more && !page.events.is_empty();
             all.extend(page.events);
             if !more {
@@ -273,7 +343,7 @@ impl Runner {
     }
 
     async fn metadata(&self) -> Result<Option<ConversationMetadata>, PluginError> {
-        self.inner.services.call(self.ctx.clone(), GetMetadata { conversation_id: self.sid.clone() }).await
+        self.env.services().call(self.ctx.clone(), GetMetadata { conversation_id: self.sid.clone() }).await
     }
 
     /// Keeps the metadata current: last update, token and cost totals, plus `change`.
@@ -293,7 +363,7 @@ impl Runner {
         m.total_tokens = self.totals.total_tokens;
         m.llm_model = Some(self.llm.display_model.clone());
         change(&mut m);
-        if let Err(e) = self.inner.services.call(self.ctx.clone(), SaveMetadata { metadata: m }).await {
+        if let Err(e) = self.env.services().call(self.ctx.clone(), SaveMetadata { metadata: m }).await {
             tracing::warn!(conversation_id = %self.sid, error = %e, "cannot update metadata");
         }
     }
@@ -307,6 +377,6 @@ impl Runner {
         let title = events::title_from(content);
         let t = title.clone();
         self.update_metadata(move |m| m.title = Some(t)).await;
-        self.inner.broadcast(&self.sid, &events::title_update(&self.sid, &title));
+        self.env.broadcast(&self.sid, &events::title_update(&self.sid, &title));
     }
 }
