@@ -121,7 +121,8 @@ mod tests {
 
     #[test]
     fn requests_keep_their_wire_names() {
-        let call = AppendEvents { conversation_id: "c1".into(), events: vec![serde_json::json!({ "a": 1 })], fence: None };
+        let call =
+            AppendEvents { conversation_id: "c1".into(), events: vec![serde_json::json!({ "a": 1 })], fence: None };
         assert_eq!(
             serde_json::to_value(&call).unwrap(),
             serde_json::json!({ "conversation_id": "c1", "events": [{ "a": 1 }] })

@@ -69,6 +69,7 @@ async fn the_enterprise_profile_checks_with_its_environment_and_names_what_is_mi
             "KEYCLOAK_SERVER_URL",
             "KEYCLOAK_SERVER_URL_EXT",
             "WEB_HOST",
+            "REDIS_HOST",
         ] {
             cmd.env_remove(var);
         }
@@ -93,6 +94,14 @@ async fn the_enterprise_profile_checks_with_its_environment_and_names_what_is_mi
     assert!(ok.status.success(), "{stdout}{}", String::from_utf8_lossy(&ok.stderr));
     assert!(stdout.contains("settings_store         postgres_stores::SaasSettingsStore"), "{stdout}");
     assert!(stdout.contains("user_auth              saas_auth::SaasUserAuth"), "{stdout}");
+    // Without REDIS_HOST the loops run in process; with it, the cluster's manager.
+    assert!(stdout.contains("conversation_manager   standalone_manager::StandaloneConversationManager"), "{stdout}");
+    let mut clustered = env.clone();
+    clustered.push(("REDIS_HOST", "127.0.0.1"));
+    let ok = run(&clustered);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{stdout}{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(stdout.contains("conversation_manager   clustered_manager::ClusteredConversationManager"), "{stdout}");
     let missing = run(&keycloak);
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(!missing.status.success());

@@ -44,7 +44,10 @@ fn incompatible_api_version_names_both_versions() {
     let d = with_settings_store("library = \"old\"\nimplementation = \"X\"");
     d.install_as("old_api_plugin", "old");
     let err = refused(&d);
-    assert!(err.contains(&format!("was built for plugin-api 0.99, this host speaks {}", oh_e2e::api_version())), "{err}");
+    assert!(
+        err.contains(&format!("was built for plugin-api 0.99, this host speaks {}", oh_e2e::api_version())),
+        "{err}"
+    );
     assert!(err.contains("rebuild the plugin"), "{err}");
 }
 

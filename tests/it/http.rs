@@ -211,7 +211,9 @@ async fn internal_views_show_libraries_and_counters() {
     let plugins = host.admin_get("/internal/plugins").await.json();
     let libs = plugins["libraries"].as_array().unwrap();
     assert_eq!(libs.len(), 4, "{plugins}");
-    assert!(libs.iter().all(|l| l["sha256"].as_str().unwrap().len() == 64 && l["api_version"] == oh_e2e::api_version().as_str()));
+    assert!(libs
+        .iter()
+        .all(|l| l["sha256"].as_str().unwrap().len() == 64 && l["api_version"] == oh_e2e::api_version().as_str()));
     let settings = plugins["instances"]
         .as_array()
         .unwrap()

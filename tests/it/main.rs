@@ -3,6 +3,7 @@
 mod agent;
 mod browser;
 mod cli;
+mod cluster;
 mod conversations;
 mod failures;
 mod git_providers;

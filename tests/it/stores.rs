@@ -123,7 +123,8 @@ async fn contract(r: &Arc<Registry>) {
     assert_eq!(stale.error.code, ErrorCode::CONFLICT, "{stale}");
     assert!(stale.error.message.as_str().contains("token 7"), "{stale}");
     assert_eq!(r.append_events(a(), "a1", &[json!({ "user": true })], None).await.unwrap(), 6);
-    let owners: Vec<_> = r.get_events(a(), "a1", q(3, 100)).await.unwrap().events.iter().map(|e| e["owner"].clone()).collect();
+    let owners: Vec<_> =
+        r.get_events(a(), "a1", q(3, 100)).await.unwrap().events.iter().map(|e| e["owner"].clone()).collect();
     assert_eq!(owners, [json!(5), json!(5), json!(7), json!(null)], "dense, nothing from the stale owner");
     // Racing owners: of appends from tokens 8 and 9 interleaved, none of 8's lands after 9's.
     let (r8, r9) = (r.clone(), r.clone());

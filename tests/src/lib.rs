@@ -10,6 +10,7 @@ pub mod git;
 pub mod llm;
 pub mod oidc;
 pub mod pg;
+pub mod redis;
 pub mod sio;
 pub mod tls;
 
@@ -92,8 +93,15 @@ impl Deployment {
 
     /// The bundled OSS plugins.
     pub fn install_bundled(&self) {
-        for p in ["file_stores", "default_auth", "log_monitoring", "standalone_manager", "postgres_stores", "saas_auth"]
-        {
+        for p in [
+            "file_stores",
+            "default_auth",
+            "log_monitoring",
+            "standalone_manager",
+            "clustered_manager",
+            "postgres_stores",
+            "saas_auth",
+        ] {
             self.install(p);
         }
     }
@@ -282,6 +290,12 @@ impl TestHost {
     /// Ctrl-C (SIGINT), then wait for a clean exit; the log stays readable.
     pub fn interrupt(&mut self) -> ExitStatus {
         self.signal("INT")
+    }
+
+    /// Sends a signal without waiting (`STOP`, `CONT`).
+    pub fn send_signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} failed");
     }
 
     /// Sends `signal` (`TERM`, `INT`, `KILL`, ...) and waits for the process to end.

@@ -76,7 +76,11 @@ impl Default for Shared {
 
 impl Shared {
     pub fn new() -> Self {
-        Shared { last_active: Mutex::new(Instant::now()), running: AtomicBool::new(false), fenced: AtomicBool::new(false) }
+        Shared {
+            last_active: Mutex::new(Instant::now()),
+            running: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
+        }
     }
     /// Whether the session ended because a newer owner took the conversation.
     pub fn is_fenced(&self) -> bool {

@@ -48,7 +48,8 @@ impl SaasConversationStore {
             return Err(PluginError::not_found("conversation not found"));
         };
         if let Some(fence) = fence {
-            let fence = i64::try_from(fence).map_err(|_| PluginError::invalid_argument("fencing token out of range"))?;
+            let fence =
+                i64::try_from(fence).map_err(|_| PluginError::invalid_argument("fencing token out of range"))?;
             if fence < seen {
                 return Err(PluginError::new(
                     ErrorCode::CONFLICT,
@@ -86,7 +87,6 @@ impl SaasConversationStore {
         tx.commit().await.map_err(db_error)?;
         Ok(first as u64)
     }
-
 }
 
 impl plugin_sdk::ConversationStore for SaasConversationStore {

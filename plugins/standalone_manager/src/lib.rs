@@ -53,12 +53,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Inner {
     /// Stores an event (the store gives it its id), then pushes it to the subscribers and the
     /// monitoring listeners; answers the stored event.
-    async fn store_and_push(
-        &self,
-        ctx: &CallContext,
-        sid: &str,
-        mut event: Value,
-    ) -> Result<Value, PluginError> {
+    async fn store_and_push(&self, ctx: &CallContext, sid: &str, mut event: Value) -> Result<Value, PluginError> {
         let request = AppendEvents { conversation_id: sid.to_owned(), events: vec![event.clone()], fence: None };
         let id = self.services.call(ctx.clone(), request).await?;
         event["id"] = id.into();
@@ -177,7 +172,13 @@ impl Env for Inner {
             &self.client
         }
     }
-    async fn persist(&self, ctx: &CallContext, sid: &str, _fence: Option<u64>, event: Value) -> Result<Value, PluginError> {
+    async fn persist(
+        &self,
+        ctx: &CallContext,
+        sid: &str,
+        _fence: Option<u64>,
+        event: Value,
+    ) -> Result<Value, PluginError> {
         self.store_and_push(ctx, sid, event).await
     }
     fn broadcast(&self, sid: &str, event: &Value) {

@@ -1,0 +1,356 @@
+//! The clustered conversation manager with real processes: hosts on 127.0.0.1 sharing the
+//! test's PostgreSQL database and a Redis (a key prefix per test, or a Redis of the test's
+//! own), the fake LLM, sockets on other nodes than the owner.
+
+use oh_e2e::{
+    llm::{FakeLlm, Reply},
+    pg::TestDb,
+    redis::OwnRedis,
+    sio::{is_state, pretty, SioClient},
+    Deployment, TestHost,
+};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+const LEASE_MS: u64 = 1500;
+
+struct Node {
+    _d: Deployment,
+    host: TestHost,
+}
+
+struct Cluster {
+    _db: TestDb,
+    llm: FakeLlm,
+    nodes: Vec<Node>,
+}
+
+fn profile(db: &str, redis: &str, prefix: &str, lease_ms: u64, manager: &str) -> String {
+    let stores = format!("{{ database_url = \"{db}\", master_key = \"cluster-test-master-key-0123456789\" }}");
+    format!(
+        "[extensions.settings_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSettingsStore\"\nconfig = {stores}\n\
+         [extensions.secrets_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSecretsStore\"\nconfig = {stores}\n\
+         [extensions.conversation_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasConversationStore\"\nconfig = {stores}\n\
+         [extensions.conversation_manager]\nlibrary = \"clustered_manager\"\nimplementation = \"ClusteredConversationManager\"\n\
+         config = {{ redis_url = \"{redis}\", redis_key_prefix = \"{prefix}\", lease_ttl_ms = {lease_ms}, heartbeat_ms = 300, \
+         reaper_interval_ms = 100, llm_retry_initial_ms = 20, llm_max_retries = 0, llm_chunk_timeout_secs = 20{manager} }}\n"
+    )
+}
+
+impl Cluster {
+    async fn start(n: usize, redis: &str, manager: &str) -> Cluster {
+        Self::start_with_lease(n, redis, LEASE_MS, manager).await
+    }
+
+    async fn start_with_lease(n: usize, redis: &str, lease_ms: u64, manager: &str) -> Cluster {
+        let db = TestDb::create().await;
+        let llm = FakeLlm::start().await;
+        let prefix = oh_e2e::redis::prefix("cluster");
+        let nodes: Vec<Node> = (0..n)
+            .map(|_| {
+                let d = Deployment::new();
+                d.install_bundled();
+                d.write_profile("", &profile(&db.url, redis, &prefix, lease_ms, manager));
+                let host = d.start();
+                Node { _d: d, host }
+            })
+            .collect();
+        let settings = json!({ "llm_model": "fake-model", "llm_base_url": llm.base_url, "llm_api_key": "sk-test" });
+        assert_eq!(nodes[0].host.post_json("/api/settings", &settings).await.status, 200);
+        Cluster { _db: db, llm, nodes }
+    }
+
+    fn host(&self, i: usize) -> &TestHost {
+        &self.nodes[i].host
+    }
+
+    async fn create(&self, on: usize, message: &str) -> String {
+        let r = self.host(on).post_json("/api/conversations", &json!({ "initial_user_msg": message })).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.json()["conversation_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Every stored event, from any node (they share the store).
+    async fn stored(&self, on: usize, id: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        loop {
+            let page =
+                self.host(on).get(&format!("/api/conversations/{id}/events?start_id={}&limit=100", all.len())).await;
+            assert_eq!(page.status, 200, "{}", page.text);
+            let page = page.json();
+            all.extend(page["events"].as_array().unwrap().iter().cloned());
+            if page["has_more"] != true {
+                return all;
+            }
+        }
+    }
+}
+
+async fn socket(host: &TestHost, id: &str) -> SioClient {
+    SioClient::connect(&host.base, &format!("conversation_id={id}&latest_event_id=-1"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("socket refused: {e}"))
+}
+
+fn agent_says(e: &Value, text: &str) -> bool {
+    e["action"] == "message" && e["source"] == "agent" && e["args"]["content"] == text
+}
+
+fn stored_ids(events: &[Value]) -> Vec<u64> {
+    events.iter().filter_map(|e| e["id"].as_u64()).collect()
+}
+
+fn assert_dense(ids: &[u64], what: &str) {
+    assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<_>>(), "{what}: not 0..n in order, once each");
+}
+
+fn agent_messages(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["action"] == "message" && e["source"] == "agent")
+        .map(|e| e["args"]["content"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn any_node_serves_any_conversation_without_gap_or_duplicate() {
+    let c = Cluster::start(3, &oh_e2e::redis::url(), "").await;
+    let id = c.create(0, "hello").await;
+    let mut on1 = socket(c.host(1), &id).await;
+    let mut on2 = socket(c.host(2), &id).await;
+    on1.until(WAIT, |e| agent_says(e, "Echo: hello.")).await;
+    on2.until(WAIT, |e| agent_says(e, "Echo: hello.")).await;
+
+    // A user action on a node that does not own the conversation: acknowledged when stored,
+    // answered by the owner, seen everywhere.
+    c.llm.push([Reply::Tokens { n: 30, gap: Duration::from_millis(5) }]);
+    on1.emit("oh_user_action", &json!({ "action": "message", "args": { "content": "second" } }));
+    let seen1 = on1
+        .until(WAIT, |e| {
+            e["action"] == "message"
+                && e["source"] == "agent"
+                && e["args"]["content"].as_str().is_some_and(|c| c.starts_with("0 1 2"))
+        })
+        .await;
+    assert!(seen1.iter().any(|e| e["action"] == "streaming_message"), "deltas are relayed live: {}", pretty(&seen1));
+    let sent = c.host(2).post_json(&format!("/api/conversations/{id}/message"), &json!({ "message": "third" })).await;
+    assert_eq!(sent.status, 200, "{}", sent.text);
+    on1.until(WAIT, |e| agent_says(e, "Echo: third.")).await;
+    let all2 = on2.until(WAIT, |e| agent_says(e, "Echo: third.")).await;
+
+    // Each socket saw every stored event once, in order; so did the other.
+    let stored = c.stored(1, &id).await;
+    let ids = stored_ids(&stored);
+    assert_dense(&ids, "the store");
+    let last = *ids.last().unwrap();
+    let mut replay = socket(c.host(2), &id).await;
+    let replayed = replay.until(WAIT, |e| e["id"].as_u64() == Some(last)).await;
+    assert_eq!(stored_ids(&replayed), ids, "a new socket replays the store exactly");
+    let live2 = stored_ids(&all2);
+    assert!(live2.windows(2).all(|w| w[1] == w[0] + 1), "no gap or duplicate on node 2: {live2:?}");
+    assert_eq!(agent_messages(&stored).len(), 3, "{}", pretty(&stored));
+
+    // The operators' view: three nodes, one lease, relay figures.
+    let cluster = c.host(1).admin_get("/internal/cluster").await;
+    assert_eq!(cluster.status, 200, "{}", cluster.text);
+    let cluster = cluster.json();
+    let nodes = cluster["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{cluster}");
+    let leases: Vec<&Value> = nodes.iter().flat_map(|n| n["leases"].as_array().unwrap().iter()).collect();
+    assert_eq!(leases.len(), 1, "{cluster}");
+    assert_eq!(leases[0]["conversation_id"], id.as_str());
+    assert!(nodes.iter().any(|n| n["relay_lag_ms"]["samples"].as_u64().unwrap_or(0) > 0), "{cluster}");
+    // Cluster-wide status on every node.
+    for i in 0..3 {
+        let list = c.host(i).get("/api/conversations").await.json();
+        assert_eq!(list["results"][0]["status"], "RUNNING", "node {i}: {list}");
+    }
+
+    // Stop from a node that does not run it: the owner stores `stopped` and lets go.
+    let stop = c.host(2).post_json(&format!("/api/conversations/{id}/stop"), &json!({})).await;
+    assert_eq!(stop.json()["message"], "Conversation stopped successfully", "{}", stop.text);
+    on1.until(WAIT, |e| is_state(e, "stopped")).await;
+    for i in 0..3 {
+        let one = c.host(i).get(&format!("/api/conversations/{id}")).await.json();
+        assert_eq!(one["status"], "STOPPED", "node {i}: {one}");
+    }
+    // And delete from another: gone everywhere, nothing left running.
+    let deleted = c.host(1).send(c.host(1).http.delete(c.host(1).url(&format!("/api/conversations/{id}")))).await;
+    assert_eq!(deleted.json(), json!(true));
+    assert_eq!(c.host(0).get(&format!("/api/conversations/{id}")).await.json(), Value::Null);
+    // (Nodes report every 300 ms.)
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let cluster = c.host(0).admin_get("/internal/cluster").await.json();
+        if cluster["nodes"].as_array().unwrap().iter().all(|n| n["leases"] == json!([])) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{cluster}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rolling_restart_hands_conversations_over_well_under_the_lease() {
+    // A long lease: a handover that waited for it would take 10 s.
+    let mut c = Cluster::start_with_lease(2, &oh_e2e::redis::url(), 10_000, "").await;
+    let id = c.create(0, "hello").await;
+    let mut watcher = socket(c.host(1), &id).await;
+    watcher.until(WAIT, |e| agent_says(e, "Echo: hello.")).await;
+    let before = c.stored(1, &id).await.len();
+
+    let asked = Instant::now();
+    let mut leaving = c.nodes.remove(0);
+    assert!(leaving.host.interrupt().success(), "{}", leaving.host.log());
+    watcher.until(WAIT, |e| is_state(e, "loading") && e["id"].as_u64().is_some_and(|i| i as usize >= before)).await;
+    let moved = asked.elapsed();
+    assert!(moved < Duration::from_secs(3), "handed over in {moved:?}");
+    watcher.until(WAIT, |e| is_state(e, "awaiting_user_input")).await;
+    // It works on its new node.
+    let sent =
+        c.host(0).post_json(&format!("/api/conversations/{id}/message"), &json!({ "message": "still here?" })).await;
+    assert_eq!(sent.status, 200, "{}", sent.text);
+    watcher.until(WAIT, |e| agent_says(e, "Echo: still here?.")).await;
+    let stored = c.stored(0, &id).await;
+    assert_dense(&stored_ids(&stored), "the store");
+    assert!(stored.iter().any(|e| is_state(e, "stopped")), "the leaving node stored its stop: {}", pretty(&stored));
+    println!("handover on shutdown: {} ms", moved.as_millis());
+}
+
+#[tokio::test]
+async fn a_killed_owner_s_conversation_resumes_elsewhere_within_five_seconds() {
+    let mut c = Cluster::start(3, &oh_e2e::redis::url(), "").await;
+    // A long answer: the owner dies in the middle of it.
+    c.llm.push([Reply::Tokens { n: 400, gap: Duration::from_millis(25) }]);
+    let id = c.create(0, "hello").await;
+    let mut watcher = socket(c.host(1), &id).await;
+    watcher.until(WAIT, |e| e["action"] == "streaming_message").await;
+    let before = c.stored(1, &id).await.len();
+
+    let killed = Instant::now();
+    let mut owner = c.nodes.remove(0);
+    owner.host.signal("KILL");
+    // The survivor's socket sees the resumed loop, then its answer.
+    let events =
+        watcher.until(WAIT, |e| is_state(e, "loading") && e["id"].as_u64().is_some_and(|i| i as usize >= before)).await;
+    let resumed_after = killed.elapsed();
+    assert!(resumed_after <= Duration::from_secs(5), "resumed {resumed_after:?} after the kill: {}", pretty(&events));
+    watcher.until(WAIT, |e| agent_says(e, "Echo: hello.")).await;
+
+    let stored = c.stored(0, &id).await;
+    assert_dense(&stored_ids(&stored), "the store");
+    let users: Vec<_> = stored.iter().filter(|e| e["source"] == "user" && e["action"] == "message").collect();
+    assert_eq!(users.len(), 1, "the message was neither lost nor stored twice: {}", pretty(&stored));
+    assert_eq!(agent_messages(&stored), vec!["Echo: hello."], "answered once, by the new owner");
+    println!("failover: resumed {} ms after kill -9", resumed_after.as_millis());
+}
+
+#[tokio::test]
+async fn a_paused_owner_cannot_write_after_its_successor() {
+    let c = Cluster::start(2, &oh_e2e::redis::url(), "").await;
+    c.llm.push([Reply::Tokens { n: 80, gap: Duration::from_millis(50) }]);
+    let id = c.create(0, "hello").await;
+    let mut watcher = socket(c.host(1), &id).await;
+    watcher.until(WAIT, |e| e["action"] == "streaming_message").await;
+    let before = c.stored(1, &id).await.len();
+
+    // Paused past its lease: node 1 takes over and answers.
+    c.host(0).send_signal("STOP");
+    watcher.until(WAIT, |e| is_state(e, "loading") && e["id"].as_u64().is_some_and(|i| i as usize >= before)).await;
+    watcher.until(WAIT, |e| agent_says(e, "Echo: hello.")).await;
+    let taken_over = c.stored(1, &id).await;
+
+    // Resumed, the old owner finds its lease gone and its writes refused.
+    c.host(0).send_signal("CONT");
+    tokio::time::sleep(Duration::from_millis(LEASE_MS + 4500)).await;
+    let after = c.stored(1, &id).await;
+    assert_dense(&stored_ids(&after), "the store");
+    assert_eq!(after[..taken_over.len()], taken_over[..], "history unchanged");
+    let late: Vec<&Value> = after[taken_over.len()..].iter().collect();
+    assert!(
+        late.iter().all(|e| !(e["source"] == "agent" && e["action"] == "message")),
+        "the paused owner wrote after its successor: {late:?}"
+    );
+    assert_eq!(agent_messages(&after), vec!["Echo: hello."], "{}", pretty(&after));
+    let log = c.host(0).log();
+    assert!(log.contains("lease lost") || log.contains("fenced off"), "{log}");
+}
+
+#[tokio::test]
+async fn the_per_user_limit_holds_across_nodes_when_starts_race() {
+    let c = Cluster::start(3, &oh_e2e::redis::url(), ", max_concurrent_conversations = 2").await;
+    let starts = (0..6).map(|i| {
+        let host = c.host(i % 3);
+        async move { host.post_json("/api/conversations", &json!({ "initial_user_msg": format!("n{i}") })).await }
+    });
+    let answers = futures_util::future::join_all(starts).await;
+    assert!(answers.iter().all(|r| r.status == 200), "{:?}", answers.iter().map(|r| &r.text).collect::<Vec<_>>());
+    // Whatever the interleaving, two run, on every node's view; the others' owners stop them.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut counts = Vec::new();
+        for i in 0..3 {
+            let list = c.host(i).get("/api/conversations?limit=20").await.json();
+            counts.push(list["results"].as_array().unwrap().iter().filter(|r| r["status"] == "RUNNING").count());
+        }
+        let cluster = c.host(0).admin_get("/internal/cluster").await.json();
+        let leases: usize =
+            cluster["nodes"].as_array().unwrap().iter().map(|n| n["leases"].as_array().unwrap().len()).sum();
+        if counts.iter().all(|n| *n == 2) && leases == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "running per node {counts:?}, leases {leases}: {cluster}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_redis_outage_stops_starts_but_not_running_loops_and_everything_recovers() {
+    let mut redis = OwnRedis::start();
+    let c = Cluster::start(2, &redis.url(), "").await;
+    let id = c.create(0, "before").await;
+    let mut watcher = socket(c.host(1), &id).await;
+    watcher.until(WAIT, |e| agent_says(e, "Echo: before.")).await;
+
+    redis.stop();
+    // The owner's loop goes on storing.
+    let sent = c.host(0).post_json(&format!("/api/conversations/{id}/message"), &json!({ "message": "during" })).await;
+    assert_eq!(sent.status, 200, "{}", sent.text);
+    let deadline = Instant::now() + WAIT;
+    while !agent_messages(&c.stored(0, &id).await).contains(&"Echo: during.".to_owned()) {
+        assert!(Instant::now() < deadline, "the owner stopped answering without Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Starting one needs Redis: a clear 503.
+    let refused = c.host(1).post_json("/api/conversations", &json!({ "initial_user_msg": "new" })).await;
+    assert_eq!(refused.status, 503, "{}", refused.text);
+    assert!(refused.text.contains("Redis is unreachable"), "{}", refused.text);
+
+    // Redis is back (empty): the other node's socket catches up, starts work again.
+    redis.start_again();
+    watcher.until(WAIT, |e| agent_says(e, "Echo: during.")).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let again = c.host(1).post_json("/api/conversations", &json!({ "initial_user_msg": "after" })).await;
+        if again.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no start after Redis returned: {}", again.text);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The running conversation still answers, through the other node (as soon as its owner
+    // has put its lease back into the new Redis).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let sent =
+            c.host(1).post_json(&format!("/api/conversations/{id}/message"), &json!({ "message": "later" })).await;
+        if sent.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the other node never saw the conversation again: {}", sent.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    watcher.until(WAIT, |e| agent_says(e, "Echo: later.")).await;
+    assert_dense(&stored_ids(&c.stored(1, &id).await), "the store");
+}

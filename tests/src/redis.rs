@@ -1,0 +1,71 @@
+//! Redis for tests: a key prefix per test on the machine's server (127.0.0.1:6379, or
+//! `REDIS_HOST`/`REDIS_PORT`), and a server of a test's own for outage tests.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The machine's Redis.
+pub fn url() -> String {
+    let host = std::env::var("REDIS_HOST").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "127.0.0.1".to_owned());
+    let port = std::env::var("REDIS_PORT").ok().filter(|p| !p.is_empty()).unwrap_or_else(|| "6379".to_owned());
+    format!("redis://{host}:{port}/0")
+}
+
+/// A key prefix no other test uses.
+pub fn prefix(what: &str) -> String {
+    let mut bytes = [0u8; 4];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut bytes).unwrap();
+    format!("ohtest:{what}:{}:", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// A `redis-server` of the test's own on a free port, without persistence (a restart loses
+/// everything, the harder case).
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    pub fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = OwnRedis { port, child: None };
+        redis.start_again();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start_again(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (run `make services`)");
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start on {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (its data is gone).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
