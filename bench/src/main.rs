@@ -9,7 +9,11 @@
 //!    second through socket.io, p50/p99 delay from the LLM's chunk to the client's `oh_event`,
 //!    and the host's RSS;
 //! 5. authenticated `GET /api/settings`: Keycloak cookie and API key (saas_auth) next to the
-//!    OSS single-user auth.
+//!    OSS single-user auth;
+//! 6. three clustered nodes (PostgreSQL + Redis), 100 conversations spread over them, a
+//!    client on the owner and one on another node of each: LLM chunk → `oh_event` p50/p99
+//!    same-node vs cross-node; failover time over 10 kills; Redis commands and bytes per
+//!    conversation per second, streaming and idle.
 //!
 //! Usage: `oh-bench <dir with oh-host and lib*.so>` (bench/run passes target/release).
 //! Figures, not pass/fail: the machines are shared and noisy.
@@ -31,7 +35,15 @@ fn main() {
     let work = tempfile::tempdir().expect("tempdir");
     let plugins = work.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
-    for lib in ["file_stores", "default_auth", "log_monitoring", "standalone_manager", "postgres_stores", "saas_auth"] {
+    for lib in [
+        "file_stores",
+        "default_auth",
+        "log_monitoring",
+        "standalone_manager",
+        "clustered_manager",
+        "postgres_stores",
+        "saas_auth",
+    ] {
         let src = bin_dir.join(format!("lib{lib}.so"));
         std::fs::copy(&src, plugins.join(format!("lib{lib}.so")))
             .unwrap_or_else(|e| panic!("{}: {e} (build with `cargo build --release --workspace`)", src.display()));
@@ -96,6 +108,198 @@ fn main() {
     conversations_load(&bin_dir.join("oh-host"), &profile_path);
     auth_load(&bin_dir.join("oh-host"), &oss_profile, work.path(), &profile, &db.url);
     drop(db);
+    cluster_load(&bin_dir.join("oh-host"), work.path(), &plugins);
+}
+
+const CLUSTER_NODES: usize = 3;
+const CLUSTER_CONVERSATIONS: usize = 100;
+const KILLS: usize = 10;
+const CLUSTER_LEASE_MS: u64 = 1500;
+
+/// Redis's counters: commands processed, bytes in, bytes out.
+async fn redis_counters(redis: &str) -> (u64, u64, u64) {
+    let client = reqwest::Url::parse(redis).unwrap();
+    let addr = format!("{}:{}", client.host_str().unwrap_or("127.0.0.1"), client.port().unwrap_or(6379));
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("Redis for the cluster benchmark");
+    stream.write_all(b"*2\r\n$4\r\nINFO\r\n$5\r\nstats\r\n").await.unwrap();
+    let mut text = String::new();
+    let mut buf = vec![0u8; 65536];
+    while !text.contains("total_net_output_bytes") || !text.ends_with("\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let field = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
+    };
+    (field("total_commands_processed:"), field("total_net_input_bytes:"), field("total_net_output_bytes:"))
+}
+
+/// Section 6: the clustered manager.
+fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
+    use oh_e2e::{
+        llm::{now_micros, FakeLlm, Reply},
+        sio::{is_state, SioClient},
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let db = oh_e2e::pg::TestDb::create().await;
+        let redis = oh_e2e::redis::url();
+        let prefix = oh_e2e::redis::prefix("bench");
+        let llm = FakeLlm::start().await;
+        let stores = format!("{{ database_url = \"{}\", master_key = \"bench-master-key-0123456789\" }}", db.url);
+        let profile = |i: usize| {
+            let text = format!(
+                "[server]\nbind = \"127.0.0.1:0\"\nadmin_bind = \"off\"\nplugins_dir = \"{}\"\nstate_dir = \"{}\"\n\
+                 [extensions.settings_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSettingsStore\"\nconfig = {stores}\n\
+                 [extensions.secrets_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSecretsStore\"\nconfig = {stores}\n\
+                 [extensions.conversation_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasConversationStore\"\nconfig = {stores}\n\
+                 [extensions.conversation_manager]\nlibrary = \"clustered_manager\"\nimplementation = \"ClusteredConversationManager\"\n\
+                 config = {{ redis_url = \"{redis}\", redis_key_prefix = \"{prefix}\", lease_ttl_ms = {CLUSTER_LEASE_MS}, \
+                 max_concurrent_conversations = 1000, llm_max_retries = 0 }}\n",
+                plugins.display(),
+                work.join(format!("cluster-state-{i}")).display()
+            );
+            let path = work.join(format!("plugins.cluster{i}.toml"));
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let mut nodes: Vec<(std::process::Child, String)> =
+            (0..CLUSTER_NODES).map(|i| spawn_host(bin, &profile(i))).collect();
+        let http = reqwest::Client::new();
+        let base = |n: &(std::process::Child, String)| format!("http://{}", n.1);
+        let settings = serde_json::json!({ "llm_model": "fake", "llm_base_url": llm.base_url, "llm_api_key": "sk-bench" });
+        assert!(http.post(format!("{}/api/settings", base(&nodes[0]))).json(&settings).send().await.unwrap().status().is_success());
+
+        // Conversation i is owned by node i % 3; a client on its owner and one on the next node.
+        let mut clients = Vec::new();
+        for i in 0..CLUSTER_CONVERSATIONS {
+            let owner = i % CLUSTER_NODES;
+            let r: serde_json::Value = http
+                .post(format!("{}/api/conversations", base(&nodes[owner])))
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let id = r["conversation_id"].as_str().expect("conversation created").to_owned();
+            for (node, cross) in [(owner, false), ((owner + 1) % CLUSTER_NODES, true)] {
+                let mut c = SioClient::connect(&base(&nodes[node]), &format!("conversation_id={id}&latest_event_id=-1"), &[])
+                    .await
+                    .unwrap();
+                c.until(Duration::from_secs(60), |e| is_state(e, "awaiting_user_input")).await;
+                clients.push((id.clone(), cross, c));
+            }
+        }
+        // Idle: heartbeats, renewals and relay reads only.
+        let (c0, i0, o0) = redis_counters(&redis).await;
+        let idle_window = Duration::from_secs(5);
+        tokio::time::sleep(idle_window).await;
+        let (c1, i1, o1) = redis_counters(&redis).await;
+
+        llm.push((0..CLUSTER_CONVERSATIONS).map(|_| Reply::TimedTokens { n: TOKENS, gap: Duration::from_millis(20) }));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for (id, cross, mut c) in clients {
+            let send = !cross; // one message per conversation, from its owner-side client
+            tasks.push(tokio::spawn(async move {
+                if send {
+                    c.emit("oh_user_action", &serde_json::json!({ "action": "message", "args": { "content": "go" } }));
+                }
+                let mut delays = Vec::new();
+                let mut seen_running = false;
+                loop {
+                    let Some(e) = c.next(Duration::from_secs(60)).await else { break };
+                    if let Some(t) = e["args"]["delta"].as_str().and_then(|d| d.trim().strip_prefix('t')) {
+                        if let Ok(sent) = t.parse::<u128>() {
+                            delays.push(now_micros().saturating_sub(sent) as u64);
+                        }
+                    }
+                    seen_running |= is_state(&e, "running");
+                    if seen_running && is_state(&e, "awaiting_user_input") {
+                        break;
+                    }
+                }
+                let _ = id;
+                c.close();
+                (cross, delays)
+            }));
+        }
+        let (mut same, mut cross) = (Vec::new(), Vec::new());
+        for t in tasks {
+            let (is_cross, d) = t.await.unwrap();
+            if is_cross { cross.extend(d) } else { same.extend(d) }
+        }
+        let streamed = start.elapsed();
+        let (c2, i2, o2) = redis_counters(&redis).await;
+        same.sort_unstable();
+        cross.sort_unstable();
+        let pct = |v: &[u64], p: f64| v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(0);
+        println!("\n6. {CLUSTER_NODES} clustered nodes, {CLUSTER_CONVERSATIONS} conversations (PostgreSQL stores, Redis), {TOKENS} tokens each 20 ms apart");
+        println!(
+            "   LLM chunk -> client oh_event, same node:  p50 {} µs   p99 {} µs   ({} deltas)",
+            pct(&same, 0.5), pct(&same, 0.99), same.len()
+        );
+        println!(
+            "   LLM chunk -> client oh_event, cross node: p50 {} µs   p99 {} µs   ({} deltas); extra p99 {} µs",
+            pct(&cross, 0.5), pct(&cross, 0.99), cross.len(),
+            pct(&cross, 0.99) as i64 - pct(&same, 0.99) as i64
+        );
+        let per = |d: u64, secs: f64| d as f64 / CLUSTER_CONVERSATIONS as f64 / secs;
+        let idle = idle_window.as_secs_f64();
+        let busy = streamed.as_secs_f64();
+        println!(
+            "   Redis per conversation per second: idle {:.2} commands, {:.0} B in, {:.0} B out; streaming {:.1} commands, {:.0} B in, {:.0} B out",
+            per(c1 - c0, idle), per(i1 - i0, idle), per(o1 - o0, idle),
+            per(c2 - c1, busy), per(i2 - i1, busy), per(o2 - o1, busy)
+        );
+
+        // Failover: kill the owner mid-answer, time until a client elsewhere sees the resumed loop.
+        let mut times = Vec::new();
+        for k in 0..KILLS {
+            let victim = k % CLUSTER_NODES;
+            let watcher = (victim + 1) % CLUSTER_NODES;
+            llm.push([Reply::Tokens { n: 400, gap: Duration::from_millis(25) }]);
+            let r: serde_json::Value = http
+                .post(format!("{}/api/conversations", base(&nodes[victim])))
+                .json(&serde_json::json!({ "initial_user_msg": "long" }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let id = r["conversation_id"].as_str().unwrap().to_owned();
+            let mut c = SioClient::connect(&base(&nodes[watcher]), &format!("conversation_id={id}&latest_event_id=-1"), &[])
+                .await
+                .unwrap();
+            c.until(Duration::from_secs(30), |e| e["action"] == "streaming_message").await;
+            let killed = Instant::now();
+            let _ = nodes[victim].0.kill();
+            let _ = nodes[victim].0.wait();
+            let loading = c.until(Duration::from_secs(30), |e| is_state(e, "loading") && e["id"].as_u64().unwrap_or(0) > 2).await;
+            let _ = loading;
+            times.push(killed.elapsed());
+            c.close();
+            nodes[victim] = spawn_host(bin, &profile(victim));
+        }
+        times.sort();
+        println!(
+            "   failover over {KILLS} kill -9 (lease {CLUSTER_LEASE_MS} ms): min {} ms   median {} ms   max {} ms",
+            times[0].as_millis(),
+            times[KILLS / 2].as_millis(),
+            times[KILLS - 1].as_millis()
+        );
+        for (mut child, _) in nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    });
 }
 
 /// Section 5: the cost of authentication on a cheap authenticated route.
