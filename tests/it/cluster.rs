@@ -354,3 +354,25 @@ async fn a_redis_outage_stops_starts_but_not_running_loops_and_everything_recove
     watcher.until(WAIT, |e| agent_says(e, "Echo: later.")).await;
     assert_dense(&stored_ids(&c.stored(1, &id).await), "the store");
 }
+
+#[tokio::test]
+async fn a_socket_on_any_node_keeps_a_conversation_from_closing_as_idle() {
+    let c = Cluster::start(2, &oh_e2e::redis::url(), ", close_delay_secs = 1, cleanup_interval_ms = 200").await;
+    let id = c.create(0, "hello").await;
+    let watcher = socket(c.host(1), &id).await;
+    let running = |i: usize| {
+        let host = c.host(i);
+        let id = id.clone();
+        async move { host.get(&format!("/api/conversations/{id}")).await.json()["status"] == "RUNNING" }
+    };
+    // Quiet for three close delays, but watched from node 1: it stays.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(running(0).await, "closed while a socket on another node followed it");
+    // Nobody watches: it closes.
+    watcher.close();
+    let deadline = Instant::now() + WAIT;
+    while running(1).await {
+        assert!(Instant::now() < deadline, "never closed once idle");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
