@@ -273,12 +273,6 @@ pub fn scan(plugins_dir: &Path) -> Result<Vec<Scanned>, String> {
 
 // ---- The host API given to each library at init. ----
 
-/// Counters plugins report through `HostApi::metric`, by (name, labels JSON).
-pub fn plugin_metrics() -> &'static Mutex<BTreeMap<(String, String), f64>> {
-    static METRICS: OnceLock<Mutex<BTreeMap<(String, String), f64>>> = OnceLock::new();
-    METRICS.get_or_init(Default::default)
-}
-
 extern "C" fn host_log_enabled(level: LogLevel, _target: RStr<'_>) -> bool {
     tracing::level_filters::LevelFilter::current() >= to_level(level)
 }
@@ -313,16 +307,59 @@ extern "C" fn host_log(level: LogLevel, library: RStr<'_>, target: RStr<'_>, mes
     }
 }
 
+/// A plugin's labels (a JSON object) as the registry renders them.
+fn plugin_labels(labels_json: RStr<'_>) -> String {
+    let labels: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(labels_json.as_str()).unwrap_or_default();
+    crate::metrics::render_labels(
+        labels.iter().map(|(k, v)| (k.as_str(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))),
+    )
+}
+
+const REPORTED: &str = "Reported by a plugin.";
+
 extern "C" fn host_metric(name: RStr<'_>, value: f64, labels_json: RStr<'_>) {
-    let mut metrics = plugin_metrics().lock().unwrap_or_else(|e| e.into_inner());
-    *metrics.entry((name.to_string(), labels_json.to_string())).or_insert(0.0) += value;
+    crate::metrics::global().inc_rendered(name.as_str(), REPORTED, plugin_labels(labels_json), value);
+}
+
+extern "C" fn host_gauge(name: RStr<'_>, value: f64, delta: bool, labels_json: RStr<'_>) {
+    crate::metrics::global().gauge_rendered(name.as_str(), REPORTED, plugin_labels(labels_json), value, delta);
+}
+
+extern "C" fn host_observe(name: RStr<'_>, value: f64, buckets_json: RStr<'_>, labels_json: RStr<'_>) {
+    // Bucket sets live as long as the process; each distinct one is kept once.
+    static BOUNDS: OnceLock<Mutex<BTreeMap<String, &'static [f64]>>> = OnceLock::new();
+    let bounds = {
+        let mut known = BOUNDS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        *known.entry(buckets_json.to_string()).or_insert_with(|| {
+            let mut parsed: Vec<f64> = serde_json::from_str::<Vec<f64>>(buckets_json.as_str())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|b| b.is_finite())
+                .collect();
+            parsed.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            parsed.dedup();
+            if parsed.is_empty() {
+                parsed = crate::metrics::SECONDS.to_vec();
+            }
+            Vec::leak(parsed)
+        })
+    };
+    crate::metrics::global().observe_rendered(name.as_str(), REPORTED, bounds, plugin_labels(labels_json), value);
 }
 
 /// The one `HostApi` all libraries share.
 pub fn host_api() -> HostApi_Ref {
     static API: OnceLock<HostApi_Ref> = OnceLock::new();
     *API.get_or_init(|| {
-        HostApi { log_enabled: host_log_enabled, log: host_log, metric: host_metric }.leak_into_prefix()
+        HostApi {
+            log_enabled: host_log_enabled,
+            log: host_log,
+            metric: host_metric,
+            gauge: host_gauge,
+            observe: host_observe,
+        }
+        .leak_into_prefix()
     })
 }
 

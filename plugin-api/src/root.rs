@@ -128,4 +128,10 @@ pub struct HostApi {
     /// Adds `value` to a counter named `name` with `labels_json` (a JSON object).
     #[sabi(last_prefix_field)]
     pub metric: extern "C" fn(name: RStr<'_>, value: f64, labels_json: RStr<'_>),
+    /// Sets a gauge (adds to it when `delta`). Added in plugin-api 0.4.
+    pub gauge: extern "C" fn(name: RStr<'_>, value: f64, delta: bool, labels_json: RStr<'_>),
+    /// Records an observation in a histogram whose bucket upper bounds are `buckets_json` (a
+    /// JSON array of numbers; the first observation of a name fixes them). Added in
+    /// plugin-api 0.4.
+    pub observe: extern "C" fn(name: RStr<'_>, value: f64, buckets_json: RStr<'_>, labels_json: RStr<'_>),
 }

@@ -11,6 +11,7 @@ mod hardening;
 mod http;
 mod hygiene;
 mod newcomer;
+mod observability;
 mod routes;
 mod saas_auth;
 mod sso;

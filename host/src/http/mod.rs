@@ -157,8 +157,24 @@ async fn request_id(mut req: Request, next: Next) -> Response {
         .unwrap_or_else(new_request_id);
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::debug_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let method = req.method().clone();
+    // The route's template, not the path (ids would make a series per conversation), with
+    // `:id` for `{id}`: some scrapers mishandle braces in label values.
+    let route = match req.extensions().get::<axum::extract::MatchedPath>() {
+        Some(m) => m.as_str().replace("{*", "*").replace('{', ":").replace('}', ""),
+        None if req.uri().path().starts_with("/socket.io") => "/socket.io".to_owned(),
+        None => "unmatched".to_owned(),
+    };
+    let started = std::time::Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
     span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
+    crate::metrics::global().observe(
+        "oh_http_request_duration_seconds",
+        "HTTP requests by method, route template and status.",
+        crate::metrics::SECONDS,
+        &[("method", method.as_str()), ("route", &route), ("status", response.status().as_str())],
+        started.elapsed().as_secs_f64(),
+    );
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }

@@ -129,9 +129,11 @@ async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
     }
     let cleanup: Arc<Mutex<Cleanup>> = Arc::default();
     let disconnected = Arc::new(tokio::sync::Notify::new());
+    connections(1.0);
     {
         let (state, ctx, cleanup, disconnected) = (state.clone(), ctx.clone(), cleanup.clone(), disconnected.clone());
         s.on_disconnect(move || async move {
+            connections(-1.0);
             let (subscription, forward) = {
                 let mut c = lock(&cleanup);
                 c.gone = true;
@@ -287,6 +289,11 @@ async fn on_connect(state: AppState, s: SocketRef) {
     } else {
         c.forward = Some(forward.abort_handle());
     }
+}
+
+/// Counts open socket.io connections (`oh_socketio_connections`).
+fn connections(delta: f64) {
+    crate::metrics::global().gauge("oh_socketio_connections", "Open socket.io connections.", &[], delta, true);
 }
 
 /// A user action and, when the client asked for one, its acknowledgement.

@@ -165,7 +165,26 @@ impl Meta {
         if kind == Kind::Probe {
             self.stats.probes.fetch_add(1, Ordering::Relaxed);
         } else {
-            let elapsed = start.elapsed().as_micros() as u64;
+            let took = start.elapsed();
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(e) if e.code == ErrorCode::DEADLINE_EXCEEDED => "timeout",
+                Err(e) if e.code == ErrorCode::PANICKED => "panic",
+                Err(_) => "error",
+            };
+            crate::metrics::global().observe(
+                "oh_plugin_call_duration_seconds",
+                "Time spent in a plugin call, by extension point, implementation, method and outcome.",
+                crate::metrics::SECONDS,
+                &[
+                    ("extension_point", self.point.key()),
+                    ("implementation", &self.implementation),
+                    ("method", method),
+                    ("outcome", outcome),
+                ],
+                took.as_secs_f64(),
+            );
+            let elapsed = took.as_micros() as u64;
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
             self.stats.latency_us_total.fetch_add(elapsed, Ordering::Relaxed);
             self.stats.latency_us_max.fetch_max(elapsed, Ordering::Relaxed);

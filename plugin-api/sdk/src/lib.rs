@@ -33,7 +33,7 @@ use plugin_api::models::{Secrets, Settings};
 use std::future::Future;
 
 pub use export::{__call_root_module_loader, __lib_header, __root_module, parse_config, Registry};
-pub use logging::metric;
+pub use logging::{gauge, metric, observe};
 pub use plugin_api::{
     self, host_calls, models, AuthOutcome, AuthRequest, AuthType, CallContext, ConversationManagerObject,
     ConversationStoreObject, ErrorCode, EventQuery, HttpRequest, HttpResponse, MonitoringObject, PluginError,

@@ -57,6 +57,23 @@ pub fn metric(name: &str, value: f64, labels: &serde_json::Value) {
     }
 }
 
+/// Sets the host's gauge `name` (adds to it when `delta`). A no-op before `init` or on a
+/// host without gauges.
+pub fn gauge(name: &str, value: f64, delta: bool, labels: &serde_json::Value) {
+    if let Some(set) = FORWARDER.get().and_then(|f| f.host.gauge()) {
+        set(RStr::from_str(name), value, delta, RStr::from_str(&labels.to_string()));
+    }
+}
+
+/// Records `value` in the host's histogram `name` with these bucket upper bounds. A no-op
+/// before `init` or on a host without histograms.
+pub fn observe(name: &str, value: f64, buckets: &[f64], labels: &serde_json::Value) {
+    if let Some(observe) = FORWARDER.get().and_then(|f| f.host.observe()) {
+        let buckets = serde_json::to_string(buckets).unwrap_or_else(|_| "[]".to_owned());
+        observe(RStr::from_str(name), value, RStr::from_str(&buckets), RStr::from_str(&labels.to_string()));
+    }
+}
+
 fn enabled(level: LogLevel, target: &str) -> bool {
     FORWARDER.get().is_some_and(|f| (f.host.log_enabled())(level, RStr::from_str(target)))
 }

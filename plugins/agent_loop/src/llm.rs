@@ -190,11 +190,18 @@ pub async fn complete(
     let mut attempt = 0;
     let mut wait = cfg.initial_backoff;
     loop {
+        let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(cfg.request_timeout, call_once(client, cfg, messages, progress)).await;
+        let outcome = match outcome {
+            Ok(r) => r,
+            Err(_) => {
+                Err(LlmError::Retryable(format!("no complete answer within {} s", cfg.request_timeout.as_secs_f64())))
+            }
+        };
+        record(cfg, started.elapsed(), &outcome);
         let err = match outcome {
-            Ok(Ok(c)) => return Ok(c),
-            Ok(Err(e)) => e,
-            Err(_) => LlmError::Retryable(format!("no complete answer within {} s", cfg.request_timeout.as_secs_f64())),
+            Ok(c) => return Ok(c),
+            Err(e) => e,
         };
         match err {
             LlmError::Retryable(reason) if attempt < cfg.max_retries => {
@@ -206,6 +213,39 @@ pub async fn complete(
             }
             other => return Err(other),
         }
+    }
+}
+
+/// LLM call duration histogram buckets, in seconds.
+const LLM_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+/// One LLM call in the host's metrics: its duration and outcome, its tokens and cost.
+fn record(cfg: &LlmConfig, took: Duration, outcome: &Result<Completion, LlmError>) {
+    let model = cfg.display_model.as_str();
+    let result = match outcome {
+        Ok(_) => "ok",
+        Err(LlmError::Auth(_)) => "auth_error",
+        Err(LlmError::Retryable(_)) => "retryable_error",
+        Err(LlmError::Fatal(_)) => "error",
+    };
+    plugin_sdk::observe(
+        "oh_llm_request_duration_seconds",
+        took.as_secs_f64(),
+        LLM_BUCKETS,
+        &json!({ "model": model, "outcome": result }),
+    );
+    if let Ok(c) = outcome {
+        plugin_sdk::metric(
+            "oh_llm_tokens_total",
+            c.usage.prompt_tokens as f64,
+            &json!({ "model": model, "type": "prompt" }),
+        );
+        plugin_sdk::metric(
+            "oh_llm_tokens_total",
+            c.usage.completion_tokens as f64,
+            &json!({ "model": model, "type": "completion" }),
+        );
+        plugin_sdk::metric("oh_llm_cost_usd_total", c.cost, &json!({ "model": model }));
     }
 }
 

@@ -1,6 +1,6 @@
 //! `/alive`, `/health`, `/ready` and the host's own `/internal/*` views.
 
-use crate::{http::AppState, loader, registry::Meta};
+use crate::{http::AppState, registry::Meta};
 use axum::{
     extract::State,
     http::{header, StatusCode},
@@ -116,21 +116,8 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
             );
         }
     }
-    let reported = loader::plugin_metrics().lock().unwrap_or_else(|e| e.into_inner()).clone();
-    for ((name, labels), value) in reported {
-        let labels: serde_json::Map<String, Value> = serde_json::from_str(&labels).unwrap_or_default();
-        let labels: Vec<String> = labels
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{k}=\"{}\"",
-                    v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()).replace('"', "\\\"")
-                )
-            })
-            .collect();
-        let name: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
-        let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
-    }
+    crate::metrics::global().render(&mut out);
+    crate::metrics::render_process(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
