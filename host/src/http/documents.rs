@@ -21,8 +21,8 @@ use std::{
     time::Duration,
 };
 
-/// How many times a settings write is retried when another writer got there first.
-const SETTINGS_ATTEMPTS: u32 = 20;
+/// How long a settings write keeps retrying when another host stored first.
+const SETTINGS_RETRY_FOR: Duration = Duration::from_secs(3);
 
 /// Striped locks for the fallback path: one of a fixed set per user, so memory does not grow
 /// with the users seen.
@@ -105,30 +105,39 @@ impl AppState {
         mut change: impl FnMut(Option<Settings>) -> ApiResult<Settings>,
     ) -> ApiResult<()> {
         static WARNED: AtomicBool = AtomicBool::new(false);
-        for attempt in 0..SETTINGS_ATTEMPTS {
+        // Writers in this process take turns (no conflict among them); the version check
+        // settles races with other hosts.
+        let _turn = self.locks.of(caller.principal.user_id.as_deref()).lock().await;
+        let started = std::time::Instant::now();
+        let mut attempt = 0;
+        while started.elapsed() < SETTINGS_RETRY_FOR {
             let loaded = self.registry.load_settings_versioned(caller.ctx.clone()).await;
             if unimplemented(&loaded) {
                 warn_once(&WARNED, "settings");
-                return self.update_settings_locked(caller, change).await;
+                return self.update_settings_unversioned(caller, change).await;
             }
             let loaded = loaded?;
             let expected = loaded.as_ref().map_or(0, |v| v.version);
             let settings = change(loaded.map(|v| v.settings))?;
             match self.registry.store_settings_versioned(caller.ctx.clone(), &settings, expected).await {
                 Ok(_) => return Ok(()),
-                Err(e) if e.error.code == ErrorCode::CONFLICT => backoff(attempt).await,
+                Err(e) if e.error.code == ErrorCode::CONFLICT => {
+                    attempt += 1;
+                    backoff(attempt).await;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
         Err(ApiError::error(StatusCode::CONFLICT, "the settings are being changed by others; try again"))
     }
 
-    async fn update_settings_locked(
+    /// For a store without versions: this process's writers take turns (the caller holds
+    /// the user's lock); other hosts on the same store may still overwrite each other.
+    async fn update_settings_unversioned(
         &self,
         caller: &Caller,
         mut change: impl FnMut(Option<Settings>) -> ApiResult<Settings>,
     ) -> ApiResult<()> {
-        let _guard = self.locks.of(caller.principal.user_id.as_deref()).lock().await;
         let stored = self.registry.load_settings(caller.ctx.clone()).await?;
         let settings = change(stored)?;
         self.registry.store_settings(caller.ctx.clone(), &settings).await?;
