@@ -259,11 +259,18 @@ pub trait MonitoringListener: Send + Sync {
     fn on_session_event(&self, ctx: CallContext, event_json: RString);
     fn on_agent_session_start(&self, ctx: CallContext, success: bool, duration_secs: f64);
     fn on_create_conversation(&self, ctx: CallContext);
-    /// The variant of an experiment for the calling user, if this listener runs experiments.
+    /// The experiments a starting conversation takes part in. The host sends
+    /// `models::ExperimentQuery` as JSON; a listener that runs experiments answers a JSON array
+    /// of `models::ExperimentAssignment` (what each changes: the model, the system prompt),
+    /// others `None`. Asked once per start; the answer must not change for a user.
     fn experiment_variant(&self, ctx: CallContext, experiment: RString) -> FfiFuture<PResult<ROption<RString>>>;
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
     #[sabi(last_prefix_field)]
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
+    /// A product-analytics event another plugin captured (`host_calls::Capture`: "user signed
+    /// in", "api key created"), for the calling user. Must queue and return. Added in
+    /// plugin-api 0.4.
+    fn capture(&self, ctx: CallContext, event: RString, properties_json: RString);
 }
 
 /// One route a `routes` instance serves.

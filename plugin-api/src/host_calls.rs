@@ -110,6 +110,16 @@ pub struct AgentSessionStart {
 }
 host_call!(AgentSessionStart, MONITORING, "on_agent_session_start", ());
 
+/// Tells every monitoring listener about a product-analytics event (`capture`): what the
+/// user did ("user signed in", "api key created"), with its properties.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Capture {
+    pub event: String,
+    #[serde(default)]
+    pub properties: Value,
+}
+host_call!(Capture, MONITORING, "capture", ());
+
 /// Tells every monitoring listener a conversation was created (`on_create_conversation`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct CreateConversation {}

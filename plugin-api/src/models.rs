@@ -327,6 +327,33 @@ pub struct StartRequest {
     pub provider_tokens: ProviderTokens,
     #[serde(default)]
     pub custom_secrets: BTreeMap<String, CustomSecret>,
+    /// The system message the agent starts from, when an experiment sets one (else the
+    /// manager's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+}
+
+/// What the host asks monitoring listeners when a conversation starts
+/// (`MonitoringListener::experiment_variant`: its `experiment` argument, as JSON).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct ExperimentQuery {
+    pub conversation_id: String,
+    /// The model of the user's settings, if any.
+    #[serde(default)]
+    pub llm_model: Option<String>,
+}
+
+/// One experiment a conversation takes part in; a listener answers a JSON array of these.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct ExperimentAssignment {
+    pub experiment: String,
+    pub variant: String,
+    /// The model to run instead of the user's (`None`: unchanged).
+    #[serde(default)]
+    pub llm_model: Option<String>,
+    /// The system message to start from (`None`: the manager's).
+    #[serde(default)]
+    pub system_prompt: Option<String>,
 }
 
 /// A running agent loop (OpenHands `AgentLoopInfo`, without the event store).

@@ -88,3 +88,236 @@ async fn metrics_cover_requests_plugin_calls_the_llm_sockets_and_the_process() {
     let s = scrape(&host.admin_get("/internal/metrics").await.text);
     assert!(matches!(find(&s, "oh_socketio_connections", &[]).unwrap().value, Metric::Gauge(n) if n == 0.0));
 }
+
+/// A stand-in for PostHog's capture API (`POST /batch/`), recording what it is sent; it can be
+/// made to refuse (503) to test retries.
+struct FakePostHog {
+    url: String,
+    batches: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakePostHog {
+    async fn start() -> FakePostHog {
+        use axum::{extract::State, http::StatusCode, routing::post, Json, Router};
+        type Shared =
+            (std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>, std::sync::Arc<std::sync::atomic::AtomicBool>);
+        let batches = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let app = Router::new()
+            .route(
+                "/batch/",
+                post(|State((batches, down)): State<Shared>, Json(body): Json<serde_json::Value>| async move {
+                    if down.load(std::sync::atomic::Ordering::Relaxed) {
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    batches.lock().unwrap().push(body);
+                    StatusCode::OK
+                }),
+            )
+            .with_state((batches.clone(), down.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakePostHog { url, batches, down }
+    }
+
+    /// Every event received: (event name, distinct id, properties).
+    fn events(&self) -> Vec<(String, String, serde_json::Value)> {
+        let batches = self.batches.lock().unwrap();
+        batches
+            .iter()
+            .inspect(|b| assert_eq!(b["api_key"], "phc_test_key"))
+            .flat_map(|b| b["batch"].as_array().cloned().unwrap_or_default())
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap_or("").to_owned(),
+                    e["distinct_id"].as_str().unwrap_or("").to_owned(),
+                    e["properties"].clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+const ALICE: &str = "alice-service-key-0123456789";
+const BOB: &str = "bob-service-key-0123456789";
+
+fn saas_profile(db: &str, posthog: &str, extra_monitoring: &str) -> String {
+    let stores = format!("{{ database_url = \"{db}\", master_key = \"monitoring-test-master-key-0123\" }}");
+    let auth = format!(
+        "{{ database_url = \"{db}\", rate_limit_per_second = 0, rate_limit_per_minute = 0, redis_key_prefix = \"{}\", \
+         static_keys = [{{ user_id = \"alice\", sha256 = \"{}\" }}, {{ user_id = \"bob\", sha256 = \"{}\" }}] }}",
+        oh_e2e::redis::prefix("mon"),
+        oh_e2e::sha256_hex(ALICE),
+        oh_e2e::sha256_hex(BOB)
+    );
+    format!(
+        "[extensions.settings_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSettingsStore\"\nconfig = {stores}\n\
+         [extensions.secrets_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSecretsStore\"\nconfig = {stores}\n\
+         [extensions.conversation_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasConversationStore\"\nconfig = {stores}\n\
+         [extensions.user_auth]\nlibrary = \"saas_auth\"\nimplementation = \"SaasUserAuth\"\nconfig = {auth}\n\
+         [extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n\
+         config = {{ llm_max_retries = 0, llm_private_hosts_allowed = [\"127.0.0.1\"] }}\n\
+         [[extensions.monitoring]]\nlibrary = \"saas_monitoring\"\nimplementation = \"SaaSMonitoringListener\"\n\
+         config = {{ posthog_key = \"phc_test_key\", posthog_host = \"{posthog}\", flush_interval_ms = 100, max_retries = 2, \
+         database_url = \"{db}\"{extra_monitoring} }}\n"
+    )
+}
+
+async fn as_user(
+    host: &oh_e2e::TestHost,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> oh_e2e::Response {
+    host.send(host.http.request(method, host.url(path)).bearer_auth(key).json(&body)).await
+}
+
+async fn start_conversation(host: &oh_e2e::TestHost, key: &str, llm: &FakeLlm, model: &str, consents: bool) -> String {
+    let settings = json!({ "llm_model": model, "llm_base_url": llm.base_url, "llm_api_key": "sk-test", "user_consents_to_analytics": consents });
+    assert_eq!(as_user(host, key, reqwest::Method::POST, "/api/settings", settings).await.status, 200);
+    let r = as_user(host, key, reqwest::Method::POST, "/api/conversations", json!({ "initial_user_msg": "hi" })).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()["conversation_id"].as_str().unwrap().to_owned()
+}
+
+async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "waited 15 s for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn analytics_reach_posthog_for_consenting_users_only_and_saas_metrics_count() {
+    let db = oh_e2e::pg::TestDb::create().await;
+    let posthog = FakePostHog::start().await;
+    let llm = FakeLlm::start().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("app_mode = \"saas\"\n", &saas_profile(&db.url, &posthog.url, ""));
+    let host = d.start();
+    start_conversation(&host, ALICE, &llm, "fake-model", true).await;
+    start_conversation(&host, BOB, &llm, "fake-model", false).await;
+    wait_for("alice's events", || {
+        let names: Vec<String> = posthog.events().into_iter().filter(|e| e.1 == "alice").map(|e| e.0).collect();
+        names.contains(&"conversation created".to_owned()) && names.contains(&"agent session started".to_owned())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = posthog.events();
+    assert!(events.iter().all(|e| e.1 != "bob"), "bob declined analytics: {events:?}");
+    let started = events.iter().find(|e| e.0 == "agent session started").unwrap();
+    assert_eq!(started.2["success"], true);
+
+    let s = scrape(&host.admin_get("/internal/metrics").await.text);
+    assert!(matches!(find(&s, "saas_create_conversation", &[]).unwrap().value, Metric::Counter(n) if n == 2.0));
+    assert_eq!(histogram_count(&s, "saas_agent_session_start", &[("success", "true")]), 2);
+    assert!(matches!(find(&s, "saas_running_agent_loops", &[]).unwrap().value, Metric::Gauge(n) if n == 2.0));
+    assert!(matches!(find(&s, "saas_posthog_events_sent_total", &[]).unwrap().value, Metric::Counter(n) if n >= 2.0));
+
+    // PostHog down: requests stay fast, events are retried, then counted as dropped.
+    posthog.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    let asked = std::time::Instant::now();
+    let r = as_user(&host, ALICE, reqwest::Method::POST, "/api/conversations", json!({ "initial_user_msg": "again" }))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(asked.elapsed() < Duration::from_secs(2), "a request waited on PostHog: {:?}", asked.elapsed());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = scrape(&host.admin_get("/internal/metrics").await.text);
+        let dropped = find(&s, "saas_posthog_events_dropped_total", &[("reason", "send_failed")]).map_or(0.0, |m| {
+            if let Metric::Counter(n) = m.value {
+                n
+            } else {
+                0.0
+            }
+        });
+        if dropped >= 1.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no dropped batch counted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn experiments_assign_sticky_variants_across_hosts_and_the_llm_gets_the_variant() {
+    let db = oh_e2e::pg::TestDb::create().await;
+    let posthog = FakePostHog::start().await;
+    let llm = FakeLlm::start().await;
+    let env = [
+        ("ENABLE_EXPERIMENT_MANAGER", "1"),
+        (
+            "EXPERIMENT_LITELLM_DEFAULT_MODEL_EXPERIMENT",
+            r#"{"variants": {"control": {"weight": 50}, "b": {"weight": 50, "model": "openai/gpt-variant"}}}"#,
+        ),
+        (
+            "EXPERIMENT_SYSTEM_PROMPT_EXPERIMENT",
+            r#"{"variants": {"terse": {"weight": 100, "system_prompt": "You are terse."}}}"#,
+        ),
+    ];
+    let hosts: Vec<(Deployment, oh_e2e::TestHost)> = (0..2)
+        .map(|_| {
+            let d = Deployment::new();
+            d.install_bundled();
+            d.write_profile(
+                "app_mode = \"saas\"\n",
+                &saas_profile(&db.url, &posthog.url, ", default_model = \"fake-model\""),
+            );
+            let host = d.start_with_env(&env);
+            (d, host)
+        })
+        .collect();
+    // Alice keeps the deployment's default model: the model experiment applies to her.
+    let mut alice = Vec::new();
+    for i in 0..4 {
+        let settings_model = "fake-model";
+        alice.push(start_conversation(&hosts[i % 2].1, ALICE, &llm, settings_model, true).await);
+    }
+    // Bob chose his own model: it stays his.
+    let settings = json!({ "llm_model": "custom-model", "llm_base_url": llm.base_url, "llm_api_key": "sk-bob" });
+    assert_eq!(as_user(&hosts[1].1, BOB, reqwest::Method::POST, "/api/settings", settings).await.status, 200);
+    let r = as_user(&hosts[1].1, BOB, reqwest::Method::POST, "/api/conversations", json!({ "initial_user_msg": "hi" }))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    wait_for("five answers", || llm.requests().len() >= 5).await;
+
+    // One variant per user and experiment, whatever the conversation or host.
+    let mut conn = db.connect().await;
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT conversation_id, experiment, variant, user_id FROM experiment_assignments ORDER BY user_id, experiment",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let alice_model: Vec<&str> =
+        rows.iter().filter(|r| r.3 == "alice" && r.1 == "litellm_default_model").map(|r| r.2.as_str()).collect();
+    assert_eq!(alice_model.len(), 4, "{rows:?}");
+    assert!(alice_model.iter().all(|v| *v == alice_model[0]), "sticky: {alice_model:?}");
+    assert!(rows.iter().filter(|r| r.1 == "system_prompt").all(|r| r.2 == "terse"));
+
+    // The LLM got the variant's model and system prompt.
+    let expected_model = if alice_model[0] == "b" { "gpt-variant" } else { "fake-model" };
+    for (key, body) in llm.requests() {
+        let system = body["messages"][0]["content"].as_str().unwrap_or("");
+        assert_eq!(system, "You are terse.", "{body}");
+        match key.as_deref() {
+            Some(k) if k.contains("sk-bob") => assert_eq!(body["model"], "custom-model", "bob's own choice wins"),
+            _ => assert_eq!(body["model"], expected_model, "{body}"),
+        }
+    }
+    // Reported to PostHog.
+    wait_for("$feature_flag_called", || {
+        posthog.events().iter().any(|e| {
+            e.0 == "$feature_flag_called"
+                && e.1 == "alice"
+                && e.2["$feature_flag"] == "litellm_default_model"
+                && e.2["$feature_flag_response"] == alice_model[0]
+        })
+    })
+    .await;
+}

@@ -97,6 +97,7 @@ impl Deployment {
             "file_stores",
             "default_auth",
             "log_monitoring",
+            "saas_monitoring",
             "standalone_manager",
             "clustered_manager",
             "postgres_stores",

@@ -3,7 +3,10 @@
 
 use super::{error::ApiError, error::ApiResult, AppState};
 use axum::http::StatusCode;
-use plugin_api::{models::StartRequest, CallContext};
+use plugin_api::{
+    models::{ExperimentQuery, StartRequest},
+    CallContext,
+};
 
 /// The start request of a conversation; 400 as OpenHands when the settings are missing or
 /// have no LLM key.
@@ -35,11 +38,25 @@ pub(crate) async fn start_request(
     let secrets = secrets?.unwrap_or_default();
     // Tokens the auth system brokers (Keycloak in SaaS) win over stored ones, as in OpenHands.
     let provider_tokens = registry.provider_tokens(ctx.clone()).await?.unwrap_or(secrets.provider_tokens);
+    let mut settings = settings;
+    let mut system_prompt = None;
+    // A/B experiments (monitoring listeners run them): the variant's model or system prompt.
+    let query = ExperimentQuery { conversation_id: conversation_id.to_owned(), llm_model: settings.llm_model.clone() };
+    for assignment in registry.experiments(ctx, &query).await {
+        tracing::debug!(experiment = %assignment.experiment, variant = %assignment.variant, "experiment variant applied");
+        if let Some(model) = assignment.llm_model {
+            settings.llm_model = Some(model);
+        }
+        if let Some(prompt) = assignment.system_prompt {
+            system_prompt = Some(prompt);
+        }
+    }
     Ok(StartRequest {
         conversation_id: conversation_id.to_owned(),
         settings,
         provider_tokens,
         custom_secrets: secrets.custom_secrets,
+        system_prompt,
         ..Default::default()
     })
 }

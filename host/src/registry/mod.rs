@@ -424,6 +424,39 @@ impl Registry {
         }
     }
 
+    /// A product-analytics event, to every listener.
+    pub fn capture(&self, ctx: &CallContext, event: &str, properties: &Value) {
+        let (event, properties) = (RString::from(event), RString::from(properties.to_string()));
+        for m in &self.monitoring {
+            let _ = m.meta.call_sync("capture", || m.obj.capture(ctx.clone(), event.clone(), properties.clone()));
+        }
+    }
+
+    /// The experiments a starting conversation takes part in, from every listener that runs
+    /// some. A listener that fails is logged and skipped: an experiment never stops a start.
+    pub async fn experiments(
+        &self,
+        ctx: &CallContext,
+        query: &models::ExperimentQuery,
+    ) -> Vec<models::ExperimentAssignment> {
+        let query = RString::from(serde_json::to_string(query).unwrap_or_default());
+        let mut all = Vec::new();
+        for m in &self.monitoring {
+            let answer = m.meta.call("experiment_variant", m.obj.experiment_variant(ctx.clone(), query.clone())).await;
+            match answer.map(|a| a.into_option()) {
+                Ok(Some(json)) => match serde_json::from_str::<Vec<models::ExperimentAssignment>>(&json) {
+                    Ok(assignments) => all.extend(assignments),
+                    Err(e) => {
+                        tracing::warn!(listener = %m.meta.key, error = %e, "experiment answer is not a list of assignments")
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "experiment lookup failed; starting without"),
+            }
+        }
+        all
+    }
+
     // ---- routes ----
 
     /// What each `routes` instance declared: `(instance, its meta, the route)`.

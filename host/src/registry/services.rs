@@ -8,7 +8,7 @@ use abi_stable::std_types::RString;
 use async_ffi::{FfiFuture, FutureExt as _};
 use plugin_api::{
     host_calls::{
-        AgentSessionStart, AppendEvents, CreateConversation, GetEvents, GetMetadata, HostCall, LoadSecrets,
+        AgentSessionStart, AppendEvents, Capture, CreateConversation, GetEvents, GetMetadata, HostCall, LoadSecrets,
         LoadSettings, SaveMetadata, SessionEvent,
     },
     CallContext, ErrorCode, EventQuery, HostServices, PResult, PluginError,
@@ -128,6 +128,12 @@ impl Registry {
         } else if is::<AgentSessionStart>(point, method) {
             serve(args, |r: AgentSessionStart| async move {
                 self.on_agent_session_start(&ctx2, r.success, r.duration_secs);
+                Ok(())
+            })
+            .await
+        } else if is::<Capture>(point, method) {
+            serve(args, |r: Capture| async move {
+                self.capture(&ctx2, &r.event, &r.properties);
                 Ok(())
             })
             .await

@@ -316,6 +316,10 @@ impl<T: crate::MonitoringListener> plugin_api::MonitoringListener for Adapter<T>
     fn shutdown(&self, _deadline_ms: u64) -> FfiFuture<()> {
         self.shutdown_of(|t| async move { t.shutdown().await })
     }
+    fn capture(&self, ctx: CallContext, event: RString, properties_json: RString) {
+        let properties = serde_json::from_str::<serde_json::Value>(&properties_json).unwrap_or_default();
+        self.hook("capture", |t| t.capture(&ctx, &event, &properties));
+    }
 }
 
 impl<T: crate::RouteHandler> plugin_api::RouteHandler for Adapter<T> {

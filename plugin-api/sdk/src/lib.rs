@@ -259,6 +259,10 @@ pub trait MonitoringListener: Send + Sync + 'static {
     fn on_session_event(&self, _ctx: &CallContext, _event: &serde_json::Value) {}
     fn on_agent_session_start(&self, _ctx: &CallContext, _success: bool, _duration_secs: f64) {}
     fn on_create_conversation(&self, _ctx: &CallContext) {}
+    /// A product-analytics event another plugin captured. Must queue and return.
+    fn capture(&self, _ctx: &CallContext, _event: &str, _properties: &serde_json::Value) {}
+    /// See `plugin_api::MonitoringListener::experiment_variant` (the query and the answer
+    /// are `models::ExperimentQuery` / a JSON array of `models::ExperimentAssignment`).
     fn experiment_variant(
         &self,
         _ctx: CallContext,

@@ -186,7 +186,8 @@ impl<E: Env> Runner<E> {
         self.persist(events::agent_state_changed("loading", "")).await;
         let history = self.load_history().await;
         let ok = history.is_ok();
-        self.messages = events::history(self.env.system_prompt(), history.as_deref().unwrap_or_default());
+        let system_prompt = request.system_prompt.clone().unwrap_or_else(|| self.env.system_prompt().to_owned());
+        self.messages = events::history(&system_prompt, history.as_deref().unwrap_or_default());
         if let Ok(Some(m)) = self.metadata().await {
             self.totals = Totals {
                 cost: m.accumulated_cost,

@@ -49,6 +49,10 @@ impl plugin_sdk::MonitoringListener for LogMonitoringListener {
     fn on_create_conversation(&self, ctx: &CallContext) {
         tracing::info!(hook = "on_create_conversation", user = user(ctx), request_id = %ctx.request_id, "conversation created");
     }
+
+    fn capture(&self, ctx: &CallContext, event: &str, properties: &serde_json::Value) {
+        tracing::info!(hook = "capture", user = user(ctx), event, properties = %properties, "analytics event");
+    }
 }
 
 pub fn register(r: &mut Registry) {

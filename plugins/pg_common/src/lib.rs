@@ -36,6 +36,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "per_row_secrets", include_str!("../../../migrations/0005_per_row_secrets.sql")),
     (6, "llm_keys", include_str!("../../../migrations/0006_llm_keys.sql")),
     (7, "fences", include_str!("../../../migrations/0007_fences.sql")),
+    (8, "experiment_assignments", include_str!("../../../migrations/0008_experiment_assignments.sql")),
 ];
 
 /// The advisory lock key around migrations ("ohhost" in ASCII).

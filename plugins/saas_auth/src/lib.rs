@@ -250,6 +250,7 @@ impl plugin_sdk::UserAuth for SaasUserAuth {
 }
 
 pub struct SaasAuthRoutes {
+    services: plugin_sdk::Services,
     keys: std::sync::Arc<KeyStore>,
     sso: Option<config::Sso>,
     providers: providers::Providers,
@@ -263,6 +264,15 @@ struct NewKey {
     /// RFC 3339; default: never.
     #[serde(default)]
     expires_at: Option<String>,
+}
+
+/// Tells the monitoring listeners what the user did (product analytics); never fails the
+/// request.
+pub(crate) async fn capture(services: &plugin_sdk::Services, ctx: &CallContext, event: &str, properties: Value) {
+    let call = plugin_sdk::host_calls::Capture { event: event.to_owned(), properties };
+    if let Err(e) = services.call(ctx.clone(), call).await {
+        tracing::debug!(error = %e, event, "analytics event not delivered");
+    }
 }
 
 pub(crate) fn respond(status: u16, body: &Value) -> HttpResponse {
@@ -290,7 +300,9 @@ impl plugin_sdk::RouteHandler for SaasAuthRoutes {
 
     async fn handle(&self, ctx: CallContext, request: HttpRequest) -> Result<HttpResponse, PluginError> {
         if let Some(sso) = &self.sso {
-            if let Some(answer) = oauth::handle(sso, &self.keys, &self.providers, &ctx, &request).await? {
+            if let Some(answer) =
+                oauth::handle(sso, &self.keys, &self.providers, &self.services, &ctx, &request).await?
+            {
                 return Ok(answer);
             }
         }
@@ -326,6 +338,7 @@ impl plugin_sdk::RouteHandler for SaasAuthRoutes {
                     }
                 }
                 let (key, info) = self.keys.create(user, name, body.expires_at.as_deref()).await?;
+                capture(&self.services, &ctx, "api key created", json!({ "expires": body.expires_at.is_some() })).await;
                 let mut out = serde_json::to_value(info).map_err(|e| PluginError::internal(e.to_string()))?;
                 out["key"] = Value::String(key);
                 Ok(respond(201, &out))
@@ -371,9 +384,10 @@ pub fn register(r: &mut Registry) {
         "API keys (hashed, expiring, revocable) and per-user rate limits in Redis",
         |config, _| SaasUserAuth::new(&Config::parse(config)?),
     );
-    r.routes("SaasAuthRoutes", "POST/GET /api/keys, DELETE /api/keys/{id}, /api/keys/llm/byor", |config, _| {
+    r.routes("SaasAuthRoutes", "POST/GET /api/keys, DELETE /api/keys/{id}, /api/keys/llm/byor", |config, services| {
         let c = Config::parse(config)?;
         Ok(SaasAuthRoutes {
+            services,
             keys: KeyStore::shared(c.database_url.as_deref(), c.max_connections, c.acquire_timeout_ms)?,
             sso: c.sso()?,
             providers: c.providers()?,

@@ -119,6 +119,7 @@ pub(crate) async fn handle(
     sso: &Sso,
     keys: &KeyStore,
     providers: &crate::providers::Providers,
+    services: &plugin_sdk::Services,
     ctx: &CallContext,
     request: &HttpRequest,
 ) -> Result<Option<HttpResponse>, PluginError> {
@@ -206,6 +207,8 @@ pub(crate) async fn handle(
                 providers.fetch_from_broker(&sso.keycloak, pool, &access.sub, &tokens.access_token).await;
             }
             let accepted_tos = keys.accepted_tos(&access.sub).await?;
+            let signed_in = CallContext::new(ctx.request_id.as_str(), Some(&access.sub), 0);
+            crate::capture(services, &signed_in, "user signed in", json!({ "first_time": !accepted_tos })).await;
             let claims =
                 CookieClaims { access_token: tokens.access_token, refresh_token: tokens.refresh_token, accepted_tos };
             let session =
