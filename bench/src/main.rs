@@ -13,7 +13,9 @@
 //! 6. three clustered nodes (PostgreSQL + Redis), 100 conversations spread over them, a
 //!    client on the owner and one on another node of each: LLM chunk → `oh_event` p50/p99
 //!    same-node vs cross-node; failover time over 10 kills; Redis commands and bytes per
-//!    conversation per second, streaming and idle.
+//!    conversation per second, streaming and idle;
+//! 7. `GET /api/settings` and conversation starts with the SaaS monitoring listener (PostHog
+//!    on a local receiver) and OpenTelemetry tracing (OTLP to a local receiver) on vs off.
 //!
 //! Usage: `oh-bench <dir with oh-host and lib*.so>` (bench/run passes target/release).
 //! Figures, not pass/fail: the machines are shared and noisy.
@@ -39,6 +41,7 @@ fn main() {
         "file_stores",
         "default_auth",
         "log_monitoring",
+        "saas_monitoring",
         "standalone_manager",
         "clustered_manager",
         "postgres_stores",
@@ -109,6 +112,71 @@ fn main() {
     auth_load(&bin_dir.join("oh-host"), &oss_profile, work.path(), &profile, &db.url);
     drop(db);
     cluster_load(&bin_dir.join("oh-host"), work.path(), &plugins);
+    monitoring_overhead(&bin_dir.join("oh-host"), work.path(), &plugins);
+}
+
+/// Section 7: what the SaaS monitoring listener and tracing cost on cheap requests.
+fn monitoring_overhead(bin: &Path, work: &Path, plugins: &Path) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    // A sink for PostHog batches and OTLP traces: answers 200 to anything.
+    let sink = rt.block_on(async {
+        let app = axum::Router::new().fallback(|| async { "{}" });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    });
+    let manager = "[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\n\
+                   implementation = \"StandaloneConversationManager\"\nconfig = { max_concurrent_conversations = 100000 }\n";
+    let profile = |name: &str, monitoring: &str| {
+        let text = format!(
+            "[server]\nbind = \"127.0.0.1:0\"\nadmin_bind = \"off\"\nplugins_dir = \"{}\"\nstate_dir = \"{}\"\n{manager}{monitoring}",
+            plugins.display(),
+            work.join(format!("state-{name}")).display()
+        );
+        let path = work.join(format!("plugins.{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let off = profile("monitoring-off", "");
+    let on = profile(
+        "monitoring-on",
+        &format!(
+            "[[extensions.monitoring]]\nlibrary = \"saas_monitoring\"\nimplementation = \"SaaSMonitoringListener\"\n\
+             config = {{ posthog_key = \"phc_bench\", posthog_host = \"{sink}\" }}\n"
+        ),
+    );
+    println!(
+        "\n7. monitoring and tracing overhead, {HTTP_CONCURRENCY} connections, {:.0} s each",
+        HTTP_DURATION.as_secs_f64()
+    );
+    let mut rates = Vec::new();
+    for (label, path, env) in
+        [("off", &off, vec![]), ("SaaS monitoring + tracing", &on, vec![("OTEL_EXPORTER_OTLP_ENDPOINT", sink.clone())])]
+    {
+        let (mut child, addr) = spawn_host_env(bin, path, &env);
+        let base = format!("http://{addr}");
+        let (get, start) = rt.block_on(async {
+            let settings = serde_json::json!({ "llm_model": "fake", "llm_base_url": "http://127.0.0.1:9/v1", "llm_api_key": "sk-x" });
+            assert!(reqwest::Client::new().post(format!("{base}/api/settings")).json(&settings).send().await.unwrap().status().is_success());
+            let url = format!("{base}/api/settings");
+            let get = load(move |c| c.get(&url)).await;
+            get.row(&format!("GET  /api/settings, {label}"));
+            let url = format!("{base}/api/conversations");
+            let start = load(move |c| c.post(&url).json(&serde_json::json!({}))).await;
+            start.row(&format!("POST /api/conversations, {label}"));
+            (get.rate(), start.rate())
+        });
+        rates.push((get, start));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let overhead = |off: f64, on: f64| (1.0 - on / off) * 100.0;
+    println!(
+        "   overhead: GET /api/settings {:.1}%, conversation start {:.1}% (throughput lost with monitoring and tracing on)",
+        overhead(rates[0].0, rates[1].0),
+        overhead(rates[0].1, rates[1].1)
+    );
 }
 
 const CLUSTER_NODES: usize = 3;
@@ -393,10 +461,15 @@ fn cookie(r: &reqwest::Response, name: &str) -> String {
 
 /// Starts the binary; returns the child and its address once it listens.
 fn spawn_host(bin: &Path, profile: &Path) -> (std::process::Child, String) {
+    spawn_host_env(bin, profile, &[])
+}
+
+fn spawn_host_env(bin: &Path, profile: &Path, env: &[(&str, String)]) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(bin)
         .arg("--config")
         .arg(profile)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "warn,oh_host::cli=info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -661,6 +734,10 @@ struct Stats {
 }
 
 impl Stats {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
     fn row(&self, label: &str) {
         let l = &self.latencies;
         let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)].as_secs_f64() * 1e6;

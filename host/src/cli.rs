@@ -119,6 +119,12 @@ fn serve(cli: &Cli) -> ExitCode {
     let Some((path, config, registry)) = load(cli, &rt) else {
         return ExitCode::FAILURE;
     };
+    if let Err(e) =
+        crate::telemetry::init(config.server.env.otel_endpoint.as_deref(), &config.server.env.otel_service_name)
+    {
+        eprintln!("oh-host: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.server.bind).await.map_err(|e| {
             format!("cannot listen on {} (server.bind in {}, or --bind): {e}", config.server.bind, path.display())
@@ -148,6 +154,7 @@ fn serve(cli: &Cli) -> ExitCode {
         let listeners = crate::Listeners { public: listener, admin };
         crate::serve(&config, registry, listeners, crate::shutdown_signal()).await.map_err(|e| e.to_string())
     });
+    crate::telemetry::shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

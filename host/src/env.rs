@@ -52,6 +52,10 @@ pub const LITELLM_DEFAULT_MODEL: &str = "LITELLM_DEFAULT_MODEL";
 pub const LITE_LLM_API_URL: &str = "LITE_LLM_API_URL";
 /// The key for the LiteLLM proxy's `/models`.
 pub const LITE_LLM_API_KEY: &str = "LITE_LLM_API_KEY";
+/// OpenTelemetry: traces go to `{endpoint}/v1/traces` (OTLP/HTTP) when set.
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// The service name on the traces (default `oh-host`).
+pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 
 /// Every variable above, for the configuration reference (a test checks it lists them all).
 pub const ALL: &[&str] = &[
@@ -78,6 +82,8 @@ pub const ALL: &[&str] = &[
     LITELLM_DEFAULT_MODEL,
     LITE_LLM_API_URL,
     LITE_LLM_API_KEY,
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_SERVICE_NAME,
 ];
 
 /// How the host reads a variable: the process environment, or a map in tests.
@@ -112,6 +118,8 @@ pub struct HostEnv {
     pub litellm_default_model: Option<String>,
     pub lite_llm_api_url: Option<String>,
     pub lite_llm_api_key: Option<String>,
+    pub otel_endpoint: Option<String>,
+    pub otel_service_name: String,
 }
 
 /// `true` or `1` (OpenHands' flags).
@@ -155,6 +163,8 @@ impl HostEnv {
             litellm_default_model: get(LITELLM_DEFAULT_MODEL),
             lite_llm_api_url: get(LITE_LLM_API_URL).map(|u| u.trim_end_matches('/').to_owned()),
             lite_llm_api_key: get(LITE_LLM_API_KEY),
+            otel_endpoint: get(OTEL_EXPORTER_OTLP_ENDPOINT),
+            otel_service_name: get(OTEL_SERVICE_NAME).unwrap_or_else(|| "oh-host".to_owned()),
         }
     }
 }

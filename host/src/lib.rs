@@ -12,6 +12,7 @@ pub mod loader;
 pub mod metrics;
 pub mod registry;
 pub mod server;
+pub mod telemetry;
 
 use config::Config;
 use registry::Registry;

@@ -322,6 +322,14 @@ extern "C" fn host_metric(name: RStr<'_>, value: f64, labels_json: RStr<'_>) {
     crate::metrics::global().inc_rendered(name.as_str(), REPORTED, plugin_labels(labels_json), value);
 }
 
+extern "C" fn host_span(span_json: RStr<'_>) {
+    crate::telemetry::record(span_json.as_str());
+}
+
+extern "C" fn host_tracing_enabled() -> bool {
+    crate::telemetry::enabled()
+}
+
 extern "C" fn host_gauge(name: RStr<'_>, value: f64, delta: bool, labels_json: RStr<'_>) {
     crate::metrics::global().gauge_rendered(name.as_str(), REPORTED, plugin_labels(labels_json), value, delta);
 }
@@ -358,6 +366,8 @@ pub fn host_api() -> HostApi_Ref {
             metric: host_metric,
             gauge: host_gauge,
             observe: host_observe,
+            span: host_span,
+            tracing_enabled: host_tracing_enabled,
         }
         .leak_into_prefix()
     })

@@ -134,4 +134,12 @@ pub struct HostApi {
     /// JSON array of numbers; the first observation of a name fixes them). Added in
     /// plugin-api 0.4.
     pub observe: extern "C" fn(name: RStr<'_>, value: f64, buckets_json: RStr<'_>, labels_json: RStr<'_>),
+    /// A finished span for the host's trace exporter, as JSON: `{trace_id, span_id,
+    /// parent_span_id, name, kind ("client"|"internal"), start_unix_nanos, end_unix_nanos,
+    /// attributes, error}`; its parent is the `traceparent` of the `CallContext` it ran under.
+    /// Added in plugin-api 0.4.
+    pub span: extern "C" fn(span_json: RStr<'_>),
+    /// Whether the host exports traces (a plugin makes no spans otherwise). Added in
+    /// plugin-api 0.4.
+    pub tracing_enabled: extern "C" fn() -> bool,
 }

@@ -321,3 +321,98 @@ async fn experiments_assign_sticky_variants_across_hosts_and_the_llm_gets_the_va
     })
     .await;
 }
+
+/// An OTLP/HTTP receiver (JSON encoding) recording every span it is sent.
+async fn otlp_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    use axum::{extract::State, routing::post, Json, Router};
+    type Spans = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+    let spans: Spans = Default::default();
+    let app = Router::new()
+        .route(
+            "/v1/traces",
+            post(|State(spans): State<Spans>, Json(body): Json<serde_json::Value>| async move {
+                for rs in body["resourceSpans"].as_array().into_iter().flatten() {
+                    let service = rs["resource"]["attributes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|a| a["key"] == "service.name")
+                        .and_then(|a| a["value"]["stringValue"].as_str())
+                        .unwrap_or("")
+                        .to_owned();
+                    for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                        for span in ss["spans"].as_array().into_iter().flatten() {
+                            let mut span = span.clone();
+                            span["service"] = json!(service);
+                            spans.lock().unwrap().push(span);
+                        }
+                    }
+                }
+                Json(json!({}))
+            }),
+        )
+        .with_state(spans.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, spans)
+}
+
+fn attribute<'a>(span: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    span["attributes"].as_array()?.iter().find(|a| a["key"] == key).map(|a| &a["value"])
+}
+
+// Multi-threaded: the receiver must answer while the test waits for the host to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_nests_the_request_the_plugin_call_and_the_llm_call() {
+    let (otlp, spans) = otlp_receiver().await;
+    let llm = FakeLlm::start().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile(
+        "",
+        "[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n",
+    );
+    let mut host =
+        d.start_with_env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()), ("OTEL_SERVICE_NAME", "oh-host-test")]);
+    let settings = json!({ "llm_model": "fake-model", "llm_base_url": llm.base_url, "llm_api_key": "sk-test" });
+    assert_eq!(host.post_json("/api/settings", &settings).await.status, 200);
+    // The caller's own trace: the request joins it.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let created = host
+        .send(
+            host.http
+                .post(host.url("/api/conversations"))
+                .header("traceparent", format!("00-{caller_trace}-00f067aa0ba902b7-01"))
+                .json(&json!({ "initial_user_msg": "trace me" })),
+        )
+        .await;
+    assert_eq!(created.status, 200, "{}", created.text);
+    wait_for("the LLM call", || !llm.requests().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(host.interrupt().success(), "{}", host.log()); // flushes the exporter
+
+    let spans = spans.lock().unwrap().clone();
+    let named = |name: &str| {
+        spans.iter().find(|s| s["name"].as_str() == Some(name)).unwrap_or_else(|| {
+            let names: Vec<_> = spans.iter().map(|s| s["name"].clone()).collect();
+            panic!("no span `{name}` in {names:?}")
+        })
+    };
+    let request = named("POST /api/conversations");
+    let start = named("conversation_manager maybe_start");
+    let chat = named("chat fake-model");
+    for s in [request, start, chat] {
+        assert_eq!(s["traceId"].as_str(), Some(caller_trace), "one trace, the caller's: {s}");
+        assert_eq!(s["service"], "oh-host-test");
+    }
+    assert_eq!(request["parentSpanId"], "00f067aa0ba902b7", "the request is a child of the caller's span");
+    assert_eq!(start["parentSpanId"], request["spanId"], "the plugin call is the request's child");
+    assert_eq!(chat["parentSpanId"], start["spanId"], "the LLM call is the plugin call's child");
+    assert_eq!(attribute(chat, "gen_ai.request.model").and_then(|v| v["stringValue"].as_str()), Some("fake-model"));
+    assert!(attribute(chat, "gen_ai.usage.output_tokens").is_some(), "{chat}");
+    assert_eq!(attribute(request, "http.route").and_then(|v| v["stringValue"].as_str()), Some("/api/conversations"));
+    // The LLM request carried the LLM span's context.
+    let sent = llm.traceparents()[0].clone().expect("traceparent sent to the LLM");
+    assert_eq!(sent, format!("00-{caller_trace}-{}-01", chat["spanId"].as_str().unwrap()));
+}

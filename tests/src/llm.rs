@@ -38,6 +38,8 @@ pub enum Reply {
 struct Script {
     replies: VecDeque<Reply>,
     requests: Vec<(Option<String>, Value)>,
+    /// The `traceparent` header of each chat request (W3C trace context), if any.
+    traceparents: Vec<Option<String>>,
     /// Keys made through the LiteLLM admin API, and those deleted.
     keys: Vec<String>,
     deleted: Vec<String>,
@@ -106,6 +108,11 @@ impl FakeLlm {
         (FakeLlm { base_url: format!("https://localhost:{port}/v1"), script, task }, ca)
     }
 
+    /// The `traceparent` of each chat request so far.
+    pub fn traceparents(&self) -> Vec<Option<String>> {
+        self.script.lock().unwrap().traceparents.clone()
+    }
+
     /// Keys made through the admin API, and the deleted ones.
     pub fn proxy_keys(&self) -> (Vec<String>, Vec<String>) {
         let s = self.script.lock().unwrap();
@@ -148,6 +155,7 @@ async fn completions(
     let reply = {
         let mut s = script.lock().unwrap();
         s.requests.push((key, body.clone()));
+        s.traceparents.push(headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned));
         s.replies.pop_front()
     };
     let last_user = body["messages"]

@@ -83,8 +83,11 @@ impl FromRequestParts<AppState> for Caller {
             })?;
         let request_id = parts.extensions.get::<RequestId>().cloned().unwrap_or_else(|| RequestId(String::new()));
         let mut ctx = call_context(&principal, &request_id, &state.server);
-        // W3C trace context, passed through so plugin logs can join the caller's trace.
-        if let Some(tp) = parts.headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        // W3C trace context: this request's span when traces are exported, else the caller's
+        // (passed through so plugin logs can join its trace).
+        if let Some(tp) = parts.extensions.get::<super::Traceparent>() {
+            ctx = ctx.with_traceparent(&tp.0);
+        } else if let Some(tp) = parts.headers.get("traceparent").and_then(|v| v.to_str().ok()) {
             if tp.len() <= 128 && tp.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
                 ctx = ctx.with_traceparent(tp);
             }

@@ -144,6 +144,10 @@ async fn cache_control(req: Request, next: Next) -> Response {
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The request's trace span as a W3C `traceparent` (when traces are exported).
+#[derive(Clone, Debug)]
+pub struct Traceparent(pub String);
+
 /// Takes a sane `x-request-id` from the client or makes one; echoes it; opens the span.
 async fn request_id(mut req: Request, next: Next) -> Response {
     let id = req
@@ -166,7 +170,34 @@ async fn request_id(mut req: Request, next: Next) -> Response {
         None => "unmatched".to_owned(),
     };
     let started = std::time::Instant::now();
+    // The request's trace span (when traces are exported): plugins' calls are its children.
+    let mut trace = crate::telemetry::enabled()
+        .then(|| {
+            let incoming = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            crate::telemetry::start(
+                format!("{} {route}", method.as_str()),
+                opentelemetry::trace::SpanKind::Server,
+                incoming.as_deref(),
+                vec![
+                    opentelemetry::KeyValue::new("http.request.method", method.as_str().to_owned()),
+                    opentelemetry::KeyValue::new("http.route", route.clone()),
+                    opentelemetry::KeyValue::new("url.path", req.uri().path().to_owned()),
+                    opentelemetry::KeyValue::new("oh.request_id", id.clone()),
+                ],
+            )
+        })
+        .flatten();
+    if let Some(t) = &trace {
+        req.extensions_mut().insert(Traceparent(t.traceparent().to_owned()));
+    }
     let mut response = next.run(req).instrument(span.clone()).await;
+    if let Some(t) = trace.as_mut() {
+        t.set("http.response.status_code", i64::from(response.status().as_u16()));
+        if response.status().is_server_error() {
+            t.error(response.status().as_str());
+        }
+    }
+    drop(trace);
     span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
     crate::metrics::global().observe(
         "oh_http_request_duration_seconds",

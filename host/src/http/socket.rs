@@ -349,7 +349,23 @@ async fn send_action(state: &AppState, conn: &Connection, s: &SocketRef, (event,
         let _ = s.emit("oh_event", &json!({ "error": true, "message": message, "status": e.status.as_u16() }));
         return answer(false, Some(&message));
     }
-    match state.registry.send_event(conn.ctx.clone(), &conn.conversation_id, &event).await {
+    // A trace span per action (child of the client's trace when its handshake sent one).
+    let mut ctx = conn.ctx.clone();
+    let mut trace = crate::telemetry::start(
+        format!("socket.io {}", event["action"].as_str().unwrap_or("action")),
+        opentelemetry::trace::SpanKind::Server,
+        Some(ctx.traceparent.as_str()),
+        vec![opentelemetry::KeyValue::new("oh.conversation_id", conn.conversation_id.clone())],
+    );
+    if let Some(t) = &trace {
+        ctx.traceparent = t.traceparent().into();
+    }
+    let sent = state.registry.send_event(ctx, &conn.conversation_id, &event).await;
+    if let (Some(t), Err(e)) = (trace.as_mut(), &sent) {
+        t.error(e.error.message.as_str());
+    }
+    drop(trace);
+    match sent {
         Ok(()) => answer(true, None),
         Err(e) => {
             let _ = s.emit("oh_event", &error_event(&e.error.message));

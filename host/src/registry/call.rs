@@ -11,7 +11,7 @@ use crate::config::ExtensionConfig;
 use abi_stable::std_types::{ROption, RString};
 use async_ffi::FfiFuture;
 use futures_util::FutureExt as _;
-use plugin_api::{ErrorCode, ExtensionPoint, PResult, PluginError};
+use plugin_api::{CallContext, ErrorCode, ExtensionPoint, PResult, PluginError};
 use std::{
     panic::AssertUnwindSafe,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -106,6 +106,26 @@ impl Meta {
     }
 
     /// Awaits a plugin future with this instance's deadline, counting the outcome.
+    /// A trace span for one call into the plugin, child of the caller's (`ctx.traceparent`);
+    /// the plugin gets it as its parent. `None` when traces are not exported.
+    pub(crate) fn traced(&self, ctx: &mut CallContext, method: &'static str) -> Option<crate::telemetry::SpanHandle> {
+        if !crate::telemetry::enabled() || ctx.traceparent.is_empty() {
+            return None;
+        }
+        let span = crate::telemetry::start(
+            format!("{} {method}", self.point.key()),
+            opentelemetry::trace::SpanKind::Internal,
+            Some(ctx.traceparent.as_str()),
+            vec![
+                opentelemetry::KeyValue::new("oh.extension_point", self.point.key()),
+                opentelemetry::KeyValue::new("oh.implementation", self.implementation.clone()),
+                opentelemetry::KeyValue::new("oh.library", self.library.clone()),
+            ],
+        )?;
+        ctx.traceparent = span.traceparent().into();
+        Some(span)
+    }
+
     pub(crate) async fn call<T>(&self, method: &'static str, fut: FfiFuture<PResult<T>>) -> Result<T, CallError> {
         self.call_with(method, fut, None, Kind::Call).await
     }

@@ -161,8 +161,9 @@ impl Registry {
     // ---- user_auth ----
 
     /// Authenticates a request (the HTTP auth gate and the socket.io handshake both use this).
-    pub async fn authenticate(&self, ctx: CallContext, input: AuthInput<'_>) -> Result<Authenticated, CallError> {
+    pub async fn authenticate(&self, mut ctx: CallContext, input: AuthInput<'_>) -> Result<Authenticated, CallError> {
         let i = &self.auth;
+        let _span = i.meta.traced(&mut ctx, "authenticate");
         let outcome = i.meta.call("authenticate", i.obj.authenticate(ctx, convert::auth_request(&input))).await?;
         Ok(Authenticated {
             user_id: outcome.user_id.into_option().map(RString::into_string),
@@ -173,31 +174,35 @@ impl Registry {
     }
 
     /// Git provider tokens brokered by the auth system (`None`: the secrets store has them).
-    pub async fn provider_tokens(&self, ctx: CallContext) -> Result<Option<models::ProviderTokens>, CallError> {
+    pub async fn provider_tokens(&self, mut ctx: CallContext) -> Result<Option<models::ProviderTokens>, CallError> {
         let i = &self.auth;
+        let _span = i.meta.traced(&mut ctx, "provider_tokens");
         let json = i.meta.call("provider_tokens", i.obj.provider_tokens(ctx)).await?;
         i.meta.decode_opt("provider_tokens", json)
     }
 
     // ---- settings_store, secrets_store ----
 
-    pub async fn load_settings(&self, ctx: CallContext) -> Result<Option<models::Settings>, CallError> {
+    pub async fn load_settings(&self, mut ctx: CallContext) -> Result<Option<models::Settings>, CallError> {
         let i = &self.settings;
+        let _span = i.meta.traced(&mut ctx, "load");
         let json = i.meta.call("load", i.obj.load(ctx)).await?;
         i.meta.decode_opt("load", json)
     }
 
-    pub async fn store_settings(&self, ctx: CallContext, settings: &models::Settings) -> Result<(), CallError> {
+    pub async fn store_settings(&self, mut ctx: CallContext, settings: &models::Settings) -> Result<(), CallError> {
         let i = &self.settings;
+        let _span = i.meta.traced(&mut ctx, "store");
         i.meta.call("store", i.obj.store(ctx, encode(settings))).await
     }
 
     /// The Settings with their version; `UNIMPLEMENTED` from a store that keeps none.
     pub async fn load_settings_versioned(
         &self,
-        ctx: CallContext,
+        mut ctx: CallContext,
     ) -> Result<Option<models::VersionedSettings>, CallError> {
         let i = &self.settings;
+        let _span = i.meta.traced(&mut ctx, "load_versioned");
         let json = i.meta.call("load_versioned", i.obj.load_versioned(ctx)).await?;
         i.meta.decode_opt("load_versioned", json)
     }
@@ -205,28 +210,32 @@ impl Registry {
     /// Stores if the stored version is `expected` (0: none); the new version, or `CONFLICT`.
     pub async fn store_settings_versioned(
         &self,
-        ctx: CallContext,
+        mut ctx: CallContext,
         settings: &models::Settings,
         expected: u64,
     ) -> Result<u64, CallError> {
         let i = &self.settings;
+        let _span = i.meta.traced(&mut ctx, "store_versioned");
         i.meta.call("store_versioned", i.obj.store_versioned(ctx, encode(settings), expected)).await
     }
 
     /// Applies one change to the user's secrets; `UNIMPLEMENTED` from a store that cannot.
-    pub async fn update_secrets(&self, ctx: CallContext, change: &models::SecretsChange) -> Result<(), CallError> {
+    pub async fn update_secrets(&self, mut ctx: CallContext, change: &models::SecretsChange) -> Result<(), CallError> {
         let i = &self.secrets;
+        let _span = i.meta.traced(&mut ctx, "update");
         i.meta.call("update", i.obj.update(ctx, encode(change))).await
     }
 
-    pub async fn load_secrets(&self, ctx: CallContext) -> Result<Option<models::Secrets>, CallError> {
+    pub async fn load_secrets(&self, mut ctx: CallContext) -> Result<Option<models::Secrets>, CallError> {
         let i = &self.secrets;
+        let _span = i.meta.traced(&mut ctx, "load");
         let json = i.meta.call("load", i.obj.load(ctx)).await?;
         i.meta.decode_opt("load", json)
     }
 
-    pub async fn store_secrets(&self, ctx: CallContext, secrets: &models::Secrets) -> Result<(), CallError> {
+    pub async fn store_secrets(&self, mut ctx: CallContext, secrets: &models::Secrets) -> Result<(), CallError> {
         let i = &self.secrets;
+        let _span = i.meta.traced(&mut ctx, "store");
         i.meta.call("store", i.obj.store(ctx, encode(secrets))).await
     }
 
@@ -234,43 +243,48 @@ impl Registry {
 
     pub async fn get_metadata(
         &self,
-        ctx: CallContext,
+        mut ctx: CallContext,
         id: &str,
     ) -> Result<Option<models::ConversationMetadata>, CallError> {
         let i = &self.conversations;
+        let _span = i.meta.traced(&mut ctx, "get_metadata");
         let json = i.meta.call("get_metadata", i.obj.get_metadata(ctx, id.into())).await?;
         i.meta.decode_opt("get_metadata", json)
     }
 
-    pub async fn save_metadata(&self, ctx: CallContext, m: &models::ConversationMetadata) -> Result<(), CallError> {
+    pub async fn save_metadata(&self, mut ctx: CallContext, m: &models::ConversationMetadata) -> Result<(), CallError> {
         let i = &self.conversations;
+        let _span = i.meta.traced(&mut ctx, "save_metadata");
         i.meta.call("save_metadata", i.obj.save_metadata(ctx, encode(m))).await
     }
 
-    pub async fn delete_metadata(&self, ctx: CallContext, id: &str) -> Result<bool, CallError> {
+    pub async fn delete_metadata(&self, mut ctx: CallContext, id: &str) -> Result<bool, CallError> {
         let i = &self.conversations;
+        let _span = i.meta.traced(&mut ctx, "delete_metadata");
         i.meta.call("delete_metadata", i.obj.delete_metadata(ctx, id.into())).await
     }
 
     pub async fn search_conversations(
         &self,
-        ctx: CallContext,
+        mut ctx: CallContext,
         page_id: Option<&str>,
         limit: u32,
     ) -> Result<models::ConversationMetadataResultSet, CallError> {
         let i = &self.conversations;
         let page: ROption<RString> = page_id.map(RString::from).into();
+        let _span = i.meta.traced(&mut ctx, "search");
         let json = i.meta.call("search", i.obj.search(ctx, page, limit)).await?;
         i.meta.decode("search", &json)
     }
 
     pub async fn get_events(
         &self,
-        ctx: CallContext,
+        mut ctx: CallContext,
         id: &str,
         query: EventQuery,
     ) -> Result<models::EventPage, CallError> {
         let i = &self.conversations;
+        let _span = i.meta.traced(&mut ctx, "get_events");
         let json = i.meta.call("get_events", i.obj.get_events(ctx, id.into(), query)).await?;
         i.meta.decode("get_events", &json)
     }
@@ -279,7 +293,7 @@ impl Registry {
     /// (`CONFLICT` otherwise).
     pub async fn append_events(
         &self,
-        ctx: CallContext,
+        mut ctx: CallContext,
         id: &str,
         events: &[Value],
         fence: Option<u64>,
@@ -289,6 +303,7 @@ impl Registry {
         match fence {
             None => i.meta.call("append_events", i.obj.append_events(ctx, id.into(), events)).await,
             Some(fence) => {
+                let _span = i.meta.traced(&mut ctx, "append_events_fenced");
                 i.meta.call("append_events_fenced", i.obj.append_events_fenced(ctx, id.into(), events, fence)).await
             }
         }
@@ -344,60 +359,67 @@ impl Registry {
     }
 
     /// Running agent loops, when a conversation manager is configured.
-    pub async fn running(&self, ctx: CallContext, ids: &[String]) -> Result<Vec<models::AgentLoopInfo>, CallError> {
+    pub async fn running(&self, mut ctx: CallContext, ids: &[String]) -> Result<Vec<models::AgentLoopInfo>, CallError> {
         let Some(m) = &self.manager else {
             return Ok(Vec::new());
         };
         let ids: RVec<RString> = ids.iter().map(|s| RString::from(s.as_str())).collect();
+        let _span = m.meta.traced(&mut ctx, "running");
         let json = m.meta.call("running", m.obj.running(ctx, ids)).await?;
         m.meta.decode("running", &json)
     }
 
     pub async fn maybe_start(
         &self,
-        ctx: CallContext,
+        mut ctx: CallContext,
         request: &models::StartRequest,
     ) -> Result<models::AgentLoopInfo, CallError> {
         let m = self.manager()?;
+        let _span = m.meta.traced(&mut ctx, "maybe_start");
         let json = m.meta.call("maybe_start", m.obj.maybe_start(ctx, encode(request))).await?;
         m.meta.decode("maybe_start", &json)
     }
 
-    pub async fn send_event(&self, ctx: CallContext, id: &str, event: &Value) -> Result<(), CallError> {
+    pub async fn send_event(&self, mut ctx: CallContext, id: &str, event: &Value) -> Result<(), CallError> {
         let m = self.manager()?;
+        let _span = m.meta.traced(&mut ctx, "send_event");
         m.meta.call("send_event", m.obj.send_event(ctx, id.into(), event.to_string().into())).await
     }
 
     /// Stops a conversation's loop; `false` when it was not running (or no manager runs loops).
     /// An operator question to the conversation manager (`"cluster"`); `None` without a
     /// manager.
-    pub async fn manager_admin(&self, ctx: CallContext, command: &str) -> Option<Result<Value, CallError>> {
+    pub async fn manager_admin(&self, mut ctx: CallContext, command: &str) -> Option<Result<Value, CallError>> {
         let m = self.manager.as_ref()?;
+        let _span = m.meta.traced(&mut ctx, "admin");
         let answer = m.meta.call("admin", m.obj.admin(ctx, command.into(), "{}".into())).await;
         Some(answer.and_then(|json| m.meta.decode("admin", &json)))
     }
 
-    pub async fn close_conversation(&self, ctx: CallContext, id: &str) -> Result<bool, CallError> {
+    pub async fn close_conversation(&self, mut ctx: CallContext, id: &str) -> Result<bool, CallError> {
         let Some(m) = &self.manager else {
             return Ok(false);
         };
+        let _span = m.meta.traced(&mut ctx, "close");
         m.meta.call("close", m.obj.close(ctx, id.into())).await
     }
 
     /// Subscribes a channel to a conversation's live events; returns the subscription id.
     pub async fn subscribe(
         &self,
-        ctx: CallContext,
+        mut ctx: CallContext,
         id: &str,
         events: tokio::sync::mpsc::UnboundedSender<String>,
     ) -> Result<u64, CallError> {
         let m = self.manager()?;
         let sink = EventSink_TO::from_value(services::ChannelSink(events), TD_Opaque);
+        let _span = m.meta.traced(&mut ctx, "subscribe");
         m.meta.call("subscribe", m.obj.subscribe(ctx, id.into(), sink)).await
     }
 
-    pub async fn unsubscribe(&self, ctx: CallContext, subscription: u64) -> Result<(), CallError> {
+    pub async fn unsubscribe(&self, mut ctx: CallContext, subscription: u64) -> Result<(), CallError> {
         let m = self.manager()?;
+        let _span = m.meta.traced(&mut ctx, "unsubscribe");
         m.meta.call("unsubscribe", m.obj.unsubscribe(ctx, subscription)).await
     }
 
@@ -471,7 +493,7 @@ impl Registry {
     pub async fn handle_route(
         &self,
         instance: usize,
-        ctx: CallContext,
+        mut ctx: CallContext,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
@@ -479,6 +501,7 @@ impl Registry {
     ) -> Result<Response, CallError> {
         let r = &self.routes[instance];
         let request = convert::http_request(method, uri, headers, body);
+        let _span = r.meta.traced(&mut ctx, "handle");
         let answer = r.meta.call("handle", r.obj.handle(ctx, request)).await?;
         Ok(convert::http_response(answer))
     }

@@ -74,6 +74,18 @@ pub fn observe(name: &str, value: f64, buckets: &[f64], labels: &serde_json::Val
     }
 }
 
+/// Whether the host exports traces (spans are made only then).
+pub(crate) fn tracing_enabled() -> bool {
+    FORWARDER.get().and_then(|f| f.host.tracing_enabled()).is_some_and(|enabled| enabled())
+}
+
+/// Hands a finished span (JSON, see `plugin_api::HostApi::span`) to the host.
+pub(crate) fn report_span(span_json: &str) {
+    if let Some(report) = FORWARDER.get().and_then(|f| f.host.span()) {
+        report(RStr::from_str(span_json));
+    }
+}
+
 fn enabled(level: LogLevel, target: &str) -> bool {
     FORWARDER.get().is_some_and(|f| (f.host.log_enabled())(level, RStr::from_str(target)))
 }

@@ -185,13 +185,22 @@ pub async fn complete(
     client: &reqwest::Client,
     cfg: &LlmConfig,
     messages: &[ChatMessage],
+    traceparent: &str,
     progress: &mut (dyn FnMut(Progress<'_>) + Send),
 ) -> Result<Completion, LlmError> {
     let mut attempt = 0;
     let mut wait = cfg.initial_backoff;
     loop {
         let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(cfg.request_timeout, call_once(client, cfg, messages, progress)).await;
+        // A span per call (GenAI semantic conventions), joined by the LLM request's header.
+        let mut span = plugin_sdk::trace::Span::start(traceparent, &format!("chat {}", cfg.model), "client");
+        span.set("gen_ai.operation.name", "chat");
+        span.set("gen_ai.system", split_provider(&cfg.display_model).0.unwrap_or("openai"));
+        span.set("gen_ai.request.model", cfg.model.clone());
+        span.set("server.address", cfg.base_url.clone());
+        let header = span.traceparent();
+        let call = call_once(client, cfg, messages, header.as_deref(), progress);
+        let outcome = tokio::time::timeout(cfg.request_timeout, call).await;
         let outcome = match outcome {
             Ok(r) => r,
             Err(_) => {
@@ -199,6 +208,14 @@ pub async fn complete(
             }
         };
         record(cfg, started.elapsed(), &outcome);
+        match &outcome {
+            Ok(c) => {
+                span.set("gen_ai.usage.input_tokens", c.usage.prompt_tokens);
+                span.set("gen_ai.usage.output_tokens", c.usage.completion_tokens);
+            }
+            Err(e) => span.error(&e.to_string()),
+        }
+        span.end();
         let err = match outcome {
             Ok(c) => return Ok(c),
             Err(e) => e,
@@ -253,6 +270,7 @@ async fn call_once(
     client: &reqwest::Client,
     cfg: &LlmConfig,
     messages: &[ChatMessage],
+    traceparent: Option<&str>,
     progress: &mut (dyn FnMut(Progress<'_>) + Send),
 ) -> Result<Completion, LlmError> {
     let body = json!({
@@ -262,6 +280,9 @@ async fn call_once(
         "stream_options": { "include_usage": true },
     });
     let mut request = client.post(format!("{}/chat/completions", cfg.base_url)).json(&body);
+    if let Some(tp) = traceparent {
+        request = request.header("traceparent", tp);
+    }
     if let Some(key) = &cfg.api_key {
         request = request.bearer_auth(key);
     }

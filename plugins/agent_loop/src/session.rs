@@ -49,8 +49,9 @@ pub trait Env: Send + Sync + 'static {
 
 /// What the manager asks of a session's task.
 pub enum Command {
-    /// Answer this user message (already stored).
-    Answer { content: String },
+    /// Answer this user message (already stored). `traceparent`: the trace of the request
+    /// that sent it (the LLM call joins it), or empty.
+    Answer { content: String, traceparent: String },
     /// The user stopped the agent (`change_agent_state: stopped`): the answer in progress was
     /// interrupted; store the state.
     Stopped,
@@ -129,6 +130,7 @@ impl Session {
             sid: request.conversation_id.clone(),
             env,
             fence,
+            trace: ctx.traceparent.to_string(),
             ctx,
             llm,
             shared: shared.clone(),
@@ -172,6 +174,8 @@ struct Runner<E: Env> {
     env: Arc<E>,
     fence: Option<u64>,
     ctx: CallContext,
+    /// The trace the next LLM call joins (`traceparent`; empty: none).
+    trace: String,
     llm: LlmConfig,
     shared: Arc<Shared>,
     messages: Vec<ChatMessage>,
@@ -222,7 +226,10 @@ impl<E: Env> Runner<E> {
                 break;
             }
             match command {
-                Some(Command::Answer { content }) => self.answer(&content).await,
+                Some(Command::Answer { content, traceparent }) => {
+                    self.trace = traceparent;
+                    self.answer(&content).await
+                }
                 Some(Command::Stopped) => self.set_state("stopped").await,
                 None => break,
             }
@@ -261,8 +268,9 @@ impl<E: Env> Runner<E> {
         let mut stop = self.stop.clone();
         let interrupt = self.interrupt.clone();
         let client = self.env.client(self.llm.user_endpoint);
+        let trace = std::mem::take(&mut self.trace);
         let outcome = tokio::select! {
-            r = llm::complete(client, &self.llm, &self.messages, &mut progress) => Some(r),
+            r = llm::complete(client, &self.llm, &self.messages, &trace, &mut progress) => Some(r),
             _ = stop.changed() => None,
             () = interrupt.notified() => None,
         };

@@ -281,12 +281,13 @@ impl Node {
             Some("message") => {
                 let _ = self.kv.run::<()>(redis::pipe().decr(self.keys.pending(sid), 1).ignore()).await;
                 let content = fields.get("content").cloned().unwrap_or_default();
+                let traceparent = fields.get("tp").cloned().unwrap_or_default();
                 let inbox = lock(&self.owned).get(sid).map(|o| {
                     o.session.shared.touch();
                     o.session.inbox.clone()
                 });
                 if let Some(inbox) = inbox {
-                    let _ = inbox.send(Command::Answer { content }).await;
+                    let _ = inbox.send(Command::Answer { content, traceparent }).await;
                 }
             }
             Some("stop") => {
@@ -635,7 +636,7 @@ impl plugin_sdk::ConversationManager for ClusteredConversationManager {
                 permit.send(Command::Stopped);
             } else {
                 node.store_and_publish(&ctx, &sid, Some(fence), events::user_message(&content, &images)).await?;
-                permit.send(Command::Answer { content });
+                permit.send(Command::Answer { content, traceparent: ctx.traceparent.to_string() });
             }
             return Ok(());
         }
@@ -658,7 +659,7 @@ impl plugin_sdk::ConversationManager for ClusteredConversationManager {
             return Err(queue_full());
         }
         node.store_and_publish(&ctx, &sid, None, events::user_message(&content, &images)).await?;
-        node.command(&sid, &[("t", "message"), ("content", &content)]).await
+        node.command(&sid, &[("t", "message"), ("content", &content), ("tp", ctx.traceparent.as_str())]).await
     }
 
     async fn close(&self, ctx: CallContext, conversation_id: String) -> Result<bool, PluginError> {

@@ -275,7 +275,7 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
                 self.inner
                     .store_and_push(&ctx, &conversation_id, agent_loop::events::user_message(&content, &images))
                     .await?;
-                permit.send(Command::Answer { content });
+                permit.send(Command::Answer { content, traceparent: ctx.traceparent.to_string() });
                 Ok(())
             }
             Some("change_agent_state") if event["args"]["agent_state"] == "stopped" => {
