@@ -38,8 +38,9 @@ test: services plugins examples
 test-browser: services plugins
 	OH_REQUIRE_BROWSER=1 $(CARGO) test -p oh-e2e --test it -- browser::
 
+# `make bench SECTIONS="2 7"` runs only those sections (numbered in bench/src/main.rs).
 bench: services
-	bash bench/run
+	bash bench/run $(SECTIONS)
 
 # Formatting, clippy, and the repository's own checks (unused dependencies, a complete
 # configuration reference, no citation outside the repository).

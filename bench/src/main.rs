@@ -17,7 +17,8 @@
 //! 7. `GET /api/settings` and conversation starts with the SaaS monitoring listener (PostHog
 //!    on a local receiver) and OpenTelemetry tracing (OTLP to a local receiver) on vs off.
 //!
-//! Usage: `oh-bench <dir with oh-host and lib*.so>` (bench/run passes target/release).
+//! Usage: `oh-bench <dir with oh-host and lib*.so> [section ...]` (bench/run passes
+//! target/release and `make bench SECTIONS="2 7"` picks sections; none means all).
 //! Figures, not pass/fail: the machines are shared and noisy.
 
 use plugin_api::CallContext;
@@ -33,7 +34,11 @@ const HTTP_DURATION: Duration = Duration::from_secs(5);
 const HTTP_MAX_REQUESTS: usize = 200_000;
 
 fn main() {
-    let bin_dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "target/release".to_owned()));
+    let mut args = std::env::args().skip(1);
+    let bin_dir = PathBuf::from(args.next().unwrap_or_else(|| "target/release".to_owned()));
+    let sections: Vec<u32> =
+        args.map(|a| a.parse().unwrap_or_else(|_| panic!("`{a}` is not a section number (1 to 7)"))).collect();
+    let run = |n: u32| sections.is_empty() || sections.contains(&n);
     let work = tempfile::tempdir().expect("tempdir");
     let plugins = work.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
@@ -65,7 +70,9 @@ fn main() {
         if cfg!(debug_assertions) { "debug" } else { "release" },
         cores()
     );
-    ffi_call_cost(&profile_path, &state);
+    if run(1) {
+        ffi_call_cost(&profile_path, &state);
+    }
 
     // The same server with the PostgreSQL stores, on a database of its own.
     let db = tokio::runtime::Builder::new_current_thread()
@@ -89,30 +96,42 @@ fn main() {
     .collect::<String>();
     let pg_profile = work.path().join("plugins.pg.toml");
     std::fs::write(&pg_profile, format!("{profile}{pg_stores}")).unwrap();
-    http_load(
-        &bin_dir.join("oh-host"),
-        &[("file stores", profile_path.clone()), ("PostgreSQL stores", pg_profile.clone())],
-    );
+    if run(2) {
+        http_load(
+            &bin_dir.join("oh-host"),
+            &[("file stores", profile_path.clone()), ("PostgreSQL stores", pg_profile.clone())],
+        );
+    }
     let search_state = work.path().join("search-state");
     let search_profile = work.path().join("plugins.search.toml");
     std::fs::write(&search_profile, profile.replace(&state.display().to_string(), &search_state.display().to_string()))
         .unwrap();
-    search_load(
-        &bin_dir.join("oh-host"),
-        &[("file stores", search_profile, search_state), ("postgres", pg_profile, PathBuf::new())],
-        &db.url,
-    );
+    if run(3) {
+        search_load(
+            &bin_dir.join("oh-host"),
+            &[("file stores", search_profile, search_state), ("postgres", pg_profile, PathBuf::new())],
+            &db.url,
+        );
+    }
 
     let manager = "\n[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\n\
                    implementation = \"StandaloneConversationManager\"\nconfig = { max_concurrent_conversations = 1000 }\n";
     std::fs::write(&profile_path, format!("{profile}{manager}")).unwrap();
     let oss_profile = work.path().join("plugins.oss.toml");
     std::fs::write(&oss_profile, &profile).unwrap();
-    conversations_load(&bin_dir.join("oh-host"), &profile_path);
-    auth_load(&bin_dir.join("oh-host"), &oss_profile, work.path(), &profile, &db.url);
+    if run(4) {
+        conversations_load(&bin_dir.join("oh-host"), &profile_path);
+    }
+    if run(5) {
+        auth_load(&bin_dir.join("oh-host"), &oss_profile, work.path(), &profile, &db.url);
+    }
     drop(db);
-    cluster_load(&bin_dir.join("oh-host"), work.path(), &plugins);
-    monitoring_overhead(&bin_dir.join("oh-host"), work.path(), &plugins);
+    if run(6) {
+        cluster_load(&bin_dir.join("oh-host"), work.path(), &plugins);
+    }
+    if run(7) {
+        monitoring_overhead(&bin_dir.join("oh-host"), work.path(), &plugins);
+    }
 }
 
 /// Section 7: what the SaaS monitoring listener and tracing cost on cheap requests.

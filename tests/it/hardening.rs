@@ -727,3 +727,111 @@ async fn edge_inputs_get_clear_errors_and_never_a_panic() {
     assert!(host.alive(), "{}", host.log());
     assert!(!host.log().contains("panicked"), "{}", host.log());
 }
+
+/// Every page of `GET /api/conversations` (limit 7), newest first, as ids.
+async fn listed_ids(host: &TestHost) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut page_id: Option<String> = None;
+    loop {
+        let path = match &page_id {
+            Some(p) => format!("/api/conversations?limit=7&page_id={p}"),
+            None => "/api/conversations?limit=7".to_owned(),
+        };
+        let page = host.get(&path).await.json();
+        ids.extend(
+            page["results"].as_array().unwrap().iter().map(|m| m["conversation_id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_page_id"].as_str() {
+            Some(next) => page_id = Some(next.to_owned()),
+            None => return ids,
+        }
+    }
+}
+
+/// What the files say, in search order (newest first, then by id).
+fn ids_on_disk(state: &std::path::Path) -> Vec<String> {
+    let mut all: Vec<(String, String)> = std::fs::read_dir(state.join("sessions"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let doc: Value = serde_json::from_slice(&std::fs::read(e.path().join("metadata.json")).ok()?).ok()?;
+            Some((doc["created_at"].as_str()?.to_owned(), doc["conversation_id"].as_str()?.to_owned()))
+        })
+        .collect();
+    all.sort();
+    all.into_iter().rev().map(|(_, id)| id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_conversation_index_follows_two_hosts_and_a_kill_9_mid_write() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", MANAGER);
+    let (mut a, b) = (d.start(), d.start());
+    let settings = json!({ "llm_model": "fake", "llm_base_url": "http://127.0.0.1:9/v1", "llm_api_key": "sk-x" });
+    assert_eq!(a.post_json("/api/settings", &settings).await.status, 200);
+
+    // Eight writers create conversations on both hosts; `a` is killed while they write.
+    let bases = [a.base.clone(), b.base.clone()];
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (bases, acknowledged) = (bases.clone(), acknowledged.clone());
+        writers.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let r = http.post(format!("{}/api/conversations", bases[(w + i) % 2])).json(&json!({})).send().await;
+                if let Ok(r) = r {
+                    if r.status() == 200 {
+                        let id = r.json::<Value>().await.unwrap()["conversation_id"].as_str().unwrap().to_owned();
+                        acknowledged.lock().unwrap().push(id);
+                    }
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.signal("KILL");
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() > 20, "too few conversations to mean anything: {}", acknowledged.len());
+
+    // What a crash between a file and its index line leaves: a conversation on disk the index
+    // does not know, and an index line for one whose directory is gone.
+    let sessions = d.state_dir().join("sessions");
+    let orphan = json!({ "conversation_id": "0rphan", "created_at": "2099-01-01T00:00:00.000000Z", "title": "crash" });
+    std::fs::create_dir_all(sessions.join("0rphan")).unwrap();
+    std::fs::write(sessions.join("0rphan/metadata.json"), orphan.to_string()).unwrap();
+    let gone = acknowledged[0].clone();
+    std::fs::remove_dir_all(sessions.join(&gone)).unwrap();
+
+    // A restarted host repairs the index; the host that kept running follows the rewrite.
+    let a = d.start();
+    let truth = ids_on_disk(&d.state_dir());
+    assert_eq!(listed_ids(&a).await, truth, "the restarted host's pages differ from the files");
+    assert_eq!(listed_ids(&b).await, truth, "the surviving host's pages differ from the files");
+    assert_eq!(truth[0], "0rphan");
+    assert!(!truth.contains(&gone));
+    for id in &acknowledged[1..] {
+        assert!(truth.contains(id), "{id} was acknowledged but is not listed");
+    }
+
+    // Writes on one host are on the other's next page: a rename and a delete.
+    let r = b
+        .send(
+            reqwest::Client::new()
+                .patch(b.url(&format!("/api/conversations/{}", truth[1])))
+                .json(&json!({ "title": "renamed on b" })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let page = a.get("/api/conversations?limit=2").await.json();
+    assert_eq!(page["results"][1]["title"], "renamed on b");
+    assert_eq!(a.send(reqwest::Client::new().delete(a.url("/api/conversations/0rphan"))).await.status, 200);
+    assert_eq!(listed_ids(&b).await, truth[1..]);
+}

@@ -1,7 +1,11 @@
 //! `FileConversationStore`: `metadata.json` and an append-only `events/<id>.json` log per
-//! conversation, under `sessions/` (single user) or `users/<id>/conversations/`.
+//! conversation, under `sessions/` (single user) or `users/<id>/conversations/`; `search`
+//! pages through the index of `index.rs`.
 
-use crate::fsutil;
+use crate::{
+    fsutil,
+    index::{self, Indexes, Mode, Stamp},
+};
 use plugin_sdk::{
     models::{paging, ConversationMetadata, ConversationMetadataResultSet, EventPage},
     CallContext, ErrorCode, EventQuery, PluginError,
@@ -18,6 +22,7 @@ pub struct FileConversationStore {
     root: PathBuf,
     /// Next event id per conversation directory, guarded so appends are serialised.
     logs: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Option<u64>>>>>,
+    indexes: Arc<Indexes>,
 }
 
 impl FileConversationStore {
@@ -70,7 +75,7 @@ impl FileConversationStore {
     }
 
     pub(crate) fn new(root: PathBuf) -> Self {
-        Self { root, logs: Mutex::new(HashMap::new()) }
+        Self { root, logs: Mutex::new(HashMap::new()), indexes: Arc::default() }
     }
 
     fn base(&self, ctx: &CallContext) -> Result<PathBuf, PluginError> {
@@ -162,10 +167,21 @@ impl plugin_sdk::ConversationStore for FileConversationStore {
                 Some(_) => {}
             }
         }
+        let base = self.base(&ctx)?;
         fsutil::blocking(move || {
             let path = dir.join("metadata.json");
             let bytes = serde_json::to_vec_pretty(&metadata).map_err(|e| PluginError::internal(e.to_string()))?;
-            fsutil::write_atomic(&path, &bytes, 0o600).map_err(|e| fsutil::io_error("write metadata", &path, e))
+            // The file, then its line in the index, in one critical section per conversation.
+            index::with_lock(&base, Mode::Shared, || {
+                fsutil::with_dir_lock(&dir, || {
+                    fsutil::write_atomic(&path, &bytes, 0o600)
+                        .map_err(|e| fsutil::io_error("write metadata", &path, e))?;
+                    let stamp = Stamp::of(&path)
+                        .map_err(|e| fsutil::io_error("stat metadata", &path, e))?
+                        .ok_or_else(|| PluginError::internal("metadata vanished as it was written"))?;
+                    index::record_put(&base, &metadata, stamp)
+                })
+            })
         })
         .await
     }
@@ -176,13 +192,21 @@ impl plugin_sdk::ConversationStore for FileConversationStore {
     }
 
     async fn delete_metadata(&self, ctx: CallContext, id: String) -> Result<bool, PluginError> {
+        let base = self.base(&ctx)?;
         let dir = self.dir(&ctx, &id)?;
         let lock = self.log_lock(&dir);
         let mut next = lock.lock().await;
-        let deleted = fsutil::blocking(move || match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(fsutil::io_error("delete a conversation", &dir, e)),
+        let deleted = fsutil::blocking(move || {
+            index::with_lock(&base, Mode::Shared, || {
+                if !dir.exists() {
+                    return Ok(false);
+                }
+                fsutil::with_dir_lock(&dir, || match fs::remove_dir_all(&dir) {
+                    Ok(()) => index::record_del(&base, &id).map(|()| true),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                    Err(e) => Err(fsutil::io_error("delete a conversation", &dir, e)),
+                })
+            })
         })
         .await?;
         *next = None;
@@ -198,31 +222,10 @@ impl plugin_sdk::ConversationStore for FileConversationStore {
         let base = self.base(&ctx)?;
         let offset = paging::page_id_to_offset(page_id.as_deref())
             .ok_or_else(|| PluginError::invalid_argument("invalid page_id"))?;
+        let indexes = self.indexes.clone();
         fsutil::blocking(move || {
-            let mut all = Vec::new();
-            let entries = match fs::read_dir(&base) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Ok(ConversationMetadataResultSet::default());
-                }
-                Err(e) => return Err(fsutil::io_error("list conversations", &base, e)),
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                if name.to_str().is_none_or(|n| n.starts_with('.')) {
-                    continue;
-                }
-                // As OpenHands: a conversation whose metadata cannot be read is logged and skipped.
-                match read_metadata(&entry.path().join("metadata.json")) {
-                    Ok(Some(m)) => all.push(m),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "skipping a conversation in search"),
-                }
-            }
-            all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.conversation_id.cmp(&a.conversation_id)));
-            let total = all.len();
-            let end = offset.saturating_add(limit as usize).min(total);
-            let results = if offset < total { all.drain(offset..end).collect() } else { Vec::new() };
+            let (results, total) = indexes.page(&base, offset, limit as usize)?;
+            let end = offset.saturating_add(results.len()).min(total);
             Ok(ConversationMetadataResultSet { results, next_page_id: paging::offset_to_page_id(end, end < total) })
         })
         .await

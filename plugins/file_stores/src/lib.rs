@@ -11,6 +11,7 @@ mod config;
 mod conversations;
 mod crypto;
 mod fsutil;
+mod index;
 mod secrets;
 mod settings;
 
