@@ -3,8 +3,8 @@
 //! pages through the index of `index.rs`.
 
 use crate::{
-    fsutil,
-    index::{self, Indexes, Mode, Stamp},
+    fsutil::{self, Stamp},
+    index::{self, Indexes, Mode},
 };
 use plugin_sdk::{
     models::{paging, ConversationMetadata, ConversationMetadataResultSet, EventPage},

@@ -10,6 +10,43 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
+/// What identifies one version of a file: atomic writes rename a new inode in, so a rewrite
+/// changes the stamp even within one mtime tick.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Stamp(u64, u64, i64, i64);
+
+impl Stamp {
+    pub(crate) fn of(path: &Path) -> io::Result<Option<Stamp>> {
+        match fs::metadata(path) {
+            Ok(m) => Ok(Some(Stamp::from(&m))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl From<&fs::Metadata> for Stamp {
+    fn from(m: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Stamp(m.ino(), m.size(), m.mtime(), m.mtime_nsec())
+    }
+}
+
+/// Reads a file and the stamp of what was read (from the open file, so they agree);
+/// `Ok(None)` when it does not exist.
+pub(crate) fn read_stamped(path: &Path) -> io::Result<Option<(Stamp, Vec<u8>)>> {
+    use std::io::Read;
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let stamp = Stamp::from(&file.metadata()?);
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(Some((stamp, bytes)))
+}
+
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the new one, never
 /// a torn one: temp file in the same directory, fsync, rename, fsync the directory.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {

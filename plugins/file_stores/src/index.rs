@@ -19,7 +19,7 @@
 //!
 //! The journal is derived data: the files stay the truth, so it needs no fsync per line.
 
-use crate::fsutil;
+use crate::fsutil::{self, Stamp};
 use plugin_sdk::{models::ConversationMetadata, PluginError};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -35,21 +35,6 @@ const JOURNAL: &str = ".index";
 const LOCK: &str = ".index.lock";
 /// Compaction when the journal has this many lines more than twice the conversations.
 const SLACK_LINES: u64 = 1_000;
-
-/// What identifies one version of a `metadata.json`: atomic writes rename a new inode in, so
-/// a rewrite changes the inode even within one mtime tick.
-#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct Stamp(u64, u64, i64, i64);
-
-impl Stamp {
-    pub(crate) fn of(path: &Path) -> std::io::Result<Option<Stamp>> {
-        match fs::metadata(path) {
-            Ok(m) => Ok(Some(Stamp(m.ino(), m.size(), m.mtime(), m.mtime_nsec()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-}
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -6,7 +6,10 @@
 //!
 //! Single-user mode (no user id) keeps files at the root as OpenHands does; with a user id
 //! everything lives under `users/<id>/`. Every write is atomic (temp file, fsync, rename).
+//! Loads of settings and secrets that did not change since they were read cost a `stat`
+//! (`cache.rs`); a search page costs the page (`index.rs`).
 
+mod cache;
 mod config;
 mod conversations;
 mod crypto;

@@ -7,8 +7,9 @@
 //! shares the state directory sees a conflict instead of losing a change.
 
 use crate::{
+    cache::{FileCache, Lookup},
     crypto::{self, Keyring, Sealed},
-    fsutil,
+    fsutil::{self, Stamp},
 };
 use plugin_sdk::{
     models::{Settings, VersionedSettings},
@@ -23,12 +24,14 @@ use std::{
 pub struct FileSettingsStore {
     root: PathBuf,
     keys: Arc<Keyring>,
+    /// Decrypted settings by file, so a load of unchanged settings reads and decrypts nothing.
+    cache: Arc<FileCache<VersionedSettings>>,
 }
 
 impl FileSettingsStore {
     pub(crate) fn new(root: PathBuf) -> Result<Self, PluginError> {
         let keys = Arc::new(Keyring::open(&root)?);
-        Ok(Self { root, keys })
+        Ok(Self { root, keys, cache: Arc::default() })
     }
 
     fn dir(&self, ctx: &CallContext) -> Result<PathBuf, PluginError> {
@@ -38,26 +41,29 @@ impl FileSettingsStore {
 
 /// The stored settings and their version (0 when there are none; files from before versions
 /// read as version 1).
-fn read(keys: &Keyring, path: &Path, user: Option<&str>) -> Result<Option<VersionedSettings>, PluginError> {
-    let Some(bytes) = fsutil::read_optional(path).map_err(|e| fsutil::io_error("read settings", path, e))? else {
+fn read(keys: &Keyring, path: &Path, user: Option<&str>) -> Result<Option<(Stamp, VersionedSettings)>, PluginError> {
+    let Some((stamp, bytes)) = fsutil::read_stamped(path).map_err(|e| fsutil::io_error("read settings", path, e))?
+    else {
         return Ok(None);
     };
     let mut doc: Value = serde_json::from_slice(&bytes).map_err(|e| fsutil::corrupt(path, e))?;
     let version = doc.as_object_mut().and_then(|o| o.remove("version")).and_then(|v| v.as_u64()).unwrap_or(1);
     let settings = open_settings(keys, doc, user).map_err(|e| fsutil::corrupt(path, e))?;
-    Ok(Some(VersionedSettings { version, settings }))
+    Ok(Some((stamp, VersionedSettings { version, settings })))
 }
 
 /// Writes `settings` as the next version, if the stored one is `expected` (any when `None`).
+/// Under the directory's lock; the written document goes into `cache`.
 fn write(
     keys: &Keyring,
+    cache: &FileCache<VersionedSettings>,
     dir: &Path,
     user: Option<&str>,
     settings: &Settings,
     expected: Option<u64>,
 ) -> Result<u64, PluginError> {
     let path = dir.join("settings.json");
-    let current = read(keys, &path, user)?.map_or(0, |v| v.version);
+    let current = read(keys, &path, user)?.map_or(0, |(_, v)| v.version);
     if expected.is_some_and(|e| e != current) {
         return Err(PluginError::new(ErrorCode::CONFLICT, "the settings changed since they were read"));
     }
@@ -66,6 +72,10 @@ fn write(
     doc["version"] = Value::from(version);
     let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| PluginError::internal(e.to_string()))?;
     fsutil::write_atomic(&path, &bytes, 0o600).map_err(|e| fsutil::io_error("write settings", &path, e))?;
+    match Stamp::of(&path) {
+        Ok(Some(stamp)) => cache.put(&path, stamp, Arc::new(VersionedSettings { version, settings: settings.clone() })),
+        _ => cache.forget(&path),
+    }
     Ok(version)
 }
 
@@ -105,23 +115,35 @@ impl plugin_sdk::SettingsStore for FileSettingsStore {
 
     async fn store(&self, ctx: CallContext, settings: Settings) -> Result<(), PluginError> {
         let dir = self.dir(&ctx)?;
-        let keys = self.keys.clone();
-        fsutil::blocking(move || fsutil::with_dir_lock(&dir, || write(&keys, &dir, ctx.user_id(), &settings, None)))
-            .await
-            .map(|_| ())
+        let (keys, cache) = (self.keys.clone(), self.cache.clone());
+        fsutil::blocking(move || {
+            fsutil::with_dir_lock(&dir, || write(&keys, &cache, &dir, ctx.user_id(), &settings, None))
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn load_versioned(&self, ctx: CallContext) -> Result<Option<VersionedSettings>, PluginError> {
         let path = self.dir(&ctx)?.join("settings.json");
-        let keys = self.keys.clone();
-        fsutil::blocking(move || read(&keys, &path, ctx.user_id())).await
+        match self.cache.lookup(&path).map_err(|e| fsutil::io_error("stat settings", &path, e))? {
+            Lookup::Hit(cached) => return Ok(Some((*cached).clone())),
+            Lookup::Absent => return Ok(None),
+            Lookup::Miss => {}
+        }
+        let (keys, cache) = (self.keys.clone(), self.cache.clone());
+        fsutil::blocking(move || {
+            let Some((stamp, settings)) = read(&keys, &path, ctx.user_id())? else { return Ok(None) };
+            cache.put(&path, stamp, Arc::new(settings.clone()));
+            Ok(Some(settings))
+        })
+        .await
     }
 
     async fn store_versioned(&self, ctx: CallContext, settings: Settings, expected: u64) -> Result<u64, PluginError> {
         let dir = self.dir(&ctx)?;
-        let keys = self.keys.clone();
+        let (keys, cache) = (self.keys.clone(), self.cache.clone());
         fsutil::blocking(move || {
-            fsutil::with_dir_lock(&dir, || write(&keys, &dir, ctx.user_id(), &settings, Some(expected)))
+            fsutil::with_dir_lock(&dir, || write(&keys, &cache, &dir, ctx.user_id(), &settings, Some(expected)))
         })
         .await
     }

@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "llm_keys", include_str!("../../../migrations/0006_llm_keys.sql")),
     (7, "fences", include_str!("../../../migrations/0007_fences.sql")),
     (8, "experiment_assignments", include_str!("../../../migrations/0008_experiment_assignments.sql")),
+    (9, "secrets_version", include_str!("../../../migrations/0009_secrets_version.sql")),
 ];
 
 /// The advisory lock key around migrations ("ohhost" in ASCII).
@@ -152,7 +153,18 @@ impl Database {
                 .min_connections(0)
                 .acquire_timeout(acquire_timeout)
                 .idle_timeout(Duration::from_secs(60))
-                .test_before_acquire(true)
+                // sqlx pings every connection it takes back (release); one that sat idle (an
+                // outage may have cut it) is pinged again before use. A busy one is not: that
+                // would be a second round trip on every query.
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for > Duration::from_secs(1) {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_lazy_with(options)
         });
         let db = Arc::new(Database {

@@ -10,6 +10,7 @@
 //! (`migrations/`, embedded) run on first use under an advisory lock, and with `oh-host migrate`.
 
 mod admin;
+mod cache;
 mod config;
 mod conversations;
 mod db;
@@ -28,12 +29,12 @@ pub fn register(r: &mut Registry) {
     r.settings_store(
         "SaasSettingsStore",
         "PostgreSQL user_settings, per user, secret fields encrypted",
-        |config, _| Ok(SaasSettingsStore { db: db::open(&Config::parse(config)?)? }),
+        |config, _| Ok(SaasSettingsStore { db: db::open(&Config::parse(config)?)?, cache: Default::default() }),
     );
     r.secrets_store(
         "SaasSecretsStore",
         "PostgreSQL user_secrets, per user, envelope-encrypted with key rotation",
-        |config, _| Ok(SaasSecretsStore { db: db::open(&Config::parse(config)?)? }),
+        |config, _| Ok(SaasSecretsStore { db: db::open(&Config::parse(config)?)?, cache: Default::default() }),
     );
     r.conversation_store(
         "SaasConversationStore",

@@ -7,6 +7,7 @@
 
 use crate::{
     admin::{admin, corrupt, health, user, SealedColumn},
+    cache::VersionCache,
     db::{db_error, Db},
 };
 use pg_common::crypto::Binding;
@@ -20,6 +21,8 @@ use std::{collections::BTreeSet, sync::Arc};
 
 pub struct SaasSecretsStore {
     pub(crate) db: Arc<Db>,
+    /// Decrypted secrets by user, checked against `user_secrets_versions` on every load.
+    pub(crate) cache: VersionCache<Option<Secrets>>,
 }
 
 const SEALED: [SealedColumn; 3] = [
@@ -55,6 +58,47 @@ fn not_found(name: &str) -> PluginError {
 }
 
 impl SaasSecretsStore {
+    /// The secrets of the rows of `load` (`None`: the user has none).
+    fn open_rows(&self, user: &str, rows: &[sqlx::postgres::PgRow]) -> Result<Option<Secrets>, PluginError> {
+        let row = |kind: &'static str| rows.iter().filter(move |r| r.get::<&str, _>(0) == kind);
+        if row("l").chain(row("c")).chain(row("t")).next().is_none() {
+            return Ok(None);
+        }
+        let mut secrets = match row("l").next() {
+            Some(r) => self.open_legacy(user, r.get(2))?,
+            None => Secrets::default(),
+        };
+        for r in row("c") {
+            let name: String = r.get(1);
+            let value = self.open(user, &custom_field(&name), "user_custom_secrets", r.get(2))?;
+            secrets.custom_secrets.insert(name, CustomSecret { secret: value, description: r.get(3) });
+        }
+        for r in row("t") {
+            let provider: String = r.get(1);
+            let sealed: Option<String> = r.get(2);
+            let token =
+                sealed.map(|s| self.open(user, &token_field(&provider), "user_provider_tokens", &s)).transpose()?;
+            secrets.provider_tokens.insert(provider, ProviderToken { token, host: r.get(3), user_id: r.get(4) });
+        }
+        // OpenHands drops provider tokens without a token on load.
+        secrets.provider_tokens.retain(|_, t| t.token.as_deref().is_some_and(|t| !t.is_empty()) || t.user_id.is_some());
+        Ok(Some(secrets))
+    }
+
+    /// Bumps the user's secrets version: first in every change's transaction, so changes of
+    /// one user also queue on this row, always before any other lock they take.
+    async fn bump_version(conn: &mut PgConnection, user: &str) -> Result<(), PluginError> {
+        sqlx::query(
+            "INSERT INTO user_secrets_versions (user_id, version) VALUES ($1, 1) \
+             ON CONFLICT (user_id) DO UPDATE SET version = user_secrets_versions.version + 1",
+        )
+        .bind(user)
+        .execute(conn)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
     fn seal(&self, user: &str, field: &str, table: &str, value: &str) -> Result<String, PluginError> {
         self.db.keys.seal(value.as_bytes(), &Binding { table, field, user_id: user })
     }
@@ -294,46 +338,47 @@ impl SaasSecretsStore {
 }
 
 impl plugin_sdk::SecretsStore for SaasSecretsStore {
+    /// One round trip: the version, and the rows only when it is not the cached one (one
+    /// statement, so one snapshot: the rows are those of that version).
     async fn load(&self, ctx: CallContext) -> Result<Option<Secrets>, PluginError> {
         let pool = self.db.ready().await?;
         let user = user(&ctx);
-        let mut conn = pool.acquire().await.map_err(db_error)?;
-        let legacy: Option<String> = sqlx::query_scalar("SELECT sealed FROM user_secrets WHERE user_id = $1")
+        let mut known = self.cache.version(user);
+        loop {
+            let rows = sqlx::query(
+                "WITH v AS (SELECT coalesce(max(version), 0)::int8 AS version FROM user_secrets_versions \
+                            WHERE user_id = $1), \
+                      l AS (SELECT 1 FROM v WHERE version = 0 OR version <> $2) \
+                 SELECT 'v' AS kind, NULL::text AS name, NULL::text AS sealed, NULL::text AS extra, \
+                        NULL::text AS puid, version FROM v \
+                 UNION ALL SELECT 'l', NULL, sealed, NULL, NULL, NULL FROM user_secrets \
+                           WHERE user_id = $1 AND EXISTS (SELECT 1 FROM l) \
+                 UNION ALL SELECT 'c', name, sealed, description, NULL, NULL FROM user_custom_secrets \
+                           WHERE user_id = $1 AND EXISTS (SELECT 1 FROM l) \
+                 UNION ALL SELECT 't', provider, sealed_token, host, provider_user_id, NULL \
+                           FROM user_provider_tokens WHERE user_id = $1 AND EXISTS (SELECT 1 FROM l)",
+            )
             .bind(user)
-            .fetch_optional(&mut *conn)
+            .bind(known)
+            .fetch_all(pool)
             .await
             .map_err(db_error)?;
-        let customs = sqlx::query("SELECT name, sealed, description FROM user_custom_secrets WHERE user_id = $1")
-            .bind(user)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db_error)?;
-        let tokens = sqlx::query(
-            "SELECT provider, sealed_token, host, provider_user_id FROM user_provider_tokens WHERE user_id = $1",
-        )
-        .bind(user)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_error)?;
-        if legacy.is_none() && customs.is_empty() && tokens.is_empty() {
-            return Ok(None);
+            let version: i64 = rows.iter().find(|r| r.get::<&str, _>(0) == "v").map_or(0, |r| r.get(5));
+            if version != 0 && version == known {
+                match self.cache.get(user, version) {
+                    Some(secrets) => return Ok((*secrets).clone()),
+                    None => {
+                        known = -1;
+                        continue;
+                    }
+                }
+            }
+            let secrets = self.open_rows(user, &rows)?;
+            if version != 0 {
+                self.cache.put(user, version, Arc::new(secrets.clone()));
+            }
+            return Ok(secrets);
         }
-        let mut secrets = legacy.map(|s| self.open_legacy(user, &s)).transpose()?.unwrap_or_default();
-        for r in &customs {
-            let name: String = r.get(0);
-            let value = self.open(user, &custom_field(&name), "user_custom_secrets", r.get(1))?;
-            secrets.custom_secrets.insert(name, CustomSecret { secret: value, description: r.get(2) });
-        }
-        for r in &tokens {
-            let provider: String = r.get(0);
-            let sealed: Option<String> = r.get(1);
-            let token =
-                sealed.map(|s| self.open(user, &token_field(&provider), "user_provider_tokens", &s)).transpose()?;
-            secrets.provider_tokens.insert(provider, ProviderToken { token, host: r.get(2), user_id: r.get(3) });
-        }
-        // OpenHands drops provider tokens without a token on load.
-        secrets.provider_tokens.retain(|_, t| t.token.as_deref().is_some_and(|t| !t.is_empty()) || t.user_id.is_some());
-        Ok(Some(secrets))
     }
 
     /// Replaces every secret of the user (the whole-document write of older callers).
@@ -341,6 +386,7 @@ impl plugin_sdk::SecretsStore for SaasSecretsStore {
         let pool = self.db.ready().await?;
         let user = user(&ctx);
         let mut tx = pool.begin().await.map_err(db_error)?;
+        Self::bump_version(&mut tx, user).await?;
         self.split_legacy(&mut tx, user).await?;
         for table in ["user_custom_secrets", "user_provider_tokens"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1"))
@@ -362,6 +408,7 @@ impl plugin_sdk::SecretsStore for SaasSecretsStore {
         let pool = self.db.ready().await?;
         let user = user(&ctx);
         let mut tx = pool.begin().await.map_err(db_error)?;
+        Self::bump_version(&mut tx, user).await?;
         self.split_legacy(&mut tx, user).await?;
         self.apply(&mut tx, user, &change).await?;
         tx.commit().await.map_err(db_error)

@@ -3,6 +3,7 @@
 
 use crate::{
     admin::{admin, corrupt, health, user, SealedColumn},
+    cache::VersionCache,
     db::{db_error, Db},
 };
 use pg_common::crypto::Binding;
@@ -16,6 +17,8 @@ use std::sync::Arc;
 
 pub struct SaasSettingsStore {
     pub(crate) db: Arc<Db>,
+    /// Decrypted settings by user, checked against `user_settings.version` on every load.
+    pub(crate) cache: VersionCache<Settings>,
 }
 
 const SEALED: SealedColumn = SealedColumn {
@@ -71,24 +74,45 @@ impl plugin_sdk::SettingsStore for SaasSettingsStore {
         Ok(())
     }
 
+    /// One round trip: the row's version, and the document only when it is not the cached one.
     async fn load_versioned(&self, ctx: CallContext) -> Result<Option<VersionedSettings>, PluginError> {
         let pool = self.db.ready().await?;
-        let row = sqlx::query("SELECT settings, sealed_secrets, version FROM user_settings WHERE user_id = $1")
-            .bind(user(&ctx))
+        let user = user(&ctx);
+        let mut known = self.cache.version(user);
+        loop {
+            let row = sqlx::query(
+                "SELECT version, CASE WHEN version = $2 THEN NULL ELSE settings END, \
+                 CASE WHEN version = $2 THEN NULL ELSE sealed_secrets END FROM user_settings WHERE user_id = $1",
+            )
+            .bind(user)
+            .bind(known)
             .fetch_optional(pool)
             .await
             .map_err(db_error)?;
-        let Some(row) = row else { return Ok(None) };
-        let mut doc: Value = row.get(0);
-        let sealed: Option<String> = row.get(1);
-        let version: i64 = row.get(2);
-        if let (Some(sealed), Some(obj)) = (sealed, doc.as_object_mut()) {
-            let plain = self.db.keys.open(&sealed, &binding(user(&ctx)))?;
-            let secret: Map<String, Value> = serde_json::from_slice(&plain).map_err(|e| corrupt("settings", e))?;
-            obj.extend(secret);
+            let Some(row) = row else { return Ok(None) };
+            let version: i64 = row.get(0);
+            let versioned = |settings| VersionedSettings { version: version.max(1) as u64, settings };
+            if version == known {
+                match self.cache.get(user, version) {
+                    Some(settings) => return Ok(Some(versioned((*settings).clone()))),
+                    // Evicted since we looked: ask for the document (no row has version -1).
+                    None => {
+                        known = -1;
+                        continue;
+                    }
+                }
+            }
+            let mut doc: Value = row.get(1);
+            let sealed: Option<String> = row.get(2);
+            if let (Some(sealed), Some(obj)) = (sealed, doc.as_object_mut()) {
+                let plain = self.db.keys.open(&sealed, &binding(user))?;
+                let secret: Map<String, Value> = serde_json::from_slice(&plain).map_err(|e| corrupt("settings", e))?;
+                obj.extend(secret);
+            }
+            let settings: Settings = serde_json::from_value(doc).map_err(|e| corrupt("settings", e))?;
+            self.cache.put(user, version, Arc::new(settings.clone()));
+            return Ok(Some(versioned(settings)));
         }
-        let settings = serde_json::from_value(doc).map_err(|e| corrupt("settings", e))?;
-        Ok(Some(VersionedSettings { version: version.max(1) as u64, settings }))
     }
 
     async fn store_versioned(&self, ctx: CallContext, settings: Settings, expected: u64) -> Result<u64, PluginError> {
