@@ -423,11 +423,21 @@ async fn api_keys_are_made_in_a_session_shown_once_stored_hashed_and_revocable()
     // Bob can neither see it nor use it as his.
     assert_eq!(with_key(host, BOB_KEY, Method::GET, "/api/keys", None).await.json(), json!([]));
 
-    // Revoked in the session: refused at once. Expired keys are refused too.
+    // Another host on the database trusts the key once verified (api_key_cache_ms, 5 s).
+    let other = sso._d.start();
+    assert_eq!(with_key(&other, &key, Method::GET, "/api/settings", None).await.status, 404);
+
+    // Revoked in the session: refused at once on this host, and on the other within the
+    // cache's 5 s. Expired keys are refused too.
     let revoked = sso.api(Method::DELETE, &format!("/api/keys/{id}"), &session).await;
+    let revoked_at = std::time::Instant::now();
     assert_eq!(revoked.status, 200, "{}", revoked.text);
     let refused = with_key(host, &key, Method::GET, "/api/settings", None).await;
     assert_eq!((refused.status, refused.json()["message"].as_str()), (401, Some("this API key was revoked")));
+    while with_key(&other, &key, Method::GET, "/api/settings", None).await.status != 401 {
+        assert!(revoked_at.elapsed() < std::time::Duration::from_secs(7), "the other host still takes a revoked key");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let expired_key = create(json!({ "name": "old", "expires_at": "2020-01-01T00:00:00Z" })).await.json()["key"]
         .as_str()
         .unwrap()

@@ -29,6 +29,11 @@ pub(crate) struct Config {
     /// minute before that address is refused (429) for the rest of the minute. 0 turns it off.
     #[serde(default = "default_failed_per_minute")]
     pub(crate) failed_auth_per_minute: u64,
+    /// How long a verified API key is trusted without asking the database again (ms). A key
+    /// revoked on another host stops working there within this time (at once on the host
+    /// that revoked it); an expired one at its expiry. 0 asks on every request.
+    #[serde(default = "default_api_key_cache_ms")]
+    pub(crate) api_key_cache_ms: u64,
     /// Prefix of every Redis key this plugin writes.
     #[serde(default = "default_prefix")]
     pub(crate) redis_key_prefix: String,
@@ -108,6 +113,9 @@ fn default_per_minute() -> u64 {
 }
 fn default_failed_per_minute() -> u64 {
     20
+}
+fn default_api_key_cache_ms() -> u64 {
+    5000
 }
 fn yes() -> bool {
     true

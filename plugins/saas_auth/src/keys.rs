@@ -1,15 +1,40 @@
 //! API keys in PostgreSQL: created shown once, stored as a SHA-256, with expiry,
-//! `last_used_at` and revocation.
+//! `last_used_at` and revocation. A verified key is trusted for `api_key_cache_ms` without
+//! a query (see [`Verified`]).
 
 use pg_common::{db_error, Database};
 use plugin_sdk::{ErrorCode, PluginError};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row as _};
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant, SystemTime},
+};
 
 pub(crate) struct KeyStore {
     database: Arc<Database>,
+    /// How long a verification is trusted.
+    cache_ttl: Duration,
+}
+
+/// A key verified against the database: trusted until `until` (the cache TTL) or its expiry.
+struct Verified {
+    key_id: String,
+    user: String,
+    until: Instant,
+    expires_at: Option<SystemTime>,
+}
+
+/// Beyond this many keys the cache starts again empty: a bound on memory.
+const MAX_CACHED_KEYS: usize = 10_000;
+
+/// Verified keys by (database, key hash), shared by every instance of the library, so a
+/// revocation through the routes evicts what the auth instance trusts.
+fn verified() -> &'static Mutex<HashMap<(String, String), Verified>> {
+    static VERIFIED: OnceLock<Mutex<HashMap<(String, String), Verified>>> = OnceLock::new();
+    VERIFIED.get_or_init(Default::default)
 }
 
 /// A key as listed (never the key itself).
@@ -53,28 +78,43 @@ impl KeyStore {
         database_url: Option<&str>,
         max: Option<u32>,
         acquire_ms: u64,
+        cache_ms: u64,
     ) -> Result<Arc<KeyStore>, PluginError> {
-        Ok(Arc::new(KeyStore { database: Database::shared(database_url, max, acquire_ms, true)? }))
+        Ok(Arc::new(KeyStore {
+            database: Database::shared(database_url, max, acquire_ms, true)?,
+            cache_ttl: Duration::from_millis(cache_ms),
+        }))
+    }
+
+    fn cached(&self, hash: &str) -> Option<String> {
+        let cache = verified().lock().unwrap_or_else(|e| e.into_inner());
+        let v = cache.get(&(self.database.label().to_owned(), hash.to_owned()))?;
+        let live = v.until > Instant::now() && v.expires_at.is_none_or(|e| e > SystemTime::now());
+        live.then(|| v.user.clone())
     }
 
     pub(crate) async fn ready(&self) -> Result<&PgPool, PluginError> {
         self.database.ready().await
     }
 
-    /// The user a key signs in as, or why not; records the use.
+    /// The user a key signs in as, or why not; records the use (when it asks the database).
     pub(crate) async fn verify(&self, key: &str) -> Result<Result<String, Refusal>, PluginError> {
+        let hash = sha256_hex(key);
+        if let Some(user) = self.cached(&hash) {
+            return Ok(Ok(user));
+        }
         let pool = self.ready().await?;
         let row = sqlx::query(
-            "SELECT id, user_id, revoked_at IS NOT NULL, expires_at IS NOT NULL AND expires_at <= now() \
-             FROM api_keys WHERE key_sha256 = $1",
+            "SELECT id, user_id, revoked_at IS NOT NULL, expires_at IS NOT NULL AND expires_at <= now(), \
+             EXTRACT(EPOCH FROM expires_at)::float8 FROM api_keys WHERE key_sha256 = $1",
         )
-        .bind(sha256_hex(key))
+        .bind(&hash)
         .fetch_optional(pool)
         .await
         .map_err(db_error)?;
         let Some(row) = row else { return Ok(Err(Refusal::Unknown)) };
-        let (id, user, revoked, expired): (String, String, bool, bool) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let (id, user, revoked, expired, expires_at): (String, String, bool, bool, Option<f64>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
         if revoked {
             return Ok(Err(Refusal::Revoked));
         }
@@ -90,6 +130,18 @@ impl KeyStore {
         .execute(pool)
         .await
         .map_err(db_error)?;
+        if !self.cache_ttl.is_zero() {
+            let expires_at = expires_at.map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(s.max(0.0)));
+            let mut cache = verified().lock().unwrap_or_else(|e| e.into_inner());
+            if cache.len() >= MAX_CACHED_KEYS {
+                cache.clear();
+            }
+            let until = Instant::now() + self.cache_ttl;
+            cache.insert(
+                (self.database.label().to_owned(), hash),
+                Verified { key_id: id, user: user.clone(), until, expires_at },
+            );
+        }
         Ok(Ok(user))
     }
 
@@ -173,6 +225,9 @@ impl KeyStore {
         if done.rows_affected() == 0 {
             return Err(PluginError::new(ErrorCode::NOT_FOUND, format!("API key {id} not found")));
         }
+        // At once on this host; other hosts within their cache TTL.
+        let label = self.database.label();
+        verified().lock().unwrap_or_else(|e| e.into_inner()).retain(|(db, _), v| db != label || v.key_id != id);
         Ok(())
     }
 
