@@ -33,7 +33,28 @@ const HTTP_CONCURRENCY: usize = 16;
 const HTTP_DURATION: Duration = Duration::from_secs(5);
 const HTTP_MAX_REQUESTS: usize = 200_000;
 
+/// One figure next to its target (issue "Performance"), for the closing table.
+fn target(label: &str, value: String, target: &str, met: bool) {
+    println!("   -> {label}: {value}   target {target}   {}", if met { "met" } else { "NOT MET" });
+}
+
+/// `oh-bench --bare-axum`: the framework's ceiling on this machine: a bare axum `/alive`
+/// on the same runtime shape as the host (multi-thread, one worker per core), printing its
+/// address as the host does.
+fn bare_axum() {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+        let app = axum::Router::new()
+            .route("/alive", axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        eprintln!("listening on http://{}", listener.local_addr().unwrap());
+        axum::serve(listener, app).await.unwrap();
+    });
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--bare-axum") {
+        return bare_axum();
+    }
     let mut args = std::env::args().skip(1);
     let bin_dir = PathBuf::from(args.next().unwrap_or_else(|| "target/release".to_owned()));
     let sections: Vec<u32> =
@@ -446,7 +467,7 @@ fn auth_load(bin: &Path, oss_profile: &Path, work: &Path, base_profile: &str, db
         let ok = browser.post(&settings).header("cookie", &session_header).json(&body).send().await.unwrap();
         assert!(ok.status().is_success(), "{}", ok.status());
         let (u, h) = (settings.clone(), session_header.clone());
-        load(move |c| c.get(&u).header("cookie", &h)).await.row("SaasUserAuth, keycloak_auth cookie");
+        let cookie_rate = load(move |c| c.get(&u).header("cookie", &h)).await.tap_row("SaasUserAuth, keycloak_auth cookie").rate();
 
         // An API key from the database (not the static one), made in the browser session.
         let created: serde_json::Value = browser
@@ -463,7 +484,9 @@ fn auth_load(bin: &Path, oss_profile: &Path, work: &Path, base_profile: &str, db
         let ok = browser.post(&settings).bearer_auth(&key).json(&body).send().await.unwrap();
         assert!(ok.status().is_success());
         let u = settings.clone();
-        load(move |c| c.get(&u).bearer_auth(&key)).await.row("SaasUserAuth, API key (PostgreSQL)");
+        let key_rate = load(move |c| c.get(&u).bearer_auth(&key)).await.tap_row("SaasUserAuth, API key (PostgreSQL)").rate();
+        let share = key_rate / cookie_rate * 100.0;
+        target("API-key auth as a share of cookie auth", format!("{share:.0}%"), ">= 80%", share >= 80.0);
         let _ = child.kill();
         let _ = child.wait();
     });
@@ -484,11 +507,16 @@ fn spawn_host(bin: &Path, profile: &Path) -> (std::process::Child, String) {
 }
 
 fn spawn_host_env(bin: &Path, profile: &Path, env: &[(&str, String)]) -> (std::process::Child, String) {
+    let mut command = Command::new(bin);
+    command.arg("--config").arg(profile).envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    spawn_listening(command)
+}
+
+/// Starts a process that prints `listening on http://<addr>` on stderr; returns it and the address.
+fn spawn_listening(mut command: Command) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
-    let mut child = Command::new(bin)
-        .arg("--config")
-        .arg(profile)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+    let bin = PathBuf::from(command.get_program());
+    let mut child = command
         .env("RUST_LOG", "warn,oh_host::cli=info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -595,6 +623,8 @@ fn conversations_load(bin: &Path, profile: &Path) {
             delays.len()
         );
         println!("   LLM chunk -> client oh_event: p50 {} µs   p99 {} µs   max {} µs", pct(0.5), pct(0.99), delays.last().copied().unwrap_or(0));
+        let p99 = pct(0.99) as f64 / 1000.0;
+        target(&format!("LLM chunk -> oh_event p99, {CONVERSATIONS} streaming"), format!("{p99:.1} ms"), "<= 5 ms", p99 <= 5.0);
         println!("   host RSS: {rss_idle:.1} MiB idle, {rss_ready:.1} MiB with {CONVERSATIONS} connected, {rss_after:.1} MiB after, peak {peak:.1} MiB");
     });
 }
@@ -757,6 +787,16 @@ impl Stats {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 
+    fn p99_ms(&self) -> f64 {
+        let l = &self.latencies;
+        l[((l.len() as f64 * 0.99) as usize).min(l.len() - 1)].as_secs_f64() * 1e3
+    }
+
+    fn tap_row(self, label: &str) -> Self {
+        self.row(label);
+        self
+    }
+
     fn row(&self, label: &str) {
         let l = &self.latencies;
         let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)].as_secs_f64() * 1e6;
@@ -776,67 +816,116 @@ fn http_load(bin: &Path, profiles: &[(&str, PathBuf)]) {
         HTTP_DURATION.as_secs_f64()
     );
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    // The ceilings: a bare axum handler (the framework), and the host's own /alive.
+    let mut bare = Command::new(std::env::current_exe().unwrap());
+    bare.arg("--bare-axum");
+    let (mut child, addr) = spawn_listening(bare);
+    let url = format!("http://{addr}/alive");
+    let bare_rate = rt.block_on(load(move |c| c.get(&url))).tap_row("GET  /alive, bare axum handler").rate();
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut alive_rate = 0.0;
+    let mut get_rates = Vec::new();
     for (label, profile) in profiles {
         let (mut child, addr) = spawn_host(bin, profile);
         let url = format!("http://{addr}/api/settings");
         rt.block_on(async {
+            if alive_rate == 0.0 {
+                let alive = format!("http://{addr}/alive");
+                alive_rate = load(move |c| c.get(&alive)).await.tap_row("GET  /alive, oh-host").rate();
+            }
             let body = serde_json::json!({ "llm_model": "gpt-4o", "llm_api_key": "sk-x", "language": "en" });
             let ok = reqwest::Client::new().post(&url).json(&body).send().await.unwrap();
             assert!(ok.status().is_success(), "POST /api/settings failed");
             let get_url = url.clone();
-            load(move |c| c.get(&get_url)).await.row(&format!("GET  /api/settings, {label}"));
+            let get = load(move |c| c.get(&get_url)).await.tap_row(&format!("GET  /api/settings, {label}"));
+            get_rates.push(get.rate());
             let post_url = url.clone();
             load(move |c| c.post(&post_url).json(&body)).await.row(&format!("POST /api/settings, {label}"));
         });
         let _ = child.kill();
         let _ = child.wait();
     }
+    let share = get_rates[0] / alive_rate * 100.0;
+    target("GET /api/settings, file stores, share of /alive", format!("{share:.0}%"), ">= 50%", share >= 50.0);
+    if let Some(pg) = get_rates.get(1) {
+        target("GET /api/settings, PostgreSQL stores", format!("{pg:.0} req/s"), ">= 10,000 req/s", *pg >= 10_000.0);
+    }
+    println!("   (oh-host /alive is {:.0}% of the bare axum handler)", alive_rate / bare_rate * 100.0);
 }
 
-/// Conversation search with 10,000 conversations of one user, a page of 20.
+/// Conversation search with 1,000 then 10,000 conversations of one user, a page of 20.
 fn search_load(bin: &Path, profiles: &[(&str, PathBuf, PathBuf)], pg_url: &str) {
-    const N: usize = 10_000;
-    println!("\n3. GET /api/conversations?limit=20 with {N} conversations of one user");
+    println!("\n3. GET /api/conversations?limit=20 with 1,000 and 10,000 conversations of one user");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     for (label, profile, state) in profiles {
-        let (mut child, addr) = spawn_host(bin, profile);
-        rt.block_on(async {
-            if *label == "postgres" {
-                use sqlx::Connection as _;
-                let mut conn = sqlx::PgConnection::connect(pg_url).await.unwrap();
-                sqlx::query(
-                    "INSERT INTO conversation_metadata (conversation_id, user_id, created_at, metadata) \
-                     SELECT 'c' || i, '', now() - i * interval '1 second', \
-                            json_build_object('conversation_id', 'c' || i, 'created_at', \
-                              to_char((now() - i * interval '1 second') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
-                              'title', 'bench ' || i) \
-                     FROM generate_series(1, $1) i",
-                )
-                .bind(N as i32)
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            } else {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-                for i in 0..N {
-                    let dir = state.join("sessions").join(format!("c{i}"));
-                    std::fs::create_dir_all(&dir).unwrap();
-                    let created = chrono_like(now - i as u64);
-                    let meta = serde_json::json!({ "conversation_id": format!("c{i}"), "created_at": created, "title": format!("bench {i}") });
-                    std::fs::write(dir.join("metadata.json"), meta.to_string()).unwrap();
+        let mut made = 0;
+        for n in [1_000, 10_000] {
+            let (mut child, addr) = spawn_host(bin, profile);
+            let (rss_idle, _) = rss_mib(child.id());
+            rt.block_on(async {
+                if *label == "postgres" {
+                    use sqlx::Connection as _;
+                    let mut conn = sqlx::PgConnection::connect(pg_url).await.unwrap();
+                    sqlx::query(
+                        "INSERT INTO conversation_metadata (conversation_id, user_id, created_at, metadata) \
+                         SELECT 'c' || i, '', now() - i * interval '1 second', \
+                                json_build_object('conversation_id', 'c' || i, 'created_at', \
+                                  to_char((now() - i * interval '1 second') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+                                  'title', 'bench ' || i) \
+                         FROM generate_series($1, $2) i",
+                    )
+                    .bind(made as i32)
+                    .bind(n as i32 - 1)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                } else {
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                    for i in made..n {
+                        let dir = state.join("sessions").join(format!("c{i}"));
+                        std::fs::create_dir_all(&dir).unwrap();
+                        let created = rfc3339(now - i as u64);
+                        let meta = serde_json::json!({ "conversation_id": format!("c{i}"), "created_at": created, "title": format!("bench {i}") });
+                        std::fs::write(dir.join("metadata.json"), meta.to_string()).unwrap();
+                    }
                 }
-            }
-            let first = format!("http://{addr}/api/conversations?limit=20");
-            load(move |c| c.get(&first)).await.row(&format!("first page, {label}"));
-        });
-        let _ = child.kill();
-        let _ = child.wait();
+                made = n;
+                let first = format!("http://{addr}/api/conversations?limit=20");
+                let stats = load(move |c| c.get(&first)).await.tap_row(&format!("first page, {n} conversations, {label}"));
+                let (rss, _) = rss_mib(child.id());
+                println!("   host RSS: {rss_idle:.1} MiB idle, {rss:.1} MiB after searching {n} conversations");
+                if *label != "postgres" {
+                    let (rate, p99) = (stats.rate(), stats.p99_ms());
+                    target(
+                        &format!("search, file stores, {n} conversations"),
+                        format!("{rate:.0} req/s, p99 {p99:.1} ms"),
+                        ">= 5,000 req/s, p99 <= 10 ms",
+                        rate >= 5_000.0 && p99 <= 10.0,
+                    );
+                    if n == 10_000 {
+                        target("RSS idle", format!("{rss_idle:.1} MiB"), "<= 15 MiB", rss_idle <= 15.0);
+                        target("RSS with 10,000 conversations searched", format!("{rss:.1} MiB"), "<= 30 MiB", rss <= 30.0);
+                    }
+                }
+            });
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
-/// RFC 3339 UTC text of a Unix time, via `date` (the bench has no date crate).
-fn chrono_like(secs: u64) -> String {
-    let out =
-        Command::new("date").args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%S.000000Z"]).output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+/// RFC 3339 UTC text of a Unix time (the civil date from the day number).
+fn rfc3339(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.000000Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }

@@ -78,7 +78,12 @@ fn auth_error(code: ErrorCode, message: &str) -> PluginError {
 impl SaasUserAuth {
     fn new(c: &Config) -> Result<Self, PluginError> {
         Ok(SaasUserAuth {
-            keys: KeyStore::shared(c.database_url.as_deref(), c.max_connections, c.acquire_timeout_ms, c.api_key_cache_ms)?,
+            keys: KeyStore::shared(
+                c.database_url.as_deref(),
+                c.max_connections,
+                c.acquire_timeout_ms,
+                c.api_key_cache_ms,
+            )?,
             limiter: RateLimiter::new(
                 &c.redis_url(),
                 c.rate_limit_per_second,
@@ -388,7 +393,12 @@ pub fn register(r: &mut Registry) {
         let c = Config::parse(config)?;
         Ok(SaasAuthRoutes {
             services,
-            keys: KeyStore::shared(c.database_url.as_deref(), c.max_connections, c.acquire_timeout_ms, c.api_key_cache_ms)?,
+            keys: KeyStore::shared(
+                c.database_url.as_deref(),
+                c.max_connections,
+                c.acquire_timeout_ms,
+                c.api_key_cache_ms,
+            )?,
             sso: c.sso()?,
             providers: c.providers()?,
             byor: c.byor()?,
