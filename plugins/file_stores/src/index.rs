@@ -18,6 +18,7 @@
 //!   journal from the files under the exclusive lock.
 //!
 //! The journal is derived data: the files stay the truth, so it needs no fsync per line.
+//! Search pages come from it, so they carry no `feedback` (see [`listed`]).
 
 use crate::fsutil::{self, Stamp};
 use plugin_sdk::{models::ConversationMetadata, PluginError};
@@ -161,7 +162,7 @@ impl BaseIndex {
                     match stamp {
                         Some(stamp) if self.entries.get(&id).is_some_and(|e| e.stamp == stamp) => {}
                         Some(stamp) => match read_metadata(&base.join(&id).join("metadata.json")) {
-                            Some(meta) if meta.conversation_id == id => self.put(meta, stamp),
+                            Some(meta) if meta.conversation_id == id => self.put(listed(meta), stamp),
                             _ => self.del(&id),
                         },
                         None => self.del(&id),
@@ -264,7 +265,14 @@ pub(crate) fn with_lock<T>(
 /// Appends a metadata write to the journal. The caller holds the lock shared and the
 /// conversation's lock, and has just written the file whose stamp this is.
 pub(crate) fn record_put(base: &Path, meta: &ConversationMetadata, stamp: Stamp) -> Result<(), PluginError> {
-    append(base, &Line::Put { meta: meta.clone(), stamp })
+    append(base, &Line::Put { meta: listed(meta.clone()), stamp })
+}
+
+/// Metadata as the index keeps it: without the user's feedback (what they wrote stays in
+/// one file, `metadata.json`; `get_metadata` has it, a search page needs none of it).
+fn listed(mut meta: ConversationMetadata) -> ConversationMetadata {
+    meta.feedback.clear();
+    meta
 }
 
 /// Appends a delete to the journal (caller as for [`record_put`]).
