@@ -119,9 +119,11 @@ fn serve(cli: &Cli) -> ExitCode {
     let Some((path, config, registry)) = load(cli, &rt) else {
         return ExitCode::FAILURE;
     };
-    if let Err(e) =
-        crate::telemetry::init(config.server.env.otel_endpoint.as_deref(), &config.server.env.otel_service_name)
-    {
+    if let Err(e) = crate::telemetry::init(
+        config.server.env.otel_endpoint.as_deref(),
+        &config.server.env.otel_service_name,
+        config.server.env.otel_protocol.as_deref(),
+    ) {
         eprintln!("oh-host: {e}");
         return ExitCode::FAILURE;
     }

@@ -56,6 +56,8 @@ pub const LITE_LLM_API_KEY: &str = "LITE_LLM_API_KEY";
 pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 /// The service name on the traces (default `oh-host`).
 pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+/// `http/protobuf` (default) or `http/json`: how traces are encoded.
+pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 
 /// Every variable above, for the configuration reference (a test checks it lists them all).
 pub const ALL: &[&str] = &[
@@ -84,6 +86,7 @@ pub const ALL: &[&str] = &[
     LITE_LLM_API_KEY,
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_SERVICE_NAME,
+    OTEL_EXPORTER_OTLP_PROTOCOL,
 ];
 
 /// How the host reads a variable: the process environment, or a map in tests.
@@ -120,6 +123,7 @@ pub struct HostEnv {
     pub lite_llm_api_key: Option<String>,
     pub otel_endpoint: Option<String>,
     pub otel_service_name: String,
+    pub otel_protocol: Option<String>,
 }
 
 /// `true` or `1` (OpenHands' flags).
@@ -165,6 +169,7 @@ impl HostEnv {
             lite_llm_api_key: get(LITE_LLM_API_KEY),
             otel_endpoint: get(OTEL_EXPORTER_OTLP_ENDPOINT),
             otel_service_name: get(OTEL_SERVICE_NAME).unwrap_or_else(|| "oh-host".to_owned()),
+            otel_protocol: get(OTEL_EXPORTER_OTLP_PROTOCOL),
         }
     }
 }

@@ -6,6 +6,10 @@
 //! socket.io action, one per plugin call (its W3C `traceparent` handed to the plugin in the
 //! `CallContext`, so the plugin's own spans are its children), and the spans plugins report
 //! through `HostApi::span` (the LLM call), recreated here with their own ids and times.
+//!
+//! Sampling is the SDK's, from the standard `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`
+//! (default: every trace). Below a request that was not sampled nothing is built: plugin
+//! calls pass its `traceparent` on (flags `00`) and make no span of their own.
 
 use opentelemetry::{
     trace::{
@@ -29,11 +33,21 @@ struct Telemetry {
 static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
 
 /// Starts the exporter when `endpoint` is set (the OTLP/HTTP base URL; traces go to
-/// `{endpoint}/v1/traces`).
-pub fn init(endpoint: Option<&str>, service: &str) -> Result<(), String> {
+/// `{endpoint}/v1/traces`), encoded as `protocol` says (`http/protobuf`, the default, or
+/// `http/json`).
+pub fn init(endpoint: Option<&str>, service: &str, protocol: Option<&str>) -> Result<(), String> {
     let Some(endpoint) = endpoint.map(str::trim).filter(|e| !e.is_empty()) else { return Ok(()) };
     use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
     let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+    let protocol = match protocol.map(str::trim).filter(|p| !p.is_empty()) {
+        None | Some("http/protobuf") => opentelemetry_otlp::Protocol::HttpBinary,
+        Some("http/json") => opentelemetry_otlp::Protocol::HttpJson,
+        Some(other) => {
+            return Err(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL `{other}` is not supported: use `http/protobuf` or `http/json`"
+            ))
+        }
+    };
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -41,7 +55,7 @@ pub fn init(endpoint: Option<&str>, service: &str) -> Result<(), String> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_http_client(client)
-        .with_protocol(opentelemetry_otlp::Protocol::HttpJson)
+        .with_protocol(protocol)
         .with_endpoint(url.clone())
         .build()
         .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT `{endpoint}`: {e}"))?;
@@ -57,6 +71,11 @@ pub fn init(endpoint: Option<&str>, service: &str) -> Result<(), String> {
 
 pub fn enabled() -> bool {
     TELEMETRY.get().is_some()
+}
+
+/// Whether a W3C `traceparent` says its trace is sampled (flags bit 0).
+pub fn sampled(traceparent: &str) -> bool {
+    traceparent.rsplit('-').next().and_then(|f| u8::from_str_radix(f, 16).ok()).is_some_and(|f| f & 1 == 1)
 }
 
 /// Sends what is buffered (at shutdown).
@@ -169,5 +188,18 @@ pub fn record(report: &str) {
     match time(&v["end_unix_nanos"]) {
         Some(end) => span.end_with_timestamp(end),
         None => span.end(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_sampled_flag_is_read_from_the_traceparent() {
+        let tp = |flags: &str| format!("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-{flags}");
+        assert!(super::sampled(&tp("01")));
+        assert!(super::sampled(&tp("03")));
+        assert!(!super::sampled(&tp("00")));
+        assert!(!super::sampled(""));
+        assert!(!super::sampled(&tp("zz")));
     }
 }

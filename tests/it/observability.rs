@@ -373,8 +373,11 @@ async fn a_trace_nests_the_request_the_plugin_call_and_the_llm_call() {
         "",
         "[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n",
     );
-    let mut host =
-        d.start_with_env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()), ("OTEL_SERVICE_NAME", "oh-host-test")]);
+    let mut host = d.start_with_env(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+        ("OTEL_SERVICE_NAME", "oh-host-test"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+    ]);
     let settings = json!({ "llm_model": "fake-model", "llm_base_url": llm.base_url, "llm_api_key": "sk-test" });
     assert_eq!(host.post_json("/api/settings", &settings).await.status, 200);
     // The caller's own trace: the request joins it.
@@ -389,10 +392,27 @@ async fn a_trace_nests_the_request_the_plugin_call_and_the_llm_call() {
         .await;
     assert_eq!(created.status, 200, "{}", created.text);
     wait_for("the LLM call", || !llm.requests().is_empty()).await;
+    // A caller whose trace is not sampled: nothing of it is exported, and the LLM request
+    // carries that trace on, unsampled.
+    let unsampled_trace = "5cf92f3577b34da6a3ce929d0e0e4736";
+    let quiet = host
+        .send(
+            host.http
+                .post(host.url("/api/conversations"))
+                .header("traceparent", format!("00-{unsampled_trace}-00f067aa0ba902b7-00"))
+                .json(&json!({ "initial_user_msg": "do not trace me" })),
+        )
+        .await;
+    assert_eq!(quiet.status, 200, "{}", quiet.text);
+    wait_for("the second LLM call", || llm.requests().len() >= 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(host.interrupt().success(), "{}", host.log()); // flushes the exporter
 
     let spans = spans.lock().unwrap().clone();
+    assert!(
+        spans.iter().all(|s| s["traceId"].as_str() != Some(unsampled_trace)),
+        "spans of an unsampled trace were exported"
+    );
     let named = |name: &str| {
         spans.iter().find(|s| s["name"].as_str() == Some(name)).unwrap_or_else(|| {
             let names: Vec<_> = spans.iter().map(|s| s["name"].clone()).collect();
@@ -415,4 +435,6 @@ async fn a_trace_nests_the_request_the_plugin_call_and_the_llm_call() {
     // The LLM request carried the LLM span's context.
     let sent = llm.traceparents()[0].clone().expect("traceparent sent to the LLM");
     assert_eq!(sent, format!("00-{caller_trace}-{}-01", chat["spanId"].as_str().unwrap()));
+    let passed_on = llm.traceparents().iter().flatten().any(|t| t.contains(unsampled_trace) && t.ends_with("-00"));
+    assert!(passed_on, "the unsampled trace was not passed on to the LLM: {:?}", llm.traceparents());
 }

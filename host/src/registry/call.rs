@@ -109,7 +109,8 @@ impl Meta {
     /// A trace span for one call into the plugin, child of the caller's (`ctx.traceparent`);
     /// the plugin gets it as its parent. `None` when traces are not exported.
     pub(crate) fn traced(&self, ctx: &mut CallContext, method: &'static str) -> Option<crate::telemetry::SpanHandle> {
-        if !crate::telemetry::enabled() || ctx.traceparent.is_empty() {
+        // Under a trace that is not sampled, the call passes the parent's traceparent on.
+        if !crate::telemetry::enabled() || !crate::telemetry::sampled(&ctx.traceparent) {
             return None;
         }
         let span = crate::telemetry::start(

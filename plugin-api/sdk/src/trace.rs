@@ -1,6 +1,7 @@
 //! Spans a plugin reports to the host's trace exporter: children of the `traceparent` of the
 //! `CallContext` they run under, so they join the caller's trace. Inert (no ids, nothing
-//! reported) when the host does not export traces or the context carries no trace.
+//! reported) when the host does not export traces or the context carries no trace; a trace
+//! that was not sampled (flags `00`) is passed on as it came, with no span of its own.
 
 use serde_json::{json, Map, Value};
 use std::{
@@ -13,6 +14,8 @@ use std::{
 /// A span in progress; reported when it ends (or is dropped).
 pub struct Span {
     live: Option<Live>,
+    /// The caller's `traceparent`, when its trace is not sampled: what requests carry on.
+    passthrough: Option<String>,
 }
 
 struct Live {
@@ -49,9 +52,14 @@ impl Span {
             && parts[2].len() == 16
             && parts[1].chars().chain(parts[2].chars()).all(|c| c.is_ascii_hexdigit());
         if !valid || !crate::logging::tracing_enabled() {
-            return Span { live: None };
+            return Span { live: None, passthrough: None };
+        }
+        let sampled = u8::from_str_radix(parts[3], 16).is_ok_and(|flags| flags & 1 == 1);
+        if !sampled {
+            return Span { live: None, passthrough: Some(traceparent.to_owned()) };
         }
         Span {
+            passthrough: None,
             live: Some(Live {
                 trace_id: parts[1].to_owned(),
                 span_id: span_id(),
@@ -67,7 +75,10 @@ impl Span {
 
     /// This span as a `traceparent`, for the request it makes (W3C trace context).
     pub fn traceparent(&self) -> Option<String> {
-        self.live.as_ref().map(|l| format!("00-{}-{}-01", l.trace_id, l.span_id))
+        match &self.live {
+            Some(l) => Some(format!("00-{}-{}-01", l.trace_id, l.span_id)),
+            None => self.passthrough.clone(),
+        }
     }
 
     pub fn set(&mut self, key: &str, value: impl Into<Value>) {
