@@ -29,7 +29,7 @@ impl<T: Send + Sync + 'static> Adapter<T> {
         Self { inner: Arc::new(inner), poisoned: Arc::new(AtomicBool::new(false)) }
     }
 
-    /// Spawns `body(inner)` on the plugin runtime.
+    /// Runs `body(inner)` for the host, inside the plugin runtime.
     fn run<R, Fut>(&self, body: impl FnOnce(Arc<T>) -> Fut) -> FfiFuture<PResult<R>>
     where
         R: Send + 'static,
@@ -38,7 +38,7 @@ impl<T: Send + Sync + 'static> Adapter<T> {
         let inner = self.inner.clone();
         let poisoned = self.poisoned.clone();
         match runtime::guard(Some(&self.poisoned), || Ok(body(inner))) {
-            Ok(fut) => runtime::spawn_ffi(poisoned, fut),
+            Ok(fut) => runtime::run_ffi(poisoned, fut),
             Err(e) => runtime::ready(RErr(e)),
         }
     }

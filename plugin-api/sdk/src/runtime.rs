@@ -1,7 +1,10 @@
 //! The library's own tokio runtime, and running async work on it for the host.
 //!
-//! A cdylib has its own copy of tokio: a plugin future polled on a host thread sees no reactor.
-//! So every method spawns its body here and hands the host a future that only awaits the task.
+//! A cdylib has its own copy of tokio: a plugin future polled on a host thread sees no reactor
+//! unless the library's runtime is entered. So the future handed to the host enters it around
+//! every poll and at drop ([`InRuntime`]): the host's thread drives the method's body (no hop
+//! to another thread and back, which cost two context switches per call), while what the body
+//! registers (sockets, timers, `spawn_blocking`, spawned tasks) lives in this runtime.
 
 use plugin_api::{
     abi_stable::std_types::{RErr, ROk},
@@ -12,6 +15,8 @@ use std::{
     any::Any,
     future::Future,
     panic::{catch_unwind, AssertUnwindSafe},
+    pin::Pin,
+    task::{Context, Poll},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, OnceLock,
@@ -94,18 +99,54 @@ pub(crate) fn stop(deadline: Duration) -> FfiFuture<()> {
     .into_ffi()
 }
 
-/// Aborts the task when the host drops the future (e.g. its timeout fired).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+/// A method's body as the host awaits it: polled, and dropped, inside the library's runtime
+/// context, a panic in a poll caught there. Dropping it (the host's deadline fired) cancels
+/// the work, as aborting a task would.
+struct InRuntime<F> {
+    handle: &'static Handle,
+    work: Option<Pin<Box<F>>>,
+    poisoned: Arc<AtomicBool>,
+}
 
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
+impl<T, F: Future<Output = Result<T, PluginError>>> Future for InRuntime<F> {
+    type Output = PResult<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PResult<T>> {
+        let this = self.get_mut();
+        let Some(work) = this.work.as_mut() else {
+            return Poll::Ready(RErr(PluginError::internal("polled after completion")));
+        };
+        let _entered = this.handle.enter();
+        let outcome = match catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Ok(value))) => ROk(value),
+            Ok(Poll::Ready(Err(err))) => RErr(err),
+            Err(payload) => {
+                this.poisoned.store(true, Ordering::Relaxed);
+                RErr(panicked(payload))
+            }
+        };
+        // Done: what the body still holds goes now, inside the runtime.
+        let finished = this.work.take();
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(finished)));
+        Poll::Ready(outcome)
     }
 }
 
-/// Spawns `work` on the plugin runtime; the returned future awaits it. A panic in the work
-/// becomes `PANICKED` and sets `poisoned`.
-pub(crate) fn spawn_ffi<T, F>(poisoned: Arc<AtomicBool>, work: F) -> FfiFuture<PResult<T>>
+impl<F> Drop for InRuntime<F> {
+    fn drop(&mut self) {
+        if let Some(work) = self.work.take() {
+            // Cancelled: some clients spawn cleanup from their destructors (a pooled
+            // connection going home), which needs the runtime.
+            let _entered = self.handle.enter();
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(work)));
+        }
+    }
+}
+
+/// Runs `work` for the host: the returned future polls it inside the plugin runtime. A panic
+/// in the work becomes `PANICKED` and sets `poisoned`.
+pub(crate) fn run_ffi<T, F>(poisoned: Arc<AtomicBool>, work: F) -> FfiFuture<PResult<T>>
 where
     T: Send + 'static,
     F: Future<Output = Result<T, PluginError>> + Send + 'static,
@@ -113,20 +154,7 @@ where
     let Some(handle) = handle() else {
         return ready(RErr(PluginError::internal("plugin runtime not started (init was not called)")));
     };
-    let task = AbortOnDrop(handle.spawn(work));
-    async move {
-        let mut task = task;
-        match (&mut task.0).await {
-            Ok(Ok(value)) => ROk(value),
-            Ok(Err(err)) => RErr(err),
-            Err(join) if join.is_panic() => {
-                poisoned.store(true, Ordering::Relaxed);
-                RErr(panicked(join.into_panic()))
-            }
-            Err(_) => RErr(PluginError::unavailable("plugin task was cancelled")),
-        }
-    }
-    .into_ffi()
+    InRuntime { handle, work: Some(Box::pin(work)), poisoned }.into_ffi()
 }
 
 /// Runs a sync entry point under `catch_unwind`.
