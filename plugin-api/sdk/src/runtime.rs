@@ -16,11 +16,11 @@ use std::{
     future::Future,
     panic::{catch_unwind, AssertUnwindSafe},
     pin::Pin,
-    task::{Context, Poll},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, OnceLock,
     },
+    task::{Context, Poll},
     time::Duration,
 };
 use tokio::runtime::{Handle, Runtime};

@@ -13,17 +13,19 @@ pub mod crypto;
 use plugin_sdk::{env, ErrorCode, PluginError};
 use sqlx::{
     migrate::{Migration, MigrationType, Migrator},
+    pool::PoolConnection,
     postgres::{PgConnectOptions, PgPoolOptions},
-    PgPool,
+    PgConnection, PgPool, Postgres,
 };
 use std::{
     borrow::Cow,
     collections::HashMap,
+    ops::{Deref, DerefMut},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, OnceLock, Weak,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 use tokio::sync::watch;
 
@@ -119,6 +121,10 @@ pub const DEFAULT_ACQUIRE_MS: u64 = 3000;
 /// wait, never a queue of callers each retrying in turn.
 pub struct Database {
     pool: PgPool,
+    /// Connections kept out of the pool by [`Kept`], with when each was last used.
+    kept: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+    /// At most this many are kept (half the pool; the others serve writes).
+    keep_at_most: usize,
     label: String,
     acquire_timeout: Duration,
     migrated: watch::Sender<bool>,
@@ -169,6 +175,8 @@ impl Database {
         });
         let db = Arc::new(Database {
             pool,
+            kept: Mutex::new(Vec::new()),
+            keep_at_most: (crate::max_connections(max_connections) as usize / 2).clamp(1, 32),
             label: label.clone(),
             acquire_timeout,
             migrated: watch::channel(!migrate_on_first_use).0,
@@ -189,7 +197,18 @@ impl Database {
     /// The pool, once migrations are applied (when asked for): waits at most the acquire
     /// timeout for the background migrator, then `UNAVAILABLE` with its last failure.
     pub async fn ready(&self) -> Result<&PgPool, PluginError> {
+        self.release_kept_if_pool_is_short();
         self.ready_within(self.acquire_timeout).await
+    }
+
+    /// Kept connections are out of the pool: when it has none idle and no room to open
+    /// one, one kept goes back, so writers never wait on connections nobody uses.
+    fn release_kept_if_pool_is_short(&self) {
+        let full = self.pool.size() >= self.pool.options().get_max_connections();
+        if full && self.pool.num_idle() == 0 {
+            let released = self.kept.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            drop(released);
+        }
     }
 
     async fn ready_within(&self, wait: Duration) -> Result<&PgPool, PluginError> {
@@ -239,6 +258,26 @@ impl Database {
         });
     }
 
+    /// A connection for one request's reads, kept out of the pool afterwards when the caller
+    /// says the work went well ([`Kept::keep`]). sqlx pings every connection it takes back
+    /// (a round trip each time); one kept here skips that, and one idle for over a second
+    /// goes back through the pool (which pings it before use) instead of being trusted.
+    pub async fn kept(&self) -> Result<Kept<'_>, PluginError> {
+        let pool = self.ready().await?;
+        loop {
+            let next = self.kept.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match next {
+                Some((conn, used)) if used.elapsed() < Duration::from_secs(1) => {
+                    return Ok(Kept { db: self, conn: Some(conn), keep: false })
+                }
+                Some((stale, _)) => drop(stale),
+                None => break,
+            }
+        }
+        let conn = pool.acquire().await.map_err(db_error)?;
+        Ok(Kept { db: self, conn: Some(conn), keep: false })
+    }
+
     /// Applies pending migrations now; returns the versions this call applied.
     pub async fn migrate(&self) -> Result<Vec<i64>, PluginError> {
         let applied = migrate(&self.pool).await?;
@@ -256,6 +295,46 @@ impl Database {
         tokio::time::timeout(Duration::from_secs(1), probe)
             .await
             .unwrap_or_else(|_| Err(PluginError::unavailable("PostgreSQL did not answer within 1 s")))
+    }
+}
+
+/// A connection from [`Database::kept`]. Dropped without [`Kept::keep`] (an error, a
+/// cancelled request), it goes back to the pool, which checks it.
+pub struct Kept<'a> {
+    db: &'a Database,
+    conn: Option<PoolConnection<Postgres>>,
+    keep: bool,
+}
+
+impl Kept<'_> {
+    /// The work on it went well: keep it for the next request.
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Deref for Kept<'_> {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        self.conn.as_ref().expect("connection present until drop")
+    }
+}
+
+impl DerefMut for Kept<'_> {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect("connection present until drop")
+    }
+}
+
+impl Drop for Kept<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        if self.keep {
+            let mut kept = self.db.kept.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.len() < self.db.keep_at_most {
+                kept.push((conn, Instant::now()));
+            }
+        }
     }
 }
 

@@ -17,6 +17,11 @@ impl Db {
         self.database.ready().await
     }
 
+    /// A connection kept between requests' reads (see `pg_common::Database::kept`).
+    pub(crate) async fn kept(&self) -> Result<pg_common::Kept<'_>, PluginError> {
+        self.database.kept().await
+    }
+
     pub(crate) async fn migrate(&self) -> Result<Vec<i64>, PluginError> {
         self.database.migrate().await
     }

@@ -341,7 +341,7 @@ impl plugin_sdk::SecretsStore for SaasSecretsStore {
     /// One round trip: the version, and the rows only when it is not the cached one (one
     /// statement, so one snapshot: the rows are those of that version).
     async fn load(&self, ctx: CallContext) -> Result<Option<Secrets>, PluginError> {
-        let pool = self.db.ready().await?;
+        let mut conn = self.db.kept().await?;
         let user = user(&ctx);
         let mut known = self.cache.version(user);
         loop {
@@ -360,13 +360,16 @@ impl plugin_sdk::SecretsStore for SaasSecretsStore {
             )
             .bind(user)
             .bind(known)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db_error)?;
             let version: i64 = rows.iter().find(|r| r.get::<&str, _>(0) == "v").map_or(0, |r| r.get(5));
             if version != 0 && version == known {
                 match self.cache.get(user, version) {
-                    Some(secrets) => return Ok((*secrets).clone()),
+                    Some(secrets) => {
+                        conn.keep();
+                        return Ok((*secrets).clone());
+                    }
                     None => {
                         known = -1;
                         continue;
@@ -377,6 +380,7 @@ impl plugin_sdk::SecretsStore for SaasSecretsStore {
             if version != 0 {
                 self.cache.put(user, version, Arc::new(secrets.clone()));
             }
+            conn.keep();
             return Ok(secrets);
         }
     }

@@ -76,7 +76,7 @@ impl plugin_sdk::SettingsStore for SaasSettingsStore {
 
     /// One round trip: the row's version, and the document only when it is not the cached one.
     async fn load_versioned(&self, ctx: CallContext) -> Result<Option<VersionedSettings>, PluginError> {
-        let pool = self.db.ready().await?;
+        let mut conn = self.db.kept().await?;
         let user = user(&ctx);
         let mut known = self.cache.version(user);
         loop {
@@ -86,15 +86,21 @@ impl plugin_sdk::SettingsStore for SaasSettingsStore {
             )
             .bind(user)
             .bind(known)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(db_error)?;
-            let Some(row) = row else { return Ok(None) };
+            let Some(row) = row else {
+                conn.keep();
+                return Ok(None);
+            };
             let version: i64 = row.get(0);
             let versioned = |settings| VersionedSettings { version: version.max(1) as u64, settings };
             if version == known {
                 match self.cache.get(user, version) {
-                    Some(settings) => return Ok(Some(versioned((*settings).clone()))),
+                    Some(settings) => {
+                        conn.keep();
+                        return Ok(Some(versioned((*settings).clone())));
+                    }
                     // Evicted since we looked: ask for the document (no row has version -1).
                     None => {
                         known = -1;
@@ -111,6 +117,7 @@ impl plugin_sdk::SettingsStore for SaasSettingsStore {
             }
             let settings: Settings = serde_json::from_value(doc).map_err(|e| corrupt("settings", e))?;
             self.cache.put(user, version, Arc::new(settings.clone()));
+            conn.keep();
             return Ok(Some(versioned(settings)));
         }
     }
