@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use std::{
     collections::{BTreeSet, HashMap},
     fs::{self, File, OpenOptions},
-    io::{Read, Seek, SeekFrom, Write},
+    io::{BufRead, BufReader, Read, Seek, SeekFrom, Write},
     os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -44,8 +44,11 @@ enum Line {
     Del { id: String },
 }
 
+/// One conversation as the index keeps it: its metadata as compact JSON (null fields left
+/// out: a third of the memory of the parsed document), parsed again only for a page.
 struct Entry {
-    meta: ConversationMetadata,
+    created_at: Box<str>,
+    json: Box<str>,
     stamp: Stamp,
 }
 
@@ -58,9 +61,9 @@ struct BaseIndex {
     file: Option<(u64, u64)>,
     offset: u64,
     lines: u64,
-    entries: HashMap<String, Entry>,
+    entries: HashMap<Box<str>, Entry>,
     /// Newest first when iterated in reverse: (created_at, conversation id).
-    order: BTreeSet<(String, String)>,
+    order: BTreeSet<(Box<str>, Box<str>)>,
 }
 
 impl BaseIndex {
@@ -72,17 +75,21 @@ impl BaseIndex {
         self.order.clear();
     }
 
-    fn put(&mut self, meta: ConversationMetadata, stamp: Stamp) {
-        if let Some(old) = self.entries.get(&meta.conversation_id) {
-            self.order.remove(&(old.meta.created_at.clone(), meta.conversation_id.clone()));
+    fn put(&mut self, meta: ConversationMetadata, stamp: Stamp) -> Result<(), PluginError> {
+        let id: Box<str> = meta.conversation_id.as_str().into();
+        let created_at: Box<str> = meta.created_at.as_str().into();
+        let json = compact(&meta)?.into_boxed_str();
+        if let Some(old) = self.entries.get(&id) {
+            self.order.remove(&(old.created_at.clone(), id.clone()));
         }
-        self.order.insert((meta.created_at.clone(), meta.conversation_id.clone()));
-        self.entries.insert(meta.conversation_id.clone(), Entry { meta, stamp });
+        self.order.insert((created_at.clone(), id.clone()));
+        self.entries.insert(id, Entry { created_at, json, stamp });
+        Ok(())
     }
 
     fn del(&mut self, id: &str) {
         if let Some(old) = self.entries.remove(id) {
-            self.order.remove(&(old.meta.created_at, id.to_owned()));
+            self.order.remove(&(old.created_at, id.into()));
         }
     }
 
@@ -106,18 +113,29 @@ impl BaseIndex {
         if meta.len() <= self.offset {
             return Ok(());
         }
-        let mut tail = Vec::with_capacity((meta.len() - self.offset) as usize);
         file.seek(SeekFrom::Start(self.offset))
-            .and_then(|_| file.read_to_end(&mut tail))
             .map_err(|e| fsutil::io_error("read the conversation index", &path, e))?;
-        // Only whole lines: a line is written by one `write`, but a reader may see a file
-        // mid-way through a power loss's garbage. Lines start with a newline too, so a torn
-        // line never swallows the next one.
-        let Some(end) = tail.iter().rposition(|&b| b == b'\n') else { return Ok(()) };
-        for line in tail[..=end].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        // Line by line (a journal of 10,000 conversations is megabytes). Only whole lines: a
+        // line is written by one `write`, but a reader may see a file mid-way through a power
+        // loss's garbage. Lines start with a newline too, so a torn line never swallows the
+        // next one.
+        let mut reader = BufReader::new(file.take(meta.len() - self.offset));
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| fsutil::io_error("read the conversation index", &path, e))?;
+            if n == 0 || line.last() != Some(&b'\n') {
+                return Ok(()); // the end, or a line still being written: next time
+            }
+            self.offset += n as u64;
+            if line.len() == 1 {
+                continue;
+            }
             self.lines += 1;
-            match serde_json::from_slice::<Line>(line) {
-                Ok(Line::Put { meta, stamp }) => self.put(meta, stamp),
+            match serde_json::from_slice::<Line>(&line) {
+                Ok(Line::Put { meta, stamp }) => self.put(meta, stamp)?,
                 Ok(Line::Del { id }) => self.del(&id),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "skipping a torn line of the conversation index");
@@ -126,17 +144,14 @@ impl BaseIndex {
                 }
             }
         }
-        self.offset += end as u64 + 1;
-        Ok(())
     }
 
     /// Rewrites the journal with one line per conversation. Under the exclusive lock.
     fn rewrite(&mut self, base: &Path) -> Result<(), PluginError> {
         let mut text = Vec::new();
         for entry in self.entries.values() {
-            text.push(b'\n');
-            serde_json::to_writer(&mut text, &Line::Put { meta: entry.meta.clone(), stamp: entry.stamp })
-                .map_err(|e| PluginError::internal(e.to_string()))?;
+            let stamp = serde_json::to_string(&entry.stamp).map_err(|e| PluginError::internal(e.to_string()))?;
+            text.extend_from_slice(format!("\n{{\"put\":{{\"meta\":{},\"stamp\":{stamp}}}}}", entry.json).as_bytes());
         }
         text.push(b'\n');
         let path = base.join(JOURNAL);
@@ -160,15 +175,15 @@ impl BaseIndex {
                 for (id, stamp) in dirs {
                     seen.insert(id.clone());
                     match stamp {
-                        Some(stamp) if self.entries.get(&id).is_some_and(|e| e.stamp == stamp) => {}
+                        Some(stamp) if self.entries.get(id.as_str()).is_some_and(|e| e.stamp == stamp) => {}
                         Some(stamp) => match read_metadata(&base.join(&id).join("metadata.json")) {
-                            Some(meta) if meta.conversation_id == id => self.put(listed(meta), stamp),
+                            Some(meta) if meta.conversation_id == id => self.put(listed(meta), stamp)?,
                             _ => self.del(&id),
                         },
                         None => self.del(&id),
                     }
                 }
-                let gone: Vec<String> = self.entries.keys().filter(|id| !seen.contains(*id)).cloned().collect();
+                let gone: Vec<Box<str>> = self.entries.keys().filter(|id| !seen.contains(&***id)).cloned().collect();
                 for id in gone {
                     self.del(&id);
                 }
@@ -184,7 +199,7 @@ impl BaseIndex {
         let dirs = list_dirs(base)?;
         let mut listed = 0;
         for (id, stamp) in &dirs {
-            match (stamp, self.entries.get(id)) {
+            match (stamp, self.entries.get(id.as_str())) {
                 (Some(stamp), Some(entry)) if entry.stamp == *stamp => listed += 1,
                 (None, None) => {}
                 _ => return Ok(false),
@@ -280,9 +295,30 @@ pub(crate) fn record_del(base: &Path, id: &str) -> Result<(), PluginError> {
     append(base, &Line::Del { id: id.to_owned() })
 }
 
+/// Metadata without its null and empty fields (they read back as their defaults): half the
+/// size of the whole document, in the journal and in memory.
+fn compact(meta: &ConversationMetadata) -> Result<String, PluginError> {
+    let mut value = serde_json::to_value(meta).map_err(|e| PluginError::internal(e.to_string()))?;
+    if let Some(fields) = value.as_object_mut() {
+        fields.retain(|_, v| !(v.is_null() || v.as_array().is_some_and(|a| a.is_empty())));
+    }
+    Ok(value.to_string())
+}
+
+fn write_line(out: &mut Vec<u8>, line: &Line) -> Result<(), PluginError> {
+    match line {
+        Line::Put { meta, stamp } => {
+            let stamp = serde_json::to_string(stamp).map_err(|e| PluginError::internal(e.to_string()))?;
+            out.extend_from_slice(format!("{{\"put\":{{\"meta\":{},\"stamp\":{stamp}}}}}", compact(meta)?).as_bytes());
+            Ok(())
+        }
+        Line::Del { .. } => serde_json::to_writer(out, line).map_err(|e| PluginError::internal(e.to_string())),
+    }
+}
+
 fn append(base: &Path, line: &Line) -> Result<(), PluginError> {
     let mut bytes = vec![b'\n'];
-    serde_json::to_writer(&mut bytes, line).map_err(|e| PluginError::internal(e.to_string()))?;
+    write_line(&mut bytes, line)?;
     bytes.push(b'\n');
     let path = base.join(JOURNAL);
     let mut file = OpenOptions::new()
@@ -335,8 +371,9 @@ impl Indexes {
             .rev()
             .skip(offset)
             .take(limit)
-            .filter_map(|(_, id)| index.entries.get(id).map(|e| e.meta.clone()))
-            .collect();
+            .filter_map(|(_, id)| index.entries.get(id))
+            .map(|e| serde_json::from_str(&e.json).map_err(|e| PluginError::internal(format!("index entry: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((page, index.entries.len()))
     }
 }
