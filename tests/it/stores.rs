@@ -465,3 +465,39 @@ fn all_migrations() -> Vec<i64> {
     versions.sort();
     versions
 }
+
+/// Hosts keep decrypted settings and secrets; a change made behind the stores' back (an
+/// operator's SQL, a host of an older version) still shows on the next load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_documents_follow_changes_made_behind_the_stores_back() {
+    let db = TestDb::create().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    let r = registry(&d, &pg_stores(&db.url, MASTER, &[]));
+    let alice = || ctx(Some("alice"));
+    r.store_settings(alice(), &Settings { llm_model: Some("first".into()), ..Default::default() }).await.unwrap();
+    let mut secrets = Secrets::default();
+    secrets.custom_secrets.insert("TOKEN".into(), CustomSecret { secret: "v".into(), description: String::new() });
+    r.store_secrets(alice(), &secrets).await.unwrap();
+    // Loaded twice: the second is served from the cache.
+    for _ in 0..2 {
+        assert_eq!(r.load_settings(alice()).await.unwrap().unwrap().llm_model.as_deref(), Some("first"));
+        assert!(r.load_secrets(alice()).await.unwrap().unwrap().custom_secrets.contains_key("TOKEN"));
+    }
+    let mut conn = db.connect().await;
+    sqlx::query(
+        "UPDATE user_settings SET settings = jsonb_set(settings, '{llm_model}', '\"edited\"') WHERE user_id = 'alice'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM user_custom_secrets WHERE user_id = 'alice'").execute(&mut conn).await.unwrap();
+    assert_eq!(r.load_settings(alice()).await.unwrap().unwrap().llm_model.as_deref(), Some("edited"));
+    let left = r.load_secrets(alice()).await.unwrap();
+    assert!(left.as_ref().is_none_or(|s| s.custom_secrets.is_empty()), "{left:?}");
+    // A user without secrets is cached as such, and sees the first one at once.
+    assert!(r.load_secrets(ctx(Some("bob"))).await.unwrap().is_none());
+    assert!(r.load_secrets(ctx(Some("bob"))).await.unwrap().is_none());
+    r.store_secrets(ctx(Some("bob")), &secrets).await.unwrap();
+    assert!(r.load_secrets(ctx(Some("bob"))).await.unwrap().unwrap().custom_secrets.contains_key("TOKEN"));
+}

@@ -22,9 +22,9 @@ impl<T> Default for VersionCache<T> {
 }
 
 impl<T> VersionCache<T> {
-    /// The cached version of `user`'s document (0: none, which no stored row has).
+    /// The version of `user`'s cached document; -1 (which no stored row has) when none is.
     pub(crate) fn version(&self, user: &str) -> i64 {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(user).map_or(0, |(v, _)| *v)
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(user).map_or(-1, |(v, _)| *v)
     }
 
     /// The document cached at `version`, if that is still the one cached.

@@ -348,7 +348,7 @@ impl plugin_sdk::SecretsStore for SaasSecretsStore {
             let rows = sqlx::query(
                 "WITH v AS (SELECT coalesce(max(version), 0)::int8 AS version FROM user_secrets_versions \
                             WHERE user_id = $1), \
-                      l AS (SELECT 1 FROM v WHERE version = 0 OR version <> $2) \
+                      l AS (SELECT 1 FROM v WHERE version <> $2) \
                  SELECT 'v' AS kind, NULL::text AS name, NULL::text AS sealed, NULL::text AS extra, \
                         NULL::text AS puid, version FROM v \
                  UNION ALL SELECT 'l', NULL, sealed, NULL, NULL, NULL FROM user_secrets \
@@ -364,7 +364,7 @@ impl plugin_sdk::SecretsStore for SaasSecretsStore {
             .await
             .map_err(db_error)?;
             let version: i64 = rows.iter().find(|r| r.get::<&str, _>(0) == "v").map_or(0, |r| r.get(5));
-            if version != 0 && version == known {
+            if version == known {
                 match self.cache.get(user, version) {
                     Some(secrets) => {
                         conn.keep();
@@ -377,9 +377,7 @@ impl plugin_sdk::SecretsStore for SaasSecretsStore {
                 }
             }
             let secrets = self.open_rows(user, &rows)?;
-            if version != 0 {
-                self.cache.put(user, version, Arc::new(secrets.clone()));
-            }
+            self.cache.put(user, version, Arc::new(secrets.clone()));
             conn.keep();
             return Ok(secrets);
         }
