@@ -877,7 +877,7 @@ fn search_load(bin: &Path, profiles: &[(&str, PathBuf, PathBuf)], pg_url: &str) 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     for (label, profile, state) in profiles {
         let mut made = 0;
-        for n in [1_000, 10_000] {
+        for n in [1_000i32, 10_000] {
             let (mut child, addr) = spawn_host(bin, profile);
             let (rss_idle, _) = rss_mib(child.id());
             rt.block_on(async {
@@ -892,8 +892,8 @@ fn search_load(bin: &Path, profiles: &[(&str, PathBuf, PathBuf)], pg_url: &str) 
                                   'title', 'bench ' || i) \
                          FROM generate_series($1, $2) i",
                     )
-                    .bind(made as i32)
-                    .bind(n as i32 - 1)
+                    .bind(made)
+                    .bind(n - 1)
                     .execute(&mut conn)
                     .await
                     .unwrap();

@@ -40,7 +40,7 @@ const SLACK_LINES: u64 = 1_000;
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Line {
-    Put { meta: ConversationMetadata, stamp: Stamp },
+    Put { meta: Box<ConversationMetadata>, stamp: Stamp },
     Del { id: String },
 }
 
@@ -135,7 +135,7 @@ impl BaseIndex {
             }
             self.lines += 1;
             match serde_json::from_slice::<Line>(&line) {
-                Ok(Line::Put { meta, stamp }) => self.put(meta, stamp)?,
+                Ok(Line::Put { meta, stamp }) => self.put(*meta, stamp)?,
                 Ok(Line::Del { id }) => self.del(&id),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "skipping a torn line of the conversation index");
@@ -280,7 +280,7 @@ pub(crate) fn with_lock<T>(
 /// Appends a metadata write to the journal. The caller holds the lock shared and the
 /// conversation's lock, and has just written the file whose stamp this is.
 pub(crate) fn record_put(base: &Path, meta: &ConversationMetadata, stamp: Stamp) -> Result<(), PluginError> {
-    append(base, &Line::Put { meta: listed(meta.clone()), stamp })
+    append(base, &Line::Put { meta: Box::new(listed(meta.clone())), stamp })
 }
 
 /// Metadata as the index keeps it: without the user's feedback (what they wrote stays in
