@@ -251,6 +251,8 @@ async fn the_per_user_limit_closes_the_oldest() {
     let first = create(&host, "a").await;
     let mut socket = connect(&host, &first, -1).await;
     socket.until(WAIT, |e| agent_says(e, "Echo: a.")).await;
+    // Its turn over (the state stored last), it is the least recently active.
+    socket.until(WAIT, |e| is_state(e, "awaiting_user_input")).await;
     let _second = create(&host, "b").await;
     let _third = create(&host, "c").await;
     let closing = socket.until(WAIT, |e| is_state(e, "stopped")).await;
