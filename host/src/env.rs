@@ -42,7 +42,8 @@ pub const ENABLE_JIRA: &str = "ENABLE_JIRA";
 pub const ENABLE_JIRA_DC: &str = "ENABLE_JIRA_DC";
 /// SaaS, `true`/`1`: `FEATURE_FLAGS.ENABLE_LINEAR`.
 pub const ENABLE_LINEAR: &str = "ENABLE_LINEAR";
-/// SaaS: `MAINTENANCE.startTime` in `/api/options/config` when set.
+/// An RFC 3339 time (`2026-12-01T02:00:00Z`): announced as `MAINTENANCE.startTime` in
+/// `/api/options/config` (SaaS), and from then on new conversations answer 503.
 pub const MAINTENANCE_START_TIME: &str = "MAINTENANCE_START_TIME";
 /// SaaS: `AUTH_URL` in `/api/options/config` when set.
 pub const AUTH_URL: &str = "AUTH_URL";
@@ -117,6 +118,8 @@ pub struct HostEnv {
     pub enable_jira_dc: bool,
     pub enable_linear: bool,
     pub maintenance_start_time: Option<String>,
+    /// `MAINTENANCE_START_TIME` parsed.
+    pub maintenance_start: Option<chrono::DateTime<chrono::Utc>>,
     pub auth_url: Option<String>,
     pub litellm_default_model: Option<String>,
     pub lite_llm_api_url: Option<String>,
@@ -144,7 +147,20 @@ impl HostEnv {
                 ));
             }
         }
+        let maintenance_start_time = get(MAINTENANCE_START_TIME);
+        let maintenance_start =
+            maintenance_start_time.as_deref().and_then(|t| match chrono::DateTime::parse_from_rfc3339(t.trim()) {
+                Ok(at) => Some(at.with_timezone(&chrono::Utc)),
+                Err(e) => {
+                    problems.push(format!(
+                        "environment variable {MAINTENANCE_START_TIME}: `{t}` is not an RFC 3339 time ({e}); \
+                         write it like 2026-12-01T02:00:00Z, or unset it"
+                    ));
+                    None
+                }
+            });
         HostEnv {
+            maintenance_start,
             permitted_cors_origins: get(PERMITTED_CORS_ORIGINS).map(|v| {
                 v.split(',').map(|s| s.trim().trim_end_matches('/').to_owned()).filter(|s| !s.is_empty()).collect()
             }),
@@ -162,7 +178,7 @@ impl HostEnv {
             enable_jira: flag(get(ENABLE_JIRA)),
             enable_jira_dc: flag(get(ENABLE_JIRA_DC)),
             enable_linear: flag(get(ENABLE_LINEAR)),
-            maintenance_start_time: get(MAINTENANCE_START_TIME),
+            maintenance_start_time,
             auth_url: get(AUTH_URL),
             litellm_default_model: get(LITELLM_DEFAULT_MODEL),
             lite_llm_api_url: get(LITE_LLM_API_URL).map(|u| u.trim_end_matches('/').to_owned()),

@@ -370,3 +370,80 @@ async fn the_llm_is_reached_over_https_trusting_the_systems_certificates() {
     assert!(error["content"].as_str().unwrap().to_lowercase().contains("certificate"), "{error}");
     assert_eq!(llm.requests().len(), 1);
 }
+
+/// `MAINTENANCE_START_TIME`: announced before (SaaS options), and from then on a new
+/// conversation answers 503 with Retry-After while running ones go on and reads work.
+#[tokio::test]
+async fn from_the_maintenance_start_new_conversations_wait_and_running_ones_go_on() {
+    let llm = FakeLlm::start().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", &manager(""));
+    let start = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let start_text = start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let host = d.start_with_env(&[("MAINTENANCE_START_TIME", start_text.as_str())]);
+    configure(&host, &llm, None).await;
+    let running = create(&host, "before").await;
+    let mut socket = connect(&host, &running, -1).await;
+    socket.until(WAIT, |e| agent_says(e, "Echo: before.")).await;
+
+    while chrono::Utc::now() < start + chrono::Duration::milliseconds(200) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = host.post_json("/api/conversations", &json!({ "initial_user_msg": "during" })).await;
+    assert_eq!(refused.status, 503, "{}", refused.text);
+    assert_eq!(refused.headers["retry-after"], "300");
+    let message = refused.json()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("maintenance") && message.contains(&start_text), "{message}");
+    // Reads work; the running conversation still answers.
+    assert_eq!(host.get("/api/conversations").await.status, 200);
+    assert_eq!(host.get("/api/settings").await.status, 200);
+    socket.emit("oh_user_action", &json!({ "action": "message", "args": { "content": "during" } }));
+    socket.until(WAIT, |e| agent_says(e, "Echo: during.")).await;
+
+    // A time that does not parse stops the host at start, naming the variable and the fix.
+    let out = d.run_cli_env(&["check"], &[("MAINTENANCE_START_TIME", "next tuesday")]);
+    out.assert_refused();
+    assert!(
+        out.stderr.contains("MAINTENANCE_START_TIME") && out.stderr.contains("2026-12-01T02:00:00Z"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// `HIDE_LLM_SETTINGS`: the deployment chooses the LLM. The web client posts the settings
+/// back with the LLM fields unchanged, which passes; a change to any of them is refused.
+#[tokio::test]
+async fn hidden_llm_settings_cannot_be_changed_but_the_rest_can() {
+    let llm = FakeLlm::start().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", &manager(""));
+    // The deployment's settings, stored before the flag is on.
+    let host = d.start();
+    configure(&host, &llm, None).await;
+    drop(host);
+    let host = d.start_with_env(&[("HIDE_LLM_SETTINGS", "true")]);
+    assert_eq!(host.get("/api/options/config").await.json()["FEATURE_FLAGS"]["HIDE_LLM_SETTINGS"], true);
+    let mut shown = host.get("/api/settings").await.json();
+    shown["language"] = json!("fr");
+    let kept = host.post_json("/api/settings", &shown).await;
+    assert_eq!(kept.status, 200, "{}", kept.text);
+    assert_eq!(host.get("/api/settings").await.json()["language"], "fr");
+    for (field, value) in
+        [("llm_model", "openai/gpt-5"), ("llm_base_url", "https://example.com/v1"), ("llm_api_key", "sk-mine")]
+    {
+        let mut changed = shown.clone();
+        changed[field] = json!(value);
+        let refused = host.post_json("/api/settings", &changed).await;
+        assert_eq!(refused.status, 403, "{field}: {}", refused.text);
+        assert!(refused.json()["error"].as_str().unwrap().contains(field), "{}", refused.text);
+    }
+    let after = host.get("/api/settings").await.json();
+    assert_eq!(after["llm_model"], "fake-model");
+    assert_eq!(after["llm_base_url"], llm.base_url.as_str());
+    // The deployment's model answers.
+    let id = create(&host, "hello").await;
+    let mut socket = connect(&host, &id, -1).await;
+    socket.until(WAIT, |e| agent_says(e, "Echo: hello.")).await;
+}

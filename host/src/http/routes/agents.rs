@@ -52,6 +52,33 @@ fn started(id: &str, status: &str) -> Json<Value> {
     Json(json!({ "status": "ok", "conversation_id": id, "message": Value::Null, "conversation_status": status }))
 }
 
+/// How long a client refused during maintenance is asked to wait before trying again.
+const MAINTENANCE_RETRY_AFTER_SECS: u64 = 300;
+
+/// From `MAINTENANCE_START_TIME` on, new conversations are refused (503 with Retry-After);
+/// running ones go on, and reads keep working.
+fn maintenance(state: &AppState) -> Option<ApiError> {
+    let start = state.server.env.maintenance_start?;
+    if chrono::Utc::now() < start {
+        return None;
+    }
+    let mut refusal = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({
+            "status": "error",
+            "msg_id": "MAINTENANCE$IN_PROGRESS",
+            "message": format!(
+                "The server is under maintenance since {}: new conversations cannot start until it ends. Conversations already running continue.",
+                start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        }),
+    );
+    refusal
+        .headers
+        .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(MAINTENANCE_RETRY_AFTER_SECS));
+    Some(refusal)
+}
+
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -62,6 +89,9 @@ async fn create(
             StatusCode::NOT_IMPLEMENTED,
             "no conversation_manager is configured; add [extensions.conversation_manager] to the profile",
         ));
+    }
+    if let Some(refusal) = maintenance(&state) {
+        return Err(refusal);
     }
     let id = match body.conversation_id {
         Some(id) if state.server.env.allow_set_conversation_id => {

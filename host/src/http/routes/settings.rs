@@ -75,8 +75,12 @@ async fn store(
         return Err(ApiError::unprocessable("condenser_max_size must be at least 20"));
     }
     settings.normalize();
+    let hide_llm_settings = state.server.env.hide_llm_settings;
     state
         .update_settings(&caller, |stored| {
+            if hide_llm_settings {
+                refuse_llm_changes(&settings, stored.as_ref())?;
+            }
             let mut posted = settings.clone();
             posted.unmask_mcp_secrets(stored.as_ref());
             if let Some(existing) = stored {
@@ -91,6 +95,33 @@ async fn store(
         })
         .await?;
     Ok(Json(json!({ "message": "Settings stored" })))
+}
+
+/// With `HIDE_LLM_SETTINGS` the deployment chooses the LLM: a posted LLM field that differs
+/// from the stored one is refused (403). The web client posts them back unchanged (the key
+/// as `null`), which passes.
+fn refuse_llm_changes(posted: &Settings, stored: Option<&Settings>) -> ApiResult<()> {
+    let changed = |field: &str, new: &Option<String>, old: Option<&Option<String>>| {
+        new.as_ref().is_some_and(|v| Some(v) != old.and_then(Option::as_ref)).then(|| field.to_owned())
+    };
+    let changes: Vec<String> = [
+        changed("llm_model", &posted.llm_model, stored.map(|s| &s.llm_model)),
+        changed("llm_base_url", &posted.llm_base_url, stored.map(|s| &s.llm_base_url)),
+        changed("llm_api_key", &posted.llm_api_key, stored.map(|s| &s.llm_api_key)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if changes.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::error(
+        StatusCode::FORBIDDEN,
+        format!(
+            "LLM settings are managed by this deployment (HIDE_LLM_SETTINGS); cannot change {}",
+            changes.join(", ")
+        ),
+    ))
 }
 
 async fn reset() -> ApiError {
