@@ -98,6 +98,15 @@ impl SpanHandle {
         &self.traceparent
     }
 
+    /// Whether the span is sampled (else attributes and names are dropped anyway).
+    pub fn is_recording(&self) -> bool {
+        self.span.is_recording()
+    }
+
+    pub fn rename(&mut self, name: String) {
+        self.span.update_name(name);
+    }
+
     pub fn set(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
         self.span.set_attribute(KeyValue::new(key, value));
     }
@@ -133,7 +142,12 @@ fn parent_context(traceparent: Option<&str>) -> Context {
 }
 
 /// Starts a span (`None` when tracing is off), child of `parent` when given.
-pub fn start(name: String, kind: SpanKind, parent: Option<&str>, attributes: Vec<KeyValue>) -> Option<SpanHandle> {
+pub fn start(
+    name: impl Into<std::borrow::Cow<'static, str>>,
+    kind: SpanKind,
+    parent: Option<&str>,
+    attributes: Vec<KeyValue>,
+) -> Option<SpanHandle> {
     let t = TELEMETRY.get()?;
     let cx = parent_context(parent);
     let span =

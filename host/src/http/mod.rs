@@ -174,17 +174,22 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     let mut trace = crate::telemetry::enabled()
         .then(|| {
             let incoming = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
-            crate::telemetry::start(
-                format!("{} {route}", method.as_str()),
+            let mut t = crate::telemetry::start(
+                "HTTP",
                 opentelemetry::trace::SpanKind::Server,
                 incoming.as_deref(),
-                vec![
-                    opentelemetry::KeyValue::new("http.request.method", method.as_str().to_owned()),
-                    opentelemetry::KeyValue::new("http.route", route.clone()),
-                    opentelemetry::KeyValue::new("url.path", req.uri().path().to_owned()),
-                    opentelemetry::KeyValue::new("oh.request_id", id.clone()),
-                ],
-            )
+                Vec::new(),
+            )?;
+            // Named and described only when sampled: most requests of a sampled deployment
+            // are not, and pay for no text.
+            if t.is_recording() {
+                t.rename(format!("{} {route}", method.as_str()));
+                t.set("http.request.method", method.as_str().to_owned());
+                t.set("http.route", route.clone());
+                t.set("url.path", req.uri().path().to_owned());
+                t.set("oh.request_id", id.clone());
+            }
+            Some(t)
         })
         .flatten();
     if let Some(t) = &trace {
