@@ -22,11 +22,15 @@ fn manager(config: &str) -> String {
 }
 
 async fn setup(manager_config: &str) -> (Deployment, TestHost, FakeLlm) {
+    setup_with_env(manager_config, &[]).await
+}
+
+async fn setup_with_env(manager_config: &str, env: &[(&str, &str)]) -> (Deployment, TestHost, FakeLlm) {
     let llm = FakeLlm::start().await;
     let d = Deployment::new();
     d.install_bundled();
     d.write_profile("", &manager(manager_config));
-    let host = d.start();
+    let host = d.start_with_env(env);
     configure(&host, &llm, None).await;
     (d, host, llm)
 }
@@ -375,14 +379,9 @@ async fn the_llm_is_reached_over_https_trusting_the_systems_certificates() {
 /// conversation answers 503 with Retry-After while running ones go on and reads work.
 #[tokio::test]
 async fn from_the_maintenance_start_new_conversations_wait_and_running_ones_go_on() {
-    let llm = FakeLlm::start().await;
-    let d = Deployment::new();
-    d.install_bundled();
-    d.write_profile("", &manager(""));
     let start = chrono::Utc::now() + chrono::Duration::seconds(3);
     let start_text = start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let host = d.start_with_env(&[("MAINTENANCE_START_TIME", start_text.as_str())]);
-    configure(&host, &llm, None).await;
+    let (d, host, _llm) = setup_with_env("", &[("MAINTENANCE_START_TIME", start_text.as_str())]).await;
     let running = create(&host, "before").await;
     let mut socket = connect(&host, &running, -1).await;
     socket.until(WAIT, |e| agent_says(e, "Echo: before.")).await;
@@ -415,13 +414,8 @@ async fn from_the_maintenance_start_new_conversations_wait_and_running_ones_go_o
 /// back with the LLM fields unchanged, which passes; a change to any of them is refused.
 #[tokio::test]
 async fn hidden_llm_settings_cannot_be_changed_but_the_rest_can() {
-    let llm = FakeLlm::start().await;
-    let d = Deployment::new();
-    d.install_bundled();
-    d.write_profile("", &manager(""));
     // The deployment's settings, stored before the flag is on.
-    let host = d.start();
-    configure(&host, &llm, None).await;
+    let (d, host, llm) = setup("").await;
     drop(host);
     let host = d.start_with_env(&[("HIDE_LLM_SETTINGS", "true")]);
     assert_eq!(host.get("/api/options/config").await.json()["FEATURE_FLAGS"]["HIDE_LLM_SETTINGS"], true);

@@ -72,8 +72,18 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<(
 /// the state directory serialises its read-modify-writes of `dir` on it. Blocking: call it
 /// from [`blocking`].
 pub(crate) fn with_dir_lock<T>(dir: &Path, f: impl FnOnce() -> Result<T, PluginError>) -> Result<T, PluginError> {
+    with_lock_file(dir, ".lock", true, f)
+}
+
+/// Runs `f` holding `flock` on `<dir>/<name>`, exclusive or shared. Blocking.
+pub(crate) fn with_lock_file<T>(
+    dir: &Path,
+    name: &str,
+    exclusive: bool,
+    f: impl FnOnce() -> Result<T, PluginError>,
+) -> Result<T, PluginError> {
     fs::create_dir_all(dir).map_err(|e| io_error("create a directory", dir, e))?;
-    let path = dir.join(".lock");
+    let path = dir.join(name);
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -81,7 +91,7 @@ pub(crate) fn with_dir_lock<T>(dir: &Path, f: impl FnOnce() -> Result<T, PluginE
         .mode(0o600)
         .open(&path)
         .map_err(|e| io_error("open a lock file", &path, e))?;
-    file.lock().map_err(|e| io_error("lock", &path, e))?;
+    if exclusive { file.lock() } else { file.lock_shared() }.map_err(|e| io_error("lock", &path, e))?;
     let result = f();
     let _ = file.unlock();
     result

@@ -258,23 +258,7 @@ pub(crate) fn with_lock<T>(
     mode: Mode,
     f: impl FnOnce() -> Result<T, PluginError>,
 ) -> Result<T, PluginError> {
-    fs::create_dir_all(base).map_err(|e| fsutil::io_error("create a directory", base, e))?;
-    let path = base.join(LOCK);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| fsutil::io_error("open a lock file", &path, e))?;
-    match mode {
-        Mode::Shared => file.lock_shared(),
-        Mode::Exclusive => file.lock(),
-    }
-    .map_err(|e| fsutil::io_error("lock", &path, e))?;
-    let result = f();
-    let _ = file.unlock();
-    result
+    fsutil::with_lock_file(base, LOCK, matches!(mode, Mode::Exclusive), f)
 }
 
 /// Appends a metadata write to the journal. The caller holds the lock shared and the

@@ -125,6 +125,16 @@ fn default_prefix() -> String {
 }
 
 impl Config {
+    /// The library's API keys in its database (shared by both implementations).
+    pub(crate) fn key_store(&self) -> Result<std::sync::Arc<crate::keys::KeyStore>, PluginError> {
+        crate::keys::KeyStore::shared(
+            self.database_url.as_deref(),
+            self.max_connections,
+            self.acquire_timeout_ms,
+            self.api_key_cache_ms,
+        )
+    }
+
     pub(crate) fn parse(json: &str) -> Result<Config, PluginError> {
         let c: Config = plugin_sdk::parse_config(json)?;
         for (i, k) in c.static_keys.iter().enumerate() {

@@ -78,12 +78,7 @@ fn auth_error(code: ErrorCode, message: &str) -> PluginError {
 impl SaasUserAuth {
     fn new(c: &Config) -> Result<Self, PluginError> {
         Ok(SaasUserAuth {
-            keys: KeyStore::shared(
-                c.database_url.as_deref(),
-                c.max_connections,
-                c.acquire_timeout_ms,
-                c.api_key_cache_ms,
-            )?,
+            keys: c.key_store()?,
             limiter: RateLimiter::new(
                 &c.redis_url(),
                 c.rate_limit_per_second,
@@ -391,18 +386,7 @@ pub fn register(r: &mut Registry) {
     );
     r.routes("SaasAuthRoutes", "POST/GET /api/keys, DELETE /api/keys/{id}, /api/keys/llm/byor", |config, services| {
         let c = Config::parse(config)?;
-        Ok(SaasAuthRoutes {
-            services,
-            keys: KeyStore::shared(
-                c.database_url.as_deref(),
-                c.max_connections,
-                c.acquire_timeout_ms,
-                c.api_key_cache_ms,
-            )?,
-            sso: c.sso()?,
-            providers: c.providers()?,
-            byor: c.byor()?,
-        })
+        Ok(SaasAuthRoutes { services, keys: c.key_store()?, sso: c.sso()?, providers: c.providers()?, byor: c.byor()? })
     });
 }
 
