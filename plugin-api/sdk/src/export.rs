@@ -191,13 +191,20 @@ pub fn __call_root_module_loader(f: fn() -> PluginLib_Ref) -> RootModuleResult {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LibraryConfig {
-    /// Worker threads of the library's runtime.
-    #[serde(default = "default_workers")]
-    worker_threads: usize,
+    /// Worker threads of the library's runtime (see [`default_workers`]).
+    #[serde(default)]
+    worker_threads: Option<usize>,
 }
 
+/// The host's threads poll every method's body, so a library's own workers only drive its
+/// sockets and timers and run the tasks it spawns: one is enough (a second costs PostgreSQL
+/// reads ~10% in wake-ups), except where agent loops run as tasks (conversation managers).
 fn default_workers() -> usize {
-    2
+    if registry().managers.is_empty() {
+        1
+    } else {
+        2
+    }
 }
 
 extern "C" fn init(host: HostApi_Ref, library_config_json: RStr<'_>) -> PResult<()> {
@@ -206,8 +213,9 @@ extern "C" fn init(host: HostApi_Ref, library_config_json: RStr<'_>) -> PResult<
         logging::install(host, name);
         let config: LibraryConfig = parse_config(library_config_json.as_str())
             .map_err(|e| PluginError::invalid_config(format!("[libraries.{name}]: {}", e.message)))?;
-        runtime::start(name, config.worker_threads)?;
-        tracing::debug!(library = name, workers = config.worker_threads, "plugin library initialised");
+        let workers = config.worker_threads.unwrap_or_else(default_workers);
+        runtime::start(name, workers)?;
+        tracing::debug!(library = name, workers, "plugin library initialised");
         Ok(())
     })
     .into()
