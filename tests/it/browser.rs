@@ -49,6 +49,9 @@ async fn pick(browser: &Browser, input: &str, typed: &str, option: &str) {
 /// Starts a conversation from the home page with `message`; its id.
 async fn new_conversation(browser: &Browser, base: &str, message: &str) -> String {
     browser.goto(&format!("{base}/")).await;
+    // The button is there before the page has loaded what it needs, disabled until then: a
+    // click too early does nothing (seen on a loaded machine).
+    browser.wait("[data-testid=launch-new-conversation-button]:not([disabled])").await;
     browser.click("[data-testid=launch-new-conversation-button]").await;
     let url = browser
         .wait_until(
