@@ -338,49 +338,45 @@ impl SaasSecretsStore {
 }
 
 impl plugin_sdk::SecretsStore for SaasSecretsStore {
-    /// One round trip: the version, and the rows only when it is not the cached one (one
-    /// statement, so one snapshot: the rows are those of that version).
+    /// With a cached copy, one round trip for the version (a primary-key lookup); when it
+    /// changed, or nothing is cached, one statement for the version and the rows together
+    /// (one snapshot: the rows are those of that version).
     async fn load(&self, ctx: CallContext) -> Result<Option<Secrets>, PluginError> {
         let mut conn = self.db.kept().await?;
         let user = user(&ctx);
-        let mut known = self.cache.version(user);
-        loop {
-            let rows = sqlx::query(
-                "WITH v AS (SELECT coalesce(max(version), 0)::int8 AS version FROM user_secrets_versions \
-                            WHERE user_id = $1), \
-                      l AS (SELECT 1 FROM v WHERE version <> $2) \
-                 SELECT 'v' AS kind, NULL::text AS name, NULL::text AS sealed, NULL::text AS extra, \
-                        NULL::text AS puid, version FROM v \
-                 UNION ALL SELECT 'l', NULL, sealed, NULL, NULL, NULL FROM user_secrets \
-                           WHERE user_id = $1 AND EXISTS (SELECT 1 FROM l) \
-                 UNION ALL SELECT 'c', name, sealed, description, NULL, NULL FROM user_custom_secrets \
-                           WHERE user_id = $1 AND EXISTS (SELECT 1 FROM l) \
-                 UNION ALL SELECT 't', provider, sealed_token, host, provider_user_id, NULL \
-                           FROM user_provider_tokens WHERE user_id = $1 AND EXISTS (SELECT 1 FROM l)",
+        let known = self.cache.version(user);
+        if known >= 0 {
+            let version: i64 = sqlx::query_scalar(
+                "SELECT coalesce((SELECT version FROM user_secrets_versions WHERE user_id = $1), 0)",
             )
             .bind(user)
-            .bind(known)
-            .fetch_all(&mut *conn)
+            .fetch_one(&mut *conn)
             .await
             .map_err(db_error)?;
-            let version: i64 = rows.iter().find(|r| r.get::<&str, _>(0) == "v").map_or(0, |r| r.get(5));
-            if version == known {
-                match self.cache.get(user, version) {
-                    Some(secrets) => {
-                        conn.keep();
-                        return Ok((*secrets).clone());
-                    }
-                    None => {
-                        known = -1;
-                        continue;
-                    }
-                }
+            if let Some(secrets) = self.cache.get(user, version) {
+                conn.keep();
+                return Ok((*secrets).clone());
             }
-            let secrets = self.open_rows(user, &rows)?;
-            self.cache.put(user, version, Arc::new(secrets.clone()));
-            conn.keep();
-            return Ok(secrets);
         }
+        let rows = sqlx::query(
+            "WITH v AS (SELECT coalesce(max(version), 0)::int8 AS version FROM user_secrets_versions \
+                        WHERE user_id = $1) \
+             SELECT 'v' AS kind, NULL::text AS name, NULL::text AS sealed, NULL::text AS extra, \
+                    NULL::text AS puid, version FROM v \
+             UNION ALL SELECT 'l', NULL, sealed, NULL, NULL, NULL FROM user_secrets WHERE user_id = $1 \
+             UNION ALL SELECT 'c', name, sealed, description, NULL, NULL FROM user_custom_secrets WHERE user_id = $1 \
+             UNION ALL SELECT 't', provider, sealed_token, host, provider_user_id, NULL \
+                       FROM user_provider_tokens WHERE user_id = $1",
+        )
+        .bind(user)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error)?;
+        let version: i64 = rows.iter().find(|r| r.get::<&str, _>(0) == "v").map_or(0, |r| r.get(5));
+        let secrets = self.open_rows(user, &rows)?;
+        self.cache.put(user, version, Arc::new(secrets.clone()));
+        conn.keep();
+        Ok(secrets)
     }
 
     /// Replaces every secret of the user (the whole-document write of older callers).
