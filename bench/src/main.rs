@@ -141,7 +141,20 @@ fn main() {
     let oss_profile = work.path().join("plugins.oss.toml");
     std::fs::write(&oss_profile, &profile).unwrap();
     if run(4) {
-        conversations_load(&bin_dir.join("oh-host"), &profile_path);
+        // Three runs (each a fresh host), the target on the median: one run's p99 moves
+        // between 1.5 and 7 ms with what the disk is still flushing.
+        let mut p99s: Vec<f64> = (0..3).map(|_| conversations_load(&bin_dir.join("oh-host"), &profile_path)).collect();
+        p99s.sort_by(f64::total_cmp);
+        target(
+            &format!("LLM chunk -> oh_event p99, {CONVERSATIONS} streaming, median of 3 runs"),
+            format!(
+                "{:.1} ms (runs: {})",
+                p99s[1],
+                p99s.iter().map(|p| format!("{p:.1}")).collect::<Vec<_>>().join(", ")
+            ),
+            "<= 5 ms",
+            p99s[1] <= 5.0,
+        );
     }
     if run(5) {
         auth_load(&bin_dir.join("oh-host"), &oss_profile, work.path(), &profile, &db.url);
@@ -583,7 +596,8 @@ fn rss_mib(pid: u32) -> (f64, f64) {
 const CONVERSATIONS: usize = 200;
 const TOKENS: usize = 50;
 
-fn conversations_load(bin: &Path, profile: &Path) {
+/// One run of section 4; returns the p99 of LLM chunk -> client `oh_event`, in ms.
+fn conversations_load(bin: &Path, profile: &Path) -> f64 {
     use oh_e2e::{
         llm::{now_micros, FakeLlm, Reply},
         sio::SioClient,
@@ -654,10 +668,9 @@ fn conversations_load(bin: &Path, profile: &Path) {
             delays.len()
         );
         println!("   LLM chunk -> client oh_event: p50 {} µs   p99 {} µs   max {} µs", pct(0.5), pct(0.99), delays.last().copied().unwrap_or(0));
-        let p99 = pct(0.99) as f64 / 1000.0;
-        target(&format!("LLM chunk -> oh_event p99, {CONVERSATIONS} streaming"), format!("{p99:.1} ms"), "<= 5 ms", p99 <= 5.0);
         println!("   host RSS: {rss_idle:.1} MiB idle, {rss_ready:.1} MiB with {CONVERSATIONS} connected, {rss_after:.1} MiB after, peak {peak:.1} MiB");
-    });
+        pct(0.99) as f64 / 1000.0
+    })
 }
 
 fn cores() -> usize {
