@@ -137,7 +137,7 @@ async fn each_user_gets_one_proxy_key_made_at_the_proxy_and_refresh_replaces_it(
     let (_d, host) = start(
         &db,
         &format!(", rate_limit_per_second = 0, rate_limit_per_minute = 0, litellm_api_url = \"{proxy}\", litellm_api_key = \"sk-master\", \
-             master_key = \"test-master-key-0123456789abcdef\""),
+             litellm_team_id = \"team-oh\", master_key = \"test-master-key-0123456789abcdef\""),
     );
     use reqwest::Method;
     // Concurrent first reads (two tabs, two hosts): one key is kept, the other deleted.
@@ -150,6 +150,9 @@ async fn each_user_gets_one_proxy_key_made_at_the_proxy_and_refresh_replaces_it(
     assert_eq!(b.json()["key"], key.as_str(), "both answers are the stored key");
     let (made, deleted) = llm.proxy_keys();
     assert_eq!(made.len() - deleted.len(), 1, "made {made:?}, deleted {deleted:?}");
+    // Made in the deployment's team (LITE_LLM_TEAM_ID), for its user.
+    let asked = llm.key_requests();
+    assert!(asked.iter().all(|b| b["team_id"] == "team-oh" && b["user_id"].is_string()), "{asked:?}");
     // Sealed at rest.
     let mut conn = db.connect().await;
     let rows: Vec<String> = sqlx::query_scalar("SELECT key_sealed FROM llm_keys").fetch_all(&mut conn).await.unwrap();

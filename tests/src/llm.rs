@@ -43,6 +43,8 @@ struct Script {
     /// Keys made through the LiteLLM admin API, and those deleted.
     keys: Vec<String>,
     deleted: Vec<String>,
+    /// The body of each `/key/generate` request.
+    generated: Vec<Value>,
 }
 
 /// The chat endpoint, and LiteLLM's key admin API (`/key/generate`, `/key/delete`, under the
@@ -68,6 +70,7 @@ async fn generate_key(
     let mut s = script.lock().unwrap();
     let key = format!("sk-litellm-{}-{}", body["user_id"].as_str().unwrap_or("?"), s.keys.len());
     s.keys.push(key.clone());
+    s.generated.push(body.clone());
     Json(json!({ "key": key, "key_alias": body["key_alias"] })).into_response()
 }
 
@@ -114,6 +117,11 @@ impl FakeLlm {
     }
 
     /// Keys made through the admin API, and the deleted ones.
+    /// The bodies of the `/key/generate` requests received.
+    pub fn key_requests(&self) -> Vec<Value> {
+        self.script.lock().unwrap().generated.clone()
+    }
+
     pub fn proxy_keys(&self) -> (Vec<String>, Vec<String>) {
         let s = self.script.lock().unwrap();
         (s.keys.clone(), s.deleted.clone())

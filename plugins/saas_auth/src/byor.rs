@@ -17,17 +17,25 @@ use std::time::Duration;
 pub(crate) struct Proxy {
     url: String,
     master_key: String,
+    /// The proxy team generated keys join, when the deployment has one.
+    team_id: Option<String>,
     keys: Keyring,
     http: reqwest::Client,
 }
 
 impl Proxy {
     /// `None` unless both the proxy's URL and its master key are configured.
-    pub(crate) fn new(url: Option<&str>, master_key: Option<&str>, keys: Keyring) -> Option<Proxy> {
+    pub(crate) fn new(
+        url: Option<&str>,
+        master_key: Option<&str>,
+        team_id: Option<&str>,
+        keys: Keyring,
+    ) -> Option<Proxy> {
         let url = url.map(str::trim).filter(|u| !u.is_empty())?.trim_end_matches('/').to_owned();
         let master_key = master_key.map(str::trim).filter(|k| !k.is_empty())?.to_owned();
+        let team_id = team_id.map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned);
         let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("HTTP client");
-        Some(Proxy { url, master_key, keys, http })
+        Some(Proxy { url, master_key, team_id, keys, http })
     }
 
     fn binding(user: &str) -> Binding<'_> {
@@ -64,8 +72,11 @@ impl Proxy {
     }
 
     async fn generate(&self, user: &str) -> Result<String, PluginError> {
-        let body =
+        let mut body =
             json!({ "user_id": user, "metadata": { "type": "byor" }, "key_alias": format!("BYOR Key - user {user}") });
+        if let Some(team) = &self.team_id {
+            body["team_id"] = json!(team);
+        }
         let answer = self.call("key/generate", body).await?;
         answer["key"]
             .as_str()

@@ -80,6 +80,9 @@ pub(crate) struct Config {
     pub(crate) litellm_api_url: Option<String>,
     #[serde(default)]
     pub(crate) litellm_api_key: Option<String>,
+    /// The proxy team users' keys belong to (LITE_LLM_TEAM_ID): its budget and models apply.
+    #[serde(default)]
+    pub(crate) litellm_team_id: Option<String>,
     /// Master key sealing provider tokens at rest; default OH_MASTER_KEY, else JWT_SECRET
     /// (the environment's, else `jwt_secret`).
     #[serde(default)]
@@ -195,7 +198,12 @@ impl Config {
             return Ok(None);
         }
         let keys = pg_common::crypto::deployment_keyring(self.master_key.as_deref(), None, self.jwt_secret.as_deref())?;
-        Ok(crate::byor::Proxy::new(self.litellm_api_url.as_deref(), self.litellm_api_key.as_deref(), keys))
+        Ok(crate::byor::Proxy::new(
+            self.litellm_api_url.as_deref(),
+            self.litellm_api_key.as_deref(),
+            self.litellm_team_id.as_deref(),
+            keys,
+        ))
     }
 
     pub(crate) fn redis_url(&self) -> String {
