@@ -288,13 +288,21 @@ impl Database {
     /// `SELECT 1` within a second: a health probe (a load balancer's `/ready` must not hang).
     pub async fn ping(&self) -> Result<&PgPool, PluginError> {
         let probe = async {
-            let pool = self.ready_within(Duration::from_secs(1)).await?;
+            // Within the probe's second, so the migrator's last failure (the cause) is what a
+            // slow start reports, rather than the bare timeout.
+            let pool = self.ready_within(Duration::from_millis(800)).await?;
             sqlx::query("SELECT 1").execute(pool).await.map_err(db_error)?;
             Ok(pool)
         };
-        tokio::time::timeout(Duration::from_secs(1), probe)
-            .await
-            .unwrap_or_else(|_| Err(PluginError::unavailable("PostgreSQL did not answer within 1 s")))
+        tokio::time::timeout(Duration::from_secs(1), probe).await.unwrap_or_else(|_| {
+            // A slow machine may use the second up before the first attempt fails: the last
+            // failure, when there is one, still tells the operator why.
+            let cause = self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            Err(PluginError::unavailable(match cause {
+                Some(cause) => format!("PostgreSQL did not answer within 1 s: {cause}"),
+                None => "PostgreSQL did not answer within 1 s".to_owned(),
+            }))
+        })
     }
 }
 
