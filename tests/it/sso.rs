@@ -33,11 +33,14 @@ async fn start_with(extra: &str) -> Sso {
     let d = Deployment::new();
     d.install_bundled();
     let config = format!(
-        "{{ database_url = \"{}\", rate_limit_per_second = 0, rate_limit_per_minute = 0, keycloak_server_url = \"{}\", \
+        "{{ database_url = \"{}\", redis_key_prefix = \"ohtest:sso:{}:\", rate_limit_per_second = 0, rate_limit_per_minute = 0, keycloak_server_url = \"{}\", \
          keycloak_realm_name = \"{REALM}\", keycloak_client_id = \"{CLIENT_ID}\", keycloak_client_secret = \"{CLIENT_SECRET}\", \
          jwt_secret = \"{JWT_SECRET}\", web_host = \"{WEB_HOST}\", \
          static_keys = [{{ user_id = \"bob\", sha256 = \"{}\" }}]{} }}",
         db.url,
+        // Its own Redis keys: the attacks below count failed sign-ins for 127.0.0.1, which
+        // must not lock out other tests running at the same time.
+        db.name,
         kc.base,
         oh_e2e::sha256_hex(BOB_KEY),
         extra.replace("GITHUB_TOKEN_URL", &kc.github_token_url())
