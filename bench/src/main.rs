@@ -63,16 +63,7 @@ fn main() {
     let work = tempfile::tempdir().expect("tempdir");
     let plugins = work.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
-    for lib in [
-        "file_stores",
-        "default_auth",
-        "log_monitoring",
-        "saas_monitoring",
-        "standalone_manager",
-        "clustered_manager",
-        "postgres_stores",
-        "saas_auth",
-    ] {
+    for lib in oh_e2e::BUNDLED {
         let src = bin_dir.join(format!("lib{lib}.so"));
         std::fs::copy(&src, plugins.join(format!("lib{lib}.so")))
             .unwrap_or_else(|e| panic!("{}: {e} (build with `cargo build --release --workspace`)", src.display()));
@@ -831,9 +822,14 @@ impl Stats {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn p99_ms(&self) -> f64 {
+    /// The `p` quantile of the latencies, in µs.
+    fn pct_us(&self, p: f64) -> f64 {
         let l = &self.latencies;
-        l[((l.len() as f64 * 0.99) as usize).min(l.len() - 1)].as_secs_f64() * 1e3
+        l[((l.len() as f64 * p) as usize).min(l.len() - 1)].as_secs_f64() * 1e6
+    }
+
+    fn p99_ms(&self) -> f64 {
+        self.pct_us(0.99) / 1e3
     }
 
     fn tap_row(self, label: &str) -> Self {
@@ -842,14 +838,12 @@ impl Stats {
     }
 
     fn row(&self, label: &str) {
-        let l = &self.latencies;
-        let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)].as_secs_f64() * 1e6;
         println!(
             "   {label:<38} {:>8.0} req/s   p50 {:>6.0} µs   p99 {:>6.0} µs   ({} requests)",
-            l.len() as f64 / self.elapsed.as_secs_f64(),
-            pct(0.5),
-            pct(0.99),
-            l.len()
+            self.rate(),
+            self.pct_us(0.5),
+            self.pct_us(0.99),
+            self.latencies.len()
         );
     }
 }
@@ -925,11 +919,12 @@ fn search_load(bin: &Path, profiles: &[(&str, PathBuf, PathBuf)], pg_url: &str) 
                     .await
                     .unwrap();
                 } else {
-                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                    let now = chrono::Utc::now();
                     for i in made..n {
                         let dir = state.join("sessions").join(format!("c{i}"));
                         std::fs::create_dir_all(&dir).unwrap();
-                        let created = rfc3339(now - i as u64);
+                        let created = (now - chrono::Duration::seconds(i.into()))
+                            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
                         let meta = serde_json::json!({ "conversation_id": format!("c{i}"), "created_at": created, "title": format!("bench {i}") });
                         std::fs::write(dir.join("metadata.json"), meta.to_string()).unwrap();
                     }
@@ -957,19 +952,4 @@ fn search_load(bin: &Path, profiles: &[(&str, PathBuf, PathBuf)], pg_url: &str) 
             let _ = child.wait();
         }
     }
-}
-
-/// RFC 3339 UTC text of a Unix time (the civil date from the day number).
-fn rfc3339(secs: u64) -> String {
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.000000Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }

@@ -279,6 +279,7 @@ fn the_dockerfile_bundles_what_the_makefile_bundles() {
         .trim_start_matches([' ', ':', '='])
         .split_whitespace()
         .collect();
+    assert_eq!(bundled, oh_e2e::BUNDLED.iter().copied().collect(), "the tests' BUNDLED differs from the Makefile's");
     let dockerfile = fs::read_to_string(workspace().join("Dockerfile")).unwrap();
     for lib in &bundled {
         assert!(dockerfile.contains(&format!("lib{lib}.so")) || dockerfile.contains(lib), "Dockerfile lacks {lib}");

@@ -4,7 +4,7 @@
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine as _};
 use oh_e2e::{
-    oidc::{FakeKeycloak, User, CLIENT_ID, CLIENT_SECRET, REALM},
+    oidc::{urlencode, FakeKeycloak, User, CLIENT_ID, CLIENT_SECRET, REALM},
     pg::TestDb,
     Deployment, Response, TestHost,
 };
@@ -170,15 +170,6 @@ async fn client_sign_in(s: &Sso, state: &str) -> Response {
     let back = at_kc.headers["location"].to_str().unwrap().to_owned();
     let query = back.split_once('?').unwrap().1;
     s.get(&s.host.url(&format!("/oauth/keycloak/callback?{query}")), None).await
-}
-
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|c| match c {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (c as char).to_string(),
-            _ => format!("%{c:02X}"),
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -24,6 +24,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The libraries the Makefile bundles (`BUNDLED`; a hygiene test keeps the two equal).
+pub const BUNDLED: &[&str] = &[
+    "file_stores",
+    "default_auth",
+    "log_monitoring",
+    "saas_monitoring",
+    "standalone_manager",
+    "clustered_manager",
+    "postgres_stores",
+    "saas_auth",
+];
+
 /// The plugin API version this workspace speaks, as the host prints it (`0.4`).
 pub fn api_version() -> String {
     format!("{}.{}", plugin_api::API_MAJOR, plugin_api::API_MINOR)
@@ -91,18 +103,9 @@ impl Deployment {
         self.install_as(name, name)
     }
 
-    /// The bundled OSS plugins.
+    /// The bundled plugins ([`BUNDLED`]).
     pub fn install_bundled(&self) {
-        for p in [
-            "file_stores",
-            "default_auth",
-            "log_monitoring",
-            "saas_monitoring",
-            "standalone_manager",
-            "clustered_manager",
-            "postgres_stores",
-            "saas_auth",
-        ] {
+        for p in BUNDLED {
             self.install(p);
         }
     }

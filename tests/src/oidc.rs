@@ -287,7 +287,8 @@ async fn auth(State(kc): State<FakeKeycloak>, Query(q): Query<HashMap<String, St
     (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
 }
 
-fn urlencode(s: &str) -> String {
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|c| match c {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (c as char).to_string(),

@@ -80,6 +80,15 @@ pub fn status_update(kind: &str, id: &str, message: &str) -> Value {
     json!({ "status_update": true, "type": kind, "id": id, "message": message })
 }
 
+/// The error a conversation gets when its user's limit of running conversations closes it.
+pub fn too_many_conversations() -> Value {
+    status_update(
+        "error",
+        "AGENT_ERROR$TOO_MANY_CONVERSATIONS",
+        "Too many conversations at once. If you are still using this one, try reactivating it by prompting the agent to continue",
+    )
+}
+
 /// The title update OpenHands emits when it names a conversation.
 pub fn title_update(conversation_id: &str, title: &str) -> Value {
     json!({ "status_update": true, "type": "info", "message": conversation_id, "conversation_title": title })

@@ -32,8 +32,8 @@ pub trait Env: Send + Sync + 'static {
     fn services(&self) -> &Services;
     /// The system message that starts every history.
     fn system_prompt(&self) -> &str;
-    /// The HTTP client for the LLM: a user's own endpoint (`true`) or the deployment's.
-    fn client(&self, user_endpoint: bool) -> &reqwest::Client;
+    /// The HTTP clients for the LLM.
+    fn clients(&self) -> &crate::clients::Clients;
     /// Stores an event (the store gives it its id; with `fence`, only while this session
     /// still owns the conversation), then publishes it to subscribers and monitoring.
     fn persist(
@@ -267,7 +267,7 @@ impl<E: Env> Runner<E> {
         };
         let mut stop = self.stop.clone();
         let interrupt = self.interrupt.clone();
-        let client = self.env.client(self.llm.user_endpoint);
+        let client = self.env.clients().for_endpoint(self.llm.user_endpoint);
         let trace = std::mem::take(&mut self.trace);
         let outcome = tokio::select! {
             r = llm::complete(client, &self.llm, &self.messages, &trace, &mut progress) => Some(r),

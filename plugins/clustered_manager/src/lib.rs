@@ -80,9 +80,7 @@ pub(crate) struct Node {
     services: Services,
     config: ManagerConfig,
     cluster: ClusterConfig,
-    client: reqwest::Client,
-    user_client: reqwest::Client,
-    destinations: outbound::Policy,
+    clients: agent_loop::clients::Clients,
     pub(crate) kv: Kv,
     pub(crate) keys: Keys,
     scripts: Scripts,
@@ -124,13 +122,6 @@ fn denied() -> PluginError {
     PluginError::new(ErrorCode::PERMISSION_DENIED, "conversation belongs to another user")
 }
 
-fn too_many() -> Value {
-    json!({
-        "status_update": true, "type": "error", "id": "AGENT_ERROR$TOO_MANY_CONVERSATIONS",
-        "message": "Too many conversations at once. If you are still using this one, try reactivating it by prompting the agent to continue",
-    })
-}
-
 impl Env for Node {
     fn services(&self) -> &Services {
         &self.services
@@ -138,12 +129,8 @@ impl Env for Node {
     fn system_prompt(&self) -> &str {
         &self.config.system_prompt
     }
-    fn client(&self, user_endpoint: bool) -> &reqwest::Client {
-        if user_endpoint {
-            &self.user_client
-        } else {
-            &self.client
-        }
+    fn clients(&self) -> &agent_loop::clients::Clients {
+        &self.clients
     }
     async fn persist(
         &self,
@@ -231,9 +218,7 @@ impl Node {
     fn llm_config(&self, request: &StartRequest) -> Result<LlmConfig, PluginError> {
         let llm = LlmConfig::from_settings(&request.settings, &self.config.limits(), &|k| plugin_sdk::env(k))
             .map_err(PluginError::invalid_argument)?;
-        if llm.user_endpoint {
-            self.destinations.check_url(&llm.base_url).map_err(PluginError::invalid_argument)?;
-        }
+        self.clients.check(&llm)?;
         Ok(llm)
     }
 
@@ -300,7 +285,7 @@ impl Node {
             }
             Some("close") => {
                 if fields.get("reason").is_some_and(|r| r == "too_many") {
-                    self.broadcast(sid, &too_many());
+                    self.broadcast(sid, &agent_loop::events::too_many_conversations());
                 }
                 self.stop_owned(sid, "close").await;
             }
@@ -503,16 +488,8 @@ mod futures_pin {
 impl ClusteredConversationManager {
     fn new(services: Services, config_json: &str) -> Result<Self, PluginError> {
         let (cluster, config) = config::parse(config_json)?;
-        let builder = || reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
-        let failed = |e: reqwest::Error| PluginError::internal(format!("cannot build the HTTP client: {e}"));
-        let client = builder().build().map_err(failed)?;
-        let destinations = outbound::Policy {
-            public_only: services.app_mode() == "saas",
-            allowed_hosts: config.llm_private_hosts_allowed.clone(),
-            subject: "the LLM base URL",
-            allow_setting: "llm_private_hosts_allowed",
-        };
-        let user_client = outbound::client(&destinations, builder()).map_err(failed)?;
+        let clients =
+            agent_loop::clients::Clients::new(services.app_mode() == "saas", config.llm_private_hosts_allowed.clone())?;
         let kv = Kv::new(&cluster.redis_url())?;
         let keys = Keys::new(&cluster.redis_key_prefix);
         let node = Arc::new(Node {
@@ -521,9 +498,7 @@ impl ClusteredConversationManager {
             services,
             config,
             cluster,
-            client,
-            user_client,
-            destinations,
+            clients,
             kv,
             keys,
             scripts: Scripts {
@@ -591,7 +566,7 @@ impl plugin_sdk::ConversationManager for ClusteredConversationManager {
         for victim in victims {
             tracing::info!(conversation_id = %victim, "closing the oldest conversation: too many at once");
             if lock(&node.owned).contains_key(&victim) {
-                node.broadcast(&victim, &too_many());
+                node.broadcast(&victim, &agent_loop::events::too_many_conversations());
                 let n = node.clone();
                 tokio::spawn(async move { n.stop_owned(&victim, "close").await });
             } else if let Err(e) = node.command(&victim, &[("t", "close"), ("reason", "too_many")]).await {

@@ -96,6 +96,18 @@ impl BaseIndex {
     /// Folds in what the journal gained since the last call; reloads it when it was replaced.
     fn refresh(&mut self, base: &Path) -> Result<(), PluginError> {
         let path = base.join(JOURNAL);
+        // The common case, nothing new: one stat, no open.
+        let meta = match fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.clear();
+                return Ok(());
+            }
+            Err(e) => return Err(fsutil::io_error("stat the conversation index", &path, e)),
+        };
+        if self.file == Some((meta.dev(), meta.ino())) && meta.len() <= self.offset {
+            return Ok(());
+        }
         let mut file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -104,6 +116,7 @@ impl BaseIndex {
             }
             Err(e) => return Err(fsutil::io_error("open the conversation index", &path, e)),
         };
+        // The file opened may be a newer one than the one stat'ed (a compaction between).
         let meta = file.metadata().map_err(|e| fsutil::io_error("stat the conversation index", &path, e))?;
         let identity = (meta.dev(), meta.ino());
         if self.file != Some(identity) {

@@ -21,7 +21,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, OnceLock,
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 use tokio::sync::mpsc;
 
@@ -32,11 +32,8 @@ pub struct StandaloneConversationManager {
 struct Inner {
     services: Services,
     config: Config,
-    /// For the deployment's LLM endpoint (`LITE_LLM_API_URL`).
-    client: reqwest::Client,
-    /// For a user's `llm_base_url`: in SaaS mode it reaches public addresses only.
-    user_client: reqwest::Client,
-    destinations: outbound::Policy,
+    /// The LLM clients: the deployment's endpoint, and users' own (public only in SaaS mode).
+    clients: agent_loop::clients::Clients,
     sessions: Mutex<HashMap<String, Session>>,
     /// Subscribers by conversation, independent of whether its loop runs: a client may
     /// subscribe first and start the loop after.
@@ -114,23 +111,13 @@ impl Inner {
 
 impl StandaloneConversationManager {
     fn new(services: Services, config: Config) -> Result<Self, PluginError> {
-        let builder = || reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
-        let failed = |e: reqwest::Error| PluginError::internal(format!("cannot build the HTTP client: {e}"));
-        let client = builder().build().map_err(failed)?;
-        let destinations = outbound::Policy {
-            public_only: services.app_mode() == "saas",
-            allowed_hosts: config.llm_private_hosts_allowed.clone(),
-            subject: "the LLM base URL",
-            allow_setting: "llm_private_hosts_allowed",
-        };
-        let user_client = outbound::client(&destinations, builder()).map_err(failed)?;
+        let clients =
+            agent_loop::clients::Clients::new(services.app_mode() == "saas", config.llm_private_hosts_allowed.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 services,
                 config,
-                client,
-                user_client,
-                destinations,
+                clients,
                 sessions: Mutex::new(HashMap::new()),
                 subscribers: Mutex::new(HashMap::new()),
                 subscription_owner: Mutex::new(HashMap::new()),
@@ -165,12 +152,8 @@ impl Env for Inner {
     fn system_prompt(&self) -> &str {
         &self.config.system_prompt
     }
-    fn client(&self, user_endpoint: bool) -> &reqwest::Client {
-        if user_endpoint {
-            &self.user_client
-        } else {
-            &self.client
-        }
+    fn clients(&self) -> &agent_loop::clients::Clients {
+        &self.clients
     }
     async fn persist(
         &self,
@@ -199,9 +182,7 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
             plugin_sdk::env(k)
         })
         .map_err(PluginError::invalid_argument)?;
-        if llm.user_endpoint {
-            self.inner.destinations.check_url(&llm.base_url).map_err(PluginError::invalid_argument)?;
-        }
+        self.inner.clients.check(&llm)?;
         let mut sessions = lock(&self.inner.sessions);
         if let Some(s) = sessions.get(&sid) {
             if s.user_id != user {
@@ -221,13 +202,7 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
             }
             let Some((oldest, _)) = mine.into_iter().min_by_key(|(_, t)| *t) else { break };
             tracing::info!(conversation_id = %oldest, "closing the oldest conversation: too many at once");
-            self.inner.broadcast(
-                &oldest,
-                &json!({
-                    "status_update": true, "type": "error", "id": "AGENT_ERROR$TOO_MANY_CONVERSATIONS",
-                    "message": "Too many conversations at once. If you are still using this one, try reactivating it by prompting the agent to continue",
-                }),
-            );
+            self.inner.broadcast(&oldest, &agent_loop::events::too_many_conversations());
             if let Some(session) = sessions.remove(&oldest) {
                 drop(session.stop());
             }
