@@ -410,13 +410,18 @@ fn parse_entry(
         }
     }
     // Conditional loading, as the enterprise app does: skip the entry (and its variables)
-    // unless the named variable is set and not empty.
+    // unless the named variable is set, not empty, and not a "no" (`0`, `false`, `no`, `off`:
+    // `ENABLE_BILLING=false` turns billing off, as it does in OpenHands).
     match t.get("enabled_if_env") {
         None | Some(Value::String(_)) => {}
         Some(_) => p.push(&format!("{key}.enabled_if_env"), "must be the name of an environment variable"),
     }
     if let Some(Value::String(var)) = t.get("enabled_if_env") {
-        if lookup(var).filter(|v| !v.is_empty()).is_none() {
+        let off = |v: &String| {
+            let v = v.trim();
+            v.is_empty() || ["0", "false", "no", "off"].iter().any(|no| v.eq_ignore_ascii_case(no))
+        };
+        if lookup(var).filter(|v| !off(v)).is_none() {
             tracing::debug!(entry = key, var = %var, "skipped: enabled_if_env variable not set");
             return None;
         }
@@ -669,6 +674,11 @@ mod tests {
         assert!(!c.extensions.iter().any(|e| e.point == ExtensionPoint::ROUTES));
         let err = parse_with(text, &[("GITHUB_APP_CLIENT_ID", "x")]).unwrap_err();
         assert!(err.to_string().contains("GITHUB_APP_WEBHOOK_SECRET is not set"));
+        // A "no" is off, as `ENABLE_BILLING=false` is in OpenHands.
+        for no in ["0", "false", "FALSE", "no", "off", " "] {
+            let c = parse_with(text, &[("GITHUB_APP_CLIENT_ID", no)]).unwrap();
+            assert!(!c.extensions.iter().any(|e| e.point == ExtensionPoint::ROUTES), "{no:?}");
+        }
     }
 
     #[test]

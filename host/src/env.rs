@@ -47,6 +47,8 @@ pub const ENABLE_LINEAR: &str = "ENABLE_LINEAR";
 pub const MAINTENANCE_START_TIME: &str = "MAINTENANCE_START_TIME";
 /// SaaS: `AUTH_URL` in `/api/options/config` when set.
 pub const AUTH_URL: &str = "AUTH_URL";
+/// SaaS: `STRIPE_PUBLISHABLE_KEY` in `/api/options/config` (Stripe's browser key).
+pub const STRIPE_PUBLISHABLE_KEY: &str = "STRIPE_PUBLISHABLE_KEY";
 /// The deployment's default model: listed first by `/api/options/models`.
 pub const LITELLM_DEFAULT_MODEL: &str = "LITELLM_DEFAULT_MODEL";
 /// A LiteLLM proxy: in SaaS mode `/api/options/models` lists its models (`GET {url}/models`).
@@ -82,6 +84,7 @@ pub const ALL: &[&str] = &[
     ENABLE_LINEAR,
     MAINTENANCE_START_TIME,
     AUTH_URL,
+    STRIPE_PUBLISHABLE_KEY,
     LITELLM_DEFAULT_MODEL,
     LITE_LLM_API_URL,
     LITE_LLM_API_KEY,
@@ -121,6 +124,7 @@ pub struct HostEnv {
     /// `MAINTENANCE_START_TIME` parsed.
     pub maintenance_start: Option<chrono::DateTime<chrono::Utc>>,
     pub auth_url: Option<String>,
+    pub stripe_publishable_key: Option<String>,
     pub litellm_default_model: Option<String>,
     pub lite_llm_api_url: Option<String>,
     pub lite_llm_api_key: Option<String>,
@@ -180,6 +184,7 @@ impl HostEnv {
             enable_linear: flag(get(ENABLE_LINEAR)),
             maintenance_start_time,
             auth_url: get(AUTH_URL),
+            stripe_publishable_key: get(STRIPE_PUBLISHABLE_KEY),
             litellm_default_model: get(LITELLM_DEFAULT_MODEL),
             lite_llm_api_url: get(LITE_LLM_API_URL).map(|u| u.trim_end_matches('/').to_owned()),
             lite_llm_api_key: get(LITE_LLM_API_KEY),

@@ -40,6 +40,8 @@ impl ErrorCode {
     pub const INVALID_CONFIG: ErrorCode = ErrorCode(12);
     /// The plugin panicked; the instance is marked unhealthy (HTTP 500).
     pub const PANICKED: ErrorCode = ErrorCode(13);
+    /// The user must pay first: no credits left (HTTP 402). Added in plugin-api 0.5.
+    pub const PAYMENT_REQUIRED: ErrorCode = ErrorCode(14);
 
     /// Auth sub-kind: no credentials at all (OpenHands `NoCredentialsError`, HTTP 401).
     pub const AUTH_NO_CREDENTIALS: ErrorCode = ErrorCode(100);
@@ -68,6 +70,7 @@ impl ErrorCode {
             Self::DEADLINE_EXCEEDED => "DEADLINE_EXCEEDED",
             Self::RESOURCE_EXHAUSTED => "RESOURCE_EXHAUSTED",
             Self::UNIMPLEMENTED => "UNIMPLEMENTED",
+            Self::PAYMENT_REQUIRED => "PAYMENT_REQUIRED",
             Self::INVALID_CONFIG => "INVALID_CONFIG",
             Self::PANICKED => "PANICKED",
             Self::AUTH_NO_CREDENTIALS => "NoCredentialsError",

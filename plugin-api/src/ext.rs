@@ -271,6 +271,14 @@ pub trait MonitoringListener: Send + Sync {
     /// in", "api key created"), for the calling user. Must queue and return. Added in
     /// plugin-api 0.4.
     fn capture(&self, ctx: CallContext, event: RString, properties_json: RString);
+    /// May the calling user do this (`models::Admission` as JSON: start a conversation, make
+    /// an LLM call)? `Ok` lets it happen; `PAYMENT_REQUIRED` refuses it (402: no credits),
+    /// as may any other error. Listeners that do not gate answer `Ok`. Asked before every
+    /// start and every LLM call, so it must be quick. Added in plugin-api 0.5.
+    fn admit(&self, ctx: CallContext, admission_json: RString) -> FfiFuture<PResult<()>>;
+    /// An LLM call's usage and cost (`models::LlmUsage` as JSON), once per stored agent
+    /// message, for the calling user. Must queue and return. Added in plugin-api 0.5.
+    fn on_llm_usage(&self, ctx: CallContext, usage_json: RString);
 }
 
 /// One route a `routes` instance serves.

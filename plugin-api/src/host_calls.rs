@@ -7,7 +7,7 @@
 //! a host that does not know an operation answers `UNIMPLEMENTED`.
 
 use crate::{
-    models::{ConversationMetadata, EventPage, Secrets, Settings},
+    models::{Admission, ConversationMetadata, EventPage, LlmUsage, Secrets, Settings},
     ExtensionPoint,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -119,6 +119,21 @@ pub struct Capture {
     pub properties: Value,
 }
 host_call!(Capture, MONITORING, "capture", ());
+
+/// Asks every monitoring listener whether the calling user may do this (`admit`): the
+/// first refusal is the answer (`PAYMENT_REQUIRED` when out of credits).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Admit {
+    pub admission: Admission,
+}
+host_call!(Admit, MONITORING, "admit", ());
+
+/// Tells every monitoring listener an LLM call's usage and cost (`on_llm_usage`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct ReportLlmUsage {
+    pub usage: LlmUsage,
+}
+host_call!(ReportLlmUsage, MONITORING, "on_llm_usage", ());
 
 /// Tells every monitoring listener a conversation was created (`on_create_conversation`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

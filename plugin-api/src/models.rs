@@ -356,6 +356,39 @@ pub struct ExperimentAssignment {
     pub system_prompt: Option<String>,
 }
 
+/// What a user is about to do, for `MonitoringListener::admit` (plugin-api 0.5).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Admission {
+    /// [`Admission::START_CONVERSATION`] or [`Admission::LLM_CALL`]; others may come.
+    pub action: String,
+    /// The conversation, when there is one already.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+}
+
+impl Admission {
+    /// A new conversation (`POST /api/conversations`).
+    pub const START_CONVERSATION: &'static str = "start_conversation";
+    /// An LLM call of a running conversation.
+    pub const LLM_CALL: &'static str = "llm_call";
+}
+
+/// One LLM call's usage, for `MonitoringListener::on_llm_usage` (plugin-api 0.5).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct LlmUsage {
+    pub conversation_id: String,
+    /// The stored event (agent message) the call produced: with the conversation, a key that
+    /// makes a usage reported twice count once.
+    pub event_id: u64,
+    pub model: String,
+    /// US dollars, as the LLM endpoint reported it (LiteLLM's response cost); 0 if unknown.
+    pub cost: f64,
+    #[serde(default)]
+    pub prompt_tokens: i64,
+    #[serde(default)]
+    pub completion_tokens: i64,
+}
+
 /// A running agent loop (OpenHands `AgentLoopInfo`, without the event store).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct AgentLoopInfo {

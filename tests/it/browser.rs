@@ -214,6 +214,9 @@ async fn saas_sign_in_terms_api_keys_two_users_apart_and_sign_out() {
         ("LITE_LLM_API_KEY", "sk-proxy-key"),
     ];
     let host = d.start_with_env(&env);
+    // Users arrive once the load balancer sees it ready (its database reachable and migrated):
+    // under a loaded machine the first migration can outlast a request's wait.
+    host.wait_ready().await;
     let browser = Browser::start("saas_sign_in").await;
     // Users of their own (the profile's rate limits count per user in the shared Redis).
     let run = std::process::id();

@@ -1,6 +1,7 @@
 //! End-to-end tests: one binary, one module per area (matklad's "one integration test crate").
 
 mod agent;
+mod billing;
 mod browser;
 mod cli;
 mod cluster;

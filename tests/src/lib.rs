@@ -12,6 +12,7 @@ pub mod oidc;
 pub mod pg;
 pub mod redis;
 pub mod sio;
+pub mod stripe;
 pub mod tls;
 
 use std::{
@@ -34,9 +35,10 @@ pub const BUNDLED: &[&str] = &[
     "clustered_manager",
     "postgres_stores",
     "saas_auth",
+    "billing",
 ];
 
-/// The plugin API version this workspace speaks, as the host prints it (`0.4`).
+/// The plugin API version this workspace speaks, as the host prints it (`0.5`).
 pub fn api_version() -> String {
     format!("{}.{}", plugin_api::API_MAJOR, plugin_api::API_MINOR)
 }
@@ -256,6 +258,22 @@ impl TestHost {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// Waits until `/ready` answers 200 (every plugin's health: the database reachable and
+    /// migrated), as a load balancer does before it sends users; panics after 60 s.
+    pub async fn wait_ready(&self) {
+        let started = Instant::now();
+        loop {
+            let r = self.get("/ready").await;
+            if r.status == 200 {
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                panic!("oh-host was not ready within 60 s: {} {}", r.status, r.text);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// GET on the admin listener (`/internal/*`).
     pub async fn admin_get(&self, path: &str) -> Response {
         let base = self.admin.as_deref().expect("this host has no admin listener (admin_bind = \"off\"?)");
@@ -323,6 +341,13 @@ impl Drop for TestHost {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the host said (the last lines: enough for the cause).
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+            eprintln!("---- the log of oh-host at {} (last {} lines) ----\n{tail}", self.base, lines.len().min(80));
+        }
     }
 }
 

@@ -45,6 +45,9 @@ struct Script {
     deleted: Vec<String>,
     /// The body of each `/key/generate` request.
     generated: Vec<Value>,
+    /// What each answer reports as its cost (LiteLLM's `x-litellm-response-cost`); default
+    /// `0.0025`.
+    cost: Option<String>,
 }
 
 /// The chat endpoint, and LiteLLM's key admin API (`/key/generate`, `/key/delete`, under the
@@ -132,6 +135,11 @@ impl FakeLlm {
         self.script.lock().unwrap().replies.extend(replies);
     }
 
+    /// What each answer from now on reports as its cost, in US dollars.
+    pub fn set_cost(&self, cost: &str) {
+        self.script.lock().unwrap().cost = Some(cost.to_owned());
+    }
+
     /// Every request so far: (bearer key, body).
     pub fn requests(&self) -> Vec<(Option<String>, Value)> {
         self.script.lock().unwrap().requests.clone()
@@ -164,8 +172,9 @@ async fn completions(
         let mut s = script.lock().unwrap();
         s.requests.push((key, body.clone()));
         s.traceparents.push(headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned));
-        s.replies.pop_front()
+        (s.replies.pop_front(), s.cost.clone().unwrap_or_else(|| "0.0025".to_owned()))
     };
+    let (reply, cost) = reply;
     let last_user = body["messages"]
         .as_array()
         .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
@@ -190,10 +199,12 @@ async fn completions(
             }))
             .into_response()
         }
-        Reply::Chunks(chunks) => sse(model, chunks.into_iter().map(|c| (c, Duration::ZERO)).collect(), false),
-        Reply::Tokens { n, gap } => sse(model, (0..n).map(|i| (format!("{i} "), gap)).collect(), false),
-        Reply::TimedTokens { n, gap } => sse(model, (0..n).map(|_| (TIMESTAMP.to_owned(), gap)).collect(), false),
-        Reply::Stall => sse(model, vec![("…".to_owned(), Duration::ZERO)], true),
+        Reply::Chunks(chunks) => sse(model, chunks.into_iter().map(|c| (c, Duration::ZERO)).collect(), false, &cost),
+        Reply::Tokens { n, gap } => sse(model, (0..n).map(|i| (format!("{i} "), gap)).collect(), false, &cost),
+        Reply::TimedTokens { n, gap } => {
+            sse(model, (0..n).map(|_| (TIMESTAMP.to_owned(), gap)).collect(), false, &cost)
+        }
+        Reply::Stall => sse(model, vec![("…".to_owned(), Duration::ZERO)], true, &cost),
     }
 }
 
@@ -205,7 +216,7 @@ pub fn now_micros() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros()
 }
 
-fn sse(model: String, chunks: Vec<(String, Duration)>, stall: bool) -> Response {
+fn sse(model: String, chunks: Vec<(String, Duration)>, stall: bool, cost: &str) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
     tokio::spawn(async move {
         let n = chunks.len();
@@ -230,7 +241,7 @@ fn sse(model: String, chunks: Vec<(String, Duration)>, stall: bool) -> Response 
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
-        .header("x-litellm-response-cost", "0.0025")
+        .header("x-litellm-response-cost", cost)
         .body(Body::from_stream(stream))
         .unwrap()
 }

@@ -105,6 +105,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::PERMISSION_DENIED | ErrorCode::AUTH_EMAIL_NOT_VERIFIED => StatusCode::FORBIDDEN,
         ErrorCode::RESOURCE_EXHAUSTED | ErrorCode::AUTH_RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::PAYMENT_REQUIRED => StatusCode::PAYMENT_REQUIRED,
         ErrorCode::DEADLINE_EXCEEDED => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::UNIMPLEMENTED => StatusCode::NOT_IMPLEMENTED,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

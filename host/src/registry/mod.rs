@@ -454,6 +454,24 @@ impl Registry {
         }
     }
 
+    /// An LLM call's usage, to every listener (billing debits it).
+    pub fn on_llm_usage(&self, ctx: &CallContext, usage: &models::LlmUsage) {
+        let usage = RString::from(serde_json::to_string(usage).unwrap_or_default());
+        for m in &self.monitoring {
+            let _ = m.meta.call_sync("on_llm_usage", || m.obj.on_llm_usage(ctx.clone(), usage.clone()));
+        }
+    }
+
+    /// Whether the user may do this: every listener is asked in turn and the first refusal
+    /// is the answer (`PAYMENT_REQUIRED` from billing when out of credits).
+    pub async fn admit(&self, ctx: &CallContext, admission: &models::Admission) -> Result<(), CallError> {
+        let admission = RString::from(serde_json::to_string(admission).unwrap_or_default());
+        for m in &self.monitoring {
+            m.meta.call("admit", m.obj.admit(ctx.clone(), admission.clone())).await?;
+        }
+        Ok(())
+    }
+
     /// The experiments a starting conversation takes part in, from every listener that runs
     /// some. A listener that fails is logged and skipped: an experiment never stops a start.
     pub async fn experiments(

@@ -8,8 +8,8 @@ use abi_stable::std_types::RString;
 use async_ffi::{FfiFuture, FutureExt as _};
 use plugin_api::{
     host_calls::{
-        AgentSessionStart, AppendEvents, Capture, CreateConversation, GetEvents, GetMetadata, HostCall, LoadSecrets,
-        LoadSettings, SaveMetadata, SessionEvent,
+        Admit, AgentSessionStart, AppendEvents, Capture, CreateConversation, GetEvents, GetMetadata, HostCall,
+        LoadSecrets, LoadSettings, ReportLlmUsage, SaveMetadata, SessionEvent,
     },
     CallContext, ErrorCode, EventQuery, HostServices, PResult, PluginError,
 };
@@ -136,6 +136,18 @@ impl Registry {
                 self.capture(&ctx2, &r.event, &r.properties);
                 Ok(())
             })
+            .await
+        } else if is::<ReportLlmUsage>(point, method) {
+            serve(args, |r: ReportLlmUsage| async move {
+                self.on_llm_usage(&ctx2, &r.usage);
+                Ok(())
+            })
+            .await
+        } else if is::<Admit>(point, method) {
+            serve(
+                args,
+                |r: Admit| async move { self.admit(&ctx, &r.admission).await.map_err(|e| e.into_plugin_error()) },
+            )
             .await
         } else if is::<CreateConversation>(point, method) {
             serve(args, |_: CreateConversation| async move {

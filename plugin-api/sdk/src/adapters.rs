@@ -320,6 +320,19 @@ impl<T: crate::MonitoringListener> plugin_api::MonitoringListener for Adapter<T>
         let properties = serde_json::from_str::<serde_json::Value>(&properties_json).unwrap_or_default();
         self.hook("capture", |t| t.capture(&ctx, &event, &properties));
     }
+    fn admit(&self, ctx: CallContext, admission_json: RString) -> FfiFuture<PResult<()>> {
+        self.run(move |t| async move {
+            let admission = serde_json::from_str::<plugin_api::models::Admission>(&admission_json)
+                .map_err(|e| PluginError::invalid_argument(format!("admit: {e}")))?;
+            t.admit(ctx, admission).await
+        })
+    }
+    fn on_llm_usage(&self, ctx: CallContext, usage_json: RString) {
+        match serde_json::from_str::<plugin_api::models::LlmUsage>(&usage_json) {
+            Ok(usage) => self.hook("on_llm_usage", |t| t.on_llm_usage(&ctx, &usage)),
+            Err(e) => tracing::warn!(error = %e, "on_llm_usage got bad JSON"),
+        }
+    }
 }
 
 impl<T: crate::RouteHandler> plugin_api::RouteHandler for Adapter<T> {

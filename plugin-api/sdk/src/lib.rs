@@ -271,6 +271,12 @@ pub trait MonitoringListener: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<String>>> + Send {
         async { Ok(None) }
     }
+    /// See `plugin_api::MonitoringListener::admit`. Default: allowed.
+    fn admit(&self, _ctx: CallContext, _admission: models::Admission) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+    /// An LLM call's usage and cost. Must queue and return.
+    fn on_llm_usage(&self, _ctx: &CallContext, _usage: &models::LlmUsage) {}
     fn health(&self) -> impl Future<Output = Result<String>> + Send {
         async { Ok("ok".to_owned()) }
     }

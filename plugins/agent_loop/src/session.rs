@@ -12,8 +12,8 @@ use crate::{
     llm::{self, ChatMessage, LlmConfig, LlmError, Progress},
 };
 use plugin_sdk::{
-    host_calls::{AgentSessionStart, GetEvents, GetMetadata, HostCall, SaveMetadata},
-    models::{ConversationMetadata, StartRequest},
+    host_calls::{Admit, AgentSessionStart, GetEvents, GetMetadata, HostCall, ReportLlmUsage, SaveMetadata},
+    models::{Admission, ConversationMetadata, LlmUsage, StartRequest},
     CallContext, ErrorCode, PluginError, Services,
 };
 use serde_json::Value;
@@ -252,6 +252,10 @@ impl<E: Env> Runner<E> {
         if self.shared.is_fenced() {
             return;
         }
+        if let Some(refusal) = self.refused().await {
+            self.fail("STATUS$ERROR_LLM_OUT_OF_CREDITS", &refusal).await;
+            return;
+        }
         let env = self.env.clone();
         let sid = self.sid.clone();
         let mut seq = 0u64;
@@ -279,13 +283,25 @@ impl<E: Env> Runner<E> {
             Some(Ok(completion)) => {
                 self.totals.add(&completion);
                 self.messages.push(ChatMessage { role: "assistant".into(), content: completion.content.clone() });
-                self.persist(events::agent_message(
-                    &completion,
-                    &self.llm.display_model,
-                    self.llm.context_window,
-                    &self.totals,
-                ))
-                .await;
+                let stored = self
+                    .persist(events::agent_message(
+                        &completion,
+                        &self.llm.display_model,
+                        self.llm.context_window,
+                        &self.totals,
+                    ))
+                    .await;
+                if let Some(event_id) = stored {
+                    let usage = LlmUsage {
+                        conversation_id: self.sid.clone(),
+                        event_id,
+                        model: self.llm.display_model.clone(),
+                        cost: completion.cost,
+                        prompt_tokens: completion.usage.prompt_tokens,
+                        completion_tokens: completion.usage.completion_tokens,
+                    };
+                    self.monitor(ReportLlmUsage { usage }).await;
+                }
                 self.update_metadata(|_| {}).await;
                 self.set_state("awaiting_user_input").await;
             }
@@ -295,10 +311,31 @@ impl<E: Env> Runner<E> {
                     LlmError::Retryable(_) => ("STATUS$ERROR_LLM_SERVICE_UNAVAILABLE", err.to_string()),
                     LlmError::Fatal(_) => ("STATUS$ERROR", err.to_string()),
                 };
-                tracing::warn!(conversation_id = %self.sid, error = %text, "agent turn failed");
-                self.env.broadcast(&self.sid, &events::status_update("error", id, &text));
-                self.persist(events::error_observation(&text, id)).await;
-                self.set_state_because("error", id).await;
+                self.fail(id, &text).await;
+            }
+        }
+    }
+
+    /// Ends the turn in `error`, with the status the web client shows for `id`.
+    async fn fail(&mut self, id: &str, text: &str) {
+        tracing::warn!(conversation_id = %self.sid, error = %text, "agent turn failed");
+        self.env.broadcast(&self.sid, &events::status_update("error", id, text));
+        self.persist(events::error_observation(text, id)).await;
+        self.set_state_because("error", id).await;
+    }
+
+    /// Why the next LLM call may not be made (billing: no credits left), if it may not. A
+    /// listener that cannot answer does not stop the conversation.
+    async fn refused(&self) -> Option<String> {
+        let admission = Admission { action: Admission::LLM_CALL.to_owned(), conversation_id: Some(self.sid.clone()) };
+        match self.env.services().call(self.ctx.clone(), Admit { admission }).await {
+            Ok(()) => None,
+            Err(e) if e.code == ErrorCode::PAYMENT_REQUIRED => {
+                Some("You're out of OpenHands Credits: add funds to continue.".to_owned())
+            }
+            Err(e) => {
+                tracing::warn!(conversation_id = %self.sid, error = %e, "admission not checked; the call goes ahead");
+                None
             }
         }
     }
@@ -315,19 +352,20 @@ impl<E: Env> Runner<E> {
 
     /// Stores an event (it gets its id), then pushes it live and to monitoring. A refused
     /// fenced append ends the session: the conversation is another node's now.
-    async fn persist(&mut self, event: Value) {
+    async fn persist(&mut self, event: Value) -> Option<u64> {
         if self.shared.is_fenced() {
-            return;
+            return None;
         }
         self.shared.touch();
         match self.env.persist(&self.ctx, &self.sid, self.fence, event).await {
-            Ok(_) => {}
+            Ok(stored) => return stored["id"].as_u64(),
             Err(e) if e.code == ErrorCode::CONFLICT && self.fence.is_some() => {
                 tracing::warn!(conversation_id = %self.sid, error = %e, "fenced off: another node owns the conversation now");
                 self.shared.fenced.store(true, Ordering::Relaxed);
             }
             Err(e) => tracing::error!(conversation_id = %self.sid, error = %e, "cannot store an event"),
         }
+        None
     }
 
     async fn monitor<C: HostCall<Answer = ()>>(&self, hook: C) {

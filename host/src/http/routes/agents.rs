@@ -9,7 +9,10 @@ use crate::http::{
     AppState,
 };
 use axum::{extract::State, http::StatusCode, routing::post, Json, Router};
-use plugin_api::{models::ConversationMetadata, AuthType};
+use plugin_api::{
+    models::{Admission, ConversationMetadata},
+    AuthType, ErrorCode,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -50,6 +53,21 @@ fn new_conversation_id() -> String {
 /// `{"status": "ok", "conversation_id", "message": null, "conversation_status"}`.
 fn started(id: &str, status: &str) -> Json<Value> {
     Json(json!({ "status": "ok", "conversation_id": id, "message": Value::Null, "conversation_status": status }))
+}
+
+/// Monitoring listeners may refuse a new conversation: billing does when the user has no
+/// credits left (402 with the status the web client shows for it).
+async fn admit_start(state: &AppState, caller: &Caller) -> ApiResult<()> {
+    let admission = Admission { action: Admission::START_CONVERSATION.to_owned(), conversation_id: None };
+    match state.registry.admit(&caller.ctx, &admission).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.error.code == ErrorCode::PAYMENT_REQUIRED => Err(ApiError::with_msg_id(
+            StatusCode::PAYMENT_REQUIRED,
+            e.error.message.as_str(),
+            "STATUS$ERROR_LLM_OUT_OF_CREDITS",
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// How long a client refused during maintenance is asked to wait before trying again.
@@ -93,6 +111,7 @@ async fn create(
     if let Some(refusal) = maintenance(&state) {
         return Err(refusal);
     }
+    admit_start(&state, &caller).await?;
     let id = match body.conversation_id {
         Some(id) if state.server.env.allow_set_conversation_id => {
             validate_conversation_id(&id)?;

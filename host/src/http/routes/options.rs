@@ -25,6 +25,7 @@ pub(super) async fn config(State(state): State<AppState>) -> Json<Value> {
     });
     if state.registry.app_mode() == AppMode::Saas {
         config["APP_SLUG"] = json!(env.github_app_slug);
+        config["STRIPE_PUBLISHABLE_KEY"] = json!(env.stripe_publishable_key.clone().unwrap_or_default());
         config["FEATURE_FLAGS"]["ENABLE_JIRA"] = json!(env.enable_jira);
         config["FEATURE_FLAGS"]["ENABLE_JIRA_DC"] = json!(env.enable_jira_dc);
         config["FEATURE_FLAGS"]["ENABLE_LINEAR"] = json!(env.enable_linear);

@@ -1,0 +1,98 @@
+//! Configuration of `BillingRoutes` and `BillingUsage` (their `config` tables).
+
+use plugin_sdk::PluginError;
+use serde::Deserialize;
+
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    /// PostgreSQL for the ledger; default from DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASS.
+    #[serde(default)]
+    pub(crate) database_url: Option<String>,
+    /// Pool size; default DB_POOL_SIZE + DB_MAX_OVERFLOW.
+    #[serde(default)]
+    pub(crate) max_connections: Option<u32>,
+    /// How long a call waits for a database connection before 503 (ms).
+    #[serde(default = "default_acquire_ms")]
+    pub(crate) acquire_timeout_ms: u64,
+    /// The Stripe secret key (STRIPE_API_KEY), `sk_live_…` or `sk_test_…`.
+    #[serde(default)]
+    pub(crate) stripe_api_key: Option<String>,
+    /// The webhook endpoint's signing secret (STRIPE_WEBHOOK_SECRET), `whsec_…`.
+    #[serde(default)]
+    pub(crate) stripe_webhook_secret: Option<String>,
+    /// Stripe's API (STRIPE_API_URL); tests point it at a fake.
+    #[serde(default = "default_api_url")]
+    pub(crate) stripe_api_url: String,
+    /// This server's public origin (WEB_HOST), where Stripe sends buyers back; default: the
+    /// origin the request came to.
+    #[serde(default)]
+    pub(crate) web_host: Option<String>,
+    /// Smallest and largest purchase in US dollars (the web client asks for at least 10).
+    #[serde(default = "default_min")]
+    pub(crate) min_purchase: u32,
+    #[serde(default = "default_max")]
+    pub(crate) max_purchase: u32,
+}
+
+fn default_acquire_ms() -> u64 {
+    3000
+}
+fn default_api_url() -> String {
+    "https://api.stripe.com".to_owned()
+}
+fn default_min() -> u32 {
+    10
+}
+fn default_max() -> u32 {
+    25_000
+}
+
+fn set(v: &Option<String>) -> Option<String> {
+    v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned)
+}
+
+impl Config {
+    pub(crate) fn parse(json: &str) -> Result<Config, PluginError> {
+        let c: Config = plugin_sdk::parse_config(json)?;
+        if c.min_purchase == 0 || c.min_purchase > c.max_purchase {
+            return Err(PluginError::invalid_config("min_purchase must be at least 1 and not above max_purchase"));
+        }
+        if !(c.stripe_api_url.starts_with("https://") || c.stripe_api_url.starts_with("http://")) {
+            return Err(PluginError::invalid_config(format!(
+                "stripe_api_url must be an http(s) URL (STRIPE_API_URL), not `{}`",
+                c.stripe_api_url
+            )));
+        }
+        Ok(c)
+    }
+
+    /// The Stripe key and webhook secret the routes need; both required.
+    pub(crate) fn stripe(&self) -> Result<(String, String), PluginError> {
+        let key = set(&self.stripe_api_key).ok_or_else(|| {
+            PluginError::invalid_config("stripe_api_key is required (STRIPE_API_KEY: the account's secret key)")
+        })?;
+        let secret = set(&self.stripe_webhook_secret).ok_or_else(|| {
+            PluginError::invalid_config(
+                "stripe_webhook_secret is required (STRIPE_WEBHOOK_SECRET: the webhook endpoint's signing secret, whsec_…)",
+            )
+        })?;
+        Ok((key, secret))
+    }
+
+    pub(crate) fn web_host(&self) -> Option<String> {
+        set(&self.web_host).map(|h| h.trim_end_matches('/').to_owned())
+    }
+
+    pub(crate) fn ledger(&self) -> Result<crate::ledger::Ledger, PluginError> {
+        let db = plugin_sdk::enter_runtime(|| {
+            pg_common::Database::shared(
+                self.database_url.as_deref(),
+                self.max_connections,
+                self.acquire_timeout_ms,
+                true,
+            )
+        })?;
+        Ok(crate::ledger::Ledger::new(db))
+    }
+}

@@ -1,0 +1,352 @@
+//! Billing (OpenHands §10.9 `billing.py`): credits bought through Stripe Checkout, kept in a
+//! ledger in PostgreSQL, spent on LLM usage.
+//! - `BillingRoutes` (`routes`): `GET /api/billing/credits`, `POST
+//!   /api/billing/create-checkout-session`, `GET /api/billing/success` and `/cancel` (where
+//!   Stripe sends the buyer back), `POST /api/billing/stripe-webhook` (signed), and
+//!   `GET /api/billing/subscription-access` (no subscriptions here: `null`).
+//! - `BillingUsage` (`monitoring`): debits each LLM call's cost, and refuses (402) a new
+//!   conversation or the next LLM call of a user without credits.
+//!
+//! A purchase is credited once: the success redirect and the `checkout.session.completed`
+//! webhook may both arrive, in either order, at different hosts; they serialise on the
+//! session's row and the ledger entry's unique reference (`ledger.rs`).
+
+mod config;
+mod ledger;
+pub mod stripe;
+
+use config::Config;
+use ledger::{Completed, Kind, Ledger};
+use plugin_sdk::{
+    models::{Admission, LlmUsage},
+    plugin_api::abi_stable::std_types::{RString, RVec, Tuple2},
+    CallContext, ErrorCode, HttpRequest, HttpResponse, PluginError, Registry, RouteSpec,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::sync::mpsc;
+
+fn response(status: u16, headers: Vec<(&str, String)>, body: Vec<u8>) -> HttpResponse {
+    HttpResponse {
+        status,
+        headers: RVec::from(
+            headers.into_iter().map(|(k, v)| Tuple2(RString::from(k), RString::from(v))).collect::<Vec<_>>(),
+        ),
+        body: body.into(),
+    }
+}
+
+fn json_response(status: u16, body: &Value) -> HttpResponse {
+    response(status, vec![("content-type", "application/json".to_owned())], body.to_string().into_bytes())
+}
+
+fn redirect(to: String) -> HttpResponse {
+    response(302, vec![("location", to)], Vec::new())
+}
+
+fn header<'a>(request: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    request.headers.iter().find(|h| h.0.eq_ignore_ascii_case(name)).map(|h| h.1.as_str())
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then_some(v)
+    })
+}
+
+/// Stripe object ids (`cs_test_a1B2…`) are letters, digits and underscores.
+fn stripe_id(v: Option<&str>) -> Option<&str> {
+    v.filter(|v| !v.is_empty() && v.len() <= 255 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+}
+
+pub struct BillingRoutes {
+    ledger: Ledger,
+    stripe: stripe::Stripe,
+    webhook_secret: String,
+    web_host: Option<String>,
+    min_purchase: u32,
+    max_purchase: u32,
+}
+
+#[derive(Deserialize)]
+struct CheckoutBody {
+    amount: Value,
+}
+
+impl BillingRoutes {
+    fn new(c: &Config) -> Result<BillingRoutes, PluginError> {
+        let (key, webhook_secret) = c.stripe()?;
+        Ok(BillingRoutes {
+            ledger: c.ledger()?,
+            stripe: stripe::Stripe::new(&c.stripe_api_url, &key)?,
+            webhook_secret,
+            web_host: c.web_host(),
+            min_purchase: c.min_purchase,
+            max_purchase: c.max_purchase,
+        })
+    }
+
+    /// Where buyers come back to: WEB_HOST, else the origin the request came to.
+    fn base(&self, request: &HttpRequest) -> String {
+        if let Some(host) = &self.web_host {
+            return host.clone();
+        }
+        let proto = header(request, "x-forwarded-proto").unwrap_or("http");
+        format!("{proto}://{}", header(request, "host").unwrap_or("localhost"))
+    }
+
+    async fn checkout(&self, user: &str, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
+        let Ok(body) = serde_json::from_slice::<CheckoutBody>(&request.body) else {
+            return Ok(json_response(422, &json!({ "error": "expected {\"amount\": <whole US dollars>}" })));
+        };
+        let amount = body.amount.as_u64().and_then(|a| u32::try_from(a).ok());
+        let Some(amount) = amount.filter(|a| (self.min_purchase..=self.max_purchase).contains(a)) else {
+            return Ok(json_response(
+                422,
+                &json!({ "error": format!(
+                    "amount must be a whole number of US dollars from {} to {}",
+                    self.min_purchase, self.max_purchase
+                ) }),
+            ));
+        };
+        let customer = match self.ledger.customer(user).await? {
+            Some(c) => c,
+            None => {
+                let made = self.stripe.create_customer(user, None).await?;
+                self.ledger.save_customer(user, &made).await?
+            }
+        };
+        let base = self.base(request);
+        let session = self
+            .stripe
+            .create_checkout_session(
+                &customer,
+                user,
+                amount,
+                &format!("{base}/api/billing/success?session_id={{CHECKOUT_SESSION_ID}}"),
+                &format!("{base}/api/billing/cancel?session_id={{CHECKOUT_SESSION_ID}}"),
+            )
+            .await?;
+        self.ledger.save_session(&session.id, user, amount).await?;
+        let Some(url) = session.url else {
+            return Err(PluginError::internal("Stripe made a Checkout Session without a url"));
+        };
+        Ok(json_response(200, &json!({ "redirect_url": url })))
+    }
+
+    /// The buyer is back from Stripe: ask Stripe whether it is paid, credit it (once).
+    async fn success(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
+        let Some(id) = stripe_id(query_param(&request.query, "session_id")) else {
+            return Ok(json_response(400, &json!({ "error": "session_id is missing or malformed" })));
+        };
+        let session = self.stripe.session(id).await?;
+        if session.payment_status != "paid" {
+            return Ok(json_response(
+                400,
+                &json!({ "error": format!("the payment is not complete (Stripe says {})", session.payment_status) }),
+            ));
+        }
+        match self.ledger.complete_session(id, None).await? {
+            Completed::Unknown => Ok(json_response(404, &json!({ "error": "no such checkout session here" }))),
+            Completed::Credited | Completed::Already => {
+                Ok(redirect(format!("{}/settings/billing?checkout=success", self.base(request))))
+            }
+        }
+    }
+
+    async fn cancel(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
+        if let Some(id) = stripe_id(query_param(&request.query, "session_id")) {
+            self.ledger.cancel_session(id).await?;
+        }
+        Ok(redirect(format!("{}/settings/billing?checkout=cancel", self.base(request))))
+    }
+
+    /// A Stripe event: signature first (on the raw body), then at most once per event id.
+    async fn webhook(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
+        let now = chrono::Utc::now().timestamp();
+        if let Err(refused) =
+            stripe::verify(&request.body, header(request, "stripe-signature"), &self.webhook_secret, now)
+        {
+            tracing::warn!(reason = refused.message(), "Stripe webhook refused");
+            return Ok(json_response(400, &json!({ "error": refused.message() })));
+        }
+        let Ok(event) = serde_json::from_slice::<Value>(&request.body) else {
+            return Ok(json_response(400, &json!({ "error": "the payload is not JSON" })));
+        };
+        let (Some(event_id), Some(kind)) = (stripe_id(event["id"].as_str()), event["type"].as_str()) else {
+            return Ok(json_response(400, &json!({ "error": "the event has no id or type" })));
+        };
+        let object = &event["data"]["object"];
+        let fulfils = matches!(kind, "checkout.session.completed" | "checkout.session.async_payment_succeeded");
+        let outcome = match stripe_id(object["id"].as_str()) {
+            Some(session) if fulfils && object["payment_status"] == "paid" => {
+                match self.ledger.complete_session(session, Some((event_id, kind))).await? {
+                    Completed::Credited => "credited",
+                    Completed::Already => "already handled",
+                    Completed::Unknown => "not a session of this server",
+                }
+            }
+            _ => {
+                if self.ledger.record_event(event_id, kind).await? {
+                    "ignored"
+                } else {
+                    "already handled"
+                }
+            }
+        };
+        tracing::info!(event = event_id, kind, outcome, "Stripe event");
+        Ok(json_response(200, &json!({ "received": true, "outcome": outcome })))
+    }
+}
+
+impl plugin_sdk::RouteHandler for BillingRoutes {
+    fn routes(&self) -> Vec<RouteSpec> {
+        let route = |method: &str, path: &str, authenticated| RouteSpec {
+            method: method.into(),
+            path: path.into(),
+            authenticated,
+        };
+        vec![
+            route("GET", "/api/billing/credits", true),
+            route("GET", "/api/billing/subscription-access", true),
+            route("POST", "/api/billing/create-checkout-session", true),
+            // Stripe sends the buyer (and its webhooks) here without our session.
+            route("GET", "/api/billing/success", false),
+            route("GET", "/api/billing/cancel", false),
+            route("POST", "/api/billing/stripe-webhook", false),
+        ]
+    }
+
+    async fn handle(&self, ctx: CallContext, request: HttpRequest) -> Result<HttpResponse, PluginError> {
+        let user = ctx.user_id();
+        match (request.method.as_str(), request.path.as_str(), user) {
+            ("GET", "/api/billing/success", _) => self.success(&request).await,
+            ("GET", "/api/billing/cancel", _) => self.cancel(&request).await,
+            ("POST", "/api/billing/stripe-webhook", _) => self.webhook(&request).await,
+            (_, _, None) => Ok(json_response(401, &json!({ "error": "sign in first" }))),
+            ("GET", "/api/billing/credits", Some(user)) => {
+                // The exact decimal as a JSON number (no float on the way).
+                let balance = self.ledger.balance(user).await?;
+                Ok(response(
+                    200,
+                    vec![("content-type", "application/json".to_owned())],
+                    format!("{{\"credits\":{balance}}}").into_bytes(),
+                ))
+            }
+            ("GET", "/api/billing/subscription-access", Some(_)) => Ok(json_response(200, &Value::Null)),
+            ("POST", "/api/billing/create-checkout-session", Some(user)) => self.checkout(user, &request).await,
+            (method, path, _) => Ok(json_response(404, &json!({ "error": format!("no route {method} {path}") }))),
+        }
+    }
+
+    async fn health(&self) -> Result<String, PluginError> {
+        self.ledger.health().await
+    }
+}
+
+/// One usage to debit, for a user.
+type Debit = (String, LlmUsage);
+
+pub struct BillingUsage {
+    ledger: Arc<Ledger>,
+    queue: Mutex<Option<mpsc::UnboundedSender<Debit>>>,
+    worker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// How many times a debit is tried (with backoff) before it is logged as lost.
+const DEBIT_ATTEMPTS: u32 = 6;
+
+impl BillingUsage {
+    fn new(c: &Config) -> Result<BillingUsage, PluginError> {
+        let ledger = Arc::new(c.ledger()?);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Debit>();
+        let worker_ledger = ledger.clone();
+        let worker = plugin_sdk::enter_runtime(|| {
+            tokio::spawn(async move {
+                while let Some((user, usage)) = rx.recv().await {
+                    debit(&worker_ledger, &user, &usage).await;
+                }
+            })
+        });
+        Ok(BillingUsage { ledger, queue: Mutex::new(Some(tx)), worker: Mutex::new(Some(worker)) })
+    }
+}
+
+/// Debits one usage, retrying while the database is away. Idempotent: the reference is the
+/// conversation and the event, so a usage reported twice is debited once.
+async fn debit(ledger: &Ledger, user: &str, usage: &LlmUsage) {
+    let Some(amount) = ledger::debit_of(usage.cost) else { return };
+    let reference = format!("usage:{}:{}", usage.conversation_id, usage.event_id);
+    let mut wait = Duration::from_millis(250);
+    for attempt in 1..=DEBIT_ATTEMPTS {
+        match ledger.append(user, Kind::Usage, &amount, &reference).await {
+            Ok(_) => return,
+            Err(e) if attempt < DEBIT_ATTEMPTS => {
+                tracing::warn!(user, reference, error = %e, attempt, "usage not debited yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => tracing::error!(user, reference, amount, error = %e, "usage not debited: gave up"),
+        }
+    }
+}
+
+impl plugin_sdk::MonitoringListener for BillingUsage {
+    fn on_llm_usage(&self, ctx: &CallContext, usage: &LlmUsage) {
+        let Some(user) = ctx.user_id() else {
+            tracing::warn!(conversation_id = %usage.conversation_id, "LLM usage without a user: nothing to debit");
+            return;
+        };
+        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        match queue.as_ref() {
+            Some(q) if q.send((user.to_owned(), usage.clone())).is_ok() => {}
+            _ => tracing::error!(user, conversation_id = %usage.conversation_id, "usage after shutdown: not debited"),
+        }
+    }
+
+    async fn admit(&self, ctx: CallContext, admission: Admission) -> Result<(), PluginError> {
+        let Some(user) = ctx.user_id() else {
+            return Err(PluginError::new(ErrorCode::PAYMENT_REQUIRED, "billing needs a signed-in user"));
+        };
+        if self.ledger.has_credits(user).await? {
+            return Ok(());
+        }
+        tracing::info!(user, action = %admission.action, "refused: no credits left");
+        Err(PluginError::new(ErrorCode::PAYMENT_REQUIRED, "You're out of OpenHands Credits. Add funds to continue."))
+    }
+
+    async fn health(&self) -> Result<String, PluginError> {
+        self.ledger.health().await
+    }
+
+    /// Debits still queued are written before the library goes (within 5 s).
+    async fn shutdown(&self) {
+        drop(self.queue.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let worker = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(worker) = worker {
+            if tokio::time::timeout(Duration::from_secs(5), worker).await.is_err() {
+                tracing::error!("usage debits still queued at shutdown were not written");
+            }
+        }
+    }
+}
+
+pub fn register(r: &mut Registry) {
+    r.routes(
+        "BillingRoutes",
+        "/api/billing/*: credits, Stripe Checkout, its success/cancel returns and its signed webhook",
+        |config, _| BillingRoutes::new(&Config::parse(config)?),
+    );
+    r.monitoring(
+        "BillingUsage",
+        "debits each LLM call's cost from the user's credits; refuses new work without credits (402)",
+        |config, _| BillingUsage::new(&Config::parse(config)?),
+    );
+}
+
+plugin_sdk::export_plugin!(register);

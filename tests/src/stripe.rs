@@ -1,0 +1,202 @@
+//! A small Stripe on 127.0.0.1 (a third party we cannot run here), speaking the wire format
+//! billing uses: form-encoded `POST /v1/customers` and `POST /v1/checkout/sessions` with a
+//! bearer secret key and `Idempotency-Key` (a repeated key answers what it answered first),
+//! `GET /v1/checkout/sessions/{id}`. Tests flip a session to paid ([`FakeStripe::pay`]) and make
+//! the signed webhook delivery Stripe would send ([`FakeStripe::completed_event`]).
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+/// The secret key the fake accepts.
+pub const SECRET_KEY: &str = "sk_test_fake_0123456789";
+/// The webhook endpoint's signing secret.
+pub const WEBHOOK_SECRET: &str = "whsec_fake_endpoint_secret_0123456789";
+
+#[derive(Default)]
+struct Account {
+    customers: Vec<Value>,
+    sessions: HashMap<String, Value>,
+    /// Idempotency key -> the answer given first.
+    idempotent: HashMap<String, Value>,
+    /// The form of each session creation.
+    checkout_forms: Vec<HashMap<String, String>>,
+}
+
+pub struct FakeStripe {
+    pub base_url: String,
+    account: Arc<Mutex<Account>>,
+}
+
+fn form(body: &[u8]) -> HashMap<String, String> {
+    fn decode(s: &str) -> String {
+        let s = s.replace('+', " ");
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' && i + 2 < b.len() {
+                if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(b[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn authorized(headers: &HeaderMap) -> bool {
+    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {SECRET_KEY}"))
+}
+
+fn refused() -> Response {
+    let body = json!({ "error": { "type": "invalid_request_error", "message": "Invalid API Key provided" } });
+    (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+}
+
+type Shared = Arc<Mutex<Account>>;
+
+async fn create_customer(State(account): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&headers) {
+        return refused();
+    }
+    let mut a = account.lock().unwrap();
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some(answer) = key.as_ref().and_then(|k| a.idempotent.get(k)) {
+        return Json(answer.clone()).into_response();
+    }
+    let f = form(&body);
+    let customer = json!({ "id": format!("cus_fake{}", a.customers.len() + 1), "object": "customer",
+                           "metadata": { "user_id": f.get("metadata[user_id]") } });
+    a.customers.push(customer.clone());
+    if let Some(k) = key {
+        a.idempotent.insert(k, customer.clone());
+    }
+    Json(customer).into_response()
+}
+
+async fn create_session(State(account): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&headers) {
+        return refused();
+    }
+    let mut a = account.lock().unwrap();
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some(answer) = key.as_ref().and_then(|k| a.idempotent.get(k)) {
+        return Json(answer.clone()).into_response();
+    }
+    let f = form(&body);
+    let id = format!("cs_test_fake{}", a.sessions.len() + 1);
+    let amount: i64 = f.get("line_items[0][price_data][unit_amount]").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let session = json!({
+        "id": id, "object": "checkout.session", "mode": f.get("mode"),
+        "url": format!("https://checkout.stripe.test/c/pay/{id}"),
+        "payment_status": "unpaid", "status": "open",
+        "customer": f.get("customer"), "client_reference_id": f.get("client_reference_id"),
+        "amount_total": amount, "currency": f.get("line_items[0][price_data][currency]"),
+        "success_url": f.get("success_url"), "cancel_url": f.get("cancel_url"),
+        "metadata": { "user_id": f.get("metadata[user_id]"), "credits": f.get("metadata[credits]") },
+    });
+    a.sessions.insert(id, session.clone());
+    a.checkout_forms.push(f);
+    if let Some(k) = key {
+        a.idempotent.insert(k, session.clone());
+    }
+    Json(session).into_response()
+}
+
+async fn get_session(State(account): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if !authorized(&headers) {
+        return refused();
+    }
+    match account.lock().unwrap().sessions.get(&id) {
+        Some(s) => Json(s.clone()).into_response(),
+        None => {
+            let body = json!({ "error": { "type": "invalid_request_error", "message": format!("No such checkout.session: '{id}'") } });
+            (StatusCode::NOT_FOUND, Json(body)).into_response()
+        }
+    }
+}
+
+impl FakeStripe {
+    pub async fn start() -> FakeStripe {
+        let account: Shared = Arc::default();
+        let app = Router::new()
+            .route("/v1/customers", post(create_customer))
+            .route("/v1/checkout/sessions", post(create_session))
+            .route("/v1/checkout/sessions/{id}", get(get_session))
+            .with_state(account.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakeStripe { base_url, account }
+    }
+
+    /// The buyer paid: the session is complete.
+    pub fn pay(&self, session_id: &str) {
+        let mut a = self.account.lock().unwrap();
+        let s = a.sessions.get_mut(session_id).expect("a session the fake made");
+        s["payment_status"] = json!("paid");
+        s["status"] = json!("complete");
+    }
+
+    /// The session as the fake holds it.
+    pub fn session(&self, session_id: &str) -> Value {
+        self.account.lock().unwrap().sessions[session_id].clone()
+    }
+
+    /// How many customers were made.
+    pub fn customers(&self) -> usize {
+        self.account.lock().unwrap().customers.len()
+    }
+
+    /// The form fields of each Checkout Session created.
+    pub fn checkout_forms(&self) -> Vec<HashMap<String, String>> {
+        self.account.lock().unwrap().checkout_forms.clone()
+    }
+
+    /// The `checkout.session.completed` event Stripe sends for a session, with its id.
+    pub fn completed_event(&self, event_id: &str, session_id: &str) -> Vec<u8> {
+        let session = self.session(session_id);
+        let event = json!({ "id": event_id, "object": "event", "api_version": "2025-09-30.clover",
+                            "created": chrono::Utc::now().timestamp(), "livemode": false,
+                            "type": "checkout.session.completed", "data": { "object": session } });
+        event.to_string().into_bytes()
+    }
+}
+
+/// A `Stripe-Signature` header for `payload` at `timestamp`, as Stripe makes it:
+/// `t=<ts>,v1=hex(HMAC-SHA256(secret, "<ts>.<payload>"))` (HMAC written out over SHA-256, so
+/// the test does not share the plugin's code).
+pub fn signature(payload: &[u8], secret: &str, timestamp: i64) -> String {
+    let mut key = [0u8; 64];
+    key[..secret.len()].copy_from_slice(secret.as_bytes()); // secrets here are under 64 bytes
+    let pad = |byte: u8| key.iter().map(|k| k ^ byte).collect::<Vec<u8>>();
+    let inner =
+        Sha256::new().chain_update(pad(0x36)).chain_update(format!("{timestamp}.")).chain_update(payload).finalize();
+    let outer = Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize();
+    let hex: String = outer.iter().map(|b| format!("{b:02x}")).collect();
+    format!("t={timestamp},v1={hex}")
+}
