@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod conversations;
 mod failures;
+mod feedback;
 mod git_providers;
 mod hardening;
 mod http;

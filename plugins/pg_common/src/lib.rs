@@ -41,6 +41,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "experiment_assignments", include_str!("../../../migrations/0008_experiment_assignments.sql")),
     (9, "secrets_version", include_str!("../../../migrations/0009_secrets_version.sql")),
     (10, "billing", include_str!("../../../migrations/0010_billing.sql")),
+    (11, "conversation_feedback", include_str!("../../../migrations/0011_conversation_feedback.sql")),
 ];
 
 /// The advisory lock key around migrations ("ohhost" in ASCII).

@@ -3,7 +3,8 @@
 //!   write;
 //! - `SaasSecretsStore`: a row per custom secret and per provider token, each sealed;
 //! - `SaasConversationStore`: `conversation_metadata` + `conversation_events`, dense ids under
-//!   a row lock so several hosts can append to one conversation.
+//!   a row lock so several hosts can append to one conversation;
+//! - `SaasFeedbackRoutes` (`routes`): users' ratings of those conversations and their events.
 //!
 //! Every query is scoped by the caller's user id. Secrets are sealed with per-user keys
 //! derived from a master key (see `pg_common::crypto`), rotatable with `oh-host rotate-keys`. Migrations
@@ -14,10 +15,12 @@ mod cache;
 mod config;
 mod conversations;
 mod db;
+mod feedback;
 mod secrets;
 mod settings;
 
 pub use conversations::SaasConversationStore;
+pub use feedback::SaasFeedbackRoutes;
 pub use pg_common::crypto::{Binding, Keyring};
 pub use secrets::SaasSecretsStore;
 pub use settings::SaasSettingsStore;
@@ -40,6 +43,20 @@ pub fn register(r: &mut Registry) {
         "SaasConversationStore",
         "PostgreSQL conversation metadata and event log, every query filtered by user",
         |config, _| Ok(SaasConversationStore { db: db::open(&Config::parse(config)?)? }),
+    );
+    r.routes(
+        "SaasFeedbackRoutes",
+        "POST /feedback/conversation, GET /feedback/conversation/{id}/batch: ratings of a user's conversations",
+        |config, _| {
+            let c = Config::parse(config)?;
+            let database = pg_common::Database::shared(
+                c.database_url.as_deref(),
+                c.max_connections,
+                c.acquire_timeout_ms,
+                c.migrate,
+            )?;
+            Ok(SaasFeedbackRoutes { database })
+        },
     );
 }
 
