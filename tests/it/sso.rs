@@ -233,6 +233,61 @@ async fn unverified_email_is_403_except_on_exempt_routes() {
 }
 
 #[tokio::test]
+async fn an_email_change_goes_through_keycloak_and_the_gate_lifts_once_verified() {
+    let s = start().await;
+    let sub = format!("kc-mover-{}", std::process::id());
+    s.kc.set_user(User { sub: sub.clone(), email: "old@example.com".into(), email_verified: true });
+    let session = s.session().await;
+    let send = |method: reqwest::Method, path: &str, session: &str, body: Option<serde_json::Value>| {
+        let mut req = s.browser.request(method, s.host.url(path)).header("cookie", format!("keycloak_auth={session}"));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        s.host.send(req)
+    };
+    for bad in ["not-an-email", "a@b", "x@y.z", ""] {
+        let r = send(reqwest::Method::POST, "/api/email", &session, Some(json!({ "email": bad }))).await;
+        assert_eq!((r.status, r.json()["detail"].as_str()), (422, Some("Invalid email format")), "{bad}");
+    }
+    assert_eq!(s.kc.user(&sub).unwrap().email, "old@example.com", "nothing changed");
+
+    // The change: Keycloak has the new, unverified address and mailed a link back to us.
+    let changed =
+        send(reqwest::Method::POST, "/api/email", &session, Some(json!({ "email": "new@example.com" }))).await;
+    assert_eq!((changed.status, changed.json()), (200, json!({ "message": "Email changed" })), "{}", changed.text);
+    let user = s.kc.user(&sub).unwrap();
+    assert_eq!((user.email.as_str(), user.email_verified), ("new@example.com", false));
+    assert_eq!(s.kc.verification_emails(), vec![(sub.clone(), format!("{WEB_HOST}/api/email/verified"))]);
+    // The rewritten cookie carries the new tokens: the email gate now holds...
+    let session = cookie_value(&set_cookie(&changed, "keycloak_auth").expect("a refreshed session cookie"));
+    let gated = s.api(reqwest::Method::GET, "/api/secrets", &session).await;
+    assert_eq!((gated.status, gated.json()["error"].as_str()), (403, Some("EmailNotVerifiedError")), "{}", gated.text);
+    // ...except on the email routes: the link can be sent again.
+    let again = send(reqwest::Method::PUT, "/api/email/verify", &session, None).await;
+    assert_eq!((again.status, again.json()), (200, json!({ "message": "Email verification message sent" })));
+    assert_eq!(s.kc.verification_emails().len(), 2);
+
+    // The user follows the link: Keycloak verifies, then sends them to /api/email/verified,
+    // which refreshes the session and goes on to the settings page. The gate lifts.
+    s.kc.verify_email(&sub);
+    let back = send(reqwest::Method::GET, "/api/email/verified", &session, None).await;
+    assert_eq!(back.status, 302, "{}", back.text);
+    assert_eq!(back.headers["location"], format!("{WEB_HOST}/settings/user"));
+    let session = cookie_value(&set_cookie(&back, "keycloak_auth").expect("a refreshed session cookie"));
+    let open = s.api(reqwest::Method::GET, "/api/secrets", &session).await;
+    assert_eq!(open.status, 200, "{}", open.text);
+
+    // An API key cannot move the account to another address.
+    let by_key = s
+        .host
+        .send(
+            s.browser.post(s.host.url("/api/email")).bearer_auth(BOB_KEY).json(&json!({ "email": "evil@example.com" })),
+        )
+        .await;
+    assert_eq!(by_key.status, 403, "{}", by_key.text);
+}
+
+#[tokio::test]
 async fn signing_keys_rotate_with_a_jwks_refetch() {
     let s = start().await;
     let before = s.session().await;

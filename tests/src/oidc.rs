@@ -55,6 +55,12 @@ struct Inner {
     /// `expires_in` of brokered GitHub tokens.
     github_expires_in: i64,
     github_refreshes: usize,
+    /// Users as the admin API sees and changes them, by `sub`; tokens reflect them.
+    directory: HashMap<String, User>,
+    /// Tokens of the client's service account (admin API).
+    admin_tokens: Vec<String>,
+    /// Verification emails sent: (user, the link's redirect_uri).
+    verify_emails: Vec<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -75,6 +81,9 @@ impl FakeKeycloak {
             counter: 0,
             github_expires_in: 8 * 3600,
             github_refreshes: 0,
+            directory: HashMap::new(),
+            admin_tokens: Vec::new(),
+            verify_emails: Vec::new(),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -105,6 +114,11 @@ impl FakeKeycloak {
             .route(&format!("{p}/logout"), post(logout))
             .route(&format!("/realms/{REALM}/broker/{{idp}}/token"), get(broker))
             .route("/github/login/oauth/access_token", post(github_refresh))
+            .route(&format!("/admin/realms/{REALM}/users/{{id}}"), get(admin_get_user).put(admin_put_user))
+            .route(
+                &format!("/admin/realms/{REALM}/users/{{id}}/send-verify-email"),
+                axum::routing::put(send_verify_email),
+            )
             .with_state(self.clone())
     }
 
@@ -113,7 +127,26 @@ impl FakeKeycloak {
     }
 
     pub fn set_user(&self, user: User) {
-        self.inner.lock().unwrap().user = user;
+        let mut i = self.inner.lock().unwrap();
+        i.directory.insert(user.sub.clone(), user.clone());
+        i.user = user;
+    }
+
+    /// The user as Keycloak holds them now.
+    pub fn user(&self, sub: &str) -> Option<User> {
+        self.inner.lock().unwrap().directory.get(sub).cloned()
+    }
+
+    /// The verification emails Keycloak sent: (user, where the link leads after verifying).
+    pub fn verification_emails(&self) -> Vec<(String, String)> {
+        self.inner.lock().unwrap().verify_emails.clone()
+    }
+
+    /// The user follows the link of a verification email: their address is verified.
+    pub fn verify_email(&self, sub: &str) {
+        let mut i = self.inner.lock().unwrap();
+        let user = i.directory.get_mut(sub).expect("a known user");
+        user.email_verified = true;
     }
 
     pub fn set_access_ttl(&self, secs: i64) {
@@ -248,15 +281,96 @@ async fn token(State(kc): State<FakeKeycloak>, body: Bytes) -> Response {
             Json(kc.issue(&code.user)).into_response()
         }
         Some("refresh_token") => {
-            let user =
-                kc.inner.lock().unwrap().refresh.remove(f.get("refresh_token").map(String::as_str).unwrap_or(""));
+            let user = {
+                let mut i = kc.inner.lock().unwrap();
+                let user = i.refresh.remove(f.get("refresh_token").map(String::as_str).unwrap_or(""));
+                // As Keycloak: new tokens say what the user is now.
+                user.map(|u| i.directory.get(&u.sub).cloned().unwrap_or(u))
+            };
             match user {
                 Some(u) => Json(kc.issue(&u)).into_response(),
                 None => invalid_grant("refresh token unknown, used or revoked"),
             }
         }
+        Some("client_credentials") => {
+            let token = {
+                let mut i = kc.inner.lock().unwrap();
+                i.counter += 1;
+                let t = format!("admin-token-{}", i.counter);
+                i.admin_tokens.push(t.clone());
+                t
+            };
+            Json(json!({ "access_token": token, "expires_in": 60, "token_type": "Bearer" })).into_response()
+        }
         _ => (StatusCode::BAD_REQUEST, Json(json!({ "error": "unsupported_grant_type" }))).into_response(),
     }
+}
+
+/// The admin API takes the service account's tokens only.
+fn admin(kc: &FakeKeycloak, headers: &axum::http::HeaderMap) -> bool {
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    bearer.strip_prefix("Bearer ").is_some_and(|t| kc.inner.lock().unwrap().admin_tokens.iter().any(|a| a == t))
+}
+
+fn representation(u: &User) -> Value {
+    json!({ "id": u.sub, "username": u.email, "enabled": true, "email": u.email, "emailVerified": u.email_verified })
+}
+
+async fn admin_get_user(
+    State(kc): State<FakeKeycloak>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if !admin(&kc, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match kc.user(&id) {
+        Some(u) => Json(representation(&u)).into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({ "error": "User not found" }))).into_response(),
+    }
+}
+
+async fn admin_put_user(
+    State(kc): State<FakeKeycloak>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if !admin(&kc, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if body["username"].as_str().is_none_or(str::is_empty) {
+        return (StatusCode::BAD_REQUEST, Json(json!({ "errorMessage": "username is required" }))).into_response();
+    }
+    let mut i = kc.inner.lock().unwrap();
+    let Some(user) = i.directory.get_mut(&id) else { return StatusCode::NOT_FOUND.into_response() };
+    if let Some(email) = body["email"].as_str() {
+        user.email = email.to_owned();
+    }
+    if let Some(verified) = body["emailVerified"].as_bool() {
+        user.email_verified = verified;
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn send_verify_email(
+    State(kc): State<FakeKeycloak>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if !admin(&kc, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if q.get("client_id").map(String::as_str) != Some(CLIENT_ID) {
+        return (StatusCode::BAD_REQUEST, Json(json!({ "errorMessage": "Client doesn't exist" }))).into_response();
+    }
+    let mut i = kc.inner.lock().unwrap();
+    if !i.directory.contains_key(&id) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    i.verify_emails.push((id, q.get("redirect_uri").cloned().unwrap_or_default()));
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// The user "signs in" at once: back to `redirect_uri` with a code.
@@ -271,7 +385,7 @@ async fn auth(State(kc): State<FakeKeycloak>, Query(q): Query<HashMap<String, St
         let mut i = kc.inner.lock().unwrap();
         i.counter += 1;
         let code = format!("code-{}", i.counter);
-        let user = i.user.clone();
+        let user = i.directory.get(&i.user.sub).cloned().unwrap_or_else(|| i.user.clone());
         i.codes.insert(
             code.clone(),
             Code {

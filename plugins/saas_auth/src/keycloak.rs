@@ -33,6 +33,8 @@ pub(crate) struct Keycloak {
     /// token, not per request. Bounded; cleared when full.
     verified: std::sync::Mutex<HashMap<[u8; 32], AccessClaims>>,
     discovery: tokio::sync::OnceCell<Option<Value>>,
+    /// The admin API's token (the client's service account) and when to stop using it.
+    admin_token: Mutex<Option<(String, Instant)>>,
 }
 
 const VERIFIED_CACHE: usize = 10_000;
@@ -99,6 +101,7 @@ impl Keycloak {
             jwks: Mutex::new((HashMap::new(), None)),
             verified: std::sync::Mutex::new(HashMap::new()),
             discovery: tokio::sync::OnceCell::new(),
+            admin_token: Mutex::new(None),
         }
     }
 
@@ -288,6 +291,101 @@ impl Keycloak {
             return Err(format!("broker answered {status}"));
         }
         r.text().await.map_err(|e| e.to_string())
+    }
+
+    /// A token for the admin API: the client's service account (client credentials grant;
+    /// the client needs the `realm-management` role `manage-users`), reused until 30 s
+    /// before it expires.
+    async fn admin_token(&self) -> Result<String, PluginError> {
+        let mut cached = self.admin_token.lock().await;
+        if let Some((token, until)) = cached.as_ref() {
+            if Instant::now() < *until {
+                return Ok(token.clone());
+            }
+        }
+        #[derive(Deserialize)]
+        struct Grant {
+            access_token: String,
+            #[serde(default)]
+            expires_in: u64,
+        }
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.client_secret.as_str()),
+        ];
+        let r = self
+            .http
+            .post(self.endpoint("token").await)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| PluginError::unavailable(format!("cannot reach Keycloak: {e}")))?;
+        if !r.status().is_success() {
+            return Err(PluginError::internal(format!(
+                "Keycloak refused the admin token ({}): give the client `{}` a service account with the realm-management role manage-users",
+                r.status(),
+                self.client_id
+            )));
+        }
+        let grant: Grant =
+            r.json().await.map_err(|e| PluginError::unavailable(format!("malformed token answer: {e}")))?;
+        let until = Instant::now() + Duration::from_secs(grant.expires_in.saturating_sub(30));
+        *cached = Some((grant.access_token.clone(), until));
+        Ok(grant.access_token)
+    }
+
+    /// `{server}/admin/realms/{realm}/users/{id}{rest}`.
+    fn admin_user_url(&self, user_id: &str, rest: &str) -> String {
+        let id: String =
+            user_id.bytes().filter(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(b)).map(char::from).collect();
+        format!("{}/admin/realms/{}/users/{id}{rest}", self.server_url, self.realm)
+    }
+
+    async fn admin_call(&self, request: reqwest::RequestBuilder, what: &str) -> Result<reqwest::Response, PluginError> {
+        let token = self.admin_token().await?;
+        let r = request
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| PluginError::unavailable(format!("cannot reach Keycloak: {e}")))?;
+        let status = r.status();
+        if status.is_success() {
+            return Ok(r);
+        }
+        if status.as_u16() == 401 {
+            *self.admin_token.lock().await = None;
+        }
+        let code = match status.as_u16() {
+            404 => plugin_sdk::ErrorCode::NOT_FOUND,
+            409 => plugin_sdk::ErrorCode::CONFLICT,
+            s if s >= 500 => plugin_sdk::ErrorCode::UNAVAILABLE,
+            _ => plugin_sdk::ErrorCode::INTERNAL,
+        };
+        let body = r.text().await.unwrap_or_default();
+        Err(PluginError::new(code, format!("Keycloak could not {what}: {status} {body}")))
+    }
+
+    /// The user's representation (`username`, `enabled`, `email`, `emailVerified`, ...).
+    pub(crate) async fn admin_user(&self, user_id: &str) -> Result<Value, PluginError> {
+        let r = self.admin_call(self.http.get(self.admin_user_url(user_id, "")), "read the user").await?;
+        r.json().await.map_err(|e| PluginError::unavailable(format!("malformed user answer: {e}")))
+    }
+
+    /// Updates the user with `fields` (a partial representation).
+    pub(crate) async fn admin_update_user(&self, user_id: &str, fields: &Value) -> Result<(), PluginError> {
+        let request = self.http.put(self.admin_user_url(user_id, "")).json(fields);
+        self.admin_call(request, "update the user").await.map(drop)
+    }
+
+    /// Keycloak mails the user a link that verifies their address and then sends them to
+    /// `redirect_uri`.
+    pub(crate) async fn send_verify_email(&self, user_id: &str, redirect_uri: &str) -> Result<(), PluginError> {
+        let request = self
+            .http
+            .put(self.admin_user_url(user_id, "/send-verify-email"))
+            .query(&[("redirect_uri", redirect_uri), ("client_id", self.client_id.as_str())]);
+        self.admin_call(request, "send the verification email").await.map(drop)
     }
 
     /// Ends the Keycloak session (best effort: the cookie is cleared anyway).

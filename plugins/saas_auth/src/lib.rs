@@ -14,6 +14,7 @@
 
 mod byor;
 mod config;
+mod email;
 mod keycloak;
 mod keys;
 mod oauth;
@@ -294,6 +295,7 @@ impl plugin_sdk::RouteHandler for SaasAuthRoutes {
         ];
         if self.sso.is_some() {
             routes.extend(oauth::routes());
+            routes.extend(email::routes());
         }
         routes
     }
@@ -316,6 +318,18 @@ impl plugin_sdk::RouteHandler for SaasAuthRoutes {
             (h.0.eq_ignore_ascii_case("authorization") && h.1.trim().to_ascii_lowercase().starts_with("bearer "))
                 || h.0.eq_ignore_ascii_case("x-session-api-key")
         });
+        if let Some(sso) = self.sso.as_ref().filter(|_| request.path.starts_with("/api/email")) {
+            // A leaked key must not be able to move the account to another address.
+            if by_key && request.method.as_str() == "POST" {
+                return Ok(respond(
+                    403,
+                    &json!({ "error": "the email address is changed from a signed-in browser session, not with an API key" }),
+                ));
+            }
+            if let Some(answer) = email::handle(sso, user, &request).await? {
+                return Ok(answer);
+            }
+        }
         if by_key && matches!(request.method.as_str(), "POST" | "DELETE") {
             return Ok(respond(
                 403,
@@ -384,10 +398,20 @@ pub fn register(r: &mut Registry) {
         "API keys (hashed, expiring, revocable) and per-user rate limits in Redis",
         |config, _| SaasUserAuth::new(&Config::parse(config)?),
     );
-    r.routes("SaasAuthRoutes", "POST/GET /api/keys, DELETE /api/keys/{id}, /api/keys/llm/byor", |config, services| {
-        let c = Config::parse(config)?;
-        Ok(SaasAuthRoutes { services, keys: c.key_store()?, sso: c.sso()?, providers: c.providers()?, byor: c.byor()? })
-    });
+    r.routes(
+        "SaasAuthRoutes",
+        "/api/keys, /api/keys/llm/byor; with Keycloak the OAuth routes and /api/email",
+        |config, services| {
+            let c = Config::parse(config)?;
+            Ok(SaasAuthRoutes {
+                services,
+                keys: c.key_store()?,
+                sso: c.sso()?,
+                providers: c.providers()?,
+                byor: c.byor()?,
+            })
+        },
+    );
 }
 
 plugin_sdk::export_plugin!(register);
