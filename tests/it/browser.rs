@@ -179,58 +179,86 @@ async fn sign_in(browser: &Browser, web: &str) {
     browser.wait_until("the home page", "return location.pathname == '/'").await;
 }
 
+/// A SaaS deployment as the example profile makes it (PostgreSQL, Keycloak over HTTPS, the
+/// deployment's LLM proxy) serving the web client, and a browser for it.
+struct SaasSite {
+    _db: oh_e2e::pg::TestDb,
+    kc: oh_e2e::oidc::FakeKeycloak,
+    _certificates: tempfile::TempDir,
+    llm: FakeLlm,
+    _d: Deployment,
+    host: TestHost,
+    browser: Browser,
+    web: String,
+    run: u32,
+}
+
+impl SaasSite {
+    async fn start(frontend: &std::path::Path, name: &str, extra_env: &[(&str, &str)]) -> SaasSite {
+        let db = oh_e2e::pg::TestDb::create().await;
+        let kc = oh_e2e::oidc::FakeKeycloak::start().await;
+        let certificates = tempfile::tempdir().unwrap();
+        let auth_url = kc.serve_https(certificates.path()).await;
+        let llm = FakeLlm::start().await;
+        let d = Deployment::new();
+        d.install_bundled();
+        saas_profile(&d);
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // The client builds its callback as http:// only for `localhost`.
+        let web = format!("http://localhost:{port}");
+        let bind = format!("127.0.0.1:{port}");
+        let state_dir = d.state_dir();
+        let mut env = vec![
+            ("OH_BIND", bind.as_str()),
+            // Two sites may run at once: the operators' port is any free one.
+            ("OH_ADMIN_BIND", "127.0.0.1:0"),
+            ("OH_STATE_DIR", state_dir.to_str().unwrap()),
+            ("FRONTEND_DIRECTORY", frontend.to_str().unwrap()),
+            ("JWT_SECRET", "browser-test-jwt-secret-0123456789"),
+            ("KEYCLOAK_SERVER_URL", kc.base.as_str()),
+            ("KEYCLOAK_REALM_NAME", oh_e2e::oidc::REALM),
+            ("KEYCLOAK_CLIENT_ID", oh_e2e::oidc::CLIENT_ID),
+            ("KEYCLOAK_CLIENT_SECRET", oh_e2e::oidc::CLIENT_SECRET),
+            ("WEB_HOST", web.as_str()),
+            ("AUTH_URL", auth_url.as_str()),
+            ("ENABLE_ENTERPRISE_SSO", "1"),
+            ("DB_HOST", "127.0.0.1"),
+            ("DB_NAME", db.name.as_str()),
+            // The deployment's LLM proxy (a user's own base URL may not be a local address).
+            ("LITE_LLM_API_URL", llm.base_url.as_str()),
+            ("LITE_LLM_API_KEY", "sk-proxy-key"),
+        ];
+        env.extend_from_slice(extra_env);
+        let host = d.start_with_env(&env);
+        // Users arrive once the load balancer sees it ready (its database reachable and
+        // migrated): under a loaded machine the first migration can outlast a request's wait.
+        host.wait_ready().await;
+        let browser = Browser::start(name).await;
+        SaasSite { _db: db, kc, _certificates: certificates, llm, _d: d, host, browser, web, run: std::process::id() }
+    }
+
+    /// A user of this run (the profile's rate limits count per user in the shared Redis).
+    fn user(&self, name: &str) -> oh_e2e::oidc::User {
+        oh_e2e::oidc::User {
+            sub: format!("kc-{name}-{}", self.run),
+            email: format!("{name}@example.com"),
+            email_verified: true,
+        }
+    }
+}
+
 #[tokio::test]
 async fn saas_sign_in_terms_api_keys_two_users_apart_and_sign_out() {
     let Some(frontend) = frontend_dir() else { return };
-    let db = oh_e2e::pg::TestDb::create().await;
-    let kc = oh_e2e::oidc::FakeKeycloak::start().await;
-    let certificates = tempfile::tempdir().unwrap();
-    let auth_url = kc.serve_https(certificates.path()).await;
-    let llm = FakeLlm::start().await;
-    let d = Deployment::new();
-    d.install_bundled();
-    saas_profile(&d);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    // The client builds its callback as http:// only for `localhost`.
-    let web = format!("http://localhost:{port}");
-    let bind = format!("127.0.0.1:{port}");
-    let state_dir = d.state_dir();
-    let env = [
-        ("OH_BIND", bind.as_str()),
-        ("OH_STATE_DIR", state_dir.to_str().unwrap()),
-        ("FRONTEND_DIRECTORY", frontend.to_str().unwrap()),
-        ("JWT_SECRET", "browser-test-jwt-secret-0123456789"),
-        ("KEYCLOAK_SERVER_URL", kc.base.as_str()),
-        ("KEYCLOAK_REALM_NAME", oh_e2e::oidc::REALM),
-        ("KEYCLOAK_CLIENT_ID", oh_e2e::oidc::CLIENT_ID),
-        ("KEYCLOAK_CLIENT_SECRET", oh_e2e::oidc::CLIENT_SECRET),
-        ("WEB_HOST", web.as_str()),
-        ("AUTH_URL", auth_url.as_str()),
-        ("ENABLE_ENTERPRISE_SSO", "1"),
-        ("DB_HOST", "127.0.0.1"),
-        ("DB_NAME", db.name.as_str()),
-        // The deployment's LLM proxy (a user's own base URL may not be a local address).
-        ("LITE_LLM_API_URL", llm.base_url.as_str()),
-        ("LITE_LLM_API_KEY", "sk-proxy-key"),
-    ];
-    let host = d.start_with_env(&env);
-    // Users arrive once the load balancer sees it ready (its database reachable and migrated):
-    // under a loaded machine the first migration can outlast a request's wait.
-    host.wait_ready().await;
-    let browser = Browser::start("saas_sign_in").await;
-    // Users of their own (the profile's rate limits count per user in the shared Redis).
-    let run = std::process::id();
-    let user = |name: &str| oh_e2e::oidc::User {
-        sub: format!("kc-{name}-{run}"),
-        email: format!("{name}@example.com"),
-        email_verified: true,
-    };
+    let site = SaasSite::start(&frontend, "saas_sign_in", &[]).await;
+    let (kc, llm, host, browser, web) = (&site.kc, &site.llm, &site.host, &site.browser, site.web.as_str());
+    let user = |name: &str| site.user(name);
     kc.set_user(user("alice"));
 
     // Alice signs in, accepts the terms, and talks: new users get the deployment's LLM proxy
     // and its default model, as in OpenHands SaaS.
-    sign_in(&browser, &web).await;
-    let alices = new_conversation(&browser, &web, "hello from alice").await;
+    sign_in(browser, web).await;
+    let alices = new_conversation(browser, web, "hello from alice").await;
     browser.wait_text("Echo: hello from alice.").await;
     let (auth, body) = llm.requests().last().cloned().unwrap();
     assert_eq!((auth.as_deref(), body["model"].as_str()), (Some("sk-proxy-key"), Some("claude-sonnet-4-20250514")));
@@ -280,7 +308,7 @@ async fn saas_sign_in_terms_api_keys_two_users_apart_and_sign_out() {
 
     // Bob signs in: none of Alice's settings or conversations.
     kc.set_user(user("bob"));
-    sign_in(&browser, &web).await;
+    sign_in(browser, web).await;
     browser.wait_text("No recent conversations").await;
     assert!(!browser.text().await.contains("hello from alice"));
     browser.goto(&format!("{web}/settings")).await;
@@ -296,7 +324,7 @@ async fn saas_sign_in_terms_api_keys_two_users_apart_and_sign_out() {
 
     let seen = browser
         .assert_no_unexpected_errors(
-            &web,
+            web,
             &[
                 (401, "POST", "/api/authenticate"),
                 (404, "GET", "/api/conversations/{id}/git/changes"),
@@ -309,4 +337,83 @@ async fn saas_sign_in_terms_api_keys_two_users_apart_and_sign_out() {
     // Billing is off: the client asks nothing of it and offers no payment.
     assert!(!seen.iter().any(|s| s.url.contains("/api/billing")), "{seen:#?}");
     assert!(seen.iter().any(|s| s.method == "POST" && s.url.ends_with("/api/accept_tos") && s.status == 200));
+}
+
+#[tokio::test]
+async fn saas_billing_buys_credits_through_checkout_and_shows_the_balance() {
+    let Some(frontend) = frontend_dir() else { return };
+    let stripe = oh_e2e::stripe::FakeStripe::start().await;
+    let env = [
+        ("ENABLE_BILLING", "true"),
+        ("STRIPE_API_KEY", oh_e2e::stripe::SECRET_KEY),
+        ("STRIPE_WEBHOOK_SECRET", oh_e2e::stripe::WEBHOOK_SECRET),
+        ("STRIPE_API_URL", stripe.base_url.as_str()),
+        ("STRIPE_PUBLISHABLE_KEY", "pk_test_browser"),
+    ];
+    let site = SaasSite::start(&frontend, "saas_billing", &env).await;
+    let (browser, web) = (&site.browser, site.web.as_str());
+    site.kc.set_user(site.user("carol"));
+    sign_in(browser, web).await;
+
+    // No credits yet: the billing page says so, and a new conversation is refused with the
+    // client's out-of-credits message.
+    browser.goto(&format!("{web}/settings/billing")).await;
+    browser
+        .wait_until(
+            "the balance",
+            "const b = document.querySelector('[data-testid=user-balance]'); return b && b.innerText === '$0.00'",
+        )
+        .await;
+
+    // Carol adds $25: Stripe's checkout page (the fake pays at once) sends her back through
+    // the server, which credits the purchase and returns her to the billing page.
+    browser.type_text("[data-testid=top-up-input]", "25").await;
+    browser.click_button("Add credit").await;
+    browser
+        .wait_until(
+            "back from checkout",
+            "return location.pathname === '/settings/billing' && !location.search.includes('session_id')",
+        )
+        .await;
+    browser
+        .wait_until(
+            "the new balance",
+            "const b = document.querySelector('[data-testid=user-balance]'); return b && b.innerText === '$25.00'",
+        )
+        .await;
+    let forms = stripe.checkout_forms();
+    assert_eq!(forms.len(), 1);
+    assert_eq!(forms[0]["line_items[0][price_data][unit_amount]"], "2500");
+    assert_eq!(forms[0]["success_url"], format!("{web}/api/billing/success?session_id={{CHECKOUT_SESSION_ID}}"));
+
+    // With credits she converses; what the proxy reports each answer cost is spent.
+    site.llm.set_cost("1.25");
+    new_conversation(browser, web, "hello with credits").await;
+    browser.wait_text("Echo: hello with credits.").await;
+    // The debit follows the answer (queued): the page is reloaded until it shows.
+    let balance = "const b = document.querySelector('[data-testid=user-balance]'); return b && b.innerText";
+    let started = std::time::Instant::now();
+    loop {
+        browser.goto(&format!("{web}/settings/billing")).await;
+        let shown = browser.wait_until("the balance", balance).await;
+        if shown == "$23.75" {
+            break;
+        }
+        assert!(started.elapsed() < oh_e2e::browser::WAIT, "the balance stayed {shown}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+
+    browser
+        .assert_no_unexpected_errors(
+            web,
+            &[
+                (401, "POST", "/api/authenticate"),
+                // With billing on, the client asks for the balance before anyone signed in.
+                (401, "GET", "/api/billing/credits"),
+                (404, "GET", "/api/conversations/{id}/git/changes"),
+                (401, "GET", "/api/user/info"),
+                (401, "GET", "/api/user/suggested-tasks"),
+            ],
+        )
+        .await;
 }

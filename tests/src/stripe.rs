@@ -1,8 +1,10 @@
 //! A small Stripe on 127.0.0.1 (a third party we cannot run here), speaking the wire format
 //! billing uses: form-encoded `POST /v1/customers` and `POST /v1/checkout/sessions` with a
 //! bearer secret key and `Idempotency-Key` (a repeated key answers what it answered first),
-//! `GET /v1/checkout/sessions/{id}`. Tests flip a session to paid ([`FakeStripe::pay`]) and make
-//! the signed webhook delivery Stripe would send ([`FakeStripe::completed_event`]).
+//! `GET /v1/checkout/sessions/{id}`, and the hosted checkout page a browser is sent to (it pays
+//! at once and sends the buyer to the session's `success_url`). Tests flip a session to paid
+//! ([`FakeStripe::pay`]) and make the signed webhook delivery Stripe would send
+//! ([`FakeStripe::completed_event`]).
 
 use axum::{
     body::Bytes,
@@ -26,6 +28,8 @@ pub const WEBHOOK_SECRET: &str = "whsec_fake_endpoint_secret_0123456789";
 
 #[derive(Default)]
 struct Account {
+    /// Where the fake listens (its hosted checkout page is there too).
+    base: String,
     customers: Vec<Value>,
     sessions: HashMap<String, Value>,
     /// Idempotency key -> the answer given first.
@@ -112,7 +116,7 @@ async fn create_session(State(account): State<Shared>, headers: HeaderMap, body:
     let amount: i64 = f.get("line_items[0][price_data][unit_amount]").and_then(|v| v.parse().ok()).unwrap_or(0);
     let session = json!({
         "id": id, "object": "checkout.session", "mode": f.get("mode"),
-        "url": format!("https://checkout.stripe.test/c/pay/{id}"),
+        "url": format!("{}/c/pay/{id}", a.base),
         "payment_status": "unpaid", "status": "open",
         "customer": f.get("customer"), "client_reference_id": f.get("client_reference_id"),
         "amount_total": amount, "currency": f.get("line_items[0][price_data][currency]"),
@@ -140,16 +144,28 @@ async fn get_session(State(account): State<Shared>, headers: HeaderMap, Path(id)
     }
 }
 
+/// The hosted checkout page: the buyer pays at once and is sent to the session's
+/// `success_url`, as Stripe does after a payment.
+async fn pay_page(State(account): State<Shared>, Path(id): Path<String>) -> Response {
+    let mut a = account.lock().unwrap();
+    let Some(s) = a.sessions.get_mut(&id) else { return StatusCode::NOT_FOUND.into_response() };
+    s["payment_status"] = json!("paid");
+    s["status"] = json!("complete");
+    let to = s["success_url"].as_str().unwrap_or("").replace("{CHECKOUT_SESSION_ID}", &id);
+    (StatusCode::SEE_OTHER, [(axum::http::header::LOCATION, to)]).into_response()
+}
+
 impl FakeStripe {
     pub async fn start() -> FakeStripe {
-        let account: Shared = Arc::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let account: Shared = Arc::new(Mutex::new(Account { base: base_url.clone(), ..Default::default() }));
         let app = Router::new()
             .route("/v1/customers", post(create_customer))
             .route("/v1/checkout/sessions", post(create_session))
             .route("/v1/checkout/sessions/{id}", get(get_session))
+            .route("/c/pay/{id}", get(pay_page))
             .with_state(account.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base_url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         FakeStripe { base_url, account }
     }
