@@ -1,4 +1,5 @@
-//! The command line: `oh-host [serve]`, `check`, `plugins`, `migrate`, `rotate-keys`, `help`.
+//! The command line: `oh-host [serve]`, `check`, `plugins`, `migrate`, `rotate-keys`,
+//! `webhooks`, `help`.
 //!
 //! Errors here are the end of the line: each is printed once, as a sentence that names the
 //! file, the key and the fix, and the process exits non-zero.
@@ -55,6 +56,28 @@ enum Command {
     /// OH_PREVIOUS_MASTER_KEYS. Works in batches for a few seconds and reports what remains:
     /// run it until `remaining` is 0. Resumable and safe while hosts are serving.
     RotateKeys,
+    /// The integrations' webhook dead letters, on a running server (its admin listener).
+    ///
+    /// `list` shows the deliveries that failed every attempt; `replay ID` puts one back in
+    /// the queue with fresh attempts. Talks to `[server] admin_bind` of the profile, or --admin.
+    Webhooks {
+        #[command(subcommand)]
+        action: WebhookAction,
+        /// The admin listener to ask (default: the profile's admin_bind), e.g. http://127.0.0.1:9464.
+        #[arg(long, value_name = "URL", global = true)]
+        admin: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhookAction {
+    /// List the dead letters.
+    List,
+    /// Queue a dead letter again.
+    Replay {
+        /// Its id, from `list`.
+        id: i64,
+    },
 }
 
 fn version() -> String {
@@ -87,7 +110,82 @@ pub fn main() -> ExitCode {
         Command::Plugins { dir } => plugins(&cli, dir.as_ref()),
         Command::Migrate => admin(&cli, "migrate"),
         Command::RotateKeys => admin(&cli, "rotate_keys"),
+        Command::Webhooks { action, admin } => webhooks(&cli, action, admin.as_deref()),
     }
+}
+
+/// `oh-host webhooks list|replay ID`: asks the running server's admin listener.
+fn webhooks(cli: &Cli, action: &WebhookAction, admin: Option<&str>) -> ExitCode {
+    let base = match admin {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let path = config::profile_path(cli.config.as_deref(), &env::process);
+            let config = match config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("oh-host: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match config.server.admin_bind {
+                Some(addr) => format!("http://{addr}"),
+                None => {
+                    eprintln!(
+                        "oh-host: {}: [server] admin_bind is \"off\", so there is no admin listener to ask; pass --admin URL",
+                        path.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let (method, url) = match action {
+        WebhookAction::List => (reqwest::Method::GET, format!("{base}/internal/webhooks/dead-letters")),
+        WebhookAction::Replay { id } => (reqwest::Method::POST, format!("{base}/internal/webhooks/{id}/replay")),
+    };
+    let answer = runtime().block_on(async {
+        let r = reqwest::Client::new().request(method, &url).send().await?;
+        let status = r.status();
+        Ok::<_, reqwest::Error>((status, r.json::<serde_json::Value>().await.unwrap_or_default()))
+    });
+    let (status, body) = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("oh-host: cannot reach the admin listener at {base} ({e}); is the server running? (--admin URL)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ours = body["error"].as_str().is_some_and(|e| e.starts_with("no dead letter"));
+    if status.as_u16() == 404 && !ours {
+        eprintln!("oh-host: {base} serves no webhooks: load the integrations plugin ([[extensions.routes]] library = \"integrations\")");
+        return ExitCode::FAILURE;
+    }
+    if !status.is_success() {
+        eprintln!("oh-host: {}", body["error"].as_str().unwrap_or(status.as_str()));
+        return ExitCode::FAILURE;
+    }
+    match action {
+        WebhookAction::List => {
+            let letters = body["dead_letters"].as_array().cloned().unwrap_or_default();
+            if letters.is_empty() {
+                println!("no dead letters");
+            }
+            for l in letters {
+                println!(
+                    "{}\t{}\t{}\t{}\tattempts {}\treceived {}\t{}",
+                    l["id"],
+                    l["source"].as_str().unwrap_or(""),
+                    l["delivery_id"].as_str().unwrap_or(""),
+                    l["event"].as_str().unwrap_or(""),
+                    l["attempts"],
+                    l["received_at"].as_str().unwrap_or(""),
+                    l["last_error"].as_str().unwrap_or("")
+                );
+            }
+        }
+        WebhookAction::Replay { id } => println!("delivery {id} queued again"),
+    }
+    ExitCode::SUCCESS
 }
 
 fn runtime() -> tokio::runtime::Runtime {

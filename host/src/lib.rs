@@ -35,6 +35,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let public_addr = listeners.public.local_addr()?;
     let state = http::AppState::new(registry.clone(), config.server.clone(), public_addr);
+    http::serve_plugin_starts(&state);
     let limits = server::Limits {
         header_read_timeout: config.server.header_read_timeout,
         max_connections: config.server.max_connections,

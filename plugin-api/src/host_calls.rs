@@ -135,6 +135,28 @@ pub struct ReportLlmUsage {
 }
 host_call!(ReportLlmUsage, MONITORING, "on_llm_usage", ());
 
+/// Starts a conversation for the calling user, as `POST /api/conversations` does (the same
+/// checks: maintenance, admission, settings); answers its id. With `conversation_id`, a
+/// conversation of that id that exists already is answered as it is (`CONFLICT` if it is
+/// another user's): a caller retrying after a crash gets the one it started.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct StartConversation {
+    pub initial_user_msg: String,
+    /// What started it, recorded in the metadata (`github_resolver`, `slack`, ...).
+    pub trigger: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_provider: Option<String>,
+}
+host_call!(StartConversation, CONVERSATION_MANAGER, "start_conversation", String);
+
 /// Tells every monitoring listener a conversation was created (`on_create_conversation`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct CreateConversation {}

@@ -12,6 +12,7 @@ mod git_providers;
 mod hardening;
 mod http;
 mod hygiene;
+mod integrations;
 mod newcomer;
 mod observability;
 mod routes;

@@ -10,6 +10,7 @@ pub mod git;
 pub mod llm;
 pub mod oidc;
 pub mod pg;
+pub mod providers;
 pub mod redis;
 pub mod sio;
 pub mod stripe;
@@ -25,6 +26,22 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Hex HMAC-SHA256 of `message` (RFC 2104 written out over SHA-256, so tests sign webhooks
+/// without sharing the plugins' code). Keys longer than a block are hashed first.
+pub fn hmac_sha256_hex(key: &[u8], message: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.iter().map(|k| k ^ byte).collect::<Vec<u8>>();
+    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(message).finalize();
+    let outer = Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize();
+    outer.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The libraries the Makefile bundles (`BUNDLED`; a hygiene test keeps the two equal).
 pub const BUNDLED: &[&str] = &[
     "file_stores",
@@ -36,6 +53,7 @@ pub const BUNDLED: &[&str] = &[
     "postgres_stores",
     "saas_auth",
     "billing",
+    "integrations",
 ];
 
 /// The plugin API version this workspace speaks, as the host prints it (`0.5`).

@@ -15,7 +15,6 @@ use axum::{
     Json, Router,
 };
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -204,15 +203,9 @@ impl FakeStripe {
 }
 
 /// A `Stripe-Signature` header for `payload` at `timestamp`, as Stripe makes it:
-/// `t=<ts>,v1=hex(HMAC-SHA256(secret, "<ts>.<payload>"))` (HMAC written out over SHA-256, so
-/// the test does not share the plugin's code).
+/// `t=<ts>,v1=hex(HMAC-SHA256(secret, "<ts>.<payload>"))`.
 pub fn signature(payload: &[u8], secret: &str, timestamp: i64) -> String {
-    let mut key = [0u8; 64];
-    key[..secret.len()].copy_from_slice(secret.as_bytes()); // secrets here are under 64 bytes
-    let pad = |byte: u8| key.iter().map(|k| k ^ byte).collect::<Vec<u8>>();
-    let inner =
-        Sha256::new().chain_update(pad(0x36)).chain_update(format!("{timestamp}.")).chain_update(payload).finalize();
-    let outer = Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize();
-    let hex: String = outer.iter().map(|b| format!("{b:02x}")).collect();
-    format!("t={timestamp},v1={hex}")
+    let mut message = format!("{timestamp}.").into_bytes();
+    message.extend_from_slice(payload);
+    format!("t={timestamp},v1={}", crate::hmac_sha256_hex(secret.as_bytes(), &message))
 }

@@ -46,6 +46,24 @@ impl AppState {
     }
 }
 
+/// Lets plugins start conversations (`host_calls::StartConversation`) the way
+/// `POST /api/conversations` does. The registry keeps a weak link (it outlives no server).
+pub fn serve_plugin_starts(state: &AppState) {
+    let registry = Arc::downgrade(&state.registry);
+    let (server, locks, origins) = (state.server.clone(), state.locks.clone(), state.origins.clone());
+    state.registry.set_launcher(Box::new(move |ctx, request| {
+        let registry = registry.upgrade();
+        let (server, locks, origins) = (server.clone(), locks.clone(), origins.clone());
+        Box::pin(async move {
+            let Some(registry) = registry else {
+                return Err(plugin_api::PluginError::unavailable("the server is stopping"));
+            };
+            let state = AppState { registry, server, locks, origins };
+            routes::launch(&state, ctx, request).await
+        })
+    }));
+}
+
 /// The authenticated caller, set by the auth gate.
 #[derive(Clone, Debug)]
 pub struct Principal {
@@ -73,7 +91,9 @@ pub fn call_context(principal: &Principal, request_id: &RequestId, server: &Serv
 
 /// The operators' routes, for the admin listener: what is loaded, counters, details of health.
 pub fn admin_router(state: AppState) -> Router {
-    routes::admin().fallback(not_found).with_state(state)
+    // Plugins' operators' routes (`/internal/...`), checked with the others before binding.
+    let mounted = plugin_routes::collect(&state.registry).unwrap_or_default();
+    plugin_routes::mount_operators(&mounted, routes::admin()).fallback(not_found).with_state(state)
 }
 
 /// The public application.
@@ -85,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         tracing::error!(?problems, "plugin routes not mounted");
         Vec::new()
     });
+    let mounted: Vec<_> = mounted.into_iter().filter(|m| !plugin_routes::is_operators(&m.path)).collect();
     let (public, api) = plugin_routes::mount(&mounted, routes::public(), routes::api());
     let api = api.layer(middleware::from_fn_with_state(state.clone(), auth::gate));
     let router = Router::new().merge(public).merge(api);

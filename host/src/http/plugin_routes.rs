@@ -1,6 +1,8 @@
 //! Routes served by `routes` plugins: each instance declares its routes once (`routes()`);
 //! the host mounts them, behind the auth gate when a route asks for it, reads the body within
-//! the body limit, and forwards the request through `RouteHandler::handle`.
+//! the body limit, and forwards the request through `RouteHandler::handle`. A route under
+//! `/internal/` is an operators' route: served on the admin listener only (never the public
+//! one), without user authentication, like the host's own `/internal/*`.
 
 use super::{call_context, error::ApiError, AppState, Principal, RequestId};
 use crate::registry::Registry;
@@ -29,7 +31,10 @@ const HOST_PREFIXES: &[&str] = &[
     "/alive",
     "/health",
     "/ready",
-    "/internal/",
+    "/internal/ready",
+    "/internal/plugins",
+    "/internal/metrics",
+    "/internal/cluster",
     "/socket.io",
     "/api/settings",
     "/api/secrets",
@@ -63,6 +68,12 @@ pub fn collect(registry: &Registry) -> Result<Vec<Mounted>, Vec<String>> {
             problems.push(format!("{origin}: route `{path}` overlaps the host's own `{p}`"));
             continue;
         }
+        if is_operators(&path) && spec.authenticated {
+            problems.push(format!(
+                "{origin}: route `{path}` is an operators' route (served on admin_bind, which has no user sign-in): declare it with authenticated = false"
+            ));
+            continue;
+        }
         let method = if method == "*" {
             None
         } else {
@@ -89,11 +100,23 @@ pub fn collect(registry: &Registry) -> Result<Vec<Mounted>, Vec<String>> {
     }
 }
 
+/// Whether a plugin route is for operators (the admin listener).
+pub fn is_operators(path: &str) -> bool {
+    path.starts_with("/internal/")
+}
+
 fn filter(method: &Method) -> Option<MethodFilter> {
     MethodFilter::try_from(method.clone()).ok()
 }
 
-/// Adds the mounted routes to `public` and `authenticated` routers.
+/// Adds the operators' routes (`/internal/...`) to the admin router.
+pub fn mount_operators(mounted: &[Mounted], admin: Router<AppState>) -> Router<AppState> {
+    let operators: Vec<Mounted> = mounted.iter().filter(|m| is_operators(&m.path)).cloned().collect();
+    mount(&operators, admin, Router::new()).0
+}
+
+/// Adds the mounted routes to `public` and `authenticated` routers (operators' routes go to
+/// the admin router instead: [`mount_operators`]).
 pub fn mount(
     mounted: &[Mounted],
     mut public: Router<AppState>,

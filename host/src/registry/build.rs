@@ -266,6 +266,7 @@ impl Registry {
             monitoring,
             routes,
             declared,
+            launcher: std::sync::OnceLock::new(),
         });
         let _ = slot.set(Arc::downgrade(&registry));
         Ok(registry)

@@ -9,7 +9,7 @@ use async_ffi::{FfiFuture, FutureExt as _};
 use plugin_api::{
     host_calls::{
         Admit, AgentSessionStart, AppendEvents, Capture, CreateConversation, GetEvents, GetMetadata, HostCall,
-        LoadSecrets, LoadSettings, ReportLlmUsage, SaveMetadata, SessionEvent,
+        LoadSecrets, LoadSettings, ReportLlmUsage, SaveMetadata, SessionEvent, StartConversation,
     },
     CallContext, ErrorCode, EventQuery, HostServices, PResult, PluginError,
 };
@@ -149,6 +149,8 @@ impl Registry {
                 |r: Admit| async move { self.admit(&ctx, &r.admission).await.map_err(|e| e.into_plugin_error()) },
             )
             .await
+        } else if is::<StartConversation>(point, method) {
+            serve(args, |r: StartConversation| async move { self.launch(ctx, r).await }).await
         } else if is::<CreateConversation>(point, method) {
             serve(args, |_: CreateConversation| async move {
                 self.on_create_conversation(&ctx2);

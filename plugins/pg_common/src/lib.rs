@@ -42,6 +42,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "secrets_version", include_str!("../../../migrations/0009_secrets_version.sql")),
     (10, "billing", include_str!("../../../migrations/0010_billing.sql")),
     (11, "conversation_feedback", include_str!("../../../migrations/0011_conversation_feedback.sql")),
+    (12, "integrations", include_str!("../../../migrations/0012_integrations.sql")),
 ];
 
 /// The advisory lock key around migrations ("ohhost" in ASCII).

@@ -10,8 +10,9 @@ use crate::http::{
 };
 use axum::{extract::State, http::StatusCode, routing::post, Json, Router};
 use plugin_api::{
+    host_calls::StartConversation,
     models::{Admission, ConversationMetadata},
-    AuthType, ErrorCode,
+    AuthType, CallContext, ErrorCode, PluginError,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -26,7 +27,7 @@ pub(super) fn routes() -> Router<AppState> {
 }
 
 /// OpenHands' `InitSessionRequest` (`extra='forbid'`).
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct InitSessionRequest {
     repository: Option<String>,
@@ -42,6 +43,9 @@ struct InitSessionRequest {
     #[allow(dead_code)] // accepted for compatibility; MCP servers come from Settings
     mcp_config: Option<Value>,
     conversation_id: Option<String>,
+    /// Not OpenHands': set by plugins that start conversations (an issue's title).
+    #[serde(skip)]
+    title: Option<String>,
 }
 
 fn new_conversation_id() -> String {
@@ -57,9 +61,9 @@ fn started(id: &str, status: &str) -> Json<Value> {
 
 /// Monitoring listeners may refuse a new conversation: billing does when the user has no
 /// credits left (402 with the status the web client shows for it).
-async fn admit_start(state: &AppState, caller: &Caller) -> ApiResult<()> {
+async fn admit_start(state: &AppState, ctx: &CallContext) -> ApiResult<()> {
     let admission = Admission { action: Admission::START_CONVERSATION.to_owned(), conversation_id: None };
-    match state.registry.admit(&caller.ctx, &admission).await {
+    match state.registry.admit(ctx, &admission).await {
         Ok(()) => Ok(()),
         Err(e) if e.error.code == ErrorCode::PAYMENT_REQUIRED => Err(ApiError::with_msg_id(
             StatusCode::PAYMENT_REQUIRED,
@@ -102,30 +106,16 @@ async fn create(
     caller: Caller,
     JsonBody(body): JsonBody<InitSessionRequest>,
 ) -> ApiResult<Json<Value>> {
-    if !state.registry.has_manager() {
-        return Err(ApiError::error(
-            StatusCode::NOT_IMPLEMENTED,
-            "no conversation_manager is configured; add [extensions.conversation_manager] to the profile",
-        ));
-    }
-    if let Some(refusal) = maintenance(&state) {
-        return Err(refusal);
-    }
-    admit_start(&state, &caller).await?;
-    let id = match body.conversation_id {
+    let id = match body.conversation_id.clone() {
         Some(id) if state.server.env.allow_set_conversation_id => {
             validate_conversation_id(&id)?;
-            id
+            Some(id)
         }
         Some(_) => {
             return Err(ApiError::bad_request("conversation_id may only be set when ALLOW_SET_CONVERSATION_ID=1"))
         }
-        None => new_conversation_id(),
+        None => None,
     };
-    let mut request = start_request(&state, &caller.ctx, &id).await?;
-    if state.registry.get_metadata(caller.ctx.clone(), &id).await?.is_some() {
-        return Err(ApiError::error(StatusCode::CONFLICT, format!("conversation {id} exists already")));
-    }
     let trigger = if caller.principal.auth_type == AuthType::BEARER {
         "openhands_api"
     } else if body.create_microagent.is_some() {
@@ -135,28 +125,94 @@ async fn create(
     } else {
         "gui"
     };
+    let (id, status) = create_conversation(&state, &caller.ctx, body, trigger, id).await?;
+    Ok(started(&id, &status))
+}
+
+/// Creates and starts a conversation: the work of `POST /api/conversations`, also what
+/// plugins get with `host_calls::StartConversation`. Its id and the loop's status.
+async fn create_conversation(
+    state: &AppState,
+    ctx: &CallContext,
+    body: InitSessionRequest,
+    trigger: &str,
+    id: Option<String>,
+) -> ApiResult<(String, String)> {
+    if !state.registry.has_manager() {
+        return Err(ApiError::error(
+            StatusCode::NOT_IMPLEMENTED,
+            "no conversation_manager is configured; add [extensions.conversation_manager] to the profile",
+        ));
+    }
+    if let Some(refusal) = maintenance(state) {
+        return Err(refusal);
+    }
+    admit_start(state, ctx).await?;
+    let id = id.unwrap_or_else(new_conversation_id);
+    let mut request = start_request(state, ctx, &id).await?;
+    if state.registry.get_metadata(ctx.clone(), &id).await?.is_some() {
+        return Err(ApiError::error(StatusCode::CONFLICT, format!("conversation {id} exists already")));
+    }
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let metadata = ConversationMetadata {
         conversation_id: id.clone(),
         selected_repository: body.repository,
-        user_id: caller.principal.user_id.clone(),
+        user_id: ctx.user_id().map(str::to_owned),
         selected_branch: body.selected_branch,
         git_provider: body.git_provider,
         trigger: Some(trigger.to_owned()),
+        title: body.title,
         created_at: now.clone(),
         last_updated_at: Some(now),
         llm_model: request.settings.llm_model.clone(),
         conversation_version: Some("V0".to_owned()),
         ..Default::default()
     };
-    state.registry.save_metadata(caller.ctx.clone(), &metadata).await?;
-    state.registry.on_create_conversation(&caller.ctx);
+    state.registry.save_metadata(ctx.clone(), &metadata).await?;
+    state.registry.on_create_conversation(ctx);
     request.initial_user_msg = body.initial_user_msg;
     request.image_urls = body.image_urls;
     request.replay_json = body.replay_json;
     request.conversation_instructions = body.conversation_instructions;
-    let info = state.registry.maybe_start(caller.ctx, &request).await?;
-    Ok(started(&id, &info.status))
+    let info = state.registry.maybe_start(ctx.clone(), &request).await?;
+    Ok((id, info.status))
+}
+
+/// `host_calls::StartConversation`, for plugins (integrations start conversations for the
+/// users their deliveries come from). A given id that exists already is answered as is.
+pub(crate) async fn launch(state: &AppState, ctx: CallContext, r: StartConversation) -> Result<String, PluginError> {
+    if let Some(id) = &r.conversation_id {
+        validate_conversation_id(id).map_err(plugin_error)?;
+        if state.registry.get_metadata(ctx.clone(), id).await.map_err(|e| e.into_plugin_error())?.is_some() {
+            return Ok(id.clone());
+        }
+    }
+    let body = InitSessionRequest {
+        repository: r.repository,
+        git_provider: r.git_provider,
+        selected_branch: r.selected_branch,
+        initial_user_msg: Some(r.initial_user_msg),
+        title: r.title,
+        ..Default::default()
+    };
+    create_conversation(state, &ctx, body, &r.trigger, r.conversation_id).await.map(|(id, _)| id).map_err(plugin_error)
+}
+
+/// An answer of ours as a plugin error: its status as the code, its message.
+fn plugin_error(e: ApiError) -> PluginError {
+    let code = match e.status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => ErrorCode::INVALID_ARGUMENT,
+        StatusCode::NOT_FOUND => ErrorCode::NOT_FOUND,
+        StatusCode::CONFLICT => ErrorCode::CONFLICT,
+        StatusCode::PAYMENT_REQUIRED => ErrorCode::PAYMENT_REQUIRED,
+        StatusCode::FORBIDDEN => ErrorCode::PERMISSION_DENIED,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCode::RESOURCE_EXHAUSTED,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::UNAVAILABLE,
+        StatusCode::NOT_IMPLEMENTED => ErrorCode::UNIMPLEMENTED,
+        _ => ErrorCode::INTERNAL,
+    };
+    let message = e.body["message"].as_str().or_else(|| e.body["error"].as_str()).unwrap_or("refused").to_owned();
+    PluginError::new(code, message)
 }
 
 async fn start(

@@ -1,6 +1,7 @@
 //! One module per resource; handlers are thin.
 
 mod agents;
+pub(super) use agents::launch;
 mod conversations;
 mod health;
 mod options;

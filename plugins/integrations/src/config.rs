@@ -1,0 +1,179 @@
+//! Configuration of `Integrations` (its `config` table; the example profile fills it from
+//! OpenHands' environment variables).
+
+use plugin_sdk::{env, PluginError};
+use serde::Deserialize;
+
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    /// PostgreSQL for the inbox, the audit log, links and callbacks; default from DB_*.
+    #[serde(default)]
+    pub(crate) database_url: Option<String>,
+    #[serde(default)]
+    pub(crate) max_connections: Option<u32>,
+    #[serde(default = "default_acquire_ms")]
+    pub(crate) acquire_timeout_ms: u64,
+    /// Redis for the per-source rate limits; default from REDIS_HOST/REDIS_PORT/REDIS_PASSWORD.
+    #[serde(default)]
+    pub(crate) redis_url: Option<String>,
+    #[serde(default = "default_prefix")]
+    pub(crate) redis_key_prefix: String,
+    /// Deliveries accepted per source per minute (then 429 with Retry-After); 0: no limit.
+    #[serde(default = "default_rate")]
+    pub(crate) rate_limit_per_minute: u64,
+    /// What a comment must contain to call the agent.
+    #[serde(default = "default_mention")]
+    pub(crate) mention: String,
+    /// Attempts at processing a delivery (and at posting an answer) before it is a dead letter.
+    #[serde(default = "default_attempts")]
+    pub(crate) max_attempts: i32,
+    /// The first retry's wait (ms); each next one doubles it (with jitter).
+    #[serde(default = "default_backoff_ms")]
+    pub(crate) retry_backoff_ms: u64,
+    /// Inbox workers on this host (plus one that posts answers). 0 makes a host that only
+    /// receives: deliveries wait in the inbox for hosts that work.
+    #[serde(default = "default_workers")]
+    pub(crate) workers: usize,
+    /// This server's public origin (WEB_HOST): the link users are sent to, to link accounts.
+    #[serde(default)]
+    pub(crate) web_host: Option<String>,
+    #[serde(default)]
+    pub(crate) github: Source,
+    #[serde(default)]
+    pub(crate) gitlab: Source,
+    #[serde(default)]
+    pub(crate) slack: Source,
+    #[serde(default)]
+    pub(crate) jira: Source,
+    #[serde(default)]
+    pub(crate) jira_dc: Source,
+    #[serde(default)]
+    pub(crate) linear: Source,
+}
+
+/// One provider. Which fields apply depends on it (see docs/configuration.md).
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Source {
+    /// `1`/`true` mounts its route (e.g. `${GITHUB_WEBHOOKS_ENABLED:-0}`).
+    #[serde(default)]
+    pub(crate) enabled: Option<String>,
+    /// The shared secret its deliveries are signed with.
+    #[serde(default)]
+    pub(crate) webhook_secret: Option<String>,
+    /// Its API (GitHub `https://api.github.com`, Slack `https://slack.com/api`, ...).
+    #[serde(default)]
+    pub(crate) api_url: Option<String>,
+    /// GitHub: the App's id (GITHUB_APP_CLIENT_ID) and private key (GITHUB_APP_PRIVATE_KEY, PEM).
+    #[serde(default)]
+    pub(crate) app_id: Option<String>,
+    #[serde(default)]
+    pub(crate) private_key: Option<String>,
+    /// Slack: the bot token that posts answers (`xoxb-…`).
+    #[serde(default)]
+    pub(crate) bot_token: Option<String>,
+}
+
+fn default_acquire_ms() -> u64 {
+    3000
+}
+fn default_prefix() -> String {
+    "oh:".to_owned()
+}
+fn default_rate() -> u64 {
+    600
+}
+fn default_mention() -> String {
+    "@openhands".to_owned()
+}
+fn default_attempts() -> i32 {
+    5
+}
+fn default_workers() -> usize {
+    2
+}
+fn default_backoff_ms() -> u64 {
+    2000
+}
+
+fn set(v: &Option<String>) -> Option<String> {
+    v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned)
+}
+
+impl Source {
+    pub(crate) fn on(&self) -> bool {
+        set(&self.enabled).is_some_and(|v| ["1", "true", "yes", "on"].iter().any(|y| v.eq_ignore_ascii_case(y)))
+    }
+
+    /// A field an enabled source needs.
+    pub(crate) fn need(&self, source: &str, key: &str, var: &str) -> Result<String, PluginError> {
+        let value = match key {
+            "webhook_secret" => &self.webhook_secret,
+            "app_id" => &self.app_id,
+            "private_key" => &self.private_key,
+            "bot_token" => &self.bot_token,
+            _ => &self.api_url,
+        };
+        set(value).ok_or_else(|| {
+            PluginError::invalid_config(format!("{source} is enabled, so `{source}.{key}` is required (from {var})"))
+        })
+    }
+
+    pub(crate) fn api(&self, default: &str) -> String {
+        set(&self.api_url).unwrap_or_else(|| default.to_owned()).trim_end_matches('/').to_owned()
+    }
+}
+
+impl Config {
+    pub(crate) fn parse(json: &str) -> Result<Config, PluginError> {
+        let c: Config = plugin_sdk::parse_config(json)?;
+        if c.max_attempts < 1 {
+            return Err(PluginError::invalid_config("max_attempts must be at least 1"));
+        }
+        if c.mention.trim().is_empty() {
+            return Err(PluginError::invalid_config("mention must not be empty (e.g. \"@openhands\")"));
+        }
+        for (name, source, var) in [
+            ("github", &c.github, "GITHUB_APP_WEBHOOK_SECRET"),
+            ("gitlab", &c.gitlab, "GITLAB_WEBHOOK_SECRET"),
+            ("slack", &c.slack, "SLACK_SIGNING_SECRET"),
+            ("jira", &c.jira, "JIRA_WEBHOOK_SECRET"),
+            ("jira_dc", &c.jira_dc, "JIRA_DC_WEBHOOK_SECRET"),
+            ("linear", &c.linear, "LINEAR_WEBHOOK_SECRET"),
+        ] {
+            if source.on() {
+                source.need(name, "webhook_secret", var)?;
+            }
+        }
+        if c.github.on() {
+            c.github.need("github", "app_id", "GITHUB_APP_CLIENT_ID")?;
+            let key = c.github.need("github", "private_key", "GITHUB_APP_PRIVATE_KEY")?;
+            jsonwebtoken::EncodingKey::from_rsa_pem(pem(&key).as_bytes()).map_err(|e| {
+                PluginError::invalid_config(format!(
+                    "github.private_key (GITHUB_APP_PRIVATE_KEY) is not an RSA PEM key: {e}"
+                ))
+            })?;
+        }
+        if c.slack.on() {
+            c.slack.need("slack", "bot_token", "SLACK_BOT_TOKEN")?;
+        }
+        Ok(c)
+    }
+
+    pub(crate) fn redis_url(&self) -> String {
+        set(&self.redis_url).unwrap_or_else(|| {
+            let host = env("REDIS_HOST").unwrap_or_else(|| "localhost".to_owned());
+            let port = env("REDIS_PORT").unwrap_or_else(|| "6379".to_owned());
+            match env("REDIS_PASSWORD") {
+                Some(p) => format!("redis://:{p}@{host}:{port}/"),
+                None => format!("redis://{host}:{port}/"),
+            }
+        })
+    }
+}
+
+/// A PEM key as environments carry it: with real newlines, or `\n` escapes on one line.
+pub(crate) fn pem(key: &str) -> String {
+    key.replace("\\n", "\n")
+}

@@ -1,0 +1,257 @@
+//! The durable inbox (migration 0012): a verified delivery is stored, deduplicated by the
+//! provider's delivery id, before the provider gets its 2xx; workers claim due deliveries
+//! (`FOR UPDATE SKIP LOCKED`, with a lease so a worker killed mid-way gives its claim back),
+//! retry failures with backoff, and dead-letter what keeps failing. Every step goes to
+//! `audit_log`.
+
+use pg_common::{db_error, Database};
+use plugin_sdk::PluginError;
+use serde_json::{json, Value};
+use sqlx::Row;
+use std::{sync::Arc, time::Duration};
+
+/// How long a claim lasts: a worker that dies holding one frees it after this.
+pub(crate) const LEASE: Duration = Duration::from_secs(60);
+
+pub(crate) struct Inbox {
+    pub(crate) db: Arc<Database>,
+    pub(crate) max_attempts: i32,
+    pub(crate) backoff: Duration,
+}
+
+/// A delivery a worker claimed.
+#[derive(Debug, Clone)]
+pub(crate) struct Claimed {
+    pub(crate) id: i64,
+    pub(crate) source: String,
+    pub(crate) delivery_id: String,
+    pub(crate) event: String,
+    pub(crate) payload: Value,
+    pub(crate) attempts: i32,
+}
+
+/// A dead letter, as operators list them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct DeadLetter {
+    pub(crate) id: i64,
+    pub(crate) source: String,
+    pub(crate) delivery_id: String,
+    pub(crate) event: String,
+    pub(crate) attempts: i32,
+    pub(crate) last_error: Option<String>,
+    pub(crate) received_at: String,
+}
+
+impl Inbox {
+    /// Records a decision.
+    pub(crate) async fn audit(&self, source: &str, delivery_id: Option<&str>, action: &str, detail: Value) {
+        let write = async {
+            let pool = self.db.ready().await?;
+            sqlx::query("INSERT INTO audit_log (source, delivery_id, action, detail) VALUES ($1, $2, $3, $4)")
+                .bind(source)
+                .bind(delivery_id)
+                .bind(action)
+                .bind(detail)
+                .execute(pool)
+                .await
+                .map_err(db_error)
+        };
+        if let Err(e) = write.await {
+            tracing::error!(source, delivery_id, action, error = %e, "audit entry not written");
+        }
+    }
+
+    /// Stores a verified delivery; false when this delivery id was stored before (a retry
+    /// by the provider). The answer is durable: committed before it returns.
+    pub(crate) async fn store(
+        &self,
+        source: &str,
+        delivery_id: &str,
+        event: &str,
+        payload: &Value,
+    ) -> Result<bool, PluginError> {
+        let pool = self.db.ready().await?;
+        let mut tx = pool.begin().await.map_err(db_error)?;
+        let stored = sqlx::query(
+            "INSERT INTO webhook_deliveries (source, delivery_id, event, payload) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (source, delivery_id) DO NOTHING",
+        )
+        .bind(source)
+        .bind(delivery_id)
+        .bind(event)
+        .bind(payload)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected()
+            == 1;
+        let action = if stored { "received" } else { "duplicate" };
+        sqlx::query("INSERT INTO audit_log (source, delivery_id, action, detail) VALUES ($1, $2, $3, $4)")
+            .bind(source)
+            .bind(delivery_id)
+            .bind(action)
+            .bind(json!({ "event": event }))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(stored)
+    }
+
+    /// The next due delivery (pending and due, or claimed by a worker whose lease ran out).
+    pub(crate) async fn claim(&self) -> Result<Option<Claimed>, PluginError> {
+        let pool = self.db.ready().await?;
+        let row = sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'processing', attempts = attempts + 1,
+                 locked_until = now() + make_interval(secs => $1)
+             WHERE id = (
+                 SELECT id FROM webhook_deliveries
+                 WHERE (status = 'pending' AND next_attempt_at <= now())
+                    OR (status = 'processing' AND locked_until < now())
+                 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
+             RETURNING id, source, delivery_id, event, payload, attempts",
+        )
+        .bind(LEASE.as_secs_f64())
+        .fetch_optional(pool)
+        .await
+        .map_err(db_error)?;
+        Ok(row.map(|r| Claimed {
+            id: r.get(0),
+            source: r.get(1),
+            delivery_id: r.get(2),
+            event: r.get(3),
+            payload: r.get(4),
+            attempts: r.get(5),
+        }))
+    }
+
+    /// Processed: done, with what was done.
+    pub(crate) async fn done(&self, d: &Claimed, outcome: &str) -> Result<(), PluginError> {
+        let pool = self.db.ready().await?;
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'done', locked_until = NULL, finished_at = now(), last_error = NULL
+             WHERE id = $1",
+        )
+        .bind(d.id)
+        .execute(pool)
+        .await
+        .map_err(db_error)?;
+        self.audit(&d.source, Some(&d.delivery_id), "processed", json!({ "outcome": outcome, "attempt": d.attempts }))
+            .await;
+        Ok(())
+    }
+
+    /// Failed: again later (exponential backoff with jitter), or dead after the last attempt.
+    pub(crate) async fn failed(&self, d: &Claimed, error: &str) -> Result<(), PluginError> {
+        let pool = self.db.ready().await?;
+        if d.attempts >= self.max_attempts {
+            sqlx::query(
+                "UPDATE webhook_deliveries SET status = 'dead', locked_until = NULL, finished_at = now(), last_error = $2
+                 WHERE id = $1",
+            )
+            .bind(d.id)
+            .bind(error)
+            .execute(pool)
+            .await
+            .map_err(db_error)?;
+            tracing::error!(source = %d.source, delivery = %d.delivery_id, error, "webhook delivery dead-lettered");
+            self.audit(
+                &d.source,
+                Some(&d.delivery_id),
+                "dead_lettered",
+                json!({ "attempts": d.attempts, "error": error }),
+            )
+            .await;
+        } else {
+            let wait = backoff(self.backoff, d.attempts);
+            sqlx::query(
+                "UPDATE webhook_deliveries SET status = 'pending', locked_until = NULL, last_error = $2,
+                     next_attempt_at = now() + make_interval(secs => $3)
+                 WHERE id = $1",
+            )
+            .bind(d.id)
+            .bind(error)
+            .bind(wait.as_secs_f64())
+            .execute(pool)
+            .await
+            .map_err(db_error)?;
+            tracing::warn!(source = %d.source, delivery = %d.delivery_id, error, attempt = d.attempts, "webhook delivery failed; retrying");
+            self.audit(
+                &d.source,
+                Some(&d.delivery_id),
+                "retry_scheduled",
+                json!({ "attempt": d.attempts, "in_ms": wait.as_millis() as u64, "error": error }),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn dead_letters(&self) -> Result<Vec<DeadLetter>, PluginError> {
+        let pool = self.db.ready().await?;
+        let rows = sqlx::query(
+            "SELECT id, source, delivery_id, event, attempts, last_error, received_at::text
+             FROM webhook_deliveries WHERE status = 'dead' ORDER BY id",
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DeadLetter {
+                id: r.get(0),
+                source: r.get(1),
+                delivery_id: r.get(2),
+                event: r.get(3),
+                attempts: r.get(4),
+                last_error: r.get(5),
+                received_at: r.get(6),
+            })
+            .collect())
+    }
+
+    /// A dead letter goes back to the queue with fresh attempts; false if `id` is no dead
+    /// letter.
+    pub(crate) async fn replay(&self, id: i64) -> Result<bool, PluginError> {
+        let pool = self.db.ready().await?;
+        let row = sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(), finished_at = NULL
+             WHERE id = $1 AND status = 'dead' RETURNING source, delivery_id",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(db_error)?;
+        let Some(row) = row else { return Ok(false) };
+        let (source, delivery_id): (String, String) = (row.get(0), row.get(1));
+        self.audit(&source, Some(&delivery_id), "replayed", json!({ "id": id })).await;
+        Ok(true)
+    }
+}
+
+/// The wait before attempt `attempts + 1`: `base`·2^(attempts−1), capped at an hour, with up
+/// to 25% jitter either way so retries of many deliveries spread out.
+pub(crate) fn backoff(base: Duration, attempts: i32) -> Duration {
+    let exp =
+        base.saturating_mul(1u32 << attempts.clamp(1, 20).saturating_sub(1) as u32).min(Duration::from_secs(3600));
+    let mut r = [0u8; 2];
+    let _ = getrandom::getrandom(&mut r);
+    let jitter = f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX) * 0.5 - 0.25; // -25%..+25%
+    exp.mul_f64(1.0 + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_a_cap() {
+        let base = Duration::from_secs(1);
+        for (attempt, nominal) in [(1, 1.0), (2, 2.0), (3, 4.0), (5, 16.0)] {
+            let w = backoff(base, attempt).as_secs_f64();
+            assert!(w >= nominal * 0.75 - 1e-9 && w <= nominal * 1.25 + 1e-9, "attempt {attempt}: {w}");
+        }
+        assert!(backoff(base, 40) <= Duration::from_secs(4500));
+    }
+}

@@ -1,0 +1,331 @@
+//! Integrations (OpenHands §10.9 `integration/*`, with the seed's webhook duties): signed
+//! deliveries from GitHub, GitLab, Slack, Jira, Jira DC and Linear.
+//!
+//! `Integrations` (`routes`) mounts the route of each enabled source. A delivery is checked on
+//! its raw body (`verify.rs`), rate-limited per source in Redis, stored in the durable inbox
+//! (`inbox.rs`, deduplicated by the provider's delivery id) and answered 2xx at once; workers
+//! process it (`work.rs`: a linked user's mention of the agent starts a conversation, whose
+//! answer goes back as a comment or a thread reply), retrying with backoff and dead-lettering
+//! what keeps failing. Operators list and replay dead letters on the admin listener
+//! (`/internal/webhooks/...`, also `oh-host webhooks list|replay ID`) and link identities
+//! (`/internal/integrations/links`). Every delivery and decision is in `audit_log`.
+
+mod config;
+mod inbox;
+mod providers;
+mod ratelimit;
+pub mod verify;
+mod work;
+
+use config::Config;
+use inbox::Inbox;
+use plugin_sdk::{
+    plugin_api::abi_stable::std_types::{RString, RVec, Tuple2},
+    CallContext, HttpRequest, HttpResponse, PluginError, Registry, RouteSpec, Services,
+};
+use serde_json::{json, Value};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use verify::Refusal;
+
+fn respond(status: u16, body: &Value) -> HttpResponse {
+    respond_with(status, body, Vec::new())
+}
+
+fn respond_with(status: u16, body: &Value, extra: Vec<(&str, String)>) -> HttpResponse {
+    let mut headers = vec![Tuple2(RString::from("content-type"), RString::from("application/json"))];
+    headers.extend(extra.into_iter().map(|(k, v)| Tuple2(RString::from(k), RString::from(v))));
+    HttpResponse { status, headers: RVec::from(headers), body: body.to_string().into_bytes().into() }
+}
+
+fn header<'a>(request: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    request.headers.iter().find(|h| h.0.eq_ignore_ascii_case(name)).map(|h| h.1.as_str()).filter(|v| !v.is_empty())
+}
+
+/// The sources and their routes.
+const ROUTES: &[(&str, &str)] = &[
+    ("github", "/integration/github/events"),
+    ("gitlab", "/integration/gitlab/events"),
+    ("slack", "/slack/on-event"),
+    ("jira", "/integration/jira/events"),
+    ("jira_dc", "/integration/jira-dc/events"),
+    ("linear", "/integration/linear/events"),
+];
+
+pub struct Integrations {
+    config: Config,
+    hub: Arc<work::Hub>,
+    limiter: ratelimit::Limiter,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// A verified delivery: its id at the provider, its event type, its body as JSON.
+struct Verified {
+    delivery_id: String,
+    event: String,
+    payload: Value,
+}
+
+impl Integrations {
+    fn new(c: Config, services: Services) -> Result<Integrations, PluginError> {
+        let db = plugin_sdk::enter_runtime(|| {
+            pg_common::Database::shared(c.database_url.as_deref(), c.max_connections, c.acquire_timeout_ms, true)
+        })?;
+        let inbox =
+            Inbox { db, max_attempts: c.max_attempts, backoff: Duration::from_millis(c.retry_backoff_ms.max(1)) };
+        let github = if c.github.on() {
+            Some(providers::GitHub::new(
+                c.github.api("https://api.github.com"),
+                c.github.need("github", "app_id", "GITHUB_APP_CLIENT_ID")?,
+                &c.github.need("github", "private_key", "GITHUB_APP_PRIVATE_KEY")?,
+            )?)
+        } else {
+            None
+        };
+        let slack = if c.slack.on() {
+            Some(providers::Slack::new(
+                c.slack.api("https://slack.com/api"),
+                c.slack.need("slack", "bot_token", "SLACK_BOT_TOKEN")?,
+            )?)
+        } else {
+            None
+        };
+        let hub = Arc::new(work::Hub {
+            inbox,
+            services,
+            mention: c.mention.clone(),
+            web_host: c.web_host.clone().filter(|h| !h.trim().is_empty()),
+            github,
+            slack,
+            wake: tokio::sync::Notify::new(),
+        });
+        let limiter = ratelimit::Limiter::new(&c.redis_url(), c.redis_key_prefix.clone(), c.rate_limit_per_minute)?;
+        // Inbox workers (two by default: one slow provider call does not hold the rest) and
+        // the one that posts answers.
+        let tasks = plugin_sdk::enter_runtime(|| {
+            let mut tasks: Vec<_> = (0..c.workers).map(|_| tokio::spawn(hub.clone().deliveries())).collect();
+            if c.workers > 0 {
+                tasks.push(tokio::spawn(hub.clone().callbacks()));
+            }
+            tasks
+        });
+        Ok(Integrations { config: c, hub, limiter, tasks: Mutex::new(tasks) })
+    }
+
+    fn source(&self, name: &str) -> &config::Source {
+        match name {
+            "github" => &self.config.github,
+            "gitlab" => &self.config.gitlab,
+            "slack" => &self.config.slack,
+            "jira" => &self.config.jira,
+            "jira_dc" => &self.config.jira_dc,
+            _ => &self.config.linear,
+        }
+    }
+
+    /// Checks a delivery of `source` and reads its id and event type.
+    fn verify(&self, source: &str, request: &HttpRequest) -> Result<Verified, (u16, String)> {
+        let secret = self.source(source).webhook_secret.clone().unwrap_or_default();
+        let body = &request.body[..];
+        let refused = |r: Refusal| (if r == Refusal::Missing { 401 } else { 403 }, r.reason().to_owned());
+        let now = chrono::Utc::now();
+        match source {
+            "github" => {
+                verify::hub_signature(&secret, body, header(request, "x-hub-signature-256")).map_err(refused)?
+            }
+            "jira" | "jira_dc" => {
+                verify::hub_signature(&secret, body, header(request, "x-hub-signature")).map_err(refused)?
+            }
+            "gitlab" => verify::gitlab_token(&secret, header(request, "x-gitlab-token")).map_err(refused)?,
+            "slack" => verify::slack(
+                &secret,
+                body,
+                header(request, "x-slack-signature"),
+                header(request, "x-slack-request-timestamp"),
+                now.timestamp(),
+            )
+            .map_err(refused)?,
+            _ => {
+                // Linear's timestamp is in the (signed) body: verify, then read it.
+                let signature = header(request, "linear-signature");
+                let ts = serde_json::from_slice::<Value>(body).ok().and_then(|v| v["webhookTimestamp"].as_i64());
+                verify::linear(&secret, body, signature, ts, now.timestamp_millis()).map_err(refused)?
+            }
+        }
+        let payload: Value = serde_json::from_slice(body).map_err(|e| (400, format!("the body is not JSON: {e}")))?;
+        let pick = |names: &[&str]| names.iter().find_map(|n| header(request, n)).map(str::to_owned);
+        let (delivery_id, event) = match source {
+            "github" => (pick(&["x-github-delivery"]), pick(&["x-github-event"])),
+            "gitlab" => (pick(&["x-gitlab-event-uuid", "idempotency-key", "webhook-id"]), pick(&["x-gitlab-event"])),
+            "slack" => (
+                payload["event_id"].as_str().map(str::to_owned),
+                payload["event"]["type"].as_str().or_else(|| payload["type"].as_str()).map(str::to_owned),
+            ),
+            "jira" | "jira_dc" => {
+                (pick(&["x-atlassian-webhook-identifier"]), payload["webhookEvent"].as_str().map(str::to_owned))
+            }
+            _ => (
+                pick(&["linear-delivery"]),
+                pick(&["linear-event"]).or_else(|| payload["type"].as_str().map(str::to_owned)),
+            ),
+        };
+        // A Slack URL check has no event id; it is answered before the inbox.
+        let delivery_id = match (delivery_id, source, payload["type"].as_str()) {
+            (Some(id), _, _) if !id.is_empty() && id.len() <= 200 => id,
+            (None, "slack", Some("url_verification")) => String::new(),
+            _ => return Err((400, "the delivery has no delivery id header (or a malformed one)".to_owned())),
+        };
+        Ok(Verified { delivery_id, event: event.unwrap_or_else(|| "unknown".to_owned()), payload })
+    }
+
+    async fn receive(&self, source: &str, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
+        if let Some(retry_after) = self.limiter.over(source).await {
+            self.hub.inbox.audit(source, None, "refused", json!({ "reason": "rate limited" })).await;
+            return Ok(respond_with(
+                429,
+                &json!({ "error": format!("too many {source} deliveries; retry in {retry_after} s") }),
+                vec![("retry-after", retry_after.to_string())],
+            ));
+        }
+        let v = match self.verify(source, request) {
+            Ok(v) => v,
+            Err((status, reason)) => {
+                let delivery =
+                    ["x-github-delivery", "x-gitlab-event-uuid", "x-atlassian-webhook-identifier", "linear-delivery"]
+                        .iter()
+                        .find_map(|h| header(request, h));
+                tracing::warn!(source, reason, "webhook delivery refused");
+                self.hub.inbox.audit(source, delivery, "refused", json!({ "reason": reason, "status": status })).await;
+                return Ok(respond(status, &json!({ "error": format!("{source} delivery refused: {reason}") })));
+            }
+        };
+        if source == "slack" && v.payload["type"] == "url_verification" {
+            self.hub.inbox.audit(source, None, "url_verification", json!({})).await;
+            return Ok(respond(200, &json!({ "challenge": v.payload["challenge"] })));
+        }
+        let stored = self.hub.inbox.store(source, &v.delivery_id, &v.event, &v.payload).await?;
+        if stored {
+            self.hub.wake.notify_one();
+        }
+        let status = if stored { "accepted" } else { "duplicate" };
+        Ok(respond(200, &json!({ "status": status, "delivery_id": v.delivery_id })))
+    }
+
+    /// The operators' routes (admin listener).
+    async fn operate(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
+        let path = request.path.as_str();
+        match (request.method.as_str(), path) {
+            ("GET", "/internal/webhooks/dead-letters") => {
+                Ok(respond(200, &json!({ "dead_letters": self.hub.inbox.dead_letters().await? })))
+            }
+            ("POST", "/internal/integrations/links") => {
+                #[derive(serde::Deserialize)]
+                struct Link {
+                    provider: String,
+                    external_id: String,
+                    user_id: String,
+                }
+                let Ok(link) = serde_json::from_slice::<Link>(&request.body) else {
+                    return Ok(respond(422, &json!({ "error": "expected {provider, external_id, user_id}" })));
+                };
+                if !ROUTES.iter().any(|(s, _)| *s == link.provider)
+                    || link.external_id.is_empty()
+                    || link.user_id.is_empty()
+                {
+                    return Ok(respond(
+                        422,
+                        &json!({ "error": "provider must be one of github, gitlab, slack, jira, jira_dc, linear; ids not empty" }),
+                    ));
+                }
+                let external =
+                    if link.provider == "github" { link.external_id.to_lowercase() } else { link.external_id };
+                let pool = self.hub.inbox.db.ready().await?;
+                sqlx::query(
+                    "INSERT INTO integration_links (provider, external_id, user_id) VALUES ($1, $2, $3)
+                     ON CONFLICT (provider, external_id) DO UPDATE SET user_id = EXCLUDED.user_id",
+                )
+                .bind(&link.provider)
+                .bind(&external)
+                .bind(&link.user_id)
+                .execute(pool)
+                .await
+                .map_err(pg_common::db_error)?;
+                self.hub
+                    .inbox
+                    .audit(&link.provider, None, "linked", json!({ "external_id": external, "user_id": link.user_id }))
+                    .await;
+                Ok(respond(200, &json!({ "linked": true })))
+            }
+            ("POST", p) if p.starts_with("/internal/webhooks/") && p.ends_with("/replay") => {
+                let id = p.trim_start_matches("/internal/webhooks/").trim_end_matches("/replay");
+                let Ok(id) = id.parse::<i64>() else {
+                    return Ok(respond(
+                        400,
+                        &json!({ "error": format!("`{id}` is not a delivery id (a number from the list)") }),
+                    ));
+                };
+                if self.hub.inbox.replay(id).await? {
+                    self.hub.wake.notify_one();
+                    Ok(respond(200, &json!({ "replayed": id })))
+                } else {
+                    Ok(respond(404, &json!({ "error": format!("no dead letter {id}") })))
+                }
+            }
+            _ => Ok(respond(404, &json!({ "error": "no such route" }))),
+        }
+    }
+}
+
+impl plugin_sdk::RouteHandler for Integrations {
+    fn routes(&self) -> Vec<RouteSpec> {
+        let mut routes: Vec<RouteSpec> = ROUTES
+            .iter()
+            .filter(|(source, _)| self.source(source).on())
+            .map(|(_, path)| RouteSpec { method: "POST".into(), path: (*path).into(), authenticated: false })
+            .collect();
+        for (method, path) in [
+            ("GET", "/internal/webhooks/dead-letters"),
+            ("POST", "/internal/webhooks/{id}/replay"),
+            ("POST", "/internal/integrations/links"),
+        ] {
+            routes.push(RouteSpec { method: method.into(), path: path.into(), authenticated: false });
+        }
+        routes
+    }
+
+    async fn handle(&self, _ctx: CallContext, request: HttpRequest) -> Result<HttpResponse, PluginError> {
+        if request.path.starts_with("/internal/") {
+            return self.operate(&request).await;
+        }
+        match ROUTES.iter().find(|(_, path)| *path == request.path.as_str()) {
+            Some((source, _)) if self.source(source).on() => self.receive(source, &request).await,
+            _ => Ok(respond(404, &json!({ "error": "this integration is not enabled" }))),
+        }
+    }
+
+    async fn health(&self) -> Result<String, PluginError> {
+        self.hub.inbox.db.ping().await?;
+        let on: Vec<&str> = ROUTES.iter().filter(|(s, _)| self.source(s).on()).map(|(s, _)| *s).collect();
+        Ok(format!("inbox on PostgreSQL {}; sources: {}", self.hub.inbox.db.label(), on.join(", ")))
+    }
+
+    /// Workers stop between deliveries' steps: whatever they held is claimed again later
+    /// (by this host after a restart, or by another) once its lease runs out.
+    async fn shutdown(&self) {
+        for task in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+pub fn register(r: &mut Registry) {
+    r.routes(
+        "Integrations",
+        "signed webhooks (GitHub, GitLab, Slack, Jira, Jira DC, Linear) into a durable inbox; answers posted back",
+        |config, services| Integrations::new(Config::parse(config)?, services),
+    );
+}
+
+plugin_sdk::export_plugin!(register);

@@ -1,0 +1,160 @@
+//! What the integrations say back: GitHub issue comments (as the GitHub App: an RS256 app JWT
+//! buys an installation token, kept until shortly before it expires) and Slack thread
+//! replies (`chat.postMessage` with the bot token).
+
+use plugin_sdk::{ErrorCode, PluginError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+use tokio::sync::Mutex;
+
+fn http() -> Result<reqwest::Client, PluginError> {
+    plugin_sdk::enter_runtime(|| {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent("oh-host-integrations")
+            .build()
+    })
+    .map_err(|e| PluginError::internal(format!("cannot build an HTTP client: {e}")))
+}
+
+/// A provider's failure: 5xx, 429 and network errors may pass (retried); the rest is INTERNAL
+/// (also retried by the inbox, then dead-lettered).
+async fn failure(what: &str, r: reqwest::Response) -> PluginError {
+    let status = r.status();
+    let body: String = r.text().await.unwrap_or_default().chars().take(300).collect();
+    let code =
+        if status.is_server_error() || status.as_u16() == 429 { ErrorCode::UNAVAILABLE } else { ErrorCode::INTERNAL };
+    PluginError::new(code, format!("{what}: {status} {body}"))
+}
+
+fn unreachable(what: &str, e: reqwest::Error) -> PluginError {
+    PluginError::unavailable(format!("{what}: {e}"))
+}
+
+pub(crate) struct GitHub {
+    http: reqwest::Client,
+    api: String,
+    app_id: String,
+    key: jsonwebtoken::EncodingKey,
+    /// Installation tokens by installation id, with when to stop using them.
+    tokens: Mutex<HashMap<i64, (String, Instant)>>,
+}
+
+#[derive(Deserialize)]
+struct InstallationToken {
+    token: String,
+    expires_at: String,
+}
+
+impl GitHub {
+    pub(crate) fn new(api: String, app_id: String, private_key_pem: &str) -> Result<GitHub, PluginError> {
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(crate::config::pem(private_key_pem).as_bytes())
+            .map_err(|e| PluginError::invalid_config(format!("github.private_key: {e}")))?;
+        Ok(GitHub { http: http()?, api, app_id, key, tokens: Mutex::new(HashMap::new()) })
+    }
+
+    /// The App's own token: `iss` = the App, valid nine minutes (backdated one for clocks).
+    fn app_jwt(&self) -> Result<String, PluginError> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = json!({ "iat": now - 60, "exp": now + 9 * 60, "iss": self.app_id });
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &self.key)
+            .map_err(|e| PluginError::internal(format!("cannot sign the GitHub App token: {e}")))
+    }
+
+    /// A token of the installation (cached until a minute before it expires).
+    async fn installation_token(&self, installation: i64) -> Result<String, PluginError> {
+        let mut tokens = self.tokens.lock().await;
+        if let Some((token, until)) = tokens.get(&installation) {
+            if Instant::now() < *until {
+                return Ok(token.clone());
+            }
+        }
+        let what = "GitHub installation token";
+        let r = self
+            .http
+            .post(format!("{}/app/installations/{installation}/access_tokens", self.api))
+            .bearer_auth(self.app_jwt()?)
+            .header("accept", "application/vnd.github+json")
+            .send()
+            .await
+            .map_err(|e| unreachable(what, e))?;
+        if !r.status().is_success() {
+            return Err(failure(what, r).await);
+        }
+        let t: InstallationToken = r.json().await.map_err(|e| unreachable(what, e))?;
+        let left = chrono::DateTime::parse_from_rfc3339(&t.expires_at)
+            .map(|at| (at.timestamp() - chrono::Utc::now().timestamp() - 60).max(0) as u64)
+            .unwrap_or(0);
+        tokens.insert(installation, (t.token.clone(), Instant::now() + Duration::from_secs(left)));
+        Ok(t.token)
+    }
+
+    /// Comments on an issue or pull request.
+    pub(crate) async fn comment(
+        &self,
+        installation: i64,
+        repo: &str,
+        number: i64,
+        body: &str,
+    ) -> Result<(), PluginError> {
+        let token = self.installation_token(installation).await?;
+        let what = "GitHub comment";
+        let r = self
+            .http
+            .post(format!("{}/repos/{repo}/issues/{number}/comments", self.api))
+            .bearer_auth(token)
+            .header("accept", "application/vnd.github+json")
+            .json(&json!({ "body": body }))
+            .send()
+            .await
+            .map_err(|e| unreachable(what, e))?;
+        if r.status().as_u16() == 401 {
+            self.tokens.lock().await.remove(&installation);
+        }
+        if !r.status().is_success() {
+            return Err(failure(what, r).await);
+        }
+        Ok(())
+    }
+}
+
+pub(crate) struct Slack {
+    http: reqwest::Client,
+    api: String,
+    bot_token: String,
+}
+
+impl Slack {
+    pub(crate) fn new(api: String, bot_token: String) -> Result<Slack, PluginError> {
+        Ok(Slack { http: http()?, api, bot_token })
+    }
+
+    /// Replies in the thread of `thread_ts` in `channel`.
+    pub(crate) async fn reply(&self, channel: &str, thread_ts: &str, text: &str) -> Result<(), PluginError> {
+        let what = "Slack chat.postMessage";
+        let r = self
+            .http
+            .post(format!("{}/chat.postMessage", self.api))
+            .bearer_auth(&self.bot_token)
+            .json(&json!({ "channel": channel, "thread_ts": thread_ts, "text": text }))
+            .send()
+            .await
+            .map_err(|e| unreachable(what, e))?;
+        if !r.status().is_success() {
+            return Err(failure(what, r).await);
+        }
+        // Slack answers 200 with {"ok": false, "error"} for refusals.
+        let answer: Value = r.json().await.map_err(|e| unreachable(what, e))?;
+        if answer["ok"] != true {
+            let error = answer["error"].as_str().unwrap_or("unknown error");
+            let code = if error == "ratelimited" { ErrorCode::UNAVAILABLE } else { ErrorCode::INTERNAL };
+            return Err(PluginError::new(code, format!("{what}: {error}")));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,436 @@
+//! What a delivery does, and the workers that do it: a mention of the agent by a linked user
+//! starts a conversation for that user; when the agent is done, its answer goes back where
+//! the mention was. Both steps are stored first (the inbox, `conversation_callbacks`), so a
+//! restart or a kill -9 resumes them; a conversation's id comes from the delivery's, so a
+//! retried delivery finds the conversation it started instead of starting another.
+
+use crate::{
+    inbox::{Claimed, Inbox},
+    providers::{GitHub, Slack},
+};
+use pg_common::db_error;
+use plugin_sdk::{
+    host_calls::{GetEvents, StartConversation},
+    CallContext, ErrorCode, PluginError, Services,
+};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use std::{sync::Arc, time::Duration};
+use tokio::sync::Notify;
+
+pub(crate) struct Hub {
+    pub(crate) inbox: Inbox,
+    pub(crate) services: Services,
+    pub(crate) mention: String,
+    pub(crate) web_host: Option<String>,
+    pub(crate) github: Option<GitHub>,
+    pub(crate) slack: Option<Slack>,
+    /// Rung when a delivery is stored.
+    pub(crate) wake: Notify,
+}
+
+/// A request to the agent found in a delivery.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Mention {
+    /// The provider and the user's id there (the key of `integration_links`).
+    pub(crate) provider: &'static str,
+    pub(crate) external_user: String,
+    /// The first message of the conversation: the context and the request.
+    pub(crate) text: String,
+    pub(crate) title: Option<String>,
+    pub(crate) repository: Option<String>,
+    pub(crate) git_provider: Option<&'static str>,
+    /// Where answers go (`{"kind": "github", ...}`).
+    pub(crate) target: Value,
+}
+
+/// The mention in a GitHub delivery: a new comment on an issue or pull request that names
+/// the agent, by someone who is not a bot.
+pub(crate) fn github_mention(event: &str, p: &Value, mention: &str) -> Option<Mention> {
+    if event != "issue_comment" || p["action"] != "created" {
+        return None;
+    }
+    let comment = p["comment"]["body"].as_str()?;
+    if !comment.to_lowercase().contains(&mention.to_lowercase()) || p["sender"]["type"] == "Bot" {
+        return None;
+    }
+    let login = p["sender"]["login"].as_str()?;
+    let repo = p["repository"]["full_name"].as_str()?;
+    let number = p["issue"]["number"].as_i64()?;
+    let installation = p["installation"]["id"].as_i64()?;
+    let title = p["issue"]["title"].as_str().unwrap_or("").to_owned();
+    let kind = if p["issue"]["pull_request"].is_object() { "pull request" } else { "issue" };
+    let body = p["issue"]["body"].as_str().unwrap_or("");
+    let text =
+        format!("In the GitHub repository {repo}, {kind} #{number}: {title}\n\n{body}\n\n@{login} asks:\n{comment}");
+    Some(Mention {
+        provider: "github",
+        external_user: login.to_lowercase(),
+        text,
+        title: Some(format!("{repo}#{number}: {title}")),
+        repository: Some(repo.to_owned()),
+        git_provider: Some("github"),
+        target: json!({ "kind": "github", "installation": installation, "repo": repo, "number": number, "login": login }),
+    })
+}
+
+/// The mention in a Slack event: an `app_mention` (the bot named in a channel), answered in
+/// its thread.
+pub(crate) fn slack_mention(p: &Value) -> Option<Mention> {
+    let e = &p["event"];
+    if p["type"] != "event_callback" || e["type"] != "app_mention" || e["bot_id"].is_string() {
+        return None;
+    }
+    let user = e["user"].as_str()?;
+    let channel = e["channel"].as_str()?;
+    let thread = e["thread_ts"].as_str().or_else(|| e["ts"].as_str())?;
+    // `<@U0BOT> do this` → `do this`.
+    let text = e["text"].as_str().unwrap_or("");
+    let text = match (text.find("<@"), text.find('>')) {
+        (Some(0), Some(end)) => text[end + 1..].trim(),
+        _ => text.trim(),
+    };
+    Some(Mention {
+        provider: "slack",
+        external_user: user.to_owned(),
+        text: text.to_owned(),
+        title: Some(text.chars().take(60).collect()),
+        repository: None,
+        git_provider: None,
+        target: json!({ "kind": "slack", "channel": channel, "thread_ts": thread, "user": user }),
+    })
+}
+
+/// A conversation id of 32 hex digits from the delivery: the same delivery, the same id.
+pub(crate) fn conversation_id(source: &str, delivery_id: &str) -> String {
+    let digest = Sha256::digest(format!("{source}:{delivery_id}").as_bytes());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+fn user_ctx(user: &str) -> CallContext {
+    let deadline = chrono::Utc::now().timestamp_millis() as u64 + 60_000;
+    CallContext::new(&format!("integrations-{}", chrono::Utc::now().timestamp_micros()), Some(user), deadline)
+}
+
+impl Hub {
+    /// Says `text` where `target` points.
+    async fn answer(&self, target: &Value, text: &str) -> Result<(), PluginError> {
+        match target["kind"].as_str() {
+            Some("github") => {
+                let gh = self.github.as_ref().ok_or_else(|| PluginError::internal("GitHub is not configured"))?;
+                let (installation, repo, number) = (
+                    target["installation"].as_i64().unwrap_or(0),
+                    target["repo"].as_str().unwrap_or(""),
+                    target["number"].as_i64().unwrap_or(0),
+                );
+                gh.comment(installation, repo, number, text).await
+            }
+            Some("slack") => {
+                let slack = self.slack.as_ref().ok_or_else(|| PluginError::internal("Slack is not configured"))?;
+                slack
+                    .reply(target["channel"].as_str().unwrap_or(""), target["thread_ts"].as_str().unwrap_or(""), text)
+                    .await
+            }
+            other => Err(PluginError::internal(format!("no way to answer on {other:?}"))),
+        }
+    }
+
+    async fn linked_user(&self, provider: &str, external: &str) -> Result<Option<String>, PluginError> {
+        let pool = self.inbox.db.ready().await?;
+        sqlx::query_scalar("SELECT user_id FROM integration_links WHERE provider = $1 AND external_id = $2")
+            .bind(provider)
+            .bind(external)
+            .fetch_optional(pool)
+            .await
+            .map_err(db_error)
+    }
+
+    /// Tells an unlinked user once how to link; whether this was the first time.
+    async fn tell_how_to_link(&self, m: &Mention) -> Result<bool, PluginError> {
+        let pool = self.inbox.db.ready().await?;
+        let told: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM integration_notices WHERE provider = $1 AND external_id = $2")
+                .bind(m.provider)
+                .bind(&m.external_user)
+                .fetch_optional(pool)
+                .await
+                .map_err(db_error)?;
+        if told.is_some() {
+            return Ok(false);
+        }
+        let place = self.web_host.as_deref().map(|h| format!(" at {h}/settings/integrations")).unwrap_or_default();
+        let text = format!(
+            "I can't work on this yet: your {} account is not linked to an OpenHands account. Link it{place} and mention me again.",
+            m.provider
+        );
+        self.answer(&m.target, &text).await?;
+        sqlx::query("INSERT INTO integration_notices (provider, external_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(m.provider)
+            .bind(&m.external_user)
+            .execute(pool)
+            .await
+            .map_err(db_error)?;
+        Ok(true)
+    }
+
+    /// Does what a delivery asks; what happened, for the audit log. An error is retried.
+    pub(crate) async fn process(&self, d: &Claimed) -> Result<String, PluginError> {
+        let mention = match d.source.as_str() {
+            "github" => github_mention(&d.event, &d.payload, &self.mention),
+            "slack" => slack_mention(&d.payload),
+            // Stored, verified and audited; what they ask of the agent is not read yet.
+            _ => return Ok(format!("no action for {} deliveries yet", d.source)),
+        };
+        let Some(m) = mention else { return Ok(format!("ignored: {} without a mention of the agent", d.event)) };
+        let Some(user) = self.linked_user(m.provider, &m.external_user).await? else {
+            let first = self.tell_how_to_link(&m).await?;
+            return Ok(if first { "unlinked user: told how to link" } else { "unlinked user: told before" }.to_owned());
+        };
+        let id = conversation_id(&d.source, &d.delivery_id);
+        let pool = self.inbox.db.ready().await?;
+        sqlx::query(
+            "INSERT INTO conversation_callbacks (conversation_id, user_id, source, target) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (conversation_id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&user)
+        .bind(&d.source)
+        .bind(&m.target)
+        .execute(pool)
+        .await
+        .map_err(db_error)?;
+        let start = StartConversation {
+            initial_user_msg: m.text.clone(),
+            trigger: "resolver".to_owned(),
+            conversation_id: Some(id.clone()),
+            title: m.title.clone(),
+            repository: m.repository.clone(),
+            selected_branch: None,
+            git_provider: m.git_provider.map(str::to_owned),
+        };
+        match self.services.call(user_ctx(&user), start).await {
+            Ok(id) => Ok(format!("conversation {id} started for {user}")),
+            // The user's own setup stands in the way (no LLM settings, no credits): they are
+            // told, and retrying would not help.
+            Err(e) if [ErrorCode::INVALID_ARGUMENT, ErrorCode::PAYMENT_REQUIRED].contains(&e.code) => {
+                self.answer(&m.target, &format!("I could not start working on this: {}", e.message)).await?;
+                sqlx::query("UPDATE conversation_callbacks SET status = 'failed', last_error = $2, updated_at = now() WHERE conversation_id = $1")
+                    .bind(&id)
+                    .bind(e.message.as_str())
+                    .execute(pool)
+                    .await
+                    .map_err(db_error)?;
+                Ok(format!("refused for {user}: {}", e.message))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Works the inbox until the library stops.
+    pub(crate) async fn deliveries(self: Arc<Self>) {
+        loop {
+            match self.inbox.claim().await {
+                Ok(Some(d)) => {
+                    let outcome = self.process(&d).await;
+                    let stored = match outcome {
+                        Ok(outcome) => self.inbox.done(&d, &outcome).await,
+                        Err(e) => self.inbox.failed(&d, &e.message).await,
+                    };
+                    if let Err(e) = stored {
+                        tracing::error!(delivery = %d.delivery_id, error = %e, "cannot record a delivery's outcome; it will be claimed again");
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "webhook inbox unavailable"),
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// Posts the agent's answers of finished conversations, until the library stops.
+    pub(crate) async fn callbacks(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.callbacks_once().await {
+                tracing::warn!(error = %e, "conversation callbacks unavailable");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn callbacks_once(&self) -> Result<(), PluginError> {
+        let pool = self.inbox.db.ready().await?;
+        // Claimed for a while (other hosts skip them), then looked at.
+        let due = sqlx::query(
+            "UPDATE conversation_callbacks SET next_attempt_at = now() + interval '30 seconds'
+             WHERE conversation_id IN (
+                 SELECT conversation_id FROM conversation_callbacks
+                 WHERE status = 'waiting' AND next_attempt_at <= now()
+                 ORDER BY next_attempt_at LIMIT 20 FOR UPDATE SKIP LOCKED)
+             RETURNING conversation_id, user_id, source, target, attempts",
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?;
+        for row in due {
+            let (id, user, source, target, attempts): (String, String, String, Value, i32) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            match self.finished_answer(&user, &id).await {
+                Ok(None) => {
+                    sqlx::query("UPDATE conversation_callbacks SET next_attempt_at = now() + interval '1 second' WHERE conversation_id = $1")
+                        .bind(&id)
+                        .execute(pool)
+                        .await
+                        .map_err(db_error)?;
+                }
+                Ok(Some(text)) => match self.answer(&target, &text).await {
+                    Ok(()) => {
+                        sqlx::query("UPDATE conversation_callbacks SET status = 'posted', updated_at = now() WHERE conversation_id = $1")
+                            .bind(&id)
+                            .execute(pool)
+                            .await
+                            .map_err(db_error)?;
+                        self.inbox.audit(&source, None, "answered", json!({ "conversation_id": id })).await;
+                    }
+                    Err(e) => self.callback_failed(&id, &source, attempts + 1, &e.message).await?,
+                },
+                Err(e) => self.callback_failed(&id, &source, attempts + 1, &e.message).await?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn callback_failed(&self, id: &str, source: &str, attempts: i32, error: &str) -> Result<(), PluginError> {
+        let pool = self.inbox.db.ready().await?;
+        let give_up = attempts >= self.inbox.max_attempts;
+        let wait = crate::inbox::backoff(self.inbox.backoff, attempts);
+        sqlx::query(
+            "UPDATE conversation_callbacks SET attempts = $2, last_error = $3, updated_at = now(),
+                 status = CASE WHEN $4 THEN 'failed' ELSE status END,
+                 next_attempt_at = now() + make_interval(secs => $5)
+             WHERE conversation_id = $1",
+        )
+        .bind(id)
+        .bind(attempts)
+        .bind(error)
+        .bind(give_up)
+        .bind(wait.as_secs_f64())
+        .execute(pool)
+        .await
+        .map_err(db_error)?;
+        let action = if give_up { "answer_failed" } else { "answer_retry_scheduled" };
+        tracing::warn!(conversation_id = id, error, attempts, action, "answer not posted");
+        self.inbox
+            .audit(source, None, action, json!({ "conversation_id": id, "attempt": attempts, "error": error }))
+            .await;
+        Ok(())
+    }
+
+    /// The answer to post once the agent has finished its turn: its last message (or what
+    /// went wrong); `None` while it is still working.
+    async fn finished_answer(&self, user: &str, id: &str) -> Result<Option<String>, PluginError> {
+        let query = GetEvents {
+            conversation_id: id.to_owned(),
+            start_id: 0,
+            end_id: None,
+            reverse: false,
+            limit: GetEvents::MAX_LIMIT,
+        };
+        let page = self.services.call(user_ctx(user), query).await?;
+        Ok(answer_of(&page.events))
+    }
+}
+
+/// The agent's answer in a conversation's events, once its turn is over.
+pub(crate) fn answer_of(events: &[Value]) -> Option<String> {
+    let last_state = events.iter().rev().find(|e| e["observation"] == "agent_state_changed")?;
+    let state = last_state["extras"]["agent_state"].as_str().unwrap_or("");
+    match state {
+        "awaiting_user_input" | "finished" | "stopped" => {
+            let answer = events.iter().rev().find(|e| e["source"] == "agent" && e["action"] == "message");
+            Some(
+                answer
+                    .and_then(|a| a["args"]["content"].as_str())
+                    .unwrap_or("(the agent stopped without an answer)")
+                    .to_owned(),
+            )
+        }
+        "error" => {
+            let reason = events
+                .iter()
+                .rev()
+                .find(|e| e["observation"] == "error")
+                .and_then(|e| e["content"].as_str())
+                .unwrap_or("the agent stopped with an error");
+            Some(format!("I ran into a problem: {reason}"))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issue_comment(body: &str, sender_type: &str) -> Value {
+        json!({
+            "action": "created",
+            "issue": { "number": 7, "title": "Crash on start", "body": "It crashes." },
+            "comment": { "body": body },
+            "sender": { "login": "Octo", "type": sender_type },
+            "repository": { "full_name": "acme/app" },
+            "installation": { "id": 42 },
+        })
+    }
+
+    #[test]
+    fn a_github_comment_that_names_the_agent_is_a_mention() {
+        let m = github_mention("issue_comment", &issue_comment("@OpenHands please fix", "User"), "@openhands").unwrap();
+        assert_eq!(m.external_user, "octo");
+        assert_eq!(
+            m.target,
+            json!({ "kind": "github", "installation": 42, "repo": "acme/app", "number": 7, "login": "Octo" })
+        );
+        assert!(m.text.contains("issue #7: Crash on start") && m.text.contains("@OpenHands please fix"), "{}", m.text);
+        assert_eq!(github_mention("issue_comment", &issue_comment("just a note", "User"), "@openhands"), None);
+        assert_eq!(github_mention("issue_comment", &issue_comment("@openhands", "Bot"), "@openhands"), None);
+        assert_eq!(github_mention("issues", &issue_comment("@openhands", "User"), "@openhands"), None);
+    }
+
+    #[test]
+    fn a_slack_app_mention_is_answered_in_its_thread() {
+        let p = json!({ "type": "event_callback", "event_id": "Ev1",
+                        "event": { "type": "app_mention", "user": "U1", "channel": "C1", "ts": "1.2", "text": "<@UBOT> summarize the thread" } });
+        let m = slack_mention(&p).unwrap();
+        assert_eq!((m.external_user.as_str(), m.text.as_str()), ("U1", "summarize the thread"));
+        assert_eq!(m.target, json!({ "kind": "slack", "channel": "C1", "thread_ts": "1.2", "user": "U1" }));
+        let mut from_bot = p.clone();
+        from_bot["event"]["bot_id"] = json!("B1");
+        assert_eq!(slack_mention(&from_bot), None);
+    }
+
+    #[test]
+    fn the_answer_waits_for_the_end_of_the_turn() {
+        let state = |s: &str| json!({ "observation": "agent_state_changed", "extras": { "agent_state": s } });
+        let said = |t: &str| json!({ "source": "agent", "action": "message", "args": { "content": t } });
+        assert_eq!(answer_of(&[state("running")]), None);
+        assert_eq!(
+            answer_of(&[state("running"), said("Done."), state("awaiting_user_input")]).as_deref(),
+            Some("Done.")
+        );
+        let failed = [state("running"), json!({ "observation": "error", "content": "out of credits" }), state("error")];
+        assert_eq!(answer_of(&failed).as_deref(), Some("I ran into a problem: out of credits"));
+    }
+
+    #[test]
+    fn a_delivery_always_names_the_same_conversation() {
+        let a = conversation_id("github", "d-1");
+        assert_eq!(a, conversation_id("github", "d-1"));
+        assert_ne!(a, conversation_id("slack", "d-1"));
+        assert_eq!(a.len(), 32);
+    }
+}

@@ -1,0 +1,369 @@
+//! Integrations: signed deliveries from (fake) GitHub and Slack start conversations for linked
+//! users and the agent's answer is posted back; refusals, duplicates, the rate limit; a kill
+//! -9 between the acknowledgement and the processing; a provider failing until the delivery
+//! is a dead letter, then replayed from the command line.
+
+use oh_e2e::{
+    hmac_sha256_hex,
+    llm::FakeLlm,
+    providers::{app_private_key, FakeProviders, APP_ID, SLACK_BOT_TOKEN},
+    Deployment, TestHost,
+};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const ALICE: &str = "alice-integrations-key-0123456789";
+const GITHUB_SECRET: &str = "github-webhook-secret-0123";
+const SLACK_SECRET: &str = "slack-signing-secret-0123";
+
+fn profile(db: &str, providers: &str, extra: &str) -> String {
+    let stores = format!("{{ database_url = \"{db}\", master_key = \"integrations-test-master-key-01\" }}");
+    let auth = format!(
+        "{{ database_url = \"{db}\", rate_limit_per_second = 0, rate_limit_per_minute = 0, redis_key_prefix = \"{}\", \
+         static_keys = [{{ user_id = \"alice\", sha256 = \"{}\" }}] }}",
+        oh_e2e::redis::prefix("intg-auth"),
+        oh_e2e::sha256_hex(ALICE),
+    );
+    let key = app_private_key().replace('\n', "\\n");
+    let integrations = format!(
+        "{{ database_url = \"{db}\", redis_key_prefix = \"{}\", max_attempts = 3, retry_backoff_ms = 50, \
+         web_host = \"https://app.example.test\", {extra}\
+         github = {{ enabled = \"1\", webhook_secret = \"{GITHUB_SECRET}\", api_url = \"{providers}\", app_id = \"{APP_ID}\", private_key = \"{key}\" }}, \
+         slack = {{ enabled = \"true\", webhook_secret = \"{SLACK_SECRET}\", api_url = \"{providers}\", bot_token = \"{SLACK_BOT_TOKEN}\" }} }}",
+        oh_e2e::redis::prefix("intg"),
+    );
+    format!(
+        "[extensions.settings_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSettingsStore\"\nconfig = {stores}\n\
+         [extensions.secrets_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSecretsStore\"\nconfig = {stores}\n\
+         [extensions.conversation_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasConversationStore\"\nconfig = {stores}\n\
+         [extensions.user_auth]\nlibrary = \"saas_auth\"\nimplementation = \"SaasUserAuth\"\nconfig = {auth}\n\
+         [extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n\
+         config = {{ llm_max_retries = 0, llm_private_hosts_allowed = [\"127.0.0.1\"] }}\n\
+         [[extensions.routes]]\nlibrary = \"integrations\"\nimplementation = \"Integrations\"\nconfig = {integrations}\n"
+    )
+}
+
+struct Site {
+    db: oh_e2e::pg::TestDb,
+    providers: FakeProviders,
+    llm: FakeLlm,
+}
+
+impl Site {
+    async fn new() -> Site {
+        Site {
+            db: oh_e2e::pg::TestDb::create().await,
+            providers: FakeProviders::start().await,
+            llm: FakeLlm::start().await,
+        }
+    }
+
+    /// A host; `extra` adds keys to the integrations config (`workers = 0, `).
+    async fn host(&self, extra: &str) -> (Deployment, TestHost) {
+        let d = Deployment::new();
+        d.install_bundled();
+        d.write_profile("app_mode = \"saas\"\n", &profile(&self.db.url, &self.providers.base_url, extra));
+        let host = d.start();
+        host.wait_ready().await;
+        (d, host)
+    }
+
+    /// Alice's LLM settings, and her GitHub and Slack identities linked to her (operators).
+    async fn alice(&self, host: &TestHost) {
+        let settings =
+            json!({ "llm_model": "openai/fake-model", "llm_base_url": self.llm.base_url, "llm_api_key": "sk-test" });
+        let r = host.send(host.http.post(host.url("/api/settings")).bearer_auth(ALICE).json(&settings)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        for (provider, external) in [("github", "Alice-GH"), ("slack", "U_ALICE")] {
+            let link = json!({ "provider": provider, "external_id": external, "user_id": "alice" });
+            let r = host
+                .send(
+                    host.http.post(format!("{}/internal/integrations/links", host.admin.as_ref().unwrap())).json(&link),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+    }
+}
+
+fn issue_comment(login: &str, text: &str) -> Vec<u8> {
+    json!({
+        "action": "created",
+        "issue": { "number": 12, "title": "The build is red", "body": "CI fails on main." },
+        "comment": { "id": 99, "body": text },
+        "sender": { "login": login, "type": "User" },
+        "repository": { "full_name": "acme/widgets" },
+        "installation": { "id": 777 },
+    })
+    .to_string()
+    .into_bytes()
+}
+
+async fn github(host: &TestHost, delivery: &str, body: &[u8], signature: Option<String>) -> oh_e2e::Response {
+    let mut req = host
+        .http
+        .post(host.url("/integration/github/events"))
+        .header("x-github-event", "issue_comment")
+        .header("x-github-delivery", delivery)
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    if let Some(s) = signature {
+        req = req.header("x-hub-signature-256", s);
+    }
+    host.send(req).await
+}
+
+fn github_signature(body: &[u8]) -> Option<String> {
+    Some(format!("sha256={}", hmac_sha256_hex(GITHUB_SECRET.as_bytes(), body)))
+}
+
+async fn slack(host: &TestHost, body: &Value, timestamp: i64) -> oh_e2e::Response {
+    let body = body.to_string();
+    let base = format!("v0:{timestamp}:{body}");
+    let signature = format!("v0={}", hmac_sha256_hex(SLACK_SECRET.as_bytes(), base.as_bytes()));
+    let req = host
+        .http
+        .post(host.url("/slack/on-event"))
+        .header("x-slack-signature", signature)
+        .header("x-slack-request-timestamp", timestamp.to_string())
+        .header("content-type", "application/json")
+        .body(body);
+    host.send(req).await
+}
+
+async fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "waited 20 s for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn audit(db: &oh_e2e::pg::TestDb) -> Vec<(String, Option<String>, String, Value)> {
+    let mut conn = db.connect().await;
+    sqlx::query_as("SELECT source, delivery_id, action, detail FROM audit_log ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_mention_is_answered_on_the_issue_and_refusals_are_audited() {
+    let site = Site::new().await;
+    let (_d, host) = site.host("").await;
+    site.alice(&host).await;
+
+    // Alice mentions the agent on an issue: 200 at once, then a comment with its answer.
+    let body = issue_comment("alice-gh", "@OpenHands why is CI red?");
+    let r = github(&host, "gh-delivery-1", &body, github_signature(&body)).await;
+    assert_eq!((r.status, r.json()["status"].clone()), (200, json!("accepted")), "{}", r.text);
+    let comments = wait_for("the answer on the issue", || {
+        let c = site.providers.comments();
+        (!c.is_empty()).then_some(c)
+    })
+    .await;
+    assert_eq!(comments.len(), 1);
+    let (repo, number, text) = &comments[0];
+    assert_eq!((repo.as_str(), *number), ("acme/widgets", 12));
+    assert!(text.starts_with("Echo: ") && text.contains("why is CI red?"), "{text}");
+    // The agent got the issue as context; the conversation is Alice's, titled by the issue.
+    let (_, first) = site.llm.requests()[0].clone();
+    let prompt =
+        first["messages"].as_array().unwrap().iter().rev().find(|m| m["role"] == "user").unwrap()["content"].clone();
+    assert!(prompt.as_str().unwrap().contains("acme/widgets, issue #12: The build is red"), "{prompt}");
+    let list = host.send(host.http.get(host.url("/api/conversations")).bearer_auth(ALICE)).await.json();
+    assert_eq!(list["results"].as_array().unwrap().len(), 1);
+    assert_eq!(list["results"][0]["title"], "acme/widgets#12: The build is red");
+    assert_eq!(list["results"][0]["trigger"], "resolver");
+
+    // GitHub retries the same delivery: acknowledged, nothing done twice.
+    let again = github(&host, "gh-delivery-1", &body, github_signature(&body)).await;
+    assert_eq!(again.json()["status"], "duplicate");
+
+    // Refused: unsigned (401), wrong secret, tampered body (403); each audited, no secret kept.
+    let forged = Some(format!("sha256={}", hmac_sha256_hex(b"not-the-secret", &body)));
+    let tampered = issue_comment("alice-gh", "@OpenHands delete everything");
+    for (delivery, payload, signature, status) in [
+        ("gh-unsigned", body.clone(), None, 401),
+        ("gh-forged", body.clone(), forged, 403),
+        ("gh-tampered", tampered, github_signature(&body), 403),
+    ] {
+        let r = github(&host, delivery, &payload, signature).await;
+        assert_eq!(r.status, status, "{delivery}: {}", r.text);
+        assert!(r.json()["error"].as_str().unwrap().contains("refused"), "{}", r.text);
+    }
+    // Oversized: the host's body limit, before the plugin.
+    let huge = vec![b' '; 4 * 1024 * 1024 + 1024];
+    assert_eq!(github(&host, "gh-huge", &huge, github_signature(&huge)).await.status, 413);
+    // The operators' routes are on the admin listener only.
+    let public = host.send(host.http.get(host.url("/internal/webhooks/dead-letters"))).await;
+    assert_eq!(public.status, 404, "{}", public.text);
+    // A source that is not enabled is not there.
+    let off = host.send(host.http.post(host.url("/integration/linear/events")).body("{}")).await;
+    assert_eq!(off.status, 404);
+
+    // Someone unlinked is told once how to link; no conversation is started for them.
+    for (n, delivery) in ["gh-stranger-1", "gh-stranger-2"].iter().enumerate() {
+        let body = issue_comment("stranger", "@openhands help");
+        assert_eq!(github(&host, delivery, &body, github_signature(&body)).await.status, 200);
+        if n == 0 {
+            wait_for("the link notice", || (site.providers.comments().len() == 2).then_some(())).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let comments = site.providers.comments();
+    assert_eq!(comments.len(), 2, "{comments:#?}");
+    assert!(
+        comments[1].2.contains("not linked")
+            && comments[1].2.contains("https://app.example.test/settings/integrations")
+    );
+
+    let log = audit(&site.db).await;
+    let actions = |delivery: &str| -> Vec<String> {
+        log.iter().filter(|e| e.1.as_deref() == Some(delivery)).map(|e| e.2.clone()).collect()
+    };
+    assert_eq!(actions("gh-delivery-1"), ["received", "processed", "duplicate"]);
+    assert_eq!(actions("gh-forged"), ["refused"]);
+    assert!(log.iter().any(|e| e.2 == "answered"), "{log:#?}");
+    let text = format!("{log:?}");
+    assert!(!text.contains(GITHUB_SECRET) && !text.contains("sha256="), "no secret or signature in the audit log");
+    let refused: Vec<&Value> = log.iter().filter(|e| e.2 == "refused").map(|e| &e.3).collect();
+    assert!(refused.iter().any(|d| d["reason"] == "signature missing"));
+    assert!(refused.iter().any(|d| d["reason"] == "signature does not match"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slack_mention_is_answered_in_its_thread() {
+    let site = Site::new().await;
+    let (_d, host) = site.host("").await;
+    site.alice(&host).await;
+    let now = chrono::Utc::now().timestamp();
+
+    // Slack's URL check, answered with its challenge once signed.
+    let check = json!({ "type": "url_verification", "token": "t", "challenge": "c-12345" });
+    let r = slack(&host, &check, now).await;
+    assert_eq!((r.status, r.json()), (200, json!({ "challenge": "c-12345" })));
+
+    let mention = json!({
+        "type": "event_callback", "event_id": "Ev0001", "team_id": "T1",
+        "event": { "type": "app_mention", "user": "U_ALICE", "channel": "C42", "ts": "1700000000.000100",
+                   "text": "<@UBOT> what is the status of the release?" },
+    });
+    // A stale timestamp (a replay of an old request) is refused.
+    assert_eq!(slack(&host, &mention, now - 301).await.status, 403);
+    let r = slack(&host, &mention, now).await;
+    assert_eq!(r.json()["status"], "accepted", "{}", r.text);
+    let messages = wait_for("the reply in the thread", || {
+        let m = site.providers.messages();
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    assert_eq!((messages[0].0.as_str(), messages[0].1.as_str()), ("C42", "1700000000.000100"));
+    assert_eq!(messages[0].2, "Echo: what is the status of the release?.");
+    // Slack retries with the same event id: acknowledged, not done again.
+    assert_eq!(slack(&host, &mention, now).await.json()["status"], "duplicate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_acknowledged_before_a_kill_9_is_processed_once_after_restart() {
+    let site = Site::new().await;
+    // A host that only receives (no workers): what was acknowledged waits in the inbox.
+    let (d, mut receiver) = site.host("workers = 0, ").await;
+    site.alice(&receiver).await;
+    let body = issue_comment("alice-gh", "@openhands summarize");
+    assert_eq!(github(&receiver, "gh-kill-1", &body, github_signature(&body)).await.json()["status"], "accepted");
+    receiver.signal("KILL");
+    assert!(site.providers.comments().is_empty());
+
+    // Another host works the inbox: one conversation, one answer.
+    let (_d2, worker) = site.host("").await;
+    let comments = wait_for("the answer", || {
+        let c = site.providers.comments();
+        (!c.is_empty()).then_some(c)
+    })
+    .await;
+    assert!(comments[0].2.contains("summarize"), "{comments:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(site.providers.comments().len(), 1, "answered once");
+    assert_eq!(site.llm.requests().len(), 1, "one conversation");
+    let list = worker.send(worker.http.get(worker.url("/api/conversations")).bearer_auth(ALICE)).await.json();
+    assert_eq!(list["results"].as_array().unwrap().len(), 1);
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_failing_every_attempt_dead_letters_the_delivery_and_a_replay_delivers_it() {
+    let site = Site::new().await;
+    let (d, host) = site.host("").await;
+    site.alice(&host).await;
+    // Someone unlinked: telling them how to link is one comment, which GitHub keeps refusing.
+    site.providers.fail_comments(3);
+    let body = issue_comment("newcomer", "@openhands hello");
+    assert_eq!(github(&host, "gh-dead-1", &body, github_signature(&body)).await.status, 200);
+    let mut conn = site.db.connect().await;
+    let started = Instant::now();
+    loop {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM webhook_deliveries WHERE delivery_id = 'gh-dead-1'")
+                .fetch_optional(&mut conn)
+                .await
+                .unwrap();
+        if status.as_deref() == Some("dead") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "not dead-lettered: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(site.providers.failed_comments(), 3, "three attempts (max_attempts = 3)");
+
+    // Operators see it and replay it from the command line; this time GitHub takes it.
+    let admin = host.admin.clone().unwrap();
+    let list = d.run_cli(&["webhooks", "list", "--admin", &admin]);
+    assert!(list.status.success(), "{}", list.stderr);
+    let line = list.stdout.lines().find(|l| l.contains("gh-dead-1")).unwrap_or_else(|| panic!("{}", list.stdout));
+    assert!(line.contains("github") && line.contains("attempts 3") && line.contains("500"), "{line}");
+    let id = line.split('\t').next().unwrap().to_owned();
+    let replay = d.run_cli(&["webhooks", "replay", &id, "--admin", &admin]);
+    assert!(replay.status.success(), "{}", replay.stderr);
+    wait_for("the delivered notice", || (site.providers.comments().len() == 1).then_some(())).await;
+    let missing = d.run_cli(&["webhooks", "replay", "999999", "--admin", &admin]);
+    assert!(!missing.status.success() && missing.stderr.contains("no dead letter 999999"), "{}", missing.stderr);
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM webhook_deliveries WHERE delivery_id = 'gh-dead-1'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), attempts), ("done", 1));
+    let actions: Vec<String> =
+        audit(&site.db).await.into_iter().filter(|e| e.1.as_deref() == Some("gh-dead-1")).map(|e| e.2).collect();
+    assert_eq!(actions, ["received", "retry_scheduled", "retry_scheduled", "dead_lettered", "replayed", "processed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_source_is_rate_limited_with_retry_after() {
+    let site = Site::new().await;
+    let (_d, host) = site.host("rate_limit_per_minute = 3, ").await;
+    // Three a minute: the fourth is refused (unless the minute turns meanwhile, which only
+    // moves the refusal one request later).
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let body = issue_comment("nobody", "no mention here");
+        let r = github(&host, &format!("gh-rate-{i}"), &body, github_signature(&body)).await;
+        statuses.push(r.status);
+        if r.status == 429 {
+            let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=60).contains(&wait), "{wait}");
+            assert!(r.json()["error"].as_str().unwrap().contains("too many github deliveries"));
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    assert!(statuses.len() <= 7, "{statuses:?}");
+    let refused =
+        audit(&site.db).await.into_iter().filter(|e| e.2 == "refused" && e.3["reason"] == "rate limited").count();
+    assert_eq!(refused, 1);
+}

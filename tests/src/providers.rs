@@ -1,0 +1,142 @@
+//! Fake GitHub and Slack APIs on 127.0.0.1 (third parties we cannot run here), recording what
+//! the integrations post. GitHub: `POST /app/installations/{id}/access_tokens` checks the App's
+//! RS256 JWT against the test key `a` (`tests/fixtures/keys`) and mints installation tokens;
+//! `POST /repos/{owner}/{repo}/issues/{n}/comments` takes only minted tokens and can be made to
+//! fail. Slack: `POST /chat.postMessage` with the bot token, answering `{"ok": true}`.
+
+use axum::{
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+    Json, Router,
+};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+
+/// The GitHub App the fake knows (its private key is `tests/fixtures/keys/a.pem`).
+pub const APP_ID: &str = "424242";
+/// The Slack bot token the fake accepts.
+pub const SLACK_BOT_TOKEN: &str = "xoxb-fake-bot-token";
+
+/// The App's private key, PEM.
+pub fn app_private_key() -> String {
+    std::fs::read_to_string(crate::workspace().join("tests/fixtures/keys/a.pem")).unwrap()
+}
+
+#[derive(Default)]
+struct Record {
+    tokens: Vec<String>,
+    /// (repo, issue number, body, the token used).
+    comments: Vec<(String, i64, String)>,
+    /// (channel, thread_ts, text).
+    messages: Vec<(String, String, String)>,
+    /// How many comment requests to fail with 500 still.
+    fail_comments: usize,
+    failed: usize,
+}
+
+#[derive(Clone)]
+pub struct FakeProviders {
+    pub base_url: String,
+    record: Arc<Mutex<Record>>,
+}
+
+fn bearer(headers: &HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn access_token(State(f): State<FakeProviders>, Path(installation): Path<i64>, headers: HeaderMap) -> Response {
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_str(
+        &std::fs::read_to_string(crate::workspace().join("tests/fixtures/keys/a.jwk.json")).unwrap(),
+    )
+    .unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+    validation.set_issuer(&[APP_ID]);
+    if jsonwebtoken::decode::<Value>(&bearer(&headers), &key, &validation).is_err() {
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "message": "A JSON web token could not be decoded" })))
+            .into_response();
+    }
+    let mut r = f.record.lock().unwrap();
+    let token = format!("ghs_installation_{installation}_{}", r.tokens.len() + 1);
+    r.tokens.push(token.clone());
+    let expires_at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    (StatusCode::CREATED, Json(json!({ "token": token, "expires_at": expires_at }))).into_response()
+}
+
+async fn comment(
+    State(f): State<FakeProviders>,
+    Path((owner, repo, number)): Path<(String, String, i64)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut r = f.record.lock().unwrap();
+    if !r.tokens.contains(&bearer(&headers)) {
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "message": "Bad credentials" }))).into_response();
+    }
+    if r.fail_comments > 0 {
+        r.fail_comments -= 1;
+        r.failed += 1;
+        return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "message": "scripted failure" }))).into_response();
+    }
+    let text = body["body"].as_str().unwrap_or("").to_owned();
+    r.comments.push((format!("{owner}/{repo}"), number, text));
+    (StatusCode::CREATED, Json(json!({ "id": r.comments.len() }))).into_response()
+}
+
+async fn post_message(State(f): State<FakeProviders>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    if bearer(&headers) != SLACK_BOT_TOKEN {
+        return Json(json!({ "ok": false, "error": "invalid_auth" })).into_response();
+    }
+    let mut r = f.record.lock().unwrap();
+    let field = |k: &str| body[k].as_str().unwrap_or("").to_owned();
+    r.messages.push((field("channel"), field("thread_ts"), field("text")));
+    Json(json!({ "ok": true, "ts": format!("1700000000.{:06}", r.messages.len()) })).into_response()
+}
+
+impl FakeProviders {
+    pub async fn start() -> FakeProviders {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let f = FakeProviders { base_url, record: Arc::default() };
+        let app = Router::new()
+            .route("/app/installations/{id}/access_tokens", post(access_token))
+            .route("/repos/{owner}/{repo}/issues/{number}/comments", post(comment))
+            .route("/chat.postMessage", post(post_message))
+            .with_state(f.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        f
+    }
+
+    /// Comments posted: (repo, issue number, body).
+    pub fn comments(&self) -> Vec<(String, i64, String)> {
+        self.record.lock().unwrap().comments.clone()
+    }
+
+    /// Installation tokens minted.
+    pub fn tokens(&self) -> usize {
+        self.record.lock().unwrap().tokens.len()
+    }
+
+    /// Slack messages posted: (channel, thread_ts, text).
+    pub fn messages(&self) -> Vec<(String, String, String)> {
+        self.record.lock().unwrap().messages.clone()
+    }
+
+    /// The next `n` comment requests fail with 500.
+    pub fn fail_comments(&self, n: usize) {
+        self.record.lock().unwrap().fail_comments = n;
+    }
+
+    /// How many comment requests failed so far.
+    pub fn failed_comments(&self) -> usize {
+        self.record.lock().unwrap().failed
+    }
+}
