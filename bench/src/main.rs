@@ -706,10 +706,30 @@ fn webhook_load(bin: &Path, work: &Path, oss_profile: &Path, db_url: &str) {
         .await
         .row("10 KiB GitHub delivery: verify + store + 2xx");
 
+        // The workers go through what was acknowledged (each an "ignored" delivery).
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(db_url).await.unwrap();
+        let drain = Instant::now();
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries").fetch_one(&mut conn).await.unwrap();
+        loop {
+            let left: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status IN ('pending', 'processing')")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "   inbox processed after the load           {:>8.0} deliveries/s   ({total} in {:.1} s, 2 workers)",
+            total as f64 / drain.elapsed().as_secs_f64(),
+            drain.elapsed().as_secs_f64()
+        );
+
         // Delivery -> the agent's answer on the issue: a linked user's mentions, one at a
         // time. The link is written as the operators' route writes it.
         let mut delays = Vec::new();
-        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(db_url).await.unwrap();
         sqlx::query("INSERT INTO integration_links (provider, external_id, user_id) VALUES ('github', 'dev-gh', 'dev')")
             .execute(&mut conn)
             .await

@@ -6,7 +6,10 @@
 use oh_e2e::{
     hmac_sha256_hex,
     llm::FakeLlm,
-    providers::{app_private_key, FakeProviders, APP_ID, SLACK_BOT_TOKEN},
+    providers::{
+        app_private_key, FakeProviders, APP_ID, GITLAB_TOKEN, JIRA_DC_TOKEN, JIRA_EMAIL, JIRA_TOKEN, LINEAR_KEY,
+        SLACK_BOT_TOKEN,
+    },
     Deployment, TestHost,
 };
 use serde_json::{json, Value};
@@ -38,7 +41,7 @@ fn profile(db: &str, providers: &str, extra: &str) -> String {
          [extensions.conversation_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasConversationStore\"\nconfig = {stores}\n\
          [extensions.user_auth]\nlibrary = \"saas_auth\"\nimplementation = \"SaasUserAuth\"\nconfig = {auth}\n\
          [extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n\
-         config = {{ llm_max_retries = 0, llm_private_hosts_allowed = [\"127.0.0.1\"] }}\n\
+         config = {{ max_concurrent_conversations = 10, llm_max_retries = 0, llm_private_hosts_allowed = [\"127.0.0.1\"] }}\n\
          [[extensions.routes]]\nlibrary = \"integrations\"\nimplementation = \"Integrations\"\nconfig = {integrations}\n"
     )
 }
@@ -366,4 +369,111 @@ async fn each_source_is_rate_limited_with_retry_after() {
     let refused =
         audit(&site.db).await.into_iter().filter(|e| e.2 == "refused" && e.3["reason"] == "rate limited").count();
     assert_eq!(refused, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_jira_jira_dc_and_linear_mentions_are_answered_where_they_were_made() {
+    let site = Site::new().await;
+    let api = &site.providers.base_url;
+    let sources = format!(
+        "gitlab = {{ enabled = \"1\", webhook_secret = \"gl-secret\", api_url = \"{api}\", token = \"{GITLAB_TOKEN}\" }}, \
+         jira = {{ enabled = \"1\", webhook_secret = \"jira-secret\", api_url = \"{api}\", account_email = \"{JIRA_EMAIL}\", token = \"{JIRA_TOKEN}\" }}, \
+         jira_dc = {{ enabled = \"1\", webhook_secret = \"jira-dc-secret\", api_url = \"{api}\", token = \"{JIRA_DC_TOKEN}\" }}, \
+         linear = {{ enabled = \"1\", webhook_secret = \"linear-secret\", api_url = \"{api}\", token = \"{LINEAR_KEY}\" }}, "
+    );
+    let (_d, host) = site.host(&sources).await;
+    site.alice(&host).await;
+    let admin = host.admin.clone().unwrap();
+    for (provider, external) in
+        [("gitlab", "Dana-GL"), ("jira", "acc-dana"), ("jira_dc", "JIRAUSER10"), ("linear", "u-dana")]
+    {
+        let link = json!({ "provider": provider, "external_id": external, "user_id": "alice" });
+        let r = host.send(host.http.post(format!("{admin}/internal/integrations/links")).json(&link)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let post = |path: &str, body: &Vec<u8>, headers: Vec<(&str, String)>| {
+        let mut req = host.http.post(host.url(path)).header("content-type", "application/json").body(body.clone());
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        host.send(req)
+    };
+
+    // GitLab: a note on a merge request, with the webhook's secret token.
+    let note = json!({
+        "object_kind": "note", "user": { "username": "dana-gl" }, "project": { "id": 5, "path_with_namespace": "grp/app" },
+        "object_attributes": { "note": "@openhands review this", "noteable_type": "MergeRequest" },
+        "merge_request": { "iid": 3, "title": "Speed up", "description": "" },
+    })
+    .to_string()
+    .into_bytes();
+    let gl = |token: &str| {
+        vec![
+            ("x-gitlab-token", token.to_owned()),
+            ("x-gitlab-event", "Note Hook".to_owned()),
+            ("x-gitlab-event-uuid", "gl-1".to_owned()),
+        ]
+    };
+    assert_eq!(post("/integration/gitlab/events", &note, gl("wrong")).await.status, 403);
+    assert_eq!(post("/integration/gitlab/events", &note, gl("gl-secret")).await.json()["status"], "accepted");
+
+    // Jira Cloud and Data Center: comment_created, X-Hub-Signature with each one's secret.
+    let jira = |author: Value| {
+        json!({
+            "webhookEvent": "comment_created",
+            "comment": { "body": "@openhands triage", "author": author },
+            "issue": { "key": "OPS-9", "fields": { "summary": "Disk full", "description": "on db-2" } },
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let cloud = jira(json!({ "accountId": "acc-dana", "displayName": "Dana" }));
+    let signed = |secret: &str, body: &[u8], id: &str| {
+        vec![
+            ("x-hub-signature", format!("sha256={}", hmac_sha256_hex(secret.as_bytes(), body))),
+            ("x-atlassian-webhook-identifier", id.to_owned()),
+        ]
+    };
+    assert_eq!(post("/integration/jira/events", &cloud, signed("jira-dc-secret", &cloud, "j-0")).await.status, 403);
+    assert_eq!(post("/integration/jira/events", &cloud, signed("jira-secret", &cloud, "j-1")).await.status, 200);
+    let dc = jira(json!({ "key": "JIRAUSER10", "name": "dana" }));
+    assert_eq!(post("/integration/jira-dc/events", &dc, signed("jira-dc-secret", &dc, "jdc-1")).await.status, 200);
+
+    // Linear: Linear-Signature, and its timestamp within a minute.
+    let linear = |at: i64| {
+        json!({ "type": "Comment", "action": "create", "webhookTimestamp": at,
+                "data": { "body": "@openhands estimate", "userId": "u-dana", "issueId": "issue-uuid-1",
+                          "issue": { "identifier": "ENG-4", "title": "Login" } } })
+        .to_string()
+        .into_bytes()
+    };
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let headers = |body: &[u8], id: &str| {
+        vec![
+            ("linear-signature", hmac_sha256_hex(b"linear-secret", body)),
+            ("linear-delivery", id.to_owned()),
+            ("linear-event", "Comment".to_owned()),
+        ]
+    };
+    let stale = linear(now_ms - 61_000);
+    assert_eq!(post("/integration/linear/events", &stale, headers(&stale, "lin-0")).await.status, 403);
+    let fresh = linear(now_ms);
+    assert_eq!(post("/integration/linear/events", &fresh, headers(&fresh, "lin-1")).await.status, 200);
+
+    // Each answered where it was asked, with the agent's reply.
+    let posts = wait_for("four answers", || {
+        let p = site.providers.posts();
+        (p.len() >= 4).then_some(p)
+    })
+    .await;
+    let find =
+        |provider: &str| posts.iter().find(|p| p.0 == provider).unwrap_or_else(|| panic!("{provider}: {posts:#?}"));
+    assert_eq!(find("gitlab").1, "5/merge_requests/3");
+    assert!(find("gitlab").2.starts_with("Echo: ") && find("gitlab").2.contains("review this"), "{posts:#?}");
+    assert_eq!((find("jira").1.as_str(), find("jira_dc").1.as_str()), ("OPS-9", "OPS-9"));
+    assert!(find("jira").2.contains("triage") && find("jira_dc").2.contains("triage"), "{posts:#?}");
+    assert_eq!(find("linear").1, "issue-uuid-1");
+    assert!(find("linear").2.contains("estimate"));
+    let list = host.send(host.http.get(host.url("/api/conversations")).bearer_auth(ALICE)).await.json();
+    assert_eq!(list["results"].as_array().unwrap().len(), 4, "{list}");
 }

@@ -2,7 +2,9 @@
 //! the integrations post. GitHub: `POST /app/installations/{id}/access_tokens` checks the App's
 //! RS256 JWT against the test key `a` (`tests/fixtures/keys`) and mints installation tokens;
 //! `POST /repos/{owner}/{repo}/issues/{n}/comments` takes only minted tokens and can be made to
-//! fail. Slack: `POST /chat.postMessage` with the bot token, answering `{"ok": true}`.
+//! fail. Slack: `POST /chat.postMessage` with the bot token, answering `{"ok": true}`. GitLab:
+//! notes on issues and merge requests (`PRIVATE-TOKEN`). Jira: comments (basic auth for Cloud,
+//! bearer for Data Center). Linear: the GraphQL `commentCreate` mutation (API key).
 
 use axum::{
     extract::{Path, State},
@@ -18,6 +20,14 @@ use std::sync::{Arc, Mutex};
 pub const APP_ID: &str = "424242";
 /// The Slack bot token the fake accepts.
 pub const SLACK_BOT_TOKEN: &str = "xoxb-fake-bot-token";
+/// The GitLab bot account's token.
+pub const GITLAB_TOKEN: &str = "glpat-fake-bot-token";
+/// Jira Cloud's service account (email, API token), and a Jira DC personal access token.
+pub const JIRA_EMAIL: &str = "bot@example.test";
+pub const JIRA_TOKEN: &str = "jira-api-token";
+pub const JIRA_DC_TOKEN: &str = "jira-dc-pat";
+/// Linear's API key.
+pub const LINEAR_KEY: &str = "lin_api_fake";
 
 /// The App's private key, PEM.
 pub fn app_private_key() -> String {
@@ -31,6 +41,8 @@ struct Record {
     comments: Vec<(String, i64, String)>,
     /// (channel, thread_ts, text).
     messages: Vec<(String, String, String)>,
+    /// Everything else posted: (provider, where, body).
+    posts: Vec<(String, String, String)>,
     /// How many comment requests to fail with 500 still.
     fail_comments: usize,
     failed: usize,
@@ -101,6 +113,58 @@ async fn post_message(State(f): State<FakeProviders>, headers: HeaderMap, Json(b
     Json(json!({ "ok": true, "ts": format!("1700000000.{:06}", r.messages.len()) })).into_response()
 }
 
+async fn gitlab_note(
+    State(f): State<FakeProviders>,
+    Path((project, kind, iid)): Path<(i64, String, i64)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if headers.get("private-token").and_then(|v| v.to_str().ok()) != Some(GITLAB_TOKEN) {
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "message": "401 Unauthorized" }))).into_response();
+    }
+    let text = body["body"].as_str().unwrap_or("").to_owned();
+    f.record.lock().unwrap().posts.push(("gitlab".into(), format!("{project}/{kind}/{iid}"), text));
+    (StatusCode::CREATED, Json(json!({ "id": 1 }))).into_response()
+}
+
+async fn jira_comment(
+    State(f): State<FakeProviders>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    use base64::Engine as _;
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let basic =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{JIRA_EMAIL}:{JIRA_TOKEN}")));
+    let which = if auth == basic {
+        "jira"
+    } else if auth == format!("Bearer {JIRA_DC_TOKEN}") {
+        "jira_dc"
+    } else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let text = body["body"].as_str().unwrap_or("").to_owned();
+    f.record.lock().unwrap().posts.push((which.into(), key, text));
+    (StatusCode::CREATED, Json(json!({ "id": "10000" }))).into_response()
+}
+
+async fn linear_graphql(State(f): State<FakeProviders>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(LINEAR_KEY) {
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "errors": [{ "message": "Authentication required" }] })))
+            .into_response();
+    }
+    let query = body["query"].as_str().unwrap_or("");
+    if !query.contains("commentCreate") {
+        return Json(json!({ "errors": [{ "message": "unknown operation" }] })).into_response();
+    }
+    let input = &body["variables"]["input"];
+    let (issue, text) =
+        (input["issueId"].as_str().unwrap_or("").to_owned(), input["body"].as_str().unwrap_or("").to_owned());
+    f.record.lock().unwrap().posts.push(("linear".into(), issue, text));
+    Json(json!({ "data": { "commentCreate": { "success": true } } })).into_response()
+}
+
 impl FakeProviders {
     pub async fn start() -> FakeProviders {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -110,6 +174,9 @@ impl FakeProviders {
             .route("/app/installations/{id}/access_tokens", post(access_token))
             .route("/repos/{owner}/{repo}/issues/{number}/comments", post(comment))
             .route("/chat.postMessage", post(post_message))
+            .route("/api/v4/projects/{project}/{kind}/{iid}/notes", post(gitlab_note))
+            .route("/rest/api/2/issue/{key}/comment", post(jira_comment))
+            .route("/graphql", post(linear_graphql))
             .with_state(f.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         f
@@ -128,6 +195,11 @@ impl FakeProviders {
     /// Slack messages posted: (channel, thread_ts, text).
     pub fn messages(&self) -> Vec<(String, String, String)> {
         self.record.lock().unwrap().messages.clone()
+    }
+
+    /// GitLab notes, Jira and Linear comments: (provider, where, body).
+    pub fn posts(&self) -> Vec<(String, String, String)> {
+        self.record.lock().unwrap().posts.clone()
     }
 
     /// The next `n` comment requests fail with 500.

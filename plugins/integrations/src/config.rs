@@ -73,6 +73,14 @@ pub(crate) struct Source {
     /// Slack: the bot token that posts answers (`xoxb-…`).
     #[serde(default)]
     pub(crate) bot_token: Option<String>,
+    /// The token answers are posted with: GitLab a bot account's (`PRIVATE-TOKEN`), Jira
+    /// Cloud the service account's API token, Jira DC a personal access token, Linear an API
+    /// key.
+    #[serde(default)]
+    pub(crate) token: Option<String>,
+    /// Jira Cloud: the service account's email (with `token`, basic auth).
+    #[serde(default)]
+    pub(crate) account_email: Option<String>,
 }
 
 fn default_acquire_ms() -> u64 {
@@ -113,6 +121,8 @@ impl Source {
             "app_id" => &self.app_id,
             "private_key" => &self.private_key,
             "bot_token" => &self.bot_token,
+            "token" => &self.token,
+            "account_email" => &self.account_email,
             _ => &self.api_url,
         };
         set(value).ok_or_else(|| {
@@ -157,6 +167,21 @@ impl Config {
         }
         if c.slack.on() {
             c.slack.need("slack", "bot_token", "SLACK_BOT_TOKEN")?;
+        }
+        if c.gitlab.on() {
+            c.gitlab.need("gitlab", "token", "GITLAB_TOKEN")?;
+        }
+        if c.jira.on() {
+            c.jira.need("jira", "api_url", "JIRA_BASE_URL")?;
+            c.jira.need("jira", "account_email", "JIRA_SERVICE_ACCOUNT_EMAIL")?;
+            c.jira.need("jira", "token", "JIRA_API_TOKEN")?;
+        }
+        if c.jira_dc.on() {
+            c.jira_dc.need("jira_dc", "api_url", "JIRA_DC_BASE_URL")?;
+            c.jira_dc.need("jira_dc", "token", "JIRA_DC_TOKEN")?;
+        }
+        if c.linear.on() {
+            c.linear.need("linear", "token", "LINEAR_API_KEY")?;
         }
         Ok(c)
     }

@@ -5,7 +5,7 @@
 //! its raw body (`verify.rs`), rate-limited per source in Redis, stored in the durable inbox
 //! (`inbox.rs`, deduplicated by the provider's delivery id) and answered 2xx at once; workers
 //! process it (`work.rs`: a linked user's mention of the agent starts a conversation, whose
-//! answer goes back as a comment or a thread reply), retrying with backoff and dead-lettering
+//! answer goes back as a comment, a note or a thread reply), retrying with backoff and dead-lettering
 //! what keeps failing. Operators list and replay dead letters on the admin listener
 //! (`/internal/webhooks/...`, also `oh-host webhooks list|replay ID`) and link identities
 //! (`/internal/integrations/links`). Every delivery and decision is in `audit_log`.
@@ -92,6 +92,40 @@ impl Integrations {
         } else {
             None
         };
+        let gitlab = if c.gitlab.on() {
+            Some(providers::GitLab::new(
+                c.gitlab.api("https://gitlab.com"),
+                c.gitlab.need("gitlab", "token", "GITLAB_TOKEN")?,
+            )?)
+        } else {
+            None
+        };
+        let jira = if c.jira.on() {
+            Some(providers::Jira::new(
+                c.jira.need("jira", "api_url", "JIRA_BASE_URL")?.trim_end_matches('/').to_owned(),
+                Some(c.jira.need("jira", "account_email", "JIRA_SERVICE_ACCOUNT_EMAIL")?),
+                c.jira.need("jira", "token", "JIRA_API_TOKEN")?,
+            )?)
+        } else {
+            None
+        };
+        let jira_dc = if c.jira_dc.on() {
+            Some(providers::Jira::new(
+                c.jira_dc.need("jira_dc", "api_url", "JIRA_DC_BASE_URL")?.trim_end_matches('/').to_owned(),
+                None,
+                c.jira_dc.need("jira_dc", "token", "JIRA_DC_TOKEN")?,
+            )?)
+        } else {
+            None
+        };
+        let linear = if c.linear.on() {
+            Some(providers::Linear::new(
+                c.linear.api("https://api.linear.app"),
+                c.linear.need("linear", "token", "LINEAR_API_KEY")?,
+            )?)
+        } else {
+            None
+        };
         let hub = Arc::new(work::Hub {
             inbox,
             services,
@@ -99,7 +133,12 @@ impl Integrations {
             web_host: c.web_host.clone().filter(|h| !h.trim().is_empty()),
             github,
             slack,
+            gitlab,
+            jira,
+            jira_dc,
+            linear,
             wake: tokio::sync::Notify::new(),
+            answers: tokio::sync::Notify::new(),
         });
         let limiter = ratelimit::Limiter::new(&c.redis_url(), c.redis_key_prefix.clone(), c.rate_limit_per_minute)?;
         // Inbox workers (two by default: one slow provider call does not hold the rest) and
@@ -239,8 +278,12 @@ impl Integrations {
                         &json!({ "error": "provider must be one of github, gitlab, slack, jira, jira_dc, linear; ids not empty" }),
                     ));
                 }
-                let external =
-                    if link.provider == "github" { link.external_id.to_lowercase() } else { link.external_id };
+                // GitHub logins and GitLab usernames are case-insensitive.
+                let external = if ["github", "gitlab"].contains(&link.provider.as_str()) {
+                    link.external_id.to_lowercase()
+                } else {
+                    link.external_id
+                };
                 let pool = self.hub.inbox.db.ready().await?;
                 sqlx::query(
                     "INSERT INTO integration_links (provider, external_id, user_id) VALUES ($1, $2, $3)

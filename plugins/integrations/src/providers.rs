@@ -158,3 +158,97 @@ impl Slack {
         Ok(())
     }
 }
+
+/// GitLab notes on issues and merge requests, with a token of the bot account
+/// (`PRIVATE-TOKEN`).
+pub(crate) struct GitLab {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl GitLab {
+    pub(crate) fn new(base: String, token: String) -> Result<GitLab, PluginError> {
+        Ok(GitLab { http: http()?, base, token })
+    }
+
+    /// A note on issue or merge request `iid` (`kind`: `issues` or `merge_requests`).
+    pub(crate) async fn note(&self, project: i64, kind: &str, iid: i64, body: &str) -> Result<(), PluginError> {
+        let what = "GitLab note";
+        let r = self
+            .http
+            .post(format!("{}/api/v4/projects/{project}/{kind}/{iid}/notes", self.base))
+            .header("PRIVATE-TOKEN", &self.token)
+            .json(&json!({ "body": body }))
+            .send()
+            .await
+            .map_err(|e| unreachable(what, e))?;
+        if !r.status().is_success() {
+            return Err(failure(what, r).await);
+        }
+        Ok(())
+    }
+}
+
+/// Jira comments: Cloud with the service account's email and API token (basic auth), Data
+/// Center with a personal access token (bearer).
+pub(crate) struct Jira {
+    http: reqwest::Client,
+    base: String,
+    email: Option<String>,
+    token: String,
+}
+
+impl Jira {
+    pub(crate) fn new(base: String, email: Option<String>, token: String) -> Result<Jira, PluginError> {
+        Ok(Jira { http: http()?, base, email, token })
+    }
+
+    pub(crate) async fn comment(&self, issue_key: &str, body: &str) -> Result<(), PluginError> {
+        let what = "Jira comment";
+        let request = self.http.post(format!("{}/rest/api/2/issue/{issue_key}/comment", self.base));
+        let request = match &self.email {
+            Some(email) => request.basic_auth(email, Some(&self.token)),
+            None => request.bearer_auth(&self.token),
+        };
+        let r = request.json(&json!({ "body": body })).send().await.map_err(|e| unreachable(what, e))?;
+        if !r.status().is_success() {
+            return Err(failure(what, r).await);
+        }
+        Ok(())
+    }
+}
+
+/// Linear comments through its GraphQL API, with an API key.
+pub(crate) struct Linear {
+    http: reqwest::Client,
+    api: String,
+    key: String,
+}
+
+impl Linear {
+    pub(crate) fn new(api: String, key: String) -> Result<Linear, PluginError> {
+        Ok(Linear { http: http()?, api, key })
+    }
+
+    pub(crate) async fn comment(&self, issue_id: &str, body: &str) -> Result<(), PluginError> {
+        let what = "Linear commentCreate";
+        let query = "mutation CommentCreate($input: CommentCreateInput!) { commentCreate(input: $input) { success } }";
+        let r = self
+            .http
+            .post(format!("{}/graphql", self.api))
+            .header("authorization", &self.key)
+            .json(&json!({ "query": query, "variables": { "input": { "issueId": issue_id, "body": body } } }))
+            .send()
+            .await
+            .map_err(|e| unreachable(what, e))?;
+        if !r.status().is_success() {
+            return Err(failure(what, r).await);
+        }
+        let answer: Value = r.json().await.map_err(|e| unreachable(what, e))?;
+        if answer["data"]["commentCreate"]["success"] != true {
+            return Err(PluginError::internal(format!("{what}: {}", answer["errors"])));
+        }
+        Ok(())
+    }
+}

@@ -6,7 +6,7 @@
 
 use crate::{
     inbox::{Claimed, Inbox},
-    providers::{GitHub, Slack},
+    providers::{GitHub, GitLab, Jira, Linear, Slack},
 };
 use pg_common::db_error;
 use plugin_sdk::{
@@ -26,8 +26,14 @@ pub(crate) struct Hub {
     pub(crate) web_host: Option<String>,
     pub(crate) github: Option<GitHub>,
     pub(crate) slack: Option<Slack>,
+    pub(crate) gitlab: Option<GitLab>,
+    pub(crate) jira: Option<Jira>,
+    pub(crate) jira_dc: Option<Jira>,
+    pub(crate) linear: Option<Linear>,
     /// Rung when a delivery is stored.
     pub(crate) wake: Notify,
+    /// Rung when a conversation is started (its answer is soon to be looked for).
+    pub(crate) answers: Notify,
 }
 
 /// A request to the agent found in a delivery.
@@ -52,7 +58,7 @@ pub(crate) fn github_mention(event: &str, p: &Value, mention: &str) -> Option<Me
         return None;
     }
     let comment = p["comment"]["body"].as_str()?;
-    if !comment.to_lowercase().contains(&mention.to_lowercase()) || p["sender"]["type"] == "Bot" {
+    if !names(comment, mention) || p["sender"]["type"] == "Bot" {
         return None;
     }
     let login = p["sender"]["login"].as_str()?;
@@ -102,6 +108,97 @@ pub(crate) fn slack_mention(p: &Value) -> Option<Mention> {
     })
 }
 
+fn names(text: &str, mention: &str) -> bool {
+    text.to_lowercase().contains(&mention.to_lowercase())
+}
+
+/// The mention in a GitLab delivery: a note on an issue or merge request that names the agent.
+pub(crate) fn gitlab_mention(p: &Value, mention: &str) -> Option<Mention> {
+    if p["object_kind"] != "note" {
+        return None;
+    }
+    let a = &p["object_attributes"];
+    let note = a["note"].as_str()?;
+    if !names(note, mention) {
+        return None;
+    }
+    let user = p["user"]["username"].as_str()?;
+    let project = p["project"]["id"].as_i64().or_else(|| p["project_id"].as_i64())?;
+    let path = p["project"]["path_with_namespace"].as_str().unwrap_or("");
+    let (noteable, item, label, sigil) = match a["noteable_type"].as_str()? {
+        "Issue" => ("issues", &p["issue"], "issue", "#"),
+        "MergeRequest" => ("merge_requests", &p["merge_request"], "merge request", "!"),
+        _ => return None,
+    };
+    let iid = item["iid"].as_i64()?;
+    let title = item["title"].as_str().unwrap_or("");
+    let description = item["description"].as_str().unwrap_or("");
+    Some(Mention {
+        provider: "gitlab",
+        external_user: user.to_lowercase(),
+        text: format!(
+            "In the GitLab project {path}, {label} {sigil}{iid}: {title}\n\n{description}\n\n@{user} asks:\n{note}"
+        ),
+        title: Some(format!("{path}{sigil}{iid}: {title}")),
+        repository: Some(path.to_owned()).filter(|p| !p.is_empty()),
+        git_provider: Some("gitlab"),
+        target: json!({ "kind": "gitlab", "project": project, "noteable": noteable, "iid": iid }),
+    })
+}
+
+/// The mention in a Jira (Cloud or Data Center) delivery: a new comment that names the agent.
+pub(crate) fn jira_mention(source: &'static str, p: &Value, mention: &str) -> Option<Mention> {
+    if p["webhookEvent"] != "comment_created" {
+        return None;
+    }
+    let body = p["comment"]["body"].as_str()?;
+    if !names(body, mention) {
+        return None;
+    }
+    let author = &p["comment"]["author"];
+    // Cloud names people by accountId, Data Center by key (or name).
+    let user = author["accountId"].as_str().or_else(|| author["key"].as_str()).or_else(|| author["name"].as_str())?;
+    let key = p["issue"]["key"].as_str()?;
+    let fields = &p["issue"]["fields"];
+    let summary = fields["summary"].as_str().unwrap_or("");
+    let description = fields["description"].as_str().unwrap_or("");
+    let who = author["displayName"].as_str().unwrap_or(user);
+    Some(Mention {
+        provider: source,
+        external_user: user.to_owned(),
+        text: format!("In Jira issue {key}: {summary}\n\n{description}\n\n{who} asks:\n{body}"),
+        title: Some(format!("{key}: {summary}")),
+        repository: None,
+        git_provider: None,
+        target: json!({ "kind": source, "issue": key }),
+    })
+}
+
+/// The mention in a Linear delivery: a new comment that names the agent.
+pub(crate) fn linear_mention(p: &Value, mention: &str) -> Option<Mention> {
+    if p["type"] != "Comment" || p["action"] != "create" {
+        return None;
+    }
+    let d = &p["data"];
+    let body = d["body"].as_str()?;
+    if !names(body, mention) {
+        return None;
+    }
+    let user = d["userId"].as_str().or_else(|| d["user"]["id"].as_str())?;
+    let issue_id = d["issueId"].as_str().or_else(|| d["issue"]["id"].as_str())?;
+    let identifier = d["issue"]["identifier"].as_str().unwrap_or(issue_id);
+    let title = d["issue"]["title"].as_str().unwrap_or("");
+    Some(Mention {
+        provider: "linear",
+        external_user: user.to_owned(),
+        text: format!("In Linear issue {identifier}: {title}\n\nA comment asks:\n{body}"),
+        title: Some(format!("{identifier}: {title}")),
+        repository: None,
+        git_provider: None,
+        target: json!({ "kind": "linear", "issue_id": issue_id }),
+    })
+}
+
 /// A conversation id of 32 hex digits from the delivery: the same delivery, the same id.
 pub(crate) fn conversation_id(source: &str, delivery_id: &str) -> String {
     let digest = Sha256::digest(format!("{source}:{delivery_id}").as_bytes());
@@ -131,6 +228,20 @@ impl Hub {
                 slack
                     .reply(target["channel"].as_str().unwrap_or(""), target["thread_ts"].as_str().unwrap_or(""), text)
                     .await
+            }
+            Some("gitlab") => {
+                let gitlab = self.gitlab.as_ref().ok_or_else(|| PluginError::internal("GitLab is not configured"))?;
+                let (project, iid) = (target["project"].as_i64().unwrap_or(0), target["iid"].as_i64().unwrap_or(0));
+                gitlab.note(project, target["noteable"].as_str().unwrap_or("issues"), iid, text).await
+            }
+            Some(kind @ ("jira" | "jira_dc")) => {
+                let jira = if kind == "jira" { &self.jira } else { &self.jira_dc };
+                let jira = jira.as_ref().ok_or_else(|| PluginError::internal(format!("{kind} is not configured")))?;
+                jira.comment(target["issue"].as_str().unwrap_or(""), text).await
+            }
+            Some("linear") => {
+                let linear = self.linear.as_ref().ok_or_else(|| PluginError::internal("Linear is not configured"))?;
+                linear.comment(target["issue_id"].as_str().unwrap_or(""), text).await
             }
             other => Err(PluginError::internal(format!("no way to answer on {other:?}"))),
         }
@@ -179,8 +290,11 @@ impl Hub {
         let mention = match d.source.as_str() {
             "github" => github_mention(&d.event, &d.payload, &self.mention),
             "slack" => slack_mention(&d.payload),
-            // Stored, verified and audited; what they ask of the agent is not read yet.
-            _ => return Ok(format!("no action for {} deliveries yet", d.source)),
+            "gitlab" => gitlab_mention(&d.payload, &self.mention),
+            "jira" => jira_mention("jira", &d.payload, &self.mention),
+            "jira_dc" => jira_mention("jira_dc", &d.payload, &self.mention),
+            "linear" => linear_mention(&d.payload, &self.mention),
+            other => return Ok(format!("no action for {other} deliveries")),
         };
         let Some(m) = mention else { return Ok(format!("ignored: {} without a mention of the agent", d.event)) };
         let Some(user) = self.linked_user(m.provider, &m.external_user).await? else {
@@ -210,7 +324,10 @@ impl Hub {
             git_provider: m.git_provider.map(str::to_owned),
         };
         match self.services.call(user_ctx(&user), start).await {
-            Ok(id) => Ok(format!("conversation {id} started for {user}")),
+            Ok(id) => {
+                self.answers.notify_one();
+                Ok(format!("conversation {id} started for {user}"))
+            }
             // The user's own setup stands in the way (no LLM settings, no credits): they are
             // told, and retrying would not help.
             Err(e) if [ErrorCode::INVALID_ARGUMENT, ErrorCode::PAYMENT_REQUIRED].contains(&e.code) => {
@@ -227,8 +344,21 @@ impl Hub {
         }
     }
 
+    /// Waits until the host answers plugins' calls (the library starts before the server
+    /// does): work taken before then would fail for nothing.
+    async fn host_up(&self) {
+        loop {
+            let probe = plugin_sdk::host_calls::GetMetadata { conversation_id: "0".repeat(32) };
+            match self.services.call(user_ctx(""), probe).await {
+                Err(e) if e.code == ErrorCode::UNAVAILABLE => tokio::time::sleep(Duration::from_millis(100)).await,
+                _ => return,
+            }
+        }
+    }
+
     /// Works the inbox until the library stops.
     pub(crate) async fn deliveries(self: Arc<Self>) {
+        self.host_up().await;
         loop {
             match self.inbox.claim().await {
                 Ok(Some(d)) => {
@@ -254,11 +384,15 @@ impl Hub {
 
     /// Posts the agent's answers of finished conversations, until the library stops.
     pub(crate) async fn callbacks(self: Arc<Self>) {
+        self.host_up().await;
         loop {
             if let Err(e) = self.callbacks_once().await {
                 tracing::warn!(error = %e, "conversation callbacks unavailable");
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::select! {
+                () = self.answers.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
         }
     }
 
@@ -271,18 +405,29 @@ impl Hub {
                  SELECT conversation_id FROM conversation_callbacks
                  WHERE status = 'waiting' AND next_attempt_at <= now()
                  ORDER BY next_attempt_at LIMIT 20 FOR UPDATE SKIP LOCKED)
-             RETURNING conversation_id, user_id, source, target, attempts",
+             RETURNING conversation_id, user_id, source, target, attempts,
+                 extract(epoch FROM now() - created_at)::float8",
         )
         .fetch_all(pool)
         .await
         .map_err(db_error)?;
         for row in due {
-            let (id, user, source, target, attempts): (String, String, String, Value, i32) =
-                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-            match self.finished_answer(&user, &id).await {
+            let (id, user, source, target, attempts, age): (String, String, String, Value, i32, f64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
+            let answer = match self.finished_answer(&user, &id).await {
+                // Its conversation is being started (the callback is stored first): not yet,
+                // for an hour at most.
+                Err(e) if e.code == ErrorCode::NOT_FOUND && age < 3600.0 => Ok(None),
+                other => other,
+            };
+            match answer {
                 Ok(None) => {
-                    sqlx::query("UPDATE conversation_callbacks SET next_attempt_at = now() + interval '1 second' WHERE conversation_id = $1")
+                    // Looked at often while young (most turns are short), then less: a tenth
+                    // of its age, between 100 ms and 5 s.
+                    let next = (age / 10.0).clamp(0.1, 5.0);
+                    sqlx::query("UPDATE conversation_callbacks SET next_attempt_at = now() + make_interval(secs => $2) WHERE conversation_id = $1")
                         .bind(&id)
+                        .bind(next)
                         .execute(pool)
                         .await
                         .map_err(db_error)?;
@@ -355,7 +500,7 @@ pub(crate) fn answer_of(events: &[Value]) -> Option<String> {
             Some(
                 answer
                     .and_then(|a| a["args"]["content"].as_str())
-                    .unwrap_or("(the agent stopped without an answer)")
+                    .unwrap_or("The conversation was stopped before the agent answered.")
                     .to_owned(),
             )
         }
@@ -411,6 +556,47 @@ mod tests {
         let mut from_bot = p.clone();
         from_bot["event"]["bot_id"] = json!("B1");
         assert_eq!(slack_mention(&from_bot), None);
+    }
+
+    #[test]
+    fn gitlab_jira_and_linear_comments_that_name_the_agent_are_mentions() {
+        let note = json!({
+            "object_kind": "note", "user": { "username": "Dev" }, "project": { "id": 5, "path_with_namespace": "grp/app" },
+            "object_attributes": { "note": "@openhands look", "noteable_type": "MergeRequest" },
+            "merge_request": { "iid": 3, "title": "Speed up", "description": "d" },
+        });
+        let m = gitlab_mention(&note, "@openhands").unwrap();
+        assert_eq!((m.external_user.as_str(), m.title.as_deref()), ("dev", Some("grp/app!3: Speed up")));
+        assert_eq!(m.target, json!({ "kind": "gitlab", "project": 5, "noteable": "merge_requests", "iid": 3 }));
+        let mut plain = note.clone();
+        plain["object_attributes"]["note"] = json!("lgtm");
+        assert_eq!(gitlab_mention(&plain, "@openhands"), None);
+
+        let comment = json!({
+            "webhookEvent": "comment_created",
+            "comment": { "body": "[~openhands] @openhands triage this", "author": { "accountId": "acc-1", "displayName": "Dana" } },
+            "issue": { "key": "OPS-9", "fields": { "summary": "Disk full", "description": "on db-2" } },
+        });
+        let m = jira_mention("jira", &comment, "@openhands").unwrap();
+        assert_eq!(
+            (m.external_user.as_str(), m.target.clone()),
+            ("acc-1", json!({ "kind": "jira", "issue": "OPS-9" }))
+        );
+        let mut dc = comment.clone();
+        dc["comment"]["author"] = json!({ "key": "JIRAUSER10", "name": "dana" });
+        assert_eq!(jira_mention("jira_dc", &dc, "@openhands").unwrap().external_user, "JIRAUSER10");
+
+        let linear = json!({ "type": "Comment", "action": "create",
+                             "data": { "body": "@openhands estimate", "userId": "u-1", "issueId": "i-1",
+                                       "issue": { "identifier": "ENG-4", "title": "Login" } } });
+        let m = linear_mention(&linear, "@openhands").unwrap();
+        assert_eq!(
+            (m.external_user.as_str(), m.target.clone()),
+            ("u-1", json!({ "kind": "linear", "issue_id": "i-1" }))
+        );
+        let mut update = linear.clone();
+        update["action"] = json!("update");
+        assert_eq!(linear_mention(&update, "@openhands"), None);
     }
 
     #[test]
