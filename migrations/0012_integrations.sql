@@ -39,6 +39,15 @@ CREATE TABLE integration_links (
     PRIMARY KEY (provider, external_id)
 );
 
+-- One-time codes a signed-in user gets to link an identity: they comment "@openhands link
+-- CODE" from that identity, so the provider's signed delivery proves it is theirs. Stored
+-- hashed (SHA-256); valid ten minutes.
+CREATE TABLE integration_link_codes (
+    code_sha256 TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL,
+    expires_at  TIMESTAMPTZ NOT NULL
+);
+
 -- Unlinked identities told once how to link.
 CREATE TABLE integration_notices (
     provider    TEXT NOT NULL,

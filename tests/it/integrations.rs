@@ -477,3 +477,41 @@ async fn gitlab_jira_jira_dc_and_linear_mentions_are_answered_where_they_were_ma
     let list = host.send(host.http.get(host.url("/api/conversations")).bearer_auth(ALICE)).await.json();
     assert_eq!(list["results"].as_array().unwrap().len(), 4, "{list}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_links_an_identity_by_commenting_a_one_time_code_from_it() {
+    let site = Site::new().await;
+    let (_d, host) = site.host("").await;
+    site.alice(&host).await;
+    let code = host.send(host.http.post(host.url("/api/integrations/link-code")).bearer_auth(ALICE)).await;
+    assert_eq!(code.status, 200, "{}", code.text);
+    let code = code.json()["code"].as_str().unwrap().to_owned();
+    assert_eq!(host.send(host.http.post(host.url("/api/integrations/link-code"))).await.status, 401);
+
+    // From the GitHub account to link: the signed delivery proves whose it is.
+    let body = issue_comment("Newbie", &format!("@openhands link {}", code.to_lowercase()));
+    assert_eq!(github(&host, "gh-link-1", &body, github_signature(&body)).await.status, 200);
+    wait_for("the confirmation", || (site.providers.comments().len() == 1).then_some(())).await;
+    assert!(site.providers.comments()[0].2.starts_with("Linked"), "{:?}", site.providers.comments());
+    // A code works once.
+    let body = issue_comment("mallory", &format!("@openhands link {code}"));
+    assert_eq!(github(&host, "gh-link-2", &body, github_signature(&body)).await.status, 200);
+    wait_for("the refusal", || (site.providers.comments().len() == 2).then_some(())).await;
+    assert!(site.providers.comments()[1].2.contains("unknown or has expired"));
+
+    // Newbie's mentions now work for Alice; Mallory's do not.
+    let body = issue_comment("newbie", "@openhands fix the flaky test");
+    assert_eq!(github(&host, "gh-link-3", &body, github_signature(&body)).await.status, 200);
+    wait_for("the answer", || (site.providers.comments().len() == 3).then_some(())).await;
+    assert!(
+        site.providers.comments()[2].2.starts_with("Echo: ") && site.providers.comments()[2].2.contains("flaky test")
+    );
+    let mut conn = site.db.connect().await;
+    let links: Vec<(String, String)> = sqlx::query_as(
+        "SELECT external_id, user_id FROM integration_links WHERE provider = 'github' ORDER BY external_id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(links, [("alice-gh".to_owned(), "alice".to_owned()), ("newbie".to_owned(), "alice".to_owned())]);
+}

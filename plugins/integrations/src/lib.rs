@@ -252,6 +252,29 @@ impl Integrations {
         Ok(respond(200, &json!({ "status": status, "delivery_id": v.delivery_id })))
     }
 
+    /// A one-time code for the signed-in user to link an identity at a provider with:
+    /// `<mention> link CODE` written from it.
+    async fn link_code(&self, ctx: &CallContext) -> Result<HttpResponse, PluginError> {
+        let Some(user) = ctx.user_id() else {
+            return Ok(respond(401, &json!({ "error": "sign in first" })));
+        };
+        const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+        let mut bytes = [0u8; 10];
+        getrandom::getrandom(&mut bytes).map_err(|e| PluginError::internal(format!("no randomness: {e}")))?;
+        let code: String = bytes.iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect();
+        let pool = self.hub.inbox.db.ready().await?;
+        sqlx::query(
+            "INSERT INTO integration_link_codes (code_sha256, user_id, expires_at) VALUES ($1, $2, now() + interval '10 minutes')",
+        )
+        .bind(work::code_hash(&code))
+        .bind(user)
+        .execute(pool)
+        .await
+        .map_err(pg_common::db_error)?;
+        let how = format!("Comment `{} link {code}` from the account to link (GitHub, GitLab, Slack, Jira, Linear) within 10 minutes.", self.config.mention);
+        Ok(respond(200, &json!({ "code": code, "expires_in": 600, "how": how })))
+    }
+
     /// The operators' routes (admin listener).
     async fn operate(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
         let path = request.path.as_str();
@@ -328,6 +351,11 @@ impl plugin_sdk::RouteHandler for Integrations {
             .filter(|(source, _)| self.source(source).on())
             .map(|(_, path)| RouteSpec { method: "POST".into(), path: (*path).into(), authenticated: false })
             .collect();
+        routes.push(RouteSpec {
+            method: "POST".into(),
+            path: "/api/integrations/link-code".into(),
+            authenticated: true,
+        });
         for (method, path) in [
             ("GET", "/internal/webhooks/dead-letters"),
             ("POST", "/internal/webhooks/{id}/replay"),
@@ -338,9 +366,12 @@ impl plugin_sdk::RouteHandler for Integrations {
         routes
     }
 
-    async fn handle(&self, _ctx: CallContext, request: HttpRequest) -> Result<HttpResponse, PluginError> {
+    async fn handle(&self, ctx: CallContext, request: HttpRequest) -> Result<HttpResponse, PluginError> {
         if request.path.starts_with("/internal/") {
             return self.operate(&request).await;
+        }
+        if request.path == "/api/integrations/link-code" {
+            return self.link_code(&ctx).await;
         }
         match ROUTES.iter().find(|(_, path)| *path == request.path.as_str()) {
             Some((source, _)) if self.source(source).on() => self.receive(source, &request).await,

@@ -44,6 +44,8 @@ pub(crate) struct Mention {
     pub(crate) external_user: String,
     /// The first message of the conversation: the context and the request.
     pub(crate) text: String,
+    /// What the person wrote (the comment, the note, the message).
+    pub(crate) said: String,
     pub(crate) title: Option<String>,
     pub(crate) repository: Option<String>,
     pub(crate) git_provider: Option<&'static str>,
@@ -73,6 +75,7 @@ pub(crate) fn github_mention(event: &str, p: &Value, mention: &str) -> Option<Me
     Some(Mention {
         provider: "github",
         external_user: login.to_lowercase(),
+        said: comment.to_owned(),
         text,
         title: Some(format!("{repo}#{number}: {title}")),
         repository: Some(repo.to_owned()),
@@ -100,6 +103,7 @@ pub(crate) fn slack_mention(p: &Value) -> Option<Mention> {
     Some(Mention {
         provider: "slack",
         external_user: user.to_owned(),
+        said: text.to_owned(),
         text: text.to_owned(),
         title: Some(text.chars().take(60).collect()),
         repository: None,
@@ -136,6 +140,7 @@ pub(crate) fn gitlab_mention(p: &Value, mention: &str) -> Option<Mention> {
     Some(Mention {
         provider: "gitlab",
         external_user: user.to_lowercase(),
+        said: note.to_owned(),
         text: format!(
             "In the GitLab project {path}, {label} {sigil}{iid}: {title}\n\n{description}\n\n@{user} asks:\n{note}"
         ),
@@ -166,6 +171,7 @@ pub(crate) fn jira_mention(source: &'static str, p: &Value, mention: &str) -> Op
     Some(Mention {
         provider: source,
         external_user: user.to_owned(),
+        said: body.to_owned(),
         text: format!("In Jira issue {key}: {summary}\n\n{description}\n\n{who} asks:\n{body}"),
         title: Some(format!("{key}: {summary}")),
         repository: None,
@@ -191,12 +197,33 @@ pub(crate) fn linear_mention(p: &Value, mention: &str) -> Option<Mention> {
     Some(Mention {
         provider: "linear",
         external_user: user.to_owned(),
+        said: body.to_owned(),
         text: format!("In Linear issue {identifier}: {title}\n\nA comment asks:\n{body}"),
         title: Some(format!("{identifier}: {title}")),
         repository: None,
         git_provider: None,
         target: json!({ "kind": "linear", "issue_id": issue_id }),
     })
+}
+
+/// `CODE` when a mention's text is `<mention> link CODE` (the way a user links the identity
+/// they write from: the code comes from `POST /api/integrations/link-code`).
+pub(crate) fn link_command(text: &str, mention: &str) -> Option<String> {
+    let lower = text.to_lowercase();
+    let at = lower.find(&mention.to_lowercase())?;
+    let rest = text[at + mention.len()..].trim_start();
+    let mut words = rest.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("link") {
+        return None;
+    }
+    let code = words.next()?.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    (code.len() >= 6 && code.len() <= 32 && code.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| code.to_ascii_uppercase())
+}
+
+/// SHA-256 of a link code, as stored.
+pub(crate) fn code_hash(code: &str) -> String {
+    Sha256::digest(code.to_ascii_uppercase().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A conversation id of 32 hex digits from the delivery: the same delivery, the same id.
@@ -257,6 +284,42 @@ impl Hub {
             .map_err(db_error)
     }
 
+    /// `@openhands link CODE`: the identity that wrote it (the provider signed the delivery)
+    /// becomes the user's whose code it is. A code works once, for ten minutes.
+    async fn link_with_code(&self, m: &Mention, code: &str) -> Result<String, PluginError> {
+        let pool = self.inbox.db.ready().await?;
+        let mut tx = pool.begin().await.map_err(db_error)?;
+        let user: Option<String> = sqlx::query_scalar(
+            "DELETE FROM integration_link_codes WHERE code_sha256 = $1 AND expires_at > now() RETURNING user_id",
+        )
+        .bind(code_hash(code))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let Some(user) = user else {
+            tx.rollback().await.map_err(db_error)?;
+            self.answer(
+                &m.target,
+                "That link code is unknown or has expired: get a new one in OpenHands and try again.",
+            )
+            .await?;
+            return Ok("link refused: unknown or expired code".to_owned());
+        };
+        sqlx::query(
+            "INSERT INTO integration_links (provider, external_id, user_id) VALUES ($1, $2, $3)
+             ON CONFLICT (provider, external_id) DO UPDATE SET user_id = EXCLUDED.user_id",
+        )
+        .bind(m.provider)
+        .bind(&m.external_user)
+        .bind(&user)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        self.answer(&m.target, "Linked: mention me here and I will work on it for your OpenHands account.").await?;
+        Ok(format!("linked {} {} to {user}", m.provider, m.external_user))
+    }
+
     /// Tells an unlinked user once how to link; whether this was the first time.
     async fn tell_how_to_link(&self, m: &Mention) -> Result<bool, PluginError> {
         let pool = self.inbox.db.ready().await?;
@@ -272,8 +335,8 @@ impl Hub {
         }
         let place = self.web_host.as_deref().map(|h| format!(" at {h}/settings/integrations")).unwrap_or_default();
         let text = format!(
-            "I can't work on this yet: your {} account is not linked to an OpenHands account. Link it{place} and mention me again.",
-            m.provider
+            "I can't work on this yet: your {} account is not linked to an OpenHands account. Get a link code{place} (signed in), then comment `{} link CODE` here.",
+            m.provider, self.mention
         );
         self.answer(&m.target, &text).await?;
         sqlx::query("INSERT INTO integration_notices (provider, external_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
@@ -297,6 +360,11 @@ impl Hub {
             other => return Ok(format!("no action for {other} deliveries")),
         };
         let Some(m) = mention else { return Ok(format!("ignored: {} without a mention of the agent", d.event)) };
+        // Slack's text has the bot's mention taken out already.
+        let command = if m.provider == "slack" { format!("{} {}", self.mention, m.said) } else { m.said.clone() };
+        if let Some(code) = link_command(&command, &self.mention) {
+            return self.link_with_code(&m, &code).await;
+        }
         let Some(user) = self.linked_user(m.provider, &m.external_user).await? else {
             let first = self.tell_how_to_link(&m).await?;
             return Ok(if first { "unlinked user: told how to link" } else { "unlinked user: told before" }.to_owned());
@@ -610,6 +678,16 @@ mod tests {
         );
         let failed = [state("running"), json!({ "observation": "error", "content": "out of credits" }), state("error")];
         assert_eq!(answer_of(&failed).as_deref(), Some("I ran into a problem: out of credits"));
+    }
+
+    #[test]
+    fn a_link_command_carries_its_code() {
+        assert_eq!(link_command("@openhands link abc123XY", "@openhands").as_deref(), Some("ABC123XY"));
+        assert_eq!(link_command("hey @OpenHands  LINK `QWERTY12`.", "@openhands").as_deref(), Some("QWERTY12"));
+        assert_eq!(link_command("@openhands link", "@openhands"), None);
+        assert_eq!(link_command("@openhands link abc", "@openhands"), None, "too short");
+        assert_eq!(link_command("@openhands please link the docs", "@openhands"), None);
+        assert_eq!(code_hash("abc123xy"), code_hash("ABC123XY"));
     }
 
     #[test]
