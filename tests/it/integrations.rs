@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 const ALICE: &str = "alice-integrations-key-0123456789";
 const GITHUB_SECRET: &str = "github-webhook-secret-0123";
 const SLACK_SECRET: &str = "slack-signing-secret-0123";
+/// A GitLab signing token (`whsec_` + base64 of the key), also sent as a classic token.
+const GITLAB_SECRET: &str = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 fn profile(db: &str, providers: &str, extra: &str) -> String {
     let stores = format!("{{ database_url = \"{db}\", master_key = \"integrations-test-master-key-01\" }}");
@@ -376,7 +378,7 @@ async fn gitlab_jira_jira_dc_and_linear_mentions_are_answered_where_they_were_ma
     let site = Site::new().await;
     let api = &site.providers.base_url;
     let sources = format!(
-        "gitlab = {{ enabled = \"1\", webhook_secret = \"gl-secret\", api_url = \"{api}\", token = \"{GITLAB_TOKEN}\" }}, \
+        "gitlab = {{ enabled = \"1\", webhook_secret = \"{GITLAB_SECRET}\", api_url = \"{api}\", token = \"{GITLAB_TOKEN}\" }}, \
          jira = {{ enabled = \"1\", webhook_secret = \"jira-secret\", api_url = \"{api}\", account_email = \"{JIRA_EMAIL}\", token = \"{JIRA_TOKEN}\" }}, \
          jira_dc = {{ enabled = \"1\", webhook_secret = \"jira-dc-secret\", api_url = \"{api}\", token = \"{JIRA_DC_TOKEN}\" }}, \
          linear = {{ enabled = \"1\", webhook_secret = \"linear-secret\", api_url = \"{api}\", token = \"{LINEAR_KEY}\" }}, "
@@ -415,7 +417,31 @@ async fn gitlab_jira_jira_dc_and_linear_mentions_are_answered_where_they_were_ma
         ]
     };
     assert_eq!(post("/integration/gitlab/events", &note, gl("wrong")).await.status, 403);
-    assert_eq!(post("/integration/gitlab/events", &note, gl("gl-secret")).await.json()["status"], "accepted");
+    assert_eq!(post("/integration/gitlab/events", &note, gl(GITLAB_SECRET)).await.json()["status"], "accepted");
+    // The same webhook signing with its token instead (GitLab 19, Standard Webhooks).
+    let signed_note =
+        String::from_utf8(note.clone()).unwrap().replace("review this", "and check the tests").into_bytes();
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let standard = |key: &[u8], id: &str| {
+        use base64::Engine as _;
+        let mut message = format!("{id}.{ts}.").into_bytes();
+        message.extend_from_slice(&signed_note);
+        let raw: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&hmac_sha256_hex(key, &message)[i * 2..i * 2 + 2], 16).unwrap())
+            .collect();
+        vec![
+            ("webhook-id", id.to_owned()),
+            ("webhook-timestamp", ts.clone()),
+            ("webhook-signature", format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(raw))),
+            ("x-gitlab-event", "Note Hook".to_owned()),
+        ]
+    };
+    let key = b"0123456789abcdef0123456789abcdef";
+    assert_eq!(post("/integration/gitlab/events", &signed_note, standard(b"another key", "gl-2")).await.status, 403);
+    assert_eq!(
+        post("/integration/gitlab/events", &signed_note, standard(key, "gl-2")).await.json()["status"],
+        "accepted"
+    );
 
     // Jira Cloud and Data Center: comment_created, X-Hub-Signature with each one's secret.
     let jira = |author: Value| {
@@ -461,21 +487,25 @@ async fn gitlab_jira_jira_dc_and_linear_mentions_are_answered_where_they_were_ma
     assert_eq!(post("/integration/linear/events", &fresh, headers(&fresh, "lin-1")).await.status, 200);
 
     // Each answered where it was asked, with the agent's reply.
-    let posts = wait_for("four answers", || {
+    let posts = wait_for("five answers", || {
         let p = site.providers.posts();
-        (p.len() >= 4).then_some(p)
+        (p.len() >= 5).then_some(p)
     })
     .await;
+    assert!(posts.iter().any(|p| p.0 == "gitlab" && p.2.contains("check the tests")), "{posts:#?}");
     let find =
         |provider: &str| posts.iter().find(|p| p.0 == provider).unwrap_or_else(|| panic!("{provider}: {posts:#?}"));
     assert_eq!(find("gitlab").1, "5/merge_requests/3");
-    assert!(find("gitlab").2.starts_with("Echo: ") && find("gitlab").2.contains("review this"), "{posts:#?}");
+    assert!(
+        posts.iter().any(|p| p.0 == "gitlab" && p.2.starts_with("Echo: ") && p.2.contains("review this")),
+        "{posts:#?}"
+    );
     assert_eq!((find("jira").1.as_str(), find("jira_dc").1.as_str()), ("OPS-9", "OPS-9"));
     assert!(find("jira").2.contains("triage") && find("jira_dc").2.contains("triage"), "{posts:#?}");
     assert_eq!(find("linear").1, "issue-uuid-1");
     assert!(find("linear").2.contains("estimate"));
     let list = host.send(host.http.get(host.url("/api/conversations")).bearer_auth(ALICE)).await.json();
-    assert_eq!(list["results"].as_array().unwrap().len(), 4, "{list}");
+    assert_eq!(list["results"].as_array().unwrap().len(), 5, "{list}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -177,6 +177,16 @@ impl Integrations {
             "jira" | "jira_dc" => {
                 verify::hub_signature(&secret, body, header(request, "x-hub-signature")).map_err(refused)?
             }
+            // A signing token (GitLab 19) when the delivery is signed, else the classic token.
+            "gitlab" if header(request, "webhook-signature").is_some() => verify::standard_webhooks(
+                &secret,
+                body,
+                header(request, "webhook-id"),
+                header(request, "webhook-timestamp"),
+                header(request, "webhook-signature"),
+                now.timestamp(),
+            )
+            .map_err(refused)?,
             "gitlab" => verify::gitlab_token(&secret, header(request, "x-gitlab-token")).map_err(refused)?,
             "slack" => verify::slack(
                 &secret,

@@ -85,6 +85,42 @@ pub(crate) fn gitlab_token(secret: &str, header: Option<&str>) -> Result<(), Ref
     }
 }
 
+/// GitLab's signing tokens (the Standard Webhooks scheme): `webhook-signature` holds one or
+/// more space-separated `v1,<base64 HMAC-SHA256(key, "{webhook-id}.{webhook-timestamp}.{body}")>`
+/// (any may match: a key being rotated), the key is the base64 after `whsec_`, and the
+/// timestamp must be within five minutes of `now`.
+pub(crate) fn standard_webhooks(
+    secret: &str,
+    body: &[u8],
+    id: Option<&str>,
+    timestamp: Option<&str>,
+    signatures: Option<&str>,
+    now: i64,
+) -> Result<(), Refusal> {
+    use base64::Engine as _;
+    let (id, timestamp, signatures) =
+        (id.ok_or(Refusal::Missing)?, timestamp.ok_or(Refusal::Missing)?, signatures.ok_or(Refusal::Missing)?);
+    let ts: i64 = timestamp.trim().parse().map_err(|_| Refusal::Malformed)?;
+    if (now - ts).abs() > 5 * 60 {
+        return Err(Refusal::Stale);
+    }
+    // A classic token where a signing token is expected can never match.
+    let key = secret.strip_prefix("whsec_").ok_or(Refusal::Mismatch)?;
+    let key = base64::engine::general_purpose::STANDARD.decode(key).map_err(|_| Refusal::Mismatch)?;
+    let mac = mac(&key, &[id.as_bytes(), b".", timestamp.trim().as_bytes(), b".", body]);
+    let mut seen = false;
+    for sig in signatures.split_whitespace() {
+        let Some(b64) = sig.strip_prefix("v1,") else { continue };
+        seen = true;
+        if let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64) {
+            if mac.clone().verify_slice(&raw).is_ok() {
+                return Ok(());
+            }
+        }
+    }
+    Err(if seen { Refusal::Mismatch } else { Refusal::Malformed })
+}
+
 /// Linear: `Linear-Signature: <hex HMAC-SHA256(secret, body)>` and the body's
 /// `webhookTimestamp` (milliseconds) within a minute of `now_ms`.
 pub(crate) fn linear(
@@ -146,6 +182,30 @@ mod tests {
         assert_eq!(gitlab_token("s3cret", Some("s3cret!")), Err(Refusal::Mismatch));
         assert_eq!(gitlab_token("s3cret", Some("")), Err(Refusal::Mismatch));
         assert_eq!(gitlab_token("s3cret", None), Err(Refusal::Missing));
+    }
+
+    #[test]
+    fn the_standard_webhooks_vector() {
+        // The Standard Webhooks specification's example (re-computed with Python's hmac).
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let body = br#"{"test": 2432232314}"#;
+        let id = Some("msg_p5jXN8AQM9LWM0D4loKWxJek");
+        let sig = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+        let at = 1_614_265_330;
+        assert_eq!(standard_webhooks(secret, body, id, Some("1614265330"), Some(sig), at), Ok(()));
+        let rotated = format!("v1,AAAA {sig}");
+        assert_eq!(standard_webhooks(secret, body, id, Some("1614265330"), Some(&rotated), at), Ok(()));
+        assert_eq!(standard_webhooks(secret, body, id, Some("1614265330"), Some(sig), at + 301), Err(Refusal::Stale));
+        assert_eq!(standard_webhooks(secret, b"{}", id, Some("1614265330"), Some(sig), at), Err(Refusal::Mismatch));
+        assert_eq!(
+            standard_webhooks("plain-token", body, id, Some("1614265330"), Some(sig), at),
+            Err(Refusal::Mismatch)
+        );
+        assert_eq!(
+            standard_webhooks(secret, body, id, Some("1614265330"), Some("v2,xyz"), at),
+            Err(Refusal::Malformed)
+        );
+        assert_eq!(standard_webhooks(secret, body, None, Some("1614265330"), Some(sig), at), Err(Refusal::Missing));
     }
 
     #[test]
