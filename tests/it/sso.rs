@@ -385,6 +385,8 @@ async fn provider_tokens_are_brokered_at_sign_in_stored_sealed_and_refreshed_bef
         ", providers = [{ idp = \"github\", client_id = \"gh-app-id\", client_secret = \"gh-app-secret\", token_url = \"GITHUB_TOKEN_URL\" }]",
     )
     .await;
+    // The user signed in to Keycloak with GitHub: that identity is theirs at the integrations.
+    s.kc.add_identity("kc-user-1", "github", "583231", "Octo-Cat");
     let session = s.session().await;
     let settings = s
         .host
@@ -398,10 +400,16 @@ async fn provider_tokens_are_brokered_at_sign_in_stored_sealed_and_refreshed_bef
     assert_eq!(settings.status, 200, "{}", settings.text);
     let got = s.api(reqwest::Method::GET, "/api/settings", &session).await.json();
     assert_eq!(got["provider_tokens_set"], json!({ "github": "github.com" }));
+    let mut conn = s._db.connect().await;
+    let links: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT provider, external_id, user_id FROM integration_links")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(links, [("github".to_owned(), "octo-cat".to_owned(), "kc-user-1".to_owned())]);
     assert_eq!(s.kc.github_refreshes(), 0, "a token valid for 8 h is not refreshed");
 
     // Sealed at rest.
-    let mut conn = s._db.connect().await;
     let rows: Vec<String> =
         sqlx::query_scalar("SELECT row_to_json(t)::text FROM auth_tokens t").fetch_all(&mut conn).await.unwrap();
     assert_eq!(rows.len(), 1);

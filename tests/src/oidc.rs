@@ -61,6 +61,8 @@ struct Inner {
     admin_tokens: Vec<String>,
     /// Verification emails sent: (user, the link's redirect_uri).
     verify_emails: Vec<(String, String)>,
+    /// Users' identities at identity providers: sub -> [(idp, user id, user name)].
+    identities: HashMap<String, Vec<(String, String, String)>>,
 }
 
 #[derive(Clone)]
@@ -84,6 +86,7 @@ impl FakeKeycloak {
             directory: HashMap::new(),
             admin_tokens: Vec::new(),
             verify_emails: Vec::new(),
+            identities: HashMap::new(),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -119,6 +122,7 @@ impl FakeKeycloak {
                 &format!("/admin/realms/{REALM}/users/{{id}}/send-verify-email"),
                 axum::routing::put(send_verify_email),
             )
+            .route(&format!("/admin/realms/{REALM}/users/{{id}}/federated-identity"), get(federated_identity))
             .with_state(self.clone())
     }
 
@@ -135,6 +139,12 @@ impl FakeKeycloak {
     /// The user as Keycloak holds them now.
     pub fn user(&self, sub: &str) -> Option<User> {
         self.inner.lock().unwrap().directory.get(sub).cloned()
+    }
+
+    /// The user signed in with `idp` too (a linked identity provider account).
+    pub fn add_identity(&self, sub: &str, idp: &str, user_id: &str, user_name: &str) {
+        let mut i = self.inner.lock().unwrap();
+        i.identities.entry(sub.to_owned()).or_default().push((idp.into(), user_id.into(), user_name.into()));
     }
 
     /// The verification emails Keycloak sent: (user, where the link leads after verifying).
@@ -351,6 +361,25 @@ async fn admin_put_user(
         user.email_verified = verified;
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+async fn federated_identity(
+    State(kc): State<FakeKeycloak>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if !admin(&kc, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let i = kc.inner.lock().unwrap();
+    let list: Vec<Value> = i
+        .identities
+        .get(&id)
+        .into_iter()
+        .flatten()
+        .map(|(idp, uid, name)| json!({ "identityProvider": idp, "userId": uid, "userName": name }))
+        .collect();
+    Json(list).into_response()
 }
 
 async fn send_verify_email(

@@ -378,6 +378,23 @@ impl Keycloak {
         self.admin_call(request, "update the user").await.map(drop)
     }
 
+    /// The identities the user signed in with through Keycloak's identity providers:
+    /// (`github`, their login), (`gitlab`, their username), ...
+    pub(crate) async fn federated_identities(&self, user_id: &str) -> Result<Vec<(String, String)>, PluginError> {
+        let r = self
+            .admin_call(
+                self.http.get(self.admin_user_url(user_id, "/federated-identity")),
+                "list the user's identities",
+            )
+            .await?;
+        let list: Vec<Value> =
+            r.json().await.map_err(|e| PluginError::unavailable(format!("malformed identities answer: {e}")))?;
+        Ok(list
+            .iter()
+            .filter_map(|i| Some((i["identityProvider"].as_str()?.to_owned(), i["userName"].as_str()?.to_owned())))
+            .collect())
+    }
+
     /// Keycloak mails the user a link that verifies their address and then sends them to
     /// `redirect_uri`.
     pub(crate) async fn send_verify_email(&self, user_id: &str, redirect_uri: &str) -> Result<(), PluginError> {

@@ -205,6 +205,7 @@ pub(crate) async fn handle(
             if !providers.is_empty() {
                 let pool = keys.ready().await?;
                 providers.fetch_from_broker(&sso.keycloak, pool, &access.sub, &tokens.access_token).await;
+                providers.link_identities(&sso.keycloak, pool, &access.sub).await;
             }
             let accepted_tos = keys.accepted_tos(&access.sub).await?;
             let signed_in = CallContext::new(ctx.request_id.as_str(), Some(&access.sub), 0);

@@ -147,6 +147,34 @@ impl Providers {
         }
     }
 
+    /// At sign-in: the user's GitHub and GitLab identities (Keycloak's federated identities)
+    /// are theirs at the integrations too (`integration_links`), so mentioning the agent on
+    /// GitHub or GitLab works for them without another step. Best effort: without the admin
+    /// API (the client's service account needs `view-users`), nothing is linked here.
+    pub(crate) async fn link_identities(&self, kc: &Keycloak, pool: &PgPool, user: &str) {
+        let identities = match kc.federated_identities(user).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::info!(error = %e, "identities not linked for the integrations (Keycloak admin API)");
+                return;
+            }
+        };
+        for (idp, name) in identities.into_iter().filter(|(idp, _)| idp == "github" || idp == "gitlab") {
+            let linked = sqlx::query(
+                "INSERT INTO integration_links (provider, external_id, user_id) VALUES ($1, $2, $3)
+                 ON CONFLICT (provider, external_id) DO UPDATE SET user_id = EXCLUDED.user_id",
+            )
+            .bind(&idp)
+            .bind(name.to_lowercase())
+            .bind(user)
+            .execute(pool)
+            .await;
+            if let Err(e) = linked {
+                tracing::warn!(idp, error = %e, "cannot link an identity for the integrations");
+            }
+        }
+    }
+
     /// The user's provider tokens, refreshed first when they expire within 4 hours. A token
     /// that cannot be refreshed is deleted (the user signs in again) and left out.
     pub(crate) async fn tokens(&self, pool: &PgPool, user: &str) -> Result<ProviderTokens, PluginError> {
