@@ -99,8 +99,13 @@ impl Inbox {
     }
 
     /// The next due delivery (pending and due, or claimed by a worker whose lease ran out).
+    /// A claim need not survive a database crash (the delivery would be claimed again, as
+    /// after a worker's crash, and processing is idempotent), so it is committed without
+    /// waiting for the disk: one fsync per delivery fewer.
     pub(crate) async fn claim(&self) -> Result<Option<Claimed>, PluginError> {
         let pool = self.db.ready().await?;
+        let mut tx = pool.begin().await.map_err(db_error)?;
+        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await.map_err(db_error)?;
         let row = sqlx::query(
             "UPDATE webhook_deliveries SET status = 'processing', attempts = attempts + 1,
                  locked_until = now() + make_interval(secs => $1)
@@ -112,9 +117,10 @@ impl Inbox {
              RETURNING id, source, delivery_id, event, payload, attempts",
         )
         .bind(LEASE.as_secs_f64())
-        .fetch_optional(pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
         Ok(row.map(|r| Claimed {
             id: r.get(0),
             source: r.get(1),
@@ -125,66 +131,64 @@ impl Inbox {
         }))
     }
 
-    /// Processed: done, with what was done.
+    /// Processed: done, with what was done (one transaction with its audit row).
     pub(crate) async fn done(&self, d: &Claimed, outcome: &str) -> Result<(), PluginError> {
-        let pool = self.db.ready().await?;
-        sqlx::query(
+        let update = sqlx::query(
             "UPDATE webhook_deliveries SET status = 'done', locked_until = NULL, finished_at = now(), last_error = NULL
              WHERE id = $1",
         )
-        .bind(d.id)
-        .execute(pool)
-        .await
-        .map_err(db_error)?;
-        self.audit(&d.source, Some(&d.delivery_id), "processed", json!({ "outcome": outcome, "attempt": d.attempts }))
-            .await;
-        Ok(())
+        .bind(d.id);
+        self.step(update, d, "processed", json!({ "outcome": outcome, "attempt": d.attempts })).await
     }
 
     /// Failed: again later (exponential backoff with jitter), or dead after the last attempt.
     pub(crate) async fn failed(&self, d: &Claimed, error: &str) -> Result<(), PluginError> {
-        let pool = self.db.ready().await?;
         if d.attempts >= self.max_attempts {
-            sqlx::query(
+            tracing::error!(source = %d.source, delivery = %d.delivery_id, error, "webhook delivery dead-lettered");
+            let update = sqlx::query(
                 "UPDATE webhook_deliveries SET status = 'dead', locked_until = NULL, finished_at = now(), last_error = $2
                  WHERE id = $1",
             )
             .bind(d.id)
-            .bind(error)
-            .execute(pool)
-            .await
-            .map_err(db_error)?;
-            tracing::error!(source = %d.source, delivery = %d.delivery_id, error, "webhook delivery dead-lettered");
-            self.audit(
-                &d.source,
-                Some(&d.delivery_id),
-                "dead_lettered",
-                json!({ "attempts": d.attempts, "error": error }),
-            )
-            .await;
+            .bind(error);
+            self.step(update, d, "dead_lettered", json!({ "attempts": d.attempts, "error": error })).await
         } else {
             let wait = backoff(self.backoff, d.attempts);
-            sqlx::query(
+            tracing::warn!(source = %d.source, delivery = %d.delivery_id, error, attempt = d.attempts, "webhook delivery failed; retrying");
+            let update = sqlx::query(
                 "UPDATE webhook_deliveries SET status = 'pending', locked_until = NULL, last_error = $2,
                      next_attempt_at = now() + make_interval(secs => $3)
                  WHERE id = $1",
             )
             .bind(d.id)
             .bind(error)
-            .bind(wait.as_secs_f64())
-            .execute(pool)
+            .bind(wait.as_secs_f64());
+            let detail = json!({ "attempt": d.attempts, "in_ms": wait.as_millis() as u64, "error": error });
+            self.step(update, d, "retry_scheduled", detail).await
+        }
+    }
+
+    /// A delivery's state change and its audit row, committed together (one round of
+    /// durability per step, and the log never disagrees with the state).
+    async fn step(
+        &self,
+        update: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        d: &Claimed,
+        action: &str,
+        detail: Value,
+    ) -> Result<(), PluginError> {
+        let pool = self.db.ready().await?;
+        let mut tx = pool.begin().await.map_err(db_error)?;
+        update.execute(&mut *tx).await.map_err(db_error)?;
+        sqlx::query("INSERT INTO audit_log (source, delivery_id, action, detail) VALUES ($1, $2, $3, $4)")
+            .bind(&d.source)
+            .bind(&d.delivery_id)
+            .bind(action)
+            .bind(detail)
+            .execute(&mut *tx)
             .await
             .map_err(db_error)?;
-            tracing::warn!(source = %d.source, delivery = %d.delivery_id, error, attempt = d.attempts, "webhook delivery failed; retrying");
-            self.audit(
-                &d.source,
-                Some(&d.delivery_id),
-                "retry_scheduled",
-                json!({ "attempt": d.attempts, "in_ms": wait.as_millis() as u64, "error": error }),
-            )
-            .await;
-        }
-        Ok(())
+        tx.commit().await.map_err(db_error)
     }
 
     pub(crate) async fn dead_letters(&self) -> Result<Vec<DeadLetter>, PluginError> {
