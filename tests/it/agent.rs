@@ -441,3 +441,125 @@ async fn hidden_llm_settings_cannot_be_changed_but_the_rest_can() {
     let mut socket = connect(&host, &id, -1).await;
     socket.until(WAIT, |e| agent_says(e, "Echo: hello.")).await;
 }
+
+/// The events of a conversation, once `done` holds for them (waits up to 20 s).
+async fn events_until(host: &TestHost, id: &str, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let started = std::time::Instant::now();
+    loop {
+        let r = host.get(&format!("/api/conversations/{id}/events?limit=100")).await;
+        let events = r.json()["events"].as_array().cloned().unwrap_or_default();
+        if done(&events) {
+            return events;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "waited 20 s for {what}: {events:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_a_local_runtime_the_agent_edits_files_runs_commands_and_finishes() {
+    let (d, host, llm) = setup(", runtime = \"local\", command_timeout_secs = 20").await;
+    llm.push([
+        Reply::Tools(vec![(
+            "str_replace_editor".into(),
+            json!({ "command": "create", "path": "notes/hello.txt", "file_text": "hi from the agent\n", "security_risk": "LOW" }),
+        )]),
+        Reply::Tools(vec![
+            ("think".into(), json!({ "thought": "check it" })),
+            ("execute_bash".into(), json!({ "command": "cat notes/hello.txt && echo done", "security_risk": "LOW" })),
+        ]),
+        Reply::Tools(vec![("str_replace_editor".into(), json!({ "command": "create", "path": "/etc/oh-escape", "file_text": "x" }))]),
+        Reply::Tools(vec![("finish".into(), json!({ "message": "The file is there." }))]),
+    ]);
+    let id = create(&host, "make a note").await;
+    let events = events_until(&host, &id, "the agent to finish", |e| {
+        e.iter().any(|e| e["observation"] == "agent_state_changed" && e["extras"]["agent_state"] == "finished")
+    })
+    .await;
+
+    // OpenHands' event pairs, each with its tool call, observations caused by their action.
+    let find = |pred: &dyn Fn(&Value) -> bool| {
+        events.iter().find(|e| pred(e)).cloned().unwrap_or_else(|| panic!("{events:#?}"))
+    };
+    let edit = find(&|e| e["action"] == "edit");
+    assert_eq!(edit["args"]["command"], "create");
+    assert_eq!(edit["tool_call_metadata"]["function_name"], "str_replace_editor");
+    let edited = find(&|e| e["observation"] == "edit");
+    assert_eq!(edited["cause"], edit["id"]);
+    assert_eq!(edited["extras"]["new_content"], "hi from the agent\n");
+    let workspace = d.state_dir().join("workspaces").join(&id);
+    assert_eq!(std::fs::read_to_string(workspace.join("notes/hello.txt")).unwrap(), "hi from the agent\n");
+    let run = find(&|e| e["action"] == "run");
+    assert_eq!(run["args"]["command"], "cat notes/hello.txt && echo done");
+    let ran = find(&|e| e["observation"] == "run");
+    assert_eq!(
+        (ran["cause"].clone(), ran["content"].clone(), ran["success"].clone()),
+        (run["id"].clone(), json!("hi from the agent\ndone\n"), json!(true))
+    );
+    assert_eq!(ran["extras"]["metadata"]["exit_code"], 0);
+    assert_eq!(find(&|e| e["action"] == "think")["args"]["thought"], "check it");
+    // Out of the workspace: refused, nothing written, and the model is told.
+    let refused = find(&|e| e["observation"] == "error");
+    assert!(refused["content"].as_str().unwrap().contains("outside the workspace"), "{refused}");
+    assert!(!std::path::Path::new("/etc/oh-escape").exists());
+    assert_eq!(find(&|e| e["action"] == "finish")["message"], "The file is there.");
+
+    // Each tool's result went back to the model, answering its call.
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 4);
+    assert!(requests[0].1["tools"].as_array().unwrap().iter().any(|t| t["function"]["name"] == "execute_bash"));
+    let messages = requests[2].1["messages"].as_array().unwrap().clone();
+    let tool_results: Vec<(&str, &str)> = messages
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| (m["tool_call_id"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(tool_results[0].0, "call_0");
+    assert!(tool_results[0].1.contains("File created successfully"));
+    assert!(tool_results[2].1.starts_with("hi from the agent\ndone\n"), "{tool_results:?}");
+    assert_eq!(messages.iter().filter(|m| m["tool_calls"].is_array()).count(), 2);
+}
+
+#[tokio::test]
+async fn a_stop_kills_a_running_command_and_its_children() {
+    let (_d, host, llm) = setup(", runtime = \"local\", command_timeout_secs = 60").await;
+    llm.push([Reply::Tools(vec![(
+        "execute_bash".into(),
+        json!({ "command": "trap '' TERM; (sleep 300 &) ; echo started; sleep 300" }),
+    )])]);
+    let id = create(&host, "wait a long time").await;
+    events_until(&host, &id, "the command to start", |e| e.iter().any(|e| e["action"] == "run")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let stop = host.post_json(&format!("/api/conversations/{id}/stop"), &json!({})).await;
+    assert_eq!(stop.status, 200, "{}", stop.text);
+    let events = events_until(&host, &id, "the stop", |e| {
+        e.iter().any(|e| e["observation"] == "agent_state_changed" && e["extras"]["agent_state"] == "stopped")
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10), "stopped in {:?}", started.elapsed());
+    let ran = events.iter().find(|e| e["observation"] == "run").expect("the command's observation");
+    assert!(ran["content"].as_str().unwrap().contains("stopped"), "{ran}");
+    // Nothing of it is left running (its whole process group was killed).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let left = std::process::Command::new("pgrep").args(["-f", "sleep 300"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "left running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
+
+#[tokio::test]
+async fn saas_mode_refuses_the_local_runtime_at_start() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("app_mode = \"saas\"\n", &manager(", runtime = \"local\""));
+    let out = d.run_cli(&["check"]);
+    out.assert_refused();
+    assert!(
+        out.stderr.contains("SaaS mode refuses it") && out.stderr.contains("conversation_manager"),
+        "{}",
+        out.stderr
+    );
+}

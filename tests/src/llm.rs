@@ -32,6 +32,9 @@ pub enum Reply {
     Status(u16),
     /// Send headers and one chunk, then nothing, forever.
     Stall,
+    /// Call these functions, `(name, arguments)`: streamed as `tool_calls` deltas (each call's
+    /// id and name first, its arguments in two parts), or answered whole when not streaming.
+    Tools(Vec<(String, Value)>),
 }
 
 #[derive(Default)]
@@ -205,6 +208,44 @@ async fn completions(
             sse(model, (0..n).map(|_| (TIMESTAMP.to_owned(), gap)).collect(), false, &cost)
         }
         Reply::Stall => sse(model, vec![("…".to_owned(), Duration::ZERO)], true, &cost),
+        Reply::Tools(calls) if !streaming => {
+            let listed: Vec<Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, (name, args))| {
+                    json!({ "id": format!("call_{i}"), "type": "function",
+                                                 "function": { "name": name, "arguments": args.to_string() } })
+                })
+                .collect();
+            Json(json!({
+                "id": "chatcmpl-fake", "object": "chat.completion", "model": model,
+                "choices": [{ "index": 0, "message": { "role": "assistant", "content": null, "tool_calls": listed }, "finish_reason": "tool_calls" }],
+                "usage": { "prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15 },
+            }))
+            .into_response()
+        }
+        Reply::Tools(calls) => {
+            let mut events = String::new();
+            for (i, (name, args)) in calls.iter().enumerate() {
+                let text = args.to_string();
+                let (a, b) = text.split_at(text.len() / 2);
+                let head = json!({ "choices": [{ "index": 0, "delta": { "tool_calls": [{ "index": i, "id": format!("call_{i}"), "type": "function",
+                                   "function": { "name": name, "arguments": "" } }] } }] });
+                events.push_str(&format!("data: {head}\n\n"));
+                for part in [a, b] {
+                    let piece = json!({ "choices": [{ "index": 0, "delta": { "tool_calls": [{ "index": i, "function": { "arguments": part } }] } }] });
+                    events.push_str(&format!("data: {piece}\n\n"));
+                }
+            }
+            let usage =
+                json!({ "choices": [], "usage": { "prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15 } });
+            events.push_str(&format!("data: {usage}\n\ndata: [DONE]\n\n"));
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .header("x-litellm-response-cost", cost)
+                .body(Body::from(events))
+                .unwrap()
+        }
     }
 }
 

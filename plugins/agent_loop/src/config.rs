@@ -30,6 +30,19 @@ pub struct ManagerConfig {
     /// In SaaS mode a user's `llm_base_url` may not lead to a loopback, private or link-local
     /// address; these host names or IPs are allowed all the same (an internal LLM gateway).
     pub llm_private_hosts_allowed: Vec<String>,
+    /// Where the agent's tools run: none (the default: a chat without tools), or `local` (a
+    /// shell of the host's user in the conversation's workspace, no isolation; SaaS mode
+    /// refuses it).
+    pub runtime: Option<String>,
+    /// The directory of the workspaces (`<it>/<conversation id>`); default
+    /// `<state_dir>/workspaces`.
+    pub workspace_root: Option<String>,
+    /// The longest a command may run, in seconds.
+    pub command_timeout_secs: u64,
+    /// Characters of a command's output (or a file view) the agent gets; the rest is noted.
+    pub max_output_chars: usize,
+    /// LLM calls per user message at most, when the user's settings name no `max_iterations`.
+    pub max_iterations: usize,
 }
 
 impl Default for ManagerConfig {
@@ -44,6 +57,11 @@ impl Default for ManagerConfig {
             llm_retry_initial_ms: 1000,
             system_prompt: "You are OpenHands agent, a helpful AI assistant.".to_owned(),
             llm_private_hosts_allowed: Vec::new(),
+            runtime: None,
+            workspace_root: None,
+            command_timeout_secs: 120,
+            max_output_chars: 30_000,
+            max_iterations: 50,
         }
     }
 }
@@ -64,6 +82,39 @@ impl ManagerConfig {
         } else {
             Duration::from_secs(self.close_delay_secs)
         }
+    }
+
+    /// The tools' setup, when a runtime is configured; refused when it cannot be honoured.
+    pub fn tools(
+        &self,
+        app_mode: &str,
+        state_dir: &str,
+    ) -> Result<Option<crate::tools::ToolSetup>, plugin_sdk::PluginError> {
+        let Some(runtime) = self.runtime.as_deref().filter(|r| !r.is_empty()) else { return Ok(None) };
+        if runtime != "local" {
+            return Err(plugin_sdk::PluginError::invalid_config(format!(
+                "runtime `{runtime}` is unknown: use \"local\" (or leave it out for a chat without tools)"
+            )));
+        }
+        if app_mode == "saas" {
+            return Err(plugin_sdk::PluginError::invalid_config(
+                "runtime = \"local\" runs the agent's commands without isolation; SaaS mode refuses it",
+            ));
+        }
+        let root = match self.workspace_root.as_deref().filter(|r| !r.is_empty()) {
+            Some(r) => std::path::PathBuf::from(r),
+            None => std::path::Path::new(state_dir).join("workspaces"),
+        };
+        std::fs::create_dir_all(&root)
+            .map_err(|e| plugin_sdk::PluginError::invalid_config(format!("workspace_root {}: {e}", root.display())))?;
+        Ok(Some(crate::tools::ToolSetup {
+            root,
+            limits: crate::tools::ToolLimits {
+                command_timeout: Duration::from_secs(self.command_timeout_secs.max(1)),
+                max_output_chars: self.max_output_chars.max(100),
+            },
+            max_iterations: self.max_iterations.max(1),
+        }))
     }
 
     pub fn cleanup_interval(&self) -> Duration {

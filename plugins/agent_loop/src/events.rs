@@ -24,18 +24,23 @@ pub fn agent_message(completion: &Completion, model: &str, context_window: i64, 
     json!({
         "timestamp": now(), "source": "agent", "message": completion.content, "action": "message",
         "args": { "content": completion.content, "image_urls": null, "file_urls": null, "wait_for_response": true },
-        "llm_metrics": {
-            "model_name": model,
-            "accumulated_cost": totals.cost,
-            "accumulated_token_usage": {
-                "model": model,
-                "prompt_tokens": totals.prompt_tokens,
-                "completion_tokens": totals.completion_tokens,
-                "cache_read_tokens": 0, "cache_write_tokens": 0,
-                "context_window": context_window, "per_turn_token": completion.usage.total_tokens,
-            },
-            "costs": [{ "model": model, "cost": completion.cost, "timestamp": now() }],
+        "llm_metrics": llm_metrics(completion, model, context_window, totals),
+    })
+}
+
+/// OpenHands' `llm_metrics` of an LLM call, with the conversation's running totals.
+pub fn llm_metrics(completion: &Completion, model: &str, context_window: i64, totals: &Totals) -> Value {
+    json!({
+        "model_name": model,
+        "accumulated_cost": totals.cost,
+        "accumulated_token_usage": {
+            "model": model,
+            "prompt_tokens": totals.prompt_tokens,
+            "completion_tokens": totals.completion_tokens,
+            "cache_read_tokens": 0, "cache_write_tokens": 0,
+            "context_window": context_window, "per_turn_token": completion.usage.total_tokens,
         },
+        "costs": [{ "model": model, "cost": completion.cost, "timestamp": now() }],
     })
 }
 
@@ -119,15 +124,79 @@ fn message_role(event: &Value) -> Option<&'static str> {
 pub fn history(system_prompt: &str, events: &[Value]) -> Vec<ChatMessage> {
     let mut messages = Vec::new();
     if !system_prompt.is_empty() {
-        messages.push(ChatMessage { role: "system".into(), content: system_prompt.into() });
+        messages.push(ChatMessage::new("system", system_prompt));
     }
     for e in events {
+        // A tool call (an action with `tool_call_metadata`) joins the assistant message of
+        // its response; its observation is the tool's answer.
+        let meta = &e["tool_call_metadata"];
+        if let Some(id) = meta["tool_call_id"].as_str() {
+            let call = json!({ "id": id, "type": "function",
+                               "function": { "name": meta["function_name"], "arguments": tool_arguments(e) } });
+            if e.get("action").is_some() {
+                match messages.last_mut() {
+                    Some(last) if last.role == "assistant" && last.tool_calls.is_some() => {
+                        if let Some(Value::Array(calls)) = last.tool_calls.as_mut() {
+                            calls.push(call);
+                        }
+                    }
+                    _ => messages
+                        .push(ChatMessage { tool_calls: Some(json!([call])), ..ChatMessage::new("assistant", "") }),
+                }
+            } else if e.get("observation").is_some() {
+                let content = e["content"].as_str().unwrap_or_default();
+                messages.push(ChatMessage { tool_call_id: Some(id.to_owned()), ..ChatMessage::new("tool", content) });
+            }
+            continue;
+        }
         if let Some(role) = message_role(e) {
             let content = e["args"]["content"].as_str().or(e["message"].as_str()).unwrap_or_default();
-            messages.push(ChatMessage { role: role.into(), content: content.into() });
+            messages.push(ChatMessage::new(role, content));
         }
     }
+    // A call whose answer was never stored (the host stopped in between) is answered as
+    // interrupted: the model needs an answer to every call.
+    let mut answered: Vec<String> = messages.iter().filter_map(|m| m.tool_call_id.clone()).collect();
+    let mut i = 0;
+    while i < messages.len() {
+        let ids: Vec<String> = messages[i]
+            .tool_calls
+            .as_ref()
+            .and_then(Value::as_array)
+            .map(|calls| calls.iter().filter_map(|c| c["id"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        let mut at = i + 1;
+        while at < messages.len() && messages[at].role == "tool" {
+            at += 1;
+        }
+        for id in ids {
+            if answered.contains(&id) {
+                continue;
+            }
+            let filler =
+                ChatMessage { tool_call_id: Some(id.clone()), ..ChatMessage::new("tool", "(no result recorded)") };
+            messages.insert(at, filler);
+            answered.push(id);
+            at += 1;
+        }
+        i += 1;
+    }
     messages
+}
+
+/// The arguments of a stored tool action, as the model would have written them.
+fn tool_arguments(e: &Value) -> String {
+    let a = &e["args"];
+    let args = match e["action"].as_str() {
+        Some("run") => json!({ "command": a["command"] }),
+        Some("edit") => json!({ "command": a["command"], "path": a["path"], "file_text": a["file_text"],
+                                "old_str": a["old_str"], "new_str": a["new_str"], "insert_line": a["insert_line"] }),
+        Some("read") => json!({ "command": "view", "path": a["path"], "view_range": a["view_range"] }),
+        Some("think") => json!({ "thought": a["thought"] }),
+        Some("finish") => json!({ "message": e["message"] }),
+        _ => json!({}),
+    };
+    args.to_string()
 }
 
 /// A title from the first user message (OpenHands auto-titles a conversation from it).

@@ -81,6 +81,8 @@ pub struct LlmConfig {
     /// The base URL is the user's (`llm_base_url`), not the deployment's (`LITE_LLM_API_URL`):
     /// it is called with the client that enforces the destination policy.
     pub user_endpoint: bool,
+    /// The agent's tools are offered (a runtime is configured).
+    pub tools: bool,
 }
 
 /// The knobs a conversation manager's config sets; the rest comes from the user's settings.
@@ -123,15 +125,28 @@ impl LlmConfig {
             max_retries: limits.max_retries,
             initial_backoff: limits.initial_backoff,
             user_endpoint,
+            tools: false,
         })
     }
 }
 
 /// One chat message.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant message's function calls (OpenAI's `tool_calls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Value>,
+    /// A `tool` message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> ChatMessage {
+        ChatMessage { role: role.to_owned(), content: content.to_owned(), ..Default::default() }
+    }
 }
 
 /// Token usage of a call, as the provider reports it.
@@ -149,6 +164,8 @@ pub struct Usage {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Completion {
     pub content: String,
+    /// The functions the model asked to call, in order.
+    pub tool_calls: Vec<crate::tools::ToolCall>,
     pub usage: Usage,
     /// USD, when the endpoint reports it (LiteLLM's `x-litellm-response-cost`), else 0.
     pub cost: f64,
@@ -273,12 +290,15 @@ async fn call_once(
     traceparent: Option<&str>,
     progress: &mut (dyn FnMut(Progress<'_>) + Send),
 ) -> Result<Completion, LlmError> {
-    let body = json!({
+    let mut body = json!({
         "model": cfg.model,
         "messages": messages,
         "stream": true,
         "stream_options": { "include_usage": true },
     });
+    if cfg.tools {
+        body["tools"] = crate::tools::definitions();
+    }
     let mut request = client.post(format!("{}/chat/completions", cfg.base_url)).json(&body);
     if let Some(tp) = traceparent {
         request = request.header("traceparent", tp);
@@ -315,10 +335,21 @@ async fn call_once(
         read_stream(response, cfg.chunk_timeout, progress).await?
     } else {
         let value: Value = response.json().await.map_err(|e| LlmError::Fatal(format!("malformed LLM answer: {e}")))?;
-        let content = value["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned();
+        let message = &value["choices"][0]["message"];
+        let content = message["content"].as_str().unwrap_or_default().to_owned();
         progress(Progress::Delta(&content));
         let usage = serde_json::from_value(value["usage"].clone()).unwrap_or_default();
-        Completion { content, usage, cost: 0.0 }
+        let tool_calls = message["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| crate::tools::ToolCall {
+                id: c["id"].as_str().unwrap_or_default().to_owned(),
+                name: c["function"]["name"].as_str().unwrap_or_default().to_owned(),
+                arguments: c["function"]["arguments"].as_str().unwrap_or_default().to_owned(),
+            })
+            .collect();
+        Completion { content, tool_calls, usage, cost: 0.0 }
     };
     completion.cost = cost;
     Ok(completion)
@@ -436,6 +467,23 @@ fn handle_event(
         if !delta.is_empty() {
             completion.content.push_str(delta);
             progress(Progress::Delta(delta));
+        }
+    }
+    // Function calls arrive in pieces, by index: the id and name first, the arguments in parts.
+    for piece in value["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+        let index = piece["index"].as_u64().unwrap_or(0) as usize;
+        if completion.tool_calls.len() <= index {
+            completion.tool_calls.resize_with(index + 1, Default::default);
+        }
+        let call = &mut completion.tool_calls[index];
+        if let Some(id) = piece["id"].as_str() {
+            call.id = id.to_owned();
+        }
+        if let Some(name) = piece["function"]["name"].as_str() {
+            call.name.push_str(name);
+        }
+        if let Some(arguments) = piece["function"]["arguments"].as_str() {
+            call.arguments.push_str(arguments);
         }
     }
     if let Ok(usage) = serde_json::from_value::<Usage>(value["usage"].clone()) {

@@ -10,13 +10,15 @@
 use crate::{
     events::{self, Totals},
     llm::{self, ChatMessage, LlmConfig, LlmError, Progress},
+    runtime::Workspace,
+    tools::{self, ToolCall},
 };
 use plugin_sdk::{
     host_calls::{Admit, AgentSessionStart, GetEvents, GetMetadata, HostCall, ReportLlmUsage, SaveMetadata},
     models::{Admission, ConversationMetadata, LlmUsage, StartRequest},
     CallContext, ErrorCode, PluginError, Services,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::{
     future::Future,
     sync::{
@@ -45,6 +47,10 @@ pub trait Env: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Value, PluginError>> + Send;
     /// Pushes a live-only event (streaming deltas, status updates).
     fn broadcast(&self, sid: &str, event: &Value);
+    /// The agent's tools, when the manager has a runtime. Default: none (a chat).
+    fn tools(&self) -> Option<&crate::tools::ToolSetup> {
+        None
+    }
 }
 
 /// What the manager asks of a session's task.
@@ -138,6 +144,8 @@ impl Session {
             totals: Totals::default(),
             stop: stop_rx,
             interrupt: interrupt.clone(),
+            workspace: None,
+            max_iterations: request.settings.max_iterations.filter(|n| *n > 0).map(|n| n as usize),
         };
         let task = tokio::spawn(runner.run(request, rx));
         Session { user_id, shared, inbox, interrupt, stop, task }
@@ -169,6 +177,12 @@ impl Session {
     }
 }
 
+/// After one LLM call: call again (tools answered), or the turn is over.
+enum Step {
+    Again,
+    Over,
+}
+
 struct Runner<E: Env> {
     sid: String,
     env: Arc<E>,
@@ -182,11 +196,23 @@ struct Runner<E: Env> {
     totals: Totals,
     stop: watch::Receiver<bool>,
     interrupt: Arc<tokio::sync::Notify>,
+    /// Where the tools act, when the manager has a runtime.
+    workspace: Option<Workspace>,
+    /// The user's `max_iterations`, when their settings have one.
+    max_iterations: Option<usize>,
 }
 
 impl<E: Env> Runner<E> {
     async fn run(mut self, request: StartRequest, mut inbox: mpsc::Receiver<Command>) {
         let started = Instant::now();
+        if let Some(setup) = self.env.tools() {
+            match Workspace::open(&setup.root, &self.sid) {
+                Ok(ws) => self.workspace = Some(ws),
+                Err(e) => {
+                    tracing::error!(conversation_id = %self.sid, error = %e, "no workspace: the agent works without tools")
+                }
+            }
+        }
         self.persist(events::agent_state_changed("loading", "")).await;
         let history = self.load_history().await;
         let ok = history.is_ok();
@@ -239,7 +265,7 @@ impl<E: Env> Runner<E> {
 
     /// Answers a user message (stored already): it joins the history, then the agent replies.
     async fn answer(&mut self, content: &str) {
-        self.messages.push(ChatMessage { role: "user".into(), content: content.into() });
+        self.messages.push(ChatMessage::new("user", content));
         self.maybe_title(content).await;
         self.respond().await;
     }
@@ -248,13 +274,32 @@ impl<E: Env> Runner<E> {
     /// session or of the agent interrupts it at once.
     async fn respond(&mut self) {
         self.set_state("running").await;
+        // One LLM call, or with tools as many as the calls need (each tool's result goes back
+        // to the model), up to the iteration limit.
+        let limit = match (&self.workspace, self.env.tools()) {
+            (Some(_), Some(setup)) => self.max_iterations.unwrap_or(setup.max_iterations),
+            _ => 1,
+        };
+        for _ in 0..limit {
+            match self.step().await {
+                Step::Again => continue,
+                Step::Over => return,
+            }
+        }
+        let text = format!(
+            "The agent reached its limit of {limit} steps for one message (max_iterations) and stopped; send a message to go on."
+        );
+        self.fail("STATUS$ERROR", &text).await;
+    }
 
+    /// One LLM call and what it asked for.
+    async fn step(&mut self) -> Step {
         if self.shared.is_fenced() {
-            return;
+            return Step::Over;
         }
         if let Some(refusal) = self.refused().await {
             self.fail("STATUS$ERROR_LLM_OUT_OF_CREDITS", &refusal).await;
-            return;
+            return Step::Over;
         }
         let env = self.env.clone();
         let sid = self.sid.clone();
@@ -278,33 +323,8 @@ impl<E: Env> Runner<E> {
             _ = stop.changed() => None,
             () = interrupt.notified() => None,
         };
-        match outcome {
-            None => {} // stopped mid-answer: `run` stores `stopped` (a Stopped command follows)
-            Some(Ok(completion)) => {
-                self.totals.add(&completion);
-                self.messages.push(ChatMessage { role: "assistant".into(), content: completion.content.clone() });
-                let stored = self
-                    .persist(events::agent_message(
-                        &completion,
-                        &self.llm.display_model,
-                        self.llm.context_window,
-                        &self.totals,
-                    ))
-                    .await;
-                if let Some(event_id) = stored {
-                    let usage = LlmUsage {
-                        conversation_id: self.sid.clone(),
-                        event_id,
-                        model: self.llm.display_model.clone(),
-                        cost: completion.cost,
-                        prompt_tokens: completion.usage.prompt_tokens,
-                        completion_tokens: completion.usage.completion_tokens,
-                    };
-                    self.monitor(ReportLlmUsage { usage }).await;
-                }
-                self.update_metadata(|_| {}).await;
-                self.set_state("awaiting_user_input").await;
-            }
+        let completion = match outcome {
+            None => return Step::Over, // stopped mid-answer: `run` stores `stopped` (a Stopped command follows)
             Some(Err(err)) => {
                 let (id, text) = match &err {
                     LlmError::Auth(_) => ("STATUS$ERROR_LLM_AUTHENTICATION", err.to_string()),
@@ -312,8 +332,98 @@ impl<E: Env> Runner<E> {
                     LlmError::Fatal(_) => ("STATUS$ERROR", err.to_string()),
                 };
                 self.fail(id, &text).await;
+                return Step::Over;
+            }
+            Some(Ok(completion)) => completion,
+        };
+        self.totals.add(&completion);
+        let calls: Vec<ToolCall> = completion.tool_calls.iter().filter(|c| !c.name.is_empty()).cloned().collect();
+        let Some(workspace) = self.workspace.clone().filter(|_| !calls.is_empty()) else {
+            self.messages.push(ChatMessage::new("assistant", &completion.content));
+            let stored = self
+                .persist(events::agent_message(
+                    &completion,
+                    &self.llm.display_model,
+                    self.llm.context_window,
+                    &self.totals,
+                ))
+                .await;
+            self.report_usage(&completion, stored).await;
+            self.update_metadata(|_| {}).await;
+            self.set_state("awaiting_user_input").await;
+            return Step::Over;
+        };
+        // The model's calls join the history as one assistant message; each call's result
+        // follows as a `tool` message.
+        let listed: Vec<Value> = calls
+            .iter()
+            .map(
+                |c| json!({ "id": c.id, "type": "function", "function": { "name": c.name, "arguments": c.arguments } }),
+            )
+            .collect();
+        self.messages.push(ChatMessage {
+            tool_calls: Some(Value::Array(listed)),
+            ..ChatMessage::new("assistant", &completion.content)
+        });
+        let limits = self.env.tools().map(|t| t.limits.clone()).expect("a workspace means tools");
+        let mut finished = false;
+        let mut first_stored = None;
+        for (i, call) in calls.iter().enumerate() {
+            let mut stop = self.stop.clone();
+            let interrupt = self.interrupt.clone();
+            let stopped = async move {
+                tokio::select! {
+                    _ = stop.changed() => {}
+                    () = interrupt.notified() => {}
+                }
+            };
+            let mut planned = tools::plan(call, calls.len(), &limits);
+            if i == 0 && !completion.content.is_empty() {
+                planned.action["args"]["thought"] = Value::String(completion.content.clone());
+            }
+            if i == 0 {
+                planned.action["llm_metrics"] =
+                    events::llm_metrics(&completion, &self.llm.display_model, self.llm.context_window, &self.totals);
+            }
+            // Stored (and shown) before it runs; its observation follows.
+            let action_id = self.persist(planned.action.clone()).await;
+            first_stored = first_stored.or(action_id);
+            let done = tools::perform(planned, &workspace, &limits, stopped).await;
+            if let Some(mut observation) = done.observation {
+                if let Some(id) = action_id {
+                    observation["cause"] = id.into();
+                }
+                self.persist(observation).await;
+            }
+            self.messages
+                .push(ChatMessage { tool_call_id: Some(call.id.clone()), ..ChatMessage::new("tool", &done.result) });
+            finished |= done.finished;
+            if *self.stop.borrow() || self.shared.is_fenced() {
+                return Step::Over;
             }
         }
+        self.report_usage(&completion, first_stored).await;
+        self.update_metadata(|_| {}).await;
+        if finished {
+            self.set_state("finished").await;
+            return Step::Over;
+        }
+        Step::Again
+    }
+
+    /// An LLM call's cost, to the monitoring listeners (billing debits it), keyed by the first
+    /// event it produced.
+    async fn report_usage(&self, completion: &llm::Completion, stored: Option<u64>) {
+        let Some(event_id) = stored else { return };
+        let usage = LlmUsage {
+            conversation_id: self.sid.clone(),
+            event_id,
+            model: self.llm.display_model.clone(),
+            cost: completion.cost,
+            prompt_tokens: completion.usage.prompt_tokens,
+            completion_tokens: completion.usage.completion_tokens,
+        };
+        self.monitor(ReportLlmUsage { usage }).await;
     }
 
     /// Ends the turn in `error`, with the status the web client shows for `id`.

@@ -564,10 +564,20 @@ pub(crate) fn answer_of(events: &[Value]) -> Option<String> {
     let state = last_state["extras"]["agent_state"].as_str().unwrap_or("");
     match state {
         "awaiting_user_input" | "finished" | "stopped" => {
-            let answer = events.iter().rev().find(|e| e["source"] == "agent" && e["action"] == "message");
+            // The agent's last message, or what it said when it called `finish`.
+            let answer =
+                events.iter().rev().filter(|e| e["source"] == "agent").find(|e| {
+                    (e["action"] == "message" && e["tool_call_metadata"].is_null()) || e["action"] == "finish"
+                });
             Some(
                 answer
-                    .and_then(|a| a["args"]["content"].as_str())
+                    .and_then(|a| {
+                        if a["action"] == "finish" {
+                            a["message"].as_str()
+                        } else {
+                            a["args"]["content"].as_str()
+                        }
+                    })
                     .unwrap_or("The conversation was stopped before the agent answered.")
                     .to_owned(),
             )

@@ -34,6 +34,8 @@ struct Inner {
     config: Config,
     /// The LLM clients: the deployment's endpoint, and users' own (public only in SaaS mode).
     clients: agent_loop::clients::Clients,
+    /// The agent's tools, when a runtime is configured.
+    tools: Option<agent_loop::tools::ToolSetup>,
     sessions: Mutex<HashMap<String, Session>>,
     /// Subscribers by conversation, independent of whether its loop runs: a client may
     /// subscribe first and start the loop after.
@@ -113,11 +115,14 @@ impl StandaloneConversationManager {
     fn new(services: Services, config: Config) -> Result<Self, PluginError> {
         let clients =
             agent_loop::clients::Clients::new(services.app_mode() == "saas", config.llm_private_hosts_allowed.clone())?;
+        let state_dir = services.state_dir().unwrap_or_else(|| std::path::PathBuf::from("."));
+        let tools = config.tools(&services.app_mode(), &state_dir.display().to_string())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 services,
                 config,
                 clients,
+                tools,
                 sessions: Mutex::new(HashMap::new()),
                 subscribers: Mutex::new(HashMap::new()),
                 subscription_owner: Mutex::new(HashMap::new()),
@@ -167,6 +172,9 @@ impl Env for Inner {
     fn broadcast(&self, sid: &str, event: &Value) {
         Inner::broadcast(self, sid, event);
     }
+    fn tools(&self) -> Option<&agent_loop::tools::ToolSetup> {
+        self.tools.as_ref()
+    }
 }
 
 fn same_user(a: &Option<String>, ctx: &CallContext) -> bool {
@@ -178,10 +186,11 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
         self.ensure_cleanup();
         let sid = request.conversation_id.clone();
         let user = ctx.user_id().map(str::to_owned);
-        let llm = agent_loop::llm::LlmConfig::from_settings(&request.settings, &self.inner.config.limits(), &|k| {
+        let mut llm = agent_loop::llm::LlmConfig::from_settings(&request.settings, &self.inner.config.limits(), &|k| {
             plugin_sdk::env(k)
         })
         .map_err(PluginError::invalid_argument)?;
+        llm.tools = self.inner.tools.is_some();
         self.inner.clients.check(&llm)?;
         let mut sessions = lock(&self.inner.sessions);
         if let Some(s) = sessions.get(&sid) {

@@ -1,0 +1,342 @@
+//! The agent's tools, as OpenHands' CodeAct agent offers them (`execute_bash`,
+//! `str_replace_editor`, `think`, `finish`), and the events each call becomes: an action and
+//! its observation in OpenHands' shapes (reference: OpenHands 0.62 `event_to_dict`), each with
+//! `tool_call_metadata`, plus the text that goes back to the LLM as the tool's result.
+
+use crate::runtime::{truncate, Workspace};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// One function call the model asked for.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// JSON text, as the model wrote it.
+    pub arguments: String,
+}
+
+/// The tool definitions sent with every call (OpenAI function calling).
+pub fn definitions() -> Value {
+    let risk = json!({ "type": "string", "enum": ["LOW", "MEDIUM", "HIGH"],
+                       "description": "How risky the action is." });
+    json!([
+        { "type": "function", "function": {
+            "name": "execute_bash",
+            "description": "Execute a bash command in the workspace. Commands that do not finish within the timeout are killed.",
+            "parameters": { "type": "object", "required": ["command"], "properties": {
+                "command": { "type": "string", "description": "The bash command to execute." },
+                "is_input": { "type": "string", "enum": ["true", "false"], "description": "Whether the command is input to a running process (not supported: commands run to completion)." },
+                "timeout": { "type": "number", "description": "Seconds to wait for the command (soft, capped by the server)." },
+                "security_risk": risk,
+            } } } },
+        { "type": "function", "function": {
+            "name": "str_replace_editor",
+            "description": "View, create and edit files in the workspace: view, create, str_replace (old_str must occur exactly once), insert (after insert_line), undo_edit.",
+            "parameters": { "type": "object", "required": ["command", "path"], "properties": {
+                "command": { "type": "string", "enum": ["view", "create", "str_replace", "insert", "undo_edit"] },
+                "path": { "type": "string", "description": "A path in the workspace." },
+                "file_text": { "type": "string" },
+                "old_str": { "type": "string" },
+                "new_str": { "type": "string" },
+                "insert_line": { "type": "integer" },
+                "view_range": { "type": "array", "items": { "type": "integer" } },
+                "security_risk": risk,
+            } } } },
+        { "type": "function", "function": {
+            "name": "think",
+            "description": "Think about something: it changes nothing and is logged.",
+            "parameters": { "type": "object", "required": ["thought"], "properties": {
+                "thought": { "type": "string" } } } } },
+        { "type": "function", "function": {
+            "name": "finish",
+            "description": "Finish the task, with a message to the user.",
+            "parameters": { "type": "object", "required": ["message"], "properties": {
+                "message": { "type": "string" } } } } },
+    ])
+}
+
+/// What a manager configured for tools: where workspaces live, the limits.
+#[derive(Clone, Debug)]
+pub struct ToolSetup {
+    /// Each conversation's workspace is `<root>/<conversation id>`.
+    pub root: std::path::PathBuf,
+    pub limits: ToolLimits,
+    /// LLM calls per user message at most (when the user's settings name none).
+    pub max_iterations: usize,
+}
+
+/// Limits of tool execution (the manager's config).
+#[derive(Clone, Debug)]
+pub struct ToolLimits {
+    /// The longest a command may run.
+    pub command_timeout: Duration,
+    /// Characters of output kept (per command, per file view).
+    pub max_output_chars: usize,
+}
+
+/// A call, ready to run: its action event (stored before it runs, so clients see it start)
+/// and what it will do.
+pub struct Planned {
+    pub action: Value,
+    meta: Value,
+    work: Work,
+}
+
+enum Work {
+    Bash { command: String, timeout: Duration },
+    Editor(Value),
+    Think,
+    Finish,
+    Refused(String),
+}
+
+/// What a call did: its observation (without an id; `cause` is set by the caller), the result
+/// that goes back to the LLM, and whether the agent finished.
+pub struct Outcome {
+    pub observation: Option<Value>,
+    pub result: String,
+    pub finished: bool,
+}
+
+fn metadata(call: &ToolCall, total: usize) -> Value {
+    json!({ "function_name": call.name, "tool_call_id": call.id, "model_response": null, "total_calls_in_response": total })
+}
+
+/// The action a call is, before it runs.
+pub fn plan(call: &ToolCall, total_calls: usize, limits: &ToolLimits) -> Planned {
+    let meta = metadata(call, total_calls);
+    let now = crate::events::now();
+    let refused = |why: String| Planned {
+        action: json!({ "timestamp": now, "source": "agent", "message": format!("Calling {}", call.name), "action": "message",
+                        "args": { "content": "", "image_urls": null, "file_urls": null, "wait_for_response": false },
+                        "tool_call_metadata": meta }),
+        meta: meta.clone(),
+        work: Work::Refused(why),
+    };
+    let args: Value = match serde_json::from_str(if call.arguments.trim().is_empty() { "{}" } else { &call.arguments })
+    {
+        Ok(v) => v,
+        Err(e) => return refused(format!("the arguments of {} are not JSON: {e}", call.name)),
+    };
+    let text = |k: &str| args[k].as_str().map(str::to_owned);
+    match call.name.as_str() {
+        "execute_bash" => {
+            let Some(command) = text("command") else { return refused("execute_bash needs `command`".to_owned()) };
+            let wanted = args["timeout"].as_f64().filter(|t| *t > 0.0).map(Duration::from_secs_f64);
+            let timeout = wanted.map_or(limits.command_timeout, |t| t.min(limits.command_timeout));
+            Planned {
+                action: json!({
+                    "timestamp": now, "source": "agent", "message": format!("Running command: {command}"), "action": "run",
+                    "args": { "command": command, "is_input": false, "thought": "", "blocking": false, "is_static": false,
+                              "cwd": null, "hidden": false, "confirmation_state": "confirmed", "security_risk": -1 },
+                    "tool_call_metadata": meta,
+                }),
+                meta,
+                work: Work::Bash { command, timeout },
+            }
+        }
+        "str_replace_editor" => {
+            let path = text("path").unwrap_or_default();
+            let action = if args["command"] == "view" {
+                json!({ "timestamp": now, "source": "agent", "message": format!("Reading file: {path}"), "action": "read",
+                        "args": { "path": path, "start": 0, "end": -1, "thought": "", "security_risk": -1,
+                                  "impl_source": "oh_aci", "view_range": args["view_range"] },
+                        "tool_call_metadata": meta })
+            } else {
+                json!({ "timestamp": now, "source": "agent", "message": "", "action": "edit",
+                        "args": { "path": path, "command": args["command"], "file_text": args["file_text"], "old_str": args["old_str"],
+                                  "new_str": args["new_str"], "insert_line": args["insert_line"], "content": "", "start": 1, "end": -1,
+                                  "thought": "", "security_risk": -1, "impl_source": "oh_aci" },
+                        "tool_call_metadata": meta })
+            };
+            Planned { action, meta, work: Work::Editor(args) }
+        }
+        "think" => {
+            let thought = text("thought").unwrap_or_default();
+            Planned {
+                action: json!({ "timestamp": now, "source": "agent", "message": format!("I am thinking...: {thought}"),
+                                "action": "think", "args": { "thought": thought }, "tool_call_metadata": meta }),
+                meta,
+                work: Work::Think,
+            }
+        }
+        "finish" => {
+            let message = text("message").unwrap_or_default();
+            Planned {
+                action: json!({ "timestamp": now, "source": "agent", "message": message, "action": "finish",
+                                "args": { "final_thought": message, "outputs": {}, "thought": "" }, "tool_call_metadata": meta }),
+                meta,
+                work: Work::Finish,
+            }
+        }
+        other => refused(format!("there is no tool named {other}")),
+    }
+}
+
+/// Runs a planned call. `stop` ends a running command (the conversation was stopped).
+pub async fn perform(
+    planned: Planned,
+    ws: &Workspace,
+    limits: &ToolLimits,
+    stop: impl std::future::Future<Output = ()>,
+) -> Outcome {
+    let meta = planned.meta;
+    match planned.work {
+        Work::Bash { command, timeout } => {
+            let (exit_code, content) = match ws.run(&command, timeout, limits.max_output_chars, stop).await {
+                Ok(ran) => {
+                    let note = match ran.killed {
+                        Some("timed out") => format!("\n[The command was killed after {} s.]", timeout.as_secs_f64()),
+                        Some(why) => format!("\n[The command was {why}.]"),
+                        None => String::new(),
+                    };
+                    (ran.exit_code, format!("{}{note}", ran.output))
+                }
+                Err(e) => (-1, format!("cannot run the command: {e}")),
+            };
+            let observation = json!({
+                "timestamp": crate::events::now(), "source": "agent",
+                "message": format!("Command `{command}` executed with exit code {exit_code}."),
+                "observation": "run", "content": content,
+                "extras": { "command": command, "hidden": false, "metadata": {
+                    "exit_code": exit_code, "pid": -1, "username": null, "hostname": null,
+                    "working_dir": ws.root().display().to_string(), "py_interpreter_path": null, "prefix": "", "suffix": "" } },
+                "success": exit_code == 0, "tool_call_metadata": meta,
+            });
+            let result = format!("{content}\n[Command finished with exit code {exit_code}]");
+            Outcome { observation: Some(observation), result, finished: false }
+        }
+        Work::Editor(args) => editor(&meta, &args, ws, limits),
+        Work::Think => {
+            let observation = json!({ "timestamp": crate::events::now(), "source": "agent", "message": "Your thought has been logged.",
+                                      "observation": "think", "content": "Your thought has been logged.", "extras": {},
+                                      "tool_call_metadata": meta });
+            Outcome {
+                observation: Some(observation),
+                result: "Your thought has been logged.".to_owned(),
+                finished: false,
+            }
+        }
+        Work::Finish => Outcome { observation: None, result: "The task is finished.".to_owned(), finished: true },
+        Work::Refused(why) => refused(&meta, &why),
+    }
+}
+
+/// A call that cannot be carried out: an error observation the model reads and can correct.
+fn refused(meta: &Value, why: &str) -> Outcome {
+    let observation = json!({ "timestamp": crate::events::now(), "source": "agent", "message": why, "observation": "error",
+                              "content": why, "extras": { "error_id": "" }, "tool_call_metadata": meta });
+    Outcome { observation: Some(observation), result: format!("ERROR: {why}"), finished: false }
+}
+
+/// `str_replace_editor`: view gives a `read` observation, the rest an `edit` one.
+fn editor(meta: &Value, args: &Value, ws: &Workspace, limits: &ToolLimits) -> Outcome {
+    let command = args["command"].as_str().unwrap_or("");
+    let given = args["path"].as_str().unwrap_or("");
+    let path = match ws.resolve(given) {
+        Ok(p) => p,
+        Err(why) => return refused(meta, &why),
+    };
+    let shown = path.display().to_string();
+    let before = std::fs::read_to_string(&path).ok();
+    if command == "view" {
+        let content = match &before {
+            Some(text) => {
+                let range: Vec<i64> = args["view_range"]
+                    .as_array()
+                    .map(|r| r.iter().filter_map(Value::as_i64).collect())
+                    .unwrap_or_default();
+                let (from, to) = match range.as_slice() {
+                    [a, b] => (*a.max(&1) as usize, if *b < 0 { usize::MAX } else { *b as usize }),
+                    _ => (1, usize::MAX),
+                };
+                let numbered: String = text
+                    .lines()
+                    .enumerate()
+                    .filter(|(i, _)| i + 1 >= from && *i < to)
+                    .map(|(i, l)| format!("{:>6}\t{l}\n", i + 1))
+                    .collect();
+                truncate(&numbered, limits.max_output_chars)
+            }
+            None if path.is_dir() => {
+                let mut names: Vec<String> = std::fs::read_dir(&path)
+                    .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                    .unwrap_or_default();
+                names.sort();
+                names.join("\n")
+            }
+            None => return refused(meta, &format!("{shown} does not exist")),
+        };
+        let observation = json!({ "timestamp": crate::events::now(), "source": "agent", "message": format!("I read the file {shown}."),
+                                  "observation": "read", "content": content, "extras": { "path": shown, "impl_source": "oh_aci" },
+                                  "tool_call_metadata": meta });
+        return Outcome { observation: Some(observation), result: content, finished: false };
+    }
+    let backup = path.with_file_name(format!(
+        ".{}.oh-undo",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let after: Result<(String, String), String> = match command {
+        "create" => {
+            if before.is_some() {
+                Err(format!("{shown} exists already: use str_replace to change it"))
+            } else {
+                let text = args["file_text"].as_str().unwrap_or("").to_owned();
+                Ok((text, format!("File created successfully at: {shown}")))
+            }
+        }
+        "str_replace" => match (&before, args["old_str"].as_str()) {
+            (None, _) => Err(format!("{shown} does not exist")),
+            (_, None) => Err("str_replace needs `old_str`".to_owned()),
+            (Some(text), Some(old)) => match text.matches(old).count() {
+                1 => Ok((
+                    text.replacen(old, args["new_str"].as_str().unwrap_or(""), 1),
+                    format!("The file {shown} has been edited."),
+                )),
+                0 => Err(format!("No replacement was performed: old_str did not appear verbatim in {shown}.")),
+                n => {
+                    Err(format!("No replacement was performed: old_str appears {n} times in {shown}; make it unique."))
+                }
+            },
+        },
+        "insert" => match (&before, args["insert_line"].as_i64()) {
+            (None, _) => Err(format!("{shown} does not exist")),
+            (_, None) => Err("insert needs `insert_line`".to_owned()),
+            (Some(text), Some(at)) => {
+                let mut lines: Vec<&str> = text.lines().collect();
+                if at < 0 || at as usize > lines.len() {
+                    Err(format!("insert_line {at} is outside 0..={}", lines.len()))
+                } else {
+                    let new = args["new_str"].as_str().unwrap_or("");
+                    lines.insert(at as usize, new);
+                    Ok((format!("{}\n", lines.join("\n")), format!("The file {shown} has been edited.")))
+                }
+            }
+        },
+        "undo_edit" => match std::fs::read_to_string(&backup) {
+            Ok(previous) => Ok((previous, format!("Last edit to {shown} undone successfully."))),
+            Err(_) => Err(format!("No edit history found for {shown}.")),
+        },
+        other => Err(format!("str_replace_editor has no command {other:?}")),
+    };
+    let (new_content, message) = match after {
+        Ok(v) => v,
+        Err(why) => return refused(meta, &why),
+    };
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    if let Some(old) = &before {
+        let _ = std::fs::write(&backup, old);
+    }
+    if let Err(e) = std::fs::write(&path, &new_content) {
+        return refused(meta, &format!("cannot write {shown}: {e}"));
+    }
+    let observation = json!({ "timestamp": crate::events::now(), "source": "agent", "message": format!("I edited the file {shown}."),
+                              "observation": "edit", "content": message,
+                              "extras": { "path": shown, "prev_exist": before.is_some(), "old_content": before,
+                                          "new_content": new_content, "impl_source": "oh_aci", "diff": "" },
+                              "tool_call_metadata": meta });
+    Outcome { observation: Some(observation), result: message, finished: false }
+}
