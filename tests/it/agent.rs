@@ -518,6 +518,19 @@ async fn with_a_local_runtime_the_agent_edits_files_runs_commands_and_finishes()
     assert!(tool_results[0].1.contains("File created successfully"));
     assert!(tool_results[2].1.starts_with("hi from the agent\ndone\n"), "{tool_results:?}");
     assert_eq!(messages.iter().filter(|m| m["tool_calls"].is_array()).count(), 2);
+
+    // The web client's workspace routes read the workspace.
+    let base = format!("/api/conversations/{id}");
+    assert_eq!(host.get(&format!("{base}/list-files")).await.json(), json!(["notes/"]));
+    assert_eq!(host.get(&format!("{base}/list-files?path=notes")).await.json(), json!(["notes/hello.txt"]));
+    let file = host.get(&format!("{base}/select-file?file=notes/hello.txt")).await;
+    assert_eq!(file.json(), json!({ "code": "hi from the agent\n" }));
+    assert_eq!(host.get(&format!("{base}/select-file?file=../../../etc/passwd")).await.status, 400);
+    assert_eq!(host.get(&format!("{base}/select-file?file=nope.txt")).await.status, 404);
+    let changes = host.get(&format!("{base}/git/changes")).await;
+    assert_eq!(changes.json(), json!([{ "status": "A", "path": "notes/hello.txt" }]), "{}", changes.text);
+    let diff = host.get(&format!("{base}/git/diff?path=notes/hello.txt")).await;
+    assert_eq!(diff.json(), json!({ "modified": "hi from the agent\n", "original": "" }));
 }
 
 #[tokio::test]

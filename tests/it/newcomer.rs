@@ -165,7 +165,7 @@ async fn an_action_sent_right_after_connecting_is_never_lost() {
     let d = Deployment::new();
     d.install_bundled();
     d.write_profile("", MANAGER);
-    let host = d.start();
+    let host = d.start_with_env(&[("RUST_LOG", "info,oh_host::http::socket=debug,standalone_manager=debug")]);
     configure(&host, &llm).await;
     let id = create(&host, "first").await;
     let query = format!("conversation_id={id}&latest_event_id=-1");

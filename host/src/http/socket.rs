@@ -129,10 +129,11 @@ async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
     }
     let cleanup: Arc<Mutex<Cleanup>> = Arc::default();
     let disconnected = Arc::new(tokio::sync::Notify::new());
+    let queued = Arc::new(Mutex::new(Some(queued)));
     connections(1.0);
     {
         let (state, ctx, cleanup, disconnected) = (state.clone(), ctx.clone(), cleanup.clone(), disconnected.clone());
-        s.on_disconnect(move || async move {
+        s.on_disconnect(move |s: SocketRef| async move {
             connections(-1.0);
             let (subscription, forward) = {
                 let mut c = lock(&cleanup);
@@ -146,13 +147,26 @@ async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
             if let Some(id) = subscription {
                 let _ = state.registry.unsubscribe(ctx, id).await;
             }
+            // Gone before its connect handler ran (socketioxide may then never run it): what
+            // the client sent is delivered all the same, to a running loop.
+            let Some(conn) = s.extensions.get::<Connection>() else { return };
+            let Some(queued) = lock(&conn.queued).take() else { return };
+            let sid = conn.conversation_id.clone();
+            if let Ok(request) = start_request(&state, &conn.ctx, &sid).await {
+                if let Err(e) = state.registry.maybe_start(conn.ctx.clone(), &request).await {
+                    tracing::warn!(conversation_id = %sid, error = %e, "cannot start the conversation for a gone socket's actions");
+                }
+            }
+            let gone = Arc::new(tokio::sync::Notify::new());
+            gone.notify_one();
+            deliver(state.clone(), conn.clone(), s.clone(), queued, gone).await;
         });
     }
     s.extensions.insert(Connection {
         conversation_id,
         latest_event_id,
         ctx,
-        queued: Arc::new(Mutex::new(Some(queued))),
+        queued,
         handshake: Arc::new((parts.method.clone(), parts.uri.clone(), parts.headers.clone())),
         cleanup,
         disconnected,

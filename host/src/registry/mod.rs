@@ -402,10 +402,15 @@ impl Registry {
     /// Stops a conversation's loop; `false` when it was not running (or no manager runs loops).
     /// An operator question to the conversation manager (`"cluster"`); `None` without a
     /// manager.
-    pub async fn manager_admin(&self, mut ctx: CallContext, command: &str) -> Option<Result<Value, CallError>> {
+    pub async fn manager_admin(
+        &self,
+        mut ctx: CallContext,
+        command: &str,
+        args: &Value,
+    ) -> Option<Result<Value, CallError>> {
         let m = self.manager.as_ref()?;
         let _span = m.meta.traced(&mut ctx, "admin");
-        let answer = m.meta.call("admin", m.obj.admin(ctx, command.into(), "{}".into())).await;
+        let answer = m.meta.call("admin", m.obj.admin(ctx, command.into(), args.to_string().into())).await;
         Some(answer.and_then(|json| m.meta.decode("admin", &json)))
     }
 

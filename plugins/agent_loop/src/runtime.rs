@@ -33,6 +33,19 @@ impl Workspace {
         }
         let root = root.join(conversation_id);
         std::fs::create_dir_all(&root)?;
+        // A git repository from the start, as OpenHands' runtime makes one: the web client's
+        // Changes tab lists what the agent changed. Best effort: without git, no changes list.
+        if !root.join(".git").exists() {
+            let made = std::process::Command::new("git")
+                .args(["init", "-q"])
+                .current_dir(&root)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if !made.is_ok_and(|s| s.success()) {
+                tracing::warn!(workspace = %root.display(), "git init failed: the workspace's changes will not be listed");
+            }
+        }
         Ok(Workspace { root: root.canonicalize()? })
     }
 

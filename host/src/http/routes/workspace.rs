@@ -1,7 +1,9 @@
 //! The conversation-scoped routes the web client calls beyond events (OpenHands §9.7): the
 //! runtime's config and hosts, the workspace's files and git changes, microagents, the
-//! trajectory, feedback. A conversation here has no sandbox or workspace yet, and these
-//! answers say so in OpenHands' shapes: empty lists, nulls, or 404 with its error body.
+//! trajectory, feedback. A conversation whose manager runs tools has a workspace (the manager
+//! says where: its `workspace` admin command); its files and git changes are read from there.
+//! Without one, these answers say so in OpenHands' shapes: empty lists, nulls, or 404 with its
+//! error body.
 
 use super::conversation;
 use crate::http::{
@@ -17,6 +19,7 @@ use axum::{
 use plugin_api::EventQuery;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::path::{Component, Path, PathBuf};
 
 pub(super) fn routes() -> Router<AppState> {
     let base = "/api/conversations/{id}";
@@ -85,19 +88,58 @@ async fn web_hosts(
 #[derive(Deserialize)]
 struct PathQuery {
     #[serde(default)]
-    #[allow(dead_code)] // accepted as OpenHands does; there are no files to list yet
     path: Option<String>,
 }
 
-/// No workspace: no files.
+/// The conversation's workspace directory, when its manager gives it one.
+async fn workspace(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Option<PathBuf>> {
+    exists(state, caller, id).await?;
+    let answer = state.registry.manager_admin(caller.ctx.clone(), "workspace", &json!({ "conversation_id": id })).await;
+    Ok(match answer {
+        Some(Ok(v)) => v["path"].as_str().map(PathBuf::from),
+        _ => None,
+    })
+}
+
+/// `relative` inside `root`: no `..`, no absolute path, no symlink leading out.
+fn inside(root: &Path, relative: &str) -> ApiResult<PathBuf> {
+    let mut out = root.to_path_buf();
+    for c in Path::new(relative.trim_start_matches("/workspace/").trim_start_matches('/')).components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            _ => return Err(ApiError::bad_request(format!("{relative} is outside the workspace"))),
+        }
+    }
+    if let (Ok(real), Ok(base)) = (out.canonicalize(), root.canonicalize()) {
+        if !real.starts_with(base) {
+            return Err(ApiError::bad_request(format!("{relative} is outside the workspace")));
+        }
+    }
+    Ok(out)
+}
+
+/// The entries of a workspace directory (`path`, default its root), relative to the
+/// workspace, directories with a trailing `/`; git's own files left out.
 async fn list_files(
     State(state): State<AppState>,
     caller: Caller,
     ConversationId(id): ConversationId,
-    QueryParams(_q): QueryParams<PathQuery>,
+    QueryParams(q): QueryParams<PathQuery>,
 ) -> ApiResult<Json<Vec<String>>> {
-    exists(&state, &caller, &id).await?;
-    Ok(Json(Vec::new()))
+    let Some(root) = workspace(&state, &caller, &id).await? else { return Ok(Json(Vec::new())) };
+    let dir = inside(&root, q.path.as_deref().unwrap_or(""))?;
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Json(Vec::new())) };
+    let mut listed: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name() != ".git")
+        .filter_map(|e| {
+            let rel = e.path().strip_prefix(&root).ok()?.display().to_string();
+            Some(if e.path().is_dir() { format!("{rel}/") } else { rel })
+        })
+        .collect();
+    listed.sort();
+    Ok(Json(listed))
 }
 
 #[derive(Deserialize)]
@@ -106,14 +148,23 @@ struct FileQuery {
     file: String,
 }
 
+/// `{"code": <the file's text>}`; 415 for a binary file.
 async fn select_file(
     State(state): State<AppState>,
     caller: Caller,
     ConversationId(id): ConversationId,
     QueryParams(q): QueryParams<FileQuery>,
 ) -> ApiResult<Json<Value>> {
-    exists(&state, &caller, &id).await?;
-    Err(ApiError::not_found(format!("File not found: {}", q.file)))
+    let missing = || ApiError::not_found(format!("File not found: {}", q.file));
+    let Some(root) = workspace(&state, &caller, &id).await? else { return Err(missing()) };
+    let bytes = std::fs::read(inside(&root, &q.file)?).map_err(|_| missing())?;
+    match String::from_utf8(bytes) {
+        Ok(code) => Ok(Json(json!({ "code": code }))),
+        Err(_) => Err(ApiError::new(
+            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            json!({ "error": format!("Unable to open binary file: {}", q.file) }),
+        )),
+    }
 }
 
 /// OpenHands' answer for a workspace that is not a git repository (the web client's Changes
@@ -122,23 +173,56 @@ fn not_a_repository() -> ApiError {
     ApiError::not_found("Not a git repository")
 }
 
+/// git, in a workspace; `None` when it is not a repository (or git is missing).
+async fn git(root: &Path, args: &[&str]) -> Option<Vec<u8>> {
+    let out = tokio::process::Command::new("git").arg("-C").arg(root).args(args).output().await.ok()?;
+    out.status.success().then_some(out.stdout)
+}
+
+/// `[{"status": "A"|"M"|"D"|"R"|"U", "path"}]` from `git status` (new files count as added).
 async fn git_changes(
     State(state): State<AppState>,
     caller: Caller,
     ConversationId(id): ConversationId,
 ) -> ApiResult<Json<Value>> {
-    exists(&state, &caller, &id).await?;
-    Err(not_a_repository())
+    let Some(root) = workspace(&state, &caller, &id).await? else { return Err(not_a_repository()) };
+    let Some(out) = git(&root, &["status", "--porcelain=v1", "-uall"]).await else { return Err(not_a_repository()) };
+    let changes: Vec<Value> = String::from_utf8_lossy(&out)
+        .lines()
+        .filter(|l| l.len() > 3)
+        .map(|line| {
+            let (code, path) = line.split_at(2);
+            let path = path.trim().rsplit(" -> ").next().unwrap_or("").trim_matches('"');
+            let status = match code.trim() {
+                "??" | "A" | "AM" => "A",
+                c if c.contains('D') => "D",
+                c if c.contains('R') => "R",
+                c if c.contains('M') => "M",
+                _ => "U",
+            };
+            json!({ "status": status, "path": path })
+        })
+        .collect();
+    Ok(Json(Value::Array(changes)))
 }
 
+/// `{"modified": <now>, "original": <at the last commit>}` of one file.
 async fn git_diff(
     State(state): State<AppState>,
     caller: Caller,
     ConversationId(id): ConversationId,
-    QueryParams(_q): QueryParams<PathQuery>,
+    QueryParams(q): QueryParams<PathQuery>,
 ) -> ApiResult<Json<Value>> {
-    exists(&state, &caller, &id).await?;
-    Err(not_a_repository())
+    let Some(root) = workspace(&state, &caller, &id).await? else { return Err(not_a_repository()) };
+    let path = q.path.unwrap_or_default();
+    let file = inside(&root, &path)?;
+    let modified = std::fs::read_to_string(&file).unwrap_or_default();
+    let relative = file.strip_prefix(&root).map(|p| p.display().to_string()).unwrap_or_default();
+    let original = git(&root, &["show", &format!("HEAD:{relative}")])
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    Ok(Json(json!({ "modified": modified, "original": original })))
 }
 
 /// The body is not read: there is no workspace to put files in.
