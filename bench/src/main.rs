@@ -652,7 +652,7 @@ fn cpu_secs(pid: u32) -> f64 {
 
 /// Section 10: the local runtime under the agent's tools.
 fn tools_load(bin: &Path, work: &Path, oss_profile: &Path) {
-    use oh_e2e::llm::{FakeLlm, Reply};
+    use oh_e2e::llm::FakeLlm;
     const CONCURRENT: usize = 20;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     println!("\n10. the agent's tools, local runtime");
@@ -682,12 +682,7 @@ fn tools_load(bin: &Path, work: &Path, oss_profile: &Path) {
             let (http, base) = (http.clone(), base.clone());
             let llm = &llm;
             async move {
-                for _ in 0..n {
-                    llm.push([
-                        Reply::Tools(vec![("execute_bash".into(), serde_json::json!({ "command": command }))]),
-                        Reply::Chunks(vec!["done".into()]),
-                    ]);
-                }
+                llm.call_tool_per_message("execute_bash", serde_json::json!({ "command": command }));
                 let mut ids = Vec::new();
                 for _ in 0..n {
                     let created = chrono::Utc::now().timestamp_micros();

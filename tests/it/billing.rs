@@ -15,27 +15,14 @@ const BOB: &str = "bob-billing-key-0123456789";
 const WEB: &str = "http://app.example.test";
 
 fn profile(db: &str, stripe: &str) -> String {
-    let stores = format!("{{ database_url = \"{db}\", master_key = \"billing-test-master-key-0123456\" }}");
-    let auth = format!(
-        "{{ database_url = \"{db}\", rate_limit_per_second = 0, rate_limit_per_minute = 0, redis_key_prefix = \"{}\", \
-         static_keys = [{{ user_id = \"alice\", sha256 = \"{}\" }}, {{ user_id = \"bob\", sha256 = \"{}\" }}] }}",
-        oh_e2e::redis::prefix("bill"),
-        oh_e2e::sha256_hex(ALICE),
-        oh_e2e::sha256_hex(BOB)
-    );
     let billing = format!(
         "{{ database_url = \"{db}\", stripe_api_key = \"{}\", stripe_webhook_secret = \"{WEBHOOK_SECRET}\", \
          stripe_api_url = \"{stripe}\", web_host = \"{WEB}\" }}",
         oh_e2e::stripe::SECRET_KEY
     );
+    let base = oh_e2e::saas_base_profile(db, &[("alice", ALICE), ("bob", BOB)], "");
     format!(
-        "[extensions.settings_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSettingsStore\"\nconfig = {stores}\n\
-         [extensions.secrets_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSecretsStore\"\nconfig = {stores}\n\
-         [extensions.conversation_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasConversationStore\"\nconfig = {stores}\n\
-         [extensions.user_auth]\nlibrary = \"saas_auth\"\nimplementation = \"SaasUserAuth\"\nconfig = {auth}\n\
-         [extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n\
-         config = {{ llm_max_retries = 0, llm_private_hosts_allowed = [\"127.0.0.1\"] }}\n\
-         [[extensions.routes]]\nlibrary = \"billing\"\nimplementation = \"BillingRoutes\"\nconfig = {billing}\n\
+        "{base}[[extensions.routes]]\nlibrary = \"billing\"\nimplementation = \"BillingRoutes\"\nconfig = {billing}\n\
          [[extensions.monitoring]]\nlibrary = \"billing\"\nimplementation = \"BillingUsage\"\nconfig = {{ database_url = \"{db}\" }}\n"
     )
 }

@@ -9,22 +9,9 @@ const ALICE: &str = "alice-feedback-key-0123456789";
 const BOB: &str = "bob-feedback-key-0123456789";
 
 fn profile(db: &str) -> String {
-    let stores = format!("{{ database_url = \"{db}\", master_key = \"feedback-test-master-key-01234\" }}");
-    let auth = format!(
-        "{{ database_url = \"{db}\", rate_limit_per_second = 0, rate_limit_per_minute = 0, redis_key_prefix = \"{}\", \
-         static_keys = [{{ user_id = \"alice\", sha256 = \"{}\" }}, {{ user_id = \"bob\", sha256 = \"{}\" }}] }}",
-        oh_e2e::redis::prefix("fb"),
-        oh_e2e::sha256_hex(ALICE),
-        oh_e2e::sha256_hex(BOB)
-    );
+    let base = oh_e2e::saas_base_profile(db, &[("alice", ALICE), ("bob", BOB)], "");
     format!(
-        "[extensions.settings_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSettingsStore\"\nconfig = {stores}\n\
-         [extensions.secrets_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSecretsStore\"\nconfig = {stores}\n\
-         [extensions.conversation_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasConversationStore\"\nconfig = {stores}\n\
-         [extensions.user_auth]\nlibrary = \"saas_auth\"\nimplementation = \"SaasUserAuth\"\nconfig = {auth}\n\
-         [extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n\
-         config = {{ llm_max_retries = 0, llm_private_hosts_allowed = [\"127.0.0.1\"] }}\n\
-         [[extensions.routes]]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasFeedbackRoutes\"\nconfig = {{ database_url = \"{db}\" }}\n"
+        "{base}[[extensions.routes]]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasFeedbackRoutes\"\nconfig = {{ database_url = \"{db}\" }}\n"
     )
 }
 

@@ -22,13 +22,6 @@ const SLACK_SECRET: &str = "slack-signing-secret-0123";
 const GITLAB_SECRET: &str = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 fn profile(db: &str, providers: &str, extra: &str) -> String {
-    let stores = format!("{{ database_url = \"{db}\", master_key = \"integrations-test-master-key-01\" }}");
-    let auth = format!(
-        "{{ database_url = \"{db}\", rate_limit_per_second = 0, rate_limit_per_minute = 0, redis_key_prefix = \"{}\", \
-         static_keys = [{{ user_id = \"alice\", sha256 = \"{}\" }}] }}",
-        oh_e2e::redis::prefix("intg-auth"),
-        oh_e2e::sha256_hex(ALICE),
-    );
     let key = app_private_key().replace('\n', "\\n");
     let integrations = format!(
         "{{ database_url = \"{db}\", redis_key_prefix = \"{}\", max_attempts = 3, retry_backoff_ms = 50, \
@@ -37,15 +30,8 @@ fn profile(db: &str, providers: &str, extra: &str) -> String {
          slack = {{ enabled = \"true\", webhook_secret = \"{SLACK_SECRET}\", api_url = \"{providers}\", bot_token = \"{SLACK_BOT_TOKEN}\" }} }}",
         oh_e2e::redis::prefix("intg"),
     );
-    format!(
-        "[extensions.settings_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSettingsStore\"\nconfig = {stores}\n\
-         [extensions.secrets_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSecretsStore\"\nconfig = {stores}\n\
-         [extensions.conversation_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasConversationStore\"\nconfig = {stores}\n\
-         [extensions.user_auth]\nlibrary = \"saas_auth\"\nimplementation = \"SaasUserAuth\"\nconfig = {auth}\n\
-         [extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n\
-         config = {{ max_concurrent_conversations = 10, llm_max_retries = 0, llm_private_hosts_allowed = [\"127.0.0.1\"] }}\n\
-         [[extensions.routes]]\nlibrary = \"integrations\"\nimplementation = \"Integrations\"\nconfig = {integrations}\n"
-    )
+    let base = oh_e2e::saas_base_profile(db, &[("alice", ALICE)], ", max_concurrent_conversations = 10");
+    format!("{base}[[extensions.routes]]\nlibrary = \"integrations\"\nimplementation = \"Integrations\"\nconfig = {integrations}\n")
 }
 
 struct Site {

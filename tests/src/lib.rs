@@ -26,6 +26,32 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The base of the tests' SaaS profiles: the PostgreSQL stores on `db_url`, `SaasUserAuth`
+/// signing in each `(user id, key)` with no rate limit (its Redis keys under a prefix of their
+/// own), and the standalone manager allowed to call the fake LLM on 127.0.0.1 with
+/// `manager_extra` added to its config (`, max_concurrent_conversations = 10`).
+pub fn saas_base_profile(db_url: &str, users: &[(&str, &str)], manager_extra: &str) -> String {
+    let stores = format!("{{ database_url = \"{db_url}\", master_key = \"tests-master-key-0123456789abc\" }}");
+    let keys: Vec<String> = users
+        .iter()
+        .map(|(user, key)| format!("{{ user_id = \"{user}\", sha256 = \"{}\" }}", sha256_hex(key)))
+        .collect();
+    let auth = format!(
+        "{{ database_url = \"{db_url}\", rate_limit_per_second = 0, rate_limit_per_minute = 0, redis_key_prefix = \"{}\", \
+         static_keys = [{}] }}",
+        redis::prefix("saas"),
+        keys.join(", ")
+    );
+    format!(
+        "[extensions.settings_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSettingsStore\"\nconfig = {stores}\n\
+         [extensions.secrets_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSecretsStore\"\nconfig = {stores}\n\
+         [extensions.conversation_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasConversationStore\"\nconfig = {stores}\n\
+         [extensions.user_auth]\nlibrary = \"saas_auth\"\nimplementation = \"SaasUserAuth\"\nconfig = {auth}\n\
+         [extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n\
+         config = {{ llm_max_retries = 0, llm_private_hosts_allowed = [\"127.0.0.1\"]{manager_extra} }}\n"
+    )
+}
+
 /// Hex HMAC-SHA256 of `message` (RFC 2104 written out over SHA-256, so tests sign webhooks
 /// without sharing the plugins' code). Keys longer than a block are hashed first.
 pub fn hmac_sha256_hex(key: &[u8], message: &[u8]) -> String {

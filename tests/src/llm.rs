@@ -51,6 +51,9 @@ struct Script {
     /// What each answer reports as its cost (LiteLLM's `x-litellm-response-cost`); default
     /// `0.0025`.
     cost: Option<String>,
+    /// Unscripted requests call this function when the last message is the user's, and say
+    /// "done" once it answered (a tool result is last): any number of conversations at once.
+    tool_per_message: Option<(String, Value)>,
 }
 
 /// The chat endpoint, and LiteLLM's key admin API (`/key/generate`, `/key/delete`, under the
@@ -138,6 +141,12 @@ impl FakeLlm {
         self.script.lock().unwrap().replies.extend(replies);
     }
 
+    /// From now on, unscripted requests call `name(args)` for each user message, then answer
+    /// "done" to its result.
+    pub fn call_tool_per_message(&self, name: &str, args: Value) {
+        self.script.lock().unwrap().tool_per_message = Some((name.to_owned(), args));
+    }
+
     /// What each answer from now on reports as its cost, in US dollars.
     pub fn set_cost(&self, cost: &str) {
         self.script.lock().unwrap().cost = Some(cost.to_owned());
@@ -175,7 +184,16 @@ async fn completions(
         let mut s = script.lock().unwrap();
         s.requests.push((key, body.clone()));
         s.traceparents.push(headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned));
-        (s.replies.pop_front(), s.cost.clone().unwrap_or_else(|| "0.0025".to_owned()))
+        let last_role = body["messages"].as_array().and_then(|m| m.last()).map(|m| m["role"].clone());
+        let reply = s.replies.pop_front().or_else(|| {
+            let (name, args) = s.tool_per_message.clone()?;
+            Some(if last_role.as_ref().is_some_and(|r| r == "tool") {
+                Reply::Chunks(vec!["done".to_owned()])
+            } else {
+                Reply::Tools(vec![(name, args)])
+            })
+        });
+        (reply, s.cost.clone().unwrap_or_else(|| "0.0025".to_owned()))
     };
     let (reply, cost) = reply;
     let last_user = body["messages"]
