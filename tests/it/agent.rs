@@ -576,3 +576,38 @@ async fn saas_mode_refuses_the_local_runtime_at_start() {
         out.stderr
     );
 }
+
+#[tokio::test]
+async fn in_the_bubblewrap_sandbox_commands_cannot_touch_the_system_or_the_network_and_die_with_the_host() {
+    let (_d, mut host, llm) = setup(", runtime = \"bubblewrap\"").await;
+    let llm_port = llm.base_url.rsplit(':').next().unwrap().trim_end_matches("/v1").to_owned();
+    let probe = format!(
+        "echo made > made.txt; touch /etc/oh-escape-probe 2>/dev/null || echo system-read-only; \
+         (exec 3<>/dev/tcp/127.0.0.1/{llm_port}) 2>/dev/null && echo net-reached || echo net-blocked"
+    );
+    llm.push([
+        Reply::Tools(vec![("execute_bash".into(), json!({ "command": probe }))]),
+        Reply::Tools(vec![("execute_bash".into(), json!({ "command": "(sleep 301 &); sleep 301" }))]),
+    ]);
+    let id = create(&host, "probe the sandbox").await;
+    let events = events_until(&host, &id, "the probe's output", |e| e.iter().any(|e| e["observation"] == "run")).await;
+    let ran = events.iter().find(|e| e["observation"] == "run").unwrap();
+    let out = ran["content"].as_str().unwrap();
+    assert!(out.contains("system-read-only") && out.contains("net-blocked"), "{out}");
+    assert!(!std::path::Path::new("/etc/oh-escape-probe").exists());
+    // A command still running when the host is killed with -9 does not outlive it.
+    events_until(&host, &id, "the second command", |e| e.iter().filter(|e| e["action"] == "run").count() == 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let running = std::process::Command::new("pgrep").args(["-f", "sleep 301"]).output().unwrap();
+    assert!(!running.stdout.is_empty(), "the command runs in the sandbox");
+    host.signal("KILL");
+    let started = std::time::Instant::now();
+    loop {
+        let left = std::process::Command::new("pgrep").args(["-f", "sleep 301"]).output().unwrap();
+        if left.stdout.is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "left running: {}", String::from_utf8_lossy(&left.stdout));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -30,10 +30,16 @@ pub struct ManagerConfig {
     /// In SaaS mode a user's `llm_base_url` may not lead to a loopback, private or link-local
     /// address; these host names or IPs are allowed all the same (an internal LLM gateway).
     pub llm_private_hosts_allowed: Vec<String>,
-    /// Where the agent's tools run: none (the default: a chat without tools), or `local` (a
-    /// shell of the host's user in the conversation's workspace, no isolation; SaaS mode
-    /// refuses it).
+    /// Where the agent's tools run: none (the default: a chat without tools), `bubblewrap` (a
+    /// sandbox per command), or `local` (a shell of the host's user in the conversation's
+    /// workspace, no isolation; SaaS mode refuses it).
     pub runtime: Option<String>,
+    /// bubblewrap: the sandbox may use the network (default: no network at all).
+    pub sandbox_network: bool,
+    /// bubblewrap: CPU seconds a command may use.
+    pub sandbox_cpu_secs: u64,
+    /// bubblewrap: memory (address space) a command's processes may each map, in MiB.
+    pub sandbox_memory_mb: u64,
     /// The directory of the workspaces (`<it>/<conversation id>`); default
     /// `<state_dir>/workspaces`.
     pub workspace_root: Option<String>,
@@ -58,6 +64,9 @@ impl Default for ManagerConfig {
             system_prompt: "You are OpenHands agent, a helpful AI assistant.".to_owned(),
             llm_private_hosts_allowed: Vec::new(),
             runtime: None,
+            sandbox_network: false,
+            sandbox_cpu_secs: 600,
+            sandbox_memory_mb: 4096,
             workspace_root: None,
             command_timeout_secs: 120,
             max_output_chars: 30_000,
@@ -91,16 +100,28 @@ impl ManagerConfig {
         state_dir: &str,
     ) -> Result<Option<crate::tools::ToolSetup>, plugin_sdk::PluginError> {
         let Some(runtime) = self.runtime.as_deref().filter(|r| !r.is_empty()) else { return Ok(None) };
-        if runtime != "local" {
-            return Err(plugin_sdk::PluginError::invalid_config(format!(
-                "runtime `{runtime}` is unknown: use \"local\" (or leave it out for a chat without tools)"
-            )));
-        }
-        if app_mode == "saas" {
-            return Err(plugin_sdk::PluginError::invalid_config(
-                "runtime = \"local\" runs the agent's commands without isolation; SaaS mode refuses it",
-            ));
-        }
+        let isolation = match runtime {
+            "local" if app_mode == "saas" => {
+                return Err(plugin_sdk::PluginError::invalid_config(
+                    "runtime = \"local\" runs the agent's commands without isolation; SaaS mode refuses it (use \"bubblewrap\")",
+                ))
+            }
+            "local" => crate::runtime::Isolation::Local,
+            "bubblewrap" => {
+                crate::runtime::bubblewrap_works()
+                    .map_err(|e| plugin_sdk::PluginError::invalid_config(format!("runtime = \"bubblewrap\": {e}")))?;
+                crate::runtime::Isolation::Bubblewrap {
+                    network: self.sandbox_network,
+                    cpu_secs: self.sandbox_cpu_secs.max(1),
+                    memory_mb: self.sandbox_memory_mb.max(64),
+                }
+            }
+            other => {
+                return Err(plugin_sdk::PluginError::invalid_config(format!(
+                    "runtime `{other}` is unknown: use \"bubblewrap\" or \"local\" (or leave it out for a chat without tools)"
+                )))
+            }
+        };
         let root = match self.workspace_root.as_deref().filter(|r| !r.is_empty()) {
             Some(r) => std::path::PathBuf::from(r),
             None => std::path::Path::new(state_dir).join("workspaces"),
@@ -114,6 +135,7 @@ impl ManagerConfig {
                 max_output_chars: self.max_output_chars.max(100),
             },
             max_iterations: self.max_iterations.max(1),
+            isolation,
         }))
     }
 

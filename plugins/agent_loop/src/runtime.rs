@@ -1,7 +1,9 @@
 //! Where the agent's tools act: a directory per conversation (its workspace) and commands run
-//! in it. This is the `local` runtime: a shell of the host's user in the workspace, no
-//! isolation (SaaS mode refuses it). Each command runs in its own process group, so a
-//! timeout or a stop kills everything it started.
+//! in it, either as a shell of the host's user (`local`: no isolation, SaaS mode refuses it)
+//! or in a bubblewrap sandbox (`bubblewrap`: the system read-only, the workspace read-write, a
+//! private /tmp, its own PID namespace, no network unless allowed, CPU time and memory
+//! bounded, killed with the host). Each command runs in its own process group, so a timeout
+//! or a stop kills everything it started.
 
 use std::{
     path::{Component, Path, PathBuf},
@@ -10,10 +12,68 @@ use std::{
 };
 use tokio::io::AsyncReadExt as _;
 
+/// How commands are isolated.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Isolation {
+    /// A shell of the host's user in the workspace.
+    Local,
+    /// bubblewrap (`bwrap`), with `prlimit` bounding CPU seconds and memory (address space).
+    Bubblewrap { network: bool, cpu_secs: u64, memory_mb: u64 },
+}
+
+impl Isolation {
+    /// The program and arguments that run `script` (bash) in `root`.
+    fn command(&self, root: &Path, script: &str) -> tokio::process::Command {
+        match self {
+            Isolation::Local => {
+                let mut c = tokio::process::Command::new("bash");
+                c.arg("-c").arg(script);
+                c
+            }
+            Isolation::Bubblewrap { network, cpu_secs, memory_mb } => {
+                let mut c = tokio::process::Command::new("bwrap");
+                // In order: later mounts go on top (the workspace may be under /tmp).
+                c.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
+                    .arg("--bind")
+                    .arg(root)
+                    .arg(root)
+                    .args(["--unshare-pid", "--unshare-ipc", "--unshare-uts"]);
+                if !network {
+                    c.arg("--unshare-net");
+                }
+                c.args(["--die-with-parent", "--new-session", "--chdir"])
+                    .arg(root)
+                    .arg("--setenv")
+                    .arg("HOME")
+                    .arg(root)
+                    .args(["--", "prlimit"])
+                    .arg(format!("--cpu={cpu_secs}"))
+                    .arg(format!("--as={}", memory_mb.saturating_mul(1024 * 1024)))
+                    .args(["--", "bash", "-c", script]);
+                c
+            }
+        }
+    }
+}
+
+/// Whether bubblewrap runs here (installed, and allowed to make namespaces).
+pub fn bubblewrap_works() -> Result<(), String> {
+    let out = std::process::Command::new("bwrap")
+        .args(["--ro-bind", "/", "/", "--unshare-pid", "--die-with-parent", "--", "true"])
+        .output()
+        .map_err(|e| format!("bwrap cannot be run ({e}): install bubblewrap (apt-get install bubblewrap)"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("bwrap cannot make a sandbox here: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
 /// A conversation's workspace.
 #[derive(Clone, Debug)]
 pub struct Workspace {
     root: PathBuf,
+    isolation: Isolation,
 }
 
 /// What a command did.
@@ -27,7 +87,7 @@ pub struct Ran {
 
 impl Workspace {
     /// `root/<conversation id>`, made if missing.
-    pub fn open(root: &Path, conversation_id: &str) -> std::io::Result<Workspace> {
+    pub fn open(root: &Path, conversation_id: &str, isolation: Isolation) -> std::io::Result<Workspace> {
         if conversation_id.is_empty() || !conversation_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a conversation id"));
         }
@@ -46,7 +106,7 @@ impl Workspace {
                 tracing::warn!(workspace = %root.display(), "git init failed: the workspace's changes will not be listed");
             }
         }
-        Ok(Workspace { root: root.canonicalize()? })
+        Ok(Workspace { root: root.canonicalize()?, isolation })
     }
 
     pub fn root(&self) -> &Path {
@@ -94,9 +154,9 @@ impl Workspace {
         max_output: usize,
         stop: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<Ran> {
-        let mut child = tokio::process::Command::new("bash")
-            .arg("-c")
-            .arg(format!("exec 2>&1\n{command}"))
+        let mut child = self
+            .isolation
+            .command(&self.root, &format!("exec 2>&1\n{command}"))
             .current_dir(&self.root)
             .env("HOME", &self.root)
             .stdin(Stdio::null())
@@ -176,7 +236,7 @@ mod tests {
 
     fn workspace() -> (tempfile::TempDir, Workspace) {
         let dir = tempfile::tempdir().unwrap();
-        let ws = Workspace::open(dir.path(), "c0ffee").unwrap();
+        let ws = Workspace::open(dir.path(), "c0ffee", Isolation::Local).unwrap();
         (dir, ws)
     }
 
@@ -190,7 +250,37 @@ mod tests {
         assert!(ws.resolve("/etc/passwd").is_err());
         std::os::unix::fs::symlink("/etc", ws.root().join("link")).unwrap();
         assert!(ws.resolve("link/passwd").is_err(), "through a symlink");
-        assert!(Workspace::open(ws.root(), "../x").is_err());
+        assert!(Workspace::open(ws.root(), "../x", Isolation::Local).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_sandbox_keeps_the_system_read_only_the_network_out_and_its_own_pids() {
+        bubblewrap_works().expect("bubblewrap (apt-get install bubblewrap)");
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Isolation::Bubblewrap { network: false, cpu_secs: 10, memory_mb: 1024 };
+        let ws = Workspace::open(dir.path(), "5a4db0c", sandbox).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let script = format!(
+            "echo inside > mine.txt; cat mine.txt; touch /etc/oh-sandbox-probe 2>/dev/null || echo system-read-only; \
+             (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo net-reached || echo net-blocked; echo pid:$$"
+        );
+        let ran = ws.run(&script, Duration::from_secs(20), 1000, std::future::pending()).await.unwrap();
+        assert_eq!(ran.exit_code, 0, "{}", ran.output);
+        for expected in ["inside", "system-read-only", "net-blocked"] {
+            assert!(ran.output.contains(expected), "{expected}: {}", ran.output);
+        }
+        let pid: u32 = ran.output.split("pid:").nth(1).unwrap().trim().parse().unwrap();
+        assert!(pid < 10, "its own PID namespace: {pid}");
+        assert!(!Path::new("/etc/oh-sandbox-probe").exists());
+        assert_eq!(std::fs::read_to_string(ws.root().join("mine.txt")).unwrap(), "inside\n");
+        // CPU time is bounded: a busy loop dies of SIGXCPU/SIGKILL well before the timeout.
+        let bounded = Isolation::Bubblewrap { network: false, cpu_secs: 1, memory_mb: 1024 };
+        let ws = Workspace::open(dir.path(), "b0unded", bounded).unwrap();
+        let started = std::time::Instant::now();
+        let spin = ws.run("while :; do :; done", Duration::from_secs(30), 100, std::future::pending()).await.unwrap();
+        assert_ne!(spin.exit_code, 0);
+        assert!(spin.killed.is_none() && started.elapsed() < Duration::from_secs(15), "{spin:?}");
     }
 
     #[tokio::test]

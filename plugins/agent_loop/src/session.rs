@@ -206,7 +206,7 @@ impl<E: Env> Runner<E> {
     async fn run(mut self, request: StartRequest, mut inbox: mpsc::Receiver<Command>) {
         let started = Instant::now();
         if let Some(setup) = self.env.tools() {
-            match Workspace::open(&setup.root, &self.sid) {
+            match Workspace::open(&setup.root, &self.sid, setup.isolation.clone()) {
                 Ok(ws) => self.workspace = Some(ws),
                 Err(e) => {
                     tracing::error!(conversation_id = %self.sid, error = %e, "no workspace: the agent works without tools")

@@ -64,6 +64,8 @@ pub struct ToolSetup {
     pub limits: ToolLimits,
     /// LLM calls per user message at most (when the user's settings name none).
     pub max_iterations: usize,
+    /// How commands are isolated.
+    pub isolation: crate::runtime::Isolation,
 }
 
 /// Limits of tool execution (the manager's config).
