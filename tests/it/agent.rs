@@ -611,3 +611,56 @@ async fn in_the_bubblewrap_sandbox_commands_cannot_touch_the_system_or_the_netwo
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_selected_repository_is_cloned_with_the_users_token_which_stays_out_of_the_workspace() {
+    let token = "gho_user_token_0123456789";
+    let server = oh_e2e::git_http::GitHttp::start(
+        "acme/widgets",
+        &[("README.md", "# Widgets\n"), ("src/lib.rs", "fn main() {}\n")],
+        token,
+    )
+    .await;
+    let (d, host, llm) = setup(&format!(", runtime = \"local\", git_http_hosts = [\"{}\"]", server.host)).await;
+    let tokens = json!({ "provider_tokens": { "github": { "token": token, "host": server.host } } });
+    assert_eq!(host.post_json("/api/add-git-providers", &tokens).await.status, 200);
+    llm.push([Reply::Tools(vec![(
+        "execute_bash".into(),
+        json!({ "command": "ls; git branch --show-current; cat FEATURE.md" }),
+    )])]);
+    let r = host
+        .post_json(
+            "/api/conversations",
+            &json!({ "initial_user_msg": "look around", "repository": "acme/widgets", "git_provider": "github", "selected_branch": "feature" }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.json()["conversation_id"].as_str().unwrap().to_owned();
+    let events =
+        events_until(&host, &id, "the command's output", |e| e.iter().any(|e| e["observation"] == "run")).await;
+    let out = events.iter().find(|e| e["observation"] == "run").unwrap()["content"].as_str().unwrap().to_owned();
+    for expected in ["README.md", "src", "feature", "on the feature branch"] {
+        assert!(out.contains(expected), "{expected}: {out}");
+    }
+    // The token was sent for the clone only: not in the repository's config or remote.
+    let workspace = d.state_dir().join("workspaces").join(&id);
+    let config = std::fs::read_to_string(workspace.join(".git/config")).unwrap();
+    assert!(
+        !config.contains(token) && config.contains(&format!("url = http://{}/acme/widgets.git", server.host)),
+        "{config}"
+    );
+    // Without the right token, the clone is refused and said so; the agent gets an empty
+    // workspace.
+    let wrong = json!({ "provider_tokens": { "github": { "token": "gho_wrong", "host": server.host } } });
+    assert_eq!(host.post_json("/api/add-git-providers", &wrong).await.status, 200);
+    let r = host
+        .post_json(
+            "/api/conversations",
+            &json!({ "initial_user_msg": "hi", "repository": "acme/widgets", "git_provider": "github" }),
+        )
+        .await;
+    let other = r.json()["conversation_id"].as_str().unwrap().to_owned();
+    events_until(&host, &other, "the answer", |e| e.iter().any(|e| agent_says(e, "Echo: hi."))).await;
+    let empty = d.state_dir().join("workspaces").join(&other);
+    assert!(empty.join(".git").exists() && !empty.join("README.md").exists());
+}

@@ -7,6 +7,7 @@
 
 pub mod browser;
 pub mod git;
+pub mod git_http;
 pub mod llm;
 pub mod oidc;
 pub mod pg;

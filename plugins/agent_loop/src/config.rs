@@ -40,6 +40,9 @@ pub struct ManagerConfig {
     pub sandbox_cpu_secs: u64,
     /// bubblewrap: memory (address space) a command's processes may each map, in MiB.
     pub sandbox_memory_mb: u64,
+    /// Git hosts (`host[:port]`) a selected repository is cloned from over plain HTTP (an
+    /// internal server); all others over HTTPS.
+    pub git_http_hosts: Vec<String>,
     /// The directory of the workspaces (`<it>/<conversation id>`); default
     /// `<state_dir>/workspaces`.
     pub workspace_root: Option<String>,
@@ -67,6 +70,7 @@ impl Default for ManagerConfig {
             sandbox_network: false,
             sandbox_cpu_secs: 600,
             sandbox_memory_mb: 4096,
+            git_http_hosts: Vec::new(),
             workspace_root: None,
             command_timeout_secs: 120,
             max_output_chars: 30_000,
@@ -136,6 +140,7 @@ impl ManagerConfig {
             },
             max_iterations: self.max_iterations.max(1),
             isolation,
+            git_http_hosts: self.git_http_hosts.clone(),
         }))
     }
 

@@ -76,6 +76,51 @@ pub struct Workspace {
     isolation: Isolation,
 }
 
+/// A repository to clone into a new workspace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Clone {
+    /// Without credentials: `https://github.com/owner/repo.git`.
+    pub url: String,
+    /// `Authorization: Basic …`, sent with the clone only.
+    pub auth_header: Option<String>,
+    pub branch: Option<String>,
+}
+
+impl Clone {
+    /// The clone of `repository` (`owner/repo`) at `provider` (`github`, `gitlab`,
+    /// `bitbucket`) with the user's token there; `host` is the token's (default the
+    /// provider's public one); hosts in `plain_http` are reached without TLS.
+    pub fn of(
+        repository: &str,
+        provider: &str,
+        token: Option<&str>,
+        host: Option<&str>,
+        branch: Option<&str>,
+        plain_http: &[String],
+    ) -> Clone {
+        use base64::Engine as _;
+        let host = host.filter(|h| !h.is_empty()).unwrap_or(match provider {
+            "gitlab" => "gitlab.com",
+            "bitbucket" => "bitbucket.org",
+            _ => "github.com",
+        });
+        let scheme = if plain_http.iter().any(|h| h == host) { "http" } else { "https" };
+        let user = match provider {
+            "gitlab" => "oauth2",
+            "bitbucket" => "x-token-auth",
+            _ => "x-access-token",
+        };
+        let auth_header = token.filter(|t| !t.is_empty()).map(|t| {
+            format!("Authorization: Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{t}")))
+        });
+        Clone {
+            url: format!("{scheme}://{host}/{}.git", repository.trim_end_matches(".git")),
+            auth_header,
+            branch: branch.filter(|b| !b.is_empty()).map(str::to_owned),
+        }
+    }
+}
+
 /// What a command did.
 #[derive(Debug, PartialEq)]
 pub struct Ran {
@@ -93,20 +138,45 @@ impl Workspace {
         }
         let root = root.join(conversation_id);
         std::fs::create_dir_all(&root)?;
-        // A git repository from the start, as OpenHands' runtime makes one: the web client's
-        // Changes tab lists what the agent changed. Best effort: without git, no changes list.
-        if !root.join(".git").exists() {
-            let made = std::process::Command::new("git")
-                .args(["init", "-q"])
-                .current_dir(&root)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            if !made.is_ok_and(|s| s.success()) {
-                tracing::warn!(workspace = %root.display(), "git init failed: the workspace's changes will not be listed");
+        Ok(Workspace { root: root.canonicalize()?, isolation })
+    }
+
+    /// Makes a new workspace a git repository: a clone of `repository` when given (on the
+    /// host, with the token in a header of that one command: never in the repository's
+    /// config, its remote URL or a log), else an empty one, as OpenHands' runtime makes one
+    /// (the web client's Changes tab lists what the agent changed). A workspace that is a
+    /// repository already is left as it is. An error says why the clone failed.
+    pub async fn prepare(&self, repository: Option<&Clone>) -> Result<(), String> {
+        if self.root.join(".git").exists() {
+            return Ok(());
+        }
+        let mut git = tokio::process::Command::new("git");
+        git.envs([("GIT_TERMINAL_PROMPT", "0")]).current_dir(&self.root).stdin(Stdio::null()).stdout(Stdio::null());
+        match repository {
+            Some(r) => {
+                if let Some(header) = &r.auth_header {
+                    git.arg("-c").arg(format!("http.extraHeader={header}"));
+                }
+                git.args(["clone", "--quiet"]);
+                if let Some(branch) = &r.branch {
+                    git.arg("--branch").arg(branch);
+                }
+                git.arg("--").arg(&r.url).arg(".");
+            }
+            None => {
+                git.args(["init", "-q"]);
             }
         }
-        Ok(Workspace { root: root.canonicalize()?, isolation })
+        let out = tokio::time::timeout(Duration::from_secs(300), git.stderr(Stdio::piped()).output())
+            .await
+            .map_err(|_| "git did not finish within 300 s".to_owned())?
+            .map_err(|e| format!("cannot run git: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let why: String = String::from_utf8_lossy(&out.stderr).chars().take(500).collect();
+            Err(why.trim().to_owned())
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -238,6 +308,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ws = Workspace::open(dir.path(), "c0ffee", Isolation::Local).unwrap();
         (dir, ws)
+    }
+
+    #[test]
+    fn a_clone_names_the_provider_host_and_keeps_the_token_out_of_the_url() {
+        let c = Clone::of("acme/app", "github", Some("gho_x"), None, Some("dev"), &[]);
+        assert_eq!(c.url, "https://github.com/acme/app.git");
+        assert_eq!(c.auth_header.as_deref(), Some("Authorization: Basic eC1hY2Nlc3MtdG9rZW46Z2hvX3g="));
+        assert_eq!(c.branch.as_deref(), Some("dev"));
+        let internal =
+            Clone::of("grp/app", "gitlab", None, Some("git.internal:8080"), None, &["git.internal:8080".to_owned()]);
+        assert_eq!((internal.url.as_str(), internal.auth_header), ("http://git.internal:8080/grp/app.git", None));
     }
 
     #[test]

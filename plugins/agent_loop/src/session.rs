@@ -206,8 +206,13 @@ impl<E: Env> Runner<E> {
     async fn run(mut self, request: StartRequest, mut inbox: mpsc::Receiver<Command>) {
         let started = Instant::now();
         if let Some(setup) = self.env.tools() {
-            match Workspace::open(&setup.root, &self.sid, setup.isolation.clone()) {
-                Ok(ws) => self.workspace = Some(ws),
+            let (root, isolation, plain_http) =
+                (setup.root.clone(), setup.isolation.clone(), setup.git_http_hosts.clone());
+            match Workspace::open(&root, &self.sid, isolation) {
+                Ok(ws) => {
+                    self.prepare(&ws, &request, &plain_http).await;
+                    self.workspace = Some(ws);
+                }
                 Err(e) => {
                     tracing::error!(conversation_id = %self.sid, error = %e, "no workspace: the agent works without tools")
                 }
@@ -424,6 +429,38 @@ impl<E: Env> Runner<E> {
             completion_tokens: completion.usage.completion_tokens,
         };
         self.monitor(ReportLlmUsage { usage }).await;
+    }
+
+    /// A new workspace: the conversation's selected repository cloned (with the user's token
+    /// for its provider), or an empty repository. A failed clone is told to the client; the
+    /// agent works in an empty workspace then.
+    async fn prepare(&mut self, ws: &Workspace, request: &StartRequest, plain_http: &[String]) {
+        let metadata = self.metadata().await.ok().flatten();
+        let repository = metadata.as_ref().and_then(|m| m.selected_repository.clone()).filter(|r| !r.is_empty());
+        let clone = repository.map(|repo| {
+            let m = metadata.as_ref().expect("a repository comes with its metadata");
+            let provider = m.git_provider.clone().unwrap_or_else(|| "github".to_owned());
+            let token = request.provider_tokens.get(&provider);
+            crate::runtime::Clone::of(
+                &repo,
+                &provider,
+                token.and_then(|t| t.token.as_deref()),
+                token.and_then(|t| t.host.as_deref()),
+                m.selected_branch.as_deref(),
+                plain_http,
+            )
+        });
+        if let Err(why) = ws.prepare(clone.as_ref()).await {
+            let text = match &clone {
+                Some(c) => format!("cannot clone {}: {why}", c.url),
+                None => format!("cannot make the workspace a git repository: {why}"),
+            };
+            tracing::warn!(conversation_id = %self.sid, error = %text, "workspace not prepared");
+            self.env.broadcast(&self.sid, &events::status_update("error", "STATUS$ERROR", &text));
+            if clone.is_some() {
+                let _ = ws.prepare(None).await;
+            }
+        }
     }
 
     /// Ends the turn in `error`, with the status the web client shows for `id`.

@@ -66,6 +66,8 @@ pub struct ToolSetup {
     pub max_iterations: usize,
     /// How commands are isolated.
     pub isolation: crate::runtime::Isolation,
+    /// Git hosts cloned over plain HTTP (an internal server); all others over HTTPS.
+    pub git_http_hosts: Vec<String>,
 }
 
 /// Limits of tool execution (the manager's config).
