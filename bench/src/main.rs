@@ -22,7 +22,7 @@
 //! 9. integrations: signed 10 KiB GitHub deliveries verified and stored per second (p99 of
 //!    the acknowledgement), and the delay from a delivery to the agent's answer posted on the
 //!    (fake) GitHub with the fake LLM;
-//! 10. the agent's tools with the local runtime: a command's start to its observation, the
+//! 10. the agent's tools (local runtime, then bubblewrap): a command's start to its observation, the
 //!     tool round trip (the model's call → the observation stored), and 20 conversations
 //!     running commands at once (host RSS and CPU).
 //!
@@ -650,19 +650,25 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Section 10: the local runtime under the agent's tools.
+/// Section 10: the agent's tools, with each runtime.
 fn tools_load(bin: &Path, work: &Path, oss_profile: &Path) {
+    for runtime in ["local", "bubblewrap"] {
+        tools_load_with(bin, work, oss_profile, runtime);
+    }
+}
+
+fn tools_load_with(bin: &Path, work: &Path, oss_profile: &Path, runtime: &str) {
     use oh_e2e::llm::FakeLlm;
     const CONCURRENT: usize = 20;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    println!("\n10. the agent's tools, local runtime");
+    println!("\n10. the agent's tools, runtime = {runtime}");
     let base_profile = std::fs::read_to_string(oss_profile).unwrap();
     let profile = work.join("plugins.tools.toml");
     std::fs::write(
         &profile,
         format!(
             "{base_profile}[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n\
-             config = {{ runtime = \"local\", max_concurrent_conversations = 100 }}\n"
+             config = {{ runtime = \"{runtime}\", max_concurrent_conversations = 100 }}\n"
         ),
     )
     .unwrap();
