@@ -36,6 +36,16 @@ fn unreachable(what: &str, e: reqwest::Error) -> PluginError {
     PluginError::unavailable(format!("{what}: {e}"))
 }
 
+/// Sends `request`; its response when it succeeded, else the failure, named by `what`.
+async fn send(what: &str, request: reqwest::RequestBuilder) -> Result<reqwest::Response, PluginError> {
+    let r = request.send().await.map_err(|e| unreachable(what, e))?;
+    if r.status().is_success() {
+        Ok(r)
+    } else {
+        Err(failure(what, r).await)
+    }
+}
+
 pub(crate) struct GitHub {
     http: reqwest::Client,
     api: String,
@@ -75,17 +85,12 @@ impl GitHub {
             }
         }
         let what = "GitHub installation token";
-        let r = self
+        let request = self
             .http
             .post(format!("{}/app/installations/{installation}/access_tokens", self.api))
             .bearer_auth(self.app_jwt()?)
-            .header("accept", "application/vnd.github+json")
-            .send()
-            .await
-            .map_err(|e| unreachable(what, e))?;
-        if !r.status().is_success() {
-            return Err(failure(what, r).await);
-        }
+            .header("accept", "application/vnd.github+json");
+        let r = send(what, request).await?;
         let t: InstallationToken = r.json().await.map_err(|e| unreachable(what, e))?;
         let left = chrono::DateTime::parse_from_rfc3339(&t.expires_at)
             .map(|at| (at.timestamp() - chrono::Utc::now().timestamp() - 60).max(0) as u64)
@@ -137,17 +142,12 @@ impl Slack {
     /// Replies in the thread of `thread_ts` in `channel`.
     pub(crate) async fn reply(&self, channel: &str, thread_ts: &str, text: &str) -> Result<(), PluginError> {
         let what = "Slack chat.postMessage";
-        let r = self
+        let request = self
             .http
             .post(format!("{}/chat.postMessage", self.api))
             .bearer_auth(&self.bot_token)
-            .json(&json!({ "channel": channel, "thread_ts": thread_ts, "text": text }))
-            .send()
-            .await
-            .map_err(|e| unreachable(what, e))?;
-        if !r.status().is_success() {
-            return Err(failure(what, r).await);
-        }
+            .json(&json!({ "channel": channel, "thread_ts": thread_ts, "text": text }));
+        let r = send(what, request).await?;
         // Slack answers 200 with {"ok": false, "error"} for refusals.
         let answer: Value = r.json().await.map_err(|e| unreachable(what, e))?;
         if answer["ok"] != true {
@@ -174,19 +174,12 @@ impl GitLab {
 
     /// A note on issue or merge request `iid` (`kind`: `issues` or `merge_requests`).
     pub(crate) async fn note(&self, project: i64, kind: &str, iid: i64, body: &str) -> Result<(), PluginError> {
-        let what = "GitLab note";
-        let r = self
+        let request = self
             .http
             .post(format!("{}/api/v4/projects/{project}/{kind}/{iid}/notes", self.base))
             .header("PRIVATE-TOKEN", &self.token)
-            .json(&json!({ "body": body }))
-            .send()
-            .await
-            .map_err(|e| unreachable(what, e))?;
-        if !r.status().is_success() {
-            return Err(failure(what, r).await);
-        }
-        Ok(())
+            .json(&json!({ "body": body }));
+        send("GitLab note", request).await.map(drop)
     }
 }
 
@@ -205,17 +198,12 @@ impl Jira {
     }
 
     pub(crate) async fn comment(&self, issue_key: &str, body: &str) -> Result<(), PluginError> {
-        let what = "Jira comment";
         let request = self.http.post(format!("{}/rest/api/2/issue/{issue_key}/comment", self.base));
         let request = match &self.email {
             Some(email) => request.basic_auth(email, Some(&self.token)),
             None => request.bearer_auth(&self.token),
         };
-        let r = request.json(&json!({ "body": body })).send().await.map_err(|e| unreachable(what, e))?;
-        if !r.status().is_success() {
-            return Err(failure(what, r).await);
-        }
-        Ok(())
+        send("Jira comment", request.json(&json!({ "body": body }))).await.map(drop)
     }
 }
 
@@ -234,17 +222,12 @@ impl Linear {
     pub(crate) async fn comment(&self, issue_id: &str, body: &str) -> Result<(), PluginError> {
         let what = "Linear commentCreate";
         let query = "mutation CommentCreate($input: CommentCreateInput!) { commentCreate(input: $input) { success } }";
-        let r = self
+        let request = self
             .http
             .post(format!("{}/graphql", self.api))
             .header("authorization", &self.key)
-            .json(&json!({ "query": query, "variables": { "input": { "issueId": issue_id, "body": body } } }))
-            .send()
-            .await
-            .map_err(|e| unreachable(what, e))?;
-        if !r.status().is_success() {
-            return Err(failure(what, r).await);
-        }
+            .json(&json!({ "query": query, "variables": { "input": { "issueId": issue_id, "body": body } } }));
+        let r = send(what, request).await?;
         let answer: Value = r.json().await.map_err(|e| unreachable(what, e))?;
         if answer["data"]["commentCreate"]["success"] != true {
             return Err(PluginError::internal(format!("{what}: {}", answer["errors"])));
