@@ -40,6 +40,9 @@ pub struct ManagerConfig {
     pub sandbox_cpu_secs: u64,
     /// bubblewrap: memory (address space) a command's processes may each map, in MiB.
     pub sandbox_memory_mb: u64,
+    /// bubblewrap: processes a command may have at once, itself and all it starts (a pids
+    /// cgroup per command; needs a writable cgroup hierarchy). 0: no bound.
+    pub sandbox_max_processes: u64,
     /// Git hosts (`host[:port]`) a selected repository is cloned from over plain HTTP (an
     /// internal server); all others over HTTPS.
     pub git_http_hosts: Vec<String>,
@@ -70,6 +73,7 @@ impl Default for ManagerConfig {
             sandbox_network: false,
             sandbox_cpu_secs: 600,
             sandbox_memory_mb: 4096,
+            sandbox_max_processes: 512,
             git_http_hosts: Vec::new(),
             workspace_root: None,
             command_timeout_secs: 120,
@@ -114,10 +118,19 @@ impl ManagerConfig {
             "bubblewrap" => {
                 crate::runtime::bubblewrap_works()
                     .map_err(|e| plugin_sdk::PluginError::invalid_config(format!("runtime = \"bubblewrap\": {e}")))?;
+                if self.sandbox_max_processes > 0 {
+                    crate::runtime::PidsCgroup::available().map_err(|e| {
+                        plugin_sdk::PluginError::invalid_config(format!(
+                            "sandbox_max_processes = {} needs a pids cgroup for each command, and {e}: run the host as root (or in a delegated cgroup), or set sandbox_max_processes = 0",
+                            self.sandbox_max_processes
+                        ))
+                    })?;
+                }
                 crate::runtime::Isolation::Bubblewrap {
                     network: self.sandbox_network,
                     cpu_secs: self.sandbox_cpu_secs.max(1),
                     memory_mb: self.sandbox_memory_mb.max(64),
+                    max_processes: self.sandbox_max_processes,
                 }
             }
             other => {

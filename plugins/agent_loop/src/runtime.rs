@@ -17,21 +17,33 @@ use tokio::io::AsyncReadExt as _;
 pub enum Isolation {
     /// A shell of the host's user in the workspace.
     Local,
-    /// bubblewrap (`bwrap`), with `prlimit` bounding CPU seconds and memory (address space).
-    Bubblewrap { network: bool, cpu_secs: u64, memory_mb: u64 },
+    /// bubblewrap (`bwrap`), with `prlimit` bounding CPU seconds and memory (address space),
+    /// and a pids cgroup bounding the processes (0: no bound).
+    Bubblewrap { network: bool, cpu_secs: u64, memory_mb: u64, max_processes: u64 },
 }
 
 impl Isolation {
-    /// The program and arguments that run `script` (bash) in `root`.
-    fn command(&self, root: &Path, script: &str) -> tokio::process::Command {
+    /// The program and arguments that run `script` (bash) in `root`; with `cgroup`, a shell
+    /// first moves itself into it (`cgroup.procs`), then becomes the sandbox, so nothing the
+    /// command starts is outside the cgroup.
+    fn command(&self, root: &Path, script: &str, cgroup: Option<&Path>) -> tokio::process::Command {
         match self {
             Isolation::Local => {
                 let mut c = tokio::process::Command::new("bash");
                 c.arg("-c").arg(script);
                 c
             }
-            Isolation::Bubblewrap { network, cpu_secs, memory_mb } => {
-                let mut c = tokio::process::Command::new("bwrap");
+            Isolation::Bubblewrap { network, cpu_secs, memory_mb, .. } => {
+                let mut c = match cgroup {
+                    Some(procs) => {
+                        let mut c = tokio::process::Command::new("sh");
+                        c.args(["-c", "echo $$ > \"$1\" || exit 125; shift; exec \"$@\"", "sh"])
+                            .arg(procs)
+                            .arg("bwrap");
+                        c
+                    }
+                    None => tokio::process::Command::new("bwrap"),
+                };
                 // In order: later mounts go on top (the workspace may be under /tmp).
                 c.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
                     .arg("--bind")
@@ -52,6 +64,98 @@ impl Isolation {
                     .args(["--", "bash", "-c", script]);
                 c
             }
+        }
+    }
+
+    fn max_processes(&self) -> u64 {
+        match self {
+            Isolation::Bubblewrap { max_processes, .. } => *max_processes,
+            Isolation::Local => 0,
+        }
+    }
+}
+
+/// A pids cgroup for one command: it and everything it starts may be at most `pids.max`
+/// processes (a fork bomb fails to fork instead of filling the machine). Under
+/// `/sys/fs/cgroup/pids/oh-host` (cgroup v1) or `/sys/fs/cgroup/oh-host` (v2 with the pids
+/// controller). Removed when dropped, after killing what is left in it.
+pub struct PidsCgroup {
+    dir: PathBuf,
+}
+
+impl PidsCgroup {
+    /// The directory the commands' cgroups are made in, made if missing.
+    fn base() -> Result<PathBuf, String> {
+        let v1 = Path::new("/sys/fs/cgroup/pids");
+        let v2 = Path::new("/sys/fs/cgroup");
+        let base = if v1.join("cgroup.procs").exists() {
+            v1.join("oh-host")
+        } else if std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"))
+        {
+            let base = v2.join("oh-host");
+            std::fs::create_dir_all(&base).map_err(|e| format!("cannot make {}: {e}", base.display()))?;
+            let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+pids");
+            std::fs::write(base.join("cgroup.subtree_control"), "+pids")
+                .map_err(|e| format!("cannot enable the pids controller in {}: {e}", base.display()))?;
+            base
+        } else {
+            return Err("no pids cgroup controller is mounted under /sys/fs/cgroup".to_owned());
+        };
+        std::fs::create_dir_all(&base).map_err(|e| format!("cannot make {}: {e}", base.display()))?;
+        Ok(base)
+    }
+
+    /// A new cgroup allowing `max` processes.
+    pub fn create(max: u64) -> Result<PidsCgroup, String> {
+        let mut id = [0u8; 8];
+        getrandom_id(&mut id);
+        let dir = Self::base()?.join(id.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        std::fs::create_dir(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+        let cgroup = PidsCgroup { dir };
+        std::fs::write(cgroup.dir.join("pids.max"), max.to_string())
+            .map_err(|e| format!("cannot set pids.max in {}: {e}", cgroup.dir.display()))?;
+        Ok(cgroup)
+    }
+
+    /// Whether commands can be given a pids cgroup here (root, or a delegated hierarchy).
+    pub fn available() -> Result<(), String> {
+        Self::create(8).map(drop)
+    }
+
+    fn procs(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        // A cgroup can only go once empty.
+        for _ in 0..50 {
+            let pids = std::fs::read_to_string(self.procs()).unwrap_or_default();
+            let pids: Vec<&str> = pids.split_whitespace().collect();
+            if pids.is_empty() && std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            if !pids.is_empty() {
+                let _ = std::process::Command::new("kill").arg("-KILL").args(&pids).stderr(Stdio::null()).status();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::warn!(cgroup = %self.dir.display(), "a command's cgroup could not be removed");
+    }
+}
+
+/// Random bytes for a name (the time, when the system has no randomness to give).
+fn getrandom_id(buf: &mut [u8]) {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = (nanos >> (i * 8)) as u8 ^ (std::process::id() >> (i % 4 * 8)) as u8;
+    }
+    let mut extra = [0u8; 8];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut extra)).is_ok() {
+        for (b, e) in buf.iter_mut().zip(extra) {
+            *b ^= e;
         }
     }
 }
@@ -224,9 +328,13 @@ impl Workspace {
         max_output: usize,
         stop: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<Ran> {
+        let cgroup = match self.isolation.max_processes() {
+            0 => None,
+            max => Some(PidsCgroup::create(max).map_err(std::io::Error::other)?),
+        };
         let mut child = self
             .isolation
-            .command(&self.root, &format!("exec 2>&1\n{command}"))
+            .command(&self.root, &format!("exec 2>&1\n{command}"), cgroup.as_ref().map(|c| c.procs()).as_deref())
             .current_dir(&self.root)
             .env("HOME", &self.root)
             .stdin(Stdio::null())
@@ -238,8 +346,8 @@ impl Workspace {
         let pid = child.id();
         let mut stdout = child.stdout.take().expect("piped");
         let mut total = 0usize;
+        let mut buf = Vec::new();
         let read = async {
-            let mut buf = Vec::new();
             let mut chunk = [0u8; 8192];
             loop {
                 let n = stdout.read(&mut chunk).await?;
@@ -253,20 +361,21 @@ impl Workspace {
                 }
             }
             let status = child.wait().await?;
-            Ok::<_, std::io::Error>((buf, status))
+            Ok::<_, std::io::Error>(status)
         };
         let outcome = tokio::select! {
             r = read => Ok(r?),
             () = tokio::time::sleep(timeout) => Err("timed out"),
             () = stop => Err("stopped"),
         };
-        let (buf, exit_code, killed) = match outcome {
-            Ok((buf, status)) => (buf, status.code().unwrap_or(-1), None),
+        // A killed command keeps what it printed until then.
+        let (exit_code, killed) = match outcome {
+            Ok(status) => (status.code().unwrap_or(-1), None),
             Err(why) => {
                 if let Some(pid) = pid {
                     kill_group(pid).await;
                 }
-                (Vec::new(), -1, Some(why))
+                (-1, Some(why))
             }
         };
         let text = String::from_utf8_lossy(&buf);
@@ -276,6 +385,7 @@ impl Workspace {
         } else {
             text.into_owned()
         };
+        drop(cgroup); // what the command left running goes with it
         Ok(Ran { exit_code, output, killed })
     }
 }
@@ -338,7 +448,7 @@ mod tests {
     async fn the_sandbox_keeps_the_system_read_only_the_network_out_and_its_own_pids() {
         bubblewrap_works().expect("bubblewrap (apt-get install bubblewrap)");
         let dir = tempfile::tempdir().unwrap();
-        let sandbox = Isolation::Bubblewrap { network: false, cpu_secs: 10, memory_mb: 1024 };
+        let sandbox = Isolation::Bubblewrap { network: false, cpu_secs: 10, memory_mb: 1024, max_processes: 0 };
         let ws = Workspace::open(dir.path(), "5a4db0c", sandbox).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -356,12 +466,25 @@ mod tests {
         assert!(!Path::new("/etc/oh-sandbox-probe").exists());
         assert_eq!(std::fs::read_to_string(ws.root().join("mine.txt")).unwrap(), "inside\n");
         // CPU time is bounded: a busy loop dies of SIGXCPU/SIGKILL well before the timeout.
-        let bounded = Isolation::Bubblewrap { network: false, cpu_secs: 1, memory_mb: 1024 };
+        let bounded = Isolation::Bubblewrap { network: false, cpu_secs: 1, memory_mb: 1024, max_processes: 0 };
         let ws = Workspace::open(dir.path(), "b0unded", bounded).unwrap();
         let started = std::time::Instant::now();
         let spin = ws.run("while :; do :; done", Duration::from_secs(30), 100, std::future::pending()).await.unwrap();
         assert_ne!(spin.exit_code, 0);
         assert!(spin.killed.is_none() && started.elapsed() < Duration::from_secs(15), "{spin:?}");
+    }
+
+    #[tokio::test]
+    async fn a_sandboxed_command_cannot_start_more_processes_than_allowed() {
+        PidsCgroup::available().expect("a writable pids cgroup (root)");
+        let dir = tempfile::tempdir().unwrap();
+        let bounded = Isolation::Bubblewrap { network: false, cpu_secs: 30, memory_mb: 1024, max_processes: 20 };
+        let ws = Workspace::open(dir.path(), "f0rk", bounded).unwrap();
+        // 200 forks of children that sleep a second (harmless without the bound): most fail.
+        let script = "perl -e 'my $n = 0; for (1..200) { my $p = fork(); next unless defined $p; if ($p == 0) { sleep 1; exit 0 } $n++ } print \"forked $n\\n\"'";
+        let ran = ws.run(script, Duration::from_secs(30), 10_000, std::future::pending()).await.unwrap();
+        let forked: usize = ran.output.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(999);
+        assert!((1..20).contains(&forked), "{forked} forks: {}", ran.output);
     }
 
     #[tokio::test]
