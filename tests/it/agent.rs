@@ -531,6 +531,27 @@ async fn with_a_local_runtime_the_agent_edits_files_runs_commands_and_finishes()
     assert_eq!(changes.json(), json!([{ "status": "A", "path": "notes/hello.txt" }]), "{}", changes.text);
     let diff = host.get(&format!("{base}/git/diff?path=notes/hello.txt")).await;
     assert_eq!(diff.json(), json!({ "modified": "hi from the agent\n", "original": "" }));
+
+    // The web client's upload: files land in the workspace's root, by name only.
+    let body = "--b0undary\r\nContent-Disposition: form-data; name=\"files\"; filename=\"data.csv\"\r\n\r\nx,y\n1,2\n\r\n\
+                --b0undary\r\nContent-Disposition: form-data; name=\"files\"; filename=\"../../escape.txt\"\r\n\r\nnope\r\n\
+                --b0undary--\r\n";
+    let uploaded = host
+        .send(
+            host.http
+                .post(host.url(&format!("{base}/upload-files")))
+                .header("content-type", "multipart/form-data; boundary=b0undary")
+                .body(body),
+        )
+        .await;
+    assert_eq!(
+        uploaded.json(),
+        json!({ "uploaded_files": ["data.csv", "escape.txt"], "skipped_files": [] }),
+        "{}",
+        uploaded.text
+    );
+    assert_eq!(std::fs::read_to_string(workspace.join("data.csv")).unwrap(), "x,y\n1,2\n");
+    assert!(workspace.join("escape.txt").exists() && !workspace.parent().unwrap().join("escape.txt").exists());
 }
 
 #[tokio::test]

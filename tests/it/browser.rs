@@ -417,3 +417,52 @@ async fn saas_billing_buys_credits_through_checkout_and_shows_the_balance() {
         )
         .await;
 }
+
+#[tokio::test]
+async fn the_agents_commands_show_in_the_terminal_tab_and_its_files_in_the_changes_tab() {
+    let Some(frontend) = frontend_dir() else { return };
+    let llm = FakeLlm::start().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile(
+        "",
+        "[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n\
+         config = { llm_retry_initial_ms = 20, llm_max_retries = 0, runtime = \"bubblewrap\" }\n",
+    );
+    let host = d.start_with_env(&[("FRONTEND_DIRECTORY", frontend.to_str().unwrap())]);
+    let settings = json!({ "llm_model": "openai/gpt-4o", "llm_base_url": llm.base_url, "llm_api_key": "sk-test-key",
+                           "user_consents_to_analytics": false });
+    assert_eq!(host.post_json("/api/settings", &settings).await.status, 200);
+    llm.push([
+        Reply::Tools(vec![(
+            "str_replace_editor".into(),
+            json!({ "command": "create", "path": "notes/todo.md", "file_text": "- ship it\n" }),
+        )]),
+        Reply::Tools(vec![("execute_bash".into(), json!({ "command": "echo terminal-says-$((6*7))" }))]),
+        Reply::Tools(vec![("finish".into(), json!({ "message": "Wrote the notes." }))]),
+    ]);
+    let browser = Browser::start("agent_tools").await;
+    let base = host.base.clone();
+    new_conversation(&browser, &base, "write the notes").await;
+    // The chat shows the agent's actions and its last word.
+    browser.wait_text("Wrote the notes.").await;
+
+    // The Terminal tab: the command and its output.
+    browser.click("[aria-label='Terminal (read-only)']").await;
+    browser
+        .wait_until(
+            "the command's output in the terminal",
+            "const t = document.querySelector('.xterm'); return t && t.innerText.includes('terminal-says-42')",
+        )
+        .await;
+    // The Changes tab: the file the agent made, in the tab's own diff viewer (its path
+    // alone would also match the chat's "I edited the file …").
+    browser.click("[aria-label='Changes']").await;
+    browser
+        .wait_until(
+            "the changed file in the Changes tab",
+            "const v = document.querySelector('[data-testid=file-diff-viewer-outer]'); return v && v.innerText.includes('notes/todo.md')",
+        )
+        .await;
+    browser.assert_no_unexpected_errors(&base, EXPECTED).await;
+}

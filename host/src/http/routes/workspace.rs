@@ -225,14 +225,79 @@ async fn git_diff(
     Ok(Json(json!({ "modified": modified, "original": original })))
 }
 
-/// The body is not read: there is no workspace to put files in.
+/// `multipart/form-data` files (field `files`) into the workspace's root:
+/// `{"uploaded_files": [names], "skipped_files": [{"name", "reason"}]}` as OpenHands answers.
+/// Without a workspace, OpenHands' 404.
 async fn upload_files(
     State(state): State<AppState>,
     caller: Caller,
     ConversationId(id): ConversationId,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
-    exists(&state, &caller, &id).await?;
-    Err(ApiError::not_found("Runtime not yet initialized"))
+    let Some(root) = workspace(&state, &caller, &id).await? else {
+        return Err(ApiError::not_found("Runtime not yet initialized"));
+    };
+    let content_type = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let boundary = content_type
+        .strip_prefix("multipart/form-data")
+        .and_then(|rest| rest.split(';').find_map(|p| p.trim().strip_prefix("boundary=")))
+        .map(|b| b.trim_matches('"').to_owned())
+        .ok_or_else(|| ApiError::bad_request("expected multipart/form-data with a boundary (field `files`)"))?;
+    let mut uploaded = Vec::new();
+    let mut skipped = Vec::new();
+    for (name, file, content) in multipart_files(&body, &boundary) {
+        if name != "files" {
+            continue;
+        }
+        // A name, not a path: nothing lands outside the workspace's root.
+        let Some(file) =
+            Path::new(&file).file_name().map(|f| f.to_string_lossy().into_owned()).filter(|f| f != "." && f != "..")
+        else {
+            skipped.push(json!({ "name": file, "reason": "not a file name" }));
+            continue;
+        };
+        match std::fs::write(root.join(&file), content) {
+            Ok(()) => uploaded.push(json!(file)),
+            Err(e) => skipped.push(json!({ "name": file, "reason": e.to_string() })),
+        }
+    }
+    Ok(Json(json!({ "uploaded_files": uploaded, "skipped_files": skipped })))
+}
+
+/// The parts of a `multipart/form-data` body that carry a file: (field name, file name, bytes).
+fn multipart_files<'a>(body: &'a [u8], boundary: &str) -> Vec<(String, String, &'a [u8])> {
+    let delimiter = format!("--{boundary}").into_bytes();
+    let find =
+        |from: usize, needle: &[u8]| body[from..].windows(needle.len()).position(|w| w == needle).map(|p| p + from);
+    let mut parts = Vec::new();
+    let Some(mut at) = find(0, &delimiter) else { return parts };
+    loop {
+        let start = at + delimiter.len();
+        if body[start..].starts_with(b"--") {
+            break; // the closing delimiter
+        }
+        let Some(next) = find(start, &delimiter) else { break };
+        // The part: CRLF, headers, a blank line, the content, CRLF before the next delimiter.
+        let part = &body[start..next];
+        let part = part.strip_prefix(b"\r\n").unwrap_or(part);
+        let part = part.strip_suffix(b"\r\n").unwrap_or(part);
+        if let Some(split) = part.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&part[..split]);
+            let disposition = head.lines().find(|l| l.to_ascii_lowercase().starts_with("content-disposition:"));
+            let param = |key: &str| {
+                disposition.and_then(|d| {
+                    d.split(';')
+                        .find_map(|p| p.trim().strip_prefix(&format!("{key}=")).map(|v| v.trim_matches('"').to_owned()))
+                })
+            };
+            if let (Some(name), Some(file)) = (param("name"), param("filename")) {
+                parts.push((name, file, &part[split + 4..]));
+            }
+        }
+        at = next;
+    }
+    parts
 }
 
 async fn microagents(
@@ -311,4 +376,22 @@ async fn submit_feedback(
         "statusCode": 200,
         "body": { "message": "Feedback stored", "feedback_id": feedback_id, "password": "" },
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::multipart_files;
+
+    #[test]
+    fn multipart_file_parts_are_read_whole() {
+        let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\nline 1\r\nline 2\r\n--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nnot a file\r\n--XyZ\r\nContent-Disposition: form-data; name=\"files\"; filename=\"b.bin\"\r\n\r\n\x00\x01--X\r\n--XyZ--\r\n";
+        let parts = multipart_files(body, "XyZ");
+        assert_eq!(parts.len(), 2);
+        assert_eq!(
+            (parts[0].0.as_str(), parts[0].1.as_str(), parts[0].2),
+            ("files", "a.txt", &b"line 1\r\nline 2"[..])
+        );
+        assert_eq!((parts[1].1.as_str(), parts[1].2), ("b.bin", &b"\x00\x01--X"[..]));
+        assert!(multipart_files(b"garbage", "XyZ").is_empty());
+    }
 }
