@@ -142,7 +142,15 @@ async fn a_corrupt_file_fails_its_request_and_nothing_else() {
     assert_eq!(broken.status, 500);
     let message = broken.json()["error"].as_str().unwrap().to_owned();
     assert!(message.contains("metadata.json") && message.contains("corrupt"), "{message}");
-    assert!(host.log().contains(&path.display().to_string()), "the log must name the file:\n{}", host.log());
+    // The log is read from the host's stderr by another thread: give the line a moment.
+    let named = path.display().to_string();
+    for _ in 0..50 {
+        if host.log().contains(&named) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(host.log().contains(&named), "the log must name the file:\n{}", host.log());
     // Everything else still works.
     let page = host.get("/api/conversations").await;
     assert_eq!(page.status, 200);

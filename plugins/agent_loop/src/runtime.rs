@@ -318,6 +318,39 @@ impl Workspace {
         Ok(out)
     }
 
+    /// Where the shell's state between commands is kept: the working directory and the
+    /// exported variables (inside `.git` when the workspace is a repository, so they are not
+    /// among its changes).
+    fn state_dir(&self) -> PathBuf {
+        let git = self.root.join(".git");
+        if git.is_dir() {
+            git.join("oh-shell")
+        } else {
+            self.root.join(".oh-shell")
+        }
+    }
+
+    /// `command` as one step of a shell session: it starts where the previous command left
+    /// (its directory, its exported variables, as OpenHands' persistent bash session does),
+    /// and what it leaves is kept for the next.
+    fn session_script(&self, command: &str) -> String {
+        let state = self.state_dir();
+        let _ = std::fs::create_dir_all(&state);
+        let (cwd, env) = (state.join("cwd"), state.join("env"));
+        let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+        format!(
+            "exec 2>&1\n\
+             [ -f {env} ] && . {env} 2>/dev/null\n\
+             __oh_cwd=$(cat {cwd} 2>/dev/null); cd \"${{__oh_cwd:-.}}\" 2>/dev/null || cd {root}\n\
+             unset __oh_cwd\n\
+             trap 'pwd > {cwd}; export -p > {env}' EXIT\n\
+             {command}",
+            cwd = q(&cwd),
+            env = q(&env),
+            root = q(&self.root),
+        )
+    }
+
     /// Runs `command` with bash in the workspace, stdout and stderr together, at most
     /// `max_output` characters kept (the rest noted), killed (its whole process group) after
     /// `timeout` or when `stop` fires.
@@ -334,7 +367,7 @@ impl Workspace {
         };
         let mut child = self
             .isolation
-            .command(&self.root, &format!("exec 2>&1\n{command}"), cgroup.as_ref().map(|c| c.procs()).as_deref())
+            .command(&self.root, &self.session_script(command), cgroup.as_ref().map(|c| c.procs()).as_deref())
             .current_dir(&self.root)
             .env("HOME", &self.root)
             .stdin(Stdio::null())
@@ -496,6 +529,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((ran.exit_code, ran.output.as_str(), ran.killed), (3, "hi\noops\n", None));
+        // One session: the directory and exported variables carry over to the next command.
+        ws.run("mkdir -p sub && cd sub && export GREETING=hello", Duration::from_secs(10), 1000, never())
+            .await
+            .unwrap();
+        let next = ws.run("pwd; echo $GREETING", Duration::from_secs(10), 1000, never()).await.unwrap();
+        assert_eq!(next.output, format!("{}\nhello\n", ws.root().join("sub").display()));
         let long = ws.run("yes | head -c 5000", Duration::from_secs(10), 100, never()).await.unwrap();
         assert!(
             long.output.ends_with("[... output truncated: the first 100 characters of 5000 bytes are shown]"),
