@@ -54,6 +54,17 @@ const ROUTES: &[(&str, &str)] = &[
     ("linear", "/integration/linear/events"),
 ];
 
+fn source_of<'a>(c: &'a Config, name: &str) -> &'a config::Source {
+    match name {
+        "github" => &c.github,
+        "gitlab" => &c.gitlab,
+        "slack" => &c.slack,
+        "jira" => &c.jira,
+        "jira_dc" => &c.jira_dc,
+        _ => &c.linear,
+    }
+}
+
 pub struct Integrations {
     config: Config,
     hub: Arc<work::Hub>,
@@ -143,9 +154,12 @@ impl Integrations {
         let limiter = ratelimit::Limiter::new(&c.redis_url(), c.redis_key_prefix.clone(), c.rate_limit_per_minute)?;
         // Inbox workers (two by default: one slow provider call does not hold the rest) and
         // the one that posts answers.
+        // None at all when no source is enabled: the plugin then only serves its routes.
+        let any_source = ROUTES.iter().any(|(name, _)| source_of(&c, name).on());
+        let workers = if any_source { c.workers } else { 0 };
         let tasks = plugin_sdk::enter_runtime(|| {
-            let mut tasks: Vec<_> = (0..c.workers).map(|_| tokio::spawn(hub.clone().deliveries())).collect();
-            if c.workers > 0 {
+            let mut tasks: Vec<_> = (0..workers).map(|_| tokio::spawn(hub.clone().deliveries())).collect();
+            if workers > 0 {
                 tasks.push(tokio::spawn(hub.clone().callbacks()));
             }
             tasks
@@ -154,14 +168,7 @@ impl Integrations {
     }
 
     fn source(&self, name: &str) -> &config::Source {
-        match name {
-            "github" => &self.config.github,
-            "gitlab" => &self.config.gitlab,
-            "slack" => &self.config.slack,
-            "jira" => &self.config.jira,
-            "jira_dc" => &self.config.jira_dc,
-            _ => &self.config.linear,
-        }
+        source_of(&self.config, name)
     }
 
     /// Checks a delivery of `source` and reads its id and event type.

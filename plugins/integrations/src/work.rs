@@ -454,17 +454,24 @@ impl Hub {
     pub(crate) async fn callbacks(self: Arc<Self>) {
         self.host_up().await;
         loop {
-            if let Err(e) = self.callbacks_once().await {
-                tracing::warn!(error = %e, "conversation callbacks unavailable");
-            }
+            // While answers are awaited, look often; with none, once a second (a start rings).
+            let pause = match self.callbacks_once().await {
+                Ok(0) => Duration::from_secs(1),
+                Ok(_) => Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, "conversation callbacks unavailable");
+                    Duration::from_secs(1)
+                }
+            };
             tokio::select! {
                 () = self.answers.notified() => {}
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = tokio::time::sleep(pause) => {}
             }
         }
     }
 
-    async fn callbacks_once(&self) -> Result<(), PluginError> {
+    /// Looks at the callbacks that are due; how many there were.
+    async fn callbacks_once(&self) -> Result<usize, PluginError> {
         let pool = self.inbox.db.ready().await?;
         // Claimed for a while (other hosts skip them), then looked at.
         let due = sqlx::query(
@@ -479,6 +486,7 @@ impl Hub {
         .fetch_all(pool)
         .await
         .map_err(db_error)?;
+        let count = due.len();
         for row in due {
             let (id, user, source, target, attempts, age): (String, String, String, Value, i32, f64) =
                 (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
@@ -514,7 +522,7 @@ impl Hub {
                 Err(e) => self.callback_failed(&id, &source, attempts + 1, &e.message).await?,
             }
         }
-        Ok(())
+        Ok(count)
     }
 
     async fn callback_failed(&self, id: &str, source: &str, attempts: i32, error: &str) -> Result<(), PluginError> {
