@@ -119,7 +119,21 @@ impl PidsCgroup {
     }
 
     /// Whether commands can be given a pids cgroup here (root, or a delegated hierarchy).
+    /// Also removes the empty cgroups a host killed with -9 left behind (over ten minutes
+    /// old: a command's shell joins its cgroup within milliseconds of its making).
     pub fn available() -> Result<(), String> {
+        let base = Self::base()?;
+        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let dir = entry.path();
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(600)));
+            let empty = std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty());
+            if dir.is_dir() && stale && empty {
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
         Self::create(8).map(drop)
     }
 
