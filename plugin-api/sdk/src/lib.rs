@@ -34,6 +34,7 @@ use std::future::Future;
 
 pub use export::{__call_root_module_loader, __lib_header, __root_module, parse_config, Registry};
 pub use logging::{gauge, metric, observe};
+pub mod http;
 pub mod trace;
 pub use plugin_api::{
     self, host_calls, models, AuthOutcome, AuthRequest, AuthType, CallContext, ConversationManagerObject,

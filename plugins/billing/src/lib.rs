@@ -18,8 +18,8 @@ pub mod stripe;
 use config::Config;
 use ledger::{Completed, Kind, Ledger};
 use plugin_sdk::{
+    http::{header, json, query_param, redirect, response},
     models::{Admission, LlmUsage},
-    plugin_api::abi_stable::std_types::{RString, RVec, Tuple2},
     CallContext, ErrorCode, HttpRequest, HttpResponse, PluginError, Registry, RouteSpec,
 };
 use serde::Deserialize;
@@ -29,35 +29,6 @@ use std::{
     time::Duration,
 };
 use tokio::sync::mpsc;
-
-fn response(status: u16, headers: Vec<(&str, String)>, body: Vec<u8>) -> HttpResponse {
-    HttpResponse {
-        status,
-        headers: RVec::from(
-            headers.into_iter().map(|(k, v)| Tuple2(RString::from(k), RString::from(v))).collect::<Vec<_>>(),
-        ),
-        body: body.into(),
-    }
-}
-
-fn json_response(status: u16, body: &Value) -> HttpResponse {
-    response(status, vec![("content-type", "application/json".to_owned())], body.to_string().into_bytes())
-}
-
-fn redirect(to: String) -> HttpResponse {
-    response(302, vec![("location", to)], Vec::new())
-}
-
-fn header<'a>(request: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    request.headers.iter().find(|h| h.0.eq_ignore_ascii_case(name)).map(|h| h.1.as_str())
-}
-
-fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == key).then_some(v)
-    })
-}
 
 /// Stripe object ids (`cs_test_a1B2…`) are letters, digits and underscores.
 fn stripe_id(v: Option<&str>) -> Option<&str> {
@@ -102,11 +73,11 @@ impl BillingRoutes {
 
     async fn checkout(&self, user: &str, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
         let Ok(body) = serde_json::from_slice::<CheckoutBody>(&request.body) else {
-            return Ok(json_response(422, &json!({ "error": "expected {\"amount\": <whole US dollars>}" })));
+            return Ok(json(422, &json!({ "error": "expected {\"amount\": <whole US dollars>}" })));
         };
         let amount = body.amount.as_u64().and_then(|a| u32::try_from(a).ok());
         let Some(amount) = amount.filter(|a| (self.min_purchase..=self.max_purchase).contains(a)) else {
-            return Ok(json_response(
+            return Ok(json(
                 422,
                 &json!({ "error": format!(
                     "amount must be a whole number of US dollars from {} to {}",
@@ -136,23 +107,24 @@ impl BillingRoutes {
         let Some(url) = session.url else {
             return Err(PluginError::internal("Stripe made a Checkout Session without a url"));
         };
-        Ok(json_response(200, &json!({ "redirect_url": url })))
+        Ok(json(200, &json!({ "redirect_url": url })))
     }
 
     /// The buyer is back from Stripe: ask Stripe whether it is paid, credit it (once).
     async fn success(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
-        let Some(id) = stripe_id(query_param(&request.query, "session_id")) else {
-            return Ok(json_response(400, &json!({ "error": "session_id is missing or malformed" })));
+        let given = query_param(&request.query, "session_id");
+        let Some(id) = stripe_id(given.as_deref()) else {
+            return Ok(json(400, &json!({ "error": "session_id is missing or malformed" })));
         };
         let session = self.stripe.session(id).await?;
         if session.payment_status != "paid" {
-            return Ok(json_response(
+            return Ok(json(
                 400,
                 &json!({ "error": format!("the payment is not complete (Stripe says {})", session.payment_status) }),
             ));
         }
         match self.ledger.complete_session(id, None).await? {
-            Completed::Unknown => Ok(json_response(404, &json!({ "error": "no such checkout session here" }))),
+            Completed::Unknown => Ok(json(404, &json!({ "error": "no such checkout session here" }))),
             Completed::Credited | Completed::Already => {
                 Ok(redirect(format!("{}/settings/billing?checkout=success", self.base(request))))
             }
@@ -160,7 +132,7 @@ impl BillingRoutes {
     }
 
     async fn cancel(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
-        if let Some(id) = stripe_id(query_param(&request.query, "session_id")) {
+        if let Some(id) = stripe_id(query_param(&request.query, "session_id").as_deref()) {
             self.ledger.cancel_session(id).await?;
         }
         Ok(redirect(format!("{}/settings/billing?checkout=cancel", self.base(request))))
@@ -173,13 +145,13 @@ impl BillingRoutes {
             stripe::verify(&request.body, header(request, "stripe-signature"), &self.webhook_secret, now)
         {
             tracing::warn!(reason = refused.message(), "Stripe webhook refused");
-            return Ok(json_response(400, &json!({ "error": refused.message() })));
+            return Ok(json(400, &json!({ "error": refused.message() })));
         }
         let Ok(event) = serde_json::from_slice::<Value>(&request.body) else {
-            return Ok(json_response(400, &json!({ "error": "the payload is not JSON" })));
+            return Ok(json(400, &json!({ "error": "the payload is not JSON" })));
         };
         let (Some(event_id), Some(kind)) = (stripe_id(event["id"].as_str()), event["type"].as_str()) else {
-            return Ok(json_response(400, &json!({ "error": "the event has no id or type" })));
+            return Ok(json(400, &json!({ "error": "the event has no id or type" })));
         };
         let object = &event["data"]["object"];
         let fulfils = matches!(kind, "checkout.session.completed" | "checkout.session.async_payment_succeeded");
@@ -200,7 +172,7 @@ impl BillingRoutes {
             }
         };
         tracing::info!(event = event_id, kind, outcome, "Stripe event");
-        Ok(json_response(200, &json!({ "received": true, "outcome": outcome })))
+        Ok(json(200, &json!({ "received": true, "outcome": outcome })))
     }
 }
 
@@ -228,7 +200,7 @@ impl plugin_sdk::RouteHandler for BillingRoutes {
             ("GET", "/api/billing/success", _) => self.success(&request).await,
             ("GET", "/api/billing/cancel", _) => self.cancel(&request).await,
             ("POST", "/api/billing/stripe-webhook", _) => self.webhook(&request).await,
-            (_, _, None) => Ok(json_response(401, &json!({ "error": "sign in first" }))),
+            (_, _, None) => Ok(json(401, &json!({ "error": "sign in first" }))),
             ("GET", "/api/billing/credits", Some(user)) => {
                 // The exact decimal as a JSON number (no float on the way).
                 let balance = self.ledger.balance(user).await?;
@@ -238,9 +210,9 @@ impl plugin_sdk::RouteHandler for BillingRoutes {
                     format!("{{\"credits\":{balance}}}").into_bytes(),
                 ))
             }
-            ("GET", "/api/billing/subscription-access", Some(_)) => Ok(json_response(200, &Value::Null)),
+            ("GET", "/api/billing/subscription-access", Some(_)) => Ok(json(200, &Value::Null)),
             ("POST", "/api/billing/create-checkout-session", Some(user)) => self.checkout(user, &request).await,
-            (method, path, _) => Ok(json_response(404, &json!({ "error": format!("no route {method} {path}") }))),
+            (method, path, _) => Ok(json(404, &json!({ "error": format!("no route {method} {path}") }))),
         }
     }
 

@@ -20,7 +20,7 @@ mod work;
 use config::Config;
 use inbox::Inbox;
 use plugin_sdk::{
-    plugin_api::abi_stable::std_types::{RString, RVec, Tuple2},
+    http::{header, json, json_with},
     CallContext, HttpRequest, HttpResponse, PluginError, Registry, RouteSpec, Services,
 };
 use serde_json::{json, Value};
@@ -29,20 +29,6 @@ use std::{
     time::Duration,
 };
 use verify::Refusal;
-
-fn respond(status: u16, body: &Value) -> HttpResponse {
-    respond_with(status, body, Vec::new())
-}
-
-fn respond_with(status: u16, body: &Value, extra: Vec<(&str, String)>) -> HttpResponse {
-    let mut headers = vec![Tuple2(RString::from("content-type"), RString::from("application/json"))];
-    headers.extend(extra.into_iter().map(|(k, v)| Tuple2(RString::from(k), RString::from(v))));
-    HttpResponse { status, headers: RVec::from(headers), body: body.to_string().into_bytes().into() }
-}
-
-fn header<'a>(request: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    request.headers.iter().find(|h| h.0.eq_ignore_ascii_case(name)).map(|h| h.1.as_str()).filter(|v| !v.is_empty())
-}
 
 /// The sources and their routes.
 const ROUTES: &[(&str, &str)] = &[
@@ -239,7 +225,7 @@ impl Integrations {
     async fn receive(&self, source: &str, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
         if let Some(retry_after) = self.limiter.over(source).await {
             self.hub.inbox.audit(source, None, "refused", json!({ "reason": "rate limited" })).await;
-            return Ok(respond_with(
+            return Ok(json_with(
                 429,
                 &json!({ "error": format!("too many {source} deliveries; retry in {retry_after} s") }),
                 vec![("retry-after", retry_after.to_string())],
@@ -254,26 +240,26 @@ impl Integrations {
                         .find_map(|h| header(request, h));
                 tracing::warn!(source, reason, "webhook delivery refused");
                 self.hub.inbox.audit(source, delivery, "refused", json!({ "reason": reason, "status": status })).await;
-                return Ok(respond(status, &json!({ "error": format!("{source} delivery refused: {reason}") })));
+                return Ok(json(status, &json!({ "error": format!("{source} delivery refused: {reason}") })));
             }
         };
         if source == "slack" && v.payload["type"] == "url_verification" {
             self.hub.inbox.audit(source, None, "url_verification", json!({})).await;
-            return Ok(respond(200, &json!({ "challenge": v.payload["challenge"] })));
+            return Ok(json(200, &json!({ "challenge": v.payload["challenge"] })));
         }
         let stored = self.hub.inbox.store(source, &v.delivery_id, &v.event, &v.payload).await?;
         if stored {
             self.hub.wake.notify_one();
         }
         let status = if stored { "accepted" } else { "duplicate" };
-        Ok(respond(200, &json!({ "status": status, "delivery_id": v.delivery_id })))
+        Ok(json(200, &json!({ "status": status, "delivery_id": v.delivery_id })))
     }
 
     /// A one-time code for the signed-in user to link an identity at a provider with:
     /// `<mention> link CODE` written from it.
     async fn link_code(&self, ctx: &CallContext) -> Result<HttpResponse, PluginError> {
         let Some(user) = ctx.user_id() else {
-            return Ok(respond(401, &json!({ "error": "sign in first" })));
+            return Ok(json(401, &json!({ "error": "sign in first" })));
         };
         const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
         let mut bytes = [0u8; 10];
@@ -289,7 +275,7 @@ impl Integrations {
         .await
         .map_err(pg_common::db_error)?;
         let how = format!("Comment `{} link {code}` from the account to link (GitHub, GitLab, Slack, Jira, Linear) within 10 minutes.", self.config.mention);
-        Ok(respond(200, &json!({ "code": code, "expires_in": 600, "how": how })))
+        Ok(json(200, &json!({ "code": code, "expires_in": 600, "how": how })))
     }
 
     /// The operators' routes (admin listener).
@@ -297,7 +283,7 @@ impl Integrations {
         let path = request.path.as_str();
         match (request.method.as_str(), path) {
             ("GET", "/internal/webhooks/dead-letters") => {
-                Ok(respond(200, &json!({ "dead_letters": self.hub.inbox.dead_letters().await? })))
+                Ok(json(200, &json!({ "dead_letters": self.hub.inbox.dead_letters().await? })))
             }
             ("POST", "/internal/integrations/links") => {
                 #[derive(serde::Deserialize)]
@@ -307,13 +293,13 @@ impl Integrations {
                     user_id: String,
                 }
                 let Ok(link) = serde_json::from_slice::<Link>(&request.body) else {
-                    return Ok(respond(422, &json!({ "error": "expected {provider, external_id, user_id}" })));
+                    return Ok(json(422, &json!({ "error": "expected {provider, external_id, user_id}" })));
                 };
                 if !ROUTES.iter().any(|(s, _)| *s == link.provider)
                     || link.external_id.is_empty()
                     || link.user_id.is_empty()
                 {
-                    return Ok(respond(
+                    return Ok(json(
                         422,
                         &json!({ "error": "provider must be one of github, gitlab, slack, jira, jira_dc, linear; ids not empty" }),
                     ));
@@ -339,24 +325,24 @@ impl Integrations {
                     .inbox
                     .audit(&link.provider, None, "linked", json!({ "external_id": external, "user_id": link.user_id }))
                     .await;
-                Ok(respond(200, &json!({ "linked": true })))
+                Ok(json(200, &json!({ "linked": true })))
             }
             ("POST", p) if p.starts_with("/internal/webhooks/") && p.ends_with("/replay") => {
                 let id = p.trim_start_matches("/internal/webhooks/").trim_end_matches("/replay");
                 let Ok(id) = id.parse::<i64>() else {
-                    return Ok(respond(
+                    return Ok(json(
                         400,
                         &json!({ "error": format!("`{id}` is not a delivery id (a number from the list)") }),
                     ));
                 };
                 if self.hub.inbox.replay(id).await? {
                     self.hub.wake.notify_one();
-                    Ok(respond(200, &json!({ "replayed": id })))
+                    Ok(json(200, &json!({ "replayed": id })))
                 } else {
-                    Ok(respond(404, &json!({ "error": format!("no dead letter {id}") })))
+                    Ok(json(404, &json!({ "error": format!("no dead letter {id}") })))
                 }
             }
-            _ => Ok(respond(404, &json!({ "error": "no such route" }))),
+            _ => Ok(json(404, &json!({ "error": "no such route" }))),
         }
     }
 }
@@ -392,7 +378,7 @@ impl plugin_sdk::RouteHandler for Integrations {
         }
         match ROUTES.iter().find(|(_, path)| *path == request.path.as_str()) {
             Some((source, _)) if self.source(source).on() => self.receive(source, &request).await,
-            _ => Ok(respond(404, &json!({ "error": "this integration is not enabled" }))),
+            _ => Ok(json(404, &json!({ "error": "this integration is not enabled" }))),
         }
     }
 

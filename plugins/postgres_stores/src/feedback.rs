@@ -4,10 +4,7 @@
 //! conversations of `SaasConversationStore`, only for conversations of the caller.
 
 use pg_common::{db_error, Database};
-use plugin_sdk::{
-    plugin_api::abi_stable::std_types::{RString, RVec, Tuple2},
-    CallContext, HttpRequest, HttpResponse, PluginError, RouteSpec,
-};
+use plugin_sdk::{http::json, CallContext, HttpRequest, HttpResponse, PluginError, RouteSpec};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sqlx::Row;
@@ -34,21 +31,13 @@ struct FeedbackRequest {
     metadata: Option<Map<String, Value>>,
 }
 
-fn respond(status: u16, body: &Value) -> HttpResponse {
-    HttpResponse {
-        status,
-        headers: RVec::from(vec![Tuple2(RString::from("content-type"), RString::from("application/json"))]),
-        body: body.to_string().into_bytes().into(),
-    }
-}
-
 /// FastAPI's validation answer: 422 with `detail`.
 fn invalid(message: &str) -> HttpResponse {
-    respond(422, &json!({ "detail": message }))
+    json(422, &json!({ "detail": message }))
 }
 
 fn not_found(conversation_id: &str) -> HttpResponse {
-    respond(404, &json!({ "detail": format!("Conversation {conversation_id} not found") }))
+    json(404, &json!({ "detail": format!("Conversation {conversation_id} not found") }))
 }
 
 impl SaasFeedbackRoutes {
@@ -93,7 +82,7 @@ impl SaasFeedbackRoutes {
         if stored.rows_affected() == 0 {
             return Ok(not_found(&request.conversation_id));
         }
-        Ok(respond(201, &json!({ "status": "success", "message": "Feedback submitted successfully" })))
+        Ok(json(201, &json!({ "status": "success", "message": "Feedback submitted successfully" })))
     }
 
     /// Every stored event of the conversation, with its latest rating or `{"exists": false}`.
@@ -133,7 +122,7 @@ impl SaasFeedbackRoutes {
             };
             out.insert(id.to_string(), answer);
         }
-        Ok(respond(200, &Value::Object(out)))
+        Ok(json(200, &Value::Object(out)))
     }
 }
 
@@ -162,10 +151,10 @@ impl plugin_sdk::RouteHandler for SaasFeedbackRoutes {
                     .filter(|id| !id.is_empty() && !id.contains('/'));
                 match id {
                     Some(id) => self.batch(user, id).await,
-                    None => Ok(respond(404, &json!({ "detail": "Not Found" }))),
+                    None => Ok(json(404, &json!({ "detail": "Not Found" }))),
                 }
             }
-            _ => Ok(respond(405, &json!({ "detail": "Method Not Allowed" }))),
+            _ => Ok(json(405, &json!({ "detail": "Method Not Allowed" }))),
         }
     }
 

@@ -8,9 +8,9 @@ use crate::{
     config::Sso,
     cookie_value,
     keycloak::{self, CookieClaims},
-    respond,
 };
 use plugin_sdk::{
+    http::{header, json, redirect},
     plugin_api::abi_stable::std_types::{RString, Tuple2},
     HttpRequest, HttpResponse, PluginError, RouteSpec,
 };
@@ -35,10 +35,6 @@ fn valid_email(email: &str) -> bool {
     let host_ok = !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-".contains(&b));
     let tld_ok = tld.len() >= 2 && tld.bytes().all(|b| b.is_ascii_alphabetic());
     local_ok && host_ok && tld_ok && email.len() <= 254
-}
-
-fn header<'a>(request: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    request.headers.iter().find(|h| h.0.eq_ignore_ascii_case(name)).map(|h| h.1.as_str())
 }
 
 /// The session cookie with fresh tokens (they carry the new `email` / `email_verified`), when
@@ -69,11 +65,11 @@ pub(crate) async fn handle(sso: &Sso, user: &str, request: &HttpRequest) -> Resu
     let answer = match (request.method.as_str(), request.path.as_str()) {
         ("POST", "/api/email") => {
             let Ok(update) = serde_json::from_slice::<EmailUpdate>(&request.body) else {
-                return Ok(Some(respond(422, &json!({ "detail": "expected {\"email\": \"...\"}" }))));
+                return Ok(Some(json(422, &json!({ "detail": "expected {\"email\": \"...\"}" }))));
             };
             let email = update.email.trim();
             if !valid_email(email) {
-                return Ok(Some(respond(422, &json!({ "detail": "Invalid email format" }))));
+                return Ok(Some(json(422, &json!({ "detail": "Invalid email format" }))));
             }
             let current = sso.keycloak.admin_user(user).await?;
             let fields = json!({
@@ -87,19 +83,15 @@ pub(crate) async fn handle(sso: &Sso, user: &str, request: &HttpRequest) -> Resu
             let cookie = refreshed_cookie(sso, request).await?;
             sso.keycloak.send_verify_email(user, &verified_url(sso)).await?;
             tracing::info!(user, "email address changed; verification sent");
-            with_cookie(respond(200, &json!({ "message": "Email changed" })), cookie)
+            with_cookie(json(200, &json!({ "message": "Email changed" })), cookie)
         }
         ("PUT", "/api/email/verify") => {
             sso.keycloak.send_verify_email(user, &verified_url(sso)).await?;
-            respond(200, &json!({ "message": "Email verification message sent" }))
+            json(200, &json!({ "message": "Email verification message sent" }))
         }
         ("GET", "/api/email/verified") => {
             let cookie = refreshed_cookie(sso, request).await?;
-            let mut response = respond(302, &json!({}));
-            response
-                .headers
-                .push(Tuple2(RString::from("location"), RString::from(format!("{}/settings/user", sso.web_host))));
-            with_cookie(response, cookie)
+            with_cookie(redirect(format!("{}/settings/user", sso.web_host)), cookie)
         }
         _ => return Ok(None),
     };

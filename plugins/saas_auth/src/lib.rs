@@ -24,7 +24,8 @@ mod ratelimit;
 use config::Config;
 use keys::{KeyStore, Refusal};
 use plugin_sdk::{
-    plugin_api::abi_stable::std_types::{RNone, RSome, RString, RVec, Tuple2},
+    http::json,
+    plugin_api::abi_stable::std_types::{RNone, RSome, RString, Tuple2},
     AuthOutcome, AuthRequest, AuthType, CallContext, ErrorCode, HttpRequest, HttpResponse, PluginError, Registry,
     RouteSpec,
 };
@@ -276,14 +277,6 @@ pub(crate) async fn capture(services: &plugin_sdk::Services, ctx: &CallContext, 
     }
 }
 
-pub(crate) fn respond(status: u16, body: &Value) -> HttpResponse {
-    HttpResponse {
-        status,
-        headers: RVec::from(vec![Tuple2(RString::from("content-type"), RString::from("application/json"))]),
-        body: body.to_string().into_bytes().into(),
-    }
-}
-
 impl plugin_sdk::RouteHandler for SaasAuthRoutes {
     fn routes(&self) -> Vec<RouteSpec> {
         let mut routes = vec![
@@ -309,7 +302,7 @@ impl plugin_sdk::RouteHandler for SaasAuthRoutes {
             }
         }
         let Some(user) = ctx.user_id() else {
-            return Ok(respond(401, &json!({ "error": "API keys belong to a signed-in user" })));
+            return Ok(json(401, &json!({ "error": "API keys belong to a signed-in user" })));
         };
         // Creating and revoking keys needs an interactive sign-in: a key (even one expiring
         // soon) must not mint a key that outlives it, or revoke its owner's other keys. The
@@ -321,7 +314,7 @@ impl plugin_sdk::RouteHandler for SaasAuthRoutes {
         if let Some(sso) = self.sso.as_ref().filter(|_| request.path.starts_with("/api/email")) {
             // A leaked key must not be able to move the account to another address.
             if by_key && request.method.as_str() == "POST" {
-                return Ok(respond(
+                return Ok(json(
                     403,
                     &json!({ "error": "the email address is changed from a signed-in browser session, not with an API key" }),
                 ));
@@ -331,7 +324,7 @@ impl plugin_sdk::RouteHandler for SaasAuthRoutes {
             }
         }
         if by_key && matches!(request.method.as_str(), "POST" | "DELETE") {
-            return Ok(respond(
+            return Ok(json(
                 403,
                 &json!({ "error": "API keys are managed from a signed-in browser session; an API key cannot create or revoke keys" }),
             ));
@@ -340,27 +333,27 @@ impl plugin_sdk::RouteHandler for SaasAuthRoutes {
             ("POST", "/api/keys") => {
                 let body: NewKey = match serde_json::from_slice(&request.body) {
                     Ok(b) => b,
-                    Err(e) => return Ok(respond(422, &json!({ "error": format!("invalid request body: {e}") }))),
+                    Err(e) => return Ok(json(422, &json!({ "error": format!("invalid request body: {e}") }))),
                 };
                 let name = body.name.trim();
                 if name.is_empty() || name.chars().count() > 100 {
-                    return Ok(respond(422, &json!({ "error": "name must be 1 to 100 characters" })));
+                    return Ok(json(422, &json!({ "error": "name must be 1 to 100 characters" })));
                 }
                 if let Some(t) = &body.expires_at {
                     if chrono::DateTime::parse_from_rfc3339(t).is_err() {
-                        return Ok(respond(422, &json!({ "error": "expires_at must be an RFC 3339 time" })));
+                        return Ok(json(422, &json!({ "error": "expires_at must be an RFC 3339 time" })));
                     }
                 }
                 let (key, info) = self.keys.create(user, name, body.expires_at.as_deref()).await?;
                 capture(&self.services, &ctx, "api key created", json!({ "expires": body.expires_at.is_some() })).await;
                 let mut out = serde_json::to_value(info).map_err(|e| PluginError::internal(e.to_string()))?;
                 out["key"] = Value::String(key);
-                Ok(respond(201, &out))
+                Ok(json(201, &out))
             }
-            ("GET", "/api/keys") => Ok(respond(200, &json!(self.keys.list(user).await?))),
+            ("GET", "/api/keys") => Ok(json(200, &json!(self.keys.list(user).await?))),
             ("GET", "/api/keys/llm/byor") | ("POST", "/api/keys/llm/byor/refresh") => {
                 let Some(proxy) = &self.byor else {
-                    return Ok(respond(
+                    return Ok(json(
                         503,
                         &json!({ "error": "this deployment has no LLM proxy: set litellm_api_url and litellm_api_key (LITE_LLM_API_URL, LITE_LLM_API_KEY)" }),
                     ));
@@ -371,19 +364,17 @@ impl plugin_sdk::RouteHandler for SaasAuthRoutes {
                 } else {
                     proxy.refresh(pool, user).await?
                 };
-                Ok(respond(200, &json!({ "key": key })))
+                Ok(json(200, &json!({ "key": key })))
             }
             ("DELETE", path) => {
                 let id = path.trim_start_matches("/api/keys/");
                 match self.keys.revoke(user, id).await {
-                    Ok(()) => Ok(respond(200, &json!({ "message": "API key deleted" }))),
-                    Err(e) if e.code == ErrorCode::NOT_FOUND => {
-                        Ok(respond(404, &json!({ "error": e.message.as_str() })))
-                    }
+                    Ok(()) => Ok(json(200, &json!({ "message": "API key deleted" }))),
+                    Err(e) if e.code == ErrorCode::NOT_FOUND => Ok(json(404, &json!({ "error": e.message.as_str() }))),
                     Err(e) => Err(e),
                 }
             }
-            _ => Ok(respond(404, &json!({ "error": "no such route" }))),
+            _ => Ok(json(404, &json!({ "error": "no such route" }))),
         }
     }
 

@@ -9,10 +9,10 @@ use crate::{
     cookie_value,
     keycloak::{self, CookieClaims},
     keys::KeyStore,
-    respond,
 };
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine as _};
 use plugin_sdk::{
+    http::{json, query_param},
     plugin_api::abi_stable::std_types::{RString, Tuple2},
     CallContext, HttpRequest, HttpResponse, PluginError, RouteSpec,
 };
@@ -41,31 +41,6 @@ struct FlowState {
     verifier: String,
     redirect: String,
     exp: i64,
-}
-
-fn query_param(query: &str, key: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == key).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn percent_encode(s: &str) -> String {
@@ -128,10 +103,7 @@ pub(crate) async fn handle(
         ("GET", "/oauth/keycloak/login") => {
             let target = query_param(query, "redirect_url").unwrap_or_default();
             let Some(redirect) = safe_redirect(&target, &sso.web_host) else {
-                return Ok(Some(respond(
-                    400,
-                    &json!({ "error": "redirect_url must be a path or a URL on this site" }),
-                )));
+                return Ok(Some(json(400, &json!({ "error": "redirect_url must be a path or a URL on this site" }))));
             };
             let flow = FlowState {
                 state: random(16)?,
@@ -157,7 +129,7 @@ pub(crate) async fn handle(
         ("GET", "/oauth/keycloak/callback" | "/oauth/keycloak/offline/callback") => {
             let clear_state = keycloak::clear_cookie(STATE_COOKIE, &sso.web_host);
             let refuse =
-                |msg: &str| with_cookies(respond(400, &json!({ "error": msg })), std::slice::from_ref(&clear_state));
+                |msg: &str| with_cookies(json(400, &json!({ "error": msg })), std::slice::from_ref(&clear_state));
             let given = query_param(query, "state").unwrap_or_default();
             let flow = match request_cookie(request, STATE_COOKIE)
                 .and_then(|c| keycloak::verify_signed::<FlowState>(c, &sso.jwt_secret))
@@ -187,10 +159,7 @@ pub(crate) async fn handle(
                 Ok(t) => t,
                 Err(e) => {
                     let e = PluginError::from(e);
-                    return Ok(Some(with_cookies(
-                        respond(401, &json!({ "error": e.message.as_str() })),
-                        &[clear_state],
-                    )));
+                    return Ok(Some(with_cookies(json(401, &json!({ "error": e.message.as_str() })), &[clear_state])));
                 }
             };
             let access = sso.keycloak.verify(&tokens.access_token).await?;
@@ -198,7 +167,7 @@ pub(crate) async fn handle(
             let info = sso.keycloak.userinfo(&tokens.access_token).await?;
             if info["sub"].as_str() != Some(access.sub.as_str()) {
                 return Ok(Some(with_cookies(
-                    respond(401, &json!({ "error": "userinfo does not match the token" })),
+                    json(401, &json!({ "error": "userinfo does not match the token" })),
                     &[clear_state],
                 )));
             }
@@ -222,7 +191,7 @@ pub(crate) async fn handle(
             };
             redirect_to(&target, &[session, clear_state])
         }
-        ("POST", "/api/authenticate") => respond(200, &json!({ "message": "User authenticated" })),
+        ("POST", "/api/authenticate") => json(200, &json!({ "message": "User authenticated" })),
         ("POST", "/api/logout") => {
             if let Some(claims) = request_cookie(request, "keycloak_auth")
                 .and_then(|c| keycloak::verify_signed::<CookieClaims>(c, &sso.jwt_secret))
@@ -230,13 +199,13 @@ pub(crate) async fn handle(
                 sso.keycloak.logout(&claims.refresh_token).await;
             }
             with_cookies(
-                respond(200, &json!({ "message": "User logged out" })),
+                json(200, &json!({ "message": "User logged out" })),
                 &[keycloak::clear_cookie("keycloak_auth", &sso.web_host)],
             )
         }
         ("POST", "/api/accept_tos") => {
             let Some(user) = ctx.user_id() else {
-                return Ok(Some(respond(401, &json!({ "error": "sign in first" }))));
+                return Ok(Some(json(401, &json!({ "error": "sign in first" }))));
             };
             keys.accept_tos(user).await?;
             let mut cookies = Vec::new();
@@ -256,7 +225,7 @@ pub(crate) async fn handle(
                 .and_then(|b| b["redirect_url"].as_str().map(str::to_owned))
                 .and_then(|t| safe_redirect(&t, &sso.web_host))
                 .unwrap_or_else(|| "/".to_owned());
-            with_cookies(respond(200, &json!({ "redirect_url": target })), &cookies)
+            with_cookies(json(200, &json!({ "redirect_url": target })), &cookies)
         }
         _ => return Ok(None),
     };
