@@ -84,8 +84,14 @@ pub struct PidsCgroup {
 }
 
 impl PidsCgroup {
-    /// The directory the commands' cgroups are made in, made if missing.
+    /// The directory the commands' cgroups are made in: found and made once per process
+    /// (not per command).
     fn base() -> Result<PathBuf, String> {
+        static BASE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+        BASE.get_or_init(Self::find_base).clone()
+    }
+
+    fn find_base() -> Result<PathBuf, String> {
         let v1 = Path::new("/sys/fs/cgroup/pids");
         let v2 = Path::new("/sys/fs/cgroup");
         let base = if v1.join("cgroup.procs").exists() {
