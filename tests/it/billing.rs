@@ -35,22 +35,8 @@ fn host(db: &oh_e2e::pg::TestDb, stripe: &FakeStripe) -> (Deployment, TestHost) 
     (d, host)
 }
 
-async fn call(
-    host: &TestHost,
-    key: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> oh_e2e::Response {
-    let mut req = host.http.request(method, host.url(path)).bearer_auth(key);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    host.send(req).await
-}
-
 async fn credits(host: &TestHost, key: &str) -> String {
-    let r = call(host, key, reqwest::Method::GET, "/api/billing/credits", None).await;
+    let r = host.as_key(key, reqwest::Method::GET, "/api/billing/credits", None).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let credits = &r.json()["credits"];
     assert!(credits.is_number(), "a JSON number: {}", r.text);
@@ -59,14 +45,9 @@ async fn credits(host: &TestHost, key: &str) -> String {
 
 /// Starts a checkout for `amount` dollars; the session id.
 async fn checkout(host: &TestHost, key: &str, amount: u32) -> String {
-    let r = call(
-        host,
-        key,
-        reqwest::Method::POST,
-        "/api/billing/create-checkout-session",
-        Some(json!({ "amount": amount })),
-    )
-    .await;
+    let r = host
+        .as_key(key, reqwest::Method::POST, "/api/billing/create-checkout-session", Some(json!({ "amount": amount })))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let url = r.json()["redirect_url"].as_str().unwrap().to_owned();
     url.rsplit('/').next().unwrap().to_owned()
@@ -105,9 +86,9 @@ async fn a_purchase_is_credited_once_whichever_of_webhook_and_return_arrives_fir
     assert_eq!(config["STRIPE_PUBLISHABLE_KEY"], "pk_test_fake");
     assert_eq!(config["FEATURE_FLAGS"]["ENABLE_BILLING"], true);
     assert_eq!(credits(&a, ALICE).await, "0");
-    assert_eq!(call(&a, ALICE, reqwest::Method::GET, "/api/billing/subscription-access", None).await.text, "null");
+    assert_eq!(a.as_key(ALICE, reqwest::Method::GET, "/api/billing/subscription-access", None).await.text, "null");
     for bad in [json!({ "amount": 5 }), json!({ "amount": 10.5 }), json!({ "amount": "10" }), json!({})] {
-        let r = call(&a, ALICE, reqwest::Method::POST, "/api/billing/create-checkout-session", Some(bad.clone())).await;
+        let r = a.as_key(ALICE, reqwest::Method::POST, "/api/billing/create-checkout-session", Some(bad.clone())).await;
         assert_eq!(r.status, 422, "{bad}: {}", r.text);
         assert!(r.json()["error"].is_string());
     }
@@ -219,7 +200,7 @@ async fn wait_for_credits(host: &TestHost, key: &str, expected: &str) {
 }
 
 async fn events(host: &TestHost, id: &str) -> Vec<Value> {
-    let r = call(host, ALICE, reqwest::Method::GET, &format!("/api/conversations/{id}/events?limit=100"), None).await;
+    let r = host.as_key(ALICE, reqwest::Method::GET, &format!("/api/conversations/{id}/events?limit=100"), None).await;
     r.json()["events"].as_array().cloned().unwrap_or_default()
 }
 
@@ -230,11 +211,11 @@ async fn usage_spends_credits_until_work_is_refused_with_402() {
     let llm = FakeLlm::start().await;
     let (_d, host) = host(&db, &stripe);
     let settings = json!({ "llm_model": "openai/fake-model", "llm_base_url": llm.base_url, "llm_api_key": "sk-test" });
-    assert_eq!(call(&host, ALICE, reqwest::Method::POST, "/api/settings", Some(settings)).await.status, 200);
+    assert_eq!(host.as_key(ALICE, reqwest::Method::POST, "/api/settings", Some(settings)).await.status, 200);
 
     // No credits: no conversation, with the status the web client shows.
     let start = json!({ "initial_user_msg": "hello" });
-    let r = call(&host, ALICE, reqwest::Method::POST, "/api/conversations", Some(start.clone())).await;
+    let r = host.as_key(ALICE, reqwest::Method::POST, "/api/conversations", Some(start.clone())).await;
     assert_eq!(r.status, 402, "{}", r.text);
     assert_eq!(r.json()["msg_id"], "STATUS$ERROR_LLM_OUT_OF_CREDITS");
     assert!(llm.requests().is_empty());
@@ -244,14 +225,14 @@ async fn usage_spends_credits_until_work_is_refused_with_402() {
     stripe.pay(&session);
     assert_eq!(success(&host, &session).await.status, 302);
     llm.set_cost("4");
-    let r = call(&host, ALICE, reqwest::Method::POST, "/api/conversations", Some(start)).await;
+    let r = host.as_key(ALICE, reqwest::Method::POST, "/api/conversations", Some(start)).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let id = r.json()["conversation_id"].as_str().unwrap().to_owned();
     wait_for_credits(&host, ALICE, "6").await;
     for (message, left) in [("two", "2"), ("three", "-2")] {
         let path = format!("/api/conversations/{id}/message");
         assert_eq!(
-            call(&host, ALICE, reqwest::Method::POST, &path, Some(json!({ "message": message }))).await.status,
+            host.as_key(ALICE, reqwest::Method::POST, &path, Some(json!({ "message": message }))).await.status,
             200
         );
         wait_for_credits(&host, ALICE, left).await;
@@ -259,7 +240,7 @@ async fn usage_spends_credits_until_work_is_refused_with_402() {
     // Out of credits: the next message is stored, but the agent stops with the error status
     // instead of calling the LLM.
     let path = format!("/api/conversations/{id}/message");
-    assert_eq!(call(&host, ALICE, reqwest::Method::POST, &path, Some(json!({ "message": "four" }))).await.status, 200);
+    assert_eq!(host.as_key(ALICE, reqwest::Method::POST, &path, Some(json!({ "message": "four" }))).await.status, 200);
     let started = std::time::Instant::now();
     loop {
         let all = events(&host, &id).await;
@@ -275,7 +256,7 @@ async fn usage_spends_credits_until_work_is_refused_with_402() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(llm.requests().len(), 3, "no LLM call without credits");
-    let again = call(&host, ALICE, reqwest::Method::POST, "/api/conversations", Some(json!({}))).await;
+    let again = host.as_key(ALICE, reqwest::Method::POST, "/api/conversations", Some(json!({}))).await;
     assert_eq!(again.status, 402, "{}", again.text);
 
     // Three usage entries of exactly -4 (one per stored answer), and the balance is the sum.
@@ -288,6 +269,6 @@ async fn usage_spends_credits_until_work_is_refused_with_402() {
     .unwrap();
     assert_eq!(usage, ["-4", "-4", "-4"]);
     // Bob is refused on his own account, Alice's purchase is not his.
-    let bob = call(&host, BOB, reqwest::Method::POST, "/api/conversations", Some(json!({}))).await;
+    let bob = host.as_key(BOB, reqwest::Method::POST, "/api/conversations", Some(json!({}))).await;
     assert_eq!(bob.status, 402);
 }

@@ -1,7 +1,7 @@
 //! Feedback (OpenHands `feedback.py`): ratings of a user's own conversations and events, in
 //! OpenHands' shapes, refused for anyone else's.
 
-use oh_e2e::{llm::FakeLlm, Deployment, TestHost};
+use oh_e2e::{llm::FakeLlm, Deployment};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -15,20 +15,6 @@ fn profile(db: &str) -> String {
     )
 }
 
-async fn call(
-    host: &TestHost,
-    key: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> oh_e2e::Response {
-    let mut req = host.http.request(method, host.url(path)).bearer_auth(key);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    host.send(req).await
-}
-
 #[tokio::test]
 async fn ratings_are_stored_per_user_and_listed_per_event() {
     let db = oh_e2e::pg::TestDb::create().await;
@@ -38,8 +24,9 @@ async fn ratings_are_stored_per_user_and_listed_per_event() {
     d.write_profile("app_mode = \"saas\"\n", &profile(&db.url));
     let host = d.start();
     let settings = json!({ "llm_model": "openai/fake-model", "llm_base_url": llm.base_url, "llm_api_key": "sk-test" });
-    assert_eq!(call(&host, ALICE, reqwest::Method::POST, "/api/settings", Some(settings)).await.status, 200);
-    let r = call(&host, ALICE, reqwest::Method::POST, "/api/conversations", Some(json!({ "initial_user_msg": "hi" })))
+    assert_eq!(host.as_key(ALICE, reqwest::Method::POST, "/api/settings", Some(settings)).await.status, 200);
+    let r = host
+        .as_key(ALICE, reqwest::Method::POST, "/api/conversations", Some(json!({ "initial_user_msg": "hi" })))
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let id = r.json()["conversation_id"].as_str().unwrap().to_owned();
@@ -47,7 +34,7 @@ async fn ratings_are_stored_per_user_and_listed_per_event() {
     let started = std::time::Instant::now();
     let events = loop {
         let r =
-            call(&host, ALICE, reqwest::Method::GET, &format!("/api/conversations/{id}/events?limit=100"), None).await;
+            host.as_key(ALICE, reqwest::Method::GET, &format!("/api/conversations/{id}/events?limit=100"), None).await;
         let events = r.json()["events"].as_array().cloned().unwrap_or_default();
         if events.iter().any(|e| e["source"] == "agent" && e["action"] == "message") {
             break events;
@@ -59,7 +46,7 @@ async fn ratings_are_stored_per_user_and_listed_per_event() {
         events.iter().find(|e| e["source"] == "agent" && e["action"] == "message").unwrap()["id"].as_i64().unwrap();
 
     // The web client's likert-scale submission, then a second rating of the same answer.
-    let submit = |body: Value| call(&host, ALICE, reqwest::Method::POST, "/feedback/conversation", Some(body));
+    let submit = |body: Value| host.as_key(ALICE, reqwest::Method::POST, "/feedback/conversation", Some(body));
     let r = submit(json!({ "conversation_id": id, "event_id": answer, "rating": 2, "reason": "too short",
                            "metadata": { "source": "likert-scale" } }))
     .await;
@@ -71,7 +58,7 @@ async fn ratings_are_stored_per_user_and_listed_per_event() {
     // The whole conversation, without an event.
     assert_eq!(submit(json!({ "conversation_id": id, "rating": 4, "reason": null })).await.status, 201);
 
-    let batch = call(&host, ALICE, reqwest::Method::GET, &format!("/feedback/conversation/{id}/batch"), None).await;
+    let batch = host.as_key(ALICE, reqwest::Method::GET, &format!("/feedback/conversation/{id}/batch"), None).await;
     assert_eq!(batch.status, 200, "{}", batch.text);
     let batch = batch.json();
     let map = batch.as_object().unwrap();
@@ -96,17 +83,17 @@ async fn ratings_are_stored_per_user_and_listed_per_event() {
     }
 
     // Bob can neither rate Alice's conversation nor read its ratings.
-    let theirs = call(
-        &host,
-        BOB,
-        reqwest::Method::POST,
-        "/feedback/conversation",
-        Some(json!({ "conversation_id": id, "rating": 1 })),
-    )
-    .await;
+    let theirs = host
+        .as_key(
+            BOB,
+            reqwest::Method::POST,
+            "/feedback/conversation",
+            Some(json!({ "conversation_id": id, "rating": 1 })),
+        )
+        .await;
     assert_eq!(theirs.status, 404, "{}", theirs.text);
     assert_eq!(theirs.json()["detail"], format!("Conversation {id} not found"));
-    let theirs = call(&host, BOB, reqwest::Method::GET, &format!("/feedback/conversation/{id}/batch"), None).await;
+    let theirs = host.as_key(BOB, reqwest::Method::GET, &format!("/feedback/conversation/{id}/batch"), None).await;
     assert_eq!(theirs.status, 404);
     assert_eq!(host.get(&format!("/feedback/conversation/{id}/batch")).await.status, 401, "signed-in users only");
 

@@ -2,7 +2,7 @@
 //! per-user rate limits against the real Redis (a key prefix per test).
 
 use oh_e2e::{pg::TestDb, sha256_hex, Deployment, TestHost};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const ALICE_BOOTSTRAP: &str = "alice-service-key-123";
 const BOB_BOOTSTRAP: &str = "bob-service-key-456";
@@ -35,20 +35,6 @@ fn start(db: &TestDb, extra: &str) -> (Deployment, TestHost) {
     (d, host)
 }
 
-async fn as_key(
-    host: &TestHost,
-    key: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> oh_e2e::Response {
-    let mut req = host.http.request(method, host.url(path)).bearer_auth(key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    host.send(req).await
-}
-
 #[tokio::test]
 async fn static_keys_sign_in_but_no_api_key_can_create_or_revoke_keys() {
     let db = TestDb::create().await;
@@ -61,10 +47,10 @@ async fn static_keys_sign_in_but_no_api_key_can_create_or_revoke_keys() {
     assert_eq!(cookie_only.status, 401);
     assert!(cookie_only.json()["message"].as_str().unwrap().contains("no Keycloak is configured"));
     // A static (service) key signs in...
-    assert_eq!(as_key(&host, ALICE_BOOTSTRAP, Method::GET, "/api/settings", None).await.status, 404);
-    assert_eq!(as_key(&host, ALICE_BOOTSTRAP, Method::GET, "/api/keys", None).await.json(), json!([]));
+    assert_eq!(host.as_key(ALICE_BOOTSTRAP, Method::GET, "/api/settings", None).await.status, 404);
+    assert_eq!(host.as_key(ALICE_BOOTSTRAP, Method::GET, "/api/keys", None).await.json(), json!([]));
     // ...but neither it nor any key may create or revoke keys.
-    let minted = as_key(&host, ALICE_BOOTSTRAP, Method::POST, "/api/keys", Some(json!({ "name": "ci" }))).await;
+    let minted = host.as_key(ALICE_BOOTSTRAP, Method::POST, "/api/keys", Some(json!({ "name": "ci" }))).await;
     assert_eq!(minted.status, 403, "{}", minted.text);
     assert!(minted.json()["error"].as_str().unwrap().contains("signed-in browser session"));
     let via_header = host
@@ -76,8 +62,8 @@ async fn static_keys_sign_in_but_no_api_key_can_create_or_revoke_keys() {
         )
         .await;
     assert_eq!(via_header.status, 403);
-    assert_eq!(as_key(&host, ALICE_BOOTSTRAP, Method::DELETE, "/api/keys/anything", None).await.status, 403);
-    let wrong = as_key(&host, "oh_not-a-key", Method::GET, "/api/settings", None).await;
+    assert_eq!(host.as_key(ALICE_BOOTSTRAP, Method::DELETE, "/api/keys/anything", None).await.status, 403);
+    let wrong = host.as_key("oh_not-a-key", Method::GET, "/api/settings", None).await;
     assert_eq!(wrong.status, 401);
 }
 
@@ -142,8 +128,8 @@ async fn each_user_gets_one_proxy_key_made_at_the_proxy_and_refresh_replaces_it(
     use reqwest::Method;
     // Concurrent first reads (two tabs, two hosts): one key is kept, the other deleted.
     let (a, b) = tokio::join!(
-        as_key(&host, ALICE_BOOTSTRAP, Method::GET, "/api/keys/llm/byor", None),
-        as_key(&host, ALICE_BOOTSTRAP, Method::GET, "/api/keys/llm/byor", None)
+        host.as_key(ALICE_BOOTSTRAP, Method::GET, "/api/keys/llm/byor", None),
+        host.as_key(ALICE_BOOTSTRAP, Method::GET, "/api/keys/llm/byor", None)
     );
     assert_eq!((a.status, b.status), (200, 200), "{} {}", a.text, b.text);
     let key = a.json()["key"].as_str().unwrap().to_owned();
@@ -159,15 +145,15 @@ async fn each_user_gets_one_proxy_key_made_at_the_proxy_and_refresh_replaces_it(
     assert_eq!(rows.len(), 1);
     assert!(!rows[0].contains(&key));
     // Bob's is his own.
-    let bobs = as_key(&host, BOB_BOOTSTRAP, Method::GET, "/api/keys/llm/byor", None).await.json();
+    let bobs = host.as_key(BOB_BOOTSTRAP, Method::GET, "/api/keys/llm/byor", None).await.json();
     assert_ne!(bobs["key"], key.as_str());
     // Refresh needs a browser session (a key cannot mint credentials).
-    let by_key = as_key(&host, ALICE_BOOTSTRAP, Method::POST, "/api/keys/llm/byor/refresh", None).await;
+    let by_key = host.as_key(ALICE_BOOTSTRAP, Method::POST, "/api/keys/llm/byor/refresh", None).await;
     assert_eq!(by_key.status, 403);
 
     // Without a proxy: a clear 503, not "no such route".
     let (_d2, plain) = start(&TestDb::create().await, ", rate_limit_per_second = 0, rate_limit_per_minute = 0");
-    let none = as_key(&plain, ALICE_BOOTSTRAP, Method::GET, "/api/keys/llm/byor", None).await;
+    let none = plain.as_key(ALICE_BOOTSTRAP, Method::GET, "/api/keys/llm/byor", None).await;
     assert_eq!(none.status, 503);
     assert!(none.json()["error"].as_str().unwrap().contains("litellm_api_url"));
 }

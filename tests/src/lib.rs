@@ -333,6 +333,21 @@ impl TestHost {
         Response::from(req.send().await.expect("request")).await
     }
 
+    /// A request signed in with an API key (`Authorization: Bearer`), with a JSON body if any.
+    pub async fn as_key(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Response {
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(key);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        self.send(req).await
+    }
+
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Response {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
