@@ -1,14 +1,17 @@
 //! Integrations: signed deliveries from (fake) GitHub and Slack start conversations for linked
 //! users and the agent's answer is posted back; refusals, duplicates, the rate limit; a kill
 //! -9 between the acknowledgement and the processing; a provider failing until the delivery
-//! is a dead letter, then replayed from the command line.
+//! is a dead letter, then replayed from the command line. Jira, Jira DC and Linear workspaces:
+//! registered and linked through each provider's (fake) OAuth, deliveries verified with the
+//! workspace's secret and answered with its service account.
 
 use oh_e2e::{
     hmac_sha256_hex,
     llm::FakeLlm,
     providers::{
-        app_private_key, FakeProviders, APP_ID, GITLAB_TOKEN, JIRA_DC_TOKEN, JIRA_EMAIL, JIRA_TOKEN, LINEAR_KEY,
-        SLACK_BOT_TOKEN,
+        app_private_key, FakeProviders, APP_ID, GITLAB_TOKEN, JIRA_CLOUD_ID, JIRA_DC_TOKEN, JIRA_EMAIL, JIRA_SITE,
+        JIRA_TOKEN, LINEAR_KEY, LINEAR_ORG_ID, OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, SLACK_BOT_TOKEN, WS_JIRA_DC_KEY,
+        WS_JIRA_EMAIL, WS_JIRA_KEY, WS_LINEAR_KEY,
     },
     Deployment, TestHost,
 };
@@ -16,6 +19,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const ALICE: &str = "alice-integrations-key-0123456789";
+const BOB: &str = "bob-integrations-key-0123456789";
 const GITHUB_SECRET: &str = "github-webhook-secret-0123";
 const SLACK_SECRET: &str = "slack-signing-secret-0123";
 /// A GitLab signing token (`whsec_` + base64 of the key), also sent as a classic token.
@@ -30,7 +34,7 @@ fn profile(db: &str, providers: &str, extra: &str) -> String {
          slack = {{ enabled = \"true\", webhook_secret = \"{SLACK_SECRET}\", api_url = \"{providers}\", bot_token = \"{SLACK_BOT_TOKEN}\" }} }}",
         oh_e2e::redis::prefix("intg"),
     );
-    let base = oh_e2e::saas_base_profile(db, &[("alice", ALICE)], ", max_concurrent_conversations = 10");
+    let base = oh_e2e::saas_base_profile(db, &[("alice", ALICE), ("bob", BOB)], ", max_concurrent_conversations = 10");
     format!("{base}[[extensions.routes]]\nlibrary = \"integrations\"\nimplementation = \"Integrations\"\nconfig = {integrations}\n")
 }
 
@@ -530,4 +534,214 @@ async fn a_user_links_an_identity_by_commenting_a_one_time_code_from_it() {
     .await
     .unwrap();
     assert_eq!(links, [("alice-gh".to_owned(), "alice".to_owned()), ("newbie".to_owned(), "alice".to_owned())]);
+}
+
+/// Goes through a workspace route that sends the user to the provider (`start`, as `key`),
+/// the provider's consent, and back: the callback's answer.
+async fn through_oauth(host: &TestHost, key: &str, start: &str, body: Value) -> oh_e2e::Response {
+    let r = host.send(host.http.post(host.url(start)).bearer_auth(key).json(&body)).await;
+    assert_eq!(r.status, 200, "{start}: {}", r.text);
+    let (sent, provider) = (r.json(), oauth_client());
+    assert_eq!((&sent["success"], &sent["redirect"]), (&json!(true), &json!(true)), "{sent}");
+    let consent = provider.get(sent["authorizationUrl"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(consent.status(), 302, "{}", consent.text().await.unwrap());
+    host.send(provider.get(host.url(&callback_path(&consent))).bearer_auth(key)).await
+}
+
+/// A client that shows redirects instead of following them (the browser's part).
+fn oauth_client() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+/// The path and query the provider sent the browser back to (on the configured WEB_HOST).
+fn callback_path(consent: &reqwest::Response) -> String {
+    let back = reqwest::Url::parse(consent.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(back.origin().ascii_serialization(), "https://app.example.test");
+    format!("{}?{}", back.path(), back.query().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jira_jira_dc_and_linear_workspaces_are_registered_linked_and_answer_with_their_own_accounts() {
+    let site = Site::new().await;
+    let api = &site.providers.base_url;
+    let oauth = format!("oauth_client_id = \"{OAUTH_CLIENT_ID}\", oauth_client_secret = \"{OAUTH_CLIENT_SECRET}\"");
+    let sources = format!(
+        "master_key = \"integrations-master-key-0123456789\", \
+         jira = {{ enabled = \"1\", {oauth}, oauth_url = \"{api}\", cloud_api_url = \"{api}\" }}, \
+         jira_dc = {{ enabled = \"1\", {oauth}, api_url = \"{api}\" }}, \
+         linear = {{ enabled = \"1\", {oauth}, oauth_url = \"{api}\", api_url = \"{api}\" }}, "
+    );
+    let (_d, host) = site.host(&sources).await;
+    site.alice(&host).await;
+    let get = |path: &str, key: &str| host.send(host.http.get(host.url(path)).bearer_auth(key));
+    let registration = |name: &str, secret: &str| {
+        json!({ "workspace_name": name, "webhook_secret": secret, "svc_acc_email": WS_JIRA_EMAIL,
+                "svc_acc_api_key": WS_JIRA_KEY, "is_active": true })
+    };
+
+    // Alice registers her Jira site; she proves she belongs to it at Atlassian.
+    assert_eq!(get(&format!("/integration/jira/workspaces/validate/{JIRA_SITE}"), ALICE).await.status, 404);
+    for bad in [
+        json!({ "workspace_name": "a b", "webhook_secret": "s", "svc_acc_email": WS_JIRA_EMAIL, "svc_acc_api_key": "k" }),
+        json!({ "workspace_name": JIRA_SITE, "webhook_secret": "s", "svc_acc_email": "nope", "svc_acc_api_key": "k" }),
+        json!({ "workspace_name": JIRA_SITE, "webhook_secret": "has space", "svc_acc_email": WS_JIRA_EMAIL, "svc_acc_api_key": "k" }),
+    ] {
+        let r = host.send(host.http.post(host.url("/integration/jira/workspaces")).bearer_auth(ALICE).json(&bad)).await;
+        assert_eq!(r.status, 422, "{bad}: {}", r.text);
+        assert!(r.json()["detail"].is_string(), "{}", r.text);
+    }
+    let start = host
+        .send(
+            host.http
+                .post(host.url("/integration/jira/workspaces"))
+                .bearer_auth(ALICE)
+                .json(&registration(JIRA_SITE, "jira-ws-secret")),
+        )
+        .await;
+    let url = reqwest::Url::parse(start.json()["authorizationUrl"].as_str().unwrap()).unwrap();
+    let param = |k: &str| url.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned());
+    assert_eq!(url.path(), "/authorize");
+    assert_eq!(param("client_id").as_deref(), Some(OAUTH_CLIENT_ID));
+    assert_eq!(param("audience").as_deref(), Some("api.atlassian.com"));
+    assert_eq!(param("redirect_uri").as_deref(), Some("https://app.example.test/integration/jira/callback"));
+    let consent = oauth_client().get(url.as_str()).send().await.unwrap();
+    let back = callback_path(&consent);
+    // The state works only for whoever asked for it, and only once.
+    let bobs = host.send(oauth_client().get(host.url(&back)).bearer_auth(BOB)).await;
+    assert_eq!(bobs.status, 403, "{}", bobs.text);
+    let again = host.send(oauth_client().get(host.url(&back)).bearer_auth(ALICE)).await;
+    assert_eq!(again.status, 400, "a state is used once: {}", again.text);
+    let done =
+        through_oauth(&host, ALICE, "/integration/jira/workspaces", registration(JIRA_SITE, "jira-ws-secret")).await;
+    let location = done.headers.get("location").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!((done.status, location.as_deref()), (302, Some("/settings/integrations")), "{}", done.text);
+    let link = get("/integration/jira/workspaces/link", ALICE).await.json();
+    assert_eq!((link["status"].as_str(), link["keycloak_user_id"].as_str()), (Some("active"), Some("alice")), "{link}");
+    let ws = &link["workspace"];
+    assert_eq!(
+        (ws["name"].as_str(), ws["jira_cloud_id"].as_str(), ws["editable"].as_bool()),
+        (Some(JIRA_SITE), Some(JIRA_CLOUD_ID), Some(true)),
+        "{link}"
+    );
+    assert_eq!(link["jira_workspace_id"], ws["id"]);
+    let valid = get(&format!("/integration/jira/workspaces/validate/{JIRA_SITE}"), BOB).await;
+    assert_eq!(
+        valid.json(),
+        json!({ "name": JIRA_SITE, "status": "active", "message": "Workspace integration is active" })
+    );
+    // A site her account cannot reach is not hers to register.
+    let other =
+        through_oauth(&host, BOB, "/integration/jira/workspaces", registration("other.atlassian.net", "x")).await;
+    assert_eq!(other.status, 401, "{}", other.text);
+
+    // Bob cannot take the workspace over; he links to it as himself.
+    site.providers.sign_in("jira", "jira-bob");
+    let takeover =
+        through_oauth(&host, BOB, "/integration/jira/workspaces", registration(JIRA_SITE, "bobs-secret")).await;
+    assert_eq!(takeover.status, 403, "{}", takeover.text);
+    let linked =
+        through_oauth(&host, BOB, "/integration/jira/workspaces/link", json!({ "workspace_name": JIRA_SITE })).await;
+    assert_eq!(linked.status, 302, "{}", linked.text);
+    assert_eq!(get("/integration/jira/workspaces/link", BOB).await.json()["workspace"]["editable"], false);
+
+    // A comment from her Atlassian account, signed with the workspace's secret, is answered
+    // on the issue by the workspace's service account.
+    let post = |path: &str, body: &Vec<u8>, headers: Vec<(&str, String)>| {
+        let mut req = host.http.post(host.url(path)).header("content-type", "application/json").body(body.clone());
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        host.send(req)
+    };
+    let jira = |site: &str, author: &str| {
+        json!({
+            "webhookEvent": "comment_created",
+            "comment": { "body": "@openhands triage", "author": { "accountId": author, "key": author, "displayName": "Alice" } },
+            "issue": { "key": "OPS-9", "self": format!("{site}/rest/api/2/issue/10001"), "fields": { "summary": "Disk full", "description": "" } },
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let signed = |secret: &str, body: &[u8], id: &str| {
+        vec![
+            ("x-hub-signature", format!("sha256={}", hmac_sha256_hex(secret.as_bytes(), body))),
+            ("x-atlassian-webhook-identifier", id.to_owned()),
+        ]
+    };
+    let cloud = jira(&format!("https://{JIRA_SITE}"), "jira-alice");
+    assert_eq!(post("/integration/jira/events", &cloud, signed("bobs-secret", &cloud, "w-0")).await.status, 403);
+    let unknown = jira("https://other.atlassian.net", "jira-alice");
+    let r = post("/integration/jira/events", &unknown, signed("jira-ws-secret", &unknown, "w-1")).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert!(r.text.contains("no registered workspace"), "{}", r.text);
+    let r = post("/integration/jira/events", &cloud, signed("jira-ws-secret", &cloud, "w-2")).await;
+    assert_eq!(r.json()["status"], "accepted", "{}", r.text);
+
+    // The same for Jira Data Center (its workspace is its server) and Linear.
+    site.providers.sign_in("jira_dc", "JIRAUSER-ALICE");
+    let dc_host = reqwest::Url::parse(api).unwrap().host_str().unwrap().to_owned();
+    let mut dc_registration = registration(&dc_host, "dc-ws-secret");
+    dc_registration["svc_acc_api_key"] = json!(WS_JIRA_DC_KEY);
+    let done = through_oauth(&host, ALICE, "/integration/jira-dc/workspaces", dc_registration).await;
+    assert_eq!(done.status, 302, "{}", done.text);
+    let dc = jira(api, "JIRAUSER-ALICE");
+    assert_eq!(post("/integration/jira-dc/events", &dc, signed("dc-ws-secret", &dc, "w-3")).await.status, 200);
+    let mut linear_registration = registration("acme", "linear-ws-secret");
+    linear_registration["svc_acc_api_key"] = json!(WS_LINEAR_KEY);
+    let done = through_oauth(&host, ALICE, "/integration/linear/workspaces", linear_registration).await;
+    assert_eq!(done.status, 302, "{}", done.text);
+    assert_eq!(
+        get("/integration/linear/workspaces/link", ALICE).await.json()["workspace"]["linear_org_id"],
+        LINEAR_ORG_ID
+    );
+    let comment = json!({ "type": "Comment", "action": "create", "organizationId": LINEAR_ORG_ID,
+        "webhookTimestamp": chrono::Utc::now().timestamp_millis(),
+        "data": { "body": "@openhands estimate", "userId": "linear-alice", "issueId": "issue-uuid-7",
+                  "issue": { "identifier": "ENG-7", "title": "Login" } } })
+    .to_string()
+    .into_bytes();
+    let headers = vec![
+        ("linear-signature", hmac_sha256_hex(b"linear-ws-secret", &comment)),
+        ("linear-delivery", "w-4".to_owned()),
+        ("linear-event", "Comment".to_owned()),
+    ];
+    assert_eq!(post("/integration/linear/events", &comment, headers).await.status, 200);
+
+    let posts = wait_for("three answers", || {
+        let p = site.providers.posts();
+        (p.len() >= 3).then_some(p)
+    })
+    .await;
+    let find = |who: &str| posts.iter().find(|p| p.0 == who).unwrap_or_else(|| panic!("{who}: {posts:#?}"));
+    assert_eq!(find("jira-workspace").1, "OPS-9");
+    assert!(
+        find("jira-workspace").2.starts_with("Echo: ") && find("jira-workspace").2.contains("triage"),
+        "{posts:#?}"
+    );
+    assert_eq!(find("jira_dc-workspace").1, "OPS-9");
+    assert_eq!(find("linear-workspace").1, "issue-uuid-7");
+    assert!(find("linear-workspace").2.contains("estimate"), "{posts:#?}");
+
+    // Secrets are sealed at rest.
+    let mut conn = site.db.connect().await;
+    let stored: Vec<(String, String)> =
+        sqlx::query_as("SELECT webhook_secret, svc_acc_api_key FROM integration_workspaces")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 3);
+    for (secret, key) in &stored {
+        assert!(secret.starts_with("v1.") && key.starts_with("v1."), "{stored:?}");
+        assert!(!secret.contains("ws-secret") && !key.contains("ws-"), "{stored:?}");
+    }
+
+    // The admin leaving turns the workspace off: nobody is linked, deliveries are ignored.
+    let r = host.send(host.http.post(host.url("/integration/jira/workspaces/unlink")).bearer_auth(ALICE)).await;
+    assert_eq!(r.json(), json!({ "success": true }));
+    assert_eq!(get("/integration/jira/workspaces/link", BOB).await.status, 404);
+    assert_eq!(get(&format!("/integration/jira/workspaces/validate/{JIRA_SITE}"), BOB).await.status, 404);
+    let r = post("/integration/jira/events", &cloud, signed("jira-ws-secret", &cloud, "w-5")).await;
+    assert_eq!(r.json()["status"], "ignored", "{}", r.text);
+    let r = host.send(host.http.post(host.url("/integration/jira/workspaces/unlink")).bearer_auth(ALICE)).await;
+    assert_eq!(r.status, 404, "{}", r.text);
 }

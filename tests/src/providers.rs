@@ -5,6 +5,11 @@
 //! fail. Slack: `POST /chat.postMessage` with the bot token, answering `{"ok": true}`. GitLab:
 //! notes on issues and merge requests (`PRIVATE-TOKEN`). Jira: comments (basic auth for Cloud,
 //! bearer for Data Center). Linear: the GraphQL `commentCreate` mutation (API key).
+//!
+//! Workspaces (Jira Cloud, Jira DC, Linear): each one's OAuth (authorize auto-approves as the
+//! person signed in there, `sign_in`; codes are used once and bound to their redirect URI),
+//! who signed in (Atlassian `/me` and its sites, DC `/rest/api/2/myself`, Linear's `viewer`),
+//! and comments as a workspace's service account (Cloud at `/ex/jira/{cloud id}/...`).
 
 use axum::{
     extract::{Path, State},
@@ -29,6 +34,22 @@ pub const JIRA_DC_TOKEN: &str = "jira-dc-pat";
 /// Linear's API key.
 pub const LINEAR_KEY: &str = "lin_api_fake";
 
+/// The OAuth app every workspace provider knows.
+pub const OAUTH_CLIENT_ID: &str = "oh-oauth-client";
+pub const OAUTH_CLIENT_SECRET: &str = "oh-oauth-secret";
+/// The Jira Cloud site the signed-in Atlassian accounts can reach, and its cloud id.
+pub const JIRA_SITE: &str = "acme.atlassian.net";
+pub const JIRA_CLOUD_ID: &str = "cloud-acme";
+/// The Linear organization of every signed-in Linear account.
+pub const LINEAR_ORG_KEY: &str = "acme";
+pub const LINEAR_ORG_ID: &str = "org-acme";
+/// Workspaces' service accounts: Jira Cloud (email, API token), Jira DC (a personal access
+/// token), Linear (an API key).
+pub const WS_JIRA_EMAIL: &str = "svc@acme.test";
+pub const WS_JIRA_KEY: &str = "ws-jira-api-token";
+pub const WS_JIRA_DC_KEY: &str = "ws-jira-dc-pat";
+pub const WS_LINEAR_KEY: &str = "lin_api_workspace";
+
 /// The App's private key, PEM.
 pub fn app_private_key() -> String {
     std::fs::read_to_string(crate::workspace().join("tests/fixtures/keys/a.pem")).unwrap()
@@ -46,6 +67,12 @@ struct Record {
     /// How many comment requests to fail with 500 still.
     fail_comments: usize,
     failed: usize,
+    /// Who is signed in at each provider (`jira`, `jira_dc`, `linear`).
+    signed_in: std::collections::HashMap<String, String>,
+    /// Authorization codes: code → (provider, user, redirect URI).
+    codes: std::collections::HashMap<String, (String, String, String)>,
+    /// Access tokens: token → (provider, user).
+    access: std::collections::HashMap<String, (String, String)>,
 }
 
 #[derive(Clone)]
@@ -141,6 +168,8 @@ async fn jira_comment(
         "jira"
     } else if auth == format!("Bearer {JIRA_DC_TOKEN}") {
         "jira_dc"
+    } else if auth == format!("Bearer {WS_JIRA_DC_KEY}") {
+        "jira_dc-workspace"
     } else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
@@ -150,19 +179,150 @@ async fn jira_comment(
 }
 
 async fn linear_graphql(State(f): State<FakeProviders>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(LINEAR_KEY) {
+    let query = body["query"].as_str().unwrap_or("");
+    if query.contains("viewer") {
+        let Some((_, user)) = f.record.lock().unwrap().access.get(&bearer(&headers)).cloned() else {
+            return (StatusCode::UNAUTHORIZED, Json(json!({ "errors": [{ "message": "Authentication required" }] })))
+                .into_response();
+        };
+        let org = json!({ "id": LINEAR_ORG_ID, "name": "Acme", "urlKey": LINEAR_ORG_KEY });
+        return Json(
+            json!({ "data": { "viewer": { "id": user, "email": format!("{user}@acme.test"), "organization": org } } }),
+        )
+        .into_response();
+    }
+    let key = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let which = match key {
+        Some(LINEAR_KEY) => "linear",
+        Some(WS_LINEAR_KEY) => "linear-workspace",
+        _ => "",
+    };
+    if which.is_empty() {
         return (StatusCode::UNAUTHORIZED, Json(json!({ "errors": [{ "message": "Authentication required" }] })))
             .into_response();
     }
-    let query = body["query"].as_str().unwrap_or("");
     if !query.contains("commentCreate") {
         return Json(json!({ "errors": [{ "message": "unknown operation" }] })).into_response();
     }
     let input = &body["variables"]["input"];
     let (issue, text) =
         (input["issueId"].as_str().unwrap_or("").to_owned(), input["body"].as_str().unwrap_or("").to_owned());
-    f.record.lock().unwrap().posts.push(("linear".into(), issue, text));
+    f.record.lock().unwrap().posts.push((which.into(), issue, text));
     Json(json!({ "data": { "commentCreate": { "success": true } } })).into_response()
+}
+
+/// `GET` authorize: approves at once as whoever is signed in at `provider`, back to the
+/// redirect URI with a one-time code.
+fn authorize(f: &FakeProviders, provider: &str, query: &std::collections::HashMap<String, String>) -> Response {
+    let q = |k: &str| query.get(k).cloned().unwrap_or_default();
+    if q("client_id") != OAUTH_CLIENT_ID || q("response_type") != "code" || q("redirect_uri").is_empty() {
+        return (StatusCode::BAD_REQUEST, "invalid authorization request").into_response();
+    }
+    let mut r = f.record.lock().unwrap();
+    let user = r.signed_in.get(provider).cloned().unwrap_or_else(|| format!("{provider}-alice"));
+    let code = format!("code-{}", r.codes.len() + r.access.len() + 1);
+    r.codes.insert(code.clone(), (provider.to_owned(), user, q("redirect_uri")));
+    let mut to = reqwest::Url::parse(&q("redirect_uri")).unwrap();
+    to.query_pairs_mut().append_pair("code", &code).append_pair("state", &q("state"));
+    (StatusCode::FOUND, [("location", to.to_string())]).into_response()
+}
+
+async fn atlassian_authorize(
+    State(f): State<FakeProviders>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    if q.get("audience").map(String::as_str) != Some("api.atlassian.com") {
+        return (StatusCode::BAD_REQUEST, "audience must be api.atlassian.com").into_response();
+    }
+    authorize(&f, "jira", &q)
+}
+
+async fn jira_dc_authorize(
+    State(f): State<FakeProviders>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    authorize(&f, "jira_dc", &q)
+}
+
+async fn linear_authorize(
+    State(f): State<FakeProviders>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    authorize(&f, "linear", &q)
+}
+
+/// `POST` token (Atlassian: JSON; Jira DC and Linear: a form): the code for an access token.
+async fn oauth_token(State(f): State<FakeProviders>, body: String) -> Response {
+    let fields: std::collections::HashMap<String, String> = match serde_json::from_str::<Value>(&body) {
+        Ok(Value::Object(map)) => map.into_iter().map(|(k, v)| (k, v.as_str().unwrap_or("").to_owned())).collect(),
+        _ => reqwest::Url::parse(&format!("http://form/?{body}")).unwrap().query_pairs().into_owned().collect(),
+    };
+    let field = |k: &str| fields.get(k).cloned().unwrap_or_default();
+    if field("client_id") != OAUTH_CLIENT_ID || field("client_secret") != OAUTH_CLIENT_SECRET {
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "error": "invalid_client" }))).into_response();
+    }
+    let mut r = f.record.lock().unwrap();
+    match r.codes.remove(&field("code")) {
+        Some((provider, user, redirect))
+            if redirect == field("redirect_uri") && field("grant_type") == "authorization_code" =>
+        {
+            let token = format!("token-{provider}-{user}-{}", r.access.len() + 1);
+            r.access.insert(token.clone(), (provider, user));
+            Json(json!({ "access_token": token, "token_type": "Bearer", "expires_in": 3600 })).into_response()
+        }
+        _ => (StatusCode::BAD_REQUEST, Json(json!({ "error": "invalid_grant" }))).into_response(),
+    }
+}
+
+/// Who an access token of `provider` belongs to.
+fn token_user(f: &FakeProviders, headers: &HeaderMap, provider: &str) -> Option<String> {
+    let r = f.record.lock().unwrap();
+    r.access.get(&bearer(headers)).filter(|(p, _)| p == provider).map(|(_, u)| u.clone())
+}
+
+async fn atlassian_me(State(f): State<FakeProviders>, headers: HeaderMap) -> Response {
+    match token_user(&f, &headers, "jira") {
+        Some(user) => {
+            Json(json!({ "account_id": user, "email": format!("{user}@acme.test"), "name": user })).into_response()
+        }
+        None => StatusCode::UNAUTHORIZED.into_response(),
+    }
+}
+
+async fn atlassian_sites(State(f): State<FakeProviders>, headers: HeaderMap) -> Response {
+    match token_user(&f, &headers, "jira") {
+        Some(_) => Json(json!([{ "id": JIRA_CLOUD_ID, "url": format!("https://{JIRA_SITE}"), "name": "acme", "scopes": ["read:jira-work"] }]))
+            .into_response(),
+        None => StatusCode::UNAUTHORIZED.into_response(),
+    }
+}
+
+async fn jira_dc_myself(State(f): State<FakeProviders>, headers: HeaderMap) -> Response {
+    match token_user(&f, &headers, "jira_dc") {
+        Some(user) => {
+            Json(json!({ "key": user, "name": user, "emailAddress": format!("{user}@acme.test") })).into_response()
+        }
+        None => StatusCode::UNAUTHORIZED.into_response(),
+    }
+}
+
+/// A comment through Atlassian's platform API as a workspace's service account.
+async fn jira_cloud_comment(
+    State(f): State<FakeProviders>,
+    Path((cloud, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    use base64::Engine as _;
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let basic =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{WS_JIRA_EMAIL}:{WS_JIRA_KEY}")));
+    if auth != basic || cloud != JIRA_CLOUD_ID {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let text = body["body"].as_str().unwrap_or("").to_owned();
+    f.record.lock().unwrap().posts.push(("jira-workspace".into(), key, text));
+    (StatusCode::CREATED, Json(json!({ "id": "10001" }))).into_response()
 }
 
 impl FakeProviders {
@@ -177,6 +337,15 @@ impl FakeProviders {
             .route("/api/v4/projects/{project}/{kind}/{iid}/notes", post(gitlab_note))
             .route("/rest/api/2/issue/{key}/comment", post(jira_comment))
             .route("/graphql", post(linear_graphql))
+            .route("/authorize", axum::routing::get(atlassian_authorize))
+            .route("/rest/oauth2/latest/authorize", axum::routing::get(jira_dc_authorize))
+            .route("/oauth/authorize", axum::routing::get(linear_authorize))
+            .route("/oauth/token", post(oauth_token))
+            .route("/rest/oauth2/latest/token", post(oauth_token))
+            .route("/me", axum::routing::get(atlassian_me))
+            .route("/oauth/token/accessible-resources", axum::routing::get(atlassian_sites))
+            .route("/rest/api/2/myself", axum::routing::get(jira_dc_myself))
+            .route("/ex/jira/{cloud}/rest/api/2/issue/{key}/comment", post(jira_cloud_comment))
             .with_state(f.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         f
@@ -200,6 +369,11 @@ impl FakeProviders {
     /// GitLab notes, Jira and Linear comments: (provider, where, body).
     pub fn posts(&self) -> Vec<(String, String, String)> {
         self.record.lock().unwrap().posts.clone()
+    }
+
+    /// From now on, `user` is who signs in at `provider` (`jira`, `jira_dc`, `linear`).
+    pub fn sign_in(&self, provider: &str, user: &str) {
+        self.record.lock().unwrap().signed_in.insert(provider.to_owned(), user.to_owned());
     }
 
     /// The next `n` comment requests fail with 500.

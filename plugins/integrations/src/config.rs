@@ -38,6 +38,10 @@ pub(crate) struct Config {
     /// This server's public origin (WEB_HOST): the link users are sent to, to link accounts.
     #[serde(default)]
     pub(crate) web_host: Option<String>,
+    /// Seals workspaces' secrets at rest; default from OH_MASTER_KEY (else JWT_SECRET), as
+    /// every PostgreSQL plugin of the deployment.
+    #[serde(default)]
+    pub(crate) master_key: Option<String>,
     #[serde(default)]
     pub(crate) github: Source,
     #[serde(default)]
@@ -81,6 +85,20 @@ pub(crate) struct Source {
     /// Jira Cloud: the service account's email (with `token`, basic auth).
     #[serde(default)]
     pub(crate) account_email: Option<String>,
+    /// Jira, Jira DC, Linear: the OAuth app through which admins register workspaces and users
+    /// link to them (JIRA_CLIENT_ID/JIRA_CLIENT_SECRET, JIRA_DC_CLIENT_ID/..., LINEAR_CLIENT_ID/...).
+    #[serde(default)]
+    pub(crate) oauth_client_id: Option<String>,
+    #[serde(default)]
+    pub(crate) oauth_client_secret: Option<String>,
+    /// Where users authorize it: Jira `https://auth.atlassian.com` (also its token endpoint),
+    /// Linear `https://linear.app`; Jira DC's is its own `api_url`.
+    #[serde(default)]
+    pub(crate) oauth_url: Option<String>,
+    /// Jira Cloud's platform API (`https://api.atlassian.com`): who signed in, their sites, and
+    /// comments as a workspace's service account.
+    #[serde(default)]
+    pub(crate) cloud_api_url: Option<String>,
 }
 
 fn default_acquire_ms() -> u64 {
@@ -123,6 +141,8 @@ impl Source {
             "bot_token" => &self.bot_token,
             "token" => &self.token,
             "account_email" => &self.account_email,
+            "oauth_client_id" => &self.oauth_client_id,
+            "oauth_client_secret" => &self.oauth_client_secret,
             _ => &self.api_url,
         };
         set(value).ok_or_else(|| {
@@ -132,6 +152,17 @@ impl Source {
 
     pub(crate) fn api(&self, default: &str) -> String {
         set(&self.api_url).unwrap_or_else(|| default.to_owned()).trim_end_matches('/').to_owned()
+    }
+
+    /// Whether one site's secret and account are configured (else deliveries need a
+    /// registered workspace).
+    pub(crate) fn global(&self) -> bool {
+        set(&self.webhook_secret).is_some()
+    }
+
+    /// Whether admins may register workspaces (an OAuth app is configured).
+    pub(crate) fn workspaces(&self) -> bool {
+        set(&self.oauth_client_id).is_some()
     }
 }
 
@@ -148,9 +179,6 @@ impl Config {
             ("github", &c.github, "GITHUB_APP_WEBHOOK_SECRET"),
             ("gitlab", &c.gitlab, "GITLAB_WEBHOOK_SECRET"),
             ("slack", &c.slack, "SLACK_SIGNING_SECRET"),
-            ("jira", &c.jira, "JIRA_WEBHOOK_SECRET"),
-            ("jira_dc", &c.jira_dc, "JIRA_DC_WEBHOOK_SECRET"),
-            ("linear", &c.linear, "LINEAR_WEBHOOK_SECRET"),
         ] {
             if source.on() {
                 source.need(name, "webhook_secret", var)?;
@@ -171,16 +199,38 @@ impl Config {
         if c.gitlab.on() {
             c.gitlab.need("gitlab", "token", "GITLAB_TOKEN")?;
         }
-        if c.jira.on() {
+        // Jira, Jira DC and Linear take one site's secret and account from the profile, or
+        // workspaces registered by their admins through an OAuth app, or both.
+        for (name, source, prefix) in
+            [("jira", &c.jira, "JIRA"), ("jira_dc", &c.jira_dc, "JIRA_DC"), ("linear", &c.linear, "LINEAR")]
+        {
+            if !source.on() {
+                continue;
+            }
+            if !source.global() && !source.workspaces() {
+                return Err(PluginError::invalid_config(format!(
+                    "{name} is enabled, so it needs `{name}.webhook_secret` ({prefix}_WEBHOOK_SECRET) for one site, \
+                     or `{name}.oauth_client_id` and `{name}.oauth_client_secret` ({prefix}_CLIENT_ID, \
+                     {prefix}_CLIENT_SECRET) for workspaces registered by their admins"
+                )));
+            }
+            if source.workspaces() {
+                source.need(name, "oauth_client_secret", &format!("{prefix}_CLIENT_SECRET"))?;
+            }
+        }
+        if c.jira.on() && c.jira.global() {
             c.jira.need("jira", "api_url", "JIRA_BASE_URL")?;
             c.jira.need("jira", "account_email", "JIRA_SERVICE_ACCOUNT_EMAIL")?;
             c.jira.need("jira", "token", "JIRA_API_TOKEN")?;
         }
         if c.jira_dc.on() {
+            // Data Center is one server: its OAuth and its API are there.
             c.jira_dc.need("jira_dc", "api_url", "JIRA_DC_BASE_URL")?;
-            c.jira_dc.need("jira_dc", "token", "JIRA_DC_TOKEN")?;
+            if c.jira_dc.global() {
+                c.jira_dc.need("jira_dc", "token", "JIRA_DC_TOKEN")?;
+            }
         }
-        if c.linear.on() {
+        if c.linear.on() && c.linear.global() {
             c.linear.need("linear", "token", "LINEAR_API_KEY")?;
         }
         Ok(c)

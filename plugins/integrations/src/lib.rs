@@ -16,6 +16,7 @@ mod providers;
 mod ratelimit;
 pub mod verify;
 mod work;
+mod workspaces;
 
 use config::Config;
 use inbox::Inbox;
@@ -54,6 +55,8 @@ fn source_of<'a>(c: &'a Config, name: &str) -> &'a config::Source {
 pub struct Integrations {
     config: Config,
     hub: Arc<work::Hub>,
+    /// Jira, Jira DC and Linear workspaces, when an OAuth app is configured for one.
+    workspaces: Option<Arc<workspaces::Workspaces>>,
     limiter: ratelimit::Limiter,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -70,6 +73,14 @@ impl Integrations {
         let db = plugin_sdk::enter_runtime(|| {
             pg_common::Database::shared(c.database_url.as_deref(), c.max_connections, c.acquire_timeout_ms, true)
         })?;
+        let web_host = c.web_host.clone().filter(|h| !h.trim().is_empty());
+        let workspaces = workspaces::Workspaces::new(
+            db.clone(),
+            c.master_key.as_deref(),
+            web_host.clone(),
+            [&c.jira, &c.jira_dc, &c.linear],
+        )?
+        .map(Arc::new);
         let inbox =
             Inbox { db, max_attempts: c.max_attempts, backoff: Duration::from_millis(c.retry_backoff_ms.max(1)) };
         let github = if c.github.on() {
@@ -97,7 +108,7 @@ impl Integrations {
         } else {
             None
         };
-        let jira = if c.jira.on() {
+        let jira = if c.jira.on() && c.jira.global() {
             Some(providers::Jira::new(
                 c.jira.need("jira", "api_url", "JIRA_BASE_URL")?.trim_end_matches('/').to_owned(),
                 Some(c.jira.need("jira", "account_email", "JIRA_SERVICE_ACCOUNT_EMAIL")?),
@@ -106,7 +117,7 @@ impl Integrations {
         } else {
             None
         };
-        let jira_dc = if c.jira_dc.on() {
+        let jira_dc = if c.jira_dc.on() && c.jira_dc.global() {
             Some(providers::Jira::new(
                 c.jira_dc.need("jira_dc", "api_url", "JIRA_DC_BASE_URL")?.trim_end_matches('/').to_owned(),
                 None,
@@ -115,7 +126,7 @@ impl Integrations {
         } else {
             None
         };
-        let linear = if c.linear.on() {
+        let linear = if c.linear.on() && c.linear.global() {
             Some(providers::Linear::new(
                 c.linear.api("https://api.linear.app"),
                 c.linear.need("linear", "token", "LINEAR_API_KEY")?,
@@ -127,7 +138,8 @@ impl Integrations {
             inbox,
             services,
             mention: c.mention.clone(),
-            web_host: c.web_host.clone().filter(|h| !h.trim().is_empty()),
+            web_host,
+            workspaces: workspaces.clone(),
             github,
             slack,
             gitlab,
@@ -150,29 +162,26 @@ impl Integrations {
             }
             tasks
         });
-        Ok(Integrations { config: c, hub, limiter, tasks: Mutex::new(tasks) })
+        Ok(Integrations { config: c, hub, workspaces, limiter, tasks: Mutex::new(tasks) })
     }
 
     fn source(&self, name: &str) -> &config::Source {
         source_of(&self.config, name)
     }
 
-    /// Checks a delivery of `source` and reads its id and event type.
-    fn verify(&self, source: &str, request: &HttpRequest) -> Result<Verified, (u16, String)> {
-        let secret = self.source(source).webhook_secret.clone().unwrap_or_default();
+    /// Checks a delivery of `source` with `secret` and reads its id and event type.
+    fn verify(&self, source: &str, secret: &str, request: &HttpRequest) -> Result<Verified, (u16, String)> {
         let body = &request.body[..];
         let refused = |r: Refusal| (if r == Refusal::Missing { 401 } else { 403 }, r.reason().to_owned());
         let now = chrono::Utc::now();
         match source {
-            "github" => {
-                verify::hub_signature(&secret, body, header(request, "x-hub-signature-256")).map_err(refused)?
-            }
+            "github" => verify::hub_signature(secret, body, header(request, "x-hub-signature-256")).map_err(refused)?,
             "jira" | "jira_dc" => {
-                verify::hub_signature(&secret, body, header(request, "x-hub-signature")).map_err(refused)?
+                verify::hub_signature(secret, body, header(request, "x-hub-signature")).map_err(refused)?
             }
             // A signing token (GitLab 19) when the delivery is signed, else the classic token.
             "gitlab" if header(request, "webhook-signature").is_some() => verify::standard_webhooks(
-                &secret,
+                secret,
                 body,
                 header(request, "webhook-id"),
                 header(request, "webhook-timestamp"),
@@ -180,9 +189,9 @@ impl Integrations {
                 now.timestamp(),
             )
             .map_err(refused)?,
-            "gitlab" => verify::gitlab_token(&secret, header(request, "x-gitlab-token")).map_err(refused)?,
+            "gitlab" => verify::gitlab_token(secret, header(request, "x-gitlab-token")).map_err(refused)?,
             "slack" => verify::slack(
-                &secret,
+                secret,
                 body,
                 header(request, "x-slack-signature"),
                 header(request, "x-slack-request-timestamp"),
@@ -193,7 +202,7 @@ impl Integrations {
                 // Linear's timestamp is in the (signed) body: verify, then read it.
                 let signature = header(request, "linear-signature");
                 let ts = serde_json::from_slice::<Value>(body).ok().and_then(|v| v["webhookTimestamp"].as_i64());
-                verify::linear(&secret, body, signature, ts, now.timestamp_millis()).map_err(refused)?
+                verify::linear(secret, body, signature, ts, now.timestamp_millis()).map_err(refused)?
             }
         }
         let payload: Value = serde_json::from_slice(body).map_err(|e| (400, format!("the body is not JSON: {e}")))?;
@@ -231,7 +240,20 @@ impl Integrations {
                 vec![("retry-after", retry_after.to_string())],
             ));
         }
-        let v = match self.verify(source, request) {
+        // Jira and Linear deliveries are signed with their workspace's secret, when it is a
+        // registered one: the body names it (read only for that, before it is trusted).
+        let mut workspace = None;
+        if let Some(ws) = self.workspaces.as_ref().filter(|w| w.serves(source)) {
+            if let Ok(payload) = serde_json::from_slice::<Value>(&request.body) {
+                workspace = ws.for_delivery(source, &payload).await?;
+            }
+        }
+        let secret = match (&workspace, self.source(source).webhook_secret.as_deref()) {
+            (Some(ws), _) => Ok(ws.webhook_secret.clone()),
+            (None, Some(global)) if !global.trim().is_empty() => Ok(global.to_owned()),
+            _ => Err((403, "the delivery names no registered workspace".to_owned())),
+        };
+        let v = match secret.and_then(|secret| self.verify(source, &secret, request)) {
             Ok(v) => v,
             Err((status, reason)) => {
                 let delivery =
@@ -243,6 +265,14 @@ impl Integrations {
                 return Ok(json(status, &json!({ "error": format!("{source} delivery refused: {reason}") })));
             }
         };
+        if let Some(ws) = workspace.filter(|ws| !ws.active()) {
+            let detail = json!({ "reason": "workspace inactive", "workspace": ws.name });
+            self.hub.inbox.audit(source, Some(&v.delivery_id), "ignored", detail).await;
+            return Ok(json(
+                200,
+                &json!({ "status": "ignored", "reason": format!("workspace {} is inactive", ws.name) }),
+            ));
+        }
         if source == "slack" && v.payload["type"] == "url_verification" {
             self.hub.inbox.audit(source, None, "url_verification", json!({})).await;
             return Ok(json(200, &json!({ "challenge": v.payload["challenge"] })));
@@ -359,6 +389,13 @@ impl plugin_sdk::RouteHandler for Integrations {
             path: "/api/integrations/link-code".into(),
             authenticated: true,
         });
+        for (provider, slug) in workspaces::PROVIDERS {
+            if self.workspaces.as_ref().is_some_and(|w| w.serves(provider)) {
+                for (method, path) in workspaces::routes(slug) {
+                    routes.push(RouteSpec { method: method.into(), path: path.into(), authenticated: true });
+                }
+            }
+        }
         for (method, path) in [
             ("GET", "/internal/webhooks/dead-letters"),
             ("POST", "/internal/webhooks/{id}/replay"),
@@ -375,6 +412,14 @@ impl plugin_sdk::RouteHandler for Integrations {
         }
         if request.path == "/api/integrations/link-code" {
             return self.link_code(&ctx).await;
+        }
+        if let Some(ws) = &self.workspaces {
+            for (provider, slug) in workspaces::PROVIDERS {
+                let prefix = format!("/integration/{slug}/");
+                if request.path.starts_with(&prefix) && !request.path.ends_with("/events") {
+                    return ws.handle(provider, slug, &ctx, &request).await;
+                }
+            }
         }
         match ROUTES.iter().find(|(_, path)| *path == request.path.as_str()) {
             Some((source, _)) if self.source(source).on() => self.receive(source, &request).await,

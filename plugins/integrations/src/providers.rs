@@ -1,6 +1,7 @@
 //! What the integrations say back: GitHub issue comments (as the GitHub App: an RS256 app JWT
-//! buys an installation token, kept until shortly before it expires) and Slack thread
-//! replies (`chat.postMessage` with the bot token).
+//! buys an installation token, kept until shortly before it expires), Slack thread replies
+//! (`chat.postMessage` with the bot token), GitLab notes, Jira and Linear comments (with the
+//! profile's account, or a registered workspace's service account: `workspaces.rs`).
 
 use plugin_sdk::{ErrorCode, PluginError};
 use serde::Deserialize;
@@ -11,7 +12,7 @@ use std::{
 };
 use tokio::sync::Mutex;
 
-fn http() -> Result<reqwest::Client, PluginError> {
+pub(crate) fn http() -> Result<reqwest::Client, PluginError> {
     plugin_sdk::enter_runtime(|| {
         reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
@@ -32,12 +33,12 @@ async fn failure(what: &str, r: reqwest::Response) -> PluginError {
     PluginError::new(code, format!("{what}: {status} {body}"))
 }
 
-fn unreachable(what: &str, e: reqwest::Error) -> PluginError {
+pub(crate) fn unreachable(what: &str, e: reqwest::Error) -> PluginError {
     PluginError::unavailable(format!("{what}: {e}"))
 }
 
 /// Sends `request`; its response when it succeeded, else the failure, named by `what`.
-async fn send(what: &str, request: reqwest::RequestBuilder) -> Result<reqwest::Response, PluginError> {
+pub(crate) async fn send(what: &str, request: reqwest::RequestBuilder) -> Result<reqwest::Response, PluginError> {
     let r = request.send().await.map_err(|e| unreachable(what, e))?;
     if r.status().is_success() {
         Ok(r)
@@ -198,13 +199,27 @@ impl Jira {
     }
 
     pub(crate) async fn comment(&self, issue_key: &str, body: &str) -> Result<(), PluginError> {
-        let request = self.http.post(format!("{}/rest/api/2/issue/{issue_key}/comment", self.base));
-        let request = match &self.email {
-            Some(email) => request.basic_auth(email, Some(&self.token)),
-            None => request.bearer_auth(&self.token),
-        };
-        send("Jira comment", request.json(&json!({ "body": body }))).await.map(drop)
+        jira_comment(&self.http, &self.base, self.email.as_deref(), &self.token, issue_key, body).await
     }
+}
+
+/// A comment on a Jira issue under `base` (a site, Data Center, or Cloud's
+/// `https://api.atlassian.com/ex/jira/{cloud id}`): basic auth with an account's email and API
+/// token, or bearer with a personal access token.
+pub(crate) async fn jira_comment(
+    http: &reqwest::Client,
+    base: &str,
+    email: Option<&str>,
+    token: &str,
+    issue_key: &str,
+    body: &str,
+) -> Result<(), PluginError> {
+    let request = http.post(format!("{base}/rest/api/2/issue/{issue_key}/comment"));
+    let request = match email {
+        Some(email) => request.basic_auth(email, Some(token)),
+        None => request.bearer_auth(token),
+    };
+    send("Jira comment", request.json(&json!({ "body": body }))).await.map(drop)
 }
 
 /// Linear comments through its GraphQL API, with an API key.
@@ -220,18 +235,28 @@ impl Linear {
     }
 
     pub(crate) async fn comment(&self, issue_id: &str, body: &str) -> Result<(), PluginError> {
-        let what = "Linear commentCreate";
-        let query = "mutation CommentCreate($input: CommentCreateInput!) { commentCreate(input: $input) { success } }";
-        let request = self
-            .http
-            .post(format!("{}/graphql", self.api))
-            .header("authorization", &self.key)
-            .json(&json!({ "query": query, "variables": { "input": { "issueId": issue_id, "body": body } } }));
-        let r = send(what, request).await?;
-        let answer: Value = r.json().await.map_err(|e| unreachable(what, e))?;
-        if answer["data"]["commentCreate"]["success"] != true {
-            return Err(PluginError::internal(format!("{what}: {}", answer["errors"])));
-        }
-        Ok(())
+        linear_comment(&self.http, &self.api, &self.key, issue_id, body).await
     }
+}
+
+/// A comment on a Linear issue (GraphQL `commentCreate`) with an API key.
+pub(crate) async fn linear_comment(
+    http: &reqwest::Client,
+    api: &str,
+    key: &str,
+    issue_id: &str,
+    body: &str,
+) -> Result<(), PluginError> {
+    let what = "Linear commentCreate";
+    let query = "mutation CommentCreate($input: CommentCreateInput!) { commentCreate(input: $input) { success } }";
+    let request = http
+        .post(format!("{api}/graphql"))
+        .header("authorization", key)
+        .json(&json!({ "query": query, "variables": { "input": { "issueId": issue_id, "body": body } } }));
+    let r = send(what, request).await?;
+    let answer: Value = r.json().await.map_err(|e| unreachable(what, e))?;
+    if answer["data"]["commentCreate"]["success"] != true {
+        return Err(PluginError::internal(format!("{what}: {}", answer["errors"])));
+    }
+    Ok(())
 }

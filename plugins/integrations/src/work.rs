@@ -24,6 +24,7 @@ pub(crate) struct Hub {
     pub(crate) services: Services,
     pub(crate) mention: String,
     pub(crate) web_host: Option<String>,
+    pub(crate) workspaces: Option<Arc<crate::workspaces::Workspaces>>,
     pub(crate) github: Option<GitHub>,
     pub(crate) slack: Option<Slack>,
     pub(crate) gitlab: Option<GitLab>,
@@ -240,6 +241,11 @@ fn user_ctx(user: &str) -> CallContext {
 impl Hub {
     /// Says `text` where `target` points.
     async fn answer(&self, target: &Value, text: &str) -> Result<(), PluginError> {
+        // A registered workspace answers with its own service account.
+        if let Some(workspace) = target["workspace"].as_i64() {
+            let ws = self.workspaces.as_ref().ok_or_else(|| PluginError::internal("workspaces are not configured"))?;
+            return ws.comment(workspace, target, text).await;
+        }
         match target["kind"].as_str() {
             Some("github") => {
                 let gh = self.github.as_ref().ok_or_else(|| PluginError::internal("GitHub is not configured"))?;
@@ -321,7 +327,7 @@ impl Hub {
     }
 
     /// Tells an unlinked user once how to link; whether this was the first time.
-    async fn tell_how_to_link(&self, m: &Mention) -> Result<bool, PluginError> {
+    async fn tell_how_to_link(&self, m: &Mention, workspace: bool) -> Result<bool, PluginError> {
         let pool = self.inbox.db.ready().await?;
         let told: Option<i32> =
             sqlx::query_scalar("SELECT 1 FROM integration_notices WHERE provider = $1 AND external_id = $2")
@@ -334,10 +340,17 @@ impl Hub {
             return Ok(false);
         }
         let place = self.web_host.as_deref().map(|h| format!(" at {h}/settings/integrations")).unwrap_or_default();
-        let text = format!(
+        let text = if workspace {
+            format!(
+                "I can't work on this yet: your {} account is not linked to an OpenHands account. Link it in OpenHands' settings{place} (Project management, Link), then mention me again.",
+                m.provider
+            )
+        } else {
+            format!(
             "I can't work on this yet: your {} account is not linked to an OpenHands account. Get a link code{place} (signed in), then comment `{} link CODE` here.",
             m.provider, self.mention
-        );
+        )
+        };
         self.answer(&m.target, &text).await?;
         sqlx::query("INSERT INTO integration_notices (provider, external_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(m.provider)
@@ -359,14 +372,29 @@ impl Hub {
             "linear" => linear_mention(&d.payload, &self.mention),
             other => return Ok(format!("no action for {other} deliveries")),
         };
-        let Some(m) = mention else { return Ok(format!("ignored: {} without a mention of the agent", d.event)) };
+        let Some(mut m) = mention else { return Ok(format!("ignored: {} without a mention of the agent", d.event)) };
+        let workspace = match &self.workspaces {
+            Some(ws) => ws.for_delivery(&d.source, &d.payload).await?,
+            None => None,
+        };
+        if let Some(ws) = &workspace {
+            m.target["workspace"] = json!(ws.id);
+        }
         // Slack's text has the bot's mention taken out already.
         let command = if m.provider == "slack" { format!("{} {}", self.mention, m.said) } else { m.said.clone() };
         if let Some(code) = link_command(&command, &self.mention) {
             return self.link_with_code(&m, &code).await;
         }
-        let Some(user) = self.linked_user(m.provider, &m.external_user).await? else {
-            let first = self.tell_how_to_link(&m).await?;
+        let in_workspace = match (&workspace, &self.workspaces) {
+            (Some(ws), Some(all)) => all.linked_user(ws.id, &m.external_user).await?,
+            _ => None,
+        };
+        let user = match in_workspace {
+            Some(user) => Some(user),
+            None => self.linked_user(m.provider, &m.external_user).await?,
+        };
+        let Some(user) = user else {
+            let first = self.tell_how_to_link(&m, workspace.is_some()).await?;
             return Ok(if first { "unlinked user: told how to link" } else { "unlinked user: told before" }.to_owned());
         };
         let id = conversation_id(&d.source, &d.delivery_id);

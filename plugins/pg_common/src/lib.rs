@@ -43,6 +43,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "billing", include_str!("../../../migrations/0010_billing.sql")),
     (11, "conversation_feedback", include_str!("../../../migrations/0011_conversation_feedback.sql")),
     (12, "integrations", include_str!("../../../migrations/0012_integrations.sql")),
+    (13, "integration_workspaces", include_str!("../../../migrations/0013_integration_workspaces.sql")),
 ];
 
 /// The advisory lock key around migrations ("ohhost" in ASCII).
