@@ -45,3 +45,17 @@ CREATE TABLE integration_oauth_states (
     details        TEXT,                           -- sealed JSON
     expires_at     TIMESTAMPTZ NOT NULL
 );
+
+-- GitLab webhooks a user installed on a project (OpenHands' gitlab_webhook): each has its own
+-- secret token (sealed, bound to 'gitlab_webhooks/webhook_secret/<id>'), and GitLab sends
+-- the row's id back in the X-OpenHands-Webhook-Id header so a delivery finds its secret.
+CREATE TABLE gitlab_webhooks (
+    id             TEXT PRIMARY KEY,
+    user_id        TEXT NOT NULL,
+    project_id     BIGINT NOT NULL UNIQUE,
+    project_path   TEXT NOT NULL,
+    hook_id        BIGINT,                          -- GitLab's, once installed
+    webhook_secret TEXT NOT NULL,                   -- sealed
+    created_at     TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX gitlab_webhooks_by_user ON gitlab_webhooks (user_id);

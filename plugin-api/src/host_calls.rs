@@ -7,7 +7,7 @@
 //! a host that does not know an operation answers `UNIMPLEMENTED`.
 
 use crate::{
-    models::{Admission, ConversationMetadata, EventPage, LlmUsage, Secrets, Settings},
+    models::{Admission, ConversationMetadata, EventPage, LlmUsage, ProviderTokens, Secrets, Settings},
     ExtensionPoint,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -156,6 +156,13 @@ pub struct StartConversation {
     pub git_provider: Option<String>,
 }
 host_call!(StartConversation, CONVERSATION_MANAGER, "start_conversation", String);
+
+/// The calling user's git provider tokens: those the user-auth plugin brokers (SaaS: the
+/// identity provider's), else those of their secrets. Added in plugin-api 0.6 (integrations
+/// install GitLab webhooks as the user).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct GetProviderTokens {}
+host_call!(GetProviderTokens, USER_AUTH, "provider_tokens", ProviderTokens);
 
 /// Tells every monitoring listener a conversation was created (`on_create_conversation`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

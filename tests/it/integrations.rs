@@ -9,9 +9,9 @@ use oh_e2e::{
     hmac_sha256_hex,
     llm::FakeLlm,
     providers::{
-        app_private_key, FakeProviders, APP_ID, GITLAB_TOKEN, JIRA_CLOUD_ID, JIRA_DC_TOKEN, JIRA_EMAIL, JIRA_SITE,
-        JIRA_TOKEN, LINEAR_KEY, LINEAR_ORG_ID, OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, SLACK_BOT_TOKEN, WS_JIRA_DC_KEY,
-        WS_JIRA_EMAIL, WS_JIRA_KEY, WS_LINEAR_KEY,
+        app_private_key, FakeProviders, APP_ID, GITLAB_TOKEN, GITLAB_USER_TOKEN, JIRA_CLOUD_ID, JIRA_DC_TOKEN,
+        JIRA_EMAIL, JIRA_SITE, JIRA_TOKEN, LINEAR_KEY, LINEAR_ORG_ID, OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET,
+        SLACK_BOT_TOKEN, WS_JIRA_DC_KEY, WS_JIRA_EMAIL, WS_JIRA_KEY, WS_LINEAR_KEY,
     },
     Deployment, TestHost,
 };
@@ -744,4 +744,97 @@ async fn jira_jira_dc_and_linear_workspaces_are_registered_linked_and_answer_wit
     assert_eq!(r.json()["status"], "ignored", "{}", r.text);
     let r = host.send(host.http.post(host.url("/integration/jira/workspaces/unlink")).bearer_auth(ALICE)).await;
     assert_eq!(r.status, 404, "{}", r.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_installs_a_gitlab_webhook_that_has_its_own_secret() {
+    let site = Site::new().await;
+    let api = &site.providers.base_url;
+    // No deployment-wide GitLab secret: only webhooks installed here are accepted.
+    let gitlab = format!(
+        "master_key = \"integrations-master-key-0123456789\", \
+         gitlab = {{ enabled = \"1\", api_url = \"{api}\", token = \"{GITLAB_TOKEN}\" }}, "
+    );
+    let (_d, host) = site.host(&gitlab).await;
+    site.alice(&host).await;
+    let admin = host.admin.clone().unwrap();
+    let link = json!({ "provider": "gitlab", "external_id": "dana-gl", "user_id": "alice" });
+    assert_eq!(host.send(host.http.post(format!("{admin}/internal/integrations/links")).json(&link)).await.status, 200);
+    let hooks = host.url("/api/integrations/gitlab/webhooks");
+    let install =
+        |project: Value| host.send(host.http.post(&hooks).bearer_auth(ALICE).json(&json!({ "project": project })));
+
+    // Without a GitLab token of hers there is nothing to install it with.
+    let r = install(json!("grp/app")).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let tokens = json!({ "provider_tokens": { "gitlab": { "token": GITLAB_USER_TOKEN } } });
+    let r = host.send(host.http.post(host.url("/api/add-git-providers")).bearer_auth(ALICE).json(&tokens)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(install(json!("nobody/else")).await.status, 404);
+    assert_eq!(install(json!({ "x": 1 })).await.status, 422);
+    let r = install(json!("grp/app")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let installed = r.json();
+    let id = installed["id"].as_str().unwrap().to_owned();
+    assert_eq!((installed["project_id"].as_i64(), installed["project"].as_str()), (Some(5), Some("grp/app")));
+    let at_gitlab = site.providers.hooks();
+    assert_eq!(at_gitlab.len(), 1);
+    let sent = &at_gitlab[0].2;
+    assert_eq!(sent["url"], "https://app.example.test/integration/gitlab/events");
+    assert_eq!(sent["note_events"], true);
+    assert_eq!(sent["custom_headers"], json!([{ "key": "X-OpenHands-Webhook-Id", "value": id }]));
+    let secret = sent["token"].as_str().unwrap().to_owned();
+    assert_eq!(secret.len(), 64);
+    assert_eq!(install(json!(5)).await.status, 409, "one webhook per project");
+    let listed = host.send(host.http.get(&hooks).bearer_auth(ALICE)).await;
+    assert_eq!(listed.json()["webhooks"][0]["id"], id.as_str());
+    assert!(!listed.text.contains(&secret), "{}", listed.text);
+    assert_eq!(host.send(host.http.get(&hooks).bearer_auth(BOB)).await.json()["webhooks"], json!([]));
+
+    // Deliveries of that webhook are checked against its secret alone.
+    let note = json!({
+        "object_kind": "note", "user": { "username": "dana-gl" }, "project": { "id": 5, "path_with_namespace": "grp/app" },
+        "object_attributes": { "note": "@openhands look at this", "noteable_type": "Issue" },
+        "issue": { "iid": 8, "title": "Crash", "description": "" },
+    })
+    .to_string()
+    .into_bytes();
+    let deliver = |token: &str, hook: Option<&str>, uuid: &str| {
+        let mut req = host
+            .http
+            .post(host.url("/integration/gitlab/events"))
+            .header("content-type", "application/json")
+            .header("x-gitlab-token", token)
+            .header("x-gitlab-event", "Note Hook")
+            .header("x-gitlab-event-uuid", uuid)
+            .body(note.clone());
+        if let Some(hook) = hook {
+            req = req.header("x-openhands-webhook-id", hook);
+        }
+        host.send(req)
+    };
+    assert_eq!(deliver("wrong", Some(&id), "u-1").await.status, 403);
+    assert_eq!(deliver(&secret, None, "u-2").await.status, 403, "no deployment-wide secret to fall back on");
+    assert_eq!(deliver(&secret, Some("0123456789abcdef0123456789abcdef"), "u-3").await.status, 403);
+    let r = deliver(&secret, Some(&id), "u-4").await;
+    assert_eq!(r.json()["status"], "accepted", "{}", r.text);
+    let posts = wait_for("the note", || {
+        let p = site.providers.posts();
+        (!p.is_empty()).then_some(p)
+    })
+    .await;
+    assert_eq!(posts[0].1, "5/issues/8");
+    assert!(posts[0].2.contains("look at this"), "{posts:?}");
+
+    // Sealed at rest; removed at GitLab and here.
+    let mut conn = site.db.connect().await;
+    let stored: String =
+        sqlx::query_scalar("SELECT webhook_secret FROM gitlab_webhooks").fetch_one(&mut conn).await.unwrap();
+    assert!(stored.starts_with("v1.") && !stored.contains(&secret));
+    let bobs = host.send(host.http.delete(format!("{hooks}/{id}")).bearer_auth(BOB)).await;
+    assert_eq!(bobs.status, 404, "not Bob's: {}", bobs.text);
+    let r = host.send(host.http.delete(format!("{hooks}/{id}")).bearer_auth(ALICE)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(site.providers.hooks().is_empty());
+    assert_eq!(deliver(&secret, Some(&id), "u-5").await.status, 403);
 }

@@ -34,6 +34,9 @@ pub const JIRA_DC_TOKEN: &str = "jira-dc-pat";
 /// Linear's API key.
 pub const LINEAR_KEY: &str = "lin_api_fake";
 
+/// A GitLab user's own token (installs webhooks on `grp/app`, id 5, which they maintain).
+pub const GITLAB_USER_TOKEN: &str = "glpat-user-token";
+
 /// The OAuth app every workspace provider knows.
 pub const OAUTH_CLIENT_ID: &str = "oh-oauth-client";
 pub const OAUTH_CLIENT_SECRET: &str = "oh-oauth-secret";
@@ -73,6 +76,9 @@ struct Record {
     codes: std::collections::HashMap<String, (String, String, String)>,
     /// Access tokens: token → (provider, user).
     access: std::collections::HashMap<String, (String, String)>,
+    /// GitLab webhooks installed: (project id, hook id, what was sent).
+    hooks: Vec<(i64, i64, Value)>,
+    next_hook: i64,
 }
 
 #[derive(Clone)]
@@ -325,6 +331,54 @@ async fn jira_cloud_comment(
     (StatusCode::CREATED, Json(json!({ "id": "10001" }))).into_response()
 }
 
+/// `grp/app` (id 5), the one project the user's token maintains.
+fn gitlab_project(project: &str) -> Option<i64> {
+    (project == "grp/app" || project == "5").then_some(5)
+}
+
+async fn gitlab_get_project(Path(project): Path<String>, headers: HeaderMap) -> Response {
+    if bearer(&headers) != GITLAB_USER_TOKEN {
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "message": "401 Unauthorized" }))).into_response();
+    }
+    match gitlab_project(&project) {
+        Some(id) => Json(json!({ "id": id, "path_with_namespace": "grp/app" })).into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({ "message": "404 Project Not Found" }))).into_response(),
+    }
+}
+
+async fn gitlab_add_hook(
+    State(f): State<FakeProviders>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let Some(project) = gitlab_project(&project).filter(|_| bearer(&headers) == GITLAB_USER_TOKEN) else {
+        return (StatusCode::FORBIDDEN, Json(json!({ "message": "403 Forbidden" }))).into_response();
+    };
+    let mut r = f.record.lock().unwrap();
+    r.next_hook += 1;
+    let id = r.next_hook;
+    r.hooks.push((project, id, body));
+    (StatusCode::CREATED, Json(json!({ "id": id }))).into_response()
+}
+
+async fn gitlab_delete_hook(
+    State(f): State<FakeProviders>,
+    Path((project, hook)): Path<(String, i64)>,
+    headers: HeaderMap,
+) -> Response {
+    if bearer(&headers) != GITLAB_USER_TOKEN || gitlab_project(&project).is_none() {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let mut r = f.record.lock().unwrap();
+    let before = r.hooks.len();
+    r.hooks.retain(|h| h.1 != hook);
+    if r.hooks.len() == before {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
 impl FakeProviders {
     pub async fn start() -> FakeProviders {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -337,6 +391,9 @@ impl FakeProviders {
             .route("/api/v4/projects/{project}/{kind}/{iid}/notes", post(gitlab_note))
             .route("/rest/api/2/issue/{key}/comment", post(jira_comment))
             .route("/graphql", post(linear_graphql))
+            .route("/api/v4/projects/{project}", axum::routing::get(gitlab_get_project))
+            .route("/api/v4/projects/{project}/hooks", post(gitlab_add_hook))
+            .route("/api/v4/projects/{project}/hooks/{hook}", axum::routing::delete(gitlab_delete_hook))
             .route("/authorize", axum::routing::get(atlassian_authorize))
             .route("/rest/oauth2/latest/authorize", axum::routing::get(jira_dc_authorize))
             .route("/oauth/authorize", axum::routing::get(linear_authorize))
@@ -369,6 +426,11 @@ impl FakeProviders {
     /// GitLab notes, Jira and Linear comments: (provider, where, body).
     pub fn posts(&self) -> Vec<(String, String, String)> {
         self.record.lock().unwrap().posts.clone()
+    }
+
+    /// GitLab webhooks installed and not removed: (project id, hook id, what was sent).
+    pub fn hooks(&self) -> Vec<(i64, i64, Value)> {
+        self.record.lock().unwrap().hooks.clone()
     }
 
     /// From now on, `user` is who signs in at `provider` (`jira`, `jira_dc`, `linear`).

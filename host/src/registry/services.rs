@@ -8,8 +8,8 @@ use abi_stable::std_types::RString;
 use async_ffi::{FfiFuture, FutureExt as _};
 use plugin_api::{
     host_calls::{
-        Admit, AgentSessionStart, AppendEvents, Capture, CreateConversation, GetEvents, GetMetadata, HostCall,
-        LoadSecrets, LoadSettings, ReportLlmUsage, SaveMetadata, SessionEvent, StartConversation,
+        Admit, AgentSessionStart, AppendEvents, Capture, CreateConversation, GetEvents, GetMetadata, GetProviderTokens,
+        HostCall, LoadSecrets, LoadSettings, ReportLlmUsage, SaveMetadata, SessionEvent, StartConversation,
     },
     CallContext, ErrorCode, EventQuery, HostServices, PResult, PluginError,
 };
@@ -151,6 +151,21 @@ impl Registry {
             .await
         } else if is::<StartConversation>(point, method) {
             serve(args, |r: StartConversation| async move { self.launch(ctx, r).await }).await
+        } else if is::<GetProviderTokens>(point, method) {
+            serve(args, |_: GetProviderTokens| async move {
+                // As a conversation gets them: brokered tokens win over stored ones.
+                let brokered = self.provider_tokens(ctx.clone()).await.map_err(|e| e.into_plugin_error())?;
+                match brokered {
+                    Some(tokens) => Ok(tokens),
+                    None => Ok(self
+                        .load_secrets(ctx)
+                        .await
+                        .map_err(|e| e.into_plugin_error())?
+                        .unwrap_or_default()
+                        .provider_tokens),
+                }
+            })
+            .await
         } else if is::<CreateConversation>(point, method) {
             serve(args, |_: CreateConversation| async move {
                 self.on_create_conversation(&ctx2);

@@ -175,11 +175,9 @@ impl Config {
         if c.mention.trim().is_empty() {
             return Err(PluginError::invalid_config("mention must not be empty (e.g. \"@openhands\")"));
         }
-        for (name, source, var) in [
-            ("github", &c.github, "GITHUB_APP_WEBHOOK_SECRET"),
-            ("gitlab", &c.gitlab, "GITLAB_WEBHOOK_SECRET"),
-            ("slack", &c.slack, "SLACK_SIGNING_SECRET"),
-        ] {
+        for (name, source, var) in
+            [("github", &c.github, "GITHUB_APP_WEBHOOK_SECRET"), ("slack", &c.slack, "SLACK_SIGNING_SECRET")]
+        {
             if source.on() {
                 source.need(name, "webhook_secret", var)?;
             }

@@ -11,6 +11,7 @@
 //! (`/internal/integrations/links`). Every delivery and decision is in `audit_log`.
 
 mod config;
+mod gitlab_hooks;
 mod inbox;
 mod providers;
 mod ratelimit;
@@ -57,6 +58,8 @@ pub struct Integrations {
     hub: Arc<work::Hub>,
     /// Jira, Jira DC and Linear workspaces, when an OAuth app is configured for one.
     workspaces: Option<Arc<workspaces::Workspaces>>,
+    /// GitLab webhooks installed by users, each with its own secret (when GitLab is on).
+    gitlab_hooks: Option<gitlab_hooks::GitLabHooks>,
     limiter: ratelimit::Limiter,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -81,6 +84,17 @@ impl Integrations {
             [&c.jira, &c.jira_dc, &c.linear],
         )?
         .map(Arc::new);
+        let gitlab_hooks = if c.gitlab.on() {
+            gitlab_hooks::GitLabHooks::new(
+                db.clone(),
+                c.master_key.as_deref(),
+                services.clone(),
+                c.gitlab.api("https://gitlab.com"),
+                web_host.as_deref(),
+            )?
+        } else {
+            None
+        };
         let inbox =
             Inbox { db, max_attempts: c.max_attempts, backoff: Duration::from_millis(c.retry_backoff_ms.max(1)) };
         let github = if c.github.on() {
@@ -162,7 +176,7 @@ impl Integrations {
             }
             tasks
         });
-        Ok(Integrations { config: c, hub, workspaces, limiter, tasks: Mutex::new(tasks) })
+        Ok(Integrations { config: c, hub, workspaces, gitlab_hooks, limiter, tasks: Mutex::new(tasks) })
     }
 
     fn source(&self, name: &str) -> &config::Source {
@@ -248,10 +262,22 @@ impl Integrations {
                 workspace = ws.for_delivery(source, &payload).await?;
             }
         }
-        let secret = match (&workspace, self.source(source).webhook_secret.as_deref()) {
-            (Some(ws), _) => Ok(ws.webhook_secret.clone()),
-            (None, Some(global)) if !global.trim().is_empty() => Ok(global.to_owned()),
-            _ => Err((403, "the delivery names no registered workspace".to_owned())),
+        // A GitLab webhook installed by a user names itself, and has its own secret.
+        let mut own = None;
+        if let (Some(hooks), Some(id)) = (&self.gitlab_hooks, header(request, gitlab_hooks::ID_HEADER)) {
+            if source == "gitlab" {
+                own = Some(hooks.secret(id).await?.ok_or((403, "the delivery names an unknown webhook".to_owned())));
+            }
+        }
+        let global = self.source(source).webhook_secret.as_deref().filter(|s| !s.trim().is_empty());
+        let secret = match (own, &workspace, global) {
+            (Some(own), _, _) => own,
+            (None, Some(ws), _) => Ok(ws.webhook_secret.clone()),
+            (None, None, Some(global)) => Ok(global.to_owned()),
+            (None, None, None) if source == "gitlab" => {
+                Err((403, "the delivery names no webhook installed here".to_owned()))
+            }
+            (None, None, None) => Err((403, "the delivery names no registered workspace".to_owned())),
         };
         let v = match secret.and_then(|secret| self.verify(source, &secret, request)) {
             Ok(v) => v,
@@ -389,6 +415,15 @@ impl plugin_sdk::RouteHandler for Integrations {
             path: "/api/integrations/link-code".into(),
             authenticated: true,
         });
+        if self.gitlab_hooks.is_some() {
+            for (method, path) in [
+                ("GET", gitlab_hooks::PATH.to_owned()),
+                ("POST", gitlab_hooks::PATH.to_owned()),
+                ("DELETE", format!("{}/{{id}}", gitlab_hooks::PATH)),
+            ] {
+                routes.push(RouteSpec { method: method.into(), path: path.into(), authenticated: true });
+            }
+        }
         for (provider, slug) in workspaces::PROVIDERS {
             if self.workspaces.as_ref().is_some_and(|w| w.serves(provider)) {
                 for (method, path) in workspaces::routes(slug) {
@@ -412,6 +447,9 @@ impl plugin_sdk::RouteHandler for Integrations {
         }
         if request.path == "/api/integrations/link-code" {
             return self.link_code(&ctx).await;
+        }
+        if let Some(hooks) = self.gitlab_hooks.as_ref().filter(|_| request.path.starts_with(gitlab_hooks::PATH)) {
+            return hooks.handle(&ctx, &request).await;
         }
         if let Some(ws) = &self.workspaces {
             for (provider, slug) in workspaces::PROVIDERS {
