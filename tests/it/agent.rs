@@ -555,6 +555,40 @@ async fn with_a_local_runtime_the_agent_edits_files_runs_commands_and_finishes()
 }
 
 #[tokio::test]
+async fn a_command_waiting_for_input_goes_on_running_and_takes_the_agents_input() {
+    let (_d, host, llm) = setup(", runtime = \"local\", command_timeout_secs = 30").await;
+    llm.push([
+        Reply::Tools(vec![(
+            "execute_bash".into(),
+            json!({ "command": "echo 'name?'; read name; echo \"hello $name\"", "timeout": 1 }),
+        )]),
+        Reply::Tools(vec![("execute_bash".into(), json!({ "command": "ls" }))]),
+        Reply::Tools(vec![("execute_bash".into(), json!({ "command": "Ada", "is_input": "true" }))]),
+        Reply::Tools(vec![("finish".into(), json!({ "message": "Greeted." }))]),
+    ]);
+    let id = create(&host, "greet someone").await;
+    let events = events_until(&host, &id, "the agent to finish", |e| {
+        e.iter().any(|e| e["observation"] == "agent_state_changed" && e["extras"]["agent_state"] == "finished")
+    })
+    .await;
+    let runs: Vec<&Value> = events.iter().filter(|e| e["observation"] == "run").collect();
+    assert_eq!(runs.len(), 3, "{events:#?}");
+    // It asked, and went on waiting: the call returned, the command did not end.
+    let asked = runs[0]["content"].as_str().unwrap();
+    assert!(asked.starts_with("name?\n") && asked.contains("timed out after 1 seconds"), "{asked}");
+    assert_eq!(
+        (runs[0]["extras"]["metadata"]["exit_code"].as_i64(), runs[0]["success"].as_bool()),
+        (Some(-1), Some(false))
+    );
+    // A new command meanwhile is not run; input goes to the running one.
+    assert!(runs[1]["content"].as_str().unwrap().contains("is NOT executed"), "{}", runs[1]);
+    let input = events.iter().find(|e| e["action"] == "run" && e["args"]["command"] == "Ada").unwrap();
+    assert_eq!(input["args"]["is_input"], true);
+    assert_eq!((runs[2]["content"].as_str(), runs[2]["success"].as_bool()), (Some("hello Ada\n"), Some(true)));
+    assert_eq!(runs[2]["cause"], input["id"]);
+}
+
+#[tokio::test]
 async fn a_stop_kills_a_running_command_and_its_children() {
     let (_d, host, llm) = setup(", runtime = \"local\", command_timeout_secs = 60").await;
     llm.push([Reply::Tools(vec![(

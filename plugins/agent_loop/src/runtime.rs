@@ -371,16 +371,10 @@ impl Workspace {
         )
     }
 
-    /// Runs `command` with bash in the workspace, stdout and stderr together, at most
-    /// `max_output` characters kept (the rest noted), killed (its whole process group) after
-    /// `timeout` or when `stop` fires.
-    pub async fn run(
-        &self,
-        command: &str,
-        timeout: Duration,
-        max_output: usize,
-        stop: impl std::future::Future<Output = ()>,
-    ) -> std::io::Result<Ran> {
+    /// Starts `command` with bash in the workspace (stdout and stderr together, stdin open for
+    /// input), in its own process group (and pids cgroup in the sandbox); it is killed once it
+    /// has run for `limit`, whoever waits for it.
+    pub fn start(&self, command: &str, limit: Duration) -> std::io::Result<Running> {
         let cgroup = match self.isolation.max_processes() {
             0 => None,
             max => Some(PidsCgroup::create(max).map_err(std::io::Error::other)?),
@@ -390,45 +384,171 @@ impl Workspace {
             .command(&self.root, &self.session_script(command), cgroup.as_ref().map(|c| c.procs()).as_deref())
             .current_dir(&self.root)
             .env("HOME", &self.root)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .process_group(0)
             .kill_on_drop(true)
             .spawn()?;
-        let pid = child.id();
+        let pgid = child.id();
         let mut stdout = child.stdout.take().expect("piped");
-        let mut total = 0usize;
-        let mut buf = Vec::new();
-        let read = async {
-            let mut chunk = [0u8; 8192];
-            loop {
-                let n = stdout.read(&mut chunk).await?;
-                if n == 0 {
+        let (tx, output) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut chunk = vec![0u8; 8192];
+            while let Ok(n) = stdout.read(&mut chunk).await {
+                if n == 0 || tx.send(chunk[..n].to_vec()).await.is_err() {
                     break;
                 }
-                total += n;
-                // Keep a little more than the limit: the cut is made on characters below.
-                if buf.len() < max_output * 4 + 4 {
-                    buf.extend_from_slice(&chunk[..n]);
-                }
             }
-            let status = child.wait().await?;
-            Ok::<_, std::io::Error>(status)
+        });
+        Ok(Running {
+            stdin: child.stdin.take(),
+            child,
+            pgid,
+            output,
+            deadline: tokio::time::Instant::now() + limit,
+            limit,
+            cgroup,
+        })
+    }
+
+    /// Runs `command` to its end: killed (its whole process group) after `timeout` or when
+    /// `stop` fires; at most `max_output` characters kept (the rest noted).
+    pub async fn run(
+        &self,
+        command: &str,
+        timeout: Duration,
+        max_output: usize,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<Ran> {
+        let mut running = self.start(command, timeout)?;
+        let seen = running.wait(Wait::ToEnd, max_output, stop).await;
+        let (exit_code, killed) = match seen.state {
+            Waited::Exited(code) => (code, None),
+            Waited::Killed(why) => (-1, Some(why)),
+            Waited::Running => (-1, None), // not with Wait::ToEnd
         };
-        let outcome = tokio::select! {
-            r = read => Ok(r?),
-            () = tokio::time::sleep(timeout) => Err("timed out"),
-            () = stop => Err("stopped"),
+        Ok(Ran { exit_code, output: seen.output, killed })
+    }
+}
+
+/// A command started in a workspace: waited for (maybe several times, as OpenHands' bash
+/// session returns after a while without output and the command goes on), given input,
+/// interrupted. Dropped, it is killed with all it started.
+pub struct Running {
+    child: tokio::process::Child,
+    pgid: Option<u32>,
+    stdin: Option<tokio::process::ChildStdin>,
+    output: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    deadline: tokio::time::Instant,
+    limit: Duration,
+    cgroup: Option<PidsCgroup>,
+}
+
+/// How long one wait for a running command lasts.
+#[derive(Clone, Copy, Debug)]
+pub enum Wait {
+    /// Until it ends (or its limit kills it).
+    ToEnd,
+    /// Until it has printed nothing for this long.
+    NoOutputFor(Duration),
+    /// This long at most.
+    For(Duration),
+}
+
+/// How a wait ended.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Waited {
+    Exited(i32),
+    /// It goes on (the wait was over first).
+    Running,
+    /// Killed: "timed out" (its limit) or "stopped".
+    Killed(&'static str),
+}
+
+/// What a wait saw: the output printed meanwhile and how it ended.
+#[derive(Debug)]
+pub struct Seen {
+    pub output: String,
+    pub state: Waited,
+}
+
+enum Next {
+    Chunk(Option<Vec<u8>>),
+    Exited(i32),
+    Waited,
+    Limit,
+    Stopped,
+}
+
+impl Running {
+    /// The most it may run.
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// Waits as `wait` says, or until `stop` fires (then it is killed).
+    pub async fn wait(&mut self, wait: Wait, max_output: usize, stop: impl std::future::Future<Output = ()>) -> Seen {
+        tokio::pin!(stop);
+        let mut buf = Vec::new();
+        let mut total = 0usize;
+        let keep = |buf: &mut Vec<u8>, total: &mut usize, chunk: &[u8]| {
+            *total += chunk.len();
+            // A little more than the limit: the cut is made on characters below.
+            if buf.len() < max_output * 4 + 4 {
+                buf.extend_from_slice(chunk);
+            }
         };
-        // A killed command keeps what it printed until then.
-        let (exit_code, killed) = match outcome {
-            Ok(status) => (status.code().unwrap_or(-1), None),
-            Err(why) => {
-                if let Some(pid) = pid {
-                    kill_group(pid).await;
+        let now = tokio::time::Instant::now();
+        let (mut quiet, until) = match wait {
+            Wait::ToEnd => (None, None),
+            Wait::NoOutputFor(d) => (Some(d), Some(now + d)),
+            Wait::For(d) => (None, Some(now + d)),
+        };
+        let mut until = until;
+        let state = loop {
+            let next = tokio::select! {
+                chunk = self.output.recv() => Next::Chunk(chunk),
+                status = self.child.wait() => Next::Exited(status.ok().and_then(|s| s.code()).unwrap_or(-1)),
+                () = tokio::time::sleep_until(until.unwrap_or(self.deadline)), if until.is_some() => Next::Waited,
+                () = tokio::time::sleep_until(self.deadline) => Next::Limit,
+                () = &mut stop => Next::Stopped,
+            };
+            match next {
+                Next::Chunk(Some(chunk)) => {
+                    keep(&mut buf, &mut total, &chunk);
+                    if let Some(d) = quiet.as_mut() {
+                        until = Some(tokio::time::Instant::now() + *d);
+                    }
                 }
-                (-1, Some(why))
+                // Its output is closed: its end follows.
+                Next::Chunk(None) => {
+                    quiet = None;
+                    until = None;
+                }
+                Next::Exited(code) => {
+                    // What it printed last may still be on its way (a child it left in the
+                    // background can keep the output open: not waited for).
+                    while let Ok(Some(chunk)) =
+                        tokio::time::timeout(Duration::from_millis(50), self.output.recv()).await
+                    {
+                        keep(&mut buf, &mut total, &chunk);
+                    }
+                    // Its group id may be anyone's once it is gone.
+                    self.pgid = None;
+                    break Waited::Exited(code);
+                }
+                Next::Waited => break Waited::Running,
+                Next::Limit | Next::Stopped => {
+                    self.kill().await;
+                    // A killed command keeps what it printed until then.
+                    while let Ok(Some(chunk)) =
+                        tokio::time::timeout(Duration::from_millis(50), self.output.recv()).await
+                    {
+                        keep(&mut buf, &mut total, &chunk);
+                    }
+                    break Waited::Killed(if matches!(next, Next::Limit) { "timed out" } else { "stopped" });
+                }
             }
         };
         let text = String::from_utf8_lossy(&buf);
@@ -438,8 +558,71 @@ impl Workspace {
         } else {
             text.into_owned()
         };
-        drop(cgroup); // what the command left running goes with it
-        Ok(Ran { exit_code, output, killed })
+        if !matches!(state, Waited::Running) {
+            self.cgroup.take(); // what the command left running goes with it
+        }
+        Seen { output, state }
+    }
+
+    /// Writes `text` and a newline to its input.
+    pub async fn input(&mut self, text: &str) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt as _;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "its input was closed (C-d)"))?;
+        stdin.write_all(format!("{text}\n").as_bytes()).await?;
+        stdin.flush().await
+    }
+
+    /// Closes its input (C-d: end of file).
+    pub fn close_input(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Sends `signal` (`INT` for C-c, `TSTP` for C-z) to its process group, and in the
+    /// sandbox to every process of its cgroup (the sandbox's own session is apart).
+    pub async fn signal(&self, signal: &str) {
+        let mut targets: Vec<String> = self.pgid.map(|p| format!("-{p}")).into_iter().collect();
+        if let Some(cgroup) = &self.cgroup {
+            targets.extend(
+                std::fs::read_to_string(cgroup.procs()).unwrap_or_default().split_whitespace().map(str::to_owned),
+            );
+        }
+        if targets.is_empty() {
+            return;
+        }
+        let _ = tokio::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg("--")
+            .args(&targets)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+
+    /// Kills it and everything it started.
+    pub async fn kill(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            kill_group(pgid).await;
+        }
+        let _ = self.child.wait().await;
+        self.cgroup.take();
+    }
+}
+
+impl Drop for Running {
+    /// A session that ends with a command still running (the conversation was closed or
+    /// deleted) leaves nothing behind.
+    fn drop(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 

@@ -145,6 +145,7 @@ impl Session {
             stop: stop_rx,
             interrupt: interrupt.clone(),
             workspace: None,
+            shell: tools::Shell::default(),
             max_iterations: request.settings.max_iterations.filter(|n| *n > 0).map(|n| n as usize),
         };
         let task = tokio::spawn(runner.run(request, rx));
@@ -198,6 +199,8 @@ struct Runner<E: Env> {
     interrupt: Arc<tokio::sync::Notify>,
     /// Where the tools act, when the manager has a runtime.
     workspace: Option<Workspace>,
+    /// Its shell: a command still running between calls.
+    shell: tools::Shell,
     /// The user's `max_iterations`, when their settings have one.
     max_iterations: Option<usize>,
 }
@@ -261,7 +264,10 @@ impl<E: Env> Runner<E> {
                     self.trace = traceparent;
                     self.answer(&content).await
                 }
-                Some(Command::Stopped) => self.set_state("stopped").await,
+                Some(Command::Stopped) => {
+                    self.shell.kill().await;
+                    self.set_state("stopped").await
+                }
                 None => break,
             }
         }
@@ -393,7 +399,7 @@ impl<E: Env> Runner<E> {
             // Stored (and shown) before it runs; its observation follows.
             let action_id = self.persist(planned.action.clone()).await;
             first_stored = first_stored.or(action_id);
-            let done = tools::perform(planned, &workspace, &limits, stopped).await;
+            let done = tools::perform(planned, &workspace, &mut self.shell, &limits, stopped).await;
             if let Some(mut observation) = done.observation {
                 if let Some(id) = action_id {
                     observation["cause"] = id.into();

@@ -3,7 +3,7 @@
 //! its observation in OpenHands' shapes (reference: OpenHands 0.62 `event_to_dict`), each with
 //! `tool_call_metadata`, plus the text that goes back to the LLM as the tool's result.
 
-use crate::runtime::{truncate, Workspace};
+use crate::runtime::{truncate, Running, Wait, Waited, Workspace};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -23,11 +23,11 @@ pub fn definitions() -> Value {
     json!([
         { "type": "function", "function": {
             "name": "execute_bash",
-            "description": "Execute a bash command in the workspace. Commands that do not finish within the timeout are killed.",
+            "description": "Execute a bash command in the workspace. A command that prints nothing for 10 seconds (or runs past `timeout`) goes on running: send an empty command to see more of its output, text with `is_input` true to give it input, or C-c / C-d / C-z to interrupt it, end its input or suspend it. The server kills a command after its own limit.",
             "parameters": { "type": "object", "required": ["command"], "properties": {
                 "command": { "type": "string", "description": "The bash command to execute." },
-                "is_input": { "type": "string", "enum": ["true", "false"], "description": "Whether the command is input to a running process (not supported: commands run to completion)." },
-                "timeout": { "type": "number", "description": "Seconds to wait for the command (soft, capped by the server)." },
+                "is_input": { "type": "string", "enum": ["true", "false"], "description": "If true, the command is input to the running process (text, or C-c, C-d, C-z)." },
+                "timeout": { "type": "number", "description": "Seconds to wait for the command before returning (soft: it goes on running)." },
                 "security_risk": risk,
             } } } },
         { "type": "function", "function": {
@@ -88,7 +88,7 @@ pub struct Planned {
 }
 
 enum Work {
-    Bash { command: String, timeout: Duration },
+    Bash { command: String, is_input: bool, timeout: Option<Duration> },
     Editor(Value),
     Think,
     Finish,
@@ -127,17 +127,22 @@ pub fn plan(call: &ToolCall, total_calls: usize, limits: &ToolLimits) -> Planned
     match call.name.as_str() {
         "execute_bash" => {
             let Some(command) = text("command") else { return refused("execute_bash needs `command`".to_owned()) };
-            let wanted = args["timeout"].as_f64().filter(|t| *t > 0.0).map(Duration::from_secs_f64);
-            let timeout = wanted.map_or(limits.command_timeout, |t| t.min(limits.command_timeout));
+            let timeout = args["timeout"]
+                .as_f64()
+                .filter(|t| t.is_finite() && *t > 0.0)
+                .map(|t| Duration::from_secs_f64(t).min(limits.command_timeout));
+            // "true"/"false" as OpenHands' schema says; a boolean from models that send one.
+            let is_input =
+                args["is_input"] == true || args["is_input"].as_str().is_some_and(|v| v.eq_ignore_ascii_case("true"));
             Planned {
                 action: json!({
                     "timestamp": now, "source": "agent", "message": format!("Running command: {command}"), "action": "run",
-                    "args": { "command": command, "is_input": false, "thought": "", "blocking": false, "is_static": false,
+                    "args": { "command": command, "is_input": is_input, "thought": "", "blocking": false, "is_static": false,
                               "cwd": null, "hidden": false, "confirmation_state": "confirmed", "security_risk": -1 },
                     "tool_call_metadata": meta,
                 }),
                 meta,
-                work: Work::Bash { command, timeout },
+                work: Work::Bash { command, is_input, timeout },
             }
         }
         "str_replace_editor" => {
@@ -178,27 +183,105 @@ pub fn plan(call: &ToolCall, total_calls: usize, limits: &ToolLimits) -> Planned
     }
 }
 
+/// How long a command may print nothing before the call returns and it goes on (OpenHands'
+/// bash session's no-change timeout).
+pub const NO_OUTPUT_WAIT: Duration = Duration::from_secs(10);
+
+/// The conversation's shell: the command still running after its call returned, if any.
+#[derive(Default)]
+pub struct Shell {
+    running: Option<Running>,
+}
+
+impl Shell {
+    /// Kills the running command (the user stopped the agent).
+    pub async fn kill(&mut self) {
+        if let Some(mut running) = self.running.take() {
+            running.kill().await;
+        }
+    }
+}
+
+/// `execute_bash`, as OpenHands' bash session: a new command, input to the running one, or
+/// more of its output. The exit code (-1 while it runs), what the model and the user see,
+/// and whether the command is over.
+async fn bash(
+    shell: &mut Shell,
+    ws: &Workspace,
+    limits: &ToolLimits,
+    command: &str,
+    is_input: bool,
+    timeout: Option<Duration>,
+    stop: impl std::future::Future<Output = ()>,
+) -> (i32, String, bool) {
+    let wait = timeout.map_or(Wait::NoOutputFor(NO_OUTPUT_WAIT), Wait::For);
+    let running = match (shell.running.as_mut(), is_input, command.trim().is_empty()) {
+        (None, true, _) => return (-1, "ERROR: No previous running command to interact with.".to_owned(), true),
+        (None, false, true) => {
+            return (-1, "ERROR: No previous running command to retrieve logs from.".to_owned(), true)
+        }
+        (Some(_), false, false) => {
+            let refused = format!(
+                "[Your command \"{command}\" is NOT executed. The previous command is still running - You CANNOT send new commands until the previous command is completed. By setting `is_input` to `true`, you can interact with the current process: You may wait longer to see additional output of the previous command by sending empty command '', send other commands to interact with the current process, send keys (\"C-c\", \"C-z\", \"C-d\") to interrupt/kill the previous command before sending your new command, or use the timeout parameter in execute_bash for future commands.]"
+            );
+            return (-1, refused, false);
+        }
+        (Some(running), true, _) => {
+            match command.trim() {
+                "C-c" => running.signal("INT").await,
+                "C-z" => running.signal("TSTP").await,
+                "C-d" => running.close_input(),
+                _ => {
+                    if let Err(e) = running.input(command).await {
+                        return (-1, format!("ERROR: the running command takes no input: {e}"), false);
+                    }
+                }
+            }
+            running
+        }
+        (Some(running), false, true) => running,
+        (None, false, false) => match ws.start(command, limits.command_timeout) {
+            Ok(started) => shell.running.insert(started),
+            Err(e) => return (-1, format!("cannot run the command: {e}"), true),
+        },
+    };
+    let limit = running.limit();
+    let seen = running.wait(wait, limits.max_output_chars, stop).await;
+    let (code, note, done) = match seen.state {
+        Waited::Exited(code) => (code, String::new(), true),
+        Waited::Killed("timed out") => {
+            (-1, format!("\n[The command was killed after {} s.]", limit.as_secs_f64()), true)
+        }
+        Waited::Killed(why) => (-1, format!("\n[The command was {why}.]"), true),
+        Waited::Running => {
+            let waited = match wait {
+                Wait::For(t) => format!("The command timed out after {} seconds.", t.as_secs_f64()),
+                _ => format!("The command has no new output after {} seconds.", NO_OUTPUT_WAIT.as_secs()),
+            };
+            let note = format!(
+                "\n[{waited} You may wait longer to see additional output by sending empty command '', send other commands to interact with the current process, send keys to interrupt/kill the command, or use the timeout parameter in execute_bash for future commands.]"
+            );
+            (-1, note, false)
+        }
+    };
+    if done {
+        shell.running = None;
+    }
+    (code, format!("{}{note}", seen.output), done)
+}
+
 /// Runs a planned call. `stop` ends a running command (the conversation was stopped).
 pub async fn perform(
     planned: Planned,
     ws: &Workspace,
+    shell: &mut Shell,
     limits: &ToolLimits,
     stop: impl std::future::Future<Output = ()>,
 ) -> Outcome {
     let meta = planned.meta;
     match planned.work {
-        Work::Bash { command, timeout } => {
-            let (exit_code, content) = match ws.run(&command, timeout, limits.max_output_chars, stop).await {
-                Ok(ran) => {
-                    let note = match ran.killed {
-                        Some("timed out") => format!("\n[The command was killed after {} s.]", timeout.as_secs_f64()),
-                        Some(why) => format!("\n[The command was {why}.]"),
-                        None => String::new(),
-                    };
-                    (ran.exit_code, format!("{}{note}", ran.output))
-                }
-                Err(e) => (-1, format!("cannot run the command: {e}")),
-            };
+        Work::Bash { command, is_input, timeout } => {
+            let (exit_code, content, done) = bash(shell, ws, limits, &command, is_input, timeout, stop).await;
             let observation = json!({
                 "timestamp": crate::events::now(), "source": "agent",
                 "message": format!("Command `{command}` executed with exit code {exit_code}."),
@@ -208,7 +291,8 @@ pub async fn perform(
                     "working_dir": ws.root().display().to_string(), "py_interpreter_path": null, "prefix": "", "suffix": "" } },
                 "success": exit_code == 0, "tool_call_metadata": meta,
             });
-            let result = format!("{content}\n[Command finished with exit code {exit_code}]");
+            let result =
+                if done { format!("{content}\n[Command finished with exit code {exit_code}]") } else { content };
             Outcome { observation: Some(observation), result, finished: false }
         }
         Work::Editor(args) => editor(&meta, &args, ws, limits),
@@ -343,4 +427,95 @@ fn editor(meta: &Value, args: &Value, ws: &Workspace, limits: &ToolLimits) -> Ou
                                           "new_content": new_content, "impl_source": "oh_aci", "diff": "" },
                               "tool_call_metadata": meta });
     Outcome { observation: Some(observation), result: message, finished: false }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Isolation;
+
+    fn limits() -> ToolLimits {
+        ToolLimits { command_timeout: Duration::from_secs(30), max_output_chars: 10_000 }
+    }
+
+    async fn call(
+        shell: &mut Shell,
+        ws: &Workspace,
+        command: &str,
+        is_input: bool,
+        timeout: Option<f64>,
+    ) -> (i32, String, bool) {
+        let timeout = timeout.map(Duration::from_secs_f64);
+        bash(shell, ws, &limits(), command, is_input, timeout, std::future::pending()).await
+    }
+
+    async fn a_running_command_takes_input_and_keys_in(isolation: Isolation) {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path(), "1npu7", isolation).unwrap();
+        let mut shell = Shell::default();
+        assert!(call(&mut shell, &ws, "hi", true, None)
+            .await
+            .1
+            .contains("No previous running command to interact with"));
+        assert!(call(&mut shell, &ws, "", false, None)
+            .await
+            .1
+            .contains("No previous running command to retrieve logs"));
+
+        // A command waiting for input returns after its timeout and goes on running.
+        let (code, out, done) =
+            call(&mut shell, &ws, "echo asking; read name; echo hello $name", false, Some(0.5)).await;
+        assert_eq!((code, done), (-1, false), "{out}");
+        assert!(out.starts_with("asking\n") && out.contains("timed out after 0.5 seconds"), "{out}");
+        // Meanwhile, a new command is refused; input reaches it.
+        let (_, out, _) = call(&mut shell, &ws, "ls", false, None).await;
+        assert!(out.contains("is NOT executed"), "{out}");
+        let (code, out, done) = call(&mut shell, &ws, "bob", true, Some(5.0)).await;
+        assert_eq!((code, done, out.as_str()), (0, true, "hello bob\n"));
+
+        // C-c interrupts a command that would run long; the shell takes new commands again.
+        let (_, out, done) = call(&mut shell, &ws, "echo start; sleep 25; echo never", false, Some(0.5)).await;
+        assert!(!done && out.starts_with("start"), "{out}");
+        let (_, out, done) = call(&mut shell, &ws, "C-c", true, Some(5.0)).await;
+        assert!(done && !out.contains("never"), "{out}");
+        // C-d ends a reader's input.
+        let (_, _, done) = call(&mut shell, &ws, "wc -l", false, Some(0.3)).await;
+        assert!(!done);
+        call(&mut shell, &ws, "one", true, Some(0.2)).await;
+        let (code, out, done) = call(&mut shell, &ws, "C-d", true, Some(5.0)).await;
+        assert_eq!((code, done, out.trim()), (0, true, "1"));
+        // An empty command shows what a running command printed since.
+        let (_, _, done) = call(&mut shell, &ws, "sleep 0.6; echo later", false, Some(0.2)).await;
+        assert!(!done);
+        let (code, out, done) = call(&mut shell, &ws, "", false, Some(5.0)).await;
+        assert_eq!((code, done, out.as_str()), (0, true, "later\n"));
+    }
+
+    #[tokio::test]
+    async fn a_running_command_takes_input_and_keys_in_a_local_shell() {
+        a_running_command_takes_input_and_keys_in(Isolation::Local).await;
+    }
+
+    #[tokio::test]
+    async fn a_running_command_takes_input_and_keys_in_the_sandbox() {
+        crate::runtime::bubblewrap_works().expect("bubblewrap (apt-get install bubblewrap)");
+        crate::runtime::PidsCgroup::available().expect("a writable pids cgroup (root)");
+        let sandbox = Isolation::Bubblewrap { network: false, cpu_secs: 30, memory_mb: 1024, max_processes: 64 };
+        a_running_command_takes_input_and_keys_in(sandbox).await;
+    }
+
+    #[tokio::test]
+    async fn a_command_is_killed_at_the_servers_limit_even_between_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path(), "l1m17", Isolation::Local).unwrap();
+        let mut shell = Shell::default();
+        let short = ToolLimits { command_timeout: Duration::from_millis(600), max_output_chars: 1000 };
+        let wait = Some(Duration::from_millis(200));
+        let (_, _, done) = bash(&mut shell, &ws, &short, "echo a; sleep 20", false, wait, std::future::pending()).await;
+        assert!(!done);
+        let wait = Some(Duration::from_secs(5));
+        let (code, out, done) = bash(&mut shell, &ws, &short, "", false, wait, std::future::pending()).await;
+        assert_eq!((code, done), (-1, true));
+        assert!(out.contains("killed after 0.6 s"), "{out}");
+    }
 }
