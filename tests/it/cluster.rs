@@ -387,3 +387,57 @@ async fn a_socket_on_any_node_keeps_a_conversation_from_closing_as_idle() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn the_agents_tools_work_on_any_node_and_its_workspace_survives_a_failover() {
+    // The nodes share the workspaces' directory (in production: a shared file system).
+    let shared = tempfile::tempdir().unwrap();
+    let manager = format!(", runtime = \"local\", workspace_root = \"{}\"", shared.path().display());
+    let mut c = Cluster::start(2, &oh_e2e::redis::url(), &manager).await;
+    c.llm.push([
+        Reply::Tools(vec![(
+            "str_replace_editor".into(),
+            json!({ "command": "create", "path": "notes.txt", "file_text": "written on the first owner\n" }),
+        )]),
+        Reply::Tools(vec![("finish".into(), json!({ "message": "Noted." }))]),
+    ]);
+    let id = c.create(0, "take a note").await;
+    let mut watcher = socket(c.host(1), &id).await;
+    watcher.until(WAIT, |e| is_state(e, "finished")).await;
+    // The other node serves the web client's workspace routes.
+    let listed = c.host(1).get(&format!("/api/conversations/{id}/list-files")).await;
+    assert_eq!(listed.json(), json!(["notes.txt"]), "{}", listed.text);
+    let changes = c.host(1).get(&format!("/api/conversations/{id}/git/changes")).await;
+    assert_eq!(changes.json(), json!([{ "status": "A", "path": "notes.txt" }]), "{}", changes.text);
+
+    // The owner dies; the next message is worked on by the survivor, in the same workspace.
+    // (Nodes report every 300 ms.)
+    let deadline = Instant::now() + WAIT;
+    let mut owner = None;
+    while owner.is_none() {
+        for i in 0..2 {
+            let me = c.host(i).admin_get("/internal/cluster").await.json();
+            let mine = me["nodes"].as_array().unwrap().iter().find(|n| n["id"] == me["node"]).cloned();
+            let leases = mine.map(|m| m["leases"].clone()).unwrap_or_default();
+            if leases.as_array().into_iter().flatten().any(|l| l["conversation_id"] == id.as_str()) {
+                owner = Some(i);
+            }
+        }
+        assert!(Instant::now() < deadline, "no node reports the conversation's lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut dead = c.nodes.remove(owner.expect("a node owns the conversation"));
+    dead.host.signal("KILL");
+    if owner == Some(1) {
+        watcher = socket(c.host(0), &id).await;
+    }
+    c.llm.push([
+        Reply::Tools(vec![("execute_bash".into(), json!({ "command": "cat notes.txt" }))]),
+        Reply::Tools(vec![("finish".into(), json!({ "message": "Read it." }))]),
+    ]);
+    let sent = c.host(0).post_json(&format!("/api/conversations/{id}/message"), &json!({ "message": "read it" })).await;
+    assert_eq!(sent.status, 200, "{}", sent.text);
+    let events = watcher.until(WAIT, |e| e["observation"] == "run").await;
+    let ran = events.iter().rev().find(|e| e["observation"] == "run").unwrap();
+    assert_eq!(ran["content"], "written on the first owner\n", "{}", pretty(&events));
+}

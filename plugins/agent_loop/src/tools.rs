@@ -70,6 +70,26 @@ pub struct ToolSetup {
     pub git_http_hosts: Vec<String>,
 }
 
+impl ToolSetup {
+    /// The manager command `workspace` (`{"conversation_id"}`): where that conversation's
+    /// tools act, for the host's workspace routes (the host checked the caller owns it).
+    pub fn workspace_of(setup: Option<&ToolSetup>, args: &Value) -> Result<Value, plugin_sdk::PluginError> {
+        use plugin_sdk::{ErrorCode, PluginError};
+        let Some(setup) = setup else {
+            return Err(PluginError::new(ErrorCode::NOT_FOUND, "this manager runs conversations without a workspace"));
+        };
+        let id = args["conversation_id"].as_str().unwrap_or("");
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(PluginError::invalid_argument("conversation_id is missing or malformed"));
+        }
+        let path = setup.root.join(id);
+        if !path.is_dir() {
+            return Err(PluginError::new(ErrorCode::NOT_FOUND, "the conversation has no workspace yet"));
+        }
+        Ok(json!({ "path": path.display().to_string() }))
+    }
+}
+
 /// Limits of tool execution (the manager's config).
 #[derive(Clone, Debug)]
 pub struct ToolLimits {

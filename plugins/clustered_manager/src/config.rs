@@ -69,12 +69,6 @@ pub(crate) fn parse(json: &str) -> Result<(ClusterConfig, ManagerConfig), Plugin
     let cluster: ClusterConfig = plugin_sdk::parse_config(&Value::Object(cluster).to_string())?;
     let manager: ManagerConfig = plugin_sdk::parse_config(&Value::Object(all).to_string())
         .map_err(|e| PluginError::invalid_config(format!("{} (or one of {})", e.message, CLUSTER_KEYS.join(", "))))?;
-    if manager.runtime.as_deref().is_some_and(|r| !r.is_empty()) {
-        // Tools need the conversation's workspace on whichever node runs it: not built yet.
-        return Err(PluginError::invalid_config(
-            "runtime: the clustered manager runs conversations without tools for now; use the standalone manager for a runtime",
-        ));
-    }
     if cluster.lease_ttl_ms < 300 {
         return Err(PluginError::invalid_config("lease_ttl_ms must be at least 300"));
     }
@@ -96,7 +90,7 @@ mod tests {
         assert!(bad.message.as_str().contains("lease_tll_ms"), "{bad:?}");
         assert!(bad.message.as_str().contains("lease_ttl_ms"), "the cluster keys are named: {bad:?}");
         assert!(parse(r#"{"lease_ttl_ms": 10}"#).is_err());
-        let tools = parse(r#"{"runtime": "local"}"#).unwrap_err();
-        assert!(tools.message.as_str().contains("without tools"), "{tools:?}");
+        let (_, m) = parse(r#"{"runtime": "local", "workspace_root": "/srv/shared"}"#).unwrap();
+        assert_eq!((m.runtime.as_deref(), m.workspace_root.as_deref()), (Some("local"), Some("/srv/shared")));
     }
 }

@@ -81,6 +81,9 @@ pub(crate) struct Node {
     config: ManagerConfig,
     cluster: ClusterConfig,
     clients: agent_loop::clients::Clients,
+    /// The agent's tools, when a runtime is configured (workspaces under `workspace_root`,
+    /// which every node should share).
+    tools: Option<agent_loop::tools::ToolSetup>,
     pub(crate) kv: Kv,
     pub(crate) keys: Keys,
     scripts: Scripts,
@@ -144,6 +147,9 @@ impl Env for Node {
     fn broadcast(&self, sid: &str, event: &Value) {
         self.deliver_local(sid, event);
         self.relay.publish(sid, event);
+    }
+    fn tools(&self) -> Option<&agent_loop::tools::ToolSetup> {
+        self.tools.as_ref()
     }
 }
 
@@ -216,8 +222,9 @@ impl Node {
     }
 
     fn llm_config(&self, request: &StartRequest) -> Result<LlmConfig, PluginError> {
-        let llm = LlmConfig::from_settings(&request.settings, &self.config.limits(), &|k| plugin_sdk::env(k))
+        let mut llm = LlmConfig::from_settings(&request.settings, &self.config.limits(), &|k| plugin_sdk::env(k))
             .map_err(PluginError::invalid_argument)?;
+        llm.tools = self.tools.is_some();
         self.clients.check(&llm)?;
         Ok(llm)
     }
@@ -492,6 +499,8 @@ impl ClusteredConversationManager {
             agent_loop::clients::Clients::new(services.app_mode() == "saas", config.llm_private_hosts_allowed.clone())?;
         let kv = Kv::new(&cluster.redis_url())?;
         let keys = Keys::new(&cluster.redis_key_prefix);
+        let state_dir = services.state_dir().unwrap_or_else(|| std::path::PathBuf::from("."));
+        let tools = config.tools(&services.app_mode(), &state_dir.display().to_string())?;
         let node = Arc::new(Node {
             id: random_id(),
             relay: relay::Relay::new(),
@@ -499,6 +508,7 @@ impl ClusteredConversationManager {
             config,
             cluster,
             clients,
+            tools,
             kv,
             keys,
             scripts: Scripts {
@@ -765,7 +775,13 @@ impl plugin_sdk::ConversationManager for ClusteredConversationManager {
         let _ = node.kv.run::<()>(&pipe).await;
     }
 
-    async fn admin(&self, _ctx: CallContext, command: String, _args: Value) -> Result<Value, PluginError> {
+    /// `cluster` (`/internal/cluster`: the nodes), `workspace` (`{"conversation_id"}`: where
+    /// its tools act, for the host's workspace routes; found on any node when the nodes share
+    /// `workspace_root`).
+    async fn admin(&self, _ctx: CallContext, command: String, args: Value) -> Result<Value, PluginError> {
+        if command == "workspace" {
+            return agent_loop::tools::ToolSetup::workspace_of(self.node.tools.as_ref(), &args);
+        }
         if command != "cluster" {
             return Err(PluginError::new(ErrorCode::UNIMPLEMENTED, format!("no `{command}` command in this manager")));
         }

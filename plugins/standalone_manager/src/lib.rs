@@ -188,18 +188,7 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
         if command != "workspace" {
             return Err(PluginError::new(ErrorCode::UNIMPLEMENTED, format!("no `{command}` command in this manager")));
         }
-        let Some(tools) = &self.inner.tools else {
-            return Err(PluginError::new(ErrorCode::NOT_FOUND, "this manager runs conversations without a workspace"));
-        };
-        let id = args["conversation_id"].as_str().unwrap_or("");
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(PluginError::invalid_argument("conversation_id is missing or malformed"));
-        }
-        let path = tools.root.join(id);
-        if !path.is_dir() {
-            return Err(PluginError::new(ErrorCode::NOT_FOUND, "the conversation has no workspace yet"));
-        }
-        Ok(serde_json::json!({ "path": path.display().to_string() }))
+        agent_loop::tools::ToolSetup::workspace_of(self.inner.tools.as_ref(), &args)
     }
 
     async fn maybe_start(&self, ctx: CallContext, request: StartRequest) -> Result<AgentLoopInfo, PluginError> {
