@@ -419,6 +419,88 @@ async fn saas_billing_buys_credits_through_checkout_and_shows_the_balance() {
 }
 
 #[tokio::test]
+async fn saas_a_jira_admin_registers_their_site_through_atlassian_and_mentions_start_conversations() {
+    use oh_e2e::providers::{
+        FakeProviders, JIRA_SITE, OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, WS_JIRA_EMAIL, WS_JIRA_KEY,
+    };
+    let Some(frontend) = frontend_dir() else { return };
+    let atlassian = FakeProviders::start().await;
+    let env = [
+        ("ENABLE_JIRA", "true"),
+        ("JIRA_WEBHOOKS_ENABLED", "1"),
+        ("JIRA_CLIENT_ID", OAUTH_CLIENT_ID),
+        ("JIRA_CLIENT_SECRET", OAUTH_CLIENT_SECRET),
+        ("JIRA_OAUTH_URL", atlassian.base_url.as_str()),
+        ("JIRA_CLOUD_API_URL", atlassian.base_url.as_str()),
+    ];
+    let site = SaasSite::start(&frontend, "saas_jira", &env).await;
+    let (browser, web, host) = (&site.browser, site.web.as_str(), &site.host);
+    site.kc.set_user(site.user("dora"));
+    sign_in(browser, web).await;
+
+    // Dora configures her Jira site in the Git settings: not registered yet, so the client
+    // asks for its secret and service account, then sends her to Atlassian and back.
+    browser.goto(&format!("{web}/settings/integrations")).await;
+    browser.click("//*[@data-testid='jira-integration-row']//button[normalize-space()='Configure']").await;
+    browser.type_text("input[placeholder='yourcompany.atlassian.net']", JIRA_SITE).await;
+    browser.click_button("Connect").await;
+    browser.type_text("input[placeholder='whsec_abcd1234efgh5678ijkl']", "dora-jira-secret").await;
+    browser.type_text("input[placeholder='test@example.com']", WS_JIRA_EMAIL).await;
+    browser.type_text("input[placeholder='sk-1234567890abcdef...']", WS_JIRA_KEY).await;
+    browser.click_button("Connect").await;
+    browser
+        .wait_until(
+            "back from Atlassian, registered",
+            "const row = document.querySelector('[data-testid=jira-integration-row]'); \
+             return location.pathname === '/settings/integrations' && row && row.innerText.includes('Edit')",
+        )
+        .await;
+
+    // A comment mentioning the agent, from her Atlassian account and signed with the
+    // secret she gave, starts a conversation for her; its answer goes back on the issue.
+    let comment = json!({
+        "webhookEvent": "comment_created",
+        "comment": { "body": "@openhands why is the disk full?", "author": { "accountId": "jira-alice", "displayName": "Dora" } },
+        "issue": { "key": "OPS-9", "self": format!("https://{JIRA_SITE}/rest/api/2/issue/10001"),
+                   "fields": { "summary": "Disk full", "description": "on db-2" } },
+    })
+    .to_string();
+    let signature = format!("sha256={}", oh_e2e::hmac_sha256_hex(b"dora-jira-secret", comment.as_bytes()));
+    let delivered = host
+        .send(
+            host.http
+                .post(host.url("/integration/jira/events"))
+                .header("content-type", "application/json")
+                .header("x-hub-signature", signature)
+                .header("x-atlassian-webhook-identifier", "browser-1")
+                .body(comment),
+        )
+        .await;
+    assert_eq!(delivered.json()["status"], "accepted", "{}", delivered.text);
+    let started = std::time::Instant::now();
+    while !atlassian.posts().iter().any(|p| p.0 == "jira-workspace" && p.2.contains("disk full")) {
+        assert!(started.elapsed() < oh_e2e::browser::WAIT, "no answer on the issue: {:?}", atlassian.posts());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    browser.goto(&format!("{web}/")).await;
+    browser.wait_text("OPS-9: Disk full").await;
+
+    browser
+        .assert_no_unexpected_errors(
+            web,
+            &[
+                (401, "POST", "/api/authenticate"),
+                (401, "GET", "/api/user/info"),
+                (401, "GET", "/api/user/suggested-tasks"),
+                // Before she configured it: no link, and the site is not registered.
+                (404, "GET", "/integration/jira/workspaces/link"),
+                (404, "GET", "/integration/jira/workspaces/validate/acme.atlassian.net"),
+            ],
+        )
+        .await;
+}
+
+#[tokio::test]
 async fn the_agents_commands_show_in_the_terminal_tab_and_its_files_in_the_changes_tab() {
     let Some(frontend) = frontend_dir() else { return };
     let llm = FakeLlm::start().await;
