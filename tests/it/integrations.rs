@@ -55,10 +55,14 @@ impl Site {
 
     /// A host; `extra` adds keys to the integrations config (`workers = 0, `).
     async fn host(&self, extra: &str) -> (Deployment, TestHost) {
+        self.host_with_env(extra, &[]).await
+    }
+
+    async fn host_with_env(&self, extra: &str, env: &[(&str, &str)]) -> (Deployment, TestHost) {
         let d = Deployment::new();
         d.install_bundled();
         d.write_profile("app_mode = \"saas\"\n", &profile(&self.db.url, &self.providers.base_url, extra));
-        let host = d.start();
+        let host = d.start_with_env(env);
         host.wait_ready().await;
         (d, host)
     }

@@ -85,6 +85,30 @@ impl GitLabHooks {
         Ok(Some(GitLabHooks { db, keys, http: providers::http()?, services, base, events_url }))
     }
 
+    /// Re-seals with the current master key the secrets sealed with an earlier one. How many.
+    pub(crate) async fn rotate_keys(&self) -> Result<u64, PluginError> {
+        let pool = self.db.ready().await?;
+        let mut tx = pool.begin().await.map_err(db_error)?;
+        let rows =
+            sqlx::query("SELECT id, webhook_secret FROM gitlab_webhooks WHERE webhook_secret NOT LIKE $1 FOR UPDATE")
+                .bind(format!("v1.{}.%", self.keys.current_id()))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        for row in &rows {
+            let id: String = row.get("id");
+            let plain = self.keys.open(&row.get::<String, _>("webhook_secret"), &at(&id))?;
+            sqlx::query("UPDATE gitlab_webhooks SET webhook_secret = $2 WHERE id = $1")
+                .bind(&id)
+                .bind(self.keys.seal(&plain, &at(&id))?)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(rows.len() as u64)
+    }
+
     /// The secret of the webhook `id`, if it is one of ours.
     pub(crate) async fn secret(&self, id: &str) -> Result<Option<String>, PluginError> {
         if id.len() > 64 {

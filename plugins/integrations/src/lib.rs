@@ -338,6 +338,17 @@ impl Integrations {
     async fn operate(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
         let path = request.path.as_str();
         match (request.method.as_str(), path) {
+            ("POST", "/internal/integrations/rotate-keys") => {
+                let workspaces = match &self.workspaces {
+                    Some(w) => w.rotate_keys().await?,
+                    None => 0,
+                };
+                let gitlab_webhooks = match &self.gitlab_hooks {
+                    Some(h) => h.rotate_keys().await?,
+                    None => 0,
+                };
+                Ok(json(200, &json!({ "rotated": { "workspaces": workspaces, "gitlab_webhooks": gitlab_webhooks } })))
+            }
             ("GET", "/internal/webhooks/dead-letters") => {
                 Ok(json(200, &json!({ "dead_letters": self.hub.inbox.dead_letters().await? })))
             }
@@ -435,6 +446,7 @@ impl plugin_sdk::RouteHandler for Integrations {
             ("GET", "/internal/webhooks/dead-letters"),
             ("POST", "/internal/webhooks/{id}/replay"),
             ("POST", "/internal/integrations/links"),
+            ("POST", "/internal/integrations/rotate-keys"),
         ] {
             routes.push(RouteSpec { method: method.into(), path: path.into(), authenticated: false });
         }

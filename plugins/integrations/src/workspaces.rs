@@ -218,6 +218,39 @@ impl Workspaces {
         Ok(Some(Workspaces { db, keys, http: providers::http()?, web_host, apps }))
     }
 
+    /// Re-seals with the current master key the secrets sealed with an earlier one (after a
+    /// rotation: `OH_MASTER_KEY` new, the old one in `OH_PREVIOUS_MASTER_KEYS`). How many rows.
+    pub(crate) async fn rotate_keys(&self) -> Result<u64, PluginError> {
+        let pool = self.db.ready().await?;
+        let mut tx = pool.begin().await.map_err(db_error)?;
+        let current = format!("v1.{}.%", self.keys.current_id());
+        let rows = sqlx::query(
+            "SELECT id, provider, name, webhook_secret, svc_acc_api_key FROM integration_workspaces
+             WHERE webhook_secret NOT LIKE $1 OR svc_acc_api_key NOT LIKE $1 FOR UPDATE",
+        )
+        .bind(&current)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        for row in &rows {
+            let owner = format!("{}:{}", row.get::<String, _>("provider"), row.get::<String, _>("name"));
+            let mut sealed = Vec::new();
+            for column in ["webhook_secret", "svc_acc_api_key"] {
+                let plain = self.keys.open(&row.get::<String, _>(column), &at(column, &owner))?;
+                sealed.push(self.keys.seal(&plain, &at(column, &owner))?);
+            }
+            sqlx::query("UPDATE integration_workspaces SET webhook_secret = $2, svc_acc_api_key = $3 WHERE id = $1")
+                .bind(row.get::<i64, _>("id"))
+                .bind(&sealed[0])
+                .bind(&sealed[1])
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(rows.len() as u64)
+    }
+
     pub(crate) fn serves(&self, provider: &str) -> bool {
         self.apps.iter().any(|a| a.provider == provider)
     }
