@@ -619,6 +619,37 @@ async fn a_stop_kills_a_running_command_and_its_children() {
 }
 
 #[tokio::test]
+async fn with_the_local_runtime_a_host_killed_with_9_leaves_no_command_behind() {
+    let (_d, mut host, llm) = setup(", runtime = \"local\", command_timeout_secs = 60").await;
+    // A daemon in a session of its own, and a command still running.
+    llm.push([Reply::Tools(vec![(
+        "execute_bash".into(),
+        json!({ "command": "(setsid sleep 303 &); echo started; sleep 303" }),
+    )])]);
+    let id = create(&host, "run something long").await;
+    events_until(&host, &id, "the command to start", |e| e.iter().any(|e| e["action"] == "run")).await;
+    let started = std::time::Instant::now();
+    loop {
+        let running = std::process::Command::new("pgrep").args(["-c", "-f", "^sleep 303$"]).output().unwrap();
+        if String::from_utf8_lossy(&running.stdout).trim() == "2" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the command did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    host.signal("KILL");
+    let killed = std::time::Instant::now();
+    loop {
+        let left = std::process::Command::new("pgrep").args(["-f", "sleep 303"]).output().unwrap();
+        if left.stdout.is_empty() {
+            break;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(5), "left running: {}", String::from_utf8_lossy(&left.stdout));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn saas_mode_refuses_the_local_runtime_at_start() {
     let d = Deployment::new();
     d.install_bundled();

@@ -114,7 +114,14 @@ impl ManagerConfig {
                     "runtime = \"local\" runs the agent's commands without isolation; SaaS mode refuses it (use \"bubblewrap\")",
                 ))
             }
-            "local" => crate::runtime::Isolation::Local,
+            "local" => {
+                if crate::runtime::local_reaper().is_none() {
+                    tracing::warn!(
+                        "runtime = \"local\": no PID namespace can be made here (unshare, setpriv): a command's background processes may outlive it and the host"
+                    );
+                }
+                crate::runtime::Isolation::Local
+            }
             "bubblewrap" => {
                 crate::runtime::bubblewrap_works()
                     .map_err(|e| plugin_sdk::PluginError::invalid_config(format!("runtime = \"bubblewrap\": {e}")))?;

@@ -1,5 +1,7 @@
 //! Where the agent's tools act: a directory per conversation (its workspace) and commands run
-//! in it, either as a shell of the host's user (`local`: no isolation, SaaS mode refuses it)
+//! in it, either as a shell of the host's user (`local`: no isolation of files or network,
+//! SaaS mode refuses it; a PID namespace of its own when the machine allows, so nothing it
+//! starts outlives it or the host)
 //! or in a bubblewrap sandbox (`bubblewrap`: the system read-only, the workspace read-write, a
 //! private /tmp, its own PID namespace, no network unless allowed, CPU time and memory
 //! bounded, killed with the host). Each command runs in its own process group, so a timeout
@@ -28,11 +30,21 @@ impl Isolation {
     /// command starts is outside the cgroup.
     fn command(&self, root: &Path, script: &str, cgroup: Option<&Path>) -> tokio::process::Command {
         match self {
-            Isolation::Local => {
-                let mut c = tokio::process::Command::new("bash");
-                c.arg("-c").arg(script);
-                c
-            }
+            Isolation::Local => match local_reaper() {
+                // In a PID namespace of its own, whose first process dies with the host
+                // (`--pdeathsig` on `unshare`, `--kill-child` on its child): when either
+                // goes, everything the command started goes, daemons included.
+                Some(prefix) => {
+                    let mut c = tokio::process::Command::new("setpriv");
+                    c.args(["--pdeathsig", "KILL", "--"]).args(prefix).args(["bash", "-c", script]);
+                    c
+                }
+                None => {
+                    let mut c = tokio::process::Command::new("bash");
+                    c.arg("-c").arg(script);
+                    c
+                }
+            },
             Isolation::Bubblewrap { network, cpu_secs, memory_mb, .. } => {
                 let mut c = match cgroup {
                     Some(procs) => {
@@ -73,6 +85,27 @@ impl Isolation {
             Isolation::Local => 0,
         }
     }
+}
+
+/// How a local command is put in a PID namespace that dies with the host: `unshare` as root,
+/// else in a user namespace of its own; None when neither works here (then a command's
+/// background processes may outlive it, and a host killed with -9).
+pub fn local_reaper() -> Option<&'static [&'static str]> {
+    static REAPER: std::sync::OnceLock<Option<&'static [&'static str]>> = std::sync::OnceLock::new();
+    *REAPER.get_or_init(|| {
+        const ROOT: &[&str] = &["unshare", "--pid", "--fork", "--kill-child"];
+        const USER: &[&str] = &["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child"];
+        [ROOT, USER].into_iter().find(|prefix| {
+            std::process::Command::new("setpriv")
+                .args(["--pdeathsig", "KILL", "--"])
+                .args(*prefix)
+                .arg("true")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    })
 }
 
 /// A pids cgroup for one command: it and everything it starts may be at most `pids.max`
