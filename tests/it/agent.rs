@@ -554,6 +554,20 @@ async fn with_a_local_runtime_the_agent_edits_files_runs_commands_and_finishes()
     assert!(workspace.join("escape.txt").exists() && !workspace.parent().unwrap().join("escape.txt").exists());
 }
 
+/// Waits (5 s at most) until no process runs whose command line contains `pattern`: a killed
+/// process tree can take a moment to be reaped on a loaded machine.
+async fn none_left(pattern: &str) {
+    let killed = std::time::Instant::now();
+    loop {
+        let left = std::process::Command::new("pgrep").args(["-a", "-f", pattern]).output().unwrap();
+        if left.stdout.is_empty() {
+            return;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(5), "left running: {}", String::from_utf8_lossy(&left.stdout));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_command_waiting_for_input_goes_on_running_and_takes_the_agents_input() {
     let (_d, host, llm) = setup(", runtime = \"local\", command_timeout_secs = 30").await;
@@ -610,15 +624,7 @@ async fn a_stop_kills_a_running_command_and_its_children() {
     assert!(ran["content"].as_str().unwrap().contains("stopped"), "{ran}");
     // Nothing of it is left running (its whole process group was killed; a loaded machine
     // may take a moment to reap them).
-    let killed = std::time::Instant::now();
-    loop {
-        let left = std::process::Command::new("pgrep").args(["-a", "-f", "sleep 300"]).output().unwrap();
-        if left.stdout.is_empty() {
-            break;
-        }
-        assert!(killed.elapsed() < Duration::from_secs(5), "left running: {}", String::from_utf8_lossy(&left.stdout));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    none_left("sleep 300").await;
 }
 
 #[tokio::test]
@@ -641,15 +647,7 @@ async fn with_the_local_runtime_a_host_killed_with_9_leaves_no_command_behind() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     host.signal("KILL");
-    let killed = std::time::Instant::now();
-    loop {
-        let left = std::process::Command::new("pgrep").args(["-f", "sleep 303"]).output().unwrap();
-        if left.stdout.is_empty() {
-            break;
-        }
-        assert!(killed.elapsed() < Duration::from_secs(5), "left running: {}", String::from_utf8_lossy(&left.stdout));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    none_left("sleep 303").await;
 }
 
 #[tokio::test]
@@ -690,15 +688,7 @@ async fn in_the_bubblewrap_sandbox_commands_cannot_touch_the_system_or_the_netwo
     let running = std::process::Command::new("pgrep").args(["-f", "sleep 301"]).output().unwrap();
     assert!(!running.stdout.is_empty(), "the command runs in the sandbox");
     host.signal("KILL");
-    let started = std::time::Instant::now();
-    loop {
-        let left = std::process::Command::new("pgrep").args(["-f", "sleep 301"]).output().unwrap();
-        if left.stdout.is_empty() {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "left running: {}", String::from_utf8_lossy(&left.stdout));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    none_left("sleep 301").await;
 }
 
 #[tokio::test]

@@ -748,6 +748,53 @@ async fn jira_jira_dc_and_linear_workspaces_are_registered_linked_and_answer_wit
     assert_eq!(r.json()["status"], "ignored", "{}", r.text);
     let r = host.send(host.http.post(host.url("/integration/jira/workspaces/unlink")).bearer_auth(ALICE)).await;
     assert_eq!(r.status, 404, "{}", r.text);
+
+    // A new master key (the old one kept as previous): the secrets are re-sealed on request,
+    // and a host with the new key alone reads them (the hosts that had the old one alone do not).
+    let rotated = sources.replace("integrations-master-key-0123456789", "integrations-new-master-key-9876543210");
+    let previous = [("OH_PREVIOUS_MASTER_KEYS", "integrations-master-key-0123456789")];
+    let (_d2, during) = site.host_with_env(&format!("workers = 0, {rotated}"), &previous).await;
+    let report = during
+        .send(during.http.post(format!("{}/internal/integrations/rotate-keys", during.admin.as_ref().unwrap())))
+        .await;
+    assert_eq!(report.json(), json!({ "rotated": { "workspaces": 3, "gitlab_webhooks": 0 } }), "{}", report.text);
+    drop(during);
+    let (_d3, after) = site.host(&format!("workers = 0, {rotated}")).await;
+    let valid =
+        after.send(after.http.get(after.url("/integration/linear/workspaces/validate/acme")).bearer_auth(ALICE)).await;
+    assert_eq!(valid.status, 200, "{}", valid.text);
+    let r = after
+        .send(
+            after
+                .http
+                .post(after.url("/integration/jira/events"))
+                .header("content-type", "application/json")
+                .headers(reqwest::header::HeaderMap::from_iter(
+                    signed("jira-ws-secret", &cloud, "w-r")
+                        .into_iter()
+                        .map(|(k, v)| (reqwest::header::HeaderName::from_static(k), v.parse().unwrap())),
+                ))
+                .body(cloud.clone()),
+        )
+        .await;
+    assert_eq!(r.json()["status"], "ignored", "the switched-off workspace's secret opens: {}", r.text);
+    drop(after);
+}
+
+/// A GitLab note delivery with `token`, naming the installed webhook `hook` if given.
+async fn gitlab_note(host: &TestHost, body: &[u8], token: &str, hook: Option<&str>, uuid: &str) -> oh_e2e::Response {
+    let mut req = host
+        .http
+        .post(host.url("/integration/gitlab/events"))
+        .header("content-type", "application/json")
+        .header("x-gitlab-token", token)
+        .header("x-gitlab-event", "Note Hook")
+        .header("x-gitlab-event-uuid", uuid)
+        .body(body.to_vec());
+    if let Some(hook) = hook {
+        req = req.header("x-openhands-webhook-id", hook);
+    }
+    host.send(req).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -803,24 +850,14 @@ async fn a_user_installs_a_gitlab_webhook_that_has_its_own_secret() {
     })
     .to_string()
     .into_bytes();
-    let deliver = |token: &str, hook: Option<&str>, uuid: &str| {
-        let mut req = host
-            .http
-            .post(host.url("/integration/gitlab/events"))
-            .header("content-type", "application/json")
-            .header("x-gitlab-token", token)
-            .header("x-gitlab-event", "Note Hook")
-            .header("x-gitlab-event-uuid", uuid)
-            .body(note.clone());
-        if let Some(hook) = hook {
-            req = req.header("x-openhands-webhook-id", hook);
-        }
-        host.send(req)
-    };
-    assert_eq!(deliver("wrong", Some(&id), "u-1").await.status, 403);
-    assert_eq!(deliver(&secret, None, "u-2").await.status, 403, "no deployment-wide secret to fall back on");
-    assert_eq!(deliver(&secret, Some("0123456789abcdef0123456789abcdef"), "u-3").await.status, 403);
-    let r = deliver(&secret, Some(&id), "u-4").await;
+    assert_eq!(gitlab_note(&host, &note, "wrong", Some(&id), "u-1").await.status, 403);
+    assert_eq!(
+        gitlab_note(&host, &note, &secret, None, "u-2").await.status,
+        403,
+        "no deployment-wide secret to fall back on"
+    );
+    assert_eq!(gitlab_note(&host, &note, &secret, Some("0123456789abcdef0123456789abcdef"), "u-3").await.status, 403);
+    let r = gitlab_note(&host, &note, &secret, Some(&id), "u-4").await;
     assert_eq!(r.json()["status"], "accepted", "{}", r.text);
     let posts = wait_for("the note", || {
         let p = site.providers.posts();
@@ -830,15 +867,35 @@ async fn a_user_installs_a_gitlab_webhook_that_has_its_own_secret() {
     assert_eq!(posts[0].1, "5/issues/8");
     assert!(posts[0].2.contains("look at this"), "{posts:?}");
 
-    // Sealed at rest; removed at GitLab and here.
+    // Sealed at rest, and re-sealed when the master key changes: a host with the new key
+    // (the old one kept as previous) still checks deliveries, and re-seals on request; then
+    // the old key is not needed any more.
     let mut conn = site.db.connect().await;
-    let stored: String =
-        sqlx::query_scalar("SELECT webhook_secret FROM gitlab_webhooks").fetch_one(&mut conn).await.unwrap();
+    let sealed = "SELECT webhook_secret FROM gitlab_webhooks";
+    let stored: String = sqlx::query_scalar(sealed).fetch_one(&mut conn).await.unwrap();
     assert!(stored.starts_with("v1.") && !stored.contains(&secret));
+    let rotated = gitlab.replace("integrations-master-key-0123456789", "integrations-new-master-key-9876543210");
+    let previous = [("OH_PREVIOUS_MASTER_KEYS", "integrations-master-key-0123456789")];
+    let (_d2, during) = site.host_with_env(&format!("workers = 0, {rotated}"), &previous).await;
+    let r = gitlab_note(&during, &note, &secret, Some(&id), "u-r1").await;
+    assert_eq!(r.json()["status"], "accepted", "the old key still opens the secret: {}", r.text);
+    let report = during
+        .send(during.http.post(format!("{}/internal/integrations/rotate-keys", during.admin.as_ref().unwrap())))
+        .await;
+    assert_eq!(report.json(), json!({ "rotated": { "workspaces": 0, "gitlab_webhooks": 1 } }), "{}", report.text);
+    let resealed: String = sqlx::query_scalar(sealed).fetch_one(&mut conn).await.unwrap();
+    assert_ne!(resealed.split('.').nth(1), stored.split('.').nth(1), "sealed with the new key");
+    drop(during);
+    let (_d3, after) = site.host(&format!("workers = 0, {rotated}")).await;
+    let r = gitlab_note(&after, &note, &secret, Some(&id), "u-r2").await;
+    assert_eq!(r.json()["status"], "accepted", "only the new key is needed now: {}", r.text);
+    drop(after);
+
+    // Removed at GitLab and here.
     let bobs = host.send(host.http.delete(format!("{hooks}/{id}")).bearer_auth(BOB)).await;
     assert_eq!(bobs.status, 404, "not Bob's: {}", bobs.text);
     let r = host.send(host.http.delete(format!("{hooks}/{id}")).bearer_auth(ALICE)).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(site.providers.hooks().is_empty());
-    assert_eq!(deliver(&secret, Some(&id), "u-5").await.status, 403);
+    assert_eq!(gitlab_note(&host, &note, &secret, Some(&id), "u-5").await.status, 403);
 }
