@@ -98,37 +98,43 @@ impl Inbox {
         Ok(stored)
     }
 
-    /// The next due delivery (pending and due, or claimed by a worker whose lease ran out).
-    /// A claim need not survive a database crash (the delivery would be claimed again, as
-    /// after a worker's crash, and processing is idempotent), so it is committed without
-    /// waiting for the disk: one fsync per delivery fewer.
-    pub(crate) async fn claim(&self) -> Result<Option<Claimed>, PluginError> {
+    /// Up to `n` due deliveries, oldest first (pending and due, or claimed by a worker whose
+    /// lease ran out), in one statement. A claim need not survive a database crash (the
+    /// delivery would be claimed again, as after a worker's crash, and processing is
+    /// idempotent), so it is committed without waiting for the disk.
+    pub(crate) async fn claim(&self, n: i64) -> Result<Vec<Claimed>, PluginError> {
         let pool = self.db.ready().await?;
         let mut tx = pool.begin().await.map_err(db_error)?;
         sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await.map_err(db_error)?;
-        let row = sqlx::query(
+        let rows = sqlx::query(
             "UPDATE webhook_deliveries SET status = 'processing', attempts = attempts + 1,
                  locked_until = now() + make_interval(secs => $1)
-             WHERE id = (
+             WHERE id IN (
                  SELECT id FROM webhook_deliveries
                  WHERE (status = 'pending' AND next_attempt_at <= now())
                     OR (status = 'processing' AND locked_until < now())
-                 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
+                 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT $2)
              RETURNING id, source, delivery_id, event, payload, attempts",
         )
         .bind(LEASE.as_secs_f64())
-        .fetch_optional(&mut *tx)
+        .bind(n)
+        .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
-        Ok(row.map(|r| Claimed {
-            id: r.get(0),
-            source: r.get(1),
-            delivery_id: r.get(2),
-            event: r.get(3),
-            payload: r.get(4),
-            attempts: r.get(5),
-        }))
+        let mut claimed: Vec<Claimed> = rows
+            .into_iter()
+            .map(|r| Claimed {
+                id: r.get(0),
+                source: r.get(1),
+                delivery_id: r.get(2),
+                event: r.get(3),
+                payload: r.get(4),
+                attempts: r.get(5),
+            })
+            .collect();
+        claimed.sort_by_key(|c| c.id);
+        Ok(claimed)
     }
 
     /// Processed: done, with what was done (one transaction with its audit row).
@@ -138,7 +144,9 @@ impl Inbox {
              WHERE id = $1",
         )
         .bind(d.id);
-        self.step(update, d, "processed", json!({ "outcome": outcome, "attempt": d.attempts })).await
+        // Not waiting for the disk here either: lost in a database crash, the delivery is
+        // claimed and processed again (idempotent), and audited again.
+        self.step_with(update, d, "processed", json!({ "outcome": outcome, "attempt": d.attempts }), false).await
     }
 
     /// Failed: again later (exponential backoff with jitter), or dead after the last attempt.
@@ -177,8 +185,23 @@ impl Inbox {
         action: &str,
         detail: Value,
     ) -> Result<(), PluginError> {
+        self.step_with(update, d, action, detail, true).await
+    }
+
+    /// `step`, committed waiting for the disk or not (`durable`).
+    async fn step_with(
+        &self,
+        update: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        d: &Claimed,
+        action: &str,
+        detail: Value,
+        durable: bool,
+    ) -> Result<(), PluginError> {
         let pool = self.db.ready().await?;
         let mut tx = pool.begin().await.map_err(db_error)?;
+        if !durable {
+            sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await.map_err(db_error)?;
+        }
         update.execute(&mut *tx).await.map_err(db_error)?;
         sqlx::query("INSERT INTO audit_log (source, delivery_id, action, detail) VALUES ($1, $2, $3, $4)")
             .bind(&d.source)

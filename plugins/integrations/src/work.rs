@@ -19,6 +19,9 @@ use sqlx::Row;
 use std::{sync::Arc, time::Duration};
 use tokio::sync::Notify;
 
+/// Deliveries a worker claims at once (one statement), then works one after another.
+const CLAIM_BATCH: i64 = 8;
+
 pub(crate) struct Hub {
     pub(crate) inbox: Inbox,
     pub(crate) services: Services,
@@ -456,19 +459,21 @@ impl Hub {
     pub(crate) async fn deliveries(self: Arc<Self>) {
         self.host_up().await;
         loop {
-            match self.inbox.claim().await {
-                Ok(Some(d)) => {
-                    let outcome = self.process(&d).await;
-                    let stored = match outcome {
-                        Ok(outcome) => self.inbox.done(&d, &outcome).await,
-                        Err(e) => self.inbox.failed(&d, &e.message).await,
-                    };
-                    if let Err(e) = stored {
-                        tracing::error!(delivery = %d.delivery_id, error = %e, "cannot record a delivery's outcome; it will be claimed again");
+            match self.inbox.claim(CLAIM_BATCH).await {
+                Ok(batch) if !batch.is_empty() => {
+                    for d in &batch {
+                        let outcome = self.process(d).await;
+                        let stored = match outcome {
+                            Ok(outcome) => self.inbox.done(d, &outcome).await,
+                            Err(e) => self.inbox.failed(d, &e.message).await,
+                        };
+                        if let Err(e) = stored {
+                            tracing::error!(delivery = %d.delivery_id, error = %e, "cannot record a delivery's outcome; it will be claimed again");
+                        }
                     }
                     continue;
                 }
-                Ok(None) => {}
+                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "webhook inbox unavailable"),
             }
             tokio::select! {
