@@ -13,6 +13,7 @@
 mod config;
 mod gitlab_hooks;
 mod inbox;
+mod oauth;
 mod providers;
 mod ratelimit;
 pub mod verify;

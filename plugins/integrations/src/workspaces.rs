@@ -8,18 +8,17 @@
 //! its service account. Secrets are sealed at rest (`pg_common::crypto`); an OAuth `state` is
 //! stored hashed, for ten minutes, and used once, by the user who asked for it.
 
-use crate::{config::Source, providers};
+use crate::{config::Source, oauth, providers};
 use pg_common::{
     crypto::{Binding, Keyring},
     db_error, Database,
 };
 use plugin_sdk::{
-    http::{json, query_param, redirect},
+    http::{json, redirect},
     CallContext, HttpRequest, HttpResponse, PluginError,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use sqlx::{Postgres, Row, Transaction};
 use std::sync::Arc;
 
@@ -120,10 +119,6 @@ fn valid_name(name: &str) -> Result<String, Refused> {
             "workspace_name can only contain alphanumeric characters, hyphens, underscores, and periods".to_owned(),
         ))
     }
-}
-
-fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The host of a URL, lowercase.
@@ -467,29 +462,9 @@ impl Workspaces {
                 Err(e) => return Ok(Err(e)),
             }
         };
-        let mut random = [0u8; 24];
-        getrandom::getrandom(&mut random).map_err(|e| PluginError::internal(format!("no randomness: {e}")))?;
-        let state: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        let hashed = sha256_hex(&state);
-        let sealed = details.map(|d| self.keys.seal(&d, &state_binding(&hashed))).transpose()?;
-        let pool = self.db.ready().await?;
-        sqlx::query("DELETE FROM integration_oauth_states WHERE expires_at < now()")
-            .execute(pool)
-            .await
-            .map_err(db_error)?;
-        sqlx::query(
-            "INSERT INTO integration_oauth_states (state_sha256, user_id, provider, operation, workspace_name, details, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, now() + interval '10 minutes')",
-        )
-        .bind(&hashed)
-        .bind(user)
-        .bind(app.provider)
-        .bind(if register { "workspace_integration" } else { "workspace_link" })
-        .bind(&name)
-        .bind(sealed)
-        .execute(pool)
-        .await
-        .map_err(db_error)?;
+        let operation = if register { "workspace_integration" } else { "workspace_link" };
+        let state =
+            oauth::begin(&self.db, Some(&self.keys), user, app.provider, operation, &name, details.as_deref()).await?;
         let mut params = vec![
             ("client_id", app.client_id.as_str()),
             ("scope", app.scope),
@@ -513,40 +488,20 @@ impl Workspaces {
         user: &str,
         request: &HttpRequest,
     ) -> Result<Result<HttpResponse, Refused>, PluginError> {
-        if let Some(error) = query_param(&request.query, "error") {
-            return Ok(Err((400, format!("{} refused the authorization: {error}", app.label))));
-        }
-        let (Some(code), Some(state)) = (query_param(&request.query, "code"), query_param(&request.query, "state"))
-        else {
-            return Ok(Err((400, "the callback needs `code` and `state`".to_owned())));
-        };
-        let hashed = sha256_hex(&state);
-        let pool = self.db.ready().await?;
-        // Used once, whatever happens next.
-        let row = sqlx::query(
-            "DELETE FROM integration_oauth_states WHERE state_sha256 = $1 AND provider = $2
-             RETURNING user_id, operation, workspace_name, details, expires_at > now() AS fresh",
-        )
-        .bind(&hashed)
-        .bind(app.provider)
-        .fetch_optional(pool)
-        .await
-        .map_err(db_error)?;
-        let Some(row) = row.filter(|r| r.get::<bool, _>("fresh")) else {
-            return Ok(Err((400, "No active integration session found (unknown, used or expired state).".to_owned())));
-        };
-        if row.get::<String, _>("user_id") != user {
-            return Ok(Err((403, "this authorization was started by another user".to_owned())));
-        }
-        let name: String = row.get("workspace_name");
+        let (code, pending) =
+            match oauth::finish(&self.db, Some(&self.keys), app.provider, app.label, user, &request.query).await? {
+                Ok(taken) => taken,
+                Err(refused) => return Ok(Err(refused)),
+            };
+        let name = pending.name;
         let identity = match self.identify(app, &code, &self.redirect_uri(app, request), &name).await? {
             Ok(i) => i,
             Err(e) => return Ok(Err(e)),
         };
+        let pool = self.db.ready().await?;
         let mut tx = pool.begin().await.map_err(db_error)?;
-        let outcome = if row.get::<String, _>("operation") == "workspace_integration" {
-            let sealed: Option<String> = row.get("details");
-            let plain = self.keys.open(sealed.as_deref().unwrap_or(""), &state_binding(&hashed))?;
+        let outcome = if pending.operation == "workspace_integration" {
+            let plain = pending.details.unwrap_or_default();
             let r: Registration = serde_json::from_slice(&plain)
                 .map_err(|e| PluginError::internal(format!("stored registration: {e}")))?;
             self.register(&mut tx, app, user, &name, &identity, &r).await?
@@ -890,10 +845,6 @@ impl Workspaces {
 struct Identity {
     workspace: String,
     user: String,
-}
-
-fn state_binding(hashed: &str) -> Binding<'_> {
-    Binding { table: "integration_oauth_states", field: "details", user_id: hashed }
 }
 
 /// A provider's JSON answer; a refusal is a 400 the user sees, an unreachable provider 503.
