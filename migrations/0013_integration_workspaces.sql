@@ -34,13 +34,13 @@ CREATE TABLE integration_workspace_users (
 CREATE UNIQUE INDEX integration_workspace_users_one_active ON integration_workspace_users (provider, user_id) WHERE status = 'active';
 CREATE INDEX integration_workspace_users_by_identity ON integration_workspace_users (workspace_id, external_user_id);
 
--- A workspace OAuth under way: its `state` (stored hashed, used once, ten minutes) and what
+-- An OAuth under way (a workspace registered or linked, a Slack identity linked): its `state` (stored hashed, used once, ten minutes) and what
 -- the user asked for; a new workspace's secrets sealed until the callback stores them.
 CREATE TABLE integration_oauth_states (
     state_sha256   TEXT PRIMARY KEY,
     user_id        TEXT NOT NULL,
     provider       TEXT NOT NULL,
-    operation      TEXT NOT NULL CHECK (operation IN ('workspace_integration', 'workspace_link')),
+    operation      TEXT NOT NULL CHECK (operation IN ('workspace_integration', 'workspace_link', 'slack_link')),
     workspace_name TEXT NOT NULL,
     details        TEXT,                           -- sealed JSON
     expires_at     TIMESTAMPTZ NOT NULL

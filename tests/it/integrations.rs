@@ -58,6 +58,23 @@ impl Site {
         self.host_with_env(extra, &[]).await
     }
 
+    /// A host whose Slack source is `slack` (`slack = { ... }, `) instead of the default one.
+    async fn host_with_slack(&self, slack: &str) -> (Deployment, TestHost) {
+        let d = Deployment::new();
+        d.install_bundled();
+        let default_slack = format!(
+            "slack = {{ enabled = \"true\", webhook_secret = \"{SLACK_SECRET}\", api_url = \"{}\", bot_token = \"{SLACK_BOT_TOKEN}\" }} }}",
+            self.providers.base_url
+        );
+        let profile = profile(&self.db.url, &self.providers.base_url, "");
+        assert!(profile.contains(&default_slack), "the default Slack source is where it is expected");
+        let profile = profile.replacen(&default_slack, &format!("{} }}", slack.trim().trim_end_matches(',')), 1);
+        d.write_profile("app_mode = \"saas\"\n", &profile);
+        let host = d.start();
+        host.wait_ready().await;
+        (d, host)
+    }
+
     async fn host_with_env(&self, extra: &str, env: &[(&str, &str)]) -> (Deployment, TestHost) {
         let d = Deployment::new();
         d.install_bundled();
@@ -898,4 +915,56 @@ async fn a_user_installs_a_gitlab_webhook_that_has_its_own_secret() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(site.providers.hooks().is_empty());
     assert_eq!(gitlab_note(&host, &note, &secret, Some(&id), "u-5").await.status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slack_user_links_by_signing_in_with_slack_and_is_told_where_when_unlinked() {
+    let site = Site::new().await;
+    let api = &site.providers.base_url;
+    let source = format!(
+        "slack = {{ enabled = \"true\", webhook_secret = \"{SLACK_SECRET}\", api_url = \"{api}\", bot_token = \"{SLACK_BOT_TOKEN}\", \
+         oauth_client_id = \"{OAUTH_CLIENT_ID}\", oauth_client_secret = \"{OAUTH_CLIENT_SECRET}\", oauth_url = \"{api}\" }}, "
+    );
+    let (_d, host) = site.host_with_slack(&source).await;
+    site.alice(&host).await;
+    let mention = |event_id: &str, user: &str, ts: &str| {
+        json!({ "type": "event_callback", "event_id": event_id, "team_id": "T_ACME",
+                "event": { "type": "app_mention", "user": user, "channel": "C1", "ts": ts, "text": "<@UBOT> summarize the incident" } })
+    };
+
+    // Someone unlinked mentions the bot: told, in the thread, where to sign in with Slack.
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(slack(&host, &mention("Ev1", "U_NEWCOMER", "1700000001.000100"), now).await.status, 200);
+    let told = wait_for("the note", || site.providers.messages().first().cloned()).await;
+    assert!(told.2.contains("https://app.example.test/slack/link"), "{told:?}");
+
+    // They sign in to OpenHands (Alice's key here), then with Slack: linked.
+    site.providers.sign_in("slack", "U_NEWCOMER");
+    assert_eq!(
+        host.send(oauth_client().get(host.url("/slack/link"))).await.status,
+        401,
+        "signed in to OpenHands first"
+    );
+    let start = host.send(oauth_client().get(host.url("/slack/link")).bearer_auth(ALICE)).await;
+    assert_eq!(start.status, 302, "{}", start.text);
+    let to_slack = start.headers["location"].to_str().unwrap().to_owned();
+    assert!(to_slack.starts_with(&format!("{api}/openid/connect/authorize?")), "{to_slack}");
+    let consent = oauth_client().get(&to_slack).send().await.unwrap();
+    let back = callback_path(&consent);
+    assert!(back.starts_with("/slack/link/callback?"), "{back}");
+    let done = host.send(oauth_client().get(host.url(&back)).bearer_auth(ALICE)).await;
+    assert_eq!(done.status, 302, "{}", done.text);
+    assert_eq!(done.headers["location"], "/settings/integrations");
+    let again = host.send(oauth_client().get(host.url(&back)).bearer_auth(ALICE)).await;
+    assert_eq!(again.status, 400, "a state works once: {}", again.text);
+
+    // Their next mention works for Alice.
+    assert_eq!(slack(&host, &mention("Ev2", "U_NEWCOMER", "1700000002.000200"), now).await.status, 200);
+    let answer = wait_for("the answer", || {
+        site.providers.messages().into_iter().find(|m| m.1 == "1700000002.000200" && m.2.starts_with("Echo: "))
+    })
+    .await;
+    assert!(answer.2.contains("summarize the incident"), "{answer:?}");
+    let list = host.send(host.http.get(host.url("/api/conversations")).bearer_auth(ALICE)).await.json();
+    assert_eq!(list["results"].as_array().unwrap().len(), 1, "{list}");
 }

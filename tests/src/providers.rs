@@ -274,7 +274,9 @@ async fn oauth_token(State(f): State<FakeProviders>, body: String) -> Response {
         {
             let token = format!("token-{provider}-{user}-{}", r.access.len() + 1);
             r.access.insert(token.clone(), (provider, user));
-            Json(json!({ "access_token": token, "token_type": "Bearer", "expires_in": 3600 })).into_response()
+            // (`ok` as Slack's Web API answers; the others ignore it.)
+            Json(json!({ "ok": true, "access_token": token, "token_type": "Bearer", "expires_in": 3600 }))
+                .into_response()
         }
         _ => (StatusCode::BAD_REQUEST, Json(json!({ "error": "invalid_grant" }))).into_response(),
     }
@@ -300,6 +302,26 @@ async fn atlassian_sites(State(f): State<FakeProviders>, headers: HeaderMap) -> 
         Some(_) => Json(json!([{ "id": JIRA_CLOUD_ID, "url": format!("https://{JIRA_SITE}"), "name": "acme", "scopes": ["read:jira-work"] }]))
             .into_response(),
         None => StatusCode::UNAUTHORIZED.into_response(),
+    }
+}
+
+async fn slack_authorize(
+    State(f): State<FakeProviders>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    if !q.get("scope").is_some_and(|s| s.split(' ').any(|s| s == "openid")) {
+        return (StatusCode::BAD_REQUEST, "scope must include openid").into_response();
+    }
+    authorize(&f, "slack", &q)
+}
+
+/// Slack's OpenID Connect userInfo: who the token's user is.
+async fn slack_user_info(State(f): State<FakeProviders>, headers: HeaderMap) -> Response {
+    match token_user(&f, &headers, "slack") {
+        Some(user) => Json(json!({ "ok": true, "sub": user, "https://slack.com/user_id": user,
+                                   "https://slack.com/team_id": "T_ACME", "name": user }))
+        .into_response(),
+        None => Json(json!({ "ok": false, "error": "invalid_auth" })).into_response(),
     }
 }
 
@@ -398,6 +420,9 @@ impl FakeProviders {
             .route("/rest/oauth2/latest/authorize", axum::routing::get(jira_dc_authorize))
             .route("/oauth/authorize", axum::routing::get(linear_authorize))
             .route("/oauth/token", post(oauth_token))
+            .route("/openid/connect/authorize", axum::routing::get(slack_authorize))
+            .route("/openid.connect.token", post(oauth_token))
+            .route("/openid.connect.userInfo", axum::routing::get(slack_user_info))
             .route("/rest/oauth2/latest/token", post(oauth_token))
             .route("/me", axum::routing::get(atlassian_me))
             .route("/oauth/token/accessible-resources", axum::routing::get(atlassian_sites))
@@ -433,7 +458,8 @@ impl FakeProviders {
         self.record.lock().unwrap().hooks.clone()
     }
 
-    /// From now on, `user` is who signs in at `provider` (`jira`, `jira_dc`, `linear`).
+    /// From now on, `user` is who signs in at `provider` (`jira`, `jira_dc`, `linear`,
+    /// `slack`).
     pub fn sign_in(&self, provider: &str, user: &str) {
         self.record.lock().unwrap().signed_in.insert(provider.to_owned(), user.to_owned());
     }

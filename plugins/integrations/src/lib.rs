@@ -16,6 +16,7 @@ mod inbox;
 mod oauth;
 mod providers;
 mod ratelimit;
+mod slack_link;
 pub mod verify;
 mod work;
 mod workspaces;
@@ -61,6 +62,8 @@ pub struct Integrations {
     workspaces: Option<Arc<workspaces::Workspaces>>,
     /// GitLab webhooks installed by users, each with its own secret (when GitLab is on).
     gitlab_hooks: Option<gitlab_hooks::GitLabHooks>,
+    /// Slack users linking themselves by signing in with Slack (when its OAuth app is set).
+    slack_link: Option<Arc<slack_link::SlackLink>>,
     limiter: ratelimit::Limiter,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -93,6 +96,25 @@ impl Integrations {
                 c.gitlab.api("https://gitlab.com"),
                 web_host.as_deref(),
             )?
+        } else {
+            None
+        };
+        let slack_link = if c.slack.on() && c.slack.workspaces() {
+            Some(Arc::new(slack_link::SlackLink::new(
+                db.clone(),
+                c.slack.need("slack", "oauth_client_id", "SLACK_CLIENT_ID")?,
+                c.slack.need("slack", "oauth_client_secret", "SLACK_CLIENT_SECRET")?,
+                c.slack
+                    .oauth_url
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or("https://slack.com")
+                    .trim_end_matches('/')
+                    .to_owned(),
+                c.slack.api("https://slack.com/api"),
+                web_host.clone(),
+            )?))
         } else {
             None
         };
@@ -154,6 +176,7 @@ impl Integrations {
             services,
             mention: c.mention.clone(),
             web_host,
+            slack_link: slack_link.clone(),
             workspaces: workspaces.clone(),
             github,
             slack,
@@ -177,7 +200,7 @@ impl Integrations {
             }
             tasks
         });
-        Ok(Integrations { config: c, hub, workspaces, gitlab_hooks, limiter, tasks: Mutex::new(tasks) })
+        Ok(Integrations { config: c, hub, workspaces, gitlab_hooks, slack_link, limiter, tasks: Mutex::new(tasks) })
     }
 
     fn source(&self, name: &str) -> &config::Source {
@@ -427,6 +450,11 @@ impl plugin_sdk::RouteHandler for Integrations {
             path: "/api/integrations/link-code".into(),
             authenticated: true,
         });
+        if self.slack_link.is_some() {
+            for path in [slack_link::START, slack_link::CALLBACK] {
+                routes.push(RouteSpec { method: "GET".into(), path: path.into(), authenticated: true });
+            }
+        }
         if self.gitlab_hooks.is_some() {
             for (method, path) in [
                 ("GET", gitlab_hooks::PATH.to_owned()),
@@ -460,6 +488,9 @@ impl plugin_sdk::RouteHandler for Integrations {
         }
         if request.path == "/api/integrations/link-code" {
             return self.link_code(&ctx).await;
+        }
+        if let Some(link) = self.slack_link.as_ref().filter(|_| request.path.starts_with(slack_link::START)) {
+            return link.handle(&ctx, &request).await;
         }
         if let Some(hooks) = self.gitlab_hooks.as_ref().filter(|_| request.path.starts_with(gitlab_hooks::PATH)) {
             return hooks.handle(&ctx, &request).await;

@@ -28,6 +28,7 @@ pub(crate) struct Hub {
     pub(crate) mention: String,
     pub(crate) web_host: Option<String>,
     pub(crate) workspaces: Option<Arc<crate::workspaces::Workspaces>>,
+    pub(crate) slack_link: Option<Arc<crate::slack_link::SlackLink>>,
     pub(crate) github: Option<GitHub>,
     pub(crate) slack: Option<Slack>,
     pub(crate) gitlab: Option<GitLab>,
@@ -343,7 +344,12 @@ impl Hub {
             return Ok(false);
         }
         let place = self.web_host.as_deref().map(|h| format!(" at {h}/settings/integrations")).unwrap_or_default();
-        let text = if workspace {
+        let slack_link = self.slack_link.as_ref().filter(|_| m.provider == "slack").and_then(|l| l.link_url());
+        let text = if let Some(url) = slack_link {
+            format!(
+                "I can't work on this yet: your Slack account is not linked to an OpenHands account. Sign in with Slack at {url} (signed in to OpenHands), then mention me again."
+            )
+        } else if workspace {
             format!(
                 "I can't work on this yet: your {} account is not linked to an OpenHands account. Link it in OpenHands' settings{place} (Project management, Link), then mention me again.",
                 m.provider
