@@ -658,15 +658,7 @@ impl Workspaces {
                 if row.get::<String, _>("admin_user_id") != user {
                     return Ok(Err((403, "You do not have permission to update this workspace".to_owned())));
                 }
-                let current: Option<i64> = sqlx::query_scalar(
-                    "SELECT workspace_id FROM integration_workspace_users WHERE provider = $1 AND user_id = $2 AND status = 'active'",
-                )
-                .bind(app.provider)
-                .bind(user)
-                .fetch_optional(&mut **tx)
-                .await
-                .map_err(db_error)?;
-                if current.is_some_and(|c| c != id) {
+                if active_workspace(tx, app.provider, user).await?.is_some_and(|c| c != id) {
                     return Ok(Err((403, "You can only update the workspace you are currently linked to".to_owned())));
                 }
                 sqlx::query(
@@ -714,14 +706,7 @@ impl Workspaces {
             return Ok(Err((400, format!("Workspace \"{name}\" is not active"))));
         }
         let id: i64 = ws.get("id");
-        let current: Option<i64> = sqlx::query_scalar(
-            "SELECT workspace_id FROM integration_workspace_users WHERE provider = $1 AND user_id = $2 AND status = 'active' FOR UPDATE",
-        )
-        .bind(app.provider)
-        .bind(user)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(db_error)?;
+        let current = active_workspace(tx, app.provider, user).await?;
         const ALREADY: &str = "You already have an active workspace link. Please unlink from your current workspace before linking to a different one.";
         if current.is_some_and(|c| c != id) {
             return Ok(Err((400, ALREADY.to_owned())));
@@ -838,6 +823,22 @@ impl Workspaces {
             ))),
         }
     }
+}
+
+/// The workspace `user` is actively linked to at `provider` (the link locked).
+async fn active_workspace(
+    tx: &mut Transaction<'_, Postgres>,
+    provider: &str,
+    user: &str,
+) -> Result<Option<i64>, PluginError> {
+    sqlx::query_scalar(
+        "SELECT workspace_id FROM integration_workspace_users WHERE provider = $1 AND user_id = $2 AND status = 'active' FOR UPDATE",
+    )
+    .bind(provider)
+    .bind(user)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db_error)
 }
 
 /// Who signed in at the provider: the workspace's id there (Jira Cloud's cloud id, Linear's
