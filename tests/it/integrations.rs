@@ -765,6 +765,22 @@ async fn jira_jira_dc_and_linear_workspaces_are_registered_linked_and_answer_wit
     assert_eq!(r.json()["status"], "ignored", "{}", r.text);
     let r = host.send(host.http.post(host.url("/integration/jira/workspaces/unlink")).bearer_auth(ALICE)).await;
     assert_eq!(r.status, 404, "{}", r.text);
+    // Each registration, link and unlink is in the audit log, with no secret in it.
+    let log = audit(&site.db).await;
+    let actions: Vec<(&str, &str)> =
+        log.iter().filter(|r| r.2.starts_with("workspace_")).map(|r| (r.0.as_str(), r.2.as_str())).collect();
+    assert_eq!(
+        actions,
+        [
+            ("jira", "workspace_registered"),
+            ("jira", "workspace_linked"),
+            ("jira_dc", "workspace_registered"),
+            ("linear", "workspace_registered"),
+            ("jira", "workspace_deactivated"),
+        ]
+    );
+    let text = format!("{log:?}");
+    assert!(!text.contains("jira-ws-secret") && !text.contains(WS_JIRA_KEY), "{text}");
 
     // A new master key (the old one kept as previous): the secrets are re-sealed on request,
     // and a host with the new key alone reads them (the hosts that had the old one alone do not).
@@ -915,6 +931,14 @@ async fn a_user_installs_a_gitlab_webhook_that_has_its_own_secret() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(site.providers.hooks().is_empty());
     assert_eq!(gitlab_note(&host, &note, &secret, Some(&id), "u-5").await.status, 403);
+    let log = audit(&site.db).await;
+    let kept: Vec<&str> = log
+        .iter()
+        .filter(|r| ["webhook_installed", "webhook_removed", "keys_rotated"].contains(&r.2.as_str()))
+        .map(|r| r.2.as_str())
+        .collect();
+    assert_eq!(kept, ["webhook_installed", "keys_rotated", "webhook_removed"]);
+    assert!(!format!("{log:?}").contains(&secret), "no secret in the audit log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -967,4 +991,7 @@ async fn a_slack_user_links_by_signing_in_with_slack_and_is_told_where_when_unli
     assert!(answer.2.contains("summarize the incident"), "{answer:?}");
     let list = host.send(host.http.get(host.url("/api/conversations")).bearer_auth(ALICE)).await.json();
     assert_eq!(list["results"].as_array().unwrap().len(), 1, "{list}");
+    let linked =
+        audit(&site.db).await.into_iter().find(|r| r.2 == "linked" && r.3["external_id"] == "U_NEWCOMER").unwrap();
+    assert_eq!((&linked.3["external_id"], &linked.3["through"]), (&json!("U_NEWCOMER"), &json!("sign in with Slack")));
 }

@@ -251,6 +251,8 @@ impl GitLabHooks {
             .await
             .map_err(db_error)?;
         tracing::info!(project = path, user, "GitLab webhook installed");
+        let detail = json!({ "webhook": id, "project": path, "user_id": user, "hook_id": installed });
+        crate::inbox::record(pool, "gitlab", None, "webhook_installed", detail).await?;
         Ok(json(200, &json!({ "id": id, "project_id": project_id, "project": path, "hook_id": installed })))
     }
 
@@ -286,6 +288,8 @@ impl GitLabHooks {
             }
         }
         self.forget(id).await?;
+        crate::inbox::record(pool, "gitlab", None, "webhook_removed", json!({ "webhook": id, "user_id": user }))
+            .await?;
         Ok(json(200, &json!({ "removed": id })))
     }
 }

@@ -42,19 +42,31 @@ pub(crate) struct DeadLetter {
     pub(crate) received_at: String,
 }
 
+/// An `audit_log` row, through `executor` (a pool, or a transaction the row must share).
+pub(crate) async fn record<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    source: &str,
+    delivery_id: Option<&str>,
+    action: &str,
+    detail: Value,
+) -> Result<(), PluginError> {
+    sqlx::query("INSERT INTO audit_log (source, delivery_id, action, detail) VALUES ($1, $2, $3, $4)")
+        .bind(source)
+        .bind(delivery_id)
+        .bind(action)
+        .bind(detail)
+        .execute(executor)
+        .await
+        .map(drop)
+        .map_err(db_error)
+}
+
 impl Inbox {
     /// Records a decision.
     pub(crate) async fn audit(&self, source: &str, delivery_id: Option<&str>, action: &str, detail: Value) {
         let write = async {
             let pool = self.db.ready().await?;
-            sqlx::query("INSERT INTO audit_log (source, delivery_id, action, detail) VALUES ($1, $2, $3, $4)")
-                .bind(source)
-                .bind(delivery_id)
-                .bind(action)
-                .bind(detail)
-                .execute(pool)
-                .await
-                .map_err(db_error)
+            record(pool, source, delivery_id, action, detail).await
         };
         if let Err(e) = write.await {
             tracing::error!(source, delivery_id, action, error = %e, "audit entry not written");

@@ -371,7 +371,9 @@ impl Integrations {
                     Some(h) => h.rotate_keys().await?,
                     None => 0,
                 };
-                Ok(json(200, &json!({ "rotated": { "workspaces": workspaces, "gitlab_webhooks": gitlab_webhooks } })))
+                let rotated = json!({ "workspaces": workspaces, "gitlab_webhooks": gitlab_webhooks });
+                self.hub.inbox.audit("integrations", None, "keys_rotated", rotated.clone()).await;
+                Ok(json(200, &json!({ "rotated": rotated })))
             }
             ("GET", "/internal/webhooks/dead-letters") => {
                 Ok(json(200, &json!({ "dead_letters": self.hub.inbox.dead_letters().await? })))

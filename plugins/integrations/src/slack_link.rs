@@ -122,6 +122,8 @@ impl SlackLink {
         .await
         .map_err(db_error)?;
         tracing::info!(slack_user, user, "Slack identity linked");
+        let detail = json!({ "external_id": slack_user, "user_id": user, "through": "sign in with Slack" });
+        crate::inbox::record(pool, "slack", None, "linked", detail).await?;
         Ok(redirect("/settings/integrations".to_owned()))
     }
 }

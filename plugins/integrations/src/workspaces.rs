@@ -512,6 +512,10 @@ impl Workspaces {
             tx.rollback().await.map_err(db_error)?;
             return Ok(Err(e));
         }
+        let action =
+            if pending.operation == "workspace_integration" { "workspace_registered" } else { "workspace_linked" };
+        let detail = json!({ "workspace": name, "user_id": user, "external_user": identity.user });
+        crate::inbox::record(&mut *tx, app.provider, None, action, detail).await?;
         tx.commit().await.map_err(db_error)?;
         tracing::info!(provider = app.provider, workspace = name, user, "workspace linked");
         Ok(Ok(redirect("/settings/integrations".to_owned())))
@@ -788,7 +792,11 @@ impl Workspaces {
             return Ok(Err((404, format!("User is not registered for {} integration", app.label))));
         };
         let id: i64 = row.get("workspace_id");
-        if row.get::<String, _>("admin_user_id") == user {
+        let admin = row.get::<String, _>("admin_user_id") == user;
+        let action = if admin { "workspace_deactivated" } else { "workspace_unlinked" };
+        crate::inbox::record(&mut *tx, app.provider, None, action, json!({ "workspace_id": id, "user_id": user }))
+            .await?;
+        if admin {
             for sql in [
                 "UPDATE integration_workspaces SET status = 'inactive', updated_at = now() WHERE id = $1",
                 "UPDATE integration_workspace_users SET status = 'inactive', updated_at = now() WHERE workspace_id = $1 AND status = 'active'",
