@@ -151,7 +151,12 @@ impl Source {
     }
 
     pub(crate) fn api(&self, default: &str) -> String {
-        set(&self.api_url).unwrap_or_else(|| default.to_owned()).trim_end_matches('/').to_owned()
+        url_or(&self.api_url, default)
+    }
+
+    /// Where users authorize its OAuth app (`oauth_url`, else `default`).
+    pub(crate) fn oauth(&self, default: &str) -> String {
+        url_or(&self.oauth_url, default)
     }
 
     /// Whether one site's secret and account are configured (else deliveries need a
@@ -160,8 +165,9 @@ impl Source {
         set(&self.webhook_secret).is_some()
     }
 
-    /// Whether admins may register workspaces (an OAuth app is configured).
-    pub(crate) fn workspaces(&self) -> bool {
+    /// Whether its OAuth app is configured (Jira, Jira DC, Linear: workspaces; Slack: users
+    /// link by signing in with Slack).
+    pub(crate) fn has_oauth_app(&self) -> bool {
         set(&self.oauth_client_id).is_some()
     }
 }
@@ -205,14 +211,14 @@ impl Config {
             if !source.on() {
                 continue;
             }
-            if !source.global() && !source.workspaces() {
+            if !source.global() && !source.has_oauth_app() {
                 return Err(PluginError::invalid_config(format!(
                     "{name} is enabled, so it needs `{name}.webhook_secret` ({prefix}_WEBHOOK_SECRET) for one site, \
                      or `{name}.oauth_client_id` and `{name}.oauth_client_secret` ({prefix}_CLIENT_ID, \
                      {prefix}_CLIENT_SECRET) for workspaces registered by their admins"
                 )));
             }
-            if source.workspaces() {
+            if source.has_oauth_app() {
                 source.need(name, "oauth_client_secret", &format!("{prefix}_CLIENT_SECRET"))?;
             }
         }
@@ -244,6 +250,11 @@ impl Config {
             }
         })
     }
+}
+
+/// A configured URL (else `default`), without a trailing slash.
+pub(crate) fn url_or(value: &Option<String>, default: &str) -> String {
+    set(value).unwrap_or_else(|| default.to_owned()).trim_end_matches('/').to_owned()
 }
 
 /// A PEM key as environments carry it: with real newlines, or `\n` escapes on one line.

@@ -99,19 +99,12 @@ impl Integrations {
         } else {
             None
         };
-        let slack_link = if c.slack.on() && c.slack.workspaces() {
+        let slack_link = if c.slack.on() && c.slack.has_oauth_app() {
             Some(Arc::new(slack_link::SlackLink::new(
                 db.clone(),
                 c.slack.need("slack", "oauth_client_id", "SLACK_CLIENT_ID")?,
                 c.slack.need("slack", "oauth_client_secret", "SLACK_CLIENT_SECRET")?,
-                c.slack
-                    .oauth_url
-                    .as_deref()
-                    .map(str::trim)
-                    .filter(|u| !u.is_empty())
-                    .unwrap_or("https://slack.com")
-                    .trim_end_matches('/')
-                    .to_owned(),
+                c.slack.oauth("https://slack.com"),
                 c.slack.api("https://slack.com/api"),
                 web_host.clone(),
             )?))

@@ -140,33 +140,16 @@ impl Workspaces {
         sources: [&Source; 3],
     ) -> Result<Option<Workspaces>, PluginError> {
         let mut apps = Vec::new();
-        for ((provider, _), source) in PROVIDERS.iter().zip(sources) {
-            if !source.on() || !source.workspaces() {
+        for (((provider, _), source), prefix) in PROVIDERS.iter().zip(sources).zip(["JIRA", "JIRA_DC", "LINEAR"]) {
+            if !source.on() || !source.has_oauth_app() {
                 continue;
             }
-            let client_id = source.need(provider, "oauth_client_id", "*_CLIENT_ID")?;
-            let client_secret = source.need(provider, "oauth_client_secret", "*_CLIENT_SECRET")?;
-            let oauth = |default: &str| {
-                source
-                    .oauth_url
-                    .as_deref()
-                    .map(str::trim)
-                    .filter(|u| !u.is_empty())
-                    .unwrap_or(default)
-                    .trim_end_matches('/')
-                    .to_owned()
-            };
+            let client_id = source.need(provider, "oauth_client_id", &format!("{prefix}_CLIENT_ID"))?;
+            let client_secret = source.need(provider, "oauth_client_secret", &format!("{prefix}_CLIENT_SECRET"))?;
             apps.push(match *provider {
                 "jira" => {
-                    let auth = oauth("https://auth.atlassian.com");
-                    let api = source
-                        .cloud_api_url
-                        .as_deref()
-                        .map(str::trim)
-                        .filter(|u| !u.is_empty())
-                        .unwrap_or("https://api.atlassian.com")
-                        .trim_end_matches('/')
-                        .to_owned();
+                    let auth = source.oauth("https://auth.atlassian.com");
+                    let api = crate::config::url_or(&source.cloud_api_url, "https://api.atlassian.com");
                     App {
                         provider: "jira",
                         label: "Jira",
@@ -198,7 +181,7 @@ impl Workspaces {
                         label: "Linear",
                         client_id,
                         client_secret,
-                        authorize_url: format!("{}/oauth/authorize", oauth("https://linear.app")),
+                        authorize_url: format!("{}/oauth/authorize", source.oauth("https://linear.app")),
                         token_url: format!("{api}/oauth/token"),
                         scope: "read",
                         api,
