@@ -261,3 +261,27 @@ pub(crate) fn url_or(value: &Option<String>, default: &str) -> String {
 pub(crate) fn pem(key: &str) -> String {
     key.replace("\\n", "\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jira_and_linear_need_a_site_secret_or_an_oauth_app_and_say_which_variables() {
+        let none = Config::parse(r#"{"jira": {"enabled": "1"}}"#).unwrap_err();
+        for named in ["JIRA_WEBHOOK_SECRET", "JIRA_CLIENT_ID", "JIRA_CLIENT_SECRET"] {
+            assert!(none.message.contains(named), "{named}: {}", none.message);
+        }
+        let half = Config::parse(r#"{"linear": {"enabled": "1", "oauth_client_id": "id"}}"#).unwrap_err();
+        assert!(half.message.contains("LINEAR_CLIENT_SECRET"), "{}", half.message);
+        let workspaces = r#"{"linear": {"enabled": "1", "oauth_client_id": "id", "oauth_client_secret": "s"}}"#;
+        let c = Config::parse(workspaces).unwrap();
+        assert!(c.linear.has_oauth_app() && !c.linear.global());
+        assert_eq!(c.linear.oauth("https://linear.app"), "https://linear.app");
+        // GitLab's own secret is optional: webhooks installed by users have theirs.
+        assert!(Config::parse(r#"{"gitlab": {"enabled": "1", "token": "t"}}"#).is_ok());
+        let dc = Config::parse(r#"{"jira_dc": {"enabled": "1", "oauth_client_id": "i", "oauth_client_secret": "s"}}"#)
+            .unwrap_err();
+        assert!(dc.message.contains("JIRA_DC_BASE_URL"), "{}", dc.message);
+    }
+}
