@@ -497,6 +497,16 @@ async fn gitlab_jira_jira_dc_and_linear_mentions_are_answered_where_they_were_ma
     let fresh = linear(now_ms);
     assert_eq!(post("/integration/linear/events", &fresh, headers(&fresh, "lin-1")).await.status, 200);
 
+    // Without an OAuth app, Jira's workspace routes say what is missing (no link, no
+    // workspace, and how to turn them on).
+    let link = host.send(host.http.get(host.url("/integration/jira/workspaces/link")).bearer_auth(ALICE)).await;
+    assert_eq!(link.status, 404, "{}", link.text);
+    let register = json!({ "workspace_name": "acme.atlassian.net", "webhook_secret": "s", "svc_acc_email": "a@b.co", "svc_acc_api_key": "k" });
+    let r =
+        host.send(host.http.post(host.url("/integration/jira/workspaces")).bearer_auth(ALICE).json(&register)).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert!(r.json()["detail"].as_str().unwrap().contains("JIRA_CLIENT_ID"), "{}", r.text);
+
     // Each answered where it was asked, with the agent's reply.
     let posts = wait_for("five answers", || {
         let p = site.providers.posts();

@@ -459,8 +459,10 @@ impl plugin_sdk::RouteHandler for Integrations {
                 routes.push(RouteSpec { method: method.into(), path: path.into(), authenticated: true });
             }
         }
+        // Mounted whenever the source is on: without an OAuth app they say what is missing
+        // (the web client shows these rows when ENABLE_JIRA & co. are set).
         for (provider, slug) in workspaces::PROVIDERS {
-            if self.workspaces.as_ref().is_some_and(|w| w.serves(provider)) {
+            if self.source(provider).on() {
                 for (method, path) in workspaces::routes(slug) {
                     routes.push(RouteSpec { method: method.into(), path: path.into(), authenticated: true });
                 }
@@ -490,12 +492,13 @@ impl plugin_sdk::RouteHandler for Integrations {
         if let Some(hooks) = self.gitlab_hooks.as_ref().filter(|_| request.path.starts_with(gitlab_hooks::PATH)) {
             return hooks.handle(&ctx, &request).await;
         }
-        if let Some(ws) = &self.workspaces {
-            for (provider, slug) in workspaces::PROVIDERS {
-                let prefix = format!("/integration/{slug}/");
-                if request.path.starts_with(&prefix) && !request.path.ends_with("/events") {
-                    return ws.handle(provider, slug, &ctx, &request).await;
-                }
+        for (provider, slug) in workspaces::PROVIDERS {
+            let prefix = format!("/integration/{slug}/");
+            if request.path.starts_with(&prefix) && !request.path.ends_with("/events") {
+                return match self.workspaces.as_ref().filter(|w| w.serves(provider)) {
+                    Some(ws) => ws.handle(provider, slug, &ctx, &request).await,
+                    None => Ok(workspaces::without_app(provider, slug, &request)),
+                };
             }
         }
         match ROUTES.iter().find(|(_, path)| *path == request.path.as_str()) {

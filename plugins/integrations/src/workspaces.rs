@@ -51,6 +51,27 @@ struct App {
     api: String,
 }
 
+/// The routes of a provider whose OAuth app is not configured: no link and no workspace
+/// (so the web client shows its form), and a 503 naming the settings for the rest.
+pub(crate) fn without_app(provider: &str, slug: &str, request: &HttpRequest) -> HttpResponse {
+    let rest = request.path.trim_start_matches(&format!("/integration/{slug}"));
+    if request.method == "GET" && (rest == "/workspaces/link" || rest.starts_with("/workspaces/validate/")) {
+        return detail(404, format!("{provider} has no registered workspaces on this server"));
+    }
+    let prefix = match provider {
+        "jira" => "JIRA",
+        "jira_dc" => "JIRA_DC",
+        _ => "LINEAR",
+    };
+    detail(
+        503,
+        format!(
+            "{provider} workspaces need the server's OAuth app: set {prefix}_CLIENT_ID and {prefix}_CLIENT_SECRET \
+             ({provider}.oauth_client_id and oauth_client_secret in the integrations config)"
+        ),
+    )
+}
+
 /// A registered workspace, its secrets opened.
 pub(crate) struct Workspace {
     pub(crate) id: i64,
