@@ -313,7 +313,12 @@ impl TestHost {
                 return;
             }
             if started.elapsed() > Duration::from_secs(60) {
-                panic!("oh-host was not ready within 60 s: {} {}", r.status, r.text);
+                // Which instance is not ready, and why (the admin listener names them).
+                let detail = match &self.admin {
+                    Some(_) => self.admin_get("/internal/ready").await.text,
+                    None => "(no admin listener to ask which plugin)".to_owned(),
+                };
+                panic!("oh-host was not ready within 60 s: {} {}; {detail}", r.status, r.text);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

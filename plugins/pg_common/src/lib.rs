@@ -247,7 +247,9 @@ impl Database {
                 match migrate(&db.pool).await {
                     Ok(_) => {
                         *db.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                        let _ = db.migrated.send(true);
+                        // Stored even when nobody waits right now (`send` would drop it then,
+                        // and the database would never be ready).
+                        db.migrated.send_replace(true);
                         return;
                     }
                     Err(e) => {
@@ -285,7 +287,7 @@ impl Database {
     /// Applies pending migrations now; returns the versions this call applied.
     pub async fn migrate(&self) -> Result<Vec<i64>, PluginError> {
         let applied = migrate(&self.pool).await?;
-        let _ = self.migrated.send(true);
+        self.migrated.send_replace(true);
         Ok(applied)
     }
 
@@ -376,5 +378,50 @@ pub fn db_error(e: sqlx::Error) -> PluginError {
             tracing::error!(error = %e, "PostgreSQL query failed");
             PluginError::new(ErrorCode::INTERNAL, "database error (see the server log)")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::{Connection as _, Executor as _};
+
+    const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migrations_that_outlast_the_first_wait_still_make_the_database_ready() {
+        let mut id = [0u8; 6];
+        getrandom::getrandom(&mut id).unwrap();
+        let name = format!("oh_pgc_{}", id.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let mut server =
+            sqlx::PgConnection::connect(&format!("{SERVER}/postgres")).await.expect("PostgreSQL on 127.0.0.1:5432");
+        server.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+        let url = format!("{SERVER}/{name}");
+        let db = Database::shared(Some(&url), Some(4), 3000, true).unwrap();
+
+        // The first caller gives up long before the migrations are applied ...
+        assert!(db.ready_within(Duration::from_millis(1)).await.is_err());
+        // ... and nobody waits while they finish.
+        let mut probe = sqlx::PgConnection::connect(&url).await.unwrap();
+        let started = Instant::now();
+        loop {
+            let applied: Option<i64> = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&mut probe)
+                .await
+                .ok();
+            if applied == Some(MIGRATIONS.len() as i64) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "migrations not applied: {applied:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The migrator's last steps (reading back, unlocking) follow the last insert.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Every later caller finds the database ready.
+        let ready = db.ready().await.map(drop);
+        drop(probe);
+        db.pool.close().await;
+        let _ = server.execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str()).await;
+        assert!(ready.is_ok(), "{ready:?}");
     }
 }
