@@ -339,16 +339,7 @@ fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
         let mut clients = Vec::new();
         for i in 0..CLUSTER_CONVERSATIONS {
             let owner = i % CLUSTER_NODES;
-            let r: serde_json::Value = http
-                .post(format!("{}/api/conversations", base(&nodes[owner])))
-                .json(&serde_json::json!({}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let id = r["conversation_id"].as_str().expect("conversation created").to_owned();
+            let id = start_conversation(&http, &base(&nodes[owner]), serde_json::json!({})).await;
             for (node, cross) in [(owner, false), ((owner + 1) % CLUSTER_NODES, true)] {
                 let mut c = SioClient::connect(&base(&nodes[node]), &format!("conversation_id={id}&latest_event_id=-1"), &[])
                     .await
@@ -426,16 +417,7 @@ fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
             let victim = k % CLUSTER_NODES;
             let watcher = (victim + 1) % CLUSTER_NODES;
             llm.push([Reply::Tokens { n: 400, gap: Duration::from_millis(25) }]);
-            let r: serde_json::Value = http
-                .post(format!("{}/api/conversations", base(&nodes[victim])))
-                .json(&serde_json::json!({ "initial_user_msg": "long" }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let id = r["conversation_id"].as_str().unwrap().to_owned();
+            let id = start_conversation(&http, &base(&nodes[victim]), serde_json::json!({ "initial_user_msg": "long" })).await;
             let mut c = SioClient::connect(&base(&nodes[watcher]), &format!("conversation_id={id}&latest_event_id=-1"), &[])
                 .await
                 .unwrap();
@@ -692,16 +674,8 @@ fn tools_load_with(bin: &Path, work: &Path, oss_profile: &Path, runtime: &str) {
                 let mut ids = Vec::new();
                 for _ in 0..n {
                     let created = chrono::Utc::now().timestamp_micros();
-                    let r: serde_json::Value = http
-                        .post(format!("{base}/api/conversations"))
-                        .json(&serde_json::json!({ "initial_user_msg": "run it" }))
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
-                    ids.push((r["conversation_id"].as_str().unwrap().to_owned(), created));
+                    let id = start_conversation(&http, &base, serde_json::json!({ "initial_user_msg": "run it" })).await;
+                    ids.push((id, created));
                 }
                 let mut pairs = Vec::new();
                 for (id, created) in ids {
@@ -904,6 +878,13 @@ fn cookie(r: &reqwest::Response, name: &str) -> String {
 }
 
 /// Starts the binary; returns the child and its address once it listens.
+/// `POST /api/conversations` with `body`; the new conversation's id.
+async fn start_conversation(http: &reqwest::Client, base: &str, body: serde_json::Value) -> String {
+    let r: serde_json::Value =
+        http.post(format!("{base}/api/conversations")).json(&body).send().await.unwrap().json().await.unwrap();
+    r["conversation_id"].as_str().expect("conversation created").to_owned()
+}
+
 fn spawn_host(bin: &Path, profile: &Path) -> (std::process::Child, String) {
     spawn_host_env(bin, profile, &[])
 }
@@ -972,9 +953,7 @@ fn conversations_load(bin: &Path, profile: &Path) -> f64 {
 
         let mut clients = Vec::new();
         for _ in 0..CONVERSATIONS {
-            let r: serde_json::Value =
-                http.post(format!("{base}/api/conversations")).json(&serde_json::json!({})).send().await.unwrap().json().await.unwrap();
-            let id = r["conversation_id"].as_str().expect("conversation created").to_owned();
+            let id = start_conversation(&http, &base, serde_json::json!({})).await;
             let mut c = SioClient::connect(&base, &format!("conversation_id={id}&latest_event_id=-1"), &[]).await.unwrap();
             c.until(Duration::from_secs(30), |e| oh_e2e::sio::is_state(e, "awaiting_user_input")).await;
             clients.push(c);

@@ -3,7 +3,7 @@
 
 use plugin_api::{
     abi_stable::std_types::{RString, RVec, Tuple2},
-    HttpRequest, HttpResponse,
+    Headers, HttpRequest, HttpResponse,
 };
 use serde_json::Value;
 
@@ -31,12 +31,13 @@ pub fn redirect(location: String) -> HttpResponse {
 
 /// A request header by name (any case), trimmed; an empty one counts as absent.
 pub fn header<'a>(request: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    request
-        .headers
-        .iter()
-        .find(|h| h.0.eq_ignore_ascii_case(name))
-        .map(|h| h.1.as_str().trim())
-        .filter(|v| !v.is_empty())
+    header_in(&request.headers, name)
+}
+
+/// A header of `headers` (an `HttpRequest`'s, an `AuthRequest`'s) by name (any case),
+/// trimmed; an empty one counts as absent.
+pub fn header_in<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
+    headers.iter().find(|h| h.0.eq_ignore_ascii_case(name)).map(|h| h.1.as_str().trim()).filter(|v| !v.is_empty())
 }
 
 /// A query string parameter, percent-decoded (`+` is a space).

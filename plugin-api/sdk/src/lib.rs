@@ -53,6 +53,18 @@ pub fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// The Redis OpenHands' variables name: `REDIS_HOST` (default `localhost`), `REDIS_PORT`
+/// (`6379`), `REDIS_PASSWORD`, `REDIS_DB` (`0`); for plugins whose config names none.
+pub fn redis_url_from_env() -> String {
+    let host = env("REDIS_HOST").unwrap_or_else(|| "localhost".to_owned());
+    let port = env("REDIS_PORT").unwrap_or_else(|| "6379".to_owned());
+    let db = env("REDIS_DB").unwrap_or_else(|| "0".to_owned());
+    match env("REDIS_PASSWORD") {
+        Some(p) => format!("redis://:{p}@{host}:{port}/{db}"),
+        None => format!("redis://{host}:{port}/{db}"),
+    }
+}
+
 /// `settings_store` (OpenHands `SettingsStore`). Scope every read and write by `ctx.user_id()`.
 pub trait SettingsStore: Send + Sync + 'static {
     fn load(&self, ctx: CallContext) -> impl Future<Output = Result<Option<Settings>>> + Send;

@@ -562,9 +562,7 @@ impl Running {
                 Next::Exited(code) => {
                     // What it printed last may still be on its way (a child it left in the
                     // background can keep the output open: not waited for).
-                    while let Ok(Some(chunk)) =
-                        tokio::time::timeout(Duration::from_millis(50), self.output.recv()).await
-                    {
+                    for chunk in self.output_on_its_way().await {
                         keep(&mut buf, &mut total, &chunk);
                     }
                     // Its group id may be anyone's once it is gone.
@@ -575,9 +573,7 @@ impl Running {
                 Next::Limit | Next::Stopped => {
                     self.kill().await;
                     // A killed command keeps what it printed until then.
-                    while let Ok(Some(chunk)) =
-                        tokio::time::timeout(Duration::from_millis(50), self.output.recv()).await
-                    {
+                    for chunk in self.output_on_its_way().await {
                         keep(&mut buf, &mut total, &chunk);
                     }
                     break Waited::Killed(if matches!(next, Next::Limit) { "timed out" } else { "stopped" });
@@ -595,6 +591,15 @@ impl Running {
             self.cgroup.take(); // what the command left running goes with it
         }
         Seen { output, state }
+    }
+
+    /// Output already sent when it ended: what arrives with no gap over 50 ms.
+    async fn output_on_its_way(&mut self) -> Vec<Vec<u8>> {
+        let mut chunks = Vec::new();
+        while let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_millis(50), self.output.recv()).await {
+            chunks.push(chunk);
+        }
+        chunks
     }
 
     /// Writes `text` and a newline to its input.

@@ -49,14 +49,7 @@ impl ClusterConfig {
         if let Some(url) = self.redis_url.as_deref().filter(|u| !u.trim().is_empty()) {
             return url.to_owned();
         }
-        let env = |k: &str| plugin_sdk::env(k).filter(|v| !v.is_empty());
-        let host = env("REDIS_HOST").unwrap_or_else(|| "localhost".to_owned());
-        let port = env("REDIS_PORT").unwrap_or_else(|| "6379".to_owned());
-        let db = env("REDIS_DB").unwrap_or_else(|| "0".to_owned());
-        match env("REDIS_PASSWORD") {
-            Some(p) => format!("redis://:{p}@{host}:{port}/{db}"),
-            None => format!("redis://{host}:{port}/{db}"),
-        }
+        plugin_sdk::redis_url_from_env()
     }
 }
 

@@ -1,7 +1,7 @@
 //! Configuration of `Integrations` (its `config` table; the example profile fills it from
 //! OpenHands' environment variables).
 
-use plugin_sdk::{env, PluginError};
+use plugin_sdk::PluginError;
 use serde::Deserialize;
 
 #[derive(Deserialize, Debug, Clone, Default)]
@@ -205,9 +205,8 @@ impl Config {
         }
         // Jira, Jira DC and Linear take one site's secret and account from the profile, or
         // workspaces registered by their admins through an OAuth app, or both.
-        for (name, source, prefix) in
-            [("jira", &c.jira, "JIRA"), ("jira_dc", &c.jira_dc, "JIRA_DC"), ("linear", &c.linear, "LINEAR")]
-        {
+        for (name, _, prefix) in crate::workspaces::PROVIDERS {
+            let source = c.source(name);
             if !source.on() {
                 continue;
             }
@@ -240,15 +239,33 @@ impl Config {
         Ok(c)
     }
 
-    pub(crate) fn redis_url(&self) -> String {
-        set(&self.redis_url).unwrap_or_else(|| {
-            let host = env("REDIS_HOST").unwrap_or_else(|| "localhost".to_owned());
-            let port = env("REDIS_PORT").unwrap_or_else(|| "6379".to_owned());
-            match env("REDIS_PASSWORD") {
-                Some(p) => format!("redis://:{p}@{host}:{port}/"),
-                None => format!("redis://{host}:{port}/"),
+    /// A source by name (`github`, `gitlab`, `slack`, `jira`, `jira_dc`, `linear`).
+    pub(crate) fn source(&self, name: &str) -> &Source {
+        match name {
+            "github" => &self.github,
+            "gitlab" => &self.gitlab,
+            "slack" => &self.slack,
+            "jira" => &self.jira,
+            "jira_dc" => &self.jira_dc,
+            _ => &self.linear,
+        }
+    }
+
+    /// This server's public origin from `web_host` (`https://` added when it names no
+    /// scheme), if configured.
+    pub(crate) fn web_origin(&self) -> Option<String> {
+        set(&self.web_host).map(|h| {
+            let h = h.trim_end_matches('/');
+            if h.contains("://") {
+                h.to_owned()
+            } else {
+                format!("https://{h}")
             }
         })
+    }
+
+    pub(crate) fn redis_url(&self) -> String {
+        set(&self.redis_url).unwrap_or_else(plugin_sdk::redis_url_from_env)
     }
 }
 

@@ -66,7 +66,7 @@ impl GitLabHooks {
         master_key: Option<&str>,
         services: Services,
         base: String,
-        web_host: Option<&str>,
+        web_origin: Option<&str>,
     ) -> Result<Option<GitLabHooks>, PluginError> {
         // Without a master key a deployment keeps its one GitLab secret, and users cannot
         // install webhooks (their secrets could not be sealed).
@@ -78,10 +78,7 @@ impl GitLabHooks {
             }
             Err(e) => return Err(e),
         };
-        let events_url = web_host.map(|h| {
-            let origin = if h.contains("://") { h.trim_end_matches('/').to_owned() } else { format!("https://{h}") };
-            format!("{origin}/integration/gitlab/events")
-        });
+        let events_url = web_origin.map(|origin| format!("{origin}/integration/gitlab/events"));
         Ok(Some(GitLabHooks { db, keys, http: providers::http()?, services, base, events_url }))
     }
 

@@ -44,17 +44,6 @@ const ROUTES: &[(&str, &str)] = &[
     ("linear", "/integration/linear/events"),
 ];
 
-fn source_of<'a>(c: &'a Config, name: &str) -> &'a config::Source {
-    match name {
-        "github" => &c.github,
-        "gitlab" => &c.gitlab,
-        "slack" => &c.slack,
-        "jira" => &c.jira,
-        "jira_dc" => &c.jira_dc,
-        _ => &c.linear,
-    }
-}
-
 pub struct Integrations {
     config: Config,
     hub: Arc<work::Hub>,
@@ -80,11 +69,11 @@ impl Integrations {
         let db = plugin_sdk::enter_runtime(|| {
             pg_common::Database::shared(c.database_url.as_deref(), c.max_connections, c.acquire_timeout_ms, true)
         })?;
-        let web_host = c.web_host.clone().filter(|h| !h.trim().is_empty());
+        let web_origin = c.web_origin();
         let workspaces = workspaces::Workspaces::new(
             db.clone(),
             c.master_key.as_deref(),
-            web_host.clone(),
+            web_origin.clone(),
             [&c.jira, &c.jira_dc, &c.linear],
         )?
         .map(Arc::new);
@@ -94,7 +83,7 @@ impl Integrations {
                 c.master_key.as_deref(),
                 services.clone(),
                 c.gitlab.api("https://gitlab.com"),
-                web_host.as_deref(),
+                web_origin.as_deref(),
             )?
         } else {
             None
@@ -106,7 +95,7 @@ impl Integrations {
                 c.slack.need("slack", "oauth_client_secret", "SLACK_CLIENT_SECRET")?,
                 c.slack.oauth("https://slack.com"),
                 c.slack.api("https://slack.com/api"),
-                web_host.clone(),
+                web_origin.clone(),
             )?))
         } else {
             None
@@ -168,7 +157,7 @@ impl Integrations {
             inbox,
             services,
             mention: c.mention.clone(),
-            web_host,
+            web_origin,
             slack_link: slack_link.clone(),
             workspaces: workspaces.clone(),
             github,
@@ -184,7 +173,7 @@ impl Integrations {
         // Inbox workers (two by default: one slow provider call does not hold the rest) and
         // the one that posts answers.
         // None at all when no source is enabled: the plugin then only serves its routes.
-        let any_source = ROUTES.iter().any(|(name, _)| source_of(&c, name).on());
+        let any_source = ROUTES.iter().any(|(name, _)| c.source(name).on());
         let workers = if any_source { c.workers } else { 0 };
         let tasks = plugin_sdk::enter_runtime(|| {
             let mut tasks: Vec<_> = (0..workers).map(|_| tokio::spawn(hub.clone().deliveries())).collect();
@@ -197,7 +186,7 @@ impl Integrations {
     }
 
     fn source(&self, name: &str) -> &config::Source {
-        source_of(&self.config, name)
+        self.config.source(name)
     }
 
     /// Checks a delivery of `source` with `secret` and reads its id and event type.
@@ -461,7 +450,7 @@ impl plugin_sdk::RouteHandler for Integrations {
         }
         // Mounted whenever the source is on: without an OAuth app they say what is missing
         // (the web client shows these rows when ENABLE_JIRA & co. are set).
-        for (provider, slug) in workspaces::PROVIDERS {
+        for (provider, slug, _) in workspaces::PROVIDERS {
             if self.source(provider).on() {
                 for (method, path) in workspaces::routes(slug) {
                     routes.push(RouteSpec { method: method.into(), path: path.into(), authenticated: true });
@@ -492,7 +481,7 @@ impl plugin_sdk::RouteHandler for Integrations {
         if let Some(hooks) = self.gitlab_hooks.as_ref().filter(|_| request.path.starts_with(gitlab_hooks::PATH)) {
             return hooks.handle(&ctx, &request).await;
         }
-        for (provider, slug) in workspaces::PROVIDERS {
+        for (provider, slug, _) in workspaces::PROVIDERS {
             let prefix = format!("/integration/{slug}/");
             if request.path.starts_with(&prefix) && !request.path.ends_with("/events") {
                 return match self.workspaces.as_ref().filter(|w| w.serves(provider)) {

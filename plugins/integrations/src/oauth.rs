@@ -7,7 +7,10 @@ use pg_common::{
     crypto::{Binding, Keyring},
     db_error, Database,
 };
-use plugin_sdk::{http::query_param, PluginError};
+use plugin_sdk::{
+    http::{header, query_param},
+    HttpRequest, PluginError,
+};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
@@ -28,6 +31,19 @@ fn sha256_hex(text: &str) -> String {
 
 fn binding(hashed: &str) -> Binding<'_> {
     Binding { table: "integration_oauth_states", field: "details", user_id: hashed }
+}
+
+/// Where the provider sends the user back: `path` on this server's public origin, else on
+/// the origin the request came to (a redirect URI must be the same at both ends).
+pub(crate) fn callback_url(origin: Option<&str>, request: &HttpRequest, path: &str) -> String {
+    match origin {
+        Some(origin) => format!("{origin}{path}"),
+        None => format!(
+            "{}://{}{path}",
+            header(request, "x-forwarded-proto").unwrap_or("http"),
+            header(request, "host").unwrap_or("localhost")
+        ),
+    }
 }
 
 /// Stores what `user` asks of `provider` (`details` sealed with `keys`); the new `state`.

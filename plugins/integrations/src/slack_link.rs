@@ -6,7 +6,7 @@
 use crate::{oauth, providers};
 use pg_common::{db_error, Database};
 use plugin_sdk::{
-    http::{header, json, redirect},
+    http::{json, redirect},
     CallContext, HttpRequest, HttpResponse, PluginError,
 };
 use serde_json::{json, Value};
@@ -24,7 +24,8 @@ pub(crate) struct SlackLink {
     oauth: String,
     /// Slack's Web API (`https://slack.com/api`).
     api: String,
-    web_host: Option<String>,
+    /// This server's public origin (`Config::web_origin`).
+    web_origin: Option<String>,
 }
 
 fn detail(status: u16, message: impl Into<String>) -> HttpResponse {
@@ -38,26 +39,18 @@ impl SlackLink {
         client_secret: String,
         oauth: String,
         api: String,
-        web_host: Option<String>,
+        web_origin: Option<String>,
     ) -> Result<SlackLink, PluginError> {
-        Ok(SlackLink { db, http: providers::http()?, client_id, client_secret, oauth, api, web_host })
+        Ok(SlackLink { db, http: providers::http()?, client_id, client_secret, oauth, api, web_origin })
     }
 
     /// Where a user goes to link (in the note to an unlinked Slack user).
     pub(crate) fn link_url(&self) -> Option<String> {
-        self.web_host.as_deref().map(|h| format!("{}{START}", origin(h)))
+        self.web_origin.as_deref().map(|origin| format!("{origin}{START}"))
     }
 
     fn redirect_uri(&self, request: &HttpRequest) -> String {
-        let origin = match self.web_host.as_deref() {
-            Some(h) => origin(h),
-            None => format!(
-                "{}://{}",
-                header(request, "x-forwarded-proto").unwrap_or("http"),
-                header(request, "host").unwrap_or("localhost")
-            ),
-        };
-        format!("{origin}{CALLBACK}")
+        oauth::callback_url(self.web_origin.as_deref(), request, CALLBACK)
     }
 
     pub(crate) async fn handle(&self, ctx: &CallContext, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
@@ -125,14 +118,5 @@ impl SlackLink {
         let detail = json!({ "external_id": slack_user, "user_id": user, "through": "sign in with Slack" });
         crate::inbox::record(pool, "slack", None, "linked", detail).await?;
         Ok(redirect("/settings/integrations".to_owned()))
-    }
-}
-
-/// An origin from `web_host` (`https://` when it names no scheme).
-fn origin(host: &str) -> String {
-    if host.contains("://") {
-        host.trim_end_matches('/').to_owned()
-    } else {
-        format!("https://{}", host.trim_end_matches('/'))
     }
 }

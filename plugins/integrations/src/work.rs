@@ -26,7 +26,7 @@ pub(crate) struct Hub {
     pub(crate) inbox: Inbox,
     pub(crate) services: Services,
     pub(crate) mention: String,
-    pub(crate) web_host: Option<String>,
+    pub(crate) web_origin: Option<String>,
     pub(crate) workspaces: Option<Arc<crate::workspaces::Workspaces>>,
     pub(crate) slack_link: Option<Arc<crate::slack_link::SlackLink>>,
     pub(crate) github: Option<GitHub>,
@@ -343,7 +343,7 @@ impl Hub {
         if told.is_some() {
             return Ok(false);
         }
-        let place = self.web_host.as_deref().map(|h| format!(" at {h}/settings/integrations")).unwrap_or_default();
+        let place = self.web_origin.as_deref().map(|h| format!(" at {h}/settings/integrations")).unwrap_or_default();
         let slack_link = self.slack_link.as_ref().filter(|_| m.provider == "slack").and_then(|l| l.link_url());
         let text = if let Some(url) = slack_link {
             format!(

@@ -22,8 +22,14 @@ use serde_json::{json, Value};
 use sqlx::{Postgres, Row, Transaction};
 use std::sync::Arc;
 
-/// The providers with workspaces, and their path segment.
-pub(crate) const PROVIDERS: [(&str, &str); 3] = [("jira", "jira"), ("jira_dc", "jira-dc"), ("linear", "linear")];
+/// The providers with workspaces: their name, path segment and variables' prefix.
+pub(crate) const PROVIDERS: [(&str, &str, &str); 3] =
+    [("jira", "jira", "JIRA"), ("jira_dc", "jira-dc", "JIRA_DC"), ("linear", "linear", "LINEAR")];
+
+/// The variables' prefix of a provider with workspaces (`JIRA_DC` for `jira_dc`).
+fn prefix_of(provider: &str) -> &'static str {
+    PROVIDERS.iter().find(|(p, ..)| *p == provider).map_or("LINEAR", |(.., prefix)| prefix)
+}
 
 /// The routes of a provider with workspaces (all for signed-in users).
 pub(crate) fn routes(slug: &str) -> Vec<(&'static str, String)> {
@@ -58,11 +64,7 @@ pub(crate) fn without_app(provider: &str, slug: &str, request: &HttpRequest) -> 
     if request.method == "GET" && (rest == "/workspaces/link" || rest.starts_with("/workspaces/validate/")) {
         return detail(404, format!("{provider} has no registered workspaces on this server"));
     }
-    let prefix = match provider {
-        "jira" => "JIRA",
-        "jira_dc" => "JIRA_DC",
-        _ => "LINEAR",
-    };
+    let prefix = prefix_of(provider);
     detail(
         503,
         format!(
@@ -102,7 +104,8 @@ pub(crate) struct Workspaces {
     db: Arc<Database>,
     keys: Keyring,
     http: reqwest::Client,
-    web_host: Option<String>,
+    /// This server's public origin (`Config::web_origin`).
+    web_origin: Option<String>,
     apps: Vec<App>,
 }
 
@@ -157,11 +160,11 @@ impl Workspaces {
     pub(crate) fn new(
         db: Arc<Database>,
         master_key: Option<&str>,
-        web_host: Option<String>,
+        web_origin: Option<String>,
         sources: [&Source; 3],
     ) -> Result<Option<Workspaces>, PluginError> {
         let mut apps = Vec::new();
-        for (((provider, _), source), prefix) in PROVIDERS.iter().zip(sources).zip(["JIRA", "JIRA_DC", "LINEAR"]) {
+        for ((provider, _, prefix), source) in PROVIDERS.iter().zip(sources) {
             if !source.on() || !source.has_oauth_app() {
                 continue;
             }
@@ -214,7 +217,7 @@ impl Workspaces {
             return Ok(None);
         }
         let keys = pg_common::crypto::deployment_keyring(master_key, None, None)?;
-        Ok(Some(Workspaces { db, keys, http: providers::http()?, web_host, apps }))
+        Ok(Some(Workspaces { db, keys, http: providers::http()?, web_origin, apps }))
     }
 
     /// Re-seals with the current master key the secrets sealed with an earlier one (after a
@@ -404,17 +407,8 @@ impl Workspaces {
     }
 
     fn redirect_uri(&self, app: &App, request: &HttpRequest) -> String {
-        let slug = PROVIDERS.iter().find(|(p, _)| *p == app.provider).map(|(_, s)| *s).unwrap_or(app.provider);
-        let origin = match self.web_host.as_deref() {
-            Some(h) if h.contains("://") => h.trim_end_matches('/').to_owned(),
-            Some(h) => format!("https://{}", h.trim_end_matches('/')),
-            None => {
-                let host = plugin_sdk::http::header(request, "host").unwrap_or("localhost");
-                let scheme = plugin_sdk::http::header(request, "x-forwarded-proto").unwrap_or("http");
-                format!("{scheme}://{host}")
-            }
-        };
-        format!("{origin}/integration/{slug}/callback")
+        let slug = PROVIDERS.iter().find(|(p, ..)| *p == app.provider).map_or(app.provider, |(_, slug, _)| slug);
+        oauth::callback_url(self.web_origin.as_deref(), request, &format!("/integration/{slug}/callback"))
     }
 
     /// Registering (or updating) a workspace, or linking to one: the request is kept under a

@@ -1,6 +1,6 @@
 //! Configuration of `SaasUserAuth` and `SaasAuthRoutes` (their `config` tables).
 
-use plugin_sdk::{env, PluginError};
+use plugin_sdk::PluginError;
 use serde::Deserialize;
 
 #[derive(Deserialize, Debug, Clone)]
@@ -207,13 +207,6 @@ impl Config {
     }
 
     pub(crate) fn redis_url(&self) -> String {
-        self.redis_url.clone().unwrap_or_else(|| {
-            let host = env("REDIS_HOST").unwrap_or_else(|| "localhost".to_owned());
-            let port = env("REDIS_PORT").unwrap_or_else(|| "6379".to_owned());
-            match env("REDIS_PASSWORD") {
-                Some(p) => format!("redis://:{p}@{host}:{port}/"),
-                None => format!("redis://{host}:{port}/"),
-            }
-        })
+        self.redis_url.clone().unwrap_or_else(plugin_sdk::redis_url_from_env)
     }
 }

@@ -57,12 +57,7 @@ fn email_exempt(path: &str) -> bool {
 }
 
 fn header<'a>(request: &'a AuthRequest, name: &str) -> Option<&'a str> {
-    request
-        .headers
-        .iter()
-        .find(|h| h.0.eq_ignore_ascii_case(name))
-        .map(|h| h.1.as_str().trim())
-        .filter(|v| !v.is_empty())
+    plugin_sdk::http::header_in(&request.headers, name)
 }
 
 fn unhex(hex: &str) -> [u8; 32] {
