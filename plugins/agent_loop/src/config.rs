@@ -38,11 +38,23 @@ pub struct ManagerConfig {
     pub sandbox_network: bool,
     /// bubblewrap: CPU seconds a command may use.
     pub sandbox_cpu_secs: u64,
-    /// bubblewrap: memory (address space) a command's processes may each map, in MiB.
+    /// bubblewrap: memory a command may use, in MiB: all its processes together and what
+    /// they write to the private `/tmp` (a memory cgroup per command; needs a writable cgroup
+    /// hierarchy), and each process's address space.
     pub sandbox_memory_mb: u64,
     /// bubblewrap: processes a command may have at once, itself and all it starts (a pids
     /// cgroup per command; needs a writable cgroup hierarchy). 0: no bound.
     pub sandbox_max_processes: u64,
+    /// bubblewrap: the size of the sandbox's private, RAM-backed `/tmp`, in MiB.
+    pub sandbox_tmp_mb: u64,
+    /// bubblewrap: the most disk a conversation's workspace may take, in MiB (also the largest
+    /// file a process may write); a command that passes it is killed and the agent told.
+    /// 0: no bound.
+    pub sandbox_workspace_mb: u64,
+    /// bubblewrap: directories the sandbox also sees, read-only (a toolchain under `/opt`).
+    /// By default it sees `/usr` (and `/bin`, `/lib`...), a few files of `/etc`, its
+    /// workspace, a private `/tmp` and `/home`, and nothing else.
+    pub sandbox_read_only: Vec<String>,
     /// Git hosts (`host[:port]`) a selected repository is cloned from over plain HTTP (an
     /// internal server); all others over HTTPS.
     pub git_http_hosts: Vec<String>,
@@ -74,6 +86,9 @@ impl Default for ManagerConfig {
             sandbox_cpu_secs: 600,
             sandbox_memory_mb: 4096,
             sandbox_max_processes: 512,
+            sandbox_tmp_mb: 512,
+            sandbox_workspace_mb: 10_240,
+            sandbox_read_only: Vec::new(),
             git_http_hosts: Vec::new(),
             workspace_root: None,
             command_timeout_secs: 120,
@@ -123,22 +138,24 @@ impl ManagerConfig {
                 crate::runtime::Isolation::Local
             }
             "bubblewrap" => {
-                crate::runtime::bubblewrap_works()
+                sandbox::bwrap::works()
                     .map_err(|e| plugin_sdk::PluginError::invalid_config(format!("runtime = \"bubblewrap\": {e}")))?;
-                if self.sandbox_max_processes > 0 {
-                    crate::runtime::PidsCgroup::available().map_err(|e| {
-                        plugin_sdk::PluginError::invalid_config(format!(
-                            "sandbox_max_processes = {} needs a pids cgroup for each command, and {e}: run the host as root (or in a delegated cgroup), or set sandbox_max_processes = 0",
-                            self.sandbox_max_processes
-                        ))
-                    })?;
-                }
-                crate::runtime::Isolation::Bubblewrap {
+                let policy = sandbox::bwrap::Policy {
                     network: self.sandbox_network,
                     cpu_secs: self.sandbox_cpu_secs.max(1),
                     memory_mb: self.sandbox_memory_mb.max(64),
                     max_processes: self.sandbox_max_processes,
-                }
+                    tmp_mb: self.sandbox_tmp_mb.max(1),
+                    file_mb: self.sandbox_workspace_mb,
+                    read_only: self.sandbox_read_only.iter().map(std::path::PathBuf::from).collect(),
+                    cgroups: true,
+                };
+                sandbox::cgroup::Cgroup::available(policy.limits()).map_err(|e| {
+                    plugin_sdk::PluginError::invalid_config(format!(
+                        "runtime = \"bubblewrap\" bounds each command's memory (sandbox_memory_mb) and processes (sandbox_max_processes) with a cgroup, and {e}: run the host as root or in a delegated cgroup hierarchy"
+                    ))
+                })?;
+                crate::runtime::Isolation::Bubblewrap { policy, workspace_mb: self.sandbox_workspace_mb }
             }
             other => {
                 return Err(plugin_sdk::PluginError::invalid_config(format!(

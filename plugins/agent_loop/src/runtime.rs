@@ -1,15 +1,18 @@
 //! Where the agent's tools act: a directory per conversation (its workspace) and commands run
 //! in it, either as a shell of the host's user (`local`: no isolation of files or network,
 //! SaaS mode refuses it; a PID namespace of its own when the machine allows, so nothing it
-//! starts outlives it or the host)
-//! or in a bubblewrap sandbox (`bubblewrap`: the system read-only, the workspace read-write, a
-//! private /tmp, its own PID namespace, no network unless allowed, CPU time and memory
-//! bounded, killed with the host). Each command runs in its own process group, so a timeout
-//! or a stop kills everything it started.
+//! starts outlives it or the host) or in the bubblewrap sandbox (`bubblewrap`:
+//! `sandbox::bwrap`, whose module comment says what it sees and what bounds it). Either way a
+//! command starts from an empty environment plus an allow-list: the host's secrets never
+//! reach it. Each command runs in its own process group, so a timeout or a stop kills
+//! everything it started. The host reaches the workspace's files only through
+//! `sandbox::fs::Confined` (no link leads out).
 
+use sandbox::{bwrap::Policy, cgroup::Cgroup, fs::Confined};
 use std::{
-    path::{Component, Path, PathBuf},
+    path::{Path, PathBuf},
     process::Stdio,
+    sync::Arc,
     time::Duration,
 };
 use tokio::io::AsyncReadExt as _;
@@ -19,69 +22,55 @@ use tokio::io::AsyncReadExt as _;
 pub enum Isolation {
     /// A shell of the host's user in the workspace.
     Local,
-    /// bubblewrap (`bwrap`), with `prlimit` bounding CPU seconds and memory (address space),
-    /// and a pids cgroup bounding the processes (0: no bound).
-    Bubblewrap { network: bool, cpu_secs: u64, memory_mb: u64, max_processes: u64 },
+    /// The bubblewrap sandbox, and the most disk its workspace may take, in MiB (0: no
+    /// bound): a command that passes it is killed and told so.
+    Bubblewrap { policy: Policy, workspace_mb: u64 },
 }
 
+/// The variables of the host's environment a local command keeps (the sandbox's are set by
+/// `sandbox::bwrap`): how to find programs and speak, never a secret.
+const LOCAL_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TERM", "TZ", "USER", "LOGNAME", "SHELL"];
+
 impl Isolation {
-    /// The program and arguments that run `script` (bash) in `root`; with `cgroup`, a shell
-    /// first moves itself into it (`cgroup.procs`), then becomes the sandbox, so nothing the
-    /// command starts is outside the cgroup.
-    fn command(&self, root: &Path, script: &str, cgroup: Option<&Path>) -> tokio::process::Command {
+    /// The command that runs `script` (bash) in `root`, and the cgroup it joins (bounding its
+    /// processes and memory together) when the sandbox has one.
+    fn command(&self, root: &Path, script: &str) -> std::io::Result<(tokio::process::Command, Option<Cgroup>)> {
         match self {
-            Isolation::Local => match local_reaper() {
-                // In a PID namespace of its own, whose first process dies with the host
-                // (`--pdeathsig` on `unshare`, `--kill-child` on its child): when either
-                // goes, everything the command started goes, daemons included.
-                Some(prefix) => {
-                    let mut c = tokio::process::Command::new("setpriv");
-                    c.args(["--pdeathsig", "KILL", "--"]).args(prefix).args(["bash", "-c", script]);
-                    c
-                }
-                None => {
-                    let mut c = tokio::process::Command::new("bash");
-                    c.arg("-c").arg(script);
-                    c
-                }
-            },
-            Isolation::Bubblewrap { network, cpu_secs, memory_mb, .. } => {
-                let mut c = match cgroup {
-                    Some(procs) => {
-                        let mut c = tokio::process::Command::new("sh");
-                        c.args(["-c", "echo $$ > \"$1\" || exit 125; shift; exec \"$@\"", "sh"])
-                            .arg(procs)
-                            .arg("bwrap");
+            Isolation::Local => {
+                let mut c = match local_reaper() {
+                    // In a PID namespace of its own, whose first process dies with the host
+                    // (`--pdeathsig` on `unshare`, `--kill-child` on its child): when either
+                    // goes, everything the command started goes, daemons included.
+                    Some(prefix) => {
+                        let mut c = tokio::process::Command::new("setpriv");
+                        c.args(["--pdeathsig", "KILL", "--"]).args(prefix).args(["bash", "-c", script]);
                         c
                     }
-                    None => tokio::process::Command::new("bwrap"),
+                    None => {
+                        let mut c = tokio::process::Command::new("bash");
+                        c.arg("-c").arg(script);
+                        c
+                    }
                 };
-                // In order: later mounts go on top (the workspace may be under /tmp).
-                c.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
-                    .arg("--bind")
-                    .arg(root)
-                    .arg(root)
-                    .args(["--unshare-pid", "--unshare-ipc", "--unshare-uts"]);
-                if !network {
-                    c.arg("--unshare-net");
+                c.env_clear();
+                for key in LOCAL_ENV {
+                    if let Ok(value) = std::env::var(key) {
+                        c.env(key, value);
+                    }
                 }
-                c.args(["--die-with-parent", "--new-session", "--chdir"])
-                    .arg(root)
-                    .arg("--setenv")
-                    .arg("HOME")
-                    .arg(root)
-                    .args(["--", "prlimit"])
-                    .arg(format!("--cpu={cpu_secs}"))
-                    .arg(format!("--as={}", memory_mb.saturating_mul(1024 * 1024)))
-                    .args(["--", "bash", "-c", script]);
-                c
+                c.env("HOME", root);
+                Ok((c, None))
+            }
+            Isolation::Bubblewrap { policy, .. } => {
+                let prepared = policy.prepare(root, true, &[], &["bash", "-c", script])?;
+                Ok((prepared.command, prepared.cgroup))
             }
         }
     }
 
-    fn max_processes(&self) -> u64 {
+    fn workspace_bytes(&self) -> u64 {
         match self {
-            Isolation::Bubblewrap { max_processes, .. } => *max_processes,
+            Isolation::Bubblewrap { workspace_mb, .. } => workspace_mb.saturating_mul(1 << 20),
             Isolation::Local => 0,
         }
     }
@@ -108,129 +97,13 @@ pub fn local_reaper() -> Option<&'static [&'static str]> {
     })
 }
 
-/// A pids cgroup for one command: it and everything it starts may be at most `pids.max`
-/// processes (a fork bomb fails to fork instead of filling the machine). Under
-/// `/sys/fs/cgroup/pids/oh-host` (cgroup v1) or `/sys/fs/cgroup/oh-host` (v2 with the pids
-/// controller). Removed when dropped, after killing what is left in it.
-pub struct PidsCgroup {
-    dir: PathBuf,
-}
-
-impl PidsCgroup {
-    /// The directory the commands' cgroups are made in: found and made once per process
-    /// (not per command).
-    fn base() -> Result<PathBuf, String> {
-        static BASE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-        BASE.get_or_init(Self::find_base).clone()
-    }
-
-    fn find_base() -> Result<PathBuf, String> {
-        let v1 = Path::new("/sys/fs/cgroup/pids");
-        let v2 = Path::new("/sys/fs/cgroup");
-        let base = if v1.join("cgroup.procs").exists() {
-            v1.join("oh-host")
-        } else if std::fs::read_to_string(v2.join("cgroup.controllers"))
-            .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"))
-        {
-            let base = v2.join("oh-host");
-            std::fs::create_dir_all(&base).map_err(|e| format!("cannot make {}: {e}", base.display()))?;
-            let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+pids");
-            std::fs::write(base.join("cgroup.subtree_control"), "+pids")
-                .map_err(|e| format!("cannot enable the pids controller in {}: {e}", base.display()))?;
-            base
-        } else {
-            return Err("no pids cgroup controller is mounted under /sys/fs/cgroup".to_owned());
-        };
-        std::fs::create_dir_all(&base).map_err(|e| format!("cannot make {}: {e}", base.display()))?;
-        Ok(base)
-    }
-
-    /// A new cgroup allowing `max` processes.
-    pub fn create(max: u64) -> Result<PidsCgroup, String> {
-        let mut id = [0u8; 8];
-        getrandom_id(&mut id);
-        let dir = Self::base()?.join(id.iter().map(|b| format!("{b:02x}")).collect::<String>());
-        std::fs::create_dir(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
-        let cgroup = PidsCgroup { dir };
-        std::fs::write(cgroup.dir.join("pids.max"), max.to_string())
-            .map_err(|e| format!("cannot set pids.max in {}: {e}", cgroup.dir.display()))?;
-        Ok(cgroup)
-    }
-
-    /// Whether commands can be given a pids cgroup here (root, or a delegated hierarchy).
-    /// Also removes the empty cgroups a host killed with -9 left behind (over ten minutes
-    /// old: a command's shell joins its cgroup within milliseconds of its making).
-    pub fn available() -> Result<(), String> {
-        let base = Self::base()?;
-        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
-            let dir = entry.path();
-            let stale = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(600)));
-            let empty = std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty());
-            if dir.is_dir() && stale && empty {
-                let _ = std::fs::remove_dir(&dir);
-            }
-        }
-        Self::create(8).map(drop)
-    }
-
-    fn procs(&self) -> PathBuf {
-        self.dir.join("cgroup.procs")
-    }
-}
-
-impl Drop for PidsCgroup {
-    fn drop(&mut self) {
-        // A cgroup can only go once empty.
-        for _ in 0..50 {
-            let pids = std::fs::read_to_string(self.procs()).unwrap_or_default();
-            let pids: Vec<&str> = pids.split_whitespace().collect();
-            if pids.is_empty() && std::fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            if !pids.is_empty() {
-                let _ = std::process::Command::new("kill").arg("-KILL").args(&pids).stderr(Stdio::null()).status();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        tracing::warn!(cgroup = %self.dir.display(), "a command's cgroup could not be removed");
-    }
-}
-
-/// Random bytes for a name (the time, when the system has no randomness to give).
-fn getrandom_id(buf: &mut [u8]) {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = (nanos >> (i * 8)) as u8 ^ (std::process::id() >> (i % 4 * 8)) as u8;
-    }
-    let mut extra = [0u8; 8];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut extra)).is_ok() {
-        for (b, e) in buf.iter_mut().zip(extra) {
-            *b ^= e;
-        }
-    }
-}
-
-/// Whether bubblewrap runs here (installed, and allowed to make namespaces).
-pub fn bubblewrap_works() -> Result<(), String> {
-    let out = std::process::Command::new("bwrap")
-        .args(["--ro-bind", "/", "/", "--unshare-pid", "--die-with-parent", "--", "true"])
-        .output()
-        .map_err(|e| format!("bwrap cannot be run ({e}): install bubblewrap (apt-get install bubblewrap)"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("bwrap cannot make a sandbox here: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
 /// A conversation's workspace.
 #[derive(Clone, Debug)]
 pub struct Workspace {
     root: PathBuf,
     isolation: Isolation,
+    /// The host's only way to its files.
+    files: Arc<Confined>,
 }
 
 /// A repository to clone into a new workspace.
@@ -295,7 +168,8 @@ impl Workspace {
         }
         let root = root.join(conversation_id);
         std::fs::create_dir_all(&root)?;
-        Ok(Workspace { root: root.canonicalize()?, isolation })
+        let files = Confined::open(&root)?;
+        Ok(Workspace { root: files.root().to_path_buf(), isolation, files: Arc::new(files) })
     }
 
     /// Makes a new workspace a git repository: a clone of `repository` when given (on the
@@ -304,11 +178,42 @@ impl Workspace {
     /// (the web client's Changes tab lists what the agent changed). A workspace that is a
     /// repository already is left as it is. An error says why the clone failed.
     pub async fn prepare(&self, repository: Option<&Clone>) -> Result<(), String> {
-        if self.root.join(".git").exists() {
+        if std::fs::symlink_metadata(self.root.join(".git")).is_ok() {
             return Ok(());
         }
+        // On the host: nothing of its environment but what reaches the network, no system
+        // or user config, no hook, no transport but HTTP(S).
         let mut git = tokio::process::Command::new("git");
-        git.envs([("GIT_TERMINAL_PROMPT", "0")]).current_dir(&self.root).stdin(Stdio::null()).stdout(Stdio::null());
+        git.env_clear().env("PATH", sandbox::bwrap::PATH).env("HOME", "/nonexistent").envs([
+            ("GIT_TERMINAL_PROMPT", "0"),
+            ("GIT_CONFIG_NOSYSTEM", "1"),
+            ("GIT_CONFIG_GLOBAL", "/dev/null"),
+        ]);
+        for key in [
+            "http_proxy",
+            "https_proxy",
+            "no_proxy",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "NO_PROXY",
+            "SSL_CERT_FILE",
+            "SSL_CERT_DIR",
+        ] {
+            if let Ok(value) = std::env::var(key) {
+                git.env(key, value);
+            }
+        }
+        git.args([
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "protocol.allow=never",
+            "-c",
+            "protocol.https.allow=always",
+            "-c",
+            "protocol.http.allow=always",
+        ]);
+        git.current_dir(&self.root).stdin(Stdio::null()).stdout(Stdio::null());
         match repository {
             Some(r) => {
                 if let Some(header) = &r.auth_header {
@@ -340,35 +245,15 @@ impl Workspace {
         &self.root
     }
 
-    /// A path the agent named, inside the workspace: relative to it, or absolute within it.
-    /// `..` may not climb out, and an existing path may not lead out through a symlink.
+    /// A path the agent named, inside the workspace: relative to it, or absolute within it;
+    /// `..` may not climb out. Relative to the root; links are checked when it is opened.
     pub fn resolve(&self, path: &str) -> Result<PathBuf, String> {
-        let given = Path::new(path);
-        let relative = if given.is_absolute() {
-            given
-                .strip_prefix(&self.root)
-                .map_err(|_| format!("{path} is outside the workspace {}", self.root.display()))?
-        } else {
-            given
-        };
-        let mut out = self.root.clone();
-        for c in relative.components() {
-            match c {
-                Component::Normal(part) => out.push(part),
-                Component::CurDir => {}
-                _ => return Err(format!("{path} is outside the workspace {}", self.root.display())),
-            }
-        }
-        // The deepest existing ancestor, resolved, must still be inside.
-        let mut probe = out.as_path();
-        while !probe.exists() {
-            probe = probe.parent().unwrap_or(&self.root);
-        }
-        let real = probe.canonicalize().map_err(|e| format!("{path}: {e}"))?;
-        if !real.starts_with(&self.root) {
-            return Err(format!("{path} leads outside the workspace {}", self.root.display()));
-        }
-        Ok(out)
+        self.files.relative(path).map_err(|e| e.to_string())
+    }
+
+    /// The workspace's files, reached beneath its root only.
+    pub fn files(&self) -> &Confined {
+        &self.files
     }
 
     /// Where the shell's state between commands is kept: the working directory and the
@@ -388,11 +273,13 @@ impl Workspace {
     /// and what it leaves is kept for the next.
     fn session_script(&self, command: &str) -> String {
         let state = self.state_dir();
-        let _ = std::fs::create_dir_all(&state);
         let (cwd, env) = (state.join("cwd"), state.join("env"));
         let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+        // The directory is made by the command itself (in the sandbox): never by the host,
+        // which would follow whatever link the agent put there.
         format!(
             "exec 2>&1\n\
+             mkdir -p {state} 2>/dev/null\n\
              [ -f {env} ] && . {env} 2>/dev/null\n\
              __oh_cwd=$(cat {cwd} 2>/dev/null); cd \"${{__oh_cwd:-.}}\" 2>/dev/null || cd {root}\n\
              unset __oh_cwd\n\
@@ -400,6 +287,7 @@ impl Workspace {
              {command}",
             cwd = q(&cwd),
             env = q(&env),
+            state = q(&state),
             root = q(&self.root),
         )
     }
@@ -408,15 +296,9 @@ impl Workspace {
     /// input), in its own process group (and pids cgroup in the sandbox); it is killed once it
     /// has run for `limit`, whoever waits for it.
     pub fn start(&self, command: &str, limit: Duration) -> std::io::Result<Running> {
-        let cgroup = match self.isolation.max_processes() {
-            0 => None,
-            max => Some(PidsCgroup::create(max).map_err(std::io::Error::other)?),
-        };
-        let mut child = self
-            .isolation
-            .command(&self.root, &self.session_script(command), cgroup.as_ref().map(|c| c.procs()).as_deref())
+        let (mut command, cgroup) = self.isolation.command(&self.root, &self.session_script(command))?;
+        let mut child = command
             .current_dir(&self.root)
-            .env("HOME", &self.root)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -442,6 +324,10 @@ impl Workspace {
             deadline: tokio::time::Instant::now() + limit,
             limit,
             cgroup,
+            quota: match self.isolation.workspace_bytes() {
+                0 => None,
+                bytes => Some((self.files.clone(), bytes)),
+            },
         })
     }
 
@@ -475,8 +361,14 @@ pub struct Running {
     output: tokio::sync::mpsc::Receiver<Vec<u8>>,
     deadline: tokio::time::Instant,
     limit: Duration,
-    cgroup: Option<PidsCgroup>,
+    cgroup: Option<Cgroup>,
+    /// The workspace and the most disk it may take: looked at every few seconds while the
+    /// command runs.
+    quota: Option<(Arc<Confined>, u64)>,
 }
+
+/// How often a running command's workspace is measured against its quota.
+const QUOTA_EVERY: Duration = Duration::from_secs(2);
 
 /// How long one wait for a running command lasts.
 #[derive(Clone, Copy, Debug)]
@@ -512,6 +404,7 @@ enum Next {
     Waited,
     Limit,
     Stopped,
+    Measure,
 }
 
 impl Running {
@@ -539,6 +432,7 @@ impl Running {
             Wait::For(d) => (None, Some(now + d)),
         };
         let mut until = until;
+        let mut measure = tokio::time::interval(QUOTA_EVERY);
         let state = loop {
             let next = tokio::select! {
                 chunk = self.output.recv() => Next::Chunk(chunk),
@@ -546,8 +440,18 @@ impl Running {
                 () = tokio::time::sleep_until(until.unwrap_or(self.deadline)), if until.is_some() => Next::Waited,
                 () = tokio::time::sleep_until(self.deadline) => Next::Limit,
                 () = &mut stop => Next::Stopped,
+                _ = measure.tick(), if self.quota.is_some() => Next::Measure,
             };
             match next {
+                Next::Measure => {
+                    if self.over_quota().await {
+                        self.kill().await;
+                        for chunk in self.output_on_its_way().await {
+                            keep(&mut buf, &mut total, &chunk);
+                        }
+                        break Waited::Killed(OVER_QUOTA);
+                    }
+                }
                 Next::Chunk(Some(chunk)) => {
                     keep(&mut buf, &mut total, &chunk);
                     if let Some(d) = quiet.as_mut() {
@@ -564,6 +468,10 @@ impl Running {
                     // background can keep the output open: not waited for).
                     for chunk in self.output_on_its_way().await {
                         keep(&mut buf, &mut total, &chunk);
+                    }
+                    if self.cgroup.as_ref().is_some_and(Cgroup::out_of_memory) {
+                        let note = b"\n[a process was killed: the sandbox's memory bound was reached]\n";
+                        keep(&mut buf, &mut total, note);
                     }
                     // Its group id may be anyone's once it is gone.
                     self.pgid = None;
@@ -591,6 +499,12 @@ impl Running {
             self.cgroup.take(); // what the command left running goes with it
         }
         Seen { output, state }
+    }
+
+    /// Whether the workspace takes more disk than its quota (measured off the async threads).
+    async fn over_quota(&self) -> bool {
+        let Some((files, bytes)) = self.quota.clone() else { return false };
+        tokio::task::spawn_blocking(move || files.disk_usage(bytes) > bytes).await.unwrap_or(false)
     }
 
     /// Output already sent when it ended: what arrives with no gap over 50 ms.
@@ -623,9 +537,7 @@ impl Running {
     pub async fn signal(&self, signal: &str) {
         let mut targets: Vec<String> = self.pgid.map(|p| format!("-{p}")).into_iter().collect();
         if let Some(cgroup) = &self.cgroup {
-            targets.extend(
-                std::fs::read_to_string(cgroup.procs()).unwrap_or_default().split_whitespace().map(str::to_owned),
-            );
+            targets.extend(cgroup.pids());
         }
         if targets.is_empty() {
             return;
@@ -664,6 +576,10 @@ impl Drop for Running {
     }
 }
 
+/// Why a command was killed when its workspace passed its disk quota.
+pub const OVER_QUOTA: &str =
+    "killed because the workspace passed its disk quota (sandbox_workspace_mb): remove files to go on";
+
 /// SIGKILL to a process group (with the system's `kill`: no unsafe code here).
 async fn kill_group(pgid: u32) {
     let _ = tokio::process::Command::new("kill")
@@ -685,7 +601,7 @@ pub fn truncate(text: &str, max: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn workspace() -> (tempfile::TempDir, Workspace) {
@@ -708,22 +624,48 @@ mod tests {
     #[test]
     fn paths_stay_inside() {
         let (_dir, ws) = workspace();
-        assert_eq!(ws.resolve("a/b.txt").unwrap(), ws.root().join("a/b.txt"));
+        assert_eq!(ws.resolve("a/b.txt").unwrap(), Path::new("a/b.txt"));
         let inside = ws.root().join("x.py");
-        assert_eq!(ws.resolve(inside.to_str().unwrap()).unwrap(), inside);
+        assert_eq!(ws.resolve(inside.to_str().unwrap()).unwrap(), Path::new("x.py"));
         assert!(ws.resolve("../escape").is_err());
         assert!(ws.resolve("/etc/passwd").is_err());
         std::os::unix::fs::symlink("/etc", ws.root().join("link")).unwrap();
-        assert!(ws.resolve("link/passwd").is_err(), "through a symlink");
+        assert!(ws.files().read(&ws.resolve("link/passwd").unwrap(), 1 << 20).is_err(), "through a symlink");
         assert!(Workspace::open(ws.root(), "../x", Isolation::Local).is_err());
+    }
+
+    /// The sandbox as a deployment configures it (cgroups on), with these bounds.
+    pub(crate) fn sandbox(
+        cpu_secs: u64,
+        memory_mb: u64,
+        max_processes: u64,
+        tmp_mb: u64,
+        workspace_mb: u64,
+    ) -> Isolation {
+        sandbox::bwrap::works().expect("bubblewrap (apt-get install bubblewrap)");
+        let policy = Policy {
+            network: false,
+            cpu_secs,
+            memory_mb,
+            max_processes,
+            tmp_mb,
+            file_mb: workspace_mb,
+            read_only: Vec::new(),
+            cgroups: true,
+        };
+        Cgroup::available(policy.limits()).expect("a writable cgroup hierarchy (root)");
+        Isolation::Bubblewrap { policy, workspace_mb }
+    }
+
+    /// A state directory outside /tmp, as in production (the sandbox's /tmp is its own).
+    fn state_dir() -> tempfile::TempDir {
+        tempfile::tempdir_in("/var/tmp").unwrap()
     }
 
     #[tokio::test]
     async fn the_sandbox_keeps_the_system_read_only_the_network_out_and_its_own_pids() {
-        bubblewrap_works().expect("bubblewrap (apt-get install bubblewrap)");
-        let dir = tempfile::tempdir().unwrap();
-        let sandbox = Isolation::Bubblewrap { network: false, cpu_secs: 10, memory_mb: 1024, max_processes: 0 };
-        let ws = Workspace::open(dir.path(), "5a4db0c", sandbox).unwrap();
+        let dir = state_dir();
+        let ws = Workspace::open(dir.path(), "5a4db0c", sandbox(10, 1024, 0, 64, 0)).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let script = format!(
@@ -740,20 +682,112 @@ mod tests {
         assert!(!Path::new("/etc/oh-sandbox-probe").exists());
         assert_eq!(std::fs::read_to_string(ws.root().join("mine.txt")).unwrap(), "inside\n");
         // CPU time is bounded: a busy loop dies of SIGXCPU/SIGKILL well before the timeout.
-        let bounded = Isolation::Bubblewrap { network: false, cpu_secs: 1, memory_mb: 1024, max_processes: 0 };
-        let ws = Workspace::open(dir.path(), "b0unded", bounded).unwrap();
+        let ws = Workspace::open(dir.path(), "b0unded", sandbox(1, 1024, 0, 64, 0)).unwrap();
         let started = std::time::Instant::now();
         let spin = ws.run("while :; do :; done", Duration::from_secs(30), 100, std::future::pending()).await.unwrap();
         assert_ne!(spin.exit_code, 0);
         assert!(spin.killed.is_none() && started.elapsed() < Duration::from_secs(15), "{spin:?}");
     }
 
+    /// What the host holds is out of reach: its environment, its state directory (next to
+    /// the workspaces), other workspaces, `/root`, `/var`, `/run` and its Unix sockets, its
+    /// `/proc`.
+    #[tokio::test]
+    async fn the_sandbox_sees_its_workspace_and_the_system_and_nothing_of_the_hosts() {
+        let state = state_dir();
+        std::fs::write(state.path().join("secrets.json"), "host secret").unwrap();
+        let root = state.path().join("workspaces");
+        let other = Workspace::open(&root, "0ther", Isolation::Local).unwrap();
+        std::fs::write(other.root().join("code.rs"), "another user's code").unwrap();
+        let ws = Workspace::open(&root, "m1ne", sandbox(10, 1024, 64, 64, 0)).unwrap();
+        let socket_dir = state_dir();
+        let socket = socket_dir.path().join("db.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let probe = format!(
+            "env | cut -d= -f1 | sort | tr '\\n' ' '; echo; \
+             for p in {state}/secrets.json {other}/code.rs /root /var/lib /run /home/* {socket} /run/postgresql/.s.PGSQL.5432 /etc/shadow; do \
+               if [ -e \"$p\" ]; then echo \"SEEN $p\"; fi; done; \
+             cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /proc | grep -c '^[0-9]'; ls /",
+            state = state.path().display(),
+            other = other.root().display(),
+            socket = socket.display(),
+        );
+        let ran = ws.run(&probe, Duration::from_secs(20), 10_000, std::future::pending()).await.unwrap();
+        assert_eq!(ran.exit_code, 0, "{}", ran.output);
+        let mut lines = ran.output.lines();
+        let env: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        for key in &env {
+            assert!(
+                ["HOME", "LANG", "OLDPWD", "PATH", "PWD", "SHLVL", "TERM", "_"].contains(key),
+                "{key} leaked: {env:?}"
+            );
+        }
+        assert!(!ran.output.lines().any(|l| l.starts_with("SEEN ")), "{}", ran.output);
+        assert!(
+            !ran.output.contains("cargo") && !ran.output.contains("agent_loop"),
+            "the host's /proc: {}",
+            ran.output
+        );
+        let top: Vec<&str> =
+            ran.output.lines().skip_while(|l| !l.chars().all(|c| c.is_ascii_digit())).skip(1).collect();
+        for dir in &top {
+            assert!(
+                ["bin", "dev", "etc", "home", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr", "var"]
+                    .contains(dir),
+                "/{dir} is visible: {top:?}"
+            );
+        }
+    }
+
+    /// Memory is bounded for all the command's processes together (and what they write to
+    /// /tmp), /tmp has a size, and the workspace a quota.
+    #[tokio::test]
+    async fn the_sandbox_bounds_memory_tmp_and_disk_in_aggregate() {
+        let dir = state_dir();
+        let ws = Workspace::open(dir.path(), "a66", sandbox(30, 256, 64, 16, 24)).unwrap();
+        // Three processes of 120 MiB each: each alone is under the bound, together over it.
+        let hog = "perl -e '$x = \"a\" x (120 << 20); sleep 4; print \"held\\n\"'";
+        let ran = ws
+            .run(&format!("{hog} & {hog} & {hog} & wait"), Duration::from_secs(30), 10_000, std::future::pending())
+            .await
+            .unwrap();
+        assert!(ran.output.lines().filter(|l| *l == "held").count() < 3, "{}", ran.output);
+        assert!(ran.output.contains("memory bound was reached"), "{}", ran.output);
+        let tmp = ws
+            .run(
+                "head -c 20M /dev/zero > /tmp/fill; echo tmp:$?",
+                Duration::from_secs(30),
+                10_000,
+                std::future::pending(),
+            )
+            .await
+            .unwrap();
+        assert!(tmp.output.contains("No space left") && !tmp.output.contains("tmp:0"), "{}", tmp.output);
+        // One file over the quota is stopped as it is written; many smaller ones when the
+        // workspace is measured.
+        let one = ws
+            .run("head -c 40M /dev/zero > big; echo big:$?", Duration::from_secs(30), 10_000, std::future::pending())
+            .await
+            .unwrap();
+        assert!(!one.output.contains("big:0"), "{}", one.output);
+        assert!(std::fs::metadata(ws.root().join("big")).unwrap().len() <= 24 << 20);
+        ws.run("rm -f big", Duration::from_secs(10), 100, std::future::pending()).await.unwrap();
+        let many = ws
+            .run(
+                "for i in 1 2 3 4; do head -c 10M /dev/urandom > f$i; done; sleep 20",
+                Duration::from_secs(60),
+                10_000,
+                std::future::pending(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(many.killed, Some(OVER_QUOTA), "{many:?}");
+    }
+
     #[tokio::test]
     async fn a_sandboxed_command_cannot_start_more_processes_than_allowed() {
-        PidsCgroup::available().expect("a writable pids cgroup (root)");
-        let dir = tempfile::tempdir().unwrap();
-        let bounded = Isolation::Bubblewrap { network: false, cpu_secs: 30, memory_mb: 1024, max_processes: 20 };
-        let ws = Workspace::open(dir.path(), "f0rk", bounded).unwrap();
+        let dir = state_dir();
+        let ws = Workspace::open(dir.path(), "f0rk", sandbox(30, 1024, 20, 64, 0)).unwrap();
         // 200 forks of children that sleep a second (harmless without the bound): most fail.
         let script = "perl -e 'my $n = 0; for (1..200) { my $p = fork(); next unless defined $p; if ($p == 0) { sleep 1; exit 0 } $n++ } print \"forked $n\\n\"'";
         let ran = ws.run(script, Duration::from_secs(30), 10_000, std::future::pending()).await.unwrap();

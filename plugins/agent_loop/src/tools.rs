@@ -4,8 +4,12 @@
 //! `tool_call_metadata`, plus the text that goes back to the LLM as the tool's result.
 
 use crate::runtime::{truncate, Running, Wait, Waited, Workspace};
+use sandbox::fs::{FsError, Kind};
 use serde_json::{json, Value};
 use std::time::Duration;
+
+/// The largest file the editor reads or rewrites, in bytes (more with a larger output limit).
+const MAX_EDITED_BYTES: u64 = 4 << 20;
 
 /// One function call the model asked for.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -342,12 +346,24 @@ fn refused(meta: &Value, why: &str) -> Outcome {
 fn editor(meta: &Value, args: &Value, ws: &Workspace, limits: &ToolLimits) -> Outcome {
     let command = args["command"].as_str().unwrap_or("");
     let given = args["path"].as_str().unwrap_or("");
-    let path = match ws.resolve(given) {
+    let rel = match ws.resolve(given) {
         Ok(p) => p,
         Err(why) => return refused(meta, &why),
     };
-    let shown = path.display().to_string();
-    let before = std::fs::read_to_string(&path).ok();
+    let files = ws.files();
+    let shown = ws.root().join(&rel).display().to_string();
+    // What the agent may read or edit: the output limit's worth of text and more, never a
+    // file so large that reading it would weigh on the host.
+    let max_bytes = (limits.max_output_chars as u64).saturating_mul(4).max(MAX_EDITED_BYTES);
+    let before = match files.read(&rel, max_bytes) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => Some(text),
+            Err(_) => return refused(meta, &format!("{shown} is not a text file")),
+        },
+        Err(FsError::NotFound(_)) => None,
+        Err(FsError::NotAFile(_)) if files.kind(&rel).ok().flatten() == Some(Kind::Dir) => None,
+        Err(e) => return refused(meta, &format!("{given}: {e}")),
+    };
     if command == "view" {
         let content = match &before {
             Some(text) => {
@@ -367,23 +383,19 @@ fn editor(meta: &Value, args: &Value, ws: &Workspace, limits: &ToolLimits) -> Ou
                     .collect();
                 truncate(&numbered, limits.max_output_chars)
             }
-            None if path.is_dir() => {
-                let mut names: Vec<String> = std::fs::read_dir(&path)
-                    .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-                    .unwrap_or_default();
-                names.sort();
-                names.join("\n")
-            }
-            None => return refused(meta, &format!("{shown} does not exist")),
+            None => match files.list(&rel) {
+                Ok(entries) => entries.into_iter().map(|e| e.name).collect::<Vec<_>>().join("\n"),
+                Err(_) => return refused(meta, &format!("{shown} does not exist")),
+            },
         };
         let observation = json!({ "timestamp": crate::events::now(), "source": "agent", "message": format!("I read the file {shown}."),
                                   "observation": "read", "content": content, "extras": { "path": shown, "impl_source": "oh_aci" },
                                   "tool_call_metadata": meta });
         return Outcome { observation: Some(observation), result: content, finished: false };
     }
-    let backup = path.with_file_name(format!(
+    let backup = rel.with_file_name(format!(
         ".{}.oh-undo",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     ));
     let after: Result<(String, String), String> = match command {
         "create" => {
@@ -422,9 +434,9 @@ fn editor(meta: &Value, args: &Value, ws: &Workspace, limits: &ToolLimits) -> Ou
                 }
             }
         },
-        "undo_edit" => match std::fs::read_to_string(&backup) {
-            Ok(previous) => Ok((previous, format!("Last edit to {shown} undone successfully."))),
-            Err(_) => Err(format!("No edit history found for {shown}.")),
+        "undo_edit" => match files.read(&backup, max_bytes).map(String::from_utf8) {
+            Ok(Ok(previous)) => Ok((previous, format!("Last edit to {shown} undone successfully."))),
+            _ => Err(format!("No edit history found for {shown}.")),
         },
         other => Err(format!("str_replace_editor has no command {other:?}")),
     };
@@ -432,14 +444,11 @@ fn editor(meta: &Value, args: &Value, ws: &Workspace, limits: &ToolLimits) -> Ou
         Ok(v) => v,
         Err(why) => return refused(meta, &why),
     };
-    if let Some(parent) = path.parent() {
-        let _ = std::fs::create_dir_all(parent);
-    }
     if let Some(old) = &before {
-        let _ = std::fs::write(&backup, old);
+        let _ = files.write(&backup, old.as_bytes());
     }
-    if let Err(e) = std::fs::write(&path, &new_content) {
-        return refused(meta, &format!("cannot write {shown}: {e}"));
+    if let Err(e) = files.write(&rel, new_content.as_bytes()) {
+        return refused(meta, &format!("cannot write {given}: {e}"));
     }
     let observation = json!({ "timestamp": crate::events::now(), "source": "agent", "message": format!("I edited the file {shown}."),
                               "observation": "edit", "content": message,
@@ -518,10 +527,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_running_command_takes_input_and_keys_in_the_sandbox() {
-        crate::runtime::bubblewrap_works().expect("bubblewrap (apt-get install bubblewrap)");
-        crate::runtime::PidsCgroup::available().expect("a writable pids cgroup (root)");
-        let sandbox = Isolation::Bubblewrap { network: false, cpu_secs: 30, memory_mb: 1024, max_processes: 64 };
-        a_running_command_takes_input_and_keys_in(sandbox).await;
+        a_running_command_takes_input_and_keys_in(crate::runtime::tests::sandbox(30, 1024, 64, 64, 0)).await;
     }
 
     #[tokio::test]

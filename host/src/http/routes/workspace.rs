@@ -11,15 +11,23 @@ use crate::http::{
     extract::{Caller, ConversationId, JsonBody, QueryParams},
     AppState,
 };
+use axum::http::StatusCode;
 use axum::{
     extract::State,
     routing::{get, post},
     Json, Router,
 };
 use plugin_api::EventQuery;
+use sandbox::{
+    fs::{Confined, FsError},
+    git::GitError,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::path::{Component, Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 pub(super) fn routes() -> Router<AppState> {
     let base = "/api/conversations/{id}";
@@ -91,32 +99,47 @@ struct PathQuery {
     path: Option<String>,
 }
 
-/// The conversation's workspace directory, when its manager gives it one.
-async fn workspace(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Option<PathBuf>> {
+/// The conversation's workspace, when its manager gives it one: held open, every path
+/// resolved beneath it (`sandbox::fs`: the workspace is the agent's, links in it lead
+/// anywhere).
+async fn workspace(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Option<Arc<Confined>>> {
     exists(state, caller, id).await?;
     let answer = state.registry.manager_admin(caller.ctx.clone(), "workspace", &json!({ "conversation_id": id })).await;
-    Ok(match answer {
-        Some(Ok(v)) => v["path"].as_str().map(PathBuf::from),
-        _ => None,
-    })
+    let Some(Ok(v)) = answer else { return Ok(None) };
+    let Some(path) = v["path"].as_str().map(PathBuf::from) else { return Ok(None) };
+    Ok(blocking(move || Confined::open(&path)).await.ok().map(Arc::new))
 }
 
-/// `relative` inside `root`: no `..`, no absolute path, no symlink leading out.
-fn inside(root: &Path, relative: &str) -> ApiResult<PathBuf> {
-    let mut out = root.to_path_buf();
-    for c in Path::new(relative.trim_start_matches("/workspace/").trim_start_matches('/')).components() {
-        match c {
-            Component::Normal(part) => out.push(part),
-            Component::CurDir => {}
-            _ => return Err(ApiError::bad_request(format!("{relative} is outside the workspace"))),
+/// Filesystem work off the async threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work).await.expect("workspace file work panicked")
+}
+
+/// The most of one file the workspace routes read: a larger one is a 413, not a response
+/// (nor a buffer in the host) of its size.
+const MAX_FILE_BYTES: u64 = 8 << 20;
+
+/// The most `git status` may print for the Changes tab.
+const MAX_GIT_OUTPUT: usize = 4 << 20;
+
+/// A workspace path error as an answer: 400 for a path that leads out, 404 for a missing
+/// one, 413 past the bound, 415 for what is not a regular file.
+fn fs_error(e: FsError, missing: impl FnOnce() -> ApiError) -> ApiError {
+    match e {
+        FsError::Outside(p) => ApiError::bad_request(format!("{p} is outside the workspace")),
+        FsError::NotFound(_) => missing(),
+        FsError::TooLarge { path, size, max } => ApiError::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{path} is {size} bytes; files over {max} bytes are not shown here"),
+        ),
+        FsError::NotAFile(p) => {
+            ApiError::error(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Unable to open {p}: not a regular file"))
+        }
+        FsError::Io(p, e) => {
+            tracing::warn!(path = %p, error = %e, "workspace file");
+            missing()
         }
     }
-    if let (Ok(real), Ok(base)) = (out.canonicalize(), root.canonicalize()) {
-        if !real.starts_with(base) {
-            return Err(ApiError::bad_request(format!("{relative} is outside the workspace")));
-        }
-    }
-    Ok(out)
 }
 
 /// The entries of a workspace directory (`path`, default its root), relative to the
@@ -127,18 +150,24 @@ async fn list_files(
     ConversationId(id): ConversationId,
     QueryParams(q): QueryParams<PathQuery>,
 ) -> ApiResult<Json<Vec<String>>> {
-    let Some(root) = workspace(&state, &caller, &id).await? else { return Ok(Json(Vec::new())) };
-    let dir = inside(&root, q.path.as_deref().unwrap_or(""))?;
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Json(Vec::new())) };
-    let mut listed: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name() != ".git")
-        .filter_map(|e| {
-            let rel = e.path().strip_prefix(&root).ok()?.display().to_string();
-            Some(if e.path().is_dir() { format!("{rel}/") } else { rel })
-        })
-        .collect();
-    listed.sort();
+    let Some(ws) = workspace(&state, &caller, &id).await? else { return Ok(Json(Vec::new())) };
+    let dir = ws.relative(q.path.as_deref().unwrap_or("")).map_err(|e| fs_error(e, || ApiError::not_found("")))?;
+    let listed = blocking(move || {
+        let entries = ws.list(&dir).unwrap_or_default();
+        entries
+            .into_iter()
+            .filter(|e| e.name != ".git")
+            .map(|e| {
+                let rel = dir.join(&e.name).display().to_string();
+                if e.dir {
+                    format!("{rel}/")
+                } else {
+                    rel
+                }
+            })
+            .collect::<Vec<String>>()
+    })
+    .await;
     Ok(Json(listed))
 }
 
@@ -148,7 +177,7 @@ struct FileQuery {
     file: String,
 }
 
-/// `{"code": <the file's text>}`; 415 for a binary file.
+/// `{"code": <the file's text>}`; 415 for a binary file, 413 past `MAX_FILE_BYTES`.
 async fn select_file(
     State(state): State<AppState>,
     caller: Caller,
@@ -156,12 +185,13 @@ async fn select_file(
     QueryParams(q): QueryParams<FileQuery>,
 ) -> ApiResult<Json<Value>> {
     let missing = || ApiError::not_found(format!("File not found: {}", q.file));
-    let Some(root) = workspace(&state, &caller, &id).await? else { return Err(missing()) };
-    let bytes = std::fs::read(inside(&root, &q.file)?).map_err(|_| missing())?;
+    let Some(ws) = workspace(&state, &caller, &id).await? else { return Err(missing()) };
+    let rel = ws.relative(&q.file).map_err(|e| fs_error(e, missing))?;
+    let bytes = blocking(move || ws.read(&rel, MAX_FILE_BYTES)).await.map_err(|e| fs_error(e, missing))?;
     match String::from_utf8(bytes) {
         Ok(code) => Ok(Json(json!({ "code": code }))),
         Err(_) => Err(ApiError::new(
-            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
             json!({ "error": format!("Unable to open binary file: {}", q.file) }),
         )),
     }
@@ -173,10 +203,20 @@ fn not_a_repository() -> ApiError {
     ApiError::not_found("Not a git repository")
 }
 
-/// git, in a workspace; `None` when it is not a repository (or git is missing).
-async fn git(root: &Path, args: &[&str]) -> Option<Vec<u8>> {
-    let out = tokio::process::Command::new("git").arg("-C").arg(root).args(args).output().await.ok()?;
-    out.status.success().then_some(out.stdout)
+/// git on a workspace, run so that nothing the workspace configures runs (`sandbox::git`).
+async fn git(root: &Path, args: &[&str], max_output: usize) -> ApiResult<Vec<u8>> {
+    match sandbox::git::run(root, args, max_output).await {
+        Ok(out) => Ok(out),
+        Err(GitError::TooLarge(max)) => Err(ApiError::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("git's answer is over {max} bytes; too many changes to show here"),
+        )),
+        Err(GitError::NotARepository) => Err(not_a_repository()),
+        Err(GitError::Failed(why)) => {
+            tracing::warn!(workspace = %root.display(), error = %why, "git on a workspace failed");
+            Err(not_a_repository())
+        }
+    }
 }
 
 /// `[{"status": "A"|"M"|"D"|"R"|"U", "path"}]` from `git status` (new files count as added).
@@ -185,8 +225,8 @@ async fn git_changes(
     caller: Caller,
     ConversationId(id): ConversationId,
 ) -> ApiResult<Json<Value>> {
-    let Some(root) = workspace(&state, &caller, &id).await? else { return Err(not_a_repository()) };
-    let Some(out) = git(&root, &["status", "--porcelain=v1", "-uall"]).await else { return Err(not_a_repository()) };
+    let Some(ws) = workspace(&state, &caller, &id).await? else { return Err(not_a_repository()) };
+    let out = git(ws.root(), &["status", "--porcelain=v1", "-uall"], MAX_GIT_OUTPUT).await?;
     let changes: Vec<Value> = String::from_utf8_lossy(&out)
         .lines()
         .filter(|l| l.len() > 3)
@@ -206,28 +246,40 @@ async fn git_changes(
     Ok(Json(Value::Array(changes)))
 }
 
-/// `{"modified": <now>, "original": <at the last commit>}` of one file.
+/// `{"modified": <now>, "original": <at the last commit>}` of one file (each bounded).
 async fn git_diff(
     State(state): State<AppState>,
     caller: Caller,
     ConversationId(id): ConversationId,
     QueryParams(q): QueryParams<PathQuery>,
 ) -> ApiResult<Json<Value>> {
-    let Some(root) = workspace(&state, &caller, &id).await? else { return Err(not_a_repository()) };
+    let Some(ws) = workspace(&state, &caller, &id).await? else { return Err(not_a_repository()) };
     let path = q.path.unwrap_or_default();
-    let file = inside(&root, &path)?;
-    let modified = std::fs::read_to_string(&file).unwrap_or_default();
-    let relative = file.strip_prefix(&root).map(|p| p.display().to_string()).unwrap_or_default();
-    let original = git(&root, &["show", &format!("HEAD:{relative}")])
-        .await
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    let rel = ws.relative(&path).map_err(|e| fs_error(e, not_a_repository))?;
+    let (reader, file) = (ws.clone(), rel.clone());
+    let modified = match blocking(move || reader.read(&file, MAX_FILE_BYTES)).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(FsError::NotFound(_) | FsError::NotAFile(_)) => String::new(),
+        Err(e) => return Err(fs_error(e, not_a_repository)),
+    };
+    let original = match git(
+        ws.root(),
+        &["cat-file", "blob", &format!("HEAD:{}", rel.display())],
+        MAX_FILE_BYTES as usize,
+    )
+    .await
+    {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.status == StatusCode::PAYLOAD_TOO_LARGE => return Err(e),
+        Err(_) => String::new(),
+    };
     Ok(Json(json!({ "modified": modified, "original": original })))
 }
 
 /// `multipart/form-data` files (field `files`) into the workspace's root:
 /// `{"uploaded_files": [names], "skipped_files": [{"name", "reason"}]}` as OpenHands answers.
-/// Without a workspace, OpenHands' 404.
+/// Without a workspace, OpenHands' 404. Each is written beneath the root: a link in its place
+/// is refused, never followed.
 async fn upload_files(
     State(state): State<AppState>,
     caller: Caller,
@@ -235,7 +287,7 @@ async fn upload_files(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
-    let Some(root) = workspace(&state, &caller, &id).await? else {
+    let Some(ws) = workspace(&state, &caller, &id).await? else {
         return Err(ApiError::not_found("Runtime not yet initialized"));
     };
     let content_type = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -244,24 +296,30 @@ async fn upload_files(
         .and_then(|rest| rest.split(';').find_map(|p| p.trim().strip_prefix("boundary=")))
         .map(|b| b.trim_matches('"').to_owned())
         .ok_or_else(|| ApiError::bad_request("expected multipart/form-data with a boundary (field `files`)"))?;
-    let mut uploaded = Vec::new();
-    let mut skipped = Vec::new();
-    for (name, file, content) in multipart_files(&body, &boundary) {
-        if name != "files" {
-            continue;
+    let (uploaded, skipped) = blocking(move || {
+        let mut uploaded = Vec::new();
+        let mut skipped = Vec::new();
+        for (name, file, content) in multipart_files(&body, &boundary) {
+            if name != "files" {
+                continue;
+            }
+            // A name, not a path: nothing lands outside the workspace's root.
+            let Some(file) = Path::new(&file)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .filter(|f| f != "." && f != "..")
+            else {
+                skipped.push(json!({ "name": file, "reason": "not a file name" }));
+                continue;
+            };
+            match ws.write(Path::new(&file), content) {
+                Ok(()) => uploaded.push(json!(file)),
+                Err(e) => skipped.push(json!({ "name": file, "reason": e.to_string() })),
+            }
         }
-        // A name, not a path: nothing lands outside the workspace's root.
-        let Some(file) =
-            Path::new(&file).file_name().map(|f| f.to_string_lossy().into_owned()).filter(|f| f != "." && f != "..")
-        else {
-            skipped.push(json!({ "name": file, "reason": "not a file name" }));
-            continue;
-        };
-        match std::fs::write(root.join(&file), content) {
-            Ok(()) => uploaded.push(json!(file)),
-            Err(e) => skipped.push(json!({ "name": file, "reason": e.to_string() })),
-        }
-    }
+        (uploaded, skipped)
+    })
+    .await;
     Ok(Json(json!({ "uploaded_files": uploaded, "skipped_files": skipped })))
 }
 

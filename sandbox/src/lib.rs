@@ -1,0 +1,10 @@
+//! The boundary around the agent's workspace, shared by the host (its workspace routes) and
+//! the conversation managers (the agent's tools): `fs` reaches a workspace's files without
+//! following a link out, `bwrap` is the sandbox a command runs in, `cgroup` bounds a
+//! command's processes and memory together, and `git` runs git on a workspace without running
+//! anything the workspace controls. `docs/sandbox.md` is the threat model these implement.
+
+pub mod bwrap;
+pub mod cgroup;
+pub mod fs;
+pub mod git;
