@@ -17,6 +17,7 @@ mod newcomer;
 mod observability;
 mod routes;
 mod saas_auth;
+mod sandbox;
 mod sso;
 mod stores;
 mod tenancy;

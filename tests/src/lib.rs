@@ -124,6 +124,16 @@ impl Deployment {
         Self { dir }
     }
 
+    /// The same under `/var/tmp`, as a production state directory is: outside the `/tmp` a
+    /// sandbox gets privately, so a test of what a sandbox sees is not fooled by it.
+    pub fn outside_tmp() -> Self {
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir in /var/tmp");
+        fs::create_dir(dir.path().join("plugins")).unwrap();
+        fs::set_permissions(dir.path().join("plugins"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        Self { dir }
+    }
+
     pub fn plugins_dir(&self) -> PathBuf {
         self.dir.path().join("plugins")
     }
