@@ -743,3 +743,32 @@ async fn a_selected_repository_is_cloned_with_the_users_token_which_stays_out_of
     let empty = d.state_dir().join("workspaces").join(&other);
     assert!(empty.join(".git").exists() && !empty.join("README.md").exists());
 }
+
+/// A message posted while its conversation starts (the web client creates an empty
+/// conversation, then sends the first message at once) is answered once: the session's
+/// start finds it in the history and answers it there, and the queued copy is not answered
+/// again.
+#[tokio::test]
+async fn a_message_sent_while_its_conversation_starts_is_answered_once() {
+    let (_d, host, llm) = setup(", runtime = \"local\", max_concurrent_conversations = 10").await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let r = host.post_json("/api/conversations", &json!({})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let id = r.json()["conversation_id"].as_str().unwrap().to_owned();
+        let sent =
+            host.post_json(&format!("/api/conversations/{id}/message"), &json!({ "message": format!("m{i}") })).await;
+        assert_eq!(sent.status, 200, "{}", sent.text);
+        ids.push(id);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let expected = format!("Echo: m{i}.");
+        let events = events_until(&host, id, "the answer", |e| e.iter().any(|e| agent_says(e, &expected))).await;
+        // Give a second answer the time to come, were there one.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let events = events_until(&host, id, "the events", |e| e.len() >= events.len()).await;
+        let answers = events.iter().filter(|e| e["action"] == "message" && e["source"] == "agent").count();
+        assert_eq!(answers, 1, "conversation {i}: {events:#?}");
+    }
+    assert_eq!(llm.requests().len(), 8);
+}

@@ -57,7 +57,9 @@ pub trait Env: Send + Sync + 'static {
 pub enum Command {
     /// Answer this user message (already stored). `traceparent`: the trace of the request
     /// that sent it (the LLM call joins it), or empty.
-    Answer { content: String, traceparent: String },
+    /// `event_id`: the stored message's id; a message already in the history the session
+    /// loaded at its start was answered there, and is not answered twice.
+    Answer { content: String, traceparent: String, event_id: Option<u64> },
     /// The user stopped the agent (`change_agent_state: stopped`): the answer in progress was
     /// interrupted; store the state.
     Stopped,
@@ -224,6 +226,8 @@ impl<E: Env> Runner<E> {
         self.persist(events::agent_state_changed("loading", "")).await;
         let history = self.load_history().await;
         let ok = history.is_ok();
+        // The last stored event the history holds: messages up to it are answered below.
+        let history_through = history.as_ref().ok().and_then(|h| h.iter().filter_map(|e| e["id"].as_u64()).max());
         let system_prompt = request.system_prompt.clone().unwrap_or_else(|| self.env.system_prompt().to_owned());
         self.messages = events::history(&system_prompt, history.as_deref().unwrap_or_default());
         if let Ok(Some(m)) = self.metadata().await {
@@ -260,7 +264,11 @@ impl<E: Env> Runner<E> {
                 break;
             }
             match command {
-                Some(Command::Answer { content, traceparent }) => {
+                Some(Command::Answer { event_id: Some(id), .. }) if history_through.is_some_and(|last| id <= last) => {
+                    // Stored while the session started: the loaded history had it already.
+                    tracing::debug!(conversation_id = %self.sid, event_id = id, "a message in the loaded history is not answered again");
+                }
+                Some(Command::Answer { content, traceparent, .. }) => {
                     self.trace = traceparent;
                     self.answer(&content).await
                 }

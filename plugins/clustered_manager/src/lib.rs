@@ -274,12 +274,13 @@ impl Node {
                 let _ = self.kv.run::<()>(redis::pipe().decr(self.keys.pending(sid), 1).ignore()).await;
                 let content = fields.get("content").cloned().unwrap_or_default();
                 let traceparent = fields.get("tp").cloned().unwrap_or_default();
+                let event_id = fields.get("id").and_then(|id| id.parse().ok());
                 let inbox = lock(&self.owned).get(sid).map(|o| {
                     o.session.shared.touch();
                     o.session.inbox.clone()
                 });
                 if let Some(inbox) = inbox {
-                    let _ = inbox.send(Command::Answer { content, traceparent }).await;
+                    let _ = inbox.send(Command::Answer { content, traceparent, event_id }).await;
                 }
             }
             Some("stop") => {
@@ -620,8 +621,10 @@ impl plugin_sdk::ConversationManager for ClusteredConversationManager {
                 interrupt.notify_waiters();
                 permit.send(Command::Stopped);
             } else {
-                node.store_and_publish(&ctx, &sid, Some(fence), events::user_message(&content, &images)).await?;
-                permit.send(Command::Answer { content, traceparent: ctx.traceparent.to_string() });
+                let stored =
+                    node.store_and_publish(&ctx, &sid, Some(fence), events::user_message(&content, &images)).await?;
+                let event_id = stored["id"].as_u64();
+                permit.send(Command::Answer { content, traceparent: ctx.traceparent.to_string(), event_id });
             }
             return Ok(());
         }
@@ -643,8 +646,10 @@ impl plugin_sdk::ConversationManager for ClusteredConversationManager {
             let _ = node.kv.run::<()>(redis::pipe().decr(node.keys.pending(&sid), 1).ignore()).await;
             return Err(queue_full());
         }
-        node.store_and_publish(&ctx, &sid, None, events::user_message(&content, &images)).await?;
-        node.command(&sid, &[("t", "message"), ("content", &content), ("tp", ctx.traceparent.as_str())]).await
+        let stored = node.store_and_publish(&ctx, &sid, None, events::user_message(&content, &images)).await?;
+        let id = stored["id"].as_u64().map(|id| id.to_string()).unwrap_or_default();
+        node.command(&sid, &[("t", "message"), ("content", &content), ("tp", ctx.traceparent.as_str()), ("id", &id)])
+            .await
     }
 
     async fn close(&self, ctx: CallContext, conversation_id: String) -> Result<bool, PluginError> {

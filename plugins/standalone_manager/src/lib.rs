@@ -265,10 +265,12 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
                     .as_array()
                     .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
                     .unwrap_or_default();
-                self.inner
+                let stored = self
+                    .inner
                     .store_and_push(&ctx, &conversation_id, agent_loop::events::user_message(&content, &images))
                     .await?;
-                permit.send(Command::Answer { content, traceparent: ctx.traceparent.to_string() });
+                let event_id = stored["id"].as_u64();
+                permit.send(Command::Answer { content, traceparent: ctx.traceparent.to_string(), event_id });
                 Ok(())
             }
             Some("change_agent_state") if event["args"]["agent_state"] == "stopped" => {
