@@ -20,6 +20,7 @@ mod saas_auth;
 mod sandbox;
 mod sso;
 mod stores;
+mod surfaces;
 mod tenancy;
 mod token_auth;
 mod web_client;

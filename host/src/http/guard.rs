@@ -1,7 +1,10 @@
 //! Requests the server refuses before any route sees them:
 //! - a state-changing request (not GET, HEAD or OPTIONS) whose `Origin` is not allowed (403):
 //!   a page on another site must not make the browser act for its user (cross-site request
-//!   forgery), e.g. point the user's LLM key at the attacker's server;
+//!   forgery), e.g. point the user's LLM key at the attacker's server; every socket.io
+//!   request counts as one, GETs included (a WebSocket handshake is a GET, and the socket
+//!   both reads a conversation and sends messages as the user: cross-site WebSocket
+//!   hijacking);
 //! - when bound to loopback, a `Host` that is not this server's (403): a page on another site
 //!   whose name it re-pointed at 127.0.0.1 (DNS rebinding) must not read the API;
 //! - request heads over `[server] max_header_bytes` (431, with a JSON body).
@@ -100,7 +103,8 @@ pub(super) async fn origin(State(state): State<AppState>, req: Request, next: Ne
             origins.port
         ));
     }
-    let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        || (req.uri().path().starts_with("/socket.io") && *req.method() != Method::OPTIONS);
     if changes_state {
         if let Some(origin) = req.headers().get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("(not text)");

@@ -51,8 +51,15 @@ struct Connection {
 
 /// The socket.io layer, to put on the router.
 pub fn layer(state: AppState) -> SocketIoLayer {
-    let (layer, io) =
-        SocketIo::builder().max_buffer_size(4096).max_payload(state.server.max_body_bytes as u64).build_layer();
+    // The same bound as an HTTP body, on both transports: polling bodies, and WebSocket
+    // messages and frames (socketioxide's own default there is 64 MiB).
+    let max = state.server.max_body_bytes;
+    let (layer, io) = SocketIo::builder()
+        .max_buffer_size(4096)
+        .max_payload(max as u64)
+        .ws_max_message_size(max)
+        .ws_max_frame_size(max)
+        .build_layer();
     let for_auth = state.clone();
     let authorize = move |s: SocketRef| {
         let state = for_auth.clone();

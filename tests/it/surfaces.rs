@@ -1,0 +1,55 @@
+//! The second hardening round's breaks on the surfaces beside the sandbox (`sandbox.rs` has
+//! the sandbox's): cross-site sockets, socket.io sizes, stored settings' types, slow bodies,
+//! conversation caps, LLM redirects, anonymous billing returns, webhook replays.
+
+use oh_e2e::{llm::FakeLlm, sio::SioClient, Deployment, TestHost};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const MANAGER: &str = "[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\n\
+                       implementation = \"StandaloneConversationManager\"\n\
+                       config = { llm_retry_initial_ms = 20, llm_timeout_secs = 10 }\n";
+
+async fn oss(manager: &str, env: &[(&str, &str)]) -> (Deployment, TestHost, FakeLlm) {
+    let llm = FakeLlm::start().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", manager);
+    let host = d.start_with_env(env);
+    let settings = json!({ "llm_model": "fake-model", "llm_base_url": llm.base_url, "llm_api_key": "sk-test" });
+    assert_eq!(host.post_json("/api/settings", &settings).await.status, 200);
+    (d, host, llm)
+}
+
+async fn events(host: &TestHost, id: &str) -> Vec<Value> {
+    host.get(&format!("/api/conversations/{id}/events?limit=100")).await.json()["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Item 9 and 12: the socket handshake follows the HTTP routes' origin rule, and a socket
+/// message is bounded as an HTTP body is (`max_body_bytes`).
+#[tokio::test]
+async fn a_socket_from_another_site_is_refused_and_socket_messages_are_bounded_like_bodies() {
+    let (_d, host, _llm) = oss(MANAGER, &[]).await;
+    let r = host.post_json("/api/conversations", &json!({ "initial_user_msg": "hi" })).await;
+    let id = r.json()["conversation_id"].as_str().unwrap().to_owned();
+    let query = format!("conversation_id={id}&latest_event_id=-1");
+    let refused = SioClient::connect(&host.base, &query, &[("Origin", "https://evil.example")]).await;
+    assert!(refused.as_ref().is_err_and(|e| e.contains("403")), "{:?}", refused.as_ref().err());
+    let port = host.base.rsplit(':').next().unwrap();
+    let own = format!("http://127.0.0.1:{port}");
+    let socket = SioClient::connect(&host.base, &query, &[("Origin", &own)]).await.unwrap();
+    // Over 4 MiB: the connection is closed and nothing is stored.
+    let huge = "x".repeat(5 << 20);
+    socket.emit("oh_user_action", &json!({ "action": "message", "args": { "content": huge } }));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stored = events(&host, &id).await;
+    assert!(
+        stored.iter().all(|e| e["args"]["content"].as_str().is_none_or(|c| c.len() < 1 << 20)),
+        "a 5 MiB message was stored"
+    );
+    // Without an Origin (not a browser), as before.
+    assert!(SioClient::connect(&host.base, &query, &[]).await.is_ok());
+}
