@@ -53,3 +53,27 @@ async fn a_socket_from_another_site_is_refused_and_socket_messages_are_bounded_l
     // Without an Origin (not a browser), as before.
     assert!(SioClient::connect(&host.base, &query, &[]).await.is_ok());
 }
+
+/// Item 13: settings of the wrong type or out of range are refused (422 naming the field)
+/// and nothing is stored.
+#[tokio::test]
+async fn settings_of_the_wrong_type_or_range_are_refused_and_not_stored() {
+    let (_d, host, _llm) = oss(MANAGER, &[]).await;
+    for (field, value) in [
+        ("mcp_config", json!("notobject")),
+        ("mcp_config", json!([1, 2])),
+        ("mcp_config", json!({ "sse_servers": "one" })),
+        ("max_iterations", json!(-5)),
+        ("max_iterations", json!(0)),
+        ("max_budget_per_task", json!(-1.0)),
+    ] {
+        let r = host.post_json("/api/settings", &json!({ field: value })).await;
+        assert_eq!(r.status, 422, "{field} = {value}: {}", r.text);
+        assert!(r.json()["error"].as_str().unwrap().contains(field), "{}", r.text);
+    }
+    let stored = host.get("/api/settings").await.json();
+    assert_eq!((stored["mcp_config"].clone(), stored["max_iterations"].clone()), (Value::Null, Value::Null), "{stored}");
+    let good = json!({ "max_iterations": 30, "mcp_config": { "sse_servers": [], "stdio_servers": [] } });
+    assert_eq!(host.post_json("/api/settings", &good).await.status, 200);
+    assert_eq!(host.get("/api/settings").await.json()["max_iterations"], 30);
+}

@@ -71,9 +71,7 @@ async fn store(
     caller: Caller,
     JsonBody(mut settings): JsonBody<Settings>,
 ) -> ApiResult<Json<Value>> {
-    if settings.condenser_max_size.is_some_and(|n| n < 20) {
-        return Err(ApiError::unprocessable("condenser_max_size must be at least 20"));
-    }
+    validate(&settings)?;
     settings.normalize();
     let hide_llm_settings = state.server.env.hide_llm_settings;
     state
@@ -96,6 +94,42 @@ async fn store(
         .await?;
     Ok(Json(json!({ "message": "Settings stored" })))
 }
+
+/// The values OpenHands' pydantic model would refuse, or that nothing downstream can use: a
+/// 422 naming the field, before anything is stored.
+fn validate(settings: &Settings) -> ApiResult<()> {
+    if settings.condenser_max_size.is_some_and(|n| n < 20) {
+        return Err(ApiError::unprocessable("condenser_max_size must be at least 20"));
+    }
+    if settings.max_iterations.is_some_and(|n| !(1..=MAX_ITERATIONS).contains(&n)) {
+        return Err(ApiError::unprocessable(format!("max_iterations must be between 1 and {MAX_ITERATIONS}")));
+    }
+    if settings.remote_runtime_resource_factor.is_some_and(|n| n < 1) {
+        return Err(ApiError::unprocessable("remote_runtime_resource_factor must be at least 1"));
+    }
+    if settings.max_budget_per_task.is_some_and(|b| !b.is_finite() || b < 0.0) {
+        return Err(ApiError::unprocessable("max_budget_per_task must be a non-negative number"));
+    }
+    match &settings.mcp_config {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(config)) => {
+            for list in ["sse_servers", "stdio_servers", "shttp_servers"] {
+                if config.get(list).is_some_and(|v| !v.is_array() && !v.is_null()) {
+                    return Err(ApiError::unprocessable(format!("mcp_config.{list} must be a list of servers")));
+                }
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::unprocessable(
+                "mcp_config must be an object ({\"sse_servers\": [...], \"stdio_servers\": [...], \"shttp_servers\": [...]}) or null",
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// The most LLM calls a user may allow per message.
+const MAX_ITERATIONS: i64 = 10_000;
 
 /// With `HIDE_LLM_SETTINGS` the deployment chooses the LLM: a posted LLM field that differs
 /// from the stored one is refused (403). The web client posts them back unchanged (the key
