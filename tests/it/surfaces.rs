@@ -77,3 +77,35 @@ async fn settings_of_the_wrong_type_or_range_are_refused_and_not_stored() {
     assert_eq!(host.post_json("/api/settings", &good).await.status, 200);
     assert_eq!(host.get("/api/settings").await.json()["max_iterations"], 30);
 }
+
+/// Item 11: a pin is checked before any library is opened: an earlier entry of the same
+/// library does not get to run its initialisers or its factory (which makes a key file).
+#[test]
+fn a_wrong_pin_stops_the_host_before_any_plugin_code_runs() {
+    let d = Deployment::new();
+    d.install_bundled();
+    let pinned = format!(
+        "[extensions.settings_store]\nlibrary = \"file_stores\"\nimplementation = \"FileSettingsStore\"\nsha256 = \"{}\"\n",
+        "0".repeat(64)
+    );
+    d.write_profile("", &pinned);
+    let out = d.run_cli(&["serve"]);
+    out.assert_refused();
+    assert!(out.stderr.contains("but the profile pins 0000"), "{}", out.stderr);
+    let made = files_under(&d.state_dir());
+    assert!(made.is_empty(), "plugin code ran before the pin was checked: {made:?}");
+}
+
+/// Every file under `dir` (none when it does not exist).
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -119,6 +119,26 @@ fn instantiate<O>(
     }
 }
 
+/// Each entry's sha256 pin against its library's file, read once per library; a missing or
+/// unreadable file is left to the loader's message.
+fn check_pins(config: &Config) -> Vec<String> {
+    let mut sums: std::collections::HashMap<&str, Option<String>> = std::collections::HashMap::new();
+    let mut problems = Vec::new();
+    for e in &config.extensions {
+        let Some(pin) = e.sha256.as_deref() else { continue };
+        let path = loader::library_path(&config.server.plugins_dir, &e.library);
+        let sum = sums.entry(e.library.as_str()).or_insert_with(|| loader::file_sha256(&path).ok());
+        if let Some(sum) = sum.as_deref().filter(|sum| !pin.eq_ignore_ascii_case(sum)) {
+            problems.push(format!(
+                "{}: {}: sha256 is {sum} but the profile pins {pin}; refusing to load it (if the new build is intended, update the pin)",
+                e.key,
+                path.display()
+            ));
+        }
+    }
+    problems
+}
+
 /// Loads (once) and initialises the library an entry names.
 fn library(config: &Config, e: &ExtensionConfig, libraries: &mut Vec<Library>) -> Result<Library, String> {
     if let Some(l) = libraries.iter().find(|l| l.name == e.library) {
@@ -182,7 +202,13 @@ impl Registry {
     /// Loads every library the profile names, checks each implementation, builds instances.
     /// All problems are collected; nothing is half-built on failure.
     pub fn build(config: &Config, runtime: tokio::runtime::Handle) -> Result<Arc<Registry>, LoadErrors> {
-        let mut problems = Vec::new();
+        // Every pin is checked before any library is opened: opening one runs its
+        // initialisers, and an entry's factory may act (make a key file) before a later
+        // entry's pin of the same library would have been compared.
+        let mut problems = check_pins(config);
+        if !problems.is_empty() {
+            return Err(LoadErrors(problems));
+        }
         let mut libraries: Vec<Library> = Vec::new();
         let slot: Arc<OnceLock<Weak<Registry>>> = Arc::new(OnceLock::new());
         let (mut settings, mut secrets, mut conversations, mut manager, mut auth) = (None, None, None, None, None);
