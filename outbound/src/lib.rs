@@ -111,9 +111,28 @@ impl reqwest::dns::Resolve for PublicOnly {
     }
 }
 
-/// An HTTP client for user-chosen URLs under `policy`.
+/// How many redirects a client follows.
+const MAX_REDIRECTS: usize = 5;
+
+/// An HTTP client for user-chosen URLs under `policy`. Every redirect is checked as the first
+/// URL was (a public server may answer 307 to `http://127.0.0.1/...`, which the resolver never
+/// sees: a literal address is not resolved).
 pub fn client(policy: &Policy, builder: reqwest::ClientBuilder) -> reqwest::Result<reqwest::Client> {
-    let builder = if policy.public_only { builder.dns_resolver(Arc::new(PublicOnly(policy.clone()))) } else { builder };
+    let builder = if policy.public_only {
+        let checker = policy.clone();
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            match checker.check_url(attempt.url().as_str()) {
+                Ok(()) => attempt.follow(),
+                Err(why) => attempt.error(format!("refused redirect: {why}")),
+            }
+        });
+        builder.dns_resolver(Arc::new(PublicOnly(policy.clone()))).redirect(redirects)
+    } else {
+        builder
+    };
     builder.build()
 }
 
@@ -160,5 +179,38 @@ mod tests {
         assert!(policy.check_url("http://10.0.0.5:4000/v1").is_ok());
         assert!(policy.check_url("https://api.openai.com/v1").is_ok());
         assert!(Policy::default().check_url("http://127.0.0.1/v1").is_ok(), "OSS: anything");
+    }
+
+    /// A server on an allowed name answers 307 to a loopback address: the redirect is
+    /// refused, not followed.
+    #[tokio::test]
+    async fn redirects_are_checked_at_every_hop() {
+        let secret = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let secret_port = secret.local_addr().unwrap().port();
+        let redirector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = redirector.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for stream in redirector.incoming().take(2) {
+                let mut stream = stream.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let answer = format!(
+                    "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{secret_port}/internal\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        let policy = Policy {
+            public_only: true,
+            allowed_hosts: vec!["localhost".to_owned()],
+            subject: "the LLM base URL",
+            allow_setting: "llm_private_hosts_allowed",
+        };
+        let client = client(&policy, reqwest::Client::builder()).unwrap();
+        let err = client.get(format!("http://localhost:{port}/v1/chat/completions")).send().await.unwrap_err();
+        assert!(format!("{err:?}").contains("refused redirect"), "{err:?}");
+        secret.set_nonblocking(true).unwrap();
+        assert!(secret.accept().is_err(), "the loopback address was reached");
     }
 }
