@@ -272,3 +272,27 @@ async fn usage_spends_credits_until_work_is_refused_with_402() {
     let bob = host.as_key(BOB, reqwest::Method::POST, "/api/conversations", Some(json!({}))).await;
     assert_eq!(bob.status, 402);
 }
+
+/// The success return is public (Stripe sends the buyer there), so it asks Stripe only about
+/// this server's own unfinished sessions, once every few seconds each: anonymous requests
+/// with made-up ids never reach Stripe.
+#[tokio::test]
+async fn anonymous_success_returns_do_not_reach_stripe() {
+    let db = oh_e2e::pg::TestDb::create().await;
+    let stripe = FakeStripe::start().await;
+    let (_d, host) = host(&db, &stripe);
+    for i in 0..50 {
+        let r = success(&host, &format!("cs_test_forged_{i:04}")).await;
+        assert_eq!(r.status, 404, "{}", r.text);
+    }
+    assert_eq!(stripe.lookups(), 0);
+    // A real one, not paid yet: asked once, then told to wait.
+    let session = checkout(&host, ALICE, 10).await;
+    assert_eq!(success(&host, &session).await.status, 400);
+    for _ in 0..5 {
+        let r = success(&host, &session).await;
+        assert_eq!(r.status, 429, "{}", r.text);
+        assert_eq!(r.headers["retry-after"], "5");
+    }
+    assert_eq!(stripe.lookups(), 1);
+}

@@ -35,6 +35,8 @@ struct Account {
     idempotent: HashMap<String, Value>,
     /// The form of each session creation.
     checkout_forms: Vec<HashMap<String, String>>,
+    /// How many times a session was looked up (`GET /v1/checkout/sessions/{id}`).
+    lookups: usize,
 }
 
 pub struct FakeStripe {
@@ -131,6 +133,7 @@ async fn create_session(State(account): State<Shared>, headers: HeaderMap, body:
 }
 
 async fn get_session(State(account): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    account.lock().unwrap().lookups += 1;
     if !authorized(&headers) {
         return refused();
     }
@@ -183,6 +186,11 @@ impl FakeStripe {
     }
 
     /// How many customers were made.
+    /// How many times the server looked a session up.
+    pub fn lookups(&self) -> usize {
+        self.account.lock().unwrap().lookups
+    }
+
     pub fn customers(&self) -> usize {
         self.account.lock().unwrap().customers.len()
     }

@@ -28,6 +28,22 @@ pub(crate) struct Ledger {
     db: Arc<Database>,
 }
 
+/// What the success return may do about a session.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Check {
+    /// Ask Stripe (this return claimed the check).
+    Ask,
+    /// Not a session of this server's: Stripe is not asked.
+    Unknown,
+    Completed,
+    Cancelled,
+    /// Asked within the last few seconds.
+    Recently,
+}
+
+/// How often the success return may ask Stripe about one session.
+pub(crate) const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What completing a checkout did.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Completed {
@@ -125,6 +141,37 @@ impl Ledger {
             .await
             .map_err(db_error)?;
         Ok(())
+    }
+
+    /// Whether the success return may ask Stripe about session `id` now: only for a session
+    /// of this server's that is not finished, and not within `CHECK_EVERY` of the last time
+    /// (claimed atomically, so concurrent returns ask once).
+    pub(crate) async fn claim_check(&self, id: &str) -> Result<Check, PluginError> {
+        let pool = self.db.ready().await?;
+        let claimed = sqlx::query(
+            "UPDATE billing_sessions SET checked_at = now() \
+             WHERE id = $1 AND status = 'in_progress' AND (checked_at IS NULL OR checked_at < now() - make_interval(secs => $2)) \
+             RETURNING id",
+        )
+        .bind(id)
+        .bind(CHECK_EVERY.as_secs_f64())
+        .fetch_optional(pool)
+        .await
+        .map_err(db_error)?;
+        if claimed.is_some() {
+            return Ok(Check::Ask);
+        }
+        let status: Option<(String,)> = sqlx::query_as("SELECT status FROM billing_sessions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(db_error)?;
+        Ok(match status.as_ref().map(|s| s.0.as_str()) {
+            None => Check::Unknown,
+            Some("completed") => Check::Completed,
+            Some("in_progress") => Check::Recently,
+            Some(_) => Check::Cancelled,
+        })
     }
 
     /// Marks an unfinished session cancelled (the buyer went back); whether it was ours.

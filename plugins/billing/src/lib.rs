@@ -16,7 +16,7 @@ mod ledger;
 pub mod stripe;
 
 use config::Config;
-use ledger::{Completed, Kind, Ledger};
+use ledger::{Check, Completed, Kind, Ledger};
 use plugin_sdk::{
     http::{header, json, query_param, redirect, response},
     models::{Admission, LlmUsage},
@@ -110,12 +110,34 @@ impl BillingRoutes {
         Ok(json(200, &json!({ "redirect_url": url })))
     }
 
-    /// The buyer is back from Stripe: ask Stripe whether it is paid, credit it (once).
+    /// The buyer is back from Stripe: ask Stripe whether it is paid, credit it (once). The
+    /// route is public (Stripe sends the browser here), so Stripe is asked only about this
+    /// server's own unfinished sessions, at most once every few seconds each: anyone else's
+    /// requests cost a database read, never a call to Stripe.
     async fn success(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
         let given = query_param(&request.query, "session_id");
         let Some(id) = stripe_id(given.as_deref()) else {
             return Ok(json(400, &json!({ "error": "session_id is missing or malformed" })));
         };
+        match self.ledger.claim_check(id).await? {
+            Check::Ask => {}
+            Check::Unknown | Check::Cancelled => {
+                return Ok(json(404, &json!({ "error": "no such checkout session here" })))
+            }
+            Check::Completed => {
+                return Ok(redirect(format!("{}/settings/billing?checkout=success", self.base(request))))
+            }
+            Check::Recently => {
+                let wait = ledger::CHECK_EVERY.as_secs();
+                return Ok(response(
+                    429,
+                    vec![("content-type", "application/json".to_owned()), ("retry-after", wait.to_string())],
+                    json!({ "error": format!("this payment was checked a moment ago; try again in {wait} seconds") })
+                        .to_string()
+                        .into_bytes(),
+                ));
+            }
+        }
         let session = self.stripe.session(id).await?;
         if session.payment_status != "paid" {
             return Ok(json(
