@@ -55,6 +55,12 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// The largest request head (request line and headers) accepted; 431 beyond.
     pub max_header_bytes: usize,
+    /// The longest a client may take to send a request's body, once its headers are in.
+    pub body_read_timeout: Duration,
+    /// Open connections at most from one client address (0: no bound).
+    pub max_connections_per_client: usize,
+    /// Stored conversations at most per user (0: no bound).
+    pub max_conversations_per_user: usize,
     /// The git providers' API addresses (`/api/user/*`).
     pub git: crate::git::ApiUrls,
     /// What the host reads of its environment (read once, with the profile).
@@ -153,6 +159,9 @@ const SERVER_KEYS: &[&str] = &[
     "header_read_timeout_ms",
     "max_connections",
     "max_header_bytes",
+    "body_read_timeout_ms",
+    "max_connections_per_client",
+    "max_conversations_per_user",
     "github_api_url",
     "gitlab_api_url",
     "bitbucket_api_url",
@@ -390,6 +399,9 @@ fn parse_server(t: &Table, base: &Path, lookup: env::Lookup<'_>, p: &mut Problem
         header_read_timeout: Duration::from_millis(int("header_read_timeout_ms", 10_000, 100, p) as u64),
         max_connections: int("max_connections", crate::server::default_max_connections() as i64, 1, p) as usize,
         max_header_bytes: int("max_header_bytes", 16 * 1024, 1024, p) as usize,
+        body_read_timeout: Duration::from_millis(int("body_read_timeout_ms", 30_000, 100, p) as u64),
+        max_connections_per_client: int("max_connections_per_client", 256, 0, p) as usize,
+        max_conversations_per_user: int("max_conversations_per_user", 5_000, 0, p) as usize,
         git,
         env: host_env,
     };

@@ -109,3 +109,29 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Item 16: a user's stored conversations are bounded (`max_conversations_per_user`), with
+/// a clear refusal, lifted by deleting one.
+#[tokio::test]
+async fn stored_conversations_are_bounded_per_user() {
+    let llm = FakeLlm::start().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("max_conversations_per_user = 5", MANAGER);
+    let host = d.start();
+    let settings = json!({ "llm_model": "fake-model", "llm_base_url": llm.base_url, "llm_api_key": "sk-test" });
+    assert_eq!(host.post_json("/api/settings", &settings).await.status, 200);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let r = host.post_json("/api/conversations", &json!({})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        ids.push(r.json()["conversation_id"].as_str().unwrap().to_owned());
+    }
+    let refused = host.post_json("/api/conversations", &json!({})).await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert_eq!(refused.json()["msg_id"], "CONVERSATION$TOO_MANY_STORED");
+    assert!(refused.json()["message"].as_str().unwrap().contains("max_conversations_per_user"), "{}", refused.text);
+    let deleted = host.send(host.http.delete(host.url(&format!("/api/conversations/{}", ids[0])))).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text);
+    assert_eq!(host.post_json("/api/conversations", &json!({})).await.status, 200);
+}

@@ -148,6 +148,7 @@ async fn create_conversation(
         return Err(refusal);
     }
     admit_start(state, ctx).await?;
+    within_cap(state, ctx).await?;
     let id = id.unwrap_or_else(new_conversation_id);
     let mut request = start_request(state, ctx, &id).await?;
     if state.registry.get_metadata(ctx.clone(), &id).await?.is_some() {
@@ -176,6 +177,35 @@ async fn create_conversation(
     request.conversation_instructions = body.conversation_instructions;
     let info = state.registry.maybe_start(ctx.clone(), &request).await?;
     Ok((id, info.status))
+}
+
+/// Refuses a new conversation when the user has `[server] max_conversations_per_user`
+/// stored already (counted through the store's search, a page as large as the bound).
+async fn within_cap(state: &AppState, ctx: &CallContext) -> ApiResult<()> {
+    let cap = state.server.max_conversations_per_user;
+    if cap == 0 {
+        return Ok(());
+    }
+    let mut count = 0usize;
+    let mut page: Option<String> = None;
+    loop {
+        let want = (cap - count).clamp(1, 1000) as u32;
+        let found = state.registry.search_conversations(ctx.clone(), page.as_deref(), want).await?;
+        count += found.results.len();
+        if count >= cap {
+            return Err(ApiError::with_msg_id(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "You have {cap} conversations, the most this server keeps per user (max_conversations_per_user); delete some to start new ones"
+                ),
+                "CONVERSATION$TOO_MANY_STORED",
+            ));
+        }
+        match found.next_page_id {
+            Some(next) if !found.results.is_empty() => page = Some(next),
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// `host_calls::StartConversation`, for plugins (integrations start conversations for the
