@@ -40,6 +40,7 @@ pub async fn serve(
         header_read_timeout: config.server.header_read_timeout,
         max_connections: config.server.max_connections,
         max_header_bytes: config.server.max_header_bytes * 4,
+        max_per_client: config.server.max_connections_per_client,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut servers =

@@ -3,7 +3,8 @@
 //! - a deadline for a request's headers, which also closes idle keep-alive connections
 //!   (slowloris, and sockets opened and never used);
 //! - a cap on open connections, kept below the process's file-descriptor limit so the stores,
-//!   the database pool and the plugins always have descriptors left;
+//!   the database pool and the plugins always have descriptors left, and a cap per client
+//!   address, so one client cannot take them all (a connection past it is closed at once);
 //! - a pause after a failed `accept` (out of descriptors), instead of a busy loop;
 //! - a graceful stop: no new connections, each open one finishes its request in flight.
 
@@ -12,7 +13,12 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::{
     net::TcpListener,
     sync::{watch, Semaphore},
@@ -30,6 +36,43 @@ pub struct Limits {
     /// The largest request head hyper reads (the 431 with a JSON body comes from the
     /// router's own, smaller limit).
     pub max_header_bytes: usize,
+    /// Open connections at most from one client address (0: no bound).
+    pub max_per_client: usize,
+}
+
+/// Open connections per client address.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+/// One open connection of a client's, counted until dropped.
+struct ClientSlot {
+    clients: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    /// A slot for a new connection from `ip`, unless it has `max` open already.
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { clients: self.clone(), ip })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.clients.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// The soft limit on open files of this process (`/proc/self/limits`), if it can be read.
@@ -49,6 +92,7 @@ pub fn default_max_connections() -> usize {
 /// their request in flight; returns when the last one closes (the caller bounds the wait).
 pub async fn run(listener: TcpListener, app: Router, limits: Limits, mut stop: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let clients = Arc::new(PerClient::default());
     let mut backoff = Duration::from_millis(5);
     loop {
         let slot = tokio::select! {
@@ -72,12 +116,17 @@ pub async fn run(listener: TcpListener, app: Router, limits: Limits, mut stop: w
             },
             () = stopped(&mut stop) => break,
         };
+        let Some(client_slot) = clients.take(remote.ip(), limits.max_per_client) else {
+            tracing::debug!(%remote, "connection closed: the client has max_connections_per_client open already");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(AddExtension::new(app.clone(), ConnectInfo(remote)));
         let mut stop = stop.clone();
         let limits = limits.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, client_slot);
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)

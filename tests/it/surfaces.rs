@@ -135,3 +135,53 @@ async fn stored_conversations_are_bounded_per_user() {
     assert_eq!(deleted.status, 200, "{}", deleted.text);
     assert_eq!(host.post_json("/api/conversations", &json!({})).await.status, 200);
 }
+
+/// Item 10: a body that stalls after its headers gets a 408 and its connection closed at the
+/// body deadline; one client address holds at most `max_connections_per_client`
+/// connections, so it cannot starve the others (here 127.0.0.2 against 127.0.0.1).
+#[tokio::test]
+async fn stalled_bodies_time_out_and_one_client_cannot_hold_every_connection() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("body_read_timeout_ms = 500\nmax_connections_per_client = 10\nmax_connections = 40", "");
+    let host = d.start();
+    let address: std::net::SocketAddr = host.base.trim_start_matches("http://").parse().unwrap();
+    let from = |ip: &str| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        socket.connect(address)
+    };
+    // Headers complete, then 10 of the 100 bytes announced, then nothing (anonymous, on a
+    // route that reads its body).
+    let mut stalled = from("127.0.0.2").await.unwrap();
+    let head = format!(
+        "POST /api/settings HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"langua"
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut answer)).await.expect("closed").unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 500 ms"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+
+    // 30 idle connections from one address: 10 are kept (until the header deadline), the
+    // others closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..30 {
+        idle.push(from("127.0.0.2").await.unwrap());
+    }
+    let mut closed = 0;
+    for stream in &mut idle {
+        let mut buf = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 20, "connections past the per-client bound are closed");
+    let started = std::time::Instant::now();
+    assert_eq!(host.get("/alive").await.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(2), "/alive took {:?}", started.elapsed());
+}

@@ -7,7 +7,10 @@
 //!   hijacking);
 //! - when bound to loopback, a `Host` that is not this server's (403): a page on another site
 //!   whose name it re-pointed at 127.0.0.1 (DNS rebinding) must not read the API;
-//! - request heads over `[server] max_header_bytes` (431, with a JSON body).
+//! - request heads over `[server] max_header_bytes` (431, with a JSON body);
+//! - a body still arriving `[server] body_read_timeout_ms` after the request began (408,
+//!   and the connection is closed): a client that sends its headers and then stalls would
+//!   otherwise hold a connection, and whatever a handler reserved, for ever.
 //!
 //! Allowed origins: `PERMITTED_CORS_ORIGINS`, `WEB_HOST`, and in OSS mode this server's own
 //! loopback origins (`http://localhost:<port>`, `http://127.0.0.1:<port>`, `http://[::1]:<port>`).
@@ -172,4 +175,57 @@ mod tests {
         }
         assert!(origins(&[], true, false).allows_host("evil.com"), "not checked off loopback");
     }
+}
+
+/// The body read past its deadline (see `body_deadline`).
+#[derive(Debug)]
+struct BodyTimedOut;
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body did not arrive in time")
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
+/// Gives the request body one deadline from the request's start: a read after it fails, and
+/// the answer is a 408 that closes the connection, whatever the handler made of the failure.
+pub(super) async fn body_deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    use axum::body::HttpBody as _;
+    use futures_util::StreamExt as _;
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let limit = state.server.body_read_timeout;
+    let deadline = tokio::time::Instant::now() + limit;
+    let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = timed_out.clone();
+    let (parts, body) = req.into_parts();
+    let stream = futures_util::stream::unfold(Some(body.into_data_stream()), move |state| {
+        let flag = flag.clone();
+        async move {
+            let mut stream = state?;
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(stream))),
+                Ok(Some(Err(e))) => Some((Err(e), None)),
+                Ok(None) => None,
+                Err(_) => {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    Some((Err(axum::Error::new(BodyTimedOut)), None))
+                }
+            }
+        }
+    });
+    let response = next.run(Request::from_parts(parts, axum::body::Body::from_stream(stream))).await;
+    if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+        let mut refused = ApiError::error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {} ms", limit.as_millis()),
+        )
+        .into_response();
+        refused.headers_mut().insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        return refused;
+    }
+    response
 }
