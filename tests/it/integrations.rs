@@ -920,7 +920,11 @@ async fn a_user_installs_a_gitlab_webhook_that_has_its_own_secret() {
     let rotated = gitlab.replace("integrations-master-key-0123456789", "integrations-new-master-key-9876543210");
     let previous = [("OH_PREVIOUS_MASTER_KEYS", "integrations-master-key-0123456789")];
     let (_d2, during) = site.host_with_env(&format!("workers = 0, {rotated}"), &previous).await;
-    let r = gitlab_note(&during, &note, &secret, Some(&id), "u-r1").await;
+    // Each a new note (the same body again would be a duplicate, whatever its id).
+    let again = |n: &str| {
+        String::from_utf8(note.clone()).unwrap().replace("look at this", &format!("look at this {n}")).into_bytes()
+    };
+    let r = gitlab_note(&during, &again("r1"), &secret, Some(&id), "u-r1").await;
     assert_eq!(r.json()["status"], "accepted", "the old key still opens the secret: {}", r.text);
     let report = during
         .send(during.http.post(format!("{}/internal/integrations/rotate-keys", during.admin.as_ref().unwrap())))
@@ -930,7 +934,7 @@ async fn a_user_installs_a_gitlab_webhook_that_has_its_own_secret() {
     assert_ne!(resealed.split('.').nth(1), stored.split('.').nth(1), "sealed with the new key");
     drop(during);
     let (_d3, after) = site.host(&format!("workers = 0, {rotated}")).await;
-    let r = gitlab_note(&after, &note, &secret, Some(&id), "u-r2").await;
+    let r = gitlab_note(&after, &again("r2"), &secret, Some(&id), "u-r2").await;
     assert_eq!(r.json()["status"], "accepted", "only the new key is needed now: {}", r.text);
     drop(after);
 
@@ -1004,4 +1008,36 @@ async fn a_slack_user_links_by_signing_in_with_slack_and_is_told_where_when_unli
     let linked =
         audit(&site.db).await.into_iter().find(|r| r.2 == "linked" && r.3["external_id"] == "U_NEWCOMER").unwrap();
     assert_eq!((&linked.3["external_id"], &linked.3["through"]), (&json!("U_NEWCOMER"), &json!("sign in with Slack")));
+}
+
+/// A signed body replayed under new delivery ids (the id is not signed) is one delivery; a
+/// flood of forged requests neither uses up the rate limit of real deliveries nor writes an
+/// audit row each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_and_forgery_floods_start_nothing_and_crowd_out_nothing() {
+    let site = Site::new().await;
+    let (_d, host) = site.host("rate_limit_per_minute = 20, ").await;
+    site.alice(&host).await;
+    let body = issue_comment("alice-gh", "@OpenHands once, please");
+    let first = github(&host, "gh-replay-0", &body, github_signature(&body)).await;
+    assert_eq!(first.json()["status"], "accepted", "{}", first.text);
+    for i in 1..=3 {
+        let r = github(&host, &format!("gh-replay-{i}"), &body, github_signature(&body)).await;
+        assert_eq!((r.status, r.json()["status"].clone()), (200, json!("duplicate")), "{}", r.text);
+    }
+    let forged = Some(format!("sha256={}", hmac_sha256_hex(b"not-the-secret", &body)));
+    for i in 0..60 {
+        let r = github(&host, &format!("gh-flood-{i}"), &body, forged.clone()).await;
+        assert_eq!(r.status, 403, "{}", r.text);
+    }
+    let other = issue_comment("alice-gh", "@OpenHands and this one too");
+    let real = github(&host, "gh-after-flood", &other, github_signature(&other)).await;
+    assert_eq!((real.status, real.json()["status"].clone()), (200, json!("accepted")), "{}", real.text);
+    wait_for("both answers", || (site.providers.comments().len() == 2).then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(site.providers.comments().len(), 2, "{:#?}", site.providers.comments());
+    let list = host.send(host.http.get(host.url("/api/conversations")).bearer_auth(ALICE)).await.json();
+    assert_eq!(list["results"].as_array().unwrap().len(), 2, "{list}");
+    let refused = audit(&site.db).await.into_iter().filter(|e| e.2 == "refused").count();
+    assert!(refused <= 2, "{refused} audit rows for 60 refusals");
 }

@@ -72,7 +72,11 @@ async fn settings_of_the_wrong_type_or_range_are_refused_and_not_stored() {
         assert!(r.json()["error"].as_str().unwrap().contains(field), "{}", r.text);
     }
     let stored = host.get("/api/settings").await.json();
-    assert_eq!((stored["mcp_config"].clone(), stored["max_iterations"].clone()), (Value::Null, Value::Null), "{stored}");
+    assert_eq!(
+        (stored["mcp_config"].clone(), stored["max_iterations"].clone()),
+        (Value::Null, Value::Null),
+        "{stored}"
+    );
     let good = json!({ "max_iterations": 30, "mcp_config": { "sse_servers": [], "stdio_servers": [] } });
     assert_eq!(host.post_json("/api/settings", &good).await.status, 200);
     assert_eq!(host.get("/api/settings").await.json()["max_iterations"], 30);

@@ -1,5 +1,6 @@
-//! The durable inbox (migration 0012): a verified delivery is stored, deduplicated by the
-//! provider's delivery id, before the provider gets its 2xx; workers claim due deliveries
+//! The durable inbox (migrations 0012, 0015): a verified delivery is stored, deduplicated by
+//! the provider's delivery id and by its body's hash (the id is not signed: a replayed body
+//! under a new id is the same delivery), before the provider gets its 2xx; workers claim due deliveries
 //! (`FOR UPDATE SKIP LOCKED`, with a lease so a worker killed mid-way gives its claim back),
 //! retry failures with backoff, and dead-letter what keeps failing. Every step goes to
 //! `audit_log`.
@@ -8,7 +9,11 @@ use pg_common::{db_error, Database};
 use plugin_sdk::PluginError;
 use serde_json::{json, Value};
 use sqlx::Row;
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 /// How long a claim lasts: a worker that dies holding one frees it after this.
 pub(crate) const LEASE: Duration = Duration::from_secs(60);
@@ -73,25 +78,30 @@ impl Inbox {
         }
     }
 
-    /// Stores a verified delivery; false when this delivery id was stored before (a retry
-    /// by the provider). The answer is durable: committed before it returns.
+    /// Stores a verified delivery; false when this delivery id, or this body (`content`, its
+    /// SHA-256), was stored before (a retry by the provider, or a replay). The answer is
+    /// durable: committed before it returns.
     pub(crate) async fn store(
         &self,
         source: &str,
         delivery_id: &str,
         event: &str,
         payload: &Value,
+        content: &str,
     ) -> Result<bool, PluginError> {
         let pool = self.db.ready().await?;
         let mut tx = pool.begin().await.map_err(db_error)?;
+        // No conflict target: either unique index (the id, or the content) makes it a
+        // duplicate.
         let stored = sqlx::query(
-            "INSERT INTO webhook_deliveries (source, delivery_id, event, payload) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (source, delivery_id) DO NOTHING",
+            "INSERT INTO webhook_deliveries (source, delivery_id, event, payload, content_sha256) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT DO NOTHING",
         )
         .bind(source)
         .bind(delivery_id)
         .bind(event)
         .bind(payload)
+        .bind(content)
         .execute(&mut *tx)
         .await
         .map_err(db_error)?
@@ -292,5 +302,62 @@ mod tests {
             assert!(w >= nominal * 0.75 - 1e-9 && w <= nominal * 1.25 + 1e-9, "attempt {attempt}: {w}");
         }
         assert!(backoff(base, 40) <= Duration::from_secs(4500));
+    }
+}
+
+/// Refused requests, aggregated for `audit_log`: the first of each (source, reason, status)
+/// since the last flush is written at once, the rest are counted and written as one row a
+/// minute (`Refusals::flush`), so a flood of forged requests adds a few rows, not one each.
+#[derive(Default)]
+pub(crate) struct Refusals(Mutex<HashMap<(String, String, u16), u64>>);
+
+/// How often counted refusals are written.
+pub(crate) const REFUSALS_EVERY: Duration = Duration::from_secs(60);
+
+impl Refusals {
+    /// Counts one; true when it is the first of its kind since the last flush (write it).
+    pub(crate) fn note(&self, source: &str, reason: &str, status: u16) -> bool {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry((source.to_owned(), reason.to_owned(), status)).or_insert(0);
+        *n += 1;
+        *n == 1
+    }
+
+    /// The refusals counted since the last call and not written yet: (source, reason,
+    /// status, how many).
+    pub(crate) fn take(&self) -> Vec<(String, String, u16, u64)> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        counts
+            .drain()
+            .filter(|(_, n)| *n > 1)
+            .map(|((source, reason, status), n)| (source, reason, status, n - 1))
+            .collect()
+    }
+
+    /// Writes what `take` gives, one row per kind.
+    pub(crate) async fn flush(&self, inbox: &Inbox) {
+        for (source, reason, status, count) in self.take() {
+            let detail = json!({ "reason": reason, "status": status, "count": count, "aggregated": true,
+                                 "window_secs": REFUSALS_EVERY.as_secs() });
+            inbox.audit(&source, None, "refused", detail).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::Refusals;
+
+    #[test]
+    fn the_first_refusal_of_a_kind_is_written_and_the_rest_counted() {
+        let r = Refusals::default();
+        assert!(r.note("github", "signature does not match", 403));
+        for _ in 0..649 {
+            assert!(!r.note("github", "signature does not match", 403));
+        }
+        assert!(r.note("github", "signature missing", 401));
+        assert_eq!(r.take(), vec![("github".to_owned(), "signature does not match".to_owned(), 403, 649)]);
+        assert!(r.take().is_empty());
+        assert!(r.note("github", "signature does not match", 403), "a new window");
     }
 }

@@ -54,6 +54,8 @@ pub struct Integrations {
     /// Slack users linking themselves by signing in with Slack (when its OAuth app is set).
     slack_link: Option<Arc<slack_link::SlackLink>>,
     limiter: ratelimit::Limiter,
+    /// Refused requests, audited in aggregate.
+    refusals: Arc<inbox::Refusals>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -170,6 +172,7 @@ impl Integrations {
             answers: tokio::sync::Notify::new(),
         });
         let limiter = ratelimit::Limiter::new(&c.redis_url(), c.redis_key_prefix.clone(), c.rate_limit_per_minute)?;
+        let refusals = Arc::new(inbox::Refusals::default());
         // Inbox workers (two by default: one slow provider call does not hold the rest) and
         // the one that posts answers.
         // None at all when no source is enabled: the plugin then only serves its routes.
@@ -180,9 +183,25 @@ impl Integrations {
             if workers > 0 {
                 tasks.push(tokio::spawn(hub.clone().callbacks()));
             }
+            let (hub, refusals) = (hub.clone(), refusals.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(inbox::REFUSALS_EVERY).await;
+                    refusals.flush(&hub.inbox).await;
+                }
+            }));
             tasks
         });
-        Ok(Integrations { config: c, hub, workspaces, gitlab_hooks, slack_link, limiter, tasks: Mutex::new(tasks) })
+        Ok(Integrations {
+            config: c,
+            hub,
+            workspaces,
+            gitlab_hooks,
+            slack_link,
+            limiter,
+            refusals,
+            tasks: Mutex::new(tasks),
+        })
     }
 
     fn source(&self, name: &str) -> &config::Source {
@@ -252,14 +271,6 @@ impl Integrations {
     }
 
     async fn receive(&self, source: &str, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
-        if let Some(retry_after) = self.limiter.over(source).await {
-            self.hub.inbox.audit(source, None, "refused", json!({ "reason": "rate limited" })).await;
-            return Ok(json_with(
-                429,
-                &json!({ "error": format!("too many {source} deliveries; retry in {retry_after} s") }),
-                vec![("retry-after", retry_after.to_string())],
-            ));
-        }
         // Jira and Linear deliveries are signed with their workspace's secret, when it is a
         // registered one: the body names it (read only for that, before it is trusted).
         let mut workspace = None;
@@ -292,11 +303,25 @@ impl Integrations {
                     ["x-github-delivery", "x-gitlab-event-uuid", "x-atlassian-webhook-identifier", "linear-delivery"]
                         .iter()
                         .find_map(|h| header(request, h));
-                tracing::warn!(source, reason, "webhook delivery refused");
-                self.hub.inbox.audit(source, delivery, "refused", json!({ "reason": reason, "status": status })).await;
+                // Counted apart from verified deliveries (a flood of forged requests does not
+                // use up the rate limit of real ones), and audited in aggregate.
+                if self.refusals.note(source, &reason, status) {
+                    tracing::warn!(source, reason, "webhook delivery refused");
+                    let detail = json!({ "reason": reason, "status": status });
+                    self.hub.inbox.audit(source, delivery, "refused", detail).await;
+                }
                 return Ok(json(status, &json!({ "error": format!("{source} delivery refused: {reason}") })));
             }
         };
+        // The rate limit counts verified deliveries only.
+        if let Some(retry_after) = self.limiter.over(source).await {
+            self.hub.inbox.audit(source, Some(&v.delivery_id), "refused", json!({ "reason": "rate limited" })).await;
+            return Ok(json_with(
+                429,
+                &json!({ "error": format!("too many {source} deliveries; retry in {retry_after} s") }),
+                vec![("retry-after", retry_after.to_string())],
+            ));
+        }
         if let Some(ws) = workspace.filter(|ws| !ws.active()) {
             let detail = json!({ "reason": "workspace inactive", "workspace": ws.name });
             self.hub.inbox.audit(source, Some(&v.delivery_id), "ignored", detail).await;
@@ -309,7 +334,8 @@ impl Integrations {
             self.hub.inbox.audit(source, None, "url_verification", json!({})).await;
             return Ok(json(200, &json!({ "challenge": v.payload["challenge"] })));
         }
-        let stored = self.hub.inbox.store(source, &v.delivery_id, &v.event, &v.payload).await?;
+        let content = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&request.body));
+        let stored = self.hub.inbox.store(source, &v.delivery_id, &v.event, &v.payload, &content).await?;
         if stored {
             self.hub.wake.notify_one();
         }
@@ -508,6 +534,7 @@ impl plugin_sdk::RouteHandler for Integrations {
         for task in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             task.abort();
         }
+        self.refusals.flush(&self.hub.inbox).await;
     }
 }
 

@@ -1,5 +1,5 @@
-//! Deliveries per source per minute, counted in Redis (one counter per source and minute,
-//! shared by every host). Fail-open: without Redis, deliveries are taken (and the failure
+//! Verified deliveries per source per minute (refused requests are counted apart, in the
+//! audit log: a flood of forged ones cannot crowd real ones out), counted in Redis (one counter per source and minute,
 //! logged), since refusing them would lose nothing less than taking them would.
 
 use plugin_sdk::PluginError;
