@@ -1,6 +1,8 @@
 //! Verified deliveries per source per minute (refused requests are counted apart, in the
-//! audit log: a flood of forged ones cannot crowd real ones out), counted in Redis (one counter per source and minute,
-//! logged), since refusing them would lose nothing less than taking them would.
+//! audit log, so a flood of forged ones cannot crowd real ones out), counted in Redis (one
+//! counter per source and minute, shared by every host). Fail-open: without Redis, deliveries
+//! are taken (and the failure logged), since refusing them would lose nothing less than
+//! taking them would.
 
 use plugin_sdk::PluginError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
