@@ -34,7 +34,8 @@ pub struct ManagerConfig {
     /// sandbox per command), or `local` (a shell of the host's user in the conversation's
     /// workspace, no isolation; SaaS mode refuses it).
     pub runtime: Option<String>,
-    /// bubblewrap: the sandbox may use the network (default: no network at all).
+    /// bubblewrap: the sandbox may use the network (default: no network at all). It is the
+    /// host's network, loopback services included: SaaS mode refuses it.
     pub sandbox_network: bool,
     /// bubblewrap: CPU seconds a command may use.
     pub sandbox_cpu_secs: u64,
@@ -137,7 +138,17 @@ impl ManagerConfig {
                 }
                 crate::runtime::Isolation::Local
             }
+            "bubblewrap" if self.sandbox_network && app_mode == "saas" => {
+                return Err(plugin_sdk::PluginError::invalid_config(
+                    "sandbox_network = true shares the host's network with the sandbox (its loopback services, such as PostgreSQL and Redis, and its abstract Unix sockets); SaaS mode refuses it (leave sandbox_network out)",
+                ))
+            }
             "bubblewrap" => {
+                if self.sandbox_network {
+                    tracing::warn!(
+                        "sandbox_network = true: the sandbox shares the host's network, loopback services and abstract Unix sockets included"
+                    );
+                }
                 sandbox::bwrap::works()
                     .map_err(|e| plugin_sdk::PluginError::invalid_config(format!("runtime = \"bubblewrap\": {e}")))?;
                 let policy = sandbox::bwrap::Policy {
