@@ -216,3 +216,61 @@ fn system_dirs() -> Vec<String> {
     }
     a
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same boundary when the host is not root: run as `nobody` (when the tests run as
+    /// root; else as the tests' own unprivileged user). Host files are world-readable here,
+    /// so only the sandbox's view hides them.
+    #[tokio::test]
+    async fn an_unprivileged_host_gets_the_same_view_environment_and_bounds() {
+        works().expect("bubblewrap (apt-get install bubblewrap)");
+        use std::os::unix::fs::PermissionsExt as _;
+        let state = tempfile::tempdir_in("/var/tmp").unwrap();
+        std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let secret = state.path().join("settings.json");
+        std::fs::write(&secret, "host secret").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let ws = state.path().join("workspaces").join("c0ffee");
+        std::fs::create_dir_all(&ws).unwrap();
+        std::fs::set_permissions(&ws, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let policy = Policy {
+            network: false,
+            cpu_secs: 10,
+            memory_mb: 512,
+            max_processes: 0,
+            tmp_mb: 8,
+            file_mb: 4,
+            read_only: Vec::new(),
+            cgroups: false,
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let script = format!(
+            "id -u; env | cut -d= -f1 | sort | tr '\\n' ' '; echo; cat {secret} 2>&1; ls /root /run 2>&1; \
+             (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo net-reached || echo net-blocked; \
+             head -c 16M /dev/zero > /tmp/fill 2>&1 || echo tmp-full; head -c 8M /dev/zero > big 2>&1; echo fsize:$?",
+            secret = secret.display(),
+            port = listener.local_addr().unwrap().port(),
+        );
+        let mut prepared = policy.prepare(&ws, true, &[], &["bash", "-c", &script]).unwrap();
+        let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+        if root {
+            prepared.command.uid(65534).gid(65534);
+        }
+        let out = prepared.command.output().await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let mut lines = text.lines();
+        let uid: u32 = lines.next().unwrap().trim().parse().unwrap();
+        assert!(!root || uid == 65534, "{text}");
+        let env: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        for key in env {
+            assert!(["HOME", "LANG", "PATH", "PWD", "SHLVL", "TERM", "_"].contains(&key), "{key}: {text}");
+        }
+        assert!(!text.contains("host secret") && text.contains("No such file"), "{text}");
+        assert!(text.contains("net-blocked") && text.contains("tmp-full"), "{text}");
+        assert!(!text.contains("fsize:0"), "{text}");
+        assert!(std::fs::metadata(ws.join("big")).unwrap().len() <= 4 << 20);
+    }
+}
