@@ -266,7 +266,10 @@ async fn the_microagent_page_lists_its_conversations_without_closed_pull_request
         assert_eq!(r.status, 200, "{}", r.text);
         ids.push(r.json()["conversation_id"].as_str().unwrap().to_owned());
     }
-    // The agent opened pull requests from two of them: 1 (open) and 2 (merged since).
+    // The agent opened pull requests from two of them: 1 (open) and 2 (merged since),
+    // written into their files while the server is down (no route sets them); the restarted
+    // server's first search finds the files changed and re-reads them.
+    host.stop();
     for (id, pr) in [(&ids[0], 1), (&ids[1], 2)] {
         let path = oh_e2e::files_containing(&d.state_dir(), id)
             .into_iter()
@@ -276,6 +279,7 @@ async fn the_microagent_page_lists_its_conversations_without_closed_pull_request
         m["pr_number"] = json!([pr]);
         std::fs::write(&path, m.to_string()).unwrap();
     }
+    let host = d.start();
     let listed = host.get("/api/microagent-management/conversations?selected_repository=octo/repo-0").await;
     assert_eq!(listed.status, 200, "{}", listed.text);
     let mut got: Vec<String> = listed.json()["results"]
