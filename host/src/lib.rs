@@ -3,6 +3,7 @@
 //! `main` is thin: [`cli::main`] parses arguments, then [`serve`] does the work, so tests and
 //! embedders can drive the server in-process too.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod env;
@@ -35,7 +36,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let public_addr = listeners.public.local_addr()?;
     let state = http::AppState::new(registry.clone(), config.server.clone(), public_addr);
-    http::serve_plugin_starts(&state);
+    // Plugins' host calls reach the application through a weak link: it must outlive the
+    // routers, until the plugins have shut down (a manager stores its final events then).
+    let app = state.app.clone();
     let limits = server::Limits {
         header_read_timeout: config.server.header_read_timeout,
         max_connections: config.server.max_connections,
@@ -57,6 +60,7 @@ pub async fn serve(
         tracing::warn!("requests still in flight after {} ms; closing them", deadline.as_millis());
     }
     registry.shutdown(deadline).await;
+    drop(app);
     tracing::info!("stopped");
     Ok(())
 }

@@ -23,7 +23,7 @@ pub(crate) async fn authenticate(
 ) -> Result<(Principal, HeaderMap), ApiError> {
     let ctx = call_context(&Principal::anonymous(), request_id, &state.server);
     let input = AuthInput { method, uri, headers, remote };
-    let outcome = state.registry.authenticate(ctx, input).await?;
+    let outcome = state.app.registry().authenticate(ctx, input).await?;
     let principal = Principal { user_id: outcome.user_id, email: outcome.email, auth_type: outcome.auth_type };
     Ok((principal, outcome.response_headers))
 }

@@ -7,7 +7,7 @@
 //! internal causes (paths, panics) are logged where they happen, never sent. Start-up and CLI
 //! errors are plain messages that name the file, the key and the fix.
 
-use crate::registry::CallError;
+use crate::{app::AppError, registry::CallError};
 use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
@@ -145,6 +145,47 @@ impl From<CallError> for ApiError {
     fn from(e: CallError) -> Self {
         let origin = format!("the {} plugin ({}::{})", e.point, e.library, e.implementation);
         Self::from_plugin(&e.error, &origin)
+    }
+}
+
+/// OpenHands' message id of a refusal, which its web client shows by id.
+pub fn msg_id(e: &AppError) -> Option<&'static str> {
+    match e {
+        AppError::SettingsNotFound => Some("CONFIGURATION$SETTINGS_NOT_FOUND"),
+        AppError::NoLlmKey => Some("STATUS$ERROR_LLM_AUTHENTICATION"),
+        AppError::PaymentRequired(_) => Some("STATUS$ERROR_LLM_OUT_OF_CREDITS"),
+        AppError::Maintenance { .. } => Some("MAINTENANCE$IN_PROGRESS"),
+        AppError::TooManyStored { .. } => Some("CONVERSATION$TOO_MANY_STORED"),
+        _ => None,
+    }
+}
+
+/// Each refusal of the application layer as OpenHands answers it.
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        let message = e.to_string();
+        let id = msg_id(&e).unwrap_or_default();
+        match e {
+            AppError::Plugin(e) | AppError::StartFailed(e) => e.into(),
+            AppError::SettingsNotFound | AppError::NoLlmKey => {
+                ApiError::with_msg_id(StatusCode::BAD_REQUEST, &message, id)
+            }
+            AppError::PaymentRequired(_) => ApiError::with_msg_id(StatusCode::PAYMENT_REQUIRED, &message, id),
+            AppError::TooManyStored { .. } => ApiError::with_msg_id(StatusCode::FORBIDDEN, &message, id),
+            AppError::Maintenance { retry_after_secs, .. } => {
+                let mut refusal = ApiError::with_msg_id(StatusCode::SERVICE_UNAVAILABLE, &message, id);
+                refusal.headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                refusal
+            }
+            AppError::NoManager => ApiError::error(StatusCode::NOT_IMPLEMENTED, message),
+            AppError::ConversationExists(_) | AppError::SettingsContended => {
+                ApiError::error(StatusCode::CONFLICT, message)
+            }
+            AppError::SecretNotFound(name) => ApiError::secret_not_found(&name),
+            AppError::SecretExists(name) => ApiError::secret_exists(&name),
+            AppError::Forbidden(_) => ApiError::error(StatusCode::FORBIDDEN, message),
+            AppError::Invalid(_) => ApiError::bad_request(message),
+        }
     }
 }
 

@@ -117,27 +117,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ConversationId {
     }
 }
 
-/// 400 for ids longer than 100 characters, with NUL, `..`, `/`, `\` or control characters.
+/// 400 for ids longer than 100 characters, with NUL, `..`, `/`, `\` or control characters
+/// (`app::check_conversation_id`).
 pub fn validate_conversation_id(id: &str) -> Result<(), ApiError> {
-    let reason = if id.is_empty() {
-        Some("empty")
-    } else if id.chars().count() > 100 {
-        Some("longer than 100 characters")
-    } else if id.contains('\0') {
-        Some("contains a NUL byte")
-    } else if id.contains("..") {
-        Some("contains `..`")
-    } else if id.contains('/') || id.contains('\\') {
-        Some("contains a path separator")
-    } else if id.chars().any(char::is_control) {
-        Some("contains control characters")
-    } else {
-        None
-    };
-    match reason {
-        Some(r) => Err(ApiError::bad_request(format!("invalid conversation ID: {r}"))),
-        None => Ok(()),
-    }
+    crate::app::check_conversation_id(id).map_err(|e| e.into())
 }
 
 /// A secret name/id from the path.

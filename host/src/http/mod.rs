@@ -1,20 +1,18 @@
 //! The HTTP surface: routers (public and operators'), shared state, middleware.
 //!
 //! Middleware order, outermost first: CORS → origin guard (Host, Origin) → header size →
-//! cache control → request id → body limit → (socket.io) → auth gate → route. Every plugin is
-//! reached through `Registry`.
+//! cache control → request id → body deadline → body limit → (socket.io) → auth gate → route.
+//! Handlers parse, call the application layer (`app::App`) and render its answer.
 
 mod auth;
-mod documents;
 pub mod error;
 pub mod extract;
 mod guard;
 pub mod plugin_routes;
 mod routes;
 pub mod socket;
-mod start;
 
-use crate::{config::ServerConfig, registry::Registry};
+use crate::{app::App, config::ServerConfig, registry::Registry};
 use axum::{
     extract::{DefaultBodyLimit, Request},
     http::{header, HeaderName, HeaderValue, StatusCode},
@@ -31,37 +29,20 @@ use tracing::Instrument;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub registry: Arc<Registry>,
+    pub app: Arc<App>,
     pub server: Arc<ServerConfig>,
-    locks: Arc<documents::UserLocks>,
     origins: Arc<guard::Origins>,
 }
 
 impl AppState {
     /// `public` is the address the public listener is bound to (its port is what a browser's
-    /// `Origin` and `Host` name).
+    /// `Origin` and `Host` name). Makes the application over `registry` (which then serves
+    /// plugins' host calls).
     pub fn new(registry: Arc<Registry>, server: ServerConfig, public: SocketAddr) -> Self {
         let origins = Arc::new(guard::Origins::new(&server, public));
-        Self { registry, server: Arc::new(server), locks: Arc::default(), origins }
+        let server = Arc::new(server);
+        Self { app: App::new(registry, server.clone()), server, origins }
     }
-}
-
-/// Lets plugins start conversations (`host_calls::StartConversation`) the way
-/// `POST /api/conversations` does. The registry keeps a weak link (it outlives no server).
-pub fn serve_plugin_starts(state: &AppState) {
-    let registry = Arc::downgrade(&state.registry);
-    let (server, locks, origins) = (state.server.clone(), state.locks.clone(), state.origins.clone());
-    state.registry.set_launcher(Box::new(move |ctx, request| {
-        let registry = registry.upgrade();
-        let (server, locks, origins) = (server.clone(), locks.clone(), origins.clone());
-        Box::pin(async move {
-            let Some(registry) = registry else {
-                return Err(plugin_api::PluginError::unavailable("the server is stopping"));
-            };
-            let state = AppState { registry, server, locks, origins };
-            routes::launch(&state, ctx, request).await
-        })
-    }));
 }
 
 /// The authenticated caller, set by the auth gate.
@@ -92,14 +73,14 @@ pub fn call_context(principal: &Principal, request_id: &RequestId, server: &Serv
 /// The operators' routes, for the admin listener: what is loaded, counters, details of health.
 pub fn admin_router(state: AppState) -> Router {
     // Plugins' operators' routes (`/internal/...`), checked with the others before binding.
-    let mounted = plugin_routes::collect(&state.registry).unwrap_or_default();
+    let mounted = plugin_routes::collect(&state.app.registry()).unwrap_or_default();
     plugin_routes::mount_operators(&mounted, routes::admin()).fallback(not_found).with_state(state)
 }
 
 /// The public application.
 pub fn router(state: AppState) -> Router {
     let max_body = state.server.max_body_bytes;
-    let mounted = plugin_routes::collect(&state.registry).unwrap_or_else(|problems| {
+    let mounted = plugin_routes::collect(&state.app.registry()).unwrap_or_else(|problems| {
         // `oh-host` checks these before binding; an embedder calling `router` directly
         // gets the host's routes without the plugin's.
         tracing::error!(?problems, "plugin routes not mounted");

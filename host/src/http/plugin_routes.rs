@@ -160,7 +160,7 @@ async fn forward(State(state): State<AppState>, instance: usize, req: Request) -
         Err(_) => return ApiError::error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response(),
     };
     let ctx = call_context(&principal, &request_id, &state.server);
-    match state.registry.handle_route(instance, ctx, &parts.method, &parts.uri, &parts.headers, body).await {
+    match state.app.registry().handle_route(instance, ctx, &parts.method, &parts.uri, &parts.headers, body).await {
         Ok(response) => response,
         Err(e) => ApiError::from(e).into_response(),
     }

@@ -10,9 +10,8 @@
 //! (and legacy `oh_action`s) go to the conversation manager in order, even those sent just
 //! before a disconnect; a disconnect only unsubscribes: the agent keeps running.
 
-use super::{
-    auth::authenticate, call_context, extract::validate_conversation_id, start::start_request, AppState, RequestId,
-};
+use super::{auth::authenticate, call_context, error::msg_id, extract::validate_conversation_id, AppState, RequestId};
+use crate::app::AppError;
 use axum::http::{HeaderMap, Method, Uri};
 use plugin_api::{CallContext, EventQuery};
 use serde_json::{json, Value};
@@ -111,12 +110,12 @@ async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
         })?;
     let ctx = call_context(&principal, &request_id, &state.server);
     // The conversation store is scoped by user: another user's conversation does not exist.
-    match state.registry.get_metadata(ctx.clone(), &conversation_id).await {
+    match state.app.registry().get_metadata(ctx.clone(), &conversation_id).await {
         Ok(Some(_)) => {}
         Ok(None) => return Err(format!("conversation {conversation_id} not found")),
         Err(e) => return Err(format!("cannot check the conversation: {}", e.error.message)),
     }
-    match state.registry.load_settings(ctx.clone()).await {
+    match state.app.registry().load_settings(ctx.clone()).await {
         Ok(Some(_)) => {}
         Ok(None) => return Err("Settings not found".to_owned()),
         Err(e) => return Err(format!("cannot load settings: {}", e.error.message)),
@@ -152,17 +151,15 @@ async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
                 f.abort();
             }
             if let Some(id) = subscription {
-                let _ = state.registry.unsubscribe(ctx, id).await;
+                let _ = state.app.registry().unsubscribe(ctx, id).await;
             }
             // Gone before its connect handler ran (socketioxide may then never run it): what
             // the client sent is delivered all the same, to a running loop.
             let Some(conn) = s.extensions.get::<Connection>() else { return };
             let Some(queued) = lock(&conn.queued).take() else { return };
             let sid = conn.conversation_id.clone();
-            if let Ok(request) = start_request(&state, &conn.ctx, &sid).await {
-                if let Err(e) = state.registry.maybe_start(conn.ctx.clone(), &request).await {
-                    tracing::warn!(conversation_id = %sid, error = %e, "cannot start the conversation for a gone socket's actions");
-                }
+            if let Err(e) = state.app.start_conversation(&conn.ctx, &sid).await {
+                tracing::warn!(conversation_id = %sid, error = %e, "cannot start the conversation for a gone socket's actions");
             }
             let gone = Arc::new(tokio::sync::Notify::new());
             gone.notify_one();
@@ -220,7 +217,7 @@ async fn on_connect(state: AppState, s: SocketRef) {
 
     let Some(queued) = lock(&conn.queued).take() else { return };
     let (cleanup, disconnected) = (conn.cleanup.clone(), conn.disconnected.clone());
-    let registry = &state.registry;
+    let registry = &state.app.registry();
 
     // Subscribe before replaying, so nothing falls between the two.
     let (tx, mut live) = mpsc::unbounded_channel::<String>();
@@ -243,17 +240,21 @@ async fn on_connect(state: AppState, s: SocketRef) {
 
     // Join: start the agent loop if it is not running (OpenHands' join_conversation), before
     // the queued actions are delivered, so they find it running.
-    match start_request(&state, &conn.ctx, &sid).await {
-        Ok(request) => {
-            if let Err(e) = registry.maybe_start(conn.ctx.clone(), &request).await {
-                let _ = s.emit("oh_event", &error_event(&e.error.message));
-            }
+    match state.app.start_conversation(&conn.ctx, &sid).await {
+        Ok(_) => {}
+        Err(AppError::StartFailed(e)) => {
+            let _ = s.emit("oh_event", &error_event(&e.error.message));
         }
         Err(e) => {
-            let message = e.body["message"].as_str().unwrap_or("cannot start the conversation").to_owned();
+            // A plugin's failure is logged where it happened; its internals are not sent.
+            let message = if matches!(e, AppError::Plugin(_)) {
+                "cannot start the conversation".to_owned()
+            } else {
+                e.to_string()
+            };
             let _ = s.emit(
                 "oh_event",
-                &json!({ "status_update": true, "type": "error", "id": e.body["msg_id"], "message": message }),
+                &json!({ "status_update": true, "type": "error", "id": msg_id(&e), "message": message }),
             );
         }
     }
@@ -381,7 +382,7 @@ async fn send_action(state: &AppState, conn: &Connection, s: &SocketRef, (event,
     if let Some(t) = &trace {
         ctx.traceparent = t.traceparent().into();
     }
-    let sent = state.registry.send_event(ctx, &conn.conversation_id, &event).await;
+    let sent = state.app.registry().send_event(ctx, &conn.conversation_id, &event).await;
     if let (Some(t), Err(e)) = (trace.as_mut(), &sent) {
         t.error(e.error.message.as_str());
     }

@@ -20,7 +20,7 @@ use plugin_api::{
     HostServicesObject, HostServices_TO, MonitoringObject, PResult, RouteSpec, RoutesObject, SecretsStoreObject,
     SettingsStoreObject, UserAuthObject,
 };
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 
 /// One instance: the stable-ABI object (reached only by the registry's typed calls) and what
 /// the host knows about it.
@@ -210,7 +210,7 @@ impl Registry {
             return Err(LoadErrors(problems));
         }
         let mut libraries: Vec<Library> = Vec::new();
-        let slot: Arc<OnceLock<Weak<Registry>>> = Arc::new(OnceLock::new());
+        let handler: super::services::HandlerSlot = Arc::new(OnceLock::new());
         let (mut settings, mut secrets, mut conversations, mut manager, mut auth) = (None, None, None, None, None);
         let (mut monitoring, mut routes) = (Vec::new(), Vec::new());
 
@@ -228,7 +228,7 @@ impl Registry {
             }
             let services = HostServices_TO::from_value(
                 Services {
-                    registry: slot.clone(),
+                    handler: handler.clone(),
                     app_mode: config.server.app_mode,
                     state_dir: config.server.state_dir.clone(),
                     runtime: runtime.clone(),
@@ -292,9 +292,8 @@ impl Registry {
             monitoring,
             routes,
             declared,
-            launcher: std::sync::OnceLock::new(),
+            host_calls: handler,
         });
-        let _ = slot.set(Arc::downgrade(&registry));
         Ok(registry)
     }
 }

@@ -20,6 +20,7 @@ mod services;
 pub use build::LoadErrors;
 pub use call::{CallError, Meta, Stats};
 pub use convert::AuthInput;
+pub use services::HostCallHandler;
 
 use crate::{config::AppMode, loader::Library};
 use abi_stable::{
@@ -55,20 +56,9 @@ pub struct Registry {
     routes: Vec<Instance<RoutesObject>>,
     /// What each `routes` instance declared when it was built, by instance.
     declared: Vec<Vec<DeclaredRoute>>,
-    /// How a plugin's `StartConversation` is served: the HTTP layer's conversation creation,
-    /// set when the server starts (`set_launcher`).
-    launcher: std::sync::OnceLock<Launcher>,
+    /// Where plugins' host calls go (the application layer, once it exists).
+    host_calls: services::HandlerSlot,
 }
-
-/// The HTTP layer's conversation creation, for plugins (`host_calls::StartConversation`).
-pub type Launcher = Box<
-    dyn Fn(
-            CallContext,
-            plugin_api::host_calls::StartConversation,
-        ) -> futures_util::future::BoxFuture<'static, Result<String, PluginError>>
-        + Send
-        + Sync,
->;
 
 /// A route a `routes` instance serves (as declared; `http::plugin_routes` validates it).
 #[derive(Clone, Debug)]
@@ -441,20 +431,9 @@ impl Registry {
         m.meta.call("unsubscribe", m.obj.unsubscribe(ctx, subscription)).await
     }
 
-    /// Sets how plugins' `StartConversation` is served (once; later calls are ignored).
-    pub fn set_launcher(&self, launcher: Launcher) {
-        let _ = self.launcher.set(launcher);
-    }
-
-    pub(crate) async fn launch(
-        &self,
-        ctx: CallContext,
-        request: plugin_api::host_calls::StartConversation,
-    ) -> Result<String, PluginError> {
-        match self.launcher.get() {
-            Some(launch) => launch(ctx, request).await,
-            None => Err(PluginError::unavailable("conversations cannot be started yet: the server is starting")),
-        }
+    /// Sends plugins' host calls to `handler` from now on (once; later calls are ignored).
+    pub fn serve_host_calls(&self, handler: std::sync::Weak<dyn HostCallHandler>) {
+        let _ = self.host_calls.set(handler);
     }
 
     // ---- monitoring (sync hooks: they must not block; see plugin-api) ----

@@ -22,14 +22,14 @@ pub(super) async fn health() -> Json<&'static str> {
 /// `{"status": "unavailable"}`: what a load balancer needs, nothing about what is inside
 /// (`/internal/ready` on the admin listener names the failing instances).
 pub(super) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let ok = state.registry.health().await.iter().all(|(_, r)| r.is_ok());
+    let ok = state.app.registry().health().await.iter().all(|(_, r)| r.is_ok());
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({ "status": if ok { "ready" } else { "unavailable" } })))
 }
 
 /// 200 when every instance's `health` answers, else 503 naming the failing ones.
 pub(super) async fn ready_detail(State(state): State<AppState>) -> impl IntoResponse {
-    let results = state.registry.health().await;
+    let results = state.app.registry().health().await;
     let ok = results.iter().all(|(_, r)| r.is_ok());
     let plugins: Vec<Value> = results
         .iter()
@@ -61,7 +61,7 @@ fn stats(m: &Meta) -> Value {
 
 /// What is loaded: libraries (file, hash, versions) and instances (health, counters).
 pub(super) async fn plugins(State(state): State<AppState>) -> Json<Value> {
-    let r = &state.registry;
+    let r = &state.app.registry();
     let health = r.health().await;
     let libraries: Vec<Value> = r
         .libraries()
@@ -105,7 +105,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     ];
     for (name, help, get) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for m in state.registry.metas() {
+        for m in state.app.registry().metas() {
             let _ = writeln!(
                 out,
                 "{name}{{extension_point=\"{}\",library=\"{}\",implementation=\"{}\"}} {}",
@@ -125,7 +125,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
 /// relay lag); 404 with a reason when the manager is not a clustered one.
 pub(super) async fn cluster(State(state): State<AppState>) -> impl IntoResponse {
     let ctx = plugin_api::CallContext::new("internal-cluster", None, 0);
-    match state.registry.manager_admin(ctx, "cluster", &serde_json::json!({})).await {
+    match state.app.registry().manager_admin(ctx, "cluster", &serde_json::json!({})).await {
         Some(Ok(report)) => (StatusCode::OK, Json(report)),
         Some(Err(e)) if e.error.code == plugin_api::ErrorCode::UNIMPLEMENTED => (
             StatusCode::NOT_FOUND,

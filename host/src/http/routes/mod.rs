@@ -1,7 +1,6 @@
 //! One module per resource; handlers are thin.
 
 mod agents;
-pub(super) use agents::launch;
 mod conversations;
 mod health;
 mod options;
@@ -59,5 +58,5 @@ async fn conversation(
     id: &str,
     missing: impl FnOnce() -> ApiError,
 ) -> ApiResult<ConversationMetadata> {
-    state.registry.get_metadata(caller.ctx.clone(), id).await?.ok_or_else(missing)
+    state.app.registry().get_metadata(caller.ctx.clone(), id).await?.ok_or_else(missing)
 }

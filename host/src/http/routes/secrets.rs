@@ -44,17 +44,20 @@ async fn add_git_providers(
     if let Some(provider) = body.provider_tokens.keys().find(|p| !PROVIDERS.contains(&p.as_str())) {
         return Err(ApiError::unprocessable(format!("unknown provider `{provider}`; known: {}", PROVIDERS.join(", "))));
     }
-    state.change_secrets(&caller, SecretsChange::SetProviderTokens { provider_tokens: body.provider_tokens }).await?;
+    state
+        .app
+        .change_secrets(&caller.ctx, SecretsChange::SetProviderTokens { provider_tokens: body.provider_tokens })
+        .await?;
     Ok(Json(json!({ "message": "Git providers stored" })))
 }
 
 async fn unset_provider_tokens(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    state.change_secrets(&caller, SecretsChange::UnsetProviderTokens).await?;
+    state.app.change_secrets(&caller.ctx, SecretsChange::UnsetProviderTokens).await?;
     Ok(Json(json!({ "message": "Unset Git provider tokens" })))
 }
 
 async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    let secrets = state.registry.load_secrets(caller.ctx).await?.unwrap_or_default();
+    let secrets = state.app.registry().load_secrets(caller.ctx).await?.unwrap_or_default();
     let items: Vec<Value> = secrets
         .custom_secrets
         .iter()
@@ -80,7 +83,7 @@ async fn create(
     validate_secret_name(&body.name)?;
     let description = body.description.unwrap_or_default();
     let change = SecretsChange::CreateCustomSecret { name: body.name, secret: body.value, description };
-    state.change_secrets(&caller, change).await?;
+    state.app.change_secrets(&caller.ctx, change).await?;
     Ok((StatusCode::CREATED, Json(json!({ "message": "Secret created successfully" }))))
 }
 
@@ -101,12 +104,13 @@ async fn update(
     validate_secret_name(&body.name)?;
     let description = body.description.unwrap_or_default();
     state
-        .change_secrets(&caller, SecretsChange::UpdateCustomSecret { name: id, new_name: body.name, description })
+        .app
+        .change_secrets(&caller.ctx, SecretsChange::UpdateCustomSecret { name: id, new_name: body.name, description })
         .await?;
     Ok(Json(json!({ "message": "Secret updated successfully" })))
 }
 
 async fn remove(State(state): State<AppState>, caller: Caller, SecretId(id): SecretId) -> ApiResult<Json<Value>> {
-    state.change_secrets(&caller, SecretsChange::DeleteCustomSecret { name: id }).await?;
+    state.app.change_secrets(&caller.ctx, SecretsChange::DeleteCustomSecret { name: id }).await?;
     Ok(Json(json!({ "message": "Secret deleted successfully" })))
 }

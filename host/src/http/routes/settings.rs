@@ -1,9 +1,12 @@
 //! `/api/settings` (OpenHands §9.4): secret fields never leave the server.
 
-use crate::http::{
-    error::{ApiError, ApiResult},
-    extract::{Caller, JsonBody},
-    AppState,
+use crate::{
+    app::{AppError, AppResult},
+    http::{
+        error::{ApiError, ApiResult},
+        extract::{Caller, JsonBody},
+        AppState,
+    },
 };
 use axum::{
     extract::State,
@@ -45,18 +48,14 @@ pub(crate) fn settings_view(settings: &Settings, secrets: Option<&Secrets>) -> V
 }
 
 async fn load(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    let registry = &state.registry;
-    let (settings, secrets, brokered) = tokio::join!(
-        state.settings_or_saas_default(&caller.ctx),
-        registry.load_secrets(caller.ctx.clone()),
-        registry.provider_tokens(caller.ctx.clone())
-    );
+    let app = &state.app;
+    let (settings, secrets) = tokio::join!(app.settings_or_saas_default(&caller.ctx), app.load_secrets(&caller.ctx));
     let Some(settings) = settings? else {
         return Err(ApiError::not_found("Settings not found"));
     };
     let mut secrets = secrets?;
-    // Tokens the auth system brokers (Keycloak in SaaS) are the ones that count.
-    if let Some(tokens) = brokered? {
+    let tokens = app.effective_tokens(&caller.ctx, secrets.as_ref()).await?;
+    if secrets.is_some() || !tokens.is_empty() {
         secrets.get_or_insert_with(Default::default).provider_tokens = tokens;
     }
     Ok(Json(settings_view(&settings, secrets.as_ref())))
@@ -75,7 +74,8 @@ async fn store(
     settings.normalize();
     let hide_llm_settings = state.server.env.hide_llm_settings;
     state
-        .update_settings(&caller, |stored| {
+        .app
+        .update_settings(&caller.ctx, |stored| {
             if hide_llm_settings {
                 refuse_llm_changes(&settings, stored.as_ref())?;
             }
@@ -134,7 +134,7 @@ const MAX_ITERATIONS: i64 = 10_000;
 /// With `HIDE_LLM_SETTINGS` the deployment chooses the LLM: a posted LLM field that differs
 /// from the stored one is refused (403). The web client posts them back unchanged (the key
 /// as `null`), which passes.
-fn refuse_llm_changes(posted: &Settings, stored: Option<&Settings>) -> ApiResult<()> {
+fn refuse_llm_changes(posted: &Settings, stored: Option<&Settings>) -> AppResult<()> {
     let changed = |field: &str, new: &Option<String>, old: Option<&Option<String>>| {
         new.as_ref().is_some_and(|v| Some(v) != old.and_then(Option::as_ref)).then(|| field.to_owned())
     };
@@ -149,13 +149,10 @@ fn refuse_llm_changes(posted: &Settings, stored: Option<&Settings>) -> ApiResult
     if changes.is_empty() {
         return Ok(());
     }
-    Err(ApiError::error(
-        StatusCode::FORBIDDEN,
-        format!(
-            "LLM settings are managed by this deployment (HIDE_LLM_SETTINGS); cannot change {}",
-            changes.join(", ")
-        ),
-    ))
+    Err(AppError::Forbidden(format!(
+        "LLM settings are managed by this deployment (HIDE_LLM_SETTINGS); cannot change {}",
+        changes.join(", ")
+    )))
 }
 
 async fn reset() -> ApiError {

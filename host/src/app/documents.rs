@@ -1,17 +1,13 @@
-//! Writes of a user's Settings and Secrets, in one place, safe with several hosts on one
+//! A user's documents: writes of Settings and Secrets, in one place, safe with several hosts on one
 //! store: settings by optimistic concurrency (load a version, store if it is still that
 //! version, else load again), secrets by one change at a time that the store applies
 //! atomically. A store without versions or changes gets a read-modify-write under a lock of
-//! this process only (logged once: such a store is not safe with several hosts).
+//! this process only (logged once: such a store is not safe with several hosts). And the
+//! git provider tokens that count (`effective_tokens`), decided here once.
 
-use super::{
-    error::{ApiError, ApiResult},
-    extract::Caller,
-    AppState,
-};
-use axum::http::StatusCode;
+use super::{App, AppError, AppResult};
 use plugin_api::{
-    models::{Secrets, SecretsChange, Settings},
+    models::{ProviderTokens, Secrets, SecretsChange, Settings},
     CallContext, ErrorCode,
 };
 use std::{
@@ -26,7 +22,7 @@ const SETTINGS_RETRY_FOR: Duration = Duration::from_secs(3);
 
 /// Striped locks for the fallback path: one of a fixed set per user, so memory does not grow
 /// with the users seen.
-pub(super) struct UserLocks([tokio::sync::Mutex<()>; 64]);
+pub(crate) struct UserLocks([tokio::sync::Mutex<()>; 64]);
 
 impl Default for UserLocks {
     fn default() -> Self {
@@ -63,11 +59,11 @@ async fn backoff(attempt: u32) {
 /// OpenHands SaaS' default model when `LITELLM_DEFAULT_MODEL` is unset.
 const SAAS_DEFAULT_MODEL: &str = "litellm_proxy/claude-sonnet-4-20250514";
 
-impl AppState {
+impl App {
     /// The user's Settings. As OpenHands SaaS: in SaaS mode with the deployment's LLM proxy
     /// (`LITE_LLM_API_URL`), a signed-in user who has none gets default settings (the proxy
     /// and its default model), stored unless another request stored some first.
-    pub(crate) async fn settings_or_saas_default(&self, ctx: &CallContext) -> ApiResult<Option<Settings>> {
+    pub async fn settings_or_saas_default(&self, ctx: &CallContext) -> AppResult<Option<Settings>> {
         if let Some(settings) = self.registry.load_settings(ctx.clone()).await? {
             return Ok(Some(settings));
         }
@@ -99,27 +95,27 @@ impl AppState {
     /// Replaces the caller's Settings with what `change` makes of the stored ones (`None` when
     /// there are none yet). `change` may run more than once: when another writer stored in
     /// between, it runs again on what that writer stored.
-    pub(super) async fn update_settings(
+    pub async fn update_settings(
         &self,
-        caller: &Caller,
-        mut change: impl FnMut(Option<Settings>) -> ApiResult<Settings>,
-    ) -> ApiResult<()> {
+        ctx: &CallContext,
+        mut change: impl FnMut(Option<Settings>) -> AppResult<Settings>,
+    ) -> AppResult<()> {
         static WARNED: AtomicBool = AtomicBool::new(false);
         // Writers in this process take turns (no conflict among them); the version check
         // settles races with other hosts.
-        let _turn = self.locks.of(caller.principal.user_id.as_deref()).lock().await;
+        let _turn = self.locks.of(ctx.user_id()).lock().await;
         let started = std::time::Instant::now();
         let mut attempt = 0;
         while started.elapsed() < SETTINGS_RETRY_FOR {
-            let loaded = self.registry.load_settings_versioned(caller.ctx.clone()).await;
+            let loaded = self.registry.load_settings_versioned(ctx.clone()).await;
             if unimplemented(&loaded) {
                 warn_once(&WARNED, "settings");
-                return self.update_settings_unversioned(caller, change).await;
+                return self.update_settings_unversioned(ctx, change).await;
             }
             let loaded = loaded?;
             let expected = loaded.as_ref().map_or(0, |v| v.version);
             let settings = change(loaded.map(|v| v.settings))?;
-            match self.registry.store_settings_versioned(caller.ctx.clone(), &settings, expected).await {
+            match self.registry.store_settings_versioned(ctx.clone(), &settings, expected).await {
                 Ok(_) => return Ok(()),
                 Err(e) if e.error.code == ErrorCode::CONFLICT => {
                     attempt += 1;
@@ -128,33 +124,33 @@ impl AppState {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ApiError::error(StatusCode::CONFLICT, "the settings are being changed by others; try again"))
+        Err(AppError::SettingsContended)
     }
 
     /// For a store without versions: this process's writers take turns (the caller holds
     /// the user's lock); other hosts on the same store may still overwrite each other.
     async fn update_settings_unversioned(
         &self,
-        caller: &Caller,
-        mut change: impl FnMut(Option<Settings>) -> ApiResult<Settings>,
-    ) -> ApiResult<()> {
-        let stored = self.registry.load_settings(caller.ctx.clone()).await?;
+        ctx: &CallContext,
+        mut change: impl FnMut(Option<Settings>) -> AppResult<Settings>,
+    ) -> AppResult<()> {
+        let stored = self.registry.load_settings(ctx.clone()).await?;
         let settings = change(stored)?;
-        self.registry.store_settings(caller.ctx.clone(), &settings).await?;
+        self.registry.store_settings(ctx.clone(), &settings).await?;
         Ok(())
     }
 
     /// Applies one change to the caller's secrets. `NOT_FOUND` and `ALREADY_EXISTS` from the
-    /// store become OpenHands' answers for the named secret.
-    pub(super) async fn change_secrets(&self, caller: &Caller, change: SecretsChange) -> ApiResult<()> {
+    /// store become `SecretNotFound` and `SecretExists` for the named secret.
+    pub async fn change_secrets(&self, ctx: &CallContext, change: SecretsChange) -> AppResult<()> {
         static WARNED: AtomicBool = AtomicBool::new(false);
-        let result = self.registry.update_secrets(caller.ctx.clone(), &change).await;
+        let result = self.registry.update_secrets(ctx.clone(), &change).await;
         let result = if unimplemented(&result) {
             warn_once(&WARNED, "secrets");
-            let _guard = self.locks.of(caller.principal.user_id.as_deref()).lock().await;
-            let mut secrets: Secrets = self.registry.load_secrets(caller.ctx.clone()).await?.unwrap_or_default();
+            let _guard = self.locks.of(ctx.user_id()).lock().await;
+            let mut secrets: Secrets = self.registry.load_secrets(ctx.clone()).await?.unwrap_or_default();
             match change.apply(&mut secrets) {
-                Ok(()) => self.registry.store_secrets(caller.ctx.clone(), &secrets).await.map_err(ApiError::from),
+                Ok(()) => self.registry.store_secrets(ctx.clone(), &secrets).await.map_err(AppError::from),
                 Err(e) => Err(secret_error(&change, e.code)),
             }
         } else {
@@ -167,8 +163,23 @@ impl AppState {
     }
 }
 
-/// OpenHands' answers for a secret that is missing (404) or already there (400).
-fn secret_error(change: &SecretsChange, code: ErrorCode) -> ApiError {
+impl App {
+    /// The caller's git provider tokens as everything uses them: those the auth system
+    /// brokers (Keycloak in SaaS) win over the ones in the secrets store, as in OpenHands.
+    /// `secrets`: the caller's, when already loaded.
+    pub async fn effective_tokens(&self, ctx: &CallContext, secrets: Option<&Secrets>) -> AppResult<ProviderTokens> {
+        if let Some(brokered) = self.registry.provider_tokens(ctx.clone()).await? {
+            return Ok(brokered);
+        }
+        Ok(match secrets {
+            Some(s) => s.provider_tokens.clone(),
+            None => self.registry.load_secrets(ctx.clone()).await?.unwrap_or_default().provider_tokens,
+        })
+    }
+}
+
+/// The named secret is missing, or already there.
+fn secret_error(change: &SecretsChange, code: ErrorCode) -> AppError {
     let (name, new_name) = match change {
         SecretsChange::CreateCustomSecret { name, .. } | SecretsChange::DeleteCustomSecret { name } => {
             (name.as_str(), name.as_str())
@@ -177,8 +188,15 @@ fn secret_error(change: &SecretsChange, code: ErrorCode) -> ApiError {
         _ => ("", ""),
     };
     if code == ErrorCode::ALREADY_EXISTS {
-        ApiError::secret_exists(new_name)
+        AppError::SecretExists(new_name.to_owned())
     } else {
-        ApiError::secret_not_found(name)
+        AppError::SecretNotFound(name.to_owned())
+    }
+}
+
+impl App {
+    /// The caller's Secrets, as stored.
+    pub async fn load_secrets(&self, ctx: &CallContext) -> AppResult<Option<Secrets>> {
+        Ok(self.registry.load_secrets(ctx.clone()).await?)
     }
 }
