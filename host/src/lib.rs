@@ -35,10 +35,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let public_addr = listeners.public.local_addr()?;
-    let state = http::AppState::new(registry.clone(), config.server.clone(), public_addr);
     // Plugins' host calls reach the application through a weak link: it must outlive the
     // routers, until the plugins have shut down (a manager stores its final events then).
-    let app = state.app.clone();
+    let app = app::App::new(registry.clone(), Arc::new(config.server.clone()));
+    let state = http::AppState::new(app.clone(), public_addr);
     let limits = server::Limits {
         header_read_timeout: config.server.header_read_timeout,
         max_connections: config.server.max_connections,

@@ -12,7 +12,11 @@ mod conversations;
 mod documents;
 mod error;
 mod host_calls;
+mod stores;
 
+/// The registry's types the doors handle (a sign-in's input and answer, a plugin call's
+/// failure), so that they need not reach into the registry.
+pub use crate::registry::{AuthInput, Authenticated, CallError};
 pub use conversations::{check_conversation_id, NewConversation, Started};
 pub use error::{AppError, AppResult};
 
@@ -43,5 +47,9 @@ impl App {
 
     pub fn server(&self) -> &ServerConfig {
         &self.server
+    }
+
+    pub fn server_arc(&self) -> Arc<ServerConfig> {
+        self.server.clone()
     }
 }

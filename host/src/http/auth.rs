@@ -1,8 +1,8 @@
 //! Authentication, written once: the auth gate in front of the API routes and the socket.io
-//! handshake both call [`authenticate`], which asks `user_auth` through the registry.
+//! handshake both call [`authenticate`], which asks `user_auth` through the application layer.
 
 use super::{call_context, error::ApiError, AppState, Principal, RequestId};
-use crate::registry::AuthInput;
+use crate::app::AuthInput;
 use axum::{
     extract::{ConnectInfo, Request, State},
     http::{HeaderMap, Method, Uri},
@@ -23,7 +23,7 @@ pub(crate) async fn authenticate(
 ) -> Result<(Principal, HeaderMap), ApiError> {
     let ctx = call_context(&Principal::anonymous(), request_id, &state.server);
     let input = AuthInput { method, uri, headers, remote };
-    let outcome = state.app.registry().authenticate(ctx, input).await?;
+    let outcome = state.app.authenticate(ctx, input).await?;
     let principal = Principal { user_id: outcome.user_id, email: outcome.email, auth_type: outcome.auth_type };
     Ok((principal, outcome.response_headers))
 }

@@ -1,13 +1,14 @@
 //! The one HTTP error type: a status, a JSON body, and headers a plugin asked for.
 //!
-//! Error handling in the host: plugin calls fail with a `registry::CallError` (which plugin,
-//! which method, the plugin's `PluginError`); handlers return [`ApiResult`] and `?` turns a
-//! `CallError` into an [`ApiError`] with the status of its code. Where OpenHands clients read
+//! Error handling in the host: the application layer fails with an `app::AppError` (a plugin
+//! call's `CallError`: which plugin, which method, the plugin's `PluginError`; or a refusal of
+//! its own); handlers return [`ApiResult`] and `?` renders it once, here: a plugin error with
+//! the status of its code, a refusal as OpenHands answers it. Where OpenHands clients read
 //! a route's error body, the body has OpenHands' shape, built by a named constructor below;
 //! internal causes (paths, panics) are logged where they happen, never sent. Start-up and CLI
 //! errors are plain messages that name the file, the key and the fix.
 
-use crate::{app::AppError, registry::CallError};
+use crate::app::{AppError, CallError};
 use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},

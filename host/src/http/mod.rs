@@ -12,7 +12,7 @@ pub mod plugin_routes;
 mod routes;
 pub mod socket;
 
-use crate::{app::App, config::ServerConfig, registry::Registry};
+use crate::{app::App, config::ServerConfig};
 use axum::{
     extract::{DefaultBodyLimit, Request},
     http::{header, HeaderName, HeaderValue, StatusCode},
@@ -36,12 +36,10 @@ pub struct AppState {
 
 impl AppState {
     /// `public` is the address the public listener is bound to (its port is what a browser's
-    /// `Origin` and `Host` name). Makes the application over `registry` (which then serves
-    /// plugins' host calls).
-    pub fn new(registry: Arc<Registry>, server: ServerConfig, public: SocketAddr) -> Self {
-        let origins = Arc::new(guard::Origins::new(&server, public));
-        let server = Arc::new(server);
-        Self { app: App::new(registry, server.clone()), server, origins }
+    /// `Origin` and `Host` name).
+    pub fn new(app: Arc<App>, public: SocketAddr) -> Self {
+        let origins = Arc::new(guard::Origins::new(app.server(), public));
+        Self { server: app.server_arc(), app, origins }
     }
 }
 
@@ -73,14 +71,14 @@ pub fn call_context(principal: &Principal, request_id: &RequestId, server: &Serv
 /// The operators' routes, for the admin listener: what is loaded, counters, details of health.
 pub fn admin_router(state: AppState) -> Router {
     // Plugins' operators' routes (`/internal/...`), checked with the others before binding.
-    let mounted = plugin_routes::collect(&state.app.registry()).unwrap_or_default();
+    let mounted = plugin_routes::collect_for(&state.app).unwrap_or_default();
     plugin_routes::mount_operators(&mounted, routes::admin()).fallback(not_found).with_state(state)
 }
 
 /// The public application.
 pub fn router(state: AppState) -> Router {
     let max_body = state.server.max_body_bytes;
-    let mounted = plugin_routes::collect(&state.app.registry()).unwrap_or_else(|problems| {
+    let mounted = plugin_routes::collect_for(&state.app).unwrap_or_else(|problems| {
         // `oh-host` checks these before binding; an embedder calling `router` directly
         // gets the host's routes without the plugin's.
         tracing::error!(?problems, "plugin routes not mounted");

@@ -5,7 +5,7 @@
 //! one), without user authentication, like the host's own `/internal/*`.
 
 use super::{call_context, error::ApiError, AppState, Principal, RequestId};
-use crate::registry::Registry;
+use crate::{app::App, registry::Registry};
 use axum::{
     body::to_bytes,
     extract::{Request, State},
@@ -44,6 +44,11 @@ const HOST_PREFIXES: &[&str] = &[
     "/api/unset-provider-tokens",
     "/api/reset-settings",
 ];
+
+/// `collect` for the application's plugins.
+pub(super) fn collect_for(app: &App) -> Result<Vec<Mounted>, Vec<String>> {
+    collect(app.registry())
+}
 
 /// Checks every plugin's declared routes: all problems at once, before binding.
 pub fn collect(registry: &Registry) -> Result<Vec<Mounted>, Vec<String>> {

@@ -110,15 +110,15 @@ async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
         })?;
     let ctx = call_context(&principal, &request_id, &state.server);
     // The conversation store is scoped by user: another user's conversation does not exist.
-    match state.app.registry().get_metadata(ctx.clone(), &conversation_id).await {
+    match state.app.conversation(&ctx, &conversation_id).await {
         Ok(Some(_)) => {}
         Ok(None) => return Err(format!("conversation {conversation_id} not found")),
-        Err(e) => return Err(format!("cannot check the conversation: {}", e.error.message)),
+        Err(e) => return Err(format!("cannot check the conversation: {}", e.plugin_message().unwrap_or("failed"))),
     }
-    match state.app.registry().load_settings(ctx.clone()).await {
+    match state.app.load_settings(&ctx).await {
         Ok(Some(_)) => {}
         Ok(None) => return Err("Settings not found".to_owned()),
-        Err(e) => return Err(format!("cannot load settings: {}", e.error.message)),
+        Err(e) => return Err(format!("cannot load settings: {}", e.plugin_message().unwrap_or("failed"))),
     }
     // The event handlers, now: socketioxide acknowledges the connection when this middleware
     // returns and only then spawns the connect handler, so an action sent right after
@@ -151,7 +151,7 @@ async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
                 f.abort();
             }
             if let Some(id) = subscription {
-                let _ = state.app.registry().unsubscribe(ctx, id).await;
+                let _ = state.app.unsubscribe(&ctx, id).await;
             }
             // Gone before its connect handler ran (socketioxide may then never run it): what
             // the client sent is delivered all the same, to a running loop.
@@ -217,11 +217,11 @@ async fn on_connect(state: AppState, s: SocketRef) {
 
     let Some(queued) = lock(&conn.queued).take() else { return };
     let (cleanup, disconnected) = (conn.cleanup.clone(), conn.disconnected.clone());
-    let registry = &state.app.registry();
+    let app = &state.app;
 
     // Subscribe before replaying, so nothing falls between the two.
     let (tx, mut live) = mpsc::unbounded_channel::<String>();
-    match registry.subscribe(conn.ctx.clone(), &sid, tx).await {
+    match app.subscribe(&conn.ctx, &sid, tx).await {
         Ok(id) => {
             let gone = {
                 let mut c = lock(&cleanup);
@@ -229,12 +229,12 @@ async fn on_connect(state: AppState, s: SocketRef) {
                 c.gone
             };
             if gone {
-                let _ = registry.unsubscribe(conn.ctx.clone(), id).await;
+                let _ = app.unsubscribe(&conn.ctx, id).await;
             }
         }
         Err(e) => {
             tracing::warn!(conversation_id = %sid, error = %e, "cannot subscribe to live events");
-            let _ = s.emit("oh_event", &error_event(&e.error.message));
+            let _ = s.emit("oh_event", &error_event(e.plugin_message().unwrap_or("cannot subscribe")));
         }
     }
 
@@ -269,10 +269,10 @@ async fn on_connect(state: AppState, s: SocketRef) {
     let mut next = conn.latest_event_id.map_or(0, |n| n.saturating_add(1));
     let mut last_replayed = conn.latest_event_id;
     loop {
-        let page = match registry.get_events(conn.ctx.clone(), &sid, EventQuery::new(next, None, false, 100)).await {
+        let page = match app.events(&conn.ctx, &sid, EventQuery::new(next, None, false, 100)).await {
             Ok(p) => p,
             Err(e) => {
-                let _ = s.emit("oh_event", &error_event(&e.error.message));
+                let _ = s.emit("oh_event", &error_event(e.plugin_message().unwrap_or("cannot read the events")));
                 break;
             }
         };
@@ -382,16 +382,17 @@ async fn send_action(state: &AppState, conn: &Connection, s: &SocketRef, (event,
     if let Some(t) = &trace {
         ctx.traceparent = t.traceparent().into();
     }
-    let sent = state.app.registry().send_event(ctx, &conn.conversation_id, &event).await;
+    let sent = state.app.send_event(ctx, &conn.conversation_id, &event).await;
     if let (Some(t), Err(e)) = (trace.as_mut(), &sent) {
-        t.error(e.error.message.as_str());
+        t.error(e.plugin_message().unwrap_or("failed"));
     }
     drop(trace);
     match sent {
         Ok(()) => answer(true, None),
         Err(e) => {
-            let _ = s.emit("oh_event", &error_event(&e.error.message));
-            answer(false, Some(&e.error.message));
+            let message = e.plugin_message().unwrap_or("failed").to_owned();
+            let _ = s.emit("oh_event", &error_event(&message));
+            answer(false, Some(&message));
         }
     }
 }

@@ -113,7 +113,7 @@ async fn stop(
     ConversationId(id): ConversationId,
 ) -> ApiResult<Json<Value>> {
     conversation(&state, &caller, &id, || ApiError::conversation_missing(&id)).await?;
-    let stopped = state.app.registry().close_conversation(caller.ctx, &id).await?;
+    let stopped = state.app.stop_conversation(&caller.ctx, &id).await?;
     let message = if stopped { "Conversation stopped successfully" } else { "Conversation was not running" };
     Ok(Json(json!({ "status": "ok", "conversation_id": id, "message": message, "conversation_status": "STOPPED" })))
 }
@@ -122,14 +122,15 @@ async fn stop(
 /// stored it; 429 with `Retry-After` when too many wait for the agent.
 async fn deliver(state: &AppState, caller: Caller, id: &str, event: Value) -> ApiResult<Json<Value>> {
     conversation(state, &caller, id, ApiError::conversation_not_found).await?;
-    match state.app.registry().send_event(caller.ctx, id, &event).await {
+    match state.app.send_event(caller.ctx, id, &event).await {
         Ok(()) => Ok(Json(json!({ "success": true }))),
-        Err(e) => {
+        Err(AppError::Plugin(e)) => {
             let mut error =
                 ApiError::new(status_of(e.error.code), json!({ "success": false, "error": e.error.message.as_str() }));
             error.headers = detail_headers(&e.error.details_json);
             Err(error)
         }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -141,8 +141,7 @@ async fn search_stored(
     }
     let page = state
         .app
-        .registry()
-        .search_conversations(caller.ctx.clone(), store_page_id(q.page_id.as_deref()).as_deref(), q.limit as u32)
+        .search_conversations(&caller.ctx, store_page_id(q.page_id.as_deref()).as_deref(), q.limit as u32)
         .await?;
     let oldest = chrono::Utc::now() - chrono::Duration::from_std(state.server.conversation_max_age).unwrap_or_default();
     let kept: Vec<ConversationMetadata> = page
@@ -160,8 +159,7 @@ async fn infos(state: &AppState, caller: Caller, kept: &[ConversationMetadata]) 
     let ids: Vec<String> = kept.iter().map(|m| m.conversation_id.clone()).collect();
     let running: HashMap<String, (String, Option<String>)> = state
         .app
-        .registry()
-        .running(caller.ctx, &ids)
+        .running(&caller.ctx, &ids)
         .await?
         .into_iter()
         .map(|l| (l.conversation_id, (l.status, l.runtime_status)))
@@ -181,10 +179,10 @@ async fn get_one(
     caller: Caller,
     ConversationId(id): ConversationId,
 ) -> ApiResult<Json<Value>> {
-    let Some(m) = state.app.registry().get_metadata(caller.ctx.clone(), &id).await? else {
+    let Some(m) = state.app.conversation(&caller.ctx, &id).await? else {
         return Ok(Json(Value::Null));
     };
-    let live = state.app.registry().running(caller.ctx, std::slice::from_ref(&id)).await?;
+    let live = state.app.running(&caller.ctx, std::slice::from_ref(&id)).await?;
     let live = live.iter().find(|l| l.conversation_id == id);
     Ok(Json(info(&m, live.map(|l| l.status.as_str()), live.and_then(|l| l.runtime_status.as_deref()))))
 }
@@ -217,7 +215,7 @@ async fn rename(
     }
     m.title = Some(title);
     m.last_updated_at = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-    state.app.registry().save_metadata(caller.ctx, &m).await?;
+    state.app.save_conversation(&caller.ctx, &m).await?;
     Ok(Json(true))
 }
 
@@ -228,11 +226,10 @@ async fn delete(
     caller: Caller,
     ConversationId(id): ConversationId,
 ) -> ApiResult<Json<bool>> {
-    if state.app.registry().get_metadata(caller.ctx.clone(), &id).await?.is_none() {
+    if state.app.conversation(&caller.ctx, &id).await?.is_none() {
         return Ok(Json(false));
     }
-    state.app.registry().close_conversation(caller.ctx.clone(), &id).await?;
-    Ok(Json(state.app.registry().delete_metadata(caller.ctx, &id).await?))
+    Ok(Json(state.app.delete_conversation(&caller.ctx, &id).await?))
 }
 
 #[derive(Deserialize)]
@@ -265,7 +262,7 @@ async fn events(
 ) -> ApiResult<Json<Value>> {
     let query = event_query(&q)?;
     conversation(&state, &caller, &id, ApiError::conversation_not_found).await?;
-    let page = state.app.registry().get_events(caller.ctx, &id, query).await?;
+    let page = state.app.events(&caller.ctx, &id, query).await?;
     Ok(Json(json!({ "events": page.events, "has_more": page.has_more })))
 }
 

@@ -58,5 +58,5 @@ async fn conversation(
     id: &str,
     missing: impl FnOnce() -> ApiError,
 ) -> ApiResult<ConversationMetadata> {
-    state.app.registry().get_metadata(caller.ctx.clone(), id).await?.ok_or_else(missing)
+    state.app.conversation(&caller.ctx, id).await?.ok_or_else(missing)
 }

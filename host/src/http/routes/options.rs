@@ -15,7 +15,7 @@ const OPENHANDS_POSTHOG_KEY: &str = "phc_3ESMmY9SgqEAGBB6sMGK5ayYHkeUuknH2vP6FmW
 pub(super) async fn config(State(state): State<AppState>) -> Json<Value> {
     let env = &state.server.env;
     let mut config = json!({
-        "APP_MODE": state.app.registry().app_mode().as_str(),
+        "APP_MODE": state.app.app_mode().as_str(),
         "GITHUB_CLIENT_ID": env.github_app_client_id.clone().unwrap_or_default(),
         "POSTHOG_CLIENT_KEY": env.posthog_client_key.clone().unwrap_or_else(|| OPENHANDS_POSTHOG_KEY.to_owned()),
         "FEATURE_FLAGS": {
@@ -23,7 +23,7 @@ pub(super) async fn config(State(state): State<AppState>) -> Json<Value> {
             "HIDE_LLM_SETTINGS": env.hide_llm_settings,
         },
     });
-    if state.app.registry().app_mode() == AppMode::Saas {
+    if state.app.app_mode() == AppMode::Saas {
         config["APP_SLUG"] = json!(env.github_app_slug);
         config["STRIPE_PUBLISHABLE_KEY"] = json!(env.stripe_publishable_key.clone().unwrap_or_default());
         config["FEATURE_FLAGS"]["ENABLE_JIRA"] = json!(env.enable_jira);
@@ -95,7 +95,7 @@ pub(super) async fn models(State(state): State<AppState>, parts: Parts) -> Json<
     let env = &state.server.env;
     let mut models: BTreeSet<String> = KNOWN_MODELS.iter().map(|m| m.to_string()).collect();
     models.extend(env.litellm_default_model.clone());
-    if state.app.registry().app_mode() == AppMode::Saas {
+    if state.app.app_mode() == AppMode::Saas {
         if let Some(url) = &env.lite_llm_api_url {
             models.extend(proxy_models(url, env.lite_llm_api_key.as_deref()).await);
         }
@@ -107,7 +107,7 @@ pub(super) async fn models(State(state): State<AppState>, parts: Parts) -> Json<
         authenticate(&state, &request_id, &parts.method, &parts.uri, &parts.headers, remote).await
     {
         let ctx = call_context(&principal, &request_id, &state.server);
-        if let Ok(Some(settings)) = state.app.registry().load_settings(ctx).await {
+        if let Ok(Some(settings)) = state.app.load_settings(&ctx).await {
             models.extend(settings.llm_model.filter(|m| !m.trim().is_empty()));
         }
     }

@@ -57,7 +57,7 @@ async fn unset_provider_tokens(State(state): State<AppState>, caller: Caller) ->
 }
 
 async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    let secrets = state.app.registry().load_secrets(caller.ctx).await?.unwrap_or_default();
+    let secrets = state.app.load_secrets(&caller.ctx).await?.unwrap_or_default();
     let items: Vec<Value> = secrets
         .custom_secrets
         .iter()

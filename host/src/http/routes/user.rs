@@ -53,11 +53,8 @@ fn provider_error(e: GitError) -> ApiError {
 
 /// The caller's provider APIs, one per provider with a token, in OpenHands' order.
 async fn apis(state: &AppState, caller: &Caller) -> ApiResult<Vec<Api>> {
-    let tokens = match state.app.registry().provider_tokens(caller.ctx.clone()).await? {
-        Some(brokered) => brokered,
-        None => state.app.registry().load_secrets(caller.ctx.clone()).await?.unwrap_or_default().provider_tokens,
-    };
-    let saas = state.app.registry().app_mode() == AppMode::Saas;
+    let tokens = state.app.effective_tokens(&caller.ctx, None).await?;
+    let saas = state.app.app_mode() == AppMode::Saas;
     let mut apis = Vec::new();
     for provider in Provider::ALL {
         let Some(token) = tokens.get(provider.name()) else { continue };

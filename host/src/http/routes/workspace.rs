@@ -24,10 +24,7 @@ use sandbox::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{path::Path, sync::Arc};
 
 pub(super) fn routes() -> Router<AppState> {
     let base = "/api/conversations/{id}";
@@ -104,10 +101,7 @@ struct PathQuery {
 /// anywhere).
 async fn workspace(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Option<Arc<Confined>>> {
     exists(state, caller, id).await?;
-    let answer =
-        state.app.registry().manager_admin(caller.ctx.clone(), "workspace", &json!({ "conversation_id": id })).await;
-    let Some(Ok(v)) = answer else { return Ok(None) };
-    let Some(path) = v["path"].as_str().map(PathBuf::from) else { return Ok(None) };
+    let Some(path) = state.app.workspace_of(&caller.ctx, id).await else { return Ok(None) };
     Ok(blocking(move || Confined::open(&path)).await.ok().map(Arc::new))
 }
 
@@ -378,7 +372,7 @@ async fn trajectory(
     let mut events = Vec::new();
     loop {
         let query = EventQuery::new(events.len() as u64, None, false, 1000);
-        let page = state.app.registry().get_events(caller.ctx.clone(), &id, query).await?;
+        let page = state.app.events(&caller.ctx, &id, query).await?;
         let more = page.has_more && !page.events.is_empty();
         events.extend(page.events);
         if !more {
@@ -430,7 +424,7 @@ async fn submit_feedback(
         "version": body.version,
         "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
     }));
-    state.app.registry().save_metadata(caller.ctx, &metadata).await?;
+    state.app.save_conversation(&caller.ctx, &metadata).await?;
     Ok(Json(json!({
         "statusCode": 200,
         "body": { "message": "Feedback stored", "feedback_id": feedback_id, "password": "" },

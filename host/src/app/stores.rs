@@ -1,0 +1,106 @@
+//! What the doors read and do that is one plugin call: conversations, their events, the
+//! running loops, sign-in. Each is the registry's typed call with its error as `AppError`.
+
+use super::{App, AppError, AppResult};
+use crate::{
+    config::AppMode,
+    registry::{AuthInput, Authenticated},
+};
+use plugin_api::{
+    models::{AgentLoopInfo, ConversationMetadata, ConversationMetadataResultSet, EventPage, Settings},
+    CallContext, EventQuery,
+};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+impl App {
+    pub fn app_mode(&self) -> AppMode {
+        self.registry.app_mode()
+    }
+
+    /// Who the request's credentials name (the user-auth plugin).
+    pub async fn authenticate(&self, ctx: CallContext, input: AuthInput<'_>) -> AppResult<Authenticated> {
+        Ok(self.registry.authenticate(ctx, input).await?)
+    }
+
+    /// The caller's Settings, as stored.
+    pub async fn load_settings(&self, ctx: &CallContext) -> AppResult<Option<Settings>> {
+        Ok(self.registry.load_settings(ctx.clone()).await?)
+    }
+
+    /// The caller's conversation `id` (another user's does not exist for them).
+    pub async fn conversation(&self, ctx: &CallContext, id: &str) -> AppResult<Option<ConversationMetadata>> {
+        Ok(self.registry.get_metadata(ctx.clone(), id).await?)
+    }
+
+    pub async fn save_conversation(&self, ctx: &CallContext, m: &ConversationMetadata) -> AppResult<()> {
+        Ok(self.registry.save_metadata(ctx.clone(), m).await?)
+    }
+
+    /// Stops the conversation's loop (its last event stored), then deletes it.
+    pub async fn delete_conversation(&self, ctx: &CallContext, id: &str) -> AppResult<bool> {
+        self.registry.close_conversation(ctx.clone(), id).await?;
+        Ok(self.registry.delete_metadata(ctx.clone(), id).await?)
+    }
+
+    pub async fn search_conversations(
+        &self,
+        ctx: &CallContext,
+        page_id: Option<&str>,
+        limit: u32,
+    ) -> AppResult<ConversationMetadataResultSet> {
+        Ok(self.registry.search_conversations(ctx.clone(), page_id, limit).await?)
+    }
+
+    /// The loops of `ids` that run.
+    pub async fn running(&self, ctx: &CallContext, ids: &[String]) -> AppResult<Vec<AgentLoopInfo>> {
+        Ok(self.registry.running(ctx.clone(), ids).await?)
+    }
+
+    pub async fn events(&self, ctx: &CallContext, id: &str, query: EventQuery) -> AppResult<EventPage> {
+        Ok(self.registry.get_events(ctx.clone(), id, query).await?)
+    }
+
+    /// Stops the conversation's loop; whether it was running.
+    pub async fn stop_conversation(&self, ctx: &CallContext, id: &str) -> AppResult<bool> {
+        Ok(self.registry.close_conversation(ctx.clone(), id).await?)
+    }
+
+    /// A user event into the running loop (stored before this answers).
+    pub async fn send_event(&self, ctx: CallContext, id: &str, event: &Value) -> AppResult<()> {
+        Ok(self.registry.send_event(ctx, id, event).await?)
+    }
+
+    /// Live events of a conversation into `events`, until `unsubscribe`.
+    pub async fn subscribe(
+        &self,
+        ctx: &CallContext,
+        id: &str,
+        events: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> AppResult<u64> {
+        Ok(self.registry.subscribe(ctx.clone(), id, events).await?)
+    }
+
+    pub async fn unsubscribe(&self, ctx: &CallContext, subscription: u64) -> AppResult<()> {
+        Ok(self.registry.unsubscribe(ctx.clone(), subscription).await?)
+    }
+
+    /// Where the conversation's tools act, when its manager gives it a workspace.
+    pub async fn workspace_of(&self, ctx: &CallContext, id: &str) -> Option<PathBuf> {
+        let answer = self.registry.manager_admin(ctx.clone(), "workspace", &json!({ "conversation_id": id })).await;
+        match answer {
+            Some(Ok(v)) => v["path"].as_str().map(PathBuf::from),
+            _ => None,
+        }
+    }
+}
+
+impl AppError {
+    /// The plugin's own message, when a plugin call failed (what sockets show).
+    pub fn plugin_message(&self) -> Option<&str> {
+        match self {
+            AppError::Plugin(e) | AppError::StartFailed(e) => Some(e.error.message.as_str()),
+            _ => None,
+        }
+    }
+}
