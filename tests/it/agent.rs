@@ -772,3 +772,59 @@ async fn a_message_sent_while_its_conversation_starts_is_answered_once() {
     }
     assert_eq!(llm.requests().len(), 8);
 }
+
+/// A conversation closed for idleness is reported STOPPED only once its final `stopped`
+/// state is stored. The store is made slow on purpose (its events table locked while the idle
+/// close happens), so the order is checked, not the timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_close_is_stored_before_the_status_says_stopped() {
+    const KEY: &str = "idle-close-key-0123456789";
+    let db = oh_e2e::pg::TestDb::create().await;
+    let llm = FakeLlm::start().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    let profile =
+        oh_e2e::saas_base_profile(&db.url, &[("alice", KEY)], ", close_delay_secs = 1, cleanup_interval_ms = 50");
+    d.write_profile("app_mode = \"saas\"\n", &profile);
+    let host = d.start();
+    let settings = json!({ "llm_model": "openai/fake-model", "llm_base_url": llm.base_url, "llm_api_key": "sk-test" });
+    assert_eq!(host.as_key(KEY, reqwest::Method::POST, "/api/settings", Some(settings)).await.status, 200);
+    let r = host
+        .as_key(KEY, reqwest::Method::POST, "/api/conversations", Some(json!({ "initial_user_msg": "quiet" })))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.json()["conversation_id"].as_str().unwrap().to_owned();
+    let last_event = || async {
+        let events =
+            host.as_key(KEY, reqwest::Method::GET, &format!("/api/conversations/{id}/events?limit=100"), None).await;
+        events.json()["events"].as_array().unwrap().last().cloned().unwrap_or_default()
+    };
+    let started = std::time::Instant::now();
+    while !is_state(&last_event().await, "awaiting_user_input") {
+        assert!(started.elapsed() < WAIT, "no answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Appends wait while the table is locked; reads go on.
+    let mut lock = db.connect().await;
+    sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+    sqlx::query("LOCK TABLE conversation_events IN EXCLUSIVE MODE").execute(&mut lock).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let status = host.as_key(KEY, reqwest::Method::GET, &format!("/api/conversations/{id}"), None).await.json()
+        ["status"]
+        .clone();
+    let last = last_event().await;
+    assert!(status != "STOPPED" || is_state(&last, "stopped"), "{status} while the last stored event is {last}");
+    sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let status = host.as_key(KEY, reqwest::Method::GET, &format!("/api/conversations/{id}"), None).await.json()
+            ["status"]
+            .clone();
+        if status == "STOPPED" {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "still {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(is_state(&last_event().await, "stopped"));
+}

@@ -37,6 +37,10 @@ struct Inner {
     /// The agent's tools, when a runtime is configured.
     tools: Option<agent_loop::tools::ToolSetup>,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Sessions told to stop whose task has not stored its final event yet (by conversation:
+    /// its user). They are still reported running: a status must never run ahead of what
+    /// is stored.
+    closing: Arc<Mutex<HashMap<String, Option<String>>>>,
     /// Subscribers by conversation, independent of whether its loop runs: a client may
     /// subscribe first and start the loop after.
     subscribers: Mutex<HashMap<String, HashMap<u64, EventSink>>>,
@@ -83,7 +87,19 @@ impl Inner {
     /// The handle resolves when it is over; `None` when it was not running.
     fn stop(&self, sid: &str) -> Option<tokio::task::JoinHandle<()>> {
         let session = lock(&self.sessions).remove(sid)?;
-        Some(session.stop())
+        Some(self.closed(sid, session))
+    }
+
+    /// Stops `session` (already out of `sessions`), reporting it running until its task has
+    /// stored its final event.
+    fn closed(&self, sid: &str, session: Session) -> tokio::task::JoinHandle<()> {
+        lock(&self.closing).insert(sid.to_owned(), session.user_id.clone());
+        let ended = session.stop();
+        let (closing, sid) = (self.closing.clone(), sid.to_owned());
+        tokio::spawn(async move {
+            let _ = ended.await;
+            lock(&closing).remove(&sid);
+        })
     }
 
     fn info(sid: &str) -> AgentLoopInfo {
@@ -124,6 +140,7 @@ impl StandaloneConversationManager {
                 clients,
                 tools,
                 sessions: Mutex::new(HashMap::new()),
+                closing: Arc::default(),
                 subscribers: Mutex::new(HashMap::new()),
                 subscription_owner: Mutex::new(HashMap::new()),
                 next_subscription: AtomicU64::new(1),
@@ -222,7 +239,7 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
             tracing::info!(conversation_id = %oldest, "closing the oldest conversation: too many at once");
             self.inner.broadcast(&oldest, &agent_loop::events::too_many_conversations());
             if let Some(session) = sessions.remove(&oldest) {
-                drop(session.stop());
+                drop(self.inner.closed(&oldest, session));
             }
         }
         let shared = Arc::new(Shared::new());
@@ -308,12 +325,21 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
     }
 
     async fn running(&self, ctx: CallContext, filter_ids: Vec<String>) -> Result<Vec<AgentLoopInfo>, PluginError> {
-        let sessions = lock(&self.inner.sessions);
-        Ok(sessions
+        let wanted = |id: &String, user: &Option<String>| {
+            same_user(user, &ctx) && (filter_ids.is_empty() || filter_ids.contains(id))
+        };
+        let mut running: Vec<AgentLoopInfo> = lock(&self.inner.sessions)
             .iter()
-            .filter(|(id, s)| same_user(&s.user_id, &ctx) && (filter_ids.is_empty() || filter_ids.contains(id)))
+            .filter(|(id, s)| wanted(id, &s.user_id))
             .map(|(id, _)| Inner::info(id))
-            .collect())
+            .collect();
+        // Still storing their final event: running until that is stored.
+        for (id, user) in lock(&self.inner.closing).iter() {
+            if wanted(id, user) && !running.iter().any(|r| &r.conversation_id == id) {
+                running.push(Inner::info(id));
+            }
+        }
+        Ok(running)
     }
 
     async fn subscribe(&self, _ctx: CallContext, conversation_id: String, sink: EventSink) -> Result<u64, PluginError> {
