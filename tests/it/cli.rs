@@ -110,3 +110,50 @@ async fn the_enterprise_profile_checks_with_its_environment_and_names_what_is_mi
         "{stderr}"
     );
 }
+
+/// The Dockerfile and the systemd unit name the profile with `OPENHANDS_PLUGINS_TOML`, not
+/// `--config`: `check` and `serve` find it there, from any directory, and `--config` wins.
+#[test]
+fn the_profile_is_found_through_openhands_plugins_toml() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env: &[(&str, &std::path::Path)]| {
+        let mut c = std::process::Command::new(oh_e2e::host_binary());
+        c.args(args).current_dir(elsewhere.path()).env("RUST_LOG", "warn").env_remove("OPENHANDS_PLUGINS_TOML");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let profile = d.profile_path();
+    let checked = run(&["check"], &[("OPENHANDS_PLUGINS_TOML", &profile)]);
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{stdout}{}", String::from_utf8_lossy(&checked.stderr));
+    assert!(stdout.contains("OK") && stdout.contains(&profile.display().to_string()), "{stdout}");
+    // Without it (and no ./plugins.toml there), the message says where it looked and how.
+    let missing = run(&["check"], &[]);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success() && stderr.contains("OPENHANDS_PLUGINS_TOML"), "{stderr}");
+    // --config wins over the variable.
+    let bogus = elsewhere.path().join("nope.toml");
+    let wins = run(&["check", "--config", &profile.display().to_string()], &[("OPENHANDS_PLUGINS_TOML", &bogus)]);
+    assert!(wins.status.success(), "{}", String::from_utf8_lossy(&wins.stderr));
+    // And the server starts with it.
+    let mut serve = std::process::Command::new(oh_e2e::host_binary())
+        .current_dir(elsewhere.path())
+        .env("OPENHANDS_PLUGINS_TOML", &profile)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = serve.stderr.take().unwrap();
+    let listening = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .map_while(Result::ok)
+        .take(200)
+        .any(|l| l.contains("listening on http://"));
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(listening, "the server did not start from OPENHANDS_PLUGINS_TOML");
+}
