@@ -266,11 +266,43 @@ fn serve(cli: &Cli) -> ExitCode {
 
 /// Loads everything, then asks every instance for its health: a database that does not
 /// exist, a directory that cannot be written, are found here rather than at the first request.
+/// Every problem of every kind is reported in one run: the profile's (unknown keys, unset
+/// variables), the libraries' and instances' (missing, refused, failing), the routes'
+/// (overlaps), each naming the file, the key and the fix.
 fn check(cli: &Cli) -> ExitCode {
     let rt = runtime();
-    let Some((path, config, registry)) = load(cli, &rt) else {
+    let path = config::profile_path(cli.config.as_deref(), &env::process);
+    let (config, mut problems) = config::load_lenient(&path);
+    let mut registry = None;
+    if let Some(config) = &config {
+        match Registry::build(config, rt.handle().clone()) {
+            Ok(built) => {
+                if let Err(overlaps) = crate::http::plugin_routes::collect(&built) {
+                    problems.extend(overlaps);
+                }
+                registry = Some(built);
+            }
+            Err(e) => {
+                problems.extend(e.problems.iter().map(|p| format!("{}: {p}", path.display())));
+                let declared = e.routes.iter().map(|(i, origin, route)| (*i, origin.clone(), route));
+                if let Err(overlaps) = crate::http::plugin_routes::collect_declared(declared) {
+                    problems.extend(overlaps);
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        let n = problems.len();
+        eprintln!("oh-host: {}: {n} problem{}", path.display(), if n == 1 { "" } else { "s" });
+        for p in &problems {
+            eprintln!("  - {p}");
+        }
+        if let (Some(registry), Some(config)) = (&registry, &config) {
+            rt.block_on(registry.shutdown(config.server.shutdown_timeout));
+        }
         return ExitCode::FAILURE;
-    };
+    }
+    let (Some(registry), Some(config)) = (registry, config) else { return ExitCode::FAILURE };
     let health = rt.block_on(registry.health());
     let failed = health.iter().filter(|(_, h)| h.is_err()).count();
     println!("{}: {}", path.display(), if failed == 0 { "OK" } else { "FAILED" });

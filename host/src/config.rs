@@ -170,12 +170,41 @@ const ENTRY_KEYS: &[&str] = &["library", "implementation", "config", "sha256", "
 
 /// Parses profile text; `lookup` reads variables (the environment, or a map in tests).
 pub fn parse(path: &Path, text: &str, lookup: env::Lookup<'_>) -> Result<Config, ConfigErrors> {
+    match parse_lenient(path, text, lookup) {
+        (Some(config), problems) if problems.is_empty() => Ok(config),
+        (_, problems) => Err(ConfigErrors { path: path.to_path_buf(), problems }),
+    }
+}
+
+/// Reads the profile at `path` as far as it goes: the problems, and the configuration of what
+/// could be read (entries with problems left out), so `check` can go on to the libraries and
+/// report every problem of every kind in one run. `None` when not even `[server]` could be
+/// read.
+pub fn load_lenient(path: &Path) -> (Option<Config>, Vec<String>) {
+    match std::fs::read(path) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => parse_lenient(path, &text, &env::process),
+            Err(_) => (None, vec![format!("{}: the profile is not UTF-8 text", path.display())]),
+        },
+        Err(e) => (
+            None,
+            vec![format!(
+                "{}: cannot read the profile: {e} (create it, or point --config / {} at one)",
+                path.display(),
+                env::OPENHANDS_PLUGINS_TOML
+            )],
+        ),
+    }
+}
+
+/// `parse`, keeping what could be read (see `load_lenient`).
+pub fn parse_lenient(path: &Path, text: &str, lookup: env::Lookup<'_>) -> (Option<Config>, Vec<String>) {
     let mut p = Problems { file: path.display().to_string(), list: Vec::new() };
     let root: Table = match text.parse::<Table>() {
         Ok(t) => t,
         Err(e) => {
             p.list.push(format!("{}: not valid TOML: {}", p.file, e.to_string().trim()));
-            return Err(p.into_errors(path));
+            return (None, p.list);
         }
     };
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -275,10 +304,8 @@ pub fn parse(path: &Path, text: &str, lookup: env::Lookup<'_>) -> Result<Config,
         }
     }
 
-    match server {
-        Some(server) if p.list.is_empty() => Ok(Config { path: path.to_path_buf(), server, extensions, libraries }),
-        _ => Err(p.into_errors(path)),
-    }
+    let config = server.map(|server| Config { path: path.to_path_buf(), server, extensions, libraries });
+    (config, p.list)
 }
 
 struct Problems {
@@ -289,9 +316,6 @@ struct Problems {
 impl Problems {
     fn push(&mut self, key: &str, message: &str) {
         self.list.push(format!("{}: {key}: {message}", self.file));
-    }
-    fn into_errors(self, path: &Path) -> ConfigErrors {
-        ConfigErrors { path: path.to_path_buf(), problems: self.list }
     }
 }
 
@@ -307,7 +331,6 @@ fn table_at<'a>(root: &'a Table, key: &str, p: &mut Problems) -> Option<&'a Tabl
 }
 
 fn parse_server(t: &Table, base: &Path, lookup: env::Lookup<'_>, p: &mut Problems) -> Option<ServerConfig> {
-    let before = p.list.len();
     for key in t.keys() {
         if !SERVER_KEYS.contains(&key.as_str()) {
             p.push(&format!("server.{key}"), &format!("unknown key; known: {}", SERVER_KEYS.join(", ")));
@@ -405,7 +428,9 @@ fn parse_server(t: &Table, base: &Path, lookup: env::Lookup<'_>, p: &mut Problem
         git,
         env: host_env,
     };
-    (p.list.len() == before).then_some(server)
+    // With problems, the server's values fall back to their defaults: the problems are
+    // reported, and `check` still goes on to the libraries with them.
+    Some(server)
 }
 
 fn parse_entry(

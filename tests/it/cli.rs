@@ -157,3 +157,32 @@ fn the_profile_is_found_through_openhands_plugins_toml() {
     let _ = serve.wait();
     assert!(listening, "the server did not start from OPENHANDS_PLUGINS_TOML");
 }
+
+/// `check` reports every problem of every kind in one run: an unknown key and an unset
+/// variable (the profile), a missing library (the loader), and a route overlap (a routes
+/// instance that did build), each naming the file and the key.
+#[test]
+fn check_reports_every_kind_of_problem_in_one_run() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.install("fixture_plugin");
+    d.write_profile(
+        "bogus_key = 1",
+        "[[extensions.routes]]\nlibrary = \"fixture_plugin\"\nimplementation = \"FixtureRoutes\"\nconfig = { clash = true }\n\
+         [extensions.user_auth]\nlibrary = \"no_such_library\"\nimplementation = \"Nope\"\n\
+         [extensions.monitoring]\nlibrary = \"log_monitoring\"\nimplementation = \"LogMonitoringListener\"\n\
+         config = { level = \"${OH_CHECK_UNSET_VARIABLE}\" }\n",
+    );
+    let out = d.run_cli(&["check"]);
+    out.assert_refused();
+    let profile = d.profile_path().display().to_string();
+    for expected in [
+        "server.bogus_key: unknown key",
+        "OH_CHECK_UNSET_VARIABLE",
+        "extensions.user_auth: library `no_such_library` not found",
+        "route `/api/settings` overlaps the host's own `/api/settings`",
+    ] {
+        assert!(out.stderr.contains(expected), "missing `{expected}` in:\n{}", out.stderr);
+    }
+    assert!(out.stderr.matches(&profile).count() >= 3, "each names the file:\n{}", out.stderr);
+}

@@ -5,7 +5,10 @@
 //! one), without user authentication, like the host's own `/internal/*`.
 
 use super::{call_context, error::ApiError, AppState, Principal, RequestId};
-use crate::{app::App, registry::Registry};
+use crate::{
+    app::App,
+    registry::{DeclaredRoute, Registry},
+};
 use axum::{
     body::to_bytes,
     extract::{Request, State},
@@ -52,6 +55,13 @@ pub(super) fn collect_for(app: &App) -> Result<Vec<Mounted>, Vec<String>> {
 
 /// Checks every plugin's declared routes: all problems at once, before binding.
 pub fn collect(registry: &Registry) -> Result<Vec<Mounted>, Vec<String>> {
+    collect_declared(registry.declared_routes().map(|(i, meta, spec)| (i, meta.origin(), spec)))
+}
+
+/// `collect` over declared routes: (instance, its origin for messages, the route).
+pub fn collect_declared<'a>(
+    declared: impl Iterator<Item = (usize, String, &'a DeclaredRoute)>,
+) -> Result<Vec<Mounted>, Vec<String>> {
     let mut problems = Vec::new();
     let mut mounted = Vec::new();
     let mut seen: HashSet<(String, String)> = HashSet::new();
@@ -61,10 +71,9 @@ pub fn collect(registry: &Registry) -> Result<Vec<Mounted>, Vec<String>> {
             || seen.contains(&("*".to_owned(), path.clone()))
             || (method == "*" && seen.iter().any(|(_, p)| *p == path))
     };
-    for (instance, meta, spec) in registry.declared_routes() {
+    for (instance, origin, spec) in declared {
         let path = spec.path.clone();
         let method = spec.method.to_ascii_uppercase();
-        let origin = format!("{} ({}::{})", meta.key, meta.library, meta.implementation);
         if !path.starts_with('/') || path.contains("//") {
             problems.push(format!("{origin}: route path `{path}` must be absolute, like /api/keys"));
             continue;

@@ -80,13 +80,18 @@ impl<T: Object> AnyInstance for Instance<T> {
 /// Why the registry could not be built: every problem, each naming the extension point and
 /// the library.
 #[derive(Debug)]
-pub struct LoadErrors(pub Vec<String>);
+pub struct LoadErrors {
+    pub problems: Vec<String>,
+    /// The routes the `routes` instances that did build declared (instance, origin, route),
+    /// for `check` to find their overlaps in the same run.
+    pub routes: Vec<(usize, String, super::DeclaredRoute)>,
+}
 
 impl std::fmt::Display for LoadErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0.len();
+        let n = self.problems.len();
         writeln!(f, "cannot load the plugins: {n} problem{}", if n == 1 { "" } else { "s" })?;
-        for p in &self.0 {
+        for p in &self.problems {
             writeln!(f, "  - {p}")?;
         }
         Ok(())
@@ -207,7 +212,7 @@ impl Registry {
         // entry's pin of the same library would have been compared.
         let mut problems = check_pins(config);
         if !problems.is_empty() {
-            return Err(LoadErrors(problems));
+            return Err(LoadErrors { problems, routes: Vec::new() });
         }
         let mut libraries: Vec<Library> = Vec::new();
         let handler: super::services::HandlerSlot = Arc::new(OnceLock::new());
@@ -262,25 +267,35 @@ impl Registry {
             }
         }
 
-        if !problems.is_empty() {
-            return Err(LoadErrors(problems));
-        }
-        let (Some(settings), Some(secrets), Some(conversations), Some(auth)) = (settings, secrets, conversations, auth)
-        else {
-            return Err(LoadErrors(vec!["internal: a required extension point has no instance".to_owned()]));
-        };
-        // Each routes instance declares its routes once, now.
-        let mut declared = Vec::with_capacity(routes.len());
+        // Each routes instance declares its routes once, now (also when other entries
+        // failed: `check` reports their overlaps in the same run).
+        let mut declared: Vec<Vec<super::DeclaredRoute>> = Vec::with_capacity(routes.len());
         for r in &routes {
             let specs: Result<RVec<RouteSpec>, _> = r.meta.call_sync_as("routes", || r.obj.routes(), Kind::Probe);
             match specs {
                 Ok(specs) => declared.push(specs.into_iter().map(super::DeclaredRoute::from).collect()),
-                Err(e) => problems.push(format!("{}: {e}", r.meta.key)),
+                Err(e) => {
+                    problems.push(format!("{}: {e}", r.meta.key));
+                    declared.push(Vec::new());
+                }
             }
         }
+        let failed = |problems: Vec<String>| {
+            let routes = routes
+                .iter()
+                .zip(&declared)
+                .enumerate()
+                .flat_map(|(i, (r, specs))| specs.iter().map(move |s| (i, r.meta.origin(), s.clone())))
+                .collect();
+            LoadErrors { problems, routes }
+        };
         if !problems.is_empty() {
-            return Err(LoadErrors(problems));
+            return Err(failed(problems));
         }
+        let (Some(settings), Some(secrets), Some(conversations), Some(auth)) = (settings, secrets, conversations, auth)
+        else {
+            return Err(failed(vec!["internal: a required extension point has no instance".to_owned()]));
+        };
         let registry = Arc::new(Registry {
             app_mode: config.server.app_mode,
             libraries,

@@ -45,6 +45,13 @@ pub struct Meta {
     pub healthy: AtomicBool,
 }
 
+impl Meta {
+    /// `extensions.routes[1] (library::Implementation)`: where it came from, for messages.
+    pub fn origin(&self) -> String {
+        format!("{} ({}::{})", self.key, self.library, self.implementation)
+    }
+}
+
 /// A failed plugin call, with what the operator needs to find it.
 #[derive(Debug, Clone)]
 pub struct CallError {
