@@ -206,7 +206,7 @@ fn the_configuration_reference_lists_every_key_and_variable() {
     // Environment variables: the host's list, the plugins' `env("…")` calls, the example
     // profiles' `${…}`.
     let mut variables: BTreeSet<String> = oh_host::env::ALL.iter().map(|v| v.to_string()).collect();
-    for dir in [workspace().join("plugins"), workspace().join("plugin-api")] {
+    for dir in [workspace().join("plugins"), workspace().join("crates"), workspace().join("plugin-api")] {
         for file in crate_sources(&dir).into_iter().chain(
             fs::read_dir(&dir).unwrap().flatten().filter(|e| e.path().is_dir()).flat_map(|e| crate_sources(&e.path())),
         ) {
