@@ -74,10 +74,22 @@ impl App {
                 let query = EventQuery::new(c.start_id, c.end_id, c.reverse, c.limit.min(GetEvents::MAX_LIMIT));
                 encode(r.get_events(ctx, &c.conversation_id, query).await.map_err(plugin)?)
             }
-            HostCall::SessionEvent(c) => encode(r.on_session_event(&ctx, &c.event)),
-            HostCall::AgentSessionStart(c) => encode(r.on_agent_session_start(&ctx, c.success, c.duration_secs)),
-            HostCall::Capture(c) => encode(r.capture(&ctx, &c.event, &c.properties)),
-            HostCall::ReportLlmUsage(c) => encode(r.on_llm_usage(&ctx, &c.usage)),
+            HostCall::SessionEvent(c) => {
+                r.on_session_event(&ctx, &c.event);
+                encode(())
+            }
+            HostCall::AgentSessionStart(c) => {
+                r.on_agent_session_start(&ctx, c.success, c.duration_secs);
+                encode(())
+            }
+            HostCall::Capture(c) => {
+                r.capture(&ctx, &c.event, &c.properties);
+                encode(())
+            }
+            HostCall::ReportLlmUsage(c) => {
+                r.on_llm_usage(&ctx, &c.usage);
+                encode(())
+            }
             HostCall::Admit(c) => encode(r.admit(&ctx, &c.admission).await.map_err(plugin)?),
             HostCall::StartConversation(c) => {
                 let new = NewConversation {
@@ -98,7 +110,10 @@ impl App {
             HostCall::GetProviderTokens(_) => {
                 encode(self.effective_tokens(&ctx, None).await.map_err(|e| e.into_plugin_error())?)
             }
-            HostCall::CreateConversation(_) => encode(r.on_create_conversation(&ctx)),
+            HostCall::CreateConversation(_) => {
+                r.on_create_conversation(&ctx);
+                encode(())
+            }
         }
     }
 }

@@ -11,7 +11,7 @@
 //! missing one is read from the store. After Redis was away, every followed conversation
 //! catches up from the store. The store is the truth; the stream is for speed.
 
-use crate::{lock, Node};
+use crate::node::{lock, Node};
 use plugin_sdk::{host_calls::GetEvents, CallContext};
 use redis::{streams::StreamReadReply, AsyncConnectionConfig};
 use serde_json::{json, Value};
