@@ -10,3 +10,4 @@ pub mod llm;
 pub mod runtime;
 pub mod session;
 pub mod tools;
+pub mod toolspec;

@@ -8,6 +8,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::time::Duration;
 
+/// One function call the model asked for.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// JSON text, as the model wrote it.
+    pub arguments: String,
+}
+
 /// Providers whose API speaks OpenAI's chat completions, with their endpoint: a model named
 /// `<provider>/<model>` (as the web client stores it) is sent there as `<model>`, unless the
 /// user set a base URL.
@@ -165,7 +174,7 @@ pub struct Usage {
 pub struct Completion {
     pub content: String,
     /// The functions the model asked to call, in order.
-    pub tool_calls: Vec<crate::tools::ToolCall>,
+    pub tool_calls: Vec<ToolCall>,
     pub usage: Usage,
     /// USD, when the endpoint reports it (LiteLLM's `x-litellm-response-cost`), else 0.
     pub cost: f64,
@@ -297,7 +306,7 @@ async fn call_once(
         "stream_options": { "include_usage": true },
     });
     if cfg.tools {
-        body["tools"] = crate::tools::definitions();
+        body["tools"] = crate::toolspec::definitions();
     }
     let mut request = client.post(format!("{}/chat/completions", cfg.base_url)).json(&body);
     if let Some(tp) = traceparent {
@@ -343,7 +352,7 @@ async fn call_once(
             .as_array()
             .into_iter()
             .flatten()
-            .map(|c| crate::tools::ToolCall {
+            .map(|c| ToolCall {
                 id: c["id"].as_str().unwrap_or_default().to_owned(),
                 name: c["function"]["name"].as_str().unwrap_or_default().to_owned(),
                 arguments: c["function"]["arguments"].as_str().unwrap_or_default().to_owned(),

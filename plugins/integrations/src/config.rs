@@ -4,6 +4,11 @@
 use plugin_sdk::PluginError;
 use serde::Deserialize;
 
+/// The providers with workspaces (Jira, Jira DC, Linear): their name, path segment and
+/// variables' prefix.
+pub(crate) const WORKSPACE_PROVIDERS: [(&str, &str, &str); 3] =
+    [("jira", "jira", "JIRA"), ("jira_dc", "jira-dc", "JIRA_DC"), ("linear", "linear", "LINEAR")];
+
 #[derive(Deserialize, Debug, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Config {
@@ -205,7 +210,7 @@ impl Config {
         }
         // Jira, Jira DC and Linear take one site's secret and account from the profile, or
         // workspaces registered by their admins through an OAuth app, or both.
-        for (name, _, prefix) in crate::workspaces::PROVIDERS {
+        for (name, _, prefix) in WORKSPACE_PROVIDERS {
             let source = c.source(name);
             if !source.on() {
                 continue;

@@ -22,9 +22,7 @@ use serde_json::{json, Value};
 use sqlx::{Postgres, Row, Transaction};
 use std::sync::Arc;
 
-/// The providers with workspaces: their name, path segment and variables' prefix.
-pub(crate) const PROVIDERS: [(&str, &str, &str); 3] =
-    [("jira", "jira", "JIRA"), ("jira_dc", "jira-dc", "JIRA_DC"), ("linear", "linear", "LINEAR")];
+pub(crate) use crate::config::WORKSPACE_PROVIDERS as PROVIDERS;
 
 /// The variables' prefix of a provider with workspaces (`JIRA_DC` for `jira_dc`).
 fn prefix_of(provider: &str) -> &'static str {
