@@ -1,7 +1,7 @@
 //! The documents that cross the boundary as JSON text (OpenHands' data models).
 //!
-//! Their field names and JSON shapes are OpenHands' (reference/openhands-server.md §3.3, §4.3,
-//! §5.4, §6.1, §9.10), so a document stored by one implementation reads in another and the
+//! Their field names and JSON shapes are OpenHands' (its `Settings`, `Secrets`,
+//! `ConversationMetadata` and `event_to_dict` as of 0.62), so a document stored by one implementation reads in another and the
 //! HTTP layer can hand them to OpenHands clients as they are. Unknown fields are ignored on
 //! input, as pydantic does by default.
 

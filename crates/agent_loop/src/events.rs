@@ -1,4 +1,4 @@
-//! OpenHands-shaped events (reference/openhands-server.md §9.10, `event_to_dict`).
+//! OpenHands-shaped events (as OpenHands 0.62's `event_to_dict` writes them).
 //!
 //! Stored events get their `id` from the conversation store; live-only payloads (status
 //! updates, streaming deltas) have none.

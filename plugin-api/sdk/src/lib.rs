@@ -3,9 +3,11 @@
 //! A plugin library implements some of the traits below ([`SettingsStore`], [`UserAuth`], ...),
 //! registers constructors in a `register` function, and calls
 //! `plugin_sdk::export_plugin!(register);` once. The SDK then owns everything the ABI needs:
-//! - the library's own tokio runtime (started in `init`, stopped in `shutdown`): every async
-//!   method runs as a task there, and the future the host awaits only waits for that task, with
-//!   an abort-on-drop guard so a host-side timeout cancels the work;
+//! - the library's own tokio runtime (started in `init`, stopped in `shutdown`): the future the
+//!   host awaits polls the method's body on the host's thread with this runtime entered (no
+//!   thread hop per call), so whatever the body registers (sockets, timers, blocking work,
+//!   spawned tasks) belongs to the library's runtime; dropping the future (a host-side
+//!   deadline) cancels the work;
 //! - the panic guard: a panic in a method becomes a `PANICKED` error and marks the instance
 //!   unhealthy, instead of crossing the FFI boundary (which would end the host process);
 //! - log forwarding: `tracing` and `log` events of the library go to the host's output.
