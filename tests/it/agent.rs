@@ -1,6 +1,7 @@
 //! Conversations that run: the standalone manager, the agent loop against a fake
 //! OpenAI-compatible LLM, and the socket.io event stream, all through the real binary.
 
+use oh_e2e::conversation::agent_says;
 use oh_e2e::{
     llm::{FakeLlm, Reply},
     sha256_hex,
@@ -52,10 +53,6 @@ async fn create(host: &TestHost, message: &str) -> String {
     assert_eq!(body["status"], "ok");
     assert_eq!(body["conversation_status"], "RUNNING");
     body["conversation_id"].as_str().unwrap().to_owned()
-}
-
-fn agent_says(e: &Value, text: &str) -> bool {
-    e["action"] == "message" && e["source"] == "agent" && e["args"]["content"] == text
 }
 
 fn stored(events: &[Value]) -> Vec<Value> {

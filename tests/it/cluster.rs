@@ -2,6 +2,7 @@
 //! test's PostgreSQL database and a Redis (a key prefix per test, or a Redis of the test's
 //! own), the fake LLM, sockets on other nodes than the owner.
 
+use oh_e2e::conversation::agent_says;
 use oh_e2e::{
     llm::{FakeLlm, Reply},
     pg::TestDb,
@@ -91,10 +92,6 @@ async fn socket(host: &TestHost, id: &str) -> SioClient {
     SioClient::connect(&host.base, &format!("conversation_id={id}&latest_event_id=-1"), &[])
         .await
         .unwrap_or_else(|e| panic!("socket refused: {e}"))
-}
-
-fn agent_says(e: &Value, text: &str) -> bool {
-    e["action"] == "message" && e["source"] == "agent" && e["args"]["content"] == text
 }
 
 fn stored_ids(events: &[Value]) -> Vec<u64> {

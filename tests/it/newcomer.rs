@@ -2,6 +2,7 @@
 //! start-up banner, a clean Ctrl-C, `check` that finds a missing database, socket.io actions
 //! sent right after connecting, and the PostgreSQL key rotation steps of the README.
 
+use oh_e2e::conversation::{agent_says, create};
 use oh_e2e::{
     llm::{FakeLlm, Reply},
     pg::TestDb,
@@ -25,16 +26,6 @@ async fn configure(host: &TestHost, llm: &FakeLlm) {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-}
-
-async fn create(host: &TestHost, message: &str) -> String {
-    let r = host.post_json("/api/conversations", &json!({ "initial_user_msg": message })).await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.json()["conversation_id"].as_str().unwrap().to_owned()
-}
-
-fn agent_says(e: &Value, text: &str) -> bool {
-    e["action"] == "message" && e["source"] == "agent" && e["args"]["content"] == text
 }
 
 /// The `sh` code blocks of a README section (from its `## title` to the next `## `).

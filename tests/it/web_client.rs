@@ -4,6 +4,7 @@
 //! conversation.
 
 use axum::{routing::get, Json, Router};
+use oh_e2e::conversation::create;
 use oh_e2e::{
     files_containing,
     llm::{FakeLlm, Reply},
@@ -31,12 +32,6 @@ async fn setup(server: &str, env: &[(&str, &str)]) -> (Deployment, TestHost, Fak
 async fn configure(host: &TestHost, llm: &FakeLlm, model: &str) {
     let settings = json!({ "llm_model": model, "llm_base_url": llm.base_url, "llm_api_key": "sk-test-key" });
     assert_eq!(host.post_json("/api/settings", &settings).await.status, 200);
-}
-
-async fn create(host: &TestHost, message: &str) -> String {
-    let r = host.post_json("/api/conversations", &json!({ "initial_user_msg": message })).await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.json()["conversation_id"].as_str().unwrap().to_owned()
 }
 
 async fn connect(host: &TestHost, id: &str) -> SioClient {

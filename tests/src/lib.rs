@@ -6,6 +6,7 @@
 //! and the example plugin first): `target/debug/oh-host`, `target/debug/lib*.so`.
 
 pub mod browser;
+pub mod conversation;
 pub mod git;
 pub mod git_http;
 pub mod llm;

@@ -53,6 +53,35 @@ pub trait Env: Send + Sync + 'static {
     }
 }
 
+/// A user event a manager takes (`send_event`, a socket's `oh_user_action`): a message, or
+/// a stop of the agent.
+#[derive(Debug, PartialEq)]
+pub enum UserAction {
+    Message { content: String, image_urls: Vec<String> },
+    Stop,
+}
+
+impl UserAction {
+    /// OpenHands' `{"action": "message", "args": {"content", "image_urls"}}` or
+    /// `{"action": "change_agent_state", "args": {"agent_state": "stopped"}}`.
+    pub fn parse(event: &serde_json::Value) -> Result<UserAction, plugin_sdk::PluginError> {
+        match event["action"].as_str() {
+            Some("message") => Ok(UserAction::Message {
+                content: event["args"]["content"].as_str().unwrap_or_default().to_owned(),
+                image_urls: event["args"]["image_urls"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default(),
+            }),
+            Some("change_agent_state") if event["args"]["agent_state"] == "stopped" => Ok(UserAction::Stop),
+            other => Err(plugin_sdk::PluginError::invalid_argument(format!(
+                "unsupported action `{}`: send a `message`, or `change_agent_state` to `stopped`",
+                other.unwrap_or("(none)")
+            ))),
+        }
+    }
+}
+
 /// What the manager asks of a session's task.
 pub enum Command {
     /// Answer this user message (already stored). `traceparent`: the trace of the request

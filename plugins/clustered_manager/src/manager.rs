@@ -134,19 +134,10 @@ impl plugin_sdk::ConversationManager for ClusteredConversationManager {
             o.session.shared.touch();
             (o.user.clone(), o.session.inbox.clone(), o.session.interrupt.clone(), o.fence)
         });
-        let content = event["args"]["content"].as_str().unwrap_or_default().to_owned();
-        let images: Vec<String> = event["args"]["image_urls"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-            .unwrap_or_default();
-        let action = event["action"].as_str().map(str::to_owned);
-        let stop = action.as_deref() == Some("change_agent_state") && event["args"]["agent_state"] == "stopped";
-        if action.as_deref() != Some("message") && !stop {
-            return Err(PluginError::invalid_argument(format!(
-                "unsupported action `{}`: send a `message`, or `change_agent_state` to `stopped`",
-                action.as_deref().unwrap_or("(none)")
-            )));
-        }
+        let (content, images, stop) = match session::UserAction::parse(&event)? {
+            session::UserAction::Message { content, image_urls } => (content, image_urls, false),
+            session::UserAction::Stop => (String::new(), Vec::new(), true),
+        };
         if let Some((owner, inbox, interrupt, fence)) = local {
             if owner != user {
                 return Err(denied());

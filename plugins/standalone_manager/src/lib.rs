@@ -274,14 +274,9 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
             .with_details(&json!({ "headers": { "Retry-After": "1" } }))),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(PluginError::not_found("the conversation has stopped")),
         };
-        match event["action"].as_str() {
-            Some("message") => {
+        match session::UserAction::parse(&event)? {
+            session::UserAction::Message { content, image_urls: images } => {
                 let permit = reserve(inbox)?;
-                let content = event["args"]["content"].as_str().unwrap_or_default().to_owned();
-                let images: Vec<String> = event["args"]["image_urls"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-                    .unwrap_or_default();
                 let stored = self
                     .inner
                     .store_and_push(&ctx, &conversation_id, agent_loop::events::user_message(&content, &images))
@@ -290,16 +285,12 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
                 permit.send(Command::Answer { content, traceparent: ctx.traceparent.to_string(), event_id });
                 Ok(())
             }
-            Some("change_agent_state") if event["args"]["agent_state"] == "stopped" => {
+            session::UserAction::Stop => {
                 let permit = reserve(inbox)?;
                 interrupt.notify_waiters();
                 permit.send(Command::Stopped);
                 Ok(())
             }
-            other => Err(PluginError::invalid_argument(format!(
-                "unsupported action `{}`: send a `message`, or `change_agent_state` to `stopped`",
-                other.unwrap_or("(none)")
-            ))),
         }
     }
 
