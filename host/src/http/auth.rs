@@ -2,7 +2,7 @@
 //! handshake both call [`authenticate`], which asks `user_auth` through the application layer.
 
 use super::{call_context, error::ApiError, AppState, Principal, RequestId};
-use crate::app::AuthInput;
+use crate::app::{AppError, AuthInput};
 use axum::{
     extract::{ConnectInfo, Request, State},
     http::{HeaderMap, Method, Uri},
@@ -20,12 +20,28 @@ pub(crate) async fn authenticate(
     uri: &Uri,
     headers: &HeaderMap,
     remote: Option<SocketAddr>,
-) -> Result<(Principal, HeaderMap), ApiError> {
+) -> Result<(Principal, HeaderMap), AppError> {
     let ctx = call_context(&Principal::anonymous(), request_id, &state.server);
     let input = AuthInput { method, uri, headers, remote };
     let outcome = state.app.authenticate(ctx, input).await?;
     let principal = Principal { user_id: outcome.user_id, email: outcome.email, auth_type: outcome.auth_type };
     Ok((principal, outcome.response_headers))
+}
+
+/// How a refused sign-in reads on a socket: `KIND: message` for the auth kinds (as the HTTP
+/// body's `error` and `message`), the message otherwise; and the status it would have had.
+pub(crate) fn refusal(e: &AppError) -> (String, u16) {
+    let status = ApiError::from_status_of(e);
+    let text = match e {
+        AppError::Plugin(c) if c.error.code.is_auth() => format!("{}: {}", c.error.code.name(), c.error.message),
+        // A panic's message stays in the log.
+        AppError::Plugin(c) if c.error.code == plugin_api::ErrorCode::PANICKED => {
+            "the user_auth plugin failed unexpectedly (see the server log)".to_owned()
+        }
+        AppError::Plugin(c) => c.error.message.to_string(),
+        other => other.to_string(),
+    };
+    (text, status)
 }
 
 /// The auth gate: sets the [`Principal`] for the route, adds `user_auth`'s headers to the
@@ -45,6 +61,6 @@ pub(super) async fn gate(State(state): State<AppState>, mut req: Request, next: 
             }
             response
         }
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }

@@ -149,6 +149,23 @@ impl From<CallError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The status `e` is answered with over HTTP.
+    pub fn from_status_of(e: &AppError) -> u16 {
+        match e {
+            AppError::Plugin(c) | AppError::StartFailed(c) => status_of(c.error.code).as_u16(),
+            AppError::SettingsNotFound | AppError::NoLlmKey | AppError::Invalid(_) => 400,
+            AppError::PaymentRequired(_) => 402,
+            AppError::TooManyStored { .. } | AppError::Forbidden(_) => 403,
+            AppError::SecretNotFound(_) => 404,
+            AppError::SecretExists(_) => 400,
+            AppError::ConversationExists(_) | AppError::SettingsContended => 409,
+            AppError::NoManager => 501,
+            AppError::Maintenance { .. } => 503,
+        }
+    }
+}
+
 /// OpenHands' message id of a refusal, which its web client shows by id.
 pub fn msg_id(e: &AppError) -> Option<&'static str> {
     match e {

@@ -10,7 +10,12 @@
 //! (and legacy `oh_action`s) go to the conversation manager in order, even those sent just
 //! before a disconnect; a disconnect only unsubscribes: the agent keeps running.
 
-use super::{auth::authenticate, call_context, error::msg_id, extract::validate_conversation_id, AppState, RequestId};
+use super::{
+    auth::{authenticate, refusal},
+    call_context,
+    error::msg_id,
+    AppState, RequestId,
+};
 use crate::app::AppError;
 use axum::http::{HeaderMap, Method, Uri};
 use plugin_api::{CallContext, EventQuery};
@@ -90,7 +95,7 @@ fn handshake_query(uri: &Uri) -> Result<(String, Option<u64>), String> {
         .map(|q| q.0)
         .map_err(|e| format!("bad query string: {e}"))?;
     let conversation_id = params.get("conversation_id").cloned().ok_or("No conversation_id in request")?;
-    validate_conversation_id(&conversation_id).map_err(|e| e.body["error"].as_str().unwrap_or("invalid").to_owned())?;
+    crate::app::check_conversation_id(&conversation_id).map_err(|e| e.to_string())?;
     let latest_event_id = parse_latest(params.get("latest_event_id"))?;
     Ok((conversation_id, latest_event_id))
 }
@@ -100,14 +105,9 @@ async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
     let parts = s.req_parts();
     let (conversation_id, latest_event_id) = handshake_query(&parts.uri)?;
     let request_id = RequestId(format!("sio-{}", s.id));
-    let (principal, _) =
-        authenticate(&state, &request_id, &parts.method, &parts.uri, &parts.headers, None).await.map_err(|e| {
-            let kind = e.body["error"].as_str().unwrap_or("AuthError");
-            match e.body["message"].as_str() {
-                Some(message) => format!("{kind}: {message}"),
-                None => kind.to_owned(),
-            }
-        })?;
+    let (principal, _) = authenticate(&state, &request_id, &parts.method, &parts.uri, &parts.headers, None)
+        .await
+        .map_err(|e| refusal(&e).0)?;
     let ctx = call_context(&principal, &request_id, &state.server);
     // The conversation store is scoped by user: another user's conversation does not exist.
     match state.app.conversation(&ctx, &conversation_id).await {
@@ -366,9 +366,8 @@ async fn send_action(state: &AppState, conn: &Connection, s: &SocketRef, (event,
     let (method, uri, headers) = &*conn.handshake;
     let request_id = RequestId(format!("sio-{}", s.id));
     if let Err(e) = authenticate(state, &request_id, method, uri, headers, None).await {
-        let kind = e.body["error"].as_str().unwrap_or("AuthError").to_owned();
-        let message = format!("{kind}: {}", e.body["message"].as_str().unwrap_or("not allowed"));
-        let _ = s.emit("oh_event", &json!({ "error": true, "message": message, "status": e.status.as_u16() }));
+        let (message, status) = refusal(&e);
+        let _ = s.emit("oh_event", &json!({ "error": true, "message": message, "status": status }));
         return answer(false, Some(&message));
     }
     // A trace span per action (child of the client's trace when its handshake sent one).
