@@ -1,0 +1,161 @@
+//! Section 6: the clustered manager (three nodes, PostgreSQL and Redis).
+
+use crate::common::*;
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+pub(crate) const CLUSTER_NODES: usize = 3;
+
+pub(crate) const CLUSTER_CONVERSATIONS: usize = 100;
+
+pub(crate) const KILLS: usize = 10;
+
+pub(crate) const CLUSTER_LEASE_MS: u64 = 1500;
+
+/// Section 6: the clustered manager.
+pub(crate) fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
+    use oh_e2e::{
+        llm::{now_micros, FakeLlm, Reply},
+        sio::{is_state, SioClient},
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let db = oh_e2e::pg::TestDb::create().await;
+        let redis = oh_e2e::redis::url();
+        let prefix = oh_e2e::redis::prefix("bench");
+        let llm = FakeLlm::start().await;
+        let stores = format!("{{ database_url = \"{}\", master_key = \"bench-master-key-0123456789\" }}", db.url);
+        let profile = |i: usize| {
+            let text = format!(
+                "[server]\nbind = \"127.0.0.1:0\"\nadmin_bind = \"off\"\nmax_conversations_per_user = 0\nmax_connections_per_client = 0\nplugins_dir = \"{}\"\nstate_dir = \"{}\"\n\
+                 [extensions.settings_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSettingsStore\"\nconfig = {stores}\n\
+                 [extensions.secrets_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSecretsStore\"\nconfig = {stores}\n\
+                 [extensions.conversation_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasConversationStore\"\nconfig = {stores}\n\
+                 [extensions.conversation_manager]\nlibrary = \"clustered_manager\"\nimplementation = \"ClusteredConversationManager\"\n\
+                 config = {{ redis_url = \"{redis}\", redis_key_prefix = \"{prefix}\", lease_ttl_ms = {CLUSTER_LEASE_MS}, \
+                 max_concurrent_conversations = 1000, llm_max_retries = 0 }}\n",
+                plugins.display(),
+                work.join(format!("cluster-state-{i}")).display()
+            );
+            let path = work.join(format!("plugins.cluster{i}.toml"));
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let mut nodes: Vec<(std::process::Child, String)> =
+            (0..CLUSTER_NODES).map(|i| spawn_host(bin, &profile(i))).collect();
+        let http = reqwest::Client::new();
+        let base = |n: &(std::process::Child, String)| format!("http://{}", n.1);
+        let settings = serde_json::json!({ "llm_model": "fake", "llm_base_url": llm.base_url, "llm_api_key": "sk-bench" });
+        assert!(http.post(format!("{}/api/settings", base(&nodes[0]))).json(&settings).send().await.unwrap().status().is_success());
+
+        // Conversation i is owned by node i % 3; a client on its owner and one on the next node.
+        let mut clients = Vec::new();
+        for i in 0..CLUSTER_CONVERSATIONS {
+            let owner = i % CLUSTER_NODES;
+            let id = start_conversation(&http, &base(&nodes[owner]), serde_json::json!({})).await;
+            for (node, cross) in [(owner, false), ((owner + 1) % CLUSTER_NODES, true)] {
+                let mut c = SioClient::connect(&base(&nodes[node]), &format!("conversation_id={id}&latest_event_id=-1"), &[])
+                    .await
+                    .unwrap();
+                c.until(Duration::from_secs(60), |e| is_state(e, "awaiting_user_input")).await;
+                clients.push((id.clone(), cross, c));
+            }
+        }
+        // Idle: heartbeats, renewals and relay reads only.
+        let (c0, i0, o0) = redis_counters(&redis).await;
+        let idle_window = Duration::from_secs(5);
+        tokio::time::sleep(idle_window).await;
+        let (c1, i1, o1) = redis_counters(&redis).await;
+
+        llm.push((0..CLUSTER_CONVERSATIONS).map(|_| Reply::TimedTokens { n: TOKENS, gap: Duration::from_millis(20) }));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for (id, cross, mut c) in clients {
+            let send = !cross; // one message per conversation, from its owner-side client
+            tasks.push(tokio::spawn(async move {
+                if send {
+                    c.emit("oh_user_action", &serde_json::json!({ "action": "message", "args": { "content": "go" } }));
+                }
+                let mut delays = Vec::new();
+                let mut seen_running = false;
+                loop {
+                    let Some(e) = c.next(Duration::from_secs(60)).await else { break };
+                    if let Some(t) = e["args"]["delta"].as_str().and_then(|d| d.trim().strip_prefix('t')) {
+                        if let Ok(sent) = t.parse::<u128>() {
+                            delays.push(now_micros().saturating_sub(sent) as u64);
+                        }
+                    }
+                    seen_running |= is_state(&e, "running");
+                    if seen_running && is_state(&e, "awaiting_user_input") {
+                        break;
+                    }
+                }
+                let _ = id;
+                c.close();
+                (cross, delays)
+            }));
+        }
+        let (mut same, mut cross) = (Vec::new(), Vec::new());
+        for t in tasks {
+            let (is_cross, d) = t.await.unwrap();
+            if is_cross { cross.extend(d) } else { same.extend(d) }
+        }
+        let streamed = start.elapsed();
+        let (c2, i2, o2) = redis_counters(&redis).await;
+        same.sort_unstable();
+        cross.sort_unstable();
+        let pct = |v: &[u64], p: f64| v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(0);
+        println!("\n6. {CLUSTER_NODES} clustered nodes, {CLUSTER_CONVERSATIONS} conversations (PostgreSQL stores, Redis), {TOKENS} tokens each 20 ms apart");
+        println!(
+            "   LLM chunk -> client oh_event, same node:  p50 {} µs   p99 {} µs   ({} deltas)",
+            pct(&same, 0.5), pct(&same, 0.99), same.len()
+        );
+        println!(
+            "   LLM chunk -> client oh_event, cross node: p50 {} µs   p99 {} µs   ({} deltas); extra p99 {} µs",
+            pct(&cross, 0.5), pct(&cross, 0.99), cross.len(),
+            pct(&cross, 0.99) as i64 - pct(&same, 0.99) as i64
+        );
+        let per = |d: u64, secs: f64| d as f64 / CLUSTER_CONVERSATIONS as f64 / secs;
+        let idle = idle_window.as_secs_f64();
+        let busy = streamed.as_secs_f64();
+        println!(
+            "   Redis per conversation per second: idle {:.2} commands, {:.0} B in, {:.0} B out; streaming {:.1} commands, {:.0} B in, {:.0} B out",
+            per(c1 - c0, idle), per(i1 - i0, idle), per(o1 - o0, idle),
+            per(c2 - c1, busy), per(i2 - i1, busy), per(o2 - o1, busy)
+        );
+
+        // Failover: kill the owner mid-answer, time until a client elsewhere sees the resumed loop.
+        let mut times = Vec::new();
+        for k in 0..KILLS {
+            let victim = k % CLUSTER_NODES;
+            let watcher = (victim + 1) % CLUSTER_NODES;
+            llm.push([Reply::Tokens { n: 400, gap: Duration::from_millis(25) }]);
+            let id = start_conversation(&http, &base(&nodes[victim]), serde_json::json!({ "initial_user_msg": "long" })).await;
+            let mut c = SioClient::connect(&base(&nodes[watcher]), &format!("conversation_id={id}&latest_event_id=-1"), &[])
+                .await
+                .unwrap();
+            c.until(Duration::from_secs(30), |e| e["action"] == "streaming_message").await;
+            let killed = Instant::now();
+            let _ = nodes[victim].0.kill();
+            let _ = nodes[victim].0.wait();
+            let loading = c.until(Duration::from_secs(30), |e| is_state(e, "loading") && e["id"].as_u64().unwrap_or(0) > 2).await;
+            let _ = loading;
+            times.push(killed.elapsed());
+            c.close();
+            nodes[victim] = spawn_host(bin, &profile(victim));
+        }
+        times.sort();
+        println!(
+            "   failover over {KILLS} kill -9 (lease {CLUSTER_LEASE_MS} ms): min {} ms   median {} ms   max {} ms",
+            times[0].as_millis(),
+            times[KILLS / 2].as_millis(),
+            times[KILLS - 1].as_millis()
+        );
+        for (mut child, _) in nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    });
+}

@@ -1,0 +1,202 @@
+//! Shared by the sections: the load driver, process figures, starting the host.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub(crate) const HTTP_CONCURRENCY: usize = 16;
+
+pub(crate) const HTTP_DURATION: Duration = Duration::from_secs(5);
+
+pub(crate) const HTTP_MAX_REQUESTS: usize = 200_000;
+
+/// One figure next to its target (issue "Performance"), for the closing table.
+pub(crate) fn target(label: &str, value: String, target: &str, met: bool) {
+    println!("   -> {label}: {value}   target {target}   {}", if met { "met" } else { "NOT MET" });
+}
+
+/// Redis's counters: commands processed, bytes in, bytes out.
+pub(crate) async fn redis_counters(redis: &str) -> (u64, u64, u64) {
+    let client = reqwest::Url::parse(redis).unwrap();
+    let addr = format!("{}:{}", client.host_str().unwrap_or("127.0.0.1"), client.port().unwrap_or(6379));
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("Redis for the cluster benchmark");
+    stream.write_all(b"*2\r\n$4\r\nINFO\r\n$5\r\nstats\r\n").await.unwrap();
+    let mut text = String::new();
+    let mut buf = vec![0u8; 65536];
+    while !text.contains("total_net_output_bytes") || !text.ends_with("\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let field = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
+    };
+    (field("total_commands_processed:"), field("total_net_input_bytes:"), field("total_net_output_bytes:"))
+}
+
+/// Process CPU seconds (user + system) of `pid`, from /proc.
+pub(crate) fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // After the command name: state is field 0, utime 11, stime 12 (clock ticks, 100 per s).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+pub(crate) fn cookie(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix(&format!("{name}=")).map(|rest| rest.split(';').next().unwrap().to_owned()))
+        .unwrap_or_else(|| panic!("no {name} cookie"))
+}
+
+/// Starts the binary; returns the child and its address once it listens.
+/// `POST /api/conversations` with `body`; the new conversation's id.
+pub(crate) async fn start_conversation(http: &reqwest::Client, base: &str, body: serde_json::Value) -> String {
+    let r: serde_json::Value =
+        http.post(format!("{base}/api/conversations")).json(&body).send().await.unwrap().json().await.unwrap();
+    r["conversation_id"].as_str().expect("conversation created").to_owned()
+}
+
+pub(crate) fn spawn_host(bin: &Path, profile: &Path) -> (std::process::Child, String) {
+    spawn_host_env(bin, profile, &[])
+}
+
+pub(crate) fn spawn_host_env(bin: &Path, profile: &Path, env: &[(&str, String)]) -> (std::process::Child, String) {
+    let mut command = Command::new(bin);
+    command.arg("--config").arg(profile).envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    spawn_listening(command)
+}
+
+/// Starts a process that prints `listening on http://<addr>` on stderr; returns it and the address.
+pub(crate) fn spawn_listening(mut command: Command) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let bin = PathBuf::from(command.get_program());
+    let mut child = command
+        .env("RUST_LOG", "warn,oh_host::cli=info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("oh-host exited before listening").unwrap();
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+/// `VmRSS` and `VmHWM` (peak) of a process, in MiB.
+pub(crate) fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+pub(crate) const TOKENS: usize = 50;
+
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Times `calls` sequential awaits of `call()`; µs per call.
+pub(crate) async fn per_call<F, Fut>(calls: u32, mut call: F) -> f64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..calls / 10 {
+        call().await; // warm up
+    }
+    let start = Instant::now();
+    for _ in 0..calls {
+        call().await;
+    }
+    start.elapsed().as_secs_f64() * 1e6 / f64::from(calls)
+}
+
+/// Drives `requests` (a fresh request per call) from `HTTP_CONCURRENCY` connections for
+/// `HTTP_DURATION`; every answer must be 2xx. Returns (count, elapsed, sorted latencies).
+pub(crate) async fn load(
+    make: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync + Clone + 'static,
+) -> Stats {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(HTTP_CONCURRENCY).build().unwrap();
+    let start = Instant::now();
+    let deadline = start + HTTP_DURATION;
+    let mut tasks = Vec::new();
+    for _ in 0..HTTP_CONCURRENCY {
+        let (client, make) = (client.clone(), make.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline && lat.len() < HTTP_MAX_REQUESTS / HTTP_CONCURRENCY {
+                let t = Instant::now();
+                let r = make(&client).send().await.expect("request");
+                assert!(r.status().is_success(), "{}", r.status());
+                let _ = r.bytes().await;
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    Stats { elapsed: start.elapsed(), latencies: all }
+}
+
+pub(crate) struct Stats {
+    pub(crate) elapsed: Duration,
+    pub(crate) latencies: Vec<Duration>,
+}
+
+impl Stats {
+    pub(crate) fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `p` quantile of the latencies, in µs.
+    pub(crate) fn pct_us(&self, p: f64) -> f64 {
+        let l = &self.latencies;
+        l[((l.len() as f64 * p) as usize).min(l.len() - 1)].as_secs_f64() * 1e6
+    }
+
+    pub(crate) fn p99_ms(&self) -> f64 {
+        self.pct_us(0.99) / 1e3
+    }
+
+    pub(crate) fn tap_row(self, label: &str) -> Self {
+        self.row(label);
+        self
+    }
+
+    pub(crate) fn row(&self, label: &str) {
+        println!(
+            "   {label:<38} {:>8.0} req/s   p50 {:>6.0} µs   p99 {:>6.0} µs   ({} requests)",
+            self.rate(),
+            self.pct_us(0.5),
+            self.pct_us(0.99),
+            self.latencies.len()
+        );
+    }
+}

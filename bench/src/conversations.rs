@@ -1,0 +1,84 @@
+//! Section 4: many streaming conversations at once through socket.io.
+
+use crate::common::*;
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+pub(crate) const CONVERSATIONS: usize = 200;
+
+/// One run of section 4; returns the p99 of LLM chunk -> client `oh_event`, in ms.
+pub(crate) fn conversations_load(bin: &Path, profile: &Path) -> f64 {
+    use oh_e2e::{
+        llm::{now_micros, FakeLlm, Reply},
+        sio::SioClient,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async {
+        let llm = FakeLlm::start().await;
+        let (mut child, addr) = spawn_host(bin, profile);
+        let base = format!("http://{addr}");
+        let http = reqwest::Client::new();
+        let settings = serde_json::json!({ "llm_model": "fake", "llm_base_url": llm.base_url, "llm_api_key": "sk-bench" });
+        assert!(http.post(format!("{base}/api/settings")).json(&settings).send().await.unwrap().status().is_success());
+        let (rss_idle, _) = rss_mib(child.id());
+
+        let mut clients = Vec::new();
+        for _ in 0..CONVERSATIONS {
+            let id = start_conversation(&http, &base, serde_json::json!({})).await;
+            let mut c = SioClient::connect(&base, &format!("conversation_id={id}&latest_event_id=-1"), &[]).await.unwrap();
+            c.until(Duration::from_secs(30), |e| oh_e2e::sio::is_state(e, "awaiting_user_input")).await;
+            clients.push(c);
+        }
+        let (rss_ready, _) = rss_mib(child.id());
+        llm.push((0..CONVERSATIONS).map(|_| Reply::TimedTokens { n: TOKENS, gap: Duration::from_millis(20) }));
+
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for mut c in clients {
+            tasks.push(tokio::spawn(async move {
+                c.emit("oh_user_action", &serde_json::json!({ "action": "message", "args": { "content": "go" } }));
+                let mut delays = Vec::new();
+                let mut events = 0usize;
+                loop {
+                    let Some(e) = c.next(Duration::from_secs(60)).await else { break };
+                    events += 1;
+                    if let Some(t) = e["args"]["delta"].as_str().and_then(|d| d.trim().strip_prefix('t')) {
+                        if let Ok(sent) = t.parse::<u128>() {
+                            delays.push(now_micros().saturating_sub(sent) as u64);
+                        }
+                    }
+                    if oh_e2e::sio::is_state(&e, "awaiting_user_input") {
+                        break;
+                    }
+                }
+                c.close();
+                (events, delays)
+            }));
+        }
+        let mut events = 0;
+        let mut delays = Vec::new();
+        for t in tasks {
+            let (n, d) = t.await.unwrap();
+            events += n;
+            delays.extend(d);
+        }
+        let elapsed = start.elapsed();
+        let (rss_after, peak) = rss_mib(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        delays.sort_unstable();
+        let pct = |p: f64| delays.get(((delays.len() as f64 * p) as usize).min(delays.len().saturating_sub(1))).copied().unwrap_or(0);
+        println!("\n4. {CONVERSATIONS} conversations at once, fake LLM streaming {TOKENS} tokens each (20 ms apart), socket.io");
+        println!(
+            "   {events} oh_events in {:.2} s: {:.0} events/s; {} deltas timed",
+            elapsed.as_secs_f64(),
+            events as f64 / elapsed.as_secs_f64(),
+            delays.len()
+        );
+        println!("   LLM chunk -> client oh_event: p50 {} µs   p99 {} µs   max {} µs", pct(0.5), pct(0.99), delays.last().copied().unwrap_or(0));
+        println!("   host RSS: {rss_idle:.1} MiB idle, {rss_ready:.1} MiB with {CONVERSATIONS} connected, {rss_after:.1} MiB after, peak {peak:.1} MiB");
+        pct(0.99) as f64 / 1000.0
+    })
+}

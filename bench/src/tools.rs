@@ -1,0 +1,112 @@
+//! Section 10: the agent's tools, with each runtime.
+
+use crate::common::*;
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+/// Section 10: the agent's tools, with each runtime.
+pub(crate) fn tools_load(bin: &Path, work: &Path, oss_profile: &Path) {
+    for runtime in ["local", "bubblewrap"] {
+        tools_load_with(bin, work, oss_profile, runtime);
+    }
+}
+
+pub(crate) fn tools_load_with(bin: &Path, work: &Path, oss_profile: &Path, runtime: &str) {
+    use oh_e2e::llm::FakeLlm;
+    const CONCURRENT: usize = 20;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    println!("\n10. the agent's tools, runtime = {runtime}");
+    let base_profile = std::fs::read_to_string(oss_profile).unwrap();
+    let profile = work.join("plugins.tools.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "{base_profile}[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n\
+             config = {{ runtime = \"{runtime}\", max_concurrent_conversations = 100 }}\n"
+        ),
+    )
+    .unwrap();
+    rt.block_on(async {
+        let llm = FakeLlm::start().await;
+        let (mut child, addr) = spawn_host(bin, &profile);
+        let base = format!("http://{addr}");
+        let http = reqwest::Client::new();
+        let settings = serde_json::json!({ "llm_model": "fake", "llm_base_url": llm.base_url, "llm_api_key": "sk-bench" });
+        assert!(http.post(format!("{base}/api/settings")).json(&settings).send().await.unwrap().status().is_success());
+        let ts = |e: &serde_json::Value| {
+            chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap_or("")).map(|t| t.timestamp_micros()).unwrap_or(0)
+        };
+        // Runs conversations whose agent calls `command` once, then answers; the (action,
+        // observation) timestamps of each `run`, once all are done.
+        let converse = |n: usize, command: &'static str| {
+            let (http, base) = (http.clone(), base.clone());
+            let llm = &llm;
+            async move {
+                llm.call_tool_per_message("execute_bash", serde_json::json!({ "command": command }));
+                let mut ids = Vec::new();
+                for _ in 0..n {
+                    let created = chrono::Utc::now().timestamp_micros();
+                    let id = start_conversation(&http, &base, serde_json::json!({ "initial_user_msg": "run it" })).await;
+                    ids.push((id, created));
+                }
+                let mut pairs = Vec::new();
+                for (id, created) in ids {
+                    let started = Instant::now();
+                    loop {
+                        let page: serde_json::Value = http
+                            .get(format!("{base}/api/conversations/{id}/events?limit=100"))
+                            .send()
+                            .await
+                            .unwrap()
+                            .json()
+                            .await
+                            .unwrap();
+                        let events = page["events"].as_array().cloned().unwrap_or_default();
+                        let action = events.iter().find(|e| e["action"] == "run");
+                        let observation = events.iter().find(|e| e["observation"] == "run");
+                        if let (Some(a), Some(o)) = (action, observation) {
+                            pairs.push((created, ts(a), ts(o)));
+                            break;
+                        }
+                        assert!(started.elapsed() < Duration::from_secs(60), "no observation in {id}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                pairs
+            }
+        };
+        let quantiles = |mut v: Vec<i64>| {
+            v.sort();
+            (v[v.len() / 2] as f64 / 1e3, v[(v.len() * 99 / 100).min(v.len() - 1)] as f64 / 1e3)
+        };
+        // One at a time: a command's start to its observation stored.
+        let mut starts = Vec::new();
+        for _ in 0..50 {
+            let pairs = converse(1, "echo first-output").await;
+            starts.extend(pairs.iter().map(|(_, a, o)| o - a));
+        }
+        let (p50, p99) = quantiles(starts);
+        println!("   command start -> observation stored       p50 {p50:>6.1} ms   p99 {p99:>6.1} ms   (50 commands, one at a time)");
+        // The whole round trip: the conversation starts, the model (fake, instant) answers with
+        // the call, the command runs, its observation is stored.
+        let round: Vec<i64> = converse(20, "true").await.iter().map(|(c, _, o)| o - c).collect();
+        let (p50, p99) = quantiles(round);
+        println!("   start -> LLM tool call -> observation     p50 {p50:>6.1} ms   p99 {p99:>6.1} ms   (20 conversations, started together)");
+
+        // 20 conversations running commands at once.
+        let pid = child.id();
+        let (cpu0, wall0) = (cpu_secs(pid), Instant::now());
+        let busy = converse(CONCURRENT, "for i in $(seq 1 40); do echo line $i; sleep 0.05; done").await;
+        let (cpu, wall) = (cpu_secs(pid) - cpu0, wall0.elapsed().as_secs_f64());
+        let (rss, peak) = rss_mib(pid);
+        assert_eq!(busy.len(), CONCURRENT);
+        println!(
+            "   {CONCURRENT} conversations running commands       host CPU {:>5.1}% of a core   RSS {rss:.1} MiB (peak {peak:.1})",
+            cpu / wall * 100.0
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    });
+}
