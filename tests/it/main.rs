@@ -18,6 +18,7 @@ mod observability;
 mod routes;
 mod saas_auth;
 mod sandbox;
+mod shapes;
 mod sso;
 mod stores;
 mod surfaces;

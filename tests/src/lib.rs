@@ -9,6 +9,7 @@ pub mod browser;
 pub mod conversation;
 pub mod git;
 pub mod git_http;
+pub mod in_process;
 pub mod llm;
 pub mod oidc;
 pub mod pg;
