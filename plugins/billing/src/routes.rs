@@ -1,0 +1,224 @@
+//! `BillingRoutes`: the balance, Stripe Checkout, its success and cancel returns, and its
+//! signed webhook.
+
+use crate::ledger::{Check, Completed, Ledger};
+use crate::{config::Config, ledger, stripe};
+use plugin_sdk::{
+    http::{header, json, query_param, redirect, response},
+    CallContext, HttpRequest, HttpResponse, PluginError, RouteSpec,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Stripe object ids (`cs_test_a1B2…`) are letters, digits and underscores.
+fn stripe_id(v: Option<&str>) -> Option<&str> {
+    v.filter(|v| !v.is_empty() && v.len() <= 255 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+}
+
+pub struct BillingRoutes {
+    ledger: Ledger,
+    stripe: stripe::Stripe,
+    webhook_secret: String,
+    web_host: Option<String>,
+    min_purchase: u32,
+    max_purchase: u32,
+}
+
+#[derive(Deserialize)]
+struct CheckoutBody {
+    amount: Value,
+}
+
+impl BillingRoutes {
+    pub(crate) fn new(c: &Config) -> Result<BillingRoutes, PluginError> {
+        let (key, webhook_secret) = c.stripe()?;
+        Ok(BillingRoutes {
+            ledger: c.ledger()?,
+            stripe: stripe::Stripe::new(&c.stripe_api_url, &key)?,
+            webhook_secret,
+            web_host: c.web_host(),
+            min_purchase: c.min_purchase,
+            max_purchase: c.max_purchase,
+        })
+    }
+
+    /// Where buyers come back to: WEB_HOST, else the origin the request came to.
+    fn base(&self, request: &HttpRequest) -> String {
+        if let Some(host) = &self.web_host {
+            return host.clone();
+        }
+        let proto = header(request, "x-forwarded-proto").unwrap_or("http");
+        format!("{proto}://{}", header(request, "host").unwrap_or("localhost"))
+    }
+
+    async fn checkout(&self, user: &str, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
+        let Ok(body) = serde_json::from_slice::<CheckoutBody>(&request.body) else {
+            return Ok(json(422, &json!({ "error": "expected {\"amount\": <whole US dollars>}" })));
+        };
+        let amount = body.amount.as_u64().and_then(|a| u32::try_from(a).ok());
+        let Some(amount) = amount.filter(|a| (self.min_purchase..=self.max_purchase).contains(a)) else {
+            return Ok(json(
+                422,
+                &json!({ "error": format!(
+                    "amount must be a whole number of US dollars from {} to {}",
+                    self.min_purchase, self.max_purchase
+                ) }),
+            ));
+        };
+        let customer = match self.ledger.customer(user).await? {
+            Some(c) => c,
+            None => {
+                let made = self.stripe.create_customer(user, None).await?;
+                self.ledger.save_customer(user, &made).await?
+            }
+        };
+        let base = self.base(request);
+        let session = self
+            .stripe
+            .create_checkout_session(
+                &customer,
+                user,
+                amount,
+                &format!("{base}/api/billing/success?session_id={{CHECKOUT_SESSION_ID}}"),
+                &format!("{base}/api/billing/cancel?session_id={{CHECKOUT_SESSION_ID}}"),
+            )
+            .await?;
+        self.ledger.save_session(&session.id, user, amount).await?;
+        let Some(url) = session.url else {
+            return Err(PluginError::internal("Stripe made a Checkout Session without a url"));
+        };
+        Ok(json(200, &json!({ "redirect_url": url })))
+    }
+
+    /// The buyer is back from Stripe: ask Stripe whether it is paid, credit it (once). The
+    /// route is public (Stripe sends the browser here), so Stripe is asked only about this
+    /// server's own unfinished sessions, at most once every few seconds each: anyone else's
+    /// requests cost a database read, never a call to Stripe.
+    async fn success(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
+        let given = query_param(&request.query, "session_id");
+        let Some(id) = stripe_id(given.as_deref()) else {
+            return Ok(json(400, &json!({ "error": "session_id is missing or malformed" })));
+        };
+        match self.ledger.claim_check(id).await? {
+            Check::Ask => {}
+            Check::Unknown | Check::Cancelled => {
+                return Ok(json(404, &json!({ "error": "no such checkout session here" })))
+            }
+            Check::Completed => {
+                return Ok(redirect(format!("{}/settings/billing?checkout=success", self.base(request))))
+            }
+            Check::Recently => {
+                let wait = ledger::CHECK_EVERY.as_secs();
+                return Ok(response(
+                    429,
+                    vec![("content-type", "application/json".to_owned()), ("retry-after", wait.to_string())],
+                    json!({ "error": format!("this payment was checked a moment ago; try again in {wait} seconds") })
+                        .to_string()
+                        .into_bytes(),
+                ));
+            }
+        }
+        let session = self.stripe.session(id).await?;
+        if session.payment_status != "paid" {
+            return Ok(json(
+                400,
+                &json!({ "error": format!("the payment is not complete (Stripe says {})", session.payment_status) }),
+            ));
+        }
+        match self.ledger.complete_session(id, None).await? {
+            Completed::Unknown => Ok(json(404, &json!({ "error": "no such checkout session here" }))),
+            Completed::Credited | Completed::Already => {
+                Ok(redirect(format!("{}/settings/billing?checkout=success", self.base(request))))
+            }
+        }
+    }
+
+    async fn cancel(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
+        if let Some(id) = stripe_id(query_param(&request.query, "session_id").as_deref()) {
+            self.ledger.cancel_session(id).await?;
+        }
+        Ok(redirect(format!("{}/settings/billing?checkout=cancel", self.base(request))))
+    }
+
+    /// A Stripe event: signature first (on the raw body), then at most once per event id.
+    async fn webhook(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
+        let now = chrono::Utc::now().timestamp();
+        if let Err(refused) =
+            stripe::verify(&request.body, header(request, "stripe-signature"), &self.webhook_secret, now)
+        {
+            tracing::warn!(reason = refused.message(), "Stripe webhook refused");
+            return Ok(json(400, &json!({ "error": refused.message() })));
+        }
+        let Ok(event) = serde_json::from_slice::<Value>(&request.body) else {
+            return Ok(json(400, &json!({ "error": "the payload is not JSON" })));
+        };
+        let (Some(event_id), Some(kind)) = (stripe_id(event["id"].as_str()), event["type"].as_str()) else {
+            return Ok(json(400, &json!({ "error": "the event has no id or type" })));
+        };
+        let object = &event["data"]["object"];
+        let fulfils = matches!(kind, "checkout.session.completed" | "checkout.session.async_payment_succeeded");
+        let outcome = match stripe_id(object["id"].as_str()) {
+            Some(session) if fulfils && object["payment_status"] == "paid" => {
+                match self.ledger.complete_session(session, Some((event_id, kind))).await? {
+                    Completed::Credited => "credited",
+                    Completed::Already => "already handled",
+                    Completed::Unknown => "not a session of this server",
+                }
+            }
+            _ => {
+                if self.ledger.record_event(event_id, kind).await? {
+                    "ignored"
+                } else {
+                    "already handled"
+                }
+            }
+        };
+        tracing::info!(event = event_id, kind, outcome, "Stripe event");
+        Ok(json(200, &json!({ "received": true, "outcome": outcome })))
+    }
+}
+
+impl plugin_sdk::RouteHandler for BillingRoutes {
+    fn routes(&self) -> Vec<RouteSpec> {
+        let route = |method: &str, path: &str, authenticated| RouteSpec {
+            method: method.into(),
+            path: path.into(),
+            authenticated,
+        };
+        vec![
+            route("GET", "/api/billing/credits", true),
+            route("GET", "/api/billing/subscription-access", true),
+            route("POST", "/api/billing/create-checkout-session", true),
+            // Stripe sends the buyer (and its webhooks) here without our session.
+            route("GET", "/api/billing/success", false),
+            route("GET", "/api/billing/cancel", false),
+            route("POST", "/api/billing/stripe-webhook", false),
+        ]
+    }
+
+    async fn handle(&self, ctx: CallContext, request: HttpRequest) -> Result<HttpResponse, PluginError> {
+        let user = ctx.user_id();
+        match (request.method.as_str(), request.path.as_str(), user) {
+            ("GET", "/api/billing/success", _) => self.success(&request).await,
+            ("GET", "/api/billing/cancel", _) => self.cancel(&request).await,
+            ("POST", "/api/billing/stripe-webhook", _) => self.webhook(&request).await,
+            (_, _, None) => Ok(json(401, &json!({ "error": "sign in first" }))),
+            ("GET", "/api/billing/credits", Some(user)) => {
+                // The exact decimal as a JSON number (no float on the way).
+                let balance = self.ledger.balance(user).await?;
+                Ok(response(
+                    200,
+                    vec![("content-type", "application/json".to_owned())],
+                    format!("{{\"credits\":{balance}}}").into_bytes(),
+                ))
+            }
+            ("GET", "/api/billing/subscription-access", Some(_)) => Ok(json(200, &Value::Null)),
+            ("POST", "/api/billing/create-checkout-session", Some(user)) => self.checkout(user, &request).await,
+            (method, path, _) => Ok(json(404, &json!({ "error": format!("no route {method} {path}") }))),
+        }
+    }
+
+    async fn health(&self) -> Result<String, PluginError> {
+        self.ledger.health().await
+    }
+}
