@@ -139,6 +139,35 @@ pub struct Database {
     this: OnceLock<Weak<Database>>,
 }
 
+/// The pool settings every PostgreSQL plugin's `config` has (`database_url`,
+/// `max_connections`, `acquire_timeout_ms`). Each config keeps the three fields itself (serde's
+/// `flatten` does not combine with the `deny_unknown_fields` every config uses) and hands
+/// them over as one `Pool`.
+#[derive(Clone, Copy, Debug)]
+pub struct Pool<'a> {
+    /// Default: the `DB_*` variables.
+    pub database_url: Option<&'a str>,
+    /// Default: `DB_POOL_SIZE` + `DB_MAX_OVERFLOW`.
+    pub max_connections: Option<u32>,
+    /// How long a call waits for a connection before failing with 503.
+    pub acquire_timeout_ms: u64,
+}
+
+/// `acquire_timeout_ms` when a config names none (serde's `default` takes a function).
+pub fn default_acquire_timeout_ms() -> u64 {
+    DEFAULT_ACQUIRE_MS
+}
+
+impl Pool<'_> {
+    /// This process's pool of the database (made on first use, within the plugin's runtime;
+    /// migrations on first use when `migrate`).
+    pub fn open(&self, migrate: bool) -> Result<Arc<Database>, PluginError> {
+        plugin_sdk::enter_runtime(|| {
+            Database::shared(self.database_url, self.max_connections, self.acquire_timeout_ms, migrate)
+        })
+    }
+}
+
 impl Database {
     /// The library's `Database` for `database_url` (else the `DB_*` variables); created on
     /// first use. Instances with different `migrate` settings share it; any one that asks for

@@ -13,7 +13,7 @@ pub(crate) struct Config {
     #[serde(default)]
     pub(crate) max_connections: Option<u32>,
     /// How long a call waits for a database connection before 503 (ms).
-    #[serde(default = "default_acquire_ms")]
+    #[serde(default = "pg_common::default_acquire_timeout_ms")]
     pub(crate) acquire_timeout_ms: u64,
     /// The Stripe secret key (STRIPE_API_KEY), `sk_live_…` or `sk_test_…`.
     #[serde(default)]
@@ -35,9 +35,6 @@ pub(crate) struct Config {
     pub(crate) max_purchase: u32,
 }
 
-fn default_acquire_ms() -> u64 {
-    3000
-}
 fn default_api_url() -> String {
     "https://api.stripe.com".to_owned()
 }
@@ -53,6 +50,15 @@ fn set(v: &Option<String>) -> Option<String> {
 }
 
 impl Config {
+    /// The database pool this config names.
+    pub(crate) fn pool(&self) -> pg_common::Pool<'_> {
+        pg_common::Pool {
+            database_url: self.database_url.as_deref(),
+            max_connections: self.max_connections,
+            acquire_timeout_ms: self.acquire_timeout_ms,
+        }
+    }
+
     pub(crate) fn parse(json: &str) -> Result<Config, PluginError> {
         let c: Config = plugin_sdk::parse_config(json)?;
         if c.min_purchase == 0 || c.min_purchase > c.max_purchase {
@@ -85,14 +91,7 @@ impl Config {
     }
 
     pub(crate) fn ledger(&self) -> Result<crate::ledger::Ledger, PluginError> {
-        let db = plugin_sdk::enter_runtime(|| {
-            pg_common::Database::shared(
-                self.database_url.as_deref(),
-                self.max_connections,
-                self.acquire_timeout_ms,
-                true,
-            )
-        })?;
+        let db = self.pool().open(true)?;
         Ok(crate::ledger::Ledger::new(db))
     }
 }

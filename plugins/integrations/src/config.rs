@@ -17,7 +17,7 @@ pub(crate) struct Config {
     pub(crate) database_url: Option<String>,
     #[serde(default)]
     pub(crate) max_connections: Option<u32>,
-    #[serde(default = "default_acquire_ms")]
+    #[serde(default = "pg_common::default_acquire_timeout_ms")]
     pub(crate) acquire_timeout_ms: u64,
     /// Redis for the per-source rate limits; default from REDIS_HOST/REDIS_PORT/REDIS_PASSWORD.
     #[serde(default)]
@@ -106,9 +106,6 @@ pub(crate) struct Source {
     pub(crate) cloud_api_url: Option<String>,
 }
 
-fn default_acquire_ms() -> u64 {
-    3000
-}
 fn default_prefix() -> String {
     "oh:".to_owned()
 }
@@ -178,6 +175,15 @@ impl Source {
 }
 
 impl Config {
+    /// The database pool this config names.
+    pub(crate) fn pool(&self) -> pg_common::Pool<'_> {
+        pg_common::Pool {
+            database_url: self.database_url.as_deref(),
+            max_connections: self.max_connections,
+            acquire_timeout_ms: self.acquire_timeout_ms,
+        }
+    }
+
     pub(crate) fn parse(json: &str) -> Result<Config, PluginError> {
         let c: Config = plugin_sdk::parse_config(json)?;
         if c.max_attempts < 1 {

@@ -49,9 +49,7 @@ struct Verified {
 
 impl Integrations {
     pub(crate) fn new(c: Config, services: Services) -> Result<Integrations, PluginError> {
-        let db = plugin_sdk::enter_runtime(|| {
-            pg_common::Database::shared(c.database_url.as_deref(), c.max_connections, c.acquire_timeout_ms, true)
-        })?;
+        let db = c.pool().open(true)?;
         let web_origin = c.web_origin();
         let workspaces = workspaces::Workspaces::new(
             db.clone(),

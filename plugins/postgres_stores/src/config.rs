@@ -27,7 +27,7 @@ pub(crate) struct Config {
     #[serde(default)]
     pub(crate) max_connections: Option<u32>,
     /// How long a call waits for a connection before failing with 503 (default 3000 ms).
-    #[serde(default = "default_acquire_ms")]
+    #[serde(default = "pg_common::default_acquire_timeout_ms")]
     pub(crate) acquire_timeout_ms: u64,
 }
 
@@ -35,11 +35,16 @@ fn yes() -> bool {
     true
 }
 
-fn default_acquire_ms() -> u64 {
-    pg_common::DEFAULT_ACQUIRE_MS
-}
-
 impl Config {
+    /// The database pool this config names.
+    pub(crate) fn pool(&self) -> pg_common::Pool<'_> {
+        pg_common::Pool {
+            database_url: self.database_url.as_deref(),
+            max_connections: self.max_connections,
+            acquire_timeout_ms: self.acquire_timeout_ms,
+        }
+    }
+
     pub(crate) fn parse(json: &str) -> Result<Config, PluginError> {
         plugin_sdk::parse_config(json)
     }

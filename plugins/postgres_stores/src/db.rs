@@ -36,12 +36,7 @@ impl Db {
 }
 
 pub(crate) fn open(config: &Config) -> Result<Arc<Db>, PluginError> {
-    let database = Database::shared(
-        config.database_url.as_deref(),
-        config.max_connections,
-        config.acquire_timeout_ms,
-        config.migrate,
-    )?;
+    let database = config.pool().open(config.migrate)?;
     let keys = pg_common::crypto::deployment_keyring(
         config.master_key.as_deref(),
         config.previous_master_keys.as_deref(),

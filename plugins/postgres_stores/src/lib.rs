@@ -49,12 +49,7 @@ pub fn register(r: &mut Registry) {
         "POST /feedback/conversation, GET /feedback/conversation/{id}/batch: ratings of a user's conversations",
         |config, _| {
             let c = Config::parse(config)?;
-            let database = pg_common::Database::shared(
-                c.database_url.as_deref(),
-                c.max_connections,
-                c.acquire_timeout_ms,
-                c.migrate,
-            )?;
+            let database = c.pool().open(c.migrate)?;
             Ok(SaasFeedbackRoutes { database })
         },
     );

@@ -13,7 +13,7 @@ pub(crate) struct Config {
     #[serde(default)]
     pub(crate) max_connections: Option<u32>,
     /// How long a call waits for a database connection before 503 (ms).
-    #[serde(default = "default_acquire_ms")]
+    #[serde(default = "pg_common::default_acquire_timeout_ms")]
     pub(crate) acquire_timeout_ms: u64,
     /// Redis for rate limits; default from REDIS_HOST (localhost), REDIS_PORT (6379),
     /// REDIS_PASSWORD.
@@ -105,9 +105,6 @@ pub(crate) struct StaticKey {
     pub(crate) sha256: String,
 }
 
-fn default_acquire_ms() -> u64 {
-    3000
-}
 fn default_per_second() -> u64 {
     10
 }
@@ -128,14 +125,18 @@ fn default_prefix() -> String {
 }
 
 impl Config {
+    /// The database pool this config names.
+    pub(crate) fn pool(&self) -> pg_common::Pool<'_> {
+        pg_common::Pool {
+            database_url: self.database_url.as_deref(),
+            max_connections: self.max_connections,
+            acquire_timeout_ms: self.acquire_timeout_ms,
+        }
+    }
+
     /// The library's API keys in its database (shared by both implementations).
     pub(crate) fn key_store(&self) -> Result<std::sync::Arc<crate::keys::KeyStore>, PluginError> {
-        crate::keys::KeyStore::shared(
-            self.database_url.as_deref(),
-            self.max_connections,
-            self.acquire_timeout_ms,
-            self.api_key_cache_ms,
-        )
+        crate::keys::KeyStore::shared(self.pool(), self.api_key_cache_ms)
     }
 
     pub(crate) fn parse(json: &str) -> Result<Config, PluginError> {

@@ -74,16 +74,8 @@ fn time(col: &str) -> String {
 impl KeyStore {
     /// The library's store for this database: `SaasUserAuth` and `SaasAuthRoutes` share the
     /// pool of `pg_common::Database` rather than opening one each.
-    pub(crate) fn shared(
-        database_url: Option<&str>,
-        max: Option<u32>,
-        acquire_ms: u64,
-        cache_ms: u64,
-    ) -> Result<Arc<KeyStore>, PluginError> {
-        Ok(Arc::new(KeyStore {
-            database: Database::shared(database_url, max, acquire_ms, true)?,
-            cache_ttl: Duration::from_millis(cache_ms),
-        }))
+    pub(crate) fn shared(pool: pg_common::Pool<'_>, cache_ms: u64) -> Result<Arc<KeyStore>, PluginError> {
+        Ok(Arc::new(KeyStore { database: pool.open(true)?, cache_ttl: Duration::from_millis(cache_ms) }))
     }
 
     fn cached(&self, hash: &str) -> Option<String> {

@@ -65,7 +65,14 @@ impl SaaSMonitoringListener {
         let db = if experiments.is_empty() {
             None
         } else {
-            Some(plugin_sdk::enter_runtime(|| Database::shared(c.database_url.as_deref(), None, 3000, true))?)
+            Some(
+                pg_common::Pool {
+                    database_url: c.database_url.as_deref(),
+                    max_connections: None,
+                    acquire_timeout_ms: pg_common::default_acquire_timeout_ms(),
+                }
+                .open(true)?,
+            )
         };
         let listener = SaaSMonitoringListener {
             services: services.clone(),
