@@ -3,9 +3,10 @@
 //!
 //! Order (docs/decisions.md §5, §8): the file must exist in the plugins directory (no search path, no
 //! symlink out of it), neither it nor its directory may be writable by other users, its
-//! sha256 must match the pin when there is one; then abi_stable checks the layout of every
-//! type, and we check our own API version and the panic strategy. Libraries are never
-//! unloaded.
+//! sha256 must match the pin when there is one; the bytes read for the hash are the ones run,
+//! from a sealed private copy (so the file may be replaced under a running server); then
+//! abi_stable checks the layout of every type, and we check our own API version and the panic
+//! strategy. Libraries are never unloaded.
 // The loader is one of the two places allowed unsafe code: dlopen runs the library's
 // initialisers, and geteuid is a libc call.
 #![allow(unsafe_code)]
@@ -82,7 +83,9 @@ pub fn load(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Library
     check_ancestors(&dir)?;
     check_permissions(&dir)?;
     check_permissions(&real)?;
-    let sha256 = file_sha256(&real).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    // One read: the bytes hashed (and pinned) are the bytes that run.
+    let bytes = fs::read(&real).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let sha256: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
     if let Some(pin) = pin {
         if !pin.eq_ignore_ascii_case(&sha256) {
             return Err(format!(
@@ -90,7 +93,13 @@ pub fn load(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Library
             ));
         }
     }
-    let module = open(&real)?;
+    let module = match private_copy(&bytes, name) {
+        Ok(copy) => open(&copy, &shown)?,
+        Err(e) => {
+            tracing::warn!(library = %shown, error = %e, "no private copy of the library could be made; it is run from its file, which must then not be replaced while the server runs");
+            open(&real, &shown)?
+        }
+    };
     let api = module.api();
     if api.magic != plugin_api::API_MAGIC {
         return Err(format!("{shown} is an abi_stable library but not an oh-host plugin (wrong magic number)"));
@@ -129,12 +138,46 @@ pub fn load(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Library
     })
 }
 
-/// `dlopen` + abi_stable's checks. Never `RootModule::load_from_*`: those cache one module per
-/// type, so a second library would silently return the first.
-fn open(path: &Path) -> Result<PluginLib_Ref, String> {
-    let shown = path.display();
-    let header = lib_header_from_path(path).map_err(|e| describe(&shown.to_string(), e))?;
-    header.init_root_module::<PluginLib_Ref>().map_err(|e| describe(&shown.to_string(), e))
+/// `dlopen` + abi_stable's checks (`shown`: the library as the operator knows it). Never
+/// `RootModule::load_from_*`: those cache one module per type, so a second library would
+/// silently return the first.
+fn open(path: &Path, shown: &str) -> Result<PluginLib_Ref, String> {
+    let header = lib_header_from_path(path).map_err(|e| describe(shown, e))?;
+    header.init_root_module::<PluginLib_Ref>().map_err(|e| describe(shown, e))
+}
+
+/// The descriptors of the private copies: kept open for the process's life. Libraries are
+/// never unloaded, and a closed descriptor's number would come back: `dlopen` of the same
+/// `/proc/self/fd/N` name would then answer with the library already loaded under it.
+static COPIES: Mutex<Vec<std::os::fd::OwnedFd>> = Mutex::new(Vec::new());
+
+/// A private copy of a library's bytes, run instead of its file: an anonymous memory file
+/// (`memfd`), sealed against every change. The file in the plugins directory can then be
+/// replaced or rewritten in place at any time (a new build dropped in) without the running
+/// code changing under the server, which would crash it.
+fn private_copy(bytes: &[u8], name: &str) -> std::io::Result<PathBuf> {
+    use std::{
+        io::Write as _,
+        os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    };
+    let label = std::ffi::CString::new(format!("oh-plugin-{name}")).map_err(std::io::Error::other)?;
+    // SAFETY: a valid C string and flags; the result is checked before use.
+    let fd = unsafe { libc::memfd_create(label.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = fs::File::from(owned);
+    file.write_all(bytes)?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on a descriptor this function owns.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    COPIES.lock().unwrap_or_else(|e| e.into_inner()).push(OwnedFd::from(file));
+    Ok(path)
 }
 
 fn describe(shown: &str, err: LibraryError) -> String {

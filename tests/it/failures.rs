@@ -3,7 +3,7 @@
 
 use oh_e2e::{Deployment, TestHost};
 use serde_json::json;
-use std::{fs, os::unix::fs::PermissionsExt};
+use std::{fs, os::unix::fs::PermissionsExt, time::Duration};
 
 /// A deployment with the bundled plugins plus `settings_store` = `entry`.
 fn with_settings_store(entry: &str) -> Deployment {
@@ -196,4 +196,33 @@ async fn a_hanging_method_times_out_with_504() {
     assert_eq!(host.post_json("/api/settings", &json!({ "language": "en" })).await.status, 504);
     let timeouts = host.admin_get("/internal/plugins").await.json()["instances"][0]["stats"]["timeouts"].as_u64();
     assert_eq!(timeouts, Some(2));
+}
+
+/// A library overwritten in place under a running server (a new build dropped into the
+/// plugins directory, as the README invites) does not crash it: the server runs a sealed
+/// private copy of what it loaded, and keeps serving under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_library_overwritten_in_place_under_load_does_not_crash_the_server() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    let mut host = d.start();
+    assert_eq!(host.post_json("/api/settings", &json!({ "language": "en" })).await.status, 200);
+    let loaded = d.plugins_dir().join("libfile_stores.so");
+    let replacement = std::fs::read(d.plugins_dir().join("liblog_monitoring.so")).unwrap();
+    let started = std::time::Instant::now();
+    let mut overwritten = false;
+    let mut served = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        if !overwritten && started.elapsed() > Duration::from_millis(500) {
+            // In place: the same inode, new bytes (what `cp new.so old.so` does).
+            std::fs::write(&loaded, &replacement).unwrap();
+            overwritten = true;
+        }
+        let (a, b) = tokio::join!(host.get("/api/settings"), host.get("/api/conversations"));
+        assert_eq!((a.status, b.status), (200, 200), "{} {}", a.text, b.text);
+        served += 2;
+    }
+    assert!(overwritten && served > 20, "{served} requests");
+    assert!(host.alive(), "the server died: {}", host.log());
 }
