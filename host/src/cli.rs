@@ -4,7 +4,10 @@
 //! Errors here are the end of the line: each is printed once, as a sentence that names the
 //! file, the key and the fix, and the process exits non-zero.
 
-use crate::{config, env, loader, registry::Registry};
+use crate::{
+    config, env, loader,
+    registry::{Registry, StoreOperation},
+};
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use plugin_api::ExtensionPoint;
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
@@ -108,8 +111,8 @@ pub fn main() -> ExitCode {
         Command::Serve => serve(&cli),
         Command::Check => check(&cli),
         Command::Plugins { dir } => plugins(&cli, dir.as_ref()),
-        Command::Migrate => admin(&cli, "migrate"),
-        Command::RotateKeys => admin(&cli, "rotate_keys"),
+        Command::Migrate => admin(&cli, StoreOperation::Migrate),
+        Command::RotateKeys => admin(&cli, StoreOperation::RotateKeys),
         Command::Webhooks { action, admin } => webhooks(&cli, action, admin.as_deref()),
     }
 }
@@ -329,12 +332,13 @@ fn check(cli: &Cli) -> ExitCode {
 }
 
 /// `oh-host migrate` / `oh-host rotate-keys`: the command on every configured store.
-fn admin(cli: &Cli, command: &str) -> ExitCode {
+fn admin(cli: &Cli, op: StoreOperation) -> ExitCode {
+    let command = op.method();
     let rt = runtime();
     let Some((path, config, registry)) = load(cli, &rt) else {
         return ExitCode::FAILURE;
     };
-    let results = rt.block_on(registry.admin(command, &serde_json::json!({})));
+    let results = rt.block_on(registry.operate(op));
     let mut failed = false;
     println!("{}: {command}", path.display());
     for (store, result) in results {

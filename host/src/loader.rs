@@ -33,6 +33,9 @@ pub struct Library {
     /// The name used in `plugins.toml` (`lib<name>.so`).
     pub name: String,
     pub path: PathBuf,
+    /// What was opened: its private copy (`/proc/self/fd/N`), or `path` when none could be
+    /// made. Each load is a library instance of its own, initialised once.
+    pub loaded_from: PathBuf,
     pub sha256: String,
     pub module: PluginLib_Ref,
     pub api: ApiInfo,
@@ -93,13 +96,14 @@ pub fn load(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Library
             ));
         }
     }
-    let module = match private_copy(&bytes, name) {
-        Ok(copy) => open(&copy, &shown)?,
+    let loaded_from = match private_copy(&bytes, name) {
+        Ok(copy) => copy,
         Err(e) => {
             tracing::warn!(library = %shown, error = %e, "no private copy of the library could be made; it is run from its file, which must then not be replaced while the server runs");
-            open(&real, &shown)?
+            real.clone()
         }
     };
+    let module = open(&loaded_from, &shown)?;
     let api = module.api();
     if api.magic != plugin_api::API_MAGIC {
         return Err(format!("{shown} is an abi_stable library but not an oh-host plugin (wrong magic number)"));
@@ -129,6 +133,7 @@ pub fn load(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Library
     Ok(Library {
         name: name.to_owned(),
         path: real,
+        loaded_from,
         sha256,
         module,
         api,
@@ -420,7 +425,7 @@ pub fn host_api() -> HostApi_Ref {
 pub fn init(lib: &Library, library_config_json: &str) -> Result<(), String> {
     static DONE: OnceLock<Mutex<BTreeMap<PathBuf, Result<(), String>>>> = OnceLock::new();
     let mut done = DONE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    done.entry(lib.path.clone())
+    done.entry(lib.loaded_from.clone())
         .or_insert_with(|| {
             (lib.module.init())(host_api(), RStr::from_str(library_config_json))
                 .into_result()

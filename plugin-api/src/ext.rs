@@ -60,10 +60,15 @@ pub trait SettingsStore: Send + Sync {
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
     #[sabi(last_prefix_field)]
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
-    /// Operator commands (`oh-host migrate`, `oh-host rotate-keys`): `command` names one,
-    /// `args_json` is a JSON object; answers a JSON report. `UNIMPLEMENTED` for a command the
-    /// store does not have. Added in plugin-api 0.2.
-    fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>>;
+    /// `oh-host migrate`: brings the store's schema up to date; answers a report for the
+    /// operator (a JSON object the CLI prints). `UNIMPLEMENTED` from a store with no schema.
+    /// Replaced the string-typed `admin("migrate")` in plugin-api 0.7.
+    fn migrate(&self, ctx: CallContext) -> FfiFuture<PResult<RString>>;
+    /// `oh-host rotate-keys`: re-seals what the store keeps sealed with the deployment's
+    /// current master key (resumable, safe while serving); answers a report for the operator
+    /// (a JSON object: what was re-sealed, what remains). `UNIMPLEMENTED` from a store that
+    /// seals nothing with the deployment's keys. Replaced `admin("rotate_keys")` in 0.7.
+    fn rotate_keys(&self, ctx: CallContext) -> FfiFuture<PResult<RString>>;
     /// The user's Settings with their version (`models::VersionedSettings` JSON), or `None`.
     /// `UNIMPLEMENTED` from a store that keeps no versions. Added in plugin-api 0.3.
     fn load_versioned(&self, ctx: CallContext) -> FfiFuture<PResult<ROption<RString>>>;
@@ -88,10 +93,15 @@ pub trait SecretsStore: Send + Sync {
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
     #[sabi(last_prefix_field)]
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
-    /// Operator commands (`oh-host migrate`, `oh-host rotate-keys`): `command` names one,
-    /// `args_json` is a JSON object; answers a JSON report. `UNIMPLEMENTED` for a command the
-    /// store does not have. Added in plugin-api 0.2.
-    fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>>;
+    /// `oh-host migrate`: brings the store's schema up to date; answers a report for the
+    /// operator (a JSON object the CLI prints). `UNIMPLEMENTED` from a store with no schema.
+    /// Replaced the string-typed `admin("migrate")` in plugin-api 0.7.
+    fn migrate(&self, ctx: CallContext) -> FfiFuture<PResult<RString>>;
+    /// `oh-host rotate-keys`: re-seals what the store keeps sealed with the deployment's
+    /// current master key (resumable, safe while serving); answers a report for the operator
+    /// (a JSON object: what was re-sealed, what remains). `UNIMPLEMENTED` from a store that
+    /// seals nothing with the deployment's keys. Replaced `admin("rotate_keys")` in 0.7.
+    fn rotate_keys(&self, ctx: CallContext) -> FfiFuture<PResult<RString>>;
     /// Applies one change (`models::SecretsChange` JSON) atomically with respect to every other
     /// writer, other hosts included, touching only what it names; `NOT_FOUND` /
     /// `ALREADY_EXISTS` as the change says. `UNIMPLEMENTED` from a store that cannot. Added in
@@ -152,10 +162,15 @@ pub trait ConversationStore: Send + Sync {
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
     #[sabi(last_prefix_field)]
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
-    /// Operator commands (`oh-host migrate`, `oh-host rotate-keys`): `command` names one,
-    /// `args_json` is a JSON object; answers a JSON report. `UNIMPLEMENTED` for a command the
-    /// store does not have. Added in plugin-api 0.2.
-    fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>>;
+    /// `oh-host migrate`: brings the store's schema up to date; answers a report for the
+    /// operator (a JSON object the CLI prints). `UNIMPLEMENTED` from a store with no schema.
+    /// Replaced the string-typed `admin("migrate")` in plugin-api 0.7.
+    fn migrate(&self, ctx: CallContext) -> FfiFuture<PResult<RString>>;
+    /// `oh-host rotate-keys`: re-seals what the store keeps sealed with the deployment's
+    /// current master key (resumable, safe while serving); answers a report for the operator
+    /// (a JSON object: what was re-sealed, what remains). `UNIMPLEMENTED` from a store that
+    /// seals nothing with the deployment's keys. Replaced `admin("rotate_keys")` in 0.7.
+    fn rotate_keys(&self, ctx: CallContext) -> FfiFuture<PResult<RString>>;
     /// [`ConversationStore::append_events`] by the holder of fencing token `fence` (a
     /// conversation's owner in a cluster; tokens grow with each new owner). The store keeps
     /// the highest token it has seen per conversation and refuses (`CONFLICT`) an append with
@@ -197,10 +212,15 @@ pub trait ConversationManager: Send + Sync {
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
     #[sabi(last_prefix_field)]
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
-    /// Operator questions (`"cluster"`: the nodes, their leases and relay lag, for the admin
-    /// address's `/internal/cluster`): answers a JSON report; `UNIMPLEMENTED` for a command
-    /// the manager does not have. Added in plugin-api 0.4.
-    fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>>;
+    /// `/internal/cluster` (the operators' address): the nodes, their leases and relay lag,
+    /// as a report (a JSON object). `UNIMPLEMENTED` from a manager that is not a cluster.
+    /// Replaced `admin("cluster")` in plugin-api 0.7.
+    fn cluster(&self, ctx: CallContext) -> FfiFuture<PResult<RString>>;
+    /// The directory where the conversation's tools act (its workspace), for the host's
+    /// workspace routes; `None` when the manager runs it without one (a chat without tools,
+    /// or not started yet). The host has checked the caller owns the conversation. Replaced
+    /// `admin("workspace")` in plugin-api 0.7.
+    fn workspace(&self, ctx: CallContext, conversation_id: RString) -> FfiFuture<PResult<ROption<RString>>>;
 }
 
 /// What the auth gate hands to `user_auth`.

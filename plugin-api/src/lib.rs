@@ -37,6 +37,6 @@ pub use async_ffi::FfiFuture;
 /// Major version of this contract. A library built against another major is refused.
 pub const API_MAJOR: u32 = 0;
 /// Minor version of this contract. In 0.x a different minor is refused too (lock-step builds).
-pub const API_MINOR: u32 = 6;
+pub const API_MINOR: u32 = 7;
 /// First field of [`ApiInfo`]: tells an oh-host plugin apart from any other abi_stable library.
 pub const API_MAGIC: u64 = 0x6f68_2d68_6f73_7401; // "oh-host" + 1

@@ -3,7 +3,7 @@
 //! key rotation, migrations, outages.
 
 use oh_e2e::{pg::TestDb, Deployment};
-use oh_host::registry::Registry;
+use oh_host::registry::{Registry, StoreOperation};
 use plugin_api::{
     abi_stable::std_types::{RNone, RString},
     models::{ConversationMetadata, CustomSecret, Secrets, Settings},
@@ -273,7 +273,7 @@ async fn one_document_secrets_are_split_into_rows_without_losing_any() {
     assert_eq!(after.custom_secrets["A"].secret, "old1-A");
     assert_eq!(after.provider_tokens["github"].token.as_deref(), Some("ghp-old1"));
     // migrate splits the rest.
-    let report = r.admin("migrate", &json!({})).await;
+    let report = r.operate(StoreOperation::Migrate).await;
     let split: u64 =
         report.iter().filter_map(|(_, r)| r.as_ref().unwrap().as_ref()?["split_secret_documents"].as_u64()).sum();
     assert_eq!(split, 1);
@@ -312,7 +312,7 @@ async fn key_rotation_keeps_everything_readable_and_reseals_every_row() {
     let both = registry(&d, &pg_stores(&db.url, new_master, &[MASTER]));
     // Readable with the old key as "previous", before any rotation.
     assert_eq!(both.load_settings(ctx(Some("u2"))).await.unwrap().unwrap().llm_api_key.as_deref(), Some("u2-key"));
-    let report = both.admin("rotate_keys", &json!({})).await;
+    let report = both.operate(StoreOperation::RotateKeys).await;
     let rotated: Vec<(String, serde_json::Value)> =
         report.into_iter().filter_map(|(k, r)| r.unwrap().map(|v| (k, v))).collect();
     assert_eq!(rotated.len(), 2, "{rotated:?}");
@@ -320,7 +320,7 @@ async fn key_rotation_keeps_everything_readable_and_reseals_every_row() {
         assert_eq!((r["rotated"].as_u64(), r["remaining"].as_i64()), (Some(3), Some(0)), "{r}");
     }
     // A second run has nothing to do (resumable, idempotent).
-    for (_, r) in both.admin("rotate_keys", &json!({})).await {
+    for (_, r) in both.operate(StoreOperation::RotateKeys).await {
         if let Some(r) = r.unwrap() {
             assert_eq!(r["rotated"], 0);
         }
@@ -349,8 +349,7 @@ async fn two_hosts_migrating_together_apply_each_migration_once() {
     d2.install_bundled();
     let r1 = registry(&d1, &pg_stores(&db.url, MASTER, &[]));
     let r2 = registry(&d2, &pg_stores(&db.url, MASTER, &[]));
-    let args = json!({});
-    let (a, b) = tokio::join!(r1.admin("migrate", &args), r2.admin("migrate", &args));
+    let (a, b) = tokio::join!(r1.operate(StoreOperation::Migrate), r2.operate(StoreOperation::Migrate));
     let applied: Vec<i64> = a
         .into_iter()
         .chain(b)

@@ -30,20 +30,13 @@ pub struct ToolSetup {
 impl ToolSetup {
     /// The manager command `workspace` (`{"conversation_id"}`): where that conversation's
     /// tools act, for the host's workspace routes (the host checked the caller owns it).
-    pub fn workspace_of(setup: Option<&ToolSetup>, args: &Value) -> Result<Value, plugin_sdk::PluginError> {
-        use plugin_sdk::{ErrorCode, PluginError};
-        let Some(setup) = setup else {
-            return Err(PluginError::new(ErrorCode::NOT_FOUND, "this manager runs conversations without a workspace"));
-        };
-        let id = args["conversation_id"].as_str().unwrap_or("");
+    pub fn workspace_of(setup: Option<&ToolSetup>, id: &str) -> Result<Option<String>, plugin_sdk::PluginError> {
+        let Some(setup) = setup else { return Ok(None) };
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(PluginError::invalid_argument("conversation_id is missing or malformed"));
+            return Err(plugin_sdk::PluginError::invalid_argument("conversation_id is malformed"));
         }
         let path = setup.root.join(id);
-        if !path.is_dir() {
-            return Err(PluginError::new(ErrorCode::NOT_FOUND, "the conversation has no workspace yet"));
-        }
-        Ok(json!({ "path": path.display().to_string() }))
+        Ok(path.is_dir().then(|| path.display().to_string()))
     }
 }
 

@@ -10,7 +10,7 @@ use plugin_api::{
     models::{AgentLoopInfo, ConversationMetadata, ConversationMetadataResultSet, EventPage, Settings},
     CallContext, EventQuery,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::PathBuf;
 
 impl App {
@@ -87,10 +87,12 @@ impl App {
 
     /// Where the conversation's tools act, when its manager gives it a workspace.
     pub async fn workspace_of(&self, ctx: &CallContext, id: &str) -> Option<PathBuf> {
-        let answer = self.registry.manager_admin(ctx.clone(), "workspace", &json!({ "conversation_id": id })).await;
-        match answer {
-            Some(Ok(v)) => v["path"].as_str().map(PathBuf::from),
-            _ => None,
+        match self.registry.workspace(ctx.clone(), id).await {
+            Ok(path) => path.map(PathBuf::from),
+            Err(e) => {
+                tracing::warn!(conversation_id = id, error = %e, "the manager did not say where the workspace is");
+                None
+            }
         }
     }
 }

@@ -43,6 +43,23 @@ use plugin_api::{
 use serde_json::Value;
 use std::time::Duration;
 
+/// An operator operation every store may offer (`oh-host migrate`, `oh-host rotate-keys`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StoreOperation {
+    Migrate,
+    RotateKeys,
+}
+
+impl StoreOperation {
+    /// The store method it calls.
+    pub fn method(self) -> &'static str {
+        match self {
+            StoreOperation::Migrate => "migrate",
+            StoreOperation::RotateKeys => "rotate_keys",
+        }
+    }
+}
+
 /// Everything loaded from a profile.
 pub struct Registry {
     app_mode: AppMode,
@@ -312,25 +329,32 @@ impl Registry {
         }
     }
 
-    /// Runs an operator command on each store (settings, secrets, conversations), once per
+    /// Runs an operator operation on each store (settings, secrets, conversations), once per
     /// distinct library + implementation: `(extension, Ok(report) | Err(reason))`. Stores
-    /// without the command answer `UNIMPLEMENTED`, reported as `Ok(None)`.
-    pub async fn admin(&self, command: &str, args: &Value) -> Vec<(String, Result<Option<Value>, String>)> {
+    /// without it answer `UNIMPLEMENTED`, reported as `Ok(None)`.
+    pub async fn operate(&self, op: StoreOperation) -> Vec<(String, Result<Option<Value>, String>)> {
         let ctx = CallContext::default;
-        let args = RString::from(args.to_string());
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        let calls: [(&Meta, FfiFuture<PResult<RString>>); 3] = [
-            (&self.settings.meta, self.settings.obj.admin(ctx(), command.into(), args.clone())),
-            (&self.secrets.meta, self.secrets.obj.admin(ctx(), command.into(), args.clone())),
-            (&self.conversations.meta, self.conversations.obj.admin(ctx(), command.into(), args.clone())),
-        ];
+        let calls: [(&Meta, FfiFuture<PResult<RString>>); 3] = match op {
+            StoreOperation::Migrate => [
+                (&self.settings.meta, self.settings.obj.migrate(ctx())),
+                (&self.secrets.meta, self.secrets.obj.migrate(ctx())),
+                (&self.conversations.meta, self.conversations.obj.migrate(ctx())),
+            ],
+            StoreOperation::RotateKeys => [
+                (&self.settings.meta, self.settings.obj.rotate_keys(ctx())),
+                (&self.secrets.meta, self.secrets.obj.rotate_keys(ctx())),
+                (&self.conversations.meta, self.conversations.obj.rotate_keys(ctx())),
+            ],
+        };
+        let method = op.method();
         for (meta, fut) in calls {
             let key = format!("{} ({}::{})", meta.key, meta.library, meta.implementation);
             if !seen.insert((meta.library.clone(), meta.implementation.clone())) {
                 continue;
             }
-            let result = match meta.call("admin", fut).await {
+            let result = match meta.call(method, fut).await {
                 Ok(json) => Ok(Some(serde_json::from_str(&json).unwrap_or(Value::String(json.into_string())))),
                 Err(e) if e.error.code == ErrorCode::UNIMPLEMENTED => Ok(None),
                 Err(e) => Err(e.error.to_string()),
@@ -390,18 +414,22 @@ impl Registry {
     }
 
     /// Stops a conversation's loop; `false` when it was not running (or no manager runs loops).
-    /// An operator question to the conversation manager (`"cluster"`); `None` without a
-    /// manager.
-    pub async fn manager_admin(
-        &self,
-        mut ctx: CallContext,
-        command: &str,
-        args: &Value,
-    ) -> Option<Result<Value, CallError>> {
+    /// The conversation manager's report of its cluster (`/internal/cluster`); `None`
+    /// without a manager.
+    pub async fn cluster_report(&self, mut ctx: CallContext) -> Option<Result<Value, CallError>> {
         let m = self.manager.as_ref()?;
-        let _span = m.meta.traced(&mut ctx, "admin");
-        let answer = m.meta.call("admin", m.obj.admin(ctx, command.into(), args.to_string().into())).await;
-        Some(answer.and_then(|json| m.meta.decode("admin", &json)))
+        let _span = m.meta.traced(&mut ctx, "cluster");
+        let answer = m.meta.call("cluster", m.obj.cluster(ctx)).await;
+        Some(answer.and_then(|json| m.meta.decode("cluster", &json)))
+    }
+
+    /// Where a conversation's tools act (its manager's workspace); `None` without a manager
+    /// or a workspace.
+    pub async fn workspace(&self, mut ctx: CallContext, id: &str) -> Result<Option<String>, CallError> {
+        let Some(m) = self.manager.as_ref() else { return Ok(None) };
+        let _span = m.meta.traced(&mut ctx, "workspace");
+        let answer = m.meta.call("workspace", m.obj.workspace(ctx, id.into())).await?;
+        Ok(answer.into_option().map(RString::into_string))
     }
 
     pub async fn close_conversation(&self, mut ctx: CallContext, id: &str) -> Result<bool, CallError> {

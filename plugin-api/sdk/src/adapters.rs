@@ -111,11 +111,11 @@ impl<T: crate::SettingsStore> plugin_api::SettingsStore for Adapter<T> {
     fn shutdown(&self, _deadline_ms: u64) -> FfiFuture<()> {
         self.shutdown_of(|t| async move { t.shutdown().await })
     }
-    fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>> {
-        self.run(move |t| async move {
-            let args = from_json("admin arguments", &args_json)?;
-            to_json(&t.admin(ctx, command.into_string(), args).await?)
-        })
+    fn migrate(&self, ctx: CallContext) -> FfiFuture<PResult<RString>> {
+        self.run(move |t| async move { to_json(&t.migrate(ctx).await?) })
+    }
+    fn rotate_keys(&self, ctx: CallContext) -> FfiFuture<PResult<RString>> {
+        self.run(move |t| async move { to_json(&t.rotate_keys(ctx).await?) })
     }
 }
 
@@ -144,11 +144,11 @@ impl<T: crate::SecretsStore> plugin_api::SecretsStore for Adapter<T> {
     fn shutdown(&self, _deadline_ms: u64) -> FfiFuture<()> {
         self.shutdown_of(|t| async move { t.shutdown().await })
     }
-    fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>> {
-        self.run(move |t| async move {
-            let args = from_json("admin arguments", &args_json)?;
-            to_json(&t.admin(ctx, command.into_string(), args).await?)
-        })
+    fn migrate(&self, ctx: CallContext) -> FfiFuture<PResult<RString>> {
+        self.run(move |t| async move { to_json(&t.migrate(ctx).await?) })
+    }
+    fn rotate_keys(&self, ctx: CallContext) -> FfiFuture<PResult<RString>> {
+        self.run(move |t| async move { to_json(&t.rotate_keys(ctx).await?) })
     }
 }
 
@@ -210,11 +210,11 @@ impl<T: crate::ConversationStore> plugin_api::ConversationStore for Adapter<T> {
     fn shutdown(&self, _deadline_ms: u64) -> FfiFuture<()> {
         self.shutdown_of(|t| async move { t.shutdown().await })
     }
-    fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>> {
-        self.run(move |t| async move {
-            let args = from_json("admin arguments", &args_json)?;
-            to_json(&t.admin(ctx, command.into_string(), args).await?)
-        })
+    fn migrate(&self, ctx: CallContext) -> FfiFuture<PResult<RString>> {
+        self.run(move |t| async move { to_json(&t.migrate(ctx).await?) })
+    }
+    fn rotate_keys(&self, ctx: CallContext) -> FfiFuture<PResult<RString>> {
+        self.run(move |t| async move { to_json(&t.rotate_keys(ctx).await?) })
     }
 }
 
@@ -253,10 +253,12 @@ impl<T: crate::ConversationManager> plugin_api::ConversationManager for Adapter<
     fn shutdown(&self, _deadline_ms: u64) -> FfiFuture<()> {
         self.shutdown_of(|t| async move { t.shutdown().await })
     }
-    fn admin(&self, ctx: CallContext, command: RString, args_json: RString) -> FfiFuture<PResult<RString>> {
+    fn cluster(&self, ctx: CallContext) -> FfiFuture<PResult<RString>> {
+        self.run(move |t| async move { to_json(&t.cluster(ctx).await?) })
+    }
+    fn workspace(&self, ctx: CallContext, conversation_id: RString) -> FfiFuture<PResult<ROption<RString>>> {
         self.run(move |t| async move {
-            let args = from_json("admin arguments", &args_json)?;
-            to_json(&t.admin(ctx, command.into_string(), args).await?)
+            Ok(t.workspace(ctx, conversation_id.into_string()).await?.map(RString::from).into())
         })
     }
 }

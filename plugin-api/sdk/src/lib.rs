@@ -97,14 +97,15 @@ pub trait SettingsStore: Send + Sync + 'static {
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
-    /// Operator commands: `"migrate"`, `"rotate_keys"` (see `plugin_api`). Default: none.
-    fn admin(
-        &self,
-        _ctx: CallContext,
-        command: String,
-        _args: serde_json::Value,
-    ) -> impl Future<Output = Result<serde_json::Value>> + Send {
-        async move { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, format!("no `{command}` command in this store"))) }
+    /// `oh-host migrate`: bring the schema up to date; a report for the operator (a JSON
+    /// object). Default: `UNIMPLEMENTED` (nothing to migrate).
+    fn migrate(&self, _ctx: CallContext) -> impl Future<Output = Result<serde_json::Value>> + Send {
+        async { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, "this store has no schema to migrate")) }
+    }
+    /// `oh-host rotate-keys`: re-seal with the current master key; a report (a JSON object).
+    /// Default: `UNIMPLEMENTED` (nothing sealed with the deployment's keys).
+    fn rotate_keys(&self, _ctx: CallContext) -> impl Future<Output = Result<serde_json::Value>> + Send {
+        async { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, "this store seals nothing with the deployment's keys")) }
     }
 }
 
@@ -125,14 +126,15 @@ pub trait SecretsStore: Send + Sync + 'static {
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
-    /// Operator commands: `"migrate"`, `"rotate_keys"` (see `plugin_api`). Default: none.
-    fn admin(
-        &self,
-        _ctx: CallContext,
-        command: String,
-        _args: serde_json::Value,
-    ) -> impl Future<Output = Result<serde_json::Value>> + Send {
-        async move { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, format!("no `{command}` command in this store"))) }
+    /// `oh-host migrate`: bring the schema up to date; a report for the operator (a JSON
+    /// object). Default: `UNIMPLEMENTED` (nothing to migrate).
+    fn migrate(&self, _ctx: CallContext) -> impl Future<Output = Result<serde_json::Value>> + Send {
+        async { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, "this store has no schema to migrate")) }
+    }
+    /// `oh-host rotate-keys`: re-seal with the current master key; a report (a JSON object).
+    /// Default: `UNIMPLEMENTED` (nothing sealed with the deployment's keys).
+    fn rotate_keys(&self, _ctx: CallContext) -> impl Future<Output = Result<serde_json::Value>> + Send {
+        async { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, "this store seals nothing with the deployment's keys")) }
     }
 }
 
@@ -186,14 +188,15 @@ pub trait ConversationStore: Send + Sync + 'static {
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
-    /// Operator commands: `"migrate"`, `"rotate_keys"` (see `plugin_api`). Default: none.
-    fn admin(
-        &self,
-        _ctx: CallContext,
-        command: String,
-        _args: serde_json::Value,
-    ) -> impl Future<Output = Result<serde_json::Value>> + Send {
-        async move { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, format!("no `{command}` command in this store"))) }
+    /// `oh-host migrate`: bring the schema up to date; a report for the operator (a JSON
+    /// object). Default: `UNIMPLEMENTED` (nothing to migrate).
+    fn migrate(&self, _ctx: CallContext) -> impl Future<Output = Result<serde_json::Value>> + Send {
+        async { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, "this store has no schema to migrate")) }
+    }
+    /// `oh-host rotate-keys`: re-seal with the current master key; a report (a JSON object).
+    /// Default: `UNIMPLEMENTED` (nothing sealed with the deployment's keys).
+    fn rotate_keys(&self, _ctx: CallContext) -> impl Future<Output = Result<serde_json::Value>> + Send {
+        async { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, "this store seals nothing with the deployment's keys")) }
     }
     /// `append_events` by the holder of fencing token `fence`: refuse (`CONFLICT`) when a
     /// higher token was seen for the conversation, atomically with the append. Default:
@@ -241,14 +244,19 @@ pub trait ConversationManager: Send + Sync + 'static {
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
-    /// Operator questions (`"cluster"`). Default: none.
-    fn admin(
+    /// `/internal/cluster`: the nodes, leases, relay lag (a JSON object). Default:
+    /// `UNIMPLEMENTED` (not a cluster).
+    fn cluster(&self, _ctx: CallContext) -> impl Future<Output = Result<serde_json::Value>> + Send {
+        async { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, "this manager is not a cluster")) }
+    }
+    /// Where the conversation's tools act, for the host's workspace routes; `None` (the
+    /// default) when it has no workspace.
+    fn workspace(
         &self,
         _ctx: CallContext,
-        command: String,
-        _args: serde_json::Value,
-    ) -> impl Future<Output = Result<serde_json::Value>> + Send {
-        async move { Err(PluginError::new(ErrorCode::UNIMPLEMENTED, format!("no `{command}` command in this manager"))) }
+        _conversation_id: String,
+    ) -> impl Future<Output = Result<Option<String>>> + Send {
+        async { Ok(None) }
     }
 }
 

@@ -306,16 +306,14 @@ impl plugin_sdk::ConversationManager for ClusteredConversationManager {
         let _ = node.kv.run::<()>(&pipe).await;
     }
 
-    /// `cluster` (`/internal/cluster`: the nodes), `workspace` (`{"conversation_id"}`: where
-    /// its tools act, for the host's workspace routes; found on any node when the nodes share
-    /// `workspace_root`).
-    async fn admin(&self, _ctx: CallContext, command: String, args: Value) -> Result<Value, PluginError> {
-        if command == "workspace" {
-            return agent_loop::tools::ToolSetup::workspace_of(self.node.tools.as_ref(), &args);
-        }
-        if command != "cluster" {
-            return Err(PluginError::new(ErrorCode::UNIMPLEMENTED, format!("no `{command}` command in this manager")));
-        }
+    /// Where the conversation's tools act, for the host's workspace routes (found on any node
+    /// when the nodes share `workspace_root`).
+    async fn workspace(&self, _ctx: CallContext, conversation_id: String) -> Result<Option<String>, PluginError> {
+        agent_loop::tools::ToolSetup::workspace_of(self.node.tools.as_ref(), &conversation_id)
+    }
+
+    /// `/internal/cluster`: the nodes.
+    async fn cluster(&self, _ctx: CallContext) -> Result<Value, PluginError> {
         let node = &self.node;
         let (ids,): (Vec<String>,) = node.kv.run(redis::pipe().smembers(node.keys.nodes())).await?;
         let mut nodes = Vec::new();

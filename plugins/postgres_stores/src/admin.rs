@@ -3,7 +3,7 @@
 
 use crate::db::{db_error, Db};
 use pg_common::crypto::Binding;
-use plugin_sdk::{CallContext, ErrorCode, PluginError};
+use plugin_sdk::{CallContext, PluginError};
 use serde_json::{json, Value};
 use sqlx::Row as _;
 use std::time::{Duration, Instant};
@@ -32,24 +32,20 @@ pub(crate) struct SealedColumn {
     pub(crate) field: fn(&[String]) -> String,
 }
 
-/// The operator commands of a store: `migrate` (and, for the secrets store, `split` of the
-/// old one-document rows), `rotate_keys` over the store's sealed columns.
-pub(crate) async fn admin(db: &Db, command: &str, sealed: &[SealedColumn]) -> Result<Value, PluginError> {
-    match command {
-        "migrate" => Ok(json!({ "database": db.label(), "applied": db.migrate().await? })),
-        "rotate_keys" if !sealed.is_empty() => {
-            let mut reports = Vec::new();
-            for column in sealed {
-                reports.push(rotate_keys(db, column).await?);
-            }
-            let rotated: u64 = reports.iter().filter_map(|r| r["rotated"].as_u64()).sum();
-            let remaining: i64 = reports.iter().filter_map(|r| r["remaining"].as_i64()).sum();
-            Ok(
-                json!({ "key_id": db.keys.current_id(), "rotated": rotated, "remaining": remaining, "columns": reports }),
-            )
-        }
-        _ => Err(PluginError::new(ErrorCode::UNIMPLEMENTED, format!("no `{command}` command in this store"))),
+/// `migrate`: the schema up to date (the secrets store also splits old one-document rows).
+pub(crate) async fn migrate(db: &Db) -> Result<Value, PluginError> {
+    Ok(json!({ "database": db.label(), "applied": db.migrate().await? }))
+}
+
+/// `rotate_keys` over a store's sealed columns.
+pub(crate) async fn rotate_columns(db: &Db, sealed: &[SealedColumn]) -> Result<Value, PluginError> {
+    let mut reports = Vec::new();
+    for column in sealed {
+        reports.push(rotate_keys(db, column).await?);
     }
+    let rotated: u64 = reports.iter().filter_map(|r| r["rotated"].as_u64()).sum();
+    let remaining: i64 = reports.iter().filter_map(|r| r["remaining"].as_i64()).sum();
+    Ok(json!({ "key_id": db.keys.current_id(), "rotated": rotated, "remaining": remaining, "columns": reports }))
 }
 
 /// Re-seals, with the current master key, every value of a column sealed with another one:

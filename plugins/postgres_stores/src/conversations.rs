@@ -3,7 +3,7 @@
 //! the caller's user id (`''` in single-user mode).
 
 use crate::{
-    admin::{admin, corrupt, health, user},
+    admin::{corrupt, health, migrate, user},
     db::{db_error, Db},
 };
 use plugin_sdk::{
@@ -228,7 +228,7 @@ impl plugin_sdk::ConversationStore for SaasConversationStore {
         health(&self.db).await
     }
 
-    async fn admin(&self, _ctx: CallContext, command: String, _args: Value) -> Result<Value, PluginError> {
-        admin(&self.db, &command, &[]).await
+    async fn migrate(&self, _ctx: CallContext) -> Result<Value, PluginError> {
+        migrate(&self.db).await
     }
 }

@@ -6,7 +6,7 @@
 //! change that finds them (under that row's lock), or by `oh-host migrate`.
 
 use crate::{
-    admin::{admin, corrupt, health, user, SealedColumn},
+    admin::{corrupt, health, rotate_columns, user, SealedColumn},
     cache::VersionCache,
     db::{db_error, Db},
 };
@@ -313,7 +313,7 @@ impl SaasSecretsStore {
     }
 
     /// `oh-host migrate`: the SQL migrations, then every old one-document row split.
-    async fn migrate(&self) -> Result<Value, PluginError> {
+    async fn split_and_migrate(&self) -> Result<Value, PluginError> {
         let applied = self.db.migrate().await?;
         let pool = self.db.ready().await?;
         let mut split = 0u64;
@@ -416,10 +416,11 @@ impl plugin_sdk::SecretsStore for SaasSecretsStore {
         health(&self.db).await
     }
 
-    async fn admin(&self, _ctx: CallContext, command: String, _args: Value) -> Result<Value, PluginError> {
-        match command.as_str() {
-            "migrate" => self.migrate().await,
-            _ => admin(&self.db, &command, &SEALED).await,
-        }
+    async fn migrate(&self, _ctx: CallContext) -> Result<Value, PluginError> {
+        self.split_and_migrate().await
+    }
+
+    async fn rotate_keys(&self, _ctx: CallContext) -> Result<Value, PluginError> {
+        rotate_columns(&self.db, &SEALED).await
     }
 }

@@ -2,7 +2,7 @@
 //! `mcp_config`) encrypted together, and a `version` checked on every versioned write.
 
 use crate::{
-    admin::{admin, corrupt, health, user, SealedColumn},
+    admin::{corrupt, health, migrate, rotate_columns, user, SealedColumn},
     cache::VersionCache,
     db::{db_error, Db},
 };
@@ -157,7 +157,11 @@ impl plugin_sdk::SettingsStore for SaasSettingsStore {
         health(&self.db).await
     }
 
-    async fn admin(&self, _ctx: CallContext, command: String, _args: Value) -> Result<Value, PluginError> {
-        admin(&self.db, &command, &[SEALED]).await
+    async fn migrate(&self, _ctx: CallContext) -> Result<Value, PluginError> {
+        migrate(&self.db).await
+    }
+
+    async fn rotate_keys(&self, _ctx: CallContext) -> Result<Value, PluginError> {
+        rotate_columns(&self.db, &[SEALED]).await
     }
 }

@@ -30,9 +30,9 @@ struct Inner {
     /// The agent's tools, when a runtime is configured.
     tools: Option<agent_loop::tools::ToolSetup>,
     sessions: Mutex<HashMap<String, Session>>,
-    /// Sessions told to stop whose task has not stored its final event yet (by conversation:
+    /// Sessions told to stop whose final `stopped` state is not stored yet (by conversation:
     /// its user). They are still reported running: a status must never run ahead of what
-    /// is stored.
+    /// is stored. Left when that state is stored, or when the task ends without storing it.
     closing: Arc<Mutex<HashMap<String, Option<String>>>>,
     /// Subscribers by conversation, independent of whether its loop runs: a client may
     /// subscribe first and start the loop after.
@@ -53,6 +53,11 @@ impl Inner {
         let request = AppendEvents { conversation_id: sid.to_owned(), events: vec![event.clone()], fence: None };
         let id = self.services.call(ctx.clone(), request).await?;
         event["id"] = id.into();
+        // A closing conversation's final state is stored: from now on it is not running,
+        // before anyone is told it stopped.
+        if event["observation"] == "agent_state_changed" && event["extras"]["agent_state"] == "stopped" {
+            lock(&self.closing).remove(sid);
+        }
         self.broadcast(sid, &event);
         self.monitor(ctx, SessionEvent { event: event.clone() }).await;
         Ok(event)
@@ -192,13 +197,10 @@ fn same_user(a: &Option<String>, ctx: &CallContext) -> bool {
 }
 
 impl plugin_sdk::ConversationManager for StandaloneConversationManager {
-    /// `workspace` (`{"conversation_id"}`): where that conversation's tools act, for the
-    /// host's workspace routes (it checked the caller owns the conversation).
-    async fn admin(&self, _ctx: CallContext, command: String, args: Value) -> Result<Value, PluginError> {
-        if command != "workspace" {
-            return Err(PluginError::new(ErrorCode::UNIMPLEMENTED, format!("no `{command}` command in this manager")));
-        }
-        agent_loop::tools::ToolSetup::workspace_of(self.inner.tools.as_ref(), &args)
+    /// Where that conversation's tools act, for the host's workspace routes (it checked the
+    /// caller owns the conversation).
+    async fn workspace(&self, _ctx: CallContext, conversation_id: String) -> Result<Option<String>, PluginError> {
+        agent_loop::tools::ToolSetup::workspace_of(self.inner.tools.as_ref(), &conversation_id)
     }
 
     async fn maybe_start(&self, ctx: CallContext, request: StartRequest) -> Result<AgentLoopInfo, PluginError> {

@@ -125,7 +125,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
 /// relay lag); 404 with a reason when the manager is not a clustered one.
 pub(super) async fn cluster(State(state): State<AppState>) -> impl IntoResponse {
     let ctx = plugin_api::CallContext::new("internal-cluster", None, 0);
-    match state.app.registry().manager_admin(ctx, "cluster", &serde_json::json!({})).await {
+    match state.app.registry().cluster_report(ctx).await {
         Some(Ok(report)) => (StatusCode::OK, Json(report)),
         Some(Err(e)) if e.error.code == plugin_api::ErrorCode::UNIMPLEMENTED => (
             StatusCode::NOT_FOUND,
