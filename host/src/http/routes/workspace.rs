@@ -1,7 +1,7 @@
 //! The conversation-scoped routes the web client calls beyond events (OpenHands §9.7): the
 //! runtime's config and hosts, the workspace's files and git changes, microagents, the
 //! trajectory, feedback. A conversation whose manager runs tools has a workspace (the manager
-//! says where: its `workspace` admin command); its files and git changes are read from there.
+//! says where: its `workspace` method); its files and git changes are read from there.
 //! Without one, these answers say so in OpenHands' shapes: empty lists, nulls, or 404 with its
 //! error body.
 
