@@ -23,8 +23,13 @@ plugins: build
 examples:
 	$(CARGO) build --manifest-path $(EXAMPLE) --target-dir target
 
+# The profile: $OPENHANDS_PLUGINS_TOML when set (the example profiles' usage lines), else
+# plugins.toml; ARGS go to the server (`make run ARGS="--bind 127.0.0.1:3001 --admin-bind off"`).
+OPENHANDS_PLUGINS_TOML ?= plugins.toml
+ARGS ?=
+
 run: plugins
-	target/debug/oh-host --config plugins.toml
+	target/debug/oh-host --config $(OPENHANDS_PLUGINS_TOML) $(ARGS)
 
 services:
 	bash .ci/services

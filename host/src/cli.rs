@@ -30,6 +30,11 @@ struct Cli {
     /// Listen on this address instead of the profile's `[server] bind` (serve only).
     #[arg(long, global = true, value_name = "ADDR")]
     bind: Option<SocketAddr>,
+    /// Serve the operators' routes (`/internal/*`) on this address instead of the profile's
+    /// `[server] admin_bind`; `off` serves them nowhere (serve only). A second instance on one
+    /// machine needs both this and `--bind`.
+    #[arg(long, global = true, value_name = "ADDR|off")]
+    admin_bind: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -202,6 +207,17 @@ fn load(cli: &Cli, rt: &tokio::runtime::Runtime) -> Option<(PathBuf, config::Con
     let mut config = config::load(&path).map_err(|e| eprint!("oh-host: {e}")).ok()?;
     if let Some(bind) = cli.bind {
         config.server.bind = bind;
+    }
+    match cli.admin_bind.as_deref() {
+        None => {}
+        Some("off") => config.server.admin_bind = None,
+        Some(text) => match text.parse() {
+            Ok(addr) => config.server.admin_bind = Some(addr),
+            Err(e) => {
+                eprintln!("oh-host: --admin-bind `{text}`: {e} (an address like 127.0.0.1:9465, or off)");
+                return None;
+            }
+        },
     }
     let registry =
         Registry::build(&config, rt.handle().clone()).map_err(|e| eprint!("oh-host: {}: {e}", path.display())).ok()?;

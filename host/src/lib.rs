@@ -79,8 +79,20 @@ pub async fn shutdown_signal() {
             Err(_) => std::future::pending().await,
         }
     };
+    // SIGHUP (a closed terminal, a supervisor's stop) stops as gracefully as SIGTERM: every
+    // action in flight gets its observation stored.
+    #[cfg(unix)]
+    let hup = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+        () = hup => {},
     }
 }

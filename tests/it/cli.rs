@@ -186,3 +186,63 @@ fn check_reports_every_kind_of_problem_in_one_run() {
     }
     assert!(out.stderr.matches(&profile).count() >= 3, "each names the file:\n{}", out.stderr);
 }
+
+/// `make run` serves the profile `OPENHANDS_PLUGINS_TOML` names (the example profiles' usage
+/// lines say `OPENHANDS_PLUGINS_TOML=examples/plugins.saas.toml make run`), and passes ARGS on.
+#[test]
+fn make_run_honours_openhands_plugins_toml_and_args() {
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let out = std::process::Command::new("make")
+            .args(["-n", "--no-print-directory", "run"])
+            .args(args)
+            .current_dir(oh_e2e::workspace())
+            .envs(env.iter().copied())
+            .env_remove("MAKEFLAGS")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").trim_end().to_owned()
+    };
+    let by_default = run(&[], &[]);
+    assert!(by_default.ends_with("oh-host --config plugins.toml"), "{by_default}");
+    let saas = run(&[("OPENHANDS_PLUGINS_TOML", "examples/plugins.saas.toml")], &["ARGS=--bind 127.0.0.1:3001"]);
+    assert!(saas.ends_with("oh-host --config examples/plugins.saas.toml --bind 127.0.0.1:3001"), "{saas}");
+}
+
+/// A second instance of one profile starts with `--bind` and `--admin-bind` (the operators'
+/// port of the first is taken); `--admin-bind off` serves no operators' routes.
+#[tokio::test]
+async fn a_second_instance_starts_with_bind_and_admin_bind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    let profile = std::fs::read_to_string(d.profile_path()).unwrap();
+    let profile = profile.replace("admin_bind = \"127.0.0.1:0\"", &format!("admin_bind = \"127.0.0.1:{port}\""));
+    std::fs::write(d.profile_path(), profile).unwrap();
+    // The profile's admin port is in use: without --admin-bind the server cannot start.
+    let refused = d.run_cli(&["serve", "--bind", "127.0.0.1:0"]);
+    assert!(!refused.status.success() && refused.stderr.contains(&format!("127.0.0.1:{port}")), "{}", refused.stderr);
+    let second = d.start_with(&["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"], &[]);
+    assert_eq!(second.get("/alive").await.status, 200);
+    assert_eq!(second.admin_get("/internal/ready").await.status, 200);
+    let third = d.start_with(&["--admin-bind", "off"], &[]);
+    assert_eq!(third.get("/alive").await.status, 200);
+    assert!(!third.log().contains("operators' routes (/internal/*) on"), "{}", third.log());
+    let bad = d.run_cli(&["serve", "--admin-bind", "nowhere"]);
+    assert!(!bad.status.success() && bad.stderr.contains("--admin-bind `nowhere`"), "{}", bad.stderr);
+    drop(taken);
+}
+
+/// SIGHUP stops the server as gracefully as SIGTERM (until reload makes it reload).
+#[tokio::test]
+async fn sighup_stops_gracefully() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    let mut host = d.start();
+    assert_eq!(host.get("/alive").await.status, 200);
+    let status = host.signal("HUP");
+    assert!(status.success(), "{status:?}: {}", host.log());
+    assert!(host.log().contains("shutting down"), "{}", host.log());
+}
