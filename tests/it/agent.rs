@@ -825,3 +825,37 @@ async fn an_idle_close_is_stored_before_the_status_says_stopped() {
     }
     assert!(is_state(&last_event().await, "stopped"));
 }
+
+/// A host started with signals ignored (in the background, under `nohup`, by a supervisor:
+/// SIGINT, SIGQUIT, SIGTSTP) does not pass that on: commands start with every signal at its
+/// default action, so the agent's `C-c` and `C-z` reach them.
+#[tokio::test]
+async fn commands_start_with_default_signal_actions_even_when_the_host_ignores_some() {
+    let llm = FakeLlm::start().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", &manager(", runtime = \"local\", command_timeout_secs = 60"));
+    let wrapper = ["bash", "-c", "trap '' INT QUIT TSTP; exec \"$@\"", "ignoring-signals"];
+    let host = d.start_wrapped(&wrapper, &[], &[]);
+    configure(&host, &llm, None).await;
+    llm.push([
+        Reply::Tools(vec![("execute_bash".into(), json!({ "command": "grep SigIgn /proc/self/status" }))]),
+        Reply::Tools(vec![("execute_bash".into(), json!({ "command": "sleep 50; echo slept", "timeout": 1 }))]),
+        Reply::Tools(vec![("execute_bash".into(), json!({ "command": "C-c", "is_input": "true" }))]),
+        Reply::Tools(vec![("finish".into(), json!({ "message": "Interrupted." }))]),
+    ]);
+    let id = create(&host, "look at your signals").await;
+    let events = events_until(&host, &id, "the agent to finish", |e| {
+        e.iter().any(|e| e["observation"] == "agent_state_changed" && e["extras"]["agent_state"] == "finished")
+    })
+    .await;
+    let runs: Vec<&Value> = events.iter().filter(|e| e["observation"] == "run").collect();
+    assert_eq!(runs.len(), 3, "{events:#?}");
+    let ignored = runs[0]["content"].as_str().unwrap();
+    let mask = ignored.split_whitespace().nth(1).and_then(|m| u64::from_str_radix(m, 16).ok()).unwrap();
+    // Bit n-1 is signal n: SIGINT 2, SIGQUIT 3, SIGTSTP 20.
+    assert_eq!(mask & (1 << 1 | 1 << 2 | 1 << 19), 0, "{ignored}");
+    let interrupted = runs[2]["content"].as_str().unwrap();
+    assert!(!interrupted.contains("slept"), "{interrupted}");
+    assert_eq!(runs[2]["extras"]["metadata"]["exit_code"].as_i64(), Some(130), "{}", runs[2]);
+}

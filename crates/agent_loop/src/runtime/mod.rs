@@ -33,6 +33,12 @@ pub enum Isolation {
     Bubblewrap { policy: Policy, workspace_mb: u64 },
 }
 
+/// Run before the shell: every signal back to its default action. A host started with
+/// SIGINT ignored (in the background, under `nohup`, by a supervisor) would otherwise pass
+/// the ignored disposition to every command, and the agent's `C-c` would interrupt nothing.
+/// (The signal mask is reset by the process spawn itself.)
+const DEFAULT_SIGNALS: [&str; 2] = ["env", "--default-signal"];
+
 /// The variables of the host's environment a local command keeps (the sandbox's are set by
 /// `sandbox::bwrap`): how to find programs and speak, never a secret.
 const LOCAL_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TERM", "TZ", "USER", "LOGNAME", "SHELL"];
@@ -49,12 +55,15 @@ impl Isolation {
                     // goes, everything the command started goes, daemons included.
                     Some(prefix) => {
                         let mut c = tokio::process::Command::new("setpriv");
-                        c.args(["--pdeathsig", "KILL", "--"]).args(prefix).args(["bash", "-c", script]);
+                        c.args(["--pdeathsig", "KILL", "--"])
+                            .args(prefix)
+                            .args(DEFAULT_SIGNALS)
+                            .args(["bash", "-c", script]);
                         c
                     }
                     None => {
-                        let mut c = tokio::process::Command::new("bash");
-                        c.arg("-c").arg(script);
+                        let mut c = tokio::process::Command::new(DEFAULT_SIGNALS[0]);
+                        c.args(&DEFAULT_SIGNALS[1..]).args(["bash", "-c", script]);
                         c
                     }
                 };
@@ -68,7 +77,9 @@ impl Isolation {
                 Ok((c, None))
             }
             Isolation::Bubblewrap { policy, .. } => {
-                let prepared = policy.prepare(root, true, &[], &["bash", "-c", script])?;
+                let mut argv: Vec<&str> = DEFAULT_SIGNALS.to_vec();
+                argv.extend(["bash", "-c", script]);
+                let prepared = policy.prepare(root, true, &[], &argv)?;
                 Ok((prepared.command, prepared.cgroup))
             }
         }
