@@ -189,3 +189,37 @@ async fn stalled_bodies_time_out_and_one_client_cannot_hold_every_connection() {
     assert_eq!(host.get("/alive").await.status, 200);
     assert!(started.elapsed() < Duration::from_secs(2), "/alive took {:?}", started.elapsed());
 }
+
+/// An internal error reaches the client as a generic body with a correlation id; its cause
+/// (here: which master key sealed the stored secret) is in the server's log under that id.
+#[tokio::test]
+async fn an_internal_error_answers_a_correlation_id_and_keeps_its_cause_in_the_log() {
+    let db = oh_e2e::pg::TestDb::create().await;
+    let stores = |master: &str| {
+        let config = format!("{{ database_url = \"{}\", master_key = \"{master}\" }}", db.url);
+        format!(
+            "[extensions.settings_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSettingsStore\"\nconfig = {config}\n"
+        )
+    };
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", &stores("first-master-key-0123456789abcdef"));
+    let host = d.start();
+    assert_eq!(host.post_json("/api/settings", &json!({ "llm_api_key": "sk-sealed" })).await.status, 200);
+    drop(host);
+    // Restarted with another master key and without the first as a previous one.
+    d.write_profile("", &stores("second-master-key-0123456789abcdef"));
+    let host = d.start();
+    let r = host.get("/api/settings").await;
+    assert_eq!(r.status, 500, "{}", r.text);
+    let body = r.json();
+    let id = body["correlation_id"].as_str().expect("a correlation id").to_owned();
+    assert!(!r.text.contains("master key") && !r.text.contains("previous_master_keys"), "{}", r.text);
+    let started = std::time::Instant::now();
+    while !host.log().contains(&id) {
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", host.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let line = host.log().lines().find(|l| l.contains(&id)).unwrap().to_owned();
+    assert!(line.contains("master key"), "{line}");
+}

@@ -83,6 +83,18 @@ impl ApiError {
         };
         let body = if err.code.is_auth() {
             json!({ "error": err.code.name(), "message": message })
+        } else if err.code == ErrorCode::INTERNAL {
+            // An internal cause (a key id, a path, a query) stays in the log; the client gets
+            // an id that finds it there.
+            let mut bytes = [0u8; 6];
+            let _ = getrandom::getrandom(&mut bytes);
+            let correlation: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            tracing::error!(correlation_id = %correlation, plugin = origin, error = %err.message, "internal error answered with 500");
+            json!({
+                "error": format!("{origin} failed (internal error {correlation}; the server log has its cause)"),
+                "code": err.code.name(),
+                "correlation_id": correlation,
+            })
         } else {
             json!({ "error": message, "code": err.code.name() })
         };
