@@ -124,3 +124,26 @@ async fn saas_mode_adds_openhands_saas_keys_to_the_options() {
     assert_eq!(c["MAINTENANCE"], json!({ "startTime": "2026-12-01T00:00:00Z" }));
     assert_eq!(c["AUTH_URL"], "https://auth.example.com");
 }
+
+/// The web client's files: an asset that exists is immutable for 30 days; a missing one is a
+/// 404 (never the app's HTML under an asset's name), and the app's `index.html`, served for
+/// the client's own routes, is never cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_asset_is_a_404_and_only_found_assets_are_cached() {
+    let web = tempfile::tempdir().unwrap();
+    std::fs::create_dir(web.path().join("assets")).unwrap();
+    std::fs::write(web.path().join("index.html"), "<html>app</html>").unwrap();
+    std::fs::write(web.path().join("assets/app-1a2b.js"), "console.log(1)").unwrap();
+    let dir = web.path().display().to_string();
+    let host = InProcess::start("", "", &[("FRONTEND_DIRECTORY", dir.as_str())]);
+    let found = host.get("/assets/app-1a2b.js").await;
+    assert_eq!((found.status, found.text.as_str()), (200, "console.log(1)"));
+    assert_eq!(found.headers["cache-control"], "public, max-age=2592000, immutable");
+    let missing = host.get("/assets/app-9z9z.js").await;
+    assert_eq!(missing.status, 404, "{}", missing.text);
+    assert!(!missing.text.contains("<html>"), "{}", missing.text);
+    assert_eq!(missing.headers["cache-control"], "no-cache, no-store, must-revalidate, max-age=0");
+    let route = host.get("/conversations/abc").await;
+    assert_eq!((route.status, route.text.as_str()), (200, "<html>app</html>"));
+    assert_eq!(route.headers["cache-control"], "no-cache, no-store, must-revalidate, max-age=0");
+}

@@ -94,7 +94,13 @@ pub fn router(state: AppState) -> Router {
         Some(dir) => {
             let index = dir.join("index.html");
             let spa = tower_http::services::ServeDir::new(dir).fallback(tower_http::services::ServeFile::new(index));
-            router.route("/api/{*rest}", axum::routing::any(not_found)).fallback_service(spa)
+            // A missing asset is a 404, never the app's HTML (which a browser or a CDN would
+            // then keep for 30 days as the script it asked for).
+            let assets = tower_http::services::ServeDir::new(dir.join("assets"));
+            router
+                .route("/api/{*rest}", axum::routing::any(not_found))
+                .nest_service("/assets", assets)
+                .fallback_service(spa)
         }
         None => router.fallback(not_found),
     };
@@ -135,8 +141,11 @@ fn cors(origins: Arc<guard::Origins>) -> CorsLayer {
 
 /// No caching, except `/assets` (30 days, immutable), as OpenHands' `CacheControlMiddleware`.
 async fn cache_control(req: Request, next: Next) -> Response {
-    let assets = req.uri().path().starts_with("/assets");
+    let asset = req.uri().path().starts_with("/assets/");
     let mut response = next.run(req).await;
+    // Only an asset that was found is immutable (its name carries its hash); anything else,
+    // the app's index.html above all, is never cached.
+    let assets = asset && response.status().is_success();
     let value =
         if assets { "public, max-age=2592000, immutable" } else { "no-cache, no-store, must-revalidate, max-age=0" };
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(value));
