@@ -76,3 +76,41 @@ async fn each_user_has_their_own_settings_and_secrets() {
     assert!(files_containing(&d.state_dir(), "sk-alice-xyz").is_empty());
     assert!(files_containing(&d.state_dir(), "alice-secret-v").is_empty());
 }
+
+/// An outside author's build: the example copied out of the repository, with nothing changed
+/// but its dependency on the SDK (a path to a checkout of this repository), builds on its own
+/// and loads into the host (README: "Write your own plugin").
+#[test]
+fn the_example_builds_outside_the_repository_and_loads() {
+    let outside = tempfile::tempdir().unwrap();
+    let example = oh_e2e::workspace().join("examples/token-auth");
+    std::fs::create_dir_all(outside.path().join("src")).unwrap();
+    for file in ["Cargo.lock", "src/lib.rs"] {
+        std::fs::copy(example.join(file), outside.path().join(file)).unwrap();
+    }
+    let sdk = oh_e2e::workspace().join("plugin-api/sdk");
+    let manifest = std::fs::read_to_string(example.join("Cargo.toml")).unwrap();
+    let dependency = "plugin-sdk = { path = \"../../plugin-api/sdk\" }";
+    assert!(manifest.contains(dependency), "the example's dependency line changed: update this test and the README");
+    let manifest = manifest.replace(dependency, &format!("plugin-sdk = {{ path = {:?} }}", sdk.display().to_string()));
+    std::fs::write(outside.path().join("Cargo.toml"), manifest).unwrap();
+    // A target directory of its own, as an outside author has (sharing the host's would
+    // rewrite target/debug/libtoken_auth.so while other tests copy it).
+    let target = outside.path().join("target");
+    let built = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--manifest-path"])
+        .arg(outside.path().join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let d = Deployment::new();
+    d.install_bundled();
+    let lib = d.plugins_dir().join("libtoken_auth.so");
+    std::fs::copy(target.join("debug/libtoken_auth.so"), &lib).unwrap();
+    std::fs::set_permissions(&lib, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    d.write_profile("", "");
+    let listed = d.run_cli(&["plugins"]);
+    assert!(listed.stdout.contains("TokenAuth"), "{}{}", listed.stdout, listed.stderr);
+}
