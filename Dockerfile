@@ -21,8 +21,10 @@ RUN cargo build --release -p oh-host $(for p in $BUNDLED; do printf -- '-p %s ' 
 
 # --- run: a slim image, a user of its own ---
 FROM debian:bookworm-slim
+# bubblewrap and git: the agent's tools (runtime = "bubblewrap": a sandbox per command, a git
+# repository per workspace); curl: the healthcheck.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates bubblewrap git curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --home-dir /var/lib/oh-host --create-home --shell /usr/sbin/nologin oh
 COPY --from=build /out/oh-host /usr/local/bin/oh-host
@@ -33,6 +35,8 @@ ENV OPENHANDS_PLUGINS_TOML=/etc/oh-host/plugins.toml
 USER oh
 VOLUME /var/lib/oh-host
 EXPOSE 3000
-HEALTHCHECK --interval=30s --timeout=3s CMD ["oh-host", "check"]
+# Probes the server itself (`oh-host check` would load every plugin again, and with the SaaS
+# profile migrate and register a cluster node, every 30 s).
+HEALTHCHECK --interval=30s --timeout=3s CMD ["curl", "-fsS", "http://127.0.0.1:3000/alive"]
 ENTRYPOINT ["oh-host"]
 CMD ["serve"]

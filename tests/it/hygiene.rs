@@ -288,4 +288,11 @@ fn the_dockerfile_bundles_what_the_makefile_bundles() {
         assert!(dockerfile.contains(&format!("lib{lib}.so")) || dockerfile.contains(lib), "Dockerfile lacks {lib}");
     }
     assert!(dockerfile.contains("USER "), "the image must not run as root");
+    // The agent's tools need bubblewrap and git; the healthcheck probes the server, not `check`.
+    let runtime_stage = dockerfile.rsplit("FROM ").next().unwrap();
+    for package in ["bubblewrap", "git"] {
+        assert!(runtime_stage.contains(&format!(" {package}")), "the image lacks {package}");
+    }
+    let health = dockerfile.lines().find(|l| l.starts_with("HEALTHCHECK")).unwrap();
+    assert!(health.contains("/alive") && !health.contains("check"), "{health}");
 }
