@@ -8,7 +8,7 @@ PLUGINS_DIR := target/plugins
 BUNDLED     := file_stores default_auth log_monitoring saas_monitoring standalone_manager clustered_manager postgres_stores saas_auth billing integrations
 EXAMPLE     := examples/token-auth/Cargo.toml
 
-.PHONY: build plugins examples run test test-browser services bench lint fmt
+.PHONY: build plugins examples run test test-browser services bench lint fmt frontend
 
 build:
 	$(CARGO) build --workspace
@@ -33,6 +33,19 @@ run: plugins
 
 services:
 	bash .ci/services
+
+# The web client: OpenHands' 0.62.0 frontend build into ./frontend/build, where the server
+# looks for it when FRONTEND_DIRECTORY is unset. FRONTEND_SRC names a build (`npm run build`
+# in OpenHands' frontend/ at tag 0.62.0); the default is the one next to this checkout.
+FRONTEND_SRC ?= ../shared/openhands-frontend-0.62.0
+frontend:
+	@if [ -f "$(FRONTEND_SRC)/index.html" ]; then \
+	  rm -rf frontend/build && mkdir -p frontend && cp -R "$(FRONTEND_SRC)" frontend/build && \
+	  echo "web client: frontend/build (from $(FRONTEND_SRC)); make run serves it"; \
+	else \
+	  echo "make frontend: no build at $(FRONTEND_SRC): build OpenHands' frontend at tag 0.62.0 (npm ci && npm run build in its frontend/) and pass FRONTEND_SRC=<its build directory>" >&2; \
+	  exit 1; \
+	fi
 
 test: services plugins examples
 	$(CARGO) test --workspace

@@ -267,6 +267,13 @@ fn serve(cli: &Cli) -> ExitCode {
             "oh-host {} listening on http://{addr}",
             env!("CARGO_PKG_VERSION")
         );
+        match &config.server.env.frontend_directory {
+            Some(dir) => tracing::info!("web client: {} served at http://{addr}/", dir.display()),
+            None => tracing::info!(
+                "no web client: `make frontend` puts OpenHands' build in ./{}, or set FRONTEND_DIRECTORY",
+                env::DEFAULT_FRONTEND_DIRECTORY
+            ),
+        }
         for m in registry.metas() {
             tracing::info!("  {:<22} {}::{}", m.point.key(), m.library, m.implementation);
         }

@@ -16,6 +16,9 @@ pub const HOME: &str = "HOME";
 pub const PERMITTED_CORS_ORIGINS: &str = "PERMITTED_CORS_ORIGINS";
 /// A directory of static files (the web client) served at `/` when set.
 pub const FRONTEND_DIRECTORY: &str = "FRONTEND_DIRECTORY";
+/// Where the web client's build is looked for when `FRONTEND_DIRECTORY` is unset (relative to
+/// the working directory, as in OpenHands).
+pub const DEFAULT_FRONTEND_DIRECTORY: &str = "frontend/build";
 /// `1` lets `POST /api/conversations` choose the conversation id (as OpenHands).
 pub const ALLOW_SET_CONVERSATION_ID: &str = "ALLOW_SET_CONVERSATION_ID";
 /// The public URL of the web app (SaaS), e.g. `https://app.example.com`.
@@ -142,7 +145,12 @@ impl HostEnv {
     /// Reads the variables; a problem (a frontend directory that is not one) is pushed.
     pub fn read(lookup: Lookup<'_>, problems: &mut Vec<String>) -> HostEnv {
         let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
-        let frontend_directory = get(FRONTEND_DIRECTORY).map(PathBuf::from);
+        // As OpenHands: `./frontend/build` when the variable is unset and a build is there
+        // (`make frontend` puts one there).
+        let frontend_directory = get(FRONTEND_DIRECTORY).map(PathBuf::from).or_else(|| {
+            let default = PathBuf::from(DEFAULT_FRONTEND_DIRECTORY);
+            default.join("index.html").is_file().then_some(default)
+        });
         if let Some(dir) = &frontend_directory {
             if !dir.join("index.html").is_file() {
                 problems.push(format!(

@@ -167,3 +167,27 @@ async fn frontend_directory_is_served_as_a_single_page_app() {
     assert!(api.json()["error"].is_string());
     assert_eq!(host.get("/api/options/config").await.status, 200);
 }
+
+/// Without FRONTEND_DIRECTORY, the web client's build in `./frontend/build` (where
+/// `make frontend` puts it) is served, and the banner says where from; without one, the banner
+/// says how to get it.
+#[tokio::test]
+async fn the_web_client_in_frontend_build_is_served_by_default() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    let cwd = tempfile::tempdir().unwrap();
+    let build = cwd.path().join("frontend/build");
+    std::fs::create_dir_all(&build).unwrap();
+    std::fs::write(build.join("index.html"), "<html>the web client</html>").unwrap();
+    let from = cwd.path().display().to_string();
+    let host = d.start_wrapped(&["env", "-C", &from, "--"], &[], &[]);
+    let page = host.get("/").await;
+    assert_eq!((page.status, page.text.as_str()), (200, "<html>the web client</html>"));
+    assert!(host.log().contains("web client: frontend/build"), "{}", host.log());
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = elsewhere.path().display().to_string();
+    let bare = d.start_wrapped(&["env", "-C", &other, "--"], &[], &[]);
+    assert_eq!(bare.get("/").await.status, 404);
+    assert!(bare.log().contains("no web client: `make frontend`"), "{}", bare.log());
+}
