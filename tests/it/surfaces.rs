@@ -223,3 +223,40 @@ async fn an_internal_error_answers_a_correlation_id_and_keeps_its_cause_in_the_l
     let line = host.log().lines().find(|l| l.contains(&id)).unwrap().to_owned();
     assert!(line.contains("master key"), "{line}");
 }
+
+/// `oh-host check` (and `/ready`) find a master key changed without its predecessor kept as a
+/// previous one, before any user's request does.
+#[tokio::test]
+async fn check_finds_secrets_sealed_with_a_key_the_deployment_does_not_have() {
+    let db = oh_e2e::pg::TestDb::create().await;
+    let stores = |master: &str, previous: &[&str]| {
+        let config = format!(
+            "{{ database_url = \"{}\", master_key = \"{master}\", previous_master_keys = {previous:?} }}",
+            db.url
+        );
+        format!(
+            "[extensions.settings_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSettingsStore\"\nconfig = {config}\n\
+             [extensions.secrets_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSecretsStore\"\nconfig = {config}\n"
+        )
+    };
+    let (first, second) = ("first-master-key-0123456789abcdef", "second-master-key-0123456789abcdef");
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", &stores(first, &[]));
+    let host = d.start();
+    assert_eq!(host.post_json("/api/settings", &json!({ "llm_api_key": "sk-sealed" })).await.status, 200);
+    let secret = json!({ "name": "TOKEN", "value": "v" });
+    assert_eq!(host.post_json("/api/secrets", &secret).await.status, 201);
+    assert!(d.run_cli(&["check"]).status.success());
+    drop(host);
+    d.write_profile("", &stores(second, &[]));
+    let out = d.run_cli(&["check"]);
+    out.assert_refused();
+    assert!(out.stdout.contains("previous_master_keys"), "{}{}", out.stdout, out.stderr);
+    let host = d.start();
+    assert_eq!(host.get("/ready").await.status, 503);
+    drop(host);
+    d.write_profile("", &stores(second, &[first]));
+    let ok = d.run_cli(&["check"]);
+    assert!(ok.status.success(), "{}{}", ok.stdout, ok.stderr);
+}

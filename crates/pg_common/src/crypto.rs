@@ -107,6 +107,12 @@ impl Keyring {
         &self.current.id
     }
 
+    /// Whether values sealed with key `id` open with this keyring (the current key or a
+    /// previous one).
+    pub fn knows(&self, id: &str) -> bool {
+        std::iter::once(&self.current).chain(&self.previous).any(|k| k.id == id)
+    }
+
     pub fn seal(&self, plaintext: &[u8], at: &Binding<'_>) -> Result<String, PluginError> {
         let mut nonce = [0u8; 24];
         getrandom::getrandom(&mut nonce).map_err(|e| PluginError::internal(format!("no randomness: {e}")))?;

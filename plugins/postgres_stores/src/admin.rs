@@ -23,6 +23,60 @@ pub(crate) async fn health(db: &Db) -> Result<String, PluginError> {
     Ok(format!("PostgreSQL {} ({} connections)", db.label(), pool.size()))
 }
 
+/// `health`, and whether every stored sealed value names a key this deployment has: a master
+/// key changed without its predecessor in `previous_master_keys` fails here (`oh-host check`,
+/// `/ready`) instead of at each user's next request. The key ids in use are read at most once
+/// a minute.
+pub(crate) async fn health_with_keys(db: &Db, sealed: &[SealedColumn]) -> Result<String, PluginError> {
+    let base = health(db).await?;
+    let what = format!(
+        "{} {}",
+        db.label(),
+        sealed.iter().map(|s| format!("{}.{}", s.table, s.column)).collect::<Vec<_>>().join(",")
+    );
+    let unknown = match cached_unknown_keys(db, &what) {
+        Some(unknown) => unknown,
+        None => {
+            let pool = db.ready().await?;
+            let mut ids: Vec<String> = Vec::new();
+            for s in sealed {
+                let sql = format!(
+                    "SELECT DISTINCT split_part({c}, '.', 2) FROM {t} WHERE {c} IS NOT NULL",
+                    c = s.column,
+                    t = s.table
+                );
+                let found: Vec<(String,)> = sqlx::query_as(&sql).fetch_all(pool).await.map_err(db_error)?;
+                ids.extend(found.into_iter().map(|(id,)| id));
+            }
+            ids.sort();
+            ids.dedup();
+            let unknown: Vec<String> = ids.into_iter().filter(|id| !db.keys.knows(id)).collect();
+            KEY_CHECK.lock().unwrap_or_else(|e| e.into_inner()).insert(what, (Instant::now(), unknown.clone()));
+            unknown
+        }
+    };
+    if unknown.is_empty() {
+        Ok(base)
+    } else {
+        Err(PluginError::unavailable(format!(
+            "stored secrets are sealed with master key(s) {} that this deployment does not have: add the old key to previous_master_keys (OH_PREVIOUS_MASTER_KEYS), or set the master key back",
+            unknown.join(", ")
+        )))
+    }
+}
+
+/// The last key check of each database and set of columns: when, and the unknown key ids it
+/// found.
+static KEY_CHECK: std::sync::Mutex<std::collections::BTreeMap<String, (Instant, Vec<String>)>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn cached_unknown_keys(db: &Db, what: &str) -> Option<Vec<String>> {
+    let check = KEY_CHECK.lock().unwrap_or_else(|e| e.into_inner());
+    let (at, unknown) = check.get(what)?;
+    // A cached finding holds only while the keyring still lacks those keys.
+    (at.elapsed() < Duration::from_secs(60) && unknown.iter().all(|id| !db.keys.knows(id))).then(|| unknown.clone())
+}
+
 /// A column of sealed values, for key rotation: its table, the key columns that identify a
 /// row (the user id first), and the binding's field for a row (from its key values).
 pub(crate) struct SealedColumn {

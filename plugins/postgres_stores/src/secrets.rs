@@ -6,7 +6,7 @@
 //! change that finds them (under that row's lock), or by `oh-host migrate`.
 
 use crate::{
-    admin::{corrupt, health, rotate_columns, user, SealedColumn},
+    admin::{corrupt, health_with_keys, rotate_columns, user, SealedColumn},
     cache::VersionCache,
     db::{db_error, Db},
 };
@@ -413,7 +413,7 @@ impl plugin_sdk::SecretsStore for SaasSecretsStore {
     }
 
     async fn health(&self) -> Result<String, PluginError> {
-        health(&self.db).await
+        health_with_keys(&self.db, &SEALED).await
     }
 
     async fn migrate(&self, _ctx: CallContext) -> Result<Value, PluginError> {

@@ -2,7 +2,7 @@
 //! `mcp_config`) encrypted together, and a `version` checked on every versioned write.
 
 use crate::{
-    admin::{corrupt, health, migrate, rotate_columns, user, SealedColumn},
+    admin::{corrupt, health_with_keys, migrate, rotate_columns, user, SealedColumn},
     cache::VersionCache,
     db::{db_error, Db},
 };
@@ -154,7 +154,7 @@ impl plugin_sdk::SettingsStore for SaasSettingsStore {
     }
 
     async fn health(&self) -> Result<String, PluginError> {
-        health(&self.db).await
+        health_with_keys(&self.db, &[SEALED]).await
     }
 
     async fn migrate(&self, _ctx: CallContext) -> Result<Value, PluginError> {
