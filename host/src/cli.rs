@@ -296,6 +296,8 @@ fn serve(cli: &Cli) -> ExitCode {
 /// variables), the libraries' and instances' (missing, refused, failing), the routes'
 /// (overlaps), each naming the file, the key and the fix.
 fn check(cli: &Cli) -> ExitCode {
+    // Plugins built from here on write nothing: they are read and probed only.
+    loader::set_read_only();
     let rt = runtime();
     let path = config::profile_path(cli.config.as_deref(), &env::process);
     let (config, mut problems) = config::load_lenient(&path);

@@ -416,9 +416,22 @@ pub fn host_api() -> HostApi_Ref {
             observe: host_observe,
             span: host_span,
             tracing_enabled: host_tracing_enabled,
+            read_only: host_read_only,
         }
         .leak_into_prefix()
     })
+}
+
+/// Set by `oh-host check` before it loads anything: plugins then write nothing.
+static READ_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes every library loaded from now on check-only (`HostApi::read_only`).
+pub fn set_read_only() {
+    READ_ONLY.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+extern "C" fn host_read_only() -> bool {
+    READ_ONLY.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// Calls the library's `init` once per process.

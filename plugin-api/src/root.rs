@@ -142,4 +142,8 @@ pub struct HostApi {
     /// Whether the host exports traces (a plugin makes no spans otherwise). Added in
     /// plugin-api 0.4.
     pub tracing_enabled: extern "C" fn() -> bool,
+    /// Whether this process only checks (`oh-host check`): instances are built and probed,
+    /// and must write nothing (no migration, no file, no registration, no worker taking
+    /// work). Added in plugin-api 0.7.
+    pub read_only: extern "C" fn() -> bool,
 }

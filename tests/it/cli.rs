@@ -246,3 +246,56 @@ async fn sighup_stops_gracefully() {
     assert!(status.success(), "{status:?}: {}", host.log());
     assert!(host.log().contains("shutting down"), "{}", host.log());
 }
+
+/// `oh-host check` reads and probes, and writes nothing: no state file, no key file, no
+/// migration (`oh-host migrate` migrates).
+#[tokio::test]
+async fn check_writes_nothing() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    let out = d.run_cli(&["check"]);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    let made: Vec<_> = walk(&d.state_dir());
+    assert!(made.is_empty(), "check wrote {made:?}");
+
+    let db = oh_e2e::pg::TestDb::create().await;
+    let config = format!("{{ database_url = \"{}\", master_key = \"check-master-key-0123456789abcdef\" }}", db.url);
+    d.write_profile(
+        "",
+        &format!(
+            "[extensions.settings_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSettingsStore\"\nconfig = {config}\n\
+             [extensions.secrets_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSecretsStore\"\nconfig = {config}\n"
+        ),
+    );
+    let out = d.run_cli(&["check"]);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    let mut conn = db.connect().await;
+    let tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(tables, 0, "check migrated the database");
+    let migrated = d.run_cli(&["migrate"]);
+    assert!(migrated.status.success(), "{}{}", migrated.stdout, migrated.stderr);
+    let tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(tables > 0);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -160,8 +160,10 @@ pub fn default_acquire_timeout_ms() -> u64 {
 
 impl Pool<'_> {
     /// This process's pool of the database (made on first use, within the plugin's runtime;
-    /// migrations on first use when `migrate`).
+    /// migrations on first use when `migrate`, unless the host only checks).
     pub fn open(&self, migrate: bool) -> Result<Arc<Database>, PluginError> {
+        // `oh-host check` migrates nothing (`oh-host migrate` does).
+        let migrate = migrate && !plugin_sdk::read_only();
         plugin_sdk::enter_runtime(|| {
             Database::shared(self.database_url, self.max_connections, self.acquire_timeout_ms, migrate)
         })

@@ -35,7 +35,7 @@ use plugin_api::models::{Secrets, Settings};
 use std::future::Future;
 
 pub use export::{__call_root_module_loader, __lib_header, __root_module, parse_config, Registry};
-pub use logging::{gauge, metric, observe};
+pub use logging::{gauge, metric, observe, read_only};
 pub mod http;
 pub mod trace;
 pub use plugin_api::{

@@ -75,6 +75,11 @@ pub fn observe(name: &str, value: f64, buckets: &[f64], labels: &serde_json::Val
 }
 
 /// Whether the host exports traces (spans are made only then).
+/// Whether the host runs this library to check it only (`oh-host check`): write nothing.
+pub fn read_only() -> bool {
+    FORWARDER.get().and_then(|f| f.host.read_only()).is_some_and(|read_only| read_only())
+}
+
 pub(crate) fn tracing_enabled() -> bool {
     FORWARDER.get().and_then(|f| f.host.tracing_enabled()).is_some_and(|enabled| enabled())
 }

@@ -74,6 +74,10 @@ impl ClusteredConversationManager {
     }
 
     fn ensure_started(&self) {
+        // A host that only checks registers no node and takes over nothing.
+        if plugin_sdk::read_only() {
+            return;
+        }
         if lock(&self.node.tasks).is_empty() {
             self.node.start_tasks();
         }
@@ -292,6 +296,9 @@ impl plugin_sdk::ConversationManager for ClusteredConversationManager {
     /// Hands every conversation over (each stores `stopped`, then another node resumes it at
     /// once), then leaves the cluster.
     async fn shutdown(&self) {
+        if plugin_sdk::read_only() {
+            return;
+        }
         let node = &self.node;
         let sids: Vec<String> = lock(&node.owned).keys().cloned().collect();
         let handovers: Vec<_> = sids.iter().map(|sid| node.stop_owned(sid, "handover")).collect();

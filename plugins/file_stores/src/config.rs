@@ -41,9 +41,12 @@ impl FileStoreConfig {
         if root.as_os_str().is_empty() {
             return Err(PluginError::invalid_config("`root` is empty; set it to a directory"));
         }
-        std::fs::create_dir_all(&root)
-            .map_err(|e| PluginError::invalid_config(format!("cannot create root {}: {e}", root.display())))?;
-        clean_once(&root);
+        // `oh-host check` writes nothing: the root is made (and cleaned) when serving.
+        if !plugin_sdk::read_only() {
+            std::fs::create_dir_all(&root)
+                .map_err(|e| PluginError::invalid_config(format!("cannot create root {}: {e}", root.display())))?;
+            clean_once(&root);
+        }
         Ok((config, root))
     }
 }

@@ -152,6 +152,9 @@ impl plugin_sdk::SettingsStore for FileSettingsStore {
         let root = self.root.clone();
         fsutil::blocking(move || match std::fs::metadata(&root) {
             Ok(m) if m.is_dir() => Ok(format!("files under {}", root.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && plugin_sdk::read_only() => {
+                Ok(format!("files under {} (made when the server starts)", root.display()))
+            }
             Ok(_) => Err(PluginError::unavailable(format!("{} is not a directory", root.display()))),
             Err(e) => Err(PluginError::unavailable(format!("{}: {e}", root.display()))),
         })

@@ -156,7 +156,8 @@ impl Integrations {
         // the one that posts answers.
         // None at all when no source is enabled: the plugin then only serves its routes.
         let any_source = ROUTES.iter().any(|(name, _)| c.source(name).on());
-        let workers = if any_source { c.workers } else { 0 };
+        // None either when the host only checks (`oh-host check`): a worker takes work.
+        let workers = if any_source && !plugin_sdk::read_only() { c.workers } else { 0 };
         let tasks = plugin_sdk::enter_runtime(|| {
             let mut tasks: Vec<_> = (0..workers).map(|_| tokio::spawn(hub.clone().deliveries())).collect();
             if workers > 0 {

@@ -28,7 +28,7 @@ pub(crate) async fn health(db: &Db) -> Result<String, PluginError> {
 /// `/ready`) instead of at each user's next request. The key ids in use are read at most once
 /// a minute.
 pub(crate) async fn health_with_keys(db: &Db, sealed: &[SealedColumn]) -> Result<String, PluginError> {
-    let base = health(db).await?;
+    let mut base = health(db).await?;
     let what = format!(
         "{} {}",
         db.label(),
@@ -40,6 +40,16 @@ pub(crate) async fn health_with_keys(db: &Db, sealed: &[SealedColumn]) -> Result
             let pool = db.ready().await?;
             let mut ids: Vec<String> = Vec::new();
             for s in sealed {
+                // A database not migrated yet (what `oh-host check` may find) has nothing sealed.
+                let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                    .bind(s.table)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(db_error)?;
+                if !exists {
+                    base.push_str(" (not migrated yet: `oh-host migrate`)");
+                    return Ok(base);
+                }
                 let sql = format!(
                     "SELECT DISTINCT split_part({c}, '.', 2) FROM {t} WHERE {c} IS NOT NULL",
                     c = s.column,
