@@ -151,21 +151,9 @@ impl ManagerConfig {
                 }
                 sandbox::bwrap::works()
                     .map_err(|e| plugin_sdk::PluginError::invalid_config(format!("runtime = \"bubblewrap\": {e}")))?;
-                let policy = sandbox::bwrap::Policy {
-                    network: self.sandbox_network,
-                    cpu_secs: self.sandbox_cpu_secs.max(1),
-                    memory_mb: self.sandbox_memory_mb.max(64),
-                    max_processes: self.sandbox_max_processes,
-                    tmp_mb: self.sandbox_tmp_mb.max(1),
-                    file_mb: self.sandbox_workspace_mb,
-                    read_only: self.sandbox_read_only.iter().map(std::path::PathBuf::from).collect(),
-                    cgroups: true,
-                };
-                sandbox::cgroup::Cgroup::available(policy.limits()).map_err(|e| {
-                    plugin_sdk::PluginError::invalid_config(format!(
-                        "runtime = \"bubblewrap\" bounds each command's memory (sandbox_memory_mb) and processes (sandbox_max_processes) with a cgroup, and {e}: run the host as root or in a delegated cgroup hierarchy"
-                    ))
-                })?;
+                let mut policy = self.sandbox_policy();
+                let cgroups = sandbox::cgroup::Cgroup::available(policy.limits());
+                policy.cgroups = self.with_cgroups(app_mode, cgroups)?;
                 crate::runtime::Isolation::Bubblewrap { policy, workspace_mb: self.sandbox_workspace_mb }
             }
             other => {
@@ -192,7 +180,56 @@ impl ManagerConfig {
         }))
     }
 
+    /// The sandbox this config asks for (with cgroups, until `with_cgroups` says otherwise).
+    fn sandbox_policy(&self) -> sandbox::bwrap::Policy {
+        sandbox::bwrap::Policy {
+            network: self.sandbox_network,
+            cpu_secs: self.sandbox_cpu_secs.max(1),
+            memory_mb: self.sandbox_memory_mb.max(64),
+            max_processes: self.sandbox_max_processes,
+            tmp_mb: self.sandbox_tmp_mb.max(1),
+            file_mb: self.sandbox_workspace_mb,
+            read_only: self.sandbox_read_only.iter().map(std::path::PathBuf::from).collect(),
+            cgroups: true,
+        }
+    }
+
+    /// Whether commands get cgroups, given whether they can be made here (`available`): the
+    /// aggregate bounds need a writable hierarchy (root, or one systemd delegates). Without
+    /// one, SaaS mode refuses to start; OSS mode goes on with weaker bounds, and says which:
+    /// memory per process, processes per user.
+    fn with_cgroups(&self, app_mode: &str, available: Result<(), String>) -> Result<bool, plugin_sdk::PluginError> {
+        match available {
+            Ok(()) => Ok(true),
+            Err(e) if app_mode == "saas" => Err(plugin_sdk::PluginError::invalid_config(format!(
+                "runtime = \"bubblewrap\" bounds each command's memory (sandbox_memory_mb) and processes (sandbox_max_processes) with a cgroup, and {e}: run the host as root or in a delegated cgroup hierarchy (SaaS mode does not run the sandbox with weaker bounds)"
+            ))),
+            Err(e) => {
+                tracing::warn!(
+                    "runtime = \"bubblewrap\" without cgroups ({e}): memory is bounded per process (sandbox_memory_mb of address space each) and processes per user (RLIMIT_NPROC = sandbox_max_processes), not for the sandbox as a whole; run the host as root or in a delegated cgroup hierarchy for the aggregate bounds"
+                );
+                Ok(false)
+            }
+        }
+    }
+
     pub fn cleanup_interval(&self) -> Duration {
         Duration::from_millis(self.cleanup_interval_ms.max(10))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ManagerConfig;
+
+    /// Without writable cgroups (an unprivileged host without delegation), OSS mode runs the
+    /// sandbox with the weaker per-process and per-user bounds; SaaS mode refuses, naming the fix.
+    #[test]
+    fn without_cgroups_oss_goes_on_with_weaker_bounds_and_saas_refuses() {
+        let config = ManagerConfig::default();
+        assert!(config.with_cgroups("oss", Ok(())).unwrap());
+        assert!(!config.with_cgroups("oss", Err("no pids controller".into())).unwrap());
+        let refused = config.with_cgroups("saas", Err("no pids controller".into())).unwrap_err();
+        assert!(refused.message.contains("delegated cgroup") && refused.message.contains("no pids controller"));
     }
 }

@@ -121,6 +121,10 @@ impl Policy {
         if self.file_mb > 0 {
             c.arg(format!("--fsize={}", self.file_mb.saturating_mul(1 << 20)));
         }
+        // Without a pids cgroup: the processes of the user, a weaker bound than the sandbox's.
+        if !self.cgroups && self.max_processes > 0 {
+            c.arg(format!("--nproc={}", self.max_processes));
+        }
         c.arg("--").args(argv);
         Ok(Prepared { command: c, cgroup })
     }
@@ -240,7 +244,7 @@ mod tests {
             network: false,
             cpu_secs: 10,
             memory_mb: 512,
-            max_processes: 0,
+            max_processes: 40,
             tmp_mb: 8,
             file_mb: 4,
             read_only: Vec::new(),
@@ -250,7 +254,8 @@ mod tests {
         let script = format!(
             "id -u; env | cut -d= -f1 | sort | tr '\\n' ' '; echo; cat {secret} 2>&1; ls /root /run 2>&1; \
              (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo net-reached || echo net-blocked; \
-             head -c 16M /dev/zero > /tmp/fill 2>&1 || echo tmp-full; head -c 8M /dev/zero > big 2>&1; echo fsize:$?",
+             head -c 16M /dev/zero > /tmp/fill 2>&1 || echo tmp-full; head -c 8M /dev/zero > big 2>&1; echo fsize:$?; \
+             perl -e 'my $n = 0; for (1..100) {{ my $p = fork(); last unless defined $p; if ($p == 0) {{ sleep 2; exit 0 }} $n++ }} print \"forked:$n\\n\"'",
             secret = secret.display(),
             port = listener.local_addr().unwrap().port(),
         );
@@ -272,5 +277,14 @@ mod tests {
         assert!(text.contains("net-blocked") && text.contains("tmp-full"), "{text}");
         assert!(!text.contains("fsize:0"), "{text}");
         assert!(std::fs::metadata(ws.join("big")).unwrap().len() <= 4 << 20);
+        // Without a cgroup, the processes are bounded per user (RLIMIT_NPROC) when not root.
+        if root {
+            let forked: usize = text
+                .split("forked:")
+                .nth(1)
+                .and_then(|n| n.split_whitespace().next()?.parse().ok())
+                .unwrap_or_else(|| panic!("no count: {text}"));
+            assert!(forked < 40, "{forked} processes: {text}");
+        }
     }
 }
