@@ -256,7 +256,7 @@ async fn check_writes_nothing() {
     d.write_profile("", "");
     let out = d.run_cli(&["check"]);
     assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
-    let made: Vec<_> = walk(&d.state_dir());
+    let made: Vec<_> = oh_e2e::files_under(&d.state_dir());
     assert!(made.is_empty(), "check wrote {made:?}");
 
     let db = oh_e2e::pg::TestDb::create().await;
@@ -285,17 +285,4 @@ async fn check_writes_nothing() {
             .await
             .unwrap();
     assert!(tables > 0);
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }

@@ -9,7 +9,7 @@ use oh_e2e::{
     Deployment, TestHost,
 };
 use serde_json::{json, Value};
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 const MALLORY: &str = "mallory-sandbox-key-0123456789";
 const VICTIM: &str = "victim-sandbox-key-0123456789";
@@ -119,7 +119,7 @@ async fn the_agent_reaches_nothing_the_host_holds(saas: bool) {
     std::fs::write(state.join("target-file"), "untouched").unwrap();
     // Everything the host keeps in its state directory, but the workspaces.
     let mut host_files: Vec<String> = Vec::new();
-    for entry in walk(&state) {
+    for entry in oh_e2e::files_under(&state) {
         if !entry.starts_with(state.join("workspaces")) {
             host_files.push(entry.display().to_string());
         }
@@ -201,20 +201,6 @@ async fn the_agent_reaches_nothing_the_host_holds(saas: bool) {
     assert!(after < before + 50 * 1024, "the host grew from {before} KiB to {after} KiB");
     let listed = target.get(MALLORY, &format!("{base}/list-files")).await.json();
     assert!(listed.as_array().unwrap().contains(&json!("a.txt")), "{listed}");
-}
-
-/// The files under `dir`, recursively.
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[tokio::test]

@@ -96,22 +96,8 @@ fn a_wrong_pin_stops_the_host_before_any_plugin_code_runs() {
     let out = d.run_cli(&["serve"]);
     out.assert_refused();
     assert!(out.stderr.contains("but the profile pins 0000"), "{}", out.stderr);
-    let made = files_under(&d.state_dir());
+    let made = oh_e2e::files_under(&d.state_dir());
     assert!(made.is_empty(), "plugin code ran before the pin was checked: {made:?}");
-}
-
-/// Every file under `dir` (none when it does not exist).
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// Item 16: a user's stored conversations are bounded (`max_conversations_per_user`), with

@@ -175,8 +175,7 @@ impl App {
     /// What a manager starts a conversation with: the user's settings (with A/B experiments
     /// applied), secrets and effective provider tokens.
     pub async fn start_request(&self, ctx: &CallContext, conversation_id: &str) -> AppResult<StartRequest> {
-        let (settings, secrets) =
-            tokio::join!(self.settings_or_saas_default(ctx), self.registry.load_secrets(ctx.clone()));
+        let (settings, stored) = tokio::join!(self.settings_or_saas_default(ctx), self.secrets_and_tokens(ctx));
         let Some(mut settings) = settings? else { return Err(AppError::SettingsNotFound) };
         let model = settings.llm_model.as_deref().unwrap_or("");
         // The deployment's proxy key (LITE_LLM_API_KEY) stands in for the user's.
@@ -186,8 +185,8 @@ impl App {
         if settings.llm_api_key.as_deref().is_none_or(|k| k.trim().is_empty()) && !keyless {
             return Err(AppError::NoLlmKey);
         }
-        let secrets = secrets?.unwrap_or_default();
-        let provider_tokens = self.effective_tokens(ctx, Some(&secrets)).await?;
+        let (secrets, provider_tokens) = stored?;
+        let secrets = secrets.unwrap_or_default();
         let mut system_prompt = None;
         // A/B experiments (monitoring listeners run them): the variant's model or system prompt.
         let query =

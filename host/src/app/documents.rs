@@ -164,18 +164,30 @@ impl App {
 }
 
 impl App {
-    /// The caller's git provider tokens as everything uses them: those the auth system
-    /// brokers (Keycloak in SaaS) win over the ones in the secrets store, as in OpenHands.
-    /// `secrets`: the caller's, when already loaded.
-    pub async fn effective_tokens(&self, ctx: &CallContext, secrets: Option<&Secrets>) -> AppResult<ProviderTokens> {
-        if let Some(brokered) = self.registry.provider_tokens(ctx.clone()).await? {
-            return Ok(brokered);
-        }
-        Ok(match secrets {
-            Some(s) => s.provider_tokens.clone(),
-            None => self.registry.load_secrets(ctx.clone()).await?.unwrap_or_default().provider_tokens,
-        })
+    /// The caller's Secrets, and the git provider tokens as everything uses them: those the
+    /// auth system brokers (Keycloak in SaaS) win over the ones in the secrets store, as in
+    /// OpenHands. Both plugins are asked at once.
+    pub async fn secrets_and_tokens(&self, ctx: &CallContext) -> AppResult<(Option<Secrets>, ProviderTokens)> {
+        let (secrets, brokered) =
+            tokio::join!(self.registry.load_secrets(ctx.clone()), self.registry.provider_tokens(ctx.clone()));
+        let secrets = secrets?;
+        let tokens = counted(brokered?, secrets.as_ref());
+        Ok((secrets, tokens))
     }
+
+    /// The git provider tokens that count; the secrets store is read only when the auth
+    /// system brokers none.
+    pub async fn effective_tokens(&self, ctx: &CallContext) -> AppResult<ProviderTokens> {
+        match self.registry.provider_tokens(ctx.clone()).await? {
+            Some(brokered) => Ok(counted(Some(brokered), None)),
+            None => Ok(counted(None, self.registry.load_secrets(ctx.clone()).await?.as_ref())),
+        }
+    }
+}
+
+/// The rule, written once: tokens the auth system brokers win over stored ones.
+fn counted(brokered: Option<ProviderTokens>, secrets: Option<&Secrets>) -> ProviderTokens {
+    brokered.unwrap_or_else(|| secrets.map(|s| s.provider_tokens.clone()).unwrap_or_default())
 }
 
 /// The named secret is missing, or already there.

@@ -75,6 +75,14 @@ impl std::fmt::Display for AppError {
 impl std::error::Error for AppError {}
 
 impl AppError {
+    /// The plugin's own message, when a plugin call failed (what sockets show).
+    pub fn plugin_message(&self) -> Option<&str> {
+        match self {
+            AppError::Plugin(e) | AppError::StartFailed(e) => Some(e.error.message.as_str()),
+            _ => None,
+        }
+    }
+
     /// For a plugin's host call: the code a plugin branches on, and the message.
     pub fn into_plugin_error(self) -> PluginError {
         if let AppError::Plugin(e) | AppError::StartFailed(e) = self {

@@ -108,7 +108,7 @@ impl App {
                 encode(self.launch(&ctx, new).await.map_err(|e| e.into_plugin_error())?)
             }
             HostCall::GetProviderTokens(_) => {
-                encode(self.effective_tokens(&ctx, None).await.map_err(|e| e.into_plugin_error())?)
+                encode(self.effective_tokens(&ctx).await.map_err(|e| e.into_plugin_error())?)
             }
             HostCall::CreateConversation(_) => {
                 r.on_create_conversation(&ctx);

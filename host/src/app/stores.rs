@@ -1,7 +1,7 @@
 //! What the doors read and do that is one plugin call: conversations, their events, the
 //! running loops, sign-in. Each is the registry's typed call with its error as `AppError`.
 
-use super::{App, AppError, AppResult};
+use super::{App, AppResult};
 use crate::{
     config::AppMode,
     registry::{AuthInput, Authenticated},
@@ -93,16 +93,6 @@ impl App {
                 tracing::warn!(conversation_id = id, error = %e, "the manager did not say where the workspace is");
                 None
             }
-        }
-    }
-}
-
-impl AppError {
-    /// The plugin's own message, when a plugin call failed (what sockets show).
-    pub fn plugin_message(&self) -> Option<&str> {
-        match self {
-            AppError::Plugin(e) | AppError::StartFailed(e) => Some(e.error.message.as_str()),
-            _ => None,
         }
     }
 }

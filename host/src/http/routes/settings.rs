@@ -49,12 +49,12 @@ pub(crate) fn settings_view(settings: &Settings, secrets: Option<&Secrets>) -> V
 
 async fn load(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     let app = &state.app;
-    let (settings, secrets) = tokio::join!(app.settings_or_saas_default(&caller.ctx), app.load_secrets(&caller.ctx));
+    let (settings, stored) =
+        tokio::join!(app.settings_or_saas_default(&caller.ctx), app.secrets_and_tokens(&caller.ctx));
     let Some(settings) = settings? else {
         return Err(ApiError::not_found("Settings not found"));
     };
-    let mut secrets = secrets?;
-    let tokens = app.effective_tokens(&caller.ctx, secrets.as_ref()).await?;
+    let (mut secrets, tokens) = stored?;
     if secrets.is_some() || !tokens.is_empty() {
         secrets.get_or_insert_with(Default::default).provider_tokens = tokens;
     }

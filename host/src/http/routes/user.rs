@@ -53,7 +53,7 @@ fn provider_error(e: GitError) -> ApiError {
 
 /// The caller's provider APIs, one per provider with a token, in OpenHands' order.
 async fn apis(state: &AppState, caller: &Caller) -> ApiResult<Vec<Api>> {
-    let tokens = state.app.effective_tokens(&caller.ctx, None).await?;
+    let tokens = state.app.effective_tokens(&caller.ctx).await?;
     let saas = state.app.app_mode() == AppMode::Saas;
     let mut apis = Vec::new();
     for provider in Provider::ALL {
