@@ -81,15 +81,15 @@ pub(crate) fn raw_instances(
         fn call(
             &self,
             _: CallContext,
-            _: plugin_api::abi_stable::std_types::RString,
+            _: plugin_api::ExtensionPoint,
             _: plugin_api::abi_stable::std_types::RString,
             _: plugin_api::abi_stable::std_types::RString,
         ) -> plugin_api::FfiFuture<plugin_api::PResult<plugin_api::abi_stable::std_types::RString>> {
             use plugin_api::async_ffi::FutureExt as _;
             async { plugin_api::PResult::RErr(plugin_api::PluginError::unavailable("benchmark")) }.into_ffi()
         }
-        fn app_mode(&self) -> plugin_api::abi_stable::std_types::RString {
-            "oss".into()
+        fn app_mode(&self) -> plugin_api::AppMode {
+            plugin_api::AppMode::OSS
         }
         fn state_dir(&self) -> plugin_api::abi_stable::std_types::RString {
             "".into()

@@ -14,9 +14,10 @@
 use abi_stable::{
     library::{lib_header_from_path, LibraryError},
     prefix_type::PrefixTypeTrait,
-    std_types::RStr,
+    sabi_types::VersionNumber,
+    std_types::{RSlice, RStr},
 };
-use plugin_api::{ApiInfo, ExtensionPoint, HostApi, HostApi_Ref, LogLevel, PluginLib_Ref};
+use plugin_api::{ApiInfo, ExtensionPoint, HostApi, HostApi_Ref, Label, LogLevel, PluginLib_Ref};
 use sha2::{Digest, Sha256};
 use std::{
     collections::BTreeMap,
@@ -108,15 +109,7 @@ pub fn load(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Library
     if api.magic != plugin_api::API_MAGIC {
         return Err(format!("{shown} is an abi_stable library but not an oh-host plugin (wrong magic number)"));
     }
-    if api.major != plugin_api::API_MAJOR || api.minor != plugin_api::API_MINOR {
-        return Err(format!(
-            "{shown} was built for plugin-api {}.{}, this host speaks {}.{}; rebuild the plugin against this host's plugin-api (plugins are built in lock-step with the host in 0.x)",
-            api.major,
-            api.minor,
-            plugin_api::API_MAJOR,
-            plugin_api::API_MINOR
-        ));
-    }
+    compatible(&shown, api.major, api.minor)?;
     if !api.panic_unwind {
         return Err(format!(
             "{shown} was built with panic = \"abort\": its first panic would end the whole server; rebuild it with panic = \"unwind\""
@@ -148,7 +141,33 @@ pub fn load(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Library
 /// silently return the first.
 fn open(path: &Path, shown: &str) -> Result<PluginLib_Ref, String> {
     let header = lib_header_from_path(path).map_err(|e| describe(shown, e))?;
+    // The contract's version first, so that a library newer than this host is refused with
+    // the rule and the fix rather than with whatever layout difference it has.
+    if let Ok(v) = VersionNumber::new(header.version_strings()) {
+        compatible(shown, v.major, v.minor)?;
+    }
     header.init_root_module::<PluginLib_Ref>().map_err(|e| describe(shown, e))
+}
+
+/// The compatibility rule: the host's major, and a minor not above the host's (a library
+/// built against 1.k loads in every host 1.m with m >= k).
+fn compatible(shown: &str, major: u32, minor: u32) -> Result<(), String> {
+    let (host_major, host_minor) = (plugin_api::API_MAJOR, plugin_api::API_MINOR);
+    if major == host_major && minor <= host_minor {
+        return Ok(());
+    }
+    let fix = if major == host_major {
+        format!(
+            "upgrade the host to one that speaks plugin-api {major}.{minor} or later, or rebuild the plugin against plugin-api {host_major}.{host_minor} (or any {host_major}.x up to it)"
+        )
+    } else if major < host_major {
+        format!("rebuild the plugin against plugin-api {host_major}.x (see docs/plugin-api.md: what changed in {host_major}.0)")
+    } else {
+        format!("use a host that speaks plugin-api {major}.x, or rebuild the plugin against {host_major}.{host_minor}")
+    };
+    Err(format!(
+        "{shown} was built for plugin-api {major}.{minor}, but this host speaks plugin-api {host_major}.{host_minor} and loads libraries built for {host_major}.0 to {host_major}.{host_minor}; {fix}"
+    ))
 }
 
 /// The descriptors of the private copies: kept open for the process's life. Libraries are
@@ -355,19 +374,15 @@ extern "C" fn host_log(level: LogLevel, library: RStr<'_>, target: RStr<'_>, mes
     }
 }
 
-/// A plugin's labels (a JSON object) as the registry renders them.
-fn plugin_labels(labels_json: RStr<'_>) -> String {
-    let labels: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(labels_json.as_str()).unwrap_or_default();
-    crate::metrics::render_labels(
-        labels.iter().map(|(k, v)| (k.as_str(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))),
-    )
+/// A plugin's labels as the registry renders them.
+fn plugin_labels(labels: RSlice<'_, Label<'_>>) -> String {
+    crate::metrics::render_labels(labels.iter().map(|l| (l.0.as_str(), l.1.as_str().to_owned())))
 }
 
 const REPORTED: &str = "Reported by a plugin.";
 
-extern "C" fn host_metric(name: RStr<'_>, value: f64, labels_json: RStr<'_>) {
-    crate::metrics::global().inc_rendered(name.as_str(), REPORTED, plugin_labels(labels_json), value);
+extern "C" fn host_metric(name: RStr<'_>, value: f64, labels: RSlice<'_, Label<'_>>) {
+    crate::metrics::global().inc_rendered(name.as_str(), REPORTED, plugin_labels(labels), value);
 }
 
 extern "C" fn host_span(span_json: RStr<'_>) {
@@ -378,21 +393,18 @@ extern "C" fn host_tracing_enabled() -> bool {
     crate::telemetry::enabled()
 }
 
-extern "C" fn host_gauge(name: RStr<'_>, value: f64, delta: bool, labels_json: RStr<'_>) {
-    crate::metrics::global().gauge_rendered(name.as_str(), REPORTED, plugin_labels(labels_json), value, delta);
+extern "C" fn host_gauge(name: RStr<'_>, value: f64, delta: bool, labels: RSlice<'_, Label<'_>>) {
+    crate::metrics::global().gauge_rendered(name.as_str(), REPORTED, plugin_labels(labels), value, delta);
 }
 
-extern "C" fn host_observe(name: RStr<'_>, value: f64, buckets_json: RStr<'_>, labels_json: RStr<'_>) {
+extern "C" fn host_observe(name: RStr<'_>, value: f64, buckets: RSlice<'_, f64>, labels: RSlice<'_, Label<'_>>) {
     // Bucket sets live as long as the process; each distinct one is kept once.
-    static BOUNDS: OnceLock<Mutex<BTreeMap<String, &'static [f64]>>> = OnceLock::new();
+    static BOUNDS: OnceLock<Mutex<BTreeMap<Vec<u64>, &'static [f64]>>> = OnceLock::new();
     let bounds = {
         let mut known = BOUNDS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-        *known.entry(buckets_json.to_string()).or_insert_with(|| {
-            let mut parsed: Vec<f64> = serde_json::from_str::<Vec<f64>>(buckets_json.as_str())
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|b| b.is_finite())
-                .collect();
+        let key: Vec<u64> = buckets.iter().map(|b| b.to_bits()).collect();
+        *known.entry(key).or_insert_with(|| {
+            let mut parsed: Vec<f64> = buckets.iter().copied().filter(|b| b.is_finite()).collect();
             parsed.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
             parsed.dedup();
             if parsed.is_empty() {
@@ -401,7 +413,7 @@ extern "C" fn host_observe(name: RStr<'_>, value: f64, buckets_json: RStr<'_>, l
             Vec::leak(parsed)
         })
     };
-    crate::metrics::global().observe_rendered(name.as_str(), REPORTED, bounds, plugin_labels(labels_json), value);
+    crate::metrics::global().observe_rendered(name.as_str(), REPORTED, bounds, plugin_labels(labels), value);
 }
 
 /// The one `HostApi` all libraries share.

@@ -62,6 +62,33 @@ impl fmt::Display for ExtensionPoint {
     }
 }
 
+/// How the deployment runs (`[server] app_mode`): an open code, like [`ExtensionPoint`].
+#[repr(transparent)]
+#[derive(StableAbi, Copy, Clone, PartialEq, Eq, Hash)]
+pub struct AppMode(pub u32);
+
+impl AppMode {
+    /// One operator, one user or a few trusted ones (OpenHands' open-source server).
+    pub const OSS: AppMode = AppMode(1);
+    /// Many tenants: per-user stores, real authentication, billing.
+    pub const SAAS: AppMode = AppMode(2);
+
+    /// `"oss"`, `"saas"`, or `"unknown"` for a code this contract does not declare.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OSS => "oss",
+            Self::SAAS => "saas",
+            _ => "unknown",
+        }
+    }
+}
+
+impl fmt::Debug for AppMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One implementation a library offers.
 #[repr(C)]
 #[derive(StableAbi, Clone, Debug)]

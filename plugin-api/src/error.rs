@@ -40,7 +40,7 @@ impl ErrorCode {
     pub const INVALID_CONFIG: ErrorCode = ErrorCode(12);
     /// The plugin panicked; the instance is marked unhealthy (HTTP 500).
     pub const PANICKED: ErrorCode = ErrorCode(13);
-    /// The user must pay first: no credits left (HTTP 402). Added in plugin-api 0.5.
+    /// The user must pay first: no credits left (HTTP 402).
     pub const PAYMENT_REQUIRED: ErrorCode = ErrorCode(14);
 
     /// Auth sub-kind: no credentials at all (OpenHands `NoCredentialsError`, HTTP 401).

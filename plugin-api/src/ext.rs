@@ -1,15 +1,20 @@
 //! The extension points, as stable-ABI trait objects, and the host-side objects plugins get.
 //!
-//! Rules every trait follows (docs/decisions.md §5):
+//! Rules every trait follows (`docs/plugin-api.md` is the full contract):
 //! - I/O methods return an [`FfiFuture`] and take a [`CallContext`]; the plugin runs the work on
-//!   its own runtime and the host bounds the wait with a deadline.
-//! - Documents cross as JSON text of the types in [`crate::models`].
-//! - Every trait has `health` and `shutdown`; `shutdown` is the last prefix method, so methods
-//!   appended after it are optional for older libraries.
+//!   its own runtime and the host bounds the wait with the context's deadline.
+//! - Documents cross as JSON text of the types in [`crate::models`]: a field added to a document
+//!   later does not break a library built earlier.
+//! - Every trait has `health` and `shutdown`.
+//! - The methods of 1.0 end at the one marked `#[sabi(last_prefix_field)]`: every library has
+//!   them. A method added in a minor release is appended after it **with a default body** in
+//!   the trait declaration (the documented default: usually an `UNIMPLEMENTED` error); abi_stable
+//!   runs that body when the object comes from a library built before the method existed, so
+//!   the caller never meets a missing method.
 //! - Sync methods are only for cheap, non-blocking work.
 #![allow(non_local_definitions)] // emitted by #[sabi_trait] on recent compilers; harmless
 
-use crate::{CallContext, PResult};
+use crate::{AppMode, CallContext, ExtensionPoint, PResult};
 use abi_stable::{
     sabi_trait,
     std_types::{RBox, ROption, RString, RVec, Tuple2},
@@ -58,23 +63,23 @@ pub trait SettingsStore: Send + Sync {
     /// Replaces the user's Settings with this JSON document.
     fn store(&self, ctx: CallContext, settings_json: RString) -> FfiFuture<PResult<()>>;
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
-    #[sabi(last_prefix_field)]
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
     /// `oh-host migrate`: brings the store's schema up to date; answers a report for the
     /// operator (a JSON object the CLI prints). `UNIMPLEMENTED` from a store with no schema.
-    /// Replaced the string-typed `admin("migrate")` in plugin-api 0.7.
+    ///
     fn migrate(&self, ctx: CallContext) -> FfiFuture<PResult<RString>>;
     /// `oh-host rotate-keys`: re-seals what the store keeps sealed with the deployment's
     /// current master key (resumable, safe while serving); answers a report for the operator
     /// (a JSON object: what was re-sealed, what remains). `UNIMPLEMENTED` from a store that
-    /// seals nothing with the deployment's keys. Replaced `admin("rotate_keys")` in 0.7.
+    /// seals nothing with the deployment's keys.
     fn rotate_keys(&self, ctx: CallContext) -> FfiFuture<PResult<RString>>;
     /// The user's Settings with their version (`models::VersionedSettings` JSON), or `None`.
-    /// `UNIMPLEMENTED` from a store that keeps no versions. Added in plugin-api 0.3.
+    /// `UNIMPLEMENTED` from a store that keeps no versions.
     fn load_versioned(&self, ctx: CallContext) -> FfiFuture<PResult<ROption<RString>>>;
     /// Stores the Settings only if the stored version is still `expected_version` (0: nothing
     /// stored yet) and answers the new version; `CONFLICT` when another writer (another host
-    /// included) stored first: the caller reloads and tries again. Added in plugin-api 0.3.
+    /// included) stored first: the caller reloads and tries again.
+    #[sabi(last_prefix_field)]
     fn store_versioned(
         &self,
         ctx: CallContext,
@@ -91,21 +96,20 @@ pub trait SecretsStore: Send + Sync {
     /// Replaces the user's Secrets with this JSON document.
     fn store(&self, ctx: CallContext, secrets_json: RString) -> FfiFuture<PResult<()>>;
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
-    #[sabi(last_prefix_field)]
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
     /// `oh-host migrate`: brings the store's schema up to date; answers a report for the
     /// operator (a JSON object the CLI prints). `UNIMPLEMENTED` from a store with no schema.
-    /// Replaced the string-typed `admin("migrate")` in plugin-api 0.7.
+    ///
     fn migrate(&self, ctx: CallContext) -> FfiFuture<PResult<RString>>;
     /// `oh-host rotate-keys`: re-seals what the store keeps sealed with the deployment's
     /// current master key (resumable, safe while serving); answers a report for the operator
     /// (a JSON object: what was re-sealed, what remains). `UNIMPLEMENTED` from a store that
-    /// seals nothing with the deployment's keys. Replaced `admin("rotate_keys")` in 0.7.
+    /// seals nothing with the deployment's keys.
     fn rotate_keys(&self, ctx: CallContext) -> FfiFuture<PResult<RString>>;
     /// Applies one change (`models::SecretsChange` JSON) atomically with respect to every other
     /// writer, other hosts included, touching only what it names; `NOT_FOUND` /
-    /// `ALREADY_EXISTS` as the change says. `UNIMPLEMENTED` from a store that cannot. Added in
-    /// plugin-api 0.3.
+    /// `ALREADY_EXISTS` as the change says. `UNIMPLEMENTED` from a store that cannot.
+    #[sabi(last_prefix_field)]
     fn update(&self, ctx: CallContext, change_json: RString) -> FfiFuture<PResult<()>>;
 }
 
@@ -160,22 +164,22 @@ pub trait ConversationStore: Send + Sync {
     /// A page of stored events, `models::EventPage` as JSON.
     fn get_events(&self, ctx: CallContext, conversation_id: RString, query: EventQuery) -> FfiFuture<PResult<RString>>;
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
-    #[sabi(last_prefix_field)]
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
     /// `oh-host migrate`: brings the store's schema up to date; answers a report for the
     /// operator (a JSON object the CLI prints). `UNIMPLEMENTED` from a store with no schema.
-    /// Replaced the string-typed `admin("migrate")` in plugin-api 0.7.
+    ///
     fn migrate(&self, ctx: CallContext) -> FfiFuture<PResult<RString>>;
     /// `oh-host rotate-keys`: re-seals what the store keeps sealed with the deployment's
     /// current master key (resumable, safe while serving); answers a report for the operator
     /// (a JSON object: what was re-sealed, what remains). `UNIMPLEMENTED` from a store that
-    /// seals nothing with the deployment's keys. Replaced `admin("rotate_keys")` in 0.7.
+    /// seals nothing with the deployment's keys.
     fn rotate_keys(&self, ctx: CallContext) -> FfiFuture<PResult<RString>>;
     /// [`ConversationStore::append_events`] by the holder of fencing token `fence` (a
     /// conversation's owner in a cluster; tokens grow with each new owner). The store keeps
     /// the highest token it has seen per conversation and refuses (`CONFLICT`) an append with
     /// a lower one, atomically with the append: a node that lost its lease while paused cannot
-    /// write after its successor did. Added in plugin-api 0.4.
+    /// write after its successor did.
+    #[sabi(last_prefix_field)]
     fn append_events_fenced(
         &self,
         ctx: CallContext,
@@ -210,16 +214,15 @@ pub trait ConversationManager: Send + Sync {
     fn subscribe(&self, ctx: CallContext, conversation_id: RString, sink: EventSinkObject) -> FfiFuture<PResult<u64>>;
     fn unsubscribe(&self, ctx: CallContext, subscription_id: u64) -> FfiFuture<PResult<()>>;
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
-    #[sabi(last_prefix_field)]
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
     /// `/internal/cluster` (the operators' address): the nodes, their leases and relay lag,
     /// as a report (a JSON object). `UNIMPLEMENTED` from a manager that is not a cluster.
-    /// Replaced `admin("cluster")` in plugin-api 0.7.
+    ///
     fn cluster(&self, ctx: CallContext) -> FfiFuture<PResult<RString>>;
     /// The directory where the conversation's tools act (its workspace), for the host's
     /// workspace routes; `None` when the manager runs it without one (a chat without tools,
-    /// or not started yet). The host has checked the caller owns the conversation. Replaced
-    /// `admin("workspace")` in plugin-api 0.7.
+    /// or not started yet). The host has checked the caller owns the conversation.
+    #[sabi(last_prefix_field)]
     fn workspace(&self, ctx: CallContext, conversation_id: RString) -> FfiFuture<PResult<ROption<RString>>>;
 }
 
@@ -285,19 +288,18 @@ pub trait MonitoringListener: Send + Sync {
     /// others `None`. Asked once per start; the answer must not change for a user.
     fn experiment_variant(&self, ctx: CallContext, experiment: RString) -> FfiFuture<PResult<ROption<RString>>>;
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
-    #[sabi(last_prefix_field)]
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
     /// A product-analytics event another plugin captured (`host_calls::Capture`: "user signed
-    /// in", "api key created"), for the calling user. Must queue and return. Added in
-    /// plugin-api 0.4.
+    /// in", "api key created"), for the calling user. Must queue and return.
     fn capture(&self, ctx: CallContext, event: RString, properties_json: RString);
     /// May the calling user do this (`models::Admission` as JSON: start a conversation, make
     /// an LLM call)? `Ok` lets it happen; `PAYMENT_REQUIRED` refuses it (402: no credits),
     /// as may any other error. Listeners that do not gate answer `Ok`. Asked before every
-    /// start and every LLM call, so it must be quick. Added in plugin-api 0.5.
+    /// start and every LLM call, so it must be quick.
     fn admit(&self, ctx: CallContext, admission_json: RString) -> FfiFuture<PResult<()>>;
     /// An LLM call's usage and cost (`models::LlmUsage` as JSON), once per stored agent
-    /// message, for the calling user. Must queue and return. Added in plugin-api 0.5.
+    /// message, for the calling user. Must queue and return.
+    #[sabi(last_prefix_field)]
     fn on_llm_usage(&self, ctx: CallContext, usage_json: RString);
 }
 
@@ -349,22 +351,22 @@ pub trait RouteHandler: Send + Sync {
 /// reaches the other extension points (a conversation manager stores events through the
 /// configured `conversation_store`, reads settings, calls the monitoring listeners).
 ///
-/// `call` is a small JSON RPC so that the set of reachable operations can grow without an
-/// ABI change: `point` is an extension-point key (`"conversation_store"`), `method` one of its
-/// method names, `args_json` a JSON object of the arguments; the answer is JSON. The
-/// operations, their arguments and answers are the types of [`crate::host_calls`]; neither
-/// side spells them by hand.
+/// `call` is a small RPC so that the set of reachable operations can grow without an ABI
+/// change: `point` is the extension point that serves it, `method` its name, `args_json` a
+/// JSON object of the arguments; the answer is JSON. The operations, their arguments and
+/// answers are the types of [`crate::host_calls`]; neither side spells them by hand. A host
+/// that does not know an operation answers `UNIMPLEMENTED` (the plugin's "unsupported").
 #[sabi_trait]
 pub trait HostServices: Send + Sync {
     fn call(
         &self,
         ctx: CallContext,
-        point: RString,
+        point: ExtensionPoint,
         method: RString,
         args_json: RString,
     ) -> FfiFuture<PResult<RString>>;
-    /// `"oss"` or `"saas"` (`[server] app_mode`).
-    fn app_mode(&self) -> RString;
+    /// `[server] app_mode`.
+    fn app_mode(&self) -> AppMode;
     /// The root directory for file-backed state (`[server] state_dir`, `~` expanded).
     #[sabi(last_prefix_field)]
     fn state_dir(&self) -> RString;

@@ -158,8 +158,8 @@ pub struct StartConversation {
 host_call!(StartConversation, CONVERSATION_MANAGER, "start_conversation", String);
 
 /// The calling user's git provider tokens: those the user-auth plugin brokers (SaaS: the
-/// identity provider's), else those of their secrets. Added in plugin-api 0.6 (integrations
-/// install GitLab webhooks as the user).
+/// identity provider's), else those of their secrets (integrations install GitLab webhooks as
+/// the user).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct GetProviderTokens {}
 host_call!(GetProviderTokens, USER_AUTH, "provider_tokens", ProviderTokens);

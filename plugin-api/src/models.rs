@@ -356,7 +356,7 @@ pub struct ExperimentAssignment {
     pub system_prompt: Option<String>,
 }
 
-/// What a user is about to do, for `MonitoringListener::admit` (plugin-api 0.5).
+/// What a user is about to do, for `MonitoringListener::admit`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Admission {
     /// [`Admission::START_CONVERSATION`] or [`Admission::LLM_CALL`]; others may come.
@@ -373,7 +373,7 @@ impl Admission {
     pub const LLM_CALL: &'static str = "llm_call";
 }
 
-/// One LLM call's usage, for `MonitoringListener::on_llm_usage` (plugin-api 0.5).
+/// One LLM call's usage, for `MonitoringListener::on_llm_usage`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct LlmUsage {
     pub conversation_id: String,

@@ -12,7 +12,7 @@ use abi_stable::{
     library::RootModule,
     package_version_strings,
     sabi_types::VersionStrings,
-    std_types::{RStr, RVec},
+    std_types::{RSlice, RStr, RVec, Tuple2},
     StableAbi,
 };
 use async_ffi::FfiFuture;
@@ -44,7 +44,7 @@ pub struct ApiInfo {
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginLib_Ref)))]
-#[sabi(missing_field(panic))]
+#[sabi(missing_field(option))]
 pub struct PluginLib {
     pub api: ApiInfo,
     /// The library's name (its crate name), e.g. `file_stores`.
@@ -113,8 +113,10 @@ pub enum LogLevel {
     Trace = 5,
 }
 
-/// Callbacks the host gives each library at `init`, so that the library's logs and metrics
-/// land in the host's output. A prefix type: fields missing in an older host read as `None`.
+/// Callbacks the host gives each library at `init`, so that the library's logs, metrics and
+/// spans land in the host's output. A prefix type: a field appended in a later minor reads as
+/// `None` in a library that meets an older host (which cannot happen today: the loader refuses
+/// a library newer than the host, but the accessors stay honest about it).
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = HostApi_Ref)))]
@@ -125,25 +127,26 @@ pub struct HostApi {
     /// Records one log event. `library` is the plugin library's name; `fields` is
     /// `key=value` text of the event's fields.
     pub log: extern "C" fn(level: LogLevel, library: RStr<'_>, target: RStr<'_>, message: RStr<'_>, fields: RStr<'_>),
-    /// Adds `value` to a counter named `name` with `labels_json` (a JSON object).
-    #[sabi(last_prefix_field)]
-    pub metric: extern "C" fn(name: RStr<'_>, value: f64, labels_json: RStr<'_>),
-    /// Sets a gauge (adds to it when `delta`). Added in plugin-api 0.4.
-    pub gauge: extern "C" fn(name: RStr<'_>, value: f64, delta: bool, labels_json: RStr<'_>),
-    /// Records an observation in a histogram whose bucket upper bounds are `buckets_json` (a
-    /// JSON array of numbers; the first observation of a name fixes them). Added in
-    /// plugin-api 0.4.
-    pub observe: extern "C" fn(name: RStr<'_>, value: f64, buckets_json: RStr<'_>, labels_json: RStr<'_>),
+    /// Adds `value` to a counter named `name` with these labels (name, value).
+    pub metric: extern "C" fn(name: RStr<'_>, value: f64, labels: RSlice<'_, Label<'_>>),
+    /// Sets a gauge (adds to it when `delta`).
+    pub gauge: extern "C" fn(name: RStr<'_>, value: f64, delta: bool, labels: RSlice<'_, Label<'_>>),
+    /// Records an observation in a histogram whose bucket upper bounds are `buckets` (the
+    /// first observation of a name fixes them; empty: the host's seconds buckets).
+    pub observe: extern "C" fn(name: RStr<'_>, value: f64, buckets: RSlice<'_, f64>, labels: RSlice<'_, Label<'_>>),
     /// A finished span for the host's trace exporter, as JSON: `{trace_id, span_id,
     /// parent_span_id, name, kind ("client"|"internal"), start_unix_nanos, end_unix_nanos,
     /// attributes, error}`; its parent is the `traceparent` of the `CallContext` it ran under.
-    /// Added in plugin-api 0.4.
+    /// (JSON because a span's attributes are open-ended and the exporter's format is.)
     pub span: extern "C" fn(span_json: RStr<'_>),
-    /// Whether the host exports traces (a plugin makes no spans otherwise). Added in
-    /// plugin-api 0.4.
+    /// Whether the host exports traces (a plugin makes no spans otherwise).
     pub tracing_enabled: extern "C" fn() -> bool,
     /// Whether this process only checks (`oh-host check`): instances are built and probed,
     /// and must write nothing (no migration, no file, no registration, no worker taking
-    /// work). Added in plugin-api 0.7.
+    /// work).
+    #[sabi(last_prefix_field)]
     pub read_only: extern "C" fn() -> bool,
 }
+
+/// One metric label: (name, value).
+pub type Label<'a> = Tuple2<RStr<'a>, RStr<'a>>;

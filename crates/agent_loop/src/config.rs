@@ -120,12 +120,12 @@ impl ManagerConfig {
     /// The tools' setup, when a runtime is configured; refused when it cannot be honoured.
     pub fn tools(
         &self,
-        app_mode: &str,
+        app_mode: plugin_sdk::AppMode,
         state_dir: &str,
     ) -> Result<Option<crate::tools::ToolSetup>, plugin_sdk::PluginError> {
         let Some(runtime) = self.runtime.as_deref().filter(|r| !r.is_empty()) else { return Ok(None) };
         let isolation = match runtime {
-            "local" if app_mode == "saas" => {
+            "local" if app_mode == plugin_sdk::AppMode::SAAS => {
                 return Err(plugin_sdk::PluginError::invalid_config(
                     "runtime = \"local\" runs the agent's commands without isolation; SaaS mode refuses it (use \"bubblewrap\")",
                 ))
@@ -138,7 +138,7 @@ impl ManagerConfig {
                 }
                 crate::runtime::Isolation::Local
             }
-            "bubblewrap" if self.sandbox_network && app_mode == "saas" => {
+            "bubblewrap" if self.sandbox_network && app_mode == plugin_sdk::AppMode::SAAS => {
                 return Err(plugin_sdk::PluginError::invalid_config(
                     "sandbox_network = true shares the host's network with the sandbox (its loopback services, such as PostgreSQL and Redis, and its abstract Unix sockets); SaaS mode refuses it (leave sandbox_network out)",
                 ))
@@ -198,10 +198,14 @@ impl ManagerConfig {
     /// aggregate bounds need a writable hierarchy (root, or one systemd delegates). Without
     /// one, SaaS mode refuses to start; OSS mode goes on with weaker bounds, and says which:
     /// memory per process, processes per user.
-    fn with_cgroups(&self, app_mode: &str, available: Result<(), String>) -> Result<bool, plugin_sdk::PluginError> {
+    fn with_cgroups(
+        &self,
+        app_mode: plugin_sdk::AppMode,
+        available: Result<(), String>,
+    ) -> Result<bool, plugin_sdk::PluginError> {
         match available {
             Ok(()) => Ok(true),
-            Err(e) if app_mode == "saas" => Err(plugin_sdk::PluginError::invalid_config(format!(
+            Err(e) if app_mode == plugin_sdk::AppMode::SAAS => Err(plugin_sdk::PluginError::invalid_config(format!(
                 "runtime = \"bubblewrap\" bounds each command's memory (sandbox_memory_mb) and processes (sandbox_max_processes) with a cgroup, and {e}: run the host as root or in a delegated cgroup hierarchy (SaaS mode does not run the sandbox with weaker bounds)"
             ))),
             Err(e) => {
@@ -227,9 +231,9 @@ mod tests {
     #[test]
     fn without_cgroups_oss_goes_on_with_weaker_bounds_and_saas_refuses() {
         let config = ManagerConfig::default();
-        assert!(config.with_cgroups("oss", Ok(())).unwrap());
-        assert!(!config.with_cgroups("oss", Err("no pids controller".into())).unwrap());
-        let refused = config.with_cgroups("saas", Err("no pids controller".into())).unwrap_err();
+        assert!(config.with_cgroups(plugin_sdk::AppMode::OSS, Ok(())).unwrap());
+        assert!(!config.with_cgroups(plugin_sdk::AppMode::OSS, Err("no pids controller".into())).unwrap());
+        let refused = config.with_cgroups(plugin_sdk::AppMode::SAAS, Err("no pids controller".into())).unwrap_err();
         assert!(refused.message.contains("delegated cgroup") && refused.message.contains("no pids controller"));
     }
 }

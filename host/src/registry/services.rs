@@ -6,7 +6,7 @@ use crate::config::AppMode;
 use abi_stable::std_types::RString;
 use async_ffi::{FfiFuture, FutureExt as _};
 use futures_util::future::BoxFuture;
-use plugin_api::{CallContext, HostServices, PResult, PluginError};
+use plugin_api::{CallContext, ExtensionPoint, HostServices, PResult, PluginError};
 use std::{
     path::PathBuf,
     sync::{Arc, OnceLock, Weak},
@@ -48,17 +48,19 @@ impl HostServices for Services {
     fn call(
         &self,
         ctx: CallContext,
-        point: RString,
+        point: ExtensionPoint,
         method: RString,
         args_json: RString,
     ) -> FfiFuture<PResult<RString>> {
+        // A point this host does not know reads "unknown": answered UNIMPLEMENTED.
+        let point = point.key();
         // Polled on a plugin thread, which has no host runtime: run the work on ours.
         let handler = self.handler.get().and_then(Weak::upgrade);
         let task = AbortOnDrop(self.runtime.spawn(async move {
             let Some(handler) = handler else {
                 return Err(PluginError::unavailable("the host is starting or stopping"));
             };
-            handler.serve(ctx, &point, &method, &args_json).await.map(RString::from)
+            handler.serve(ctx, point, &method, &args_json).await.map(RString::from)
         }));
         async move {
             let mut task = task;
@@ -70,8 +72,11 @@ impl HostServices for Services {
         .into_ffi()
     }
 
-    fn app_mode(&self) -> RString {
-        self.app_mode.as_str().into()
+    fn app_mode(&self) -> plugin_api::AppMode {
+        match self.app_mode {
+            AppMode::Oss => plugin_api::AppMode::OSS,
+            AppMode::Saas => plugin_api::AppMode::SAAS,
+        }
     }
 
     fn state_dir(&self) -> RString {

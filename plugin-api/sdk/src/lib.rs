@@ -39,7 +39,7 @@ pub use logging::{gauge, metric, observe, read_only};
 pub mod http;
 pub mod trace;
 pub use plugin_api::{
-    self, host_calls, models, AuthOutcome, AuthRequest, AuthType, CallContext, ConversationManagerObject,
+    self, host_calls, models, AppMode, AuthOutcome, AuthRequest, AuthType, CallContext, ConversationManagerObject,
     ConversationStoreObject, ErrorCode, EventQuery, HttpRequest, HttpResponse, MonitoringObject, PluginError,
     RouteSpec, RoutesObject, SecretsStoreObject, SettingsStoreObject, UserAuthObject,
 };

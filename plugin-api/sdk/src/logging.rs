@@ -3,7 +3,10 @@
 //! The library has its own copies of `tracing-core`, `log` and std: without this its events
 //! vanish (a no-op global dispatcher) and its panics print without the host's formatting.
 
-use plugin_api::{abi_stable::std_types::RStr, HostApi_Ref, LogLevel};
+use plugin_api::{
+    abi_stable::std_types::{RSlice, RStr, Tuple2},
+    HostApi_Ref, Label, LogLevel,
+};
 use std::{
     fmt::Write as _,
     sync::{
@@ -49,45 +52,58 @@ fn forward(level: LogLevel, target: &str, message: &str, fields: &str) {
     }
 }
 
-/// Adds `value` to the host's counter `name` with `labels` (a JSON object); it shows in
-/// `/internal/metrics`. A no-op before `init`.
+/// A labels object (`{"name": "value"}`; a value that is not a string is written as JSON)
+/// as the host's label list.
+fn with_labels<T>(labels: &serde_json::Value, f: impl FnOnce(RSlice<'_, Label<'_>>) -> T) -> T {
+    let owned: Vec<(String, String)> = labels
+        .as_object()
+        .map(|m| {
+            m.iter().map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))).collect()
+        })
+        .unwrap_or_default();
+    let list: Vec<Label<'_>> = owned.iter().map(|(k, v)| Tuple2(RStr::from_str(k), RStr::from_str(v))).collect();
+    f(RSlice::from_slice(&list))
+}
+
+/// Adds `value` to the host's counter `name` with `labels` (a JSON object of strings); it
+/// shows in `/internal/metrics`. A no-op before `init`.
 pub fn metric(name: &str, value: f64, labels: &serde_json::Value) {
     if let Some(f) = FORWARDER.get() {
-        (f.host.metric())(RStr::from_str(name), value, RStr::from_str(&labels.to_string()));
+        with_labels(labels, |labels| (f.host.metric())(RStr::from_str(name), value, labels));
     }
 }
 
-/// Sets the host's gauge `name` (adds to it when `delta`). A no-op before `init` or on a
-/// host without gauges.
+/// Sets the host's gauge `name` (adds to it when `delta`). A no-op before `init`.
 pub fn gauge(name: &str, value: f64, delta: bool, labels: &serde_json::Value) {
-    if let Some(set) = FORWARDER.get().and_then(|f| f.host.gauge()) {
-        set(RStr::from_str(name), value, delta, RStr::from_str(&labels.to_string()));
+    if let Some(f) = FORWARDER.get() {
+        with_labels(labels, |labels| (f.host.gauge())(RStr::from_str(name), value, delta, labels));
     }
 }
 
 /// Records `value` in the host's histogram `name` with these bucket upper bounds. A no-op
-/// before `init` or on a host without histograms.
+/// before `init`.
 pub fn observe(name: &str, value: f64, buckets: &[f64], labels: &serde_json::Value) {
-    if let Some(observe) = FORWARDER.get().and_then(|f| f.host.observe()) {
-        let buckets = serde_json::to_string(buckets).unwrap_or_else(|_| "[]".to_owned());
-        observe(RStr::from_str(name), value, RStr::from_str(&buckets), RStr::from_str(&labels.to_string()));
+    if let Some(f) = FORWARDER.get() {
+        with_labels(labels, |labels| {
+            (f.host.observe())(RStr::from_str(name), value, RSlice::from_slice(buckets), labels)
+        });
     }
 }
 
-/// Whether the host exports traces (spans are made only then).
 /// Whether the host runs this library to check it only (`oh-host check`): write nothing.
 pub fn read_only() -> bool {
-    FORWARDER.get().and_then(|f| f.host.read_only()).is_some_and(|read_only| read_only())
+    FORWARDER.get().is_some_and(|f| (f.host.read_only())())
 }
 
+/// Whether the host exports traces (spans are made only then).
 pub(crate) fn tracing_enabled() -> bool {
-    FORWARDER.get().and_then(|f| f.host.tracing_enabled()).is_some_and(|enabled| enabled())
+    FORWARDER.get().is_some_and(|f| (f.host.tracing_enabled())())
 }
 
 /// Hands a finished span (JSON, see `plugin_api::HostApi::span`) to the host.
 pub(crate) fn report_span(span_json: &str) {
-    if let Some(report) = FORWARDER.get().and_then(|f| f.host.span()) {
-        report(RStr::from_str(span_json));
+    if let Some(f) = FORWARDER.get() {
+        (f.host.span())(RStr::from_str(span_json));
     }
 }
 

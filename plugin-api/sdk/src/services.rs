@@ -1,7 +1,8 @@
 //! Plugin-side handles on what the host provides: other extension points, event sinks.
 
 use plugin_api::{
-    abi_stable::std_types::RString, host_calls::HostCall, CallContext, EventSinkObject, HostServicesObject, PluginError,
+    abi_stable::std_types::RString, host_calls::HostCall, AppMode, CallContext, EventSinkObject, HostServicesObject,
+    PluginError,
 };
 use std::sync::Arc;
 
@@ -22,9 +23,9 @@ impl Services {
         Self { inner: None }
     }
 
-    /// `"oss"` or `"saas"`.
-    pub fn app_mode(&self) -> String {
-        self.inner.as_ref().map(|s| s.app_mode().into_string()).unwrap_or_else(|| "oss".to_owned())
+    /// How the deployment runs (`AppMode::OSS` when detached).
+    pub fn app_mode(&self) -> AppMode {
+        self.inner.as_ref().map(|s| s.app_mode()).unwrap_or(AppMode::OSS)
     }
 
     /// The host's state directory, `None` when detached.
@@ -38,11 +39,10 @@ impl Services {
         let Some(inner) = &self.inner else {
             return Err(PluginError::unavailable("no host services (plugin used without a host)"));
         };
-        let (point, method) = (C::POINT.key(), C::METHOD);
+        let (point, method) = (C::POINT, C::METHOD);
         let args = serde_json::to_string(&request)
             .map_err(|e| PluginError::internal(format!("cannot encode {point}.{method}: {e}")))?;
-        let answer =
-            inner.call(ctx, RString::from(point), RString::from(method), RString::from(args)).await.into_result()?;
+        let answer = inner.call(ctx, point, RString::from(method), RString::from(args)).await.into_result()?;
         serde_json::from_str(&answer)
             .map_err(|e| PluginError::internal(format!("host answered {point}.{method} with bad JSON: {e}")))
     }

@@ -31,12 +31,14 @@ pub struct ClusteredConversationManager {
 impl ClusteredConversationManager {
     pub(crate) fn new(services: Services, config_json: &str) -> Result<Self, PluginError> {
         let (cluster, config) = crate::config::parse(config_json)?;
-        let clients =
-            agent_loop::clients::Clients::new(services.app_mode() == "saas", config.llm_private_hosts_allowed.clone())?;
+        let clients = agent_loop::clients::Clients::new(
+            services.app_mode() == plugin_sdk::AppMode::SAAS,
+            config.llm_private_hosts_allowed.clone(),
+        )?;
         let kv = Kv::new(&cluster.redis_url())?;
         let keys = Keys::new(&cluster.redis_key_prefix);
         let state_dir = services.state_dir().unwrap_or_else(|| std::path::PathBuf::from("."));
-        let tools = config.tools(&services.app_mode(), &state_dir.display().to_string())?;
+        let tools = config.tools(services.app_mode(), &state_dir.display().to_string())?;
         let node = Arc::new(Node {
             id: random_id(),
             relay: relay::Relay::new(),

@@ -127,10 +127,12 @@ impl Inner {
 
 impl StandaloneConversationManager {
     pub(crate) fn new(services: Services, config: Config) -> Result<Self, PluginError> {
-        let clients =
-            agent_loop::clients::Clients::new(services.app_mode() == "saas", config.llm_private_hosts_allowed.clone())?;
+        let clients = agent_loop::clients::Clients::new(
+            services.app_mode() == plugin_sdk::AppMode::SAAS,
+            config.llm_private_hosts_allowed.clone(),
+        )?;
         let state_dir = services.state_dir().unwrap_or_else(|| std::path::PathBuf::from("."));
-        let tools = config.tools(&services.app_mode(), &state_dir.display().to_string())?;
+        let tools = config.tools(services.app_mode(), &state_dir.display().to_string())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 services,
