@@ -5,7 +5,7 @@ PLUGINS_DIR := target/plugins
 # look for them: the OSS defaults (file stores, single-user auth, log monitoring, standalone
 # manager) and the enterprise ones (PostgreSQL stores, SaaS auth). The Dockerfile bundles the
 # same list (a test checks it).
-BUNDLED     := file_stores default_auth log_monitoring saas_monitoring standalone_manager clustered_manager postgres_stores saas_auth billing integrations
+BUNDLED     := file_stores default_auth log_monitoring saas_monitoring standalone_manager sandbox_runtime clustered_manager postgres_stores saas_auth billing integrations
 EXAMPLE     := examples/token-auth/Cargo.toml
 
 .PHONY: build plugins examples run test test-browser services bench lint fmt frontend

@@ -99,8 +99,11 @@ pub(crate) fn raw_instances(
     let lib = oh_host::loader::load(plugins_dir, "file_stores", None).unwrap_or_else(|e| panic!("{e}"));
     oh_host::loader::init(&lib, "{}").unwrap_or_else(|e| panic!("{e}"));
     let cfg = RStr::from_str(store_config);
-    let settings = (lib.module.new_settings_store())(RStr::from_str("FileSettingsStore"), cfg, services()).unwrap();
+    let oh_host::loader::Root::Current(module) = lib.module else {
+        panic!("file_stores is built against this contract")
+    };
+    let settings = (module.new_settings_store())(RStr::from_str("FileSettingsStore"), cfg, services()).unwrap();
     let conversations =
-        (lib.module.new_conversation_store())(RStr::from_str("FileConversationStore"), cfg, services()).unwrap();
+        (module.new_conversation_store())(RStr::from_str("FileConversationStore"), cfg, services()).unwrap();
     (settings, conversations)
 }

@@ -18,13 +18,15 @@ pub(crate) fn tools_load_with(bin: &Path, work: &Path, oss_profile: &Path, runti
     const CONCURRENT: usize = 20;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     println!("\n10. the agent's tools, runtime = {runtime}");
+    let implementation = if runtime == "local" { "LocalRuntime" } else { "BubblewrapRuntime" };
     let base_profile = std::fs::read_to_string(oss_profile).unwrap();
     let profile = work.join("plugins.tools.toml");
     std::fs::write(
         &profile,
         format!(
             "{base_profile}[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n\
-             config = {{ runtime = \"{runtime}\", max_concurrent_conversations = 100 }}\n"
+             config = {{ max_concurrent_conversations = 100 }}\n\
+             [extensions.runtime]\nlibrary = \"sandbox_runtime\"\nimplementation = \"{implementation}\"\n"
         ),
     )
     .unwrap();

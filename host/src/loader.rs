@@ -17,7 +17,10 @@ use abi_stable::{
     sabi_types::VersionNumber,
     std_types::{RSlice, RStr},
 };
-use plugin_api::{ApiInfo, ExtensionPoint, HostApi, HostApi_Ref, Label, LogLevel, PluginLib_Ref};
+use plugin_api::{
+    async_ffi::FfiFuture, v1_0, ApiInfo, ExtensionPoint, HostApi, HostApi_Ref, ImplementationInfo, Label, LogLevel,
+    PResult, PluginLib_Ref,
+};
 use sha2::{Digest, Sha256};
 use std::{
     collections::BTreeMap,
@@ -38,7 +41,7 @@ pub struct Library {
     /// made. Each load is a library instance of its own, initialised once.
     pub loaded_from: PathBuf,
     pub sha256: String,
-    pub module: PluginLib_Ref,
+    pub module: Root,
     pub api: ApiInfo,
     /// The library's own name and version (its crate's).
     pub declared_name: String,
@@ -139,14 +142,68 @@ pub fn load(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Library
 /// `dlopen` + abi_stable's checks (`shown`: the library as the operator knows it). Never
 /// `RootModule::load_from_*`: those cache one module per type, so a second library would
 /// silently return the first.
-fn open(path: &Path, shown: &str) -> Result<PluginLib_Ref, String> {
+fn open(path: &Path, shown: &str) -> Result<Root, String> {
     let header = lib_header_from_path(path).map_err(|e| describe(shown, e))?;
     // The contract's version first, so that a library newer than this host is refused with
-    // the rule and the fix rather than with whatever layout difference it has.
-    if let Ok(v) = VersionNumber::new(header.version_strings()) {
-        compatible(shown, v.major, v.minor)?;
+    // the rule and the fix rather than with whatever layout difference it has; then its
+    // layouts are checked against the definitions of the minor it was built for (abi_stable
+    // refuses a library whose prefix types have fewer fields than the host's).
+    let version = VersionNumber::new(header.version_strings()).map_err(|e| format!("{shown}: {e}"))?;
+    compatible(shown, version.major, version.minor)?;
+    match version.minor {
+        0 => header.init_root_module::<v1_0::PluginLib_Ref>().map(Root::V1_0),
+        _ => header.init_root_module::<PluginLib_Ref>().map(Root::Current),
     }
-    header.init_root_module::<PluginLib_Ref>().map_err(|e| describe(shown, e))
+    .map_err(|e| describe(shown, e))
+}
+
+/// A library's root module, as the contract's minor it was built against defines it.
+#[derive(Clone, Copy)]
+pub enum Root {
+    /// Built against plugin-api 1.0: no `runtime` factory; its factories take 1.0's
+    /// `HostServices`.
+    V1_0(v1_0::PluginLib_Ref),
+    /// Built against this host's minor (or one between 1.1 and it).
+    Current(PluginLib_Ref),
+}
+
+impl Root {
+    pub fn api(self) -> ApiInfo {
+        match self {
+            Root::V1_0(m) => m.api(),
+            Root::Current(m) => m.api(),
+        }
+    }
+    pub fn name(self) -> RStr<'static> {
+        match self {
+            Root::V1_0(m) => m.name(),
+            Root::Current(m) => m.name(),
+        }
+    }
+    pub fn version(self) -> RStr<'static> {
+        match self {
+            Root::V1_0(m) => m.version(),
+            Root::Current(m) => m.version(),
+        }
+    }
+    pub fn init(self) -> extern "C" fn(HostApi_Ref, RStr<'_>) -> PResult<()> {
+        match self {
+            Root::V1_0(m) => m.init(),
+            Root::Current(m) => m.init(),
+        }
+    }
+    pub fn implementations(self) -> extern "C" fn() -> abi_stable::std_types::RVec<ImplementationInfo> {
+        match self {
+            Root::V1_0(m) => m.implementations(),
+            Root::Current(m) => m.implementations(),
+        }
+    }
+    pub fn shutdown(self) -> extern "C" fn(u64) -> FfiFuture<()> {
+        match self {
+            Root::V1_0(m) => m.shutdown(),
+            Root::Current(m) => m.shutdown(),
+        }
+    }
 }
 
 /// The compatibility rule: the host's major, and a minor not above the host's (a library

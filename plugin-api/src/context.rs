@@ -19,9 +19,11 @@ impl ExtensionPoint {
     pub const USER_AUTH: ExtensionPoint = ExtensionPoint(5);
     pub const MONITORING: ExtensionPoint = ExtensionPoint(6);
     pub const ROUTES: ExtensionPoint = ExtensionPoint(7);
+    /// Where the agent's tools act. Added in plugin-api 1.1.
+    pub const RUNTIME: ExtensionPoint = ExtensionPoint(8);
 
     /// Every extension point this version of the contract declares.
-    pub const ALL: [ExtensionPoint; 7] = [
+    pub const ALL: [ExtensionPoint; 8] = [
         Self::SETTINGS_STORE,
         Self::SECRETS_STORE,
         Self::CONVERSATION_STORE,
@@ -29,6 +31,7 @@ impl ExtensionPoint {
         Self::USER_AUTH,
         Self::MONITORING,
         Self::ROUTES,
+        Self::RUNTIME,
     ];
 
     /// The key used in `plugins.toml` (`[extensions.<key>]`).
@@ -41,6 +44,7 @@ impl ExtensionPoint {
             Self::USER_AUTH => "user_auth",
             Self::MONITORING => "monitoring",
             Self::ROUTES => "routes",
+            Self::RUNTIME => "runtime",
             _ => "unknown",
         }
     }

@@ -42,6 +42,10 @@ impl ErrorCode {
     pub const PANICKED: ErrorCode = ErrorCode(13);
     /// The user must pay first: no credits left (HTTP 402).
     pub const PAYMENT_REQUIRED: ErrorCode = ErrorCode(14);
+    /// The thing is larger than the caller's bound (HTTP 413). Added in plugin-api 1.1.
+    pub const TOO_LARGE: ErrorCode = ErrorCode(15);
+    /// The path names something that is not a regular file (HTTP 415). Added in 1.1.
+    pub const NOT_A_FILE: ErrorCode = ErrorCode(16);
 
     /// Auth sub-kind: no credentials at all (OpenHands `NoCredentialsError`, HTTP 401).
     pub const AUTH_NO_CREDENTIALS: ErrorCode = ErrorCode(100);
@@ -71,6 +75,8 @@ impl ErrorCode {
             Self::RESOURCE_EXHAUSTED => "RESOURCE_EXHAUSTED",
             Self::UNIMPLEMENTED => "UNIMPLEMENTED",
             Self::PAYMENT_REQUIRED => "PAYMENT_REQUIRED",
+            Self::TOO_LARGE => "TOO_LARGE",
+            Self::NOT_A_FILE => "NOT_A_FILE",
             Self::INVALID_CONFIG => "INVALID_CONFIG",
             Self::PANICKED => "PANICKED",
             Self::AUTH_NO_CREDENTIALS => "NoCredentialsError",

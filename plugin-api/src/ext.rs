@@ -42,6 +42,9 @@ pub type UserAuthObject = UserAuth_TO<'static, RBox<()>>;
 pub type MonitoringObject = MonitoringListener_TO<'static, RBox<()>>;
 /// An owned `routes` instance.
 pub type RoutesObject = RouteHandler_TO<'static, RBox<()>>;
+/// An owned `runtime` instance (the host hands managers one through
+/// [`HostServices::runtime`]). Added in plugin-api 1.1.
+pub type RuntimeObject = Runtime_TO<'static, RBox<()>>;
 /// The host's services, as every factory receives them.
 pub type HostServicesObject = HostServices_TO<'static, RBox<()>>;
 /// A live-event sink, as `ConversationManager::subscribe` receives it.
@@ -347,6 +350,71 @@ pub trait RouteHandler: Send + Sync {
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
 }
 
+/// `runtime` (zero or one): where the agent's tools act, one workspace per conversation
+/// (OpenHands' runtime: Docker, remote, Kubernetes, here bubblewrap or a local shell). Requests
+/// and answers are JSON of the types in `models` (`WorkspaceRequest`, `WorkspaceInfo`,
+/// `CommandRequest`, `CommandResult`, `FileEntry`, `GitChange`). Paths are the agent's: relative
+/// to the workspace, or absolute within it; one that leads out is `INVALID_ARGUMENT`. A
+/// conversation whose workspace was never opened is `NOT_FOUND` for every method but `open`.
+/// Added in plugin-api 1.1.
+#[sabi_trait]
+pub trait Runtime: Send + Sync {
+    /// Makes the conversation's workspace ready and answers `WorkspaceInfo`: a new one is a
+    /// clone of the request's repository (with its token, which must not stay in the
+    /// workspace), else an empty git repository; a clone that fails leaves an empty
+    /// repository and says why in `clone_error`. An existing workspace is reopened as it is.
+    fn open(&self, ctx: CallContext, request_json: RString) -> FfiFuture<PResult<RString>>;
+    /// One step of the conversation's shell, as OpenHands' `execute_bash` (`CommandRequest` →
+    /// `CommandResult`): a new command (refused while one runs), input or a key (`C-c`,
+    /// `C-z`, `C-d`) for the running one, or an empty command to read more of its output. The
+    /// call answers when the command ends, when it printed nothing for 10 s, or after the
+    /// request's soft timeout; the command goes on between calls, and the shell's directory
+    /// and exported variables carry over to the next command. The runtime kills a command at
+    /// its own hard limit.
+    fn run(&self, ctx: CallContext, conversation_id: RString, request_json: RString) -> FfiFuture<PResult<RString>>;
+    /// Kills what runs in the conversation's shell (the user stopped the agent): a `run` in
+    /// progress answers at once. `false` when nothing ran.
+    fn interrupt(&self, ctx: CallContext, conversation_id: RString) -> FfiFuture<PResult<bool>>;
+    /// The entries of a workspace directory (`""`: its root), as a JSON array of `FileEntry`.
+    fn list_files(&self, ctx: CallContext, conversation_id: RString, path: RString) -> FfiFuture<PResult<RString>>;
+    /// A file's bytes; `TOO_LARGE` past `max_bytes`, `NOT_A_FILE` for anything but a regular
+    /// file, `NOT_FOUND` when absent.
+    fn read_file(
+        &self,
+        ctx: CallContext,
+        conversation_id: RString,
+        path: RString,
+        max_bytes: u64,
+    ) -> FfiFuture<PResult<RVec<u8>>>;
+    /// Writes a file (made, or replaced whole), never through a link the workspace holds.
+    fn write_file(
+        &self,
+        ctx: CallContext,
+        conversation_id: RString,
+        path: RString,
+        content: RVec<u8>,
+    ) -> FfiFuture<PResult<()>>;
+    /// What changed since the last commit, as a JSON array of `GitChange`; `NOT_FOUND` when
+    /// the workspace is not a git repository. Nothing the workspace configures may run.
+    fn git_changes(&self, ctx: CallContext, conversation_id: RString) -> FfiFuture<PResult<RString>>;
+    /// A file as of the last commit; `None` when it was not committed. `TOO_LARGE` past
+    /// `max_bytes`.
+    fn git_original(
+        &self,
+        ctx: CallContext,
+        conversation_id: RString,
+        path: RString,
+        max_bytes: u64,
+    ) -> FfiFuture<PResult<ROption<RVec<u8>>>>;
+    /// The conversation stopped: end what runs in its workspace (its files stay).
+    fn close(&self, ctx: CallContext, conversation_id: RString) -> FfiFuture<PResult<()>>;
+    /// The conversation was deleted: remove its workspace; `false` when there was none.
+    fn destroy(&self, ctx: CallContext, conversation_id: RString) -> FfiFuture<PResult<bool>>;
+    fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
+    #[sabi(last_prefix_field)]
+    fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
+}
+
 /// The host's side of the wiring, given to every instance when it is built: how a plugin
 /// reaches the other extension points (a conversation manager stores events through the
 /// configured `conversation_store`, reads settings, calls the monitoring listeners).
@@ -370,4 +438,10 @@ pub trait HostServices: Send + Sync {
     /// The root directory for file-backed state (`[server] state_dir`, `~` expanded).
     #[sabi(last_prefix_field)]
     fn state_dir(&self) -> RString;
+    /// The deployment's `runtime`, when the profile configures one: a handle whose calls go
+    /// through the host (deadlines, panic containment, counters) to the runtime instance.
+    /// Each call answers a new handle. Added in plugin-api 1.1 (a host before it has none).
+    fn runtime(&self) -> ROption<RuntimeObject> {
+        ROption::RNone
+    }
 }

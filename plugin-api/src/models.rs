@@ -403,6 +403,85 @@ pub struct AgentLoopInfo {
     pub runtime_status: Option<String>,
 }
 
+/// `runtime.open`: a conversation's workspace, made ready for its tools. Added in 1.1.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct WorkspaceRequest {
+    pub conversation_id: String,
+    /// What to clone into a new workspace; `None`: an empty git repository.
+    #[serde(default)]
+    pub repository: Option<RepositoryClone>,
+}
+
+/// A repository to clone, with the user's token for its provider.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct RepositoryClone {
+    /// `owner/repo`.
+    pub repository: String,
+    /// `github`, `gitlab` or `bitbucket`.
+    pub provider: String,
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The provider's host, when not its public one.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub branch: Option<String>,
+}
+
+/// `runtime.open`'s answer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct WorkspaceInfo {
+    /// The workspace's directory as the agent's commands see it.
+    pub root: String,
+    /// Why the repository was not cloned (the workspace is an empty repository then).
+    #[serde(default)]
+    pub clone_error: Option<String>,
+}
+
+/// `runtime.run`: one step of a conversation's shell (OpenHands' `execute_bash`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct CommandRequest {
+    /// A command; with `is_input`, text or a key (`C-c`, `C-z`, `C-d`) for the running one;
+    /// empty: more of the running one's output.
+    pub command: String,
+    #[serde(default)]
+    pub is_input: bool,
+    /// How long this call waits before answering while the command goes on (default: until
+    /// it prints nothing for 10 s).
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
+    /// Characters of output kept in the answer (0: the runtime's default).
+    #[serde(default)]
+    pub max_output_chars: usize,
+}
+
+/// `runtime.run`'s answer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct CommandResult {
+    /// The exit code; -1 while it runs, or when it was killed.
+    pub exit_code: i32,
+    /// What it printed during the call, with the runtime's notes, as the agent reads it.
+    pub output: String,
+    /// The command is over: a new one may start.
+    pub done: bool,
+}
+
+/// An entry of a workspace directory.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct FileEntry {
+    pub name: String,
+    /// Relative to the workspace's root.
+    pub path: String,
+    pub dir: bool,
+}
+
+/// A changed file (the web client's Changes tab): `status` is `A`, `M`, `D`, `R` or `U`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct GitChange {
+    pub status: String,
+    pub path: String,
+}
+
 /// OpenHands' page ids: base64 of the decimal offset (`offset_to_page_id`).
 pub mod paging {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

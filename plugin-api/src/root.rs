@@ -3,7 +3,7 @@
 use crate::{
     ext::{
         ConversationManagerObject, ConversationStoreObject, HostServicesObject, MonitoringObject, RoutesObject,
-        SecretsStoreObject, SettingsStoreObject, UserAuthObject,
+        RuntimeObject, SecretsStoreObject, SettingsStoreObject, UserAuthObject,
     },
     ImplementationInfo, PResult,
 };
@@ -93,6 +93,13 @@ pub struct PluginLib {
     /// Stops the library's runtime, waiting at most `deadline_ms`.
     #[sabi(last_prefix_field)]
     pub shutdown: extern "C" fn(deadline_ms: u64) -> FfiFuture<()>,
+    /// The `runtime` factory. Added in plugin-api 1.1: `None` in a library built against
+    /// 1.0, which offers no runtime.
+    pub new_runtime: extern "C" fn(
+        implementation: RStr<'_>,
+        config_json: RStr<'_>,
+        services: HostServicesObject,
+    ) -> PResult<RuntimeObject>,
 }
 
 impl RootModule for PluginLib_Ref {

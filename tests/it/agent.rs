@@ -22,6 +22,22 @@ fn manager(config: &str) -> String {
     )
 }
 
+/// A deployment whose agent has tools: the bundled runtime `implementation` with
+/// `runtime_config`, and the manager with `manager_config`.
+async fn setup_with_runtime(
+    implementation: &str,
+    runtime_config: &str,
+    manager_config: &str,
+) -> (Deployment, TestHost, FakeLlm) {
+    let llm = FakeLlm::start().await;
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", &(manager(manager_config) + &oh_e2e::runtime_entry(implementation, runtime_config)));
+    let host = d.start();
+    configure(&host, &llm, None).await;
+    (d, host, llm)
+}
+
 async fn setup(manager_config: &str) -> (Deployment, TestHost, FakeLlm) {
     setup_with_env(manager_config, &[]).await
 }
@@ -455,7 +471,7 @@ async fn events_until(host: &TestHost, id: &str, what: &str, done: impl Fn(&[Val
 
 #[tokio::test]
 async fn with_a_local_runtime_the_agent_edits_files_runs_commands_and_finishes() {
-    let (d, host, llm) = setup(", runtime = \"local\", command_timeout_secs = 20").await;
+    let (d, host, llm) = setup_with_runtime("LocalRuntime", "command_timeout_secs = 20", "").await;
     llm.push([
         Reply::Tools(vec![(
             "str_replace_editor".into(),
@@ -549,6 +565,23 @@ async fn with_a_local_runtime_the_agent_edits_files_runs_commands_and_finishes()
     );
     assert_eq!(std::fs::read_to_string(workspace.join("data.csv")).unwrap(), "x,y\n1,2\n");
     assert!(workspace.join("escape.txt").exists() && !workspace.parent().unwrap().join("escape.txt").exists());
+
+    // Deleting the conversation removes its workspace (the runtime's `destroy`).
+    let deleted = host.send(host.http.delete(host.url(&base))).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text);
+    assert!(!workspace.exists(), "the workspace outlived its conversation");
+}
+
+/// The runtime's keys left in the manager's config (plugin-api 1.0's layout) are refused with
+/// where they go now.
+#[test]
+fn a_runtime_key_in_the_manager_says_it_moved() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", &manager(", runtime = \"bubblewrap\", command_timeout_secs = 30"));
+    let out = d.run_cli(&["check"]);
+    out.assert_refused();
+    assert!(out.stderr.contains("moved") && out.stderr.contains("[extensions.runtime]"), "{}", out.stderr);
 }
 
 /// Waits (5 s at most) until no process runs whose command line contains `pattern`: a killed
@@ -567,7 +600,7 @@ async fn none_left(pattern: &str) {
 
 #[tokio::test]
 async fn a_command_waiting_for_input_goes_on_running_and_takes_the_agents_input() {
-    let (_d, host, llm) = setup(", runtime = \"local\", command_timeout_secs = 30").await;
+    let (_d, host, llm) = setup_with_runtime("LocalRuntime", "command_timeout_secs = 30", "").await;
     llm.push([
         Reply::Tools(vec![(
             "execute_bash".into(),
@@ -601,7 +634,7 @@ async fn a_command_waiting_for_input_goes_on_running_and_takes_the_agents_input(
 
 #[tokio::test]
 async fn a_stop_kills_a_running_command_and_its_children() {
-    let (_d, host, llm) = setup(", runtime = \"local\", command_timeout_secs = 60").await;
+    let (_d, host, llm) = setup_with_runtime("LocalRuntime", "command_timeout_secs = 60", "").await;
     llm.push([Reply::Tools(vec![(
         "execute_bash".into(),
         json!({ "command": "trap '' TERM; (sleep 300 &) ; echo started; sleep 300" }),
@@ -626,7 +659,7 @@ async fn a_stop_kills_a_running_command_and_its_children() {
 
 #[tokio::test]
 async fn with_the_local_runtime_a_host_killed_with_9_leaves_no_command_behind() {
-    let (_d, mut host, llm) = setup(", runtime = \"local\", command_timeout_secs = 60").await;
+    let (_d, mut host, llm) = setup_with_runtime("LocalRuntime", "command_timeout_secs = 60", "").await;
     // A daemon in a session of its own, and a command still running.
     llm.push([Reply::Tools(vec![(
         "execute_bash".into(),
@@ -651,19 +684,15 @@ async fn with_the_local_runtime_a_host_killed_with_9_leaves_no_command_behind() 
 async fn saas_mode_refuses_the_local_runtime_at_start() {
     let d = Deployment::new();
     d.install_bundled();
-    d.write_profile("app_mode = \"saas\"\n", &manager(", runtime = \"local\""));
+    d.write_profile("app_mode = \"saas\"\n", &(manager("") + &oh_e2e::runtime_entry("LocalRuntime", "")));
     let out = d.run_cli(&["check"]);
     out.assert_refused();
-    assert!(
-        out.stderr.contains("SaaS mode refuses it") && out.stderr.contains("conversation_manager"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("SaaS mode refuses it") && out.stderr.contains("extensions.runtime"), "{}", out.stderr);
 }
 
 #[tokio::test]
 async fn in_the_bubblewrap_sandbox_commands_cannot_touch_the_system_or_the_network_and_die_with_the_host() {
-    let (_d, mut host, llm) = setup(", runtime = \"bubblewrap\"").await;
+    let (_d, mut host, llm) = setup_with_runtime("BubblewrapRuntime", "", "").await;
     let llm_port = llm.base_url.rsplit(':').next().unwrap().trim_end_matches("/v1").to_owned();
     let probe = format!(
         "echo made > made.txt; touch /etc/oh-escape-probe 2>/dev/null || echo system-read-only; \
@@ -697,7 +726,8 @@ async fn a_selected_repository_is_cloned_with_the_users_token_which_stays_out_of
         token,
     )
     .await;
-    let (d, host, llm) = setup(&format!(", runtime = \"local\", git_http_hosts = [\"{}\"]", server.host)).await;
+    let (d, host, llm) =
+        setup_with_runtime("LocalRuntime", &format!("git_http_hosts = [\"{}\"]", server.host), "").await;
     let tokens = json!({ "provider_tokens": { "github": { "token": token, "host": server.host } } });
     assert_eq!(host.post_json("/api/add-git-providers", &tokens).await.status, 200);
     llm.push([Reply::Tools(vec![(
@@ -747,7 +777,7 @@ async fn a_selected_repository_is_cloned_with_the_users_token_which_stays_out_of
 /// again.
 #[tokio::test]
 async fn a_message_sent_while_its_conversation_starts_is_answered_once() {
-    let (_d, host, llm) = setup(", runtime = \"local\", max_concurrent_conversations = 10").await;
+    let (_d, host, llm) = setup_with_runtime("LocalRuntime", "", ", max_concurrent_conversations = 10").await;
     let mut ids = Vec::new();
     for i in 0..8 {
         let r = host.post_json("/api/conversations", &json!({})).await;
@@ -834,7 +864,7 @@ async fn commands_start_with_default_signal_actions_even_when_the_host_ignores_s
     let llm = FakeLlm::start().await;
     let d = Deployment::new();
     d.install_bundled();
-    d.write_profile("", &manager(", runtime = \"local\", command_timeout_secs = 60"));
+    d.write_profile("", &(manager("") + &oh_e2e::runtime_entry("LocalRuntime", "command_timeout_secs = 60")));
     let wrapper = ["bash", "-c", "trap '' INT QUIT TSTP; exec \"$@\"", "ignoring-signals"];
     let host = d.start_wrapped(&wrapper, &[], &[]);
     configure(&host, &llm, None).await;

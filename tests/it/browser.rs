@@ -509,7 +509,8 @@ async fn the_agents_commands_show_in_the_terminal_tab_and_its_files_in_the_chang
     d.write_profile(
         "",
         "[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n\
-         config = { llm_retry_initial_ms = 20, llm_max_retries = 0, runtime = \"bubblewrap\" }\n",
+         config = { llm_retry_initial_ms = 20, llm_max_retries = 0 }\n\
+         [extensions.runtime]\nlibrary = \"sandbox_runtime\"\nimplementation = \"BubblewrapRuntime\"\n",
     );
     let host = d.start_with_env(&[("FRONTEND_DIRECTORY", frontend.to_str().unwrap())]);
     let settings = json!({ "llm_model": "openai/gpt-4o", "llm_base_url": llm.base_url, "llm_api_key": "sk-test-key",

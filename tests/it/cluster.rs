@@ -27,7 +27,10 @@ struct Cluster {
     nodes: Vec<Node>,
 }
 
+/// The nodes' profile; `manager` is extra manager config, or (starting with `[`) extra
+/// entries of the profile.
 fn profile(db: &str, redis: &str, prefix: &str, lease_ms: u64, manager: &str) -> String {
+    let (manager, entries) = if manager.starts_with('[') { ("", manager) } else { (manager, "") };
     let stores = format!("{{ database_url = \"{db}\", master_key = \"cluster-test-master-key-0123456789\" }}");
     format!(
         "[extensions.settings_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSettingsStore\"\nconfig = {stores}\n\
@@ -35,7 +38,7 @@ fn profile(db: &str, redis: &str, prefix: &str, lease_ms: u64, manager: &str) ->
          [extensions.conversation_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasConversationStore\"\nconfig = {stores}\n\
          [extensions.conversation_manager]\nlibrary = \"clustered_manager\"\nimplementation = \"ClusteredConversationManager\"\n\
          config = {{ redis_url = \"{redis}\", redis_key_prefix = \"{prefix}\", lease_ttl_ms = {lease_ms}, heartbeat_ms = 300, \
-         reaper_interval_ms = 100, llm_retry_initial_ms = 20, llm_max_retries = 0, llm_chunk_timeout_secs = 20{manager} }}\n"
+         reaper_interval_ms = 100, llm_retry_initial_ms = 20, llm_max_retries = 0, llm_chunk_timeout_secs = 20{manager} }}\n{entries}"
     )
 }
 
@@ -389,7 +392,7 @@ async fn a_socket_on_any_node_keeps_a_conversation_from_closing_as_idle() {
 async fn the_agents_tools_work_on_any_node_and_its_workspace_survives_a_failover() {
     // The nodes share the workspaces' directory (in production: a shared file system).
     let shared = tempfile::tempdir().unwrap();
-    let manager = format!(", runtime = \"local\", workspace_root = \"{}\"", shared.path().display());
+    let manager = oh_e2e::runtime_entry("LocalRuntime", &format!("workspace_root = \"{}\"", shared.path().display()));
     let mut c = Cluster::start(2, &oh_e2e::redis::url(), &manager).await;
     c.llm.push([
         Reply::Tools(vec![(

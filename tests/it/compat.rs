@@ -10,6 +10,7 @@
 //! fixture goes through the same calls, so a change is tested before it is released.
 
 use oh_e2e::{sha256_hex, workspace, Deployment};
+use oh_host::loader::Root;
 use plugin_api::{
     abi_stable::{
         sabi_trait::TD_Opaque,
@@ -83,6 +84,31 @@ const METHODS_1_0: &[&str] = &[
     "routes.health",
     "routes.handle",
 ];
+
+/// The methods plugin-api 1.1 added: the `runtime` extension point.
+const METHODS_1_1: &[&str] = &[
+    "runtime.open",
+    "runtime.run",
+    "runtime.interrupt",
+    "runtime.write_file",
+    "runtime.read_file",
+    "runtime.list_files",
+    "runtime.git_changes",
+    "runtime.git_original",
+    "runtime.close",
+    "runtime.destroy",
+    "runtime.health",
+    "runtime.shutdown",
+];
+
+/// The methods a library built against `minor` has.
+fn methods_of(minor: u32) -> Vec<&'static str> {
+    let mut all = METHODS_1_0.to_vec();
+    if minor >= 1 {
+        all.extend(METHODS_1_1);
+    }
+    all
+}
 
 #[derive(Debug)]
 struct Release {
@@ -246,6 +272,24 @@ struct TestServices {
     calls: Arc<Mutex<Vec<String>>>,
 }
 
+impl plugin_api::v1_0::HostServices for TestServices {
+    fn call(
+        &self,
+        ctx: CallContext,
+        point: ExtensionPoint,
+        method: RString,
+        args_json: RString,
+    ) -> FfiFuture<PResult<RString>> {
+        HostServices::call(self, ctx, point, method, args_json)
+    }
+    fn app_mode(&self) -> AppMode {
+        AppMode::OSS
+    }
+    fn state_dir(&self) -> RString {
+        "/nonexistent".into()
+    }
+}
+
 impl HostServices for TestServices {
     fn call(
         &self,
@@ -299,12 +343,28 @@ async fn exercise(dir: &Path, label: &str) -> Vec<String> {
     let lib = oh_host::loader::load(plugins.path(), "contract_plugin", None).unwrap_or_else(|e| panic!("{label}: {e}"));
     oh_host::loader::init(&lib, "{}").unwrap_or_else(|e| panic!("{label}: {e}"));
     let host = TestServices::default();
-    let services = || HostServices_TO::from_value(host.clone(), TD_Opaque);
     let m = lib.module;
     let build = |what: &str| format!("{label}: building {what}");
+    // A factory of the root module, with this test's services as the library's minor defines them.
+    macro_rules! new {
+        ($factory:ident, $implementation:literal) => {
+            match m {
+                Root::V1_0(m) => (m.$factory())(
+                    $implementation.into(),
+                    "{}".into(),
+                    plugin_api::v1_0::HostServices_TO::from_value(host.clone(), TD_Opaque),
+                ),
+                Root::Current(m) => (m.$factory())(
+                    $implementation.into(),
+                    "{}".into(),
+                    HostServices_TO::from_value(host.clone(), TD_Opaque),
+                ),
+            }
+        };
+    }
 
     // settings_store
-    let s = ok((m.new_settings_store())("ContractSettings".into(), "{}".into(), services()), &build("settings"));
+    let s = ok(new!(new_settings_store, "ContractSettings"), &build("settings"));
     ok(s.store(ctx(), json!({ "llm_model": "m1" }).to_string().into()).await, "store");
     assert_eq!(parse(ok(s.load(ctx()).await, "load").unwrap())["llm_model"], "m1");
     let versioned = parse(ok(s.load_versioned(ctx()).await, "load_versioned").unwrap());
@@ -320,7 +380,7 @@ async fn exercise(dir: &Path, label: &str) -> Vec<String> {
     assert_eq!(parse(ok(s.rotate_keys(ctx()).await, "rotate_keys"))["resealed"], 0);
 
     // secrets_store
-    let k = ok((m.new_secrets_store())("ContractSecrets".into(), "{}".into(), services()), &build("secrets"));
+    let k = ok(new!(new_secrets_store, "ContractSecrets"), &build("secrets"));
     let secrets = models::Secrets::default();
     ok(k.store(ctx(), serde_json::to_string(&secrets).unwrap().into()).await, "secrets store");
     let change = models::SecretsChange::CreateCustomSecret {
@@ -337,10 +397,7 @@ async fn exercise(dir: &Path, label: &str) -> Vec<String> {
     assert_eq!(parse(ok(k.rotate_keys(ctx()).await, "secrets rotate_keys"))["resealed"], 1);
 
     // conversation_store
-    let c = ok(
-        (m.new_conversation_store())("ContractConversations".into(), "{}".into(), services()),
-        &build("conversations"),
-    );
+    let c = ok(new!(new_conversation_store, "ContractConversations"), &build("conversations"));
     let meta = models::ConversationMetadata {
         conversation_id: "c1".into(),
         user_id: Some("contract-user".into()),
@@ -368,7 +425,7 @@ async fn exercise(dir: &Path, label: &str) -> Vec<String> {
     ok(c.rotate_keys(ctx()).await, "conversations rotate_keys");
 
     // conversation_manager: its host call and its sink cross back into this process.
-    let g = ok((m.new_conversation_manager())("ContractManager".into(), "{}".into(), services()), &build("manager"));
+    let g = ok(new!(new_conversation_manager, "ContractManager"), &build("manager"));
     let start = models::StartRequest { conversation_id: "c2".into(), ..Default::default() };
     let info = parse(ok(g.maybe_start(ctx(), serde_json::to_string(&start).unwrap().into()).await, "maybe_start"));
     assert_eq!(
@@ -392,7 +449,7 @@ async fn exercise(dir: &Path, label: &str) -> Vec<String> {
     ok(g.health(ctx()).await, "manager health");
 
     // user_auth
-    let a = ok((m.new_user_auth())("ContractAuth".into(), "{}".into(), services()), &build("auth"));
+    let a = ok(new!(new_user_auth, "ContractAuth"), &build("auth"));
     let request = |headers: Vec<(&str, &str)>| AuthRequest {
         method: "GET".into(),
         path: "/api/settings".into(),
@@ -409,7 +466,7 @@ async fn exercise(dir: &Path, label: &str) -> Vec<String> {
     ok(a.health(ctx()).await, "auth health");
 
     // monitoring (its hooks call the host's metric, gauge and histogram)
-    let o = ok((m.new_monitoring())("ContractMonitoring".into(), "{}".into(), services()), &build("monitoring"));
+    let o = ok(new!(new_monitoring, "ContractMonitoring"), &build("monitoring"));
     o.on_session_event(ctx(), json!({ "id": 1 }).to_string().into());
     o.on_agent_session_start(ctx(), true, 0.25);
     o.on_create_conversation(ctx());
@@ -425,8 +482,40 @@ async fn exercise(dir: &Path, label: &str) -> Vec<String> {
     assert!(metrics.contains("contract_calls_total{hook=\"create\"}"), "{label}: the plugin's counter is missing");
     assert!(metrics.contains("contract_seconds_bucket"), "{label}: the plugin's histogram is missing");
 
+    // runtime (1.1): a library built against 1.0 has no factory for it.
+    let runtime = match m {
+        Root::V1_0(_) => None,
+        Root::Current(current) => {
+            let factory = current.new_runtime().expect("a 1.1 library has the runtime factory");
+            Some(ok(
+                factory("ContractRuntime".into(), "{}".into(), HostServices_TO::from_value(host.clone(), TD_Opaque)),
+                &build("runtime"),
+            ))
+        }
+    };
+    if let Some(rt) = &runtime {
+        let open = models::WorkspaceRequest { conversation_id: "c3".into(), repository: None };
+        let info = parse(ok(rt.open(ctx(), serde_json::to_string(&open).unwrap().into()).await, "open"));
+        assert_eq!(info["root"], "/workspaces/c3");
+        let command = models::CommandRequest { command: "ls".into(), ..Default::default() };
+        let ran = parse(ok(rt.run(ctx(), "c3".into(), serde_json::to_string(&command).unwrap().into()).await, "run"));
+        assert_eq!((ran["output"].as_str(), ran["done"].as_bool()), (Some("ran: ls"), Some(true)));
+        assert!(!ok(rt.interrupt(ctx(), "c3".into()).await, "interrupt"));
+        ok(rt.write_file(ctx(), "c3".into(), "a.txt".into(), RVec::from_slice(b"hello")).await, "write_file");
+        assert_eq!(ok(rt.read_file(ctx(), "c3".into(), "a.txt".into(), 100).await, "read_file").as_slice(), b"hello");
+        let small = rt.read_file(ctx(), "c3".into(), "a.txt".into(), 2).await.into_result().unwrap_err();
+        assert_eq!(small.code, ErrorCode::TOO_LARGE);
+        assert_eq!(parse(ok(rt.list_files(ctx(), "c3".into(), "".into()).await, "list_files"))[0]["name"], "a.txt");
+        assert_eq!(parse(ok(rt.git_changes(ctx(), "c3".into()).await, "git_changes"))[0]["status"], "A");
+        assert!(ok(rt.git_original(ctx(), "c3".into(), "a.txt".into(), 100).await, "git_original").is_none());
+        ok(rt.close(ctx(), "c3".into()).await, "close");
+        assert!(ok(rt.destroy(ctx(), "c3".into()).await, "destroy"));
+        ok(rt.health(ctx()).await, "runtime health");
+        rt.shutdown(1000).await;
+    }
+
     // routes: the journal, read through the last instance.
-    let r = ok((m.new_routes())("ContractRoutes".into(), "{}".into(), services()), &build("routes"));
+    let r = ok(new!(new_routes, "ContractRoutes"), &build("routes"));
     assert_eq!(r.routes()[0].path.as_str(), "/contract/journal");
     ok(r.health(ctx()).await, "routes health");
     for shutdown in
@@ -456,7 +545,7 @@ fn assert_every_method(label: &str, journal: &[String], methods: &[&str]) {
 #[tokio::test]
 async fn todays_contract_fixture_answers_every_method() {
     let journal = exercise(&oh_e2e::target_debug(), "today's build").await;
-    assert_every_method("today's build", &journal, METHODS_1_0);
+    assert_every_method("today's build", &journal, &methods_of(plugin_api::API_MINOR));
 }
 
 /// Every released contract: its libraries, built from its commit, in today's host.
@@ -472,7 +561,26 @@ async fn every_released_contract_loads_in_todays_host() {
         .await
         .unwrap();
         let journal = exercise(&built, &label).await;
-        assert_every_method(&label, &journal, METHODS_1_0);
+        assert_every_method(&label, &journal, &methods_of(major_minor(&r.version).1));
+
+        // A library built before the runtime extension point cannot serve as one: refused,
+        // naming the version.
+        if major_minor(&r.version).1 == 0 {
+            let d = Deployment::new();
+            d.install_bundled();
+            std::fs::copy(built.join("libcontract_plugin.so"), d.plugins_dir().join("libcontract_plugin.so")).unwrap();
+            d.write_profile(
+                "",
+                "[extensions.runtime]\nlibrary = \"contract_plugin\"\nimplementation = \"ContractRuntime\"\n",
+            );
+            let out = d.run_cli(&["check"]);
+            out.assert_refused();
+            assert!(
+                out.stderr.contains("which has no runtime extension point (added in 1.1)"),
+                "{label}: {}",
+                out.stderr
+            );
+        }
 
         // token-auth, built by an outside author against that release, behind the real server.
         let d = Deployment::new();

@@ -68,16 +68,16 @@ impl Target {
 
 async fn start(saas: bool, d: &Deployment, llm: &FakeLlm) -> Target {
     d.install_bundled();
-    let runtime = ", runtime = \"bubblewrap\", command_timeout_secs = 30";
+    let runtime = oh_e2e::runtime_entry("BubblewrapRuntime", "command_timeout_secs = 30");
     let db = if saas {
         let db = oh_e2e::pg::TestDb::create().await;
-        let base = oh_e2e::saas_base_profile(&db.url, &[("mallory", MALLORY), ("victim", VICTIM)], runtime);
+        let base = oh_e2e::saas_base_profile(&db.url, &[("mallory", MALLORY), ("victim", VICTIM)], "") + &runtime;
         d.write_profile("app_mode = \"saas\"\n", &base);
         Some(db)
     } else {
         let manager = format!(
             "[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n\
-             config = {{ llm_max_retries = 0{runtime} }}\n"
+             config = {{ llm_max_retries = 0 }}\n{runtime}"
         );
         d.write_profile("", &manager);
         None

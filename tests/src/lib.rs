@@ -55,6 +55,12 @@ pub fn saas_base_profile(db_url: &str, users: &[(&str, &str)], manager_extra: &s
     )
 }
 
+/// `[extensions.runtime]` with the bundled `sandbox_runtime` library: `implementation` is
+/// `LocalRuntime` or `BubblewrapRuntime`, `config` the inside of its config table.
+pub fn runtime_entry(implementation: &str, config: &str) -> String {
+    format!("[extensions.runtime]\nlibrary = \"sandbox_runtime\"\nimplementation = \"{implementation}\"\nconfig = {{ {config} }}\n")
+}
+
 /// Hex HMAC-SHA256 of `message` (RFC 2104 written out over SHA-256, so tests sign webhooks
 /// without sharing the plugins' code). Keys longer than a block are hashed first.
 pub fn hmac_sha256_hex(key: &[u8], message: &[u8]) -> String {
@@ -78,6 +84,7 @@ pub const BUNDLED: &[&str] = &[
     "log_monitoring",
     "saas_monitoring",
     "standalone_manager",
+    "sandbox_runtime",
     "clustered_manager",
     "postgres_stores",
     "saas_auth",

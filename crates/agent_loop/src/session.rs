@@ -10,7 +10,6 @@
 use crate::{
     events::{self, Totals},
     llm::{self, ChatMessage, LlmConfig, LlmError, Progress},
-    runtime::Workspace,
     tools::{self, ToolCall},
 };
 use plugin_sdk::{
@@ -176,7 +175,6 @@ impl Session {
             stop: stop_rx,
             interrupt: interrupt.clone(),
             workspace: None,
-            shell: tools::Shell::default(),
             max_iterations: request.settings.max_iterations.filter(|n| *n > 0).map(|n| n as usize),
         };
         let task = tokio::spawn(runner.run(request, rx));
@@ -228,29 +226,43 @@ struct Runner<E: Env> {
     totals: Totals,
     stop: watch::Receiver<bool>,
     interrupt: Arc<tokio::sync::Notify>,
-    /// Where the tools act, when the manager has a runtime.
-    workspace: Option<Workspace>,
-    /// Its shell: a command still running between calls.
-    shell: tools::Shell,
+    /// Where the tools act, when the deployment has a runtime.
+    workspace: Option<tools::Workspace>,
     /// The user's `max_iterations`, when their settings have one.
     max_iterations: Option<usize>,
 }
 
+/// A task aborted (its lease lost, or it would not stop): what runs in its workspace ends (its
+/// files stay), in a task of its own since `drop` cannot wait.
+impl<E: Env> Drop for Runner<E> {
+    fn drop(&mut self) {
+        let Some(ws) = self.workspace.take() else { return };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        handle.spawn(async move {
+            if let Err(e) = ws.runtime.close(ws.ctx.clone(), &ws.conversation_id).await {
+                tracing::warn!(conversation_id = %ws.conversation_id, error = %e, "the runtime did not close the workspace");
+            }
+        });
+    }
+}
+
 impl<E: Env> Runner<E> {
-    async fn run(mut self, request: StartRequest, mut inbox: mpsc::Receiver<Command>) {
+    async fn run(mut self, request: StartRequest, inbox: mpsc::Receiver<Command>) {
+        self.serve(request, inbox).await;
+        // Over: what runs in the workspace ends before the task does (a restart of the
+        // conversation waits for the task). An aborted task closes it from `Drop`.
+        if let Some(ws) = self.workspace.take() {
+            if let Err(e) = ws.runtime.close(ws.ctx.clone(), &ws.conversation_id).await {
+                tracing::warn!(conversation_id = %self.sid, error = %e, "the runtime did not close the workspace");
+            }
+        }
+    }
+
+    async fn serve(&mut self, request: StartRequest, mut inbox: mpsc::Receiver<Command>) {
         let started = Instant::now();
         if let Some(setup) = self.env.tools() {
-            let (root, isolation, plain_http) =
-                (setup.root.clone(), setup.isolation.clone(), setup.git_http_hosts.clone());
-            match Workspace::open(&root, &self.sid, isolation) {
-                Ok(ws) => {
-                    self.prepare(&ws, &request, &plain_http).await;
-                    self.workspace = Some(ws);
-                }
-                Err(e) => {
-                    tracing::error!(conversation_id = %self.sid, error = %e, "no workspace: the agent works without tools")
-                }
-            }
+            let runtime = setup.runtime.clone();
+            self.workspace = self.prepare(runtime, &request).await;
         }
         self.persist(events::agent_state_changed("loading", "")).await;
         let history = self.load_history().await;
@@ -302,7 +314,9 @@ impl<E: Env> Runner<E> {
                     self.answer(&content).await
                 }
                 Some(Command::Stopped) => {
-                    self.shell.kill().await;
+                    if let Some(ws) = &self.workspace {
+                        let _ = ws.runtime.interrupt(ws.ctx.clone(), &ws.conversation_id).await;
+                    }
                     self.set_state("stopped").await
                 }
                 None => break,
@@ -425,7 +439,7 @@ impl<E: Env> Runner<E> {
                     () = interrupt.notified() => {}
                 }
             };
-            let mut planned = tools::plan(call, calls.len(), &limits);
+            let mut planned = tools::plan(call, calls.len());
             if i == 0 && !completion.content.is_empty() {
                 planned.action["args"]["thought"] = Value::String(completion.content.clone());
             }
@@ -436,7 +450,7 @@ impl<E: Env> Runner<E> {
             // Stored (and shown) before it runs; its observation follows.
             let action_id = self.persist(planned.action.clone()).await;
             first_stored = first_stored.or(action_id);
-            let done = tools::perform(planned, &workspace, &mut self.shell, &limits, stopped).await;
+            let done = tools::perform(planned, &workspace, &limits, stopped).await;
             if let Some(mut observation) = done.observation {
                 if let Some(id) = action_id {
                     observation["cause"] = id.into();
@@ -474,34 +488,45 @@ impl<E: Env> Runner<E> {
         self.monitor(ReportLlmUsage { usage }).await;
     }
 
-    /// A new workspace: the conversation's selected repository cloned (with the user's token
-    /// for its provider), or an empty repository. A failed clone is told to the client; the
-    /// agent works in an empty workspace then.
-    async fn prepare(&mut self, ws: &Workspace, request: &StartRequest, plain_http: &[String]) {
+    /// The conversation's workspace from the runtime: a new one holds the selected
+    /// repository (cloned with the user's token for its provider) or an empty repository. A
+    /// failed clone is told to the client; the agent works in an empty workspace then.
+    async fn prepare(
+        &mut self,
+        runtime: plugin_sdk::RuntimeClient,
+        request: &StartRequest,
+    ) -> Option<tools::Workspace> {
         let metadata = self.metadata().await.ok().flatten();
         let repository = metadata.as_ref().and_then(|m| m.selected_repository.clone()).filter(|r| !r.is_empty());
-        let clone = repository.map(|repo| {
+        let repository = repository.map(|repository| {
             let m = metadata.as_ref().expect("a repository comes with its metadata");
             let provider = m.git_provider.clone().unwrap_or_else(|| "github".to_owned());
             let token = request.provider_tokens.get(&provider);
-            crate::runtime::Clone::of(
-                &repo,
-                &provider,
-                token.and_then(|t| t.token.as_deref()),
-                token.and_then(|t| t.host.as_deref()),
-                m.selected_branch.as_deref(),
-                plain_http,
-            )
+            plugin_sdk::models::RepositoryClone {
+                repository,
+                token: token.and_then(|t| t.token.clone()),
+                host: token.and_then(|t| t.host.clone()),
+                branch: m.selected_branch.clone(),
+                provider,
+            }
         });
-        if let Err(why) = ws.prepare(clone.as_ref()).await {
-            let text = match &clone {
-                Some(c) => format!("cannot clone {}: {why}", c.url),
-                None => format!("cannot make the workspace a git repository: {why}"),
-            };
-            tracing::warn!(conversation_id = %self.sid, error = %text, "workspace not prepared");
-            self.env.broadcast(&self.sid, &events::status_update("error", "STATUS$ERROR", &text));
-            if clone.is_some() {
-                let _ = ws.prepare(None).await;
+        let open = plugin_sdk::models::WorkspaceRequest { conversation_id: self.sid.clone(), repository };
+        match runtime.open(self.ctx.clone(), &open).await {
+            Ok(info) => {
+                if let Some(text) = &info.clone_error {
+                    tracing::warn!(conversation_id = %self.sid, error = %text, "workspace not prepared");
+                    self.env.broadcast(&self.sid, &events::status_update("error", "STATUS$ERROR", text));
+                }
+                Some(tools::Workspace {
+                    runtime,
+                    conversation_id: self.sid.clone(),
+                    root: info.root,
+                    ctx: self.ctx.clone(),
+                })
+            }
+            Err(e) => {
+                tracing::error!(conversation_id = %self.sid, error = %e, "no workspace: the agent works without tools");
+                None
             }
         }
     }

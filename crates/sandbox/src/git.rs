@@ -65,6 +65,38 @@ fn host_policy() -> Policy {
     }
 }
 
+/// What changed since the last commit, for the web client's Changes tab: `(status, path)`
+/// with status `A` (new files too), `M`, `D`, `R` or `U`, from `git status`.
+pub async fn changes(workspace: &Path, max_output: usize) -> Result<Vec<(String, String)>, GitError> {
+    let out = run(workspace, &["status", "--porcelain=v1", "-uall"], max_output).await?;
+    Ok(String::from_utf8_lossy(&out)
+        .lines()
+        .filter(|l| l.len() > 3)
+        .map(|line| {
+            let (code, path) = line.split_at(2);
+            let path = path.trim().rsplit(" -> ").next().unwrap_or("").trim_matches('"');
+            let status = match code.trim() {
+                "??" | "A" | "AM" => "A",
+                c if c.contains('D') => "D",
+                c if c.contains('R') => "R",
+                c if c.contains('M') => "M",
+                _ => "U",
+            };
+            (status.to_owned(), path.to_owned())
+        })
+        .collect())
+}
+
+/// A file (relative to the workspace) as of the last commit; `None` when it was not
+/// committed or git cannot say. Only `TooLarge` is an error.
+pub async fn original(workspace: &Path, rel: &Path, max_output: usize) -> Result<Option<Vec<u8>>, GitError> {
+    match run(workspace, &["cat-file", "blob", &format!("HEAD:{}", rel.display())], max_output).await {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e @ GitError::TooLarge(_)) => Err(e),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Runs `git args...` on the repository `workspace`; its standard output, at most
 /// `max_output` bytes.
 pub async fn run(workspace: &Path, args: &[&str], max_output: usize) -> Result<Vec<u8>, GitError> {

@@ -13,12 +13,14 @@ mod documents;
 mod error;
 mod host_calls;
 mod stores;
+mod workspace;
 
 /// The registry's types the doors handle (a sign-in's input and answer, a plugin call's
 /// failure), so that they need not reach into the registry.
 pub use crate::registry::{AuthInput, Authenticated, CallError};
 pub use conversations::{check_conversation_id, NewConversation, Started};
 pub use error::{AppError, AppResult};
+pub use workspace::{WorkspaceError, WorkspaceResult};
 
 use crate::{config::ServerConfig, registry::Registry};
 use std::sync::Arc;

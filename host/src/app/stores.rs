@@ -38,9 +38,17 @@ impl App {
     }
 
     /// Stops the conversation's loop (its last event stored), then deletes it.
+    /// Stops the conversation, deletes it and its events, then its workspace (the caller's
+    /// conversation only: the store scopes the delete by user).
     pub async fn delete_conversation(&self, ctx: &CallContext, id: &str) -> AppResult<bool> {
         self.registry.close_conversation(ctx.clone(), id).await?;
-        Ok(self.registry.delete_metadata(ctx.clone(), id).await?)
+        let deleted = self.registry.delete_metadata(ctx.clone(), id).await?;
+        if deleted {
+            if let Err(e) = self.registry.workspace_destroy(ctx.clone(), id).await {
+                tracing::warn!(conversation_id = id, error = %e, "the conversation's workspace was not removed");
+            }
+        }
+        Ok(deleted)
     }
 
     pub async fn search_conversations(

@@ -121,6 +121,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::PAYMENT_REQUIRED => StatusCode::PAYMENT_REQUIRED,
         ErrorCode::DEADLINE_EXCEEDED => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::UNIMPLEMENTED => StatusCode::NOT_IMPLEMENTED,
+        ErrorCode::TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::NOT_A_FILE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::{
     config::{Config, ExtensionConfig},
-    loader::{self, Library},
+    loader::{self, Library, Root},
 };
 use abi_stable::{
     sabi_trait::TD_Opaque,
@@ -17,7 +17,7 @@ use abi_stable::{
 use async_ffi::FfiFuture;
 use plugin_api::{
     CallContext, ConversationManagerObject, ConversationStoreObject, ErrorCode, ExtensionPoint, Health,
-    HostServicesObject, HostServices_TO, MonitoringObject, PResult, RouteSpec, RoutesObject, SecretsStoreObject,
+    HostServices_TO, MonitoringObject, PResult, RouteSpec, RoutesObject, RuntimeObject, SecretsStoreObject,
     SettingsStoreObject, UserAuthObject,
 };
 use std::sync::{Arc, OnceLock};
@@ -56,6 +56,7 @@ objects! {
     UserAuthObject => plugin_api::UserAuth;
     MonitoringObject => plugin_api::MonitoringListener;
     RoutesObject => plugin_api::RouteHandler;
+    RuntimeObject => plugin_api::Runtime;
 }
 
 /// Any instance, for what the host does to all of them (health, shutdown, listings).
@@ -100,21 +101,28 @@ impl std::fmt::Display for LoadErrors {
 
 impl std::error::Error for LoadErrors {}
 
-type Factory<O> = extern "C" fn(RStr<'_>, RStr<'_>, HostServicesObject) -> PResult<O>;
+/// A factory of the library's root module, called with the host's services as the minor the
+/// library was built against defines them (`plugin_api::v1_0` for 1.0).
+macro_rules! factory {
+    ($root:expr, $new:ident, $services:expr) => {
+        move |implementation: &str, config: &str| {
+            let (i, c) = (RStr::from_str(implementation), RStr::from_str(config));
+            match $root {
+                Root::V1_0(m) => (m.$new())(i, c, plugin_api::v1_0::HostServices_TO::from_value($services, TD_Opaque)),
+                Root::Current(m) => (m.$new())(i, c, HostServices_TO::from_value($services, TD_Opaque)),
+            }
+        }
+    };
+}
 
 /// Builds one instance with the library's factory for its extension point.
 fn instantiate<O>(
-    factory: Factory<O>,
+    factory: impl FnOnce(&str, &str) -> PResult<O>,
     e: &ExtensionConfig,
     lib: &Library,
-    services: HostServicesObject,
 ) -> Result<Instance<O>, String> {
     let meta = Meta::new(e);
-    let built = meta.call_sync_as(
-        "new",
-        || factory(RStr::from_str(&e.implementation), RStr::from_str(&e.config_json), services).into_result(),
-        Kind::Probe,
-    );
+    let built = meta.call_sync_as("new", || factory(&e.implementation, &e.config_json).into_result(), Kind::Probe);
     match built.map_err(|e| e.error).and_then(|r| r) {
         Ok(obj) => Ok(Instance { obj, meta }),
         Err(err) => {
@@ -172,7 +180,15 @@ fn not_offered(e: &ExtensionConfig, lib: &Library) -> String {
     let elsewhere: Vec<_> =
         lib.implementations.iter().filter(|i| i.name == e.implementation).map(|i| i.point.key()).collect();
     let here: Vec<_> = lib.implementations.iter().filter(|i| i.point == e.point).map(|i| i.name.as_str()).collect();
-    let hint = if !elsewhere.is_empty() {
+    // The minor of the contract that added the point (all others are 1.0's).
+    let since = if e.point == ExtensionPoint::RUNTIME { 1 } else { 0 };
+    let hint = if lib.api.minor < since {
+        format!(
+            "it was built against plugin-api {}, which has no {} extension point (added in 1.{since}); rebuild it against 1.{since} or later",
+            lib.api_version(),
+            e.point
+        )
+    } else if !elsewhere.is_empty() {
         format!("it implements {} instead, not {}", elsewhere.join(", "), e.point)
     } else if here.is_empty() {
         format!("the library offers nothing for {}", e.point)
@@ -216,7 +232,10 @@ impl Registry {
         }
         let mut libraries: Vec<Library> = Vec::new();
         let handler: super::services::HandlerSlot = Arc::new(OnceLock::new());
+        let runtime_slot: super::services::RuntimeSlot = Arc::new(OnceLock::new());
+        let has_runtime = config.extensions.iter().any(|e| e.point == ExtensionPoint::RUNTIME);
         let (mut settings, mut secrets, mut conversations, mut manager, mut auth) = (None, None, None, None, None);
+        let mut runtime_instance = None;
         let (mut monitoring, mut routes) = (Vec::new(), Vec::new());
 
         for e in &config.extensions {
@@ -231,38 +250,57 @@ impl Registry {
                 problems.push(not_offered(e, &lib));
                 continue;
             }
-            let services = HostServices_TO::from_value(
-                Services {
-                    handler: handler.clone(),
-                    app_mode: config.server.app_mode,
-                    state_dir: config.server.state_dir.clone(),
-                    runtime: runtime.clone(),
-                },
-                TD_Opaque,
-            );
+            let services = Services {
+                handler: handler.clone(),
+                runtime_slot: has_runtime.then(|| runtime_slot.clone()),
+                app_mode: config.server.app_mode,
+                state_dir: config.server.state_dir.clone(),
+                runtime: runtime.clone(),
+            };
             let m = lib.module;
             match e.point {
                 ExtensionPoint::SETTINGS_STORE => {
-                    put(&mut settings, instantiate(m.new_settings_store(), e, &lib, services), &mut problems)
+                    put(&mut settings, instantiate(factory!(m, new_settings_store, services), e, &lib), &mut problems)
                 }
                 ExtensionPoint::SECRETS_STORE => {
-                    put(&mut secrets, instantiate(m.new_secrets_store(), e, &lib, services), &mut problems)
+                    put(&mut secrets, instantiate(factory!(m, new_secrets_store, services), e, &lib), &mut problems)
                 }
-                ExtensionPoint::CONVERSATION_STORE => {
-                    put(&mut conversations, instantiate(m.new_conversation_store(), e, &lib, services), &mut problems)
-                }
-                ExtensionPoint::CONVERSATION_MANAGER => {
-                    put(&mut manager, instantiate(m.new_conversation_manager(), e, &lib, services), &mut problems)
-                }
+                ExtensionPoint::CONVERSATION_STORE => put(
+                    &mut conversations,
+                    instantiate(factory!(m, new_conversation_store, services), e, &lib),
+                    &mut problems,
+                ),
+                ExtensionPoint::CONVERSATION_MANAGER => put(
+                    &mut manager,
+                    instantiate(factory!(m, new_conversation_manager, services), e, &lib),
+                    &mut problems,
+                ),
                 ExtensionPoint::USER_AUTH => {
-                    put(&mut auth, instantiate(m.new_user_auth(), e, &lib, services), &mut problems)
+                    put(&mut auth, instantiate(factory!(m, new_user_auth, services), e, &lib), &mut problems)
                 }
                 ExtensionPoint::MONITORING => {
-                    push(&mut monitoring, instantiate(m.new_monitoring(), e, &lib, services), &mut problems)
+                    push(&mut monitoring, instantiate(factory!(m, new_monitoring, services), e, &lib), &mut problems)
                 }
                 ExtensionPoint::ROUTES => {
-                    push(&mut routes, instantiate(m.new_routes(), e, &lib, services), &mut problems)
+                    push(&mut routes, instantiate(factory!(m, new_routes, services), e, &lib), &mut problems)
                 }
+                ExtensionPoint::RUNTIME => match m {
+                    Root::Current(current) if current.new_runtime().is_some() => {
+                        let new_runtime = current.new_runtime().expect("checked");
+                        let make = move |implementation: &str, config: &str| {
+                            let services = HostServices_TO::from_value(services, TD_Opaque);
+                            new_runtime(RStr::from_str(implementation), RStr::from_str(config), services)
+                        };
+                        put(&mut runtime_instance, instantiate(make, e, &lib), &mut problems)
+                    }
+                    _ => problems.push(format!(
+                        "{}: library `{}` ({}) was built against plugin-api {}, which has no runtime extension point (added in 1.1); it offers no runtime",
+                        e.key,
+                        e.library,
+                        lib.path.display(),
+                        lib.api_version()
+                    )),
+                },
                 other => problems.push(format!("{}: extension point {other} is not supported by this host", e.key)),
             }
         }
@@ -296,8 +334,13 @@ impl Registry {
         else {
             return Err(failed(vec!["internal: a required extension point has no instance".to_owned()]));
         };
+        let runtime = runtime_instance.map(Arc::new);
+        if let Some(r) = &runtime {
+            let _ = runtime_slot.set(r.clone());
+        }
         let registry = Arc::new(Registry {
             app_mode: config.server.app_mode,
+            runtime,
             libraries,
             settings,
             secrets,

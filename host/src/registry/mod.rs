@@ -15,6 +15,7 @@
 mod build;
 mod call;
 mod convert;
+mod runtime;
 mod services;
 
 pub use build::LoadErrors;
@@ -37,8 +38,8 @@ use build::{AnyInstance, Instance};
 use call::{encode, Kind};
 use plugin_api::{
     models, AuthType, CallContext, ConversationManagerObject, ConversationStoreObject, ErrorCode, EventQuery,
-    EventSink_TO, ExtensionPoint, MonitoringObject, PResult, PluginError, RoutesObject, SecretsStoreObject,
-    SettingsStoreObject, UserAuthObject,
+    EventSink_TO, ExtensionPoint, MonitoringObject, PResult, PluginError, RoutesObject, RuntimeObject,
+    SecretsStoreObject, SettingsStoreObject, UserAuthObject,
 };
 use serde_json::Value;
 use std::time::Duration;
@@ -68,6 +69,8 @@ pub struct Registry {
     secrets: Instance<SecretsStoreObject>,
     conversations: Instance<ConversationStoreObject>,
     manager: Option<Instance<ConversationManagerObject>>,
+    /// Shared with the handles plugins get (`HostServices::runtime`).
+    runtime: Option<std::sync::Arc<Instance<RuntimeObject>>>,
     auth: Instance<UserAuthObject>,
     monitoring: Vec<Instance<MonitoringObject>>,
     routes: Vec<Instance<RoutesObject>>,
@@ -125,6 +128,7 @@ impl Registry {
     fn instances(&self) -> Vec<&dyn AnyInstance> {
         let mut all: Vec<&dyn AnyInstance> = vec![&self.settings, &self.secrets, &self.conversations];
         all.extend(self.manager.iter().map(|m| m as &dyn AnyInstance));
+        all.extend(self.runtime.iter().map(|r| &**r as &dyn AnyInstance));
         all.push(&self.auth);
         all.extend(self.monitoring.iter().map(|m| m as &dyn AnyInstance));
         all.extend(self.routes.iter().map(|m| m as &dyn AnyInstance));
@@ -155,12 +159,13 @@ impl Registry {
     }
 
     /// Calls every instance's `shutdown`, then every library's, each bounded by `deadline`.
-    /// Order: routes, the conversation manager (its loops still store their last events),
-    /// auth, monitoring, then the stores.
+    /// Order: routes, the conversation manager (its loops still store their last events), the
+    /// runtime (after the loops that use it), auth, monitoring, then the stores.
     pub async fn shutdown(&self, deadline: Duration) {
         let ms = deadline.as_millis() as u64;
         let mut order: Vec<&dyn AnyInstance> = self.routes.iter().rev().map(|i| i as &dyn AnyInstance).collect();
         order.extend(self.manager.iter().map(|i| i as &dyn AnyInstance));
+        order.extend(self.runtime.iter().map(|i| &**i as &dyn AnyInstance));
         order.push(&self.auth);
         order.extend(self.monitoring.iter().rev().map(|i| i as &dyn AnyInstance));
         order.extend([&self.conversations as &dyn AnyInstance, &self.secrets, &self.settings]);

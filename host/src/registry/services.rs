@@ -2,14 +2,22 @@
 //! extension points through it, with the operations of `plugin_api::host_calls`) and the
 //! `EventSink` a socket subscribes with.
 
+use super::{
+    build::Instance,
+    call::{CallError, Kind},
+};
 use crate::config::AppMode;
-use abi_stable::std_types::RString;
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{ROption, RString, RVec},
+};
 use async_ffi::{FfiFuture, FutureExt as _};
 use futures_util::future::BoxFuture;
-use plugin_api::{CallContext, ExtensionPoint, HostServices, PResult, PluginError};
+use plugin_api::{CallContext, ExtensionPoint, Health, HostServices, PResult, PluginError, RuntimeObject, Runtime_TO};
 use std::{
     path::PathBuf,
     sync::{Arc, OnceLock, Weak},
+    time::Duration,
 };
 
 /// Serves plugins' host calls (`plugin_api::host_calls`): the application layer implements
@@ -28,9 +36,14 @@ pub trait HostCallHandler: Send + Sync {
 /// Where host calls go: set once the application exists (instances are built before it).
 pub(super) type HandlerSlot = Arc<OnceLock<Weak<dyn HostCallHandler>>>;
 
+/// The runtime instance, once built: what the handles `HostServices::runtime` gives reach.
+pub(super) type RuntimeSlot = Arc<OnceLock<Arc<Instance<RuntimeObject>>>>;
+
 /// Handed to every instance.
 pub(super) struct Services {
     pub(super) handler: HandlerSlot,
+    /// `Some` when the profile configures a runtime.
+    pub(super) runtime_slot: Option<RuntimeSlot>,
     pub(super) app_mode: AppMode,
     pub(super) state_dir: PathBuf,
     pub(super) runtime: tokio::runtime::Handle,
@@ -81,6 +94,124 @@ impl HostServices for Services {
 
     fn state_dir(&self) -> RString {
         self.state_dir.display().to_string().into()
+    }
+
+    fn runtime(&self) -> ROption<RuntimeObject> {
+        match &self.runtime_slot {
+            Some(slot) => ROption::RSome(Runtime_TO::from_value(
+                RuntimeHandle { slot: slot.clone(), runtime: self.runtime.clone() },
+                TD_Opaque,
+            )),
+            None => ROption::RNone,
+        }
+    }
+}
+
+/// The same services for a library built against plugin-api 1.0 (its `HostServices` has no
+/// `runtime`).
+impl plugin_api::v1_0::HostServices for Services {
+    fn call(
+        &self,
+        ctx: CallContext,
+        point: ExtensionPoint,
+        method: RString,
+        args_json: RString,
+    ) -> FfiFuture<PResult<RString>> {
+        HostServices::call(self, ctx, point, method, args_json)
+    }
+    fn app_mode(&self) -> plugin_api::AppMode {
+        HostServices::app_mode(self)
+    }
+    fn state_dir(&self) -> RString {
+        HostServices::state_dir(self)
+    }
+}
+
+/// What a plugin holds as "the runtime": each call runs on the host's runtime through the
+/// runtime instance's `Meta` (counters, panic containment, a deadline).
+struct RuntimeHandle {
+    slot: RuntimeSlot,
+    runtime: tokio::runtime::Handle,
+}
+
+/// How long the host waits for a runtime call that may run a command or clone a repository:
+/// the runtime bounds those itself, this is the backstop.
+const LONG_RUNTIME_CALL: Duration = Duration::from_secs(3600);
+
+impl RuntimeHandle {
+    fn forward<T: Send + 'static>(
+        &self,
+        method: &'static str,
+        long: bool,
+        call: impl FnOnce(&RuntimeObject) -> FfiFuture<PResult<T>> + Send + 'static,
+    ) -> FfiFuture<PResult<T>> {
+        let slot = self.slot.clone();
+        // Polled on a plugin thread, which has no host runtime: run the work on ours.
+        let task = AbortOnDrop(self.runtime.spawn(async move {
+            let Some(instance) = slot.get().cloned() else {
+                return Err(PluginError::unavailable("the runtime is starting or stopping"));
+            };
+            let deadline = long.then_some(LONG_RUNTIME_CALL.max(instance.meta.timeout));
+            instance
+                .meta
+                .call_with(method, call(&instance.obj), deadline, Kind::Call)
+                .await
+                .map_err(CallError::into_plugin_error)
+        }));
+        async move {
+            let mut task = task;
+            match (&mut task.0).await {
+                Ok(r) => r.into(),
+                Err(e) => PResult::RErr(PluginError::internal(format!("host task failed: {e}"))),
+            }
+        }
+        .into_ffi()
+    }
+}
+
+impl plugin_api::Runtime for RuntimeHandle {
+    fn open(&self, ctx: CallContext, request_json: RString) -> FfiFuture<PResult<RString>> {
+        self.forward("open", true, move |r| r.open(ctx, request_json))
+    }
+    fn run(&self, ctx: CallContext, id: RString, request_json: RString) -> FfiFuture<PResult<RString>> {
+        self.forward("run", true, move |r| r.run(ctx, id, request_json))
+    }
+    fn interrupt(&self, ctx: CallContext, id: RString) -> FfiFuture<PResult<bool>> {
+        self.forward("interrupt", false, move |r| r.interrupt(ctx, id))
+    }
+    fn list_files(&self, ctx: CallContext, id: RString, path: RString) -> FfiFuture<PResult<RString>> {
+        self.forward("list_files", false, move |r| r.list_files(ctx, id, path))
+    }
+    fn read_file(&self, ctx: CallContext, id: RString, path: RString, max_bytes: u64) -> FfiFuture<PResult<RVec<u8>>> {
+        self.forward("read_file", false, move |r| r.read_file(ctx, id, path, max_bytes))
+    }
+    fn write_file(&self, ctx: CallContext, id: RString, path: RString, content: RVec<u8>) -> FfiFuture<PResult<()>> {
+        self.forward("write_file", false, move |r| r.write_file(ctx, id, path, content))
+    }
+    fn git_changes(&self, ctx: CallContext, id: RString) -> FfiFuture<PResult<RString>> {
+        self.forward("git_changes", false, move |r| r.git_changes(ctx, id))
+    }
+    fn git_original(
+        &self,
+        ctx: CallContext,
+        id: RString,
+        path: RString,
+        max_bytes: u64,
+    ) -> FfiFuture<PResult<ROption<RVec<u8>>>> {
+        self.forward("git_original", false, move |r| r.git_original(ctx, id, path, max_bytes))
+    }
+    fn close(&self, ctx: CallContext, id: RString) -> FfiFuture<PResult<()>> {
+        self.forward("close", false, move |r| r.close(ctx, id))
+    }
+    fn destroy(&self, ctx: CallContext, id: RString) -> FfiFuture<PResult<bool>> {
+        self.forward("destroy", false, move |r| r.destroy(ctx, id))
+    }
+    fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>> {
+        self.forward("health", false, move |r| r.health(ctx))
+    }
+    fn shutdown(&self, _deadline_ms: u64) -> FfiFuture<()> {
+        // The host shuts the runtime down itself, once, after the managers.
+        async {}.into_ffi()
     }
 }
 

@@ -357,3 +357,60 @@ impl<T: crate::RouteHandler> plugin_api::RouteHandler for Adapter<T> {
         self.shutdown_of(|t| async move { t.shutdown().await })
     }
 }
+
+impl<T: crate::Runtime> plugin_api::Runtime for Adapter<T> {
+    fn open(&self, ctx: CallContext, request_json: RString) -> FfiFuture<PResult<RString>> {
+        self.run(move |t| async move {
+            let request: models::WorkspaceRequest = from_json("workspace request", &request_json)?;
+            to_json(&t.open(ctx, request).await?)
+        })
+    }
+    fn run(&self, ctx: CallContext, id: RString, request_json: RString) -> FfiFuture<PResult<RString>> {
+        self.run(move |t| async move {
+            let request: models::CommandRequest = from_json("command request", &request_json)?;
+            to_json(&t.run(ctx, id.into_string(), request).await?)
+        })
+    }
+    fn interrupt(&self, ctx: CallContext, id: RString) -> FfiFuture<PResult<bool>> {
+        self.run(move |t| async move { t.interrupt(ctx, id.into_string()).await })
+    }
+    fn list_files(&self, ctx: CallContext, id: RString, path: RString) -> FfiFuture<PResult<RString>> {
+        self.run(move |t| async move { to_json(&t.list_files(ctx, id.into_string(), path.into_string()).await?) })
+    }
+    fn read_file(&self, ctx: CallContext, id: RString, path: RString, max_bytes: u64) -> FfiFuture<PResult<RVec<u8>>> {
+        self.run(
+            move |t| async move { Ok(t.read_file(ctx, id.into_string(), path.into_string(), max_bytes).await?.into()) },
+        )
+    }
+    fn write_file(&self, ctx: CallContext, id: RString, path: RString, content: RVec<u8>) -> FfiFuture<PResult<()>> {
+        self.run(
+            move |t| async move { t.write_file(ctx, id.into_string(), path.into_string(), content.into_vec()).await },
+        )
+    }
+    fn git_changes(&self, ctx: CallContext, id: RString) -> FfiFuture<PResult<RString>> {
+        self.run(move |t| async move { to_json(&t.git_changes(ctx, id.into_string()).await?) })
+    }
+    fn git_original(
+        &self,
+        ctx: CallContext,
+        id: RString,
+        path: RString,
+        max_bytes: u64,
+    ) -> FfiFuture<PResult<ROption<RVec<u8>>>> {
+        self.run(move |t| async move {
+            Ok(t.git_original(ctx, id.into_string(), path.into_string(), max_bytes).await?.map(RVec::from).into())
+        })
+    }
+    fn close(&self, ctx: CallContext, id: RString) -> FfiFuture<PResult<()>> {
+        self.run(move |t| async move { t.close(ctx, id.into_string()).await })
+    }
+    fn destroy(&self, ctx: CallContext, id: RString) -> FfiFuture<PResult<bool>> {
+        self.run(move |t| async move { t.destroy(ctx, id.into_string()).await })
+    }
+    fn health(&self, _ctx: CallContext) -> FfiFuture<PResult<Health>> {
+        self.health_of(|t| async move { t.health().await })
+    }
+    fn shutdown(&self, _deadline_ms: u64) -> FfiFuture<()> {
+        self.shutdown_of(|t| async move { t.shutdown().await })
+    }
+}

@@ -11,8 +11,9 @@ use plugin_api::{
     async_ffi::FfiFuture,
     ApiInfo, ConversationManagerObject, ConversationManager_TO, ConversationStoreObject, ConversationStore_TO,
     ErrorCode, ExtensionPoint, HostApi_Ref, HostServicesObject, ImplementationInfo, MonitoringListener_TO,
-    MonitoringObject, PResult, PluginError, PluginLib, PluginLib_Ref, RouteHandler_TO, RoutesObject,
-    SecretsStoreObject, SecretsStore_TO, SettingsStoreObject, SettingsStore_TO, UserAuthObject, UserAuth_TO,
+    MonitoringObject, PResult, PluginError, PluginLib, PluginLib_Ref, RouteHandler_TO, RoutesObject, RuntimeObject,
+    Runtime_TO, SecretsStoreObject, SecretsStore_TO, SettingsStoreObject, SettingsStore_TO, UserAuthObject,
+    UserAuth_TO,
 };
 use std::{sync::OnceLock, time::Duration};
 
@@ -34,6 +35,7 @@ pub struct Registry {
     auth: Vec<Entry<UserAuthObject>>,
     monitoring: Vec<Entry<MonitoringObject>>,
     routes: Vec<Entry<RoutesObject>>,
+    runtimes: Vec<Entry<RuntimeObject>>,
 }
 
 macro_rules! registry_methods {
@@ -76,6 +78,7 @@ registry_methods! {
     user_auth, build_user_auth, auth, UserAuth, UserAuth_TO, UserAuthObject;
     monitoring, build_monitoring, monitoring, MonitoringListener, MonitoringListener_TO, MonitoringObject;
     routes, build_routes, routes, RouteHandler, RouteHandler_TO, RoutesObject;
+    runtime, build_runtime, runtimes, Runtime, Runtime_TO, RuntimeObject;
 }
 
 impl Registry {
@@ -101,6 +104,7 @@ impl Registry {
             .chain(infos(ExtensionPoint::USER_AUTH, &self.auth))
             .chain(infos(ExtensionPoint::MONITORING, &self.monitoring))
             .chain(infos(ExtensionPoint::ROUTES, &self.routes))
+            .chain(infos(ExtensionPoint::RUNTIME, &self.runtimes))
             .collect()
     }
 }
@@ -168,6 +172,7 @@ pub fn __root_module(
         new_monitoring,
         new_routes,
         shutdown,
+        new_runtime,
     }
     .leak_into_prefix()
 }
@@ -248,6 +253,7 @@ factories! {
     new_user_auth, auth, UserAuthObject;
     new_monitoring, monitoring, MonitoringObject;
     new_routes, routes, RoutesObject;
+    new_runtime, runtimes, RuntimeObject;
 }
 
 extern "C" fn shutdown(deadline_ms: u64) -> FfiFuture<()> {

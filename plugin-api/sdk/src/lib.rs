@@ -41,10 +41,10 @@ pub mod trace;
 pub use plugin_api::{
     self, host_calls, models, AppMode, AuthOutcome, AuthRequest, AuthType, CallContext, ConversationManagerObject,
     ConversationStoreObject, ErrorCode, EventQuery, HttpRequest, HttpResponse, MonitoringObject, PluginError,
-    RouteSpec, RoutesObject, SecretsStoreObject, SettingsStoreObject, UserAuthObject,
+    RouteSpec, RoutesObject, RuntimeObject, SecretsStoreObject, SettingsStoreObject, UserAuthObject,
 };
 pub use runtime::{block_on_runtime, enter_runtime, start_runtime_for_tests};
-pub use services::{EventSink, Services};
+pub use services::{EventSink, RuntimeClient, Services};
 
 /// What every plugin method returns.
 pub type Result<T, E = PluginError> = std::result::Result<T, E>;
@@ -300,6 +300,63 @@ pub trait MonitoringListener: Send + Sync + 'static {
     }
     /// An LLM call's usage and cost. Must queue and return.
     fn on_llm_usage(&self, _ctx: &CallContext, _usage: &models::LlmUsage) {}
+    fn health(&self) -> impl Future<Output = Result<String>> + Send {
+        async { Ok("ok".to_owned()) }
+    }
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// `runtime`: where the agent's tools act, a workspace per conversation (see
+/// `plugin_api::Runtime` for each method's meaning and errors).
+pub trait Runtime: Send + Sync + 'static {
+    fn open(
+        &self,
+        ctx: CallContext,
+        request: models::WorkspaceRequest,
+    ) -> impl Future<Output = Result<models::WorkspaceInfo>> + Send;
+    fn run(
+        &self,
+        ctx: CallContext,
+        conversation_id: String,
+        request: models::CommandRequest,
+    ) -> impl Future<Output = Result<models::CommandResult>> + Send;
+    fn interrupt(&self, ctx: CallContext, conversation_id: String) -> impl Future<Output = Result<bool>> + Send;
+    fn list_files(
+        &self,
+        ctx: CallContext,
+        conversation_id: String,
+        path: String,
+    ) -> impl Future<Output = Result<Vec<models::FileEntry>>> + Send;
+    fn read_file(
+        &self,
+        ctx: CallContext,
+        conversation_id: String,
+        path: String,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send;
+    fn write_file(
+        &self,
+        ctx: CallContext,
+        conversation_id: String,
+        path: String,
+        content: Vec<u8>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn git_changes(
+        &self,
+        ctx: CallContext,
+        conversation_id: String,
+    ) -> impl Future<Output = Result<Vec<models::GitChange>>> + Send;
+    fn git_original(
+        &self,
+        ctx: CallContext,
+        conversation_id: String,
+        path: String,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+    fn close(&self, ctx: CallContext, conversation_id: String) -> impl Future<Output = Result<()>> + Send;
+    fn destroy(&self, ctx: CallContext, conversation_id: String) -> impl Future<Output = Result<bool>> + Send;
     fn health(&self) -> impl Future<Output = Result<String>> + Send {
         async { Ok("ok".to_owned()) }
     }

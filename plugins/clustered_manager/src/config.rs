@@ -60,7 +60,7 @@ pub(crate) fn parse(json: &str) -> Result<(ClusterConfig, ManagerConfig), Plugin
     let cluster: Map<String, Value> =
         CLUSTER_KEYS.iter().filter_map(|k| all.remove(*k).map(|v| (k.to_string(), v))).collect();
     let cluster: ClusterConfig = plugin_sdk::parse_config(&Value::Object(cluster).to_string())?;
-    let manager: ManagerConfig = plugin_sdk::parse_config(&Value::Object(all).to_string())
+    let manager = ManagerConfig::parse(&Value::Object(all).to_string())
         .map_err(|e| PluginError::invalid_config(format!("{} (or one of {})", e.message, CLUSTER_KEYS.join(", "))))?;
     if cluster.lease_ttl_ms < 300 {
         return Err(PluginError::invalid_config("lease_ttl_ms must be at least 300"));
@@ -83,7 +83,7 @@ mod tests {
         assert!(bad.message.as_str().contains("lease_tll_ms"), "{bad:?}");
         assert!(bad.message.as_str().contains("lease_ttl_ms"), "the cluster keys are named: {bad:?}");
         assert!(parse(r#"{"lease_ttl_ms": 10}"#).is_err());
-        let (_, m) = parse(r#"{"runtime": "local", "workspace_root": "/srv/shared"}"#).unwrap();
-        assert_eq!((m.runtime.as_deref(), m.workspace_root.as_deref()), (Some("local"), Some("/srv/shared")));
+        let moved = parse(r#"{"runtime": "local"}"#).unwrap_err();
+        assert!(moved.message.as_str().contains("[extensions.runtime]"), "{moved:?}");
     }
 }

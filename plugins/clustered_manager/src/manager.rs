@@ -37,8 +37,7 @@ impl ClusteredConversationManager {
         )?;
         let kv = Kv::new(&cluster.redis_url())?;
         let keys = Keys::new(&cluster.redis_key_prefix);
-        let state_dir = services.state_dir().unwrap_or_else(|| std::path::PathBuf::from("."));
-        let tools = config.tools(services.app_mode(), &state_dir.display().to_string())?;
+        let tools = config.tools(services.runtime());
         let node = Arc::new(Node {
             id: random_id(),
             relay: relay::Relay::new(),
@@ -313,12 +312,6 @@ impl plugin_sdk::ConversationManager for ClusteredConversationManager {
         let mut pipe = redis::pipe();
         pipe.del(node.keys.node(&node.id)).ignore().srem(node.keys.nodes(), &node.id).ignore();
         let _ = node.kv.run::<()>(&pipe).await;
-    }
-
-    /// Where the conversation's tools act, for the host's workspace routes (found on any node
-    /// when the nodes share `workspace_root`).
-    async fn workspace(&self, _ctx: CallContext, conversation_id: String) -> Result<Option<String>, PluginError> {
-        agent_loop::tools::ToolSetup::workspace_of(self.node.tools.as_ref(), &conversation_id)
     }
 
     /// `/internal/cluster`: the nodes.

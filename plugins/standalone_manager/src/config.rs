@@ -6,5 +6,5 @@ use plugin_sdk::PluginError;
 pub(crate) use agent_loop::config::ManagerConfig as Config;
 
 pub(crate) fn parse(json: &str) -> Result<Config, PluginError> {
-    plugin_sdk::parse_config(json)
+    Config::parse(json)
 }

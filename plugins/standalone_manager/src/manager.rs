@@ -131,8 +131,7 @@ impl StandaloneConversationManager {
             services.app_mode() == plugin_sdk::AppMode::SAAS,
             config.llm_private_hosts_allowed.clone(),
         )?;
-        let state_dir = services.state_dir().unwrap_or_else(|| std::path::PathBuf::from("."));
-        let tools = config.tools(services.app_mode(), &state_dir.display().to_string())?;
+        let tools = config.tools(services.runtime());
         Ok(Self {
             inner: Arc::new(Inner {
                 services,
@@ -199,12 +198,6 @@ fn same_user(a: &Option<String>, ctx: &CallContext) -> bool {
 }
 
 impl plugin_sdk::ConversationManager for StandaloneConversationManager {
-    /// Where that conversation's tools act, for the host's workspace routes (it checked the
-    /// caller owns the conversation).
-    async fn workspace(&self, _ctx: CallContext, conversation_id: String) -> Result<Option<String>, PluginError> {
-        agent_loop::tools::ToolSetup::workspace_of(self.inner.tools.as_ref(), &conversation_id)
-    }
-
     async fn maybe_start(&self, ctx: CallContext, request: StartRequest) -> Result<AgentLoopInfo, PluginError> {
         self.ensure_cleanup();
         let sid = request.conversation_id.clone();

@@ -1,11 +1,12 @@
 //! The conversation-scoped routes the web client calls beyond events (OpenHands §9.7): the
 //! runtime's config and hosts, the workspace's files and git changes, microagents, the
-//! trajectory, feedback. A conversation whose manager runs tools has a workspace (the manager
-//! says where: its `workspace` method); its files and git changes are read from there.
+//! trajectory, feedback. A conversation whose tools run has a workspace (the `runtime`'s, or
+//! for a manager that keeps its own, the directory it names); `app::workspace` reaches it.
 //! Without one, these answers say so in OpenHands' shapes: empty lists, nulls, or 404 with its
 //! error body.
 
 use super::conversation;
+use crate::app::{AppError, WorkspaceError};
 use crate::http::{
     error::{ApiError, ApiResult},
     extract::{Caller, ConversationId, JsonBody, QueryParams},
@@ -18,13 +19,9 @@ use axum::{
     Json, Router,
 };
 use plugin_api::EventQuery;
-use sandbox::{
-    fs::{Confined, FsError},
-    git::GitError,
-};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::{path::Path, sync::Arc};
+use std::path::Path;
 
 pub(super) fn routes() -> Router<AppState> {
     let base = "/api/conversations/{id}";
@@ -96,20 +93,6 @@ struct PathQuery {
     path: Option<String>,
 }
 
-/// The conversation's workspace, when its manager gives it one: held open, every path
-/// resolved beneath it (`sandbox::fs`: the workspace is the agent's, links in it lead
-/// anywhere).
-async fn workspace(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Option<Arc<Confined>>> {
-    exists(state, caller, id).await?;
-    let Some(path) = state.app.workspace_of(&caller.ctx, id).await else { return Ok(None) };
-    Ok(blocking(move || Confined::open(&path)).await.ok().map(Arc::new))
-}
-
-/// Filesystem work off the async threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(work).await.expect("workspace file work panicked")
-}
-
 /// The most of one file the workspace routes read: a larger one is a 413, not a response
 /// (nor a buffer in the host) of its size.
 const MAX_FILE_BYTES: u64 = 8 << 20;
@@ -117,23 +100,16 @@ const MAX_FILE_BYTES: u64 = 8 << 20;
 /// The most `git status` may print for the Changes tab.
 const MAX_GIT_OUTPUT: usize = 4 << 20;
 
-/// A workspace path error as an answer: 400 for a path that leads out, 404 for a missing
+/// A workspace error as an answer: 400 for a path that leads out, `missing` for a missing
 /// one, 413 past the bound, 415 for what is not a regular file.
-fn fs_error(e: FsError, missing: impl FnOnce() -> ApiError) -> ApiError {
+fn ws_error(e: WorkspaceError, missing: impl FnOnce() -> ApiError) -> ApiError {
     match e {
-        FsError::Outside(p) => ApiError::bad_request(format!("{p} is outside the workspace")),
-        FsError::NotFound(_) => missing(),
-        FsError::TooLarge { path, size, max } => ApiError::error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("{path} is {size} bytes; files over {max} bytes are not shown here"),
-        ),
-        FsError::NotAFile(p) => {
-            ApiError::error(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Unable to open {p}: not a regular file"))
-        }
-        FsError::Io(p, e) => {
-            tracing::warn!(path = %p, error = %e, "workspace file");
-            missing()
-        }
+        WorkspaceError::Outside(why) => ApiError::bad_request(why),
+        WorkspaceError::NotFound => missing(),
+        WorkspaceError::TooLarge(why) => ApiError::error(StatusCode::PAYLOAD_TOO_LARGE, why),
+        WorkspaceError::NotAFile(why) => ApiError::error(StatusCode::UNSUPPORTED_MEDIA_TYPE, why),
+        WorkspaceError::NotARepository => not_a_repository(),
+        WorkspaceError::Failed(e) => AppError::Plugin(e).into(),
     }
 }
 
@@ -145,24 +121,19 @@ async fn list_files(
     ConversationId(id): ConversationId,
     QueryParams(q): QueryParams<PathQuery>,
 ) -> ApiResult<Json<Vec<String>>> {
-    let Some(ws) = workspace(&state, &caller, &id).await? else { return Ok(Json(Vec::new())) };
-    let dir = ws.relative(q.path.as_deref().unwrap_or("")).map_err(|e| fs_error(e, || ApiError::not_found("")))?;
-    let listed = blocking(move || {
-        let entries = ws.list(&dir).unwrap_or_default();
-        entries
-            .into_iter()
-            .filter(|e| e.name != ".git")
-            .map(|e| {
-                let rel = dir.join(&e.name).display().to_string();
-                if e.dir {
-                    format!("{rel}/")
-                } else {
-                    rel
-                }
-            })
-            .collect::<Vec<String>>()
-    })
-    .await;
+    exists(&state, &caller, &id).await?;
+    let path = q.path.unwrap_or_default();
+    let entries = state
+        .app
+        .workspace_list(&caller.ctx, &id, &path)
+        .await
+        .map_err(|e| ws_error(e, || ApiError::not_found("")))?
+        .unwrap_or_default();
+    let listed = entries
+        .into_iter()
+        .filter(|e| e.name != ".git")
+        .map(|e| if e.dir { format!("{}/", e.path) } else { e.path })
+        .collect();
     Ok(Json(listed))
 }
 
@@ -179,10 +150,17 @@ async fn select_file(
     ConversationId(id): ConversationId,
     QueryParams(q): QueryParams<FileQuery>,
 ) -> ApiResult<Json<Value>> {
+    exists(&state, &caller, &id).await?;
     let missing = || ApiError::not_found(format!("File not found: {}", q.file));
-    let Some(ws) = workspace(&state, &caller, &id).await? else { return Err(missing()) };
-    let rel = ws.relative(&q.file).map_err(|e| fs_error(e, missing))?;
-    let bytes = blocking(move || ws.read(&rel, MAX_FILE_BYTES)).await.map_err(|e| fs_error(e, missing))?;
+    let bytes = match state.app.workspace_read(&caller.ctx, &id, &q.file, MAX_FILE_BYTES).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Err(missing()),
+        Err(WorkspaceError::NotAFile(_)) => {
+            let why = format!("Unable to open {}: not a regular file", q.file);
+            return Err(ApiError::error(StatusCode::UNSUPPORTED_MEDIA_TYPE, why));
+        }
+        Err(e) => return Err(ws_error(e, missing)),
+    };
     match String::from_utf8(bytes) {
         Ok(code) => Ok(Json(json!({ "code": code }))),
         Err(_) => Err(ApiError::new(
@@ -198,47 +176,19 @@ fn not_a_repository() -> ApiError {
     ApiError::not_found("Not a git repository")
 }
 
-/// git on a workspace, run so that nothing the workspace configures runs (`sandbox::git`).
-async fn git(root: &Path, args: &[&str], max_output: usize) -> ApiResult<Vec<u8>> {
-    match sandbox::git::run(root, args, max_output).await {
-        Ok(out) => Ok(out),
-        Err(GitError::TooLarge(max)) => Err(ApiError::error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("git's answer is over {max} bytes; too many changes to show here"),
-        )),
-        Err(GitError::NotARepository) => Err(not_a_repository()),
-        Err(GitError::Failed(why)) => {
-            tracing::warn!(workspace = %root.display(), error = %why, "git on a workspace failed");
-            Err(not_a_repository())
-        }
-    }
-}
-
 /// `[{"status": "A"|"M"|"D"|"R"|"U", "path"}]` from `git status` (new files count as added).
 async fn git_changes(
     State(state): State<AppState>,
     caller: Caller,
     ConversationId(id): ConversationId,
 ) -> ApiResult<Json<Value>> {
-    let Some(ws) = workspace(&state, &caller, &id).await? else { return Err(not_a_repository()) };
-    let out = git(ws.root(), &["status", "--porcelain=v1", "-uall"], MAX_GIT_OUTPUT).await?;
-    let changes: Vec<Value> = String::from_utf8_lossy(&out)
-        .lines()
-        .filter(|l| l.len() > 3)
-        .map(|line| {
-            let (code, path) = line.split_at(2);
-            let path = path.trim().rsplit(" -> ").next().unwrap_or("").trim_matches('"');
-            let status = match code.trim() {
-                "??" | "A" | "AM" => "A",
-                c if c.contains('D') => "D",
-                c if c.contains('R') => "R",
-                c if c.contains('M') => "M",
-                _ => "U",
-            };
-            json!({ "status": status, "path": path })
-        })
-        .collect();
-    Ok(Json(Value::Array(changes)))
+    exists(&state, &caller, &id).await?;
+    let changes = state
+        .app
+        .workspace_changes(&caller.ctx, &id, MAX_GIT_OUTPUT)
+        .await
+        .map_err(|e| ws_error(e, not_a_repository))?;
+    Ok(Json(json!(changes)))
 }
 
 /// `{"modified": <now>, "original": <at the last commit>}` of one file (each bounded).
@@ -248,27 +198,25 @@ async fn git_diff(
     ConversationId(id): ConversationId,
     QueryParams(q): QueryParams<PathQuery>,
 ) -> ApiResult<Json<Value>> {
-    let Some(ws) = workspace(&state, &caller, &id).await? else { return Err(not_a_repository()) };
+    exists(&state, &caller, &id).await?;
     let path = q.path.unwrap_or_default();
-    let rel = ws.relative(&path).map_err(|e| fs_error(e, not_a_repository))?;
-    let (reader, file) = (ws.clone(), rel.clone());
-    let modified = match blocking(move || reader.read(&file, MAX_FILE_BYTES)).await {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(FsError::NotFound(_) | FsError::NotAFile(_)) => String::new(),
-        Err(e) => return Err(fs_error(e, not_a_repository)),
-    };
-    let original = match git(
-        ws.root(),
-        &["cat-file", "blob", &format!("HEAD:{}", rel.display())],
-        MAX_FILE_BYTES as usize,
-    )
-    .await
-    {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(e) if e.status == StatusCode::PAYLOAD_TOO_LARGE => return Err(e),
-        Err(_) => String::new(),
-    };
-    Ok(Json(json!({ "modified": modified, "original": original })))
+    let (original, modified) = state
+        .app
+        .workspace_diff(&caller.ctx, &id, &path, MAX_FILE_BYTES)
+        .await
+        .map_err(|e| ws_error(e, not_a_repository))?;
+    let text = |b: Option<Vec<u8>>| b.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    Ok(Json(json!({ "modified": text(modified), "original": text(original) })))
+}
+
+/// A workspace error as a reason in a list.
+fn describe(e: &WorkspaceError) -> String {
+    match e {
+        WorkspaceError::Outside(why) | WorkspaceError::TooLarge(why) | WorkspaceError::NotAFile(why) => why.clone(),
+        WorkspaceError::NotFound => "not found".to_owned(),
+        WorkspaceError::NotARepository => "not a repository".to_owned(),
+        WorkspaceError::Failed(e) => e.error.message.to_string(),
+    }
 }
 
 /// `multipart/form-data` files (field `files`) into the workspace's root:
@@ -282,39 +230,37 @@ async fn upload_files(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
-    let Some(ws) = workspace(&state, &caller, &id).await? else {
-        return Err(ApiError::not_found("Runtime not yet initialized"));
-    };
+    exists(&state, &caller, &id).await?;
+    let not_ready = || ApiError::not_found("Runtime not yet initialized");
+    // Is there a workspace at all (OpenHands' 404 otherwise)?
+    if state.app.workspace_list(&caller.ctx, &id, "").await.map_err(|e| ws_error(e, not_ready))?.is_none() {
+        return Err(not_ready());
+    }
     let content_type = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let boundary = content_type
         .strip_prefix("multipart/form-data")
         .and_then(|rest| rest.split(';').find_map(|p| p.trim().strip_prefix("boundary=")))
         .map(|b| b.trim_matches('"').to_owned())
         .ok_or_else(|| ApiError::bad_request("expected multipart/form-data with a boundary (field `files`)"))?;
-    let (uploaded, skipped) = blocking(move || {
-        let mut uploaded = Vec::new();
-        let mut skipped = Vec::new();
-        for (name, file, content) in multipart_files(&body, &boundary) {
-            if name != "files" {
-                continue;
-            }
-            // A name, not a path: nothing lands outside the workspace's root.
-            let Some(file) = Path::new(&file)
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .filter(|f| f != "." && f != "..")
-            else {
-                skipped.push(json!({ "name": file, "reason": "not a file name" }));
-                continue;
-            };
-            match ws.write(Path::new(&file), content) {
-                Ok(()) => uploaded.push(json!(file)),
-                Err(e) => skipped.push(json!({ "name": file, "reason": e.to_string() })),
-            }
+    let mut uploaded = Vec::new();
+    let mut skipped = Vec::new();
+    for (name, file, content) in multipart_files(&body, &boundary) {
+        if name != "files" {
+            continue;
         }
-        (uploaded, skipped)
-    })
-    .await;
+        // A name, not a path: nothing lands outside the workspace's root.
+        let Some(file) =
+            Path::new(&file).file_name().map(|f| f.to_string_lossy().into_owned()).filter(|f| f != "." && f != "..")
+        else {
+            skipped.push(json!({ "name": file, "reason": "not a file name" }));
+            continue;
+        };
+        match state.app.workspace_write(&caller.ctx, &id, &file, content.to_vec()).await {
+            Ok(Some(())) => uploaded.push(json!(file)),
+            Ok(None) => skipped.push(json!({ "name": file, "reason": "no workspace" })),
+            Err(e) => skipped.push(json!({ "name": file, "reason": describe(&e) })),
+        }
+    }
     Ok(Json(json!({ "uploaded_files": uploaded, "skipped_files": skipped })))
 }
 

@@ -1,6 +1,8 @@
 //! The workspace and its commands, locally and in the sandbox (as root: the cgroups).
 
-use super::*;
+use crate::workspace::*;
+use sandbox::{bwrap::Policy, cgroup::Cgroup};
+use std::{path::Path, time::Duration};
 
 fn workspace() -> (tempfile::TempDir, Workspace) {
     let dir = tempfile::tempdir().unwrap();

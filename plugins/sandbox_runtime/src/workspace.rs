@@ -17,11 +17,7 @@ use std::{
 };
 use tokio::io::AsyncReadExt as _;
 
-mod running;
-#[cfg(test)]
-pub(crate) mod tests;
-
-pub use running::{Running, Seen, Wait, Waited, OVER_QUOTA};
+pub use crate::running::{Running, Seen, Wait, Waited, OVER_QUOTA};
 
 /// How commands are isolated.
 #[derive(Clone, Debug, PartialEq)]
