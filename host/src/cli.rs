@@ -64,6 +64,18 @@ enum Command {
     /// OH_PREVIOUS_MASTER_KEYS. Works in batches for a few seconds and reports what remains:
     /// run it until `remaining` is 0. Resumable and safe while hosts are serving.
     RotateKeys,
+    /// Reload the profile in the running server, without a restart (as SIGHUP does).
+    ///
+    /// The server re-reads the profile it started with, builds the entries that changed
+    /// (a library file replaced in place counts), checks them, and switches to them; entries
+    /// left as they were keep their instances. Prints what changed, or every problem (the
+    /// server then goes on as it was) and exits non-zero. Talks to `[server] admin_bind` of
+    /// the profile, or --admin.
+    Reload {
+        /// The admin listener to ask (default: the profile's admin_bind).
+        #[arg(long, value_name = "URL")]
+        admin: Option<String>,
+    },
     /// The integrations' webhook dead letters, on a running server (its admin listener).
     ///
     /// `list` shows the deliveries that failed every attempt; `replay ID` puts one back in
@@ -119,33 +131,69 @@ pub fn main() -> ExitCode {
         Command::Migrate => admin(&cli, StoreOperation::Migrate),
         Command::RotateKeys => admin(&cli, StoreOperation::RotateKeys),
         Command::Webhooks { action, admin } => webhooks(&cli, action, admin.as_deref()),
+        Command::Reload { admin } => reload(&cli, admin.as_deref()),
     }
+}
+
+/// The running server's admin listener: `--admin`, else the profile's `admin_bind`.
+fn admin_base(cli: &Cli, admin: Option<&str>) -> Result<String, ExitCode> {
+    if let Some(url) = admin {
+        return Ok(url.trim_end_matches('/').to_owned());
+    }
+    let path = config::profile_path(cli.config.as_deref(), &env::process);
+    // Only `[server]` is needed: a profile being edited may not load as a whole.
+    let (config, problems) = config::load_lenient(&path);
+    match config.and_then(|c| c.server.admin_bind) {
+        Some(addr) => Ok(format!("http://{addr}")),
+        None => {
+            eprintln!(
+                "oh-host: {}: no admin listener to ask ([server] admin_bind is \"off\", or the profile does not read: {}); pass --admin URL",
+                path.display(),
+                problems.join("; ")
+            );
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `oh-host reload`: asks the running server to reload its profile and prints what changed.
+fn reload(cli: &Cli, admin: Option<&str>) -> ExitCode {
+    let base = match admin_base(cli, admin) {
+        Ok(base) => base,
+        Err(code) => return code,
+    };
+    let answer = runtime().block_on(async {
+        let r = reqwest::Client::new().post(format!("{base}/internal/reload")).send().await?;
+        let status = r.status();
+        Ok::<_, reqwest::Error>((status, r.json::<serde_json::Value>().await.unwrap_or_default()))
+    });
+    let (status, body) = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("oh-host: cannot reach the admin listener at {base} ({e}); is the server running? (--admin URL)");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !status.is_success() {
+        eprintln!("oh-host: {}", body["error"].as_str().unwrap_or(status.as_str()));
+        for p in body["problems"].as_array().into_iter().flatten() {
+            eprintln!("  - {}", p.as_str().unwrap_or_default());
+        }
+        return ExitCode::FAILURE;
+    }
+    println!("reloaded: generation {}", body["generation"]);
+    for what in ["added", "removed", "replaced", "unchanged"] {
+        let list: Vec<&str> = body[what].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+        println!("  {what:<9} {}", if list.is_empty() { "-".to_owned() } else { list.join(", ") });
+    }
+    ExitCode::SUCCESS
 }
 
 /// `oh-host webhooks list|replay ID`: asks the running server's admin listener.
 fn webhooks(cli: &Cli, action: &WebhookAction, admin: Option<&str>) -> ExitCode {
-    let base = match admin {
-        Some(url) => url.trim_end_matches('/').to_owned(),
-        None => {
-            let path = config::profile_path(cli.config.as_deref(), &env::process);
-            let config = match config::load(&path) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprint!("oh-host: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match config.server.admin_bind {
-                Some(addr) => format!("http://{addr}"),
-                None => {
-                    eprintln!(
-                        "oh-host: {}: [server] admin_bind is \"off\", so there is no admin listener to ask; pass --admin URL",
-                        path.display()
-                    );
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
+    let base = match admin_base(cli, admin) {
+        Ok(base) => base,
+        Err(code) => return code,
     };
     let (method, url) = match action {
         WebhookAction::List => (reqwest::Method::GET, format!("{base}/internal/webhooks/dead-letters")),
@@ -249,6 +297,7 @@ fn serve(cli: &Cli) -> ExitCode {
             format!("cannot listen on {} (server.bind in {}, or --bind): {e}", config.server.bind, path.display())
         })?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        crate::reload::catch_hangups();
         let admin = match config.server.admin_bind {
             Some(bind) => {
                 let admin = tokio::net::TcpListener::bind(bind)

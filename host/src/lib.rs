@@ -12,6 +12,7 @@ pub mod http;
 pub mod loader;
 pub mod metrics;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub mod telemetry;
 
@@ -37,8 +38,22 @@ pub async fn serve(
     let public_addr = listeners.public.local_addr()?;
     // Plugins' host calls reach the application through a weak link: it must outlive the
     // routers, until the plugins have shut down (a manager stores its final events then).
-    let app = app::App::new(registry.clone(), Arc::new(config.server.clone()));
-    let state = http::AppState::new(app.clone(), public_addr);
+    let app = app::App::new(registry, Arc::new(config.server.clone()));
+    let reloader = Arc::new(reload::Reloader::new(config));
+    let state = http::AppState::new(app.clone(), public_addr).with_reloader(reloader.clone());
+    // SIGHUP reloads the profile, as `oh-host reload` does.
+    let hangups = match reload::hangups() {
+        Some(mut signal) => {
+            let (app, reloader) = (app.clone(), reloader.clone());
+            Some(tokio::spawn(async move {
+                while signal.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the profile");
+                    let _ = reloader.reload(&app).await;
+                }
+            }))
+        }
+        None => None,
+    };
     let limits = server::Limits {
         header_read_timeout: config.server.header_read_timeout,
         max_connections: config.server.max_connections,
@@ -59,7 +74,10 @@ pub async fn serve(
     if tokio::time::timeout(deadline, drained).await.is_err() {
         tracing::warn!("requests still in flight after {} ms; closing them", deadline.as_millis());
     }
-    registry.shutdown(deadline).await;
+    if let Some(hangups) = hangups {
+        hangups.abort();
+    }
+    app.registry().shutdown(deadline).await;
     drop(app);
     tracing::info!("stopped");
     Ok(())
@@ -79,20 +97,8 @@ pub async fn shutdown_signal() {
             Err(_) => std::future::pending().await,
         }
     };
-    // SIGHUP (a closed terminal, a supervisor's stop) stops as gracefully as SIGTERM: every
-    // action in flight gets its observation stored.
-    #[cfg(unix)]
-    let hup = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
-        () = hup => {},
     }
 }

@@ -232,6 +232,12 @@ fn compatible(shown: &str, major: u32, minor: u32) -> Result<(), String> {
 /// `/proc/self/fd/N` name would then answer with the library already loaded under it.
 static COPIES: Mutex<Vec<std::os::fd::OwnedFd>> = Mutex::new(Vec::new());
 
+/// How many libraries this process has loaded (each file's contents once per load: a library
+/// replaced in place and reloaded is a second one). Libraries are never unloaded.
+pub fn resident() -> usize {
+    COPIES.lock().unwrap_or_else(|e| e.into_inner()).len()
+}
+
 /// A private copy of a library's bytes, run instead of its file: an anonymous memory file
 /// (`memfd`), sealed against every change. The file in the plugins directory can then be
 /// replaced or rewritten in place at any time (a new build dropped in) without the running

@@ -889,3 +889,26 @@ async fn commands_start_with_default_signal_actions_even_when_the_host_ignores_s
     assert!(!interrupted.contains("slept"), "{interrupted}");
     assert_eq!(runs[2]["extras"]["metadata"]["exit_code"].as_i64(), Some(130), "{}", runs[2]);
 }
+
+/// A reload that replaces what the conversation does not live in (here the monitoring
+/// listener) leaves the conversation running: its socket stays connected, the next turn is
+/// answered on it, and the event ids go on densely.
+#[tokio::test]
+async fn a_conversation_goes_on_through_a_reload() {
+    let (d, host, _llm) = setup("").await;
+    let id = create(&host, "hello there").await;
+    let mut socket = connect(&host, &id, -1).await;
+    let mut seen = socket.until(WAIT, |e| agent_says(e, "Echo: hello there.")).await;
+    seen.extend(socket.until(WAIT, |e| is_state(e, "awaiting_user_input")).await);
+
+    d.write_profile("", &manager("").replace("level = \"info\"", "level = \"debug\""));
+    let out = d.run_cli(&["reload", "--admin", host.admin.as_deref().unwrap()]);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("replaced  extensions.monitoring[0]"), "{}", out.stdout);
+    assert!(out.stdout.contains("extensions.conversation_manager"), "the manager is kept: {}", out.stdout);
+
+    socket.emit("oh_user_action", &json!({ "action": "message", "args": { "content": "after", "image_urls": [] } }));
+    seen.extend(socket.until(WAIT, |e| agent_says(e, "Echo: after.")).await);
+    let all = ids(&seen);
+    assert_eq!(all, (0..all.len() as u64).collect::<Vec<_>>(), "ids must stay dense: {}", pretty(&seen));
+}

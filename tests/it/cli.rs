@@ -234,19 +234,6 @@ async fn a_second_instance_starts_with_bind_and_admin_bind() {
     drop(taken);
 }
 
-/// SIGHUP stops the server as gracefully as SIGTERM (until reload makes it reload).
-#[tokio::test]
-async fn sighup_stops_gracefully() {
-    let d = Deployment::new();
-    d.install_bundled();
-    d.write_profile("", "");
-    let mut host = d.start();
-    assert_eq!(host.get("/alive").await.status, 200);
-    let status = host.signal("HUP");
-    assert!(status.success(), "{status:?}: {}", host.log());
-    assert!(host.log().contains("shutting down"), "{}", host.log());
-}
-
 /// `oh-host check` reads and probes, and writes nothing: no state file, no key file, no
 /// migration (`oh-host migrate` migrates).
 #[tokio::test]

@@ -17,6 +17,7 @@ mod hygiene;
 mod integrations;
 mod newcomer;
 mod observability;
+mod reload;
 mod routes;
 mod saas_auth;
 mod sandbox;

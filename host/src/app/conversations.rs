@@ -70,7 +70,7 @@ fn new_conversation_id() -> String {
 impl App {
     /// Creates and starts a conversation for the caller.
     pub async fn create_conversation(&self, ctx: &CallContext, new: NewConversation) -> AppResult<Started> {
-        if !self.registry.has_manager() {
+        if !self.registry().has_manager() {
             return Err(AppError::NoManager);
         }
         self.refuse_in_maintenance()?;
@@ -78,7 +78,7 @@ impl App {
         self.within_cap(ctx).await?;
         let id = new.id.unwrap_or_else(new_conversation_id);
         let mut request = self.start_request(ctx, &id).await?;
-        if self.registry.get_metadata(ctx.clone(), &id).await?.is_some() {
+        if self.registry().get_metadata(ctx.clone(), &id).await?.is_some() {
             return Err(AppError::ConversationExists(id));
         }
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
@@ -96,27 +96,27 @@ impl App {
             conversation_version: Some("V0".to_owned()),
             ..Default::default()
         };
-        self.registry.save_metadata(ctx.clone(), &metadata).await?;
-        self.registry.on_create_conversation(ctx);
+        self.registry().save_metadata(ctx.clone(), &metadata).await?;
+        self.registry().on_create_conversation(ctx);
         request.initial_user_msg = new.initial_user_msg;
         request.image_urls = new.image_urls;
         request.replay_json = new.replay_json;
         request.conversation_instructions = new.conversation_instructions;
-        let info = self.registry.maybe_start(ctx.clone(), &request).await?;
+        let info = self.registry().maybe_start(ctx.clone(), &request).await?;
         Ok(Started { id, status: info.status })
     }
 
     /// Starts the agent loop of a stored conversation (if it is not running).
     pub async fn start_conversation(&self, ctx: &CallContext, id: &str) -> AppResult<String> {
         let request = self.start_request(ctx, id).await?;
-        let info = self.registry.maybe_start(ctx.clone(), &request).await.map_err(AppError::StartFailed)?;
+        let info = self.registry().maybe_start(ctx.clone(), &request).await.map_err(AppError::StartFailed)?;
         Ok(info.status)
     }
 
     /// For plugins (`StartConversation`): a given id that exists already is answered as is.
     pub async fn launch(&self, ctx: &CallContext, new: NewConversation) -> AppResult<String> {
         if let Some(id) = &new.id {
-            if self.registry.get_metadata(ctx.clone(), id).await?.is_some() {
+            if self.registry().get_metadata(ctx.clone(), id).await?.is_some() {
                 return Ok(id.clone());
             }
         }
@@ -140,7 +140,7 @@ impl App {
     /// credits left.
     async fn admit_start(&self, ctx: &CallContext) -> AppResult<()> {
         let admission = Admission { action: Admission::START_CONVERSATION.to_owned(), conversation_id: None };
-        match self.registry.admit(ctx, &admission).await {
+        match self.registry().admit(ctx, &admission).await {
             Ok(()) => Ok(()),
             Err(e) if e.error.code == ErrorCode::PAYMENT_REQUIRED => {
                 Err(AppError::PaymentRequired(e.error.message.to_string()))
@@ -160,7 +160,7 @@ impl App {
         let mut page: Option<String> = None;
         loop {
             let want = (cap - count).clamp(1, 1000) as u32;
-            let found = self.registry.search_conversations(ctx.clone(), page.as_deref(), want).await?;
+            let found = self.registry().search_conversations(ctx.clone(), page.as_deref(), want).await?;
             count += found.results.len();
             if count >= cap {
                 return Err(AppError::TooManyStored { cap });
@@ -191,7 +191,7 @@ impl App {
         // A/B experiments (monitoring listeners run them): the variant's model or system prompt.
         let query =
             ExperimentQuery { conversation_id: conversation_id.to_owned(), llm_model: settings.llm_model.clone() };
-        for assignment in self.registry.experiments(ctx, &query).await {
+        for assignment in self.registry().experiments(ctx, &query).await {
             tracing::debug!(experiment = %assignment.experiment, variant = %assignment.variant, "experiment variant applied");
             if let Some(model) = assignment.llm_model {
                 settings.llm_model = Some(model);

@@ -64,12 +64,12 @@ impl App {
     /// (`LITE_LLM_API_URL`), a signed-in user who has none gets default settings (the proxy
     /// and its default model), stored unless another request stored some first.
     pub async fn settings_or_saas_default(&self, ctx: &CallContext) -> AppResult<Option<Settings>> {
-        if let Some(settings) = self.registry.load_settings(ctx.clone()).await? {
+        if let Some(settings) = self.registry().load_settings(ctx.clone()).await? {
             return Ok(Some(settings));
         }
         let env = &self.server.env;
         let (Some(proxy), Some(_)) = (env.lite_llm_api_url.as_ref(), ctx.user_id()) else { return Ok(None) };
-        if self.registry.app_mode() != crate::config::AppMode::Saas {
+        if self.registry().app_mode() != crate::config::AppMode::Saas {
             return Ok(None);
         }
         let defaults = Settings {
@@ -79,13 +79,13 @@ impl App {
             enable_proactive_conversation_starters: true,
             ..Settings::default()
         };
-        let created = self.registry.store_settings_versioned(ctx.clone(), &defaults, 0).await;
+        let created = self.registry().store_settings_versioned(ctx.clone(), &defaults, 0).await;
         match created {
             Ok(_) => Ok(Some(defaults)),
             // Another request created them first: theirs.
-            Err(e) if e.error.code == ErrorCode::CONFLICT => Ok(self.registry.load_settings(ctx.clone()).await?),
+            Err(e) if e.error.code == ErrorCode::CONFLICT => Ok(self.registry().load_settings(ctx.clone()).await?),
             Err(e) if e.error.code == ErrorCode::UNIMPLEMENTED => {
-                self.registry.store_settings(ctx.clone(), &defaults).await?;
+                self.registry().store_settings(ctx.clone(), &defaults).await?;
                 Ok(Some(defaults))
             }
             Err(e) => Err(e.into()),
@@ -107,7 +107,7 @@ impl App {
         let started = std::time::Instant::now();
         let mut attempt = 0;
         while started.elapsed() < SETTINGS_RETRY_FOR {
-            let loaded = self.registry.load_settings_versioned(ctx.clone()).await;
+            let loaded = self.registry().load_settings_versioned(ctx.clone()).await;
             if unimplemented(&loaded) {
                 warn_once(&WARNED, "settings");
                 return self.update_settings_unversioned(ctx, change).await;
@@ -115,7 +115,7 @@ impl App {
             let loaded = loaded?;
             let expected = loaded.as_ref().map_or(0, |v| v.version);
             let settings = change(loaded.map(|v| v.settings))?;
-            match self.registry.store_settings_versioned(ctx.clone(), &settings, expected).await {
+            match self.registry().store_settings_versioned(ctx.clone(), &settings, expected).await {
                 Ok(_) => return Ok(()),
                 Err(e) if e.error.code == ErrorCode::CONFLICT => {
                     attempt += 1;
@@ -134,9 +134,9 @@ impl App {
         ctx: &CallContext,
         mut change: impl FnMut(Option<Settings>) -> AppResult<Settings>,
     ) -> AppResult<()> {
-        let stored = self.registry.load_settings(ctx.clone()).await?;
+        let stored = self.registry().load_settings(ctx.clone()).await?;
         let settings = change(stored)?;
-        self.registry.store_settings(ctx.clone(), &settings).await?;
+        self.registry().store_settings(ctx.clone(), &settings).await?;
         Ok(())
     }
 
@@ -144,13 +144,13 @@ impl App {
     /// store become `SecretNotFound` and `SecretExists` for the named secret.
     pub async fn change_secrets(&self, ctx: &CallContext, change: SecretsChange) -> AppResult<()> {
         static WARNED: AtomicBool = AtomicBool::new(false);
-        let result = self.registry.update_secrets(ctx.clone(), &change).await;
+        let result = self.registry().update_secrets(ctx.clone(), &change).await;
         let result = if unimplemented(&result) {
             warn_once(&WARNED, "secrets");
             let _guard = self.locks.of(ctx.user_id()).lock().await;
-            let mut secrets: Secrets = self.registry.load_secrets(ctx.clone()).await?.unwrap_or_default();
+            let mut secrets: Secrets = self.registry().load_secrets(ctx.clone()).await?.unwrap_or_default();
             match change.apply(&mut secrets) {
-                Ok(()) => self.registry.store_secrets(ctx.clone(), &secrets).await.map_err(AppError::from),
+                Ok(()) => self.registry().store_secrets(ctx.clone(), &secrets).await.map_err(AppError::from),
                 Err(e) => Err(secret_error(&change, e.code)),
             }
         } else {
@@ -168,8 +168,10 @@ impl App {
     /// auth system brokers (Keycloak in SaaS) win over the ones in the secrets store, as in
     /// OpenHands. Both plugins are asked at once.
     pub async fn secrets_and_tokens(&self, ctx: &CallContext) -> AppResult<(Option<Secrets>, ProviderTokens)> {
-        let (secrets, brokered) =
-            tokio::join!(self.registry.load_secrets(ctx.clone()), self.registry.provider_tokens(ctx.clone()));
+        let (secrets, brokered) = {
+            let r = self.registry();
+            tokio::join!(r.load_secrets(ctx.clone()), r.provider_tokens(ctx.clone()))
+        };
         let secrets = secrets?;
         let tokens = counted(brokered?, secrets.as_ref());
         Ok((secrets, tokens))
@@ -178,9 +180,9 @@ impl App {
     /// The git provider tokens that count; the secrets store is read only when the auth
     /// system brokers none.
     pub async fn effective_tokens(&self, ctx: &CallContext) -> AppResult<ProviderTokens> {
-        match self.registry.provider_tokens(ctx.clone()).await? {
+        match self.registry().provider_tokens(ctx.clone()).await? {
             Some(brokered) => Ok(counted(Some(brokered), None)),
-            None => Ok(counted(None, self.registry.load_secrets(ctx.clone()).await?.as_ref())),
+            None => Ok(counted(None, self.registry().load_secrets(ctx.clone()).await?.as_ref())),
         }
     }
 }
@@ -209,6 +211,6 @@ fn secret_error(change: &SecretsChange, code: ErrorCode) -> AppError {
 impl App {
     /// The caller's Secrets, as stored.
     pub async fn load_secrets(&self, ctx: &CallContext) -> AppResult<Option<Secrets>> {
-        Ok(self.registry.load_secrets(ctx.clone()).await?)
+        Ok(self.registry().load_secrets(ctx.clone()).await?)
     }
 }

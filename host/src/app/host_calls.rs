@@ -60,7 +60,7 @@ fn encode<T: Serialize>(answer: T) -> Result<String, PluginError> {
 
 impl App {
     async fn serve(&self, ctx: CallContext, call: HostCall) -> Result<String, PluginError> {
-        let r = &self.registry;
+        let r = &self.registry();
         let plugin = |e: crate::registry::CallError| e.into_plugin_error();
         match call {
             HostCall::LoadSettings(_) => encode(r.load_settings(ctx).await.map_err(plugin)?),

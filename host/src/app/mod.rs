@@ -28,7 +28,8 @@ use std::sync::Arc;
 /// The application: the plugins (through the registry), the server's configuration, and
 /// this process's per-user write turns.
 pub struct App {
-    registry: Arc<Registry>,
+    /// The active generation of plugins: swapped whole by a reload.
+    registry: std::sync::RwLock<Arc<Registry>>,
     server: Arc<ServerConfig>,
     locks: documents::UserLocks,
 }
@@ -36,15 +37,28 @@ pub struct App {
 impl App {
     /// The application over `registry`; it serves the plugins' host calls from now on.
     pub fn new(registry: Arc<Registry>, server: Arc<ServerConfig>) -> Arc<App> {
-        let app = Arc::new(App { registry, server, locks: documents::UserLocks::default() });
-        let handler: std::sync::Weak<dyn crate::registry::HostCallHandler> = Arc::downgrade(&app) as _;
-        app.registry.serve_host_calls(handler);
+        let handler: std::sync::Weak<dyn crate::registry::HostCallHandler>;
+        let app = Arc::new(App {
+            registry: std::sync::RwLock::new(registry),
+            server,
+            locks: documents::UserLocks::default(),
+        });
+        handler = Arc::downgrade(&app) as _;
+        app.registry().serve_host_calls(handler);
         app
     }
 
-    /// The plugins, for what is not a flow of its own (a store read, a health probe).
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+    /// The active generation of plugins. A caller that makes several calls keeps the one it
+    /// got, so that they reach one generation.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Makes `next` the active generation (a reload); answers the previous one. Requests that
+    /// hold the previous one finish on it.
+    pub fn switch(&self, next: Arc<Registry>) -> Arc<Registry> {
+        next.activate();
+        std::mem::replace(&mut *self.registry.write().unwrap_or_else(|e| e.into_inner()), next)
     }
 
     pub fn server(&self) -> &ServerConfig {

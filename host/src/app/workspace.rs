@@ -87,7 +87,7 @@ impl App {
 
     /// The entries of a workspace directory (`""`: its root); `None` without a workspace.
     pub async fn workspace_list(&self, ctx: &CallContext, id: &str, path: &str) -> WorkspaceResult<Vec<FileEntry>> {
-        if let Some(answer) = self.registry.workspace_list(ctx.clone(), id, path).await {
+        if let Some(answer) = self.registry().workspace_list(ctx.clone(), id, path).await {
             return match answer.map_err(WorkspaceError::from) {
                 Ok(entries) => Ok(Some(entries)),
                 Err(WorkspaceError::NotFound) => Ok(None),
@@ -116,7 +116,7 @@ impl App {
         path: &str,
         max_bytes: u64,
     ) -> WorkspaceResult<Vec<u8>> {
-        if let Some(answer) = self.registry.workspace_read(ctx.clone(), id, path, max_bytes).await {
+        if let Some(answer) = self.registry().workspace_read(ctx.clone(), id, path, max_bytes).await {
             return Ok(Some(answer?));
         }
         let Some(ws) = self.legacy_workspace(ctx, id).await else { return Ok(None) };
@@ -132,7 +132,7 @@ impl App {
         path: &str,
         content: Vec<u8>,
     ) -> WorkspaceResult<()> {
-        if let Some(answer) = self.registry.workspace_write(ctx.clone(), id, path, &content).await {
+        if let Some(answer) = self.registry().workspace_write(ctx.clone(), id, path, &content).await {
             return Ok(Some(answer?));
         }
         let Some(ws) = self.legacy_workspace(ctx, id).await else { return Ok(None) };
@@ -147,7 +147,7 @@ impl App {
         id: &str,
         max_output: usize,
     ) -> Result<Vec<GitChange>, WorkspaceError> {
-        if let Some(answer) = self.registry.workspace_changes(ctx.clone(), id).await {
+        if let Some(answer) = self.registry().workspace_changes(ctx.clone(), id).await {
             return answer.map_err(|e| match WorkspaceError::from(e) {
                 WorkspaceError::NotFound => WorkspaceError::NotARepository,
                 other => other,
@@ -173,7 +173,7 @@ impl App {
             Err(WorkspaceError::NotFound | WorkspaceError::NotAFile(_)) => None,
             Err(e) => return Err(e),
         };
-        if let Some(answer) = self.registry.workspace_original(ctx.clone(), id, path, max_bytes).await {
+        if let Some(answer) = self.registry().workspace_original(ctx.clone(), id, path, max_bytes).await {
             return match answer.map_err(WorkspaceError::from) {
                 Ok(then) => Ok((then, now)),
                 Err(e @ WorkspaceError::TooLarge(_)) => Err(e),

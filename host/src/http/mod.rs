@@ -32,6 +32,9 @@ pub struct AppState {
     pub app: Arc<App>,
     pub server: Arc<ServerConfig>,
     origins: Arc<guard::Origins>,
+    /// Reloads of the profile (`POST /internal/reload`); `None` for a server driven without
+    /// a profile file.
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 impl AppState {
@@ -39,7 +42,13 @@ impl AppState {
     /// `Origin` and `Host` name).
     pub fn new(app: Arc<App>, public: SocketAddr) -> Self {
         let origins = Arc::new(guard::Origins::new(app.server(), public));
-        Self { server: app.server_arc(), app, origins }
+        Self { server: app.server_arc(), app, origins, reloader: None }
+    }
+
+    /// The same state, with reloads.
+    pub fn with_reloader(mut self, reloader: Arc<crate::reload::Reloader>) -> Self {
+        self.reloader = Some(reloader);
+        self
     }
 }
 

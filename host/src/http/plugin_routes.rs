@@ -50,7 +50,7 @@ const HOST_PREFIXES: &[&str] = &[
 
 /// `collect` for the application's plugins.
 pub(super) fn collect_for(app: &App) -> Result<Vec<Mounted>, Vec<String>> {
-    collect(app.registry())
+    collect(&app.registry())
 }
 
 /// Checks every plugin's declared routes: all problems at once, before binding.

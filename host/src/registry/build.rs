@@ -4,7 +4,7 @@
 use super::{
     call::{Kind, Meta},
     services::Services,
-    Registry,
+    Kept, Registry,
 };
 use crate::{
     config::{Config, ExtensionConfig},
@@ -120,11 +120,11 @@ fn instantiate<O>(
     factory: impl FnOnce(&str, &str) -> PResult<O>,
     e: &ExtensionConfig,
     lib: &Library,
-) -> Result<Instance<O>, String> {
-    let meta = Meta::new(e);
+) -> Result<Arc<Instance<O>>, String> {
+    let meta = Meta::new(e, &lib.sha256);
     let built = meta.call_sync_as("new", || factory(&e.implementation, &e.config_json).into_result(), Kind::Probe);
     match built.map_err(|e| e.error).and_then(|r| r) {
-        Ok(obj) => Ok(Instance { obj, meta }),
+        Ok(obj) => Ok(Arc::new(Instance { obj, meta })),
         Err(err) => {
             let what = if err.code == ErrorCode::INVALID_CONFIG { "rejected its config" } else { "failed to start" };
             Err(format!("{}: {} ({}) {what}: {}", e.key, e.implementation, lib.path.display(), err))
@@ -152,8 +152,22 @@ fn check_pins(config: &Config) -> Vec<String> {
     problems
 }
 
-/// Loads (once) and initialises the library an entry names.
-fn library(config: &Config, e: &ExtensionConfig, libraries: &mut Vec<Library>) -> Result<Library, String> {
+/// Loads (once) and initialises the library an entry names; on a reload, the previous
+/// generation's library when its file is the same (same sha256: a file replaced in place is
+/// a new library, loaded from its own private copy).
+fn library(
+    config: &Config,
+    e: &ExtensionConfig,
+    libraries: &mut Vec<Library>,
+    previous: &[Library],
+) -> Result<Library, String> {
+    if !libraries.iter().any(|l| l.name == e.library) {
+        let path = loader::library_path(&config.server.plugins_dir, &e.library);
+        let same = |l: &&Library| l.name == e.library && loader::file_sha256(&path).is_ok_and(|sum| sum == l.sha256);
+        if let Some(l) = previous.iter().find(same) {
+            libraries.push(l.clone());
+        }
+    }
     if let Some(l) = libraries.iter().find(|l| l.name == e.library) {
         // Loaded for an earlier entry: this entry's pin is checked all the same.
         if let Some(pin) = e.sha256.as_deref().filter(|pin| !pin.eq_ignore_ascii_case(&l.sha256)) {
@@ -205,14 +219,14 @@ fn not_offered(e: &ExtensionConfig, lib: &Library) -> String {
     )
 }
 
-fn put<T>(slot: &mut Option<Instance<T>>, built: Result<Instance<T>, String>, problems: &mut Vec<String>) {
+fn put<T>(slot: &mut Option<Arc<Instance<T>>>, built: Result<Arc<Instance<T>>, String>, problems: &mut Vec<String>) {
     match built {
         Ok(i) => *slot = Some(i),
         Err(p) => problems.push(p),
     }
 }
 
-fn push<T>(list: &mut Vec<Instance<T>>, built: Result<Instance<T>, String>, problems: &mut Vec<String>) {
+fn push<T>(list: &mut Vec<Arc<Instance<T>>>, built: Result<Arc<Instance<T>>, String>, problems: &mut Vec<String>) {
     match built {
         Ok(i) => list.push(i),
         Err(p) => problems.push(p),
@@ -223,6 +237,21 @@ impl Registry {
     /// Loads every library the profile names, checks each implementation, builds instances.
     /// All problems are collected; nothing is half-built on failure.
     pub fn build(config: &Config, runtime: tokio::runtime::Handle) -> Result<Arc<Registry>, LoadErrors> {
+        let registry = Self::build_next(config, runtime, None)?;
+        registry.activate();
+        Ok(registry)
+    }
+
+    /// The next generation: built as [`Registry::build`] does, except that every entry the
+    /// profile left as it was (same key, library file, implementation, config and timeout)
+    /// keeps `previous`'s instance, and libraries whose file did not change are not loaded
+    /// again. Host calls and the runtime handles keep reaching whichever generation is
+    /// active. Nothing is switched: [`Registry::activate`] does that.
+    pub fn build_next(
+        config: &Config,
+        runtime: tokio::runtime::Handle,
+        previous: Option<&Registry>,
+    ) -> Result<Arc<Registry>, LoadErrors> {
         // Every pin is checked before any library is opened: opening one runs its
         // initialisers, and an entry's factory may act (make a key file) before a later
         // entry's pin of the same library would have been compared.
@@ -231,15 +260,17 @@ impl Registry {
             return Err(LoadErrors { problems, routes: Vec::new() });
         }
         let mut libraries: Vec<Library> = Vec::new();
-        let handler: super::services::HandlerSlot = Arc::new(OnceLock::new());
-        let runtime_slot: super::services::RuntimeSlot = Arc::new(OnceLock::new());
+        let handler: super::services::HandlerSlot =
+            previous.map(|p| p.host_calls.clone()).unwrap_or_else(|| Arc::new(OnceLock::new()));
+        let runtime_slot: super::services::RuntimeSlot = previous.map(|p| p.runtime_slot.clone()).unwrap_or_default();
+        let previous_libraries = previous.map(|p| p.libraries.as_slice()).unwrap_or_default();
         let has_runtime = config.extensions.iter().any(|e| e.point == ExtensionPoint::RUNTIME);
         let (mut settings, mut secrets, mut conversations, mut manager, mut auth) = (None, None, None, None, None);
         let mut runtime_instance = None;
         let (mut monitoring, mut routes) = (Vec::new(), Vec::new());
 
         for e in &config.extensions {
-            let lib = match library(config, e, &mut libraries) {
+            let lib = match library(config, e, &mut libraries, previous_libraries) {
                 Ok(l) => l,
                 Err(p) => {
                     problems.push(p);
@@ -258,6 +289,26 @@ impl Registry {
                 runtime: runtime.clone(),
             };
             let m = lib.module;
+            // Unchanged since the previous generation: the same instance goes on serving.
+            let fingerprint = Meta::fingerprint_of(e, &lib.sha256);
+            if let Some(previous) = previous {
+                if previous.reuse(
+                    e.point,
+                    &fingerprint,
+                    &mut Kept {
+                        settings: &mut settings,
+                        secrets: &mut secrets,
+                        conversations: &mut conversations,
+                        manager: &mut manager,
+                        runtime: &mut runtime_instance,
+                        auth: &mut auth,
+                        monitoring: &mut monitoring,
+                        routes: &mut routes,
+                    },
+                ) {
+                    continue;
+                }
+            }
             match e.point {
                 ExtensionPoint::SETTINGS_STORE => {
                     put(&mut settings, instantiate(factory!(m, new_settings_store, services), e, &lib), &mut problems)
@@ -334,13 +385,10 @@ impl Registry {
         else {
             return Err(failed(vec!["internal: a required extension point has no instance".to_owned()]));
         };
-        let runtime = runtime_instance.map(Arc::new);
-        if let Some(r) = &runtime {
-            let _ = runtime_slot.set(r.clone());
-        }
         let registry = Arc::new(Registry {
             app_mode: config.server.app_mode,
-            runtime,
+            runtime: runtime_instance,
+            runtime_slot,
             libraries,
             settings,
             secrets,

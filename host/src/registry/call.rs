@@ -40,6 +40,9 @@ pub struct Meta {
     pub library: String,
     pub implementation: String,
     pub timeout: Duration,
+    /// What the entry was built from (key, library file, implementation, config, timeout): a
+    /// reload keeps the instance when it is the same.
+    pub fingerprint: String,
     pub stats: Stats,
     /// Cleared when the instance panics: a panicked instance is unhealthy until restarted.
     pub healthy: AtomicBool,
@@ -90,8 +93,9 @@ pub(crate) enum Kind {
 }
 
 impl Meta {
-    pub(crate) fn new(e: &ExtensionConfig) -> Meta {
+    pub(crate) fn new(e: &ExtensionConfig, library_sha256: &str) -> Meta {
         Meta {
+            fingerprint: Self::fingerprint_of(e, library_sha256),
             point: e.point,
             key: e.key.clone(),
             library: e.library.clone(),
@@ -100,6 +104,18 @@ impl Meta {
             stats: Stats::default(),
             healthy: AtomicBool::new(true),
         }
+    }
+
+    pub(crate) fn fingerprint_of(e: &ExtensionConfig, library_sha256: &str) -> String {
+        // A bundled default and the same entry written out are the same instance.
+        format!(
+            "{}|{}|{library_sha256}|{}|{}|{}",
+            e.key.trim_end_matches(" (bundled default)"),
+            e.library,
+            e.implementation,
+            e.config_json,
+            e.timeout.as_millis()
+        )
     }
 
     pub(crate) fn fail(&self, method: &'static str, error: PluginError) -> CallError {

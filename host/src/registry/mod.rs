@@ -15,12 +15,19 @@
 mod build;
 mod call;
 mod convert;
+mod generations;
 mod runtime;
 mod services;
 
 pub use build::LoadErrors;
 pub use call::{CallError, Meta, Stats};
+
+/// What an entry's instance is built from (see `Meta::fingerprint`).
+pub fn fingerprint_of(e: &crate::config::ExtensionConfig, library_sha256: &str) -> String {
+    Meta::fingerprint_of(e, library_sha256)
+}
 pub use convert::AuthInput;
+pub(super) use generations::Kept;
 pub use services::HostCallHandler;
 
 use crate::{config::AppMode, loader::Library};
@@ -42,7 +49,7 @@ use plugin_api::{
     SecretsStoreObject, SettingsStoreObject, UserAuthObject,
 };
 use serde_json::Value;
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 /// An operator operation every store may offer (`oh-host migrate`, `oh-host rotate-keys`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -65,19 +72,22 @@ impl StoreOperation {
 pub struct Registry {
     app_mode: AppMode,
     libraries: Vec<Library>,
-    settings: Instance<SettingsStoreObject>,
-    secrets: Instance<SecretsStoreObject>,
-    conversations: Instance<ConversationStoreObject>,
-    manager: Option<Instance<ConversationManagerObject>>,
+    settings: Arc<Instance<SettingsStoreObject>>,
+    secrets: Arc<Instance<SecretsStoreObject>>,
+    conversations: Arc<Instance<ConversationStoreObject>>,
+    manager: Option<Arc<Instance<ConversationManagerObject>>>,
     /// Shared with the handles plugins get (`HostServices::runtime`).
-    runtime: Option<std::sync::Arc<Instance<RuntimeObject>>>,
-    auth: Instance<UserAuthObject>,
-    monitoring: Vec<Instance<MonitoringObject>>,
-    routes: Vec<Instance<RoutesObject>>,
+    runtime: Option<Arc<Instance<RuntimeObject>>>,
+    auth: Arc<Instance<UserAuthObject>>,
+    monitoring: Vec<Arc<Instance<MonitoringObject>>>,
+    routes: Vec<Arc<Instance<RoutesObject>>>,
     /// What each `routes` instance declared when it was built, by instance.
     declared: Vec<Vec<DeclaredRoute>>,
-    /// Where plugins' host calls go (the application layer, once it exists).
+    /// Where plugins' host calls go (the application layer, once it exists); shared by every
+    /// generation.
     host_calls: services::HandlerSlot,
+    /// Where the runtime handles lead; shared by every generation.
+    runtime_slot: services::RuntimeSlot,
 }
 
 /// A route a `routes` instance serves (as declared; `http::plugin_routes` validates it).
@@ -126,12 +136,12 @@ impl Registry {
 
     /// Every instance, in a stable order: stores, manager, auth, monitoring, routes.
     fn instances(&self) -> Vec<&dyn AnyInstance> {
-        let mut all: Vec<&dyn AnyInstance> = vec![&self.settings, &self.secrets, &self.conversations];
-        all.extend(self.manager.iter().map(|m| m as &dyn AnyInstance));
+        let mut all: Vec<&dyn AnyInstance> = vec![&*self.settings, &*self.secrets, &*self.conversations];
+        all.extend(self.manager.iter().map(|m| &**m as &dyn AnyInstance));
         all.extend(self.runtime.iter().map(|r| &**r as &dyn AnyInstance));
-        all.push(&self.auth);
-        all.extend(self.monitoring.iter().map(|m| m as &dyn AnyInstance));
-        all.extend(self.routes.iter().map(|m| m as &dyn AnyInstance));
+        all.push(&*self.auth);
+        all.extend(self.monitoring.iter().map(|m| &**m as &dyn AnyInstance));
+        all.extend(self.routes.iter().map(|m| &**m as &dyn AnyInstance));
         all
     }
 
@@ -163,12 +173,12 @@ impl Registry {
     /// runtime (after the loops that use it), auth, monitoring, then the stores.
     pub async fn shutdown(&self, deadline: Duration) {
         let ms = deadline.as_millis() as u64;
-        let mut order: Vec<&dyn AnyInstance> = self.routes.iter().rev().map(|i| i as &dyn AnyInstance).collect();
-        order.extend(self.manager.iter().map(|i| i as &dyn AnyInstance));
+        let mut order: Vec<&dyn AnyInstance> = self.routes.iter().rev().map(|i| &**i as &dyn AnyInstance).collect();
+        order.extend(self.manager.iter().map(|i| &**i as &dyn AnyInstance));
         order.extend(self.runtime.iter().map(|i| &**i as &dyn AnyInstance));
-        order.push(&self.auth);
-        order.extend(self.monitoring.iter().rev().map(|i| i as &dyn AnyInstance));
-        order.extend([&self.conversations as &dyn AnyInstance, &self.secrets, &self.settings]);
+        order.push(&*self.auth);
+        order.extend(self.monitoring.iter().rev().map(|i| &**i as &dyn AnyInstance));
+        order.extend([&*self.conversations as &dyn AnyInstance, &*self.secrets, &*self.settings]);
         for i in order {
             let meta = i.meta();
             if meta.call_with("shutdown", shutdown_result(i.shutdown(ms)), Some(deadline), Kind::Probe).await.is_err() {
@@ -378,7 +388,7 @@ impl Registry {
 
     /// The configured conversation manager, or `UNIMPLEMENTED` (HTTP 501) without one.
     fn manager(&self) -> Result<&Instance<ConversationManagerObject>, CallError> {
-        self.manager.as_ref().ok_or_else(|| CallError {
+        self.manager.as_deref().ok_or_else(|| CallError {
             point: ExtensionPoint::CONVERSATION_MANAGER,
             library: "-".to_owned(),
             implementation: "-".to_owned(),

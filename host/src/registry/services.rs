@@ -36,8 +36,9 @@ pub trait HostCallHandler: Send + Sync {
 /// Where host calls go: set once the application exists (instances are built before it).
 pub(super) type HandlerSlot = Arc<OnceLock<Weak<dyn HostCallHandler>>>;
 
-/// The runtime instance, once built: what the handles `HostServices::runtime` gives reach.
-pub(super) type RuntimeSlot = Arc<OnceLock<Arc<Instance<RuntimeObject>>>>;
+/// The active generation's runtime instance: what the handles `HostServices::runtime` gives
+/// reach (shared by every generation, set when one is activated).
+pub(super) type RuntimeSlot = Arc<std::sync::RwLock<Option<Arc<Instance<RuntimeObject>>>>>;
 
 /// Handed to every instance.
 pub(super) struct Services {
@@ -148,7 +149,8 @@ impl RuntimeHandle {
         let slot = self.slot.clone();
         // Polled on a plugin thread, which has no host runtime: run the work on ours.
         let task = AbortOnDrop(self.runtime.spawn(async move {
-            let Some(instance) = slot.get().cloned() else {
+            let active = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let Some(instance) = active else {
                 return Err(PluginError::unavailable("the runtime is starting or stopping"));
             };
             let deadline = long.then_some(LONG_RUNTIME_CALL.max(instance.meta.timeout));

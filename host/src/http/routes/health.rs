@@ -29,7 +29,8 @@ pub(super) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 
 /// 200 when every instance's `health` answers, else 503 naming the failing ones.
 pub(super) async fn ready_detail(State(state): State<AppState>) -> impl IntoResponse {
-    let results = state.app.registry().health().await;
+    let registry = state.app.registry();
+    let results = registry.health().await;
     let ok = results.iter().all(|(_, r)| r.is_ok());
     let plugins: Vec<Value> = results
         .iter()
@@ -87,7 +88,30 @@ pub(super) async fn plugins(State(state): State<AppState>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({ "app_mode": r.app_mode().as_str(), "libraries": libraries, "instances": instances }))
+    let reloads = match &state.reloader {
+        Some(reloader) => json!(reloader.status().await),
+        None => Value::Null,
+    };
+    Json(json!({
+        "app_mode": r.app_mode().as_str(), "libraries": libraries, "instances": instances,
+        "reloads": reloads, "libraries_resident": crate::loader::resident(),
+    }))
+}
+
+/// `POST /internal/reload`: re-reads the profile and switches to it, or answers 422 with every
+/// reason not to (the active plugins go on serving).
+pub(super) async fn reload(State(state): State<AppState>) -> axum::response::Response {
+    let Some(reloader) = &state.reloader else {
+        let body = json!({ "error": "this server was not started from a profile file; nothing to reload" });
+        return (axum::http::StatusCode::CONFLICT, Json(body)).into_response();
+    };
+    match reloader.reload(&state.app).await {
+        Ok(changes) => Json(json!(changes)).into_response(),
+        Err(problems) => {
+            let body = json!({ "error": "reload refused; the active plugins go on serving", "problems": problems });
+            (axum::http::StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+        }
+    }
 }
 
 /// Prometheus text: per-instance counters and what plugins reported through `HostApi::metric`.
@@ -103,6 +127,16 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
             m.stats.latency_us_total.load(Ordering::Relaxed)
         }),
     ];
+    if let Some(reloader) = &state.reloader {
+        let status = reloader.status().await;
+        let _ = writeln!(
+            out,
+            "# HELP oh_plugin_generation The active generation of plugins (1 at start, one more per reload).\n# TYPE oh_plugin_generation gauge\noh_plugin_generation {}\n\
+             # HELP oh_reloads_total Reloads of the profile switched in.\n# TYPE oh_reloads_total counter\noh_reloads_total {}\n\
+             # HELP oh_reloads_refused_total Reloads refused (the active plugins went on serving).\n# TYPE oh_reloads_refused_total counter\noh_reloads_refused_total {}",
+            status.generation, status.reloads, status.refused
+        );
+    }
     for (name, help, get) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for m in state.app.registry().metas() {

@@ -37,6 +37,7 @@ pub(super) fn admin() -> Router<AppState> {
         .route("/internal/plugins", get(health::plugins))
         .route("/internal/metrics", get(health::metrics))
         .route("/internal/cluster", get(health::cluster))
+        .route("/internal/reload", axum::routing::post(health::reload))
 }
 
 /// Routes behind the auth gate.

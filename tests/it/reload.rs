@@ -1,0 +1,189 @@
+//! Reloading the profile in a running server (`oh-host reload`, SIGHUP): the next generation
+//! is switched in while clients keep sending requests, none of which fails; a broken profile
+//! is refused while the old one serves.
+
+use oh_e2e::{sha256_hex, Deployment, TestHost};
+use serde_json::Value;
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+const TOKEN: &str = "alice-reload-token";
+
+fn token_auth() -> String {
+    format!(
+        "[extensions.user_auth]\nlibrary = \"token_auth\"\nimplementation = \"TokenAuth\"\n\
+         config = {{ tokens = [{{ user_id = \"alice\", sha256 = \"{}\" }}] }}\n",
+        sha256_hex(TOKEN)
+    )
+}
+
+/// `oh-host reload` against `host`'s admin listener.
+fn reload(d: &Deployment, host: &TestHost) -> oh_e2e::CliOutput {
+    d.run_cli(&["reload", "--admin", host.admin.as_deref().expect("an admin listener")])
+}
+
+async fn plugins(host: &TestHost) -> Value {
+    host.admin_get("/internal/plugins").await.json()
+}
+
+/// Eight clients in a loop until `stop`: (requests, failures). A request fails when it gets
+/// no answer or an answer other than 200/404 (no settings stored yet).
+fn load(host: &TestHost, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<(u64, Vec<String>)>> {
+    (0..8)
+        .map(|_| {
+            let (http, url, stop) = (host.http.clone(), host.url("/api/settings"), stop.clone());
+            tokio::spawn(async move {
+                let (mut sent, mut failed) = (0u64, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    sent += 1;
+                    match http.get(&url).bearer_auth(TOKEN).send().await {
+                        Ok(r) if r.status() == 200 || r.status() == 404 => {}
+                        Ok(r) => failed.push(format!("{} {}", r.status(), r.text().await.unwrap_or_default())),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (sent, failed)
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn user_auth_is_swapped_by_editing_the_profile_and_back_under_load() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.install("token_auth");
+    d.write_profile("", "");
+    let host = d.start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(&host, stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // DefaultUserAuth → TokenAuth: a request without the token is now refused.
+    d.write_profile("", &token_auth());
+    let out = reload(&d, &host);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("generation 2") && out.stdout.contains("replaced  extensions.user_auth"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(host.get("/api/settings").await.status, 401);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // And back.
+    d.write_profile("", "");
+    let out = reload(&d, &host);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(matches!(host.get("/api/settings").await.status, 200 | 404));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let (mut sent, mut failed) = (0, Vec::new());
+    for c in clients {
+        let (s, f) = c.await.unwrap();
+        sent += s;
+        failed.extend(f);
+    }
+    assert!(sent > 50, "only {sent} requests were sent");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed across two reloads: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let status = plugins(&host).await;
+    assert_eq!((status["reloads"]["generation"].as_u64(), status["reloads"]["reloads"].as_u64()), (Some(3), Some(2)));
+    let metrics = host.admin_get("/internal/metrics").await.text;
+    assert!(metrics.contains("oh_plugin_generation 3") && metrics.contains("oh_reloads_total 2"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_broken_profile_is_refused_with_every_problem_and_the_old_one_goes_on() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    let host = d.start();
+    d.write_profile(
+        "",
+        "[extensions.user_auth]\nlibrary = \"default_auth\"\nimplementation = \"NoSuchAuth\"\n\
+         [[extensions.monitoring]]\nlibrary = \"missing_lib\"\nimplementation = \"X\"\n",
+    );
+    let out = reload(&d, &host);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("reload refused"), "{}", out.stderr);
+    assert!(out.stderr.contains("NoSuchAuth") && out.stderr.contains("missing_lib"), "every problem: {}", out.stderr);
+    assert!(matches!(host.get("/api/settings").await.status, 200 | 404));
+    let status = plugins(&host).await;
+    assert_eq!((status["reloads"]["generation"].as_u64(), status["reloads"]["refused"].as_u64()), (Some(1), Some(1)));
+    assert!(status["reloads"]["last_error"].as_str().unwrap().contains("NoSuchAuth"));
+
+    // What cannot change in a running process is named.
+    d.write_profile("max_body_bytes = 12345\n", "");
+    let out = reload(&d, &host);
+    assert!(!out.status.success() && out.stderr.contains("[server] max_body_bytes changed"), "{}", out.stderr);
+    d.write_profile(
+        "",
+        "[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n\
+         config = { max_concurrent_conversations = 7 }\n",
+    );
+    let out = reload(&d, &host);
+    assert!(!out.status.success() && out.stderr.contains("conversation_manager changed"), "{}", out.stderr);
+    assert_eq!(plugins(&host).await["reloads"]["generation"].as_u64(), Some(1));
+}
+
+/// SIGHUP reloads; a library file replaced in place (other bytes, same name) is a new library,
+/// loaded from its own private copy, and its instance is replaced; one whose file did not
+/// change keeps its instance.
+#[tokio::test]
+async fn sighup_reloads_and_a_library_replaced_in_place_is_loaded_anew() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.install_as("log_monitoring", "mon");
+    let monitoring = "[[extensions.monitoring]]\nlibrary = \"mon\"\nimplementation = \"LogMonitoringListener\"\n";
+    d.write_profile("", monitoring);
+    let host = d.start();
+    let resident = plugins(&host).await["libraries_resident"].as_u64().unwrap();
+
+    // The same file: nothing is loaded again, every instance is kept.
+    let kill =
+        |signal: &str| std::process::Command::new("kill").args([signal, &host.pid().to_string()]).status().unwrap();
+    assert!(kill("-HUP").success());
+    let status = wait_for_generation(&host, 2).await;
+    assert_eq!(status["libraries_resident"].as_u64(), Some(resident));
+
+    // A rebuilt file dropped over it (here: other bytes after the ELF image, which the
+    // dynamic loader ignores).
+    let lib = d.plugins_dir().join("libmon.so");
+    let mut bytes = std::fs::read(&lib).unwrap();
+    bytes.extend_from_slice(b"a rebuild");
+    let tmp = d.plugins_dir().join("libmon.so.new");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::rename(&tmp, &lib).unwrap();
+    let out = reload(&d, &host);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("replaced  extensions.monitoring[0]"), "{}", out.stdout);
+    let status = plugins(&host).await;
+    assert_eq!(status["libraries_resident"].as_u64(), Some(resident + 1));
+    let sha = oh_e2e::sha256_hex_file(&lib);
+    assert!(status["libraries"].as_array().unwrap().iter().any(|l| l["name"] == "mon" && l["sha256"] == sha.as_str()));
+    assert!(matches!(host.get("/api/settings").await.status, 200 | 404));
+}
+
+async fn wait_for_generation(host: &TestHost, generation: u64) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let status = plugins(host).await;
+        if status["reloads"]["generation"].as_u64() == Some(generation) {
+            return status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no generation {generation}: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
