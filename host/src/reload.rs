@@ -100,7 +100,7 @@ impl Reloader {
     async fn attempt(&self, app: &App, generation: u64) -> Result<Changes, Vec<String>> {
         let config = config::load(&self.path).map_err(|e| e.problems)?;
         let mut problems = self.fixed_server_keys()?;
-        let previous = app.registry();
+        let previous = app.active();
         problems.extend(needs_restart(&config, &previous));
         if !problems.is_empty() {
             return Err(problems);

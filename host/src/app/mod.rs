@@ -25,6 +25,11 @@ pub use workspace::{WorkspaceError, WorkspaceResult};
 use crate::{config::ServerConfig, registry::Registry};
 use std::sync::Arc;
 
+tokio::task_local! {
+    /// The generation of plugins a request started on.
+    static GENERATION: Arc<Registry>;
+}
+
 /// The application: the plugins (through the registry), the server's configuration, and
 /// this process's per-user write turns.
 pub struct App {
@@ -48,10 +53,21 @@ impl App {
         app
     }
 
-    /// The active generation of plugins. A caller that makes several calls keeps the one it
-    /// got, so that they reach one generation.
+    /// The generation of plugins this request runs on (see [`App::pinned`]), else the active
+    /// one.
     pub fn registry(&self) -> Arc<Registry> {
+        GENERATION.try_with(Arc::clone).unwrap_or_else(|_| self.active())
+    }
+
+    /// The active generation of plugins.
+    pub fn active(&self) -> Arc<Registry> {
         self.registry.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Runs `work` (a request) entirely on the generation active now, whatever a reload
+    /// switches in meanwhile.
+    pub async fn pinned<F: std::future::Future>(&self, work: F) -> F::Output {
+        GENERATION.scope(self.active(), work).await
     }
 
     /// Makes `next` the active generation (a reload); answers the previous one. Requests that

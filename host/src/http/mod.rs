@@ -81,7 +81,10 @@ pub fn call_context(principal: &Principal, request_id: &RequestId, server: &Serv
 pub fn admin_router(state: AppState) -> Router {
     // Plugins' operators' routes (`/internal/...`), checked with the others before binding.
     let mounted = plugin_routes::collect_for(&state.app).unwrap_or_default();
-    plugin_routes::mount_operators(&mounted, routes::admin()).fallback(not_found).with_state(state)
+    plugin_routes::mount_operators(&mounted, routes::admin())
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), pin_generation))
+        .with_state(state)
 }
 
 /// The public application.
@@ -119,12 +122,23 @@ pub fn router(state: AppState) -> Router {
         .layer(socket::layer(state.clone()))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), guard::body_deadline))
+        .layer(middleware::from_fn_with_state(state.clone(), pin_generation))
         .layer(middleware::from_fn(request_id))
         .layer(middleware::from_fn(cache_control))
         .layer(middleware::from_fn_with_state(state.clone(), guard::header_size))
         .layer(middleware::from_fn_with_state(state.clone(), guard::origin))
         .layer(cors)
         .with_state(state)
+}
+
+/// Every request runs on the generation of plugins active when it arrived (a reload switches
+/// new requests only).
+async fn pin_generation(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    state.app.pinned(next.run(request)).await
 }
 
 async fn not_found() -> ApiError {
