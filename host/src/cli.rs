@@ -156,23 +156,32 @@ fn admin_base(cli: &Cli, admin: Option<&str>) -> Result<String, ExitCode> {
     }
 }
 
+/// One request to the running server's admin listener: its status and JSON body.
+fn ask_admin(
+    base: &str,
+    method: reqwest::Method,
+    url: &str,
+) -> Result<(reqwest::StatusCode, serde_json::Value), ExitCode> {
+    let answer = runtime().block_on(async {
+        let r = reqwest::Client::new().request(method, url).send().await?;
+        let status = r.status();
+        Ok::<_, reqwest::Error>((status, r.json::<serde_json::Value>().await.unwrap_or_default()))
+    });
+    answer.map_err(|e| {
+        eprintln!("oh-host: cannot reach the admin listener at {base} ({e}); is the server running? (--admin URL)");
+        ExitCode::FAILURE
+    })
+}
+
 /// `oh-host reload`: asks the running server to reload its profile and prints what changed.
 fn reload(cli: &Cli, admin: Option<&str>) -> ExitCode {
     let base = match admin_base(cli, admin) {
         Ok(base) => base,
         Err(code) => return code,
     };
-    let answer = runtime().block_on(async {
-        let r = reqwest::Client::new().post(format!("{base}/internal/reload")).send().await?;
-        let status = r.status();
-        Ok::<_, reqwest::Error>((status, r.json::<serde_json::Value>().await.unwrap_or_default()))
-    });
-    let (status, body) = match answer {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("oh-host: cannot reach the admin listener at {base} ({e}); is the server running? (--admin URL)");
-            return ExitCode::FAILURE;
-        }
+    let (status, body) = match ask_admin(&base, reqwest::Method::POST, &format!("{base}/internal/reload")) {
+        Ok(answer) => answer,
+        Err(code) => return code,
     };
     if !status.is_success() {
         eprintln!("oh-host: {}", body["error"].as_str().unwrap_or(status.as_str()));
@@ -199,17 +208,9 @@ fn webhooks(cli: &Cli, action: &WebhookAction, admin: Option<&str>) -> ExitCode 
         WebhookAction::List => (reqwest::Method::GET, format!("{base}/internal/webhooks/dead-letters")),
         WebhookAction::Replay { id } => (reqwest::Method::POST, format!("{base}/internal/webhooks/{id}/replay")),
     };
-    let answer = runtime().block_on(async {
-        let r = reqwest::Client::new().request(method, &url).send().await?;
-        let status = r.status();
-        Ok::<_, reqwest::Error>((status, r.json::<serde_json::Value>().await.unwrap_or_default()))
-    });
-    let (status, body) = match answer {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("oh-host: cannot reach the admin listener at {base} ({e}); is the server running? (--admin URL)");
-            return ExitCode::FAILURE;
-        }
+    let (status, body) = match ask_admin(&base, method, &url) {
+        Ok(answer) => answer,
+        Err(code) => return code,
     };
     let ours = body["error"].as_str().is_some_and(|e| e.starts_with("no dead letter"));
     if status.as_u16() == 404 && !ours {

@@ -5,7 +5,7 @@
 
 use plugin_sdk::{models::CommandRequest, CallContext, ErrorCode, RuntimeClient};
 use serde_json::{json, Value};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// The largest file the editor reads or rewrites, in bytes (more with a larger output limit).
 const MAX_EDITED_BYTES: u64 = 4 << 20;
@@ -49,26 +49,10 @@ pub fn truncate(text: &str, max: usize) -> String {
     format!("{kept}\n[... output truncated: {} of {total} characters not shown]", total - max)
 }
 
-/// A path the agent named, relative to the workspace's root: relative already, or absolute
-/// within the root (or under `/workspace`, as OpenHands' prompts say); `..` may not climb
-/// out. Lexical only: the runtime checks links when it opens the file.
+/// A path the agent named, relative to the workspace's root (see `sandbox::fs::relative_to`):
+/// lexical only, the runtime checks links when it opens the file.
 fn resolve(root: &str, given: &str) -> Result<PathBuf, String> {
-    let outside = || format!("{given} is outside the workspace");
-    let path = Path::new(given);
-    let rest = if path.is_absolute() {
-        path.strip_prefix(root).or_else(|_| path.strip_prefix("/workspace")).map_err(|_| outside())?
-    } else {
-        path
-    };
-    let mut out = PathBuf::new();
-    for c in rest.components() {
-        match c {
-            Component::Normal(part) => out.push(part),
-            Component::CurDir => {}
-            _ => return Err(outside()),
-        }
-    }
-    Ok(out)
+    sandbox::fs::relative_to(Path::new(root), given).map_err(|e| e.to_string())
 }
 
 /// A call, ready to run: its action event (stored before it runs, so clients see it start)

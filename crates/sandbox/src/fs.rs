@@ -69,6 +69,29 @@ pub enum Kind {
     Other,
 }
 
+/// [`Confined::relative`] for a workspace whose root is `root`, without opening it (lexical
+/// only: links are the kernel's business when the path is opened beneath the root).
+pub fn relative_to(root: &Path, given: &str) -> Result<PathBuf, FsError> {
+    let path = Path::new(given);
+    let rest = if path.is_absolute() {
+        match path.strip_prefix(root) {
+            Ok(rest) => rest,
+            Err(_) => path.strip_prefix("/workspace").map_err(|_| FsError::Outside(given.to_owned()))?,
+        }
+    } else {
+        path
+    };
+    let mut out = PathBuf::new();
+    for c in rest.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            _ => return Err(FsError::Outside(given.to_owned())),
+        }
+    }
+    Ok(out)
+}
+
 /// A workspace root, held open: every path is resolved from this descriptor.
 #[derive(Debug)]
 pub struct Confined {
@@ -93,24 +116,7 @@ impl Confined {
     /// Refused lexically when it climbs (`..`) or names another root; links are the kernel's
     /// business at open time.
     pub fn relative(&self, given: &str) -> Result<PathBuf, FsError> {
-        let path = Path::new(given);
-        let rest = if path.is_absolute() {
-            match path.strip_prefix(&self.root) {
-                Ok(rest) => rest,
-                Err(_) => path.strip_prefix("/workspace").map_err(|_| FsError::Outside(given.to_owned()))?,
-            }
-        } else {
-            path
-        };
-        let mut out = PathBuf::new();
-        for c in rest.components() {
-            match c {
-                Component::Normal(part) => out.push(part),
-                Component::CurDir => {}
-                _ => return Err(FsError::Outside(given.to_owned())),
-            }
-        }
-        Ok(out)
+        relative_to(&self.root, given)
     }
 
     /// Opens `rel` beneath the root (see the module's comment).

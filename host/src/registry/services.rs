@@ -58,6 +58,23 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// A plugin's call into the host: polled on a plugin thread, which has no host runtime, so the
+/// work runs on ours (and is aborted if the plugin drops the future).
+fn on_host<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
+    work: impl std::future::Future<Output = Result<T, PluginError>> + Send + 'static,
+) -> FfiFuture<PResult<T>> {
+    let task = AbortOnDrop(runtime.spawn(work));
+    async move {
+        let mut task = task;
+        match (&mut task.0).await {
+            Ok(r) => r.into(),
+            Err(e) => PResult::RErr(PluginError::internal(format!("host task failed: {e}"))),
+        }
+    }
+    .into_ffi()
+}
+
 impl HostServices for Services {
     fn call(
         &self,
@@ -68,22 +85,13 @@ impl HostServices for Services {
     ) -> FfiFuture<PResult<RString>> {
         // A point this host does not know reads "unknown": answered UNIMPLEMENTED.
         let point = point.key();
-        // Polled on a plugin thread, which has no host runtime: run the work on ours.
         let handler = self.handler.get().and_then(Weak::upgrade);
-        let task = AbortOnDrop(self.runtime.spawn(async move {
+        on_host(&self.runtime, async move {
             let Some(handler) = handler else {
                 return Err(PluginError::unavailable("the host is starting or stopping"));
             };
             handler.serve(ctx, point, &method, &args_json).await.map(RString::from)
-        }));
-        async move {
-            let mut task = task;
-            match (&mut task.0).await {
-                Ok(r) => r.into(),
-                Err(e) => PResult::RErr(PluginError::internal(format!("host task failed: {e}"))),
-            }
-        }
-        .into_ffi()
+        })
     }
 
     fn app_mode(&self) -> plugin_api::AppMode {
@@ -147,8 +155,7 @@ impl RuntimeHandle {
         call: impl FnOnce(&RuntimeObject) -> FfiFuture<PResult<T>> + Send + 'static,
     ) -> FfiFuture<PResult<T>> {
         let slot = self.slot.clone();
-        // Polled on a plugin thread, which has no host runtime: run the work on ours.
-        let task = AbortOnDrop(self.runtime.spawn(async move {
+        on_host(&self.runtime, async move {
             let active = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
             let Some(instance) = active else {
                 return Err(PluginError::unavailable("the runtime is starting or stopping"));
@@ -159,15 +166,7 @@ impl RuntimeHandle {
                 .call_with(method, call(&instance.obj), deadline, Kind::Call)
                 .await
                 .map_err(CallError::into_plugin_error)
-        }));
-        async move {
-            let mut task = task;
-            match (&mut task.0).await {
-                Ok(r) => r.into(),
-                Err(e) => PResult::RErr(PluginError::internal(format!("host task failed: {e}"))),
-            }
-        }
-        .into_ffi()
+        })
     }
 }
 

@@ -363,13 +363,3 @@ impl Workspace {
         Ok(Ran { exit_code, output: seen.output, killed })
     }
 }
-
-/// The first `max` characters, and a note of what was left out.
-pub fn truncate(text: &str, max: usize) -> String {
-    let total = text.chars().count();
-    if total <= max {
-        return text.to_owned();
-    }
-    let kept: String = text.chars().take(max).collect();
-    format!("{kept}\n[... output truncated: {} of {total} characters not shown]", total - max)
-}
