@@ -7,8 +7,9 @@
 //!
 //! What this version cannot swap in a running process is refused with the reason: `[server]`
 //! keys (listeners, limits and paths are set up at start), the conversation manager (its
-//! running conversations and their sockets live in it) and `routes` entries (the router is
-//! built at start).
+//! running conversations and their sockets live in it) and a `routes` entry that would declare
+//! other routes (the router is built at start; a new config or build of the same routes is
+//! reloaded).
 
 use crate::{
     app::App,
@@ -111,6 +112,12 @@ impl Reloader {
             .await
             .map_err(|e| vec![format!("building the plugins failed: {e}")])?
             .map_err(|e| e.problems)?;
+        // The router is built at start: `routes` entries may change (their config, a rebuilt
+        // library) as long as they declare the same routes.
+        if let Some(problem) = routes_changed(&previous, &next) {
+            next.retire_beside(&previous, self.shutdown_timeout).await;
+            return Err(vec![problem]);
+        }
         // Every instance of the next generation answers its health check before it serves.
         let unhealthy: Vec<String> = next
             .health()
@@ -163,13 +170,10 @@ fn needs_restart(config: &Config, previous: &Registry) -> Vec<String> {
         crate::registry::fingerprint_of(e, &sha)
     };
     let mut problems = Vec::new();
-    for (point, why) in [
-        (
-            ExtensionPoint::CONVERSATION_MANAGER,
-            "its running conversations and their sockets live in it; restart the server to replace it",
-        ),
-        (ExtensionPoint::ROUTES, "the router is built at start; restart the server to change routes"),
-    ] {
+    for (point, why) in [(
+        ExtensionPoint::CONVERSATION_MANAGER,
+        "its running conversations and their sockets live in it; restart the server to replace it",
+    )] {
         let now: Vec<String> = config.extensions.iter().filter(|e| e.point == point).map(fingerprint).collect();
         let before: Vec<String> =
             previous.metas().into_iter().filter(|m| m.point == point).map(|m| m.fingerprint.clone()).collect();
@@ -178,6 +182,24 @@ fn needs_restart(config: &Config, previous: &Registry) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Why the next generation's routes cannot be served by the router built at start, if so.
+fn routes_changed(previous: &Registry, next: &Registry) -> Option<String> {
+    let shape = |r: &Registry| -> Result<Vec<String>, Vec<String>> {
+        let mounted = crate::http::plugin_routes::collect(r)?;
+        Ok(mounted
+            .iter()
+            .map(|m| format!("{} {:?} {} (authenticated: {})", m.instance, m.method, m.path, m.authenticated))
+            .collect())
+    };
+    match (shape(previous), shape(next)) {
+        (_, Err(problems)) => Some(problems.join("; ")),
+        (Ok(before), Ok(after)) if before != after => Some(format!(
+            "routes changed (the routes plugins now declare {after:?}, the server was started with {before:?}): the router is built at start; restart the server for new routes"
+        )),
+        _ => None,
+    }
 }
 
 fn diff(previous: &Registry, next: &Registry, generation: u64) -> Changes {

@@ -187,3 +187,37 @@ async fn wait_for_generation(host: &TestHost, generation: u64) -> Value {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A `routes` entry may change (its config, its timeout, a rebuilt library) when it declares
+/// the same routes; one that would declare others is refused (the router is built at start).
+#[tokio::test]
+async fn a_routes_entry_reloads_when_its_routes_stay_the_same() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.install("fixture_plugin");
+    let routes = |extra: &str| {
+        format!("[[extensions.routes]]\nlibrary = \"fixture_plugin\"\nimplementation = \"FixtureRoutes\"\n{extra}")
+    };
+    d.write_profile("", &routes(""));
+    let host = d.start();
+    assert_eq!(host.get("/fixture/echo/one").await.json()["echo"], "one");
+
+    d.write_profile("", &routes("timeout_ms = 7000\n"));
+    let out = reload(&d, &host);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("replaced  extensions.routes[0]"), "{}", out.stdout);
+    assert_eq!(host.get("/fixture/echo/two").await.json()["echo"], "two");
+    let instance = plugins(&host).await["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["extension"] == "extensions.routes[0]")
+        .cloned();
+    assert_eq!(instance.unwrap()["timeout_ms"], 7000);
+
+    d.write_profile("", &routes("config = { clash = true }\n"));
+    let out = reload(&d, &host);
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(out.stderr.contains("/api/settings"), "the clash is named: {}", out.stderr);
+    assert_eq!(host.get("/fixture/echo/three").await.json()["echo"], "three");
+}
