@@ -162,26 +162,24 @@ impl Reloader {
     }
 }
 
-/// The entries this version cannot replace in a running process.
+/// The entry this version cannot replace in a running process: the conversation manager.
 fn needs_restart(config: &Config, previous: &Registry) -> Vec<String> {
     let fingerprint = |e: &ExtensionConfig| {
         let path = loader::library_path(&config.server.plugins_dir, &e.library);
         let sha = loader::file_sha256(&path).unwrap_or_default();
         crate::registry::fingerprint_of(e, &sha)
     };
-    let mut problems = Vec::new();
-    for (point, why) in [(
-        ExtensionPoint::CONVERSATION_MANAGER,
-        "its running conversations and their sockets live in it; restart the server to replace it",
-    )] {
-        let now: Vec<String> = config.extensions.iter().filter(|e| e.point == point).map(fingerprint).collect();
-        let before: Vec<String> =
-            previous.metas().into_iter().filter(|m| m.point == point).map(|m| m.fingerprint.clone()).collect();
-        if now != before {
-            problems.push(format!("{} changed: {why}", point.key()));
-        }
+    let point = ExtensionPoint::CONVERSATION_MANAGER;
+    let now: Vec<String> = config.extensions.iter().filter(|e| e.point == point).map(fingerprint).collect();
+    let before: Vec<String> =
+        previous.metas().into_iter().filter(|m| m.point == point).map(|m| m.fingerprint.clone()).collect();
+    if now == before {
+        return Vec::new();
     }
-    problems
+    vec![format!(
+        "{} changed: its running conversations and their sockets live in it; restart the server to replace it",
+        point.key()
+    )]
 }
 
 /// Why the next generation's routes cannot be served by the router built at start, if so.
