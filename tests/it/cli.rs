@@ -53,9 +53,11 @@ fn check_reports_profile_errors_with_file_key_and_fix() {
     );
 }
 
-#[tokio::test]
+// Multi-threaded: the fake Keycloak answers while `check` runs (a blocking wait here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_enterprise_profile_checks_with_its_environment_and_names_what_is_missing() {
     let db = oh_e2e::pg::TestDb::create().await;
+    let kc = oh_e2e::oidc::FakeKeycloak::start().await;
 
     let profile = oh_e2e::workspace().join("examples/plugins.saas.toml");
     let run = |env: &[(&str, &str)]| {
@@ -76,8 +78,8 @@ async fn the_enterprise_profile_checks_with_its_environment_and_names_what_is_mi
         cmd.envs(env.iter().copied()).output().unwrap()
     };
     let keycloak = [
-        ("KEYCLOAK_SERVER_URL", "http://127.0.0.1:8080"),
-        ("KEYCLOAK_REALM_NAME", "openhands"),
+        ("KEYCLOAK_SERVER_URL", kc.base.as_str()),
+        ("KEYCLOAK_REALM_NAME", oh_e2e::oidc::REALM),
         ("KEYCLOAK_CLIENT_ID", "openhands"),
         ("KEYCLOAK_CLIENT_SECRET", "secret"),
         ("WEB_HOST", "https://app.example.com"),
@@ -102,6 +104,12 @@ async fn the_enterprise_profile_checks_with_its_environment_and_names_what_is_mi
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(ok.status.success(), "{stdout}{}", String::from_utf8_lossy(&ok.stderr));
     assert!(stdout.contains("conversation_manager   clustered_manager::ClusteredConversationManager"), "{stdout}");
+    // `check` probes Keycloak's discovery document: an unreachable one is named.
+    let mut unreachable = env.clone();
+    unreachable[0] = ("KEYCLOAK_SERVER_URL", "http://127.0.0.1:9");
+    let down = run(&unreachable);
+    let out = format!("{}{}", String::from_utf8_lossy(&down.stdout), String::from_utf8_lossy(&down.stderr));
+    assert!(!down.status.success() && out.contains("Keycloak at http://127.0.0.1:9/realms/"), "{out}");
     let missing = run(&keycloak);
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(!missing.status.success());

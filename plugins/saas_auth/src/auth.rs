@@ -220,6 +220,13 @@ impl plugin_sdk::UserAuth for SaasUserAuth {
     }
 
     async fn health(&self) -> Result<String, PluginError> {
-        self.keys.health().await
+        let keys = self.keys.health().await?;
+        match &self.sso {
+            Some(sso) => {
+                sso.keycloak.probe().await.map_err(PluginError::unavailable)?;
+                Ok(format!("{keys}; Keycloak discovery answered"))
+            }
+            None => Ok(keys),
+        }
     }
 }

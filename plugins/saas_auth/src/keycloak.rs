@@ -118,6 +118,22 @@ impl Keycloak {
         format!("{}/protocol/openid-connect/auth", self.realm_url(&self.public_url))
     }
 
+    /// Whether the realm answers its discovery document (`check` and `/ready` probe it): an
+    /// unreachable or misnamed Keycloak is a problem now, not at the first sign-in.
+    pub(crate) async fn probe(&self) -> Result<(), String> {
+        let url = format!("{}/.well-known/openid-configuration", self.realm_url(&self.server_url));
+        let answer = self.http.get(&url).send().await.map_err(|e| format!("Keycloak at {url} is unreachable: {e}"))?;
+        if !answer.status().is_success() {
+            return Err(format!("Keycloak at {url} answered {} (is KEYCLOAK_REALM_NAME right?)", answer.status()));
+        }
+        let document: Value = answer.json().await.map_err(|e| format!("Keycloak at {url}: not a discovery document: {e}"))?;
+        if document["issuer"].is_string() {
+            Ok(())
+        } else {
+            Err(format!("Keycloak at {url}: the discovery document names no issuer"))
+        }
+    }
+
     /// An endpoint from the realm's discovery document (`certs` = `jwks_uri`, `token`,
     /// `logout` = `end_session_endpoint`, `userinfo`), fetched once; Keycloak's fixed paths
     /// when discovery is unreachable.
