@@ -281,3 +281,20 @@ async fn check_writes_nothing() {
             .unwrap();
     assert!(tables > 0);
 }
+
+/// `check` probes the deployment's LLM proxy (`LITE_LLM_API_URL`) when one is set: down, it is
+/// named; up, it is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_probes_the_llm_proxy() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    let down = d.run_cli_env(&["check"], &[("LITE_LLM_API_URL", "http://127.0.0.1:9/v1")]);
+    down.assert_refused();
+    let out = format!("{}{}", down.stdout, down.stderr);
+    assert!(out.contains("the LLM proxy LITE_LLM_API_URL=http://127.0.0.1:9/v1 is unreachable"), "{out}");
+    let llm = oh_e2e::llm::FakeLlm::start().await;
+    let up = d.run_cli_env(&["check"], &[("LITE_LLM_API_URL", llm.base_url.as_str())]);
+    assert!(up.status.success(), "{}{}", up.stdout, up.stderr);
+    assert!(up.stdout.contains("LLM proxy"), "{}", up.stdout);
+}

@@ -39,6 +39,24 @@ impl Clients {
         }
     }
 
+    /// `oh-host check` (the process only checks): the deployment's LLM endpoint
+    /// (`LITE_LLM_API_URL`), when one is set, must answer HTTP at all (any status: the probe
+    /// sends no key). `None` without one. Not part of `/ready`: a serving host stays ready
+    /// while the proxy is down, and says so per request.
+    pub async fn probe_deployment(&self) -> Result<Option<String>, PluginError> {
+        let Some(url) = plugin_sdk::env("LITE_LLM_API_URL").filter(|u| !u.trim().is_empty()) else { return Ok(None) };
+        if !plugin_sdk::read_only() {
+            return Ok(None);
+        }
+        let answer = self.deployment.get(&url).timeout(Duration::from_secs(10)).send().await;
+        match answer {
+            Ok(r) => Ok(Some(format!("LLM proxy {url} answered {}", r.status().as_u16()))),
+            Err(e) => {
+                Err(PluginError::unavailable(format!("the LLM proxy LITE_LLM_API_URL={url} is unreachable: {e}")))
+            }
+        }
+    }
+
     /// Refuses a user's endpoint the policy does not allow (before a loop starts).
     pub fn check(&self, llm: &LlmConfig) -> Result<(), PluginError> {
         if llm.user_endpoint {

@@ -291,7 +291,11 @@ impl plugin_sdk::ConversationManager for ClusteredConversationManager {
     async fn health(&self) -> Result<String, PluginError> {
         let node = &self.node;
         let (pong,): (String,) = node.kv.run(redis::pipe().cmd("PING")).await?;
-        Ok(format!("node {}: {} conversations owned, Redis {pong}", node.id, lock(&node.owned).len()))
+        let status = format!("node {}: {} conversations owned, Redis {pong}", node.id, lock(&node.owned).len());
+        Ok(match node.clients.probe_deployment().await? {
+            Some(llm) => format!("{status}; {llm}"),
+            None => status,
+        })
     }
 
     /// Hands every conversation over (each stores `stopped`, then another node resumes it at

@@ -126,7 +126,8 @@ impl Keycloak {
         if !answer.status().is_success() {
             return Err(format!("Keycloak at {url} answered {} (is KEYCLOAK_REALM_NAME right?)", answer.status()));
         }
-        let document: Value = answer.json().await.map_err(|e| format!("Keycloak at {url}: not a discovery document: {e}"))?;
+        let document: Value =
+            answer.json().await.map_err(|e| format!("Keycloak at {url}: not a discovery document: {e}"))?;
         if document["issuer"].is_string() {
             Ok(())
         } else {

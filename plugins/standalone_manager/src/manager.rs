@@ -344,7 +344,11 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
     }
 
     async fn health(&self) -> Result<String, PluginError> {
-        Ok(format!("{} conversations running", lock(&self.inner.sessions).len()))
+        let running = format!("{} conversations running", lock(&self.inner.sessions).len());
+        Ok(match self.inner.clients.probe_deployment().await? {
+            Some(llm) => format!("{running}; {llm}"),
+            None => running,
+        })
     }
 
     /// Stops every loop and waits until each has stored its `stopped` event (the host bounds
