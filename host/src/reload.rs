@@ -5,19 +5,18 @@
 //! what it alone held is shut down once they have. Anything wrong refuses the reload with
 //! every problem named, and the active generation goes on untouched.
 //!
-//! What this version cannot swap in a running process is refused with the reason: `[server]`
-//! keys (listeners, limits and paths are set up at start), the conversation manager (its
-//! running conversations and their sockets live in it) and a `routes` entry that would declare
-//! other routes (the router is built at start; a new config or build of the same routes is
-//! reloaded).
+//! A replaced conversation manager hands its conversations over: it stops their loops (they
+//! store their state), the new one resumes them, and live sockets subscribe to it without
+//! reconnecting (`http::socket`). What this version cannot swap in a running process is
+//! refused with the reason: `[server]` keys (listeners, limits and paths are set up at start)
+//! and a `routes` entry that would declare other routes (the router is built at start; a new
+//! config or build of the same routes is reloaded).
 
 use crate::{
     app::App,
-    config::{self, Config, ExtensionConfig},
-    loader,
+    config::{self, Config},
     registry::Registry,
 };
-use plugin_api::ExtensionPoint;
 use serde::Serialize;
 use std::{
     path::{Path, PathBuf},
@@ -100,9 +99,8 @@ impl Reloader {
 
     async fn attempt(&self, app: &App, generation: u64) -> Result<Changes, Vec<String>> {
         let config = config::load(&self.path).map_err(|e| e.problems)?;
-        let mut problems = self.fixed_server_keys()?;
+        let problems = self.fixed_server_keys()?;
         let previous = app.active();
-        problems.extend(needs_restart(&config, &previous));
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -130,7 +128,18 @@ impl Reloader {
             return Err(unhealthy);
         }
         let changes = diff(&previous, &next, generation);
+        // A replaced conversation manager: the previous one stops its loops first (they store
+        // their state), then the new one serves, and the live sockets subscribe to it (they
+        // start the conversation again there: it resumes from the stores, a message left
+        // unanswered included).
+        let manager_replaced = previous.manager_fingerprint() != next.manager_fingerprint();
+        if manager_replaced {
+            previous.shutdown_manager(self.shutdown_timeout).await;
+        }
         let retired = app.switch(next.clone());
+        if manager_replaced {
+            app.manager_replaced();
+        }
         let deadline = self.shutdown_timeout;
         tokio::spawn(async move {
             // Requests that hold the retired generation finish on it; then what only it held
@@ -160,26 +169,6 @@ impl Reloader {
             changed.join(", ")
         )])
     }
-}
-
-/// The entry this version cannot replace in a running process: the conversation manager.
-fn needs_restart(config: &Config, previous: &Registry) -> Vec<String> {
-    let fingerprint = |e: &ExtensionConfig| {
-        let path = loader::library_path(&config.server.plugins_dir, &e.library);
-        let sha = loader::file_sha256(&path).unwrap_or_default();
-        crate::registry::fingerprint_of(e, &sha)
-    };
-    let point = ExtensionPoint::CONVERSATION_MANAGER;
-    let now: Vec<String> = config.extensions.iter().filter(|e| e.point == point).map(fingerprint).collect();
-    let before: Vec<String> =
-        previous.metas().into_iter().filter(|m| m.point == point).map(|m| m.fingerprint.clone()).collect();
-    if now == before {
-        return Vec::new();
-    }
-    vec![format!(
-        "{} changed: its running conversations and their sockets live in it; restart the server to replace it",
-        point.key()
-    )]
 }
 
 /// Why the next generation's routes cannot be served by the router built at start, if so.

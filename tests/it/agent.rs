@@ -912,3 +912,29 @@ async fn a_conversation_goes_on_through_a_reload() {
     let all = ids(&seen);
     assert_eq!(all, (0..all.len() as u64).collect::<Vec<_>>(), "ids must stay dense: {}", pretty(&seen));
 }
+
+/// A reload that replaces the conversation manager hands its conversations over: the old one
+/// stops the loop (its state stored), the new one resumes it, and the client's socket, never
+/// reconnected, sees the new manager answer its next message, with ids still dense.
+#[tokio::test]
+async fn a_replaced_manager_takes_over_the_conversation_without_a_reconnect() {
+    let (d, host, _llm) = setup("").await;
+    let id = create(&host, "hello there").await;
+    let mut socket = connect(&host, &id, -1).await;
+    let mut seen = socket.until(WAIT, |e| agent_says(e, "Echo: hello there.")).await;
+    seen.extend(socket.until(WAIT, |e| is_state(e, "awaiting_user_input")).await);
+
+    d.write_profile("", &manager(", max_concurrent_conversations = 4"));
+    let out = d.run_cli(&["reload", "--admin", host.admin.as_deref().unwrap()]);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("replaced  extensions.conversation_manager"), "{}", out.stdout);
+    // The new manager resumed the conversation: it is waiting for the user again.
+    seen.extend(socket.until(WAIT, |e| is_state(e, "awaiting_user_input")).await);
+
+    socket.emit("oh_user_action", &json!({ "action": "message", "args": { "content": "after", "image_urls": [] } }));
+    seen.extend(socket.until(WAIT, |e| agent_says(e, "Echo: after.")).await);
+    let all = ids(&seen);
+    assert_eq!(all, (0..all.len() as u64).collect::<Vec<_>>(), "ids must stay dense: {}", pretty(&seen));
+    let answers = seen.iter().filter(|e| agent_says(e, "Echo: hello there.")).count();
+    assert_eq!(answers, 1, "the first message is answered once: {}", pretty(&seen));
+}

@@ -37,6 +37,9 @@ pub struct App {
     registry: std::sync::RwLock<Arc<Registry>>,
     server: Arc<ServerConfig>,
     locks: documents::UserLocks,
+    /// Bumped when a reload replaces the conversation manager: live sockets subscribe again,
+    /// to the new one.
+    manager_epoch: tokio::sync::watch::Sender<u64>,
 }
 
 impl App {
@@ -47,6 +50,7 @@ impl App {
             registry: std::sync::RwLock::new(registry),
             server,
             locks: documents::UserLocks::default(),
+            manager_epoch: tokio::sync::watch::channel(0).0,
         });
         handler = Arc::downgrade(&app) as _;
         app.registry().serve_host_calls(handler);
@@ -68,6 +72,16 @@ impl App {
     /// switches in meanwhile.
     pub async fn pinned<F: std::future::Future>(&self, work: F) -> F::Output {
         GENERATION.scope(self.active(), work).await
+    }
+
+    /// Changes when a reload replaces the conversation manager (see `http::socket`).
+    pub fn manager_epochs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.manager_epoch.subscribe()
+    }
+
+    /// Tells the live sockets that the conversation manager was replaced.
+    pub fn manager_replaced(&self) {
+        self.manager_epoch.send_modify(|n| *n += 1);
     }
 
     /// Makes `next` the active generation (a reload); answers the previous one. Requests that

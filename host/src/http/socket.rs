@@ -219,8 +219,11 @@ async fn on_connect(state: AppState, s: SocketRef) {
     let (cleanup, disconnected) = (conn.cleanup.clone(), conn.disconnected.clone());
     let app = &state.app;
 
+    // A manager replaced from now on is caught (see the forwarder below).
+    let mut epochs = app.manager_epochs();
+    epochs.borrow_and_update();
     // Subscribe before replaying, so nothing falls between the two.
-    let (tx, mut live) = mpsc::unbounded_channel::<String>();
+    let (tx, live) = mpsc::unbounded_channel::<String>();
     match app.subscribe(&conn.ctx, &sid, tx).await {
         Ok(id) => {
             let gone = {
@@ -266,41 +269,56 @@ async fn on_connect(state: AppState, s: SocketRef) {
     }
 
     // Replay what is stored after latest_event_id, oldest first.
-    let mut next = conn.latest_event_id.map_or(0, |n| n.saturating_add(1));
-    let mut last_replayed = conn.latest_event_id;
-    loop {
-        let page = match app.events(&conn.ctx, &sid, EventQuery::new(next, None, false, 100)).await {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = s.emit("oh_event", &error_event(e.plugin_message().unwrap_or("cannot read the events")));
-                break;
-            }
-        };
-        for event in &page.events {
-            if !emit(&s, event).await {
-                return;
-            }
-            if let Some(id) = event["id"].as_u64() {
-                last_replayed = Some(last_replayed.map_or(id, |l| l.max(id)));
-                next = id.saturating_add(1);
-            }
-        }
-        if !page.has_more || page.events.is_empty() {
-            break;
-        }
-    }
+    let Some(last_replayed) = replay(&state, &conn, &s, conn.latest_event_id).await else { return };
 
-    // Live events: skip stored ones the replay already sent.
+    // Live events: skip stored ones the replay already sent. When a reload replaces the
+    // conversation manager, subscribe to the new one (the old one's sink closes), start the
+    // conversation there, and replay what was stored meanwhile: the client stays connected.
     let forward = {
-        let s = s.clone();
+        let (s, state, conn, cleanup) = (s.clone(), state.clone(), conn.clone(), cleanup.clone());
         tokio::spawn(async move {
-            while let Some(text) = live.recv().await {
-                let Ok(event) = serde_json::from_str::<Value>(&text) else { continue };
-                if event["id"].as_u64().is_some_and(|id| last_replayed.is_some_and(|l| id <= l)) {
-                    continue;
-                }
-                if !emit(&s, &event).await {
-                    break;
+            let mut last = last_replayed;
+            let mut live = Some(live);
+            loop {
+                tokio::select! {
+                    text = async { live.as_mut().expect("checked").recv().await }, if live.is_some() => {
+                        let Some(text) = text else {
+                            live = None; // the manager let go of the sink: wait for its successor
+                            continue;
+                        };
+                        let Ok(event) = serde_json::from_str::<Value>(&text) else { continue };
+                        let id = event["id"].as_u64();
+                        if id.is_some_and(|id| last.is_some_and(|l| id <= l)) {
+                            continue;
+                        }
+                        if !emit(&s, &event).await {
+                            break;
+                        }
+                        if id.is_some() {
+                            last = id;
+                        }
+                    }
+                    changed = epochs.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let (tx, rx) = mpsc::unbounded_channel::<String>();
+                        match state.app.subscribe(&conn.ctx, &sid, tx).await {
+                            Ok(id) => lock(&cleanup).subscription = Some(id),
+                            Err(e) => {
+                                tracing::warn!(conversation_id = %sid, error = %e, "cannot subscribe to the new manager");
+                                let _ = s.emit("oh_event", &error_event(e.plugin_message().unwrap_or("cannot subscribe")));
+                            }
+                        }
+                        live = Some(rx);
+                        if let Err(e) = state.app.start_conversation(&conn.ctx, &sid).await {
+                            tracing::warn!(conversation_id = %sid, error = %e, "cannot resume the conversation in the new manager");
+                        }
+                        match replay(&state, &conn, &s, last).await {
+                            Some(l) => last = l,
+                            None => break,
+                        }
+                    }
                 }
             }
         })
@@ -310,6 +328,35 @@ async fn on_connect(state: AppState, s: SocketRef) {
         forward.abort();
     } else {
         c.forward = Some(forward.abort_handle());
+    }
+}
+
+/// Emits what is stored after `after`, oldest first; the last id sent (`after` when none),
+/// or `None` once the socket is gone.
+async fn replay(state: &AppState, conn: &Connection, s: &SocketRef, after: Option<u64>) -> Option<Option<u64>> {
+    let sid = &conn.conversation_id;
+    let mut next = after.map_or(0, |n| n.saturating_add(1));
+    let mut last = after;
+    loop {
+        let page = match state.app.events(&conn.ctx, sid, EventQuery::new(next, None, false, 100)).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = s.emit("oh_event", &error_event(e.plugin_message().unwrap_or("cannot read the events")));
+                return Some(last);
+            }
+        };
+        for event in &page.events {
+            if !emit(s, event).await {
+                return None;
+            }
+            if let Some(id) = event["id"].as_u64() {
+                last = Some(last.map_or(id, |l| l.max(id)));
+                next = id.saturating_add(1);
+            }
+        }
+        if !page.has_more || page.events.is_empty() {
+            return Some(last);
+        }
     }
 }
 

@@ -56,6 +56,26 @@ impl Registry {
         found.is_some()
     }
 
+    /// What the conversation manager was built from (`None`: none configured).
+    pub fn manager_fingerprint(&self) -> Option<&str> {
+        self.manager.as_ref().map(|m| m.meta.fingerprint.as_str())
+    }
+
+    /// Shuts the conversation manager down now (a reload replaces it): its loops store their
+    /// state, and the new manager resumes them from the stores.
+    pub async fn shutdown_manager(&self, deadline: std::time::Duration) {
+        let Some(m) = &self.manager else { return };
+        let stopping = m.obj.shutdown(deadline.as_millis() as u64);
+        let done = async move {
+            stopping.await;
+            abi_stable::std_types::ROk::<(), plugin_api::PluginError>(())
+        };
+        let fut = async_ffi::FutureExt::into_ffi(done);
+        if m.meta.call_with("shutdown", fut, Some(deadline), super::call::Kind::Probe).await.is_err() {
+            tracing::warn!(extension = %m.meta.key, "the replaced manager did not stop within its deadline");
+        }
+    }
+
     /// Shuts down what this generation holds and `other` does not: its instances, then the
     /// libraries' runtimes (libraries stay loaded).
     pub async fn retire_beside(&self, other: &Registry, deadline: std::time::Duration) {
