@@ -924,6 +924,7 @@ async fn a_replaced_manager_takes_over_the_conversation_without_a_reconnect() {
     let mut seen = socket.until(WAIT, |e| agent_says(e, "Echo: hello there.")).await;
     seen.extend(socket.until(WAIT, |e| is_state(e, "awaiting_user_input")).await);
 
+    let busy = oh_e2e::Busy::start(&host, None);
     d.write_profile("", &manager(", max_concurrent_conversations = 4"));
     let out = d.run_cli(&["reload", "--admin", host.admin.as_deref().unwrap()]);
     assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
@@ -937,4 +938,5 @@ async fn a_replaced_manager_takes_over_the_conversation_without_a_reconnect() {
     assert_eq!(all, (0..all.len() as u64).collect::<Vec<_>>(), "ids must stay dense: {}", pretty(&seen));
     let answers = seen.iter().filter(|e| agent_says(e, "Echo: hello there.")).count();
     assert_eq!(answers, 1, "the first message is answered once: {}", pretty(&seen));
+    busy.stop().await;
 }

@@ -3,15 +3,9 @@
 //! is refused while the old one serves. (A replaced conversation manager with a live
 //! conversation: `agent::a_replaced_manager_takes_over_the_conversation_without_a_reconnect`.)
 
-use oh_e2e::{sha256_hex, Deployment, TestHost};
+use oh_e2e::{sha256_hex, Busy, Deployment, TestHost};
 use serde_json::Value;
-use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 const TOKEN: &str = "alice-reload-token";
 
@@ -32,28 +26,6 @@ async fn plugins(host: &TestHost) -> Value {
     host.admin_get("/internal/plugins").await.json()
 }
 
-/// Eight clients in a loop until `stop`: (requests, failures). A request fails when it gets
-/// no answer or an answer other than 200/404 (no settings stored yet).
-fn load(host: &TestHost, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<(u64, Vec<String>)>> {
-    (0..8)
-        .map(|_| {
-            let (http, url, stop) = (host.http.clone(), host.url("/api/settings"), stop.clone());
-            tokio::spawn(async move {
-                let (mut sent, mut failed) = (0u64, Vec::new());
-                while !stop.load(Ordering::Relaxed) {
-                    sent += 1;
-                    match http.get(&url).bearer_auth(TOKEN).send().await {
-                        Ok(r) if r.status() == 200 || r.status() == 404 => {}
-                        Ok(r) => failed.push(format!("{} {}", r.status(), r.text().await.unwrap_or_default())),
-                        Err(e) => failed.push(e.to_string()),
-                    }
-                }
-                (sent, failed)
-            })
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn user_auth_is_swapped_by_editing_the_profile_and_back_under_load() {
     let d = Deployment::new();
@@ -61,8 +33,7 @@ async fn user_auth_is_swapped_by_editing_the_profile_and_back_under_load() {
     d.install("token_auth");
     d.write_profile("", "");
     let host = d.start();
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = load(&host, stop.clone());
+    let busy = Busy::start(&host, Some(TOKEN));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // DefaultUserAuth → TokenAuth: a request without the token is now refused.
@@ -84,20 +55,7 @@ async fn user_auth_is_swapped_by_editing_the_profile_and_back_under_load() {
     assert!(matches!(host.get("/api/settings").await.status, 200 | 404));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    stop.store(true, Ordering::Relaxed);
-    let (mut sent, mut failed) = (0, Vec::new());
-    for c in clients {
-        let (s, f) = c.await.unwrap();
-        sent += s;
-        failed.extend(f);
-    }
-    assert!(sent > 50, "only {sent} requests were sent");
-    assert!(
-        failed.is_empty(),
-        "{} of {sent} requests failed across two reloads: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    busy.stop().await;
     let status = plugins(&host).await;
     assert_eq!((status["reloads"]["generation"].as_u64(), status["reloads"]["reloads"].as_u64()), (Some(3), Some(2)));
     let metrics = host.admin_get("/internal/metrics").await.text;
@@ -110,6 +68,7 @@ async fn a_broken_profile_is_refused_with_every_problem_and_the_old_one_goes_on(
     d.install_bundled();
     d.write_profile("", "");
     let host = d.start();
+    let busy = Busy::start(&host, None);
     d.write_profile(
         "",
         "[extensions.user_auth]\nlibrary = \"default_auth\"\nimplementation = \"NoSuchAuth\"\n\
@@ -129,6 +88,7 @@ async fn a_broken_profile_is_refused_with_every_problem_and_the_old_one_goes_on(
     let out = reload(&d, &host);
     assert!(!out.status.success() && out.stderr.contains("[server] max_body_bytes changed"), "{}", out.stderr);
     assert_eq!(plugins(&host).await["reloads"]["generation"].as_u64(), Some(1));
+    busy.stop().await;
 }
 
 /// SIGHUP reloads; a library file replaced in place (other bytes, same name) is a new library,
@@ -142,6 +102,7 @@ async fn sighup_reloads_and_a_library_replaced_in_place_is_loaded_anew() {
     let monitoring = "[[extensions.monitoring]]\nlibrary = \"mon\"\nimplementation = \"LogMonitoringListener\"\n";
     d.write_profile("", monitoring);
     let host = d.start();
+    let busy = Busy::start(&host, None);
     let resident = plugins(&host).await["libraries_resident"].as_u64().unwrap();
 
     // The same file: nothing is loaded again, every instance is kept.
@@ -168,6 +129,7 @@ async fn sighup_reloads_and_a_library_replaced_in_place_is_loaded_anew() {
     let sha = oh_e2e::sha256_hex_file(&lib);
     assert!(status["libraries"].as_array().unwrap().iter().any(|l| l["name"] == "mon" && l["sha256"] == sha.as_str()));
     assert!(matches!(host.get("/api/settings").await.status, 200 | 404));
+    busy.stop().await;
 }
 
 async fn wait_for_generation(host: &TestHost, generation: u64) -> Value {
@@ -194,6 +156,7 @@ async fn a_routes_entry_reloads_when_its_routes_stay_the_same() {
     };
     d.write_profile("", &routes(""));
     let host = d.start();
+    let busy = Busy::start(&host, None);
     assert_eq!(host.get("/fixture/echo/one").await.json()["echo"], "one");
 
     d.write_profile("", &routes("timeout_ms = 7000\n"));
@@ -214,4 +177,5 @@ async fn a_routes_entry_reloads_when_its_routes_stay_the_same() {
     assert!(!out.status.success(), "{}", out.stdout);
     assert!(out.stderr.contains("/api/settings"), "the clash is named: {}", out.stderr);
     assert_eq!(host.get("/fixture/echo/three").await.json()["echo"], "three");
+    busy.stop().await;
 }

@@ -500,3 +500,54 @@ pub fn sha256_hex_file(path: &Path) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(fs::read(path).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Eight clients sending `GET /api/settings` (with `bearer` when given) in a loop while a test
+/// changes the server under them; [`Busy::stop`] answers (requests, failures). A request fails
+/// when it gets no answer, or an answer other than 200/404 (no settings stored yet).
+pub struct Busy {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Busy {
+    pub fn start(host: &TestHost, bearer: Option<&str>) -> Busy {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..8)
+            .map(|_| {
+                let (http, url, stop) = (host.http.clone(), host.url("/api/settings"), stop.clone());
+                let bearer = bearer.map(str::to_owned);
+                tokio::spawn(async move {
+                    let (mut sent, mut failed) = (0u64, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        sent += 1;
+                        let mut request = http.get(&url);
+                        if let Some(token) = &bearer {
+                            request = request.bearer_auth(token);
+                        }
+                        match request.send().await {
+                            Ok(r) if r.status() == 200 || r.status() == 404 => {}
+                            Ok(r) => failed.push(format!("{} {}", r.status(), r.text().await.unwrap_or_default())),
+                            Err(e) => failed.push(e.to_string()),
+                        }
+                    }
+                    (sent, failed)
+                })
+            })
+            .collect();
+        Busy { stop, clients }
+    }
+
+    /// Stops the clients; asserts that some requests were sent and none failed.
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut sent, mut failed) = (0, Vec::new());
+        for c in self.clients {
+            let (s, f) = c.await.unwrap();
+            sent += s;
+            failed.extend(f);
+        }
+        assert!(sent > 20, "only {sent} requests were sent");
+        assert!(failed.is_empty(), "{} of {sent} requests failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+        sent
+    }
+}
