@@ -211,6 +211,9 @@ fn releases_are_ordered_real_and_frozen() {
 /// Checks `r` out (once) and builds the two libraries there; answers the directory holding
 /// `libcontract_plugin.so` and `libtoken_auth.so`.
 fn build_release(r: &Release) -> PathBuf {
+    // One build at a time: tests of this binary run in parallel and share the worktrees.
+    static BUILDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
     let root = workspace().join("target/compat").join(&r.version);
     let src = root.join("src");
     let checked_out = Command::new("git")
@@ -607,4 +610,50 @@ async fn every_released_contract_loads_in_todays_host() {
         let read = host.send(host.http.get(host.url("/api/settings")).bearer_auth("alice-token")).await;
         assert_eq!(read.json()["llm_model"], "m", "{label}");
     }
+}
+
+/// A library replaced in place by a rebuild with other behaviour, under a running server:
+/// the contract fixture as plugin-api 1.0 built it serves the settings, then today's build is
+/// dropped over the same file and the profile names the runtime it now offers; a reload (no
+/// restart) loads the new file from its own copy and serves both, while eight clients keep
+/// sending requests.
+#[tokio::test]
+async fn a_library_rebuilt_with_new_behaviour_is_swapped_in_by_a_reload() {
+    let Some(first) = releases().into_iter().find(|r| major_minor(&r.version).1 == 0) else { return };
+    let built = tokio::task::spawn_blocking(move || build_release(&first)).await.unwrap().join("libcontract_plugin.so");
+    let d = Deployment::new();
+    d.install_bundled();
+    let lib = d.plugins_dir().join("libcontract.so");
+    let install = |from: &Path| {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = d.plugins_dir().join("libcontract.so.new");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::rename(&tmp, &lib).unwrap();
+    };
+    install(&built);
+    let settings = "[extensions.settings_store]\nlibrary = \"contract\"\nimplementation = \"ContractSettings\"\n";
+    d.write_profile("", settings);
+    let host = d.start();
+    let busy = oh_e2e::Busy::start(&host, None);
+    let api = |plugins: &Value| {
+        plugins["libraries"].as_array().unwrap().iter().find(|l| l["name"] == "contract").unwrap()["api_version"]
+            .clone()
+    };
+    assert_eq!(api(&host.admin_get("/internal/plugins").await.json()), "1.0");
+
+    install(&oh_e2e::target_debug().join("libcontract_plugin.so"));
+    d.write_profile(
+        "",
+        &format!("{settings}[extensions.runtime]\nlibrary = \"contract\"\nimplementation = \"ContractRuntime\"\n"),
+    );
+    let out = d.run_cli(&["reload", "--admin", host.admin.as_deref().unwrap()]);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("added     extensions.runtime"), "{}", out.stdout);
+    assert!(out.stdout.contains("replaced  extensions.settings_store"), "{}", out.stdout);
+    let plugins = host.admin_get("/internal/plugins").await.json();
+    assert_eq!(api(&plugins), plugin_api::API_MAJOR.to_string() + "." + &plugin_api::API_MINOR.to_string());
+    let runtime = plugins["instances"].as_array().unwrap().iter().find(|i| i["extension_point"] == "runtime").cloned();
+    assert_eq!(runtime.map(|r| r["healthy"].clone()), Some(json!(true)));
+    busy.stop().await;
 }
