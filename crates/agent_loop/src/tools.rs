@@ -177,12 +177,17 @@ async fn bash(
     tokio::pin!(run, stop);
     let result = tokio::select! {
         r = &mut run => r,
-        () = &mut stop => {
+        () = &mut stop => loop {
+            // Again until the call answers: an interrupt can reach the runtime before the
+            // call it is meant for (both cross the host), and would then stop nothing.
             if let Err(e) = ws.runtime.interrupt(ws.ctx.clone(), &ws.conversation_id).await {
                 tracing::warn!(conversation_id = %ws.conversation_id, error = %e, "the runtime did not interrupt the command");
             }
-            run.await
-        }
+            tokio::select! {
+                r = &mut run => break r,
+                () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            }
+        },
     };
     match result {
         Ok(r) => (r.exit_code, r.output, r.done),
