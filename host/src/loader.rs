@@ -198,6 +198,17 @@ impl Root {
             Root::Current(m) => m.implementations(),
         }
     }
+    /// The `runtime` factory: `None` from a library built before plugin-api 1.1.
+    pub fn runtime_factory(
+        self,
+    ) -> Option<extern "C" fn(RStr<'_>, RStr<'_>, plugin_api::HostServicesObject) -> PResult<plugin_api::RuntimeObject>>
+    {
+        match self {
+            Root::V1_0(_) => None,
+            Root::Current(m) => m.new_runtime(),
+        }
+    }
+
     pub fn shutdown(self) -> extern "C" fn(u64) -> FfiFuture<()> {
         match self {
             Root::V1_0(m) => m.shutdown(),

@@ -486,16 +486,11 @@ async fn exercise(dir: &Path, label: &str) -> Vec<String> {
     assert!(metrics.contains("contract_seconds_bucket"), "{label}: the plugin's histogram is missing");
 
     // runtime (1.1): a library built against 1.0 has no factory for it.
-    let runtime = match m {
-        Root::V1_0(_) => None,
-        Root::Current(current) => {
-            let factory = current.new_runtime().expect("a 1.1 library has the runtime factory");
-            Some(ok(
-                factory("ContractRuntime".into(), "{}".into(), HostServices_TO::from_value(host.clone(), TD_Opaque)),
-                &build("runtime"),
-            ))
-        }
-    };
+    let runtime = m.runtime_factory().map(|factory| {
+        let services = HostServices_TO::from_value(host.clone(), TD_Opaque);
+        ok(factory("ContractRuntime".into(), "{}".into(), services), &build("runtime"))
+    });
+    assert_eq!(runtime.is_some(), matches!(m, Root::Current(_)), "{label}: a 1.1 library has the runtime factory");
     if let Some(rt) = &runtime {
         let open = models::WorkspaceRequest { conversation_id: "c3".into(), repository: None };
         let info = parse(ok(rt.open(ctx(), serde_json::to_string(&open).unwrap().into()).await, "open"));

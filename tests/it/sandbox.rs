@@ -201,6 +201,16 @@ async fn the_agent_reaches_nothing_the_host_holds(saas: bool) {
     assert!(after < before + 50 * 1024, "the host grew from {before} KiB to {after} KiB");
     let listed = target.get(MALLORY, &format!("{base}/list-files")).await.json();
     assert!(listed.as_array().unwrap().contains(&json!("a.txt")), "{listed}");
+
+    // Deleting the conversation removes its workspace (the runtime's `destroy`) and nothing its
+    // links lead to: another workspace, the state directory.
+    let workspace = state.join("workspaces").join(&id);
+    assert!(workspace.join("victim-link").symlink_metadata().is_ok());
+    let deleted = target.request(MALLORY, reqwest::Method::DELETE, &base, None).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text);
+    assert!(!workspace.exists(), "the workspace outlived its conversation");
+    assert!(victim_code.exists(), "a link in the deleted workspace removed another workspace's file");
+    assert_eq!(std::fs::read_to_string(state.join("target-file")).unwrap(), "untouched");
 }
 
 #[tokio::test]

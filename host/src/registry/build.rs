@@ -335,16 +335,15 @@ impl Registry {
                 ExtensionPoint::ROUTES => {
                     push(&mut routes, instantiate(factory!(m, new_routes, services), e, &lib), &mut problems)
                 }
-                ExtensionPoint::RUNTIME => match m {
-                    Root::Current(current) if current.new_runtime().is_some() => {
-                        let new_runtime = current.new_runtime().expect("checked");
+                ExtensionPoint::RUNTIME => match m.runtime_factory() {
+                    Some(new_runtime) => {
                         let make = move |implementation: &str, config: &str| {
                             let services = HostServices_TO::from_value(services, TD_Opaque);
                             new_runtime(RStr::from_str(implementation), RStr::from_str(config), services)
                         };
                         put(&mut runtime_instance, instantiate(make, e, &lib), &mut problems)
                     }
-                    _ => problems.push(format!(
+                    None => problems.push(format!(
                         "{}: library `{}` ({}) was built against plugin-api {}, which has no runtime extension point (added in 1.1); it offers no runtime",
                         e.key,
                         e.library,
