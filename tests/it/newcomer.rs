@@ -47,16 +47,23 @@ fn readme_blocks(title: &str) -> Vec<Vec<String>> {
 
 /// Runs one shell command line; its stdout.
 fn bash(line: &str, env: &[(&str, &str)]) -> String {
+    let (ok, output) = bash_status(line, env);
+    assert!(ok, "`{line}` failed:\n{output}");
+    output.split_once("\n--- stderr ---\n").map_or(output.clone(), |(stdout, _)| stdout.to_owned())
+}
+
+/// Runs shell lines (stopping at the first failure): whether all succeeded, and their stdout
+/// then stderr.
+fn bash_status(lines: &str, env: &[(&str, &str)]) -> (bool, String) {
     let out = Command::new("bash")
         .arg("-c")
-        .arg(format!("set -euo pipefail\n{line}"))
+        .arg(format!("set -euo pipefail\n{lines}"))
         .current_dir(workspace())
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "`{line}` failed:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    stdout
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), format!("{stdout}\n--- stderr ---\n{stderr}"))
 }
 
 #[tokio::test]
@@ -252,16 +259,36 @@ async fn the_readme_postgres_steps_and_key_rotation_work_as_written() {
         let r = host.post_json("/api/secrets", &json!({ "name": name, "value": format!("{name}-value") })).await;
         assert_eq!(r.status, 201, "{}", r.text);
     }
-    drop(host);
 
-    // The rotation block, as written, from the same shell state.
-    let mut script = format!("export DB_HOST=127.0.0.1 DB_NAME={} OH_MASTER_KEY={first_key}\n", db.name);
-    for line in rotate {
+    // The whole block while that host still runs with only the old key: rotate-keys refuses,
+    // names the host, and re-seals nothing (the host goes on reading).
+    let shell_state = format!("export DB_HOST=127.0.0.1 DB_NAME={} OH_MASTER_KEY={first_key}\n", db.name);
+    let refused = bash_status(&format!("{shell_state}{}", rotate.join("\n")), &base_env);
+    assert!(!refused.0, "rotate-keys ran while a host lacked the new key:\n{}", refused.1);
+    assert!(refused.1.contains("live host(s) on this database cannot read master key"), "{}", refused.1);
+    assert!(refused.1.contains("OH_PREVIOUS_MASTER_KEYS"), "{}", refused.1);
+    let listed = host.get("/api/secrets").await;
+    assert_eq!(
+        (listed.status, listed.json()["custom_secrets"].as_array().map(Vec::len)),
+        (200, Some(2)),
+        "{}",
+        listed.text
+    );
+
+    // The block as the procedure: its first line, then step 1 (restart with both keys), then
+    // the rest, from the same shell state.
+    let (export, rest) = rotate.split_first().unwrap();
+    assert!(export.starts_with("export OH_PREVIOUS_MASTER_KEYS="), "{export}");
+    let keys = bash(&format!("{shell_state}{export}\necho \"$OH_MASTER_KEY $OH_PREVIOUS_MASTER_KEYS\""), &base_env);
+    let (new_key, previous) = keys.trim().split_once(' ').unwrap();
+    assert_eq!(previous, first_key);
+    assert_ne!(new_key, first_key);
+    drop(host);
+    let (host, _d) = serve(&[("OH_MASTER_KEY", new_key), ("OH_PREVIOUS_MASTER_KEYS", previous)]);
+    let mut script = format!("{shell_state}export OH_MASTER_KEY={new_key} OH_PREVIOUS_MASTER_KEYS={previous}\n");
+    for line in rest {
         script.push_str(line);
         script.push('\n');
-        if line.starts_with("target/debug/oh-host rotate-keys") {
-            script.push_str("echo \"KEYS $OH_MASTER_KEY $OH_PREVIOUS_MASTER_KEYS\"\n");
-        }
     }
     let out = bash(&script, &base_env);
     let report = |store: &str| -> Value {
@@ -271,10 +298,9 @@ async fn the_readme_postgres_steps_and_key_rotation_work_as_written() {
     let secrets = report("SaasSecretsStore");
     assert_eq!((secrets["rotated"].as_u64(), secrets["remaining"].as_i64()), (Some(2), Some(0)), "{out}");
     assert_eq!(report("SaasSettingsStore")["remaining"], 0, "{out}");
-    let keys: Vec<&str> = out.lines().find(|l| l.starts_with("KEYS ")).unwrap().split(' ').collect();
-    let (new_key, previous) = (keys[1], keys[2]);
-    assert_eq!(previous, first_key);
-    assert_ne!(new_key, first_key);
+    let listed = host.get("/api/secrets").await;
+    assert_eq!(listed.status, 200, "the restarted host reads what was re-sealed: {}", listed.text);
+    drop(host);
 
     // After rotation the old key is not needed; with only it, nothing reads.
     let (host, _d) = serve(&[("OH_MASTER_KEY", new_key)]);

@@ -107,6 +107,11 @@ impl Keyring {
         &self.current.id
     }
 
+    /// Every key id this keyring opens, the current one first.
+    pub fn ids(&self) -> Vec<&str> {
+        std::iter::once(&self.current).chain(&self.previous).map(|k| k.id.as_str()).collect()
+    }
+
     /// Whether values sealed with key `id` open with this keyring (the current key or a
     /// previous one).
     pub fn knows(&self, id: &str) -> bool {

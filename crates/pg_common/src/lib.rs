@@ -9,6 +9,7 @@
 //!   ([`crypto::deployment_keyring`]).
 
 pub mod crypto;
+pub mod presence;
 
 use plugin_sdk::{env, ErrorCode, PluginError};
 use sqlx::{
@@ -127,6 +128,8 @@ pub const DEFAULT_ACQUIRE_MS: u64 = 3000;
 /// wait, never a queue of callers each retrying in turn.
 pub struct Database {
     pool: PgPool,
+    /// How the pool connects (for [`Database::announce_keys`]'s own connection).
+    options: PgConnectOptions,
     /// Connections kept out of the pool by [`Kept`], with when each was last used.
     kept: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
     /// At most this many are kept (half the pool; the others serve writes).
@@ -208,10 +211,11 @@ impl Database {
                         Ok(true)
                     })
                 })
-                .connect_lazy_with(options)
+                .connect_lazy_with(options.clone())
         });
         let db = Arc::new(Database {
             pool,
+            options,
             kept: Mutex::new(Vec::new()),
             keep_at_most: (crate::max_connections(max_connections) as usize / 2).clamp(1, 32),
             label: label.clone(),
@@ -224,6 +228,12 @@ impl Database {
         let _ = db.this.set(Arc::downgrade(&db));
         all.insert((label, migrate_on_first_use), db.clone());
         Ok(db)
+    }
+
+    /// Keeps this process's master key ids visible to `oh-host rotate-keys` on every host
+    /// (see [`presence`]).
+    pub fn announce_keys(&self, keys: &crypto::Keyring) {
+        presence::announce(&self.options, &self.label, keys);
     }
 
     /// `host:port/database`, without credentials.

@@ -103,6 +103,7 @@ pub(crate) async fn migrate(db: &Db) -> Result<Value, PluginError> {
 
 /// `rotate_keys` over a store's sealed columns.
 pub(crate) async fn rotate_columns(db: &Db, sealed: &[SealedColumn]) -> Result<Value, PluginError> {
+    pg_common::presence::refuse_rotation_while_lacking(db.ready().await?, &db.keys).await?;
     let mut reports = Vec::new();
     for column in sealed {
         reports.push(rotate_keys(db, column).await?);

@@ -42,6 +42,7 @@ pub(crate) fn open(config: &Config) -> Result<Arc<Db>, PluginError> {
         config.previous_master_keys.as_deref(),
         None,
     )?;
+    database.announce_keys(&keys);
     Ok(Arc::new(Db { database, keys }))
 }
 
