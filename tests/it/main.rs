@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod compat;
 mod conversations;
+mod deploy;
 mod docs_plugin_api;
 mod failures;
 mod feedback;
