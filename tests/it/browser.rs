@@ -163,8 +163,10 @@ async fn an_llm_that_refuses_the_key_shows_why() {
 /// pointed at the deployment's.
 fn saas_profile(d: &Deployment) {
     let shipped = std::fs::read_to_string(oh_e2e::workspace().join("examples/plugins.saas.toml")).unwrap();
-    let profile = shipped
-        .replace("plugins_dir = \"../target/plugins\"", &format!("plugins_dir = \"{}\"", d.plugins_dir().display()));
+    let profile = shipped.replace(
+        "plugins_dir = \"${OH_PLUGINS_DIR:-../target/plugins}\"",
+        &format!("plugins_dir = \"{}\"", d.plugins_dir().display()),
+    );
     assert_ne!(profile, shipped, "the example profile's plugins_dir line moved");
     std::fs::write(d.profile_path(), profile).unwrap();
 }
