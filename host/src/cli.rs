@@ -15,7 +15,8 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 const ABOUT: &str = "An OpenHands-compatible agent server whose every part is a plugin library.";
 
 const AFTER_HELP: &str = "\
-The profile is --config FILE, else $OPENHANDS_PLUGINS_TOML, else ./plugins.toml.
+The profile is --config FILE, else $OPENHANDS_PLUGINS_TOML, else the one $OPENHANDS_CONFIG_CLS
+names (OpenHands' ServerConfig or SaaSServerConfig, or a path), else ./plugins.toml.
 Logs go to stderr; RUST_LOG sets what is logged (default `info`; e.g. RUST_LOG=debug, or
 RUST_LOG=info,oh_host=debug). docs/configuration.md lists every setting and variable.";
 
@@ -135,12 +136,21 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The profile's path (`--config`, `OPENHANDS_PLUGINS_TOML`, `OPENHANDS_CONFIG_CLS`); a
+/// class name this server does not know is reported.
+fn profile(cli: &Cli) -> Result<PathBuf, ExitCode> {
+    config::profile_path(cli.config.as_deref(), &env::process).map_err(|e| {
+        eprintln!("oh-host: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 /// The running server's admin listener: `--admin`, else the profile's `admin_bind`.
 fn admin_base(cli: &Cli, admin: Option<&str>) -> Result<String, ExitCode> {
     if let Some(url) = admin {
         return Ok(url.trim_end_matches('/').to_owned());
     }
-    let path = config::profile_path(cli.config.as_deref(), &env::process);
+    let path = profile(cli)?;
     // Only `[server]` is needed: a profile being edited may not load as a whole.
     let (config, problems) = config::load_lenient(&path);
     match config.and_then(|c| c.server.admin_bind) {
@@ -252,7 +262,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Loads the profile and builds every instance: everything `serve` and `check` do before
 /// binding. Problems are printed; `None` then.
 fn load(cli: &Cli, rt: &tokio::runtime::Runtime) -> Option<(PathBuf, config::Config, Arc<Registry>)> {
-    let path = config::profile_path(cli.config.as_deref(), &env::process);
+    let path = profile(cli).ok()?;
     let mut config = config::load(&path).map_err(|e| eprint!("oh-host: {e}")).ok()?;
     if let Some(bind) = cli.bind {
         config.server.bind = bind;
@@ -349,7 +359,10 @@ fn check(cli: &Cli) -> ExitCode {
     // Plugins built from here on write nothing: they are read and probed only.
     loader::set_read_only();
     let rt = runtime();
-    let path = config::profile_path(cli.config.as_deref(), &env::process);
+    let path = match profile(cli) {
+        Ok(path) => path,
+        Err(code) => return code,
+    };
     let (config, mut problems) = config::load_lenient(&path);
     let mut registry = None;
     if let Some(config) = &config {
@@ -438,7 +451,7 @@ fn plugins(cli: &Cli, dir: Option<&PathBuf>) -> ExitCode {
     let dir = match dir {
         Some(d) => d.clone(),
         None => {
-            let path = config::profile_path(cli.config.as_deref(), &env::process);
+            let Ok(path) = profile(cli) else { return ExitCode::FAILURE };
             match config::load(&path) {
                 Ok(c) => c.server.plugins_dir,
                 Err(e) => {

@@ -8,6 +8,12 @@ use std::path::PathBuf;
 
 /// The profile file; default `./plugins.toml`. `--config FILE` overrides it.
 pub const OPENHANDS_PLUGINS_TOML: &str = "OPENHANDS_PLUGINS_TOML";
+/// OpenHands' config class, for operators migrating: its OSS `ServerConfig` means the bundled
+/// default profile, its enterprise `SaaSServerConfig` the SaaS one; a path names a profile.
+/// Read when neither `--config` nor `OPENHANDS_PLUGINS_TOML` says.
+pub const OPENHANDS_CONFIG_CLS: &str = "OPENHANDS_CONFIG_CLS";
+/// `OSS` or `SAAS` (any case): the mode of a profile whose `[server] app_mode` does not say.
+pub const APP_MODE: &str = "APP_MODE";
 /// `tracing` filter for the logs (e.g. `info,oh_host=debug`); default `info`.
 pub const RUST_LOG: &str = "RUST_LOG";
 /// `HOME`, for `~` in profile paths.
@@ -21,8 +27,11 @@ pub const FRONTEND_DIRECTORY: &str = "FRONTEND_DIRECTORY";
 pub const DEFAULT_FRONTEND_DIRECTORY: &str = "frontend/build";
 /// `1` lets `POST /api/conversations` choose the conversation id (as OpenHands).
 pub const ALLOW_SET_CONVERSATION_ID: &str = "ALLOW_SET_CONVERSATION_ID";
-/// The public URL of the web app (SaaS), e.g. `https://app.example.com`.
+/// The web app's host name (`app.example.com`; a full URL is accepted too): `https://` is
+/// added (`http://` on loopback); allowed by CORS and the cross-site guard.
 pub const WEB_HOST: &str = "WEB_HOST";
+/// The host name of the sign-in routes (the OAuth callbacks); default `WEB_HOST`.
+pub const AUTH_WEB_HOST: &str = "AUTH_WEB_HOST";
 /// Shown as `GITHUB_CLIENT_ID` by `/api/options/config`; SaaS: `github` in `PROVIDERS_CONFIGURED`.
 pub const GITHUB_APP_CLIENT_ID: &str = "GITHUB_APP_CLIENT_ID";
 /// SaaS: `gitlab` in `PROVIDERS_CONFIGURED` when set.
@@ -33,7 +42,8 @@ pub const BITBUCKET_APP_CLIENT_ID: &str = "BITBUCKET_APP_CLIENT_ID";
 pub const ENABLE_ENTERPRISE_SSO: &str = "ENABLE_ENTERPRISE_SSO";
 /// SaaS: shown as `APP_SLUG` (the GitHub App's slug).
 pub const GITHUB_APP_SLUG: &str = "GITHUB_APP_SLUG";
-/// PostHog key shown to the frontend; default OpenHands' public key.
+/// PostHog key shown to the frontend; default OpenHands' public key in OSS mode, none in SaaS
+/// mode (the document: a SaaS deployment sends to its own project or nowhere).
 pub const POSTHOG_CLIENT_KEY: &str = "POSTHOG_CLIENT_KEY";
 /// `true`/`1`: `FEATURE_FLAGS.ENABLE_BILLING` in `/api/options/config`.
 pub const ENABLE_BILLING: &str = "ENABLE_BILLING";
@@ -68,12 +78,15 @@ pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 /// Every variable above, for the configuration reference (a test checks it lists them all).
 pub const ALL: &[&str] = &[
     OPENHANDS_PLUGINS_TOML,
+    OPENHANDS_CONFIG_CLS,
+    APP_MODE,
     RUST_LOG,
     HOME,
     PERMITTED_CORS_ORIGINS,
     FRONTEND_DIRECTORY,
     ALLOW_SET_CONVERSATION_ID,
     WEB_HOST,
+    AUTH_WEB_HOST,
     GITHUB_APP_CLIENT_ID,
     GITLAB_APP_CLIENT_ID,
     BITBUCKET_APP_CLIENT_ID,
@@ -111,7 +124,10 @@ pub struct HostEnv {
     pub permitted_cors_origins: Option<Vec<String>>,
     pub frontend_directory: Option<PathBuf>,
     pub allow_set_conversation_id: bool,
+    /// `WEB_HOST` as a URL (`https://` added to a bare host name).
     pub web_host: Option<String>,
+    /// `AUTH_WEB_HOST` as a URL; `None`: the same as `web_host`.
+    pub auth_web_host: Option<String>,
     pub github_app_client_id: Option<String>,
     pub gitlab_app_client_id: Option<String>,
     pub bitbucket_app_client_id: Option<String>,
@@ -136,15 +152,38 @@ pub struct HostEnv {
     pub otel_protocol: Option<String>,
 }
 
-/// `true` or `1` (OpenHands' flags).
-fn flag(v: Option<String>) -> bool {
-    v.is_some_and(|v| v == "true" || v == "1")
-}
-
 impl HostEnv {
     /// Reads the variables; a problem (a frontend directory that is not one) is pushed.
     pub fn read(lookup: Lookup<'_>, problems: &mut Vec<String>) -> HostEnv {
         let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
+        // Every flag through the one parser; a value that is not one is a problem, not "off".
+        let mut flag_problems = Vec::new();
+        let mut flag = |name: &str| match seed_env::flag(&get(name).unwrap_or_default()) {
+            Ok(on) => on,
+            Err(e) => {
+                flag_problems.push(format!("environment variable {name}: {e}"));
+                false
+            }
+        };
+        let (enable_billing, hide_llm_settings, enable_jira, enable_jira_dc, enable_linear, allow_set_conversation_id) = (
+            flag(ENABLE_BILLING),
+            flag(HIDE_LLM_SETTINGS),
+            flag(ENABLE_JIRA),
+            flag(ENABLE_JIRA_DC),
+            flag(ENABLE_LINEAR),
+            flag(ALLOW_SET_CONVERSATION_ID),
+        );
+        problems.extend(flag_problems);
+        let mut url = |name: &str| {
+            get(name).and_then(|v| match seed_env::public_url(&v) {
+                Ok(url) => Some(url),
+                Err(e) => {
+                    problems.push(format!("environment variable {name}: {e}"));
+                    None
+                }
+            })
+        };
+        let (web_host, auth_web_host) = (url(WEB_HOST), url(AUTH_WEB_HOST));
         // As OpenHands: `./frontend/build` when the variable is unset and a build is there
         // (`make frontend` puts one there).
         let frontend_directory = get(FRONTEND_DIRECTORY).map(PathBuf::from).or_else(|| {
@@ -177,19 +216,20 @@ impl HostEnv {
                 v.split(',').map(|s| s.trim().trim_end_matches('/').to_owned()).filter(|s| !s.is_empty()).collect()
             }),
             frontend_directory,
-            allow_set_conversation_id: get(ALLOW_SET_CONVERSATION_ID).as_deref() == Some("1"),
-            web_host: get(WEB_HOST).map(|v| v.trim_end_matches('/').to_owned()),
+            allow_set_conversation_id,
+            web_host,
+            auth_web_host,
             github_app_client_id: get(GITHUB_APP_CLIENT_ID),
             gitlab_app_client_id: get(GITLAB_APP_CLIENT_ID),
             bitbucket_app_client_id: get(BITBUCKET_APP_CLIENT_ID),
-            enable_enterprise_sso: get(ENABLE_ENTERPRISE_SSO).is_some(),
+            enable_enterprise_sso: seed_env::switched_on(get(ENABLE_ENTERPRISE_SSO).as_deref()),
             github_app_slug: get(GITHUB_APP_SLUG),
             posthog_client_key: get(POSTHOG_CLIENT_KEY),
-            enable_billing: flag(get(ENABLE_BILLING)),
-            hide_llm_settings: flag(get(HIDE_LLM_SETTINGS)),
-            enable_jira: flag(get(ENABLE_JIRA)),
-            enable_jira_dc: flag(get(ENABLE_JIRA_DC)),
-            enable_linear: flag(get(ENABLE_LINEAR)),
+            enable_billing,
+            hide_llm_settings,
+            enable_jira,
+            enable_jira_dc,
+            enable_linear,
             maintenance_start_time,
             auth_url: get(AUTH_URL),
             stripe_publishable_key: get(STRIPE_PUBLISHABLE_KEY),

@@ -22,6 +22,7 @@ mod reload;
 mod routes;
 mod saas_auth;
 mod sandbox;
+mod seed;
 mod shapes;
 mod sso;
 mod stores;

@@ -127,10 +127,32 @@ pub fn oss_default(point: ExtensionPoint) -> Option<(&'static str, &'static str)
 }
 
 /// Which profile to read: `--config`, else `OPENHANDS_PLUGINS_TOML`, else `./plugins.toml`.
-pub fn profile_path(cli: Option<&Path>, lookup: env::Lookup<'_>) -> PathBuf {
-    cli.map(Path::to_path_buf)
-        .or_else(|| lookup(env::OPENHANDS_PLUGINS_TOML).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("plugins.toml"))
+pub fn profile_path(cli: Option<&Path>, lookup: env::Lookup<'_>) -> Result<PathBuf, String> {
+    if let Some(path) = cli.map(Path::to_path_buf).or_else(|| lookup(env::OPENHANDS_PLUGINS_TOML).map(PathBuf::from)) {
+        return Ok(path);
+    }
+    let Some(class) = lookup(env::OPENHANDS_CONFIG_CLS).filter(|v| !v.trim().is_empty()) else {
+        return Ok(PathBuf::from("plugins.toml"));
+    };
+    // Where the bundled profiles are: a checkout (./, ./examples/) or the image (/etc/oh-host/).
+    let bundled = |candidates: &[&str]| {
+        let found = candidates.iter().map(PathBuf::from).find(|p| p.is_file());
+        found.unwrap_or_else(|| PathBuf::from(candidates[0]))
+    };
+    let path = match seed_env::config_cls(&class)
+        .map_err(|e| format!("environment variable {}: {e}", env::OPENHANDS_CONFIG_CLS))?
+    {
+        seed_env::ConfigCls::Profile(path) => PathBuf::from(path),
+        seed_env::ConfigCls::Default => bundled(&["plugins.toml", "/etc/oh-host/plugins.toml"]),
+        seed_env::ConfigCls::Saas => bundled(&["examples/plugins.saas.toml", "/etc/oh-host/plugins.saas.toml"]),
+    };
+    tracing::info!(
+        "{}={class}: serving the profile {} (--config or {} choose one directly)",
+        env::OPENHANDS_CONFIG_CLS,
+        path.display(),
+        env::OPENHANDS_PLUGINS_TOML
+    );
+    Ok(path)
 }
 
 /// Reads and validates a profile, with variables from the process environment.
@@ -330,6 +352,44 @@ fn table_at<'a>(root: &'a Table, key: &str, p: &mut Problems) -> Option<&'a Tabl
     }
 }
 
+/// The mode: the profile's `app_mode`, else `APP_MODE` (the document's variable), else OSS. A
+/// profile and an `APP_MODE` that disagree are an error naming both.
+fn app_mode(profile: Option<String>, lookup: env::Lookup<'_>, p: &mut Problems) -> AppMode {
+    let from = |mode: seed_env::AppMode| match mode {
+        seed_env::AppMode::Oss => AppMode::Oss,
+        seed_env::AppMode::Saas => AppMode::Saas,
+    };
+    let variable = lookup(env::APP_MODE).filter(|v| !v.trim().is_empty());
+    let by_env = variable.as_deref().and_then(|v| match seed_env::app_mode(v) {
+        Ok(mode) => Some(mode),
+        Err(e) => {
+            p.push("server.app_mode", &format!("environment variable {}: {e}", env::APP_MODE));
+            None
+        }
+    });
+    let Some(profile) = profile else {
+        return by_env.map_or(AppMode::Oss, from);
+    };
+    let Ok(by_profile) = seed_env::app_mode(&profile) else {
+        p.push("server.app_mode", &format!("`{profile}` is not a mode; use \"oss\" or \"saas\""));
+        return AppMode::Oss;
+    };
+    if let Some(by_env) = by_env.filter(|m| *m != by_profile) {
+        p.push(
+            "server.app_mode",
+            &format!(
+                "the profile says \"{}\" but {}={} says {}: unset {} or make the two agree",
+                by_profile.as_str(),
+                env::APP_MODE,
+                variable.unwrap_or_default(),
+                by_env.as_str(),
+                env::APP_MODE
+            ),
+        );
+    }
+    from(by_profile)
+}
+
 fn parse_server(t: &Table, base: &Path, lookup: env::Lookup<'_>, p: &mut Problems) -> Option<ServerConfig> {
     for key in t.keys() {
         if !SERVER_KEYS.contains(&key.as_str()) {
@@ -363,14 +423,7 @@ fn parse_server(t: &Table, base: &Path, lookup: env::Lookup<'_>, p: &mut Problem
             }
         }
     };
-    let app_mode = match string("app_mode", "oss", p).as_str() {
-        "oss" => AppMode::Oss,
-        "saas" => AppMode::Saas,
-        other => {
-            p.push("server.app_mode", &format!("`{other}` is not a mode; use \"oss\" or \"saas\""));
-            AppMode::Oss
-        }
-    };
+    let app_mode = app_mode(t.get("app_mode").is_some().then(|| string("app_mode", "oss", p)), lookup, p);
     let bind_text = string("bind", "127.0.0.1:3000", p);
     let bind = bind_text.parse::<SocketAddr>().unwrap_or_else(|_| {
         p.push("server.bind", &format!("`{bind_text}` is not an address; write it as \"127.0.0.1:3000\""));
@@ -454,11 +507,7 @@ fn parse_entry(
         Some(_) => p.push(&format!("{key}.enabled_if_env"), "must be the name of an environment variable"),
     }
     if let Some(Value::String(var)) = t.get("enabled_if_env") {
-        let off = |v: &String| {
-            let v = v.trim();
-            v.is_empty() || ["0", "false", "no", "off"].iter().any(|no| v.eq_ignore_ascii_case(no))
-        };
-        if lookup(var).filter(|v| !off(v)).is_none() {
+        if !seed_env::switched_on(lookup(var).as_deref()) {
             tracing::debug!(entry = key, var = %var, "skipped: enabled_if_env variable not set");
             return None;
         }

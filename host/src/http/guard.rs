@@ -54,7 +54,9 @@ fn split_authority(authority: &str) -> Option<(&str, Option<u16>)> {
 impl Origins {
     pub(super) fn new(server: &ServerConfig, public: SocketAddr) -> Origins {
         let mut listed: Vec<String> = server.env.permitted_cors_origins.clone().unwrap_or_default();
+        // The document's default: `https://{WEB_HOST}` (and the sign-in host's origin).
         listed.extend(server.env.web_host.clone());
+        listed.extend(server.env.auth_web_host.clone());
         Origins {
             listed,
             loopback: server.app_mode == AppMode::Oss,

@@ -70,6 +70,9 @@ impl Config {
                 c.stripe_api_url
             )));
         }
+        if let Some(Err(e)) = set(&c.web_host).map(|h| seed_env::public_url(&h)) {
+            return Err(PluginError::invalid_config(format!("web_host (WEB_HOST): {e}")));
+        }
         Ok(c)
     }
 
@@ -87,7 +90,7 @@ impl Config {
     }
 
     pub(crate) fn web_host(&self) -> Option<String> {
-        set(&self.web_host).map(|h| h.trim_end_matches('/').to_owned())
+        set(&self.web_host).and_then(|h| seed_env::public_url(&h).ok())
     }
 
     pub(crate) fn ledger(&self) -> Result<crate::ledger::Ledger, PluginError> {

@@ -65,7 +65,14 @@ pub(crate) struct Config {
 #[derive(Deserialize, Debug, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Source {
-    /// `1`/`true` mounts its route (e.g. `${GITHUB_WEBHOOKS_ENABLED:-0}`).
+    /// What mounts its route, as the enterprise document says: GitHub's when
+    /// `GITHUB_APP_CLIENT_ID` is set, GitLab's when `GITLAB_APP_CLIENT_ID` is, Jira's, Jira
+    /// DC's and Linear's when `ENABLE_JIRA` / `ENABLE_JIRA_DC` / `ENABLE_LINEAR` are on (set
+    /// and not a "no"). Absent: `enabled` alone decides.
+    #[serde(default)]
+    pub(crate) mounted_by: Option<String>,
+    /// A flag (`${GITHUB_WEBHOOKS_ENABLED:-}`): with `mounted_by`, only a "no" matters (it
+    /// leaves the source out); without, a "yes" mounts the route.
     #[serde(default)]
     pub(crate) enabled: Option<String>,
     /// The shared secret its deliveries are signed with.
@@ -131,7 +138,11 @@ fn set(v: &Option<String>) -> Option<String> {
 
 impl Source {
     pub(crate) fn on(&self) -> bool {
-        set(&self.enabled).is_some_and(|v| ["1", "true", "yes", "on"].iter().any(|y| v.eq_ignore_ascii_case(y)))
+        let enabled = set(&self.enabled).map(|v| seed_env::flag(&v) == Ok(true));
+        match &self.mounted_by {
+            Some(condition) => seed_env::switched_on(Some(condition)) && enabled != Some(false),
+            None => enabled == Some(true),
+        }
     }
 
     /// A field an enabled source needs.
@@ -148,7 +159,9 @@ impl Source {
             _ => &self.api_url,
         };
         set(value).ok_or_else(|| {
-            PluginError::invalid_config(format!("{source} is enabled, so `{source}.{key}` is required (from {var})"))
+            PluginError::invalid_config(format!(
+                "{source} is enabled, so `{source}.{key}` is required (from {var}); or leave {source} out with `{source}.enabled` false"
+            ))
         })
     }
 
@@ -191,6 +204,15 @@ impl Config {
         }
         if c.mention.trim().is_empty() {
             return Err(PluginError::invalid_config("mention must not be empty (e.g. \"@openhands\")"));
+        }
+        if let Some(Err(e)) = set(&c.web_host).map(|h| seed_env::public_url(&h)) {
+            return Err(PluginError::invalid_config(format!("web_host (WEB_HOST): {e}")));
+        }
+        for (name, _) in crate::routes::ROUTES {
+            let source = c.source(name);
+            if let Some(Err(e)) = set(&source.enabled).map(|v| seed_env::flag(&v)) {
+                return Err(PluginError::invalid_config(format!("{name}.enabled: {e}")));
+            }
         }
         for (name, source, var) in
             [("github", &c.github, "GITHUB_APP_WEBHOOK_SECRET"), ("slack", &c.slack, "SLACK_SIGNING_SECRET")]
@@ -262,17 +284,10 @@ impl Config {
         }
     }
 
-    /// This server's public origin from `web_host` (`https://` added when it names no
-    /// scheme), if configured.
+    /// This server's public origin from `web_host` (a bare host name gets `https://`, as
+    /// `WEB_HOST` is read everywhere), if configured.
     pub(crate) fn web_origin(&self) -> Option<String> {
-        set(&self.web_host).map(|h| {
-            let h = h.trim_end_matches('/');
-            if h.contains("://") {
-                h.to_owned()
-            } else {
-                format!("https://{h}")
-            }
-        })
+        set(&self.web_host).and_then(|h| seed_env::public_url(&h).ok())
     }
 
     pub(crate) fn redis_url(&self) -> String {

@@ -16,7 +16,7 @@ use std::{
 };
 
 /// The sources and their routes.
-const ROUTES: &[(&str, &str)] = &[
+pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("github", "/integration/github/events"),
     ("gitlab", "/integration/gitlab/events"),
     ("slack", "/slack/on-event"),

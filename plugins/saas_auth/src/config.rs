@@ -60,10 +60,13 @@ pub(crate) struct Config {
     /// Signs the `keycloak_auth` cookie (JWT_SECRET).
     #[serde(default)]
     pub(crate) jwt_secret: Option<String>,
-    /// This server's public origin (WEB_HOST), e.g. `https://app.example.com`: the OAuth
-    /// redirect URI and the only origin `redirect_url` may point to.
+    /// The web app's host (WEB_HOST): `app.example.com` (`https://` added; `http://` on
+    /// loopback) or a full URL. The only origin `redirect_url` may point to.
     #[serde(default)]
     pub(crate) web_host: Option<String>,
+    /// The host the OAuth callbacks are served on (AUTH_WEB_HOST); default `web_host`.
+    #[serde(default)]
+    pub(crate) auth_web_host: Option<String>,
     /// Accept a sign-in the browser started itself, as the OpenHands web client does (it
     /// sends users to Keycloak with `state` set to the page to return to, without PKCE or a
     /// state cookie). Such a callback cannot be told from a forged one (login CSRF: a victim
@@ -94,6 +97,8 @@ pub(crate) struct Sso {
     pub(crate) keycloak: crate::keycloak::Keycloak,
     pub(crate) jwt_secret: String,
     pub(crate) web_host: String,
+    /// Where Keycloak sends users back (`{auth_web_host}/oauth/keycloak/callback`).
+    pub(crate) auth_web_host: String,
     pub(crate) client_initiated_sign_in: bool,
 }
 
@@ -170,7 +175,14 @@ impl Config {
         if jwt_secret.len() < 16 {
             return Err(PluginError::invalid_config("jwt_secret must be at least 16 characters"));
         }
-        let web_host = need(&self.web_host, "web_host", "WEB_HOST")?.trim_end_matches('/').to_owned();
+        let url = |value: String, key: &str, var: &str| {
+            seed_env::public_url(&value).map_err(|e| PluginError::invalid_config(format!("{key} ({var}): {e}")))
+        };
+        let web_host = url(need(&self.web_host, "web_host", "WEB_HOST")?, "web_host", "WEB_HOST")?;
+        let auth_web_host = match self.auth_web_host.clone().filter(|s| !s.trim().is_empty()) {
+            Some(v) => url(v, "auth_web_host", "AUTH_WEB_HOST")?,
+            None => web_host.clone(),
+        };
         let keycloak = crate::keycloak::Keycloak::new(
             server,
             self.keycloak_server_url_ext.as_deref().filter(|s| !s.is_empty()),
@@ -179,7 +191,7 @@ impl Config {
             &client_secret,
         );
         let client_initiated_sign_in = self.client_initiated_sign_in;
-        Ok(Some(Sso { keycloak, jwt_secret, web_host, client_initiated_sign_in }))
+        Ok(Some(Sso { keycloak, jwt_secret, web_host, auth_web_host, client_initiated_sign_in }))
     }
 
     pub(crate) fn providers(&self) -> Result<crate::providers::Providers, PluginError> {

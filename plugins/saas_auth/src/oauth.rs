@@ -112,7 +112,7 @@ pub(crate) async fn handle(
                 exp: chrono::Utc::now().timestamp() + 600,
             };
             let challenge = B64.encode(Sha256::digest(flow.verifier.as_bytes()));
-            let callback = format!("{}/oauth/keycloak/callback", sso.web_host);
+            let callback = format!("{}/oauth/keycloak/callback", sso.auth_web_host);
             let url = format!(
                 "{}?client_id={}&response_type=code&scope=openid%20email%20profile&redirect_uri={}&state={}&code_challenge={}&code_challenge_method=S256",
                 sso.keycloak.authorize_url(),
@@ -154,7 +154,7 @@ pub(crate) async fn handle(
             let Some(code) = query_param(query, "code").filter(|c| !c.is_empty()) else {
                 return Ok(Some(refuse("missing code")));
             };
-            let callback = format!("{}{}", sso.web_host, request.path.as_str());
+            let callback = format!("{}{}", sso.auth_web_host, request.path.as_str());
             let tokens = match sso.keycloak.exchange(&code, &flow.verifier, &callback).await {
                 Ok(t) => t,
                 Err(e) => {

@@ -50,9 +50,11 @@ impl SaaSMonitoringListener {
                 c.max_retries.unwrap_or(3),
             ))
         });
-        let enabled = c
-            .enable_experiments
-            .unwrap_or_else(|| env("ENABLE_EXPERIMENT_MANAGER").is_some_and(|v| v != "0" && v != "false"));
+        let enabled = match c.enable_experiments {
+            Some(on) => on,
+            None => seed_env::flag(&env("ENABLE_EXPERIMENT_MANAGER").unwrap_or_default())
+                .map_err(|e| PluginError::invalid_config(format!("ENABLE_EXPERIMENT_MANAGER: {e}")))?,
+        };
         let mut experiments = Vec::new();
         if enabled {
             for (name, var) in EXPERIMENTS {

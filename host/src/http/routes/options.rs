@@ -17,7 +17,12 @@ pub(super) async fn config(State(state): State<AppState>) -> Json<Value> {
     let mut config = json!({
         "APP_MODE": state.app.app_mode().as_str(),
         "GITHUB_CLIENT_ID": env.github_app_client_id.clone().unwrap_or_default(),
-        "POSTHOG_CLIENT_KEY": env.posthog_client_key.clone().unwrap_or_else(|| OPENHANDS_POSTHOG_KEY.to_owned()),
+        // OSS: OpenHands' public key, as OpenHands does; SaaS: the deployment's own or none
+        // (the document's default is empty: no events to someone else's project).
+        "POSTHOG_CLIENT_KEY": env.posthog_client_key.clone().unwrap_or_else(|| match state.app.app_mode() {
+            AppMode::Oss => OPENHANDS_POSTHOG_KEY.to_owned(),
+            AppMode::Saas => String::new(),
+        }),
         "FEATURE_FLAGS": {
             "ENABLE_BILLING": env.enable_billing,
             "HIDE_LLM_SETTINGS": env.hide_llm_settings,
