@@ -35,7 +35,19 @@ async fn web_host_as_a_bare_host_name_is_this_sites_https_origin() {
     assert_eq!(r.headers["access-control-allow-origin"], "http://localhost:3000");
 }
 
-/// `oh-host check` on a profile: (success, stderr).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enable_billing_yes_is_on_for_the_web_client_as_for_the_profile() {
+    // The SaaS profile loads billing on `enabled_if_env = "ENABLE_BILLING"`, through the same
+    // parser the options use: the web client is told what the profile did.
+    for (value, on) in [("yes", true), ("On", true), ("false", false)] {
+        let host = InProcess::start("", "", &[("ENABLE_BILLING", value)]);
+        let flags = host.get("/api/options/config").await.json()["FEATURE_FLAGS"].clone();
+        assert_eq!(flags["ENABLE_BILLING"], on, "ENABLE_BILLING={value}");
+        assert_eq!(seed_env::switched_on(Some(value)), on);
+    }
+}
+
+/// `oh-host check` on a profile: (success, what it printed).
 fn check(profile: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
     let out = Command::new(oh_e2e::host_binary())
         .args(["check", "--config"])
@@ -48,7 +60,8 @@ fn check(profile: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
         .current_dir(workspace())
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), format!("{stdout}{stderr}"))
 }
 
 #[test]
@@ -68,6 +81,20 @@ fn a_variable_that_is_not_what_the_document_says_is_a_clear_error() {
     // A flag in any of the document's spellings is fine.
     let (ok, stderr) = check(&d.profile_path(), &[("ENABLE_BILLING", "TRUE"), ("HIDE_LLM_SETTINGS", "0")]);
     assert!(ok, "{stderr}");
+}
+
+#[test]
+fn the_documents_llm_proxy_is_the_default_in_saas_mode_with_a_proxy_key() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("app_mode = \"saas\"\n", "");
+    // This machine reaches no outside host: the probe names the document's proxy.
+    let (ok, stderr) = check(&d.profile_path(), &[("LITE_LLM_API_KEY", "sk-proxy-master")]);
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("LITE_LLM_API_URL=https://llm-proxy.app.all-hands.dev is unreachable"), "{stderr}");
+    // Without a proxy key there is no proxy: users' own endpoints.
+    let (_, stderr) = check(&d.profile_path(), &[]);
+    assert!(!stderr.contains("llm-proxy.app.all-hands.dev"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,12 +39,22 @@ impl Clients {
         }
     }
 
+    /// A deployment variable as the agent reads it: `LITE_LLM_API_URL` with the enterprise
+    /// document's default (SaaS mode, `LITE_LLM_API_KEY` set), the others as they are.
+    pub fn env(&self, name: &str) -> Option<String> {
+        if name == "LITE_LLM_API_URL" {
+            let (url, key) = (plugin_sdk::env(name), plugin_sdk::env("LITE_LLM_API_KEY"));
+            return seed_env::lite_llm_api_url(url.as_deref(), key.as_deref(), self.destinations.public_only);
+        }
+        plugin_sdk::env(name)
+    }
+
     /// `oh-host check` (the process only checks): the deployment's LLM endpoint
     /// (`LITE_LLM_API_URL`), when one is set, must answer HTTP at all (any status: the probe
     /// sends no key). `None` without one. Not part of `/ready`: a serving host stays ready
     /// while the proxy is down, and says so per request.
     pub async fn probe_deployment(&self) -> Result<Option<String>, PluginError> {
-        let Some(url) = plugin_sdk::env("LITE_LLM_API_URL").filter(|u| !u.trim().is_empty()) else { return Ok(None) };
+        let Some(url) = self.env("LITE_LLM_API_URL") else { return Ok(None) };
         if !plugin_sdk::read_only() {
             return Ok(None);
         }

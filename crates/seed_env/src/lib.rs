@@ -11,6 +11,16 @@ pub const DEFAULT_WEB_HOST: &str = "app.all-hands.dev";
 /// The LiteLLM proxy of the document when `LITE_LLM_API_URL` is unset (SaaS mode).
 pub const DEFAULT_LITE_LLM_API_URL: &str = "https://llm-proxy.app.all-hands.dev";
 
+/// `LITE_LLM_API_URL` as the document gives it: the configured URL, else in SaaS mode the
+/// document's proxy when a proxy key (`LITE_LLM_API_KEY`) is set. No key, no proxy: users'
+/// own endpoints then.
+pub fn lite_llm_api_url(url: Option<&str>, key: Option<&str>, saas: bool) -> Option<String> {
+    let set = |v: Option<&str>| v.map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+    set(url)
+        .or_else(|| (saas && set(key).is_some()).then(|| DEFAULT_LITE_LLM_API_URL.to_owned()))
+        .map(|u| u.trim_end_matches('/').to_owned())
+}
+
 /// A flag's value: `true`/`1`/`yes`/`on` or `false`/`0`/`no`/`off` (any case, trimmed); an
 /// empty value is `false` (unset). Anything else is an error that says what is accepted.
 pub fn flag(value: &str) -> Result<bool, String> {
@@ -152,6 +162,14 @@ mod tests {
         assert!(public_url("ftp://x").unwrap_err().contains("only http"));
         assert!(public_url("app.example.com/path").unwrap_err().contains("without a path"));
         assert!(public_url("").is_err());
+    }
+
+    #[test]
+    fn the_llm_proxy_defaults_to_the_documents_in_saas_mode_with_a_key() {
+        assert_eq!(lite_llm_api_url(None, Some("sk-master"), true).as_deref(), Some(DEFAULT_LITE_LLM_API_URL));
+        assert_eq!(lite_llm_api_url(Some("http://proxy/"), Some("k"), true).as_deref(), Some("http://proxy"));
+        assert_eq!(lite_llm_api_url(None, None, true), None);
+        assert_eq!(lite_llm_api_url(None, Some("k"), false), None);
     }
 
     #[test]

@@ -460,7 +460,12 @@ fn parse_server(t: &Table, base: &Path, lookup: env::Lookup<'_>, p: &mut Problem
     let plugins_dir = resolve(base, &string("plugins_dir", "target/plugins", p), lookup);
     let state_dir = resolve(base, &string("state_dir", "~/.openhands-host", p), lookup);
     let mut env_problems = Vec::new();
-    let host_env = env::HostEnv::read(lookup, &mut env_problems);
+    let mut host_env = env::HostEnv::read(lookup, &mut env_problems);
+    host_env.lite_llm_api_url = seed_env::lite_llm_api_url(
+        host_env.lite_llm_api_url.as_deref(),
+        host_env.lite_llm_api_key.as_deref(),
+        app_mode == AppMode::Saas,
+    );
     p.list.extend(env_problems.into_iter().map(|e| format!("{}: {e}", p.file)));
     let server = ServerConfig {
         app_mode,

@@ -193,7 +193,7 @@ impl Node {
     }
 
     pub(crate) fn llm_config(&self, request: &StartRequest) -> Result<LlmConfig, PluginError> {
-        let mut llm = LlmConfig::from_settings(&request.settings, &self.config.limits(), &|k| plugin_sdk::env(k))
+        let mut llm = LlmConfig::from_settings(&request.settings, &self.config.limits(), &|k| self.clients.env(k))
             .map_err(PluginError::invalid_argument)?;
         llm.tools = self.tools.is_some();
         self.clients.check(&llm)?;

@@ -204,15 +204,14 @@ impl Config {
 
     /// The LLM proxy for users' own keys, when configured.
     pub(crate) fn byor(&self) -> Result<Option<crate::byor::Proxy>, PluginError> {
-        let configured = [&self.litellm_api_url, &self.litellm_api_key]
-            .iter()
-            .all(|v| v.as_deref().is_some_and(|v| !v.trim().is_empty()));
-        if !configured {
+        // The document's proxy when only its key is configured (this plugin is SaaS-only).
+        let url = seed_env::lite_llm_api_url(self.litellm_api_url.as_deref(), self.litellm_api_key.as_deref(), true);
+        if url.is_none() || self.litellm_api_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
             return Ok(None);
         }
         let keys = pg_common::crypto::deployment_keyring(self.master_key.as_deref(), None, self.jwt_secret.as_deref())?;
         Ok(crate::byor::Proxy::new(
-            self.litellm_api_url.as_deref(),
+            url.as_deref(),
             self.litellm_api_key.as_deref(),
             self.litellm_team_id.as_deref(),
             keys,

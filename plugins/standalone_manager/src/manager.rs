@@ -203,7 +203,7 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
         let sid = request.conversation_id.clone();
         let user = ctx.user_id().map(str::to_owned);
         let mut llm = agent_loop::llm::LlmConfig::from_settings(&request.settings, &self.inner.config.limits(), &|k| {
-            plugin_sdk::env(k)
+            self.inner.clients.env(k)
         })
         .map_err(PluginError::invalid_argument)?;
         llm.tools = self.inner.tools.is_some();
