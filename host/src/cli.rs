@@ -88,6 +88,23 @@ enum Command {
         #[arg(long, value_name = "URL", global = true)]
         admin: Option<String>,
     },
+    /// Sign-in sessions (saas_auth with Keycloak), on a running server.
+    Sessions {
+        #[command(subcommand)]
+        action: SessionAction,
+        /// The admin listener to ask (default: the profile's admin_bind), e.g. http://127.0.0.1:9464.
+        #[arg(long, value_name = "URL", global = true)]
+        admin: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionAction {
+    /// End every session of a user, on every host (their cookies stop working at once).
+    Revoke {
+        /// The user id (Keycloak's `sub`).
+        user: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -133,7 +150,32 @@ pub fn main() -> ExitCode {
         Command::RotateKeys => admin(&cli, StoreOperation::RotateKeys),
         Command::Webhooks { action, admin } => webhooks(&cli, action, admin.as_deref()),
         Command::Reload { admin } => reload(&cli, admin.as_deref()),
+        Command::Sessions { action: SessionAction::Revoke { user }, admin } => revoke(&cli, user, admin.as_deref()),
     }
+}
+
+/// `oh-host sessions revoke USER`.
+fn revoke(cli: &Cli, user: &str, admin: Option<&str>) -> ExitCode {
+    let base = match admin_base(cli, admin) {
+        Ok(base) => base,
+        Err(code) => return code,
+    };
+    let url = format!("{base}/internal/sessions/revoke");
+    let (status, body) =
+        match ask_admin(&base, reqwest::Method::POST, &url, Some(&serde_json::json!({ "user_id": user }))) {
+            Ok(answer) => answer,
+            Err(code) => return code,
+        };
+    if status.as_u16() == 404 {
+        eprintln!("oh-host: {base} keeps no sign-in sessions: they come with saas_auth's SaasAuthRoutes and Keycloak configured");
+        return ExitCode::FAILURE;
+    }
+    if !status.is_success() {
+        eprintln!("oh-host: {}", body["error"].as_str().or(body["message"].as_str()).unwrap_or(status.as_str()));
+        return ExitCode::FAILURE;
+    }
+    println!("ended {} session(s) of {user}", body["sessions_ended"]);
+    ExitCode::SUCCESS
 }
 
 /// The profile's path (`--config`, `OPENHANDS_PLUGINS_TOML`, `OPENHANDS_CONFIG_CLS`); a
@@ -171,9 +213,14 @@ fn ask_admin(
     base: &str,
     method: reqwest::Method,
     url: &str,
+    body: Option<&serde_json::Value>,
 ) -> Result<(reqwest::StatusCode, serde_json::Value), ExitCode> {
     let answer = runtime().block_on(async {
-        let r = reqwest::Client::new().request(method, url).send().await?;
+        let mut request = reqwest::Client::new().request(method, url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let r = request.send().await?;
         let status = r.status();
         Ok::<_, reqwest::Error>((status, r.json::<serde_json::Value>().await.unwrap_or_default()))
     });
@@ -189,7 +236,7 @@ fn reload(cli: &Cli, admin: Option<&str>) -> ExitCode {
         Ok(base) => base,
         Err(code) => return code,
     };
-    let (status, body) = match ask_admin(&base, reqwest::Method::POST, &format!("{base}/internal/reload")) {
+    let (status, body) = match ask_admin(&base, reqwest::Method::POST, &format!("{base}/internal/reload"), None) {
         Ok(answer) => answer,
         Err(code) => return code,
     };
@@ -218,7 +265,7 @@ fn webhooks(cli: &Cli, action: &WebhookAction, admin: Option<&str>) -> ExitCode 
         WebhookAction::List => (reqwest::Method::GET, format!("{base}/internal/webhooks/dead-letters")),
         WebhookAction::Replay { id } => (reqwest::Method::POST, format!("{base}/internal/webhooks/{id}/replay")),
     };
-    let (status, body) = match ask_admin(&base, method, &url) {
+    let (status, body) = match ask_admin(&base, method, &url, None) {
         Ok(answer) => answer,
         Err(code) => return code,
     };

@@ -23,6 +23,7 @@ mod routes;
 mod saas_auth;
 mod sandbox;
 mod seed;
+mod sessions;
 mod shapes;
 mod sso;
 mod stores;

@@ -13,21 +13,21 @@ use serde_json::json;
 const JWT_SECRET: &str = "sso-test-jwt-secret-0123456789";
 const WEB_HOST: &str = "http://localhost:3000";
 
-struct Sso {
+pub(crate) struct Sso {
     _db: TestDb,
-    _d: Deployment,
-    host: TestHost,
-    kc: FakeKeycloak,
-    browser: reqwest::Client,
+    pub(crate) d: Deployment,
+    pub(crate) host: TestHost,
+    pub(crate) kc: FakeKeycloak,
+    pub(crate) browser: reqwest::Client,
 }
 
-const BOB_KEY: &str = "sso-test-bob-service-key";
+pub(crate) const BOB_KEY: &str = "sso-test-bob-service-key";
 
 async fn start() -> Sso {
     start_with("").await
 }
 
-async fn start_with(extra: &str) -> Sso {
+pub(crate) async fn start_with(extra: &str) -> Sso {
     let db = TestDb::create().await;
     let kc = FakeKeycloak::start().await;
     let d = Deployment::new();
@@ -53,11 +53,12 @@ async fn start_with(extra: &str) -> Sso {
         ),
     );
     let host = d.start();
+    oh_e2e::redis::cli(&["SET", &format!("ohtest:sso:{}:session:forged", db.name), "mallory", "EX", "600"]);
     let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    Sso { _db: db, _d: d, host, kc, browser }
+    Sso { _db: db, d, host, kc, browser }
 }
 
-fn set_cookie(r: &Response, name: &str) -> Option<String> {
+pub(crate) fn set_cookie(r: &Response, name: &str) -> Option<String> {
     r.headers
         .get_all("set-cookie")
         .iter()
@@ -66,7 +67,7 @@ fn set_cookie(r: &Response, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn cookie_value(set_cookie: &str) -> String {
+pub(crate) fn cookie_value(set_cookie: &str) -> String {
     set_cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_owned()
 }
 
@@ -79,7 +80,7 @@ impl Sso {
         self.host.send(req).await
     }
 
-    async fn api(&self, method: reqwest::Method, path: &str, session: &str) -> Response {
+    pub(crate) async fn api(&self, method: reqwest::Method, path: &str, session: &str) -> Response {
         self.host
             .send(
                 self.browser.request(method, self.host.url(path)).header("cookie", format!("keycloak_auth={session}")),
@@ -109,7 +110,7 @@ impl Sso {
     }
 
     /// Signs in and accepts the TOS; returns the session cookie value.
-    async fn session(&self) -> String {
+    pub(crate) async fn session(&self) -> String {
         let callback = self.login("/").await;
         let session = cookie_value(&set_cookie(&callback, "keycloak_auth").expect("session cookie"));
         let accepted = self.api(reqwest::Method::POST, "/api/accept_tos", &session).await;
@@ -119,7 +120,9 @@ impl Sso {
 
     /// A cookie wrapping `access_token`, signed as the host signs them.
     fn forged(&self, access_token: &str) -> String {
-        let claims = json!({ "access_token": access_token, "refresh_token": "unknown", "accepted_tos": true });
+        // With a live session (made in Redis by `start_with`): what is tested is the token inside.
+        let claims =
+            json!({ "access_token": access_token, "refresh_token": "unknown", "accepted_tos": true, "sid": "forged" });
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &claims,
@@ -481,7 +484,7 @@ async fn api_keys_are_made_in_a_session_shown_once_stored_hashed_and_revocable()
     assert_eq!(with_key(host, BOB_KEY, Method::GET, "/api/keys", None).await.json(), json!([]));
 
     // Another host on the database trusts the key once verified (api_key_cache_ms, 5 s).
-    let other = sso._d.start();
+    let other = sso.d.start();
     assert_eq!(with_key(&other, &key, Method::GET, "/api/settings", None).await.status, 404);
 
     // Revoked in the session: refused at once on this host, and on the other within the

@@ -13,6 +13,14 @@ pub fn url() -> String {
     format!("redis://{host}:{port}/0")
 }
 
+/// Runs one command with `redis-cli` on the machine's Redis; its output.
+pub fn cli(args: &[&str]) -> String {
+    let url = url();
+    let out = Command::new("redis-cli").arg("-u").arg(&url).args(args).output().expect("redis-cli runs");
+    assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// A key prefix no other test uses.
 pub fn prefix(what: &str) -> String {
     let mut bytes = [0u8; 4];

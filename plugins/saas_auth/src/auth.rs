@@ -31,7 +31,8 @@ pub(crate) fn cookie_value<'a>(cookie_header: Option<&'a str>, name: &str) -> Op
 /// `/api/accept_tos` (so the two gates can be passed in either order).
 fn email_exempt(path: &str) -> bool {
     path.starts_with("/api/email")
-        || ["/api/settings", "/api/logout", "/api/authenticate", "/api/accept_tos"].contains(&path)
+        || ["/api/settings", "/api/logout", "/api/logout/everywhere", "/api/authenticate", "/api/accept_tos"]
+            .contains(&path)
 }
 
 fn header<'a>(request: &'a AuthRequest, name: &str) -> Option<&'a str> {
@@ -52,21 +53,22 @@ fn auth_error(code: ErrorCode, message: &str) -> PluginError {
 
 impl SaasUserAuth {
     pub(crate) fn new(c: &Config) -> Result<Self, PluginError> {
+        let redis = crate::redis_conn::Redis::open(&c.redis_url())?;
         Ok(SaasUserAuth {
             keys: c.key_store()?,
             limiter: RateLimiter::new(
-                &c.redis_url(),
+                redis.clone(),
                 c.rate_limit_per_second,
                 c.rate_limit_per_minute,
                 c.failed_auth_per_minute,
                 c.redis_key_prefix.clone(),
-            )?,
+            ),
             static_keys: c
                 .static_keys
                 .iter()
                 .map(|k| (unhex(&k.sha256.to_ascii_lowercase()), k.user_id.clone()))
                 .collect(),
-            sso: c.sso()?,
+            sso: c.sso(&redis)?,
             providers: c.providers()?,
         })
     }
@@ -83,6 +85,13 @@ impl SaasUserAuth {
             return Err(PluginError::new(ErrorCode::AUTH_INVALID, "invalid session cookie; sign in again")
                 .with_details(&clear()));
         };
+        // The session must still be live in Redis (signed out, revoked: refused on every host).
+        let ended = || {
+            PluginError::new(ErrorCode::AUTH_INVALID, "this session was signed out; sign in again")
+                .with_details(&clear())
+        };
+        let Some(sid) = claims.sid.as_deref() else { return Err(ended()) };
+        let Some(session_user) = sso.sessions.user_of(sid).await? else { return Err(ended()) };
         let mut set_cookie = None;
         let access = match sso.keycloak.verify(&claims.access_token).await {
             Ok(a) => a,
@@ -110,6 +119,9 @@ impl SaasUserAuth {
             Err(e @ keycloak::TokenError::Unavailable(_)) => return Err(e.into()),
             Err(e) => return Err(PluginError::from(e).with_details(&clear())),
         };
+        if session_user != access.sub {
+            return Err(ended());
+        }
         if !claims.accepted_tos && path != "/api/accept_tos" {
             return Err(PluginError::new(
                 ErrorCode::AUTH_TOS_NOT_ACCEPTED,

@@ -67,6 +67,10 @@ pub(crate) struct Config {
     /// The host the OAuth callbacks are served on (AUTH_WEB_HOST); default `web_host`.
     #[serde(default)]
     pub(crate) auth_web_host: Option<String>,
+    /// How long a sign-in session lives in Redis (default 30 days; Keycloak's own session
+    /// limits apply too, through the refresh token).
+    #[serde(default = "default_session_ttl")]
+    pub(crate) session_ttl_secs: u64,
     /// Accept a sign-in the browser started itself, as the OpenHands web client does (it
     /// sends users to Keycloak with `state` set to the page to return to, without PKCE or a
     /// state cookie). Such a callback cannot be told from a forged one (login CSRF: a victim
@@ -100,6 +104,8 @@ pub(crate) struct Sso {
     /// Where Keycloak sends users back (`{auth_web_host}/oauth/keycloak/callback`).
     pub(crate) auth_web_host: String,
     pub(crate) client_initiated_sign_in: bool,
+    /// The server-side sessions the cookies name.
+    pub(crate) sessions: crate::sessions::Sessions,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -125,6 +131,10 @@ fn default_api_key_cache_ms() -> u64 {
 fn yes() -> bool {
     true
 }
+fn default_session_ttl() -> u64 {
+    30 * 24 * 3600
+}
+
 fn default_prefix() -> String {
     "oh:".to_owned()
 }
@@ -161,7 +171,7 @@ impl Config {
 
     /// Keycloak sign-in, when `keycloak_server_url` is set; then realm, client, secret,
     /// `jwt_secret` and `web_host` are required.
-    pub(crate) fn sso(&self) -> Result<Option<Sso>, PluginError> {
+    pub(crate) fn sso(&self, redis: &crate::redis_conn::Redis) -> Result<Option<Sso>, PluginError> {
         let Some(server) = self.keycloak_server_url.as_deref().filter(|s| !s.is_empty()) else { return Ok(None) };
         let need = |v: &Option<String>, key: &str, var: &str| {
             v.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
@@ -191,7 +201,12 @@ impl Config {
             &client_secret,
         );
         let client_initiated_sign_in = self.client_initiated_sign_in;
-        Ok(Some(Sso { keycloak, jwt_secret, web_host, auth_web_host, client_initiated_sign_in }))
+        if self.session_ttl_secs < 60 {
+            return Err(PluginError::invalid_config("session_ttl_secs must be at least 60"));
+        }
+        let sessions =
+            crate::sessions::Sessions::new(redis.clone(), self.redis_key_prefix.clone(), self.session_ttl_secs);
+        Ok(Some(Sso { keycloak, jwt_secret, web_host, auth_web_host, client_initiated_sign_in, sessions }))
     }
 
     pub(crate) fn providers(&self) -> Result<crate::providers::Providers, PluginError> {

@@ -456,6 +456,10 @@ pub(crate) struct CookieClaims {
     pub(crate) refresh_token: String,
     #[serde(default)]
     pub(crate) accepted_tos: bool,
+    /// The server-side session (`sessions.rs`); a cookie without one (made before sessions
+    /// moved to Redis) is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sid: Option<String>,
 }
 
 pub(crate) fn sign<T: Serialize>(claims: &T, secret: &str) -> Result<String, PluginError> {

@@ -9,8 +9,8 @@
 //! (`JWT_SECRET`) and the Keycloak access token inside it are verified (RS256, JWKS); an
 //! expired access token is refreshed and the rewritten cookie set on the response; the TOS and
 //! email-verification gates apply; and the OAuth routes sign users in (`state` and the PKCE
-//! verifier in a signed short-lived cookie). Provider tokens through Keycloak's broker are the
-//! next part.
+//! verifier in a signed short-lived cookie). The cookie names a server-side session in Redis
+//! (`sessions.rs`), so sign-outs and revocations hold on every host.
 
 mod auth;
 mod byor;
@@ -21,7 +21,9 @@ mod keys;
 mod oauth;
 mod providers;
 mod ratelimit;
+mod redis_conn;
 mod routes;
+mod sessions;
 
 pub(crate) use auth::cookie_value;
 pub use auth::SaasUserAuth;
@@ -41,10 +43,11 @@ pub fn register(r: &mut Registry) {
         "/api/keys, /api/keys/llm/byor; with Keycloak the OAuth routes and /api/email",
         |config, services| {
             let c = Config::parse(config)?;
+            let redis = redis_conn::Redis::open(&c.redis_url())?;
             Ok(SaasAuthRoutes {
                 services,
                 keys: c.key_store()?,
-                sso: c.sso()?,
+                sso: c.sso(&redis)?,
                 providers: c.providers()?,
                 byor: c.byor()?,
             })

@@ -31,6 +31,9 @@ pub(crate) fn routes() -> Vec<RouteSpec> {
         r("GET", "/oauth/keycloak/offline/callback", false),
         r("POST", "/api/authenticate", true),
         r("POST", "/api/logout", true),
+        r("POST", "/api/logout/everywhere", true),
+        // On the admin listener only (as every /internal/ route): `oh-host sessions revoke`.
+        r("POST", "/internal/sessions/revoke", false),
         r("POST", "/api/accept_tos", true),
     ]
 }
@@ -179,8 +182,13 @@ pub(crate) async fn handle(
             let accepted_tos = keys.accepted_tos(&access.sub).await?;
             let signed_in = CallContext::new(ctx.request_id.as_str(), Some(&access.sub), 0);
             crate::capture(services, &signed_in, "user signed in", json!({ "first_time": !accepted_tos })).await;
-            let claims =
-                CookieClaims { access_token: tokens.access_token, refresh_token: tokens.refresh_token, accepted_tos };
+            let sid = sso.sessions.start(&access.sub).await?;
+            let claims = CookieClaims {
+                access_token: tokens.access_token,
+                refresh_token: tokens.refresh_token,
+                accepted_tos,
+                sid: Some(sid),
+            };
             let session =
                 keycloak::cookie("keycloak_auth", &keycloak::sign(&claims, &sso.jwt_secret)?, &sso.web_host, None);
             // As OpenHands: a user who has not accepted the terms is shown them first.
@@ -192,16 +200,36 @@ pub(crate) async fn handle(
             redirect_to(&target, &[session, clear_state])
         }
         ("POST", "/api/authenticate") => json(200, &json!({ "message": "User authenticated" })),
-        ("POST", "/api/logout") => {
-            if let Some(claims) = request_cookie(request, "keycloak_auth")
-                .and_then(|c| keycloak::verify_signed::<CookieClaims>(c, &sso.jwt_secret))
-            {
+        ("POST", "/api/logout") | ("POST", "/api/logout/everywhere") => {
+            let claims = request_cookie(request, "keycloak_auth")
+                .and_then(|c| keycloak::verify_signed::<CookieClaims>(c, &sso.jwt_secret));
+            let everywhere = request.path.as_str() == "/api/logout/everywhere";
+            let ended = match (everywhere, ctx.user_id(), claims.as_ref().and_then(|c| c.sid.as_deref())) {
+                (true, Some(user), _) => sso.sessions.end_all(user).await?,
+                (true, None, _) => return Ok(Some(json(401, &json!({ "error": "sign in first" })))),
+                (false, _, Some(sid)) => sso.sessions.end(sid).await.map(|()| 1)?,
+                (false, _, None) => 0,
+            };
+            if let Some(claims) = &claims {
                 sso.keycloak.logout(&claims.refresh_token).await;
             }
-            with_cookies(
-                json(200, &json!({ "message": "User logged out" })),
-                &[keycloak::clear_cookie("keycloak_auth", &sso.web_host)],
-            )
+            let mut body = json!({ "message": "User logged out" });
+            if everywhere {
+                body["sessions_ended"] = json!(ended);
+            }
+            with_cookies(json(200, &body), &[keycloak::clear_cookie("keycloak_auth", &sso.web_host)])
+        }
+        ("POST", "/internal/sessions/revoke") => {
+            let user = serde_json::from_slice::<serde_json::Value>(&request.body)
+                .ok()
+                .and_then(|b| b["user_id"].as_str().map(str::to_owned))
+                .filter(|u| !u.trim().is_empty());
+            let Some(user) = user else {
+                return Ok(Some(json(422, &json!({ "error": "send {\"user_id\": \"...\"}" }))));
+            };
+            let ended = sso.sessions.end_all(&user).await?;
+            tracing::info!(user = %user, sessions = ended, "sessions revoked by an operator");
+            json(200, &json!({ "user_id": user, "sessions_ended": ended }))
         }
         ("POST", "/api/accept_tos") => {
             let Some(user) = ctx.user_id() else {

@@ -7,96 +7,20 @@
 //! is held across a Redis call; every call has a short deadline; a lost connection is
 //! re-established by one background task while requests go on without it.
 
+use crate::redis_conn::Redis;
 use plugin_sdk::{ErrorCode, PluginError};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::json;
-use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
-    time::Duration,
-};
 
 pub(crate) struct RateLimiter {
-    inner: Arc<Inner>,
+    redis: Redis,
     per_second: u64,
     per_minute: u64,
     failed_per_minute: u64,
     prefix: String,
 }
 
-struct Inner {
-    client: redis::Client,
-    connection: Mutex<Option<ConnectionManager>>,
-    connecting: AtomicBool,
-}
-
 /// Headers for the response.
 pub(crate) type Headers = Vec<(String, String)>;
-
-/// The deadline of one Redis call (and of connecting).
-const REDIS_TIMEOUT: Duration = Duration::from_millis(300);
-
-impl Inner {
-    /// The current connection, without waiting: `None` starts (once) a background connect,
-    /// and this request goes on without Redis.
-    fn connection(self: &Arc<Self>) -> Option<ConnectionManager> {
-        let current = self.connection.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if current.is_none() && !self.connecting.swap(true, Ordering::AcqRel) {
-            let inner = self.clone();
-            tokio::spawn(async move {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(REDIS_TIMEOUT))
-                    .set_response_timeout(Some(REDIS_TIMEOUT))
-                    .set_number_of_retries(1);
-                let made = tokio::time::timeout(
-                    REDIS_TIMEOUT * 3,
-                    ConnectionManager::new_with_config(inner.client.clone(), config),
-                )
-                .await;
-                match made {
-                    Ok(Ok(c)) => *inner.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(c),
-                    Ok(Err(e)) => tracing::warn!(error = %e, "rate limiter: cannot connect to Redis"),
-                    Err(_) => tracing::warn!("rate limiter: Redis did not answer the connection in time"),
-                }
-                // Let the next failure wait a little before trying again.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                inner.connecting.store(false, Ordering::Release);
-            });
-        }
-        current
-    }
-
-    fn forget(&self) {
-        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-
-    /// Runs a pipeline within the deadline; `None` (logged, counted) when Redis is not there.
-    async fn query<T: redis::FromRedisValue>(self: &Arc<Self>, pipe: redis::Pipeline) -> Option<T> {
-        let failed = |reason: String| {
-            tracing::warn!(error = %reason, "rate limiter: Redis unavailable; serving without a limit");
-            plugin_sdk::metric("oh_rate_limit_redis_errors_total", 1.0, &json!({}));
-        };
-        let Some(mut c) = self.connection() else {
-            failed("not connected".to_owned());
-            return None;
-        };
-        match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<T>(&mut c)).await {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
-                failed(e.to_string());
-                self.forget();
-                None
-            }
-            Err(_) => {
-                failed("timed out".to_owned());
-                self.forget();
-                None
-            }
-        }
-    }
-}
 
 fn now() -> u64 {
     chrono::Utc::now().timestamp().max(0) as u64
@@ -104,15 +28,25 @@ fn now() -> u64 {
 
 impl RateLimiter {
     pub(crate) fn new(
-        url: &str,
+        redis: Redis,
         per_second: u64,
         per_minute: u64,
         failed_per_minute: u64,
         prefix: String,
-    ) -> Result<RateLimiter, PluginError> {
-        let client = redis::Client::open(url).map_err(|e| PluginError::invalid_config(format!("redis URL: {e}")))?;
-        let inner = Arc::new(Inner { client, connection: Mutex::new(None), connecting: AtomicBool::new(false) });
-        Ok(RateLimiter { inner, per_second, per_minute, failed_per_minute, prefix })
+    ) -> RateLimiter {
+        RateLimiter { redis, per_second, per_minute, failed_per_minute, prefix }
+    }
+
+    /// Runs a pipeline; `None` (logged, counted) when Redis is not there: served unlimited.
+    async fn query<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> Option<T> {
+        match self.redis.query(pipe).await {
+            Ok(v) => Some(v),
+            Err(reason) => {
+                tracing::warn!(error = %reason, "rate limiter: Redis unavailable; serving without a limit");
+                plugin_sdk::metric("oh_rate_limit_redis_errors_total", 1.0, &json!({}));
+                None
+            }
+        }
     }
 
     /// Counts one request of `user`: headers to add, or `RateLimitError` (429) with
@@ -132,7 +66,7 @@ impl RateLimiter {
             .expire(&min_key, 120)
             .ignore()
             .to_owned();
-        let Some((second, minute)) = self.inner.query::<(u64, u64)>(pipe).await else {
+        let Some((second, minute)) = self.query::<(u64, u64)>(pipe).await else {
             return Ok(Vec::new());
         };
         let minute_reset = (now / 60 + 1) * 60;
@@ -161,7 +95,7 @@ impl RateLimiter {
             return Ok(());
         }
         let pipe = redis::pipe().get(self.failures_key(address)).to_owned();
-        let Some((failures,)) = self.inner.query::<(Option<u64>,)>(pipe).await else { return Ok(()) };
+        let Some((failures,)) = self.query::<(Option<u64>,)>(pipe).await else { return Ok(()) };
         if failures.unwrap_or(0) >= self.failed_per_minute {
             let now = now();
             let reset = (now / 60 + 1) * 60;
@@ -182,7 +116,7 @@ impl RateLimiter {
         }
         let key = self.failures_key(address);
         let pipe = redis::pipe().incr(&key, 1).ignore().expire(&key, 120).ignore().to_owned();
-        let _: Option<()> = self.inner.query(pipe).await;
+        let _: Option<()> = self.query(pipe).await;
     }
 }
 
