@@ -516,7 +516,7 @@ mod tests {
         /// A signed cookie reads back; any change to it is refused.
         #[test]
         fn signed_cookies_read_back_and_tampering_is_refused(access in "[a-zA-Z0-9.]{1,40}", position in 0usize..1000, with in "[A-Za-z0-9]") {
-            let claims = CookieClaims { access_token: access.clone(), refresh_token: "r".into(), accepted_tos: true };
+            let claims = CookieClaims { access_token: access.clone(), refresh_token: "r".into(), accepted_tos: true, sid: Some("s".into()) };
             let signed = sign(&claims, SECRET).unwrap();
             prop_assert_eq!(verify_signed::<CookieClaims>(&signed, SECRET).unwrap().access_token, access);
             prop_assert!(verify_signed::<CookieClaims>(&signed, "another-secret-0123456789").is_none());
