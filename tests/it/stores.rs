@@ -309,7 +309,21 @@ async fn key_rotation_keeps_everything_readable_and_reseals_every_row() {
         .unwrap();
     }
     let new_master = "rotated-master-key-fedcba9876543210";
+    // The procedure: the process with only the old key goes before a rotation (rotate-keys
+    // refuses while it is connected; see the README's rotation test).
+    old.shutdown(std::time::Duration::from_secs(2)).await;
+    drop(old);
     let both = registry(&d, &pg_stores(&db.url, new_master, &[MASTER]));
+    let mut conn = db.connect().await;
+    // Processes announcing keys without the new one's id (the first 8 hex digits of its SHA-256).
+    let lacking = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                   AND application_name LIKE 'oh-host keys=%' AND application_name NOT LIKE $1";
+    let new_id = format!("%{}%", &oh_e2e::sha256_hex(new_master)[..8]);
+    let started = std::time::Instant::now();
+    while sqlx::query_scalar::<_, i64>(lacking).bind(&new_id).fetch_one(&mut conn).await.unwrap() > 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "the old process's connection stays");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // Readable with the old key as "previous", before any rotation.
     assert_eq!(both.load_settings(ctx(Some("u2"))).await.unwrap().unwrap().llm_api_key.as_deref(), Some("u2-key"));
     let report = both.operate(StoreOperation::RotateKeys).await;
