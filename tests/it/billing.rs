@@ -271,6 +271,25 @@ async fn usage_spends_credits_until_work_is_refused_with_402() {
     // Bob is refused on his own account, Alice's purchase is not his.
     let bob = host.as_key(BOB, reqwest::Method::POST, "/api/conversations", Some(json!({}))).await;
     assert_eq!(bob.status, 402);
+
+    // The business metrics say the same: one checkout, one purchase credited on the buyer's
+    // return, $10 added, $12 spent, the refusals for lack of credits.
+    use oh_e2e::metrics::{scrape, value};
+    let s = scrape(&host.admin_get("/internal/metrics").await.text);
+    assert_eq!(value(&s, "oh_billing_checkouts_total", &[]), 1.0);
+    assert_eq!(value(&s, "oh_billing_purchases_total", &[("via", "return")]), 1.0);
+    assert_eq!(value(&s, "oh_billing_credits_added_usd_total", &[]), 10.0);
+    assert_eq!(value(&s, "oh_billing_credits_spent_usd_total", &[]), 12.0);
+    let refusals: f64 = s
+        .samples
+        .iter()
+        .filter(|m| m.metric == "oh_billing_refusals_total")
+        .map(|m| match m.value {
+            prometheus_parse::Value::Counter(n) => n,
+            _ => 0.0,
+        })
+        .sum();
+    assert!(refusals >= 4.0, "402s for Alice (twice), Bob, and the agent's next call: {refusals}");
 }
 
 /// The success return is public (Stripe sends the buyer there), so it asks Stripe only about

@@ -249,6 +249,22 @@ async fn a_github_mention_is_answered_on_the_issue_and_refusals_are_audited() {
     let refused: Vec<&Value> = log.iter().filter(|e| e.2 == "refused").map(|e| &e.3).collect();
     assert!(refused.iter().any(|d| d["reason"] == "signature missing"));
     assert!(refused.iter().any(|d| d["reason"] == "signature does not match"));
+
+    // The integration's health, as Prometheus series: deliveries by outcome, GitHub's API
+    // calls, how long processing took.
+    use oh_e2e::metrics::{histogram_count, scrape, value};
+    let s = scrape(&host.admin_get("/internal/metrics").await.text);
+    let deliveries =
+        |outcome: &str| value(&s, "oh_webhook_deliveries_total", &[("source", "github"), ("outcome", outcome)]);
+    // Stored: gh-delivery-1 and the first stranger's; its resend (same body) and GitHub's
+    // retry of gh-delivery-1 are duplicates.
+    assert_eq!(deliveries("received"), 2.0);
+    assert_eq!(deliveries("duplicate"), 2.0);
+    assert_eq!(deliveries("processed"), 2.0);
+    // Unsigned, forged, tampered (the oversized one stops at the host's body limit).
+    assert_eq!(deliveries("refused"), 3.0);
+    assert!(value(&s, "oh_provider_api_calls_total", &[("provider", "github"), ("outcome", "ok")]) >= 2.0);
+    assert_eq!(histogram_count(&s, "oh_webhook_processing_seconds", &[("source", "github")]), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,6 +372,13 @@ async fn a_provider_failing_every_attempt_dead_letters_the_delivery_and_a_replay
     let actions: Vec<String> =
         audit(&site.db).await.into_iter().filter(|e| e.1.as_deref() == Some("gh-dead-1")).map(|e| e.2).collect();
     assert_eq!(actions, ["received", "retry_scheduled", "retry_scheduled", "dead_lettered", "replayed", "processed"]);
+    // The same story in the metrics: two retries, a dead letter, GitHub's errors counted.
+    use oh_e2e::metrics::{scrape, value};
+    let s = scrape(&host.admin_get("/internal/metrics").await.text);
+    let deliveries =
+        |outcome: &str| value(&s, "oh_webhook_deliveries_total", &[("source", "github"), ("outcome", outcome)]);
+    assert_eq!((deliveries("retried"), deliveries("dead_lettered"), deliveries("processed")), (2.0, 1.0, 1.0));
+    assert_eq!(value(&s, "oh_provider_api_calls_total", &[("provider", "github"), ("outcome", "error")]), 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

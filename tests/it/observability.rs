@@ -1,33 +1,14 @@
 //! What operators watch: Prometheus metrics on the admin address (parsed by a real parser).
 
+use oh_e2e::metrics::{find, histogram_count, scrape};
 use oh_e2e::{
     llm::FakeLlm,
     sio::{is_state, SioClient},
     Deployment,
 };
-use prometheus_parse::{Scrape, Value as Metric};
+use prometheus_parse::Value as Metric;
 use serde_json::json;
 use std::time::Duration;
-
-fn scrape(text: &str) -> Scrape {
-    Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .unwrap_or_else(|e| panic!("not the exposition format: {e}\n{text}"))
-}
-
-fn find<'a>(s: &'a Scrape, name: &str, labels: &[(&str, &str)]) -> Option<&'a prometheus_parse::Sample> {
-    s.samples.iter().find(|m| m.metric == name && labels.iter().all(|(k, v)| m.labels.get(k) == Some(*v)))
-}
-
-fn histogram_count(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> u64 {
-    match find(s, name, labels).map(|m| &m.value) {
-        Some(Metric::Histogram(buckets)) => buckets.iter().map(|b| b.count).fold(0.0, f64::max) as u64,
-        other => {
-            let seen: Vec<_> =
-                s.samples.iter().filter(|m| m.metric == name).map(|m| format!("{:?}", m.labels)).collect();
-            panic!("{name} {labels:?}: not a histogram: {other:?}; series: {seen:#?}")
-        }
-    }
-}
 
 #[tokio::test]
 async fn metrics_cover_requests_plugin_calls_the_llm_sockets_and_the_process() {

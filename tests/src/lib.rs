@@ -11,6 +11,7 @@ pub mod git;
 pub mod git_http;
 pub mod in_process;
 pub mod llm;
+pub mod metrics;
 pub mod oidc;
 pub mod pg;
 pub mod providers;

@@ -47,8 +47,8 @@ pub(crate) const CHECK_EVERY: std::time::Duration = std::time::Duration::from_se
 /// What completing a checkout did.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Completed {
-    /// Credited now.
-    Credited,
+    /// Credited now: to whom, how much (decimal text, US dollars).
+    Credited { user: String, amount: String },
     /// Credited before (the other of webhook and success redirect came first).
     Already,
     /// Not a session this server created.
@@ -222,7 +222,7 @@ impl Ledger {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error)?;
-            Completed::Credited
+            Completed::Credited { user: user.clone(), amount: price.clone() }
         };
         tx.commit().await.map_err(db_error)?;
         Ok(outcome)

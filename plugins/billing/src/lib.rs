@@ -13,6 +13,7 @@
 
 mod config;
 mod ledger;
+mod metrics;
 mod routes;
 pub mod stripe;
 mod usage;
@@ -26,12 +27,12 @@ pub fn register(r: &mut Registry) {
     r.routes(
         "BillingRoutes",
         "/api/billing/*: credits, Stripe Checkout, its success/cancel returns and its signed webhook",
-        |config, _| BillingRoutes::new(&Config::parse(config)?),
+        |config, services| BillingRoutes::new(&Config::parse(config)?, services),
     );
     r.monitoring(
         "BillingUsage",
         "debits each LLM call's cost from the user's credits; refuses new work without credits (402)",
-        |config, _| BillingUsage::new(&Config::parse(config)?),
+        |config, services| BillingUsage::new(&Config::parse(config)?, services),
     );
 }
 

@@ -16,6 +16,7 @@ fn stripe_id(v: Option<&str>) -> Option<&str> {
 }
 
 pub struct BillingRoutes {
+    services: plugin_sdk::Services,
     ledger: Ledger,
     stripe: stripe::Stripe,
     webhook_secret: String,
@@ -30,9 +31,10 @@ struct CheckoutBody {
 }
 
 impl BillingRoutes {
-    pub(crate) fn new(c: &Config) -> Result<BillingRoutes, PluginError> {
+    pub(crate) fn new(c: &Config, services: plugin_sdk::Services) -> Result<BillingRoutes, PluginError> {
         let (key, webhook_secret) = c.stripe()?;
         Ok(BillingRoutes {
+            services,
             ledger: c.ledger()?,
             stripe: stripe::Stripe::new(&c.stripe_api_url, &key)?,
             webhook_secret,
@@ -84,6 +86,7 @@ impl BillingRoutes {
             )
             .await?;
         self.ledger.save_session(&session.id, user, amount).await?;
+        crate::metrics::counter("oh_billing_checkouts_total", 1.0, json!({}));
         let Some(url) = session.url else {
             return Err(PluginError::internal("Stripe made a Checkout Session without a url"));
         };
@@ -127,9 +130,11 @@ impl BillingRoutes {
         }
         match self.ledger.complete_session(id, None).await? {
             Completed::Unknown => Ok(json(404, &json!({ "error": "no such checkout session here" }))),
-            Completed::Credited | Completed::Already => {
+            Completed::Credited { user, amount } => {
+                crate::metrics::credited(&self.services, &user, &amount, "return").await;
                 Ok(redirect(format!("{}/settings/billing?checkout=success", self.base(request))))
             }
+            Completed::Already => Ok(redirect(format!("{}/settings/billing?checkout=success", self.base(request)))),
         }
     }
 
@@ -160,7 +165,10 @@ impl BillingRoutes {
         let outcome = match stripe_id(object["id"].as_str()) {
             Some(session) if fulfils && object["payment_status"] == "paid" => {
                 match self.ledger.complete_session(session, Some((event_id, kind))).await? {
-                    Completed::Credited => "credited",
+                    Completed::Credited { user, amount } => {
+                        crate::metrics::credited(&self.services, &user, &amount, "webhook").await;
+                        "credited"
+                    }
                     Completed::Already => "already handled",
                     Completed::Unknown => "not a session of this server",
                 }
@@ -174,6 +182,7 @@ impl BillingRoutes {
             }
         };
         tracing::info!(event = event_id, kind, outcome, "Stripe event");
+        crate::metrics::counter("oh_billing_stripe_events_total", 1.0, json!({ "type": kind, "outcome": outcome }));
         Ok(json(200, &json!({ "received": true, "outcome": outcome })))
     }
 }

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 type Debit = (String, LlmUsage);
 
 pub struct BillingUsage {
+    services: plugin_sdk::Services,
     ledger: Arc<Ledger>,
     queue: Mutex<Option<mpsc::UnboundedSender<Debit>>>,
     worker: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -26,7 +27,7 @@ pub struct BillingUsage {
 const DEBIT_ATTEMPTS: u32 = 6;
 
 impl BillingUsage {
-    pub(crate) fn new(c: &Config) -> Result<BillingUsage, PluginError> {
+    pub(crate) fn new(c: &Config, services: plugin_sdk::Services) -> Result<BillingUsage, PluginError> {
         let ledger = Arc::new(c.ledger()?);
         let (tx, mut rx) = mpsc::unbounded_channel::<Debit>();
         let worker_ledger = ledger.clone();
@@ -37,7 +38,7 @@ impl BillingUsage {
                 }
             })
         });
-        Ok(BillingUsage { ledger, queue: Mutex::new(Some(tx)), worker: Mutex::new(Some(worker)) })
+        Ok(BillingUsage { services, ledger, queue: Mutex::new(Some(tx)), worker: Mutex::new(Some(worker)) })
     }
 }
 
@@ -49,7 +50,12 @@ async fn debit(ledger: &Ledger, user: &str, usage: &LlmUsage) {
     let mut wait = Duration::from_millis(250);
     for attempt in 1..=DEBIT_ATTEMPTS {
         match ledger.append(user, Kind::Usage, &amount, &reference).await {
-            Ok(_) => return,
+            Ok(new) => {
+                if new {
+                    crate::metrics::counter("oh_billing_credits_spent_usd_total", usage.cost, serde_json::json!({}));
+                }
+                return;
+            }
             Err(e) if attempt < DEBIT_ATTEMPTS => {
                 tracing::warn!(user, reference, error = %e, attempt, "usage not debited yet; retrying");
                 tokio::time::sleep(wait).await;
@@ -81,6 +87,9 @@ impl plugin_sdk::MonitoringListener for BillingUsage {
             return Ok(());
         }
         tracing::info!(user, action = %admission.action, "refused: no credits left");
+        let action = admission.action.as_str();
+        crate::metrics::counter("oh_billing_refusals_total", 1.0, serde_json::json!({ "action": action }));
+        crate::metrics::capture(&self.services, user, "out of credits", serde_json::json!({ "action": action })).await;
         Err(PluginError::new(ErrorCode::PAYMENT_REQUIRED, "You're out of OpenHands Credits. Add funds to continue."))
     }
 

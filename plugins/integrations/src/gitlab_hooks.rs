@@ -178,13 +178,8 @@ impl GitLabHooks {
             return Ok(error(400, "no GitLab token: sign in with GitLab or add a GitLab token in the git settings"));
         };
         let what = "GitLab project";
-        let r = self
-            .http
-            .get(format!("{}/api/v4/projects/{}", self.base, escape(&project)))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .map_err(|e| providers::unreachable(what, e))?;
+        let request = self.http.get(format!("{}/api/v4/projects/{}", self.base, escape(&project))).bearer_auth(&token);
+        let r = providers::counted(what, request).await.map_err(|e| providers::unreachable(what, e))?;
         if !r.status().is_success() {
             return Ok(error(
                 if r.status().as_u16() == 404 { 404 } else { 400 },
@@ -218,13 +213,9 @@ impl GitLabHooks {
             "issues_events": false, "merge_requests_events": false, "enable_ssl_verification": true,
             "custom_headers": [{ "key": "X-OpenHands-Webhook-Id", "value": id }],
         });
-        let r = self
-            .http
-            .post(format!("{}/api/v4/projects/{project_id}/hooks", self.base))
-            .bearer_auth(&token)
-            .json(&hook)
-            .send()
-            .await;
+        let request =
+            self.http.post(format!("{}/api/v4/projects/{project_id}/hooks", self.base)).bearer_auth(&token).json(&hook);
+        let r = providers::counted("GitLab webhook", request).await;
         let installed = match r {
             Ok(r) if r.status().is_success() => r.json::<Value>().await.ok().and_then(|h| h["id"].as_i64()),
             Ok(r) => {
@@ -272,11 +263,9 @@ impl GitLabHooks {
             let Some(token) = self.token(ctx).await? else {
                 return Ok(error(400, "no GitLab token to remove the webhook at GitLab with"));
             };
-            let r = self
-                .http
-                .delete(format!("{}/api/v4/projects/{project}/hooks/{hook}", self.base))
-                .bearer_auth(token)
-                .send()
+            let request =
+                self.http.delete(format!("{}/api/v4/projects/{project}/hooks/{hook}", self.base)).bearer_auth(token);
+            let r = providers::counted("GitLab webhook", request)
                 .await
                 .map_err(|e| providers::unreachable("GitLab webhook", e))?;
             // Already gone at GitLab is as good as removed.

@@ -117,6 +117,7 @@ impl Inbox {
             .await
             .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
+        delivery_metric(source, action);
         Ok(stored)
     }
 
@@ -168,7 +169,9 @@ impl Inbox {
         .bind(d.id);
         // Not waiting for the disk here either: lost in a database crash, the delivery is
         // claimed and processed again (idempotent), and audited again.
-        self.step_with(update, d, "processed", json!({ "outcome": outcome, "attempt": d.attempts }), false).await
+        self.step_with(update, d, "processed", json!({ "outcome": outcome, "attempt": d.attempts }), false).await?;
+        delivery_metric(&d.source, "processed");
+        Ok(())
     }
 
     /// Failed: again later (exponential backoff with jitter), or dead after the last attempt.
@@ -181,7 +184,9 @@ impl Inbox {
             )
             .bind(d.id)
             .bind(error);
-            self.step(update, d, "dead_lettered", json!({ "attempts": d.attempts, "error": error })).await
+            self.step(update, d, "dead_lettered", json!({ "attempts": d.attempts, "error": error })).await?;
+            delivery_metric(&d.source, "dead_lettered");
+            Ok(())
         } else {
             let wait = backoff(self.backoff, d.attempts);
             tracing::warn!(source = %d.source, delivery = %d.delivery_id, error, attempt = d.attempts, "webhook delivery failed; retrying");
@@ -194,7 +199,9 @@ impl Inbox {
             .bind(error)
             .bind(wait.as_secs_f64());
             let detail = json!({ "attempt": d.attempts, "in_ms": wait.as_millis() as u64, "error": error });
-            self.step(update, d, "retry_scheduled", detail).await
+            self.step(update, d, "retry_scheduled", detail).await?;
+            delivery_metric(&d.source, "retried");
+            Ok(())
         }
     }
 
@@ -305,6 +312,13 @@ mod tests {
     }
 }
 
+/// Counts a delivery's step in `oh_webhook_deliveries_total{source, outcome}`: `received`,
+/// `duplicate`, `refused` (bad signature, rate limit, too large...), `processed`, `retried`,
+/// `dead_lettered`: the integrations' health per source, beside `audit_log`'s detail.
+pub(crate) fn delivery_metric(source: &str, outcome: &str) {
+    plugin_sdk::metric("oh_webhook_deliveries_total", 1.0, &json!({ "source": source, "outcome": outcome }));
+}
+
 /// Refused requests, aggregated for `audit_log`: the first of each (source, reason, status)
 /// since the last flush is written at once, the rest are counted and written as one row a
 /// minute (`Refusals::flush`), so a flood of forged requests adds a few rows, not one each.
@@ -317,6 +331,7 @@ pub(crate) const REFUSALS_EVERY: Duration = Duration::from_secs(60);
 impl Refusals {
     /// Counts one; true when it is the first of its kind since the last flush (write it).
     pub(crate) fn note(&self, source: &str, reason: &str, status: u16) -> bool {
+        delivery_metric(source, "refused");
         let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let n = counts.entry((source.to_owned(), reason.to_owned(), status)).or_insert(0);
         *n += 1;

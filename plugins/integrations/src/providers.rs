@@ -37,9 +37,24 @@ pub(crate) fn unreachable(what: &str, e: reqwest::Error) -> PluginError {
     PluginError::unavailable(format!("{what}: {e}"))
 }
 
+/// Sends one request to a provider's API, counted in `oh_provider_api_calls_total` by
+/// provider (the first word of `what`: `GitHub comment` is GitHub's) and outcome (`ok`, `error`
+/// for an error status, `unreachable`): the integrations' health, per provider.
+pub(crate) async fn counted(what: &str, request: reqwest::RequestBuilder) -> Result<reqwest::Response, reqwest::Error> {
+    let provider = what.split_whitespace().next().unwrap_or("unknown").to_ascii_lowercase();
+    let answer = request.send().await;
+    let outcome = match &answer {
+        Ok(r) if r.status().is_success() => "ok",
+        Ok(_) => "error",
+        Err(_) => "unreachable",
+    };
+    plugin_sdk::metric("oh_provider_api_calls_total", 1.0, &json!({ "provider": provider, "outcome": outcome }));
+    answer
+}
+
 /// Sends `request`; its response when it succeeded, else the failure, named by `what`.
 pub(crate) async fn send(what: &str, request: reqwest::RequestBuilder) -> Result<reqwest::Response, PluginError> {
-    let r = request.send().await.map_err(|e| unreachable(what, e))?;
+    let r = counted(what, request).await.map_err(|e| unreachable(what, e))?;
     if r.status().is_success() {
         Ok(r)
     } else {
@@ -110,15 +125,13 @@ impl GitHub {
     ) -> Result<(), PluginError> {
         let token = self.installation_token(installation).await?;
         let what = "GitHub comment";
-        let r = self
+        let request = self
             .http
             .post(format!("{}/repos/{repo}/issues/{number}/comments", self.api))
             .bearer_auth(token)
             .header("accept", "application/vnd.github+json")
-            .json(&json!({ "body": body }))
-            .send()
-            .await
-            .map_err(|e| unreachable(what, e))?;
+            .json(&json!({ "body": body }));
+        let r = counted(what, request).await.map_err(|e| unreachable(what, e))?;
         if r.status().as_u16() == 401 {
             self.tokens.lock().await.remove(&installation);
         }

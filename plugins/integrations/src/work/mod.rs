@@ -286,7 +286,14 @@ impl Hub {
             match self.inbox.claim(CLAIM_BATCH).await {
                 Ok(batch) if !batch.is_empty() => {
                     for d in &batch {
+                        let started = std::time::Instant::now();
                         let outcome = self.process(d).await;
+                        plugin_sdk::observe(
+                            "oh_webhook_processing_seconds",
+                            started.elapsed().as_secs_f64(),
+                            &[],
+                            &serde_json::json!({ "source": d.source }),
+                        );
                         let stored = match outcome {
                             Ok(outcome) => self.inbox.done(d, &outcome).await,
                             Err(e) => self.inbox.failed(d, &e.message).await,

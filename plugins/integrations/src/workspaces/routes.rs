@@ -170,7 +170,7 @@ impl Workspaces {
             request.form(&form)
         };
         let what = format!("{} token", app.label);
-        let r = request.send().await.map_err(|e| providers::unreachable(&what, e))?;
+        let r = providers::counted(&what, request).await.map_err(|e| providers::unreachable(&what, e))?;
         if !r.status().is_success() {
             let status = r.status();
             let body: String = r.text().await.unwrap_or_default().chars().take(200).collect();
@@ -484,7 +484,7 @@ struct Identity {
 
 /// A provider's JSON answer; a refusal is a 400 the user sees, an unreachable provider 503.
 async fn json_of(what: &str, request: reqwest::RequestBuilder) -> Result<Result<Value, Refused>, PluginError> {
-    let r = request.send().await.map_err(|e| providers::unreachable(what, e))?;
+    let r = providers::counted(what, request).await.map_err(|e| providers::unreachable(what, e))?;
     let status = r.status();
     if !status.is_success() {
         let body: String = r.text().await.unwrap_or_default().chars().take(200).collect();
