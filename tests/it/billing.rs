@@ -15,15 +15,20 @@ const BOB: &str = "bob-billing-key-0123456789";
 const WEB: &str = "http://app.example.test";
 
 fn profile(db: &str, stripe: &str) -> String {
+    profile_with(db, stripe, "")
+}
+
+/// The billing profile; `extra` goes into both billing configs (`, key = value`).
+fn profile_with(db: &str, stripe: &str, extra: &str) -> String {
     let billing = format!(
         "{{ database_url = \"{db}\", stripe_api_key = \"{}\", stripe_webhook_secret = \"{WEBHOOK_SECRET}\", \
-         stripe_api_url = \"{stripe}\", web_host = \"{WEB}\" }}",
+         stripe_api_url = \"{stripe}\", web_host = \"{WEB}\"{extra} }}",
         oh_e2e::stripe::SECRET_KEY
     );
     let base = oh_e2e::saas_base_profile(db, &[("alice", ALICE), ("bob", BOB)], "");
     format!(
         "{base}[[extensions.routes]]\nlibrary = \"billing\"\nimplementation = \"BillingRoutes\"\nconfig = {billing}\n\
-         [[extensions.monitoring]]\nlibrary = \"billing\"\nimplementation = \"BillingUsage\"\nconfig = {{ database_url = \"{db}\" }}\n"
+         [[extensions.monitoring]]\nlibrary = \"billing\"\nimplementation = \"BillingUsage\"\nconfig = {{ database_url = \"{db}\"{extra} }}\n"
     )
 }
 
@@ -314,4 +319,57 @@ async fn anonymous_success_returns_do_not_reach_stripe() {
         assert_eq!(r.headers["retry-after"], "5");
     }
     assert_eq!(stripe.lookups(), 1);
+}
+
+/// `new_user_credits`: a user billing has never seen gets them once (on the balance page or
+/// their first piece of work, on any host); a user it has seen gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_user_gets_the_configured_credits_once() {
+    let db = oh_e2e::pg::TestDb::create().await;
+    let stripe = FakeStripe::start().await;
+    // Before the offer: Alice buys $10.
+    let (_d, before) = host(&db, &stripe);
+    let session = checkout(&before, ALICE, 10).await;
+    stripe.pay(&session);
+    assert_eq!(success(&before, &session).await.status, 302);
+    assert_eq!(credits(&before, ALICE).await, "10");
+    drop(before);
+
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("app_mode = \"saas\"\n", &profile_with(&db.url, &stripe.base_url, ", new_user_credits = \"2.5\""));
+    let env = [("ENABLE_BILLING", "true")];
+    let (a, b) = (d.start_with_env(&env), d.start_with_env(&env));
+    // Bob is new: his first look at his balance, on either host, shows the credits, once.
+    let (first, second) = tokio::join!(credits(&a, BOB), credits(&b, BOB));
+    assert_eq!((first.as_str(), second.as_str()), ("2.5", "2.5"));
+    assert_eq!(credits(&a, BOB).await, "2.5");
+    // Alice was seen before the offer: nothing more.
+    assert_eq!(credits(&b, ALICE).await, "10");
+    let mut conn = db.connect().await;
+    let grants: Vec<(String, String)> = sqlx::query_as(
+        "SELECT user_id, trim_scale(amount)::text FROM credit_ledger WHERE kind = 'adjustment' ORDER BY user_id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(grants, [("bob".to_owned(), "2.5".to_owned())]);
+    use oh_e2e::metrics::{scrape, value};
+    let mut granted = 0.0;
+    for host in [&a, &b] {
+        granted +=
+            value(&scrape(&host.admin_get("/internal/metrics").await.text), "oh_billing_new_user_credits_total", &[]);
+    }
+    assert_eq!(granted, 1.0, "one grant, counted by the host that made it");
+
+    // A bad amount is refused at start-up, naming the key and the variable.
+    d.write_profile("app_mode = \"saas\"\n", &profile_with(&db.url, &stripe.base_url, ", new_user_credits = \"ten\""));
+    let out = std::process::Command::new(oh_e2e::host_binary())
+        .args(["check", "--config"])
+        .arg(d.profile_path())
+        .env("ENABLE_BILLING", "true")
+        .output()
+        .unwrap();
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && printed.contains("new_user_credits (NEW_USER_CREDITS)"), "{printed}");
 }

@@ -33,6 +33,10 @@ pub(crate) struct Config {
     pub(crate) min_purchase: u32,
     #[serde(default = "default_max")]
     pub(crate) max_purchase: u32,
+    /// Credits (US dollars, decimal text) a new user gets once, when billing first sees them;
+    /// empty or "0": none.
+    #[serde(default)]
+    pub(crate) new_user_credits: Option<String>,
 }
 
 fn default_api_url() -> String {
@@ -70,6 +74,15 @@ impl Config {
                 c.stripe_api_url
             )));
         }
+        if let Some(credits) = set(&c.new_user_credits) {
+            let valid = credits.parse::<f64>().is_ok_and(|v| v.is_finite() && v >= 0.0 && v <= 1_000_000.0)
+                && credits.chars().all(|ch| ch.is_ascii_digit() || ch == '.');
+            if !valid {
+                return Err(PluginError::invalid_config(format!(
+                    "new_user_credits (NEW_USER_CREDITS) must be an amount of US dollars such as \"10\" or \"2.50\", not `{credits}`"
+                )));
+            }
+        }
         if let Some(Err(e)) = set(&c.web_host).map(|h| seed_env::public_url(&h)) {
             return Err(PluginError::invalid_config(format!("web_host (WEB_HOST): {e}")));
         }
@@ -87,6 +100,11 @@ impl Config {
             )
         })?;
         Ok((key, secret))
+    }
+
+    /// `new_user_credits` when it grants anything.
+    pub(crate) fn new_user_credits(&self) -> Option<String> {
+        set(&self.new_user_credits).filter(|c| c.parse::<f64>().is_ok_and(|v| v > 0.0))
     }
 
     pub(crate) fn web_host(&self) -> Option<String> {

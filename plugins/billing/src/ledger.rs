@@ -13,6 +13,8 @@ use std::sync::Arc;
 pub(crate) enum Kind {
     Purchase,
     Usage,
+    /// Credits given, not bought (a new user's).
+    Adjustment,
 }
 
 impl Kind {
@@ -20,6 +22,7 @@ impl Kind {
         match self {
             Kind::Purchase => "purchase",
             Kind::Usage => "usage",
+            Kind::Adjustment => "adjustment",
         }
     }
 }
@@ -77,6 +80,23 @@ impl Ledger {
             .await
             .map_err(db_error)?;
         Ok(row.map(|r| r.get::<String, _>(0)).unwrap_or_else(|| "0".to_owned()))
+    }
+
+    /// A new user's credits (`new_user_credits`), once: granted to a user the ledger has never
+    /// seen, under the reference `welcome:<user>` (so two hosts, or two requests, grant it
+    /// once). Whether it was granted now.
+    pub(crate) async fn welcome(&self, user: &str, amount: &str) -> Result<bool, PluginError> {
+        let pool = self.db.ready().await?;
+        let mut tx = pool.begin().await.map_err(db_error)?;
+        // Two requests (or hosts) racing here grant it once: the reference is unique.
+        let seen: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM credit_ledger WHERE user_id = $1)")
+            .bind(user)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let granted = !seen && append_in(&mut tx, user, Kind::Adjustment, amount, &format!("welcome:{user}")).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(granted)
     }
 
     /// Whether the user has credits left (a balance above zero).

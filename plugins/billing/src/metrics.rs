@@ -25,6 +25,23 @@ pub(crate) async fn capture(services: &Services, user: &str, event: &str, proper
     }
 }
 
+/// Grants a new user's credits if `credits` is configured and the ledger has never seen them.
+pub(crate) async fn welcome(
+    ledger: &crate::ledger::Ledger,
+    services: &Services,
+    user: &str,
+    credits: Option<&str>,
+) -> Result<(), plugin_sdk::PluginError> {
+    let Some(amount) = credits else { return Ok(()) };
+    if ledger.welcome(user, amount).await? {
+        let usd = amount.parse::<f64>().unwrap_or(0.0);
+        counter("oh_billing_new_user_credits_total", 1.0, json!({}));
+        counter("oh_billing_credits_added_usd_total", usd, json!({}));
+        capture(services, user, "free credits granted", json!({ "amount_usd": usd })).await;
+    }
+    Ok(())
+}
+
 /// A purchase credited now.
 pub(crate) async fn credited(services: &Services, user: &str, amount: &str, via: &str) {
     counter("oh_billing_purchases_total", 1.0, json!({ "via": via }));

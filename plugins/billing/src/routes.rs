@@ -23,6 +23,7 @@ pub struct BillingRoutes {
     web_host: Option<String>,
     min_purchase: u32,
     max_purchase: u32,
+    new_user_credits: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +42,7 @@ impl BillingRoutes {
             web_host: c.web_host(),
             min_purchase: c.min_purchase,
             max_purchase: c.max_purchase,
+            new_user_credits: c.new_user_credits(),
         })
     }
 
@@ -213,6 +215,7 @@ impl plugin_sdk::RouteHandler for BillingRoutes {
             ("POST", "/api/billing/stripe-webhook", _) => self.webhook(&request).await,
             (_, _, None) => Ok(json(401, &json!({ "error": "sign in first" }))),
             ("GET", "/api/billing/credits", Some(user)) => {
+                crate::metrics::welcome(&self.ledger, &self.services, user, self.new_user_credits.as_deref()).await?;
                 // The exact decimal as a JSON number (no float on the way).
                 let balance = self.ledger.balance(user).await?;
                 Ok(response(

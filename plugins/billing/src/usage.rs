@@ -18,6 +18,7 @@ type Debit = (String, LlmUsage);
 
 pub struct BillingUsage {
     services: plugin_sdk::Services,
+    new_user_credits: Option<String>,
     ledger: Arc<Ledger>,
     queue: Mutex<Option<mpsc::UnboundedSender<Debit>>>,
     worker: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -38,7 +39,13 @@ impl BillingUsage {
                 }
             })
         });
-        Ok(BillingUsage { services, ledger, queue: Mutex::new(Some(tx)), worker: Mutex::new(Some(worker)) })
+        Ok(BillingUsage {
+            services,
+            new_user_credits: c.new_user_credits(),
+            ledger,
+            queue: Mutex::new(Some(tx)),
+            worker: Mutex::new(Some(worker)),
+        })
     }
 }
 
@@ -85,6 +92,13 @@ impl plugin_sdk::MonitoringListener for BillingUsage {
         };
         if self.ledger.has_credits(user).await? {
             return Ok(());
+        }
+        // A user billing has never seen gets the configured welcome credits first.
+        if self.new_user_credits.is_some() {
+            crate::metrics::welcome(&self.ledger, &self.services, user, self.new_user_credits.as_deref()).await?;
+            if self.ledger.has_credits(user).await? {
+                return Ok(());
+            }
         }
         tracing::info!(user, action = %admission.action, "refused: no credits left");
         let action = admission.action.as_str();
