@@ -75,7 +75,7 @@ impl Config {
             )));
         }
         if let Some(credits) = set(&c.new_user_credits) {
-            let valid = credits.parse::<f64>().is_ok_and(|v| v.is_finite() && v >= 0.0 && v <= 1_000_000.0)
+            let valid = credits.parse::<f64>().is_ok_and(|v| (0.0..=1_000_000.0).contains(&v))
                 && credits.chars().all(|ch| ch.is_ascii_digit() || ch == '.');
             if !valid {
                 return Err(PluginError::invalid_config(format!(
