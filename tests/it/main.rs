@@ -27,6 +27,7 @@ mod sessions;
 mod shapes;
 mod sso;
 mod stores;
+mod subscriptions;
 mod surfaces;
 mod tenancy;
 mod token_auth;

@@ -4,7 +4,9 @@
 //! `GET /v1/checkout/sessions/{id}`, and the hosted checkout page a browser is sent to (it pays
 //! at once and sends the buyer to the session's `success_url`). Tests flip a session to paid
 //! ([`FakeStripe::pay`]) and make the signed webhook delivery Stripe would send
-//! ([`FakeStripe::completed_event`]).
+//! ([`FakeStripe::completed_event`]). Subscriptions too: Checkout in subscription mode (paying
+//! makes a `sub_…`), `POST /v1/subscriptions/{id}` (`cancel_at_period_end`), and a customer's
+//! `GET /v1/customers/{id}/payment_methods` (a card once they paid).
 
 use axum::{
     body::Bytes,
@@ -37,6 +39,34 @@ struct Account {
     checkout_forms: Vec<HashMap<String, String>>,
     /// How many times a session was looked up (`GET /v1/checkout/sessions/{id}`).
     lookups: usize,
+    subscriptions: HashMap<String, Value>,
+    /// Customers who paid (a saved card).
+    paying: Vec<String>,
+}
+
+/// The price of the fake account's one recurring Price, in cents.
+pub const SUBSCRIPTION_PRICE_ID: &str = "price_fake_pro_monthly";
+const SUBSCRIPTION_CENTS: i64 = 2000;
+
+impl Account {
+    /// The buyer paid session `id`: complete, a card saved, and in subscription mode the
+    /// subscription made.
+    fn pay(&mut self, id: &str) -> Option<&Value> {
+        let n = self.subscriptions.len() + 1;
+        let s = self.sessions.get_mut(id)?;
+        s["payment_status"] = json!("paid");
+        s["status"] = json!("complete");
+        let customer = s["customer"].as_str().unwrap_or_default().to_owned();
+        if s["mode"] == "subscription" && s["subscription"].is_null() {
+            let sub = format!("sub_fake{n}");
+            s["subscription"] = json!(sub);
+            let record = json!({ "id": sub, "object": "subscription", "status": "active",
+                                 "customer": customer, "cancel_at_period_end": false });
+            self.subscriptions.insert(sub, record);
+        }
+        self.paying.push(customer);
+        self.sessions.get(id)
+    }
 }
 
 pub struct FakeStripe {
@@ -114,7 +144,15 @@ async fn create_session(State(account): State<Shared>, headers: HeaderMap, body:
     }
     let f = form(&body);
     let id = format!("cs_test_fake{}", a.sessions.len() + 1);
-    let amount: i64 = f.get("line_items[0][price_data][unit_amount]").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let amount: i64 = match f.get("line_items[0][price]").map(String::as_str) {
+        Some(SUBSCRIPTION_PRICE_ID) => SUBSCRIPTION_CENTS,
+        Some(other) => {
+            let body =
+                json!({ "error": { "type": "invalid_request_error", "message": format!("No such price: '{other}'") } });
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        }
+        None => f.get("line_items[0][price_data][unit_amount]").and_then(|v| v.parse().ok()).unwrap_or(0),
+    };
     let session = json!({
         "id": id, "object": "checkout.session", "mode": f.get("mode"),
         "url": format!("{}/c/pay/{id}", a.base),
@@ -150,11 +188,44 @@ async fn get_session(State(account): State<Shared>, headers: HeaderMap, Path(id)
 /// `success_url`, as Stripe does after a payment.
 async fn pay_page(State(account): State<Shared>, Path(id): Path<String>) -> Response {
     let mut a = account.lock().unwrap();
-    let Some(s) = a.sessions.get_mut(&id) else { return StatusCode::NOT_FOUND.into_response() };
-    s["payment_status"] = json!("paid");
-    s["status"] = json!("complete");
+    let Some(s) = a.pay(&id) else { return StatusCode::NOT_FOUND.into_response() };
     let to = s["success_url"].as_str().unwrap_or("").replace("{CHECKOUT_SESSION_ID}", &id);
     (StatusCode::SEE_OTHER, [(axum::http::header::LOCATION, to)]).into_response()
+}
+
+async fn update_subscription(
+    State(account): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    if !authorized(&headers) {
+        return refused();
+    }
+    let f = form(&body);
+    let mut a = account.lock().unwrap();
+    let Some(sub) = a.subscriptions.get_mut(&id) else {
+        let body =
+            json!({ "error": { "type": "invalid_request_error", "message": format!("No such subscription: '{id}'") } });
+        return (StatusCode::NOT_FOUND, Json(body)).into_response();
+    };
+    if let Some(v) = f.get("cancel_at_period_end") {
+        sub["cancel_at_period_end"] = json!(v == "true");
+    }
+    Json(sub.clone()).into_response()
+}
+
+async fn payment_methods(State(account): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if !authorized(&headers) {
+        return refused();
+    }
+    let a = account.lock().unwrap();
+    let data: Vec<Value> = if a.paying.contains(&id) {
+        vec![json!({ "id": "pm_fake_card", "object": "payment_method", "type": "card", "customer": id })]
+    } else {
+        Vec::new()
+    };
+    Json(json!({ "object": "list", "data": data, "has_more": false })).into_response()
 }
 
 impl FakeStripe {
@@ -167,6 +238,8 @@ impl FakeStripe {
             .route("/v1/checkout/sessions", post(create_session))
             .route("/v1/checkout/sessions/{id}", get(get_session))
             .route("/c/pay/{id}", get(pay_page))
+            .route("/v1/subscriptions/{id}", post(update_subscription))
+            .route("/v1/customers/{id}/payment_methods", get(payment_methods))
             .with_state(account.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         FakeStripe { base_url, account }
@@ -174,10 +247,20 @@ impl FakeStripe {
 
     /// The buyer paid: the session is complete.
     pub fn pay(&self, session_id: &str) {
-        let mut a = self.account.lock().unwrap();
-        let s = a.sessions.get_mut(session_id).expect("a session the fake made");
-        s["payment_status"] = json!("paid");
-        s["status"] = json!("complete");
+        self.account.lock().unwrap().pay(session_id).expect("a session the fake made");
+    }
+
+    /// A subscription as the fake holds it.
+    pub fn subscription(&self, id: &str) -> Value {
+        self.account.lock().unwrap().subscriptions[id].clone()
+    }
+
+    /// A signed-ready event of `kind` about `object`, as Stripe delivers it.
+    pub fn event(&self, event_id: &str, kind: &str, object: Value) -> Vec<u8> {
+        let event = json!({ "id": event_id, "object": "event", "api_version": "2025-09-30.clover",
+                            "created": chrono::Utc::now().timestamp(), "livemode": false,
+                            "type": kind, "data": { "object": object } });
+        event.to_string().into_bytes()
     }
 
     /// The session as the fake holds it.

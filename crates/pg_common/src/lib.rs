@@ -47,6 +47,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (13, "integration_workspaces", include_str!("../../../migrations/0013_integration_workspaces.sql")),
     (14, "billing_checked_at", include_str!("../../../migrations/0014_billing_checked_at.sql")),
     (15, "webhook_content", include_str!("../../../migrations/0015_webhook_content.sql")),
+    (16, "subscriptions", include_str!("../../../migrations/0016_subscriptions.sql")),
 ];
 
 /// The advisory lock key around migrations ("ohhost" in ASCII).

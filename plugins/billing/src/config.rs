@@ -33,6 +33,10 @@ pub(crate) struct Config {
     pub(crate) min_purchase: u32,
     #[serde(default = "default_max")]
     pub(crate) max_purchase: u32,
+    /// The recurring Stripe Price a subscription buys (STRIPE_SUBSCRIPTION_PRICE_ID,
+    /// `price_…`); without one, no subscriptions are sold.
+    #[serde(default)]
+    pub(crate) subscription_price_id: Option<String>,
     /// Credits (US dollars, decimal text) a new user gets once, when billing first sees them;
     /// empty or "0": none.
     #[serde(default)]
@@ -100,6 +104,10 @@ impl Config {
             )
         })?;
         Ok((key, secret))
+    }
+
+    pub(crate) fn subscription_price_id(&self) -> Option<String> {
+        set(&self.subscription_price_id)
     }
 
     /// `new_user_credits` when it grants anything.

@@ -28,7 +28,7 @@ impl Kind {
 }
 
 pub(crate) struct Ledger {
-    db: Arc<Database>,
+    pub(crate) db: Arc<Database>,
 }
 
 /// What the success return may do about a session.
@@ -52,6 +52,8 @@ pub(crate) const CHECK_EVERY: std::time::Duration = std::time::Duration::from_se
 pub(crate) enum Completed {
     /// Credited now: to whom, how much (decimal text, US dollars).
     Credited { user: String, amount: String },
+    /// A subscription began now, for this user.
+    Subscribed { user: String },
     /// Credited before (the other of webhook and success redirect came first).
     Already,
     /// Not a session this server created.
@@ -258,7 +260,7 @@ impl Ledger {
     }
 }
 
-async fn record_event_in(
+pub(crate) async fn record_event_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     event_id: &str,
     kind: &str,

@@ -3,7 +3,8 @@
 //! - `BillingRoutes` (`routes`): `GET /api/billing/credits`, `POST
 //!   /api/billing/create-checkout-session`, `GET /api/billing/success` and `/cancel` (where
 //!   Stripe sends the buyer back), `POST /api/billing/stripe-webhook` (signed), and
-//!   `GET /api/billing/subscription-access` (no subscriptions here: `null`).
+//!   subscriptions (`subscription-checkout-session`, `create-subscription-checkout-session`,
+//!   `cancel-subscription`, `has-payment-method`, `subscription-access`; `subscriptions.rs`).
 //! - `BillingUsage` (`monitoring`): debits each LLM call's cost, and refuses (402) a new
 //!   conversation or the next LLM call of a user without credits.
 //!
@@ -16,6 +17,7 @@ mod ledger;
 mod metrics;
 mod routes;
 pub mod stripe;
+mod subscriptions;
 mod usage;
 
 use config::Config;

@@ -7,7 +7,8 @@
 //!   credited (`via`: `return` when the buyer came back first, `webhook`);
 //! - `oh_billing_credits_spent_usd_total`: LLM usage debited;
 //! - `oh_billing_refusals_total{action}`: work refused for lack of credits;
-//! - `oh_billing_stripe_events_total{type, outcome}`: Stripe's webhook events.
+//! - `oh_billing_stripe_events_total{type, outcome}`: Stripe's webhook events;
+//! - `oh_billing_subscriptions_started_total`, `oh_billing_subscriptions_cancelled_total`.
 
 use plugin_sdk::{CallContext, Services};
 use serde_json::{json, Value};
@@ -40,6 +41,12 @@ pub(crate) async fn welcome(
         capture(services, user, "free credits granted", json!({ "amount_usd": usd })).await;
     }
     Ok(())
+}
+
+/// A subscription began now.
+pub(crate) async fn subscribed(services: &Services, user: &str) {
+    counter("oh_billing_subscriptions_started_total", 1.0, json!({}));
+    capture(services, user, "subscription started", json!({})).await;
 }
 
 /// A purchase credited now.

@@ -16,9 +16,10 @@ fn stripe_id(v: Option<&str>) -> Option<&str> {
 }
 
 pub struct BillingRoutes {
-    services: plugin_sdk::Services,
-    ledger: Ledger,
-    stripe: stripe::Stripe,
+    pub(crate) services: plugin_sdk::Services,
+    pub(crate) ledger: Ledger,
+    pub(crate) stripe: stripe::Stripe,
+    pub(crate) subscription_price_id: Option<String>,
     webhook_secret: String,
     web_host: Option<String>,
     min_purchase: u32,
@@ -43,16 +44,28 @@ impl BillingRoutes {
             min_purchase: c.min_purchase,
             max_purchase: c.max_purchase,
             new_user_credits: c.new_user_credits(),
+            subscription_price_id: c.subscription_price_id(),
         })
     }
 
     /// Where buyers come back to: WEB_HOST, else the origin the request came to.
-    fn base(&self, request: &HttpRequest) -> String {
+    pub(crate) fn base(&self, request: &HttpRequest) -> String {
         if let Some(host) = &self.web_host {
             return host.clone();
         }
         let proto = header(request, "x-forwarded-proto").unwrap_or("http");
         format!("{proto}://{}", header(request, "host").unwrap_or("localhost"))
+    }
+
+    /// The user's Stripe customer, made on first use.
+    pub(crate) async fn customer_of(&self, user: &str) -> Result<String, PluginError> {
+        match self.ledger.customer(user).await? {
+            Some(c) => Ok(c),
+            None => {
+                let made = self.stripe.create_customer(user, None).await?;
+                self.ledger.save_customer(user, &made).await
+            }
+        }
     }
 
     async fn checkout(&self, user: &str, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
@@ -69,13 +82,7 @@ impl BillingRoutes {
                 ) }),
             ));
         };
-        let customer = match self.ledger.customer(user).await? {
-            Some(c) => c,
-            None => {
-                let made = self.stripe.create_customer(user, None).await?;
-                self.ledger.save_customer(user, &made).await?
-            }
-        };
+        let customer = self.customer_of(user).await?;
         let base = self.base(request);
         let session = self
             .stripe
@@ -130,8 +137,18 @@ impl BillingRoutes {
                 &json!({ "error": format!("the payment is not complete (Stripe says {})", session.payment_status) }),
             ));
         }
-        match self.ledger.complete_session(id, None).await? {
+        let completed = match (&session.subscription, self.ledger.session_kind(id).await?.as_deref()) {
+            (Some(subscription), Some("subscription")) => {
+                self.ledger.complete_subscription(id, subscription, session.amount_total, None).await?
+            }
+            _ => self.ledger.complete_session(id, None).await?,
+        };
+        match completed {
             Completed::Unknown => Ok(json(404, &json!({ "error": "no such checkout session here" }))),
+            Completed::Subscribed { user } => {
+                crate::metrics::subscribed(&self.services, &user).await;
+                Ok(redirect(format!("{}/settings/billing?checkout=success", self.base(request))))
+            }
             Completed::Credited { user, amount } => {
                 crate::metrics::credited(&self.services, &user, &amount, "return").await;
                 Ok(redirect(format!("{}/settings/billing?checkout=success", self.base(request))))
@@ -164,14 +181,36 @@ impl BillingRoutes {
         };
         let object = &event["data"]["object"];
         let fulfils = matches!(kind, "checkout.session.completed" | "checkout.session.async_payment_succeeded");
+        let subscription = stripe_id(object["subscription"].as_str());
         let outcome = match stripe_id(object["id"].as_str()) {
+            Some(session) if fulfils && object["payment_status"] == "paid" && object["mode"] == "subscription" => {
+                let Some(subscription) = subscription else {
+                    return Ok(json(400, &json!({ "error": "a paid subscription session without its subscription" })));
+                };
+                let amount = object["amount_total"].as_i64();
+                match self.ledger.complete_subscription(session, subscription, amount, Some((event_id, kind))).await? {
+                    Completed::Subscribed { user } => {
+                        crate::metrics::subscribed(&self.services, &user).await;
+                        "subscribed"
+                    }
+                    Completed::Unknown => "not a session of this server",
+                    _ => "already handled",
+                }
+            }
+            Some(sub) if kind == "customer.subscription.deleted" => {
+                self.ledger.subscription_event((event_id, kind), sub, None).await?
+            }
+            Some(_) if kind == "invoice.paid" && subscription.is_some() => {
+                let end = object["lines"]["data"][0]["period"]["end"].as_i64();
+                self.ledger.subscription_event((event_id, kind), subscription.unwrap_or_default(), end).await?
+            }
             Some(session) if fulfils && object["payment_status"] == "paid" => {
                 match self.ledger.complete_session(session, Some((event_id, kind))).await? {
                     Completed::Credited { user, amount } => {
                         crate::metrics::credited(&self.services, &user, &amount, "webhook").await;
                         "credited"
                     }
-                    Completed::Already => "already handled",
+                    Completed::Already | Completed::Subscribed { .. } => "already handled",
                     Completed::Unknown => "not a session of this server",
                 }
             }
@@ -199,6 +238,10 @@ impl plugin_sdk::RouteHandler for BillingRoutes {
         vec![
             route("GET", "/api/billing/credits", true),
             route("GET", "/api/billing/subscription-access", true),
+            route("POST", "/api/billing/subscription-checkout-session", true),
+            route("GET", "/api/billing/create-subscription-checkout-session", true),
+            route("POST", "/api/billing/cancel-subscription", true),
+            route("POST", "/api/billing/has-payment-method", true),
             route("POST", "/api/billing/create-checkout-session", true),
             // Stripe sends the buyer (and its webhooks) here without our session.
             route("GET", "/api/billing/success", false),
@@ -224,7 +267,13 @@ impl plugin_sdk::RouteHandler for BillingRoutes {
                     format!("{{\"credits\":{balance}}}").into_bytes(),
                 ))
             }
-            ("GET", "/api/billing/subscription-access", Some(_)) => Ok(json(200, &Value::Null)),
+            ("GET", "/api/billing/subscription-access", Some(user)) => Ok(json(200, &self.ledger.access(user).await?)),
+            ("POST", "/api/billing/subscription-checkout-session", Some(user))
+            | ("GET", "/api/billing/create-subscription-checkout-session", Some(user)) => {
+                self.subscribe(user, &request).await
+            }
+            ("POST", "/api/billing/cancel-subscription", Some(user)) => self.cancel_subscription(user).await,
+            ("POST", "/api/billing/has-payment-method", Some(user)) => self.has_payment_method(user).await,
             ("POST", "/api/billing/create-checkout-session", Some(user)) => self.checkout(user, &request).await,
             (method, path, _) => Ok(json(404, &json!({ "error": format!("no route {method} {path}") }))),
         }

@@ -1,4 +1,4 @@
-//! Stripe: the three API calls Checkout needs, and webhook signatures.
+//! Stripe: the API calls Checkout (payments and subscriptions) needs, and webhook signatures.
 //!
 //! The API is form-encoded over HTTPS with the secret key as a bearer token; writes carry an
 //! `Idempotency-Key`, so a retried request (a timeout, a crash between our write and Stripe's
@@ -34,6 +34,18 @@ pub(crate) struct Session {
     /// `open`, `complete`, `expired`.
     #[serde(default)]
     pub(crate) status: Option<String>,
+    /// In subscription mode, once paid: the subscription (`sub_…`).
+    #[serde(default)]
+    pub(crate) subscription: Option<String>,
+    /// What was paid, in cents.
+    #[serde(default)]
+    pub(crate) amount_total: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct List {
+    #[serde(default)]
+    data: Vec<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +101,50 @@ impl Stripe {
         // request safe.
         let key = format!("oh-checkout-{}", random_hex(16));
         self.post("/v1/checkout/sessions", &key, &form).await
+    }
+
+    /// A Checkout Session subscribing the customer to `price_id` (a recurring Price of the
+    /// Stripe account).
+    pub(crate) async fn create_subscription_session(
+        &self,
+        customer: &str,
+        user_id: &str,
+        price_id: &str,
+        success_url: &str,
+        cancel_url: &str,
+    ) -> Result<Session, PluginError> {
+        let form = vec![
+            ("mode", "subscription".to_owned()),
+            ("customer", customer.to_owned()),
+            ("client_reference_id", user_id.to_owned()),
+            ("line_items[0][quantity]", "1".to_owned()),
+            ("line_items[0][price]", price_id.to_owned()),
+            ("metadata[user_id]", user_id.to_owned()),
+            ("success_url", success_url.to_owned()),
+            ("cancel_url", cancel_url.to_owned()),
+        ];
+        let key = format!("oh-subscribe-{}", random_hex(16));
+        self.post("/v1/checkout/sessions", &key, &form).await
+    }
+
+    /// Cancels a subscription at the end of the period paid for (access lasts until then).
+    pub(crate) async fn cancel_at_period_end(&self, subscription: &str) -> Result<(), PluginError> {
+        let form = vec![("cancel_at_period_end", "true".to_owned())];
+        let key = format!("oh-cancel-{subscription}");
+        self.post::<serde_json::Value>(&format!("/v1/subscriptions/{subscription}"), &key, &form).await.map(drop)
+    }
+
+    /// Whether the customer has a saved payment method.
+    pub(crate) async fn has_payment_method(&self, customer: &str) -> Result<bool, PluginError> {
+        let response = self
+            .http
+            .get(format!("{}/v1/customers/{customer}/payment_methods?limit=1", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let list: List = answer(response).await?;
+        Ok(!list.data.is_empty())
     }
 
     /// A session as Stripe has it now.
