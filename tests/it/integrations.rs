@@ -823,7 +823,12 @@ async fn jira_jira_dc_and_linear_workspaces_are_registered_linked_and_answer_wit
     let report = during
         .send(during.http.post(format!("{}/internal/integrations/rotate-keys", during.admin.as_ref().unwrap())))
         .await;
-    assert_eq!(report.json(), json!({ "rotated": { "workspaces": 3, "gitlab_webhooks": 0 } }), "{}", report.text);
+    assert_eq!(
+        report.json(),
+        json!({ "rotated": { "workspaces": 3, "gitlab_webhooks": 0, "slack_teams": 0 } }),
+        "{}",
+        report.text
+    );
     drop(during);
     let (_d3, after) = site.host(&format!("workers = 0, {rotated}")).await;
     let valid =
@@ -952,7 +957,12 @@ async fn a_user_installs_a_gitlab_webhook_that_has_its_own_secret() {
     let report = during
         .send(during.http.post(format!("{}/internal/integrations/rotate-keys", during.admin.as_ref().unwrap())))
         .await;
-    assert_eq!(report.json(), json!({ "rotated": { "workspaces": 0, "gitlab_webhooks": 1 } }), "{}", report.text);
+    assert_eq!(
+        report.json(),
+        json!({ "rotated": { "workspaces": 0, "gitlab_webhooks": 1, "slack_teams": 0 } }),
+        "{}",
+        report.text
+    );
     let resealed: String = sqlx::query_scalar(sealed).fetch_one(&mut conn).await.unwrap();
     assert_ne!(resealed.split('.').nth(1), stored.split('.').nth(1), "sealed with the new key");
     drop(during);
@@ -1063,4 +1073,54 @@ async fn replays_and_forgery_floods_start_nothing_and_crowd_out_nothing() {
     assert_eq!(list["results"].as_array().unwrap().len(), 2, "{list}");
     let refused = audit(&site.db).await.into_iter().filter(|e| e.2 == "refused").count();
     assert!(refused <= 2, "{refused} audit rows for 60 refusals");
+}
+
+/// A Slack workspace installs the app (OAuth v2) from a signed-in OpenHands session; its bot
+/// token is kept sealed, and replies in its channels go out with that token (the deployment
+/// has none of its own here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slack_workspace_installs_the_app_and_its_replies_use_its_own_token() {
+    let site = Site::new().await;
+    let api = &site.providers.base_url;
+    // (A master key seals the workspaces' tokens.)
+    let source = format!(
+        "master_key = \"integrations-master-key-0123456789\", slack = {{ enabled = \"true\", webhook_secret = \"{SLACK_SECRET}\", api_url = \"{api}\", \
+         oauth_client_id = \"{OAUTH_CLIENT_ID}\", oauth_client_secret = \"{OAUTH_CLIENT_SECRET}\", oauth_url = \"{api}\" }}, "
+    );
+    let (_d, host) = site.host_with_slack(&source).await;
+    site.alice(&host).await;
+
+    assert_eq!(host.send(oauth_client().get(host.url("/slack/install"))).await.status, 401, "signed in first");
+    let start = host.send(oauth_client().get(host.url("/slack/install")).bearer_auth(ALICE)).await;
+    assert_eq!(start.status, 302, "{}", start.text);
+    let to_slack = start.headers["location"].to_str().unwrap().to_owned();
+    assert!(to_slack.starts_with(&format!("{api}/oauth/v2/authorize?")), "{to_slack}");
+    assert!(to_slack.contains("scope=app_mentions%3Aread%2Cchat%3Awrite"), "{to_slack}");
+    let consent = oauth_client().get(&to_slack).send().await.unwrap();
+    let back = callback_path(&consent);
+    assert!(back.starts_with("/slack/install-callback?"), "{back}");
+    let done = host.send(oauth_client().get(host.url(&back)).bearer_auth(ALICE)).await;
+    assert_eq!(done.status, 302, "{}", done.text);
+    assert_eq!(done.headers["location"], "/settings/integrations?slack=installed");
+    let again = host.send(oauth_client().get(host.url(&back)).bearer_auth(ALICE)).await;
+    assert_eq!(again.status, 400, "a state works once: {}", again.text);
+
+    // Kept sealed, never in the clear.
+    let mut conn = site.db.connect().await;
+    let (team, sealed, by): (String, String, String) =
+        sqlx::query_as("SELECT team_id, bot_token, installed_by FROM slack_teams").fetch_one(&mut conn).await.unwrap();
+    assert_eq!((team.as_str(), by.as_str()), ("T_ACME", "alice"));
+    assert!(sealed.starts_with("v1.") && !sealed.contains("xoxb"), "{sealed}");
+
+    // Alice mentions the bot in that workspace: answered with the workspace's own token.
+    let mention = json!({ "type": "event_callback", "event_id": "EvT1", "team_id": "T_ACME",
+                          "event": { "type": "app_mention", "user": "U_ALICE", "channel": "C1", "ts": "1700000009.000100",
+                                     "text": "<@UBOT> summarize the incident" } });
+    assert_eq!(slack(&host, &mention, chrono::Utc::now().timestamp()).await.status, 200);
+    wait_for("the answer", || {
+        site.providers.messages().into_iter().find(|m| m.1 == "1700000009.000100" && m.2.starts_with("Echo: "))
+    })
+    .await;
+    let tokens = site.providers.slack_message_tokens();
+    assert!(!tokens.is_empty() && tokens.iter().all(|t| t.starts_with("xoxb-team-T_ACME-")), "{tokens:?}");
 }

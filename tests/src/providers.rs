@@ -72,6 +72,10 @@ struct Record {
     failed: usize,
     /// Who is signed in at each provider (`jira`, `jira_dc`, `linear`).
     signed_in: std::collections::HashMap<String, String>,
+    /// Bot tokens of Slack teams that installed the app (`oauth.v2.access`).
+    team_tokens: Vec<String>,
+    /// The token each Slack message was posted with.
+    message_tokens: Vec<String>,
     /// Authorization codes: code → (provider, user, redirect URI).
     codes: std::collections::HashMap<String, (String, String, String)>,
     /// Access tokens: token → (provider, user).
@@ -137,10 +141,12 @@ async fn comment(
 }
 
 async fn post_message(State(f): State<FakeProviders>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    if bearer(&headers) != SLACK_BOT_TOKEN {
+    let mut r = f.record.lock().unwrap();
+    let token = bearer(&headers);
+    if token != SLACK_BOT_TOKEN && !r.team_tokens.contains(&token) {
         return Json(json!({ "ok": false, "error": "invalid_auth" })).into_response();
     }
-    let mut r = f.record.lock().unwrap();
+    r.message_tokens.push(token);
     let field = |k: &str| body[k].as_str().unwrap_or("").to_owned();
     r.messages.push((field("channel"), field("thread_ts"), field("text")));
     Json(json!({ "ok": true, "ts": format!("1700000000.{:06}", r.messages.len()) })).into_response()
@@ -305,6 +311,46 @@ async fn atlassian_sites(State(f): State<FakeProviders>, headers: HeaderMap) -> 
     }
 }
 
+/// Slack's OAuth v2 (installing the app in a workspace): consent, then back with a code.
+async fn slack_install_authorize(
+    State(f): State<FakeProviders>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+    if get("client_id") != OAUTH_CLIENT_ID || !get("scope").split(',').any(|s| s == "chat:write") {
+        return (StatusCode::BAD_REQUEST, "invalid_scope or client_id").into_response();
+    }
+    let mut r = f.record.lock().unwrap();
+    let code = format!("code-install-{}", r.codes.len() + r.access.len() + 1);
+    r.codes.insert(code.clone(), ("slack_install".into(), "T_ACME".into(), get("redirect_uri")));
+    let mut to = reqwest::Url::parse(&get("redirect_uri")).unwrap();
+    to.query_pairs_mut().append_pair("code", &code).append_pair("state", &get("state"));
+    (StatusCode::FOUND, [("location", to.to_string())]).into_response()
+}
+
+/// `oauth.v2.access`: the code for the team's bot token.
+async fn slack_oauth_access(State(f): State<FakeProviders>, body: String) -> Response {
+    let fields: std::collections::HashMap<String, String> =
+        reqwest::Url::parse(&format!("http://form/?{body}")).unwrap().query_pairs().into_owned().collect();
+    let field = |k: &str| fields.get(k).cloned().unwrap_or_default();
+    if field("client_id") != OAUTH_CLIENT_ID || field("client_secret") != OAUTH_CLIENT_SECRET {
+        return Json(json!({ "ok": false, "error": "invalid_client_id" })).into_response();
+    }
+    let mut r = f.record.lock().unwrap();
+    match r.codes.remove(&field("code")) {
+        Some((provider, team, redirect)) if provider == "slack_install" && redirect == field("redirect_uri") => {
+            let token = format!("xoxb-team-{team}-{}", r.team_tokens.len() + 1);
+            r.team_tokens.push(token.clone());
+            Json(
+                json!({ "ok": true, "access_token": token, "token_type": "bot", "scope": "app_mentions:read,chat:write",
+                         "bot_user_id": "U0BOT", "team": { "id": team, "name": "Acme" } }),
+            )
+            .into_response()
+        }
+        _ => Json(json!({ "ok": false, "error": "invalid_code" })).into_response(),
+    }
+}
+
 async fn slack_authorize(
     State(f): State<FakeProviders>,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
@@ -421,6 +467,8 @@ impl FakeProviders {
             .route("/oauth/authorize", axum::routing::get(linear_authorize))
             .route("/oauth/token", post(oauth_token))
             .route("/openid/connect/authorize", axum::routing::get(slack_authorize))
+            .route("/oauth/v2/authorize", axum::routing::get(slack_install_authorize))
+            .route("/oauth.v2.access", post(slack_oauth_access))
             .route("/openid.connect.token", post(oauth_token))
             .route("/openid.connect.userInfo", axum::routing::get(slack_user_info))
             .route("/rest/oauth2/latest/token", post(oauth_token))
@@ -431,6 +479,11 @@ impl FakeProviders {
             .with_state(f.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         f
+    }
+
+    /// The token each Slack message was posted with, in order.
+    pub fn slack_message_tokens(&self) -> Vec<String> {
+        self.record.lock().unwrap().message_tokens.clone()
     }
 
     /// Comments posted: (repo, issue number, body).

@@ -48,6 +48,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (14, "billing_checked_at", include_str!("../../../migrations/0014_billing_checked_at.sql")),
     (15, "webhook_content", include_str!("../../../migrations/0015_webhook_content.sql")),
     (16, "subscriptions", include_str!("../../../migrations/0016_subscriptions.sql")),
+    (17, "slack_teams", include_str!("../../../migrations/0017_slack_teams.sql")),
 ];
 
 /// The advisory lock key around migrations ("ohhost" in ASCII).

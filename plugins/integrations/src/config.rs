@@ -230,7 +230,8 @@ impl Config {
                 ))
             })?;
         }
-        if c.slack.on() {
+        // Without the deployment's bot token, each workspace installs the app (its OAuth app).
+        if c.slack.on() && !c.slack.has_oauth_app() {
             c.slack.need("slack", "bot_token", "SLACK_BOT_TOKEN")?;
         }
         if c.gitlab.on() {

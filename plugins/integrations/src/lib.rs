@@ -17,6 +17,7 @@ mod oauth;
 mod providers;
 mod ratelimit;
 mod routes;
+mod slack_install;
 mod slack_link;
 pub mod verify;
 mod work;

@@ -145,21 +145,34 @@ impl GitHub {
 pub(crate) struct Slack {
     http: reqwest::Client,
     api: String,
-    bot_token: String,
+    /// The deployment's bot token (SLACK_BOT_TOKEN), for teams without their own installation.
+    bot_token: Option<String>,
 }
 
 impl Slack {
-    pub(crate) fn new(api: String, bot_token: String) -> Result<Slack, PluginError> {
+    pub(crate) fn new(api: String, bot_token: Option<String>) -> Result<Slack, PluginError> {
         Ok(Slack { http: http()?, api, bot_token })
     }
 
-    /// Replies in the thread of `thread_ts` in `channel`.
-    pub(crate) async fn reply(&self, channel: &str, thread_ts: &str, text: &str) -> Result<(), PluginError> {
+    /// Replies in the thread of `thread_ts` in `channel`, with the team's own token when it
+    /// installed the app (`team_token`), else the deployment's.
+    pub(crate) async fn reply(
+        &self,
+        team_token: Option<String>,
+        channel: &str,
+        thread_ts: &str,
+        text: &str,
+    ) -> Result<(), PluginError> {
         let what = "Slack chat.postMessage";
+        let Some(token) = team_token.or_else(|| self.bot_token.clone()) else {
+            return Err(PluginError::internal(
+                "no Slack bot token for this workspace: install the app there (/slack/install) or set SLACK_BOT_TOKEN",
+            ));
+        };
         let request = self
             .http
             .post(format!("{}/chat.postMessage", self.api))
-            .bearer_auth(&self.bot_token)
+            .bearer_auth(token)
             .json(&json!({ "channel": channel, "thread_ts": thread_ts, "text": text }));
         let r = send(what, request).await?;
         // Slack answers 200 with {"ok": false, "error"} for refusals.

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::inbox::Inbox;
 use crate::verify::Refusal;
-use crate::{config, gitlab_hooks, inbox, providers, ratelimit, slack_link, verify, work, workspaces};
+use crate::{config, gitlab_hooks, inbox, providers, ratelimit, slack_install, slack_link, verify, work, workspaces};
 use plugin_sdk::{
     http::{header, json, json_with},
     CallContext, HttpRequest, HttpResponse, PluginError, RouteSpec, Services,
@@ -34,6 +34,7 @@ pub struct Integrations {
     gitlab_hooks: Option<gitlab_hooks::GitLabHooks>,
     /// Slack users linking themselves by signing in with Slack (when its OAuth app is set).
     slack_link: Option<Arc<slack_link::SlackLink>>,
+    slack_install: Option<Arc<slack_install::SlackInstall>>,
     limiter: ratelimit::Limiter,
     /// Refused requests, audited in aggregate.
     refusals: Arc<inbox::Refusals>,
@@ -81,6 +82,20 @@ impl Integrations {
         } else {
             None
         };
+        let slack_install = if c.slack.on() && c.slack.has_oauth_app() {
+            slack_install::SlackInstall::new(
+                db.clone(),
+                c.master_key.as_deref(),
+                c.slack.need("slack", "oauth_client_id", "SLACK_CLIENT_ID")?,
+                c.slack.need("slack", "oauth_client_secret", "SLACK_CLIENT_SECRET")?,
+                c.slack.oauth("https://slack.com"),
+                c.slack.api("https://slack.com/api"),
+                web_origin.clone(),
+            )?
+            .map(Arc::new)
+        } else {
+            None
+        };
         let inbox =
             Inbox { db, max_attempts: c.max_attempts, backoff: Duration::from_millis(c.retry_backoff_ms.max(1)) };
         let github = if c.github.on() {
@@ -93,10 +108,12 @@ impl Integrations {
             None
         };
         let slack = if c.slack.on() {
-            Some(providers::Slack::new(
-                c.slack.api("https://slack.com/api"),
-                c.slack.need("slack", "bot_token", "SLACK_BOT_TOKEN")?,
-            )?)
+            let bot_token = if c.slack.has_oauth_app() {
+                c.slack.bot_token.clone().filter(|t| !t.trim().is_empty())
+            } else {
+                Some(c.slack.need("slack", "bot_token", "SLACK_BOT_TOKEN")?)
+            };
+            Some(providers::Slack::new(c.slack.api("https://slack.com/api"), bot_token)?)
         } else {
             None
         };
@@ -140,6 +157,7 @@ impl Integrations {
             mention: c.mention.clone(),
             web_origin,
             slack_link: slack_link.clone(),
+            slack_install: slack_install.clone(),
             workspaces: workspaces.clone(),
             github,
             slack,
@@ -178,6 +196,7 @@ impl Integrations {
             workspaces,
             gitlab_hooks,
             slack_link,
+            slack_install,
             limiter,
             refusals,
             tasks: Mutex::new(tasks),
@@ -359,7 +378,12 @@ impl Integrations {
                     Some(h) => h.rotate_keys().await?,
                     None => 0,
                 };
-                let rotated = json!({ "workspaces": workspaces, "gitlab_webhooks": gitlab_webhooks });
+                let slack_teams = match &self.slack_install {
+                    Some(s) => s.rotate_keys().await?,
+                    None => 0,
+                };
+                let rotated =
+                    json!({ "workspaces": workspaces, "gitlab_webhooks": gitlab_webhooks, "slack_teams": slack_teams });
                 self.hub.inbox.audit("integrations", None, "keys_rotated", rotated.clone()).await;
                 Ok(json(200, &json!({ "rotated": rotated })))
             }
@@ -445,6 +469,11 @@ impl plugin_sdk::RouteHandler for Integrations {
                 routes.push(RouteSpec { method: "GET".into(), path: path.into(), authenticated: true });
             }
         }
+        if self.slack_install.is_some() {
+            for path in [slack_install::START, slack_install::CALLBACK] {
+                routes.push(RouteSpec { method: "GET".into(), path: path.into(), authenticated: true });
+            }
+        }
         if self.gitlab_hooks.is_some() {
             for (method, path) in [
                 ("GET", gitlab_hooks::PATH.to_owned()),
@@ -483,6 +512,9 @@ impl plugin_sdk::RouteHandler for Integrations {
         }
         if let Some(link) = self.slack_link.as_ref().filter(|_| request.path.starts_with(slack_link::START)) {
             return link.handle(&ctx, &request).await;
+        }
+        if let Some(install) = self.slack_install.as_ref().filter(|_| request.path.starts_with(slack_install::START)) {
+            return install.handle(&ctx, &request).await;
         }
         if let Some(hooks) = self.gitlab_hooks.as_ref().filter(|_| request.path.starts_with(gitlab_hooks::PATH)) {
             return hooks.handle(&ctx, &request).await;

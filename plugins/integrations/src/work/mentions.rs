@@ -75,7 +75,7 @@ pub(crate) fn slack_mention(p: &Value) -> Option<Mention> {
         title: Some(text.chars().take(60).collect()),
         repository: None,
         git_provider: None,
-        target: json!({ "kind": "slack", "channel": channel, "thread_ts": thread, "user": user }),
+        target: json!({ "kind": "slack", "channel": channel, "thread_ts": thread, "user": user, "team": p["team_id"] }),
     })
 }
 

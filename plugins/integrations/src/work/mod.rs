@@ -31,6 +31,7 @@ pub(crate) struct Hub {
     pub(crate) slack_link: Option<Arc<crate::slack_link::SlackLink>>,
     pub(crate) github: Option<GitHub>,
     pub(crate) slack: Option<Slack>,
+    pub(crate) slack_install: Option<Arc<crate::slack_install::SlackInstall>>,
     pub(crate) gitlab: Option<GitLab>,
     pub(crate) jira: Option<Jira>,
     pub(crate) jira_dc: Option<Jira>,
@@ -80,9 +81,13 @@ impl Hub {
             }
             Some("slack") => {
                 let slack = self.slack.as_ref().ok_or_else(|| PluginError::internal("Slack is not configured"))?;
-                slack
-                    .reply(target["channel"].as_str().unwrap_or(""), target["thread_ts"].as_str().unwrap_or(""), text)
-                    .await
+                let team_token = match (&self.slack_install, target["team"].as_str()) {
+                    (Some(install), Some(team)) => install.team_token(team).await?,
+                    _ => None,
+                };
+                let (channel, thread) =
+                    (target["channel"].as_str().unwrap_or(""), target["thread_ts"].as_str().unwrap_or(""));
+                slack.reply(team_token, channel, thread, text).await
             }
             Some("gitlab") => {
                 let gitlab = self.gitlab.as_ref().ok_or_else(|| PluginError::internal("GitLab is not configured"))?;
