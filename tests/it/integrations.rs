@@ -1124,3 +1124,58 @@ async fn a_slack_workspace_installs_the_app_and_its_replies_use_its_own_token() 
     let tokens = site.providers.slack_message_tokens();
     assert!(!tokens.is_empty() && tokens.iter().all(|t| t.starts_with("xoxb-team-T_ACME-")), "{tokens:?}");
 }
+
+/// The GitHub App's install link: a signed-in user installs the App at GitHub and comes back
+/// to its Setup URL; the installation, checked with GitHub as the App, is linked to them. A
+/// made-up installation id, or a state used twice, links nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_installs_the_github_app_through_its_install_link() {
+    let site = Site::new().await;
+    let api = &site.providers.base_url;
+    let d = Deployment::new();
+    d.install_bundled();
+    let profile = profile(&site.db.url, api, "workers = 0, ").replacen(
+        "app_id = \"",
+        &format!("app_slug = \"openhands-app\", web_url = \"{api}\", app_id = \""),
+        1,
+    );
+    d.write_profile("app_mode = \"saas\"\n", &profile);
+    let host = d.start();
+    host.wait_ready().await;
+    // The App's Setup URL, as registered at GitHub: this site's public address.
+    site.providers.set_github_setup_url("https://app.example.test/integration/github/install-callback");
+
+    assert_eq!(host.send(oauth_client().get(host.url("/integration/github/install"))).await.status, 401);
+    let start = host.send(oauth_client().get(host.url("/integration/github/install")).bearer_auth(ALICE)).await;
+    assert_eq!(start.status, 302, "{}", start.text);
+    let to_github = start.headers["location"].to_str().unwrap().to_owned();
+    assert!(to_github.starts_with(&format!("{api}/apps/openhands-app/installations/new?state=")), "{to_github}");
+    let installed = oauth_client().get(&to_github).send().await.unwrap();
+    let back = callback_path(&installed);
+    assert!(
+        back.starts_with("/integration/github/install-callback?installation_id=4201&setup_action=install"),
+        "{back}"
+    );
+    let done = host.send(oauth_client().get(host.url(&back)).bearer_auth(ALICE)).await;
+    assert_eq!(done.status, 302, "{}", done.text);
+    assert_eq!(done.headers["location"], "/settings/integrations?github=installed");
+    let again = host.send(oauth_client().get(host.url(&back)).bearer_auth(ALICE)).await;
+    assert_eq!(again.status, 400, "a state works once: {}", again.text);
+
+    let list = host.send(host.http.get(host.url("/api/integrations/github/installations")).bearer_auth(ALICE)).await;
+    assert_eq!(
+        list.json(),
+        json!({ "installations": [{ "installation_id": 4201, "account": "acme", "account_type": "Organization" }] })
+    );
+    let bobs = host.send(host.http.get(host.url("/api/integrations/github/installations")).bearer_auth(BOB)).await;
+    assert_eq!(bobs.json(), json!({ "installations": [] }));
+
+    // An installation GitHub does not know (a forged Setup URL): refused, nothing linked.
+    let start = host.send(oauth_client().get(host.url("/integration/github/install")).bearer_auth(BOB)).await;
+    let state = start.headers["location"].to_str().unwrap().rsplit("state=").next().unwrap().to_owned();
+    let forged = format!("/integration/github/install-callback?installation_id=999&setup_action=install&state={state}");
+    let refused = host.send(oauth_client().get(host.url(&forged)).bearer_auth(BOB)).await;
+    assert_eq!(refused.status, 404, "{}", refused.text);
+    let bobs = host.send(host.http.get(host.url("/api/integrations/github/installations")).bearer_auth(BOB)).await;
+    assert_eq!(bobs.json(), json!({ "installations": [] }));
+}

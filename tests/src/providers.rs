@@ -72,6 +72,10 @@ struct Record {
     failed: usize,
     /// Who is signed in at each provider (`jira`, `jira_dc`, `linear`).
     signed_in: std::collections::HashMap<String, String>,
+    /// The GitHub App's Setup URL (where GitHub sends a user after an installation).
+    github_setup_url: String,
+    /// Installations of the App made through its install page: id → account login.
+    installations: std::collections::HashMap<i64, String>,
     /// Bot tokens of Slack teams that installed the app (`oauth.v2.access`).
     team_tokens: Vec<String>,
     /// The token each Slack message was posted with.
@@ -100,7 +104,8 @@ fn bearer(headers: &HeaderMap) -> String {
         .to_owned()
 }
 
-async fn access_token(State(f): State<FakeProviders>, Path(installation): Path<i64>, headers: HeaderMap) -> Response {
+/// Whether the request carries a token the App signed (RS256, `iss` = the App's id).
+fn signed_by_the_app(headers: &HeaderMap) -> bool {
     let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_str(
         &std::fs::read_to_string(crate::workspace().join("tests/fixtures/keys/a.jwk.json")).unwrap(),
     )
@@ -109,9 +114,44 @@ async fn access_token(State(f): State<FakeProviders>, Path(installation): Path<i
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     validation.set_required_spec_claims(&["exp", "iat", "iss"]);
     validation.set_issuer(&[APP_ID]);
-    if jsonwebtoken::decode::<Value>(&bearer(&headers), &key, &validation).is_err() {
-        return (StatusCode::UNAUTHORIZED, Json(json!({ "message": "A JSON web token could not be decoded" })))
-            .into_response();
+    jsonwebtoken::decode::<Value>(&bearer(headers), &key, &validation).is_ok()
+}
+
+fn not_the_app() -> Response {
+    (StatusCode::UNAUTHORIZED, Json(json!({ "message": "A JSON web token could not be decoded" }))).into_response()
+}
+
+/// The App's install page: the user installs it on `acme`, and GitHub sends them to the App's
+/// Setup URL with the installation and the `state` it was given.
+async fn install_page(
+    State(f): State<FakeProviders>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let mut r = f.record.lock().unwrap();
+    let id = 4200 + r.installations.len() as i64 + 1;
+    r.installations.insert(id, "acme".to_owned());
+    let mut to = reqwest::Url::parse(&r.github_setup_url).expect("set_github_setup_url first");
+    to.query_pairs_mut()
+        .append_pair("installation_id", &id.to_string())
+        .append_pair("setup_action", "install")
+        .append_pair("state", q.get("state").map(String::as_str).unwrap_or(""));
+    (StatusCode::FOUND, [("location", to.to_string())]).into_response()
+}
+
+/// `GET /app/installations/{id}`, asked as the App.
+async fn installation(State(f): State<FakeProviders>, Path(id): Path<i64>, headers: HeaderMap) -> Response {
+    if !signed_by_the_app(&headers) {
+        return not_the_app();
+    }
+    match f.record.lock().unwrap().installations.get(&id) {
+        Some(login) => Json(json!({ "id": id, "account": { "login": login, "type": "Organization" } })).into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({ "message": "Not Found" }))).into_response(),
+    }
+}
+
+async fn access_token(State(f): State<FakeProviders>, Path(installation): Path<i64>, headers: HeaderMap) -> Response {
+    if !signed_by_the_app(&headers) {
+        return not_the_app();
     }
     let mut r = f.record.lock().unwrap();
     let token = format!("ghs_installation_{installation}_{}", r.tokens.len() + 1);
@@ -454,6 +494,8 @@ impl FakeProviders {
         let f = FakeProviders { base_url, record: Arc::default() };
         let app = Router::new()
             .route("/app/installations/{id}/access_tokens", post(access_token))
+            .route("/app/installations/{id}", axum::routing::get(installation))
+            .route("/apps/{slug}/installations/new", axum::routing::get(install_page))
             .route("/repos/{owner}/{repo}/issues/{number}/comments", post(comment))
             .route("/chat.postMessage", post(post_message))
             .route("/api/v4/projects/{project}/{kind}/{iid}/notes", post(gitlab_note))
@@ -479,6 +521,11 @@ impl FakeProviders {
             .with_state(f.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         f
+    }
+
+    /// Where the fake GitHub sends a user after they install the App (its Setup URL).
+    pub fn set_github_setup_url(&self, url: &str) {
+        self.record.lock().unwrap().github_setup_url = url.to_owned();
     }
 
     /// The token each Slack message was posted with, in order.

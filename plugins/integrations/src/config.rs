@@ -111,6 +111,13 @@ pub(crate) struct Source {
     /// comments as a workspace's service account.
     #[serde(default)]
     pub(crate) cloud_api_url: Option<String>,
+    /// GitHub: the App's slug (GITHUB_APP_SLUG), for its install link
+    /// (`{web_url}/apps/{slug}/installations/new`).
+    #[serde(default)]
+    pub(crate) app_slug: Option<String>,
+    /// GitHub's web address (`https://github.com`; GitHub Enterprise: its own).
+    #[serde(default)]
+    pub(crate) web_url: Option<String>,
 }
 
 fn default_prefix() -> String {

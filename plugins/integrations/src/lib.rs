@@ -11,6 +11,7 @@
 //! (`/internal/integrations/links`). Every delivery and decision is in `audit_log`.
 
 mod config;
+mod github_install;
 mod gitlab_hooks;
 mod inbox;
 mod oauth;

@@ -102,7 +102,19 @@ pub(crate) async fn finish(
     let (Some(code), Some(state)) = (query_param(query, "code"), query_param(query, "state")) else {
         return Ok(Err((400, "the callback needs `code` and `state`".to_owned())));
     };
-    let hashed = sha256_hex(&state);
+    Ok(take(db, keys, provider, user, &state).await?.map(|pending| (code, pending)))
+}
+
+/// What `state` was for: taken (used once), fresh, and started by `user` (a callback that
+/// brings no code, as GitHub's installation setup).
+pub(crate) async fn take(
+    db: &Database,
+    keys: Option<&Keyring>,
+    provider: &str,
+    user: &str,
+    state: &str,
+) -> Result<Result<Pending, Refused>, PluginError> {
+    let hashed = sha256_hex(state);
     let pool = db.ready().await?;
     let row = sqlx::query(
         "DELETE FROM integration_oauth_states WHERE state_sha256 = $1 AND provider = $2
@@ -124,5 +136,5 @@ pub(crate) async fn finish(
         (Some(_), None) => return Err(PluginError::internal("sealed details but no master key")),
         (None, _) => None,
     };
-    Ok(Ok((code, Pending { operation: row.get("operation"), name: row.get("workspace_name"), details })))
+    Ok(Ok(Pending { operation: row.get("operation"), name: row.get("workspace_name"), details }))
 }

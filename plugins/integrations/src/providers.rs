@@ -84,6 +84,25 @@ impl GitHub {
         Ok(GitHub { http: http()?, api, app_id, key, tokens: Mutex::new(HashMap::new()) })
     }
 
+    /// An installation of the App, as GitHub describes it (`account.login`, `account.type`):
+    /// `None` when GitHub does not know it.
+    pub(crate) async fn installation(&self, id: i64) -> Result<Option<Value>, PluginError> {
+        let what = "GitHub installation";
+        let request = self
+            .http
+            .get(format!("{}/app/installations/{id}", self.api))
+            .bearer_auth(self.app_jwt()?)
+            .header("accept", "application/vnd.github+json");
+        let r = counted(what, request).await.map_err(|e| unreachable(what, e))?;
+        if r.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        if !r.status().is_success() {
+            return Err(failure(what, r).await);
+        }
+        r.json().await.map(Some).map_err(|e| unreachable(what, e))
+    }
+
     /// The App's own token: `iss` = the App, valid nine minutes (backdated one for clocks).
     fn app_jwt(&self) -> Result<String, PluginError> {
         let now = chrono::Utc::now().timestamp();

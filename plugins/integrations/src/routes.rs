@@ -4,7 +4,10 @@
 use crate::config::Config;
 use crate::inbox::Inbox;
 use crate::verify::Refusal;
-use crate::{config, gitlab_hooks, inbox, providers, ratelimit, slack_install, slack_link, verify, work, workspaces};
+use crate::{
+    config, github_install, gitlab_hooks, inbox, providers, ratelimit, slack_install, slack_link, verify, work,
+    workspaces,
+};
 use plugin_sdk::{
     http::{header, json, json_with},
     CallContext, HttpRequest, HttpResponse, PluginError, RouteSpec, Services,
@@ -35,6 +38,7 @@ pub struct Integrations {
     /// Slack users linking themselves by signing in with Slack (when its OAuth app is set).
     slack_link: Option<Arc<slack_link::SlackLink>>,
     slack_install: Option<Arc<slack_install::SlackInstall>>,
+    github_install: Option<github_install::GitHubInstall>,
     limiter: ratelimit::Limiter,
     /// Refused requests, audited in aggregate.
     refusals: Arc<inbox::Refusals>,
@@ -96,6 +100,14 @@ impl Integrations {
         } else {
             None
         };
+        let github_install =
+            c.github.app_slug.as_deref().map(str::trim).filter(|slug| c.github.on() && !slug.is_empty()).map(|slug| {
+                github_install::GitHubInstall::new(
+                    db.clone(),
+                    &crate::config::url_or(&c.github.web_url, "https://github.com"),
+                    slug,
+                )
+            });
         let inbox =
             Inbox { db, max_attempts: c.max_attempts, backoff: Duration::from_millis(c.retry_backoff_ms.max(1)) };
         let github = if c.github.on() {
@@ -197,6 +209,7 @@ impl Integrations {
             gitlab_hooks,
             slack_link,
             slack_install,
+            github_install,
             limiter,
             refusals,
             tasks: Mutex::new(tasks),
@@ -469,6 +482,11 @@ impl plugin_sdk::RouteHandler for Integrations {
                 routes.push(RouteSpec { method: "GET".into(), path: path.into(), authenticated: true });
             }
         }
+        if self.github_install.is_some() {
+            for path in [github_install::START, github_install::CALLBACK, github_install::LIST] {
+                routes.push(RouteSpec { method: "GET".into(), path: path.into(), authenticated: true });
+            }
+        }
         if self.slack_install.is_some() {
             for path in [slack_install::START, slack_install::CALLBACK] {
                 routes.push(RouteSpec { method: "GET".into(), path: path.into(), authenticated: true });
@@ -515,6 +533,10 @@ impl plugin_sdk::RouteHandler for Integrations {
         }
         if let Some(install) = self.slack_install.as_ref().filter(|_| request.path.starts_with(slack_install::START)) {
             return install.handle(&ctx, &request).await;
+        }
+        let github_paths = [github_install::START, github_install::CALLBACK, github_install::LIST];
+        if let Some(install) = self.github_install.as_ref().filter(|_| github_paths.contains(&request.path.as_str())) {
+            return install.handle(self.hub.github.as_ref(), &ctx, &request).await;
         }
         if let Some(hooks) = self.gitlab_hooks.as_ref().filter(|_| request.path.starts_with(gitlab_hooks::PATH)) {
             return hooks.handle(&ctx, &request).await;
