@@ -227,3 +227,110 @@ async fn integration_routes_are_mounted_as_the_document_says() {
     assert!(!ok, "{stderr}");
     assert!(stderr.contains("`github.webhook_secret` is required (from GITHUB_APP_WEBHOOK_SECRET)"), "{stderr}");
 }
+
+/// Every variable of the enterprise document's tables, as it names them.
+const DOCUMENT_VARIABLES: &[&str] = &[
+    "APP_MODE",
+    "AUTH_URL",
+    "AUTH_WEB_HOST",
+    "BITBUCKET_APP_CLIENT_ID",
+    "BITBUCKET_APP_CLIENT_SECRET",
+    "DB_HOST",
+    "DB_MAX_OVERFLOW",
+    "DB_NAME",
+    "DB_PASS",
+    "DB_POOL_SIZE",
+    "DB_PORT",
+    "DB_USER",
+    "ENABLE_BILLING",
+    "ENABLE_ENTERPRISE_SSO",
+    "ENABLE_EXPERIMENT_MANAGER",
+    "ENABLE_JIRA",
+    "ENABLE_JIRA_DC",
+    "ENABLE_LINEAR",
+    "EXPERIMENT_CLAUDE4_VS_GPT5",
+    "EXPERIMENT_LITELLM_DEFAULT_MODEL_EXPERIMENT",
+    "EXPERIMENT_SYSTEM_PROMPT_EXPERIMENT",
+    "FRONTEND_DIRECTORY",
+    "GITHUB_APP_CLIENT_ID",
+    "GITHUB_APP_CLIENT_SECRET",
+    "GITHUB_APP_PRIVATE_KEY",
+    "GITHUB_APP_WEBHOOK_SECRET",
+    "GITHUB_WEBHOOKS_ENABLED",
+    "GITLAB_APP_CLIENT_ID",
+    "GITLAB_APP_CLIENT_SECRET",
+    "GITLAB_WEBHOOKS_ENABLED",
+    "HIDE_LLM_SETTINGS",
+    "JIRA_CLIENT_ID",
+    "JIRA_CLIENT_SECRET",
+    "JIRA_DC_BASE_URL",
+    "JIRA_DC_CLIENT_ID",
+    "JIRA_DC_CLIENT_SECRET",
+    "JIRA_WEBHOOKS_ENABLED",
+    "KEYCLOAK_CLIENT_ID",
+    "KEYCLOAK_CLIENT_SECRET",
+    "KEYCLOAK_REALM_NAME",
+    "KEYCLOAK_SERVER_URL",
+    "LINEAR_CLIENT_ID",
+    "LINEAR_CLIENT_SECRET",
+    "LINEAR_WEBHOOKS_ENABLED",
+    "LITELLM_DEFAULT_MODEL",
+    "LITE_LLM_API_KEY",
+    "LITE_LLM_API_URL",
+    "LITE_LLM_TEAM_ID",
+    "MAINTENANCE_START_TIME",
+    "OPENHANDS_CONFIG_CLS",
+    "PERMITTED_CORS_ORIGINS",
+    "POSTHOG_CLIENT_KEY",
+    "POSTHOG_HOST",
+    "REDIS_DB",
+    "REDIS_HOST",
+    "REDIS_PASSWORD",
+    "REDIS_PORT",
+    "SLACK_CLIENT_ID",
+    "SLACK_CLIENT_SECRET",
+    "SLACK_SIGNING_SECRET",
+    "SLACK_WEBHOOKS_ENABLED",
+    "STRIPE_API_KEY",
+    "STRIPE_PUBLISHABLE_KEY",
+    "WEB_HOST",
+];
+
+/// Each is listed in `docs/configuration.md` and read somewhere: by the host, a plugin, a
+/// shared crate or the shipped profiles (through `${VAR}`).
+#[test]
+fn every_variable_of_the_document_is_listed_and_read() {
+    let docs = std::fs::read_to_string(workspace().join("docs/configuration.md")).unwrap();
+    let mut sources = String::new();
+    let mut read = |dir: &std::path::Path| {
+        for entry in walk(dir) {
+            if entry.extension().is_some_and(|e| e == "rs" || e == "toml") {
+                sources.push_str(&std::fs::read_to_string(&entry).unwrap_or_default());
+            }
+        }
+    };
+    for dir in ["host/src", "plugins", "crates", "plugin-api/sdk/src", "examples"] {
+        read(&workspace().join(dir));
+    }
+    let unlisted: Vec<_> = DOCUMENT_VARIABLES.iter().filter(|v| !docs.contains(&format!("`{v}`"))).collect();
+    let unread: Vec<_> = DOCUMENT_VARIABLES.iter().filter(|v| !sources.contains(*v)).collect();
+    assert!(
+        unlisted.is_empty() && unread.is_empty(),
+        "not in docs/configuration.md: {unlisted:?}; read nowhere: {unread:?}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n != "target") {
+                out.extend(walk(&path));
+            }
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
