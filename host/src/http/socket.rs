@@ -126,11 +126,12 @@ async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
     let (actions, queued) = mpsc::unbounded_channel::<Action>();
     for name in ["oh_user_action", "oh_action"] {
         let actions = actions.clone();
+        // Queued as the handler is called (while the packet is dispatched, in the order the
+        // client sent it), not in the future socketioxide spawns: that task may run after the
+        // disconnect handler has drained the queue (a loaded machine lost "sent, then gone").
         s.on(name, move |Data(event): Data<Value>, ack: AckSender| {
-            let actions = actions.clone();
-            async move {
-                let _ = actions.send((event, ack));
-            }
+            let _ = actions.send((event, ack));
+            std::future::ready(())
         });
     }
     let cleanup: Arc<Mutex<Cleanup>> = Arc::default();

@@ -29,11 +29,12 @@ fn a_github_comment_that_names_the_agent_is_a_mention() {
 
 #[test]
 fn a_slack_app_mention_is_answered_in_its_thread() {
-    let p = json!({ "type": "event_callback", "event_id": "Ev1",
+    let p = json!({ "type": "event_callback", "event_id": "Ev1", "team_id": "T1",
                     "event": { "type": "app_mention", "user": "U1", "channel": "C1", "ts": "1.2", "text": "<@UBOT> summarize the thread" } });
     let m = slack_mention(&p).unwrap();
     assert_eq!((m.external_user.as_str(), m.text.as_str()), ("U1", "summarize the thread"));
-    assert_eq!(m.target, json!({ "kind": "slack", "channel": "C1", "thread_ts": "1.2", "user": "U1" }));
+    // The team answers with its own bot token when it installed the app.
+    assert_eq!(m.target, json!({ "kind": "slack", "channel": "C1", "thread_ts": "1.2", "user": "U1", "team": "T1" }));
     let mut from_bot = p.clone();
     from_bot["event"]["bot_id"] = json!("B1");
     assert_eq!(slack_mention(&from_bot), None);
