@@ -15,21 +15,8 @@ use std::{
 };
 use toml::{Table, Value};
 
-/// `[server] app_mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AppMode {
-    Oss,
-    Saas,
-}
-
-impl AppMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AppMode::Oss => "oss",
-            AppMode::Saas => "saas",
-        }
-    }
-}
+/// `[server] app_mode` (or `APP_MODE`): the one definition, `seed_env`'s.
+pub use seed_env::AppMode;
 
 /// The validated `[server]` table.
 #[derive(Clone, Debug)]
@@ -355,10 +342,6 @@ fn table_at<'a>(root: &'a Table, key: &str, p: &mut Problems) -> Option<&'a Tabl
 /// The mode: the profile's `app_mode`, else `APP_MODE` (the document's variable), else OSS. A
 /// profile and an `APP_MODE` that disagree are an error naming both.
 fn app_mode(profile: Option<String>, lookup: env::Lookup<'_>, p: &mut Problems) -> AppMode {
-    let from = |mode: seed_env::AppMode| match mode {
-        seed_env::AppMode::Oss => AppMode::Oss,
-        seed_env::AppMode::Saas => AppMode::Saas,
-    };
     let variable = lookup(env::APP_MODE).filter(|v| !v.trim().is_empty());
     let by_env = variable.as_deref().and_then(|v| match seed_env::app_mode(v) {
         Ok(mode) => Some(mode),
@@ -368,7 +351,7 @@ fn app_mode(profile: Option<String>, lookup: env::Lookup<'_>, p: &mut Problems) 
         }
     });
     let Some(profile) = profile else {
-        return by_env.map_or(AppMode::Oss, from);
+        return by_env.unwrap_or(AppMode::Oss);
     };
     let Ok(by_profile) = seed_env::app_mode(&profile) else {
         p.push("server.app_mode", &format!("`{profile}` is not a mode; use \"oss\" or \"saas\""));
@@ -387,7 +370,7 @@ fn app_mode(profile: Option<String>, lookup: env::Lookup<'_>, p: &mut Problems) 
             ),
         );
     }
-    from(by_profile)
+    by_profile
 }
 
 fn parse_server(t: &Table, base: &Path, lookup: env::Lookup<'_>, p: &mut Problems) -> Option<ServerConfig> {

@@ -152,16 +152,20 @@ impl Ledger {
         Ok(self.customer(user).await?.unwrap_or_else(|| customer.to_owned()))
     }
 
-    /// A session this server created for `user`, buying `price` dollars.
-    pub(crate) async fn save_session(&self, id: &str, user: &str, price: u32) -> Result<(), PluginError> {
+    /// A session this server created for `user`: `credits` buying `price` dollars, or a
+    /// `subscription` (price 0: what it costs is Stripe's Price).
+    pub(crate) async fn save_session(&self, id: &str, user: &str, price: u32, kind: &str) -> Result<(), PluginError> {
         let pool = self.db.ready().await?;
-        sqlx::query("INSERT INTO billing_sessions (id, user_id, status, price) VALUES ($1, $2, 'in_progress', $3)")
-            .bind(id)
-            .bind(user)
-            .bind(i64::from(price))
-            .execute(pool)
-            .await
-            .map_err(db_error)?;
+        sqlx::query(
+            "INSERT INTO billing_sessions (id, user_id, status, price, kind) VALUES ($1, $2, 'in_progress', $3, $4)",
+        )
+        .bind(id)
+        .bind(user)
+        .bind(i64::from(price))
+        .bind(kind)
+        .execute(pool)
+        .await
+        .map_err(db_error)?;
         Ok(())
     }
 

@@ -94,7 +94,7 @@ impl BillingRoutes {
                 &format!("{base}/api/billing/cancel?session_id={{CHECKOUT_SESSION_ID}}"),
             )
             .await?;
-        self.ledger.save_session(&session.id, user, amount).await?;
+        self.ledger.save_session(&session.id, user, amount, "credits").await?;
         crate::metrics::counter("oh_billing_checkouts_total", 1.0, json!({}));
         let Some(url) = session.url else {
             return Err(PluginError::internal("Stripe made a Checkout Session without a url"));

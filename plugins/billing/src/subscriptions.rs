@@ -19,20 +19,6 @@ use serde_json::{json, Value};
 use sqlx::Row;
 
 impl Ledger {
-    /// A subscription Checkout Session this server created for `user`.
-    pub(crate) async fn save_subscription_session(&self, id: &str, user: &str) -> Result<(), PluginError> {
-        let pool = self.db.ready().await?;
-        sqlx::query(
-            "INSERT INTO billing_sessions (id, user_id, status, price, kind) VALUES ($1, $2, 'in_progress', 0, 'subscription')",
-        )
-        .bind(id)
-        .bind(user)
-        .execute(pool)
-        .await
-        .map_err(db_error)?;
-        Ok(())
-    }
-
     /// What session `id` buys (`credits`, `subscription`), if it is ours.
     pub(crate) async fn session_kind(&self, id: &str) -> Result<Option<String>, PluginError> {
         let pool = self.db.ready().await?;
@@ -205,7 +191,7 @@ impl BillingRoutes {
                 &format!("{base}/api/billing/cancel?session_id={{CHECKOUT_SESSION_ID}}"),
             )
             .await?;
-        self.ledger.save_subscription_session(&session.id, user).await?;
+        self.ledger.save_session(&session.id, user, 0, "subscription").await?;
         crate::metrics::counter("oh_billing_checkouts_total", 1.0, json!({}));
         let Some(url) = session.url else {
             return Err(PluginError::internal("Stripe made a Checkout Session without a url"));

@@ -86,6 +86,24 @@ pub(crate) async fn begin(
     Ok(state)
 }
 
+/// Where to send the browser to authorize: `authorize_url` with `params`, the `redirect_uri`
+/// and a new `state` for `user` (see [`begin`]); `label` names the provider in errors.
+pub(crate) async fn authorize_redirect(
+    db: &Database,
+    user: &str,
+    provider: &str,
+    label: &str,
+    authorize_url: &str,
+    params: &[(&str, &str)],
+    redirect_uri: &str,
+) -> Result<plugin_sdk::HttpResponse, PluginError> {
+    let state = begin(db, None, user, provider, provider, "", None).await?;
+    let all = params.iter().copied().chain([("state", state.as_str()), ("redirect_uri", redirect_uri)]);
+    let url = reqwest::Url::parse_with_params(authorize_url, all)
+        .map_err(|e| PluginError::internal(format!("{label} authorize URL: {e}")))?;
+    Ok(plugin_sdk::http::redirect(url.to_string()))
+}
+
 /// The callback's `code` and what its `state` was for: taken (used once, whatever happens
 /// next), fresh, and started by `user`.
 pub(crate) async fn finish(

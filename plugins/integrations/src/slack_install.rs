@@ -76,16 +76,19 @@ impl SlackInstall {
             return Ok(detail(401, "sign in to OpenHands first, then open this link again"));
         };
         if request.path == START {
-            let state = oauth::begin(&self.db, None, user, "slack_install", "slack_install", "", None).await?;
-            let params = [
-                ("client_id", self.client_id.as_str()),
-                ("scope", SCOPES),
-                ("state", state.as_str()),
-                ("redirect_uri", &self.redirect_uri(request)),
-            ];
-            let url = reqwest::Url::parse_with_params(&format!("{}/oauth/v2/authorize", self.oauth), &params)
-                .map_err(|e| PluginError::internal(format!("Slack authorize URL: {e}")))?;
-            return Ok(redirect(url.to_string()));
+            let params = [("client_id", self.client_id.as_str()), ("scope", SCOPES)];
+            let authorize = format!("{}/oauth/v2/authorize", self.oauth);
+            let redirect_uri = self.redirect_uri(request);
+            return oauth::authorize_redirect(
+                &self.db,
+                user,
+                "slack_install",
+                "Slack",
+                &authorize,
+                &params,
+                &redirect_uri,
+            )
+            .await;
         }
         let code = match oauth::finish(&self.db, None, "slack_install", "Slack", user, &request.query).await? {
             Ok((code, _)) => code,

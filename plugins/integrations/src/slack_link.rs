@@ -58,19 +58,21 @@ impl SlackLink {
             return Ok(detail(401, "sign in to OpenHands first, then open this link again"));
         };
         if request.path == START {
-            let state = oauth::begin(&self.db, None, user, "slack", "slack_link", "", None).await?;
-            let params = [
-                ("response_type", "code"),
-                ("scope", "openid profile"),
-                ("client_id", self.client_id.as_str()),
-                ("state", state.as_str()),
-                ("redirect_uri", &self.redirect_uri(request)),
-            ];
-            let url = reqwest::Url::parse_with_params(&format!("{}/openid/connect/authorize", self.oauth), &params)
-                .map_err(|e| PluginError::internal(format!("Slack authorize URL: {e}")))?;
-            return Ok(redirect(url.to_string()));
+            let params = [("response_type", "code"), ("scope", "openid profile"), ("client_id", &self.client_id)];
+            let authorize = format!("{}/openid/connect/authorize", self.oauth);
+            let redirect_uri = self.redirect_uri(request);
+            return oauth::authorize_redirect(
+                &self.db,
+                user,
+                "slack_link",
+                "Slack",
+                &authorize,
+                &params,
+                &redirect_uri,
+            )
+            .await;
         }
-        let code = match oauth::finish(&self.db, None, "slack", "Slack", user, &request.query).await? {
+        let code = match oauth::finish(&self.db, None, "slack_link", "Slack", user, &request.query).await? {
             Ok((code, _)) => code,
             Err((status, message)) => return Ok(detail(status, message)),
         };
