@@ -86,19 +86,10 @@ impl Integrations {
         } else {
             None
         };
-        let slack_install = if c.slack.on() && c.slack.has_oauth_app() {
-            slack_install::SlackInstall::new(
-                db.clone(),
-                c.master_key.as_deref(),
-                c.slack.need("slack", "oauth_client_id", "SLACK_CLIENT_ID")?,
-                c.slack.need("slack", "oauth_client_secret", "SLACK_CLIENT_SECRET")?,
-                c.slack.oauth("https://slack.com"),
-                c.slack.api("https://slack.com/api"),
-                web_origin.clone(),
-            )?
-            .map(Arc::new)
-        } else {
-            None
+        // The same Slack app installs per workspace, with a master key to seal their tokens.
+        let slack_install = match &slack_link {
+            Some(app) => slack_install::SlackInstall::new(app.clone(), c.master_key.as_deref())?.map(Arc::new),
+            None => None,
         };
         let github_install =
             c.github.app_slug.as_deref().map(str::trim).filter(|slug| c.github.on() && !slug.is_empty()).map(|slug| {

@@ -5,16 +5,13 @@
 //! with the team's own token; the deployment's `bot_token` (SLACK_BOT_TOKEN), when set, serves
 //! teams that did not install the app.
 
-use crate::{oauth, providers};
+use crate::slack_link::{detail, Flow, SlackLink};
 use pg_common::{
     crypto::{Binding, Keyring},
-    db_error, Database,
+    db_error,
 };
-use plugin_sdk::{
-    http::{json, redirect},
-    CallContext, HttpRequest, HttpResponse, PluginError,
-};
-use serde_json::{json, Value};
+use plugin_sdk::{http::redirect, CallContext, HttpRequest, HttpResponse, PluginError};
+use serde_json::json;
 use sqlx::Row;
 use std::sync::Arc;
 
@@ -24,37 +21,25 @@ pub(crate) const CALLBACK: &str = "/slack/install-callback";
 const SCOPES: &str = "app_mentions:read,chat:write";
 
 pub(crate) struct SlackInstall {
-    db: Arc<Database>,
+    app: Arc<SlackLink>,
     keys: Keyring,
-    http: reqwest::Client,
-    client_id: String,
-    client_secret: String,
-    /// Where admins authorize (`https://slack.com`).
-    oauth: String,
-    /// Slack's Web API (`https://slack.com/api`).
-    api: String,
-    web_origin: Option<String>,
 }
+
+const INSTALL: Flow = Flow {
+    tag: "slack_install",
+    authorize: "/oauth/v2/authorize",
+    token: "oauth.v2.access",
+    params: &[("scope", SCOPES)],
+    callback: CALLBACK,
+};
 
 fn at(team: &str) -> Binding<'_> {
     Binding { table: "slack_teams", field: "bot_token", user_id: team }
 }
 
-fn detail(status: u16, message: impl Into<String>) -> HttpResponse {
-    json(status, &json!({ "detail": message.into() }))
-}
-
 impl SlackInstall {
     /// `None` without a master key to seal teams' tokens with (logged).
-    pub(crate) fn new(
-        db: Arc<Database>,
-        master_key: Option<&str>,
-        client_id: String,
-        client_secret: String,
-        oauth: String,
-        api: String,
-        web_origin: Option<String>,
-    ) -> Result<Option<SlackInstall>, PluginError> {
+    pub(crate) fn new(app: Arc<SlackLink>, master_key: Option<&str>) -> Result<Option<SlackInstall>, PluginError> {
         let keys = match pg_common::crypto::deployment_keyring(master_key, None, None) {
             Ok(keys) => keys,
             Err(e) if master_key.is_none() => {
@@ -63,12 +48,7 @@ impl SlackInstall {
             }
             Err(e) => return Err(e),
         };
-        let http = providers::http()?;
-        Ok(Some(SlackInstall { db, keys, http, client_id, client_secret, oauth, api, web_origin }))
-    }
-
-    fn redirect_uri(&self, request: &HttpRequest) -> String {
-        oauth::callback_url(self.web_origin.as_deref(), request, CALLBACK)
+        Ok(Some(SlackInstall { app, keys }))
     }
 
     pub(crate) async fn handle(&self, ctx: &CallContext, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
@@ -76,36 +56,12 @@ impl SlackInstall {
             return Ok(detail(401, "sign in to OpenHands first, then open this link again"));
         };
         if request.path == START {
-            let params = [("client_id", self.client_id.as_str()), ("scope", SCOPES)];
-            let authorize = format!("{}/oauth/v2/authorize", self.oauth);
-            let redirect_uri = self.redirect_uri(request);
-            return oauth::authorize_redirect(
-                &self.db,
-                user,
-                "slack_install",
-                "Slack",
-                &authorize,
-                &params,
-                &redirect_uri,
-            )
-            .await;
+            return self.app.start(&INSTALL, user, request).await;
         }
-        let code = match oauth::finish(&self.db, None, "slack_install", "Slack", user, &request.query).await? {
-            Ok((code, _)) => code,
-            Err((status, message)) => return Ok(detail(status, message)),
+        let answer = match self.app.exchange(&INSTALL, user, request).await? {
+            Ok(answer) => answer,
+            Err(refused) => return Ok(refused),
         };
-        let form = [
-            ("client_id", self.client_id.as_str()),
-            ("client_secret", self.client_secret.as_str()),
-            ("code", code.as_str()),
-            ("redirect_uri", &self.redirect_uri(request)),
-        ];
-        let what = "Slack oauth.v2.access";
-        let answer: Value = providers::send(what, self.http.post(format!("{}/oauth.v2.access", self.api)).form(&form))
-            .await?
-            .json()
-            .await
-            .map_err(|e| providers::unreachable(what, e))?;
         let (Some(token), Some(team)) = (answer["access_token"].as_str(), answer["team"]["id"].as_str()) else {
             let error = answer["error"].as_str().unwrap_or("no bot token");
             return Ok(detail(400, format!("Slack refused the installation: {error}")));
@@ -115,7 +71,7 @@ impl SlackInstall {
         }
         let sealed = self.keys.seal(token.as_bytes(), &at(team))?;
         let name = answer["team"]["name"].as_str().unwrap_or("");
-        let pool = self.db.ready().await?;
+        let pool = self.app.db.ready().await?;
         sqlx::query(
             "INSERT INTO slack_teams (team_id, team_name, bot_token, bot_user_id, installed_by) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (team_id) DO UPDATE SET team_name = EXCLUDED.team_name, bot_token = EXCLUDED.bot_token,
@@ -143,7 +99,7 @@ impl SlackInstall {
 
     /// The bot token of a team that installed the app.
     pub(crate) async fn team_token(&self, team: &str) -> Result<Option<String>, PluginError> {
-        let pool = self.db.ready().await?;
+        let pool = self.app.db.ready().await?;
         let sealed: Option<String> = sqlx::query_scalar("SELECT bot_token FROM slack_teams WHERE team_id = $1")
             .bind(team)
             .fetch_optional(pool)
@@ -159,7 +115,7 @@ impl SlackInstall {
 
     /// Re-seals every team's token with the current master key; how many.
     pub(crate) async fn rotate_keys(&self) -> Result<u64, PluginError> {
-        let pool = self.db.ready().await?;
+        let pool = self.app.db.ready().await?;
         let rows = sqlx::query("SELECT team_id, bot_token FROM slack_teams").fetch_all(pool).await.map_err(db_error)?;
         let mut rotated = 0;
         for row in rows {

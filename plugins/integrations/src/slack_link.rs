@@ -15,20 +15,40 @@ use std::sync::Arc;
 pub(crate) const START: &str = "/slack/link";
 pub(crate) const CALLBACK: &str = "/slack/link/callback";
 
+/// The Slack app of the deployment (its OAuth credentials), shared by the link flow here and
+/// the installation flow (`slack_install.rs`).
 pub(crate) struct SlackLink {
-    db: Arc<Database>,
-    http: reqwest::Client,
+    pub(crate) db: Arc<Database>,
+    pub(crate) http: reqwest::Client,
     client_id: String,
     client_secret: String,
     /// Where users authorize (`https://slack.com`).
     oauth: String,
     /// Slack's Web API (`https://slack.com/api`).
-    api: String,
+    pub(crate) api: String,
     /// This server's public origin (`Config::web_origin`).
     web_origin: Option<String>,
 }
 
-fn detail(status: u16, message: impl Into<String>) -> HttpResponse {
+/// One of the app's OAuth flows: its state's tag, Slack's authorize path and token method,
+/// what it asks for, and where Slack sends the browser back.
+pub(crate) struct Flow {
+    pub(crate) tag: &'static str,
+    pub(crate) authorize: &'static str,
+    pub(crate) token: &'static str,
+    pub(crate) params: &'static [(&'static str, &'static str)],
+    pub(crate) callback: &'static str,
+}
+
+const LINK: Flow = Flow {
+    tag: "slack_link",
+    authorize: "/openid/connect/authorize",
+    token: "openid.connect.token",
+    params: &[("response_type", "code"), ("scope", "openid profile")],
+    callback: CALLBACK,
+};
+
+pub(crate) fn detail(status: u16, message: impl Into<String>) -> HttpResponse {
     json(status, &json!({ "detail": message.into() }))
 }
 
@@ -49,8 +69,44 @@ impl SlackLink {
         self.web_origin.as_deref().map(|origin| format!("{origin}{START}"))
     }
 
-    fn redirect_uri(&self, request: &HttpRequest) -> String {
-        oauth::callback_url(self.web_origin.as_deref(), request, CALLBACK)
+    /// Sends the browser to Slack's consent for `flow`.
+    pub(crate) async fn start(
+        &self,
+        flow: &Flow,
+        user: &str,
+        request: &HttpRequest,
+    ) -> Result<HttpResponse, PluginError> {
+        let mut params = vec![("client_id", self.client_id.as_str())];
+        params.extend_from_slice(flow.params);
+        let authorize = format!("{}{}", self.oauth, flow.authorize);
+        let redirect_uri = oauth::callback_url(self.web_origin.as_deref(), request, flow.callback);
+        oauth::authorize_redirect(&self.db, user, flow.tag, "Slack", &authorize, &params, &redirect_uri).await
+    }
+
+    /// Slack's answer to the callback's code (its token method), or what to answer instead.
+    pub(crate) async fn exchange(
+        &self,
+        flow: &Flow,
+        user: &str,
+        request: &HttpRequest,
+    ) -> Result<Result<Value, HttpResponse>, PluginError> {
+        let code = match oauth::finish(&self.db, None, flow.tag, "Slack", user, &request.query).await? {
+            Ok((code, _)) => code,
+            Err((status, message)) => return Ok(Err(detail(status, message))),
+        };
+        let redirect_uri = oauth::callback_url(self.web_origin.as_deref(), request, flow.callback);
+        let form = [
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.client_secret.as_str()),
+            ("code", code.as_str()),
+            ("redirect_uri", &redirect_uri),
+            ("grant_type", "authorization_code"),
+        ];
+        let what = format!("Slack {}", flow.token);
+        let request = self.http.post(format!("{}/{}", self.api, flow.token)).form(&form);
+        let answer =
+            providers::send(&what, request).await?.json().await.map_err(|e| providers::unreachable(&what, e))?;
+        Ok(Ok(answer))
     }
 
     pub(crate) async fn handle(&self, ctx: &CallContext, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
@@ -58,38 +114,12 @@ impl SlackLink {
             return Ok(detail(401, "sign in to OpenHands first, then open this link again"));
         };
         if request.path == START {
-            let params = [("response_type", "code"), ("scope", "openid profile"), ("client_id", &self.client_id)];
-            let authorize = format!("{}/openid/connect/authorize", self.oauth);
-            let redirect_uri = self.redirect_uri(request);
-            return oauth::authorize_redirect(
-                &self.db,
-                user,
-                "slack_link",
-                "Slack",
-                &authorize,
-                &params,
-                &redirect_uri,
-            )
-            .await;
+            return self.start(&LINK, user, request).await;
         }
-        let code = match oauth::finish(&self.db, None, "slack_link", "Slack", user, &request.query).await? {
-            Ok((code, _)) => code,
-            Err((status, message)) => return Ok(detail(status, message)),
+        let token = match self.exchange(&LINK, user, request).await? {
+            Ok(token) => token,
+            Err(answer) => return Ok(answer),
         };
-        let form = [
-            ("client_id", self.client_id.as_str()),
-            ("client_secret", self.client_secret.as_str()),
-            ("code", code.as_str()),
-            ("redirect_uri", &self.redirect_uri(request)),
-            ("grant_type", "authorization_code"),
-        ];
-        let what = "Slack openid.connect.token";
-        let token: Value =
-            providers::send(what, self.http.post(format!("{}/openid.connect.token", self.api)).form(&form))
-                .await?
-                .json()
-                .await
-                .map_err(|e| providers::unreachable(what, e))?;
         let Some(access) = token["access_token"].as_str().filter(|_| token["ok"] == true) else {
             return Ok(detail(
                 400,
