@@ -73,15 +73,16 @@ impl Ledger {
         Ok(format!("PostgreSQL {}", self.db.label()))
     }
 
-    /// The user's balance: one row, however long their ledger.
-    pub(crate) async fn balance(&self, user: &str) -> Result<Decimal, PluginError> {
+    /// The user's balance: one row, however long their ledger; `None` for a user the ledger
+    /// has never seen.
+    pub(crate) async fn balance(&self, user: &str) -> Result<Option<Decimal>, PluginError> {
         let pool = self.db.ready().await?;
         let row = sqlx::query("SELECT trim_scale(balance)::text FROM credit_balances WHERE user_id = $1")
             .bind(user)
             .fetch_optional(pool)
             .await
             .map_err(db_error)?;
-        Ok(row.map(|r| r.get::<String, _>(0)).unwrap_or_else(|| "0".to_owned()))
+        Ok(row.map(|r| r.get::<String, _>(0)))
     }
 
     /// A new user's credits (`new_user_credits`), once: granted to a user the ledger has never

@@ -258,9 +258,15 @@ impl plugin_sdk::RouteHandler for BillingRoutes {
             ("POST", "/api/billing/stripe-webhook", _) => self.webhook(&request).await,
             (_, _, None) => Ok(json(401, &json!({ "error": "sign in first" }))),
             ("GET", "/api/billing/credits", Some(user)) => {
-                crate::metrics::welcome(&self.ledger, &self.services, user, self.new_user_credits.as_deref()).await?;
-                // The exact decimal as a JSON number (no float on the way).
-                let balance = self.ledger.balance(user).await?;
+                // The exact decimal as a JSON number (no float on the way). A user the ledger
+                // has never seen gets the new users' credits first, when there are any.
+                let mut balance = self.ledger.balance(user).await?;
+                if balance.is_none() && self.new_user_credits.is_some() {
+                    crate::metrics::welcome(&self.ledger, &self.services, user, self.new_user_credits.as_deref())
+                        .await?;
+                    balance = self.ledger.balance(user).await?;
+                }
+                let balance = balance.unwrap_or_else(|| "0".to_owned());
                 Ok(response(
                     200,
                     vec![("content-type", "application/json".to_owned())],
