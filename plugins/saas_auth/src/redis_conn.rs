@@ -25,13 +25,20 @@ struct Inner {
     client: redis::Client,
     connection: Mutex<Option<ConnectionManager>>,
     connecting: AtomicBool,
+    /// Whether a connection was ever made (after that, a lost one fails calls at once).
+    connected_once: AtomicBool,
 }
 
 impl Redis {
     pub(crate) fn open(url: &str) -> Result<Redis, PluginError> {
         let client = redis::Client::open(url).map_err(|e| PluginError::invalid_config(format!("redis URL: {e}")))?;
         Ok(Redis {
-            inner: Arc::new(Inner { client, connection: Mutex::new(None), connecting: AtomicBool::new(false) }),
+            inner: Arc::new(Inner {
+                client,
+                connection: Mutex::new(None),
+                connecting: AtomicBool::new(false),
+                connected_once: AtomicBool::new(false),
+            }),
         })
     }
 
@@ -51,7 +58,10 @@ impl Redis {
                 )
                 .await;
                 match made {
-                    Ok(Ok(c)) => *inner.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(c),
+                    Ok(Ok(c)) => {
+                        *inner.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+                        inner.connected_once.store(true, Ordering::Release);
+                    }
                     Ok(Err(e)) => tracing::warn!(error = %e, "cannot connect to Redis"),
                     Err(_) => tracing::warn!("Redis did not answer the connection in time"),
                 }
@@ -85,11 +95,15 @@ impl Redis {
         }
     }
 
-    /// Like [`Redis::query`], but waits (up to the deadline) for a first connection: for calls
-    /// that must not fail just because nobody asked Redis anything yet.
+    /// Like [`Redis::query`], but waits (up to the deadline) for the first connection: for calls
+    /// that must not fail just because nobody asked Redis anything yet. Once one was made, a
+    /// lost connection fails at once (while a background task makes a new one).
     pub(crate) async fn query_waiting<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> Result<T, String> {
         let deadline = tokio::time::Instant::now() + REDIS_TIMEOUT * 3;
-        while self.connection().is_none() && tokio::time::Instant::now() < deadline {
+        while self.connection().is_none()
+            && !self.inner.connected_once.load(Ordering::Acquire)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.query(pipe).await
