@@ -10,7 +10,7 @@ use oh_e2e::{
 use serde_json::{json, Value};
 use std::time::Duration;
 
-const ALICE: &str = "alice-billing-key-0123456789";
+pub(crate) const ALICE: &str = "alice-billing-key-0123456789";
 const BOB: &str = "bob-billing-key-0123456789";
 const WEB: &str = "http://app.example.test";
 
@@ -19,7 +19,7 @@ fn profile(db: &str, stripe: &str) -> String {
 }
 
 /// The billing profile; `extra` goes into both billing configs (`, key = value`).
-fn profile_with(db: &str, stripe: &str, extra: &str) -> String {
+pub(crate) fn profile_with(db: &str, stripe: &str, extra: &str) -> String {
     let billing = format!(
         "{{ database_url = \"{db}\", stripe_api_key = \"{}\", stripe_webhook_secret = \"{WEBHOOK_SECRET}\", \
          stripe_api_url = \"{stripe}\", web_host = \"{WEB}\"{extra} }}",
@@ -59,12 +59,12 @@ async fn checkout(host: &TestHost, key: &str, amount: u32) -> String {
 }
 
 /// The browser's return from Stripe (no session cookie: Stripe sends it there).
-async fn success(host: &TestHost, session: &str) -> oh_e2e::Response {
+pub(crate) async fn success(host: &TestHost, session: &str) -> oh_e2e::Response {
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     host.send(client.get(host.url(&format!("/api/billing/success?session_id={session}")))).await
 }
 
-async fn deliver(host: &TestHost, payload: &[u8], signature: Option<String>) -> oh_e2e::Response {
+pub(crate) async fn deliver(host: &TestHost, payload: &[u8], signature: Option<String>) -> oh_e2e::Response {
     let mut req = host
         .http
         .post(host.url("/api/billing/stripe-webhook"))
@@ -76,7 +76,7 @@ async fn deliver(host: &TestHost, payload: &[u8], signature: Option<String>) -> 
     host.send(req).await
 }
 
-fn signed(payload: &[u8]) -> Option<String> {
+pub(crate) fn signed(payload: &[u8]) -> Option<String> {
     Some(signature(payload, WEBHOOK_SECRET, chrono::Utc::now().timestamp()))
 }
 
@@ -364,12 +364,7 @@ async fn a_new_user_gets_the_configured_credits_once() {
 
     // A bad amount is refused at start-up, naming the key and the variable.
     d.write_profile("app_mode = \"saas\"\n", &profile_with(&db.url, &stripe.base_url, ", new_user_credits = \"ten\""));
-    let out = std::process::Command::new(oh_e2e::host_binary())
-        .args(["check", "--config"])
-        .arg(d.profile_path())
-        .env("ENABLE_BILLING", "true")
-        .output()
-        .unwrap();
-    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = d.run_cli_env(&["check"], &[("ENABLE_BILLING", "true")]);
+    let printed = format!("{}{}", out.stdout, out.stderr);
     assert!(!out.status.success() && printed.contains("new_user_credits (NEW_USER_CREDITS)"), "{printed}");
 }

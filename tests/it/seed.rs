@@ -47,21 +47,11 @@ async fn enable_billing_yes_is_on_for_the_web_client_as_for_the_profile() {
     }
 }
 
-/// `oh-host check` on a profile: (success, what it printed).
-fn check(profile: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
-    let out = Command::new(oh_e2e::host_binary())
-        .args(["check", "--config"])
-        .arg(profile)
-        .env("RUST_LOG", "info")
-        .env_remove("APP_MODE")
-        .env_remove("OPENHANDS_CONFIG_CLS")
-        .env_remove("OPENHANDS_PLUGINS_TOML")
-        .envs(env.iter().copied())
-        .current_dir(workspace())
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), format!("{stdout}{stderr}"))
+/// `oh-host check` on the deployment's profile (the harness's `run_cli_env`): (success, what
+/// it printed).
+fn check(d: &Deployment, env: &[(&str, &str)]) -> (bool, String) {
+    let out = d.run_cli_env(&["check"], env);
+    (out.status.success(), format!("{}{}", out.stdout, out.stderr))
 }
 
 #[test]
@@ -75,11 +65,11 @@ fn a_variable_that_is_not_what_the_document_says_is_a_clear_error() {
         ("APP_MODE", "saas", "the profile says \"oss\" but APP_MODE=saas says saas"),
         ("APP_MODE", "enterprise", "environment variable APP_MODE: `enterprise` is not an app mode"),
     ] {
-        let (ok, stderr) = check(&d.profile_path(), &[(var, value)]);
+        let (ok, stderr) = check(&d, &[(var, value)]);
         assert!(!ok && stderr.contains(expect), "{var}={value}:\n{stderr}");
     }
     // A flag in any of the document's spellings is fine.
-    let (ok, stderr) = check(&d.profile_path(), &[("ENABLE_BILLING", "TRUE"), ("HIDE_LLM_SETTINGS", "0")]);
+    let (ok, stderr) = check(&d, &[("ENABLE_BILLING", "TRUE"), ("HIDE_LLM_SETTINGS", "0")]);
     assert!(ok, "{stderr}");
 }
 
@@ -89,11 +79,11 @@ fn the_documents_llm_proxy_is_the_default_in_saas_mode_with_a_proxy_key() {
     d.install_bundled();
     d.write_profile("app_mode = \"saas\"\n", "");
     // This machine reaches no outside host: the probe names the document's proxy.
-    let (ok, stderr) = check(&d.profile_path(), &[("LITE_LLM_API_KEY", "sk-proxy-master")]);
+    let (ok, stderr) = check(&d, &[("LITE_LLM_API_KEY", "sk-proxy-master")]);
     assert!(!ok, "{stderr}");
     assert!(stderr.contains("LITE_LLM_API_URL=https://llm-proxy.app.all-hands.dev is unreachable"), "{stderr}");
     // Without a proxy key there is no proxy: users' own endpoints.
-    let (_, stderr) = check(&d.profile_path(), &[]);
+    let (_, stderr) = check(&d, &[]);
     assert!(!stderr.contains("llm-proxy.app.all-hands.dev"), "{stderr}");
 }
 
@@ -223,7 +213,7 @@ async fn integration_routes_are_mounted_as_the_document_says() {
 
     // GITHUB_APP_CLIENT_ID mounts GitHub's, which then needs its secret: said at start-up.
     let env: Vec<_> = database.iter().copied().chain([("GITHUB_APP_CLIENT_ID", "12345")]).collect();
-    let (ok, stderr) = check(&d.profile_path(), &env);
+    let (ok, stderr) = check(&d, &env);
     assert!(!ok, "{stderr}");
     assert!(stderr.contains("`github.webhook_secret` is required (from GITHUB_APP_WEBHOOK_SECRET)"), "{stderr}");
 }
@@ -302,15 +292,12 @@ const DOCUMENT_VARIABLES: &[&str] = &[
 fn every_variable_of_the_document_is_listed_and_read() {
     let docs = std::fs::read_to_string(workspace().join("docs/configuration.md")).unwrap();
     let mut sources = String::new();
-    let mut read = |dir: &std::path::Path| {
-        for entry in walk(dir) {
+    for dir in ["host/src", "plugins", "crates", "plugin-api/sdk/src", "examples"] {
+        for entry in oh_e2e::files_under(&workspace().join(dir)) {
             if entry.extension().is_some_and(|e| e == "rs" || e == "toml") {
                 sources.push_str(&std::fs::read_to_string(&entry).unwrap_or_default());
             }
         }
-    };
-    for dir in ["host/src", "plugins", "crates", "plugin-api/sdk/src", "examples"] {
-        read(&workspace().join(dir));
     }
     let unlisted: Vec<_> = DOCUMENT_VARIABLES.iter().filter(|v| !docs.contains(&format!("`{v}`"))).collect();
     let unread: Vec<_> = DOCUMENT_VARIABLES.iter().filter(|v| !sources.contains(*v)).collect();
@@ -318,19 +305,4 @@ fn every_variable_of_the_document_is_listed_and_read() {
         unlisted.is_empty() && unread.is_empty(),
         "not in docs/configuration.md: {unlisted:?}; read nowhere: {unread:?}"
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            if path.file_name().is_some_and(|n| n != "target") {
-                out.extend(walk(&path));
-            }
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }

@@ -47,20 +47,13 @@ async fn an_operator_revokes_a_users_sessions_from_the_command_line() {
     let session = s.session().await;
     assert_eq!(settings(&s, &s.host, &session).await, 404);
     let admin = s.host.admin.clone().expect("an admin listener");
-    let out = std::process::Command::new(oh_e2e::host_binary())
-        .args(["sessions", "revoke", &user, "--admin", &admin])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains(&format!("ended 1 session(s) of {user}")), "{stdout}");
+    let out = s.d.run_cli(&["sessions", "revoke", &user, "--admin", &admin]);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains(&format!("ended 1 session(s) of {user}")), "{}", out.stdout);
     assert_eq!(settings(&s, &s.host, &session).await, 401);
     // A user with none: said so, not an error.
-    let out = std::process::Command::new(oh_e2e::host_binary())
-        .args(["sessions", "revoke", "nobody", "--admin", &admin])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ended 0 session(s) of nobody"));
+    let out = s.d.run_cli(&["sessions", "revoke", "nobody", "--admin", &admin]);
+    assert!(out.stdout.contains("ended 0 session(s) of nobody"), "{}", out.stdout);
 }
 
 #[tokio::test]

@@ -2,25 +2,17 @@
 //! client's `subscription-access`, renewed by `invoice.paid`, cancelled at the period's end,
 //! ended by `customer.subscription.deleted`; each webhook applied once.
 
+use crate::billing::{deliver, profile_with, signed, success, ALICE};
 use oh_e2e::{
-    stripe::{signature, FakeStripe, SUBSCRIPTION_PRICE_ID, WEBHOOK_SECRET},
+    stripe::{FakeStripe, SUBSCRIPTION_PRICE_ID},
     Deployment, TestHost,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
 
-const ALICE: &str = "alice-subscription-key-0123456789";
-
+/// The billing profile, selling the fake Stripe's recurring price.
 fn profile(db: &str, stripe: &str) -> String {
-    let billing = format!(
-        "{{ database_url = \"{db}\", stripe_api_key = \"{}\", stripe_webhook_secret = \"{WEBHOOK_SECRET}\", \
-         stripe_api_url = \"{stripe}\", web_host = \"http://app.example.test\", subscription_price_id = \"{SUBSCRIPTION_PRICE_ID}\" }}",
-        oh_e2e::stripe::SECRET_KEY
-    );
-    let base = oh_e2e::saas_base_profile(db, &[("alice", ALICE)], "");
-    format!(
-        "{base}[[extensions.routes]]\nlibrary = \"billing\"\nimplementation = \"BillingRoutes\"\nconfig = {billing}\n"
-    )
+    profile_with(db, stripe, &format!(", subscription_price_id = \"{SUBSCRIPTION_PRICE_ID}\""))
 }
 
 async fn call(host: &TestHost, method: Method, path: &str) -> oh_e2e::Response {
@@ -34,14 +26,7 @@ async fn access(host: &TestHost) -> Value {
 }
 
 async fn webhook(host: &TestHost, payload: &[u8]) -> Value {
-    let sig = signature(payload, WEBHOOK_SECRET, chrono::Utc::now().timestamp());
-    let req = host
-        .http
-        .post(host.url("/api/billing/stripe-webhook"))
-        .header("content-type", "application/json")
-        .header("stripe-signature", sig)
-        .body(payload.to_vec());
-    let r = host.send(req).await;
+    let r = deliver(host, payload, signed(payload)).await;
     assert_eq!(r.status, 200, "{}", r.text);
     r.json()
 }
@@ -66,8 +51,7 @@ async fn a_subscription_is_bought_renewed_cancelled_and_ended() {
     let form = stripe.checkout_forms().pop().unwrap();
     assert_eq!((form["mode"].as_str(), form["line_items[0][price]"].as_str()), ("subscription", SUBSCRIPTION_PRICE_ID));
     stripe.pay(&session);
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let back = host.send(client.get(host.url(&format!("/api/billing/success?session_id={session}")))).await;
+    let back = success(&host, &session).await;
     assert_eq!(back.status, 302, "{}", back.text);
     let bought = access(&host).await;
     assert!(bought["start_at"].is_string() && bought["cancelled_at"].is_null(), "{bought}");
