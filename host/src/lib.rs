@@ -9,6 +9,7 @@ pub mod config;
 pub mod env;
 pub mod git;
 pub mod http;
+pub mod isolation;
 pub mod loader;
 pub mod metrics;
 pub mod registry;

@@ -517,16 +517,61 @@ pub fn set_read_only() {
 }
 
 extern "C" fn host_read_only() -> bool {
+    is_read_only()
+}
+
+/// Whether this process only checks (`oh-host check`).
+pub fn is_read_only() -> bool {
     READ_ONLY.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// A log event an isolated plugin's runner sent (`isolation::supervisor`), recorded as an
+/// in-process plugin's would be.
+pub(crate) fn relay_log(level: &str, library: &str, target: &str, message: &str, fields: &str) {
+    let level = match level {
+        "error" => LogLevel::Error,
+        "warn" => LogLevel::Warn,
+        "debug" => LogLevel::Debug,
+        "trace" => LogLevel::Trace,
+        _ => LogLevel::Info,
+    };
+    if host_log_enabled(level, RStr::from_str(target)) {
+        let s = RStr::from_str;
+        host_log(level, s(library), s(target), s(message), s(fields));
+    }
+}
+
+/// A metric an isolated plugin's runner sent: `counter`, `gauge` or `histogram`.
+pub(crate) fn relay_metric(
+    kind: &str,
+    name: &str,
+    value: f64,
+    labels: &[(String, String)],
+    delta: bool,
+    buckets: &[f64],
+) {
+    let labels: Vec<Label<'_>> =
+        labels.iter().map(|(k, v)| abi_stable::std_types::Tuple2(RStr::from_str(k), RStr::from_str(v))).collect();
+    let (name, labels) = (RStr::from_str(name), RSlice::from_slice(&labels));
+    match kind {
+        "gauge" => host_gauge(name, value, delta, labels),
+        "histogram" => host_observe(name, value, RSlice::from_slice(buckets), labels),
+        _ => host_metric(name, value, labels),
+    }
 }
 
 /// Calls the library's `init` once per process.
 pub fn init(lib: &Library, library_config_json: &str) -> Result<(), String> {
+    init_with(lib, library_config_json, host_api())
+}
+
+/// [`init`] with another host API (an isolated plugin's runner forwards to the host).
+pub fn init_with(lib: &Library, library_config_json: &str, api: HostApi_Ref) -> Result<(), String> {
     static DONE: OnceLock<Mutex<BTreeMap<PathBuf, Result<(), String>>>> = OnceLock::new();
     let mut done = DONE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     done.entry(lib.loaded_from.clone())
         .or_insert_with(|| {
-            (lib.module.init())(host_api(), RStr::from_str(library_config_json))
+            (lib.module.init())(api, RStr::from_str(library_config_json))
                 .into_result()
                 .map_err(|e| format!("library `{}` ({}) failed to start: {e}", lib.name, lib.path.display()))
         })

@@ -49,11 +49,10 @@ fn q(start: u64, limit: u32) -> EventQuery {
     EventQuery { start_id: start, end_id: RNone, reverse: false, limit }
 }
 
-/// What every implementation of the three stores must do.
-async fn contract(r: &Arc<Registry>) {
+/// What every settings store must do: absent, stored, read back whole (secrets included),
+/// per user; versions that refuse a stale writer.
+async fn settings_contract(r: &Arc<Registry>) {
     let (a, b, single) = (|| ctx(Some("alice")), || ctx(Some("bob")), || ctx(None));
-
-    // Settings: absent, stored, read back whole (secrets included), per user.
     assert_eq!(r.load_settings(a()).await.unwrap(), None);
     let s = Settings {
         llm_model: Some("m".into()),
@@ -66,9 +65,26 @@ async fn contract(r: &Arc<Registry>) {
     assert_eq!(r.load_settings(b()).await.unwrap(), None, "bob must not see alice's settings");
     let s2 = Settings { llm_api_key: None, ..s.clone() };
     r.store_settings(a(), &s2).await.unwrap();
-    assert_eq!(r.load_settings(a()).await.unwrap(), Some(s2), "store replaces the document");
+    assert_eq!(r.load_settings(a()).await.unwrap(), Some(s2.clone()), "store replaces the document");
     r.store_settings(single(), &s).await.unwrap();
     assert_eq!(r.load_settings(single()).await.unwrap(), Some(s.clone()));
+
+    // Versions: the stored one is the one to name; a writer naming an older one is refused.
+    let carol = || ctx(Some("carol"));
+    assert_eq!(r.load_settings_versioned(carol()).await.unwrap(), None);
+    let v1 = r.store_settings_versioned(carol(), &s, 0).await.unwrap();
+    let stale = r.store_settings_versioned(carol(), &s, 0).await.unwrap_err();
+    assert_eq!(stale.error.code, ErrorCode::CONFLICT, "{stale}");
+    let v2 = r.store_settings_versioned(carol(), &s2, v1).await.unwrap();
+    assert!(v2 > v1);
+    let stored = r.load_settings_versioned(carol()).await.unwrap().unwrap();
+    assert_eq!((stored.version, stored.settings), (v2, s2));
+}
+
+/// What every implementation of the three stores must do.
+async fn contract(r: &Arc<Registry>) {
+    let (a, b) = (|| ctx(Some("alice")), || ctx(Some("bob")));
+    settings_contract(r).await;
 
     // Secrets.
     let mut secrets = Secrets::default();
@@ -160,6 +176,37 @@ async fn file_stores_honour_the_store_contract() {
     d.install_bundled();
     let r = registry(&d, "");
     contract(&r).await;
+}
+
+/// The three file stores, each in a runner of its own (`isolation = "process"`).
+const ISOLATED_FILE_STORES: &str = "[extensions.settings_store]\nlibrary = \"file_stores\"\nimplementation = \"FileSettingsStore\"\nisolation = \"process\"\n\
+     [extensions.secrets_store]\nlibrary = \"file_stores\"\nimplementation = \"FileSecretsStore\"\nisolation = \"process\"\n\
+     [extensions.conversation_store]\nlibrary = \"file_stores\"\nimplementation = \"FileConversationStore\"\nisolation = \"process\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_file_stores_honour_the_store_contract() {
+    let d = Deployment::new();
+    d.install_bundled();
+    let r = registry(&d, ISOLATED_FILE_STORES);
+    contract(&r).await;
+    r.shutdown(std::time::Duration::from_secs(2)).await;
+}
+
+/// `examples/python-settings-store`: a store in another language, speaking the protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_settings_store_honours_the_settings_contract() {
+    let d = Deployment::new();
+    d.install_bundled();
+    let script = oh_e2e::workspace().join("examples/python-settings-store/settings_store.py");
+    let entry = format!(
+        "[extensions.settings_store]\nisolation = \"process\"\ncommand = [\"python3\", \"{}\"]\nimplementation = \"PythonSettingsStore\"\n",
+        script.display()
+    );
+    let r = registry(&d, &entry);
+    settings_contract(&r).await;
+    // Its files are where it says, one per user.
+    assert!(d.state_dir().join("python-settings/single-user.json").is_file());
+    r.shutdown(std::time::Duration::from_secs(2)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,6 +68,22 @@ pub struct ExtensionConfig {
     pub timeout: Duration,
     /// False when this is a bundled default standing in for an unnamed extension point.
     pub explicit: bool,
+    /// `None`: in the host's process; `Some`: in a runner process of its own.
+    pub process: Option<ProcessIsolation>,
+}
+
+/// `isolation = "process"`: the entry runs in a process of its own (`host/src/isolation`),
+/// which may die without taking the host down.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ProcessIsolation {
+    /// A program that speaks `docs/plugin-protocol.md` itself (argv); `None`: the bundled
+    /// `oh-plugin-runner` loading `library`.
+    pub command: Option<Vec<String>>,
+    /// The runner's address-space bound (`prlimit --as`), in MiB.
+    pub memory_mb: Option<u64>,
+    /// The runner's CPU-time bound (`prlimit --cpu`), in seconds: a runaway loop is killed
+    /// and the runner restarted.
+    pub cpu_seconds: Option<u64>,
 }
 
 /// The whole validated profile.
@@ -175,7 +191,18 @@ const SERVER_KEYS: &[&str] = &[
     "gitlab_api_url",
     "bitbucket_api_url",
 ];
-const ENTRY_KEYS: &[&str] = &["library", "implementation", "config", "sha256", "enabled_if_env", "timeout_ms"];
+const ENTRY_KEYS: &[&str] = &[
+    "library",
+    "implementation",
+    "config",
+    "sha256",
+    "enabled_if_env",
+    "timeout_ms",
+    "isolation",
+    "command",
+    "memory_mb",
+    "cpu_seconds",
+];
 
 /// Parses profile text; `lookup` reads variables (the environment, or a map in tests).
 pub fn parse(path: &Path, text: &str, lookup: env::Lookup<'_>) -> Result<Config, ConfigErrors> {
@@ -293,6 +320,7 @@ pub fn parse_lenient(path: &Path, text: &str, lookup: env::Lookup<'_>) -> (Optio
                     sha256: None,
                     timeout: server.call_timeout,
                     explicit: false,
+                    process: None,
                 });
             }
         }
@@ -511,9 +539,12 @@ fn parse_entry(
             None => None,
         }
     };
-    let library = text("library", p);
+    let process = isolation(point, key, t, p);
+    let command = process.as_ref().and_then(|i| i.command.as_ref());
+    // A command names no library file: the entry is called after its program.
+    let library = text("library", p).or_else(|| command.and_then(|c| command_label(c)));
     let implementation = text("implementation", p);
-    if library.is_none() && !t.contains_key("library") {
+    if library.is_none() && !t.contains_key("library") && command.is_none() {
         p.push(
             &format!("{key}.library"),
             "missing; name the library (lib<name>.so in plugins_dir), e.g. library = \"file_stores\"",
@@ -571,7 +602,68 @@ fn parse_entry(
         sha256,
         timeout,
         explicit: true,
+        process,
     })
+}
+
+/// `isolation`, `command`, `memory_mb` and `cpu_seconds` of an entry.
+fn isolation(point: ExtensionPoint, key: &str, t: &Table, p: &mut Problems) -> Option<ProcessIsolation> {
+    let process = match t.get("isolation") {
+        None => false,
+        Some(Value::String(s)) if s == "none" => false,
+        Some(Value::String(s)) if s == "process" => true,
+        Some(_) => {
+            p.push(&format!("{key}.isolation"), "must be \"none\" (in the host's process) or \"process\"");
+            false
+        }
+    };
+    let process_only = ["command", "memory_mb", "cpu_seconds"];
+    if !process {
+        for k in process_only.iter().filter(|k| t.contains_key(**k)) {
+            p.push(&format!("{key}.{k}"), "applies only with isolation = \"process\"; add it or remove this key");
+        }
+        return None;
+    }
+    if !crate::isolation::supports(point) {
+        p.push(
+            &format!("{key}.isolation"),
+            &format!(
+                "{point} cannot run isolated yet (supported: {}); remove the key to run it in process",
+                crate::isolation::SUPPORTED.iter().map(|p| p.key()).collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
+    let command = match t.get("command") {
+        None => None,
+        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|v| v.as_str().is_some_and(|s| !s.is_empty())) => {
+            Some(a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        }
+        Some(_) => {
+            p.push(
+                &format!("{key}.command"),
+                "must be a non-empty array of strings, e.g. command = [\"python3\", \"store.py\"]",
+            );
+            None
+        }
+    };
+    let mut bound = |k: &str| match t.get(k) {
+        None => None,
+        Some(Value::Integer(n)) if *n > 0 => Some(*n as u64),
+        Some(_) => {
+            p.push(&format!("{key}.{k}"), "must be an integer > 0");
+            None
+        }
+    };
+    let (memory_mb, cpu_seconds) = (bound("memory_mb"), bound("cpu_seconds"));
+    Some(ProcessIsolation { command, memory_mb, cpu_seconds })
+}
+
+/// What a `command` entry is called in messages: its last argument's file stem
+/// (`python3 store.py` → `store`).
+fn command_label(command: &[String]) -> Option<String> {
+    let last = command.last()?;
+    let stem = Path::new(last).file_stem()?.to_str()?;
+    Some(stem.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect())
 }
 
 mod values;

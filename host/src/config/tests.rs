@@ -142,3 +142,60 @@ fn single_points_refuse_arrays() {
     let err = parse_with("[[extensions.user_auth]]\nlibrary=\"a\"\nimplementation=\"b\"\n", &[]).unwrap_err();
     assert!(err.to_string().contains("takes one implementation"), "{err}");
 }
+
+#[test]
+fn isolation_is_read_with_its_bounds_and_its_mistakes_named() {
+    let text = r#"
+        [extensions.settings_store]
+        isolation = "process"
+        command = ["python3", "/opt/stores/settings_store.py"]
+        implementation = "PythonSettingsStore"
+        memory_mb = 256
+        cpu_seconds = 30
+        [extensions.secrets_store]
+        library = "file_stores"
+        implementation = "FileSecretsStore"
+        isolation = "process"
+    "#;
+    let c = parse_with(text, &[]).unwrap();
+    let settings = c.extensions.iter().find(|e| e.point == ExtensionPoint::SETTINGS_STORE).unwrap();
+    assert_eq!(settings.library, "settings_store", "a command is called after its program");
+    let p = settings.process.as_ref().unwrap();
+    assert_eq!((p.memory_mb, p.cpu_seconds), (Some(256), Some(30)));
+    assert_eq!(p.command.as_deref().unwrap()[0], "python3");
+    let secrets = c.extensions.iter().find(|e| e.point == ExtensionPoint::SECRETS_STORE).unwrap();
+    assert_eq!(secrets.process.as_ref().unwrap().command, None);
+    let conversations = c.extensions.iter().find(|e| e.point == ExtensionPoint::CONVERSATION_STORE).unwrap();
+    assert_eq!(conversations.process, None, "in process unless the entry says");
+
+    let bad = r#"
+        [extensions.settings_store]
+        library = "file_stores"
+        implementation = "FileSettingsStore"
+        isolation = "container"
+        [extensions.secrets_store]
+        library = "file_stores"
+        implementation = "FileSecretsStore"
+        memory_mb = 64
+        [extensions.conversation_store]
+        library = "file_stores"
+        implementation = "FileConversationStore"
+        isolation = "process"
+        command = []
+        cpu_seconds = -1
+        [extensions.conversation_manager]
+        library = "standalone_manager"
+        implementation = "StandaloneConversationManager"
+        isolation = "process"
+    "#;
+    let all = parse_with(bad, &[]).unwrap_err().to_string();
+    for needle in [
+        "extensions.settings_store.isolation: must be \"none\" (in the host's process) or \"process\"",
+        "extensions.secrets_store.memory_mb: applies only with isolation = \"process\"",
+        "extensions.conversation_store.command: must be a non-empty array of strings",
+        "extensions.conversation_store.cpu_seconds: must be an integer > 0",
+        "extensions.conversation_manager.isolation: conversation_manager cannot run isolated yet",
+    ] {
+        assert!(all.contains(needle), "missing `{needle}` in:\n{all}");
+    }
+}

@@ -16,9 +16,9 @@ use abi_stable::{
 };
 use async_ffi::FfiFuture;
 use plugin_api::{
-    CallContext, ConversationManagerObject, ConversationStoreObject, ErrorCode, ExtensionPoint, Health,
-    HostServices_TO, MonitoringObject, PResult, RouteSpec, RoutesObject, RuntimeObject, SecretsStoreObject,
-    SettingsStoreObject, UserAuthObject,
+    CallContext, ConversationManagerObject, ConversationStoreObject, ConversationStore_TO, ErrorCode, ExtensionPoint,
+    Health, HostServices_TO, MonitoringObject, PResult, RouteSpec, RoutesObject, RuntimeObject, SecretsStoreObject,
+    SecretsStore_TO, SettingsStoreObject, SettingsStore_TO, UserAuthObject, UserAuth_TO,
 };
 use std::sync::{Arc, OnceLock};
 
@@ -130,6 +130,21 @@ fn instantiate<O>(
             Err(format!("{}: {} ({}) {what}: {}", e.key, e.implementation, lib.path.display(), err))
         }
     }
+}
+
+/// Builds an isolated entry's instance: its runner, and the proxy the registry calls.
+fn isolated<O>(
+    e: &ExtensionConfig,
+    config: &Config,
+    services: Services,
+    runtime: tokio::runtime::Handle,
+    wrap: impl FnOnce(crate::isolation::Proxy) -> O,
+) -> Result<Arc<Instance<O>>, String> {
+    let services = HostServices_TO::from_value(services, TD_Opaque);
+    let (proxy, runner, sha256) = crate::isolation::start(e, config, services, runtime)?;
+    let mut meta = Meta::new(e, &sha256);
+    meta.runner = Some(runner);
+    Ok(Arc::new(Instance { obj: wrap(proxy), meta }))
 }
 
 /// Each entry's sha256 pin against its library's file, read once per library; a missing or
@@ -270,6 +285,66 @@ impl Registry {
         let (mut monitoring, mut routes) = (Vec::new(), Vec::new());
 
         for e in &config.extensions {
+            if e.process.is_some() {
+                let services = Services {
+                    handler: handler.clone(),
+                    runtime_slot: has_runtime.then(|| runtime_slot.clone()),
+                    app_mode: config.server.app_mode,
+                    state_dir: config.server.state_dir.clone(),
+                    runtime: runtime.clone(),
+                };
+                // The runner checks the pin and hashes what it loads; this hash only tells
+                // a reload whether the entry changed.
+                let sha = match e.process.as_ref().and_then(|p| p.command.as_ref()) {
+                    Some(_) => String::new(),
+                    None => loader::file_sha256(&loader::library_path(&config.server.plugins_dir, &e.library))
+                        .unwrap_or_default(),
+                };
+                let fingerprint = Meta::fingerprint_of(e, &sha);
+                if let Some(previous) = previous {
+                    if previous.reuse(
+                        e.point,
+                        &fingerprint,
+                        &mut Kept {
+                            settings: &mut settings,
+                            secrets: &mut secrets,
+                            conversations: &mut conversations,
+                            manager: &mut manager,
+                            runtime: &mut runtime_instance,
+                            auth: &mut auth,
+                            monitoring: &mut monitoring,
+                            routes: &mut routes,
+                        },
+                    ) {
+                        continue;
+                    }
+                }
+                let rt = runtime.clone();
+                match e.point {
+                    ExtensionPoint::SETTINGS_STORE => put(
+                        &mut settings,
+                        isolated(e, config, services, rt, |p| SettingsStore_TO::from_value(p, TD_Opaque)),
+                        &mut problems,
+                    ),
+                    ExtensionPoint::SECRETS_STORE => put(
+                        &mut secrets,
+                        isolated(e, config, services, rt, |p| SecretsStore_TO::from_value(p, TD_Opaque)),
+                        &mut problems,
+                    ),
+                    ExtensionPoint::CONVERSATION_STORE => put(
+                        &mut conversations,
+                        isolated(e, config, services, rt, |p| ConversationStore_TO::from_value(p, TD_Opaque)),
+                        &mut problems,
+                    ),
+                    ExtensionPoint::USER_AUTH => put(
+                        &mut auth,
+                        isolated(e, config, services, rt, |p| UserAuth_TO::from_value(p, TD_Opaque)),
+                        &mut problems,
+                    ),
+                    other => problems.push(format!("{}: {other} cannot run isolated", e.key)),
+                }
+                continue;
+            }
             let lib = match library(config, e, &mut libraries, previous_libraries) {
                 Ok(l) => l,
                 Err(p) => {

@@ -46,6 +46,8 @@ pub struct Meta {
     pub stats: Stats,
     /// Cleared when the instance panics: a panicked instance is unhealthy until restarted.
     pub healthy: AtomicBool,
+    /// The runner of an isolated instance (`isolation = "process"`).
+    pub runner: Option<std::sync::Arc<crate::isolation::Supervisor>>,
 }
 
 impl Meta {
@@ -103,18 +105,20 @@ impl Meta {
             timeout: e.timeout,
             stats: Stats::default(),
             healthy: AtomicBool::new(true),
+            runner: None,
         }
     }
 
     pub(crate) fn fingerprint_of(e: &ExtensionConfig, library_sha256: &str) -> String {
         // A bundled default and the same entry written out are the same instance.
         format!(
-            "{}|{}|{library_sha256}|{}|{}|{}",
+            "{}|{}|{library_sha256}|{}|{}|{}|{:?}",
             e.key.trim_end_matches(" (bundled default)"),
             e.library,
             e.implementation,
             e.config_json,
-            e.timeout.as_millis()
+            e.timeout.as_millis(),
+            e.process
         )
     }
 

@@ -85,6 +85,10 @@ pub(super) async fn plugins(State(state): State<AppState>) -> Json<Value> {
                 "implementation": m.implementation, "timeout_ms": m.timeout.as_millis() as u64,
                 "healthy": h.is_ok(), "health": match h { Ok(d) => d.clone(), Err(e) => e.clone() },
                 "stats": stats(m),
+                "isolation": match &m.runner {
+                    Some(r) => json!({ "process": true, "pid": r.pid(), "restarts": r.restarts() }),
+                    None => json!({ "process": false }),
+                },
             })
         })
         .collect();

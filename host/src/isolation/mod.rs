@@ -1,0 +1,125 @@
+//! `isolation = "process"`: an extension's instance in a process of its own, so that a
+//! plugin that crashes (a segfault, an abort, an out-of-memory kill, a runaway loop under
+//! its CPU bound) fails the calls it was serving and nothing else.
+//!
+//! - `wire.rs`: the protocol's frames and messages (`docs/plugin-protocol.md`);
+//! - `link.rs`: one end of a connection (requests in flight, the writer);
+//! - `points.rs`: each extension point's methods on the wire: the host's [`Proxy`] and the
+//!   runner's dispatch;
+//! - `supervisor.rs`: the host's side: start, restart with backoff, relay;
+//! - `runner.rs`: `oh-plugin-runner`, which loads one library with the host's checks.
+//!
+//! The registry builds a [`Proxy`] where it would build a library's object, so every call
+//! still goes through `Meta` (deadline, counters) and nothing above the registry knows.
+
+mod link;
+mod points;
+pub mod runner;
+mod supervisor;
+pub mod wire;
+
+pub use points::{Proxy, SUPPORTED};
+pub use supervisor::Supervisor;
+
+use crate::config::{Config, ExtensionConfig, ProcessIsolation};
+use plugin_api::{ExtensionPoint, HostServicesObject};
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+/// Whether `point` can run isolated in this host.
+pub fn supports(point: ExtensionPoint) -> bool {
+    SUPPORTED.contains(&point)
+}
+
+/// The variable naming the runner program (default: `oh-plugin-runner` beside the host's
+/// executable).
+pub const RUNNER_VAR: &str = "OH_PLUGIN_RUNNER";
+
+/// `oh-plugin-runner`: `OH_PLUGIN_RUNNER`, else beside the running executable (or one
+/// directory up: test binaries live in `target/<profile>/deps`).
+fn runner_program() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os(RUNNER_VAR).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the host's executable: {e}"))?;
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    [dir.join("oh-plugin-runner"), dir.join("../oh-plugin-runner")].into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        format!(
+            "cannot find oh-plugin-runner beside {} (build it with `cargo build -p oh-host`, or set {RUNNER_VAR})",
+            exe.display()
+        )
+    })
+}
+
+/// The runner's command line: `prlimit` first when the entry bounds it.
+fn argv(p: &ProcessIsolation) -> Result<Vec<String>, String> {
+    let program = match &p.command {
+        Some(command) => command.clone(),
+        None => vec![runner_program()?.display().to_string()],
+    };
+    let mut bounds = Vec::new();
+    if let Some(mb) = p.memory_mb {
+        bounds.push(format!("--as={}", mb.saturating_mul(1 << 20)));
+    }
+    if let Some(secs) = p.cpu_seconds {
+        bounds.push(format!("--cpu={secs}"));
+    }
+    if bounds.is_empty() {
+        return Ok(program);
+    }
+    Ok(["prlimit".to_owned()].into_iter().chain(bounds).chain(["--".to_owned()]).chain(program).collect())
+}
+
+fn log_level() -> &'static str {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::TRACE => "trace",
+        LevelFilter::DEBUG => "debug",
+        LevelFilter::INFO => "info",
+        LevelFilter::WARN => "warn",
+        _ => "error",
+    }
+}
+
+/// Starts the runner of an isolated entry and answers its proxy and the sha256 of the
+/// library it loaded ("" for a `command`). The error names the entry and says why.
+pub fn start(
+    e: &ExtensionConfig,
+    config: &Config,
+    services: HostServicesObject,
+    runtime: tokio::runtime::Handle,
+) -> Result<(Proxy, Arc<Supervisor>, String), String> {
+    let process = e.process.as_ref().ok_or_else(|| format!("{}: not isolated", e.key))?;
+    let who = format!("{} ({}::{})", e.key, e.library, e.implementation);
+    let argv = argv(process).map_err(|m| format!("{}: {m}", e.key))?;
+    let library = process.command.is_none().then(|| wire::LibrarySpec {
+        name: e.library.clone(),
+        plugins_dir: config.server.plugins_dir.display().to_string(),
+        sha256: e.sha256.clone(),
+        config: config
+            .libraries
+            .get(&e.library)
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or_else(|| serde_json::json!({})),
+    });
+    let start = wire::Start {
+        protocol: wire::PROTOCOL,
+        point: e.point.key().to_owned(),
+        implementation: e.implementation.clone(),
+        config: serde_json::from_str(&e.config_json).unwrap_or_else(|_| serde_json::json!({})),
+        library,
+        app_mode: config.server.app_mode.as_str().to_owned(),
+        state_dir: config.server.state_dir.display().to_string(),
+        read_only: crate::loader::is_read_only(),
+        log_level: log_level().to_owned(),
+        tracing: crate::telemetry::enabled(),
+    };
+    let spec = supervisor::Spec {
+        who,
+        key: e.key.clone(),
+        argv,
+        start,
+        start_timeout: e.timeout.max(Duration::from_secs(10)),
+    };
+    let (runner, ready) = Supervisor::start(spec, services, runtime)?;
+    Ok((Proxy { runner: runner.clone() }, runner, ready.sha256))
+}

@@ -1,0 +1,389 @@
+//! The host's side of an isolated instance: it starts the runner, hands it the instance's
+//! configuration, forwards calls, serves the runner's host calls, relays its logs and
+//! metrics, and restarts it with backoff when it dies. While it is down, calls fail at once
+//! with `UNAVAILABLE` (503) naming the plugin; what a store acknowledged before is on disk.
+
+use super::{
+    link::Link,
+    wire::{self, Ctx, Message, Ready, Start},
+};
+use abi_stable::std_types::RString;
+use plugin_api::{CallContext, ExtensionPoint, HostServicesObject, PluginError};
+use serde_json::Value;
+use std::{
+    os::unix::{fs::DirBuilderExt as _, net::UnixListener},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+use tokio::{net::unix::OwnedReadHalf, sync::watch};
+
+/// What to start and how.
+pub struct Spec {
+    /// `extensions.settings_store (file_stores::FileSettingsStore)`, for messages.
+    pub who: String,
+    /// The entry's key, for metrics.
+    pub key: String,
+    /// The program and its arguments (`prlimit` first when the entry bounds the runner).
+    pub argv: Vec<String>,
+    pub start: Start,
+    /// How long a runner may take to connect and build its instance.
+    pub start_timeout: Duration,
+}
+
+/// One isolated instance's runner, across its restarts.
+pub struct Supervisor {
+    spec: Spec,
+    services: Arc<HostServicesObject>,
+    runtime: tokio::runtime::Handle,
+    state: Mutex<State>,
+    restarts: AtomicU64,
+    stopping: AtomicBool,
+}
+
+struct State {
+    link: Option<Arc<Link>>,
+    pid: Option<u32>,
+    /// Why it is down (when `link` is `None`).
+    why: String,
+    /// Whether (and how) the current runner has exited.
+    exit: Option<watch::Receiver<Option<String>>>,
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A runner that answered `ready`.
+struct Launched {
+    link: Arc<Link>,
+    pid: Option<u32>,
+    ready: Ready,
+    reader: tokio::task::JoinHandle<String>,
+    exit: watch::Receiver<Option<String>>,
+    kill: tokio::sync::oneshot::Sender<()>,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A runner that stayed up this long restarts from the first backoff again.
+const STABLE: Duration = Duration::from_secs(10);
+
+impl Supervisor {
+    /// Starts the runner and waits for its instance; an error names the entry and says why.
+    pub fn start(
+        spec: Spec,
+        services: HostServicesObject,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<(Arc<Supervisor>, Ready), String> {
+        let supervisor = Arc::new(Supervisor {
+            spec,
+            services: Arc::new(services),
+            runtime: runtime.clone(),
+            state: Mutex::new(State { link: None, pid: None, why: "starting".to_owned(), exit: None, kill: None }),
+            restarts: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+        });
+        let launched = supervisor.launch()?;
+        let ready = launched.ready.clone();
+        let reader = supervisor.up(launched);
+        runtime.spawn(supervisor.clone().supervise(reader));
+        Ok((supervisor, ready))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `pid 4242, 1 restart`.
+    pub fn describe(&self) -> String {
+        let restarts = self.restarts.load(Ordering::Relaxed);
+        let plural = if restarts == 1 { "" } else { "s" };
+        match self.lock().pid {
+            Some(pid) => format!("runner pid {pid}, {restarts} restart{plural}"),
+            None => format!("runner down, {restarts} restart{plural}"),
+        }
+    }
+
+    /// How often the runner was restarted.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// The runner's process id while it is up.
+    pub fn pid(&self) -> Option<u32> {
+        self.lock().pid
+    }
+
+    /// Calls `method` on the isolated instance.
+    pub async fn call(&self, method: &str, ctx: &CallContext, args: Value) -> Result<Value, PluginError> {
+        let link = {
+            let state = self.lock();
+            match &state.link {
+                Some(link) => link.clone(),
+                None => {
+                    return Err(PluginError::unavailable(format!(
+                        "{} is down ({}); the host is restarting its runner",
+                        self.spec.who, state.why
+                    )))
+                }
+            }
+        };
+        let ctx = Ctx::from(ctx);
+        link.request(|id| Message::Call { id, method: method.to_owned(), ctx, args }).await
+    }
+
+    /// Asks the runner to shut its instance down and exit (killed at the deadline); no
+    /// restart after this.
+    pub async fn shutdown(&self, deadline_ms: u64) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let (link, exit, kill) = {
+            let mut state = self.lock();
+            (state.link.clone(), state.exit.clone(), state.kill.take())
+        };
+        if let Some(link) = link {
+            link.send(&Message::Shutdown { deadline_ms }).await;
+        }
+        if let Some(mut exit) = exit {
+            let wait = exit.wait_for(Option::is_some);
+            if tokio::time::timeout(Duration::from_millis(deadline_ms.max(100)), wait).await.is_err() {
+                if let Some(kill) = kill {
+                    let _ = kill.send(());
+                }
+            }
+        }
+    }
+
+    fn up(&self, launched: Launched) -> tokio::task::JoinHandle<String> {
+        let mut state = self.lock();
+        state.link = Some(launched.link);
+        state.pid = launched.pid;
+        state.exit = Some(launched.exit);
+        state.kill = Some(launched.kill);
+        crate::metrics::global().gauge("oh_plugin_runner_up", UP_HELP, &[("key", &self.spec.key)], 1.0, false);
+        launched.reader
+    }
+
+    /// Watches the runner; when it dies, fails what was in flight and starts another.
+    async fn supervise(self: Arc<Self>, mut reader: tokio::task::JoinHandle<String>) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let since = Instant::now();
+            let why = (&mut reader).await.unwrap_or_else(|e| format!("its reader failed: {e}"));
+            let (link, exit) = {
+                let mut state = self.lock();
+                state.pid = None;
+                (state.link.take(), state.exit.take())
+            };
+            let stopping = self.stopping.load(Ordering::SeqCst);
+            let died = format!("{}: its runner {why}", self.spec.who);
+            if let Some(link) = link {
+                link.close(if stopping { format!("{} is shutting down", self.spec.who) } else { died.clone() });
+            }
+            // The exit status, when the process ended (a runner that only hung up is killed).
+            let status = match exit {
+                Some(mut exit) => {
+                    if tokio::time::timeout(Duration::from_secs(2), exit.wait_for(Option::is_some)).await.is_err() {
+                        if let Some(kill) = self.lock().kill.take() {
+                            let _ = kill.send(());
+                        }
+                        let _ = tokio::time::timeout(Duration::from_secs(2), exit.wait_for(Option::is_some)).await;
+                    }
+                    let status = exit.borrow().clone();
+                    status.unwrap_or_else(|| "did not exit".to_owned())
+                }
+                None => "unknown".to_owned(),
+            };
+            let m = crate::metrics::global();
+            m.gauge("oh_plugin_runner_up", UP_HELP, &[("key", &self.spec.key)], 0.0, false);
+            if stopping {
+                return;
+            }
+            tracing::error!(plugin = %self.spec.who, %status, "{died}; restarting it");
+            self.lock().why = format!("its runner {why}: {status}");
+            if since.elapsed() > STABLE {
+                backoff = FIRST_BACKOFF;
+            }
+            loop {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                if self.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let me = self.clone();
+                match tokio::task::spawn_blocking(move || me.launch()).await {
+                    Ok(Ok(launched)) => {
+                        self.restarts.fetch_add(1, Ordering::Relaxed);
+                        m.inc("oh_plugin_runner_restarts_total", RESTARTS_HELP, &[("key", &self.spec.key)], 1.0);
+                        tracing::info!(plugin = %self.spec.who, pid = ?launched.pid, "runner restarted");
+                        reader = self.up(launched);
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(plugin = %self.spec.who, "cannot restart the runner: {e}");
+                        self.lock().why = e;
+                    }
+                    Err(e) => tracing::error!(plugin = %self.spec.who, "cannot restart the runner: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Starts one runner: a private socket, the process, the `start` handshake. Blocking.
+    fn launch(&self) -> Result<Launched, String> {
+        let who = &self.spec.who;
+        let dir = private_dir().map_err(|e| format!("{who}: cannot make a socket directory: {e}"))?;
+        let socket = dir.join("s");
+        let cleanup = || {
+            let _ = std::fs::remove_file(&socket);
+            let _ = std::fs::remove_dir(&dir);
+        };
+        let listener =
+            UnixListener::bind(&socket).map_err(|e| format!("{who}: cannot listen on {}: {e}", socket.display()));
+        let listener = match listener {
+            Ok(l) => l,
+            Err(e) => {
+                cleanup();
+                return Err(e);
+            }
+        };
+        let _ = listener.set_nonblocking(true);
+        let _enter = self.runtime.enter();
+        let mut command = tokio::process::Command::new(&self.spec.argv[0]);
+        command
+            .args(&self.spec.argv[1..])
+            .env(wire::SOCKET_VAR, &socket)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let mut child = match command.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                cleanup();
+                return Err(format!("{who}: cannot start `{}`: {e}", self.spec.argv.join(" ")));
+            }
+        };
+        let deadline = Instant::now() + self.spec.start_timeout;
+        let accepted = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break Ok(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => break Err(format!("{who}: accepting its runner failed: {e}")),
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                break Err(format!(
+                    "{who}: its runner `{}` exited before connecting ({status})",
+                    self.spec.argv.join(" ")
+                ));
+            }
+            if Instant::now() > deadline {
+                break Err(format!("{who}: its runner did not connect within {:?}", self.spec.start_timeout));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        cleanup();
+        let mut stream = accepted?;
+        let handshake = (|| {
+            stream.set_nonblocking(false)?;
+            stream.set_read_timeout(Some(
+                deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)),
+            ))?;
+            wire::write_blocking(&mut stream, &Message::Start(self.spec.start.clone()))?;
+            let answer = wire::read_blocking(&mut stream)?;
+            stream.set_read_timeout(None)?;
+            stream.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(answer)
+        })();
+        let ready = match handshake {
+            Ok(Message::Ready(ready)) if ready.protocol == wire::PROTOCOL => ready,
+            Ok(Message::Ready(ready)) => {
+                return Err(format!(
+                    "{who}: its runner speaks protocol {}, this host {}",
+                    ready.protocol,
+                    wire::PROTOCOL
+                ))
+            }
+            Ok(Message::Failed { error }) => return Err(format!("{who}: {}", PluginError::from(error))),
+            Ok(other) => return Err(format!("{who}: its runner answered `start` with {other:?}")),
+            Err(e) => {
+                let status = child.try_wait().ok().flatten().map(|s| format!(" ({s})")).unwrap_or_default();
+                return Err(format!("{who}: its runner failed during start{status}: {e}"));
+            }
+        };
+        let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| format!("{who}: {e}"))?;
+        let (read, write) = stream.into_split();
+        let link = Link::new(write);
+        let pid = child.id();
+        let (exit_tx, exit) = watch::channel(None);
+        let (kill, kill_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let status = tokio::select! {
+                status = child.wait() => status,
+                _ = kill_rx => {
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+            };
+            let _ = exit_tx.send(Some(match status {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("unknown exit: {e}"),
+            }));
+        });
+        let reader = tokio::spawn(read_loop(read, link.clone(), self.services.clone(), self.spec.who.clone()));
+        Ok(Launched { link, pid, ready, reader, exit, kill })
+    }
+}
+
+const UP_HELP: &str = "1 while an isolated plugin's runner is up, 0 while it is down.";
+const RESTARTS_HELP: &str = "Restarts of isolated plugins' runners after they died.";
+
+/// `$TMPDIR/oh-plugin-<pid>-<random>`, mode 0700, made new (never an existing one).
+fn private_dir() -> std::io::Result<PathBuf> {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::getrandom(&mut bytes);
+    let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("oh-plugin-{}-{suffix}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+/// What the runner sends: answers, host calls, logs, metrics, spans. Ends with why the
+/// connection did.
+async fn read_loop(mut read: OwnedReadHalf, link: Arc<Link>, services: Arc<HostServicesObject>, who: String) -> String {
+    loop {
+        match wire::read(&mut read).await {
+            Ok(Some(Message::Result { id, ok, error })) => {
+                link.answer(id, error.map_or_else(|| Ok(ok.unwrap_or(Value::Null)), |e| Err(e.into())))
+            }
+            Ok(Some(Message::HostCall { id, ctx, point, method, args })) => {
+                let (link, services) = (link.clone(), services.clone());
+                tokio::spawn(async move {
+                    let point = ExtensionPoint::from_key(&point).unwrap_or(ExtensionPoint(0));
+                    let answer = services
+                        .call(ctx.into(), point, method.into(), args.to_string().into())
+                        .await
+                        .into_result()
+                        .and_then(|text: RString| {
+                            serde_json::from_str::<Value>(&text).map_err(|e| PluginError::internal(e.to_string()))
+                        });
+                    link.send(&wire::result(id, answer)).await;
+                });
+            }
+            Ok(Some(Message::Log { level, target, message, fields })) => {
+                crate::loader::relay_log(&level, &who, &target, &message, &fields)
+            }
+            Ok(Some(Message::Metric { kind, name, value, labels, delta, buckets })) => {
+                crate::loader::relay_metric(&kind, &name, value, &labels, delta, &buckets)
+            }
+            Ok(Some(Message::Span { span })) => crate::telemetry::record(&span.to_string()),
+            Ok(Some(other)) => tracing::warn!(plugin = %who, "unexpected message from the runner: {other:?}"),
+            Ok(None) => return "closed its connection (it exited or crashed)".to_owned(),
+            Err(e) => return format!("broke the protocol ({e})"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor").field("who", &self.spec.who).field("state", &self.describe()).finish()
+    }
+}
