@@ -15,7 +15,7 @@ ARG BUNDLED="file_stores default_auth log_monitoring saas_monitoring standalone_
 RUN cargo build --release -p oh-host $(for p in $BUNDLED; do printf -- '-p %s ' "$p"; done) \
  && mkdir -p /out/plugins \
  && for p in $BUNDLED; do install -m 0644 "target/release/lib$p.so" /out/plugins/; done \
- && install -m 0755 target/release/oh-host /out/oh-host \
+ && install -m 0755 target/release/oh-host target/release/oh-plugin-runner /out/ \
  && sed -e 's|^bind = .*|bind = "0.0.0.0:3000"|' \
         -e 's|^plugins_dir = .*|plugins_dir = "/opt/oh-host/plugins"|' \
         -e 's|^state_dir = .*|state_dir = "/var/lib/oh-host"|' plugins.toml > /out/plugins.toml
@@ -35,7 +35,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates bubblewrap git curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --home-dir /var/lib/oh-host --create-home --shell /usr/sbin/nologin oh
-COPY --from=build /out/oh-host /usr/local/bin/oh-host
+# oh-plugin-runner beside oh-host: entries with isolation = "process" (prlimit, for their
+# bounds, is util-linux's, in every Debian).
+COPY --from=build /out/oh-host /out/oh-plugin-runner /usr/local/bin/
 # Owned by root, 0755/0644: the oh user can read the libraries but not replace them.
 COPY --from=build --chown=root:root /out/plugins /opt/oh-host/plugins
 COPY --from=build --chown=root:root /out/plugins.toml /etc/oh-host/plugins.toml

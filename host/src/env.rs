@@ -74,6 +74,10 @@ pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 /// `http/protobuf` (default) or `http/json`: how traces are encoded.
 pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+/// The `oh-plugin-runner` program for `isolation = "process"` (default: beside `oh-host`).
+pub const OH_PLUGIN_RUNNER: &str = "OH_PLUGIN_RUNNER";
+/// Set by the host for a runner it starts: the socket to connect to.
+pub const OH_PLUGIN_SOCKET: &str = "OH_PLUGIN_SOCKET";
 
 /// Every variable above, for the configuration reference (a test checks it lists them all).
 pub const ALL: &[&str] = &[
@@ -107,6 +111,8 @@ pub const ALL: &[&str] = &[
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_SERVICE_NAME,
     OTEL_EXPORTER_OTLP_PROTOCOL,
+    OH_PLUGIN_RUNNER,
+    OH_PLUGIN_SOCKET,
 ];
 
 /// How the host reads a variable: the process environment, or a map in tests.

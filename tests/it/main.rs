@@ -16,6 +16,7 @@ mod hardening;
 mod http;
 mod hygiene;
 mod integrations;
+mod isolation;
 mod newcomer;
 mod observability;
 mod reload;

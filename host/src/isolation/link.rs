@@ -25,6 +25,8 @@ type Answer = Result<Value, PluginError>;
 const QUEUE: usize = 1024;
 
 pub(super) struct Link {
+    /// Who is at the other end, for errors (`extensions.settings_store (lib::Impl)'s runner`).
+    peer: String,
     tx: mpsc::Sender<Vec<u8>>,
     pending: Mutex<Pending>,
     next_id: AtomicU64,
@@ -48,7 +50,7 @@ impl Drop for Forget<'_> {
 
 impl Link {
     /// Starts the writer task on the current runtime.
-    pub(super) fn new(mut write: OwnedWriteHalf) -> Arc<Link> {
+    pub(super) fn new(mut write: OwnedWriteHalf, peer: String) -> Arc<Link> {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
         tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
@@ -57,7 +59,7 @@ impl Link {
                 }
             }
         });
-        Arc::new(Link { tx, pending: Mutex::new(Pending::default()), next_id: AtomicU64::new(1) })
+        Arc::new(Link { peer, tx, pending: Mutex::new(Pending::default()), next_id: AtomicU64::new(1) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -115,6 +117,6 @@ impl Link {
     }
 
     fn why(&self) -> String {
-        self.lock().closed.clone().unwrap_or_else(|| "the plugin's runner connection closed".to_owned())
+        self.lock().closed.clone().unwrap_or_else(|| format!("the connection to {} closed", self.peer))
     }
 }

@@ -30,22 +30,19 @@ pub fn supports(point: ExtensionPoint) -> bool {
     SUPPORTED.contains(&point)
 }
 
-/// The variable naming the runner program (default: `oh-plugin-runner` beside the host's
-/// executable).
-pub const RUNNER_VAR: &str = "OH_PLUGIN_RUNNER";
-
 /// `oh-plugin-runner`: `OH_PLUGIN_RUNNER`, else beside the running executable (or one
 /// directory up: test binaries live in `target/<profile>/deps`).
 fn runner_program() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os(RUNNER_VAR).filter(|p| !p.is_empty()) {
+    if let Some(p) = crate::env::process(crate::env::OH_PLUGIN_RUNNER) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the host's executable: {e}"))?;
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     [dir.join("oh-plugin-runner"), dir.join("../oh-plugin-runner")].into_iter().find(|p| p.is_file()).ok_or_else(|| {
         format!(
-            "cannot find oh-plugin-runner beside {} (build it with `cargo build -p oh-host`, or set {RUNNER_VAR})",
-            exe.display()
+            "cannot find oh-plugin-runner beside {} (build it with `cargo build -p oh-host`, or set {})",
+            exe.display(),
+            crate::env::OH_PLUGIN_RUNNER
         )
     })
 }
@@ -61,7 +58,8 @@ fn argv(p: &ProcessIsolation) -> Result<Vec<String>, String> {
         bounds.push(format!("--as={}", mb.saturating_mul(1 << 20)));
     }
     if let Some(secs) = p.cpu_seconds {
-        bounds.push(format!("--cpu={secs}"));
+        // SIGXCPU at the bound (its log says so), SIGKILL a second later if it is caught.
+        bounds.push(format!("--cpu={secs}:{}", secs + 1));
     }
     if bounds.is_empty() {
         return Ok(program);

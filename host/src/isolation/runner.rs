@@ -161,7 +161,7 @@ async fn serve(stream: std::os::unix::net::UnixStream, object: Arc<Object>) -> E
         }
     };
     let (mut read, write) = stream.into_split();
-    let link = Link::new(write);
+    let link = Link::new(write, "the host".to_owned());
     connected(link.clone());
     loop {
         match wire::read(&mut read).await {

@@ -311,7 +311,7 @@ impl Supervisor {
         };
         let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| format!("{who}: {e}"))?;
         let (read, write) = stream.into_split();
-        let link = Link::new(write);
+        let link = Link::new(write, format!("the runner of {who}"));
         let pid = child.id();
         let (exit_tx, exit) = watch::channel(None);
         let (kill, kill_rx) = tokio::sync::oneshot::channel::<()>();
@@ -324,13 +324,26 @@ impl Supervisor {
                 }
             };
             let _ = exit_tx.send(Some(match status {
-                Ok(s) => s.to_string(),
+                Ok(s) => describe_exit(s),
                 Err(e) => format!("unknown exit: {e}"),
             }));
         });
         let reader = tokio::spawn(read_loop(read, link.clone(), self.services.clone(), self.spec.who.clone()));
         Ok(Launched { link, pid, ready, reader, exit, kill })
     }
+}
+
+/// `signal: 24 (SIGXCPU): it used up its cpu_seconds`.
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    let why = match status.signal() {
+        Some(24) => ": it used up its cpu_seconds",
+        Some(6) => ": it aborted (out of memory under memory_mb, or a failed assertion)",
+        Some(11) | Some(7) => ": it crashed (a memory error in the plugin)",
+        Some(9) => ": killed (by an operator, or by the kernel out of memory)",
+        _ => "",
+    };
+    format!("{status}{why}")
 }
 
 const UP_HELP: &str = "1 while an isolated plugin's runner is up, 0 while it is down.";
@@ -377,7 +390,8 @@ async fn read_loop(mut read: OwnedReadHalf, link: Arc<Link>, services: Arc<HostS
             Ok(Some(Message::Span { span })) => crate::telemetry::record(&span.to_string()),
             Ok(Some(other)) => tracing::warn!(plugin = %who, "unexpected message from the runner: {other:?}"),
             Ok(None) => return "closed its connection (it exited or crashed)".to_owned(),
-            Err(e) => return format!("broke the protocol ({e})"),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return format!("broke the protocol ({e})"),
+            Err(e) => return format!("lost its connection ({e}: it exited or crashed)"),
         }
     }
 }

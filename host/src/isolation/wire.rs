@@ -20,7 +20,7 @@ pub const PROTOCOL: u32 = 1;
 pub const MAX_FRAME: usize = 64 << 20;
 
 /// The variable that tells a runner where the host listens.
-pub const SOCKET_VAR: &str = "OH_PLUGIN_SOCKET";
+pub const SOCKET_VAR: &str = crate::env::OH_PLUGIN_SOCKET;
 
 /// One message.
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -1,0 +1,214 @@
+//! `isolation = "process"` as an operator meets it: a runner killed under load, a plugin that
+//! segfaults, runaway CPU and memory, a runner that cannot start. Each against a real host
+//! with the runner as its own process.
+
+use oh_e2e::{Deployment, TestHost};
+use serde_json::{json, Value};
+use std::{
+    os::unix::process::ExitStatusExt as _,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+fn settings_entry(library: &str, implementation: &str, extra: &str) -> String {
+    format!(
+        "[extensions.settings_store]\nlibrary = \"{library}\"\nimplementation = \"{implementation}\"\nisolation = \"process\"\n{extra}\n"
+    )
+}
+
+/// The settings store's instance in `/internal/plugins`.
+async fn settings_instance(host: &TestHost) -> Value {
+    let plugins = host.admin_get("/internal/plugins").await.json();
+    let instances = plugins["instances"].as_array().unwrap().clone();
+    instances.into_iter().find(|i| i["extension_point"] == "settings_store").unwrap()
+}
+
+async fn runner_pid(host: &TestHost) -> u32 {
+    let instance = settings_instance(host).await;
+    instance["isolation"]["pid"].as_u64().unwrap_or_else(|| panic!("no runner pid in {instance}")) as u32
+}
+
+fn kill(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// A 503 that names the plugin, as every failed call while the runner is down must be.
+fn assert_names_the_plugin(status: u16, body: &str) {
+    assert_eq!(status, 503, "{body}");
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(error.contains("extensions.settings_store"), "the error must name the plugin: {body}");
+}
+
+/// Waits until the store answers GET /api/settings again (200, or 404 from a store that
+/// kept nothing); how long it took.
+async fn until_served(host: &TestHost, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = host.get("/api/settings").await;
+        if r.status == 200 || r.status == 404 {
+            return start.elapsed();
+        }
+        assert_names_the_plugin(r.status, &r.text);
+        assert!(start.elapsed() < within, "not served again within {within:?}: {}", r.text);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_killed_under_load_fails_only_the_calls_in_flight_and_loses_nothing_acknowledged() {
+    let d = Deployment::outside_tmp();
+    d.install_bundled();
+    d.write_profile("", &settings_entry("file_stores", "FileSettingsStore", ""));
+    let host = Arc::new(d.start());
+    host.wait_ready().await;
+    let first_pid = runner_pid(&host).await;
+    assert_eq!(host.post_json("/api/settings", &json!({ "llm_model": "model-0" })).await.status, 200);
+
+    // One writer storing model-1, model-2, ... (each acknowledged write remembered), and
+    // readers, until a while after the kill.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let refused: Arc<Mutex<Vec<(u16, String)>>> = Arc::default();
+    let writer = {
+        let (host, stop, acked, refused) = (host.clone(), stop.clone(), acked.clone(), refused.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let r = host.post_json("/api/settings", &json!({ "llm_model": format!("model-{n}") })).await;
+                if r.status == 200 {
+                    acked.store(n, Ordering::SeqCst);
+                } else {
+                    refused.lock().unwrap().push((r.status, r.text));
+                }
+            }
+            n
+        })
+    };
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (host, stop, refused) = (host.clone(), stop.clone(), refused.clone());
+            tokio::spawn(async move {
+                let mut served = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let r = host.get("/api/settings").await;
+                    if r.status == 200 {
+                        served += 1;
+                    } else {
+                        refused.lock().unwrap().push((r.status, r.text));
+                    }
+                }
+                served
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_kill = acked.load(Ordering::SeqCst);
+    assert!(before_kill > 0, "no write acknowledged before the kill");
+    kill(first_pid, "KILL");
+    let recovered = until_served(&host, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let attempted = writer.await.unwrap();
+    let mut served = 0;
+    for r in readers {
+        served += r.await.unwrap();
+    }
+
+    // Only what was in flight or sent while the runner was down failed, each a 503 naming it.
+    let refused = refused.lock().unwrap().clone();
+    assert!(!refused.is_empty(), "the kill failed nothing: was the runner killed?");
+    for (status, body) in &refused {
+        assert_names_the_plugin(*status, body);
+    }
+    assert!(served > 0);
+    // Acknowledged means stored: the last acknowledged write, or the one after it (sent,
+    // stored, its answer lost with the runner), is what a reader gets.
+    let last = acked.load(Ordering::SeqCst);
+    assert!(last > before_kill, "no write acknowledged after the restart");
+    let model = host.get("/api/settings").await.json()["llm_model"].as_str().unwrap().to_owned();
+    let n: u64 = model.trim_start_matches("model-").parse().unwrap();
+    assert!(n == last || (n == last + 1 && n <= attempted), "stored {model}, last acknowledged model-{last}");
+
+    let instance = settings_instance(&host).await;
+    assert_eq!(instance["isolation"]["restarts"], 1, "{instance}");
+    assert_ne!(instance["isolation"]["pid"].as_u64(), Some(first_pid as u64));
+    let metrics = host.admin_get("/internal/metrics").await.text;
+    assert!(metrics.contains("oh_plugin_runner_restarts_total{key=\"extensions.settings_store\"} 1"), "{metrics}");
+    eprintln!("served again {recovered:?} after kill -9; {} calls failed, {served} reads served", refused.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segfault_fails_one_request_when_isolated_and_takes_the_host_down_in_process() {
+    let d = Deployment::outside_tmp();
+    d.install_bundled();
+    d.install("fixture_plugin");
+    d.write_profile("", &settings_entry("fixture_plugin", "Crash", ""));
+    let mut host = d.start();
+    assert_eq!(host.post_json("/api/settings", &json!({ "language": "crash" })).await.status, 200);
+    let pid = runner_pid(&host).await;
+    let r = host.get("/api/settings").await;
+    assert_names_the_plugin(r.status, &r.text);
+    assert!(host.alive(), "the host died with its plugin");
+    until_served(&host, Duration::from_secs(5)).await;
+    assert_ne!(runner_pid(&host).await, pid);
+    assert!(host.log().contains("SIGSEGV"), "the log must say how the runner died");
+    // /ready follows the runner: a crash makes it 503 until the runner is back.
+    assert_eq!(host.get("/ready").await.status, 200);
+    drop(host);
+
+    // The same library in process: the segfault is the host's (documented in
+    // docs/configuration.md, `isolation`).
+    d.write_profile("", &settings_entry("fixture_plugin", "Crash", "").replace("isolation = \"process\"\n", ""));
+    let mut host = d.start();
+    assert_eq!(host.post_json("/api/settings", &json!({ "language": "crash" })).await.status, 200);
+    let _ = host.http.get(host.url("/api/settings")).send().await;
+    let status = host.wait_exit(Duration::from_secs(10)).expect("the host survived a segfault in process");
+    assert_eq!(status.signal(), Some(11), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_runner_is_stopped_by_its_cpu_and_memory_bounds_and_restarted() {
+    let d = Deployment::outside_tmp();
+    d.install_bundled();
+    d.install("fixture_plugin");
+    for (language, bounds, death) in
+        [("spin", "cpu_seconds = 1\ntimeout_ms = 30000", "SIGXCPU"), ("hog", "memory_mb = 1024", "SIGABRT")]
+    {
+        d.write_profile("", &settings_entry("fixture_plugin", "Crash", bounds));
+        let mut host = d.start();
+        assert_eq!(host.post_json("/api/settings", &json!({ "language": language })).await.status, 200);
+        let started = Instant::now();
+        let r = host.get("/api/settings").await;
+        assert_names_the_plugin(r.status, &r.text);
+        assert!(started.elapsed() < Duration::from_secs(20), "{language}: the bound took {:?}", started.elapsed());
+        until_served(&host, Duration::from_secs(5)).await;
+        assert!(host.alive());
+        assert!(host.log().contains(death), "{language}: expected the runner to die of {death}:\n{}", host.log());
+    }
+}
+
+#[test]
+fn a_runner_that_cannot_start_stops_the_host_naming_the_entry_and_why() {
+    let d = Deployment::new();
+    d.install_bundled();
+    // A library without the implementation: the runner's answer is the host's message.
+    d.write_profile("", &settings_entry("file_stores", "NoSuchStore", ""));
+    let out = d.run_cli(&["check"]);
+    out.assert_refused();
+    assert!(out.stderr.contains("extensions.settings_store (file_stores::NoSuchStore)"), "{}", out.stderr);
+    assert!(out.stderr.contains("has no settings_store implementation named `NoSuchStore`"), "{}", out.stderr);
+    // A command that exits at once.
+    d.write_profile(
+        "",
+        "[extensions.settings_store]\nisolation = \"process\"\ncommand = [\"false\"]\nimplementation = \"X\"\n",
+    );
+    let out = d.run_cli(&["check"]);
+    out.assert_refused();
+    assert!(out.stderr.contains("exited before connecting (exit status: 1)"), "{}", out.stderr);
+}
