@@ -3,7 +3,8 @@
 //!    statically (rlib), in µs per call and as a ratio;
 //! 2. `GET /api/settings` requests/s and p50/p99 latency of the real `oh-host` binary under a
 //!    bounded load on 127.0.0.1;
-//!    the same with the PostgreSQL stores, and POST;
+//!    the same with the PostgreSQL stores, and POST; and with the file settings store isolated
+//!    (`isolation = "process"`) next to in process;
 //! 3. conversation search with 10,000 conversations of one user, file and PostgreSQL stores;
 //! 4. 200 conversations at once against a local fake LLM streaming 50 tokens each: events per
 //!    second through socket.io, p50/p99 delay from the LLM's chunk to the client's `oh_event`,
@@ -121,10 +122,22 @@ fn main() {
     .collect::<String>();
     let pg_profile = work.path().join("plugins.pg.toml");
     std::fs::write(&pg_profile, format!("{profile}{pg_stores}")).unwrap();
+    let isolated_profile = work.path().join("plugins.isolated.toml");
+    std::fs::write(
+        &isolated_profile,
+        format!(
+            "{profile}[extensions.settings_store]\nlibrary = \"file_stores\"\nimplementation = \"FileSettingsStore\"\nisolation = \"process\"\n"
+        ),
+    )
+    .unwrap();
     if run(2) {
         http_load(
             &bin_dir.join("oh-host"),
-            &[("file stores", profile_path.clone()), ("PostgreSQL stores", pg_profile.clone())],
+            &[
+                ("file stores", profile_path.clone()),
+                ("PostgreSQL stores", pg_profile.clone()),
+                ("file stores, isolated", isolated_profile),
+            ],
         );
     }
     let search_state = work.path().join("search-state");

@@ -471,7 +471,32 @@ async fn events_until(host: &TestHost, id: &str, what: &str, done: impl Fn(&[Val
 
 #[tokio::test]
 async fn with_a_local_runtime_the_agent_edits_files_runs_commands_and_finishes() {
-    let (d, host, llm) = setup_with_runtime("LocalRuntime", "command_timeout_secs = 20", "").await;
+    edits_files_runs_commands_and_finishes(false).await;
+}
+
+/// The same with the runtime and the monitoring listener each in a runner of its own
+/// (`isolation = "process"`): the agent's tools and the workspace routes cross the socket,
+/// file contents included, and the listener's log lines reach the host's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_runtime_and_monitoring_isolated_the_agent_works_as_in_process() {
+    edits_files_runs_commands_and_finishes(true).await;
+}
+
+async fn edits_files_runs_commands_and_finishes(isolated: bool) {
+    let (d, host, llm) = if isolated {
+        let llm = FakeLlm::start().await;
+        let d = Deployment::new();
+        d.install_bundled();
+        let profile = manager("") + &oh_e2e::runtime_entry("LocalRuntime", "command_timeout_secs = 20");
+        let isolate = "isolation = \"process\"\n";
+        let monitoring = "config = { level = \"info\" }\n";
+        d.write_profile("", &(profile.replace(monitoring, &format!("{monitoring}{isolate}")) + isolate));
+        let host = d.start();
+        configure(&host, &llm, None).await;
+        (d, host, llm)
+    } else {
+        setup_with_runtime("LocalRuntime", "command_timeout_secs = 20", "").await
+    };
     llm.push([
         Reply::Tools(vec![(
             "str_replace_editor".into(),
@@ -565,6 +590,22 @@ async fn with_a_local_runtime_the_agent_edits_files_runs_commands_and_finishes()
     );
     assert_eq!(std::fs::read_to_string(workspace.join("data.csv")).unwrap(), "x,y\n1,2\n");
     assert!(workspace.join("escape.txt").exists() && !workspace.parent().unwrap().join("escape.txt").exists());
+    if isolated {
+        let plugins = host.admin_get("/internal/plugins").await.json();
+        let isolated: Vec<_> = plugins["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["isolation"]["process"] == true)
+            .map(|i| i["extension_point"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(isolated, ["runtime", "monitoring"], "{plugins}");
+        let log = host.log();
+        assert!(
+            log.lines().any(|l| l.contains("conversation created") && l.contains("plugin=\"log_monitoring\"")),
+            "the isolated listener's log line did not reach the host's log:\n{log}"
+        );
+    }
 
     // Deleting the conversation removes its workspace (the runtime's `destroy`).
     let deleted = host.send(host.http.delete(host.url(&base))).await;

@@ -212,3 +212,42 @@ fn a_runner_that_cannot_start_stops_the_host_naming_the_entry_and_why() {
     out.assert_refused();
     assert!(out.stderr.contains("exited before connecting (exit status: 1)"), "{}", out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_routes_serve_requests_bodies_and_panics_and_come_back_after_a_kill() {
+    let d = Deployment::outside_tmp();
+    d.install_bundled();
+    d.install("fixture_plugin");
+    d.write_profile(
+        "",
+        "[[extensions.routes]]\nlibrary = \"fixture_plugin\"\nimplementation = \"FixtureRoutes\"\nisolation = \"process\"\n",
+    );
+    let mut host = d.start();
+    let echo = host.get("/fixture/echo/hello?x=1").await;
+    assert_eq!((echo.status, echo.json()), (200, json!({ "echo": "hello", "query": "x=1" })));
+    assert_eq!(echo.headers["content-type"], "application/json");
+    // A body, binary-safe, and the user the host's auth gate found.
+    let body = "caf\u{e9} \u{1f600}";
+    let whoami = host.send(host.http.post(host.url("/api/fixture/whoami")).body(body)).await;
+    assert_eq!(whoami.json(), json!({ "user_id": "", "body": body }), "{}", whoami.text);
+    // A panic in the handler is the runner's: one 500, the runner and the host go on.
+    let plugins = host.admin_get("/internal/plugins").await.json();
+    let routes = plugins["instances"].as_array().unwrap().iter().find(|i| i["extension_point"] == "routes").cloned();
+    let pid = routes.unwrap()["isolation"]["pid"].as_u64().unwrap() as u32;
+    assert_eq!(host.get("/fixture/panic").await.status, 500);
+    assert_eq!(host.get("/fixture/echo/again").await.status, 200);
+    // Killed: 503 naming the entry, then served by a new runner.
+    kill(pid, "KILL");
+    let started = Instant::now();
+    loop {
+        let r = host.get("/fixture/echo/back").await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text);
+        assert!(r.text.contains("extensions.routes[0] (fixture_plugin::FixtureRoutes)"), "{}", r.text);
+        assert!(started.elapsed() < Duration::from_secs(5), "not back within 5 s: {}", r.text);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(host.alive());
+}

@@ -114,10 +114,12 @@ pub fn start(
     let spec = supervisor::Spec {
         who,
         key: e.key.clone(),
+        library: e.library.clone(),
         argv,
         start,
         start_timeout: e.timeout.max(Duration::from_secs(10)),
     };
     let (runner, ready) = Supervisor::start(spec, services, runtime)?;
-    Ok((Proxy { runner: runner.clone() }, runner, ready.sha256))
+    let routes = Arc::new(points::declared_routes(&ready.routes));
+    Ok((Proxy { runner: runner.clone(), routes }, runner, ready.sha256))
 }

@@ -139,9 +139,22 @@ fn build(start: &Start) -> Result<(Object, Ready), PluginError> {
         ExtensionPoint::SETTINGS_STORE => make!(new_settings_store, Settings),
         ExtensionPoint::SECRETS_STORE => make!(new_secrets_store, Secrets),
         ExtensionPoint::CONVERSATION_STORE => make!(new_conversation_store, Conversations),
-        _ => make!(new_user_auth, Auth),
+        ExtensionPoint::USER_AUTH => make!(new_user_auth, Auth),
+        ExtensionPoint::ROUTES => make!(new_routes, Routes),
+        ExtensionPoint::MONITORING => make!(new_monitoring, Monitoring),
+        _ => match lib.module.runtime_factory() {
+            Some(new_runtime) => {
+                new_runtime(i, c, HostServices_TO::from_value(services, TD_Opaque)).into_result().map(Object::Runtime)
+            }
+            None => Err(config_error(format!(
+                "library `{}` was built against plugin-api {}, which has no runtime extension point",
+                lib.name,
+                lib.api_version()
+            ))),
+        },
     }?;
     let ready = Ready {
+        routes: object.routes(),
         protocol: wire::PROTOCOL,
         name: lib.name.clone(),
         version: lib.version.clone(),
@@ -171,6 +184,11 @@ async fn serve(stream: std::os::unix::net::UnixStream, object: Arc<Object>) -> E
                     let answer = object.dispatch(&method, ctx.into(), args).await;
                     link.send(&wire::result(id, answer)).await;
                 });
+            }
+            Ok(Some(Message::Notify { method, ctx, args })) => {
+                if let Err(e) = object.notify(&method, ctx.into(), &args) {
+                    eprintln!("oh-plugin-runner: {method}: {e}");
+                }
             }
             Ok(Some(Message::Result { id, ok, error })) => {
                 link.answer(id, error.map_or_else(|| Ok(ok.unwrap_or(Value::Null)), |e| Err(e.into())))

@@ -27,6 +27,8 @@ pub struct Spec {
     pub who: String,
     /// The entry's key, for metrics.
     pub key: String,
+    /// The library's name (or the program's), as its log lines carry it.
+    pub library: String,
     /// The program and its arguments (`prlimit` first when the entry bounds the runner).
     pub argv: Vec<String>,
     pub start: Start,
@@ -131,6 +133,15 @@ impl Supervisor {
         };
         let ctx = Ctx::from(ctx);
         link.request(|id| Message::Call { id, method: method.to_owned(), ctx, args }).await
+    }
+
+    /// Calls a method without waiting for (or getting) an answer; dropped while the runner
+    /// is down.
+    pub fn notify(&self, method: &str, ctx: &CallContext, args: Value) {
+        let link = self.lock().link.clone();
+        if let Some(link) = link {
+            link.try_send(&Message::Notify { method: method.to_owned(), ctx: Ctx::from(ctx), args });
+        }
     }
 
     /// Asks the runner to shut its instance down and exit (killed at the deadline); no
@@ -328,7 +339,7 @@ impl Supervisor {
                 Err(e) => format!("unknown exit: {e}"),
             }));
         });
-        let reader = tokio::spawn(read_loop(read, link.clone(), self.services.clone(), self.spec.who.clone()));
+        let reader = tokio::spawn(read_loop(read, link.clone(), self.services.clone(), self.spec.library.clone()));
         Ok(Launched { link, pid, ready, reader, exit, kill })
     }
 }
@@ -361,7 +372,12 @@ fn private_dir() -> std::io::Result<PathBuf> {
 
 /// What the runner sends: answers, host calls, logs, metrics, spans. Ends with why the
 /// connection did.
-async fn read_loop(mut read: OwnedReadHalf, link: Arc<Link>, services: Arc<HostServicesObject>, who: String) -> String {
+async fn read_loop(
+    mut read: OwnedReadHalf,
+    link: Arc<Link>,
+    services: Arc<HostServicesObject>,
+    library: String,
+) -> String {
     loop {
         match wire::read(&mut read).await {
             Ok(Some(Message::Result { id, ok, error })) => {
@@ -382,13 +398,13 @@ async fn read_loop(mut read: OwnedReadHalf, link: Arc<Link>, services: Arc<HostS
                 });
             }
             Ok(Some(Message::Log { level, target, message, fields })) => {
-                crate::loader::relay_log(&level, &who, &target, &message, &fields)
+                crate::loader::relay_log(&level, &library, &target, &message, &fields)
             }
             Ok(Some(Message::Metric { kind, name, value, labels, delta, buckets })) => {
                 crate::loader::relay_metric(&kind, &name, value, &labels, delta, &buckets)
             }
             Ok(Some(Message::Span { span })) => crate::telemetry::record(&span.to_string()),
-            Ok(Some(other)) => tracing::warn!(plugin = %who, "unexpected message from the runner: {other:?}"),
+            Ok(Some(other)) => tracing::warn!(plugin = %library, "unexpected message from the runner: {other:?}"),
             Ok(None) => return "closed its connection (it exited or crashed)".to_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return format!("broke the protocol ({e})"),
             Err(e) => return format!("lost its connection ({e}: it exited or crashed)"),

@@ -34,6 +34,8 @@ pub enum Message {
     Failed { error: WireError },
     /// host → runner: call a method of the instance.
     Call { id: u64, method: String, ctx: Ctx, args: Value },
+    /// host → runner: call a method that has no answer (the monitoring hooks).
+    Notify { method: String, ctx: Ctx, args: Value },
     /// runner → host: a host call (`plugin_api::host_calls`).
     HostCall { id: u64, ctx: Ctx, point: String, method: String, args: Value },
     /// The answer to a `call` or a `host_call`: `error` when it failed, else `ok`.
@@ -121,6 +123,9 @@ pub struct Ready {
     /// The plugin-api contract it was built against (`1.1`), when it is a library.
     #[serde(default)]
     pub api: String,
+    /// A `routes` instance's routes: `{method, path, authenticated}` each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Value>,
 }
 
 /// `CallContext` on the wire.

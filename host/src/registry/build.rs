@@ -17,8 +17,9 @@ use abi_stable::{
 use async_ffi::FfiFuture;
 use plugin_api::{
     CallContext, ConversationManagerObject, ConversationStoreObject, ConversationStore_TO, ErrorCode, ExtensionPoint,
-    Health, HostServices_TO, MonitoringObject, PResult, RouteSpec, RoutesObject, RuntimeObject, SecretsStoreObject,
-    SecretsStore_TO, SettingsStoreObject, SettingsStore_TO, UserAuthObject, UserAuth_TO,
+    Health, HostServices_TO, MonitoringListener_TO, MonitoringObject, PResult, RouteHandler_TO, RouteSpec,
+    RoutesObject, RuntimeObject, Runtime_TO, SecretsStoreObject, SecretsStore_TO, SettingsStoreObject,
+    SettingsStore_TO, UserAuthObject, UserAuth_TO,
 };
 use std::sync::{Arc, OnceLock};
 
@@ -339,6 +340,21 @@ impl Registry {
                     ExtensionPoint::USER_AUTH => put(
                         &mut auth,
                         isolated(e, config, services, rt, |p| UserAuth_TO::from_value(p, TD_Opaque)),
+                        &mut problems,
+                    ),
+                    ExtensionPoint::ROUTES => push(
+                        &mut routes,
+                        isolated(e, config, services, rt, |p| RouteHandler_TO::from_value(p, TD_Opaque)),
+                        &mut problems,
+                    ),
+                    ExtensionPoint::MONITORING => push(
+                        &mut monitoring,
+                        isolated(e, config, services, rt, |p| MonitoringListener_TO::from_value(p, TD_Opaque)),
+                        &mut problems,
+                    ),
+                    ExtensionPoint::RUNTIME => put(
+                        &mut runtime_instance,
+                        isolated(e, config, services, rt, |p| Runtime_TO::from_value(p, TD_Opaque)),
                         &mut problems,
                     ),
                     other => problems.push(format!("{}: {other} cannot run isolated", e.key)),
