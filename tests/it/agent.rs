@@ -474,11 +474,12 @@ async fn with_a_local_runtime_the_agent_edits_files_runs_commands_and_finishes()
     edits_files_runs_commands_and_finishes(false).await;
 }
 
-/// The same with the runtime and the monitoring listener each in a runner of its own
-/// (`isolation = "process"`): the agent's tools and the workspace routes cross the socket,
-/// file contents included, and the listener's log lines reach the host's log.
+/// The same with the manager, the runtime and the monitoring listener each in a runner of its
+/// own (`isolation = "process"`): the agent's tools go from the manager's runner through the
+/// host to the runtime's runner, the workspace routes cross the socket with file contents,
+/// and the listener's log lines reach the host's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_runtime_and_monitoring_isolated_the_agent_works_as_in_process() {
+async fn with_the_manager_runtime_and_monitoring_isolated_the_agent_works_as_in_process() {
     edits_files_runs_commands_and_finishes(true).await;
 }
 
@@ -489,8 +490,10 @@ async fn edits_files_runs_commands_and_finishes(isolated: bool) {
         d.install_bundled();
         let profile = manager("") + &oh_e2e::runtime_entry("LocalRuntime", "command_timeout_secs = 20");
         let isolate = "isolation = \"process\"\n";
-        let monitoring = "config = { level = \"info\" }\n";
-        d.write_profile("", &(profile.replace(monitoring, &format!("{monitoring}{isolate}")) + isolate));
+        let (monitoring, named) =
+            ("config = { level = \"info\" }\n", "implementation = \"StandaloneConversationManager\"\n");
+        let profile = profile.replace(monitoring, &format!("{monitoring}{isolate}"));
+        d.write_profile("", &(profile.replace(named, &format!("{named}{isolate}")) + isolate));
         let host = d.start();
         configure(&host, &llm, None).await;
         (d, host, llm)
@@ -599,7 +602,7 @@ async fn edits_files_runs_commands_and_finishes(isolated: bool) {
             .filter(|i| i["isolation"]["process"] == true)
             .map(|i| i["extension_point"].as_str().unwrap().to_owned())
             .collect();
-        assert_eq!(isolated, ["runtime", "monitoring"], "{plugins}");
+        assert_eq!(isolated, ["conversation_manager", "runtime", "monitoring"], "{plugins}");
         let log = host.log();
         assert!(
             log.lines().any(|l| l.contains("conversation created") && l.contains("plugin=\"log_monitoring\"")),
@@ -980,4 +983,54 @@ async fn a_replaced_manager_takes_over_the_conversation_without_a_reconnect() {
     let answers = seen.iter().filter(|e| agent_says(e, "Echo: hello there.")).count();
     assert_eq!(answers, 1, "the first message is answered once: {}", pretty(&seen));
     busy.stop().await;
+}
+
+/// `isolation = "process"` for the manager: its runner killed mid-conversation, the socket
+/// stays connected, the conversation runs again from the stores, and the next answer
+/// streams to the same socket with the whole history behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_manager_killed_mid_conversation_resumes_and_the_socket_streams_on() {
+    let llm = FakeLlm::start().await;
+    let d = Deployment::outside_tmp();
+    d.install_bundled();
+    let named = "implementation = \"StandaloneConversationManager\"\n";
+    d.write_profile("", &manager("").replace(named, &format!("{named}isolation = \"process\"\n")));
+    let host = d.start();
+    configure(&host, &llm, None).await;
+    let id = create(&host, "hello there").await;
+    let mut socket = connect(&host, &id, -1).await;
+    socket.until(WAIT, |e| agent_says(e, "Echo: hello there.")).await;
+    socket.until(WAIT, |e| is_state(e, "awaiting_user_input")).await;
+
+    let manager_instance = || async {
+        let plugins = host.admin_get("/internal/plugins").await.json();
+        let all = plugins["instances"].as_array().unwrap().clone();
+        all.into_iter().find(|i| i["extension_point"] == "conversation_manager").unwrap()
+    };
+    let pid = manager_instance().await["isolation"]["pid"].as_u64().unwrap();
+    let killed = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert!(killed.success());
+    // Back: a new runner, the conversation running again.
+    let started = std::time::Instant::now();
+    loop {
+        let instance = manager_instance().await;
+        let status = host.get(&format!("/api/conversations/{id}")).await.json()["status"].clone();
+        if instance["isolation"]["restarts"] == 1 && status == "RUNNING" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "not resumed: {instance} {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    socket.emit("oh_user_action", &json!({ "action": "message", "args": { "content": "second", "image_urls": [] } }));
+    let second = socket.until(WAIT, |e| agent_says(e, "Echo: second.")).await;
+    assert!(second.iter().any(|e| e["action"] == "streaming_message"), "{}", pretty(&second));
+    // The resumed loop answered with the stored history: nothing was lost with the runner.
+    let requests = llm.requests();
+    let last = &requests.last().unwrap().1;
+    let roles: Vec<&str> = last["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user"], "{last}");
+    let page = host.get(&format!("/api/conversations/{id}/events?limit=100")).await.json();
+    let stored = ids(page["events"].as_array().unwrap_or_else(|| panic!("{page}")));
+    assert_eq!(stored, (0..stored.len() as u64).collect::<Vec<_>>(), "ids must stay dense across the restart");
 }

@@ -183,10 +183,6 @@ fn isolation_is_read_with_its_bounds_and_its_mistakes_named() {
         isolation = "process"
         command = []
         cpu_seconds = -1
-        [extensions.conversation_manager]
-        library = "standalone_manager"
-        implementation = "StandaloneConversationManager"
-        isolation = "process"
     "#;
     let all = parse_with(bad, &[]).unwrap_err().to_string();
     for needle in [
@@ -194,7 +190,6 @@ fn isolation_is_read_with_its_bounds_and_its_mistakes_named() {
         "extensions.secrets_store.memory_mb: applies only with isolation = \"process\"",
         "extensions.conversation_store.command: must be a non-empty array of strings",
         "extensions.conversation_store.cpu_seconds: must be an integer > 0",
-        "extensions.conversation_manager.isolation: conversation_manager cannot run isolated yet",
     ] {
         assert!(all.contains(needle), "missing `{needle}` in:\n{all}");
     }

@@ -18,6 +18,7 @@ pub mod runner;
 mod supervisor;
 pub mod wire;
 
+pub(crate) use points::Via;
 pub use points::{Proxy, SUPPORTED};
 pub use supervisor::Supervisor;
 
@@ -110,6 +111,7 @@ pub fn start(
         read_only: crate::loader::is_read_only(),
         log_level: log_level().to_owned(),
         tracing: crate::telemetry::enabled(),
+        runtime: config.extensions.iter().any(|x| x.point == ExtensionPoint::RUNTIME),
     };
     let spec = supervisor::Spec {
         who,
@@ -121,5 +123,9 @@ pub fn start(
     };
     let (runner, ready) = Supervisor::start(spec, services, runtime)?;
     let routes = Arc::new(points::declared_routes(&ready.routes));
-    Ok((Proxy { runner: runner.clone(), routes }, runner, ready.sha256))
+    let proxy = Proxy { runner: runner.clone(), routes, manager: Arc::default() };
+    if e.point == ExtensionPoint::CONVERSATION_MANAGER {
+        runner.on_restart(proxy.restart_hook());
+    }
+    Ok((proxy, runner, ready.sha256))
 }

@@ -7,7 +7,7 @@
 
 use super::{
     link::Link,
-    points::Object,
+    points::{Object, RuntimeRoute, Via},
     wire::{self, Message, Ready, Start},
 };
 use crate::loader::{self, Root};
@@ -18,8 +18,8 @@ use abi_stable::{
 };
 use async_ffi::{FfiFuture, FutureExt as _};
 use plugin_api::{
-    CallContext, ErrorCode, ExtensionPoint, HostApi, HostApi_Ref, HostServices, HostServices_TO, Label, LogLevel,
-    PResult, PluginError, RuntimeObject,
+    CallContext, ErrorCode, EventSink_TO, ExtensionPoint, HostApi, HostApi_Ref, HostServices, HostServices_TO, Label,
+    LogLevel, PResult, PluginError, RuntimeObject, Runtime_TO,
 };
 use serde_json::Value;
 use std::{
@@ -122,7 +122,8 @@ fn build(start: &Start) -> Result<(Object, Ready), PluginError> {
             lib.name, start.implementation
         )));
     }
-    let services = RunnerServices { app_mode: start.app_mode.clone(), state_dir: start.state_dir.clone() };
+    let services =
+        RunnerServices { app_mode: start.app_mode.clone(), state_dir: start.state_dir.clone(), runtime: start.runtime };
     let (i, c) = (RStr::from_str(&start.implementation), start.config.to_string());
     let c = RStr::from_str(&c);
     macro_rules! make {
@@ -142,6 +143,7 @@ fn build(start: &Start) -> Result<(Object, Ready), PluginError> {
         ExtensionPoint::USER_AUTH => make!(new_user_auth, Auth),
         ExtensionPoint::ROUTES => make!(new_routes, Routes),
         ExtensionPoint::MONITORING => make!(new_monitoring, Monitoring),
+        ExtensionPoint::CONVERSATION_MANAGER => make!(new_conversation_manager, Manager),
         _ => match lib.module.runtime_factory() {
             Some(new_runtime) => {
                 new_runtime(i, c, HostServices_TO::from_value(services, TD_Opaque)).into_result().map(Object::Runtime)
@@ -181,9 +183,13 @@ async fn serve(stream: std::os::unix::net::UnixStream, object: Arc<Object>) -> E
             Ok(Some(Message::Call { id, method, ctx, args })) => {
                 let (object, link) = (object.clone(), link.clone());
                 tokio::spawn(async move {
-                    let answer = object.dispatch(&method, ctx.into(), args).await;
+                    let sink = |sink: u64| EventSink_TO::from_value(RunnerSink { sink }, TD_Opaque);
+                    let answer = object.dispatch(&method, ctx.into(), args, &sink).await;
                     link.send(&wire::result(id, answer)).await;
                 });
+            }
+            Ok(Some(Message::SinkClosed { sink })) => {
+                CLOSED_SINKS.lock().unwrap_or_else(|e| e.into_inner()).insert(sink);
             }
             Ok(Some(Message::Notify { method, ctx, args })) => {
                 if let Err(e) = object.notify(&method, ctx.into(), &args) {
@@ -208,10 +214,70 @@ async fn serve(stream: std::os::unix::net::UnixStream, object: Arc<Object>) -> E
     }
 }
 
+/// The host's sinks that are gone (`sink_closed`).
+static CLOSED_SINKS: std::sync::Mutex<std::collections::BTreeSet<u64>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// What a manager's `subscribe` gets: events cross to the host's sink `sink`.
+struct RunnerSink {
+    sink: u64,
+}
+
+impl plugin_api::EventSink for RunnerSink {
+    fn send(&self, event_json: RString) -> bool {
+        if CLOSED_SINKS.lock().unwrap_or_else(|e| e.into_inner()).contains(&self.sink) {
+            return false;
+        }
+        let (Some(link), Ok(event)) = (LINK.get(), serde_json::from_str::<Value>(&event_json)) else {
+            return false;
+        };
+        link.try_send(&Message::Event { sink: self.sink, event })
+    }
+}
+
 /// The host's services as the runner offers them: host calls cross to the host.
 struct RunnerServices {
     app_mode: String,
     state_dir: String,
+    /// Whether the deployment has a runtime for a manager's handle to reach.
+    runtime: bool,
+}
+
+/// An isolated manager's runtime handle: each call is a host call to the host's runtime.
+struct HostRuntime;
+
+impl RuntimeRoute for HostRuntime {
+    fn request(
+        &self,
+        method: &'static str,
+        ctx: CallContext,
+        args: Value,
+    ) -> futures_util::future::BoxFuture<'static, Result<Value, PluginError>> {
+        Box::pin(async move {
+            let Some(link) = LINK.get() else {
+                return Err(PluginError::unavailable("the runtime is not reachable while the instance is being built"));
+            };
+            let (ctx, point, method) =
+                (wire::Ctx::from(&ctx), ExtensionPoint::RUNTIME.key().to_owned(), method.to_owned());
+            link.request(|id| Message::HostCall { id, ctx, point, method, args }).await
+        })
+    }
+    fn health(&self, ctx: CallContext) -> FfiFuture<PResult<plugin_api::Health>> {
+        let answer = self.request("health", ctx, serde_json::json!({}));
+        async move {
+            match answer.await {
+                Ok(v) => PResult::ROk(plugin_api::Health {
+                    detail: v.get("detail").and_then(Value::as_str).unwrap_or("ok").into(),
+                }),
+                Err(e) => PResult::RErr(e),
+            }
+        }
+        .into_ffi()
+    }
+    /// The host owns the runtime: a manager's handle shuts nothing down.
+    fn shutdown(&self, _deadline_ms: u64) -> FfiFuture<()> {
+        async {}.into_ffi()
+    }
 }
 
 impl HostServices for RunnerServices {
@@ -251,7 +317,10 @@ impl HostServices for RunnerServices {
         self.state_dir.as_str().into()
     }
     fn runtime(&self) -> ROption<RuntimeObject> {
-        ROption::RNone
+        match self.runtime {
+            true => ROption::RSome(Runtime_TO::from_value(Via(HostRuntime), TD_Opaque)),
+            false => ROption::RNone,
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use super::{
     wire::{self, Ctx, Message, Ready, Start},
 };
 use abi_stable::std_types::RString;
-use plugin_api::{CallContext, ExtensionPoint, HostServicesObject, PluginError};
+use plugin_api::{CallContext, EventSinkObject, ExtensionPoint, HostServicesObject, PluginError};
 use serde_json::Value;
 use std::{
     os::unix::{fs::DirBuilderExt as _, net::UnixListener},
@@ -44,6 +44,39 @@ pub struct Supervisor {
     state: Mutex<State>,
     restarts: AtomicU64,
     stopping: AtomicBool,
+    /// The host's live-event sinks, by the id the runner's events name.
+    sinks: Arc<Sinks>,
+    /// Run after each restart (a manager's proxy starts its conversations again and
+    /// resubscribes its sinks).
+    on_restart: Mutex<Option<RestartHook>>,
+}
+
+/// What [`Supervisor::on_restart`] runs.
+pub(super) type RestartHook = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// The host's sinks a runner's `event`s go to.
+#[derive(Default)]
+pub struct Sinks(Mutex<std::collections::HashMap<u64, Arc<EventSinkObject>>>);
+
+impl Sinks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<EventSinkObject>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn insert(&self, id: u64, sink: EventSinkObject) {
+        self.lock().insert(id, Arc::new(sink));
+    }
+    pub fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+    /// Delivers an event; `false` when the sink is gone (it is then forgotten).
+    fn deliver(&self, id: u64, event: &Value) -> bool {
+        let sink = self.lock().get(&id).cloned();
+        let delivered = sink.is_some_and(|s| s.send(event.to_string().into()));
+        if !delivered {
+            self.remove(id);
+        }
+        delivered
+    }
 }
 
 struct State {
@@ -85,6 +118,8 @@ impl Supervisor {
             state: Mutex::new(State { link: None, pid: None, why: "starting".to_owned(), exit: None, kill: None }),
             restarts: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            sinks: Arc::default(),
+            on_restart: Mutex::new(None),
         });
         let launched = supervisor.launch()?;
         let ready = launched.ready.clone();
@@ -105,6 +140,16 @@ impl Supervisor {
             Some(pid) => format!("runner pid {pid}, {restarts} restart{plural}"),
             None => format!("runner down, {restarts} restart{plural}"),
         }
+    }
+
+    /// The live-event sinks of this runner's instance.
+    pub fn sinks(&self) -> &Arc<Sinks> {
+        &self.sinks
+    }
+
+    /// Runs `hook` after every restart from now on.
+    pub fn on_restart(&self, hook: RestartHook) {
+        *self.on_restart.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
     }
 
     /// How often the runner was restarted.
@@ -228,6 +273,10 @@ impl Supervisor {
                         m.inc("oh_plugin_runner_restarts_total", RESTARTS_HELP, &[("key", &self.spec.key)], 1.0);
                         tracing::info!(plugin = %self.spec.who, pid = ?launched.pid, "runner restarted");
                         reader = self.up(launched);
+                        let hook = self.on_restart.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        if let Some(hook) = hook {
+                            tokio::spawn(hook());
+                        }
                         break;
                     }
                     Ok(Err(e)) => {
@@ -339,7 +388,8 @@ impl Supervisor {
                 Err(e) => format!("unknown exit: {e}"),
             }));
         });
-        let reader = tokio::spawn(read_loop(read, link.clone(), self.services.clone(), self.spec.library.clone()));
+        let relay = Relay { link: link.clone(), services: self.services.clone(), sinks: self.sinks.clone() };
+        let reader = tokio::spawn(read_loop(read, relay, self.spec.library.clone()));
         Ok(Launched { link, pid, ready, reader, exit, kill })
     }
 }
@@ -372,12 +422,15 @@ fn private_dir() -> std::io::Result<PathBuf> {
 
 /// What the runner sends: answers, host calls, logs, metrics, spans. Ends with why the
 /// connection did.
-async fn read_loop(
-    mut read: OwnedReadHalf,
+/// What the reader hands the runner's messages to.
+struct Relay {
     link: Arc<Link>,
     services: Arc<HostServicesObject>,
-    library: String,
-) -> String {
+    sinks: Arc<Sinks>,
+}
+
+async fn read_loop(mut read: OwnedReadHalf, relay: Relay, library: String) -> String {
+    let Relay { link, services, sinks } = relay;
     loop {
         match wire::read(&mut read).await {
             Ok(Some(Message::Result { id, ok, error })) => {
@@ -386,6 +439,15 @@ async fn read_loop(
             Ok(Some(Message::HostCall { id, ctx, point, method, args })) => {
                 let (link, services) = (link.clone(), services.clone());
                 tokio::spawn(async move {
+                    // An isolated manager's runtime handle: the host's handle serves it.
+                    if point == ExtensionPoint::RUNTIME.key() {
+                        let answer = match services.runtime().into_option() {
+                            Some(runtime) => super::points::call_runtime(&runtime, &method, ctx.into(), args).await,
+                            None => Err(PluginError::unavailable("this deployment has no runtime")),
+                        };
+                        link.send(&wire::result(id, answer)).await;
+                        return;
+                    }
                     let point = ExtensionPoint::from_key(&point).unwrap_or(ExtensionPoint(0));
                     let answer = services
                         .call(ctx.into(), point, method.into(), args.to_string().into())
@@ -404,6 +466,11 @@ async fn read_loop(
                 crate::loader::relay_metric(&kind, &name, value, &labels, delta, &buckets)
             }
             Ok(Some(Message::Span { span })) => crate::telemetry::record(&span.to_string()),
+            Ok(Some(Message::Event { sink, event })) => {
+                if !sinks.deliver(sink, &event) {
+                    link.try_send(&Message::SinkClosed { sink });
+                }
+            }
             Ok(Some(other)) => tracing::warn!(plugin = %library, "unexpected message from the runner: {other:?}"),
             Ok(None) => return "closed its connection (it exited or crashed)".to_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return format!("broke the protocol ({e})"),

@@ -68,6 +68,10 @@ pub enum Message {
     },
     /// runner → host: a finished span (the JSON `HostApi::span` takes).
     Span { span: Value },
+    /// runner → host: a live event for the host's sink `sink` (a manager's `subscribe`).
+    Event { sink: u64, event: Value },
+    /// host → runner: sink `sink` is gone; its `send` answers `false` from now on.
+    SinkClosed { sink: u64 },
     /// host → runner: shut the instance down and exit.
     Shutdown { deadline_ms: u64 },
 }
@@ -95,6 +99,10 @@ pub struct Start {
     /// Whether the host exports traces.
     #[serde(default)]
     pub tracing: bool,
+    /// Whether the deployment has a `runtime` (a manager's handle then reaches it through
+    /// `host_call`s with `point = "runtime"`).
+    #[serde(default)]
+    pub runtime: bool,
 }
 
 /// A library for `oh-plugin-runner`: loaded with the host's checks (confinement, pin,

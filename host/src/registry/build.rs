@@ -16,10 +16,10 @@ use abi_stable::{
 };
 use async_ffi::FfiFuture;
 use plugin_api::{
-    CallContext, ConversationManagerObject, ConversationStoreObject, ConversationStore_TO, ErrorCode, ExtensionPoint,
-    Health, HostServices_TO, MonitoringListener_TO, MonitoringObject, PResult, RouteHandler_TO, RouteSpec,
-    RoutesObject, RuntimeObject, Runtime_TO, SecretsStoreObject, SecretsStore_TO, SettingsStoreObject,
-    SettingsStore_TO, UserAuthObject, UserAuth_TO,
+    CallContext, ConversationManagerObject, ConversationManager_TO, ConversationStoreObject, ConversationStore_TO,
+    ErrorCode, ExtensionPoint, Health, HostServices_TO, MonitoringListener_TO, MonitoringObject, PResult,
+    RouteHandler_TO, RouteSpec, RoutesObject, RuntimeObject, Runtime_TO, SecretsStoreObject, SecretsStore_TO,
+    SettingsStoreObject, SettingsStore_TO, UserAuthObject, UserAuth_TO,
 };
 use std::sync::{Arc, OnceLock};
 
@@ -354,7 +354,14 @@ impl Registry {
                     ),
                     ExtensionPoint::RUNTIME => put(
                         &mut runtime_instance,
-                        isolated(e, config, services, rt, |p| Runtime_TO::from_value(p, TD_Opaque)),
+                        isolated(e, config, services, rt, |p| {
+                            Runtime_TO::from_value(crate::isolation::Via(p), TD_Opaque)
+                        }),
+                        &mut problems,
+                    ),
+                    ExtensionPoint::CONVERSATION_MANAGER => put(
+                        &mut manager,
+                        isolated(e, config, services, rt, |p| ConversationManager_TO::from_value(p, TD_Opaque)),
                         &mut problems,
                     ),
                     other => problems.push(format!("{}: {other} cannot run isolated", e.key)),

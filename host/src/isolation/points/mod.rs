@@ -6,9 +6,11 @@
 //!
 //! - `stores.rs`: `settings_store`, `secrets_store`, `conversation_store`;
 //! - `edges.rs`: `user_auth`, `routes`, `monitoring`;
+//! - `manager.rs`: `conversation_manager`, its live events and its restarts;
 //! - `runtime.rs`: `runtime`.
 
 mod edges;
+mod manager;
 mod runtime;
 mod stores;
 
@@ -17,17 +19,21 @@ use abi_stable::std_types::{ROption, RString, RVec, Tuple2};
 use async_ffi::{FfiFuture, FutureExt as _};
 use base64::Engine as _;
 use plugin_api::{
-    CallContext, ConversationStoreObject, ErrorCode, ExtensionPoint, Headers, Health, MonitoringObject, PResult,
-    PluginError, RoutesObject, RuntimeObject, SecretsStoreObject, SettingsStoreObject, UserAuthObject,
+    CallContext, ConversationManagerObject, ConversationStoreObject, ErrorCode, EventSinkObject, ExtensionPoint,
+    Headers, Health, MonitoringObject, PResult, PluginError, RoutesObject, RuntimeObject, SecretsStoreObject,
+    SettingsStoreObject, UserAuthObject,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
 pub(super) use edges::declared_routes;
+pub(super) use manager::ManagerState;
+pub(crate) use runtime::Via;
+pub(super) use runtime::{runtime as call_runtime, RuntimeRoute};
 
-/// The extension points that can run isolated.
-pub const SUPPORTED: [ExtensionPoint; 7] = [
+/// The extension points that can run isolated: all of them.
+pub const SUPPORTED: [ExtensionPoint; 8] = [
     ExtensionPoint::SETTINGS_STORE,
     ExtensionPoint::SECRETS_STORE,
     ExtensionPoint::CONVERSATION_STORE,
@@ -35,6 +41,7 @@ pub const SUPPORTED: [ExtensionPoint; 7] = [
     ExtensionPoint::ROUTES,
     ExtensionPoint::MONITORING,
     ExtensionPoint::RUNTIME,
+    ExtensionPoint::CONVERSATION_MANAGER,
 ];
 
 fn bad(what: impl std::fmt::Display) -> PluginError {
@@ -97,6 +104,8 @@ pub struct Proxy {
     pub(super) runner: Arc<Supervisor>,
     /// What a `routes` instance declared when its runner started.
     pub(super) routes: Arc<Vec<plugin_api::RouteSpec>>,
+    /// A manager's starts and subscriptions, for its runner's restarts.
+    pub(super) manager: Arc<ManagerState>,
 }
 
 impl Proxy {
@@ -157,6 +166,7 @@ pub(super) enum Object {
     Routes(RoutesObject),
     Monitoring(MonitoringObject),
     Runtime(RuntimeObject),
+    Manager(ConversationManagerObject),
 }
 
 fn unknown(method: &str) -> PluginError {
@@ -210,11 +220,19 @@ impl Object {
             Object::Routes(o) => o.shutdown(deadline_ms).await,
             Object::Monitoring(o) => o.shutdown(deadline_ms).await,
             Object::Runtime(o) => o.shutdown(deadline_ms).await,
+            Object::Manager(o) => o.shutdown(deadline_ms).await,
         }
     }
 
-    /// Calls `method` with the wire's arguments; the answer as the wire carries it.
-    pub(super) async fn dispatch(&self, method: &str, ctx: CallContext, args: Value) -> Result<Value, PluginError> {
+    /// Calls `method` with the wire's arguments; the answer as the wire carries it. `sink(id)`
+    /// makes the sink a manager's `subscribe` gets for the host's sink `id`.
+    pub(super) async fn dispatch(
+        &self,
+        method: &str,
+        ctx: CallContext,
+        args: Value,
+        sink: &(dyn Fn(u64) -> EventSinkObject + Sync),
+    ) -> Result<Value, PluginError> {
         match self {
             Object::Settings(o) => stores::settings(o, method, ctx, args).await,
             Object::Secrets(o) => stores::secrets(o, method, ctx, args).await,
@@ -223,6 +241,7 @@ impl Object {
             Object::Routes(o) => edges::routes(o, method, ctx, args).await,
             Object::Monitoring(o) => edges::monitoring(o, method, ctx, args).await,
             Object::Runtime(o) => runtime::runtime(o, method, ctx, args).await,
+            Object::Manager(o) => manager::manager(o, method, ctx, args, sink).await,
         }
     }
 

@@ -1,7 +1,59 @@
 //! `runtime` on the wire: the host's proxy and the runner's dispatch. File contents cross as
-//! base64.
+//! base64. The same stand-in ([`Via`]) serves the other direction: an isolated manager's
+//! runtime handle, whose calls go to the host as host calls.
 
 use super::*;
+
+/// Where a runtime stand-in's calls go: a runner ([`Proxy`]), or the host (a runner's
+/// handle for its manager).
+pub(crate) trait RuntimeRoute: Send + Sync + 'static {
+    fn request(
+        &self,
+        method: &'static str,
+        ctx: CallContext,
+        args: Value,
+    ) -> futures_util::future::BoxFuture<'static, Result<Value, PluginError>>;
+    fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>>;
+    fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()>;
+}
+
+/// A `runtime` whose calls go where `R` sends them.
+pub(crate) struct Via<R>(pub(crate) R);
+
+impl<R: RuntimeRoute> Via<R> {
+    fn call<T: Send + 'static>(
+        &self,
+        method: &'static str,
+        ctx: CallContext,
+        args: Result<Value, PluginError>,
+        answer: impl FnOnce(Value) -> Result<T, PluginError> + Send + 'static,
+    ) -> FfiFuture<PResult<T>> {
+        let sent = args.map(|args| self.0.request(method, ctx, args));
+        async move {
+            let answered = async { answer(sent?.await?) }.await;
+            PResult::from(answered)
+        }
+        .into_ffi()
+    }
+}
+
+impl RuntimeRoute for Proxy {
+    fn request(
+        &self,
+        method: &'static str,
+        ctx: CallContext,
+        args: Value,
+    ) -> futures_util::future::BoxFuture<'static, Result<Value, PluginError>> {
+        let runner = self.runner.clone();
+        Box::pin(async move { runner.call(method, &ctx, args).await })
+    }
+    fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>> {
+        self.health_(ctx)
+    }
+    fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()> {
+        self.shutdown_(deadline_ms)
+    }
+}
 
 fn cid(conversation_id: &RString) -> Value {
     json!({ "conversation_id": conversation_id.as_str() })
@@ -14,7 +66,7 @@ fn with(mut base: Value, key: &str, value: Value) -> Value {
     base
 }
 
-impl plugin_api::Runtime for Proxy {
+impl<R: RuntimeRoute> plugin_api::Runtime for Via<R> {
     fn open(&self, ctx: CallContext, request_json: RString) -> FfiFuture<PResult<RString>> {
         self.call("open", ctx, doc(&request_json).map(|r| json!({ "request": r })), text)
     }
@@ -71,15 +123,21 @@ impl plugin_api::Runtime for Proxy {
         self.call("destroy", ctx, Ok(cid(&conversation_id)), typed)
     }
     fn health(&self, ctx: CallContext) -> FfiFuture<PResult<Health>> {
-        self.health_(ctx)
+        self.0.health(ctx)
     }
     fn shutdown(&self, deadline_ms: u64) -> FfiFuture<()> {
-        self.shutdown_(deadline_ms)
+        self.0.shutdown(deadline_ms)
     }
 }
 
-/// `runtime`: calls the library's object.
-pub(super) async fn runtime(o: &RuntimeObject, method: &str, ctx: CallContext, a: Value) -> Result<Value, PluginError> {
+/// `runtime`: calls the library's object (in a runner), or the host's runtime handle (for an
+/// isolated manager's host call).
+pub(in crate::isolation) async fn runtime(
+    o: &RuntimeObject,
+    method: &str,
+    ctx: CallContext,
+    a: Value,
+) -> Result<Value, PluginError> {
     let id = || text_arg(&a, "conversation_id");
     match method {
         "open" => from_text(o.open(ctx, doc_arg(&a, "request")?).await.into_result()?),
