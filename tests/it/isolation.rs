@@ -251,3 +251,78 @@ async fn isolated_routes_serve_requests_bodies_and_panics_and_come_back_after_a_
     }
     assert!(host.alive());
 }
+
+/// A settings store that reports, as its health, what it could reach: a TCP port on the
+/// host's loopback, a file outside the state directory, one inside.
+const PROBE: &str = r#"
+import json, os, socket, sys
+sys.path.insert(0, sys.argv[1])
+import settings_store as ss
+
+def attempt(f):
+    try:
+        f()
+        return "open"
+    except OSError:
+        return "blocked"
+
+def probe(state_dir):
+    port = int(os.environ["OH_PROBE_PORT"])
+    return {
+        "loopback": attempt(lambda: socket.create_connection(("127.0.0.1", port), timeout=2).close()),
+        "write_outside": attempt(lambda: open(os.environ["OH_PROBE_OUTSIDE"], "w").close()),
+        "write_state": attempt(lambda: open(os.path.join(state_dir, "probe"), "w").close()),
+    }
+
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.connect(os.environ["OH_PLUGIN_SOCKET"])
+start = ss.read_frame(sock)
+ss.write_frame(sock, {"type": "ready", "protocol": 1, "name": "probe", "version": "0"})
+while True:
+    m = ss.read_frame(sock)
+    if m is None or m.get("type") == "shutdown":
+        break
+    if m.get("type") != "call":
+        continue
+    if m["method"] == "health":
+        answer = {"ok": {"detail": json.dumps(probe(start["state_dir"]))}}
+    else:
+        answer = {"error": {"code": 11, "message": "probe only"}}
+    ss.write_frame(sock, {"type": "result", "id": m["id"], **answer})
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandboxed_runner_reaches_neither_the_network_nor_files_outside_its_state() {
+    let d = Deployment::outside_tmp();
+    d.install_bundled();
+    let script = d.dir.path().join("probe.py");
+    std::fs::write(&script, PROBE).unwrap();
+    let examples = oh_e2e::workspace().join("examples/python-settings-store");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let outside = d.dir.path().join("escaped");
+    let env = [("OH_PROBE_PORT", port.as_str()), ("OH_PROBE_OUTSIDE", outside.to_str().unwrap())];
+    let mut seen = Vec::new();
+    for sandboxed in [false, true] {
+        let entry = format!(
+            "[extensions.settings_store]\nisolation = \"process\"\nsandbox = {sandboxed}\nimplementation = \"Probe\"\ncommand = [\"python3\", \"{}\", \"{}\"]\n",
+            script.display(),
+            examples.display()
+        );
+        d.write_profile("", &entry);
+        let _ = std::fs::remove_file(&outside);
+        let host = d.start_with_env(&env);
+        let ready = host.admin_get("/internal/ready").await.json();
+        let settings =
+            ready["plugins"].as_array().unwrap().iter().find(|p| p["extension"] == "extensions.settings_store");
+        let detail = settings.unwrap_or_else(|| panic!("{ready}"))["detail"].as_str().unwrap().to_owned();
+        let json_end = detail.rfind('}').unwrap();
+        let probe: Value = serde_json::from_str(&detail[..=json_end]).unwrap_or_else(|e| panic!("{e}: {detail}"));
+        seen.push((sandboxed, probe, outside.exists()));
+    }
+    // Without the sandbox the probe reaches both (so it measures something); with it, neither,
+    // and the state directory stays writable.
+    let open = json!({ "loopback": "open", "write_outside": "open", "write_state": "open" });
+    let jailed = json!({ "loopback": "blocked", "write_outside": "blocked", "write_state": "open" });
+    assert_eq!(seen, [(false, open, true), (true, jailed, false)]);
+}

@@ -178,8 +178,9 @@ async fn file_stores_honour_the_store_contract() {
     contract(&r).await;
 }
 
-/// The three file stores, each in a runner of its own (`isolation = "process"`).
-const ISOLATED_FILE_STORES: &str = "[extensions.settings_store]\nlibrary = \"file_stores\"\nimplementation = \"FileSettingsStore\"\nisolation = \"process\"\n\
+/// The three file stores, each in a runner of its own (`isolation = "process"`), the settings
+/// store's in the sandbox too (`sandbox = true`: bubblewrap, only the state directory writable).
+const ISOLATED_FILE_STORES: &str = "[extensions.settings_store]\nlibrary = \"file_stores\"\nimplementation = \"FileSettingsStore\"\nisolation = \"process\"\nsandbox = true\n\
      [extensions.secrets_store]\nlibrary = \"file_stores\"\nimplementation = \"FileSecretsStore\"\nisolation = \"process\"\n\
      [extensions.conversation_store]\nlibrary = \"file_stores\"\nimplementation = \"FileConversationStore\"\nisolation = \"process\"\n";
 

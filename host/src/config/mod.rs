@@ -84,6 +84,9 @@ pub struct ProcessIsolation {
     /// The runner's CPU-time bound (`prlimit --cpu`), in seconds: a runaway loop is killed
     /// and the runner restarted.
     pub cpu_seconds: Option<u64>,
+    /// Run the runner in bubblewrap: no network, the system read-only, only the state
+    /// directory writable.
+    pub sandbox: bool,
 }
 
 /// The whole validated profile.
@@ -202,6 +205,7 @@ const ENTRY_KEYS: &[&str] = &[
     "command",
     "memory_mb",
     "cpu_seconds",
+    "sandbox",
 ];
 
 /// Parses profile text; `lookup` reads variables (the environment, or a map in tests).
@@ -606,7 +610,7 @@ fn parse_entry(
     })
 }
 
-/// `isolation`, `command`, `memory_mb` and `cpu_seconds` of an entry.
+/// `isolation`, `command`, `memory_mb`, `cpu_seconds` and `sandbox` of an entry.
 fn isolation(point: ExtensionPoint, key: &str, t: &Table, p: &mut Problems) -> Option<ProcessIsolation> {
     let process = match t.get("isolation") {
         None => false,
@@ -617,7 +621,7 @@ fn isolation(point: ExtensionPoint, key: &str, t: &Table, p: &mut Problems) -> O
             false
         }
     };
-    let process_only = ["command", "memory_mb", "cpu_seconds"];
+    let process_only = ["command", "memory_mb", "cpu_seconds", "sandbox"];
     if !process {
         for k in process_only.iter().filter(|k| t.contains_key(**k)) {
             p.push(&format!("{key}.{k}"), "applies only with isolation = \"process\"; add it or remove this key");
@@ -655,7 +659,15 @@ fn isolation(point: ExtensionPoint, key: &str, t: &Table, p: &mut Problems) -> O
         }
     };
     let (memory_mb, cpu_seconds) = (bound("memory_mb"), bound("cpu_seconds"));
-    Some(ProcessIsolation { command, memory_mb, cpu_seconds })
+    let sandbox = match t.get("sandbox") {
+        None => false,
+        Some(Value::Boolean(b)) => *b,
+        Some(_) => {
+            p.push(&format!("{key}.sandbox"), "must be true or false");
+            false
+        }
+    };
+    Some(ProcessIsolation { command, memory_mb, cpu_seconds, sandbox })
 }
 
 /// What a `command` entry is called in messages: its last argument's file stem

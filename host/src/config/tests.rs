@@ -152,6 +152,7 @@ fn isolation_is_read_with_its_bounds_and_its_mistakes_named() {
         implementation = "PythonSettingsStore"
         memory_mb = 256
         cpu_seconds = 30
+        sandbox = true
         [extensions.secrets_store]
         library = "file_stores"
         implementation = "FileSecretsStore"
@@ -161,7 +162,7 @@ fn isolation_is_read_with_its_bounds_and_its_mistakes_named() {
     let settings = c.extensions.iter().find(|e| e.point == ExtensionPoint::SETTINGS_STORE).unwrap();
     assert_eq!(settings.library, "settings_store", "a command is called after its program");
     let p = settings.process.as_ref().unwrap();
-    assert_eq!((p.memory_mb, p.cpu_seconds), (Some(256), Some(30)));
+    assert_eq!((p.memory_mb, p.cpu_seconds, p.sandbox), (Some(256), Some(30), true));
     assert_eq!(p.command.as_deref().unwrap()[0], "python3");
     let secrets = c.extensions.iter().find(|e| e.point == ExtensionPoint::SECRETS_STORE).unwrap();
     assert_eq!(secrets.process.as_ref().unwrap().command, None);
@@ -177,12 +178,14 @@ fn isolation_is_read_with_its_bounds_and_its_mistakes_named() {
         library = "file_stores"
         implementation = "FileSecretsStore"
         memory_mb = 64
+        sandbox = true
         [extensions.conversation_store]
         library = "file_stores"
         implementation = "FileConversationStore"
         isolation = "process"
         command = []
         cpu_seconds = -1
+        sandbox = "yes"
     "#;
     let all = parse_with(bad, &[]).unwrap_err().to_string();
     for needle in [
@@ -190,6 +193,8 @@ fn isolation_is_read_with_its_bounds_and_its_mistakes_named() {
         "extensions.secrets_store.memory_mb: applies only with isolation = \"process\"",
         "extensions.conversation_store.command: must be a non-empty array of strings",
         "extensions.conversation_store.cpu_seconds: must be an integer > 0",
+        "extensions.conversation_store.sandbox: must be true or false",
+        "extensions.secrets_store.sandbox: applies only with isolation = \"process\"",
     ] {
         assert!(all.contains(needle), "missing `{needle}` in:\n{all}");
     }

@@ -24,7 +24,11 @@ pub use supervisor::Supervisor;
 
 use crate::config::{Config, ExtensionConfig, ProcessIsolation};
 use plugin_api::{ExtensionPoint, HostServicesObject};
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 /// Whether `point` can run isolated in this host.
 pub fn supports(point: ExtensionPoint) -> bool {
@@ -48,8 +52,9 @@ fn runner_program() -> Result<PathBuf, String> {
     })
 }
 
-/// The runner's command line: `prlimit` first when the entry bounds it.
-fn argv(p: &ProcessIsolation) -> Result<Vec<String>, String> {
+/// The runner's command line: `bwrap` first when the entry is sandboxed, then `prlimit` when
+/// it is bounded.
+fn argv(p: &ProcessIsolation, state_dir: &Path) -> Result<Vec<String>, String> {
     let program = match &p.command {
         Some(command) => command.clone(),
         None => vec![runner_program()?.display().to_string()],
@@ -62,10 +67,42 @@ fn argv(p: &ProcessIsolation) -> Result<Vec<String>, String> {
         // SIGXCPU at the bound (its log says so), SIGKILL a second later if it is caught.
         bounds.push(format!("--cpu={secs}:{}", secs + 1));
     }
-    if bounds.is_empty() {
-        return Ok(program);
+    let bounded: Vec<String> = match bounds.is_empty() {
+        true => program,
+        false => ["prlimit".to_owned()].into_iter().chain(bounds).chain(["--".to_owned()]).chain(program).collect(),
+    };
+    if !p.sandbox {
+        return Ok(bounded);
     }
-    Ok(["prlimit".to_owned()].into_iter().chain(bounds).chain(["--".to_owned()]).chain(program).collect())
+    sandbox::bwrap::works().map_err(|e| format!("sandbox = true needs bubblewrap: {e}"))?;
+    std::fs::create_dir_all(state_dir).map_err(|e| format!("cannot make {}: {e}", state_dir.display()))?;
+    let state = state_dir.display().to_string();
+    // The system read-only (the runner's socket is reached through it: connecting needs no
+    // write access), the state directory writable, no network, no capability.
+    let jail = [
+        "bwrap",
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--bind",
+        &state,
+        &state,
+        "--",
+    ];
+    Ok(jail.iter().map(|s| s.to_string()).chain(bounded).collect())
 }
 
 fn log_level() -> &'static str {
@@ -89,7 +126,7 @@ pub fn start(
 ) -> Result<(Proxy, Arc<Supervisor>, String), String> {
     let process = e.process.as_ref().ok_or_else(|| format!("{}: not isolated", e.key))?;
     let who = format!("{} ({}::{})", e.key, e.library, e.implementation);
-    let argv = argv(process).map_err(|m| format!("{}: {m}", e.key))?;
+    let argv = argv(process, &config.server.state_dir).map_err(|m| format!("{}: {m}", e.key))?;
     let library = process.command.is_none().then(|| wire::LibrarySpec {
         name: e.library.clone(),
         plugins_dir: config.server.plugins_dir.display().to_string(),
