@@ -326,3 +326,68 @@ async fn a_sandboxed_runner_reaches_neither_the_network_nor_files_outside_its_st
     let jailed = json!({ "loopback": "blocked", "write_outside": "blocked", "write_state": "open" });
     assert_eq!(seen, [(false, open, true), (true, jailed, false)]);
 }
+
+/// The `oh-plugin-runner` processes whose parent is `pid`.
+fn runners_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        // `pid (comm) state ppid ...`: the fields after the last `)`.
+        let ppid = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)).and_then(|p| p.parse().ok());
+        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        if ppid == Some(pid) && String::from_utf8_lossy(&cmdline).contains("oh-plugin-runner") {
+            found.push(child);
+        }
+    }
+    found.sort();
+    found
+}
+
+async fn reload(host: &TestHost) -> u16 {
+    let admin = host.admin.clone().unwrap();
+    host.send(host.http.post(format!("{admin}/internal/reload"))).await.status
+}
+
+/// Waits (5 s at most) until the host's runners are what `wanted` says.
+async fn runners_until(host: &TestHost, what: &str, wanted: impl Fn(&[u32]) -> bool) -> Vec<u32> {
+    let started = Instant::now();
+    loop {
+        let now = runners_of(host.pid());
+        if wanted(&now) {
+            return now;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{what}: runners are {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_keep_an_unchanged_runner_replace_a_changed_one_and_leave_none_behind_when_refused() {
+    let d = Deployment::new();
+    d.install_bundled();
+    let isolated =
+        |timeout: u32| settings_entry("file_stores", "FileSettingsStore", &format!("timeout_ms = {timeout}"));
+    d.write_profile("", &isolated(5000));
+    let host = d.start();
+    let first = runners_until(&host, "one runner at start", |r| r.len() == 1).await;
+
+    // Unchanged: the same runner goes on.
+    assert_eq!(reload(&host).await, 200);
+    assert_eq!(runners_of(host.pid()), first);
+
+    // Changed, but the reload is refused (another entry is broken): the runner it started
+    // for the new generation is gone, the active one serves.
+    let broken = "[extensions.secrets_store]\nlibrary = \"file_stores\"\nimplementation = \"NoSuchStore\"\n";
+    d.write_profile("", &(isolated(6000) + broken));
+    assert_eq!(reload(&host).await, 422);
+    runners_until(&host, "only the active runner after a refused reload", |r| r == first).await;
+    assert!(matches!(host.get("/api/settings").await.status, 200 | 404));
+
+    // Changed and accepted: a new runner serves, the old one exits.
+    d.write_profile("", &isolated(6000));
+    assert_eq!(reload(&host).await, 200);
+    let after = runners_until(&host, "one new runner", |r| r.len() == 1 && r != first).await;
+    assert_ne!(after, first);
+    assert!(matches!(host.get("/api/settings").await.status, 200 | 404));
+}

@@ -124,7 +124,7 @@ impl Supervisor {
         let launched = supervisor.launch()?;
         let ready = launched.ready.clone();
         let reader = supervisor.up(launched);
-        runtime.spawn(supervisor.clone().supervise(reader));
+        runtime.spawn(Supervisor::supervise(Arc::downgrade(&supervisor), reader));
         Ok((supervisor, ready))
     }
 
@@ -221,72 +221,85 @@ impl Supervisor {
     }
 
     /// Watches the runner; when it dies, fails what was in flight and starts another.
-    async fn supervise(self: Arc<Self>, mut reader: tokio::task::JoinHandle<String>) {
+    /// Holds the supervisor weakly: when the registry drops it (a reload that did not keep
+    /// it, a build that failed), its state drops, which kills the runner, and this ends.
+    async fn supervise(weak: std::sync::Weak<Self>, mut reader: tokio::task::JoinHandle<String>) {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let since = Instant::now();
             let why = (&mut reader).await.unwrap_or_else(|e| format!("its reader failed: {e}"));
-            let (link, exit) = {
-                let mut state = self.lock();
-                state.pid = None;
-                (state.link.take(), state.exit.take())
-            };
-            let stopping = self.stopping.load(Ordering::SeqCst);
-            let died = format!("{}: its runner {why}", self.spec.who);
-            if let Some(link) = link {
-                link.close(if stopping { format!("{} is shutting down", self.spec.who) } else { died.clone() });
-            }
-            // The exit status, when the process ended (a runner that only hung up is killed).
-            let status = match exit {
-                Some(mut exit) => {
-                    if tokio::time::timeout(Duration::from_secs(2), exit.wait_for(Option::is_some)).await.is_err() {
-                        if let Some(kill) = self.lock().kill.take() {
-                            let _ = kill.send(());
-                        }
-                        let _ = tokio::time::timeout(Duration::from_secs(2), exit.wait_for(Option::is_some)).await;
-                    }
-                    let status = exit.borrow().clone();
-                    status.unwrap_or_else(|| "did not exit".to_owned())
-                }
-                None => "unknown".to_owned(),
-            };
-            let m = crate::metrics::global();
-            m.gauge("oh_plugin_runner_up", UP_HELP, &[("key", &self.spec.key)], 0.0, false);
-            if stopping {
+            let Some(this) = weak.upgrade() else { return };
+            if !this.ended(why).await {
                 return;
             }
-            tracing::error!(plugin = %self.spec.who, %status, "{died}; restarting it");
-            self.lock().why = format!("its runner {why}: {status}");
             if since.elapsed() > STABLE {
                 backoff = FIRST_BACKOFF;
             }
+            drop(this);
             loop {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
-                if self.stopping.load(Ordering::SeqCst) {
+                let Some(this) = weak.upgrade() else { return };
+                if this.stopping.load(Ordering::SeqCst) {
                     return;
                 }
-                let me = self.clone();
+                let me = this.clone();
                 match tokio::task::spawn_blocking(move || me.launch()).await {
                     Ok(Ok(launched)) => {
-                        self.restarts.fetch_add(1, Ordering::Relaxed);
-                        m.inc("oh_plugin_runner_restarts_total", RESTARTS_HELP, &[("key", &self.spec.key)], 1.0);
-                        tracing::info!(plugin = %self.spec.who, pid = ?launched.pid, "runner restarted");
-                        reader = self.up(launched);
-                        let hook = self.on_restart.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        this.restarts.fetch_add(1, Ordering::Relaxed);
+                        let labels = [("key", this.spec.key.as_str())];
+                        crate::metrics::global().inc("oh_plugin_runner_restarts_total", RESTARTS_HELP, &labels, 1.0);
+                        tracing::info!(plugin = %this.spec.who, pid = ?launched.pid, "runner restarted");
+                        reader = this.up(launched);
+                        let hook = this.on_restart.lock().unwrap_or_else(|e| e.into_inner()).clone();
                         if let Some(hook) = hook {
                             tokio::spawn(hook());
                         }
                         break;
                     }
                     Ok(Err(e)) => {
-                        tracing::error!(plugin = %self.spec.who, "cannot restart the runner: {e}");
-                        self.lock().why = e;
+                        tracing::error!(plugin = %this.spec.who, "cannot restart the runner: {e}");
+                        this.lock().why = e;
                     }
-                    Err(e) => tracing::error!(plugin = %self.spec.who, "cannot restart the runner: {e}"),
+                    Err(e) => tracing::error!(plugin = %this.spec.who, "cannot restart the runner: {e}"),
                 }
             }
         }
+    }
+
+    /// The runner's connection ended (`why`): fails what was in flight, reaps the process
+    /// (killing one that only hung up). `false` when it was asked to stop: no restart.
+    async fn ended(&self, why: String) -> bool {
+        let (link, exit) = {
+            let mut state = self.lock();
+            state.pid = None;
+            (state.link.take(), state.exit.take())
+        };
+        let stopping = self.stopping.load(Ordering::SeqCst);
+        let died = format!("{}: its runner {why}", self.spec.who);
+        if let Some(link) = link {
+            link.close(if stopping { format!("{} is shutting down", self.spec.who) } else { died.clone() });
+        }
+        let status = match exit {
+            Some(mut exit) => {
+                if tokio::time::timeout(Duration::from_secs(2), exit.wait_for(Option::is_some)).await.is_err() {
+                    if let Some(kill) = self.lock().kill.take() {
+                        let _ = kill.send(());
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(2), exit.wait_for(Option::is_some)).await;
+                }
+                let status = exit.borrow().clone();
+                status.unwrap_or_else(|| "did not exit".to_owned())
+            }
+            None => "unknown".to_owned(),
+        };
+        crate::metrics::global().gauge("oh_plugin_runner_up", UP_HELP, &[("key", &self.spec.key)], 0.0, false);
+        if stopping {
+            return false;
+        }
+        tracing::error!(plugin = %self.spec.who, %status, "{died}; restarting it");
+        self.lock().why = format!("its runner {why}: {status}");
+        true
     }
 
     /// Starts one runner: a private socket, the process, the `start` handshake. Blocking.

@@ -32,11 +32,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Proxy {
     /// After a restart: the conversations started again, the sinks subscribed again.
+    /// The hook holds its supervisor weakly (the supervisor holds the hook).
     pub(in crate::isolation) fn restart_hook(&self) -> super::super::supervisor::RestartHook {
-        let proxy = self.clone();
+        let (runner, routes, manager) = (Arc::downgrade(&self.runner), self.routes.clone(), self.manager.clone());
         Arc::new(move || {
-            let proxy = proxy.clone();
-            Box::pin(async move { proxy.resume().await })
+            let proxy =
+                runner.upgrade().map(|runner| Proxy { runner, routes: routes.clone(), manager: manager.clone() });
+            Box::pin(async move {
+                if let Some(proxy) = proxy {
+                    proxy.resume().await
+                }
+            })
         })
     }
 
