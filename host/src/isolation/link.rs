@@ -24,6 +24,9 @@ type Answer = Result<Value, PluginError>;
 /// time out) instead of growing the queue.
 const QUEUE: usize = 1024;
 
+/// At most this many bytes go out in one write (frames are never split between writes' turns).
+const BATCH: usize = 256 << 10;
+
 pub(super) struct Link {
     /// Who is at the other end, for errors (`extensions.settings_store (lib::Impl)'s runner`).
     peer: String,
@@ -53,8 +56,18 @@ impl Link {
     pub(super) fn new(mut write: OwnedWriteHalf, peer: String) -> Arc<Link> {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
         tokio::spawn(async move {
+            // What queued while the last write ran goes out in one write.
+            let mut batch = Vec::new();
             while let Some(frame) = rx.recv().await {
-                if write.write_all(&frame).await.is_err() {
+                batch.clear();
+                batch.extend_from_slice(&frame);
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(frame) => batch.extend_from_slice(&frame),
+                        Err(_) => break,
+                    }
+                }
+                if write.write_all(&batch).await.is_err() {
                     break;
                 }
             }

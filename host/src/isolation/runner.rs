@@ -63,7 +63,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("oh-plugin-runner: cannot start a runtime: {e}");
@@ -175,7 +175,8 @@ async fn serve(stream: std::os::unix::net::UnixStream, object: Arc<Object>) -> E
             return ExitCode::from(1);
         }
     };
-    let (mut read, write) = stream.into_split();
+    let (read, write) = stream.into_split();
+    let mut read = tokio::io::BufReader::with_capacity(64 << 10, read);
     let link = Link::new(write, "the host".to_owned());
     connected(link.clone());
     loop {

@@ -442,7 +442,9 @@ struct Relay {
     sinks: Arc<Sinks>,
 }
 
-async fn read_loop(mut read: OwnedReadHalf, relay: Relay, library: String) -> String {
+async fn read_loop(read: OwnedReadHalf, relay: Relay, library: String) -> String {
+    // Buffered: frames that arrive together are read with one system call.
+    let mut read = tokio::io::BufReader::with_capacity(64 << 10, read);
     let Relay { link, services, sinks } = relay;
     loop {
         match wire::read(&mut read).await {
