@@ -72,7 +72,7 @@ fn implementation_absent_from_the_library() {
     d.install("fixture_plugin");
     let err = refused(&d);
     assert!(err.contains("has no settings_store implementation named `Nope`"), "{err}");
-    assert!(err.contains("for settings_store it offers: PanicOnCall, Hang, StrictConfig, PanicInInit"), "{err}");
+    assert!(err.contains("for settings_store it offers: PanicOnCall, Crash, Hang, StrictConfig, PanicInInit"), "{err}");
 }
 
 #[test]

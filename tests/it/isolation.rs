@@ -391,3 +391,40 @@ async fn reloads_keep_an_unchanged_runner_replace_a_changed_one_and_leave_none_b
     assert_ne!(after, first);
     assert!(matches!(host.get("/api/settings").await.status, 200 | 404));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_cannot_restart_keeps_ready_at_503_saying_why_until_it_can() {
+    let d = Deployment::outside_tmp();
+    d.install_bundled();
+    d.write_profile("", &settings_entry("file_stores", "FileSettingsStore", ""));
+    let host = d.start();
+    host.wait_ready().await;
+    let pid = runner_pid(&host).await;
+    // The library is broken on disk (a bad deploy): the restarts fail, with backoff.
+    let library = d.plugins_dir().join("libfile_stores.so");
+    let good = std::fs::read(&library).unwrap();
+    std::fs::write(&library, b"not a library").unwrap();
+    kill(pid, "KILL");
+    let started = Instant::now();
+    let detail = loop {
+        let ready = host.admin_get("/internal/ready").await;
+        let failing = ready.json()["plugins"].as_array().unwrap().iter().find(|p| p["ok"] == false).cloned();
+        if ready.status == 503 && failing.as_ref().is_some_and(|f| f["error"].as_str().unwrap_or("").contains("down")) {
+            break failing.unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", ready.text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(detail["extension"], "extensions.settings_store", "{detail}");
+    assert_eq!(host.get("/ready").await.status, 503);
+    let r = host.get("/api/settings").await;
+    assert_names_the_plugin(r.status, &r.text);
+    // Fixed on disk: the next attempt (5 s apart at most) brings it back.
+    std::fs::write(&library, good).unwrap();
+    let started = Instant::now();
+    while host.get("/ready").await.status != 200 {
+        assert!(started.elapsed() < Duration::from_secs(10), "not ready again 10 s after the fix");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until_served(&host, Duration::from_secs(1)).await;
+}
