@@ -65,6 +65,16 @@ pub(crate) async fn start_conversation(http: &reqwest::Client, base: &str, body:
     r["conversation_id"].as_str().expect("conversation created").to_owned()
 }
 
+/// Waits (60 s at most) until the host at `addr` answers `/ready` (its stores migrated).
+pub(crate) async fn until_ready(addr: &str) {
+    let started = std::time::Instant::now();
+    let client = reqwest::Client::new();
+    while !client.get(format!("http://{addr}/ready")).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(started.elapsed() < Duration::from_secs(60), "{addr} was not ready within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub(crate) fn spawn_host(bin: &Path, profile: &Path) -> (std::process::Child, String) {
     spawn_host_env(bin, profile, &[])
 }

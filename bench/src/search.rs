@@ -19,6 +19,7 @@ pub(crate) fn search_load(bin: &Path, profiles: &[(&str, PathBuf, PathBuf)], pg_
             rt.block_on(async {
                 if *label == "postgres" {
                     use sqlx::Connection as _;
+                    until_ready(&addr).await;
                     let mut conn = sqlx::PgConnection::connect(pg_url).await.unwrap();
                     sqlx::query(
                         "INSERT INTO conversation_metadata (conversation_id, user_id, created_at, metadata) \

@@ -158,8 +158,10 @@ impl plugin_sdk::ConversationStore for SaasConversationStore {
         let pool = self.db.ready().await?;
         let offset = paging::page_id_to_offset(page_id.as_deref())
             .ok_or_else(|| PluginError::invalid_argument("invalid page_id"))?;
-        let docs: Vec<Value> = sqlx::query_scalar(
-            "SELECT metadata FROM conversation_metadata WHERE user_id = $1 \
+        // As text, parsed straight into the metadata (no JSON tree in between): a page is
+        // 21 documents on every conversation list.
+        let docs: Vec<String> = sqlx::query_scalar(
+            "SELECT metadata::text FROM conversation_metadata WHERE user_id = $1 \
              ORDER BY created_at DESC, conversation_id DESC OFFSET $2 LIMIT $3",
         )
         .bind(user(&ctx))
@@ -170,8 +172,8 @@ impl plugin_sdk::ConversationStore for SaasConversationStore {
         .map_err(db_error)?;
         let has_next = docs.len() > limit as usize;
         let mut results = Vec::with_capacity(limit as usize);
-        for doc in docs.into_iter().take(limit as usize) {
-            match serde_json::from_value(doc) {
+        for doc in docs.iter().take(limit as usize) {
+            match serde_json::from_str(doc) {
                 Ok(m) => results.push(m),
                 Err(e) => tracing::warn!(error = %e, "skipping unreadable conversation metadata in search"),
             }

@@ -7,7 +7,7 @@ use crate::http::{
     extract::{Caller, ConversationId, JsonBody, QueryParams},
     AppState,
 };
-use axum::{extract::State, http::StatusCode, routing::get, Json, Router};
+use axum::{extract::State, http::StatusCode, response::IntoResponse as _, routing::get, Json, Router};
 use base64::{engine::general_purpose::STANDARD as B64, Engine as _};
 use plugin_api::{models::ConversationMetadata, EventQuery};
 use serde::Deserialize;
@@ -27,26 +27,61 @@ fn default_title(id: &str) -> String {
     format!("Conversation {}", id.chars().take(5).collect::<String>())
 }
 
-/// `ConversationInfo` of a stored conversation.
-fn info(m: &ConversationMetadata, status: Option<&str>, runtime_status: Option<&str>) -> Value {
-    json!({
-        "conversation_id": m.conversation_id,
-        "title": m.title.clone().unwrap_or_else(|| default_title(&m.conversation_id)),
-        "last_updated_at": m.last_updated_at,
-        "status": status.unwrap_or("STOPPED"),
-        "runtime_status": runtime_status,
-        "selected_repository": m.selected_repository,
-        "selected_branch": m.selected_branch,
-        "git_provider": m.git_provider,
-        "trigger": m.trigger,
-        "num_connections": 0,
-        "url": Value::Null,
-        "session_api_key": Value::Null,
-        "created_at": m.created_at,
-        "pr_number": m.pr_number,
-        "conversation_version": "V0",
-        "sub_conversation_ids": [],
-    })
+/// `ConversationInfo` of a stored conversation, serialized straight from the metadata (no
+/// JSON tree per conversation: a list page has 20). Fields in the order OpenHands' keys sort.
+#[derive(serde::Serialize)]
+struct ConversationInfo<'a> {
+    conversation_id: &'a str,
+    conversation_version: &'static str,
+    created_at: &'a str,
+    git_provider: &'a Option<String>,
+    last_updated_at: &'a Option<String>,
+    num_connections: u32,
+    pr_number: &'a [i64],
+    runtime_status: Option<&'a str>,
+    selected_branch: &'a Option<String>,
+    selected_repository: &'a Option<String>,
+    session_api_key: Option<()>,
+    status: &'a str,
+    sub_conversation_ids: [(); 0],
+    title: std::borrow::Cow<'a, str>,
+    trigger: &'a Option<String>,
+    url: Option<()>,
+}
+
+fn info<'a>(
+    m: &'a ConversationMetadata,
+    status: Option<&'a str>,
+    runtime_status: Option<&'a str>,
+) -> ConversationInfo<'a> {
+    ConversationInfo {
+        conversation_id: &m.conversation_id,
+        conversation_version: "V0",
+        created_at: &m.created_at,
+        git_provider: &m.git_provider,
+        last_updated_at: &m.last_updated_at,
+        num_connections: 0,
+        pr_number: &m.pr_number,
+        runtime_status,
+        selected_branch: &m.selected_branch,
+        selected_repository: &m.selected_repository,
+        session_api_key: None,
+        status: status.unwrap_or("STOPPED"),
+        sub_conversation_ids: [],
+        title: match &m.title {
+            Some(t) => std::borrow::Cow::Borrowed(t),
+            None => std::borrow::Cow::Owned(default_title(&m.conversation_id)),
+        },
+        trigger: &m.trigger,
+        url: None,
+    }
+}
+
+/// A page of `ConversationInfo`s and the next page's id.
+#[derive(serde::Serialize)]
+struct InfoPage<'a> {
+    next_page_id: Option<String>,
+    results: Vec<ConversationInfo<'a>>,
 }
 
 fn default_limit() -> i64 {
@@ -81,9 +116,10 @@ async fn search(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(q): QueryParams<SearchQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let (kept, next) = search_stored(&state, &caller, &q).await?;
-    Ok(Json(json!({ "results": infos(&state, caller, &kept).await?, "next_page_id": next })))
+    let running = running(&state, caller, &kept).await?;
+    Ok(Json(InfoPage { next_page_id: next, results: infos(&kept, &running) }).into_response())
 }
 
 #[derive(Deserialize)]
@@ -100,7 +136,7 @@ async fn microagent_management(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(q): QueryParams<MicroagentQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let query = SearchQuery {
         page_id: q.page_id,
         limit: q.limit,
@@ -114,7 +150,8 @@ async fn microagent_management(
             open.push(m);
         }
     }
-    Ok(Json(json!({ "results": infos(&state, caller, &open).await?, "next_page_id": next })))
+    let running = running(&state, caller, &open).await?;
+    Ok(Json(InfoPage { next_page_id: next, results: infos(&open, &running) }).into_response())
 }
 
 /// Whether the conversation's last pull request is open; yes when it cannot be told (as
@@ -154,23 +191,28 @@ async fn search_stored(
     Ok((kept, wrap_page_id(page.next_page_id)))
 }
 
-/// `ConversationInfo`s, with the status of those running.
-async fn infos(state: &AppState, caller: Caller, kept: &[ConversationMetadata]) -> ApiResult<Vec<Value>> {
+/// The status and runtime status of those of `kept` that run.
+type Running = HashMap<String, (String, Option<String>)>;
+
+async fn running(state: &AppState, caller: Caller, kept: &[ConversationMetadata]) -> ApiResult<Running> {
     let ids: Vec<String> = kept.iter().map(|m| m.conversation_id.clone()).collect();
-    let running: HashMap<String, (String, Option<String>)> = state
+    Ok(state
         .app
         .running(&caller.ctx, &ids)
         .await?
         .into_iter()
         .map(|l| (l.conversation_id, (l.status, l.runtime_status)))
-        .collect();
-    Ok(kept
-        .iter()
+        .collect())
+}
+
+/// `ConversationInfo`s, with the status of those running.
+fn infos<'a>(kept: &'a [ConversationMetadata], running: &'a Running) -> Vec<ConversationInfo<'a>> {
+    kept.iter()
         .map(|m| {
             let live = running.get(&m.conversation_id);
             info(m, live.map(|l| l.0.as_str()), live.and_then(|l| l.1.as_deref()))
         })
-        .collect())
+        .collect()
 }
 
 /// 200 with the `ConversationInfo`, or 200 `null` when there is none (as OpenHands).
@@ -184,7 +226,8 @@ async fn get_one(
     };
     let live = state.app.running(&caller.ctx, std::slice::from_ref(&id)).await?;
     let live = live.iter().find(|l| l.conversation_id == id);
-    Ok(Json(info(&m, live.map(|l| l.status.as_str()), live.and_then(|l| l.runtime_status.as_deref()))))
+    let info = info(&m, live.map(|l| l.status.as_str()), live.and_then(|l| l.runtime_status.as_deref()));
+    Ok(Json(serde_json::to_value(info).unwrap_or(Value::Null)))
 }
 
 #[derive(Deserialize)]
