@@ -8,8 +8,18 @@ use std::{
 
 pub(crate) const CONVERSATIONS: usize = 200;
 
-/// One run of section 4; returns the p99 of LLM chunk -> client `oh_event`, in ms.
-pub(crate) fn conversations_load(bin: &Path, profile: &Path) -> f64 {
+/// What one run of section 4 measured.
+pub(crate) struct Streamed {
+    /// LLM chunk -> client `oh_event`, p99, ms.
+    pub(crate) p99_ms: f64,
+    /// The host's peak RSS, MiB.
+    pub(crate) peak_mib: f64,
+    /// Deltas the LLM sent that no client got.
+    pub(crate) lost: usize,
+}
+
+/// One run of section 4 with `conversations` streaming at once.
+pub(crate) fn conversations_load(bin: &Path, profile: &Path, conversations: usize) -> Streamed {
     use oh_e2e::{
         llm::{now_micros, FakeLlm, Reply},
         sio::SioClient,
@@ -25,14 +35,14 @@ pub(crate) fn conversations_load(bin: &Path, profile: &Path) -> f64 {
         let (rss_idle, _) = rss_mib(child.id());
 
         let mut clients = Vec::new();
-        for _ in 0..CONVERSATIONS {
+        for _ in 0..conversations {
             let id = start_conversation(&http, &base, serde_json::json!({})).await;
             let mut c = SioClient::connect(&base, &format!("conversation_id={id}&latest_event_id=-1"), &[]).await.unwrap();
             c.until(Duration::from_secs(30), |e| oh_e2e::sio::is_state(e, "awaiting_user_input")).await;
             clients.push(c);
         }
         let (rss_ready, _) = rss_mib(child.id());
-        llm.push((0..CONVERSATIONS).map(|_| Reply::TimedTokens { n: TOKENS, gap: Duration::from_millis(20) }));
+        llm.push((0..conversations).map(|_| Reply::TimedTokens { n: TOKENS, gap: Duration::from_millis(20) }));
 
         let start = Instant::now();
         let mut tasks = Vec::new();
@@ -70,7 +80,7 @@ pub(crate) fn conversations_load(bin: &Path, profile: &Path) -> f64 {
         let _ = child.wait();
         delays.sort_unstable();
         let pct = |p: f64| delays.get(((delays.len() as f64 * p) as usize).min(delays.len().saturating_sub(1))).copied().unwrap_or(0);
-        println!("\n4. {CONVERSATIONS} conversations at once, fake LLM streaming {TOKENS} tokens each (20 ms apart), socket.io");
+        println!("\n4. {conversations} conversations at once, fake LLM streaming {TOKENS} tokens each (20 ms apart), socket.io");
         println!(
             "   {events} oh_events in {:.2} s: {:.0} events/s; {} deltas timed",
             elapsed.as_secs_f64(),
@@ -78,7 +88,11 @@ pub(crate) fn conversations_load(bin: &Path, profile: &Path) -> f64 {
             delays.len()
         );
         println!("   LLM chunk -> client oh_event: p50 {} µs   p99 {} µs   max {} µs", pct(0.5), pct(0.99), delays.last().copied().unwrap_or(0));
-        println!("   host RSS: {rss_idle:.1} MiB idle, {rss_ready:.1} MiB with {CONVERSATIONS} connected, {rss_after:.1} MiB after, peak {peak:.1} MiB");
-        pct(0.99) as f64 / 1000.0
+        println!("   host RSS: {rss_idle:.1} MiB idle, {rss_ready:.1} MiB with {conversations} connected, {rss_after:.1} MiB after, peak {peak:.1} MiB");
+        Streamed {
+            p99_ms: pct(0.99) as f64 / 1000.0,
+            peak_mib: peak,
+            lost: (conversations * TOKENS).saturating_sub(delays.len()),
+        }
     })
 }
