@@ -28,7 +28,8 @@
 //! 10. the agent's tools (local runtime, then bubblewrap): a command's start to its observation, the
 //!     tool round trip (the model's call → the observation stored), and 20 conversations
 //!     running commands at once (host RSS and CPU);
-//! 11. reloads under load: requests/s and p99 during 20 reloads next to none; RSS after 100.
+//! 11. reloads under load: requests/s and p99 during 20 reloads next to none; RSS after 100;
+//! 12. start to the first `/alive` answered and the idle RSS, median of 10 starts.
 //!
 //! Usage: `oh-bench <dir with oh-host and lib*.so> [section ...]` (bench/run passes
 //! target/release and `make bench SECTIONS="2 7"` picks sections; none means all).
@@ -46,6 +47,7 @@ mod http_load;
 mod monitoring;
 mod reload;
 mod search;
+mod startup;
 mod tools;
 mod webhooks;
 use common::*;
@@ -74,7 +76,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let bin_dir = PathBuf::from(args.next().unwrap_or_else(|| "target/release".to_owned()));
     let sections: Vec<u32> =
-        args.map(|a| a.parse().unwrap_or_else(|_| panic!("`{a}` is not a section number (1 to 11)"))).collect();
+        args.map(|a| a.parse().unwrap_or_else(|_| panic!("`{a}` is not a section number (1 to 12)"))).collect();
     let run = |n: u32| sections.is_empty() || sections.contains(&n);
     let work = tempfile::tempdir().expect("tempdir");
     let plugins = work.path().join("plugins");
@@ -205,6 +207,9 @@ fn main() {
     }
     if run(11) {
         reload::reload_load(&bin_dir.join("oh-host"), work.path(), &oss_profile);
+    }
+    if run(12) {
+        startup::startup(&bin_dir.join("oh-host"), &profile_path);
     }
     drop(db);
     if run(6) {

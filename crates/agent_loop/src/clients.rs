@@ -4,39 +4,42 @@
 
 use crate::llm::LlmConfig;
 use plugin_sdk::PluginError;
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
 
+/// The clients are built on first use: building one reads and parses the system's
+/// certificates (a few milliseconds each), which a host that starts should not wait for.
 pub struct Clients {
-    deployment: reqwest::Client,
-    user: reqwest::Client,
+    deployment: OnceLock<Result<reqwest::Client, String>>,
+    user: OnceLock<Result<reqwest::Client, String>>,
     destinations: outbound::Policy,
+}
+
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().connect_timeout(Duration::from_secs(10))
 }
 
 impl Clients {
     /// `public_only`: SaaS mode. `allowed_hosts`: the manager's `llm_private_hosts_allowed`.
     pub fn new(public_only: bool, allowed_hosts: Vec<String>) -> Result<Clients, PluginError> {
-        let builder = || reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
-        let failed = |e: reqwest::Error| PluginError::internal(format!("cannot build the HTTP client: {e}"));
         let destinations = outbound::Policy {
             public_only,
             allowed_hosts,
             subject: "the LLM base URL",
             allow_setting: "llm_private_hosts_allowed",
         };
-        Ok(Clients {
-            deployment: builder().build().map_err(failed)?,
-            user: outbound::client(&destinations, builder()).map_err(failed)?,
-            destinations,
-        })
+        Ok(Clients { deployment: OnceLock::new(), user: OnceLock::new(), destinations })
     }
 
-    /// The client for this endpoint: a user's own (`user_endpoint`) or the deployment's.
-    pub fn for_endpoint(&self, user_endpoint: bool) -> &reqwest::Client {
-        if user_endpoint {
-            &self.user
+    /// The client for this endpoint: a user's own (`user_endpoint`) or the deployment's;
+    /// the error when it cannot be built (no usable system certificates).
+    pub fn for_endpoint(&self, user_endpoint: bool) -> Result<&reqwest::Client, String> {
+        let failed = |e: reqwest::Error| format!("cannot build the HTTP client: {e}");
+        let client = if user_endpoint {
+            self.user.get_or_init(|| outbound::client(&self.destinations, builder()).map_err(failed))
         } else {
-            &self.deployment
-        }
+            self.deployment.get_or_init(|| builder().build().map_err(failed))
+        };
+        client.as_ref().map_err(String::clone)
     }
 
     /// A deployment variable as the agent reads it: `LITE_LLM_API_URL` with the enterprise
@@ -58,7 +61,8 @@ impl Clients {
         if !plugin_sdk::read_only() {
             return Ok(None);
         }
-        let answer = self.deployment.get(&url).timeout(Duration::from_secs(10)).send().await;
+        let client = self.for_endpoint(false).map_err(PluginError::internal)?;
+        let answer = client.get(&url).timeout(Duration::from_secs(10)).send().await;
         match answer {
             Ok(r) => Ok(Some(format!("LLM proxy {url} answered {}", r.status().as_u16()))),
             Err(e) => {

@@ -378,12 +378,14 @@ impl<E: Env> Runner<E> {
         };
         let mut stop = self.stop.clone();
         let interrupt = self.interrupt.clone();
-        let client = self.env.clients().for_endpoint(self.llm.user_endpoint);
         let trace = std::mem::take(&mut self.trace);
-        let outcome = tokio::select! {
-            r = llm::complete(client, &self.llm, &self.messages, &trace, &mut progress) => Some(r),
-            _ = stop.changed() => None,
-            () = interrupt.notified() => None,
+        let outcome = match self.env.clients().for_endpoint(self.llm.user_endpoint) {
+            Ok(client) => tokio::select! {
+                r = llm::complete(client, &self.llm, &self.messages, &trace, &mut progress) => Some(r),
+                _ = stop.changed() => None,
+                () = interrupt.notified() => None,
+            },
+            Err(why) => Some(Err(LlmError::Fatal(why))),
         };
         let completion = match outcome {
             None => return Step::Over, // stopped mid-answer: `run` stores `stopped` (a Stopped command follows)

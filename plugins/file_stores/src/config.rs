@@ -9,14 +9,23 @@ use std::{
 };
 
 /// Removes the temp files a crash left under `root`, once per process (the three stores
-/// usually share a root).
+/// usually share a root), on a thread of its own: the walk visits every file under the root,
+/// which with 100,000 conversations takes seconds a starting host should not wait. Serving
+/// meanwhile is safe: only files of processes that are gone are removed, and a reader never
+/// opens a temp file.
 fn clean_once(root: &Path) {
     static CLEANED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
     let mut cleaned = CLEANED.lock().unwrap_or_else(|e| e.into_inner());
     if cleaned.get_or_insert_with(HashSet::new).insert(root.to_path_buf()) {
-        let removed = crate::fsutil::remove_stale_temp_files(root);
-        if removed > 0 {
-            tracing::info!(root = %root.display(), removed, "removed temp files left by a crash");
+        let root = root.to_path_buf();
+        let walk = move || {
+            let removed = crate::fsutil::remove_stale_temp_files(&root);
+            if removed > 0 {
+                tracing::info!(root = %root.display(), removed, "removed temp files left by a crash");
+            }
+        };
+        if let Err(e) = std::thread::Builder::new().name("file-stores-clean".into()).spawn(walk) {
+            tracing::warn!(error = %e, "cannot start the cleaning of temp files left by a crash");
         }
     }
 }
