@@ -286,99 +286,22 @@ impl Registry {
         let (mut monitoring, mut routes) = (Vec::new(), Vec::new());
 
         for e in &config.extensions {
-            if e.process.is_some() {
-                let services = Services {
-                    handler: handler.clone(),
-                    runtime_slot: has_runtime.then(|| runtime_slot.clone()),
-                    app_mode: config.server.app_mode,
-                    state_dir: config.server.state_dir.clone(),
-                    runtime: runtime.clone(),
-                };
-                // The runner checks the pin and hashes what it loads; this hash only tells
-                // a reload whether the entry changed.
-                let sha = match e.process.as_ref().and_then(|p| p.command.as_ref()) {
-                    Some(_) => String::new(),
-                    None => loader::file_sha256(&loader::library_path(&config.server.plugins_dir, &e.library))
-                        .unwrap_or_default(),
-                };
-                let fingerprint = Meta::fingerprint_of(e, &sha);
-                if let Some(previous) = previous {
-                    if previous.reuse(
-                        e.point,
-                        &fingerprint,
-                        &mut Kept {
-                            settings: &mut settings,
-                            secrets: &mut secrets,
-                            conversations: &mut conversations,
-                            manager: &mut manager,
-                            runtime: &mut runtime_instance,
-                            auth: &mut auth,
-                            monitoring: &mut monitoring,
-                            routes: &mut routes,
-                        },
-                    ) {
+            // Where the instance comes from: a runner (`isolation = "process"`), which loads
+            // and checks the library itself, or the library loaded here.
+            let lib = match &e.process {
+                Some(_) => None,
+                None => match library(config, e, &mut libraries, previous_libraries) {
+                    Ok(l) if l.offers(e.point, &e.implementation) => Some(l),
+                    Ok(l) => {
+                        problems.push(not_offered(e, &l));
                         continue;
                     }
-                }
-                let rt = runtime.clone();
-                match e.point {
-                    ExtensionPoint::SETTINGS_STORE => put(
-                        &mut settings,
-                        isolated(e, config, services, rt, |p| SettingsStore_TO::from_value(p, TD_Opaque)),
-                        &mut problems,
-                    ),
-                    ExtensionPoint::SECRETS_STORE => put(
-                        &mut secrets,
-                        isolated(e, config, services, rt, |p| SecretsStore_TO::from_value(p, TD_Opaque)),
-                        &mut problems,
-                    ),
-                    ExtensionPoint::CONVERSATION_STORE => put(
-                        &mut conversations,
-                        isolated(e, config, services, rt, |p| ConversationStore_TO::from_value(p, TD_Opaque)),
-                        &mut problems,
-                    ),
-                    ExtensionPoint::USER_AUTH => put(
-                        &mut auth,
-                        isolated(e, config, services, rt, |p| UserAuth_TO::from_value(p, TD_Opaque)),
-                        &mut problems,
-                    ),
-                    ExtensionPoint::ROUTES => push(
-                        &mut routes,
-                        isolated(e, config, services, rt, |p| RouteHandler_TO::from_value(p, TD_Opaque)),
-                        &mut problems,
-                    ),
-                    ExtensionPoint::MONITORING => push(
-                        &mut monitoring,
-                        isolated(e, config, services, rt, |p| MonitoringListener_TO::from_value(p, TD_Opaque)),
-                        &mut problems,
-                    ),
-                    ExtensionPoint::RUNTIME => put(
-                        &mut runtime_instance,
-                        isolated(e, config, services, rt, |p| {
-                            Runtime_TO::from_value(crate::isolation::Via(p), TD_Opaque)
-                        }),
-                        &mut problems,
-                    ),
-                    ExtensionPoint::CONVERSATION_MANAGER => put(
-                        &mut manager,
-                        isolated(e, config, services, rt, |p| ConversationManager_TO::from_value(p, TD_Opaque)),
-                        &mut problems,
-                    ),
-                    other => problems.push(format!("{}: {other} cannot run isolated", e.key)),
-                }
-                continue;
-            }
-            let lib = match library(config, e, &mut libraries, previous_libraries) {
-                Ok(l) => l,
-                Err(p) => {
-                    problems.push(p);
-                    continue;
-                }
+                    Err(p) => {
+                        problems.push(p);
+                        continue;
+                    }
+                },
             };
-            if !lib.offers(e.point, &e.implementation) {
-                problems.push(not_offered(e, &lib));
-                continue;
-            }
             let services = Services {
                 handler: handler.clone(),
                 runtime_slot: has_runtime.then(|| runtime_slot.clone()),
@@ -386,68 +309,87 @@ impl Registry {
                 state_dir: config.server.state_dir.clone(),
                 runtime: runtime.clone(),
             };
-            let m = lib.module;
-            // Unchanged since the previous generation: the same instance goes on serving.
-            let fingerprint = Meta::fingerprint_of(e, &lib.sha256);
+            // Unchanged since the previous generation: the same instance goes on serving. (A
+            // runner checks the pin and hashes what it loads; this hash only tells a reload
+            // whether the entry changed.)
+            let sha256 = match (&lib, e.process.as_ref().and_then(|p| p.command.as_ref())) {
+                (Some(l), _) => l.sha256.clone(),
+                (None, Some(_)) => String::new(),
+                (None, None) => loader::file_sha256(&loader::library_path(&config.server.plugins_dir, &e.library))
+                    .unwrap_or_default(),
+            };
             if let Some(previous) = previous {
-                if previous.reuse(
-                    e.point,
-                    &fingerprint,
-                    &mut Kept {
-                        settings: &mut settings,
-                        secrets: &mut secrets,
-                        conversations: &mut conversations,
-                        manager: &mut manager,
-                        runtime: &mut runtime_instance,
-                        auth: &mut auth,
-                        monitoring: &mut monitoring,
-                        routes: &mut routes,
-                    },
-                ) {
+                let mut kept = Kept {
+                    settings: &mut settings,
+                    secrets: &mut secrets,
+                    conversations: &mut conversations,
+                    manager: &mut manager,
+                    runtime: &mut runtime_instance,
+                    auth: &mut auth,
+                    monitoring: &mut monitoring,
+                    routes: &mut routes,
+                };
+                if previous.reuse(e.point, &Meta::fingerprint_of(e, &sha256), &mut kept) {
                     continue;
                 }
             }
+            // One arm per point: the library's factory, or a runner and its proxy.
+            macro_rules! build {
+                ($add:ident, $slot:expr, $new:ident, $wrap:expr) => {
+                    $add(
+                        &mut $slot,
+                        match &lib {
+                            Some(lib) => instantiate(factory!(lib.module, $new, services), e, lib),
+                            None => isolated(e, config, services, runtime.clone(), $wrap),
+                        },
+                        &mut problems,
+                    )
+                };
+            }
             match e.point {
                 ExtensionPoint::SETTINGS_STORE => {
-                    put(&mut settings, instantiate(factory!(m, new_settings_store, services), e, &lib), &mut problems)
+                    build!(put, settings, new_settings_store, |p| SettingsStore_TO::from_value(p, TD_Opaque))
                 }
                 ExtensionPoint::SECRETS_STORE => {
-                    put(&mut secrets, instantiate(factory!(m, new_secrets_store, services), e, &lib), &mut problems)
+                    build!(put, secrets, new_secrets_store, |p| SecretsStore_TO::from_value(p, TD_Opaque))
                 }
-                ExtensionPoint::CONVERSATION_STORE => put(
-                    &mut conversations,
-                    instantiate(factory!(m, new_conversation_store, services), e, &lib),
-                    &mut problems,
-                ),
-                ExtensionPoint::CONVERSATION_MANAGER => put(
-                    &mut manager,
-                    instantiate(factory!(m, new_conversation_manager, services), e, &lib),
-                    &mut problems,
-                ),
-                ExtensionPoint::USER_AUTH => {
-                    put(&mut auth, instantiate(factory!(m, new_user_auth, services), e, &lib), &mut problems)
-                }
+                ExtensionPoint::CONVERSATION_STORE => build!(put, conversations, new_conversation_store, |p| {
+                    ConversationStore_TO::from_value(p, TD_Opaque)
+                }),
+                ExtensionPoint::CONVERSATION_MANAGER => build!(put, manager, new_conversation_manager, |p| {
+                    ConversationManager_TO::from_value(p, TD_Opaque)
+                }),
+                ExtensionPoint::USER_AUTH => build!(put, auth, new_user_auth, |p| UserAuth_TO::from_value(p, TD_Opaque)),
                 ExtensionPoint::MONITORING => {
-                    push(&mut monitoring, instantiate(factory!(m, new_monitoring, services), e, &lib), &mut problems)
+                    build!(push, monitoring, new_monitoring, |p| MonitoringListener_TO::from_value(p, TD_Opaque))
                 }
                 ExtensionPoint::ROUTES => {
-                    push(&mut routes, instantiate(factory!(m, new_routes, services), e, &lib), &mut problems)
+                    build!(push, routes, new_routes, |p| RouteHandler_TO::from_value(p, TD_Opaque))
                 }
-                ExtensionPoint::RUNTIME => match m.runtime_factory() {
-                    Some(new_runtime) => {
-                        let make = move |implementation: &str, config: &str| {
-                            let services = HostServices_TO::from_value(services, TD_Opaque);
-                            new_runtime(RStr::from_str(implementation), RStr::from_str(config), services)
-                        };
-                        put(&mut runtime_instance, instantiate(make, e, &lib), &mut problems)
-                    }
-                    None => problems.push(format!(
-                        "{}: library `{}` ({}) was built against plugin-api {}, which has no runtime extension point (added in 1.1); it offers no runtime",
-                        e.key,
-                        e.library,
-                        lib.path.display(),
-                        lib.api_version()
-                    )),
+                ExtensionPoint::RUNTIME => match &lib {
+                    None => put(
+                        &mut runtime_instance,
+                        isolated(e, config, services, runtime.clone(), |p| {
+                            Runtime_TO::from_value(crate::isolation::Via(p), TD_Opaque)
+                        }),
+                        &mut problems,
+                    ),
+                    Some(lib) => match lib.module.runtime_factory() {
+                        Some(new_runtime) => {
+                            let make = move |implementation: &str, config: &str| {
+                                let services = HostServices_TO::from_value(services, TD_Opaque);
+                                new_runtime(RStr::from_str(implementation), RStr::from_str(config), services)
+                            };
+                            put(&mut runtime_instance, instantiate(make, e, lib), &mut problems)
+                        }
+                        None => problems.push(format!(
+                            "{}: library `{}` ({}) was built against plugin-api {}, which has no runtime extension point (added in 1.1); it offers no runtime",
+                            e.key,
+                            e.library,
+                            lib.path.display(),
+                            lib.api_version()
+                        )),
+                    },
                 },
                 other => problems.push(format!("{}: extension point {other} is not supported by this host", e.key)),
             }
