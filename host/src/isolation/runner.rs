@@ -7,7 +7,7 @@
 
 use super::{
     link::Link,
-    points::{Object, RuntimeRoute, Via},
+    points::{Object, Route, Via},
     wire::{self, Message, Ready, Start},
 };
 use crate::loader::{self, Root};
@@ -247,7 +247,7 @@ struct RunnerServices {
 /// An isolated manager's runtime handle: each call is a host call to the host's runtime.
 struct HostRuntime;
 
-impl RuntimeRoute for HostRuntime {
+impl Route for HostRuntime {
     fn request(
         &self,
         method: &'static str,

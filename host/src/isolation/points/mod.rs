@@ -30,7 +30,7 @@ use std::sync::Arc;
 pub(super) use edges::declared_routes;
 pub(super) use manager::ManagerState;
 pub(crate) use runtime::Via;
-pub(super) use runtime::{runtime as call_runtime, RuntimeRoute};
+pub(super) use runtime::{runtime as call_runtime, Route};
 
 /// The extension points that can run isolated: all of them.
 pub const SUPPORTED: [ExtensionPoint; 8] = [
@@ -98,6 +98,15 @@ fn unb64(v: &Value, name: &str) -> Result<RVec<u8>, PluginError> {
     Ok(bytes.into())
 }
 
+/// The shape of every stand-in method: the request sent (or the arguments' error), its answer
+/// turned into the ABI's type.
+fn forward<T: Send + 'static>(
+    sent: Result<futures_util::future::BoxFuture<'static, Result<Value, PluginError>>, PluginError>,
+    answer: impl FnOnce(Value) -> Result<T, PluginError> + Send + 'static,
+) -> FfiFuture<PResult<T>> {
+    async move { PResult::from(async { answer(sent?.await?) }.await) }.into_ffi()
+}
+
 /// The host's stand-in for an isolated instance.
 #[derive(Clone)]
 pub struct Proxy {
@@ -116,12 +125,7 @@ impl Proxy {
         args: Result<Value, PluginError>,
         answer: impl FnOnce(Value) -> Result<T, PluginError> + Send + 'static,
     ) -> FfiFuture<PResult<T>> {
-        let runner = self.runner.clone();
-        async move {
-            let answered = async { answer(runner.call(method, &ctx, args?).await?) }.await;
-            PResult::from(answered)
-        }
-        .into_ffi()
+        forward(args.map(|args| Route::request(self, method, ctx, args)), answer)
     }
 
     /// A method whose answer nobody waits for (the monitoring hooks): dropped while the

@@ -4,9 +4,9 @@
 
 use super::*;
 
-/// Where a runtime stand-in's calls go: a runner ([`Proxy`]), or the host (a runner's
-/// handle for its manager).
-pub(crate) trait RuntimeRoute: Send + Sync + 'static {
+/// Where a stand-in's calls go: a runner ([`Proxy`], every point's), or the host (a runner's
+/// runtime handle for its manager).
+pub(crate) trait Route: Send + Sync + 'static {
     fn request(
         &self,
         method: &'static str,
@@ -20,7 +20,7 @@ pub(crate) trait RuntimeRoute: Send + Sync + 'static {
 /// A `runtime` whose calls go where `R` sends them.
 pub(crate) struct Via<R>(pub(crate) R);
 
-impl<R: RuntimeRoute> Via<R> {
+impl<R: Route> Via<R> {
     fn call<T: Send + 'static>(
         &self,
         method: &'static str,
@@ -28,16 +28,11 @@ impl<R: RuntimeRoute> Via<R> {
         args: Result<Value, PluginError>,
         answer: impl FnOnce(Value) -> Result<T, PluginError> + Send + 'static,
     ) -> FfiFuture<PResult<T>> {
-        let sent = args.map(|args| self.0.request(method, ctx, args));
-        async move {
-            let answered = async { answer(sent?.await?) }.await;
-            PResult::from(answered)
-        }
-        .into_ffi()
+        forward(args.map(|args| self.0.request(method, ctx, args)), answer)
     }
 }
 
-impl RuntimeRoute for Proxy {
+impl Route for Proxy {
     fn request(
         &self,
         method: &'static str,
@@ -66,7 +61,7 @@ fn with(mut base: Value, key: &str, value: Value) -> Value {
     base
 }
 
-impl<R: RuntimeRoute> plugin_api::Runtime for Via<R> {
+impl<R: Route> plugin_api::Runtime for Via<R> {
     fn open(&self, ctx: CallContext, request_json: RString) -> FfiFuture<PResult<RString>> {
         self.call("open", ctx, doc(&request_json).map(|r| json!({ "request": r })), text)
     }
