@@ -73,6 +73,39 @@ pub fn library_path(plugins_dir: &Path, name: &str) -> PathBuf {
 /// Loads one library by name from `plugins_dir`, with every check. The message of the error
 /// names the file and the fix; the caller adds the extension point.
 pub fn load(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Library, String> {
+    open_prepared(prepare(plugins_dir, name, pin)?)
+}
+
+/// A library's file checked, read, hashed, pinned and copied: what comes before `dlopen`,
+/// which [`prepare_all`] does for several libraries at once.
+pub struct Prepared {
+    name: String,
+    real: PathBuf,
+    shown: String,
+    sha256: String,
+    loaded_from: PathBuf,
+}
+
+/// [`prepare`] for each `(name, pin)`, in parallel (hashing and copying the files is most of
+/// a start); by name.
+pub fn prepare_all(
+    plugins_dir: &Path,
+    wanted: &[(String, Option<String>)],
+) -> BTreeMap<String, Result<Prepared, String>> {
+    std::thread::scope(|scope| {
+        let running: Vec<_> = wanted
+            .iter()
+            .map(|(name, pin)| (name, scope.spawn(move || prepare(plugins_dir, name, pin.as_deref()))))
+            .collect();
+        running
+            .into_iter()
+            .map(|(name, t)| (name.clone(), t.join().unwrap_or_else(|_| Err(format!("preparing `{name}` panicked")))))
+            .collect()
+    })
+}
+
+/// The checks on a library's file, then its bytes read once, hashed and copied privately.
+pub fn prepare(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Prepared, String> {
     let path = library_path(plugins_dir, name);
     let shown = path.display().to_string();
     if fs::symlink_metadata(&path).is_err() {
@@ -107,6 +140,12 @@ pub fn load(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Library
             real.clone()
         }
     };
+    Ok(Prepared { name: name.to_owned(), real, shown, sha256, loaded_from })
+}
+
+/// `dlopen`s a prepared library and checks what it declares.
+pub fn open_prepared(prepared: Prepared) -> Result<Library, String> {
+    let Prepared { name, real, shown, sha256, loaded_from } = prepared;
     let module = open(&loaded_from, &shown)?;
     let api = module.api();
     if api.magic != plugin_api::API_MAGIC {
@@ -127,7 +166,7 @@ pub fn load(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Library
         })
         .collect();
     Ok(Library {
-        name: name.to_owned(),
+        name,
         path: real,
         loaded_from,
         sha256,

@@ -176,6 +176,7 @@ fn library(
     e: &ExtensionConfig,
     libraries: &mut Vec<Library>,
     previous: &[Library],
+    prepared: &mut std::collections::BTreeMap<String, Result<loader::Prepared, String>>,
 ) -> Result<Library, String> {
     if !libraries.iter().any(|l| l.name == e.library) {
         let path = loader::library_path(&config.server.plugins_dir, &e.library);
@@ -197,8 +198,11 @@ fn library(
         return Ok(l.clone());
     }
     let origin = if e.explicit { "" } else { " (the bundled default for an unnamed extension point)" };
-    let lib = loader::load(&config.server.plugins_dir, &e.library, e.sha256.as_deref())
-        .map_err(|msg| format!("{}{origin}: {msg}", e.key))?;
+    let lib = match prepared.remove(&e.library) {
+        Some(p) => p.and_then(loader::open_prepared),
+        None => loader::load(&config.server.plugins_dir, &e.library, e.sha256.as_deref()),
+    }
+    .map_err(|msg| format!("{}{origin}: {msg}", e.key))?;
     let lib_config = config.libraries.get(&e.library).map(String::as_str).unwrap_or("{}");
     loader::init(&lib, lib_config).map_err(|msg| format!("{}: {msg}", e.key))?;
     libraries.push(lib.clone());
@@ -285,12 +289,26 @@ impl Registry {
         let mut runtime_instance = None;
         let (mut monitoring, mut routes) = (Vec::new(), Vec::new());
 
+        // A first build reads, hashes and copies every library at once; `dlopen`s follow one
+        // by one. (A reload loads only what changed, as it goes.)
+        let mut prepared = match previous {
+            Some(_) => Default::default(),
+            None => {
+                let mut wanted: Vec<(String, Option<String>)> = Vec::new();
+                for e in config.extensions.iter().filter(|e| e.process.is_none()) {
+                    if !wanted.iter().any(|(name, _)| *name == e.library) {
+                        wanted.push((e.library.clone(), e.sha256.clone()));
+                    }
+                }
+                loader::prepare_all(&config.server.plugins_dir, &wanted)
+            }
+        };
         for e in &config.extensions {
             // Where the instance comes from: a runner (`isolation = "process"`), which loads
             // and checks the library itself, or the library loaded here.
             let lib = match &e.process {
                 Some(_) => None,
-                None => match library(config, e, &mut libraries, previous_libraries) {
+                None => match library(config, e, &mut libraries, previous_libraries, &mut prepared) {
                     Ok(l) if l.offers(e.point, &e.implementation) => Some(l),
                     Ok(l) => {
                         problems.push(not_offered(e, &l));
