@@ -257,6 +257,31 @@ async fn a_killed_owner_s_conversation_resumes_elsewhere_within_five_seconds() {
     println!("failover: resumed {} ms after kill -9", resumed_after.as_millis());
 }
 
+/// A killed node's Redis connection closes with it: its peers take its conversations over at
+/// once, long before its leases (30 s here) would expire.
+#[tokio::test]
+async fn a_killed_owner_is_taken_over_when_its_redis_connection_closes_not_when_its_lease_expires() {
+    let mut c = Cluster::start_with_lease(2, &oh_e2e::redis::url(), 30_000, "").await;
+    c.llm.push([Reply::Tokens { n: 400, gap: Duration::from_millis(25) }]);
+    let id = c.create(0, "hello").await;
+    let mut watcher = socket(c.host(1), &id).await;
+    watcher.until(WAIT, |e| e["action"] == "streaming_message").await;
+    let before = c.stored(1, &id).await.len();
+
+    let killed = Instant::now();
+    let mut owner = c.nodes.remove(0);
+    owner.host.signal("KILL");
+    watcher.until(WAIT, |e| is_state(e, "loading") && e["id"].as_u64().is_some_and(|i| i as usize >= before)).await;
+    let resumed_after = killed.elapsed();
+    assert!(resumed_after <= Duration::from_secs(3), "resumed {resumed_after:?} after the kill, with a 30 s lease");
+    watcher.until(WAIT, |e| agent_says(e, "Echo: hello.")).await;
+    let stored = c.stored(0, &id).await;
+    assert_dense(&stored_ids(&stored), "the store");
+    assert_eq!(agent_messages(&stored), vec!["Echo: hello."], "answered once, by the new owner");
+    assert!(c.host(0).log().contains("Redis connection is gone"), "{}", c.host(0).log());
+    println!("failover by presence: resumed {} ms after kill -9", resumed_after.as_millis());
+}
+
 #[tokio::test]
 async fn a_paused_owner_cannot_write_after_its_successor() {
     let c = Cluster::start(2, &oh_e2e::redis::url(), "").await;

@@ -191,6 +191,28 @@ return victims"
     ))
 }
 
+/// A dead node's leases given up at once (`presence`): each conversation whose lease names the
+/// node is due now. KEYS: leases, nodes, the node's key. ARGV: the lease keys' prefix, the
+/// node. Answers how many.
+pub(crate) fn expire_node_script() -> Script {
+    Script::new(
+        "local n = 0
+local mine = ARGV[2] .. ':'
+for _, sid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local key = ARGV[1] .. sid
+  local v = redis.call('GET', key)
+  if v and string.sub(v, 1, string.len(mine)) == mine then
+    redis.call('DEL', key)
+    redis.call('ZADD', KEYS[1], 0, sid)
+    n = n + 1
+  end
+end
+redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[3])
+return n",
+    )
+}
+
 /// Conversations whose lease expired (or was handed over). KEYS: leases. ARGV: how many.
 pub(crate) fn due_script() -> Script {
     Script::new(&format!(

@@ -24,6 +24,7 @@ mod relay;
 
 mod manager;
 mod node;
+mod presence;
 
 pub use manager::ClusteredConversationManager;
 use plugin_sdk::Registry;

@@ -41,6 +41,7 @@ impl ClusteredConversationManager {
         let node = Arc::new(Node {
             id: random_id(),
             relay: relay::Relay::new(),
+            presence: Default::default(),
             services,
             config,
             cluster,
@@ -55,6 +56,7 @@ impl ClusteredConversationManager {
                 close: kv::close_script(),
                 limit: kv::limit_script(),
                 due: kv::due_script(),
+                expire_node: kv::expire_node_script(),
             },
             owned: Mutex::default(),
             subscribers: Mutex::default(),

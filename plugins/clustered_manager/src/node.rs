@@ -44,6 +44,7 @@ pub(crate) struct Scripts {
     pub(crate) close: Script,
     pub(crate) limit: Script,
     pub(crate) due: Script,
+    pub(crate) expire_node: Script,
 }
 
 pub(crate) struct Node {
@@ -63,6 +64,8 @@ pub(crate) struct Node {
     pub(crate) subscription_of: Mutex<HashMap<u64, String>>,
     pub(crate) next_subscription: AtomicU64,
     pub(crate) relay: relay::Relay,
+    /// The other nodes' presence connections, as this node last saw them.
+    pub(crate) presence: crate::presence::Watch,
     pub(crate) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub(crate) started_at: String,
 }
@@ -323,8 +326,23 @@ impl Node {
         }
     }
 
-    /// Takes over conversations whose lease expired or was handed over.
+    /// Takes over conversations whose lease expired or was handed over, and those of nodes
+    /// whose presence connection is gone (`presence`).
     pub(crate) async fn reap(self: &Arc<Self>) {
+        let confirm = Duration::from_millis(self.cluster.reaper_interval_ms);
+        for dead in self.presence.dead(self, confirm).await {
+            let keys = [self.keys.leases(), self.keys.nodes(), self.keys.node(&dead)];
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let prefix = self.keys.lease("");
+            match self.kv.script::<i64>(&self.scripts.expire_node, &keys, &[&prefix, &dead]).await {
+                Ok(n) => {
+                    tracing::warn!(node = %dead, leases = n, "cluster: a node's Redis connection is gone; taking over its conversations")
+                }
+                Err(e) => {
+                    tracing::warn!(node = %dead, error = %e.message, "cluster: cannot take over a dead node's leases")
+                }
+            }
+        }
         let due: Vec<String> = match self.kv.script(&self.scripts.due, &[&self.keys.leases()], &["16"]).await {
             Ok(d) => d,
             Err(_) => return,
@@ -413,6 +431,7 @@ impl Node {
             .collect();
         json!({
             "id": self.id,
+            "presence": crate::presence::name(&self.id),
             "started_at": self.started_at,
             "leases": leases,
             "subscriptions": lock(&self.subscription_of).len(),
@@ -454,6 +473,7 @@ impl Node {
             every(self.config.cleanup_interval(), self, |n| Box::pin(async move { n.close_idle().await })),
             self.relay.start_publisher(self),
             self.relay.start_reader(self),
+            crate::presence::start(self),
         ];
         lock(&self.tasks).extend(tasks);
     }

@@ -1,0 +1,88 @@
+//! Which nodes are alive, as their Redis connections tell: each node keeps one connection
+//! named `oh-node-<id>` (`CLIENT SETNAME`) open. A node that dies (kill -9, a crash, its
+//! machine gone) loses that connection at once, its kernel closing its sockets; a paused
+//! process (SIGSTOP, a stall) keeps it. A peer that sees a node's connection gone for a
+//! reaper tick takes that node's leases at once instead of waiting for them to expire. A
+//! paused node is left to its leases' expiry, and fencing stops its writes after its
+//! successor's, as before; a false alarm (the connection dropped by a network blip) is
+//! safe for the same reason: the node finds its lease taken and abandons the conversation.
+
+use crate::node::{lock, Node};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// The connection name of node `id`.
+pub(crate) fn name(id: &str) -> String {
+    format!("oh-node-{id}")
+}
+
+/// Keeps this node's named connection open (reconnecting as needed) while the node lives.
+pub(crate) fn start(node: &Arc<Node>) -> tokio::task::JoinHandle<()> {
+    let weak = Arc::downgrade(node);
+    tokio::spawn(async move {
+        let mut connection: Option<redis::aio::MultiplexedConnection> = None;
+        loop {
+            let Some(node) = weak.upgrade() else { break };
+            let period = Duration::from_millis(node.cluster.heartbeat_ms);
+            if connection.is_none() {
+                let name = name(&node.id);
+                let connect = async {
+                    let mut c = node.kv.client.get_multiplexed_async_connection().await.ok()?;
+                    redis::cmd("CLIENT").arg("SETNAME").arg(&name).query_async::<()>(&mut c).await.ok()?;
+                    Some(c)
+                };
+                connection = tokio::time::timeout(Duration::from_secs(2), connect).await.ok().flatten();
+            }
+            if let Some(c) = connection.as_mut() {
+                let ping = tokio::time::timeout(Duration::from_secs(2), redis::cmd("PING").query_async::<()>(c)).await;
+                if !matches!(ping, Ok(Ok(()))) {
+                    connection = None;
+                }
+            }
+            drop(node);
+            tokio::time::sleep(if connection.is_some() { period } else { Duration::from_millis(100) }).await;
+        }
+    })
+}
+
+/// What this node has seen of the others' connections.
+#[derive(Default)]
+pub(crate) struct Watch {
+    /// Nodes whose connection was missing, since when.
+    absent: Mutex<HashMap<String, Instant>>,
+}
+
+impl Watch {
+    /// The nodes whose connection has been gone for `confirm` or longer. Only nodes that
+    /// announce a presence connection (their heartbeat says so) are judged: an older node in
+    /// a rolling upgrade is left to its leases' expiry.
+    pub(crate) async fn dead(&self, node: &Node, confirm: Duration) -> Vec<String> {
+        let list: Result<(String,), _> =
+            node.kv.run(redis::pipe().cmd("CLIENT").arg("LIST").arg("TYPE").arg("normal")).await;
+        let Ok(list) = list.map(|(l,): (String,)| l) else { return Vec::new() };
+        let live: HashSet<&str> =
+            list.lines().filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("name="))).collect();
+        let members: Result<(Vec<String>,), _> = node.kv.run(redis::pipe().smembers(node.keys.nodes())).await;
+        let Ok((members,)) = members else { return Vec::new() };
+        let mut dead = Vec::new();
+        for other in members.into_iter().filter(|m| *m != node.id) {
+            let report: Result<(Option<String>,), _> = node.kv.run(redis::pipe().get(node.keys.node(&other))).await;
+            let announced =
+                report.ok().and_then(|(r,)| r).is_some_and(|r| r.contains(&format!("\"{}\"", name(&other))));
+            let mut absent = lock(&self.absent);
+            if !announced || live.contains(name(&other).as_str()) {
+                absent.remove(&other);
+                continue;
+            }
+            let since = *absent.entry(other.clone()).or_insert_with(Instant::now);
+            if since.elapsed() >= confirm {
+                absent.remove(&other);
+                dead.push(other);
+            }
+        }
+        dead
+    }
+}
