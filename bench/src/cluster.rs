@@ -117,6 +117,8 @@ pub(crate) fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
             pct(&cross, 0.5), pct(&cross, 0.99), cross.len(),
             pct(&cross, 0.99) as i64 - pct(&same, 0.99) as i64
         );
+        let extra_ms = (pct(&cross, 0.99) as f64 - pct(&same, 0.99) as f64) / 1000.0;
+        target("cross-node extra p99", format!("{extra_ms:.1} ms"), "<= 2 ms", extra_ms <= 2.0);
         let per = |d: u64, secs: f64| d as f64 / CLUSTER_CONVERSATIONS as f64 / secs;
         let idle = idle_window.as_secs_f64();
         let busy = streamed.as_secs_f64();
@@ -152,6 +154,19 @@ pub(crate) fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
             times[0].as_millis(),
             times[KILLS / 2].as_millis(),
             times[KILLS - 1].as_millis()
+        );
+        let (median, worst) = (times[KILLS / 2], times[KILLS - 1]);
+        target(
+            "failover after kill -9, median",
+            format!("{} ms", median.as_millis()),
+            "<= 1,000 ms",
+            median <= Duration::from_secs(1),
+        );
+        target(
+            "failover after kill -9, worst",
+            format!("{} ms", worst.as_millis()),
+            "<= 1,500 ms",
+            worst <= Duration::from_millis(1500),
         );
         for (mut child, _) in nodes {
             let _ = child.kill();
