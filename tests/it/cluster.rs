@@ -389,6 +389,11 @@ async fn a_redis_outage_stops_starts_but_not_running_loops_and_everything_recove
     }
     watcher.until(WAIT, |e| agent_says(e, "Echo: later.")).await;
     assert_dense(&stored_ids(&c.stored(1, &id).await), "the store");
+    // Every connection dropped with Redis, and came back: no node took that for a death.
+    for i in 0..2 {
+        let log = c.host(i).log();
+        assert!(!log.contains("Redis connection is gone"), "node {i} took an outage for a death:\n{log}");
+    }
 }
 
 #[tokio::test]

@@ -35,11 +35,15 @@ pub(crate) fn start(node: &Arc<Node>) -> tokio::task::JoinHandle<()> {
                     Some(c)
                 };
                 connection = tokio::time::timeout(Duration::from_secs(2), connect).await.ok().flatten();
+                if connection.is_some() {
+                    *lock(&node.presence.up_since) = Some(Instant::now());
+                }
             }
             if let Some(c) = connection.as_mut() {
                 let ping = tokio::time::timeout(Duration::from_secs(2), redis::cmd("PING").query_async::<()>(c)).await;
                 if !matches!(ping, Ok(Ok(()))) {
                     connection = None;
+                    *lock(&node.presence.up_since) = None;
                 }
             }
             drop(node);
@@ -53,13 +57,23 @@ pub(crate) fn start(node: &Arc<Node>) -> tokio::task::JoinHandle<()> {
 pub(crate) struct Watch {
     /// Nodes whose connection was missing, since when.
     absent: Mutex<HashMap<String, Instant>>,
+    /// Since when this node's own presence connection is up.
+    up_since: Mutex<Option<Instant>>,
 }
 
 impl Watch {
     /// The nodes whose connection has been gone for `confirm` or longer. Only nodes that
     /// announce a presence connection (their heartbeat says so) are judged: an older node in
     /// a rolling upgrade is left to its leases' expiry.
+    ///
+    /// A node judges nobody until its own connection has been up for two heartbeats: after
+    /// Redis restarted, every connection is new, and the others' take a moment to come back.
     pub(crate) async fn dead(&self, node: &Node, confirm: Duration) -> Vec<String> {
+        let settled = Duration::from_millis(node.cluster.heartbeat_ms * 2);
+        if !lock(&self.up_since).is_some_and(|t| t.elapsed() >= settled) {
+            lock(&self.absent).clear();
+            return Vec::new();
+        }
         let list: Result<(String,), _> =
             node.kv.run(redis::pipe().cmd("CLIENT").arg("LIST").arg("TYPE").arg("normal")).await;
         let Ok(list) = list.map(|(l,): (String,)| l) else { return Vec::new() };
