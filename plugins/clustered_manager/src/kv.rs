@@ -266,6 +266,13 @@ impl Kv {
         self.note(answer.map_err(|_| unavailable("timed out")).and_then(|r| r.map_err(unavailable)))
     }
 
+    /// [`Kv::run`] for an optional check whose failure is not Redis being away (a
+    /// `CLIENT LIST` an ACL forbids): not logged, not reported as the connection's error.
+    pub(crate) async fn run_quiet<T: redis::FromRedisValue>(&self, what: &redis::Pipeline) -> Option<T> {
+        let mut c = self.conn().await.ok()?;
+        tokio::time::timeout(TIMEOUT, what.query_async::<T>(&mut c)).await.ok()?.ok()
+    }
+
     pub(crate) async fn script<T: redis::FromRedisValue>(
         &self,
         script: &Script,

@@ -74,9 +74,10 @@ impl Watch {
             lock(&self.absent).clear();
             return Vec::new();
         }
-        let list: Result<(String,), _> =
-            node.kv.run(redis::pipe().cmd("CLIENT").arg("LIST").arg("TYPE").arg("normal")).await;
-        let Ok(list) = list.map(|(l,): (String,)| l) else { return Vec::new() };
+        // Without it (an ACL may forbid it) a dead node is left to its leases' expiry.
+        let list: Option<(String,)> =
+            node.kv.run_quiet(redis::pipe().cmd("CLIENT").arg("LIST").arg("TYPE").arg("normal")).await;
+        let Some((list,)) = list else { return Vec::new() };
         let live: HashSet<&str> =
             list.lines().filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("name="))).collect();
         let members: Result<(Vec<String>,), _> = node.kv.run(redis::pipe().smembers(node.keys.nodes())).await;
