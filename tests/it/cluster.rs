@@ -229,10 +229,10 @@ async fn a_rolling_restart_hands_conversations_over_well_under_the_lease() {
     println!("handover on shutdown: {} ms", moved.as_millis());
 }
 
-#[tokio::test]
-async fn a_killed_owner_s_conversation_resumes_elsewhere_within_five_seconds() {
-    let mut c = Cluster::start(3, &oh_e2e::redis::url(), "").await;
-    // A long answer: the owner dies in the middle of it.
+/// Node 0 owns a conversation and dies (kill -9) in the middle of a long answer; node 1's
+/// socket waits for the resumed loop and its answer. Answers how long the resumption took;
+/// checks the history: dense, the user's message once, answered once.
+async fn kill_the_owner_mid_answer(c: &mut Cluster) -> Duration {
     c.llm.push([Reply::Tokens { n: 400, gap: Duration::from_millis(25) }]);
     let id = c.create(0, "hello").await;
     let mut watcher = socket(c.host(1), &id).await;
@@ -243,10 +243,8 @@ async fn a_killed_owner_s_conversation_resumes_elsewhere_within_five_seconds() {
     let mut owner = c.nodes.remove(0);
     owner.host.signal("KILL");
     // The survivor's socket sees the resumed loop, then its answer.
-    let events =
-        watcher.until(WAIT, |e| is_state(e, "loading") && e["id"].as_u64().is_some_and(|i| i as usize >= before)).await;
+    watcher.until(WAIT, |e| is_state(e, "loading") && e["id"].as_u64().is_some_and(|i| i as usize >= before)).await;
     let resumed_after = killed.elapsed();
-    assert!(resumed_after <= Duration::from_secs(5), "resumed {resumed_after:?} after the kill: {}", pretty(&events));
     watcher.until(WAIT, |e| agent_says(e, "Echo: hello.")).await;
 
     let stored = c.stored(0, &id).await;
@@ -254,6 +252,14 @@ async fn a_killed_owner_s_conversation_resumes_elsewhere_within_five_seconds() {
     let users: Vec<_> = stored.iter().filter(|e| e["source"] == "user" && e["action"] == "message").collect();
     assert_eq!(users.len(), 1, "the message was neither lost nor stored twice: {}", pretty(&stored));
     assert_eq!(agent_messages(&stored), vec!["Echo: hello."], "answered once, by the new owner");
+    resumed_after
+}
+
+#[tokio::test]
+async fn a_killed_owner_s_conversation_resumes_elsewhere_within_five_seconds() {
+    let mut c = Cluster::start(3, &oh_e2e::redis::url(), "").await;
+    let resumed_after = kill_the_owner_mid_answer(&mut c).await;
+    assert!(resumed_after <= Duration::from_secs(5), "resumed {resumed_after:?} after the kill");
     println!("failover: resumed {} ms after kill -9", resumed_after.as_millis());
 }
 
@@ -262,22 +268,8 @@ async fn a_killed_owner_s_conversation_resumes_elsewhere_within_five_seconds() {
 #[tokio::test]
 async fn a_killed_owner_is_taken_over_when_its_redis_connection_closes_not_when_its_lease_expires() {
     let mut c = Cluster::start_with_lease(2, &oh_e2e::redis::url(), 30_000, "").await;
-    c.llm.push([Reply::Tokens { n: 400, gap: Duration::from_millis(25) }]);
-    let id = c.create(0, "hello").await;
-    let mut watcher = socket(c.host(1), &id).await;
-    watcher.until(WAIT, |e| e["action"] == "streaming_message").await;
-    let before = c.stored(1, &id).await.len();
-
-    let killed = Instant::now();
-    let mut owner = c.nodes.remove(0);
-    owner.host.signal("KILL");
-    watcher.until(WAIT, |e| is_state(e, "loading") && e["id"].as_u64().is_some_and(|i| i as usize >= before)).await;
-    let resumed_after = killed.elapsed();
+    let resumed_after = kill_the_owner_mid_answer(&mut c).await;
     assert!(resumed_after <= Duration::from_secs(3), "resumed {resumed_after:?} after the kill, with a 30 s lease");
-    watcher.until(WAIT, |e| agent_says(e, "Echo: hello.")).await;
-    let stored = c.stored(0, &id).await;
-    assert_dense(&stored_ids(&stored), "the store");
-    assert_eq!(agent_messages(&stored), vec!["Echo: hello."], "answered once, by the new owner");
     assert!(c.host(0).log().contains("Redis connection is gone"), "{}", c.host(0).log());
     println!("failover by presence: resumed {} ms after kill -9", resumed_after.as_millis());
 }
