@@ -253,7 +253,8 @@ async fn isolated_routes_serve_requests_bodies_and_panics_and_come_back_after_a_
 }
 
 /// A settings store that reports, as its health, what it could reach: a TCP port on the
-/// host's loopback, a file outside the state directory, one inside.
+/// host's loopback, a Unix socket of the host's, a file outside the state directory, one
+/// inside.
 const PROBE: &str = r#"
 import json, os, socket, sys
 sys.path.insert(0, sys.argv[1])
@@ -266,10 +267,16 @@ def attempt(f):
     except OSError:
         return "blocked"
 
+def unix(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.close()
+
 def probe(state_dir):
     port = int(os.environ["OH_PROBE_PORT"])
     return {
         "loopback": attempt(lambda: socket.create_connection(("127.0.0.1", port), timeout=2).close()),
+        "local_socket": attempt(lambda: unix(os.environ["OH_PROBE_UNIX"])),
         "write_outside": attempt(lambda: open(os.environ["OH_PROBE_OUTSIDE"], "w").close()),
         "write_state": attempt(lambda: open(os.path.join(state_dir, "probe"), "w").close()),
     }
@@ -292,7 +299,7 @@ while True:
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sandboxed_runner_reaches_neither_the_network_nor_files_outside_its_state() {
+async fn a_sandboxed_runner_reaches_no_network_no_local_socket_and_no_file_outside_its_state() {
     let d = Deployment::outside_tmp();
     d.install_bundled();
     let script = d.dir.path().join("probe.py");
@@ -300,8 +307,17 @@ async fn a_sandboxed_runner_reaches_neither_the_network_nor_files_outside_its_st
     let examples = oh_e2e::workspace().join("examples/python-settings-store");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
-    let outside = d.dir.path().join("escaped");
-    let env = [("OH_PROBE_PORT", port.as_str()), ("OH_PROBE_OUTSIDE", outside.to_str().unwrap())];
+    // A local socket where services keep theirs (a database's, Docker's), and a file outside
+    // both the state directory and the places a sandbox empties.
+    let unix_path = std::path::PathBuf::from(format!("/run/oh-probe-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&unix_path);
+    let unix_listener = std::os::unix::net::UnixListener::bind(&unix_path).unwrap();
+    let outside = oh_e2e::target_debug().join(format!("oh-probe-escaped-{}", std::process::id()));
+    let env = [
+        ("OH_PROBE_PORT", port.as_str()),
+        ("OH_PROBE_OUTSIDE", outside.to_str().unwrap()),
+        ("OH_PROBE_UNIX", unix_path.to_str().unwrap()),
+    ];
     let mut seen = Vec::new();
     for sandboxed in [false, true] {
         let entry = format!(
@@ -320,10 +336,14 @@ async fn a_sandboxed_runner_reaches_neither_the_network_nor_files_outside_its_st
         let probe: Value = serde_json::from_str(&detail[..=json_end]).unwrap_or_else(|e| panic!("{e}: {detail}"));
         seen.push((sandboxed, probe, outside.exists()));
     }
-    // Without the sandbox the probe reaches both (so it measures something); with it, neither,
-    // and the state directory stays writable.
-    let open = json!({ "loopback": "open", "write_outside": "open", "write_state": "open" });
-    let jailed = json!({ "loopback": "blocked", "write_outside": "blocked", "write_state": "open" });
+    let _ = std::fs::remove_file(&outside);
+    drop(unix_listener);
+    let _ = std::fs::remove_file(&unix_path);
+    // Without the sandbox the probe reaches all three (so it measures something); with it,
+    // none, and the state directory stays writable.
+    let open = json!({ "loopback": "open", "local_socket": "open", "write_outside": "open", "write_state": "open" });
+    let jailed =
+        json!({ "loopback": "blocked", "local_socket": "blocked", "write_outside": "blocked", "write_state": "open" });
     assert_eq!(seen, [(false, open, true), (true, jailed, false)]);
 }
 

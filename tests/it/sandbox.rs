@@ -66,9 +66,15 @@ impl Target {
     }
 }
 
-async fn start(saas: bool, d: &Deployment, llm: &FakeLlm) -> Target {
+/// `isolated`: the runtime in a runner of its own (`isolation = "process"`), its file
+/// contents and command results crossing the plugin protocol. (Not `sandbox = true`: the
+/// runner's own bubblewrap leaves no user namespace for the runtime's.)
+async fn start(saas: bool, isolated: bool, d: &Deployment, llm: &FakeLlm) -> Target {
     d.install_bundled();
-    let runtime = oh_e2e::runtime_entry("BubblewrapRuntime", "command_timeout_secs = 30");
+    let mut runtime = oh_e2e::runtime_entry("BubblewrapRuntime", "command_timeout_secs = 30");
+    if isolated {
+        runtime.push_str("isolation = \"process\"\n");
+    }
     let db = if saas {
         let db = oh_e2e::pg::TestDb::create().await;
         let base = oh_e2e::saas_base_profile(&db.url, &[("mallory", MALLORY), ("victim", VICTIM)], "") + &runtime;
@@ -102,10 +108,10 @@ fn vm_rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-async fn the_agent_reaches_nothing_the_host_holds(saas: bool) {
+async fn the_agent_reaches_nothing_the_host_holds(saas: bool, isolated: bool) {
     let llm = FakeLlm::start().await;
     let d = Deployment::outside_tmp();
-    let target = start(saas, &d, &llm).await;
+    let target = start(saas, isolated, &d, &llm).await;
     let state = d.state_dir();
 
     // Another user's (in OSS: another conversation's) code.
@@ -215,10 +221,18 @@ async fn the_agent_reaches_nothing_the_host_holds(saas: bool) {
 
 #[tokio::test]
 async fn in_oss_mode_the_agent_reaches_nothing_the_host_holds() {
-    the_agent_reaches_nothing_the_host_holds(false).await;
+    the_agent_reaches_nothing_the_host_holds(false, false).await;
 }
 
 #[tokio::test]
 async fn in_saas_mode_one_users_agent_reaches_nothing_of_the_host_or_another_user() {
-    the_agent_reaches_nothing_the_host_holds(true).await;
+    the_agent_reaches_nothing_the_host_holds(true, false).await;
+}
+
+/// The same attacks with the runtime isolated: links out, git
+/// configuration, the host's environment and state, another user's workspace and local
+/// sockets stay out of reach when the runtime is reached through the plugin protocol.
+#[tokio::test]
+async fn with_the_runtime_isolated_one_users_agent_still_reaches_nothing_of_the_host_or_another_user() {
+    the_agent_reaches_nothing_the_host_holds(true, true).await;
 }

@@ -54,7 +54,7 @@ fn runner_program() -> Result<PathBuf, String> {
 
 /// The runner's command line: `bwrap` first when the entry is sandboxed, then `prlimit` when
 /// it is bounded.
-fn argv(p: &ProcessIsolation, state_dir: &Path) -> Result<Vec<String>, String> {
+fn argv(p: &ProcessIsolation, state_dir: &Path, plugins_dir: &Path) -> Result<Vec<String>, String> {
     let program = match &p.command {
         Some(command) => command.clone(),
         None => vec![runner_program()?.display().to_string()],
@@ -76,10 +76,14 @@ fn argv(p: &ProcessIsolation, state_dir: &Path) -> Result<Vec<String>, String> {
     }
     sandbox::bwrap::works().map_err(|e| format!("sandbox = true needs bubblewrap: {e}"))?;
     std::fs::create_dir_all(state_dir).map_err(|e| format!("cannot make {}: {e}", state_dir.display()))?;
-    let state = state_dir.display().to_string();
-    // The system read-only (the runner's socket is reached through it: connecting needs no
-    // write access), the state directory writable, no network, no capability.
-    let jail = [
+    let sockets = supervisor::socket_parent().map_err(|e| format!("cannot make a socket directory: {e}"))?;
+    let ro = |path: &Path| ["--ro-bind-try".to_owned(), path.display().to_string(), path.display().to_string()];
+    // The system read-only, but the places where local sockets live (`/run`, `/tmp`,
+    // `/var/tmp`: the database's, Docker's, an SSH agent's) empty; then what the runner
+    // needs: the plugins, its socket's directory (connecting needs no write access), the
+    // files its command names, and the state directory, writable. No network, no
+    // capability.
+    let mut jail: Vec<String> = [
         "bwrap",
         "--unshare-user",
         "--unshare-pid",
@@ -97,12 +101,24 @@ fn argv(p: &ProcessIsolation, state_dir: &Path) -> Result<Vec<String>, String> {
         "/dev",
         "--proc",
         "/proc",
-        "--bind",
-        &state,
-        &state,
-        "--",
-    ];
-    Ok(jail.iter().map(|s| s.to_string()).chain(bounded).collect())
+        "--tmpfs",
+        "/run",
+        "--tmpfs",
+        "/tmp",
+        "--tmpfs",
+        "/var/tmp",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    jail.extend(ro(plugins_dir));
+    jail.extend(ro(sockets));
+    for named in bounded.iter().map(Path::new).filter(|p| p.is_absolute() && p.exists()) {
+        jail.extend(ro(named));
+    }
+    let state = state_dir.display().to_string();
+    jail.extend(["--bind".to_owned(), state.clone(), state, "--".to_owned()]);
+    Ok(jail.into_iter().chain(bounded).collect())
 }
 
 fn log_level() -> &'static str {
@@ -126,7 +142,8 @@ pub fn start(
 ) -> Result<(Proxy, Arc<Supervisor>, String), String> {
     let process = e.process.as_ref().ok_or_else(|| format!("{}: not isolated", e.key))?;
     let who = format!("{} ({}::{})", e.key, e.library, e.implementation);
-    let argv = argv(process, &config.server.state_dir).map_err(|m| format!("{}: {m}", e.key))?;
+    let argv =
+        argv(process, &config.server.state_dir, &config.server.plugins_dir).map_err(|m| format!("{}: {m}", e.key))?;
     let library = process.command.is_none().then(|| wire::LibrarySpec {
         name: e.library.clone(),
         plugins_dir: config.server.plugins_dir.display().to_string(),

@@ -423,12 +423,28 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 const UP_HELP: &str = "1 while an isolated plugin's runner is up, 0 while it is down.";
 const RESTARTS_HELP: &str = "Restarts of isolated plugins' runners after they died.";
 
-/// `$TMPDIR/oh-plugin-<pid>-<random>`, mode 0700, made new (never an existing one).
-fn private_dir() -> std::io::Result<PathBuf> {
+fn random_hex() -> String {
     let mut bytes = [0u8; 8];
     let _ = getrandom::getrandom(&mut bytes);
-    let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let dir = std::env::temp_dir().join(format!("oh-plugin-{}-{suffix}", std::process::id()));
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `$TMPDIR/oh-plugins-<pid>-<random>`, mode 0700, made new once per process: where every
+/// runner's socket directory is (a sandboxed runner sees this directory and nothing else of
+/// the host's temporary directories).
+pub(super) fn socket_parent() -> std::io::Result<&'static std::path::Path> {
+    static PARENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(p) = PARENT.get() {
+        return Ok(p);
+    }
+    let dir = std::env::temp_dir().join(format!("oh-plugins-{}-{}", std::process::id(), random_hex()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(PARENT.get_or_init(|| dir))
+}
+
+/// A new directory of mode 0700 under [`socket_parent`] for one runner's socket.
+fn private_dir() -> std::io::Result<PathBuf> {
+    let dir = socket_parent()?.join(random_hex());
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     Ok(dir)
 }
