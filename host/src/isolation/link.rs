@@ -91,7 +91,11 @@ impl Link {
             pending.waiting.insert(id, tx);
         }
         let _forget = Forget(self, id);
-        if self.tx.send(wire::encode(&make(id))).await.is_err() {
+        let Some(frame) = wire::encode(&make(id)) else {
+            let why = format!("the call's arguments are more than the plugin protocol's {} bytes", wire::MAX_FRAME);
+            return Err(PluginError::new(plugin_api::ErrorCode::TOO_LARGE, why));
+        };
+        if self.tx.send(frame).await.is_err() {
             return Err(PluginError::unavailable(self.why()));
         }
         match rx.await {
@@ -107,14 +111,18 @@ impl Link {
         }
     }
 
-    /// Queues a message; `false` once the connection is gone.
+    /// Queues a message; `false` once the connection is gone, or when it is too large to send
+    /// (a `result` never is: it becomes a `TOO_LARGE` error).
     pub(super) async fn send(&self, message: &Message) -> bool {
-        self.tx.send(wire::encode(message)).await.is_ok()
+        match wire::encode(message) {
+            Some(frame) => self.tx.send(frame).await.is_ok(),
+            None => false,
+        }
     }
 
     /// Queues a message without waiting (logs, metrics: dropped when the queue is full).
     pub(super) fn try_send(&self, message: &Message) -> bool {
-        self.tx.try_send(wire::encode(message)).is_ok()
+        wire::encode(message).is_some_and(|frame| self.tx.try_send(frame).is_ok())
     }
 
     /// The connection is gone: every request in flight, and every later one, fails with `why`.

@@ -205,13 +205,25 @@ impl From<WireError> for PluginError {
     }
 }
 
-/// A message as one frame.
-pub fn encode(message: &Message) -> Vec<u8> {
+/// A message as one frame; `None` when it would be larger than [`MAX_FRAME`], which the
+/// other side would take for a broken connection. A `result` that large (what a workspace
+/// holds can be as large as its owner likes: a listing, a file, a command's output) becomes a
+/// `TOO_LARGE` error for its request instead: one call fails, not every call on the runner.
+pub fn encode(message: &Message) -> Option<Vec<u8>> {
     let body = serde_json::to_vec(message).unwrap_or_else(|_| b"{}".to_vec());
+    if body.len() > MAX_FRAME {
+        return match message {
+            Message::Result { id, .. } => {
+                let why = format!("the answer is {} bytes, more than the plugin protocol's {MAX_FRAME}", body.len());
+                encode(&result(*id, Err(PluginError::new(ErrorCode::TOO_LARGE, why))))
+            }
+            _ => None,
+        };
+    }
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
     frame.extend_from_slice(&body);
-    frame
+    Some(frame)
 }
 
 fn decode(body: &[u8]) -> io::Result<Message> {
@@ -250,7 +262,8 @@ pub fn read_blocking(r: &mut impl Read) -> io::Result<Message> {
 
 /// One message, blocking (the start handshake).
 pub fn write_blocking(w: &mut impl Write, message: &Message) -> io::Result<()> {
-    w.write_all(&encode(message))?;
+    let frame = encode(message).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "message too large"))?;
+    w.write_all(&frame)?;
     w.flush()
 }
 
@@ -277,8 +290,19 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_too_large_for_a_frame_fails_its_call_and_nothing_else() {
+        let huge = Value::String("x".repeat(MAX_FRAME));
+        let frame = encode(&result(9, Ok(huge.clone()))).unwrap();
+        assert!(frame.len() < 1024);
+        let Message::Result { id: 9, error: Some(e), .. } = read_blocking(&mut &frame[..]).unwrap() else { panic!() };
+        assert_eq!(PluginError::from(e).code, ErrorCode::TOO_LARGE);
+        let event = Message::Event { sink: 1, event: huge };
+        assert!(encode(&event).is_none(), "a live event too large is dropped, not sent");
+    }
+
+    #[test]
     fn frames_round_trip_and_oversized_ones_are_refused() {
-        let frame = encode(&Message::Shutdown { deadline_ms: 7 });
+        let frame = encode(&Message::Shutdown { deadline_ms: 7 }).unwrap();
         let back = read_blocking(&mut &frame[..]).unwrap();
         assert!(matches!(back, Message::Shutdown { deadline_ms: 7 }));
         let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
