@@ -3,6 +3,30 @@
 //! `main` is thin: [`cli::main`] parses arguments, then [`serve`] does the work, so tests and
 //! embedders can drive the server in-process too.
 
+/// `plugin_api::v1_0::HostServices` for a type that implements the current `HostServices`: a
+/// library built against plugin-api 1.0 gets the same services, without `runtime`.
+macro_rules! host_services_for_v1_0 {
+    ($services:ty) => {
+        impl plugin_api::v1_0::HostServices for $services {
+            fn call(
+                &self,
+                ctx: plugin_api::CallContext,
+                point: plugin_api::ExtensionPoint,
+                method: abi_stable::std_types::RString,
+                args_json: abi_stable::std_types::RString,
+            ) -> async_ffi::FfiFuture<plugin_api::PResult<abi_stable::std_types::RString>> {
+                plugin_api::HostServices::call(self, ctx, point, method, args_json)
+            }
+            fn app_mode(&self) -> plugin_api::AppMode {
+                plugin_api::HostServices::app_mode(self)
+            }
+            fn state_dir(&self) -> abi_stable::std_types::RString {
+                plugin_api::HostServices::state_dir(self)
+            }
+        }
+    };
+}
+
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -325,23 +325,7 @@ impl HostServices for RunnerServices {
     }
 }
 
-impl plugin_api::v1_0::HostServices for RunnerServices {
-    fn call(
-        &self,
-        ctx: CallContext,
-        point: ExtensionPoint,
-        method: RString,
-        args_json: RString,
-    ) -> FfiFuture<PResult<RString>> {
-        HostServices::call(self, ctx, point, method, args_json)
-    }
-    fn app_mode(&self) -> plugin_api::AppMode {
-        HostServices::app_mode(self)
-    }
-    fn state_dir(&self) -> RString {
-        HostServices::state_dir(self)
-    }
-}
+host_services_for_v1_0!(RunnerServices);
 
 // ---- The host API the library gets: everything goes to the host over the connection. ----
 

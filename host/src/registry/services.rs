@@ -116,25 +116,9 @@ impl HostServices for Services {
     }
 }
 
-/// The same services for a library built against plugin-api 1.0 (its `HostServices` has no
-/// `runtime`).
-impl plugin_api::v1_0::HostServices for Services {
-    fn call(
-        &self,
-        ctx: CallContext,
-        point: ExtensionPoint,
-        method: RString,
-        args_json: RString,
-    ) -> FfiFuture<PResult<RString>> {
-        HostServices::call(self, ctx, point, method, args_json)
-    }
-    fn app_mode(&self) -> plugin_api::AppMode {
-        HostServices::app_mode(self)
-    }
-    fn state_dir(&self) -> RString {
-        HostServices::state_dir(self)
-    }
-}
+// The same services for a library built against plugin-api 1.0 (its `HostServices` has no
+// `runtime`).
+host_services_for_v1_0!(Services);
 
 /// What a plugin holds as "the runtime": each call runs on the host's runtime through the
 /// runtime instance's `Meta` (counters, panic containment, a deadline).
