@@ -28,9 +28,19 @@ async fn start() -> Sso {
 }
 
 pub(crate) async fn start_with(extra: &str) -> Sso {
+    start_full(extra, false).await
+}
+
+/// With `revocation_over_tls`, the fake Keycloak's revocation endpoint is on HTTPS, its CA
+/// trusted by the host (`SSL_CERT_FILE`).
+async fn start_full(extra: &str, revocation_over_tls: bool) -> Sso {
     let db = TestDb::create().await;
     let kc = FakeKeycloak::start().await;
     let d = Deployment::new();
+    let ca = match revocation_over_tls {
+        true => Some(kc.serve_revocation_over_https(d.dir.path()).await),
+        false => None,
+    };
     d.install_bundled();
     let config = format!(
         "{{ database_url = \"{}\", redis_key_prefix = \"ohtest:sso:{}:\", rate_limit_per_second = 0, rate_limit_per_minute = 0, keycloak_server_url = \"{}\", \
@@ -52,7 +62,10 @@ pub(crate) async fn start_with(extra: &str) -> Sso {
              [[extensions.routes]]\nlibrary = \"saas_auth\"\nimplementation = \"SaasAuthRoutes\"\nconfig = {config}\n"
         ),
     );
-    let host = d.start();
+    let host = match &ca {
+        Some(ca) => d.start_with_env(&[("SSL_CERT_FILE", ca.to_str().unwrap())]),
+        None => d.start(),
+    };
     oh_e2e::redis::cli(&["SET", &format!("ohtest:sso:{}:session:forged", db.name), "mallory", "EX", "600"]);
     let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     Sso { _db: db, d, host, kc, browser }
@@ -223,6 +236,22 @@ async fn an_expired_access_token_is_refreshed_and_the_cookie_rewritten_then_logo
     assert_eq!(out.status, 200, "{}", out.text);
     assert!(set_cookie(&out, "keycloak_auth").unwrap().contains("Max-Age=0"));
     assert_eq!(s.kc.logouts(), 1);
+    // Keycloak's revocation endpoint is on plain HTTP here: RFC 7009 requires TLS, so the
+    // session is ended without a revocation.
+    assert!(s.kc.revoked().is_empty());
+}
+
+#[tokio::test]
+async fn sign_out_revokes_the_refresh_token_at_keycloak_over_tls() {
+    let s = start_full("", true).await;
+    let session = s.session().await;
+    let out = s.api(reqwest::Method::POST, "/api/logout", &session).await;
+    assert_eq!(out.status, 200, "{}", out.text);
+    assert_eq!(s.kc.revoked().len(), 1, "{}", s.host.log());
+    assert_eq!(s.kc.logouts(), 1);
+    // The revoked refresh token cannot mint new tokens: the cookie is dead on every host.
+    let after = s.api(reqwest::Method::GET, "/api/settings", &session).await;
+    assert_eq!(after.status, 401, "{}", after.text);
 }
 
 #[tokio::test]

@@ -51,6 +51,10 @@ struct Inner {
     codes: HashMap<String, Code>,
     refresh: HashMap<String, User>,
     logouts: usize,
+    /// Refresh tokens revoked at the revocation endpoint (RFC 7009).
+    revoked: Vec<String>,
+    /// Where discovery says the revocation endpoint is (HTTPS once served so).
+    revocation_endpoint: Option<String>,
     counter: u64,
     /// `expires_in` of brokered GitHub tokens.
     github_expires_in: i64,
@@ -80,6 +84,8 @@ impl FakeKeycloak {
             codes: HashMap::new(),
             refresh: HashMap::new(),
             logouts: 0,
+            revoked: Vec::new(),
+            revocation_endpoint: None,
             counter: 0,
             github_expires_in: 8 * 3600,
             github_refreshes: 0,
@@ -115,6 +121,7 @@ impl FakeKeycloak {
             .route(&format!("{p}/token"), post(token))
             .route(&format!("{p}/auth"), get(auth))
             .route(&format!("{p}/logout"), post(logout))
+            .route(&format!("{p}/revoke"), post(revoke))
             .route(&format!("/realms/{REALM}/broker/{{idp}}/token"), get(broker))
             .route("/github/login/oauth/access_token", post(github_refresh))
             .route(&format!("/admin/realms/{REALM}/users/{{id}}"), get(admin_get_user).put(admin_put_user))
@@ -182,6 +189,21 @@ impl FakeKeycloak {
     /// The token URL to configure for GitHub.
     pub fn github_token_url(&self) -> String {
         format!("{}/github/login/oauth/access_token", self.base)
+    }
+
+    /// Serves the endpoints over HTTPS too and names the HTTPS revocation endpoint in
+    /// discovery (RFC 7009 requires TLS); the CA that signed it, for `SSL_CERT_FILE`.
+    pub async fn serve_revocation_over_https(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let (port, ca, task) = crate::tls::serve(self.router(), dir).await;
+        std::mem::forget(task); // serves until the test's runtime ends
+        self.inner.lock().unwrap().revocation_endpoint =
+            Some(format!("https://localhost:{port}/realms/{REALM}/protocol/openid-connect/revoke"));
+        ca
+    }
+
+    /// The refresh tokens revoked so far.
+    pub fn revoked(&self) -> Vec<String> {
+        self.inner.lock().unwrap().revoked.clone()
     }
 
     pub fn logouts(&self) -> usize {
@@ -448,6 +470,22 @@ async fn logout(State(kc): State<FakeKeycloak>, body: Bytes) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+/// RFC 7009: the client's own refresh token is revoked; an unknown one is answered 200 too.
+async fn revoke(State(kc): State<FakeKeycloak>, body: Bytes) -> Response {
+    let f = form(&body);
+    if f.get("client_id").map(String::as_str) != Some(CLIENT_ID)
+        || f.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET)
+    {
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "error": "invalid_client" }))).into_response();
+    }
+    let token = f.get("token").cloned().unwrap_or_default();
+    let mut i = kc.inner.lock().unwrap();
+    if f.get("token_type_hint").map(String::as_str) == Some("refresh_token") && i.refresh.remove(&token).is_some() {
+        i.revoked.push(token);
+    }
+    StatusCode::OK.into_response()
+}
+
 /// Keycloak's broker endpoint: the linked GitHub identity's tokens, form-encoded as GitHub
 /// returns them.
 async fn broker(
@@ -497,6 +535,7 @@ async fn discovery(State(kc): State<FakeKeycloak>) -> Json<Value> {
         "token_endpoint": format!("{p}/token"),
         "userinfo_endpoint": format!("{p}/userinfo"),
         "end_session_endpoint": format!("{p}/logout"),
+        "revocation_endpoint": kc.inner.lock().unwrap().revocation_endpoint.clone().unwrap_or(format!("{p}/revoke")),
         "jwks_uri": format!("{p}/certs"),
         "code_challenge_methods_supported": ["S256"],
     }))

@@ -86,22 +86,20 @@ pub(crate) async fn begin(
     Ok(state)
 }
 
-/// Where to send the browser to authorize: `authorize_url` with `params`, the `redirect_uri`
-/// and a new `state` for `user` (see [`begin`]); `label` names the provider in errors.
+/// Where to send the browser to authorize with `app`: its authorization URL with `params`,
+/// the `redirect_uri` and a new `state` for `user` (see [`begin`]).
 pub(crate) async fn authorize_redirect(
     db: &Database,
     user: &str,
     provider: &str,
-    label: &str,
-    authorize_url: &str,
+    app: &oauth_client::Provider<'_>,
     params: &[(&str, &str)],
     redirect_uri: &str,
 ) -> Result<plugin_sdk::HttpResponse, PluginError> {
     let state = begin(db, None, user, provider, provider, "", None).await?;
-    let all = params.iter().copied().chain([("state", state.as_str()), ("redirect_uri", redirect_uri)]);
-    let url = reqwest::Url::parse_with_params(authorize_url, all)
-        .map_err(|e| PluginError::internal(format!("{label} authorize URL: {e}")))?;
-    Ok(plugin_sdk::http::redirect(url.to_string()))
+    let url =
+        app.authorize_url(redirect_uri, &state, None, params).map_err(|e| PluginError::internal(e.to_string()))?;
+    Ok(plugin_sdk::http::redirect(url))
 }
 
 /// The callback's `code` and what its `state` was for: taken (used once, whatever happens

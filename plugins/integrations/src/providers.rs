@@ -52,6 +52,30 @@ pub(crate) async fn counted(what: &str, request: reqwest::RequestBuilder) -> Res
     answer
 }
 
+/// Exchanges an authorization code at `app`'s token endpoint (through `oauth_client`),
+/// counted as [`counted`] counts API calls: the tokens; `Ok(Err(why))` when the provider
+/// refused the code; an error when it could not be asked.
+pub(crate) async fn exchange_code(
+    http: &reqwest::Client,
+    app: &oauth_client::Provider<'_>,
+    code: &str,
+    redirect_uri: &str,
+) -> Result<Result<oauth_client::Tokens, String>, PluginError> {
+    let provider = app.label.split_whitespace().next().unwrap_or("unknown").to_ascii_lowercase();
+    let answer = app.exchange_code(http, code, redirect_uri, None).await;
+    let outcome = match &answer {
+        Ok(_) => "ok",
+        Err(oauth_client::Error::Refused { .. }) => "error",
+        Err(_) => "unreachable",
+    };
+    plugin_sdk::metric("oh_provider_api_calls_total", 1.0, &json!({ "provider": provider, "outcome": outcome }));
+    match answer {
+        Ok(tokens) => Ok(Ok(tokens)),
+        Err(e @ oauth_client::Error::Refused { .. }) => Ok(Err(e.to_string())),
+        Err(e) => Err(PluginError::unavailable(e.to_string())),
+    }
+}
+
 /// Sends `request`; its response when it succeeded, else the failure, named by `what`.
 pub(crate) async fn send(what: &str, request: reqwest::RequestBuilder) -> Result<reqwest::Response, PluginError> {
     let r = counted(what, request).await.map_err(|e| unreachable(what, e))?;

@@ -62,15 +62,14 @@ impl SlackInstall {
             Ok(answer) => answer,
             Err(refused) => return Ok(refused),
         };
-        let (Some(token), Some(team)) = (answer["access_token"].as_str(), answer["team"]["id"].as_str()) else {
-            let error = answer["error"].as_str().unwrap_or("no bot token");
-            return Ok(detail(400, format!("Slack refused the installation: {error}")));
+        let (token, Some(team)) = (answer.access(), answer.field("team")["id"].as_str()) else {
+            return Ok(detail(400, "Slack's answer names no team"));
         };
-        if answer["ok"] != true || answer["token_type"] != "bot" {
+        if answer.field("ok") != true || answer.kind() != "bot" {
             return Ok(detail(400, "Slack did not give a bot token"));
         }
         let sealed = self.keys.seal(token.as_bytes(), &at(team))?;
-        let name = answer["team"]["name"].as_str().unwrap_or("");
+        let name = answer.field("team")["name"].as_str().unwrap_or("");
         let pool = self.app.db.ready().await?;
         sqlx::query(
             "INSERT INTO slack_teams (team_id, team_name, bot_token, bot_user_id, installed_by) VALUES ($1, $2, $3, $4, $5)
@@ -80,7 +79,7 @@ impl SlackInstall {
         .bind(team)
         .bind(name)
         .bind(&sealed)
-        .bind(answer["bot_user_id"].as_str())
+        .bind(answer.field("bot_user_id").as_str())
         .bind(user)
         .execute(pool)
         .await

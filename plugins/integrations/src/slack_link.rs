@@ -44,7 +44,7 @@ const LINK: Flow = Flow {
     tag: "slack_link",
     authorize: "/openid/connect/authorize",
     token: "openid.connect.token",
-    params: &[("response_type", "code"), ("scope", "openid profile")],
+    params: &[("scope", "openid profile")],
     callback: CALLBACK,
 };
 
@@ -76,11 +76,25 @@ impl SlackLink {
         user: &str,
         request: &HttpRequest,
     ) -> Result<HttpResponse, PluginError> {
-        let mut params = vec![("client_id", self.client_id.as_str())];
-        params.extend_from_slice(flow.params);
-        let authorize = format!("{}{}", self.oauth, flow.authorize);
         let redirect_uri = oauth::callback_url(self.web_origin.as_deref(), request, flow.callback);
-        oauth::authorize_redirect(&self.db, user, flow.tag, "Slack", &authorize, &params, &redirect_uri).await
+        let urls = self.endpoints(flow);
+        oauth::authorize_redirect(&self.db, user, flow.tag, &self.app(&urls), flow.params, &redirect_uri).await
+    }
+
+    /// `flow`'s authorization URL and token method.
+    fn endpoints(&self, flow: &Flow) -> (String, String) {
+        (format!("{}{}", self.oauth, flow.authorize), format!("{}/{}", self.api, flow.token))
+    }
+
+    /// The app at `urls` (see [`Self::endpoints`]).
+    fn app<'a>(&'a self, urls: &'a (String, String)) -> oauth_client::Provider<'a> {
+        oauth_client::Provider {
+            label: "Slack",
+            client_id: &self.client_id,
+            client_secret: &self.client_secret,
+            authorize_url: &urls.0,
+            token_url: &urls.1,
+        }
     }
 
     /// Slack's answer to the callback's code (its token method), or what to answer instead.
@@ -89,24 +103,17 @@ impl SlackLink {
         flow: &Flow,
         user: &str,
         request: &HttpRequest,
-    ) -> Result<Result<Value, HttpResponse>, PluginError> {
+    ) -> Result<Result<oauth_client::Tokens, HttpResponse>, PluginError> {
         let code = match oauth::finish(&self.db, None, flow.tag, "Slack", user, &request.query).await? {
             Ok((code, _)) => code,
             Err((status, message)) => return Ok(Err(detail(status, message))),
         };
         let redirect_uri = oauth::callback_url(self.web_origin.as_deref(), request, flow.callback);
-        let form = [
-            ("client_id", self.client_id.as_str()),
-            ("client_secret", self.client_secret.as_str()),
-            ("code", code.as_str()),
-            ("redirect_uri", &redirect_uri),
-            ("grant_type", "authorization_code"),
-        ];
-        let what = format!("Slack {}", flow.token);
-        let request = self.http.post(format!("{}/{}", self.api, flow.token)).form(&form);
-        let answer =
-            providers::send(&what, request).await?.json().await.map_err(|e| providers::unreachable(&what, e))?;
-        Ok(Ok(answer))
+        let urls = self.endpoints(flow);
+        match providers::exchange_code(&self.http, &self.app(&urls), &code, &redirect_uri).await? {
+            Ok(tokens) => Ok(Ok(tokens)),
+            Err(why) => Ok(Err(detail(400, why))),
+        }
     }
 
     pub(crate) async fn handle(&self, ctx: &CallContext, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
@@ -120,12 +127,7 @@ impl SlackLink {
             Ok(token) => token,
             Err(answer) => return Ok(answer),
         };
-        let Some(access) = token["access_token"].as_str().filter(|_| token["ok"] == true) else {
-            return Ok(detail(
-                400,
-                format!("Slack refused the code: {}", token["error"].as_str().unwrap_or("no token")),
-            ));
-        };
+        let access = token.access();
         let what = "Slack openid.connect.userInfo";
         let me: Value =
             providers::send(what, self.http.get(format!("{}/openid.connect.userInfo", self.api)).bearer_auth(access))

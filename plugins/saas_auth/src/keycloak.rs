@@ -70,7 +70,7 @@ impl AccessClaims {
 }
 
 /// A token endpoint's answer.
-#[derive(Deserialize, Debug)]
+#[derive(Debug)]
 pub(crate) struct Tokens {
     pub(crate) access_token: String,
     pub(crate) refresh_token: String,
@@ -156,6 +156,7 @@ impl Keycloak {
             "certs" => "jwks_uri",
             "token" => "token_endpoint",
             "logout" => "end_session_endpoint",
+            "revoke" => "revocation_endpoint",
             _ => "userinfo_endpoint",
         };
         discovered
@@ -251,52 +252,49 @@ impl Keycloak {
         Ok(claims)
     }
 
-    async fn token_call(&self, form: &[(&str, &str)]) -> Result<Tokens, TokenError> {
-        let r = self
-            .http
-            .post(self.endpoint("token").await)
-            .form(form)
-            .send()
-            .await
-            .map_err(|e| TokenError::Unavailable(format!("cannot reach Keycloak: {e}")))?;
-        let status = r.status();
-        if status.is_success() {
-            return r.json().await.map_err(|e| TokenError::Unavailable(format!("malformed token answer: {e}")));
+    /// This client at the realm: `token_url` for the grants, the browser-facing authorization
+    /// URL for sign-in.
+    fn oauth<'a>(&'a self, token_url: &'a str, authorize_url: &'a str) -> oauth_client::Provider<'a> {
+        oauth_client::Provider {
+            label: "Keycloak",
+            client_id: &self.client_id,
+            client_secret: &self.client_secret,
+            authorize_url,
+            token_url,
         }
-        let body: Value = r.json().await.unwrap_or_default();
-        let error = body["error"].as_str().unwrap_or("").to_owned();
-        if status.as_u16() == 400 && error == "invalid_grant" {
-            return Err(TokenError::Expired);
+    }
+
+    fn grant(tokens: Result<oauth_client::Tokens, oauth_client::Error>) -> Result<Tokens, TokenError> {
+        match tokens {
+            Ok(t) => {
+                Ok(Tokens { access_token: t.access().to_owned(), refresh_token: t.refresh().unwrap_or("").to_owned() })
+            }
+            Err(e) if e.is_invalid_grant() => Err(TokenError::Expired),
+            Err(e @ oauth_client::Error::Refused { .. }) => Err(TokenError::Invalid(e.to_string())),
+            Err(e) => Err(TokenError::Unavailable(e.to_string())),
         }
-        if status.is_server_error() {
-            return Err(TokenError::Unavailable(format!("Keycloak answered {status}")));
-        }
-        Err(TokenError::Invalid(format!("Keycloak refused the token request: {status} {error}")))
+    }
+
+    /// Where to send a browser to sign in: the code flow with `state` and PKCE's challenge of
+    /// `verifier`, back to `redirect_uri`.
+    pub(crate) fn sign_in_url(&self, redirect_uri: &str, state: &str, verifier: &str) -> Result<String, PluginError> {
+        let authorize = self.authorize_url();
+        let token = format!("{}/protocol/openid-connect/token", self.realm_url(&self.server_url));
+        self.oauth(&token, &authorize)
+            .authorize_url(redirect_uri, state, Some(verifier), &[("scope", "openid email profile")])
+            .map_err(|e| PluginError::internal(e.to_string()))
     }
 
     pub(crate) async fn refresh(&self, refresh_token: &str) -> Result<Tokens, TokenError> {
-        self.token_call(&[
-            ("grant_type", "refresh_token"),
-            ("client_id", &self.client_id),
-            ("client_secret", &self.client_secret),
-            ("refresh_token", refresh_token),
-        ])
-        .await
+        let token_url = self.endpoint("token").await;
+        Self::grant(self.oauth(&token_url, "").refresh(&self.http, refresh_token).await)
     }
 
     /// The authorization code's tokens; `verifier` is PKCE's, empty for a flow without it.
     pub(crate) async fn exchange(&self, code: &str, verifier: &str, redirect_uri: &str) -> Result<Tokens, TokenError> {
-        let mut form = vec![
-            ("grant_type", "authorization_code"),
-            ("client_id", self.client_id.as_str()),
-            ("client_secret", self.client_secret.as_str()),
-            ("code", code),
-            ("redirect_uri", redirect_uri),
-        ];
-        if !verifier.is_empty() {
-            form.push(("code_verifier", verifier));
-        }
-        self.token_call(&form).await
+        let token_url = self.endpoint("token").await;
+        let tokens = self.oauth(&token_url, "").exchange_code(&self.http, code, redirect_uri, Some(verifier)).await;
+        Self::grant(tokens)
     }
 
     /// A linked identity provider's tokens, from Keycloak's broker endpoint (the raw answer).
@@ -320,36 +318,21 @@ impl Keycloak {
                 return Ok(token.clone());
             }
         }
-        #[derive(Deserialize)]
-        struct Grant {
-            access_token: String,
-            #[serde(default)]
-            expires_in: u64,
-        }
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", self.client_id.as_str()),
-            ("client_secret", self.client_secret.as_str()),
-        ];
-        let r = self
-            .http
-            .post(self.endpoint("token").await)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| PluginError::unavailable(format!("cannot reach Keycloak: {e}")))?;
-        if !r.status().is_success() {
-            return Err(PluginError::internal(format!(
-                "Keycloak refused the admin token ({}): give the client `{}` a service account with the realm-management role manage-users",
-                r.status(),
-                self.client_id
-            )));
-        }
-        let grant: Grant =
-            r.json().await.map_err(|e| PluginError::unavailable(format!("malformed token answer: {e}")))?;
-        let until = Instant::now() + Duration::from_secs(grant.expires_in.saturating_sub(30));
-        *cached = Some((grant.access_token.clone(), until));
-        Ok(grant.access_token)
+        let token_url = self.endpoint("token").await;
+        let grant = match self.oauth(&token_url, "").client_credentials(&self.http).await {
+            Ok(grant) => grant,
+            Err(e @ oauth_client::Error::Refused { .. }) => {
+                return Err(PluginError::internal(format!(
+                    "{e}: give the client `{}` a service account with the realm-management role manage-users",
+                    self.client_id
+                )))
+            }
+            Err(e) => return Err(PluginError::unavailable(e.to_string())),
+        };
+        let expires_in = grant.expires_in().unwrap_or_default();
+        let until = Instant::now() + expires_in.saturating_sub(Duration::from_secs(30));
+        *cached = Some((grant.access().to_owned(), until));
+        Ok(grant.access().to_owned())
     }
 
     /// `{server}/admin/realms/{realm}/users/{id}{rest}`.
@@ -422,8 +405,20 @@ impl Keycloak {
         self.admin_call(request, "send the verification email").await.map(drop)
     }
 
-    /// Ends the Keycloak session (best effort: the cookie is cleared anyway).
+    /// Ends the Keycloak session (best effort: the cookie is cleared anyway): the refresh
+    /// token revoked (RFC 7009, where the realm's revocation endpoint is on TLS, as the RFC
+    /// requires), then the session ended at the end-session endpoint, which also signs the
+    /// user out of the realm's other clients.
     pub(crate) async fn logout(&self, refresh_token: &str) {
+        let revoke = self.endpoint("revoke").await;
+        if revoke.starts_with("https://") {
+            let token_url = self.endpoint("token").await;
+            if let Err(e) = self.oauth(&token_url, "").revoke(&self.http, &revoke, refresh_token, false).await {
+                tracing::warn!(error = %e, "Keycloak token revocation failed");
+            }
+        } else {
+            tracing::debug!(revoke, "Keycloak's revocation endpoint is not on TLS; the session is only ended");
+        }
         let form = [
             ("client_id", self.client_id.as_str()),
             ("client_secret", &self.client_secret),

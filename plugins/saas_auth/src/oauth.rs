@@ -18,7 +18,6 @@ use plugin_sdk::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 const STATE_COOKIE: &str = "oh_oauth_state";
 
@@ -110,20 +109,12 @@ pub(crate) async fn handle(
             };
             let flow = FlowState {
                 state: random(16)?,
-                verifier: random(32)?,
+                verifier: oauth_client::pkce_verifier(),
                 redirect,
                 exp: chrono::Utc::now().timestamp() + 600,
             };
-            let challenge = B64.encode(Sha256::digest(flow.verifier.as_bytes()));
             let callback = format!("{}/oauth/keycloak/callback", sso.auth_web_host);
-            let url = format!(
-                "{}?client_id={}&response_type=code&scope=openid%20email%20profile&redirect_uri={}&state={}&code_challenge={}&code_challenge_method=S256",
-                sso.keycloak.authorize_url(),
-                percent_encode(&sso.keycloak.client_id),
-                percent_encode(&callback),
-                percent_encode(&flow.state),
-                challenge
-            );
+            let url = sso.keycloak.sign_in_url(&callback, &flow.state, &flow.verifier)?;
             let cookie =
                 keycloak::cookie(STATE_COOKIE, &keycloak::sign(&flow, &sso.jwt_secret)?, &sso.web_host, Some(600));
             // The state cookie must come back on the cross-site redirect from Keycloak.

@@ -226,25 +226,22 @@ impl Providers {
     async fn refresh(&self, p: &ProviderConfig, user: &str, refresh_sealed: Option<&str>) -> Result<Grant, String> {
         let sealed = refresh_sealed.ok_or("no refresh token")?;
         let refresh = self.open(user, "refresh_sealed", sealed).map_err(|e| e.message.to_string())?;
-        let form = [
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh.as_str()),
-            ("client_id", p.client_id.as_str()),
-            ("client_secret", p.client_secret.as_str()),
-        ];
-        let r = self
-            .http
-            .post(p.token_url())
-            .header("accept", "application/json")
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach {}: {e}", p.idp))?;
-        let status = r.status();
-        let body = r.text().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(format!("{} answered {status}", p.idp));
-        }
-        parse_grant(&body).ok_or_else(|| format!("{} answered without an access token", p.idp))
+        let token_url = p.token_url();
+        let app = oauth_client::Provider {
+            label: &p.idp,
+            client_id: &p.client_id,
+            client_secret: &p.client_secret,
+            authorize_url: "",
+            token_url: &token_url,
+        };
+        let tokens = app.refresh(&self.http, &refresh).await.map_err(|e| e.to_string())?;
+        // GitHub says how long its refresh token lasts.
+        let num = |k: &str| tokens.field(k).as_i64().or_else(|| tokens.field(k).as_str().and_then(|s| s.parse().ok()));
+        Ok(Grant {
+            access: tokens.access().to_owned(),
+            refresh: tokens.refresh().map(str::to_owned),
+            expires_in: tokens.expires_in().map(|d| d.as_secs() as i64),
+            refresh_expires_in: num("refresh_token_expires_in"),
+        })
     }
 }

@@ -55,6 +55,20 @@ struct App {
     api: String,
 }
 
+impl App {
+    /// The OAuth app, for `oauth_client` (the label names its token endpoint in errors and
+    /// metrics).
+    fn oauth<'a>(&'a self, label: &'a str) -> oauth_client::Provider<'a> {
+        oauth_client::Provider {
+            label,
+            client_id: &self.client_id,
+            client_secret: &self.client_secret,
+            authorize_url: &self.authorize_url,
+            token_url: &self.token_url,
+        }
+    }
+}
+
 /// The routes of a provider whose OAuth app is not configured: no link and no workspace
 /// (so the web client shows its form), and a 503 naming the settings for the rest.
 pub(crate) fn without_app(provider: &str, slug: &str, request: &HttpRequest) -> HttpResponse {

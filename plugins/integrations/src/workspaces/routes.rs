@@ -91,19 +91,15 @@ impl Workspaces {
         let operation = if register { "workspace_integration" } else { "workspace_link" };
         let state =
             oauth::begin(&self.db, Some(&self.keys), user, app.provider, operation, &name, details.as_deref()).await?;
-        let mut params = vec![
-            ("client_id", app.client_id.as_str()),
-            ("scope", app.scope),
-            ("state", state.as_str()),
-            ("response_type", "code"),
-        ];
-        let redirect_uri = self.redirect_uri(app, request);
-        params.push(("redirect_uri", &redirect_uri));
+        let mut params = vec![("scope", app.scope)];
         if app.provider == "jira" {
             params.extend([("audience", "api.atlassian.com"), ("prompt", "consent")]);
         }
-        let url = reqwest::Url::parse_with_params(&app.authorize_url, &params)
-            .map_err(|e| PluginError::internal(format!("{} authorize URL: {e}", app.label)))?;
+        let redirect_uri = self.redirect_uri(app, request);
+        let url = app
+            .oauth(app.label)
+            .authorize_url(&redirect_uri, &state, None, &params)
+            .map_err(|e| PluginError::internal(e.to_string()))?;
         Ok(Ok(json(200, &json!({ "success": true, "redirect": true, "authorizationUrl": url.as_str() }))))
     }
 
@@ -155,31 +151,12 @@ impl Workspaces {
         redirect_uri: &str,
         name: &str,
     ) -> Result<Result<Identity, Refused>, PluginError> {
-        let form = [
-            ("grant_type", "authorization_code"),
-            ("client_id", app.client_id.as_str()),
-            ("client_secret", app.client_secret.as_str()),
-            ("code", code),
-            ("redirect_uri", redirect_uri),
-        ];
-        let request = self.http.post(&app.token_url);
-        // Atlassian's token endpoint takes JSON; Jira DC's and Linear's a form.
-        let request = if app.provider == "jira" {
-            request.json(&form.iter().copied().collect::<std::collections::HashMap<_, _>>())
-        } else {
-            request.form(&form)
-        };
         let what = format!("{} token", app.label);
-        let r = providers::counted(&what, request).await.map_err(|e| providers::unreachable(&what, e))?;
-        if !r.status().is_success() {
-            let status = r.status();
-            let body: String = r.text().await.unwrap_or_default().chars().take(200).collect();
-            return Ok(Err((400, format!("Error fetching token: {status} {body}"))));
-        }
-        let token: Value = r.json().await.map_err(|e| providers::unreachable(&what, e))?;
-        let Some(token) = token["access_token"].as_str() else {
-            return Ok(Err((400, format!("{what}: the answer has no access_token"))));
+        let token = match providers::exchange_code(&self.http, &app.oauth(&what), code, redirect_uri).await? {
+            Ok(tokens) => tokens,
+            Err(why) => return Ok(Err((400, format!("Error fetching token: {why}")))),
         };
+        let token = token.access();
         let get = |url: String| self.http.get(url).bearer_auth(token).header("accept", "application/json");
         let refused = |what: &str| (401, format!("User is not authorized to access workspace: {name} ({what})"));
         match app.provider {
