@@ -169,6 +169,17 @@ host_call!(GetProviderTokens, USER_AUTH, "provider_tokens", ProviderTokens);
 pub struct CreateConversation {}
 host_call!(CreateConversation, MONITORING, "on_create_conversation", ());
 
+/// The calling user's feature flags (since 1.2): each flag's variant, from the monitoring
+/// listeners that define flags (`ExperimentQuery::feature_flags`). `flags` empty asks for
+/// every flag; a flag no listener defines is absent from the answer. A host older than 1.2
+/// answers `UNIMPLEMENTED`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct FeatureFlags {
+    #[serde(default)]
+    pub flags: Vec<String>,
+}
+host_call!(FeatureFlags, MONITORING, "feature_flags", std::collections::BTreeMap<String, String>);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,6 @@ pub use async_ffi::FfiFuture;
 pub const API_MAJOR: u32 = 1;
 /// Minor version of this contract. A library built against a higher minor than the host's is
 /// refused (it may call what this host lacks); a lower one loads.
-pub const API_MINOR: u32 = 1;
+pub const API_MINOR: u32 = 2;
 /// First field of [`ApiInfo`]: tells an oh-host plugin apart from any other abi_stable library.
 pub const API_MAGIC: u64 = 0x6f68_2d68_6f73_7401; // "oh-host" + 1

@@ -341,6 +341,25 @@ pub struct ExperimentQuery {
     /// The model of the user's settings, if any.
     #[serde(default)]
     pub llm_model: Option<String>,
+    /// Since 1.2: set when the host asks for the user's feature flags instead of a start's
+    /// experiments (`conversation_id` is then empty). A listener that defines flags answers
+    /// one `ExperimentAssignment` per flag it evaluated for the user (`experiment` = the flag,
+    /// `variant` = its value); others answer `None`. Only listeners built against 1.2 or later
+    /// are asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_flags: Option<FlagSubject>,
+}
+
+/// Whose feature flags the host asks for (`ExperimentQuery::feature_flags`; the user is the
+/// call's `CallContext::user_id`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct FlagSubject {
+    /// The user's email when the host knows it (a signed-in request); `None` from a host call.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// The flags wanted; empty for all.
+    #[serde(default)]
+    pub flags: Vec<String>,
 }
 
 /// One experiment a conversation takes part in; a listener answers a JSON array of these.

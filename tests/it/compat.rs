@@ -101,11 +101,17 @@ const METHODS_1_1: &[&str] = &[
     "runtime.shutdown",
 ];
 
+/// What 1.2 added: no method, the feature-flags query of `experiment_variant`.
+const METHODS_1_2: &[&str] = &["monitoring.feature_flags"];
+
 /// The methods a library built against `minor` has.
 fn methods_of(minor: u32) -> Vec<&'static str> {
     let mut all = METHODS_1_0.to_vec();
     if minor >= 1 {
         all.extend(METHODS_1_1);
+    }
+    if minor >= 2 {
+        all.extend(METHODS_1_2);
     }
     all
 }
@@ -477,6 +483,11 @@ async fn exercise(dir: &Path, label: &str) -> Vec<String> {
     o.on_llm_usage(ctx(), serde_json::to_string(&models::LlmUsage::default()).unwrap().into());
     let query = serde_json::to_string(&models::ExperimentQuery::default()).unwrap();
     assert_eq!(ok(o.experiment_variant(ctx(), query.into()).await, "experiment_variant"), RSome(RString::from("[]")));
+    if lib.api.minor >= 2 {
+        let flags = models::ExperimentQuery { feature_flags: Some(Default::default()), ..Default::default() };
+        let answer = ok(o.experiment_variant(ctx(), serde_json::to_string(&flags).unwrap().into()).await, "flags");
+        assert_eq!(parse(answer.unwrap())[0]["experiment"], "CONTRACT_FLAG", "{label}");
+    }
     let admission = serde_json::to_string(&models::Admission::default()).unwrap();
     assert_eq!(o.admit(ctx(), admission.into()).await.into_result().unwrap_err().code, ErrorCode::PAYMENT_REQUIRED);
     ok(o.health(ctx()).await, "monitoring health");
@@ -604,6 +615,56 @@ async fn every_released_contract_loads_in_todays_host() {
         assert_eq!(stored.status, 200, "{label}: {}", stored.text);
         let read = host.send(host.http.get(host.url("/api/settings")).bearer_auth("alice-token")).await;
         assert_eq!(read.json()["llm_model"], "m", "{label}");
+    }
+}
+
+/// The host asks only listeners built against 1.2 or later for feature flags (an older one
+/// would read the query as a start's), and sends the web client a signed-in caller's flags
+/// with the headers its sign-in asked for.
+#[tokio::test]
+async fn feature_flags_are_asked_of_1_2_listeners_only() {
+    let today = oh_e2e::target_debug();
+    let mut builds = vec![("today's build".to_owned(), plugin_api::API_MINOR, today)];
+    for r in releases().iter().filter(|r| major_minor(&r.version).1 < 2) {
+        let release = Release { version: r.version.clone(), commit: r.commit.clone() };
+        let built = tokio::task::spawn_blocking(move || build_release(&release)).await.unwrap();
+        builds.push((format!("plugin-api {}", r.version), major_minor(&r.version).1, built));
+    }
+    for (label, minor, built) in builds {
+        let d = Deployment::new();
+        d.install_bundled();
+        std::fs::copy(built.join("libcontract_plugin.so"), d.plugins_dir().join("libcontract_plugin.so")).unwrap();
+        d.write_profile(
+            "",
+            "[extensions.user_auth]\nlibrary = \"contract_plugin\"\nimplementation = \"ContractAuth\"\n\
+             [[extensions.monitoring]]\nlibrary = \"contract_plugin\"\nimplementation = \"ContractMonitoring\"\n\
+             [[extensions.routes]]\nlibrary = \"contract_plugin\"\nimplementation = \"ContractRoutes\"\n",
+        );
+        let host = d.start();
+        let monitoring_calls = || async {
+            let plugins = host.admin_get("/internal/plugins").await.json();
+            let all = plugins["instances"].as_array().cloned().unwrap_or_default();
+            let m = all.iter().find(|i| i["extension"] == "extensions.monitoring[0]").cloned().unwrap_or_default();
+            m["stats"]["calls"].as_u64().unwrap_or_else(|| panic!("{label}: {plugins}"))
+        };
+        let before = monitoring_calls().await;
+        let config = host.send(host.http.get(host.url("/api/options/config")).bearer_auth("contract")).await;
+        assert_eq!(config.status, 200, "{label}: {}", config.text);
+        let flag = &config.json()["FEATURE_FLAGS"]["CONTRACT_FLAG"];
+        if minor >= 2 {
+            assert_eq!(flag, "on", "{label}: {}", config.text);
+            assert_eq!(config.headers["x-contract"], "yes", "{label}: the sign-in's headers are sent back");
+            assert_eq!(monitoring_calls().await, before + 1, "{label}");
+            // A plugin asks for the caller's flags with a host call.
+            let asked = host.send(host.http.get(host.url("/contract/flags")).bearer_auth("contract")).await;
+            assert_eq!(asked.json(), json!({ "CONTRACT_FLAG": "on" }), "{label}: {}", asked.text);
+        } else {
+            assert!(flag.is_null(), "{label}: {}", config.text);
+            assert_eq!(monitoring_calls().await, before, "{label}: a {minor} listener was asked for flags");
+        }
+        // Anonymous: no flags, and nobody asked.
+        let anonymous = host.get("/api/options/config").await;
+        assert!(anonymous.json()["FEATURE_FLAGS"]["CONTRACT_FLAG"].is_null(), "{label}");
     }
 }
 

@@ -419,3 +419,87 @@ async fn a_trace_nests_the_request_the_plugin_call_and_the_llm_call() {
     let passed_on = llm.traceparents().iter().flatten().any(|t| t.contains(unsampled_trace) && t.ends_with("-00"));
     assert!(passed_on, "the unsampled trace was not passed on to the LLM: {:?}", llm.traceparents());
 }
+
+#[tokio::test]
+async fn feature_flags_follow_their_rules_per_user_on_every_host_and_reach_the_web_client_and_posthog() {
+    let db = oh_e2e::pg::TestDb::create().await;
+    let posthog = FakePostHog::start().await;
+    let flags = r#", cohorts = { staff = { users = ["bob"] } }, feature_flags = [
+        { name = "HIDE_LLM_SETTINGS", rules = [{ cohort = "staff", variant = "true" }] },
+        { name = "acme_beta", rules = [{ email_domains = ["acme.com"], variant = "true" }] },
+        { name = "new_ui", default = "old", rules = [{ signed_up_after = "2025-01-01T00:00:00Z", variant = "fresh" }] },
+        { name = "half", rules = [{ percentage = 50, split = { a = 1, b = 1 } }] } ]"#
+        .replace('\n', " ");
+    let hosts: Vec<(Deployment, oh_e2e::TestHost)> = (0..2)
+        .map(|_| {
+            let d = Deployment::new();
+            d.install_bundled();
+            d.write_profile("app_mode = \"saas\"\n", &saas_profile(&db.url, &posthog.url, &flags));
+            let host = d.start();
+            (d, host)
+        })
+        .collect();
+    let config = |i: usize, key: &'static str| {
+        let host = &hosts[i].1;
+        async move {
+            let r = host.send(host.http.get(host.url("/api/options/config")).bearer_auth(key)).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            r.json()["FEATURE_FLAGS"].clone()
+        }
+    };
+    let bob = config(0, BOB).await;
+    assert_eq!(bob["HIDE_LLM_SETTINGS"], true, "the staff cohort: {bob}");
+    assert_eq!(bob["acme_beta"], false, "{bob}");
+    assert_eq!(bob["new_ui"], "fresh", "first seen now: {bob}");
+    // Alice has been a user since 2020 and her email is at acme.com (seen on an earlier
+    // signed-in request; API keys carry no email). Both consent to analytics by default.
+    let mut conn = db.connect().await;
+    sqlx::query("INSERT INTO flag_subjects (user_id, email, first_seen) VALUES ('alice', 'alice@Acme.com', '2020-01-01T00:00:00Z')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let alice = config(0, ALICE).await;
+    assert_eq!(alice["HIDE_LLM_SETTINGS"], false, "{alice}");
+    assert_eq!(alice["acme_beta"], true, "{alice}");
+    assert_eq!(alice["new_ui"], "old", "signed up before the rule's date: {alice}");
+    // The same on the other host, and again: sticky.
+    for _ in 0..2 {
+        assert_eq!(config(1, ALICE).await, alice);
+        assert_eq!(config(1, BOB).await, bob);
+    }
+    assert!(alice["half"] == "a" || alice["half"] == "b" || alice["half"] == false, "{alice}");
+    // Anonymous: the deployment's flags only.
+    let anonymous = hosts[0].1.get("/api/options/config").await.json();
+    assert!(anonymous["FEATURE_FLAGS"]["acme_beta"].is_null(), "{anonymous}");
+    assert_eq!(anonymous["FEATURE_FLAGS"]["HIDE_LLM_SETTINGS"], false);
+    // Bob's sign-up was stored once, on his first evaluation.
+    let seen: Vec<(String,)> =
+        sqlx::query_as("SELECT user_id FROM flag_subjects ORDER BY user_id").fetch_all(&mut conn).await.unwrap();
+    assert_eq!(seen, vec![("alice".to_owned(),), ("bob".to_owned(),)]);
+    // Reported to PostHog as `$feature_flag_called`, once per user, flag and variant per host.
+    wait_for("bob's HIDE_LLM_SETTINGS exposure", || {
+        posthog.events().iter().any(|e| {
+            e.0 == "$feature_flag_called"
+                && e.1 == "bob"
+                && e.2["$feature_flag"] == "HIDE_LLM_SETTINGS"
+                && e.2["$feature_flag_response"] == "true"
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let exposures = posthog
+        .events()
+        .into_iter()
+        .filter(|e| e.0 == "$feature_flag_called" && e.1 == "alice" && e.2["$feature_flag"] == "acme_beta")
+        .count();
+    assert_eq!(exposures, 2, "one per host, not one per page load");
+
+    // A mistake in a rule stops the host with the flag named.
+    let d = Deployment::new();
+    d.install_bundled();
+    let bad = ", feature_flags = [{ name = \"x\", rules = [{ percentage = 150, variant = \"true\" }] }]";
+    d.write_profile("app_mode = \"saas\"\n", &saas_profile(&db.url, &posthog.url, bad));
+    let out = d.run_cli(&["check"]);
+    out.assert_refused();
+    assert!(out.stderr.contains("feature_flags `x`, rule 1: percentage must be 0 to 100"), "{}", out.stderr);
+}

@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (16, "subscriptions", include_str!("../../../migrations/0016_subscriptions.sql")),
     (17, "slack_teams", include_str!("../../../migrations/0017_slack_teams.sql")),
     (18, "github_installations", include_str!("../../../migrations/0018_github_installations.sql")),
+    (19, "flag_subjects", include_str!("../../../migrations/0019_flag_subjects.sql")),
 ];
 
 /// The advisory lock key around migrations ("ohhost" in ASCII).

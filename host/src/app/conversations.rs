@@ -189,8 +189,11 @@ impl App {
         let secrets = secrets.unwrap_or_default();
         let mut system_prompt = None;
         // A/B experiments (monitoring listeners run them): the variant's model or system prompt.
-        let query =
-            ExperimentQuery { conversation_id: conversation_id.to_owned(), llm_model: settings.llm_model.clone() };
+        let query = ExperimentQuery {
+            conversation_id: conversation_id.to_owned(),
+            llm_model: settings.llm_model.clone(),
+            ..Default::default()
+        };
         for assignment in self.registry().experiments(ctx, &query).await {
             tracing::debug!(experiment = %assignment.experiment, variant = %assignment.variant, "experiment variant applied");
             if let Some(model) = assignment.llm_model {

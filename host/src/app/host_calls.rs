@@ -7,10 +7,11 @@ use crate::registry::HostCallHandler;
 use futures_util::future::BoxFuture;
 use plugin_api::{
     host_calls::{
-        self, Admit, AgentSessionStart, AppendEvents, Capture, CreateConversation, GetEvents, GetMetadata,
-        GetProviderTokens, LoadSecrets, LoadSettings, ReportLlmUsage, SaveMetadata, SessionEvent, StartConversation,
+        self, Admit, AgentSessionStart, AppendEvents, Capture, CreateConversation, FeatureFlags, GetEvents,
+        GetMetadata, GetProviderTokens, LoadSecrets, LoadSettings, ReportLlmUsage, SaveMetadata, SessionEvent,
+        StartConversation,
     },
-    CallContext, ErrorCode, EventQuery, PluginError,
+    models, CallContext, ErrorCode, EventQuery, PluginError,
 };
 use serde::Serialize;
 
@@ -52,6 +53,7 @@ host_calls!(
     StartConversation,
     GetProviderTokens,
     CreateConversation,
+    FeatureFlags,
 );
 
 fn encode<T: Serialize>(answer: T) -> Result<String, PluginError> {
@@ -113,6 +115,9 @@ impl App {
             HostCall::CreateConversation(_) => {
                 r.on_create_conversation(&ctx);
                 encode(())
+            }
+            HostCall::FeatureFlags(c) => {
+                encode(r.feature_flags(&ctx, &models::FlagSubject { email: None, flags: c.flags }).await)
             }
         }
     }

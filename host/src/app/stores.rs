@@ -24,6 +24,15 @@ impl App {
     }
 
     /// The caller's Settings, as stored.
+    /// The user's feature flags (`flag -> variant`); none for an anonymous caller.
+    pub async fn feature_flags(
+        &self,
+        ctx: &CallContext,
+        subject: &plugin_api::models::FlagSubject,
+    ) -> std::collections::BTreeMap<String, String> {
+        self.registry().feature_flags(ctx, subject).await
+    }
+
     pub async fn load_settings(&self, ctx: &CallContext) -> AppResult<Option<Settings>> {
         Ok(self.registry().load_settings(ctx.clone()).await?)
     }

@@ -132,14 +132,15 @@ fn log_level() -> &'static str {
     }
 }
 
-/// Starts the runner of an isolated entry and answers its proxy and the sha256 of the
-/// library it loaded ("" for a `command`). The error names the entry and says why.
+/// Starts the runner of an isolated entry and answers its proxy, the sha256 of the library
+/// it loaded ("" for a `command`) and the plugin-api minor it was built against. The error
+/// names the entry and says why.
 pub fn start(
     e: &ExtensionConfig,
     config: &Config,
     services: HostServicesObject,
     runtime: tokio::runtime::Handle,
-) -> Result<(Proxy, Arc<Supervisor>, String), String> {
+) -> Result<(Proxy, Arc<Supervisor>, String, u32), String> {
     let process = e.process.as_ref().ok_or_else(|| format!("{}: not isolated", e.key))?;
     let who = format!("{} ({}::{})", e.key, e.library, e.implementation);
     let argv =
@@ -181,5 +182,7 @@ pub fn start(
     if e.point == ExtensionPoint::CONVERSATION_MANAGER {
         runner.on_restart(proxy.restart_hook());
     }
-    Ok((proxy, runner, ready.sha256))
+    // A program speaking the protocol itself (`command`) follows the current contract.
+    let api_minor = ready.api.split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(plugin_api::API_MINOR);
+    Ok((proxy, runner, ready.sha256, api_minor))
 }

@@ -122,7 +122,7 @@ fn instantiate<O>(
     e: &ExtensionConfig,
     lib: &Library,
 ) -> Result<Arc<Instance<O>>, String> {
-    let meta = Meta::new(e, &lib.sha256);
+    let meta = Meta::new(e, &lib.sha256, lib.api.minor);
     let built = meta.call_sync_as("new", || factory(&e.implementation, &e.config_json).into_result(), Kind::Probe);
     match built.map_err(|e| e.error).and_then(|r| r) {
         Ok(obj) => Ok(Arc::new(Instance { obj, meta })),
@@ -142,8 +142,8 @@ fn isolated<O>(
     wrap: impl FnOnce(crate::isolation::Proxy) -> O,
 ) -> Result<Arc<Instance<O>>, String> {
     let services = HostServices_TO::from_value(services, TD_Opaque);
-    let (proxy, runner, sha256) = crate::isolation::start(e, config, services, runtime)?;
-    let mut meta = Meta::new(e, &sha256);
+    let (proxy, runner, sha256, api_minor) = crate::isolation::start(e, config, services, runtime)?;
+    let mut meta = Meta::new(e, &sha256, api_minor);
     meta.runner = Some(runner);
     Ok(Arc::new(Instance { obj: wrap(proxy), meta }))
 }

@@ -48,6 +48,9 @@ pub struct Meta {
     pub healthy: AtomicBool,
     /// The runner of an isolated instance (`isolation = "process"`).
     pub runner: Option<std::sync::Arc<crate::isolation::Supervisor>>,
+    /// The plugin-api minor its library was built against: what it understands of the
+    /// contract's JSON (a 1.1 listener is not asked for feature flags).
+    pub api_minor: u32,
 }
 
 impl Meta {
@@ -95,7 +98,7 @@ pub(crate) enum Kind {
 }
 
 impl Meta {
-    pub(crate) fn new(e: &ExtensionConfig, library_sha256: &str) -> Meta {
+    pub(crate) fn new(e: &ExtensionConfig, library_sha256: &str, api_minor: u32) -> Meta {
         Meta {
             fingerprint: Self::fingerprint_of(e, library_sha256),
             point: e.point,
@@ -106,6 +109,7 @@ impl Meta {
             stats: Stats::default(),
             healthy: AtomicBool::new(true),
             runner: None,
+            api_minor,
         }
     }
 

@@ -553,6 +553,41 @@ impl Registry {
         all
     }
 
+    /// The user's feature flags (`flag -> variant`) from the listeners that define flags and
+    /// were built against plugin-api 1.2 or later (an older one would read the query as a
+    /// start's). The first listener to answer a flag decides it. A listener that fails is
+    /// logged and skipped: the flags it defines are absent, which their users read as "off".
+    pub async fn feature_flags(
+        &self,
+        ctx: &CallContext,
+        subject: &models::FlagSubject,
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut flags = std::collections::BTreeMap::new();
+        if ctx.user_id().is_none() {
+            return flags;
+        }
+        let query = models::ExperimentQuery { feature_flags: Some(subject.clone()), ..Default::default() };
+        let query = RString::from(serde_json::to_string(&query).unwrap_or_default());
+        for m in self.monitoring.iter().filter(|m| m.meta.api_minor >= 2) {
+            let answer = m.meta.call("experiment_variant", m.obj.experiment_variant(ctx.clone(), query.clone())).await;
+            match answer.map(|a| a.into_option()) {
+                Ok(Some(json)) => match serde_json::from_str::<Vec<models::ExperimentAssignment>>(&json) {
+                    Ok(assignments) => {
+                        for a in assignments {
+                            flags.entry(a.experiment).or_insert(a.variant);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(listener = %m.meta.key, error = %e, "feature flags answer is not a list of assignments")
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "feature flag lookup failed; its flags are off"),
+            }
+        }
+        flags
+    }
+
     // ---- routes ----
 
     /// What each `routes` instance declared: `(instance, its meta, the route)`.

@@ -25,6 +25,10 @@ pub(crate) struct Config {
     /// The deployment's default model (LITELLM_DEFAULT_MODEL): a user whose model is this
     /// one made no choice of their own.
     pub(crate) default_model: Option<String>,
-    /// Where assignments are recorded; default the DB_* variables.
+    /// Where assignments and flag subjects are recorded; default the DB_* variables.
     pub(crate) database_url: Option<String>,
+    /// Feature flags, evaluated per user (`flags.rs`).
+    pub(crate) feature_flags: Vec<crate::flags::Flag>,
+    /// Named sets of users the flags' rules name (`cohort = "staff"`).
+    pub(crate) cohorts: std::collections::BTreeMap<String, crate::flags::Rule>,
 }

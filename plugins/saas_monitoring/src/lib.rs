@@ -13,6 +13,7 @@
 
 mod config;
 mod experiments;
+mod flags;
 mod listener;
 mod posthog;
 

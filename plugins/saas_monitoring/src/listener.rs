@@ -1,11 +1,12 @@
-//! The listener: PostHog capture from a bounded queue, A/B experiments applied to the start request, OpenHands' SaaS metrics.
+//! The listener: PostHog capture from a bounded queue, A/B experiments applied to the start request, feature flags per user, OpenHands' SaaS metrics.
 
 use crate::config::Config;
 use crate::experiments::{Experiment, EXPERIMENTS};
+use crate::flags::{Flags, Subject};
 use crate::posthog::{Event, PostHog};
 use pg_common::Database;
 use plugin_sdk::{
-    models::{ExperimentAssignment, ExperimentQuery},
+    models::{ExperimentAssignment, ExperimentQuery, FlagSubject},
     CallContext, PluginError, Services,
 };
 use serde_json::{json, Value};
@@ -18,6 +19,10 @@ pub struct SaaSMonitoringListener {
     services: Services,
     posthog: Option<Arc<PostHog>>,
     experiments: Vec<(String, Experiment)>,
+    flags: Flags,
+    /// `(user, flag, variant)` already reported as `$feature_flag_called` by this process
+    /// (the web client asks on every page load); cleared when full.
+    reported: Mutex<std::collections::HashSet<(String, String, String)>>,
     override_user_model: bool,
     default_model: Option<String>,
     db: Option<Arc<Database>>,
@@ -64,7 +69,8 @@ impl SaaSMonitoringListener {
                 }
             }
         }
-        let db = if experiments.is_empty() {
+        let flags = Flags::new(c.feature_flags, c.cohorts).map_err(PluginError::invalid_config)?;
+        let db = if experiments.is_empty() && !flags.needs_subjects() {
             None
         } else {
             Some(
@@ -80,6 +86,8 @@ impl SaaSMonitoringListener {
             services: services.clone(),
             posthog,
             experiments,
+            flags,
+            reported: Mutex::default(),
             override_user_model: c.experiments_override_user_model,
             default_model: c.default_model.clone().or_else(|| env("LITELLM_DEFAULT_MODEL")),
             db,
@@ -104,6 +112,61 @@ impl SaaSMonitoringListener {
                 timestamp: now(),
             });
         }
+    }
+
+    /// The user's stored email (`email` when given, which replaces it) and sign-up time (the
+    /// first time a flag was evaluated for them, stored once). `None` without a database.
+    async fn subject(
+        &self,
+        user: &str,
+        email: Option<&str>,
+    ) -> Result<Option<(Option<String>, chrono::DateTime<chrono::Utc>)>, PluginError> {
+        let Some(db) = self.db.as_ref().filter(|_| self.flags.needs_subjects()) else { return Ok(None) };
+        let pool = db.ready().await?;
+        let (email, first_seen_ms): (Option<String>, i64) = sqlx::query_as(
+            "INSERT INTO flag_subjects (user_id, email) VALUES ($1, $2)
+             ON CONFLICT (user_id) DO UPDATE SET email = COALESCE(EXCLUDED.email, flag_subjects.email),
+                 updated_at = CASE WHEN EXCLUDED.email IS DISTINCT FROM flag_subjects.email THEN now() ELSE flag_subjects.updated_at END
+             RETURNING email, (extract(epoch FROM first_seen) * 1000)::bigint",
+        )
+        .bind(user)
+        .bind(email)
+        .fetch_one(pool)
+        .await
+        .map_err(pg_common::db_error)?;
+        let first_seen = chrono::DateTime::from_timestamp_millis(first_seen_ms).unwrap_or_default();
+        Ok(Some((email, first_seen)))
+    }
+
+    /// The user's feature flags, as assignments (`experiment` = flag); each variant reported
+    /// to PostHog as `$feature_flag_called` once per process.
+    async fn feature_flags(&self, ctx: &CallContext, asked: &FlagSubject) -> Result<Option<String>, PluginError> {
+        let Some(user) = ctx.user_id().filter(|_| !self.flags.is_empty()) else { return Ok(None) };
+        let stored = self.subject(user, asked.email.as_deref()).await?;
+        let (email, signed_up) = match &stored {
+            Some((email, first_seen)) => (email.as_deref(), Some(*first_seen)),
+            None => (asked.email.as_deref(), None),
+        };
+        let evaluated = self.flags.evaluate(&Subject { user, email, signed_up }, &asked.flags);
+        let mut answers = Vec::new();
+        for (flag, variant) in evaluated {
+            let first = {
+                let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+                if reported.len() >= 100_000 {
+                    reported.clear();
+                }
+                reported.insert((user.to_owned(), flag.clone(), variant.clone()))
+            };
+            if first {
+                self.capture(
+                    ctx,
+                    "$feature_flag_called",
+                    json!({ "$feature_flag": flag, "$feature_flag_response": variant }),
+                );
+            }
+            answers.push(ExperimentAssignment { experiment: flag, variant, ..Default::default() });
+        }
+        Ok(Some(serde_json::to_string(&answers).map_err(|e| PluginError::internal(e.to_string()))?))
     }
 
     /// Records a conversation's assignment (once; a conversation restarted keeps its row).
@@ -170,12 +233,16 @@ impl plugin_sdk::MonitoringListener for SaaSMonitoringListener {
     }
 
     /// The experiments a starting conversation takes part in, and what they change.
+    /// Or, asked with `feature_flags`, the user's feature flags.
     async fn experiment_variant(&self, ctx: CallContext, query: String) -> Result<Option<String>, PluginError> {
+        let query: ExperimentQuery = serde_json::from_str(&query)
+            .map_err(|e| PluginError::invalid_argument(format!("experiment query: {e}")))?;
+        if let Some(subject) = &query.feature_flags {
+            return self.feature_flags(&ctx, subject).await;
+        }
         if self.experiments.is_empty() {
             return Ok(None);
         }
-        let query: ExperimentQuery = serde_json::from_str(&query)
-            .map_err(|e| PluginError::invalid_argument(format!("experiment query: {e}")))?;
         let user = ctx.user_id();
         let chose_model =
             query.llm_model.as_deref().is_some_and(|m| !m.is_empty() && self.default_model.as_deref() != Some(m));
@@ -202,9 +269,10 @@ impl plugin_sdk::MonitoringListener for SaaSMonitoringListener {
     async fn health(&self) -> Result<String, PluginError> {
         let queued = self.posthog.as_ref().map_or(0, |p| p.queued());
         Ok(format!(
-            "PostHog {}, {queued} events queued, {} experiments",
+            "PostHog {}, {queued} events queued, {} experiments, {} feature flags",
             if self.posthog.is_some() { "on" } else { "off (no POSTHOG_CLIENT_KEY)" },
-            self.experiments.len()
+            self.experiments.len(),
+            self.flags.len()
         ))
     }
 

@@ -2,17 +2,39 @@
 
 use super::super::{auth::authenticate, call_context, AppState, RequestId};
 use crate::config::AppMode;
+use crate::http::Principal;
 use axum::{
     extract::{ConnectInfo, State},
-    http::request::Parts,
+    http::{request::Parts, HeaderMap},
     Json,
 };
+use plugin_api::models::FlagSubject;
 use serde_json::{json, Value};
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 const OPENHANDS_POSTHOG_KEY: &str = "phc_3ESMmY9SgqEAGBB6sMGK5ayYHkeUuknH2vP6FmWH9RA";
 
-pub(super) async fn config(State(state): State<AppState>) -> Json<Value> {
+/// The caller when the request signs in (these routes are public, as in OpenHands), with the
+/// headers its authentication sends back: a refreshed cookie must reach the browser, whose
+/// old cookie's refresh token is used up.
+async fn signed_in(state: &AppState, parts: &Parts, request_id: &RequestId) -> Option<(Principal, HeaderMap)> {
+    let remote = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    authenticate(state, request_id, &parts.method, &parts.uri, &parts.headers, remote).await.ok()
+}
+
+/// A flag's variant as the web client reads `FEATURE_FLAGS`: `true`/`false` as booleans.
+fn flag_value(variant: &str) -> Value {
+    match variant {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        other => Value::String(other.to_owned()),
+    }
+}
+
+/// `GET /api/options/config`: the deployment's configuration for the web client; for a
+/// signed-in caller, `FEATURE_FLAGS` also holds their feature flags (which win over the
+/// deployment's own flags of the same name).
+pub(super) async fn config(State(state): State<AppState>, parts: Parts) -> (HeaderMap, Json<Value>) {
     let env = &state.server.env;
     let mut config = json!({
         "APP_MODE": state.app.app_mode().as_str(),
@@ -51,7 +73,17 @@ pub(super) async fn config(State(state): State<AppState>) -> Json<Value> {
             config["AUTH_URL"] = json!(url);
         }
     }
-    Json(config)
+    let request_id = RequestId("options-config".to_owned());
+    let mut headers = HeaderMap::new();
+    if let Some((principal, sent)) = signed_in(&state, &parts, &request_id).await {
+        headers = sent;
+        let ctx = call_context(&principal, &request_id, &state.server);
+        let subject = FlagSubject { email: principal.email.clone(), flags: Vec::new() };
+        for (flag, variant) in state.app.feature_flags(&ctx, &subject).await {
+            config["FEATURE_FLAGS"][flag] = flag_value(&variant);
+        }
+    }
+    (headers, Json(config))
 }
 
 /// Models of the common providers that work with OpenHands (its verified ones and their
@@ -96,7 +128,7 @@ const KNOWN_MODELS: &[&str] = &[
 
 /// `GET /api/options/models`: the known models, the deployment's default, in SaaS mode the
 /// LiteLLM proxy's models, and the caller's current model when the request signs in.
-pub(super) async fn models(State(state): State<AppState>, parts: Parts) -> Json<Vec<String>> {
+pub(super) async fn models(State(state): State<AppState>, parts: Parts) -> (HeaderMap, Json<Vec<String>>) {
     let env = &state.server.env;
     let mut models: BTreeSet<String> = KNOWN_MODELS.iter().map(|m| m.to_string()).collect();
     models.extend(env.litellm_default_model.clone());
@@ -107,16 +139,15 @@ pub(super) async fn models(State(state): State<AppState>, parts: Parts) -> Json<
     }
     // Public as in OpenHands; a signed-in caller's own model is added.
     let request_id = RequestId("options-models".to_owned());
-    let remote = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    if let Ok((principal, _)) =
-        authenticate(&state, &request_id, &parts.method, &parts.uri, &parts.headers, remote).await
-    {
+    let mut headers = HeaderMap::new();
+    if let Some((principal, sent)) = signed_in(&state, &parts, &request_id).await {
+        headers = sent;
         let ctx = call_context(&principal, &request_id, &state.server);
         if let Ok(Some(settings)) = state.app.load_settings(&ctx).await {
             models.extend(settings.llm_model.filter(|m| !m.trim().is_empty()));
         }
     }
-    Json(models.into_iter().collect())
+    (headers, Json(models.into_iter().collect()))
 }
 
 /// The models of a LiteLLM proxy (`GET /models`, OpenAI's list shape) as `openhands/<id>`, the
