@@ -298,3 +298,117 @@ async fn the_microagent_page_lists_its_conversations_without_closed_pull_request
     assert_eq!(missing.status, 400, "the repository is required");
     assert!(missing.text.contains("selected_repository"), "{}", missing.text);
 }
+
+const ALICE: &str = "alice-gitlab-sync-key-0123456789";
+const BOB: &str = "bob-gitlab-sync-key-0123456789";
+
+/// SaaS: `saas_auth` keeps each user's GitLab projects in PostgreSQL; the picker and search
+/// are served from there, refreshed when older than the interval.
+#[tokio::test]
+async fn gitlab_projects_are_synced_into_postgresql_and_the_picker_and_search_served_from_there() {
+    let db = oh_e2e::pg::TestDb::create().await;
+    let gitlab = FakeProvider::start(Kind::GitLab, "glpat_good").await;
+    let github = FakeProvider::start(Kind::GitHub, "ghp_good").await;
+    let d = Deployment::new();
+    d.install_bundled();
+    let stores = format!("{{ database_url = \"{}\", master_key = \"gitlab-sync-test-master-key-0123\" }}", db.url);
+    let auth = format!(
+        "{{ database_url = \"{}\", rate_limit_per_second = 0, rate_limit_per_minute = 0, redis_key_prefix = \"{}\", \
+         static_keys = [{{ user_id = \"alice\", sha256 = \"{}\" }}, {{ user_id = \"bob\", sha256 = \"{}\" }}], \
+         gitlab_repository_sync = true, gitlab_api_url = \"{}\", gitlab_sync_interval_secs = 1 }}",
+        db.url,
+        oh_e2e::redis::prefix("gls"),
+        oh_e2e::sha256_hex(ALICE),
+        oh_e2e::sha256_hex(BOB),
+        gitlab.api_url
+    );
+    d.write_profile(
+        &format!("app_mode = \"saas\"\ngithub_api_url = \"{}\"\ngitlab_api_url = \"{}\"\n", github.api_url, gitlab.api_url),
+        &format!(
+            "[extensions.settings_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSettingsStore\"\nconfig = {stores}\n\
+             [extensions.secrets_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasSecretsStore\"\nconfig = {stores}\n\
+             [extensions.conversation_store]\nlibrary = \"postgres_stores\"\nimplementation = \"SaasConversationStore\"\nconfig = {stores}\n\
+             [extensions.user_auth]\nlibrary = \"saas_auth\"\nimplementation = \"SaasUserAuth\"\nconfig = {auth}\n\
+             [[extensions.routes]]\nlibrary = \"saas_auth\"\nimplementation = \"SaasAuthRoutes\"\nconfig = {auth}\n"
+        ),
+    );
+    let host = d.start();
+    let get = |key: &'static str, path: &str| {
+        let request = host.http.get(host.url(path)).bearer_auth(key);
+        async { host.send(request).await }
+    };
+    let tokens =
+        json!({ "provider_tokens": { "gitlab": { "token": "glpat_good" }, "github": { "token": "ghp_good" } } });
+    let set = host.send(host.http.post(host.url("/api/add-git-providers")).bearer_auth(ALICE).json(&tokens)).await;
+    assert_eq!(set.status, 200, "{}", set.text);
+
+    // The first picker request syncs (inline), then pages from PostgreSQL.
+    let first = get(ALICE, "/api/user/repositories?selected_provider=gitlab&page=1&per_page=30&sort=pushed").await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let repos = first.json();
+    assert_eq!(repos.as_array().unwrap().len(), 30);
+    assert_eq!(repos[0]["git_provider"], "gitlab");
+    assert_eq!(repos[0]["full_name"], "group/sub/project-0", "most recent activity first");
+    assert!(repos[0]["link_header"].as_str().unwrap().contains("page=2"), "{}", repos[0]);
+    let second = get(ALICE, "/api/user/repositories?selected_provider=gitlab&page=2&per_page=30&sort=pushed").await;
+    assert_eq!(second.json().as_array().unwrap().len(), REPOSITORIES - 30);
+    assert_eq!(second.json()[0]["link_header"], "", "the last page names no next one");
+    let listed = gitlab.seen_at("/api/v4/projects");
+    assert_eq!(listed.len(), 1, "one page of 100 from GitLab, then PostgreSQL: {listed:?}");
+    assert_eq!(listed[0].query.get("membership").map(String::as_str), Some("true"));
+    let mut conn = db.connect().await;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM gitlab_projects WHERE user_id = 'alice'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored, REPOSITORIES as i64);
+
+    // Search by name among the stored projects (most stars first, as the search sorts by
+    // default), without asking GitLab.
+    let found = get(ALICE, "/api/user/search/repositories?query=PROJECT-4&selected_provider=gitlab&per_page=5").await;
+    let expected = [
+        "group/sub/project-44",
+        "group/sub/project-43",
+        "group/sub/project-42",
+        "group/sub/project-41",
+        "group/sub/project-40",
+    ];
+    assert_eq!(names(&found.json()), expected);
+    let like = get(ALICE, "/api/user/search/repositories?query=%25&selected_provider=gitlab&per_page=5").await;
+    assert_eq!(like.json(), json!([]), "a % is a character, not a wildcard");
+    assert_eq!(gitlab.seen_at("/api/v4/projects").len(), 1);
+
+    // GitLab changes; a list older than the interval is served while a sync runs behind.
+    gitlab.set_projects(10);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let stale = get(ALICE, "/api/user/repositories?selected_provider=gitlab&page=1&per_page=100").await;
+    assert!(stale.json().as_array().unwrap().len() >= 10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let fresh = get(ALICE, "/api/user/repositories?selected_provider=gitlab&page=1&per_page=100").await;
+        if fresh.json().as_array().unwrap().len() == 10 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never refreshed: {}", fresh.text);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Every provider at once: GitHub from its API, GitLab from the stored list.
+    let all = names(&get(ALICE, "/api/user/repositories?sort=pushed").await.json());
+    assert_eq!(all.iter().filter(|n| n.starts_with("group/sub/")).count(), 10);
+    assert!(all.iter().any(|n| n.starts_with("octo/")), "{all:?}");
+
+    // Bob has no GitLab token: told so; nothing of Alice's reaches him.
+    let set = host
+        .send(
+            host.http
+                .post(host.url("/api/add-git-providers"))
+                .bearer_auth(BOB)
+                .json(&json!({ "provider_tokens": { "github": { "token": "ghp_good" } } })),
+        )
+        .await;
+    assert_eq!(set.status, 200);
+    let none = get(BOB, "/api/user/repositories?selected_provider=gitlab&page=1&per_page=30").await;
+    assert_eq!(none.status, 401, "{}", none.text);
+    let bobs = names(&get(BOB, "/api/user/repositories?sort=pushed").await.json());
+    assert!(bobs.iter().all(|n| n.starts_with("octo/")), "{bobs:?}");
+}

@@ -535,3 +535,29 @@ async fn api_keys_are_made_in_a_session_shown_once_stored_hashed_and_revocable()
     assert_eq!((expired.status, expired.json()["error"].as_str()), (401, Some("ExpiredError")));
     assert_eq!(create(json!({ "name": "" })).await.status, 422);
 }
+
+#[tokio::test]
+async fn signing_in_with_gitlab_linked_syncs_the_users_gitlab_projects() {
+    let gitlab = oh_e2e::git::FakeProvider::start(oh_e2e::git::Kind::GitLab, "glpat_good").await;
+    let s = start_with(&format!(
+        ", providers = [{{ idp = \"gitlab\", client_id = \"gl-app-id\", client_secret = \"gl-app-secret\" }}], gitlab_api_url = \"{}\"",
+        gitlab.api_url
+    ))
+    .await;
+    let _session = s.session().await;
+    let mut conn = s._db.connect().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM gitlab_projects WHERE user_id = 'kc-user-1'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or(0);
+        if stored == oh_e2e::git::REPOSITORIES as i64 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no sync after sign-in ({stored} stored)\n{}", s.host.log());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let seen = gitlab.seen_at("/api/v4/projects");
+    assert_eq!(seen[0].authorization, "Bearer glpat_good", "the brokered token");
+}

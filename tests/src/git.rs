@@ -40,6 +40,8 @@ struct Shared {
     token: String,
     base: String,
     seen: Mutex<Vec<Seen>>,
+    /// How many projects GitLab lists (`set_projects`).
+    projects: std::sync::atomic::AtomicUsize,
 }
 
 /// A running fake provider.
@@ -71,7 +73,13 @@ impl FakeProvider {
             Kind::GitLab => format!("http://{addr}/api/v4"),
             Kind::Bitbucket => format!("http://{addr}/2.0"),
         };
-        let shared = Arc::new(Shared { kind, token: token.to_owned(), base: base.clone(), seen: Mutex::default() });
+        let shared = Arc::new(Shared {
+            kind,
+            token: token.to_owned(),
+            base: base.clone(),
+            seen: Mutex::default(),
+            projects: REPOSITORIES.into(),
+        });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -82,6 +90,11 @@ impl FakeProvider {
     /// Every request so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.shared.seen.lock().unwrap().clone()
+    }
+
+    /// GitLab lists `n` projects from now on (a user who joined or left some).
+    pub fn set_projects(&self, n: usize) {
+        self.shared.projects.store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The requests to `path`.
@@ -326,7 +339,7 @@ fn gitlab(s: &Shared, path: &str, q: &BTreeMap<String, String>, body: &Value) ->
         }))
         .into_response(),
         "/projects" => {
-            let all: Vec<Value> = (0..REPOSITORIES)
+            let all: Vec<Value> = (0..s.projects.load(std::sync::atomic::Ordering::Relaxed))
                 .filter(|i| q.get("search").is_none_or(|w| format!("project-{i}").contains(w.as_str())))
                 .map(gitlab_project)
                 .collect();

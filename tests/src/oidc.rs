@@ -494,8 +494,13 @@ async fn broker(
     headers: axum::http::HeaderMap,
 ) -> Response {
     let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !bearer.starts_with("Bearer ey") || idp != "github" {
+    if !bearer.starts_with("Bearer ey") || !["github", "gitlab"].contains(&idp.as_str()) {
         return (StatusCode::BAD_REQUEST, Json(json!({ "error": "not linked" }))).into_response();
+    }
+    if idp == "gitlab" {
+        // GitLab's answer, in JSON; the token the fake GitLab (`git::FakeProvider`) takes.
+        return Json(json!({ "access_token": "glpat_good", "expires_in": 28800, "refresh_token": "glr_brokered", "token_type": "bearer" }))
+            .into_response();
     }
     let (n, expires) = {
         let mut i = kc.inner.lock().unwrap();

@@ -51,6 +51,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (17, "slack_teams", include_str!("../../../migrations/0017_slack_teams.sql")),
     (18, "github_installations", include_str!("../../../migrations/0018_github_installations.sql")),
     (19, "flag_subjects", include_str!("../../../migrations/0019_flag_subjects.sql")),
+    (20, "gitlab_projects", include_str!("../../../migrations/0020_gitlab_projects.sql")),
 ];
 
 /// The advisory lock key around migrations ("ohhost" in ASCII).

@@ -24,6 +24,42 @@ impl App {
     }
 
     /// The caller's Settings, as stored.
+    /// A provider's repositories as a `routes` plugin that keeps them answers: one that declares
+    /// `GET /api/user/repositories/{provider}` (authenticated) serves that provider's picker
+    /// and search (the same query string) instead of the provider's API. `None` when no
+    /// plugin does; else the plugin's status and JSON body.
+    pub async fn plugin_repositories(
+        &self,
+        ctx: &CallContext,
+        provider: &str,
+        query: &str,
+    ) -> Option<AppResult<(u16, serde_json::Value)>> {
+        let path = format!("/api/user/repositories/{provider}");
+        let registry = self.registry();
+        let (instance, ..) = registry
+            .declared_routes()
+            .find(|(_, _, r)| r.path == path && r.authenticated && r.method.eq_ignore_ascii_case("GET"))?;
+        let uri: axum::http::Uri = format!("{path}?{query}").parse().ok()?;
+        let answer = registry
+            .handle_route(
+                instance,
+                ctx.clone(),
+                &axum::http::Method::GET,
+                &uri,
+                &Default::default(),
+                Default::default(),
+            )
+            .await;
+        Some(match answer {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = axum::body::to_bytes(response.into_body(), 64 << 20).await.unwrap_or_default();
+                Ok((status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)))
+            }
+            Err(e) => Err(e.into()),
+        })
+    }
+
     /// The user's feature flags (`flag -> variant`); none for an anonymous caller.
     pub async fn feature_flags(
         &self,

@@ -193,7 +193,7 @@ pub struct Api {
 }
 
 /// The largest list any "all repositories" or "all branches" walk collects (OpenHands' limit).
-const MAX_ITEMS: usize = 1000;
+pub const MAX_ITEMS: usize = 1000;
 const TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Api {

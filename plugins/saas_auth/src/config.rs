@@ -90,6 +90,17 @@ pub(crate) struct Config {
     /// The proxy team users' keys belong to (LITE_LLM_TEAM_ID): its budget and models apply.
     #[serde(default)]
     pub(crate) litellm_team_id: Option<String>,
+    /// Keep each user's GitLab projects in PostgreSQL and serve the repository picker and
+    /// search from them; default: on when a `gitlab` provider has an OAuth app.
+    #[serde(default)]
+    pub(crate) gitlab_repository_sync: Option<bool>,
+    /// GitLab's API for tokens of gitlab.com; default `https://gitlab.com/api/v4` (a token
+    /// naming another host uses that host's).
+    #[serde(default)]
+    pub(crate) gitlab_api_url: Option<String>,
+    /// A stored list older than this is refreshed in the background when read (seconds).
+    #[serde(default = "default_gitlab_sync_interval")]
+    pub(crate) gitlab_sync_interval_secs: u64,
     /// Master key sealing provider tokens at rest; default OH_MASTER_KEY, else JWT_SECRET
     /// (the environment's, else `jwt_secret`).
     #[serde(default)]
@@ -114,6 +125,10 @@ pub(crate) struct StaticKey {
     pub(crate) user_id: String,
     /// Hex SHA-256 of the key.
     pub(crate) sha256: String,
+}
+
+fn default_gitlab_sync_interval() -> u64 {
+    900
 }
 
 fn default_per_second() -> u64 {
@@ -215,6 +230,23 @@ impl Config {
         let fallback = if active { self.jwt_secret.as_deref() } else { Some("no-providers-configured-key") };
         let keys = pg_common::crypto::deployment_keyring(self.master_key.as_deref(), None, fallback)?;
         Ok(crate::providers::Providers::new(self.providers.clone(), keys))
+    }
+
+    /// The GitLab repository sync, when on.
+    pub(crate) fn gitlab_sync(
+        &self,
+        keys: std::sync::Arc<crate::keys::KeyStore>,
+        services: plugin_sdk::Services,
+    ) -> Option<std::sync::Arc<crate::gitlab_sync::GitLabSync>> {
+        let gitlab_app = self.providers.iter().any(|p| p.idp == "gitlab" && !p.client_id.is_empty());
+        self.gitlab_repository_sync.unwrap_or(gitlab_app).then(|| {
+            std::sync::Arc::new(crate::gitlab_sync::GitLabSync::new(
+                keys,
+                services,
+                self.gitlab_api_url.clone(),
+                std::time::Duration::from_secs(self.gitlab_sync_interval_secs.max(1)),
+            ))
+        })
     }
 
     /// The LLM proxy for users' own keys, when configured.

@@ -16,6 +16,7 @@ mod auth;
 mod byor;
 mod config;
 mod email;
+mod gitlab_sync;
 mod keycloak;
 mod keys;
 mod oauth;
@@ -40,13 +41,15 @@ pub fn register(r: &mut Registry) {
     );
     r.routes(
         "SaasAuthRoutes",
-        "/api/keys, /api/keys/llm/byor; with Keycloak the OAuth routes and /api/email",
+        "/api/keys, /api/keys/llm/byor, GitLab's repository sync; with Keycloak the OAuth routes and /api/email",
         |config, services| {
             let c = Config::parse(config)?;
             let redis = redis_conn::Redis::open(&c.redis_url())?;
+            let keys = c.key_store()?;
             Ok(SaasAuthRoutes {
+                gitlab: c.gitlab_sync(keys.clone(), services.clone()),
                 services,
-                keys: c.key_store()?,
+                keys,
                 sso: c.sso(&redis)?,
                 providers: c.providers()?,
                 byor: c.byor()?,

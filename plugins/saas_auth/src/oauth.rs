@@ -97,6 +97,7 @@ pub(crate) async fn handle(
     keys: &KeyStore,
     providers: &crate::providers::Providers,
     services: &plugin_sdk::Services,
+    gitlab: Option<&std::sync::Arc<crate::gitlab_sync::GitLabSync>>,
     ctx: &CallContext,
     request: &HttpRequest,
 ) -> Result<Option<HttpResponse>, PluginError> {
@@ -173,6 +174,10 @@ pub(crate) async fn handle(
             let accepted_tos = keys.accepted_tos(&access.sub).await?;
             let signed_in = CallContext::new(ctx.request_id.as_str(), Some(&access.sub), 0);
             crate::capture(services, &signed_in, "user signed in", json!({ "first_time": !accepted_tos })).await;
+            // As OpenHands schedules it at sign-in: the user's GitLab projects, in the background.
+            if let Some(sync) = gitlab {
+                sync.spawn(&access.sub);
+            }
             let sid = sso.sessions.start(&access.sub).await?;
             let claims = CookieClaims {
                 access_token: tokens.access_token,

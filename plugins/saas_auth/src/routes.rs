@@ -12,6 +12,8 @@ pub struct SaasAuthRoutes {
     pub(crate) sso: Option<config::Sso>,
     pub(crate) providers: providers::Providers,
     pub(crate) byor: Option<byor::Proxy>,
+    /// GitLab repository sync, when on (`gitlab_sync.rs`).
+    pub(crate) gitlab: Option<std::sync::Arc<crate::gitlab_sync::GitLabSync>>,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +43,14 @@ impl plugin_sdk::RouteHandler for SaasAuthRoutes {
             RouteSpec { method: "GET".into(), path: "/api/keys/llm/byor".into(), authenticated: true },
             RouteSpec { method: "POST".into(), path: "/api/keys/llm/byor/refresh".into(), authenticated: true },
         ];
+        if self.gitlab.is_some() {
+            // The host serves GitLab's repository picker and search from it.
+            routes.push(RouteSpec {
+                method: "GET".into(),
+                path: crate::gitlab_sync::ROUTE.into(),
+                authenticated: true,
+            });
+        }
         if self.sso.is_some() {
             routes.extend(oauth::routes());
             routes.extend(email::routes());
@@ -51,7 +61,8 @@ impl plugin_sdk::RouteHandler for SaasAuthRoutes {
     async fn handle(&self, ctx: CallContext, request: HttpRequest) -> Result<HttpResponse, PluginError> {
         if let Some(sso) = &self.sso {
             if let Some(answer) =
-                oauth::handle(sso, &self.keys, &self.providers, &self.services, &ctx, &request).await?
+                oauth::handle(sso, &self.keys, &self.providers, &self.services, self.gitlab.as_ref(), &ctx, &request)
+                    .await?
             {
                 return Ok(answer);
             }
@@ -59,6 +70,9 @@ impl plugin_sdk::RouteHandler for SaasAuthRoutes {
         let Some(user) = ctx.user_id() else {
             return Ok(json(401, &json!({ "error": "API keys belong to a signed-in user" })));
         };
+        if let Some(sync) = self.gitlab.as_ref().filter(|_| request.path == crate::gitlab_sync::ROUTE) {
+            return sync.handle(user, &request).await;
+        }
         // Creating and revoking keys needs an interactive sign-in: a key (even one expiring
         // soon) must not mint a key that outlives it, or revoke its owner's other keys. The
         // auth gate authenticates by key whenever one is sent, so a key here means a key.

@@ -157,7 +157,7 @@ async fn repositories(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(q): QueryParams<RepositoriesQuery>,
-) -> ApiResult<Json<Vec<git::Repository>>> {
+) -> ApiResult<Json<Value>> {
     let apis = apis(&state, &caller).await?;
     if apis.is_empty() {
         return Err(unauthorized(TOKEN_REQUIRED));
@@ -169,22 +169,57 @@ async fn repositories(
                 "page (1 or more) and per_page (1 to 100) are required with selected_provider",
             ));
         };
+        if q.installation_id.is_none() {
+            let query = format!("page={page}&per_page={per_page}&sort={}", urlencode(&q.sort));
+            if let Some(answer) = from_plugin(&state, &caller, provider, &query).await {
+                return answer;
+            }
+        }
         let api = selected(apis, provider)?;
         let installation = q.installation_id.as_deref().filter(|i| !i.is_empty());
         if installation.is_some_and(|i| !i.chars().all(|c| c.is_ascii_alphanumeric() || "-_.{}".contains(c))) {
             return Err(ApiError::unprocessable("installation_id is not an installation or workspace id"));
         }
         let repos = git::repositories_page(&api, page, per_page, &q.sort, installation).await;
-        return repos.map(Json).map_err(provider_error);
+        return repos.map(|r| Json(json!(r))).map_err(provider_error);
     }
     let mut all = Vec::new();
     for api in &apis {
+        let query = format!("page=1&per_page={}&sort={}", git::MAX_ITEMS, urlencode(&q.sort));
+        if let Some(answer) = from_plugin(&state, &caller, api.provider.name(), &query).await {
+            match answer {
+                Ok(Json(Value::Array(repos))) => all.extend(repos),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(provider = api.provider.name(), error = ?e, "cannot list repositories"),
+            }
+            continue;
+        }
         match git::all_repositories(api, &q.sort).await {
-            Ok(repos) => all.extend(repos),
+            Ok(repos) => all.extend(repos.iter().map(|r| json!(r))),
             Err(e) => tracing::warn!(provider = api.provider.name(), error = %e, "cannot list repositories"),
         }
     }
-    Ok(Json(all))
+    Ok(Json(Value::Array(all)))
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|c| match c {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (c as char).to_string(),
+            _ => format!("%{c:02X}"),
+        })
+        .collect()
+}
+
+/// The provider's repositories from the plugin that keeps them (`App::plugin_repositories`),
+/// its answer passed on as it is; `None` when no plugin keeps them.
+async fn from_plugin(state: &AppState, caller: &Caller, provider: &str, query: &str) -> Option<ApiResult<Json<Value>>> {
+    let answer = state.app.plugin_repositories(&caller.ctx, provider, query).await?;
+    Some(match answer {
+        Ok((200, body)) => Ok(Json(body)),
+        Ok((status, body)) => Err(ApiError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), body)),
+        Err(e) => Err(e.into()),
+    })
 }
 
 #[derive(Deserialize)]
@@ -221,7 +256,7 @@ async fn search_repositories(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(q): QueryParams<SearchRepositoriesQuery>,
-) -> ApiResult<Json<Vec<git::Repository>>> {
+) -> ApiResult<Json<Value>> {
     let per_page = q.per_page.clamp(1, 100);
     let apis = apis(&state, &caller).await?;
     if apis.is_empty() {
@@ -229,22 +264,49 @@ async fn search_repositories(
     }
     if let Some(provider) = &q.selected_provider {
         let api = selected(apis, provider)?;
+        if let Some(answer) = stored(&state, &caller, &api, &q, per_page).await {
+            return answer;
+        }
         let public = is_repository_url(&q.query, &api);
         let found = git::search_repositories(&api, &q.query, per_page, &q.sort, &q.order, public).await;
         let mut repos = found.map_err(provider_error)?;
         let mut seen = std::collections::HashSet::new();
         repos.retain(|r| seen.insert(r.full_name.clone()));
-        return Ok(Json(repos));
+        return Ok(Json(json!(repos)));
     }
     let mut all = Vec::new();
     for api in &apis {
+        if let Some(answer) = stored(&state, &caller, api, &q, per_page).await {
+            match answer {
+                Ok(Json(Value::Array(repos))) => all.extend(repos),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(provider = api.provider.name(), error = ?e, "repository search failed"),
+            }
+            continue;
+        }
         let public = is_repository_url(&q.query, api);
         match git::search_repositories(api, &q.query, per_page, &q.sort, &q.order, public).await {
-            Ok(repos) => all.extend(repos),
+            Ok(repos) => all.extend(repos.iter().map(|r| json!(r))),
             Err(e) => tracing::warn!(provider = api.provider.name(), error = %e, "repository search failed"),
         }
     }
-    Ok(Json(all))
+    Ok(Json(Value::Array(all)))
+}
+
+/// A search among the user's own repositories in the plugin that keeps them, when one does; a
+/// repository's URL is looked up at the provider (it may be public, not the user's).
+async fn stored(
+    state: &AppState,
+    caller: &Caller,
+    api: &Api,
+    q: &SearchRepositoriesQuery,
+    per_page: u32,
+) -> Option<ApiResult<Json<Value>>> {
+    if is_repository_url(&q.query, api) {
+        return None;
+    }
+    let query = format!("query={}&per_page={per_page}&sort={}", urlencode(&q.query), urlencode(&q.sort));
+    from_plugin(state, caller, api.provider.name(), &query).await
 }
 
 #[derive(Deserialize)]
