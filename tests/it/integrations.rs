@@ -1136,7 +1136,10 @@ async fn a_user_installs_the_github_app_through_its_install_link() {
     d.install_bundled();
     let profile = profile(&site.db.url, api, "workers = 0, ").replacen(
         "app_id = \"",
-        &format!("app_slug = \"openhands-app\", web_url = \"{api}\", app_id = \""),
+        &format!(
+            "app_slug = \"openhands-app\", web_url = \"{api}\", oauth_client_id = \"{OAUTH_CLIENT_ID}\", \
+             oauth_client_secret = \"{OAUTH_CLIENT_SECRET}\", app_id = \""
+        ),
         1,
     );
     d.write_profile("app_mode = \"saas\"\n", &profile);
@@ -1178,4 +1181,26 @@ async fn a_user_installs_the_github_app_through_its_install_link() {
     assert_eq!(refused.status, 404, "{}", refused.text);
     let bobs = host.send(host.http.get(host.url("/api/integrations/github/installations")).bearer_auth(BOB)).await;
     assert_eq!(bobs.json(), json!({ "installations": [] }));
+
+    // The web client links straight to GitHub's page (no state): GitHub's `code` proves the
+    // GitHub user who installed it can reach the installation.
+    let direct = oauth_client().get(format!("{api}/apps/openhands-app/installations/new")).send().await.unwrap();
+    let back = callback_path(&direct);
+    assert!(!back.contains("state="), "{back}");
+    let done = host.send(oauth_client().get(host.url(&back)).bearer_auth(BOB)).await;
+    assert_eq!(done.status, 302, "{}", done.text);
+    let bobs = host.send(host.http.get(host.url("/api/integrations/github/installations")).bearer_auth(BOB)).await;
+    assert_eq!(bobs.json()["installations"].as_array().unwrap().len(), 1, "{}", bobs.text);
+    let replayed = host.send(oauth_client().get(host.url(&back)).bearer_auth(BOB)).await;
+    assert_eq!(replayed.status, 400, "a code works once: {}", replayed.text);
+    // A real code, but for an installation its GitHub user cannot reach: refused.
+    let direct = oauth_client().get(format!("{api}/apps/openhands-app/installations/new")).send().await.unwrap();
+    let code = callback_path(&direct).rsplit("code=").next().unwrap().to_owned();
+    let other = format!("/integration/github/install-callback?installation_id=4201&setup_action=install&code={code}");
+    let elsewhere = host.send(oauth_client().get(host.url(&other.replace("4201", "777")))).await;
+    assert_eq!(elsewhere.status, 401, "signed in first: {}", elsewhere.text);
+    let refused = host.send(oauth_client().get(host.url(&other.replace("4201", "777"))).bearer_auth(BOB)).await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    let neither = "/integration/github/install-callback?installation_id=4201&setup_action=install";
+    assert_eq!(host.send(oauth_client().get(host.url(neither)).bearer_auth(BOB)).await.status, 400);
 }

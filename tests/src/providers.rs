@@ -80,6 +80,8 @@ struct Record {
     team_tokens: Vec<String>,
     /// The token each Slack message was posted with.
     message_tokens: Vec<String>,
+    /// Who installed the App where: (GitHub user, installation id).
+    installed_by: Vec<(String, i64)>,
     /// Authorization codes: code → (provider, user, redirect URI).
     codes: std::collections::HashMap<String, (String, String, String)>,
     /// Access tokens: token → (provider, user).
@@ -121,8 +123,9 @@ fn not_the_app() -> Response {
     (StatusCode::UNAUTHORIZED, Json(json!({ "message": "A JSON web token could not be decoded" }))).into_response()
 }
 
-/// The App's install page: the user installs it on `acme`, and GitHub sends them to the App's
-/// Setup URL with the installation and the `state` it was given.
+/// The App's install page: the user (`octocat`) installs it on `acme`, and GitHub sends them
+/// to the App's Setup URL with the installation, the `state` it was given and, as an App that
+/// requests user authorization during installation, a `code` for octocat's token.
 async fn install_page(
     State(f): State<FakeProviders>,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
@@ -130,12 +133,31 @@ async fn install_page(
     let mut r = f.record.lock().unwrap();
     let id = 4200 + r.installations.len() as i64 + 1;
     r.installations.insert(id, "acme".to_owned());
+    r.installed_by.push(("octocat".to_owned(), id));
+    let code = format!("gh-install-code-{id}");
+    r.codes.insert(code.clone(), ("github".into(), "octocat".into(), String::new()));
     let mut to = reqwest::Url::parse(&r.github_setup_url).expect("set_github_setup_url first");
-    to.query_pairs_mut()
-        .append_pair("installation_id", &id.to_string())
-        .append_pair("setup_action", "install")
-        .append_pair("state", q.get("state").map(String::as_str).unwrap_or(""));
+    to.query_pairs_mut().append_pair("installation_id", &id.to_string()).append_pair("setup_action", "install");
+    if let Some(state) = q.get("state") {
+        to.query_pairs_mut().append_pair("state", state);
+    }
+    to.query_pairs_mut().append_pair("code", &code);
     (StatusCode::FOUND, [("location", to.to_string())]).into_response()
+}
+
+/// `GET /user/installations`: the installations the token's GitHub user can reach.
+async fn user_installations(State(f): State<FakeProviders>, headers: HeaderMap) -> Response {
+    let Some(user) = token_user(&f, &headers, "github") else {
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "message": "Bad credentials" }))).into_response();
+    };
+    let r = f.record.lock().unwrap();
+    let list: Vec<Value> = r
+        .installed_by
+        .iter()
+        .filter(|(by, _)| *by == user)
+        .map(|(_, id)| json!({ "id": id, "account": { "login": r.installations[id] } }))
+        .collect();
+    Json(json!({ "total_count": list.len(), "installations": list })).into_response()
 }
 
 /// `GET /app/installations/{id}`, asked as the App.
@@ -508,6 +530,8 @@ impl FakeProviders {
             .route("/rest/oauth2/latest/authorize", axum::routing::get(jira_dc_authorize))
             .route("/oauth/authorize", axum::routing::get(linear_authorize))
             .route("/oauth/token", post(oauth_token))
+            .route("/login/oauth/access_token", post(oauth_token))
+            .route("/user/installations", axum::routing::get(user_installations))
             .route("/openid/connect/authorize", axum::routing::get(slack_authorize))
             .route("/oauth/v2/authorize", axum::routing::get(slack_install_authorize))
             .route("/oauth.v2.access", post(slack_oauth_access))

@@ -200,6 +200,8 @@ impl Provider<'_> {
     }
 
     /// The authorization code's tokens; `verifier` is PKCE's when the authorization used it.
+    /// `redirect_uri` is the one the authorization named; `""` when it named none (GitHub's
+    /// code at an App's Setup URL).
     pub async fn exchange_code(
         &self,
         http: &reqwest::Client,
@@ -208,9 +210,10 @@ impl Provider<'_> {
         verifier: Option<&str>,
     ) -> Result<Tokens, Error> {
         let client = self.client()?;
-        let mut request = client
-            .exchange_code(AuthorizationCode::new(code.to_owned()))
-            .set_redirect_uri(Cow::Owned(self.redirect(redirect_uri)?));
+        let mut request = client.exchange_code(AuthorizationCode::new(code.to_owned()));
+        if !redirect_uri.is_empty() {
+            request = request.set_redirect_uri(Cow::Owned(self.redirect(redirect_uri)?));
+        }
         if let Some(v) = verifier.filter(|v| !v.is_empty()) {
             request = request.set_pkce_verifier(PkceCodeVerifier::new(v.to_owned()));
         }

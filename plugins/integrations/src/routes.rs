@@ -93,11 +93,18 @@ impl Integrations {
         };
         let github_install =
             c.github.app_slug.as_deref().map(str::trim).filter(|slug| c.github.on() && !slug.is_empty()).map(|slug| {
-                github_install::GitHubInstall::new(
-                    db.clone(),
-                    &crate::config::url_or(&c.github.web_url, "https://github.com"),
-                    slug,
-                )
+                let web = crate::config::url_or(&c.github.web_url, "https://github.com");
+                let oauth = match (&c.github.app_id, &c.github.oauth_client_secret, providers::http()) {
+                    (Some(id), Some(secret), Ok(http)) if !secret.trim().is_empty() => Some(github_install::AppOAuth {
+                        client_id: c.github.oauth_client_id.clone().unwrap_or_else(|| id.clone()),
+                        client_secret: secret.clone(),
+                        token_url: format!("{}/login/oauth/access_token", web.trim_end_matches('/')),
+                        api: crate::config::url_or(&c.github.api_url, "https://api.github.com"),
+                        http,
+                    }),
+                    _ => None,
+                };
+                github_install::GitHubInstall::new(db.clone(), &web, slug, oauth)
             });
         let inbox =
             Inbox { db, max_attempts: c.max_attempts, backoff: Duration::from_millis(c.retry_backoff_ms.max(1)) };
