@@ -551,3 +551,43 @@ async fn the_agents_commands_show_in_the_terminal_tab_and_its_files_in_the_chang
         .await;
     browser.assert_no_unexpected_errors(&base, EXPECTED).await;
 }
+
+/// GitLab's repository picker on the home page lists the projects synced into PostgreSQL at
+/// sign-in (the token brokered by Keycloak), not GitLab's API on each keystroke.
+#[tokio::test]
+async fn saas_the_repository_picker_lists_the_gitlab_projects_synced_at_sign_in() {
+    let Some(frontend) = frontend_dir() else { return };
+    let gitlab = oh_e2e::git::FakeProvider::start(oh_e2e::git::Kind::GitLab, "glpat_good").await;
+    let base = gitlab.api_url.trim_end_matches("/api/v4").to_owned();
+    let env = [
+        ("GITLAB_APP_CLIENT_ID", "gl-app-id"),
+        ("GITLAB_APP_CLIENT_SECRET", "gl-app-secret"),
+        ("GITLAB_BASE_URL", base.as_str()),
+        // GitLab's webhooks are another test's.
+        ("GITLAB_WEBHOOKS_ENABLED", "false"),
+    ];
+    let site = SaasSite::start(&frontend, "saas_gitlab_picker", &env).await;
+    let (kc, browser, web) = (&site.kc, &site.browser, site.web.as_str());
+    kc.set_user(site.user("gina"));
+    sign_in(browser, web).await;
+    browser.wait("[data-testid=repo-connector]").await;
+    browser.click("[data-testid=git-repo-dropdown]").await;
+    browser.wait_text("group/sub/project-0").await;
+    let listed = gitlab.seen_at("/api/v4/projects");
+    // Typing narrows the list from the stored projects.
+    // A key at a time, as a person types: the picker re-renders on each.
+    for key in "project-44".chars() {
+        let input = "[data-testid=git-repo-dropdown] input, input[data-testid=git-repo-dropdown]";
+        browser.type_text(input, &key.to_string()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    browser.wait_until("the search", "return document.body.innerText.includes('group/sub/project-44') && !document.body.innerText.includes('group/sub/project-10')").await;
+    assert_eq!(gitlab.seen_at("/api/v4/projects").len(), listed.len(), "the search asked GitLab");
+    assert!(!listed.is_empty() && listed.iter().all(|s| s.query.get("membership").map(String::as_str) == Some("true")));
+    browser
+        .assert_no_unexpected_errors(
+            web,
+            &[(401, "POST", "/api/authenticate"), (401, "GET", "/api/user/suggested-tasks")],
+        )
+        .await;
+}
