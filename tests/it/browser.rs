@@ -591,3 +591,35 @@ async fn saas_the_repository_picker_lists_the_gitlab_projects_synced_at_sign_in(
         )
         .await;
 }
+
+/// A subscription bought through Stripe Checkout (subscription mode) lands on the LLM settings
+/// page, where the 0.62 web client says it worked; the access is real afterwards.
+#[tokio::test]
+async fn saas_a_subscription_checkout_returns_to_the_page_that_confirms_it() {
+    let Some(frontend) = frontend_dir() else { return };
+    let stripe = oh_e2e::stripe::FakeStripe::start().await;
+    let env = [
+        ("ENABLE_BILLING", "true"),
+        ("STRIPE_API_KEY", oh_e2e::stripe::SECRET_KEY),
+        ("STRIPE_WEBHOOK_SECRET", oh_e2e::stripe::WEBHOOK_SECRET),
+        ("STRIPE_API_URL", stripe.base_url.as_str()),
+        ("STRIPE_PUBLISHABLE_KEY", "pk_test_browser"),
+        ("STRIPE_SUBSCRIPTION_PRICE_ID", oh_e2e::stripe::SUBSCRIPTION_PRICE_ID),
+    ];
+    let site = SaasSite::start(&frontend, "saas_subscription", &env).await;
+    let (browser, web) = (&site.browser, site.web.as_str());
+    site.kc.set_user(site.user("sam"));
+    sign_in(browser, web).await;
+    let access = "return fetch('/api/billing/subscription-access').then(r => r.json()).then(a => JSON.stringify(a))";
+    assert_eq!(browser.js(access, json!([])).await, "null", "no subscription yet");
+
+    // OpenHands' redirect form of the checkout, as a link would open it.
+    browser.goto(&format!("{web}/api/billing/create-subscription-checkout-session")).await;
+    browser.wait_until("back from checkout", "return location.pathname === '/settings'").await;
+    browser.wait_text("Subscription successful!").await;
+    let form = stripe.checkout_forms().pop().unwrap();
+    assert_eq!(form["mode"], "subscription");
+    let now = browser.js(access, json!([])).await;
+    let now: serde_json::Value = serde_json::from_str(now.as_str().unwrap()).unwrap();
+    assert!(now["end_at"].is_string() && now["cancelled_at"].is_null(), "{now}");
+}

@@ -111,14 +111,14 @@ impl BillingRoutes {
         let Some(id) = stripe_id(given.as_deref()) else {
             return Ok(json(400, &json!({ "error": "session_id is missing or malformed" })));
         };
+        let kind = self.ledger.session_kind(id).await?;
+        let back = |outcome: &str| redirect(format!("{}{}?checkout={outcome}", self.base(request), return_page(&kind)));
         match self.ledger.claim_check(id).await? {
             Check::Ask => {}
             Check::Unknown | Check::Cancelled => {
                 return Ok(json(404, &json!({ "error": "no such checkout session here" })))
             }
-            Check::Completed => {
-                return Ok(redirect(format!("{}/settings/billing?checkout=success", self.base(request))))
-            }
+            Check::Completed => return Ok(back("success")),
             Check::Recently => {
                 let wait = ledger::CHECK_EVERY.as_secs();
                 return Ok(response(
@@ -137,7 +137,7 @@ impl BillingRoutes {
                 &json!({ "error": format!("the payment is not complete (Stripe says {})", session.payment_status) }),
             ));
         }
-        let completed = match (&session.subscription, self.ledger.session_kind(id).await?.as_deref()) {
+        let completed = match (&session.subscription, kind.as_deref()) {
             (Some(subscription), Some("subscription")) => {
                 self.ledger.complete_subscription(id, subscription, session.amount_total, None).await?
             }
@@ -147,21 +147,23 @@ impl BillingRoutes {
             Completed::Unknown => Ok(json(404, &json!({ "error": "no such checkout session here" }))),
             Completed::Subscribed { user } => {
                 crate::metrics::subscribed(&self.services, &user).await;
-                Ok(redirect(format!("{}/settings/billing?checkout=success", self.base(request))))
+                Ok(back("success"))
             }
             Completed::Credited { user, amount } => {
                 crate::metrics::credited(&self.services, &user, &amount, "return").await;
-                Ok(redirect(format!("{}/settings/billing?checkout=success", self.base(request))))
+                Ok(back("success"))
             }
-            Completed::Already => Ok(redirect(format!("{}/settings/billing?checkout=success", self.base(request)))),
+            Completed::Already => Ok(back("success")),
         }
     }
 
     async fn cancel(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
+        let mut kind = None;
         if let Some(id) = stripe_id(query_param(&request.query, "session_id").as_deref()) {
+            kind = self.ledger.session_kind(id).await?;
             self.ledger.cancel_session(id).await?;
         }
-        Ok(redirect(format!("{}/settings/billing?checkout=cancel", self.base(request))))
+        Ok(redirect(format!("{}{}?checkout=cancel", self.base(request), return_page(&kind))))
     }
 
     /// A Stripe event: signature first (on the raw body), then at most once per event id.
@@ -287,5 +289,15 @@ impl plugin_sdk::RouteHandler for BillingRoutes {
 
     async fn health(&self) -> Result<String, PluginError> {
         self.ledger.health().await
+    }
+}
+
+/// Where a buyer lands back from Stripe, as the 0.62 web client expects: its billing page for
+/// credits, its LLM settings page for a subscription (which shows "Subscription successful!"
+/// or "Something went wrong" for `?checkout=success|cancel`).
+fn return_page(kind: &Option<String>) -> &'static str {
+    match kind.as_deref() {
+        Some("subscription") => "/settings",
+        _ => "/settings/billing",
     }
 }
