@@ -70,7 +70,8 @@ impl Keys {
     pub(crate) fn nodes(&self) -> String {
         format!("{}nodes", self.prefix)
     }
-    /// The conversation id in a stream key of ours (`P ev:{c}` / `P cmd:{c}`).
+    /// The conversation id in an event channel (`P ev:{c}`) or command stream (`P cmd:{c}`)
+    /// of ours, and whether it is the event channel.
     pub(crate) fn conversation_of<'a>(&self, stream: &'a str) -> Option<(&'a str, bool)> {
         let rest = stream.strip_prefix(self.prefix.as_str())?;
         if let Some(c) = rest.strip_prefix("ev:") {

@@ -284,7 +284,7 @@ impl plugin_sdk::ConversationManager for ClusteredConversationManager {
             last
         };
         if last {
-            node.relay.unwatch_events(&sid);
+            node.relay.unwatch_events(node, &sid).await;
         }
         let _ = node.kv.run::<()>(redis::pipe().hincr(node.keys.subs(&sid), &node.id, -1).ignore()).await;
         Ok(())

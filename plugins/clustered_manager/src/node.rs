@@ -473,6 +473,7 @@ impl Node {
             every(self.config.cleanup_interval(), self, |n| Box::pin(async move { n.close_idle().await })),
             self.relay.start_publisher(self),
             self.relay.start_reader(self),
+            self.relay.start_subscriber(self),
             crate::presence::start(self),
         ];
         lock(&self.tasks).extend(tasks);

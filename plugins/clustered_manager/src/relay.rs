@@ -1,9 +1,12 @@
-//! Events and commands between nodes, through one Redis stream per conversation each.
+//! Events and commands between nodes: events on one Redis pub/sub channel per conversation,
+//! commands on one Redis stream per conversation.
 //!
 //! The owner publishes every event after storing it (stored ones carry their id) and every
-//! live-only one (deltas, status), in order, from one publisher task. Each node reads, with
-//! one blocking `XREAD`, the event streams of conversations its sockets follow and the
-//! command streams of conversations it owns.
+//! live-only one (deltas, status), in order, from one publisher task. Each node holds one
+//! pub/sub connection subscribed to the channels of the conversations its sockets follow
+//! (a message reaches it as soon as Redis has it: no read to re-issue, no cursor per
+//! conversation), and reads the command streams of conversations it owns with one blocking
+//! `XREAD` (commands must not be lost while a node is away: a stream keeps them).
 //!
 //! A node hands stored events to its sockets strictly by id, each once: from the store's
 //! last id when the first socket subscribed, an event that comes early (a user message
@@ -22,17 +25,14 @@ use std::{
 };
 use tokio::sync::mpsc;
 
-/// How long one `XREAD` waits for news; a newly followed stream joins the read within this.
+/// How long one `XREAD` waits for commands; a newly owned conversation's stream joins the
+/// read within this.
 const BLOCK_MS: u64 = 100;
-/// Entries kept per event stream (a follower that falls further behind reads the store).
-const STREAM_LEN: u64 = 2000;
 /// Relay delays kept for the report.
 const LAG_SAMPLES: usize = 2048;
 
-/// A followed conversation: where its stream was read to, and its delivery order.
+/// A followed conversation: its delivery order.
 struct Follow {
-    /// The last stream entry read.
-    entry: String,
     order: Arc<tokio::sync::Mutex<Order>>,
 }
 
@@ -58,6 +58,11 @@ pub(crate) struct Relay {
     events: Mutex<HashMap<String, Follow>>,
     commands: Mutex<HashMap<String, String>>,
     lag: Mutex<VecDeque<u64>>,
+    /// Subscribes and unsubscribes on the event connection, while it is up.
+    sink: Mutex<Option<redis::aio::PubSubSink>>,
+    /// Held while the followed set and the channels subscribed change together, so that a
+    /// conversation unfollowed and followed again at once stays subscribed.
+    membership: tokio::sync::Mutex<()>,
 }
 
 fn now_ms() -> u64 {
@@ -73,6 +78,8 @@ impl Relay {
             events: Mutex::default(),
             commands: Mutex::default(),
             lag: Mutex::default(),
+            sink: Mutex::default(),
+            membership: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -83,22 +90,44 @@ impl Relay {
 
     /// Follows a conversation's events from now on (a socket on this node wants them): the
     /// sockets get stored events after the store's last one now (their replay has the rest).
+    /// The channel is subscribed before the store is read, and what arrives meanwhile waits
+    /// for the read (the order is held), so nothing stored after it is missed.
     pub(crate) async fn watch_events(&self, node: &Node, sid: &str, ctx: CallContext) {
-        if lock(&self.events).contains_key(sid) {
-            return;
+        let order = Arc::new(tokio::sync::Mutex::new(Order { next: 0, early: BTreeMap::new(), ctx: ctx.clone() }));
+        let mut setup = order.clone().lock_owned().await;
+        {
+            let _turn = self.membership.lock().await;
+            if lock(&self.events).contains_key(sid) {
+                return;
+            }
+            lock(&self.events).insert(sid.to_owned(), Follow { order });
+            // Without a connection now, the subscriber subscribes every followed channel
+            // when it connects, then catches each up from the store.
+            if let Some(mut sink) = self.sink() {
+                if let Err(e) = sink.subscribe(node.keys.events(sid)).await {
+                    tracing::debug!(conversation_id = sid, error = %e, "cluster relay: subscribe failed");
+                }
+            }
         }
-        let entry = format!("{}-0", server_ms(node).await);
         let last = GetEvents { conversation_id: sid.to_owned(), start_id: 0, end_id: None, reverse: true, limit: 1 };
-        let next = match node.services().call(ctx.clone(), last).await {
+        setup.next = match node.services().call(ctx, last).await {
             Ok(page) => page.events.first().and_then(|e| e["id"].as_u64()).map_or(0, |id| id + 1),
             Err(_) => 0,
         };
-        let order = Arc::new(tokio::sync::Mutex::new(Order { next, early: BTreeMap::new(), ctx }));
-        lock(&self.events).entry(sid.to_owned()).or_insert(Follow { entry, order });
     }
 
-    pub(crate) fn unwatch_events(&self, sid: &str) {
-        lock(&self.events).remove(sid);
+    pub(crate) async fn unwatch_events(&self, node: &Node, sid: &str) {
+        let _turn = self.membership.lock().await;
+        if lock(&self.events).remove(sid).is_none() {
+            return;
+        }
+        if let Some(mut sink) = self.sink() {
+            let _ = sink.unsubscribe(node.keys.events(sid)).await;
+        }
+    }
+
+    fn sink(&self) -> Option<redis::aio::PubSubSink> {
+        lock(&self.sink).clone()
     }
 
     /// Reads the conversation's commands sent since `since_ms` (server time): this node owns
@@ -139,28 +168,10 @@ impl Relay {
                     }
                 }
                 let mut pipe = redis::pipe();
-                let mut streams = Vec::new();
                 for out in &batch {
-                    let key = node.keys.events(&out.sid);
-                    pipe.cmd("XADD")
-                        .arg(&key)
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(STREAM_LEN)
-                        .arg("*")
-                        .arg("n")
-                        .arg(&node.id)
-                        .arg("e")
-                        .arg(&out.event)
-                        .arg("ts")
-                        .arg(out.sent_ms)
-                        .ignore();
-                    if !streams.contains(&key) {
-                        streams.push(key);
-                    }
-                }
-                for key in streams {
-                    pipe.pexpire(key, 3_600_000).ignore();
+                    // `node \t sent_ms \t event` (JSON text has no raw tab).
+                    let message = format!("{}\t{}\t{}", node.id, out.sent_ms, out.event);
+                    pipe.cmd("PUBLISH").arg(node.keys.events(&out.sid)).arg(message).ignore();
                 }
                 // Lost on a Redis outage: followers catch up from the store.
                 let _ = node.kv.run::<()>(&pipe).await;
@@ -168,7 +179,80 @@ impl Relay {
         })
     }
 
-    /// The reader: one blocking `XREAD` over every followed stream.
+    /// The event subscriber: one pub/sub connection, subscribed to every followed
+    /// conversation's channel; on each (re)connection every followed conversation catches up
+    /// from the store.
+    pub(crate) fn start_subscriber(&self, node: &Arc<Node>) -> tokio::task::JoinHandle<()> {
+        use futures_util::StreamExt as _;
+        let weak = Arc::downgrade(node);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let Some(node) = weak.upgrade() else { break };
+                let (mut sink, mut stream) = match node.kv.client.get_async_pubsub().await {
+                    Ok(pubsub) => pubsub.split(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cluster relay: no event connection");
+                        drop(node);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                };
+                let subscribed = {
+                    let _turn = node.relay.membership.lock().await;
+                    let channels: Vec<String> =
+                        lock(&node.relay.events).keys().map(|sid| node.keys.events(sid)).collect();
+                    let done = channels.is_empty() || sink.subscribe(channels).await.is_ok();
+                    if done {
+                        *lock(&node.relay.sink) = Some(sink);
+                    }
+                    done
+                };
+                if !subscribed {
+                    drop(node);
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+                backoff = Duration::from_millis(100);
+                node.relay.catch_up(&node).await;
+                drop(node);
+                while let Some(message) = stream.next().await {
+                    let Some(node) = weak.upgrade() else { return };
+                    node.relay.on_message(&node, &message).await;
+                }
+                // The connection is gone: subscribe again on a new one, and catch up.
+                let Some(node) = weak.upgrade() else { break };
+                *lock(&node.relay.sink) = None;
+                drop(node);
+                tokio::time::sleep(backoff).await;
+            }
+        })
+    }
+
+    async fn on_message(&self, node: &Arc<Node>, message: &redis::Msg) {
+        let channel = message.get_channel_name();
+        let Some((sid, true)) = node.keys.conversation_of(channel) else { return };
+        let Ok(payload) = message.get_payload::<String>() else { return };
+        let mut parts = payload.splitn(3, '\t');
+        let (Some(from), Some(sent), Some(text)) = (parts.next(), parts.next(), parts.next()) else { return };
+        if from == node.id {
+            return; // published here: this node's sockets have it
+        }
+        if let Ok(sent) = sent.parse::<u64>() {
+            let mut lag = lock(&self.lag);
+            if lag.len() == LAG_SAMPLES {
+                lag.pop_front();
+            }
+            lag.push_back(now_ms().saturating_sub(sent));
+        }
+        let Ok(event) = serde_json::from_str::<Value>(text) else { return };
+        let sid = sid.to_owned();
+        self.deliver(node, &sid, event).await;
+    }
+
+    /// The command reader: one blocking `XREAD` over the command streams of the
+    /// conversations this node owns.
     pub(crate) fn start_reader(&self, node: &Arc<Node>) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(node);
         tokio::spawn(async move {
@@ -225,14 +309,10 @@ impl Relay {
         })
     }
 
-    /// The streams to read and where each was left.
+    /// The command streams to read and where each was left.
     fn streams(&self, node: &Node) -> (Vec<String>, Vec<String>) {
         let mut keys = Vec::new();
         let mut ids = Vec::new();
-        for (sid, cursor) in lock(&self.events).iter() {
-            keys.push(node.keys.events(sid));
-            ids.push(cursor.entry.clone());
-        }
         for (sid, entry) in lock(&self.commands).iter() {
             keys.push(node.keys.commands(sid));
             ids.push(entry.clone());
@@ -242,37 +322,17 @@ impl Relay {
 
     async fn dispatch(&self, node: &Arc<Node>, reply: StreamReadReply) {
         for stream in reply.keys {
-            let Some((sid, is_events)) = node.keys.conversation_of(&stream.key) else { continue };
+            let Some((sid, false)) = node.keys.conversation_of(&stream.key) else { continue };
             let sid = sid.to_owned();
             for entry in stream.ids {
-                if is_events {
-                    if let Some(cursor) = lock(&self.events).get_mut(&sid) {
-                        cursor.entry = entry.id.clone();
-                    }
-                    let from: Option<String> = entry.get("n");
-                    if from.as_deref() == Some(node.id.as_str()) {
-                        continue; // published here: this node's sockets have it
-                    }
-                    let (Some(text), sent) = (entry.get::<String>("e"), entry.get::<u64>("ts")) else { continue };
-                    if let Some(sent) = sent {
-                        let mut lag = lock(&self.lag);
-                        if lag.len() == LAG_SAMPLES {
-                            lag.pop_front();
-                        }
-                        lag.push_back(now_ms().saturating_sub(sent));
-                    }
-                    let Ok(event) = serde_json::from_str::<Value>(&text) else { continue };
-                    self.deliver(node, &sid, event).await;
+                if let Some(cursor) = lock(&self.commands).get_mut(&sid) {
+                    cursor.clone_from(&entry.id);
                 } else {
-                    if let Some(cursor) = lock(&self.commands).get_mut(&sid) {
-                        cursor.clone_from(&entry.id);
-                    } else {
-                        continue; // no longer ours
-                    }
-                    let fields: HashMap<String, String> =
-                        entry.map.keys().filter_map(|k| entry.get::<String>(k).map(|v| (k.clone(), v))).collect();
-                    node.on_command(&sid, &fields).await;
+                    continue; // no longer ours
                 }
+                let fields: HashMap<String, String> =
+                    entry.map.keys().filter_map(|k| entry.get::<String>(k).map(|v| (k.clone(), v))).collect();
+                node.on_command(&sid, &fields).await;
             }
         }
     }
@@ -348,12 +408,3 @@ impl Relay {
 }
 
 use agent_loop::session::Env as _;
-
-/// The Redis server's clock in ms (stream entry ids are made from it); this host's when
-/// Redis does not answer.
-async fn server_ms(node: &Node) -> u64 {
-    match node.kv.run::<((String, String),)>(redis::pipe().cmd("TIME")).await {
-        Ok(((secs, micros),)) => secs.parse::<u64>().unwrap_or(0) * 1000 + micros.parse::<u64>().unwrap_or(0) / 1000,
-        Err(_) => now_ms(),
-    }
-}
