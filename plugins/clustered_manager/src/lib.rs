@@ -6,8 +6,8 @@
 //!   fencing token; every event it stores carries the token, and the store refuses a lower
 //!   one, so a node paused past its lease cannot write after its successor did.
 //! - **Any node serves any conversation**: the owner publishes each event (stored ones with
-//!   their id, and streaming deltas) to a Redis stream per conversation; other nodes relay it
-//!   to their sockets, filling any gap from the store. A user message sent on another node is
+//!   their id, and streaming deltas) on a Redis pub/sub channel per conversation; other nodes
+//!   relay it to their sockets, filling any gap from the store. A user message sent on another node is
 //!   stored there (acknowledged means stored), then the owner is told through the
 //!   conversation's command stream.
 //! - **Failover**: every node's reaper takes over conversations whose lease expired (owner
