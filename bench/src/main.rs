@@ -13,7 +13,7 @@
 //!    and the host's RSS; then 1,000 at once, with the deltas lost;
 //! 5. authenticated `GET /api/settings`: Keycloak cookie and API key (saas_auth) next to the
 //!    OSS single-user auth;
-//! 6. three clustered nodes (PostgreSQL + Redis), 100 conversations spread over them, a
+//! 6. three clustered nodes (PostgreSQL + Redis), 50 conversations spread over them, a
 //!    client on the owner and one on another node of each: LLM chunk → `oh_event` p50/p99
 //!    same-node vs cross-node; failover time over 10 kills; Redis commands and bytes per
 //!    conversation per second, streaming and idle;
