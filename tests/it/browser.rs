@@ -341,18 +341,22 @@ async fn saas_sign_in_terms_api_keys_two_users_apart_and_sign_out() {
     assert!(seen.iter().any(|s| s.method == "POST" && s.url.ends_with("/api/accept_tos") && s.status == 200));
 }
 
-#[tokio::test]
-async fn saas_billing_buys_credits_through_checkout_and_shows_the_balance() {
-    let Some(frontend) = frontend_dir() else { return };
-    let stripe = oh_e2e::stripe::FakeStripe::start().await;
-    let env = [
+/// Billing on, against the fake Stripe.
+fn billing_env(stripe: &oh_e2e::stripe::FakeStripe) -> Vec<(&'static str, &str)> {
+    vec![
         ("ENABLE_BILLING", "true"),
         ("STRIPE_API_KEY", oh_e2e::stripe::SECRET_KEY),
         ("STRIPE_WEBHOOK_SECRET", oh_e2e::stripe::WEBHOOK_SECRET),
         ("STRIPE_API_URL", stripe.base_url.as_str()),
         ("STRIPE_PUBLISHABLE_KEY", "pk_test_browser"),
-    ];
-    let site = SaasSite::start(&frontend, "saas_billing", &env).await;
+    ]
+}
+
+#[tokio::test]
+async fn saas_billing_buys_credits_through_checkout_and_shows_the_balance() {
+    let Some(frontend) = frontend_dir() else { return };
+    let stripe = oh_e2e::stripe::FakeStripe::start().await;
+    let site = SaasSite::start(&frontend, "saas_billing", &billing_env(&stripe)).await;
     let (browser, web) = (&site.browser, site.web.as_str());
     site.kc.set_user(site.user("carol"));
     sign_in(browser, web).await;
@@ -598,14 +602,8 @@ async fn saas_the_repository_picker_lists_the_gitlab_projects_synced_at_sign_in(
 async fn saas_a_subscription_checkout_returns_to_the_page_that_confirms_it() {
     let Some(frontend) = frontend_dir() else { return };
     let stripe = oh_e2e::stripe::FakeStripe::start().await;
-    let env = [
-        ("ENABLE_BILLING", "true"),
-        ("STRIPE_API_KEY", oh_e2e::stripe::SECRET_KEY),
-        ("STRIPE_WEBHOOK_SECRET", oh_e2e::stripe::WEBHOOK_SECRET),
-        ("STRIPE_API_URL", stripe.base_url.as_str()),
-        ("STRIPE_PUBLISHABLE_KEY", "pk_test_browser"),
-        ("STRIPE_SUBSCRIPTION_PRICE_ID", oh_e2e::stripe::SUBSCRIPTION_PRICE_ID),
-    ];
+    let mut env = billing_env(&stripe);
+    env.push(("STRIPE_SUBSCRIPTION_PRICE_ID", oh_e2e::stripe::SUBSCRIPTION_PRICE_ID));
     let site = SaasSite::start(&frontend, "saas_subscription", &env).await;
     let (browser, web) = (&site.browser, site.web.as_str());
     site.kc.set_user(site.user("sam"));

@@ -170,7 +170,8 @@ async fn repositories(
             ));
         };
         if q.installation_id.is_none() {
-            let query = format!("page={page}&per_page={per_page}&sort={}", urlencode(&q.sort));
+            let (page, per_page) = (page.to_string(), per_page.to_string());
+            let query = query_of(&[("page", &page), ("per_page", &per_page), ("sort", &q.sort)]);
             if let Some(answer) = from_plugin(&state, &caller, provider, &query).await {
                 return answer;
             }
@@ -185,7 +186,7 @@ async fn repositories(
     }
     let mut all = Vec::new();
     for api in &apis {
-        let query = format!("page=1&per_page={}&sort={}", git::MAX_ITEMS, urlencode(&q.sort));
+        let query = query_of(&[("page", "1"), ("per_page", &git::MAX_ITEMS.to_string()), ("sort", &q.sort)]);
         if let Some(answer) = from_plugin(&state, &caller, api.provider.name(), &query).await {
             match answer {
                 Ok(Json(Value::Array(repos))) => all.extend(repos),
@@ -202,13 +203,11 @@ async fn repositories(
     Ok(Json(Value::Array(all)))
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|c| match c {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (c as char).to_string(),
-            _ => format!("%{c:02X}"),
-        })
-        .collect()
+/// `name=value&...`, each part encoded.
+fn query_of(params: &[(&str, &str)]) -> String {
+    let mut url = reqwest::Url::parse("http://query.invalid/").expect("a valid URL");
+    url.query_pairs_mut().extend_pairs(params);
+    url.query().unwrap_or_default().to_owned()
 }
 
 /// The provider's repositories from the plugin that keeps them (`App::plugin_repositories`),
@@ -305,7 +304,7 @@ async fn stored(
     if is_repository_url(&q.query, api) {
         return None;
     }
-    let query = format!("query={}&per_page={per_page}&sort={}", urlencode(&q.query), urlencode(&q.sort));
+    let query = query_of(&[("query", &q.query), ("per_page", &per_page.to_string()), ("sort", &q.sort)]);
     from_plugin(state, caller, api.provider.name(), &query).await
 }
 
