@@ -265,13 +265,6 @@ impl<E: Env> Runner<E> {
             self.workspace = self.prepare(runtime, &request).await;
         }
         self.persist(events::agent_state_changed("loading", "")).await;
-        // The initial message is stored before the history is read, so that a message a
-        // socket sends meanwhile comes after it, and the reply below answers whatever the
-        // history ends with (a message stored after the read is answered in the loop).
-        let initial = request.initial_user_msg.clone().filter(|m| !m.trim().is_empty());
-        if let Some(message) = &initial {
-            self.persist(events::user_message(message, &request.image_urls)).await;
-        }
         let history = self.load_history().await;
         let ok = history.is_ok();
         // The last stored event the history holds: messages up to it are answered below.
@@ -290,14 +283,11 @@ impl<E: Env> Runner<E> {
         if let Err(e) = history {
             tracing::error!(conversation_id = %self.sid, error = %e, "cannot load the conversation's history");
         }
-        match initial {
-            // The history ends with it, or with a message sent since.
-            Some(message) if ok && self.messages.last().is_some_and(|m| m.role == "user") => {
-                self.maybe_title(&message).await;
-                self.respond().await;
+        match request.initial_user_msg.filter(|m| !m.trim().is_empty()) {
+            Some(message) => {
+                self.persist(events::user_message(&message, &request.image_urls)).await;
+                self.answer(&message).await;
             }
-            // Not in the history (it could not be read, or the message not stored): alone.
-            Some(message) => self.answer(&message).await,
             // A message stored but never answered (the host stopped, or died, in between) is
             // answered now: acknowledged means it will be.
             None if self.messages.last().is_some_and(|m| m.role == "user") => self.respond().await,
