@@ -411,4 +411,22 @@ async fn gitlab_projects_are_synced_into_postgresql_and_the_picker_and_search_se
     assert_eq!(none.status, 401, "{}", none.text);
     let bobs = names(&get(BOB, "/api/user/repositories?sort=pushed").await.json());
     assert!(bobs.iter().all(|n| n.starts_with("octo/")), "{bobs:?}");
+
+    // As an attacker: a token naming a host on this machine (SaaS: user-named hosts must be
+    // public) makes the sync call nothing there.
+    let local = gitlab.api_url.trim_start_matches("http://").trim_end_matches("/api/v4").to_owned();
+    let tokens = json!({ "provider_tokens": { "gitlab": { "token": "glpat_mallory", "host": format!("http://{local}") } } });
+    let set = host.send(host.http.post(host.url("/api/add-git-providers")).bearer_auth(BOB).json(&tokens)).await;
+    assert_eq!(set.status, 200, "{}", set.text);
+    let refused = get(BOB, "/api/user/repositories?selected_provider=gitlab&page=1&per_page=30").await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    assert!(refused.text.contains("a local or private address"), "{}", refused.text);
+    // The plugin's own route (what the sign-in sync runs too) refuses it as well.
+    let direct = get(BOB, "/api/user/repositories/gitlab?page=1&per_page=30").await;
+    assert!(direct.status >= 400 && direct.status < 500, "{}: {}", direct.status, direct.text);
+    assert!(direct.text.contains("local or private"), "{}", direct.text);
+    assert!(
+        gitlab.seen().iter().all(|s| s.authorization != "Bearer glpat_mallory"),
+        "the sync reached a local address with the user's token"
+    );
 }
