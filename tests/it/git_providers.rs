@@ -415,7 +415,8 @@ async fn gitlab_projects_are_synced_into_postgresql_and_the_picker_and_search_se
     // As an attacker: a token naming a host on this machine (SaaS: user-named hosts must be
     // public) makes the sync call nothing there.
     let local = gitlab.api_url.trim_start_matches("http://").trim_end_matches("/api/v4").to_owned();
-    let tokens = json!({ "provider_tokens": { "gitlab": { "token": "glpat_mallory", "host": format!("http://{local}") } } });
+    let tokens =
+        json!({ "provider_tokens": { "gitlab": { "token": "glpat_mallory", "host": format!("http://{local}") } } });
     let set = host.send(host.http.post(host.url("/api/add-git-providers")).bearer_auth(BOB).json(&tokens)).await;
     assert_eq!(set.status, 200, "{}", set.text);
     let refused = get(BOB, "/api/user/repositories?selected_provider=gitlab&page=1&per_page=30").await;

@@ -107,9 +107,14 @@ impl FakeKeycloak {
     /// The same endpoints over HTTPS too (a self-signed test certificate made in `dir`);
     /// returns `127.0.0.1:PORT`, the web client's `AUTH_URL`.
     pub async fn serve_https(&self, dir: &std::path::Path) -> String {
-        let (port, _ca, task) = crate::tls::serve(self.router(), dir).await;
-        std::mem::forget(task); // serves until the test's runtime ends
-        format!("127.0.0.1:{port}")
+        format!("127.0.0.1:{}", self.serve_tls(dir).await.0)
+    }
+
+    /// Serves the endpoints over HTTPS until the test's runtime ends: the port and the CA.
+    async fn serve_tls(&self, dir: &std::path::Path) -> (u16, std::path::PathBuf) {
+        let (port, ca, task) = crate::tls::serve(self.router(), dir).await;
+        std::mem::forget(task);
+        (port, ca)
     }
 
     fn router(&self) -> Router {
@@ -194,8 +199,7 @@ impl FakeKeycloak {
     /// Serves the endpoints over HTTPS too and names the HTTPS revocation endpoint in
     /// discovery (RFC 7009 requires TLS); the CA that signed it, for `SSL_CERT_FILE`.
     pub async fn serve_revocation_over_https(&self, dir: &std::path::Path) -> std::path::PathBuf {
-        let (port, ca, task) = crate::tls::serve(self.router(), dir).await;
-        std::mem::forget(task); // serves until the test's runtime ends
+        let (port, ca) = self.serve_tls(dir).await;
         self.inner.lock().unwrap().revocation_endpoint =
             Some(format!("https://localhost:{port}/realms/{REALM}/protocol/openid-connect/revoke"));
         ca

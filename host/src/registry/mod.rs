@@ -535,22 +535,7 @@ impl Registry {
         ctx: &CallContext,
         query: &models::ExperimentQuery,
     ) -> Vec<models::ExperimentAssignment> {
-        let query = RString::from(serde_json::to_string(query).unwrap_or_default());
-        let mut all = Vec::new();
-        for m in &self.monitoring {
-            let answer = m.meta.call("experiment_variant", m.obj.experiment_variant(ctx.clone(), query.clone())).await;
-            match answer.map(|a| a.into_option()) {
-                Ok(Some(json)) => match serde_json::from_str::<Vec<models::ExperimentAssignment>>(&json) {
-                    Ok(assignments) => all.extend(assignments),
-                    Err(e) => {
-                        tracing::warn!(listener = %m.meta.key, error = %e, "experiment answer is not a list of assignments")
-                    }
-                },
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "experiment lookup failed; starting without"),
-            }
-        }
-        all
+        self.assignments(ctx, query, 0).await
     }
 
     /// The user's feature flags (`flag -> variant`) from the listeners that define flags and
@@ -567,25 +552,36 @@ impl Registry {
             return flags;
         }
         let query = models::ExperimentQuery { feature_flags: Some(subject.clone()), ..Default::default() };
-        let query = RString::from(serde_json::to_string(&query).unwrap_or_default());
-        for m in self.monitoring.iter().filter(|m| m.meta.api_minor >= 2) {
+        for a in self.assignments(ctx, &query, 2).await {
+            flags.entry(a.experiment).or_insert(a.variant);
+        }
+        flags
+    }
+
+    /// `experiment_variant(query)` of every listener built against plugin-api 1.`min_minor`
+    /// or later, their answers in order; a failing or malformed answer is logged and skipped.
+    async fn assignments(
+        &self,
+        ctx: &CallContext,
+        query: &models::ExperimentQuery,
+        min_minor: u32,
+    ) -> Vec<models::ExperimentAssignment> {
+        let query = RString::from(serde_json::to_string(query).unwrap_or_default());
+        let mut all = Vec::new();
+        for m in self.monitoring.iter().filter(|m| m.meta.api_minor >= min_minor) {
             let answer = m.meta.call("experiment_variant", m.obj.experiment_variant(ctx.clone(), query.clone())).await;
             match answer.map(|a| a.into_option()) {
                 Ok(Some(json)) => match serde_json::from_str::<Vec<models::ExperimentAssignment>>(&json) {
-                    Ok(assignments) => {
-                        for a in assignments {
-                            flags.entry(a.experiment).or_insert(a.variant);
-                        }
-                    }
+                    Ok(assignments) => all.extend(assignments),
                     Err(e) => {
-                        tracing::warn!(listener = %m.meta.key, error = %e, "feature flags answer is not a list of assignments")
+                        tracing::warn!(listener = %m.meta.key, error = %e, "experiment answer is not a list of assignments")
                     }
                 },
                 Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "feature flag lookup failed; its flags are off"),
+                Err(e) => tracing::warn!(error = %e, "experiment lookup failed; going on without"),
             }
         }
-        flags
+        all
     }
 
     // ---- routes ----

@@ -41,15 +41,20 @@ pub(crate) fn unreachable(what: &str, e: reqwest::Error) -> PluginError {
 /// provider (the first word of `what`: `GitHub comment` is GitHub's) and outcome (`ok`, `error`
 /// for an error status, `unreachable`): the integrations' health, per provider.
 pub(crate) async fn counted(what: &str, request: reqwest::RequestBuilder) -> Result<reqwest::Response, reqwest::Error> {
-    let provider = what.split_whitespace().next().unwrap_or("unknown").to_ascii_lowercase();
     let answer = request.send().await;
     let outcome = match &answer {
         Ok(r) if r.status().is_success() => "ok",
         Ok(_) => "error",
         Err(_) => "unreachable",
     };
-    plugin_sdk::metric("oh_provider_api_calls_total", 1.0, &json!({ "provider": provider, "outcome": outcome }));
+    count_call(what, outcome);
     answer
+}
+
+/// One provider API call in `oh_provider_api_calls_total` (see [`counted`]).
+fn count_call(what: &str, outcome: &str) {
+    let provider = what.split_whitespace().next().unwrap_or("unknown").to_ascii_lowercase();
+    plugin_sdk::metric("oh_provider_api_calls_total", 1.0, &json!({ "provider": provider, "outcome": outcome }));
 }
 
 /// Exchanges an authorization code at `app`'s token endpoint (through `oauth_client`),
@@ -61,14 +66,13 @@ pub(crate) async fn exchange_code(
     code: &str,
     redirect_uri: &str,
 ) -> Result<Result<oauth_client::Tokens, String>, PluginError> {
-    let provider = app.label.split_whitespace().next().unwrap_or("unknown").to_ascii_lowercase();
     let answer = app.exchange_code(http, code, redirect_uri, None).await;
     let outcome = match &answer {
         Ok(_) => "ok",
         Err(oauth_client::Error::Refused { .. }) => "error",
         Err(_) => "unreachable",
     };
-    plugin_sdk::metric("oh_provider_api_calls_total", 1.0, &json!({ "provider": provider, "outcome": outcome }));
+    count_call(app.label, outcome);
     match answer {
         Ok(tokens) => Ok(Ok(tokens)),
         Err(e @ oauth_client::Error::Refused { .. }) => Ok(Err(e.to_string())),
