@@ -69,9 +69,15 @@ fn host_policy() -> Policy {
 /// with status `A` (new files too), `M`, `D`, `R` or `U`, from `git status`.
 pub async fn changes(workspace: &Path, max_output: usize) -> Result<Vec<(String, String)>, GitError> {
     let out = run(workspace, &["status", "--porcelain=v1", "-uall"], max_output).await?;
-    Ok(String::from_utf8_lossy(&out)
-        .lines()
-        .filter(|l| l.len() > 3)
+    Ok(parse_status(&String::from_utf8_lossy(&out)))
+}
+
+/// `git status --porcelain=v1` as `(status, path)` pairs (see [`changes`]); also what a
+/// runtime that runs git elsewhere (in OpenHands' sandbox) reads back.
+pub fn parse_status(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        // What another machine printed is not trusted to start with two ASCII bytes.
+        .filter(|l| l.len() > 3 && l.is_char_boundary(2))
         .map(|line| {
             let (code, path) = line.split_at(2);
             let path = path.trim().rsplit(" -> ").next().unwrap_or("").trim_matches('"');
@@ -84,7 +90,7 @@ pub async fn changes(workspace: &Path, max_output: usize) -> Result<Vec<(String,
             };
             (status.to_owned(), path.to_owned())
         })
-        .collect())
+        .collect()
 }
 
 /// A file (relative to the workspace) as of the last commit; `None` when it was not

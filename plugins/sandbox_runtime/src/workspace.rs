@@ -18,6 +18,7 @@ use std::{
 use tokio::io::AsyncReadExt as _;
 
 pub use crate::running::{Running, Seen, Wait, Waited, OVER_QUOTA};
+pub use sandbox::{reaper::local_reaper, repo::Clone};
 
 /// How commands are isolated.
 #[derive(Clone, Debug, PartialEq)]
@@ -89,27 +90,6 @@ impl Isolation {
     }
 }
 
-/// How a local command is put in a PID namespace that dies with the host: `unshare` as root,
-/// else in a user namespace of its own; None when neither works here (then a command's
-/// background processes may outlive it, and a host killed with -9).
-pub fn local_reaper() -> Option<&'static [&'static str]> {
-    static REAPER: std::sync::OnceLock<Option<&'static [&'static str]>> = std::sync::OnceLock::new();
-    *REAPER.get_or_init(|| {
-        const ROOT: &[&str] = &["unshare", "--pid", "--fork", "--kill-child"];
-        const USER: &[&str] = &["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child"];
-        [ROOT, USER].into_iter().find(|prefix| {
-            std::process::Command::new("setpriv")
-                .args(["--pdeathsig", "KILL", "--"])
-                .args(*prefix)
-                .arg("true")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-    })
-}
-
 /// A conversation's workspace.
 #[derive(Clone, Debug)]
 pub struct Workspace {
@@ -117,51 +97,6 @@ pub struct Workspace {
     isolation: Isolation,
     /// The host's only way to its files.
     files: Arc<Confined>,
-}
-
-/// A repository to clone into a new workspace.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Clone {
-    /// Without credentials: `https://github.com/owner/repo.git`.
-    pub url: String,
-    /// `Authorization: Basic …`, sent with the clone only.
-    pub auth_header: Option<String>,
-    pub branch: Option<String>,
-}
-
-impl Clone {
-    /// The clone of `repository` (`owner/repo`) at `provider` (`github`, `gitlab`,
-    /// `bitbucket`) with the user's token there; `host` is the token's (default the
-    /// provider's public one); hosts in `plain_http` are reached without TLS.
-    pub fn of(
-        repository: &str,
-        provider: &str,
-        token: Option<&str>,
-        host: Option<&str>,
-        branch: Option<&str>,
-        plain_http: &[String],
-    ) -> Clone {
-        use base64::Engine as _;
-        let host = host.filter(|h| !h.is_empty()).unwrap_or(match provider {
-            "gitlab" => "gitlab.com",
-            "bitbucket" => "bitbucket.org",
-            _ => "github.com",
-        });
-        let scheme = if plain_http.iter().any(|h| h == host) { "http" } else { "https" };
-        let user = match provider {
-            "gitlab" => "oauth2",
-            "bitbucket" => "x-token-auth",
-            _ => "x-access-token",
-        };
-        let auth_header = token.filter(|t| !t.is_empty()).map(|t| {
-            format!("Authorization: Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{t}")))
-        });
-        Clone {
-            url: format!("{scheme}://{host}/{}.git", repository.trim_end_matches(".git")),
-            auth_header,
-            branch: branch.filter(|b| !b.is_empty()).map(str::to_owned),
-        }
-    }
 }
 
 /// What a command did.
