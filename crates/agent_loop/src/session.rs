@@ -527,7 +527,12 @@ impl<E: Env> Runner<E> {
                 })
             }
             Err(e) => {
+                // The user is told (a sandbox that did not start is theirs to know about);
+                // the conversation goes on, its agent without tools.
                 tracing::error!(conversation_id = %self.sid, error = %e, "no workspace: the agent works without tools");
+                let text = format!("The agent's sandbox did not start, so it works without tools: {}", e.message);
+                self.env.broadcast(&self.sid, &events::status_update("error", "STATUS$ERROR", &text));
+                self.persist(events::error_observation(&text, "STATUS$ERROR")).await;
                 None
             }
         }
