@@ -11,7 +11,7 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 # The same list as the Makefile's BUNDLED.
-ARG BUNDLED="file_stores default_auth log_monitoring saas_monitoring standalone_manager sandbox_runtime clustered_manager postgres_stores saas_auth billing integrations"
+ARG BUNDLED="file_stores default_auth log_monitoring saas_monitoring standalone_manager sandbox_runtime openhands_runtime clustered_manager postgres_stores saas_auth billing integrations"
 RUN cargo build --release -p oh-host $(for p in $BUNDLED; do printf -- '-p %s ' "$p"; done) \
  && mkdir -p /out/plugins \
  && for p in $BUNDLED; do install -m 0644 "target/release/lib$p.so" /out/plugins/; done \

@@ -5,10 +5,10 @@ PLUGINS_DIR := target/plugins
 # look for them: the OSS defaults (file stores, single-user auth, log monitoring, standalone
 # manager) and the enterprise ones (PostgreSQL stores, SaaS auth). The Dockerfile bundles the
 # same list (a test checks it).
-BUNDLED     := file_stores default_auth log_monitoring saas_monitoring standalone_manager sandbox_runtime clustered_manager postgres_stores saas_auth billing integrations
+BUNDLED     := file_stores default_auth log_monitoring saas_monitoring standalone_manager sandbox_runtime openhands_runtime clustered_manager postgres_stores saas_auth billing integrations
 EXAMPLE     := examples/token-auth/Cargo.toml
 
-.PHONY: build plugins examples run test test-browser services bench lint fmt frontend
+.PHONY: build plugins examples run test test-browser services openhands-env bench lint fmt frontend
 
 build:
 	$(CARGO) build --workspace
@@ -34,6 +34,11 @@ run: plugins
 services:
 	bash .ci/services
 
+# OpenHands' action execution server in a cached virtual environment (OPENHANDS_VENV), for the
+# OpenHandsRuntime's tests and for running it locally; a complete one is left as it is.
+openhands-env:
+	bash .ci/openhands-env
+
 # The web client: OpenHands' 0.62.0 frontend build into ./frontend/build, where the server
 # looks for it when FRONTEND_DIRECTORY is unset. FRONTEND_SRC names a build (`npm run build`
 # in OpenHands' frontend/ at tag 0.62.0); the default is the one next to this checkout.
@@ -47,7 +52,7 @@ frontend:
 	  exit 1; \
 	fi
 
-test: services plugins examples
+test: services openhands-env plugins examples
 	$(CARGO) test --workspace
 	$(CARGO) test --manifest-path $(EXAMPLE) --target-dir target
 

@@ -19,6 +19,7 @@ mod integrations;
 mod isolation;
 mod newcomer;
 mod observability;
+mod openhands_runtime;
 mod reload;
 mod routes;
 mod saas_auth;

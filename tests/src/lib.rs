@@ -13,6 +13,7 @@ pub mod in_process;
 pub mod llm;
 pub mod metrics;
 pub mod oidc;
+pub mod openhands;
 pub mod pg;
 pub mod providers;
 pub mod redis;
@@ -86,6 +87,7 @@ pub const BUNDLED: &[&str] = &[
     "saas_monitoring",
     "standalone_manager",
     "sandbox_runtime",
+    "openhands_runtime",
     "clustered_manager",
     "postgres_stores",
     "saas_auth",
