@@ -296,3 +296,40 @@ async fn one_running_server_given_by_url_takes_the_agents_commands_with_its_key(
 async fn openhands_runtime_alive(url: &str) -> bool {
     reqwest::get(format!("{url}/alive")).await.is_ok_and(|r| r.status().is_success())
 }
+
+/// The selected repository is cloned in the sandbox with the user's token, which stays out of
+/// the workspace; a host killed with -9 leaves no server behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repository_is_cloned_in_the_sandbox_and_a_killed_host_leaves_no_server() {
+    let token = "gho_user_token_in_the_sandbox_42";
+    let git = oh_e2e::git_http::GitHttp::start("acme/widgets", &[("README.md", "# Widgets\n")], token).await;
+    let (d, mut host, llm) = deployment(&format!("{}, git_http_hosts = [\"{}\"]", spawned(), git.host)).await;
+    let tokens = json!({ "provider_tokens": { "github": { "token": token, "host": git.host } } });
+    assert_eq!(host.post_json("/api/add-git-providers", &tokens).await.status, 200);
+    llm.push([Reply::Tools(vec![(
+        "execute_bash".into(),
+        json!({ "command": "git branch --show-current; cat FEATURE.md; sleep 300 # oh-orphan-marker", "timeout": 2 }),
+    )])]);
+    let r = host
+        .post_json(
+            "/api/conversations",
+            &json!({ "initial_user_msg": "look", "repository": "acme/widgets", "git_provider": "github", "selected_branch": "feature" }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.json()["conversation_id"].as_str().unwrap().to_owned();
+    let events = events_until(&host, &id, "the command", |e| !outputs(e).is_empty()).await;
+    let out = &outputs(&events)[0];
+    assert!(out.contains("feature") && out.contains("on the feature branch"), "{out}");
+    let workspace = d.state_dir().join("openhands-workspaces").join(&id);
+    let config = std::fs::read_to_string(workspace.join(".git/config")).unwrap();
+    assert!(
+        !config.contains(token) && config.contains(&format!("url = http://{}/acme/widgets.git", git.host)),
+        "{config}"
+    );
+    assert!(!host.log().contains(token), "the token reached the host's log");
+
+    host.signal("KILL");
+    none_left("oh-orphan-marker").await;
+    none_left(&workspace.display().to_string()).await;
+}
