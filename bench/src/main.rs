@@ -27,7 +27,8 @@
 //!    (fake) GitHub with the fake LLM;
 //! 10. the agent's tools (local runtime, then bubblewrap): a command's start to its observation, the
 //!     tool round trip (the model's call → the observation stored), and 20 conversations
-//!     running commands at once (host RSS and CPU);
+//!     running commands at once (host RSS and CPU); then a command's start to its observation
+//!     with OpenHands' action execution server (`OpenHandsRuntime`) next to bubblewrap;
 //! 11. reloads under load: requests/s and p99 during 20 reloads next to none; RSS after 100;
 //! 12. start to the first `/alive` answered and the idle RSS, median of 10 starts.
 //!
@@ -204,6 +205,7 @@ fn main() {
     }
     if run(10) {
         tools_load(&bin_dir.join("oh-host"), work.path(), &oss_profile);
+        tools_openhands(&bin_dir.join("oh-host"), work.path(), &oss_profile);
     }
     if run(11) {
         reload::reload_load(&bin_dir.join("oh-host"), work.path(), &oss_profile);

@@ -112,3 +112,91 @@ pub(crate) fn tools_load_with(bin: &Path, work: &Path, oss_profile: &Path, runti
         let _ = child.wait();
     });
 }
+
+/// Section 10, last part: a command's start to its observation stored, with OpenHands' action
+/// execution server (`OpenHandsRuntime`, spawned from the venv `make openhands-env` caches)
+/// next to `BubblewrapRuntime`, in one conversation each (30 commands one after another), and
+/// how long each takes to give a new conversation its first observation.
+pub(crate) fn tools_openhands(bin: &Path, work: &Path, oss_profile: &Path) {
+    use oh_e2e::llm::{FakeLlm, Reply};
+    const COMMANDS: usize = 30;
+    println!("\n10. a command's start -> observation stored: OpenHands' action server next to bubblewrap ({COMMANDS} commands in one conversation)");
+    let venv = std::env::var_os("OPENHANDS_VENV").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/oh-host/openhands-0.62.0")
+    });
+    if !venv.join(".oh-complete").exists() {
+        println!("   skipped: no OpenHands environment at {} (make openhands-env)", venv.display());
+        return;
+    }
+    let spawn = oh_e2e::openhands::server_argv("{port}", "{workspace}");
+    let spawn = format!("[{}]", spawn.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", "));
+    let runtimes = [
+        ("BubblewrapRuntime", "library = \"sandbox_runtime\"\nimplementation = \"BubblewrapRuntime\"\n".to_owned()),
+        (
+            "OpenHandsRuntime",
+            format!("library = \"openhands_runtime\"\nimplementation = \"OpenHandsRuntime\"\ntimeout_ms = 60000\nconfig = {{ spawn = {spawn} }}\n"),
+        ),
+    ];
+    let base_profile = std::fs::read_to_string(oss_profile).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    for (name, entry) in runtimes {
+        let profile = work.join("plugins.openhands.toml");
+        std::fs::write(
+            &profile,
+            format!(
+                "{base_profile}[extensions.conversation_manager]\nlibrary = \"standalone_manager\"\nimplementation = \"StandaloneConversationManager\"\n[extensions.runtime]\n{entry}"
+            ),
+        )
+        .unwrap();
+        rt.block_on(async {
+            let llm = FakeLlm::start().await;
+            let (mut child, addr) = spawn_host(bin, &profile);
+            let base = format!("http://{addr}");
+            let http = reqwest::Client::new();
+            let settings = serde_json::json!({ "llm_model": "fake", "llm_base_url": llm.base_url, "llm_api_key": "sk-bench" });
+            assert!(http.post(format!("{base}/api/settings")).json(&settings).send().await.unwrap().status().is_success());
+            let mut replies: Vec<Reply> = (0..COMMANDS)
+                .map(|i| Reply::Tools(vec![("execute_bash".into(), serde_json::json!({ "command": format!("echo step-{i}") }))]))
+                .collect();
+            replies.push(Reply::Tools(vec![("finish".into(), serde_json::json!({ "message": "done" }))]));
+            llm.push(replies);
+            let created = Instant::now();
+            let id = start_conversation(&http, &base, serde_json::json!({ "initial_user_msg": "run them" })).await;
+            let ts = |e: &serde_json::Value| {
+                chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap_or("")).map(|t| t.timestamp_micros()).unwrap_or(0)
+            };
+            let mut first = None;
+            let events = loop {
+                let page: serde_json::Value = http
+                    .get(format!("{base}/api/conversations/{id}/events?limit=200"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let events = page["events"].as_array().cloned().unwrap_or_default();
+                let observed = events.iter().filter(|e| e["observation"] == "run").count();
+                if observed > 0 && first.is_none() {
+                    first = Some(created.elapsed());
+                }
+                if observed == COMMANDS {
+                    break events;
+                }
+                assert!(created.elapsed() < Duration::from_secs(300), "{name}: {observed} of {COMMANDS} commands in 300 s");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let actions: Vec<i64> = events.iter().filter(|e| e["action"] == "run").map(ts).collect();
+            let observations: Vec<i64> = events.iter().filter(|e| e["observation"] == "run").map(ts).collect();
+            let mut gaps: Vec<i64> = actions.iter().zip(&observations).map(|(a, o)| o - a).collect();
+            gaps.sort();
+            let (p50, p99) = (gaps[gaps.len() / 2] as f64 / 1e3, gaps[(gaps.len() * 99 / 100).min(gaps.len() - 1)] as f64 / 1e3);
+            println!(
+                "   {name:<18} p50 {p50:>7.1} ms   p99 {p99:>7.1} ms   first observation {:>6.2} s after the conversation's start",
+                first.unwrap_or_default().as_secs_f64()
+            );
+            let _ = child.kill();
+            let _ = child.wait();
+        });
+    }
+}

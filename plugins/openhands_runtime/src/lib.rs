@@ -204,6 +204,34 @@ impl OpenHandsRuntime {
         Ok(clone_error)
     }
 
+    /// `open` once the conversation's turn is taken.
+    async fn open_locked(&self, id: &str, request: &WorkspaceRequest) -> Result<WorkspaceInfo, PluginError> {
+        let known = self.conversations().get(id).cloned();
+        if let Some(c) = known {
+            if c.sandbox.server.alive().await {
+                return Ok(WorkspaceInfo { root: c.sandbox.working_dir.clone(), clone_error: None });
+            }
+            self.conversations().remove(id);
+            c.sandbox.end(false).await;
+        }
+        let sandbox = sandbox::start(&self.setup, &self.http, id).await?;
+        let c =
+            Arc::new(Conversation { sandbox, running_since: Mutex::new(None), stop: tokio::sync::watch::channel(0).0 });
+        let clone_error = match self.prepare(&c, request).await {
+            Ok(e) => e,
+            Err(e) => {
+                c.sandbox.end(false).await;
+                return Err(e);
+            }
+        };
+        if let Some(why) = &clone_error {
+            tracing::warn!(conversation_id = %id, error = %why, "workspace not cloned");
+        }
+        let root = c.sandbox.working_dir.clone();
+        self.conversations().insert(id.to_owned(), c);
+        Ok(WorkspaceInfo { root, clone_error })
+    }
+
     async fn stop(c: &Conversation) {
         c.stop.send_modify(|n| *n += 1);
     }
@@ -234,31 +262,9 @@ impl plugin_sdk::Runtime for OpenHandsRuntime {
         valid_id(&id)?;
         let turn = self.opening.lock().unwrap_or_else(|e| e.into_inner()).entry(id.clone()).or_default().clone();
         let _turn = turn.lock().await;
-        let known = self.conversations().get(&id).cloned();
-        if let Some(c) = known {
-            if c.sandbox.server.alive().await {
-                return Ok(WorkspaceInfo { root: c.sandbox.working_dir.clone(), clone_error: None });
-            }
-            self.conversations().remove(&id);
-            c.sandbox.end(false).await;
-        }
-        let sandbox = sandbox::start(&self.setup, &self.http, &id).await?;
-        let c =
-            Arc::new(Conversation { sandbox, running_since: Mutex::new(None), stop: tokio::sync::watch::channel(0).0 });
-        let clone_error = match self.prepare(&c, &request).await {
-            Ok(e) => e,
-            Err(e) => {
-                c.sandbox.end(false).await;
-                return Err(e);
-            }
-        };
-        if let Some(why) = &clone_error {
-            tracing::warn!(conversation_id = %id, error = %why, "workspace not cloned");
-        }
-        let root = c.sandbox.working_dir.clone();
-        self.conversations().insert(id.clone(), c);
+        let opened = self.open_locked(&id, &request).await;
         self.opening.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        Ok(WorkspaceInfo { root, clone_error })
+        opened
     }
 
     async fn run(&self, _ctx: CallContext, id: String, request: CommandRequest) -> Result<CommandResult, PluginError> {
