@@ -145,8 +145,13 @@ pub struct Session {
     /// Interrupts the answer in progress (a user's stop), not the session.
     pub interrupt: Arc<tokio::sync::Notify>,
     stop: watch::Sender<bool>,
+    /// Becomes true once the session has stored its opening events.
+    opened: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// The longest a start waits for the session's opening events to be stored.
+const OPENING_WAIT: Duration = Duration::from_secs(10);
 
 impl Session {
     /// Starts the session's task; `fence` is the owner's fencing token (clustered managers).
@@ -160,6 +165,7 @@ impl Session {
     ) -> Session {
         let (inbox, rx) = mpsc::channel(QUEUE);
         let (stop, stop_rx) = watch::channel(false);
+        let (opened_tx, opened) = watch::channel(false);
         let interrupt = Arc::new(tokio::sync::Notify::new());
         let user_id = ctx.user_id().map(str::to_owned);
         let runner = Runner {
@@ -173,12 +179,23 @@ impl Session {
             messages: Vec::new(),
             totals: Totals::default(),
             stop: stop_rx,
+            opened: opened_tx,
             interrupt: interrupt.clone(),
             workspace: None,
             max_iterations: request.settings.max_iterations.filter(|n| *n > 0).map(|n| n as usize),
         };
         let task = tokio::spawn(runner.run(request, rx));
-        Session { user_id, shared, inbox, interrupt, stop, task }
+        Session { user_id, shared, inbox, interrupt, stop, opened, task }
+    }
+
+    /// Resolves once the session has stored its opening events (its `loading` state and the
+    /// initial message), or after [`OPENING_WAIT`]: a start that waits for it answers only
+    /// when a message sent next is sure to be stored after the initial one.
+    pub fn opening(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut opened = self.opened.clone();
+        async move {
+            let _ = tokio::time::timeout(OPENING_WAIT, opened.wait_for(|o| *o)).await;
+        }
     }
 
     /// Asks the task to stop (it stores `stopped`, then ends); aborts it if it has not ended
@@ -225,6 +242,8 @@ struct Runner<E: Env> {
     messages: Vec<ChatMessage>,
     totals: Totals,
     stop: watch::Receiver<bool>,
+    /// Told once the opening events are stored (see [`Session::opening`]).
+    opened: watch::Sender<bool>,
     interrupt: Arc<tokio::sync::Notify>,
     /// Where the tools act, when the deployment has a runtime.
     workspace: Option<tools::Workspace>,
@@ -260,11 +279,19 @@ impl<E: Env> Runner<E> {
 
     async fn serve(&mut self, request: StartRequest, mut inbox: mpsc::Receiver<Command>) {
         let started = Instant::now();
+        // The opening events first, then the start may answer: a message a socket sends
+        // next is stored after the initial one (else it could come first, be folded into the
+        // history the initial message is answered with, and never be answered itself).
+        self.persist(events::agent_state_changed("loading", "")).await;
+        let initial = request.initial_user_msg.clone().filter(|m| !m.trim().is_empty());
+        if let Some(message) = &initial {
+            self.persist(events::user_message(message, &request.image_urls)).await;
+        }
+        let _ = self.opened.send(true);
         if let Some(setup) = self.env.tools() {
             let runtime = setup.runtime.clone();
             self.workspace = self.prepare(runtime, &request).await;
         }
-        self.persist(events::agent_state_changed("loading", "")).await;
         let history = self.load_history().await;
         let ok = history.is_ok();
         // The last stored event the history holds: messages up to it are answered below.
@@ -283,11 +310,15 @@ impl<E: Env> Runner<E> {
         if let Err(e) = history {
             tracing::error!(conversation_id = %self.sid, error = %e, "cannot load the conversation's history");
         }
-        match request.initial_user_msg.filter(|m| !m.trim().is_empty()) {
-            Some(message) => {
-                self.persist(events::user_message(&message, &request.image_urls)).await;
-                self.answer(&message).await;
+        match initial {
+            // The history ends with it, or with a message stored since: the reply answers
+            // them (one stored after the history was read is answered in the loop below).
+            Some(message) if ok && self.messages.last().is_some_and(|m| m.role == "user") => {
+                self.maybe_title(&message).await;
+                self.respond().await;
             }
+            // Not in the history (it could not be read): answered alone.
+            Some(message) => self.answer(&message).await,
             // A message stored but never answered (the host stopped, or died, in between) is
             // answered now: acknowledged means it will be.
             None if self.messages.last().is_some_and(|m| m.role == "user") => self.respond().await,

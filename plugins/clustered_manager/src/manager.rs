@@ -126,7 +126,7 @@ impl plugin_sdk::ConversationManager for ClusteredConversationManager {
                 tracing::warn!(conversation_id = %victim, error = %e.message, "cluster: cannot ask the owner to close");
             }
         }
-        node.run_session(ctx, request, llm, fence, since);
+        node.run_session(ctx, request, llm, fence, since).await;
         Ok(info(&sid))
     }
 

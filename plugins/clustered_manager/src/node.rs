@@ -172,7 +172,8 @@ impl Node {
         json!({ "user": user }).to_string()
     }
 
-    /// Starts a session this node just acquired.
+    /// Starts a session this node just acquired; the future resolves once the session has
+    /// stored its opening events ([`Session::opening`]).
     pub(crate) fn run_session(
         self: &Arc<Self>,
         ctx: CallContext,
@@ -180,10 +181,11 @@ impl Node {
         llm: LlmConfig,
         fence: u64,
         since_ms: u64,
-    ) {
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let sid = request.conversation_id.clone();
         let user = ctx.user_id().map(str::to_owned);
         let session = Session::spawn(self.clone(), ctx, request, llm, Arc::new(Shared::new()), Some(fence));
+        let opening = session.opening();
         let owned = Owned {
             session,
             lease: format!("{}:{fence}", self.id),
@@ -193,6 +195,7 @@ impl Node {
         };
         lock(&self.owned).insert(sid.clone(), owned);
         self.relay.watch_commands(&sid, since_ms);
+        opening
     }
 
     pub(crate) fn llm_config(&self, request: &StartRequest) -> Result<LlmConfig, PluginError> {
@@ -375,7 +378,7 @@ impl Node {
         match self.llm_config(&request) {
             Ok(llm) => {
                 tracing::info!(conversation_id = sid, fence, "cluster: resuming a conversation");
-                self.run_session(ctx, request, llm, fence, since);
+                drop(self.run_session(ctx, request, llm, fence, since));
             }
             Err(e) => {
                 tracing::warn!(conversation_id = sid, error = %e.message, "cluster: settings cannot run the agent; closing");

@@ -208,33 +208,39 @@ impl plugin_sdk::ConversationManager for StandaloneConversationManager {
         .map_err(PluginError::invalid_argument)?;
         llm.tools = self.inner.tools.is_some();
         self.inner.clients.check(&llm)?;
-        let mut sessions = lock(&self.inner.sessions);
-        if let Some(s) = sessions.get(&sid) {
-            if s.user_id != user {
-                return Err(PluginError::new(ErrorCode::PERMISSION_DENIED, "conversation belongs to another user"));
+        let opening = {
+            let mut sessions = lock(&self.inner.sessions);
+            if let Some(s) = sessions.get(&sid) {
+                if s.user_id != user {
+                    return Err(PluginError::new(ErrorCode::PERMISSION_DENIED, "conversation belongs to another user"));
+                }
+                return Ok(Inner::info(&sid));
             }
-            return Ok(Inner::info(&sid));
-        }
-        // Per-user limit: close the least recently active until there is room.
-        loop {
-            let mine: Vec<(String, Instant)> = sessions
-                .iter()
-                .filter(|(_, s)| s.user_id == user)
-                .map(|(id, s)| (id.clone(), s.shared.last_active()))
-                .collect();
-            if mine.len() < self.inner.config.max_concurrent_conversations {
-                break;
+            // Per-user limit: close the least recently active until there is room.
+            loop {
+                let mine: Vec<(String, Instant)> = sessions
+                    .iter()
+                    .filter(|(_, s)| s.user_id == user)
+                    .map(|(id, s)| (id.clone(), s.shared.last_active()))
+                    .collect();
+                if mine.len() < self.inner.config.max_concurrent_conversations {
+                    break;
+                }
+                let Some((oldest, _)) = mine.into_iter().min_by_key(|(_, t)| *t) else { break };
+                tracing::info!(conversation_id = %oldest, "closing the oldest conversation: too many at once");
+                self.inner.broadcast(&oldest, &agent_loop::events::too_many_conversations());
+                if let Some(session) = sessions.remove(&oldest) {
+                    drop(self.inner.closed(&oldest, session));
+                }
             }
-            let Some((oldest, _)) = mine.into_iter().min_by_key(|(_, t)| *t) else { break };
-            tracing::info!(conversation_id = %oldest, "closing the oldest conversation: too many at once");
-            self.inner.broadcast(&oldest, &agent_loop::events::too_many_conversations());
-            if let Some(session) = sessions.remove(&oldest) {
-                drop(self.inner.closed(&oldest, session));
-            }
-        }
-        let shared = Arc::new(Shared::new());
-        let session = Session::spawn(self.inner.clone(), ctx, request, llm, shared, None);
-        sessions.insert(sid.clone(), session);
+            let shared = Arc::new(Shared::new());
+            let session = Session::spawn(self.inner.clone(), ctx, request, llm, shared, None);
+            let opening = session.opening();
+            sessions.insert(sid.clone(), session);
+            opening
+        };
+        // Answer once the initial message is stored: what the caller sends next comes after it.
+        opening.await;
         Ok(Inner::info(&sid))
     }
 
