@@ -168,7 +168,7 @@ pub(crate) fn tools_openhands(bin: &Path, work: &Path, oss_profile: &Path) {
             let mut first = None;
             let events = loop {
                 let page: serde_json::Value = http
-                    .get(format!("{base}/api/conversations/{id}/events?limit=200"))
+                    .get(format!("{base}/api/conversations/{id}/events?limit=100"))
                     .send()
                     .await
                     .unwrap()

@@ -31,10 +31,19 @@ fn spawned() -> String {
 }
 
 async fn deployment(config: &str) -> (Deployment, TestHost, FakeLlm) {
+    deployment_with(&profile(config)).await
+}
+
+/// `profile` with the runtime in a process of its own (`isolation = "process"`).
+fn isolated(profile: String) -> String {
+    profile.replace("timeout_ms = 60000\n", "timeout_ms = 60000\nisolation = \"process\"\n")
+}
+
+async fn deployment_with(profile: &str) -> (Deployment, TestHost, FakeLlm) {
     let llm = FakeLlm::start().await;
     let d = Deployment::new();
     d.install_bundled();
-    d.write_profile("", &profile(config));
+    d.write_profile("", profile);
     let host = d.start();
     let settings = json!({ "llm_model": "fake-model", "llm_base_url": llm.base_url, "llm_api_key": "sk-test-key" });
     assert_eq!(host.post_json("/api/settings", &settings).await.status, 200);
@@ -181,7 +190,7 @@ async fn a_spawned_server_runs_the_agents_tools_serves_the_workspace_and_ends_wi
 async fn two_conversations_get_a_server_each_a_stop_ends_one_and_a_server_that_cannot_start_is_said() {
     let (d, host, llm) = deployment(&spawned()).await;
     // Each agent starts a long command, named after its workspace, that outlives its call.
-    let command = "pwd; sh -c 'sleep 300; true' \"oh-marker-$(basename \"$PWD\")\"";
+    let command = "pwd; sh -c 'sleep 400; true' \"oh-marker-$(basename \"$PWD\")\"";
     llm.call_tool_per_message("execute_bash", json!({ "command": command, "timeout": 2 }));
     let (first, second) = tokio::join!(create(&host, "first"), create(&host, "second"));
     let ran = |e: &[Value]| !outputs(e).is_empty();
@@ -259,7 +268,7 @@ async fn sandboxes_come_from_the_remote_runtime_api_paused_and_stopped_with_thei
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_running_server_given_by_url_takes_the_agents_commands_with_its_key() {
+async fn one_running_server_given_by_url_takes_the_agents_commands_with_its_key_from_an_isolated_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let workspace = dir.path().join("sandbox");
     let server = ActionServer::start(&workspace, "sandbox-key");
@@ -278,7 +287,8 @@ async fn one_running_server_given_by_url_takes_the_agents_commands_with_its_key(
         server.key,
         workspace.display()
     );
-    let (_d, host, llm) = deployment(&config).await;
+    // The runtime in a process of its own: the same calls cross the runner's socket.
+    let (_d, host, llm) = deployment_with(&isolated(profile(&config))).await;
     llm.push([
         Reply::Tools(vec![("execute_bash".into(), json!({ "command": "echo attached; ls -a" }))]),
         Reply::Tools(vec![("finish".into(), json!({ "message": "Done." }))]),
@@ -298,17 +308,19 @@ async fn openhands_runtime_alive(url: &str) -> bool {
 }
 
 /// The selected repository is cloned in the sandbox with the user's token, which stays out of
-/// the workspace; a host killed with -9 leaves no server behind.
+/// the workspace; a host killed with -9 leaves no server behind, with the runtime isolated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_repository_is_cloned_in_the_sandbox_and_a_killed_host_leaves_no_server() {
     let token = "gho_user_token_in_the_sandbox_42";
     let git = oh_e2e::git_http::GitHttp::start("acme/widgets", &[("README.md", "# Widgets\n")], token).await;
-    let (d, mut host, llm) = deployment(&format!("{}, git_http_hosts = [\"{}\"]", spawned(), git.host)).await;
+    // The runtime in a process of its own: its runner, and so each server, ends with the host.
+    let config = format!("{}, git_http_hosts = [\"{}\"]", spawned(), git.host);
+    let (d, mut host, llm) = deployment_with(&isolated(profile(&config))).await;
     let tokens = json!({ "provider_tokens": { "github": { "token": token, "host": git.host } } });
     assert_eq!(host.post_json("/api/add-git-providers", &tokens).await.status, 200);
     llm.push([Reply::Tools(vec![(
         "execute_bash".into(),
-        json!({ "command": "git branch --show-current; cat FEATURE.md; sleep 300 # oh-orphan-marker", "timeout": 2 }),
+        json!({ "command": "git branch --show-current; cat FEATURE.md; sleep 400 # oh-orphan-marker", "timeout": 2 }),
     )])]);
     let r = host
         .post_json(
