@@ -137,6 +137,17 @@ fn openhands_image_command(working_dir: &str) -> Vec<String> {
     .to_vec()
 }
 
+/// Whether `program` names an executable file, as a path or on `PATH`.
+fn runnable(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable =
+        |p: &std::path::Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        return executable(std::path::Path::new(program));
+    }
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
+}
+
 fn invalid(why: impl Into<String>) -> PluginError {
     PluginError::invalid_config(format!("OpenHandsRuntime: {}", why.into()))
 }
@@ -179,6 +190,12 @@ impl RuntimeConfig {
             }
             if !c.spawn.iter().any(|a| a.contains("{port}")) {
                 return Err(invalid("`spawn` must pass `{port}` to the server (the port it listens on)"));
+            }
+            if !runnable(&c.spawn[0]) {
+                return Err(invalid(format!(
+                    "`spawn` starts `{}`, which is not an executable file here nor on PATH (for OpenHands' server from a virtual environment: `make openhands-env`, then its bin/python)",
+                    c.spawn[0]
+                )));
             }
             let root = match (&c.workspace_root, state_dir) {
                 (Some(root), _) => PathBuf::from(root),
@@ -247,17 +264,19 @@ mod tests {
     #[test]
     fn exactly_one_source_and_saas_refuses_a_local_spawn() {
         assert!(setup("{}", AppMode::OSS).unwrap_err().contains("exactly one"));
-        let both = r#"{"spawn": ["x", "{port}"], "url": "http://sandbox:3000"}"#;
+        let both = r#"{"spawn": ["sh", "{port}"], "url": "http://sandbox:3000"}"#;
         assert!(setup(both, AppMode::OSS).unwrap_err().contains("exactly one"));
-        let local = r#"{"spawn": ["python", "-m", "openhands.runtime.action_execution_server", "{port}"]}"#;
+        let local = r#"{"spawn": ["sh", "-c", "exec python -m openhands.runtime.action_execution_server {port}"]}"#;
         let s = setup(local, AppMode::OSS).unwrap();
         assert!(
             matches!(&s.source, Source::Spawn { root, .. } if root == &PathBuf::from("/var/lib/oh/openhands-workspaces"))
         );
         assert!(setup(local, AppMode::SAAS).unwrap_err().contains("spawn_isolated"));
-        let docker = r#"{"spawn": ["docker", "run", "-p", "{port}:{port}"], "spawn_isolated": true}"#;
+        let docker = r#"{"spawn": ["/bin/sh", "-c", "exec docker run -p {port}:{port}"], "spawn_isolated": true}"#;
         assert!(setup(docker, AppMode::SAAS).is_ok());
-        assert!(setup(r#"{"spawn": ["python"]}"#, AppMode::OSS).unwrap_err().contains("{port}"));
+        assert!(setup(r#"{"spawn": ["sh"]}"#, AppMode::OSS).unwrap_err().contains("{port}"));
+        let missing = r#"{"spawn": ["/nonexistent/bin/python", "{port}"]}"#;
+        assert!(setup(missing, AppMode::OSS).unwrap_err().contains("make openhands-env"));
     }
 
     #[test]
