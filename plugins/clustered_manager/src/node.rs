@@ -346,18 +346,26 @@ impl Node {
                 }
             }
         }
-        let due: Vec<String> = match self.kv.script(&self.scripts.due, &[&self.keys.leases()], &["16"]).await {
+        let due: Vec<String> = match self.kv.script(&self.scripts.due, &[&self.keys.leases()], &["64"]).await {
             Ok(d) => d,
             Err(_) => return,
         };
+        // At once, not one after another: a dead node's conversations are all due together,
+        // and each resume waits on Redis and the stores (one after another, the last of 16
+        // waited for the 15 before it: the failover bench's worst case).
+        let mut resuming = tokio::task::JoinSet::new();
         for sid in due {
             if lock(&self.owned).contains_key(&sid) {
                 continue;
             }
-            if let Err(e) = self.resume(&sid).await {
-                tracing::warn!(conversation_id = %sid, error = %e.message, "cluster: cannot resume a conversation");
-            }
+            let node = self.clone();
+            resuming.spawn(async move {
+                if let Err(e) = node.resume(&sid).await {
+                    tracing::warn!(conversation_id = %sid, error = %e.message, "cluster: cannot resume a conversation");
+                }
+            });
         }
+        while resuming.join_next().await.is_some() {}
     }
 
     /// Resumes a conversation from its stored history, if this node wins its lease.
