@@ -8,7 +8,7 @@ PLUGINS_DIR := target/plugins
 BUNDLED     := file_stores default_auth log_monitoring saas_monitoring standalone_manager sandbox_runtime openhands_runtime clustered_manager postgres_stores saas_auth billing integrations
 EXAMPLE     := examples/token-auth/Cargo.toml
 
-.PHONY: build plugins examples run test test-browser services openhands-env bench lint fmt frontend
+.PHONY: build plugins examples run test test-browser services openhands-env bench bench-openhands lint fmt frontend
 
 build:
 	$(CARGO) build --workspace
@@ -64,6 +64,10 @@ test-browser: services plugins
 # `make bench SECTIONS="2 7"` runs only those sections (numbered in bench/src/main.rs).
 bench: services
 	bash bench/run $(SECTIONS)
+
+# oh-host next to OpenHands 0.62.0 itself (bench section 13): the same routes and files, one run.
+bench-openhands: services openhands-env
+	bash bench/run 13
 
 # Formatting, clippy, and the repository's own checks (unused dependencies, a complete
 # configuration reference, no citation outside the repository).

@@ -30,7 +30,9 @@
 //!     running commands at once (host RSS and CPU); then a command's start to its observation
 //!     with OpenHands' action execution server (`OpenHandsRuntime`) next to bubblewrap;
 //! 11. reloads under load: requests/s and p99 during 20 reloads next to none; RSS after 100;
-//! 12. start to the first `/alive` answered and the idle RSS, median of 10 starts.
+//! 12. start to the first `/alive` answered and the idle RSS, median of 10 starts;
+//! 13. only when named (`make bench-openhands`): the same routes on OpenHands 0.62.0 itself
+//!     (`bench/src/openhands.rs` says how it runs), with the ratios.
 //!
 //! Usage: `oh-bench <dir with oh-host and lib*.so> [section ...]` (bench/run passes
 //! target/release and `make bench SECTIONS="2 7"` picks sections; none means all).
@@ -46,6 +48,7 @@ mod conversations;
 mod ffi;
 mod http_load;
 mod monitoring;
+mod openhands;
 mod reload;
 mod search;
 mod startup;
@@ -77,7 +80,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let bin_dir = PathBuf::from(args.next().unwrap_or_else(|| "target/release".to_owned()));
     let sections: Vec<u32> =
-        args.map(|a| a.parse().unwrap_or_else(|_| panic!("`{a}` is not a section number (1 to 12)"))).collect();
+        args.map(|a| a.parse().unwrap_or_else(|_| panic!("`{a}` is not a section number (1 to 13)"))).collect();
     let run = |n: u32| sections.is_empty() || sections.contains(&n);
     let work = tempfile::tempdir().expect("tempdir");
     let plugins = work.path().join("plugins");
@@ -212,6 +215,10 @@ fn main() {
     }
     if run(12) {
         startup::startup(&bin_dir.join("oh-host"), &profile_path);
+    }
+    // Only when named (`make bench-openhands`): it needs OpenHands' environment and minutes.
+    if sections.contains(&13) {
+        openhands::compare(&bin_dir.join("oh-host"), work.path());
     }
     drop(db);
     if run(6) {
