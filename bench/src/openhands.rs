@@ -186,7 +186,8 @@ pub(crate) fn compare(bin: &Path, work: &Path) {
             &|base| Some(reqwest::Client::new().post(format!("{base}/api/settings")).json(&settings)),
         )
         .await;
-        let theirs = measure("OpenHands", &theirs_store, &|| spawn_openhands(&theirs_dir, &theirs_store), &|_| None).await;
+        let theirs =
+            measure("OpenHands", &theirs_store, &|| spawn_openhands(&theirs_dir, &theirs_store), &|_| None).await;
         (ours, theirs)
     });
     println!("   {:<32} {:>26} {:>26} {:>8}", "", "oh-host", "OpenHands 0.62.0", "ratio");

@@ -6,6 +6,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// An event's `timestamp`, in µs since the Unix epoch (0 when it has none).
+fn stamp(e: &serde_json::Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap_or(""))
+        .map(|t| t.timestamp_micros())
+        .unwrap_or(0)
+}
+
 /// Section 10: the agent's tools, with each runtime.
 pub(crate) fn tools_load(bin: &Path, work: &Path, oss_profile: &Path) {
     for runtime in ["local", "bubblewrap"] {
@@ -37,9 +44,6 @@ pub(crate) fn tools_load_with(bin: &Path, work: &Path, oss_profile: &Path, runti
         let http = reqwest::Client::new();
         let settings = serde_json::json!({ "llm_model": "fake", "llm_base_url": llm.base_url, "llm_api_key": "sk-bench" });
         assert!(http.post(format!("{base}/api/settings")).json(&settings).send().await.unwrap().status().is_success());
-        let ts = |e: &serde_json::Value| {
-            chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap_or("")).map(|t| t.timestamp_micros()).unwrap_or(0)
-        };
         // Runs conversations whose agent calls `command` once, then answers; the (action,
         // observation) timestamps of each `run`, once all are done.
         let converse = |n: usize, command: &'static str| {
@@ -69,7 +73,7 @@ pub(crate) fn tools_load_with(bin: &Path, work: &Path, oss_profile: &Path, runti
                         let action = events.iter().find(|e| e["action"] == "run");
                         let observation = events.iter().find(|e| e["observation"] == "run");
                         if let (Some(a), Some(o)) = (action, observation) {
-                            pairs.push((created, ts(a), ts(o)));
+                            pairs.push((created, stamp(a), stamp(o)));
                             break;
                         }
                         assert!(started.elapsed() < Duration::from_secs(60), "no observation in {id}");
@@ -162,9 +166,6 @@ pub(crate) fn tools_openhands(bin: &Path, work: &Path, oss_profile: &Path) {
             llm.push(replies);
             let created = Instant::now();
             let id = start_conversation(&http, &base, serde_json::json!({ "initial_user_msg": "run them" })).await;
-            let ts = |e: &serde_json::Value| {
-                chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap_or("")).map(|t| t.timestamp_micros()).unwrap_or(0)
-            };
             let mut first = None;
             let events = loop {
                 let page: serde_json::Value = http
@@ -186,8 +187,8 @@ pub(crate) fn tools_openhands(bin: &Path, work: &Path, oss_profile: &Path) {
                 assert!(created.elapsed() < Duration::from_secs(300), "{name}: {observed} of {COMMANDS} commands in 300 s");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             };
-            let actions: Vec<i64> = events.iter().filter(|e| e["action"] == "run").map(ts).collect();
-            let observations: Vec<i64> = events.iter().filter(|e| e["observation"] == "run").map(ts).collect();
+            let actions: Vec<i64> = events.iter().filter(|e| e["action"] == "run").map(stamp).collect();
+            let observations: Vec<i64> = events.iter().filter(|e| e["observation"] == "run").map(stamp).collect();
             let mut gaps: Vec<i64> = actions.iter().zip(&observations).map(|(a, o)| o - a).collect();
             gaps.sort();
             let (p50, p99) = (gaps[gaps.len() / 2] as f64 / 1e3, gaps[(gaps.len() * 99 / 100).min(gaps.len() - 1)] as f64 / 1e3);

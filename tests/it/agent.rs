@@ -457,16 +457,7 @@ async fn hidden_llm_settings_cannot_be_changed_but_the_rest_can() {
 
 /// The events of a conversation, once `done` holds for them (waits up to 20 s).
 async fn events_until(host: &TestHost, id: &str, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let started = std::time::Instant::now();
-    loop {
-        let r = host.get(&format!("/api/conversations/{id}/events?limit=100")).await;
-        let events = r.json()["events"].as_array().cloned().unwrap_or_default();
-        if done(&events) {
-            return events;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "waited 20 s for {what}: {events:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    oh_e2e::conversation::events_until(host, id, what, Duration::from_secs(20), done).await
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 //! as local processes. The server imports for about 20 s here, so waits are long.
 
 use oh_e2e::{
+    conversation::create,
     llm::{FakeLlm, Reply},
     openhands::{self, ActionServer, FakeRuntimeApi},
     Deployment, TestHost,
@@ -50,25 +51,10 @@ async fn deployment_with(profile: &str) -> (Deployment, TestHost, FakeLlm) {
     (d, host, llm)
 }
 
-async fn create(host: &TestHost, message: &str) -> String {
-    let r = host.post_json("/api/conversations", &json!({ "initial_user_msg": message })).await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.json()["conversation_id"].as_str().unwrap().to_owned()
-}
-
 /// The conversation's events once `done` holds for them (up to 4 minutes: servers start
 /// slowly on a loaded machine).
 async fn events_until(host: &TestHost, id: &str, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let started = std::time::Instant::now();
-    loop {
-        let r = host.get(&format!("/api/conversations/{id}/events?limit=100")).await;
-        let events = r.json()["events"].as_array().cloned().unwrap_or_default();
-        if done(&events) {
-            return events;
-        }
-        assert!(started.elapsed() < Duration::from_secs(240), "waited 240 s for {what}: {events:#?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    oh_e2e::conversation::events_until(host, id, what, Duration::from_secs(240), done).await
 }
 
 fn finished(events: &[Value]) -> bool {
