@@ -142,11 +142,15 @@ pub(crate) fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
                 .unwrap();
             c.until(Duration::from_secs(30), |e| e["action"] == "streaming_message").await;
             let killed = Instant::now();
+            let pid = nodes[victim].0.id();
             let _ = nodes[victim].0.kill();
             let _ = nodes[victim].0.wait();
             let loading = c.until(Duration::from_secs(30), |e| is_state(e, "loading") && e["id"].as_u64().unwrap_or(0) > 2).await;
             let _ = loading;
             times.push(killed.elapsed());
+            if std::env::var_os("OH_BENCH_LOGS").is_some() {
+                println!("   kill {k}: node pid {pid}, conversation {id}, answered again after {} ms", killed.elapsed().as_millis());
+            }
             // The survivor answers the interrupted message again: let it finish before the
             // next round queues its long reply, or it takes that reply.
             c.until(Duration::from_secs(30), |e| is_state(e, "awaiting_user_input") && e["id"].as_u64().unwrap_or(0) > 4)

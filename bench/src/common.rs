@@ -87,10 +87,14 @@ pub(crate) fn spawn_host_env(bin: &Path, profile: &Path, env: &[(&str, String)])
 
 /// Starts a process that prints `listening on http://<addr>` on stderr; returns it and the address.
 pub(crate) fn spawn_listening(mut command: Command) -> (std::process::Child, String) {
-    use std::io::{BufRead, BufReader};
+    use std::io::{BufRead, BufReader, Write as _};
     let bin = PathBuf::from(command.get_program());
+    // `OH_BENCH_LOGS=<dir>`: each host's log goes on to `<dir>/<pid>.log`, plugins' info lines
+    // included (e.g. which path took a conversation over in section 6).
+    let logs = std::env::var_os("OH_BENCH_LOGS").map(PathBuf::from);
+    let filter = if logs.is_some() { "warn,oh_host::cli=info,plugin=info" } else { "warn,oh_host::cli=info" };
     let mut child = command
-        .env("RUST_LOG", "warn,oh_host::cli=info")
+        .env("RUST_LOG", filter)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -103,7 +107,15 @@ pub(crate) fn spawn_listening(mut command: Command) -> (std::process::Child, Str
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
-    std::thread::spawn(move || for _ in lines {});
+    let mut sink: Box<dyn std::io::Write + Send> = match logs {
+        Some(dir) => Box::new(std::fs::File::create(dir.join(format!("{}.log", child.id()))).unwrap()),
+        None => Box::new(std::io::sink()),
+    };
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = writeln!(sink, "{line}");
+        }
+    });
     (child, addr)
 }
 

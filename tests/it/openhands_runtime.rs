@@ -45,7 +45,8 @@ async fn deployment_with(profile: &str) -> (Deployment, TestHost, FakeLlm) {
     let d = Deployment::new();
     d.install_bundled();
     d.write_profile("", profile);
-    let host = d.start();
+    // A secret in the host's environment, which no sandbox may see.
+    let host = d.start_with_env(&[("OH_SECRET_PROBE", "leaked-from-the-host")]);
     let settings = json!({ "llm_model": "fake-model", "llm_base_url": llm.base_url, "llm_api_key": "sk-test-key" });
     assert_eq!(host.post_json("/api/settings", &settings).await.status, 200);
     (d, host, llm)
@@ -101,7 +102,10 @@ async fn a_spawned_server_runs_the_agents_tools_serves_the_workspace_and_ends_wi
             "execute_bash".into(),
             json!({ "command": "cat notes/hello.txt && export GREETING=hey && echo done" }),
         )]),
-        Reply::Tools(vec![("execute_bash".into(), json!({ "command": "echo \"$GREETING from $(pwd)\"" }))]),
+        Reply::Tools(vec![(
+            "execute_bash".into(),
+            json!({ "command": "echo \"$GREETING from $(pwd) ${OH_SECRET_PROBE:-clean}\"" }),
+        )]),
         Reply::Tools(vec![(
             "execute_bash".into(),
             json!({ "command": "echo 'name?'; read name; echo \"hello $name\"", "timeout": 2 }),
@@ -124,7 +128,8 @@ async fn a_spawned_server_runs_the_agents_tools_serves_the_workspace_and_ends_wi
     assert_eq!(out.len(), 5, "{events:#?}");
     assert_eq!(out[0], "hi from the agent\ndone");
     // The shell's variables and directory carry over: one bash session per conversation.
-    assert_eq!(out[1], format!("hey from {}", workspace.display()));
+    // (Nothing of the host's environment but PATH and the locale reaches the server.)
+    assert_eq!(out[1], format!("hey from {} clean", workspace.display()));
     // A command waiting for input goes on, and takes the agent's input.
     assert!(out[2].contains("name?"), "{}", out[2]);
     assert!(out[3].contains("hello Ada"), "{}", out[3]);
