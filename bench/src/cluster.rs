@@ -142,6 +142,7 @@ pub(crate) fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
                 .unwrap();
             c.until(Duration::from_secs(30), |e| e["action"] == "streaming_message").await;
             let killed = Instant::now();
+            let killed_at = chrono::Utc::now();
             let pid = nodes[victim].0.id();
             let _ = nodes[victim].0.kill();
             let _ = nodes[victim].0.wait();
@@ -149,7 +150,10 @@ pub(crate) fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
             let _ = loading;
             times.push(killed.elapsed());
             if std::env::var_os("OH_BENCH_LOGS").is_some() {
-                println!("   kill {k}: node pid {pid}, conversation {id}, answered again after {} ms", killed.elapsed().as_millis());
+                println!(
+                    "   kill {k} at {killed_at}: node pid {pid}, conversation {id}, answered again after {} ms",
+                    killed.elapsed().as_millis()
+                );
             }
             // The survivor answers the interrupted message again: let it finish before the
             // next round queues its long reply, or it takes that reply.

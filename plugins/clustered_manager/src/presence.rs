@@ -66,11 +66,21 @@ impl Watch {
     /// announce a presence connection (their heartbeat says so) are judged: an older node in
     /// a rolling upgrade is left to its leases' expiry.
     ///
-    /// A node judges nobody until its own connection has been up for two heartbeats: after
-    /// Redis restarted, every connection is new, and the others' take a moment to come back.
+    /// A node judges nobody while Redis may have just restarted: every connection is new
+    /// then, and the others' take a moment to come back. Its own connection up for two
+    /// heartbeats says Redis did not restart since; a node that just started asks Redis how
+    /// long it has been up instead (else a node restarted a moment ago, the only survivor
+    /// old enough to judge being none, left a dead peer's conversations to lease expiry).
     pub(crate) async fn dead(&self, node: &Node, confirm: Duration) -> Vec<String> {
         let settled = Duration::from_millis(node.cluster.heartbeat_ms * 2);
-        if !lock(&self.up_since).is_some_and(|t| t.elapsed() >= settled) {
+        let up_since = *lock(&self.up_since);
+        let judging = match up_since {
+            None => false,
+            Some(t) if t.elapsed() >= settled => true,
+            // Others notice a restart within a heartbeat and a ping's timeout (2 s).
+            Some(_) => redis_uptime(node).await.is_some_and(|up| up >= settled + Duration::from_secs(2)),
+        };
+        if !judging {
             lock(&self.absent).clear();
             return Vec::new();
         }
@@ -100,4 +110,11 @@ impl Watch {
         }
         dead
     }
+}
+
+/// How long Redis has been up (`INFO server`'s `uptime_in_seconds`); None when it cannot say.
+async fn redis_uptime(node: &Node) -> Option<Duration> {
+    let (info,): (String,) = node.kv.run_quiet(redis::pipe().cmd("INFO").arg("server")).await?;
+    let seconds = info.lines().find_map(|l| l.strip_prefix("uptime_in_seconds:"))?.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds))
 }
