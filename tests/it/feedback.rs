@@ -30,13 +30,16 @@ async fn ratings_are_stored_per_user_and_listed_per_event() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let id = r.json()["conversation_id"].as_str().unwrap().to_owned();
-    // Wait for the answer: the conversation then has its events (state changes, message, answer).
+    // Wait for the answer and the state after it: the conversation then has all its events
+    // (state changes, message, answer), and no more come while the batch is compared.
     let started = std::time::Instant::now();
     let events = loop {
         let r =
             host.as_key(ALICE, reqwest::Method::GET, &format!("/api/conversations/{id}/events?limit=100"), None).await;
         let events = r.json()["events"].as_array().cloned().unwrap_or_default();
-        if events.iter().any(|e| e["source"] == "agent" && e["action"] == "message") {
+        let answered = events.iter().any(|e| e["source"] == "agent" && e["action"] == "message");
+        let settled = events.last().is_some_and(|e| e["extras"]["agent_state"] == "awaiting_user_input");
+        if answered && settled {
             break events;
         }
         assert!(started.elapsed() < Duration::from_secs(15), "no answer: {events:#?}");

@@ -187,6 +187,7 @@ fn the_configuration_reference_lists_every_key_and_variable() {
         ("[monitoring", "log_monitoring", "LogMonitoringListener"),
         ("conversation_manager", "standalone_manager", "StandaloneConversationManager"),
         ("runtime", "sandbox_runtime", "BubblewrapRuntime"),
+        ("runtime", "openhands_runtime", "OpenHandsRuntime"),
         ("settings_store", "postgres_stores", "SaasSettingsStore"),
         ("secrets_store", "postgres_stores", "SaasSecretsStore"),
         ("conversation_store", "postgres_stores", "SaasConversationStore"),
