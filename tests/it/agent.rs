@@ -619,16 +619,25 @@ fn a_runtime_key_in_the_manager_says_it_moved() {
     assert!(out.stderr.contains("moved") && out.stderr.contains("[extensions.runtime]"), "{}", out.stderr);
 }
 
-/// Waits (5 s at most) until no process runs whose command line contains `pattern`: a killed
-/// process tree can take a moment to be reaped on a loaded machine.
+/// Waits (15 s at most: the full suite loads 2 cores with hundreds of processes) until no
+/// process runs whose command line contains `pattern`. A failure shows each one's parent,
+/// group and state (`ps`), for the cause.
 async fn none_left(pattern: &str) {
     let killed = std::time::Instant::now();
     loop {
-        let left = std::process::Command::new("pgrep").args(["-a", "-f", pattern]).output().unwrap();
+        let left = std::process::Command::new("pgrep").args(["-f", pattern]).output().unwrap();
         if left.stdout.is_empty() {
             return;
         }
-        assert!(killed.elapsed() < Duration::from_secs(5), "left running: {}", String::from_utf8_lossy(&left.stdout));
+        if killed.elapsed() >= Duration::from_secs(15) {
+            let pids: Vec<String> =
+                String::from_utf8_lossy(&left.stdout).split_whitespace().map(str::to_owned).collect();
+            let ps = std::process::Command::new("ps")
+                .args(["-o", "pid,ppid,pgid,sid,stat,etimes,cmd", "-p", &pids.join(",")])
+                .output()
+                .unwrap();
+            panic!("left running:\n{}", String::from_utf8_lossy(&ps.stdout));
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
