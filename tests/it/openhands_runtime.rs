@@ -148,6 +148,11 @@ async fn a_spawned_server_runs_the_agents_tools_serves_the_workspace_and_ends_wi
     assert_eq!(file.json(), json!({ "code": "hello from the agent\nmore\n" }), "{}", file.text);
     assert_eq!(host.get(&format!("{base}/select-file?file=../../../etc/passwd")).await.status, 400);
     assert_eq!(host.get(&format!("{base}/select-file?file=nope.txt")).await.status, 404);
+    // A 200 MB sparse file: refused by its size, before any of it crosses the sandbox's shell.
+    std::fs::File::create(workspace.join("big.bin")).unwrap().set_len(200 << 20).unwrap();
+    let big = host.get(&format!("{base}/select-file?file=big.bin")).await;
+    assert_eq!(big.status, 413, "{}", big.text);
+    std::fs::remove_file(workspace.join("big.bin")).unwrap();
     let changes = host.get(&format!("{base}/git/changes")).await;
     let changed = changes.json();
     assert!(changed.as_array().unwrap().contains(&json!({ "status": "M", "path": "notes/hello.txt" })), "{changed}");

@@ -154,7 +154,7 @@ impl OpenHandsRuntime {
     /// A file's first `max + 1` bytes through a hidden command (any content, bytes exact).
     async fn read_bytes(c: &Conversation, abs: &str, max: usize) -> Result<Vec<u8>, PluginError> {
         let script = format!(
-            "p={}; if [ ! -e \"$p\" ]; then echo OH_MISSING; elif [ ! -f \"$p\" ]; then echo OH_NOT_A_FILE; else head -c {} -- \"$p\" | base64 -w0; echo; fi",
+            "p={}; if [ ! -e \"$p\" ]; then echo OH_MISSING; elif [ ! -f \"$p\" ]; then echo OH_NOT_A_FILE; elif [ \"$(stat -c %s -- \"$p\")\" -gt {max} ]; then echo OH_TOO_LARGE; else head -c {} -- \"$p\" | base64 -w0; echo; fi",
             quote(abs),
             max + 1
         );
@@ -243,6 +243,8 @@ fn decoded(out: &str, path: &str, max: usize) -> Result<Vec<u8>, PluginError> {
     match out {
         "OH_MISSING" => Err(PluginError::not_found(format!("{path} does not exist"))),
         "OH_NOT_A_FILE" => Err(PluginError::new(ErrorCode::NOT_A_FILE, format!("{path} is not a regular file"))),
+        // Said before a byte of it crosses the sandbox's shell.
+        "OH_TOO_LARGE" => Err(PluginError::new(ErrorCode::TOO_LARGE, format!("{path} is over {max} bytes"))),
         text => {
             let clean: String = text.chars().filter(|c| !c.is_whitespace()).collect();
             let bytes = base64::engine::general_purpose::STANDARD
@@ -357,7 +359,13 @@ impl plugin_sdk::Runtime for OpenHandsRuntime {
         let (abs, _) = resolve(&c.sandbox.working_dir, &path)?;
         let max = usize::try_from(max_bytes).unwrap_or(usize::MAX).min(1 << 30);
         let action = serde_json::json!({ "action": "read", "args": { "path": abs } });
-        let observation = c.sandbox.server.execute(action, Duration::from_secs(60), max.saturating_mul(2)).await?;
+        let observation = match c.sandbox.server.execute(action, Duration::from_secs(60), max.saturating_mul(2)).await {
+            Ok(observation) => observation,
+            // The server's own failure on a file (its binary sniffing raises on some: a sparse
+            // file of zeros): the hidden command reads it, bounded, instead.
+            Err(e) if e.code == ErrorCode::INTERNAL => return Self::read_bytes(&c, &abs, max).await,
+            Err(e) => return Err(e),
+        };
         let content = observation.get("content").and_then(Value::as_str).unwrap_or_default();
         match observation.get("observation").and_then(Value::as_str) {
             // Images, PDFs and videos come back as data URLs; anything the server could
@@ -416,7 +424,7 @@ impl plugin_sdk::Runtime for OpenHandsRuntime {
         let max = usize::try_from(max_bytes).unwrap_or(usize::MAX).min(1 << 30);
         let object = quote(&format!("HEAD:./{rel}"));
         let script = format!(
-            "if git cat-file -e {object} 2>/dev/null; then git cat-file blob {object} | head -c {} | base64 -w0; echo; else echo OH_MISSING; fi",
+            "if ! git cat-file -e {object} 2>/dev/null; then echo OH_MISSING; elif [ \"$(git cat-file -s {object})\" -gt {max} ]; then echo OH_TOO_LARGE; else git cat-file blob {object} | head -c {} | base64 -w0; echo; fi",
             max + 1
         );
         let (_, out) = Self::host_command(&c, &script, max / 3 * 4 + 4096).await?;
@@ -518,6 +526,7 @@ mod tests {
         assert_eq!(decoded("aGVsbG8=", "a", 4).unwrap_err().code, ErrorCode::TOO_LARGE);
         assert_eq!(decoded("OH_MISSING", "a", 4).unwrap_err().code, ErrorCode::NOT_FOUND);
         assert_eq!(decoded("OH_NOT_A_FILE", "a", 4).unwrap_err().code, ErrorCode::NOT_A_FILE);
+        assert_eq!(decoded("OH_TOO_LARGE", "a", 4).unwrap_err().code, ErrorCode::TOO_LARGE);
         let long = truncate("x".repeat(100), 10);
         assert!(long.starts_with("xxxxx\n[... 90 characters left out ...]"));
     }
