@@ -13,6 +13,13 @@ fn stamp(e: &serde_json::Value) -> i64 {
         .unwrap_or(0)
 }
 
+/// A conversation's first 100 stored events.
+async fn stored_events(http: &reqwest::Client, base: &str, id: &str) -> Vec<serde_json::Value> {
+    let page: serde_json::Value =
+        http.get(format!("{base}/api/conversations/{id}/events?limit=100")).send().await.unwrap().json().await.unwrap();
+    page["events"].as_array().cloned().unwrap_or_default()
+}
+
 /// Section 10: the agent's tools, with each runtime.
 pub(crate) fn tools_load(bin: &Path, work: &Path, oss_profile: &Path) {
     for runtime in ["local", "bubblewrap"] {
@@ -61,15 +68,7 @@ pub(crate) fn tools_load_with(bin: &Path, work: &Path, oss_profile: &Path, runti
                 for (id, created) in ids {
                     let started = Instant::now();
                     loop {
-                        let page: serde_json::Value = http
-                            .get(format!("{base}/api/conversations/{id}/events?limit=100"))
-                            .send()
-                            .await
-                            .unwrap()
-                            .json()
-                            .await
-                            .unwrap();
-                        let events = page["events"].as_array().cloned().unwrap_or_default();
+                        let events = stored_events(&http, &base, &id).await;
                         let action = events.iter().find(|e| e["action"] == "run");
                         let observation = events.iter().find(|e| e["observation"] == "run");
                         if let (Some(a), Some(o)) = (action, observation) {
@@ -168,15 +167,7 @@ pub(crate) fn tools_openhands(bin: &Path, work: &Path, oss_profile: &Path) {
             let id = start_conversation(&http, &base, serde_json::json!({ "initial_user_msg": "run them" })).await;
             let mut first = None;
             let events = loop {
-                let page: serde_json::Value = http
-                    .get(format!("{base}/api/conversations/{id}/events?limit=100"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                let events = page["events"].as_array().cloned().unwrap_or_default();
+                let events = stored_events(&http, &base, &id).await;
                 let observed = events.iter().filter(|e| e["observation"] == "run").count();
                 if observed > 0 && first.is_none() {
                     first = Some(created.elapsed());
