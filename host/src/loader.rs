@@ -3,13 +3,17 @@
 //!
 //! Order (docs/decisions.md §5, §8): the file must exist in the plugins directory (no search path, no
 //! symlink out of it), neither it nor its directory may be writable by other users, its
-//! sha256 must match the pin when there is one; the bytes read for the hash are the ones run,
-//! from a sealed private copy (so the file may be replaced under a running server); then
+//! sha256 must match the pin when there is one; the bytes hashed are the ones run, a sealed
+//! private copy (so the file may be replaced under a running server; `copy.rs`); then
 //! abi_stable checks the layout of every type, and we check our own API version and the panic
 //! strategy. Libraries are never unloaded.
 // The loader is one of the two places allowed unsafe code: dlopen runs the library's
 // initialisers, and geteuid is a libc call.
 #![allow(unsafe_code)]
+
+mod copy;
+
+pub use copy::{file_sha256, resident, LibrarySum};
 
 use abi_stable::{
     library::{lib_header_from_path, LibraryError},
@@ -21,11 +25,9 @@ use plugin_api::{
     async_ffi::FfiFuture, v1_0, ApiInfo, ExtensionPoint, HostApi, HostApi_Ref, ImplementationInfo, Label, LogLevel,
     PResult, PluginLib_Ref,
 };
-use sha2::{Digest, Sha256};
 use std::{
     collections::BTreeMap,
     fs,
-    io::Read,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::{Mutex, OnceLock},
@@ -40,7 +42,8 @@ pub struct Library {
     /// What was opened: its private copy (`/proc/self/fd/N`), or `path` when none could be
     /// made. Each load is a library instance of its own, initialised once.
     pub loaded_from: PathBuf,
-    pub sha256: String,
+    /// From the private copy, when first asked (a pinned library's at load).
+    pub sha256: LibrarySum,
     pub module: Root,
     pub api: ApiInfo,
     /// The library's own name and version (its crate's).
@@ -76,36 +79,34 @@ pub fn load(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Library
     open_prepared(prepare(plugins_dir, name, pin)?)
 }
 
-/// A library's file checked, read, hashed, pinned and copied: what comes before `dlopen`,
-/// which [`prepare_all`] does for several libraries at once.
-pub struct Prepared {
+/// A library's file checked, copied and, when pinned, hashed: what comes before `dlopen`.
+struct Prepared {
     name: String,
     real: PathBuf,
     shown: String,
-    sha256: String,
+    sha256: LibrarySum,
     loaded_from: PathBuf,
 }
 
-/// [`prepare`] for each `(name, pin)`, in parallel (hashing and copying the files is most of
-/// a start); by name.
-pub fn prepare_all(
-    plugins_dir: &Path,
-    wanted: &[(String, Option<String>)],
-) -> BTreeMap<String, Result<Prepared, String>> {
+/// [`load`] for each `(name, pin)`, in parallel, by name: copying the files and abi_stable's
+/// layout checks are most of a start, and no library's depend on another's (`dlopen` itself
+/// runs one at a time, under the dynamic loader's lock). The libraries are not initialised
+/// ([`init`]): the caller does that, in the profile's order.
+pub fn load_all(plugins_dir: &Path, wanted: &[(String, Option<String>)]) -> BTreeMap<String, Result<Library, String>> {
     std::thread::scope(|scope| {
         let running: Vec<_> = wanted
             .iter()
-            .map(|(name, pin)| (name, scope.spawn(move || prepare(plugins_dir, name, pin.as_deref()))))
+            .map(|(name, pin)| (name, scope.spawn(move || load(plugins_dir, name, pin.as_deref()))))
             .collect();
         running
             .into_iter()
-            .map(|(name, t)| (name.clone(), t.join().unwrap_or_else(|_| Err(format!("preparing `{name}` panicked")))))
+            .map(|(name, t)| (name.clone(), t.join().unwrap_or_else(|_| Err(format!("loading `{name}` panicked")))))
             .collect()
     })
 }
 
-/// The checks on a library's file, then its bytes read once, hashed and copied privately.
-pub fn prepare(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Prepared, String> {
+/// The checks on a library's file, then its private copy (hashed now when pinned).
+fn prepare(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Prepared, String> {
     let path = library_path(plugins_dir, name);
     let shown = path.display().to_string();
     if fs::symlink_metadata(&path).is_err() {
@@ -123,28 +124,29 @@ pub fn prepare(plugins_dir: &Path, name: &str, pin: Option<&str>) -> Result<Prep
     check_ancestors(&dir)?;
     check_permissions(&dir)?;
     check_permissions(&real)?;
-    // One read: the bytes hashed (and pinned) are the bytes that run.
-    let bytes = fs::read(&real).map_err(|e| format!("cannot read {shown}: {e}"))?;
-    let sha256: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-    if let Some(pin) = pin {
-        if !pin.eq_ignore_ascii_case(&sha256) {
-            return Err(format!(
-                "{shown}: sha256 is {sha256} but the profile pins {pin}; refusing to load it (if the new build is intended, update the pin)"
-            ));
-        }
-    }
-    let loaded_from = match private_copy(&bytes, name) {
+    // One copy, sealed: the bytes hashed (and pinned) are the bytes that run.
+    let source = fs::File::open(&real).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let (loaded_from, sha256) = match copy::private_copy(&source, name) {
         Ok(copy) => copy,
         Err(e) => {
             tracing::warn!(library = %shown, error = %e, "no private copy of the library could be made; it is run from its file, which must then not be replaced while the server runs");
-            real.clone()
+            let sum = file_sha256(&real).map_err(|e| format!("cannot read {shown}: {e}"))?;
+            (real.clone(), LibrarySum::known(sum))
         }
     };
+    if let Some(pin) = pin {
+        let sum = sha256.get();
+        if !pin.eq_ignore_ascii_case(sum) {
+            return Err(format!(
+                "{shown}: sha256 is {sum} but the profile pins {pin}; refusing to load it (if the new build is intended, update the pin)"
+            ));
+        }
+    }
     Ok(Prepared { name: name.to_owned(), real, shown, sha256, loaded_from })
 }
 
 /// `dlopen`s a prepared library and checks what it declares.
-pub fn open_prepared(prepared: Prepared) -> Result<Library, String> {
+fn open_prepared(prepared: Prepared) -> Result<Library, String> {
     let Prepared { name, real, shown, sha256, loaded_from } = prepared;
     let module = open(&loaded_from, &shown)?;
     let api = module.api();
@@ -277,46 +279,6 @@ fn compatible(shown: &str, major: u32, minor: u32) -> Result<(), String> {
     ))
 }
 
-/// The descriptors of the private copies: kept open for the process's life. Libraries are
-/// never unloaded, and a closed descriptor's number would come back: `dlopen` of the same
-/// `/proc/self/fd/N` name would then answer with the library already loaded under it.
-static COPIES: Mutex<Vec<std::os::fd::OwnedFd>> = Mutex::new(Vec::new());
-
-/// How many libraries this process has loaded (each file's contents once per load: a library
-/// replaced in place and reloaded is a second one). Libraries are never unloaded.
-pub fn resident() -> usize {
-    COPIES.lock().unwrap_or_else(|e| e.into_inner()).len()
-}
-
-/// A private copy of a library's bytes, run instead of its file: an anonymous memory file
-/// (`memfd`), sealed against every change. The file in the plugins directory can then be
-/// replaced or rewritten in place at any time (a new build dropped in) without the running
-/// code changing under the server, which would crash it.
-fn private_copy(bytes: &[u8], name: &str) -> std::io::Result<PathBuf> {
-    use std::{
-        io::Write as _,
-        os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    };
-    let label = std::ffi::CString::new(format!("oh-plugin-{name}")).map_err(std::io::Error::other)?;
-    // SAFETY: a valid C string and flags; the result is checked before use.
-    let fd = unsafe { libc::memfd_create(label.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut file = fs::File::from(owned);
-    file.write_all(bytes)?;
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
-    // SAFETY: fcntl on a descriptor this function owns.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    COPIES.lock().unwrap_or_else(|e| e.into_inner()).push(OwnedFd::from(file));
-    Ok(path)
-}
-
 fn describe(shown: &str, err: LibraryError) -> String {
     match err {
         LibraryError::OpenError { err, .. } => format!("{shown} cannot be opened as a shared library: {err}"),
@@ -419,20 +381,6 @@ fn check_ancestors(dir: &Path) -> Result<(), String> {
         check_owner(ancestor, &meta, "directory")?;
     }
     Ok(())
-}
-
-pub fn file_sha256(path: &Path) -> std::io::Result<String> {
-    let mut file = fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A library found by [`scan`]: its name, and what loading it gave.

@@ -190,8 +190,7 @@ fn routes_changed(previous: &Registry, next: &Registry) -> Option<String> {
 }
 
 fn diff(previous: &Registry, next: &Registry, generation: u64) -> Changes {
-    let entry =
-        |m: &crate::registry::Meta| (m.key.trim_end_matches(" (bundled default)").to_owned(), m.fingerprint.clone());
+    let entry = |m: &crate::registry::Meta| (m.key.trim_end_matches(" (bundled default)").to_owned(), m.fingerprint());
     let before: Vec<(String, String)> = previous.metas().into_iter().map(entry).collect();
     let after: Vec<(String, String)> = next.metas().into_iter().map(entry).collect();
     let mut changes = Changes { generation, ..Changes::default() };

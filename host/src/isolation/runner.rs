@@ -160,7 +160,7 @@ fn build(start: &Start) -> Result<(Object, Ready), PluginError> {
         protocol: wire::PROTOCOL,
         name: lib.name.clone(),
         version: lib.version.clone(),
-        sha256: lib.sha256.clone(),
+        sha256: lib.sha256.get().to_owned(),
         api: lib.api_version(),
     };
     Ok((object, ready))

@@ -122,7 +122,7 @@ fn instantiate<O>(
     e: &ExtensionConfig,
     lib: &Library,
 ) -> Result<Arc<Instance<O>>, String> {
-    let meta = Meta::new(e, &lib.sha256, lib.api.minor);
+    let meta = Meta::new(e, lib.sha256.clone(), lib.api.minor);
     let built = meta.call_sync_as("new", || factory(&e.implementation, &e.config_json).into_result(), Kind::Probe);
     match built.map_err(|e| e.error).and_then(|r| r) {
         Ok(obj) => Ok(Arc::new(Instance { obj, meta })),
@@ -143,7 +143,7 @@ fn isolated<O>(
 ) -> Result<Arc<Instance<O>>, String> {
     let services = HostServices_TO::from_value(services, TD_Opaque);
     let (proxy, runner, sha256, api_minor) = crate::isolation::start(e, config, services, runtime)?;
-    let mut meta = Meta::new(e, &sha256, api_minor);
+    let mut meta = Meta::new(e, loader::LibrarySum::known(sha256), api_minor);
     meta.runner = Some(runner);
     Ok(Arc::new(Instance { obj: wrap(proxy), meta }))
 }
@@ -176,18 +176,19 @@ fn library(
     e: &ExtensionConfig,
     libraries: &mut Vec<Library>,
     previous: &[Library],
-    prepared: &mut std::collections::BTreeMap<String, Result<loader::Prepared, String>>,
+    loaded: &mut std::collections::BTreeMap<String, Result<Library, String>>,
 ) -> Result<Library, String> {
     if !libraries.iter().any(|l| l.name == e.library) {
         let path = loader::library_path(&config.server.plugins_dir, &e.library);
-        let same = |l: &&Library| l.name == e.library && loader::file_sha256(&path).is_ok_and(|sum| sum == l.sha256);
+        let same =
+            |l: &&Library| l.name == e.library && loader::file_sha256(&path).is_ok_and(|sum| sum == l.sha256.get());
         if let Some(l) = previous.iter().find(same) {
             libraries.push(l.clone());
         }
     }
     if let Some(l) = libraries.iter().find(|l| l.name == e.library) {
         // Loaded for an earlier entry: this entry's pin is checked all the same.
-        if let Some(pin) = e.sha256.as_deref().filter(|pin| !pin.eq_ignore_ascii_case(&l.sha256)) {
+        if let Some(pin) = e.sha256.as_deref().filter(|pin| !pin.eq_ignore_ascii_case(l.sha256.get())) {
             return Err(format!(
                 "{}: {}: sha256 is {} but the profile pins {pin}; refusing to load it (if the new build is intended, update the pin)",
                 e.key,
@@ -198,8 +199,8 @@ fn library(
         return Ok(l.clone());
     }
     let origin = if e.explicit { "" } else { " (the bundled default for an unnamed extension point)" };
-    let lib = match prepared.remove(&e.library) {
-        Some(p) => p.and_then(loader::open_prepared),
+    let lib = match loaded.remove(&e.library) {
+        Some(l) => l,
         None => loader::load(&config.server.plugins_dir, &e.library, e.sha256.as_deref()),
     }
     .map_err(|msg| format!("{}{origin}: {msg}", e.key))?;
@@ -289,9 +290,9 @@ impl Registry {
         let mut runtime_instance = None;
         let (mut monitoring, mut routes) = (Vec::new(), Vec::new());
 
-        // A first build reads, hashes and copies every library at once; `dlopen`s follow one
-        // by one. (A reload loads only what changed, as it goes.)
-        let mut prepared = match previous {
+        // A first build copies, opens and checks every library at once; each is initialised
+        // in the profile's order. (A reload loads only what changed, as it goes.)
+        let mut loaded = match previous {
             Some(_) => Default::default(),
             None => {
                 let mut wanted: Vec<(String, Option<String>)> = Vec::new();
@@ -300,7 +301,7 @@ impl Registry {
                         wanted.push((e.library.clone(), e.sha256.clone()));
                     }
                 }
-                loader::prepare_all(&config.server.plugins_dir, &wanted)
+                loader::load_all(&config.server.plugins_dir, &wanted)
             }
         };
         for e in &config.extensions {
@@ -308,7 +309,7 @@ impl Registry {
             // and checks the library itself, or the library loaded here.
             let lib = match &e.process {
                 Some(_) => None,
-                None => match library(config, e, &mut libraries, previous_libraries, &mut prepared) {
+                None => match library(config, e, &mut libraries, previous_libraries, &mut loaded) {
                     Ok(l) if l.offers(e.point, &e.implementation) => Some(l),
                     Ok(l) => {
                         problems.push(not_offered(e, &l));
@@ -330,13 +331,13 @@ impl Registry {
             // Unchanged since the previous generation: the same instance goes on serving. (A
             // runner checks the pin and hashes what it loads; this hash only tells a reload
             // whether the entry changed.)
-            let sha256 = match (&lib, e.process.as_ref().and_then(|p| p.command.as_ref())) {
-                (Some(l), _) => l.sha256.clone(),
-                (None, Some(_)) => String::new(),
-                (None, None) => loader::file_sha256(&loader::library_path(&config.server.plugins_dir, &e.library))
-                    .unwrap_or_default(),
-            };
             if let Some(previous) = previous {
+                let sha256 = match (&lib, e.process.as_ref().and_then(|p| p.command.as_ref())) {
+                    (Some(l), _) => l.sha256.get().to_owned(),
+                    (None, Some(_)) => String::new(),
+                    (None, None) => loader::file_sha256(&loader::library_path(&config.server.plugins_dir, &e.library))
+                        .unwrap_or_default(),
+                };
                 let mut kept = Kept {
                     settings: &mut settings,
                     secrets: &mut secrets,

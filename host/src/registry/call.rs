@@ -40,9 +40,11 @@ pub struct Meta {
     pub library: String,
     pub implementation: String,
     pub timeout: Duration,
-    /// What the entry was built from (key, library file, implementation, config, timeout): a
-    /// reload keeps the instance when it is the same.
-    pub fingerprint: String,
+    /// What the entry was built from besides its library's file (key, library name,
+    /// implementation, config, timeout, isolation); see [`Meta::fingerprint`].
+    entry: String,
+    /// The library file's hash, computed when a reload first compares it.
+    library_sha256: crate::loader::LibrarySum,
     pub stats: Stats,
     /// Cleared when the instance panics: a panicked instance is unhealthy until restarted.
     pub healthy: AtomicBool,
@@ -98,9 +100,10 @@ pub(crate) enum Kind {
 }
 
 impl Meta {
-    pub(crate) fn new(e: &ExtensionConfig, library_sha256: &str, api_minor: u32) -> Meta {
+    pub(crate) fn new(e: &ExtensionConfig, library_sha256: crate::loader::LibrarySum, api_minor: u32) -> Meta {
         Meta {
-            fingerprint: Self::fingerprint_of(e, library_sha256),
+            entry: Self::entry_of(e),
+            library_sha256,
             point: e.point,
             key: e.key.clone(),
             library: e.library.clone(),
@@ -113,10 +116,20 @@ impl Meta {
         }
     }
 
+    /// What the instance was built from (entry, library file, implementation, config,
+    /// timeout): a reload keeps the instance when it is the same.
+    pub fn fingerprint(&self) -> String {
+        format!("{}|{}", self.entry, self.library_sha256)
+    }
+
     pub(crate) fn fingerprint_of(e: &ExtensionConfig, library_sha256: &str) -> String {
+        format!("{}|{library_sha256}", Self::entry_of(e))
+    }
+
+    fn entry_of(e: &ExtensionConfig) -> String {
         // A bundled default and the same entry written out are the same instance.
         format!(
-            "{}|{}|{library_sha256}|{}|{}|{}|{:?}",
+            "{}|{}|{}|{}|{}|{:?}",
             e.key.trim_end_matches(" (bundled default)"),
             e.library,
             e.implementation,

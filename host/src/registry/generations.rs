@@ -30,7 +30,7 @@ impl Registry {
     /// was one.
     pub(super) fn reuse(&self, point: ExtensionPoint, fingerprint: &str, kept: &mut Kept<'_>) -> bool {
         fn find<T>(all: &[&Arc<Instance<T>>], fingerprint: &str) -> Option<Arc<Instance<T>>> {
-            all.iter().find(|i| i.meta.fingerprint == fingerprint).map(|i| Arc::clone(i))
+            all.iter().find(|i| i.meta.fingerprint() == fingerprint).map(|i| Arc::clone(i))
         }
         let found = match point {
             ExtensionPoint::SETTINGS_STORE => find(&[&self.settings], fingerprint).map(|i| *kept.settings = Some(i)),
@@ -57,8 +57,8 @@ impl Registry {
     }
 
     /// What the conversation manager was built from (`None`: none configured).
-    pub fn manager_fingerprint(&self) -> Option<&str> {
-        self.manager.as_ref().map(|m| m.meta.fingerprint.as_str())
+    pub fn manager_fingerprint(&self) -> Option<String> {
+        self.manager.as_ref().map(|m| m.meta.fingerprint())
     }
 
     /// Shuts the conversation manager down now (a reload replaces it): its loops store their
