@@ -44,6 +44,10 @@ pub(crate) fn conversations_load(bin: &Path, profile: &Path, conversations: usiz
         let (rss_ready, _) = rss_mib(child.id());
         llm.push((0..conversations).map(|_| Reply::TimedTokens { n: TOKENS, gap: Duration::from_millis(20) }));
 
+        // What the stream costs in CPU, the host's and this process's (the clients and the
+        // fake LLM): when the two add up to every core, the delays below are the machine's
+        // queue, not one component's.
+        let (host_cpu, bench_cpu) = (cpu_secs(child.id()), cpu_secs(std::process::id()));
         let start = Instant::now();
         let mut tasks = Vec::new();
         for mut c in clients {
@@ -75,6 +79,8 @@ pub(crate) fn conversations_load(bin: &Path, profile: &Path, conversations: usiz
             delays.extend(d);
         }
         let elapsed = start.elapsed();
+        let (host_cpu, bench_cpu) =
+            (cpu_secs(child.id()) - host_cpu, cpu_secs(std::process::id()) - bench_cpu);
         let (rss_after, peak) = rss_mib(child.id());
         let _ = child.kill();
         let _ = child.wait();
@@ -88,6 +94,13 @@ pub(crate) fn conversations_load(bin: &Path, profile: &Path, conversations: usiz
             delays.len()
         );
         println!("   LLM chunk -> client oh_event: p50 {} µs   p99 {} µs   max {} µs", pct(0.5), pct(0.99), delays.last().copied().unwrap_or(0));
+        let wall = elapsed.as_secs_f64();
+        println!(
+            "   CPU while streaming: host {host_cpu:.2} s ({:.0} µs per oh_event), bench clients + fake LLM {bench_cpu:.2} s; {:.0}% of {} cores",
+            host_cpu / events.max(1) as f64 * 1e6,
+            (host_cpu + bench_cpu) / (wall * cores() as f64) * 100.0,
+            cores()
+        );
         println!("   host RSS: {rss_idle:.1} MiB idle, {rss_ready:.1} MiB with {conversations} connected, {rss_after:.1} MiB after, peak {peak:.1} MiB");
         Streamed {
             p99_ms: pct(0.99) as f64 / 1000.0,
