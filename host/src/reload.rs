@@ -106,10 +106,18 @@ impl Reloader {
         }
         let handle = tokio::runtime::Handle::current();
         let (built, prev) = (config.clone(), previous.clone());
-        let next = tokio::task::spawn_blocking(move || Registry::build_next(&built, handle, Some(&prev)))
-            .await
-            .map_err(|e| vec![format!("building the plugins failed: {e}")])?
-            .map_err(|e| e.problems)?;
+        let next = tokio::task::spawn_blocking(move || {
+            let next = Registry::build_next(&built, handle, Some(&prev));
+            // Libraries are hashed when first compared (milliseconds each): here, off the
+            // async workers, rather than in `diff` below.
+            for m in prev.metas() {
+                m.fingerprint();
+            }
+            next
+        })
+        .await
+        .map_err(|e| vec![format!("building the plugins failed: {e}")])?
+        .map_err(|e| e.problems)?;
         // The router is built at start: `routes` entries may change (their config, a rebuilt
         // library) as long as they declare the same routes.
         if let Some(problem) = routes_changed(&previous, &next) {
