@@ -632,11 +632,27 @@ async fn none_left(pattern: &str) {
         if killed.elapsed() >= Duration::from_secs(15) {
             let pids: Vec<String> =
                 String::from_utf8_lossy(&left.stdout).split_whitespace().map(str::to_owned).collect();
-            let ps = std::process::Command::new("ps")
-                .args(["-o", "pid,ppid,pgid,sid,stat,etimes,cmd", "-p", &pids.join(",")])
-                .output()
-                .unwrap();
-            panic!("left running:\n{}", String::from_utf8_lossy(&ps.stdout));
+            let ps = |pids: &[String]| {
+                let out = std::process::Command::new("ps")
+                    .args(["-o", "pid,ppid,pgid,sid,stat,etimes,wchan:20,cmd", "-p", &pids.join(",")])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            // Each one's namespace pid (1: a namespace's first process) and signals, and its
+            // parent as it is now.
+            let mut report = ps(&pids);
+            for pid in &pids {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let keep = ["State", "PPid", "NSpid", "NSpgid", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"];
+                let lines: Vec<&str> = status.lines().filter(|l| keep.iter().any(|k| l.starts_with(k))).collect();
+                report.push_str(&format!("{pid}: {}\n", lines.join("; ")));
+                let ppid = lines.iter().find_map(|l| l.strip_prefix("PPid:")).map(|p| p.trim().to_owned());
+                if let Some(ppid) = ppid {
+                    report.push_str(&format!("its parent:\n{}", ps(&[ppid])));
+                }
+            }
+            panic!("left running:\n{report}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

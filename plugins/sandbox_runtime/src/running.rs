@@ -233,12 +233,23 @@ impl Drop for Running {
 pub const OVER_QUOTA: &str =
     "killed because the workspace passed its disk quota (sandbox_workspace_mb): remove files to go on";
 
-/// SIGKILL to a process group (with the system's `kill`: no unsafe code here).
+/// SIGKILL to a process group (with the system's `kill`: no unsafe code here). Starting
+/// `kill` can fail on a loaded machine (no process slot, no memory): tried again, and said.
 async fn kill_group(pgid: u32) {
-    let _ = tokio::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pgid}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
+    for attempt in 1..=5 {
+        let sent = tokio::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+        match sent {
+            // A failure status is a group already gone.
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(pgid, attempt, error = %e, "cannot run kill to end a command's processes");
+                tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+            }
+        }
+    }
 }
