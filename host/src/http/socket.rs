@@ -19,7 +19,7 @@ use super::{
 use crate::app::AppError;
 use axum::http::{HeaderMap, Method, Uri};
 use plugin_api::{CallContext, EventQuery};
-use serde_json::{json, Value};
+use serde_json::{json, value::RawValue, Value};
 use socketioxide::{
     extract::{AckSender, Data, SocketRef},
     handler::ConnectHandler,
@@ -181,7 +181,20 @@ async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
 
 /// Emits, waiting while the connection's buffer is full (a slow client slows its own
 /// replay, nothing else). `false` once the socket is gone.
-async fn emit(s: &SocketRef, event: &Value) -> bool {
+/// An event's `id` (a stored event's position), read without building the rest of it.
+fn event_id(json: &str) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        id: Option<Value>,
+    }
+    // An object only (a struct also reads from an array, by position).
+    if !json.trim_start().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str::<Head>(json).ok()?.id?.as_u64()
+}
+
+async fn emit<T: serde::Serialize + ?Sized>(s: &SocketRef, event: &T) -> bool {
     for _ in 0..2000 {
         match s.emit("oh_event", event) {
             Ok(()) => return true,
@@ -287,12 +300,14 @@ async fn on_connect(state: AppState, s: SocketRef) {
                             live = None; // the manager let go of the sink: wait for its successor
                             continue;
                         };
-                        let Ok(event) = serde_json::from_str::<Value>(&text) else { continue };
-                        let id = event["id"].as_u64();
+                        // Sent on as the plugin wrote it: a streamed delta is not taken
+                        // apart and written again (the JSON is checked, its `id` read).
+                        let Ok(event) = serde_json::from_str::<&RawValue>(&text) else { continue };
+                        let id = event_id(&text);
                         if id.is_some_and(|id| last.is_some_and(|l| id <= l)) {
                             continue;
                         }
-                        if !emit(&s, &event).await {
+                        if !emit(&s, event).await {
                             break;
                         }
                         if id.is_some() {
@@ -448,6 +463,15 @@ async fn send_action(state: &AppState, conn: &Connection, s: &SocketRef, (event,
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_events_id_is_its_top_level_number_only() {
+        assert_eq!(event_id(r#"{"id": 7, "args": {"id": 9}}"#), Some(7));
+        assert_eq!(event_id(r#"{"args": {"id": 9}, "streaming": true}"#), None);
+        assert_eq!(event_id(r#"{"id": "7"}"#), None);
+        assert_eq!(event_id(r#"{"id": -1}"#), None);
+        assert_eq!(event_id("[1]"), None);
+    }
 
     proptest! {
         /// Any query string: the handshake's values, or a message to send back; no panic.
