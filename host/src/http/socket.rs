@@ -179,8 +179,6 @@ async fn authorize(state: AppState, s: SocketRef) -> Result<(), String> {
     Ok(())
 }
 
-/// Emits, waiting while the connection's buffer is full (a slow client slows its own
-/// replay, nothing else). `false` once the socket is gone.
 /// An event's `id` (a stored event's position), read without building the rest of it.
 fn event_id(json: &str) -> Option<u64> {
     #[derive(serde::Deserialize)]
@@ -194,6 +192,8 @@ fn event_id(json: &str) -> Option<u64> {
     serde_json::from_str::<Head>(json).ok()?.id?.as_u64()
 }
 
+/// Emits, waiting while the connection's buffer is full (a slow client slows its own
+/// replay, nothing else). `false` once the socket is gone.
 async fn emit<T: serde::Serialize + ?Sized>(s: &SocketRef, event: &T) -> bool {
     for _ in 0..2000 {
         match s.emit("oh_event", event) {

@@ -11,8 +11,7 @@
 
 use sha2::{Digest as _, Sha256};
 use std::{
-    fs,
-    io::{self, Read as _},
+    fs, io,
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::fs::FileExt as _,
@@ -79,17 +78,7 @@ impl std::fmt::Debug for LibrarySum {
 
 /// The sha256 of a file by path, streamed.
 pub fn file_sha256(path: &Path) -> io::Result<String> {
-    let mut file = fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(hasher))
+    hash_at(&fs::File::open(path)?)
 }
 
 /// The sha256 of an open file from its start, by positioned reads (a shared descriptor's

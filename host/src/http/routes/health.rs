@@ -67,9 +67,9 @@ pub(super) async fn plugins(State(state): State<AppState>) -> Json<Value> {
     // request workers.
     let sums: Vec<_> = r.libraries().iter().map(|l| l.sha256.clone()).collect();
     let _ = tokio::task::spawn_blocking(move || {
-        sums.iter().for_each(|s| {
-            s.get();
-        })
+        for sum in &sums {
+            sum.get();
+        }
     })
     .await;
     let health = r.health().await;
