@@ -1,6 +1,9 @@
 //! Section 6: the clustered manager (three nodes, PostgreSQL and Redis).
 
-use crate::common::*;
+use crate::{
+    common::*,
+    conversations::{stream, Host},
+};
 use std::{
     path::Path,
     time::{Duration, Instant},
@@ -49,8 +52,7 @@ pub(crate) fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
             (0..CLUSTER_NODES).map(|i| spawn_host(bin, &profile(i))).collect();
         let http = reqwest::Client::new();
         let base = |n: &(std::process::Child, String)| format!("http://{}", n.1);
-        let settings = serde_json::json!({ "llm_model": "fake", "llm_base_url": llm.base_url, "llm_api_key": "sk-bench" });
-        assert!(http.post(format!("{}/api/settings", base(&nodes[0]))).json(&settings).send().await.unwrap().status().is_success());
+        crate::conversations::save_settings(&http, &base(&nodes[0]), &llm).await;
 
         // Conversation i is owned by node i % 3; a client on its owner and one on the next node.
         let mut clients = Vec::new();
@@ -182,6 +184,24 @@ pub(crate) fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
             "<= 1,500 ms",
             worst <= Duration::from_millis(1500),
         );
+
+        // And 1,000 streaming at once over the three nodes, each conversation's client on
+        // its owner: the one-host figures of section 4, spread.
+        let hosts: Vec<Host> = nodes.iter().map(|n| Host { base: base(n), pid: n.0.id() }).collect();
+        let many = stream(&http, &hosts, &llm, 1_000, &format!("6. 1000 conversations at once over {CLUSTER_NODES} nodes")).await;
+        target(
+            &format!("LLM chunk -> oh_event p99, 1,000 streaming over {CLUSTER_NODES} nodes"),
+            format!("{:.1} ms", many.p99_ms),
+            "<= 5 ms",
+            many.p99_ms <= 5.0,
+        );
+        target(
+            &format!("largest node's RSS peak, 1,000 streaming over {CLUSTER_NODES} nodes"),
+            format!("{:.1} MiB", many.peak_mib),
+            "<= 256 MiB",
+            many.peak_mib <= 256.0,
+        );
+        target(&format!("deltas lost, 1,000 streaming over {CLUSTER_NODES} nodes"), many.lost.to_string(), "0", many.lost == 0);
         for (mut child, _) in nodes {
             let _ = child.kill();
             let _ = child.wait();

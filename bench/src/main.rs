@@ -16,7 +16,8 @@
 //! 6. three clustered nodes (PostgreSQL + Redis), 50 conversations spread over them, a
 //!    client on the owner and one on another node of each: LLM chunk → `oh_event` p50/p99
 //!    same-node vs cross-node; failover time over 10 kills; Redis commands and bytes per
-//!    conversation per second, streaming and idle;
+//!    conversation per second, streaming and idle; then 1,000 streaming at once over the three
+//!    (section 4's figures, each node's RSS);
 //! 7. `GET /api/settings` and conversation starts with the SaaS monitoring listener (PostHog
 //!    on a local receiver) and OpenTelemetry tracing (OTLP to a local receiver) on vs off;
 //! 8. billing: signed Stripe webhooks that each credit a purchase (signature check + ledger
@@ -36,7 +37,9 @@
 //!
 //! Usage: `oh-bench <dir with oh-host and lib*.so> [section ...]` (bench/run passes
 //! target/release and `make bench SECTIONS="2 7"` picks sections; none means all).
-//! Figures, not pass/fail: the machines are shared and noisy.
+//! Figures, not pass/fail: the machines are shared and noisy. `OH_BENCH_WINDOWS=1` adds, to
+//! every streaming run (sections 4 and 6), its delays by 250 ms window; `OH_BENCH_LOGS=<dir>`
+//! keeps each host's log there.
 
 use std::path::PathBuf;
 
