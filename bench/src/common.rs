@@ -119,6 +119,16 @@ pub(crate) fn spawn_listening(mut command: Command) -> (std::process::Child, Str
     (child, addr)
 }
 
+/// CPU seconds every process of the machine spent (all but idle and I/O wait), from
+/// /proc/stat: with PostgreSQL and Redis on the same cores, what the hosts' own figure misses.
+pub(crate) fn machine_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else { return 0.0 };
+    // user nice system idle iowait irq softirq steal (clock ticks, 100 per s)
+    let ticks: Vec<f64> = cpu.split_whitespace().skip(1).take(8).filter_map(|v| v.parse().ok()).collect();
+    ticks.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum::<f64>() / 100.0
+}
+
 /// `VmRSS` and `VmHWM` (peak) of a process, in MiB.
 pub(crate) fn rss_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

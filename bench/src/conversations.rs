@@ -80,7 +80,7 @@ pub(crate) async fn stream(
     // LLM): when the two add up to every core, the delays below are the machine's queue, not
     // one component's.
     let hosts_cpu = || hosts.iter().map(|h| cpu_secs(h.pid)).sum::<f64>();
-    let (host_cpu, bench_cpu) = (hosts_cpu(), cpu_secs(std::process::id()));
+    let (host_cpu, bench_cpu, machine) = (hosts_cpu(), cpu_secs(std::process::id()), machine_busy_secs());
     let start = Instant::now();
     let mut tasks = Vec::new();
     for mut c in clients {
@@ -113,7 +113,8 @@ pub(crate) async fn stream(
         timed.extend(d);
     }
     let elapsed = start.elapsed();
-    let (host_cpu, bench_cpu) = (hosts_cpu() - host_cpu, cpu_secs(std::process::id()) - bench_cpu);
+    let (host_cpu, bench_cpu, machine) =
+        (hosts_cpu() - host_cpu, cpu_secs(std::process::id()) - bench_cpu, machine_busy_secs() - machine);
     let mut delays: Vec<u64> = timed.iter().map(|t| t.1).collect();
     delays.sort_unstable();
     let pct = |p: f64| percentile(&delays, p);
@@ -133,10 +134,11 @@ pub(crate) async fn stream(
     );
     let wall = elapsed.as_secs_f64();
     println!(
-        "   CPU while streaming: {hosts_word} {host_cpu:.2} s ({:.0} µs per oh_event), bench clients + fake LLM {bench_cpu:.2} s; {:.0}% of {} cores",
+        "   CPU while streaming: {hosts_word} {host_cpu:.2} s ({:.0} µs per oh_event), bench clients + fake LLM {bench_cpu:.2} s; {:.0}% of {} cores; the whole machine {:.0}% busy",
         host_cpu / events.max(1) as f64 * 1e6,
         (host_cpu + bench_cpu) / (wall * cores() as f64) * 100.0,
-        cores()
+        cores(),
+        machine / (wall * cores() as f64) * 100.0
     );
     let mut peak_mib: f64 = 0.0;
     for (i, host) in hosts.iter().enumerate() {
