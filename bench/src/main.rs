@@ -40,6 +40,12 @@
 //! Figures, not pass/fail: the machines are shared and noisy. `OH_BENCH_WINDOWS=1` adds, to
 //! every streaming run (sections 4 and 6), its delays by 250 ms window; `OH_BENCH_LOGS=<dir>`
 //! keeps each host's log there.
+//!
+//! Profiling: the host runs each library from a sealed memfd (`/memfd:oh-plugin-<name>`), a
+//! path `perf` cannot open. Record with the build ids (`perf record --buildid-mmap ...`) and
+//! put the libraries in perf's cache first (`perf buildid-cache --add target/release/libX.so`,
+//! each): `perf report` then names plugin functions. Without frame pointers, call chains need
+//! `--call-graph dwarf`.
 
 use std::path::PathBuf;
 
