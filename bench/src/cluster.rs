@@ -22,7 +22,7 @@ pub(crate) const CLUSTER_LEASE_MS: u64 = 1500;
 /// Section 6: the clustered manager.
 pub(crate) fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
     use oh_e2e::{
-        llm::{now_micros, FakeLlm, Reply},
+        llm::{FakeLlm, Reply},
         sio::{is_state, SioClient},
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -54,82 +54,53 @@ pub(crate) fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
         let base = |n: &(std::process::Child, String)| format!("http://{}", n.1);
         crate::conversations::save_settings(&http, &base(&nodes[0]), &llm).await;
 
-        // Conversation i is owned by node i % 3; a client on its owner and one on the next node.
-        let mut clients = Vec::new();
-        for i in 0..CLUSTER_CONVERSATIONS {
-            let owner = i % CLUSTER_NODES;
-            let id = start_conversation(&http, &base(&nodes[owner]), serde_json::json!({})).await;
-            for (node, cross) in [(owner, false), ((owner + 1) % CLUSTER_NODES, true)] {
-                let mut c = SioClient::connect(&base(&nodes[node]), &format!("conversation_id={id}&latest_event_id=-1"), &[])
-                    .await
-                    .unwrap();
-                c.until(Duration::from_secs(60), |e| is_state(e, "awaiting_user_input")).await;
-                clients.push((id.clone(), cross, c));
+        // Three rounds (each with new conversations), the target on the median: one round's
+        // extra p99 moves between 1.5 and 5.5 ms with what else the two cores run.
+        let bases: Vec<String> = nodes.iter().map(base).collect();
+        println!("\n6. {CLUSTER_NODES} clustered nodes, {CLUSTER_CONVERSATIONS} conversations (PostgreSQL stores, Redis), {TOKENS} tokens each 20 ms apart");
+        let mut extras = Vec::new();
+        for round in 0..3 {
+            let clients = connect_pairs(&http, &bases).await;
+            let (c0, i0, o0) = redis_counters(&redis).await;
+            let idle_window = Duration::from_secs(5);
+            if round == 0 {
+                // Idle: heartbeats, renewals and relay reads only.
+                tokio::time::sleep(idle_window).await;
+            }
+            let (c1, i1, o1) = redis_counters(&redis).await;
+            llm.push((0..CLUSTER_CONVERSATIONS).map(|_| Reply::TimedTokens { n: TOKENS, gap: Duration::from_millis(20) }));
+            let start = Instant::now();
+            let (mut same, mut cross) = stream_pairs(clients).await;
+            let streamed = start.elapsed();
+            let (c2, i2, o2) = redis_counters(&redis).await;
+            same.sort_unstable();
+            cross.sort_unstable();
+            let pct = |v: &[u64], p: f64| v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(0);
+            println!(
+                "   round {}: LLM chunk -> client oh_event, same node: p50 {} µs p99 {} µs ({} deltas); cross node: p50 {} µs p99 {} µs ({} deltas); extra p99 {} µs",
+                round + 1,
+                pct(&same, 0.5), pct(&same, 0.99), same.len(),
+                pct(&cross, 0.5), pct(&cross, 0.99), cross.len(),
+                pct(&cross, 0.99) as i64 - pct(&same, 0.99) as i64
+            );
+            extras.push((pct(&cross, 0.99) as f64 - pct(&same, 0.99) as f64) / 1000.0);
+            if round == 0 {
+                let per = |d: u64, secs: f64| d as f64 / CLUSTER_CONVERSATIONS as f64 / secs;
+                let idle = idle_window.as_secs_f64();
+                let busy = streamed.as_secs_f64();
+                println!(
+                    "   Redis per conversation per second: idle {:.2} commands, {:.0} B in, {:.0} B out; streaming {:.1} commands, {:.0} B in, {:.0} B out",
+                    per(c1 - c0, idle), per(i1 - i0, idle), per(o1 - o0, idle),
+                    per(c2 - c1, busy), per(i2 - i1, busy), per(o2 - o1, busy)
+                );
             }
         }
-        // Idle: heartbeats, renewals and relay reads only.
-        let (c0, i0, o0) = redis_counters(&redis).await;
-        let idle_window = Duration::from_secs(5);
-        tokio::time::sleep(idle_window).await;
-        let (c1, i1, o1) = redis_counters(&redis).await;
-
-        llm.push((0..CLUSTER_CONVERSATIONS).map(|_| Reply::TimedTokens { n: TOKENS, gap: Duration::from_millis(20) }));
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for (id, cross, mut c) in clients {
-            let send = !cross; // one message per conversation, from its owner-side client
-            tasks.push(tokio::spawn(async move {
-                if send {
-                    c.emit("oh_user_action", &serde_json::json!({ "action": "message", "args": { "content": "go" } }));
-                }
-                let mut delays = Vec::new();
-                let mut seen_running = false;
-                loop {
-                    let Some(e) = c.next(Duration::from_secs(60)).await else { break };
-                    if let Some(t) = e["args"]["delta"].as_str().and_then(|d| d.trim().strip_prefix('t')) {
-                        if let Ok(sent) = t.parse::<u128>() {
-                            delays.push(now_micros().saturating_sub(sent) as u64);
-                        }
-                    }
-                    seen_running |= is_state(&e, "running");
-                    if seen_running && is_state(&e, "awaiting_user_input") {
-                        break;
-                    }
-                }
-                let _ = id;
-                c.close();
-                (cross, delays)
-            }));
-        }
-        let (mut same, mut cross) = (Vec::new(), Vec::new());
-        for t in tasks {
-            let (is_cross, d) = t.await.unwrap();
-            if is_cross { cross.extend(d) } else { same.extend(d) }
-        }
-        let streamed = start.elapsed();
-        let (c2, i2, o2) = redis_counters(&redis).await;
-        same.sort_unstable();
-        cross.sort_unstable();
-        let pct = |v: &[u64], p: f64| v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(0);
-        println!("\n6. {CLUSTER_NODES} clustered nodes, {CLUSTER_CONVERSATIONS} conversations (PostgreSQL stores, Redis), {TOKENS} tokens each 20 ms apart");
-        println!(
-            "   LLM chunk -> client oh_event, same node:  p50 {} µs   p99 {} µs   ({} deltas)",
-            pct(&same, 0.5), pct(&same, 0.99), same.len()
-        );
-        println!(
-            "   LLM chunk -> client oh_event, cross node: p50 {} µs   p99 {} µs   ({} deltas); extra p99 {} µs",
-            pct(&cross, 0.5), pct(&cross, 0.99), cross.len(),
-            pct(&cross, 0.99) as i64 - pct(&same, 0.99) as i64
-        );
-        let extra_ms = (pct(&cross, 0.99) as f64 - pct(&same, 0.99) as f64) / 1000.0;
-        target("cross-node extra p99", format!("{extra_ms:.1} ms"), "<= 2 ms", extra_ms <= 2.0);
-        let per = |d: u64, secs: f64| d as f64 / CLUSTER_CONVERSATIONS as f64 / secs;
-        let idle = idle_window.as_secs_f64();
-        let busy = streamed.as_secs_f64();
-        println!(
-            "   Redis per conversation per second: idle {:.2} commands, {:.0} B in, {:.0} B out; streaming {:.1} commands, {:.0} B in, {:.0} B out",
-            per(c1 - c0, idle), per(i1 - i0, idle), per(o1 - o0, idle),
-            per(c2 - c1, busy), per(i2 - i1, busy), per(o2 - o1, busy)
+        extras.sort_by(f64::total_cmp);
+        target(
+            "cross-node extra p99, median of 3 rounds",
+            format!("{:.1} ms (rounds: {})", extras[1], extras.iter().map(|e| format!("{e:.1}")).collect::<Vec<_>>().join(", ")),
+            "<= 2 ms",
+            extras[1] <= 2.0,
         );
 
         // Failover: kill the owner mid-answer, time until a client elsewhere sees the resumed loop.
@@ -207,4 +178,63 @@ pub(crate) fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
             let _ = child.wait();
         }
     });
+}
+
+/// 50 new conversations, conversation i owned by node i % 3, each with a client on its owner
+/// and one on the next node: (owner-side?, client) pairs.
+async fn connect_pairs(http: &reqwest::Client, bases: &[String]) -> Vec<(bool, oh_e2e::sio::SioClient)> {
+    use oh_e2e::sio::{is_state, SioClient};
+    let mut clients = Vec::new();
+    for i in 0..CLUSTER_CONVERSATIONS {
+        let owner = i % CLUSTER_NODES;
+        let id = start_conversation(http, &bases[owner], serde_json::json!({})).await;
+        for (node, cross) in [(owner, false), ((owner + 1) % CLUSTER_NODES, true)] {
+            let mut c = SioClient::connect(&bases[node], &format!("conversation_id={id}&latest_event_id=-1"), &[])
+                .await
+                .unwrap();
+            c.until(Duration::from_secs(60), |e| is_state(e, "awaiting_user_input")).await;
+            clients.push((cross, c));
+        }
+    }
+    clients
+}
+
+/// Sends one message per conversation (from its owner-side client) and times every delta
+/// each client gets until the answer ends: (same-node delays, cross-node delays), µs.
+async fn stream_pairs(clients: Vec<(bool, oh_e2e::sio::SioClient)>) -> (Vec<u64>, Vec<u64>) {
+    use oh_e2e::{llm::now_micros, sio::is_state};
+    let mut tasks = Vec::new();
+    for (cross, mut c) in clients {
+        tasks.push(tokio::spawn(async move {
+            if !cross {
+                c.emit("oh_user_action", &serde_json::json!({ "action": "message", "args": { "content": "go" } }));
+            }
+            let mut delays = Vec::new();
+            let mut seen_running = false;
+            loop {
+                let Some(e) = c.next(Duration::from_secs(60)).await else { break };
+                if let Some(t) = e["args"]["delta"].as_str().and_then(|d| d.trim().strip_prefix('t')) {
+                    if let Ok(sent) = t.parse::<u128>() {
+                        delays.push(now_micros().saturating_sub(sent) as u64);
+                    }
+                }
+                seen_running |= is_state(&e, "running");
+                if seen_running && is_state(&e, "awaiting_user_input") {
+                    break;
+                }
+            }
+            c.close();
+            (cross, delays)
+        }));
+    }
+    let (mut same, mut cross) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (is_cross, d) = t.await.unwrap();
+        if is_cross {
+            cross.extend(d)
+        } else {
+            same.extend(d)
+        }
+    }
+    (same, cross)
 }
