@@ -171,7 +171,7 @@ pub(crate) fn corrupt(path: &Path, err: impl std::fmt::Display) -> PluginError {
 }
 
 /// Runs blocking file I/O on the runtime's blocking pool, whose threads run at a lower CPU
-/// priority ([`BACKGROUND_NICE`]).
+/// priority ([`BACKGROUND_NICE`] steps below the process).
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, PluginError> + Send + 'static,
 ) -> Result<T, PluginError> {
@@ -188,18 +188,20 @@ pub(crate) async fn blocking<T: Send + 'static>(
     })?
 }
 
-/// The nice value of the threads that write and fsync the stores' files. The kernel work of
+/// How much nicer than the process the threads that write and fsync the stores' files run
+/// (10 at the default priority; 19 is the kernel's floor). The kernel work of
 /// a burst of fsyncs (200 conversations storing their turn's events at once) is done on the
 /// calling thread; at the default priority it took the CPU from the threads that forward
 /// live events, and a streamed delta waited behind it (p99 LLM chunk -> client 7.3 ms with
-/// 200 streaming on 2 cores; 2.4 ms with these threads at nice 10). Nice 10 is a weight, not
-/// a queue: under a full CPU the writes still get about a tenth of it, so they slow down but
-/// never stall. The kernel lets a thread raise its own nice value but not lower it again, so
-/// the pool's threads keep it; every blocking task of this library is file I/O.
+/// 200 streaming on 2 cores; 2.4 ms with these threads at nice 10). Nice is a weight, not a
+/// queue: under a full CPU the writes still get about a tenth of it, so they slow down but
+/// never stall. Relative, so an operator who runs the host at another priority keeps the
+/// gap. The kernel lets a thread raise its own nice value but not lower it again, so the
+/// pool's threads keep it; every blocking task of this library is file I/O.
 const BACKGROUND_NICE: i32 = 10;
 
-/// Moves the calling thread to [`BACKGROUND_NICE`] once. Best effort: a refusal (a seccomp
-/// policy, say) leaves it at the default priority.
+/// Moves the calling thread [`BACKGROUND_NICE`] steps nicer, once. Best effort: a refusal (a
+/// seccomp policy, say) leaves it where it was.
 fn background_priority() {
     thread_local!(static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
     if DONE.replace(true) {
@@ -209,11 +211,12 @@ fn background_priority() {
     #[allow(unsafe_code)]
     let result = unsafe {
         let tid = libc::gettid();
+        // On an error getpriority answers -1: the thread then goes to 9, still nicer than 0.
         let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, current.max(BACKGROUND_NICE))
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (current + BACKGROUND_NICE).min(19))
     };
     if result != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "file I/O threads stay at the default priority");
+        tracing::debug!(error = %io::Error::last_os_error(), "file I/O threads stay at the process's priority");
     }
 }
 
@@ -236,8 +239,8 @@ mod tests {
             let io = blocking(|| Ok(this_threads_nice())).await.unwrap();
             (io, this_threads_nice())
         });
-        assert!(io >= BACKGROUND_NICE, "a file I/O thread runs at nice {io}");
-        assert!(caller < BACKGROUND_NICE.max(before + 1), "the awaiting thread was moved to nice {caller}");
+        assert_eq!(io, (before + BACKGROUND_NICE).min(19), "a file I/O thread's nice (the process's: {before})");
+        assert_eq!(caller, before, "the awaiting thread was moved");
         assert_eq!(this_threads_nice(), before);
     }
 
