@@ -140,6 +140,16 @@ pub(crate) async fn stream(
         cores(),
         machine / (wall * cores() as f64) * 100.0
     );
+    // What the offered load needs at this cost: when it is more than the machine has, the
+    // delays are a queue that no latency work removes.
+    let offered = conversations as f64 * 1000.0 / 20.0;
+    let per_event = host_cpu / events.max(1) as f64;
+    println!(
+        "   offered: {offered:.0} deltas/s; at {:.0} µs each, {:.1} cores for the {hosts_word} alone (this machine has {})",
+        per_event * 1e6,
+        offered * per_event,
+        cores()
+    );
     let mut peak_mib: f64 = 0.0;
     for (i, host) in hosts.iter().enumerate() {
         let (after, peak) = rss_mib(host.pid);
