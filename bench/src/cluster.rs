@@ -2,7 +2,7 @@
 
 use crate::{
     common::*,
-    conversations::{stream, Host},
+    conversations::{percentile, stream, time_answer, Host},
 };
 use std::{
     path::Path,
@@ -75,15 +75,14 @@ pub(crate) fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
             let (c2, i2, o2) = redis_counters(&redis).await;
             same.sort_unstable();
             cross.sort_unstable();
-            let pct = |v: &[u64], p: f64| v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(0);
             println!(
                 "   round {}: LLM chunk -> client oh_event, same node: p50 {} µs p99 {} µs ({} deltas); cross node: p50 {} µs p99 {} µs ({} deltas); extra p99 {} µs",
                 round + 1,
-                pct(&same, 0.5), pct(&same, 0.99), same.len(),
-                pct(&cross, 0.5), pct(&cross, 0.99), cross.len(),
-                pct(&cross, 0.99) as i64 - pct(&same, 0.99) as i64
+                percentile(&same, 0.5), percentile(&same, 0.99), same.len(),
+                percentile(&cross, 0.5), percentile(&cross, 0.99), cross.len(),
+                percentile(&cross, 0.99) as i64 - percentile(&same, 0.99) as i64
             );
-            extras.push((pct(&cross, 0.99) as f64 - pct(&same, 0.99) as f64) / 1000.0);
+            extras.push((percentile(&cross, 0.99) as f64 - percentile(&same, 0.99) as f64) / 1000.0);
             if round == 0 {
                 let per = |d: u64, secs: f64| d as f64 / CLUSTER_CONVERSATIONS as f64 / secs;
                 let idle = idle_window.as_secs_f64();
@@ -202,38 +201,14 @@ async fn connect_pairs(http: &reqwest::Client, bases: &[String]) -> Vec<(bool, o
 /// Sends one message per conversation (from its owner-side client) and times every delta
 /// each client gets until the answer ends: (same-node delays, cross-node delays), µs.
 async fn stream_pairs(clients: Vec<(bool, oh_e2e::sio::SioClient)>) -> (Vec<u64>, Vec<u64>) {
-    use oh_e2e::{llm::now_micros, sio::is_state};
-    let mut tasks = Vec::new();
-    for (cross, mut c) in clients {
-        tasks.push(tokio::spawn(async move {
-            if !cross {
-                c.emit("oh_user_action", &serde_json::json!({ "action": "message", "args": { "content": "go" } }));
-            }
-            let mut delays = Vec::new();
-            let mut seen_running = false;
-            loop {
-                let Some(e) = c.next(Duration::from_secs(60)).await else { break };
-                if let Some(t) = e["args"]["delta"].as_str().and_then(|d| d.trim().strip_prefix('t')) {
-                    if let Ok(sent) = t.parse::<u128>() {
-                        delays.push(now_micros().saturating_sub(sent) as u64);
-                    }
-                }
-                seen_running |= is_state(&e, "running");
-                if seen_running && is_state(&e, "awaiting_user_input") {
-                    break;
-                }
-            }
-            c.close();
-            (cross, delays)
-        }));
-    }
+    let tasks: Vec<_> = clients.into_iter().map(|(cross, c)| (cross, tokio::spawn(time_answer(c, !cross)))).collect();
     let (mut same, mut cross) = (Vec::new(), Vec::new());
-    for t in tasks {
-        let (is_cross, d) = t.await.unwrap();
+    for (is_cross, task) in tasks {
+        let delays = task.await.unwrap().1.into_iter().map(|t| t.1);
         if is_cross {
-            cross.extend(d)
+            cross.extend(delays)
         } else {
-            same.extend(d)
+            same.extend(delays)
         }
     }
     (same, cross)

@@ -59,10 +59,7 @@ pub(crate) async fn stream(
     conversations: usize,
     title: &str,
 ) -> Streamed {
-    use oh_e2e::{
-        llm::{now_micros, Reply},
-        sio::SioClient,
-    };
+    use oh_e2e::{llm::Reply, sio::SioClient};
     let rss = |i: usize| rss_mib(hosts[i].pid);
     let idle: Vec<f64> = (0..hosts.len()).map(|i| rss(i).0).collect();
     let mut clients = Vec::new();
@@ -82,29 +79,7 @@ pub(crate) async fn stream(
     let hosts_cpu = || hosts.iter().map(|h| cpu_secs(h.pid)).sum::<f64>();
     let (host_cpu, bench_cpu, machine) = (hosts_cpu(), cpu_secs(std::process::id()), machine_busy_secs());
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for mut c in clients {
-        tasks.push(tokio::spawn(async move {
-            c.emit("oh_user_action", &serde_json::json!({ "action": "message", "args": { "content": "go" } }));
-            // (when the LLM sent a delta, µs since the epoch; how long it took to arrive)
-            let mut timed = Vec::new();
-            let mut events = 0usize;
-            loop {
-                let Some(e) = c.next(Duration::from_secs(60)).await else { break };
-                events += 1;
-                if let Some(t) = e["args"]["delta"].as_str().and_then(|d| d.trim().strip_prefix('t')) {
-                    if let Ok(sent) = t.parse::<u128>() {
-                        timed.push((sent, now_micros().saturating_sub(sent) as u64));
-                    }
-                }
-                if oh_e2e::sio::is_state(&e, "awaiting_user_input") {
-                    break;
-                }
-            }
-            c.close();
-            (events, timed)
-        }));
-    }
+    let tasks: Vec<_> = clients.into_iter().map(|c| tokio::spawn(time_answer(c, true))).collect();
     let mut events = 0;
     let mut timed = Vec::new();
     for t in tasks {
@@ -172,7 +147,7 @@ pub(crate) async fn stream(
 }
 
 /// The `p` quantile of sorted `values` (0 when empty).
-fn percentile(values: &[u64], p: f64) -> u64 {
+pub(crate) fn percentile(values: &[u64], p: f64) -> u64 {
     values.get(((values.len() as f64 * p) as usize).min(values.len().saturating_sub(1))).copied().unwrap_or(0)
 }
 
@@ -194,4 +169,32 @@ fn windows(timed: &[(u128, u64)]) {
             percentile(&delays, 0.99)
         );
     }
+}
+
+/// Sends the client's conversation a message when `send`, then times every delta the client
+/// gets until the answer ends (`awaiting_user_input` after `running`): the events it got and,
+/// per delta, (when the LLM sent it, µs since the epoch; how long it took to arrive).
+pub(crate) async fn time_answer(mut c: oh_e2e::sio::SioClient, send: bool) -> (usize, Vec<(u128, u64)>) {
+    use oh_e2e::{llm::now_micros, sio::is_state};
+    if send {
+        c.emit("oh_user_action", &serde_json::json!({ "action": "message", "args": { "content": "go" } }));
+    }
+    let mut timed = Vec::new();
+    let mut events = 0usize;
+    let mut seen_running = false;
+    loop {
+        let Some(e) = c.next(Duration::from_secs(60)).await else { break };
+        events += 1;
+        if let Some(t) = e["args"]["delta"].as_str().and_then(|d| d.trim().strip_prefix('t')) {
+            if let Ok(sent) = t.parse::<u128>() {
+                timed.push((sent, now_micros().saturating_sub(sent) as u64));
+            }
+        }
+        seen_running |= is_state(&e, "running");
+        if seen_running && is_state(&e, "awaiting_user_input") {
+            break;
+        }
+    }
+    c.close();
+    (events, timed)
 }
