@@ -15,9 +15,9 @@
 //!    OSS single-user auth;
 //! 6. three clustered nodes (PostgreSQL + Redis), 50 conversations spread over them, a
 //!    client on the owner and one on another node of each: LLM chunk → `oh_event` p50/p99
-//!    same-node vs cross-node (three rounds, the median); failover time over 10 kills; Redis commands and bytes per
-//!    conversation per second, streaming and idle; then 1,000 streaming at once over the three
-//!    (section 4's figures, each node's RSS);
+//!    same-node vs cross-node (three rounds, the median); failover time over 10 kills; Redis
+//!    commands and bytes per conversation per second, streaming and idle; then 1,000
+//!    streaming at once over the three (section 4's figures, each node's RSS);
 //! 7. `GET /api/settings` and conversation starts with the SaaS monitoring listener (PostHog
 //!    on a local receiver) and OpenTelemetry tracing (OTLP to a local receiver) on vs off;
 //! 8. billing: signed Stripe webhooks that each credit a purchase (signature check + ledger
