@@ -106,18 +106,16 @@ impl Reloader {
         }
         let handle = tokio::runtime::Handle::current();
         let (built, prev) = (config.clone(), previous.clone());
-        let next = tokio::task::spawn_blocking(move || {
-            let next = Registry::build_next(&built, handle, Some(&prev));
-            // Libraries are hashed when first compared (milliseconds each): here, off the
-            // async workers, rather than in `diff` below.
-            for m in prev.metas() {
-                m.fingerprint();
-            }
-            next
+        // What changed is read here too: comparing instances hashes the libraries not hashed
+        // yet (milliseconds each, `loader::LibrarySum`), which belongs off the async workers.
+        let (next, changes) = tokio::task::spawn_blocking(move || {
+            let next = Registry::build_next(&built, handle, Some(&prev))?;
+            let changes = diff(&prev, &next, generation);
+            Ok((next, changes))
         })
         .await
         .map_err(|e| vec![format!("building the plugins failed: {e}")])?
-        .map_err(|e| e.problems)?;
+        .map_err(|e: crate::registry::LoadErrors| e.problems)?;
         // The router is built at start: `routes` entries may change (their config, a rebuilt
         // library) as long as they declare the same routes.
         if let Some(problem) = routes_changed(&previous, &next) {
@@ -135,7 +133,6 @@ impl Reloader {
             next.retire_beside(&previous, self.shutdown_timeout).await;
             return Err(unhealthy);
         }
-        let changes = diff(&previous, &next, generation);
         // A replaced conversation manager: the previous one stops its loops first (they store
         // their state), then the new one serves, and the live sockets subscribe to it (they
         // start the conversation again there: it resumes from the stores, a message left
