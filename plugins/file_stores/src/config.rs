@@ -18,8 +18,11 @@ fn clean_once(root: &Path) {
     let mut cleaned = CLEANED.lock().unwrap_or_else(|e| e.into_inner());
     if cleaned.get_or_insert_with(HashSet::new).insert(root.to_path_buf()) {
         let root = root.to_path_buf();
+        // This process writes under `root` only through stores made after this call; a second
+        // back, because a file's times come from the kernel's coarse clock.
+        let since = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
         let walk = move || {
-            let removed = crate::fsutil::remove_stale_temp_files(&root);
+            let removed = crate::fsutil::remove_stale_temp_files(&root, since);
             if removed > 0 {
                 tracing::info!(root = %root.display(), removed, "removed temp files left by a crash");
             }

@@ -98,8 +98,11 @@ pub(crate) fn with_lock_file<T>(
 }
 
 /// Removes the temp files of atomic writes that a crashed process left under `root`: those
-/// of processes that are gone (a live process's may be mid-write). Returns how many.
-pub(crate) fn remove_stale_temp_files(root: &Path) -> usize {
+/// of processes that are gone (a live process's may be mid-write). A file named with this
+/// process's own pid is an earlier process's when it was last written before `since` (a
+/// container's host is pid 1 every time), and this process's own write in flight otherwise:
+/// the walk runs beside the stores' first writes. Returns how many.
+pub(crate) fn remove_stale_temp_files(root: &Path, since: std::time::SystemTime) -> usize {
     let mut removed = 0;
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -115,7 +118,11 @@ pub(crate) fn remove_stale_temp_files(root: &Path) -> usize {
             // `.<name>.tmp-<pid>-<n>`, as `write_atomic` names them.
             let Some(pid) = name.rsplit_once(".tmp-").and_then(|(_, rest)| rest.split('-').next()) else { continue };
             let Ok(pid) = pid.parse::<u32>() else { continue };
-            let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+            let alive = if pid == std::process::id() {
+                entry.metadata().and_then(|m| m.modified()).map_or(true, |written| written >= since)
+            } else {
+                Path::new(&format!("/proc/{pid}")).exists()
+            };
             if name.starts_with('.') && !alive && fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
             }
@@ -261,11 +268,29 @@ mod tests {
         for name in [".settings.json.tmp-4000000-0", ".secrets.json.tmp-1-3", "settings.json", ".lock"] {
             fs::write(sub.join(name), b"x").unwrap();
         }
-        assert_eq!(remove_stale_temp_files(dir.path()), 1);
+        assert_eq!(remove_stale_temp_files(dir.path(), std::time::SystemTime::now()), 1);
         let mut left: Vec<_> =
             fs::read_dir(&sub).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         left.sort();
         assert_eq!(left, [".lock", ".secrets.json.tmp-1-3", "settings.json"]);
+    }
+
+    /// The cleaner runs beside the stores' first writes: a temp file with this process's pid
+    /// is a write in flight when written since the process started (it stays), and an
+    /// earlier process's with the same pid otherwise (it goes).
+    #[test]
+    fn this_processs_writes_in_flight_stay_and_an_earlier_same_pid_process_leftovers_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = std::process::id();
+        let old = dir.path().join(format!(".metadata.json.tmp-{pid}-0"));
+        fs::write(&old, b"x").unwrap();
+        let written = fs::metadata(&old).unwrap().modified().unwrap();
+        let since = written + std::time::Duration::from_secs(1);
+        let in_flight = dir.path().join(format!(".metadata.json.tmp-{pid}-1"));
+        let file = fs::File::create(&in_flight).unwrap();
+        file.set_modified(since + std::time::Duration::from_secs(1)).unwrap();
+        assert_eq!(remove_stale_temp_files(dir.path(), since), 1);
+        assert!(!old.exists() && in_flight.exists());
     }
 
     #[test]
