@@ -126,10 +126,14 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env(env::RUST_LOG)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal as _;
+    // A line that cannot be written is dropped: with its internal errors on, the subscriber
+    // reports the failure with `eprintln!`, which panics when stderr is a closed pipe (a log
+    // shipper restarted, `oh-host | head`) and so took the whole server down with its agents.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false)
         .try_init();
 }
 

@@ -503,3 +503,57 @@ async fn feature_flags_follow_their_rules_per_user_on_every_host_and_reach_the_w
     out.assert_refused();
     assert!(out.stderr.contains("feature_flags `x`, rule 1: percentage must be 0 to 100"), "{}", out.stderr);
 }
+
+/// One request over a fresh connection; its status line's code, or 0 when none came back.
+fn status_of(addr: &str, request: &str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return 0 };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    if stream.write_all(request.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.get(9..12).and_then(|code| code.parse().ok()).unwrap_or(0)
+}
+
+/// The log's reader going away (a log shipper restarted, `oh-host 2>&1 | head`) costs the
+/// lines written meanwhile, never the server: it once panicked on its next log line.
+#[test]
+fn a_closed_log_pipe_loses_lines_not_the_server() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    let mut child = Command::new(oh_e2e::host_binary())
+        .arg("--config")
+        .arg(d.profile_path())
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn oh-host");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("oh-host exited before listening").unwrap();
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    drop(lines); // the pipe's only reader: every later write fails with EPIPE
+
+    // Requests that log (at debug, each one does), a failing one included.
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    for _ in 0..20 {
+        status_of(&addr, &get("/api/settings"));
+        status_of(&addr, &get("/api/conversations/not-a-conversation"));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let exited = child.try_wait().unwrap();
+    let alive = status_of(&addr, &get("/alive"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(exited, None, "the host exited once its log pipe closed");
+    assert_eq!(alive, 200);
+}
