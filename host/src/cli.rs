@@ -131,7 +131,7 @@ fn init_logging() {
     // shipper restarted, `oh-host | head`) and so took the whole server down with its agents.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::logging::line)
         .with_ansi(std::io::stderr().is_terminal())
         .log_internal_errors(false)
         .try_init();
@@ -389,8 +389,10 @@ fn serve(cli: &Cli) -> ExitCode {
             tracing::info!("  {:<22} {}::{}", m.point.key(), m.library, m.implementation);
         }
         let listeners = crate::Listeners { public: listener, admin };
+        crate::logging::serving();
         crate::serve(&config, registry, listeners, crate::shutdown_signal()).await.map_err(|e| e.to_string())
     });
+    crate::logging::stop_serving(std::time::Duration::from_secs(2));
     crate::telemetry::shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,

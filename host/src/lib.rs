@@ -35,6 +35,7 @@ pub mod git;
 pub mod http;
 pub mod isolation;
 pub mod loader;
+pub mod logging;
 pub mod metrics;
 pub mod registry;
 pub mod reload;

@@ -517,19 +517,18 @@ fn status_of(addr: &str, request: &str) -> u16 {
     answer.get(9..12).and_then(|code| code.parse().ok()).unwrap_or(0)
 }
 
-/// The log's reader going away (a log shipper restarted, `oh-host 2>&1 | head`) costs the
-/// lines written meanwhile, never the server: it once panicked on its next log line.
-#[test]
-fn a_closed_log_pipe_loses_lines_not_the_server() {
+/// `oh-host --config <profile>` at `RUST_LOG=<level>`, its stderr a pipe; the pipe's reader
+/// (past the "listening" line) and the address.
+fn host_logging_to_a_pipe(
+    d: &Deployment,
+    level: &str,
+) -> (std::process::Child, std::io::Lines<std::io::BufReader<std::process::ChildStderr>>, String) {
     use std::io::{BufRead as _, BufReader};
     use std::process::{Command, Stdio};
-    let d = Deployment::new();
-    d.install_bundled();
-    d.write_profile("", "");
     let mut child = Command::new(oh_e2e::host_binary())
         .arg("--config")
         .arg(d.profile_path())
-        .env("RUST_LOG", "debug")
+        .env("RUST_LOG", level)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -541,19 +540,74 @@ fn a_closed_log_pipe_loses_lines_not_the_server() {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
+    (child, lines, addr)
+}
+
+fn get(addr: &str, path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+}
+
+/// The log's reader going away (a log shipper restarted, `oh-host 2>&1 | head`) costs the
+/// lines written meanwhile, never the server: it once panicked on its next log line.
+#[test]
+fn a_closed_log_pipe_loses_lines_not_the_server() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    let (mut child, lines, addr) = host_logging_to_a_pipe(&d, "debug");
     drop(lines); // the pipe's only reader: every later write fails with EPIPE
 
     // Requests that log (at debug, each one does), a failing one included.
-    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     for _ in 0..20 {
-        status_of(&addr, &get("/api/settings"));
-        status_of(&addr, &get("/api/conversations/not-a-conversation"));
+        status_of(&addr, &get(&addr, "/api/settings"));
+        status_of(&addr, &get(&addr, "/api/conversations/not-a-conversation"));
     }
     std::thread::sleep(Duration::from_millis(300));
     let exited = child.try_wait().unwrap();
-    let alive = status_of(&addr, &get("/alive"));
+    let alive = status_of(&addr, &get(&addr, "/alive"));
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(exited, None, "the host exited once its log pipe closed");
     assert_eq!(alive, 200);
+}
+
+/// A log nobody reads (a terminal paused with Ctrl-S, a stalled shipper) fills its pipe;
+/// the server goes on serving, drops lines, and says how many once the log moves again.
+#[test]
+fn a_log_nobody_reads_drops_lines_and_the_server_serves() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    // At debug, each request logs a line: more than a pipe (64 KiB) and the queue hold.
+    let (mut child, lines, addr) = host_logging_to_a_pipe(&d, "debug");
+    let mut answered = 0;
+    for _ in 0..2500 {
+        if status_of(&addr, &get(&addr, "/api/settings")) == 0 {
+            break;
+        }
+        answered += 1;
+    }
+    let alive = status_of(&addr, &get(&addr, "/alive"));
+    // The log moves again: what was queued comes out, then the count of what was not.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let start = std::time::Instant::now();
+    while !log.lock().unwrap().contains("log line(s) dropped") && start.elapsed() < Duration::from_secs(20) {
+        status_of(&addr, &get(&addr, "/alive"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answered, 2500, "the server stopped answering while its log was not read");
+    assert_eq!(alive, 200);
+    let log = log.lock().unwrap();
+    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+    assert!(log.contains("log line(s) dropped: stderr was not read fast enough"), "{tail:#?}");
 }
