@@ -12,6 +12,30 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use plugin_api::ExtensionPoint;
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
+/// `println!` for the commands. A reader that went away (`oh-host plugins | head -1`) ends
+/// the command quietly, as it ends any Unix tool, where `println!` would panic.
+macro_rules! outln {
+    ($($arg:tt)*) => { write_or_leave(&mut std::io::stdout(), format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `eprintln!`, and `eprint!` (`errs!`), the same way.
+macro_rules! errln {
+    ($($arg:tt)*) => { write_or_leave(&mut std::io::stderr(), format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! errs {
+    ($($arg:tt)*) => { write_or_leave(&mut std::io::stderr(), format_args!($($arg)*)) };
+}
+
+/// Writes, or exits as SIGPIPE would end the process (status 141, what a shell shows for it)
+/// when nobody reads any more. Another error leaves nothing to report it with.
+fn write_or_leave(to: &mut dyn std::io::Write, text: std::fmt::Arguments<'_>) {
+    if let Err(e) = to.write_fmt(text) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+    }
+}
+
 const ABOUT: &str = "An OpenHands-compatible agent server whose every part is a plugin library.";
 
 const AFTER_HELP: &str = "\
@@ -171,14 +195,14 @@ fn revoke(cli: &Cli, user: &str, admin: Option<&str>) -> ExitCode {
             Err(code) => return code,
         };
     if status.as_u16() == 404 {
-        eprintln!("oh-host: {base} keeps no sign-in sessions: they come with saas_auth's SaasAuthRoutes and Keycloak configured");
+        errln!("oh-host: {base} keeps no sign-in sessions: they come with saas_auth's SaasAuthRoutes and Keycloak configured");
         return ExitCode::FAILURE;
     }
     if !status.is_success() {
-        eprintln!("oh-host: {}", body["error"].as_str().or(body["message"].as_str()).unwrap_or(status.as_str()));
+        errln!("oh-host: {}", body["error"].as_str().or(body["message"].as_str()).unwrap_or(status.as_str()));
         return ExitCode::FAILURE;
     }
-    println!("ended {} session(s) of {user}", body["sessions_ended"]);
+    outln!("ended {} session(s) of {user}", body["sessions_ended"]);
     ExitCode::SUCCESS
 }
 
@@ -186,7 +210,7 @@ fn revoke(cli: &Cli, user: &str, admin: Option<&str>) -> ExitCode {
 /// class name this server does not know is reported.
 fn profile(cli: &Cli) -> Result<PathBuf, ExitCode> {
     config::profile_path(cli.config.as_deref(), &env::process).map_err(|e| {
-        eprintln!("oh-host: {e}");
+        errln!("oh-host: {e}");
         ExitCode::FAILURE
     })
 }
@@ -202,7 +226,7 @@ fn admin_base(cli: &Cli, admin: Option<&str>) -> Result<String, ExitCode> {
     match config.and_then(|c| c.server.admin_bind) {
         Some(addr) => Ok(format!("http://{addr}")),
         None => {
-            eprintln!(
+            errln!(
                 "oh-host: {}: no admin listener to ask ([server] admin_bind is \"off\", or the profile does not read: {}); pass --admin URL",
                 path.display(),
                 problems.join("; ")
@@ -229,7 +253,7 @@ fn ask_admin(
         Ok::<_, reqwest::Error>((status, r.json::<serde_json::Value>().await.unwrap_or_default()))
     });
     answer.map_err(|e| {
-        eprintln!("oh-host: cannot reach the admin listener at {base} ({e}); is the server running? (--admin URL)");
+        errln!("oh-host: cannot reach the admin listener at {base} ({e}); is the server running? (--admin URL)");
         ExitCode::FAILURE
     })
 }
@@ -245,16 +269,16 @@ fn reload(cli: &Cli, admin: Option<&str>) -> ExitCode {
         Err(code) => return code,
     };
     if !status.is_success() {
-        eprintln!("oh-host: {}", body["error"].as_str().unwrap_or(status.as_str()));
+        errln!("oh-host: {}", body["error"].as_str().unwrap_or(status.as_str()));
         for p in body["problems"].as_array().into_iter().flatten() {
-            eprintln!("  - {}", p.as_str().unwrap_or_default());
+            errln!("  - {}", p.as_str().unwrap_or_default());
         }
         return ExitCode::FAILURE;
     }
-    println!("reloaded: generation {}", body["generation"]);
+    outln!("reloaded: generation {}", body["generation"]);
     for what in ["added", "removed", "replaced", "unchanged"] {
         let list: Vec<&str> = body[what].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
-        println!("  {what:<9} {}", if list.is_empty() { "-".to_owned() } else { list.join(", ") });
+        outln!("  {what:<9} {}", if list.is_empty() { "-".to_owned() } else { list.join(", ") });
     }
     ExitCode::SUCCESS
 }
@@ -275,21 +299,21 @@ fn webhooks(cli: &Cli, action: &WebhookAction, admin: Option<&str>) -> ExitCode 
     };
     let ours = body["error"].as_str().is_some_and(|e| e.starts_with("no dead letter"));
     if status.as_u16() == 404 && !ours {
-        eprintln!("oh-host: {base} serves no webhooks: load the integrations plugin ([[extensions.routes]] library = \"integrations\")");
+        errln!("oh-host: {base} serves no webhooks: load the integrations plugin ([[extensions.routes]] library = \"integrations\")");
         return ExitCode::FAILURE;
     }
     if !status.is_success() {
-        eprintln!("oh-host: {}", body["error"].as_str().unwrap_or(status.as_str()));
+        errln!("oh-host: {}", body["error"].as_str().unwrap_or(status.as_str()));
         return ExitCode::FAILURE;
     }
     match action {
         WebhookAction::List => {
             let letters = body["dead_letters"].as_array().cloned().unwrap_or_default();
             if letters.is_empty() {
-                println!("no dead letters");
+                outln!("no dead letters");
             }
             for l in letters {
-                println!(
+                outln!(
                     "{}\t{}\t{}\t{}\tattempts {}\treceived {}\t{}",
                     l["id"],
                     l["source"].as_str().unwrap_or(""),
@@ -301,7 +325,7 @@ fn webhooks(cli: &Cli, action: &WebhookAction, admin: Option<&str>) -> ExitCode 
                 );
             }
         }
-        WebhookAction::Replay { id } => println!("delivery {id} queued again"),
+        WebhookAction::Replay { id } => outln!("delivery {id} queued again"),
     }
     ExitCode::SUCCESS
 }
@@ -314,7 +338,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// binding. Problems are printed; `None` then.
 fn load(cli: &Cli, rt: &tokio::runtime::Runtime) -> Option<(PathBuf, config::Config, Arc<Registry>)> {
     let path = profile(cli).ok()?;
-    let mut config = config::load(&path).map_err(|e| eprint!("oh-host: {e}")).ok()?;
+    let mut config = config::load(&path).map_err(|e| errs!("oh-host: {e}")).ok()?;
     if let Some(bind) = cli.bind {
         config.server.bind = bind;
     }
@@ -324,17 +348,17 @@ fn load(cli: &Cli, rt: &tokio::runtime::Runtime) -> Option<(PathBuf, config::Con
         Some(text) => match text.parse() {
             Ok(addr) => config.server.admin_bind = Some(addr),
             Err(e) => {
-                eprintln!("oh-host: --admin-bind `{text}`: {e} (an address like 127.0.0.1:9465, or off)");
+                errln!("oh-host: --admin-bind `{text}`: {e} (an address like 127.0.0.1:9465, or off)");
                 return None;
             }
         },
     }
     let registry =
-        Registry::build(&config, rt.handle().clone()).map_err(|e| eprint!("oh-host: {}: {e}", path.display())).ok()?;
+        Registry::build(&config, rt.handle().clone()).map_err(|e| errs!("oh-host: {}: {e}", path.display())).ok()?;
     if let Err(problems) = crate::http::plugin_routes::collect(&registry) {
-        eprintln!("oh-host: {}: cannot mount the plugins' routes:", path.display());
+        errln!("oh-host: {}: cannot mount the plugins' routes:", path.display());
         for p in problems {
-            eprintln!("  - {p}");
+            errln!("  - {p}");
         }
         return None;
     }
@@ -351,7 +375,7 @@ fn serve(cli: &Cli) -> ExitCode {
         &config.server.env.otel_service_name,
         config.server.env.otel_protocol.as_deref(),
     ) {
-        eprintln!("oh-host: {e}");
+        errln!("oh-host: {e}");
         return ExitCode::FAILURE;
     }
     let result = rt.block_on(async {
@@ -397,7 +421,7 @@ fn serve(cli: &Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("oh-host: {e}");
+            errln!("oh-host: {e}");
             ExitCode::FAILURE
         }
     }
@@ -437,9 +461,9 @@ fn check(cli: &Cli) -> ExitCode {
     }
     if !problems.is_empty() {
         let n = problems.len();
-        eprintln!("oh-host: {}: {n} problem{}", path.display(), if n == 1 { "" } else { "s" });
+        errln!("oh-host: {}: {n} problem{}", path.display(), if n == 1 { "" } else { "s" });
         for p in &problems {
-            eprintln!("  - {p}");
+            errln!("  - {p}");
         }
         if let (Some(registry), Some(config)) = (&registry, &config) {
             rt.block_on(registry.shutdown(config.server.shutdown_timeout));
@@ -449,13 +473,13 @@ fn check(cli: &Cli) -> ExitCode {
     let (Some(registry), Some(config)) = (registry, config) else { return ExitCode::FAILURE };
     let health = rt.block_on(registry.health());
     let failed = health.iter().filter(|(_, h)| h.is_err()).count();
-    println!("{}: {}", path.display(), if failed == 0 { "OK" } else { "FAILED" });
+    outln!("{}: {}", path.display(), if failed == 0 { "OK" } else { "FAILED" });
     for (m, h) in &health {
         let state = match h {
             Ok(detail) => format!("ok: {detail}"),
             Err(reason) => format!("FAILED: {reason}"),
         };
-        println!(
+        outln!(
             "  {:<22} {}::{} ({} ms timeout) {state}",
             m.point.key(),
             m.library,
@@ -467,7 +491,7 @@ fn check(cli: &Cli) -> ExitCode {
     if failed == 0 {
         ExitCode::SUCCESS
     } else {
-        eprintln!("oh-host: {failed} instance(s) are not healthy; see above");
+        errln!("oh-host: {failed} instance(s) are not healthy; see above");
         ExitCode::FAILURE
     }
 }
@@ -481,14 +505,14 @@ fn admin(cli: &Cli, op: StoreOperation) -> ExitCode {
     };
     let results = rt.block_on(registry.operate(op));
     let mut failed = false;
-    println!("{}: {command}", path.display());
+    outln!("{}: {command}", path.display());
     for (store, result) in results {
         match result {
-            Ok(Some(report)) => println!("  {store}: {report}"),
-            Ok(None) => println!("  {store}: nothing to do (this store has no `{command}`)"),
+            Ok(Some(report)) => outln!("  {store}: {report}"),
+            Ok(None) => outln!("  {store}: nothing to do (this store has no `{command}`)"),
             Err(e) => {
                 failed = true;
-                println!("  {store}: FAILED: {e}");
+                outln!("  {store}: FAILED: {e}");
             }
         }
     }
@@ -508,7 +532,7 @@ fn plugins(cli: &Cli, dir: Option<&PathBuf>) -> ExitCode {
             match config::load(&path) {
                 Ok(c) => c.server.plugins_dir,
                 Err(e) => {
-                    eprintln!("{e}(use --dir DIR to list a directory without a valid profile)");
+                    errln!("{e}(use --dir DIR to list a directory without a valid profile)");
                     return ExitCode::FAILURE;
                 }
             }
@@ -517,35 +541,35 @@ fn plugins(cli: &Cli, dir: Option<&PathBuf>) -> ExitCode {
     let libraries = match loader::scan(&dir) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("oh-host: {e}");
+            errln!("oh-host: {e}");
             return ExitCode::FAILURE;
         }
     };
-    println!(
+    outln!(
         "plugins in {} (this host speaks plugin-api {}.{})",
         dir.display(),
         plugin_api::API_MAJOR,
         plugin_api::API_MINOR
     );
     if libraries.is_empty() {
-        println!("  (none; run `make plugins`)");
+        outln!("  (none; run `make plugins`)");
     }
     let mut failed = false;
     for (name, lib) in libraries {
         match lib {
             Ok(lib) => {
-                println!("\n{name}  {}", lib.path.display());
-                println!("  version {}  plugin-api {}  {}", lib.version, lib.api_version(), lib.api.rustc.as_str());
-                println!("  sha256  {}", lib.sha256);
+                outln!("\n{name}  {}", lib.path.display());
+                outln!("  version {}  plugin-api {}  {}", lib.version, lib.api_version(), lib.api.rustc.as_str());
+                outln!("  sha256  {}", lib.sha256);
                 for point in ExtensionPoint::ALL {
                     for i in lib.implementations.iter().filter(|i| i.point == point) {
-                        println!("  {:<22} {:<26} {}", point.key(), i.name, i.description);
+                        outln!("  {:<22} {:<26} {}", point.key(), i.name, i.description);
                     }
                 }
             }
             Err(e) => {
                 failed = true;
-                println!("\n{name}  REFUSED: {e}");
+                outln!("\n{name}  REFUSED: {e}");
             }
         }
     }

@@ -25,6 +25,38 @@ fn plugins_lists_every_library_with_hash_version_and_implementations() {
     assert!(!out.status.success());
 }
 
+/// `oh-host plugins | head -1`: a reader that went away ends a command quietly (status 141,
+/// what a shell shows for SIGPIPE), not with a panic's message and status 101.
+#[test]
+fn a_command_whose_output_nobody_reads_ends_quietly() {
+    use std::process::{Command, Output, Stdio};
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    // `command` with stdout or stderr a pipe nobody reads any more: every write fails (EPIPE).
+    let run = |command: &str, closed_stdout: bool| -> Output {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut c = Command::new(oh_e2e::host_binary());
+        c.args([command, "--config"]).arg(d.profile_path()).env("RUST_LOG", "warn");
+        if closed_stdout {
+            c.stdout(writer).stderr(Stdio::piped());
+        } else {
+            c.stdout(Stdio::piped()).stderr(writer);
+        }
+        c.output().unwrap()
+    };
+    let listing = run("plugins", true);
+    // A profile with a problem: `check` reports it on stderr.
+    std::fs::write(d.profile_path(), "[server]\nbind = 3\n").unwrap();
+    let refusal = run("check", false);
+    for (what, out) in [("plugins, stdout closed", listing), ("check, stderr closed", refusal)] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{what}: {:?}\n{stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    }
+}
+
 #[test]
 fn check_accepts_a_good_profile_and_names_what_it_would_load() {
     let d = Deployment::new();
