@@ -416,7 +416,7 @@ fn serve(cli: &Cli) -> ExitCode {
         crate::logging::serving();
         crate::serve(&config, registry, listeners, crate::shutdown_signal()).await.map_err(|e| e.to_string())
     });
-    crate::logging::stop_serving(std::time::Duration::from_secs(2));
+    crate::logging::flush(std::time::Duration::from_secs(2));
     crate::telemetry::shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,8 +5,8 @@
 //! shipper that stalls): written from the runtime's workers, one such write would stop every
 //! request and every agent. While the server serves, a line is queued instead (bounded), and
 //! a line that finds the queue full is dropped and counted; the count is written before the
-//! next line that gets through. Before and after serving, lines are written at once, in order
-//! with the messages the commands print themselves.
+//! next line that gets through. Before serving, lines are written at once, in order with the
+//! messages the commands print themselves.
 
 use std::{
     io::{self, Write as _},
@@ -80,19 +80,14 @@ pub fn serving() {
     QUEUED.store(true, Ordering::Release);
 }
 
-/// Back to writing lines at once, after what is queued is written (waiting at most `within`:
-/// stderr may not be read at all).
-pub fn stop_serving(within: Duration) {
+/// Waits until what is queued is written, at most `within` (stderr may not be read at all):
+/// at the end of serving, before the command's last message. Lines stay queued from then on,
+/// so that a stderr nobody reads cannot hold the process at its exit either.
+pub fn flush(within: Duration) {
     let deadline = Instant::now() + within;
-    let drain = || {
-        while PENDING.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    };
-    drain();
-    QUEUED.store(false, Ordering::Release);
-    // Lines queued by threads that checked just before the switch.
-    drain();
+    while PENDING.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 fn write_lines(rx: mpsc::Receiver<Vec<u8>>) {

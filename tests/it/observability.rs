@@ -611,3 +611,32 @@ fn a_log_nobody_reads_drops_lines_and_the_server_serves() {
     let tail: Vec<&str> = log.lines().rev().take(20).collect();
     assert!(log.contains("log line(s) dropped: stderr was not read fast enough"), "{tail:#?}");
 }
+
+/// SIGTERM with a log nobody reads: the server still stops (its last lines get two seconds).
+#[test]
+fn a_log_nobody_reads_does_not_hold_the_server_at_its_exit() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    let (mut child, _lines, addr) = host_logging_to_a_pipe(&d, "debug");
+    for _ in 0..1500 {
+        if status_of(&addr, &get(&addr, "/api/settings")) == 0 {
+            break;
+        }
+    }
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = status.expect("oh-host did not stop within 15 s of SIGTERM while its log was not read");
+    assert!(status.success(), "{status:?}");
+}
