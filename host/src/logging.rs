@@ -40,19 +40,18 @@ pub struct Line;
 impl io::Write for Line {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if QUEUED.load(Ordering::Acquire) {
-            if let Some(queue) = QUEUE.get() {
-                PENDING.fetch_add(1, Ordering::AcqRel);
-                match queue.try_send(buf.to_vec()) {
-                    Ok(()) => return Ok(buf.len()),
-                    Err(mpsc::TrySendError::Full(_)) => {
-                        PENDING.fetch_sub(1, Ordering::AcqRel);
-                        DROPPED.fetch_add(1, Ordering::Relaxed);
-                        return Ok(buf.len());
-                    }
-                    // The writer thread is gone (it never ends): write it here.
-                    Err(mpsc::TrySendError::Disconnected(_)) => {
-                        PENDING.fetch_sub(1, Ordering::AcqRel);
-                    }
+            let queue = QUEUE.get_or_init(start_writer);
+            PENDING.fetch_add(1, Ordering::AcqRel);
+            match queue.try_send(buf.to_vec()) {
+                Ok(()) => return Ok(buf.len()),
+                Err(mpsc::TrySendError::Full(_)) => {
+                    PENDING.fetch_sub(1, Ordering::AcqRel);
+                    DROPPED.fetch_add(1, Ordering::Relaxed);
+                    return Ok(buf.len());
+                }
+                // No writer thread (it could not start; it never ends): written here.
+                Err(mpsc::TrySendError::Disconnected(_)) => {
+                    PENDING.fetch_sub(1, Ordering::AcqRel);
                 }
             }
         }
@@ -65,19 +64,24 @@ impl io::Write for Line {
     }
 }
 
-/// From now on, lines are queued and written by their own thread. Best effort: without a
-/// thread, lines are written at once as before.
+/// From now on, lines are queued and written by their own thread.
 pub fn serving() {
-    QUEUE.get_or_init(|| {
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_LINES);
-        let started = std::thread::Builder::new().name("oh-host-log".into()).spawn(move || write_lines(rx));
-        if let Err(e) = started {
-            tracing::warn!(error = %e, "no thread for the log: lines are written by the threads that log them");
-        }
-        // A queue whose thread did not start is disconnected: `Line` then writes at once.
-        tx
-    });
     QUEUED.store(true, Ordering::Release);
+}
+
+/// The queue and its thread, started by the first line logged while serving (a server that
+/// logs nothing has no such thread). A thread that cannot start leaves the queue
+/// disconnected: lines are then written at once, as before serving.
+fn start_writer() -> mpsc::SyncSender<Vec<u8>> {
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_LINES);
+    if let Err(e) = std::thread::Builder::new().name("oh-host-log".into()).spawn(move || write_lines(rx)) {
+        // Not through `tracing`: this runs inside a log call.
+        let _ = writeln!(
+            io::stderr(),
+            "oh-host: no thread for the log ({e}): lines are written by the threads that log them"
+        );
+    }
+    tx
 }
 
 /// Waits until what is queued is written, at most `within` (stderr may not be read at all):
