@@ -7,8 +7,13 @@
 //! a line that finds the queue full is dropped and counted; the count is written before the
 //! next line that gets through. Before serving, lines are written at once, in order with the
 //! messages the commands print themselves.
+//!
+//! One event is one line: a line break inside one (an error that quotes a workspace's file
+//! name, a plugin's message, a remote server's answer) is written as `\n`, so that nothing a
+//! user or a workspace controls can forge a line of its own in the operators' log.
 
 use std::{
+    borrow::Cow,
     io::{self, Write as _},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -39,29 +44,51 @@ pub struct Line;
 
 impl io::Write for Line {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let line = one_line(buf);
         if QUEUED.load(Ordering::Acquire) {
             let queue = QUEUE.get_or_init(start_writer);
             PENDING.fetch_add(1, Ordering::AcqRel);
-            match queue.try_send(buf.to_vec()) {
-                Ok(()) => return Ok(buf.len()),
+            match queue.try_send(line.into_owned()) {
+                Ok(()) => {}
                 Err(mpsc::TrySendError::Full(_)) => {
                     PENDING.fetch_sub(1, Ordering::AcqRel);
                     DROPPED.fetch_add(1, Ordering::Relaxed);
-                    return Ok(buf.len());
                 }
                 // No writer thread (it could not start; it never ends): written here.
-                Err(mpsc::TrySendError::Disconnected(_)) => {
+                Err(mpsc::TrySendError::Disconnected(line)) => {
                     PENDING.fetch_sub(1, Ordering::AcqRel);
+                    io::stderr().write_all(&line)?;
                 }
             }
+        } else {
+            io::stderr().write_all(&line)?;
         }
-        io::stderr().write_all(buf)?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// `event` with every line break but its last written as `\n` (and `\r`): one line.
+fn one_line(event: &[u8]) -> Cow<'_, [u8]> {
+    let body = event.strip_suffix(b"\n").unwrap_or(event);
+    if !body.iter().any(|&b| b == b'\n' || b == b'\r') {
+        return Cow::Borrowed(event);
+    }
+    let mut line = Vec::with_capacity(event.len() + 16);
+    for &b in body {
+        match b {
+            b'\n' => line.extend_from_slice(b"\\n"),
+            b'\r' => line.extend_from_slice(b"\\r"),
+            _ => line.push(b),
+        }
+    }
+    if body.len() < event.len() {
+        line.push(b'\n');
+    }
+    Cow::Owned(line)
 }
 
 /// From now on, lines are queued and written by their own thread.
@@ -104,5 +131,26 @@ fn write_lines(rx: mpsc::Receiver<Vec<u8>>) {
         // A write that fails (stderr closed) loses the line, never the server.
         let _ = stderr.write_all(&line);
         PENDING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_one_line_whatever_its_fields_hold() {
+        let forged =
+            b"WARN agent turn failed error=no such file: a\n2026-12-07T00:00:00Z  INFO oh_host: admin signed in\r\n";
+        assert_eq!(
+            &*one_line(forged),
+            &b"WARN agent turn failed error=no such file: a\\n2026-12-07T00:00:00Z  INFO oh_host: admin signed in\\r\n"
+                [..]
+        );
+        assert_eq!(one_line(forged).iter().filter(|&&b| b == b'\n').count(), 1);
+        // An ordinary line is written as it is, without a copy.
+        assert!(matches!(one_line(b"INFO listening\n"), Cow::Borrowed(b"INFO listening\n")));
+        // Without its final line break (a writer given part of a line), none is added.
+        assert_eq!(&*one_line(b"a\nb"), &b"a\\nb"[..]);
     }
 }
