@@ -517,14 +517,17 @@ fn status_of(addr: &str, request: &str) -> u16 {
     answer.get(9..12).and_then(|code| code.parse().ok()).unwrap_or(0)
 }
 
-/// `oh-host --config <profile>` at `RUST_LOG=<level>`, its stderr a pipe; the pipe's reader
-/// (past the "listening" line) and the address.
-fn host_logging_to_a_pipe(
-    d: &Deployment,
-    level: &str,
-) -> (std::process::Child, std::io::Lines<std::io::BufReader<std::process::ChildStderr>>, String) {
+/// The log's reader, past the "listening" line.
+type LogPipe = std::io::Lines<std::io::BufReader<std::process::ChildStderr>>;
+
+/// `oh-host` with the bundled plugins at `RUST_LOG=<level>`, its stderr a pipe: the
+/// deployment, the process, the pipe's reader and the address.
+fn host_logging_to_a_pipe(level: &str) -> (Deployment, std::process::Child, LogPipe, String) {
     use std::io::{BufRead as _, BufReader};
     use std::process::{Command, Stdio};
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
     let mut child = Command::new(oh_e2e::host_binary())
         .arg("--config")
         .arg(d.profile_path())
@@ -540,7 +543,13 @@ fn host_logging_to_a_pipe(
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
-    (child, lines, addr)
+    (d, child, lines, addr)
+}
+
+/// Up to `n` `GET /api/settings` one after the other (at debug, each logs a line); how many
+/// were answered before the first that was not.
+fn settings_answered(addr: &str, n: usize) -> usize {
+    (0..n).take_while(|_| status_of(addr, &get(addr, "/api/settings")) != 0).count()
 }
 
 fn get(addr: &str, path: &str) -> String {
@@ -551,10 +560,7 @@ fn get(addr: &str, path: &str) -> String {
 /// lines written meanwhile, never the server: it once panicked on its next log line.
 #[test]
 fn a_closed_log_pipe_loses_lines_not_the_server() {
-    let d = Deployment::new();
-    d.install_bundled();
-    d.write_profile("", "");
-    let (mut child, lines, addr) = host_logging_to_a_pipe(&d, "debug");
+    let (_d, mut child, lines, addr) = host_logging_to_a_pipe("debug");
     drop(lines); // the pipe's only reader: every later write fails with EPIPE
 
     // Requests that log (at debug, each one does), a failing one included.
@@ -575,18 +581,9 @@ fn a_closed_log_pipe_loses_lines_not_the_server() {
 /// the server goes on serving, drops lines, and says how many once the log moves again.
 #[test]
 fn a_log_nobody_reads_drops_lines_and_the_server_serves() {
-    let d = Deployment::new();
-    d.install_bundled();
-    d.write_profile("", "");
-    // At debug, each request logs a line: more than a pipe (64 KiB) and the queue hold.
-    let (mut child, lines, addr) = host_logging_to_a_pipe(&d, "debug");
-    let mut answered = 0;
-    for _ in 0..2500 {
-        if status_of(&addr, &get(&addr, "/api/settings")) == 0 {
-            break;
-        }
-        answered += 1;
-    }
+    let (_d, mut child, lines, addr) = host_logging_to_a_pipe("debug");
+    // More lines than a pipe (64 KiB) and the queue hold.
+    let answered = settings_answered(&addr, 2500);
     let alive = status_of(&addr, &get(&addr, "/alive"));
     // The log moves again: what was queued comes out, then the count of what was not.
     let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -615,15 +612,8 @@ fn a_log_nobody_reads_drops_lines_and_the_server_serves() {
 /// SIGTERM with a log nobody reads: the server still stops (its last lines get two seconds).
 #[test]
 fn a_log_nobody_reads_does_not_hold_the_server_at_its_exit() {
-    let d = Deployment::new();
-    d.install_bundled();
-    d.write_profile("", "");
-    let (mut child, _lines, addr) = host_logging_to_a_pipe(&d, "debug");
-    for _ in 0..1500 {
-        if status_of(&addr, &get(&addr, "/api/settings")) == 0 {
-            break;
-        }
-    }
+    let (_d, mut child, _lines, addr) = host_logging_to_a_pipe("debug");
+    settings_answered(&addr, 1500);
     let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let start = std::time::Instant::now();
     let status = loop {
