@@ -153,12 +153,19 @@ fn init_logging() {
     // A line that cannot be written is dropped: with its internal errors on, the subscriber
     // reports the failure with `eprintln!`, which panics when stderr is a closed pipe (a log
     // shipper restarted, `oh-host | head`) and so took the whole server down with its agents.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(crate::logging::line)
-        .with_ansi(std::io::stderr().is_terminal())
-        .log_internal_errors(false)
-        .try_init();
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(crate::logging::line).log_internal_errors(false);
+    match env::process(env::LOG_JSON).map(|v| seed_env::flag(&v)) {
+        Some(Ok(true)) => {
+            let _ = builder.with_ansi(false).event_format(crate::logging::Json).try_init();
+        }
+        json => {
+            let _ = builder.with_ansi(std::io::stderr().is_terminal()).try_init();
+            if let Some(Err(e)) = json {
+                tracing::warn!("{}: {e}; the log is written as plain lines", env::LOG_JSON);
+            }
+        }
+    }
 }
 
 pub fn main() -> ExitCode {

@@ -16,6 +16,8 @@ pub const OPENHANDS_CONFIG_CLS: &str = "OPENHANDS_CONFIG_CLS";
 pub const APP_MODE: &str = "APP_MODE";
 /// `tracing` filter for the logs (e.g. `info,oh_host=debug`); default `info`.
 pub const RUST_LOG: &str = "RUST_LOG";
+/// A flag, as in OpenHands: each log line a JSON object (for log shippers); default plain text.
+pub const LOG_JSON: &str = "LOG_JSON";
 /// `HOME`, for `~` in profile paths.
 pub const HOME: &str = "HOME";
 /// Comma-separated origins allowed by CORS; default: any `localhost`/`127.0.0.1` origin.
@@ -85,6 +87,7 @@ pub const ALL: &[&str] = &[
     OPENHANDS_CONFIG_CLS,
     APP_MODE,
     RUST_LOG,
+    LOG_JSON,
     HOME,
     PERMITTED_CORS_ORIGINS,
     FRONTEND_DIRECTORY,

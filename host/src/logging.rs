@@ -11,6 +11,9 @@
 //! One event is one line: a line break inside one (an error that quotes a workspace's file
 //! name, a plugin's message, a remote server's answer) is written as `\n`, so that nothing a
 //! user or a workspace controls can forge a line of its own in the operators' log.
+//!
+//! `LOG_JSON` (as OpenHands reads it) makes each line a JSON object, for log shippers:
+//! [`Json`].
 
 use std::{
     borrow::Cow,
@@ -20,6 +23,18 @@ use std::{
         mpsc, OnceLock,
     },
     time::{Duration, Instant},
+};
+use tracing::{
+    field::{Field, Visit},
+    Event, Subscriber,
+};
+use tracing_subscriber::{
+    fmt::{
+        format::Writer,
+        time::{FormatTime as _, SystemTime},
+        FmtContext, FormatEvent, FormatFields, FormattedFields,
+    },
+    registry::LookupSpan,
 };
 
 /// Lines waiting for the writer thread (a few hundred KiB): a burst's worth; a log that
@@ -131,6 +146,71 @@ fn write_lines(rx: mpsc::Receiver<Vec<u8>>) {
         // A write that fails (stderr closed) loses the line, never the server.
         let _ = stderr.write_all(&line);
         PENDING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Each event as one JSON object, with the keys OpenHands' JSON logs have (`message`,
+/// `levelname`, `name`: the target, `asctime`), the event's fields beside them and the spans
+/// it is in (`request{id=… method=GET path=/…}`) as `span`.
+pub struct Json;
+
+impl<S, N> FormatEvent<S, N> for Json
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+        let mut fields = JsonFields::default();
+        event.record(&mut fields);
+        let mut object = fields.0;
+        let meta = event.metadata();
+        let mut asctime = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut asctime))?;
+        object.insert("levelname".into(), meta.level().as_str().into());
+        object.insert("name".into(), meta.target().into());
+        object.insert("asctime".into(), asctime.into());
+        if let Some(scope) = ctx.event_scope() {
+            let spans: Vec<String> = scope
+                .from_root()
+                .map(|span| {
+                    let extensions = span.extensions();
+                    match extensions.get::<FormattedFields<N>>().filter(|f| !f.is_empty()) {
+                        Some(fields) => format!("{}{{{fields}}}", span.name()),
+                        None => span.name().to_owned(),
+                    }
+                })
+                .collect();
+            object.insert("span".into(), spans.join(":").into());
+        }
+        writeln!(writer, "{}", serde_json::Value::Object(object))
+    }
+}
+
+/// An event's fields as JSON values (`message` included).
+#[derive(Default)]
+struct JsonFields(serde_json::Map<String, serde_json::Value>);
+
+impl Visit for JsonFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0.insert(field.name().into(), value.to_string().into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().into(), format!("{value:?}").into());
     }
 }
 

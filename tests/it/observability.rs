@@ -630,3 +630,37 @@ fn a_log_nobody_reads_does_not_hold_the_server_at_its_exit() {
     let status = status.expect("oh-host did not stop within 15 s of SIGTERM while its log was not read");
     assert!(status.success(), "{status:?}");
 }
+
+/// `LOG_JSON=1` (OpenHands' switch): every line a JSON object with OpenHands' keys, the
+/// event's fields beside them and the request it belongs to.
+#[tokio::test]
+async fn log_json_writes_each_line_as_a_json_object() {
+    let d = Deployment::new();
+    d.install_bundled();
+    d.write_profile("", "");
+    let host = d.start_with_env(&[("LOG_JSON", "1"), ("RUST_LOG", "debug")]);
+    let status = host.http.get(host.url("/api/settings")).send().await.unwrap().status();
+    assert_eq!(status, 404); // no settings yet: a request that logs all the same
+    let start = std::time::Instant::now();
+    while !host.log().contains("answered") && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = host.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")))
+        .collect();
+    for line in &lines {
+        for key in ["message", "levelname", "name", "asctime"] {
+            assert!(line[key].is_string(), "no `{key}` in {line}");
+        }
+    }
+    let listening = lines.iter().find(|l| l["message"].as_str().unwrap().contains("listening on http://")).unwrap();
+    assert_eq!(listening["levelname"], "INFO");
+    assert_eq!(listening["name"], "oh_host::cli");
+    assert_eq!(listening["profile"], d.profile_path().display().to_string());
+    let answered = lines.iter().find(|l| l["message"] == "answered").expect("the request's line");
+    assert_eq!(answered["status"], 404);
+    let span = answered["span"].as_str().unwrap();
+    assert!(span.starts_with("request{") && span.contains("path=/api/settings"), "{span}");
+}

@@ -253,12 +253,15 @@ impl Deployment {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // The address ends at a space, or at a quote in a JSON line (`LOG_JSON`).
+                let address =
+                    |rest: &str| rest.split(|c: char| c.is_whitespace() || c == '"').next().unwrap_or("").to_owned();
                 if let Some(addr) = line.split("(/internal/*) on http://").nth(1) {
-                    let addr = addr.split_whitespace().next().unwrap_or("").to_owned();
+                    let addr = address(addr);
                     *admin_slot.lock().unwrap() = Some(addr);
                 }
                 if let Some(addr) = line.split("listening on http://").nth(1) {
-                    let addr = addr.split_whitespace().next().unwrap_or("").to_owned();
+                    let addr = address(addr);
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
                     }
