@@ -619,6 +619,13 @@ fn a_runtime_key_in_the_manager_says_it_moved() {
     assert!(out.stderr.contains("moved") && out.stderr.contains("[extensions.runtime]"), "{}", out.stderr);
 }
 
+/// `sleep <secs>.<this test process's id>`: a command line no other process on the machine
+/// has, for `none_left` and `pgrep`, which look machine-wide (an operator's own `sleep 300`
+/// once failed a test here).
+fn marked_sleep(secs: u32) -> String {
+    format!("sleep {secs}.{}", std::process::id())
+}
+
 /// Waits (15 s at most: the full suite loads 2 cores with hundreds of processes) until no
 /// process runs whose command line contains `pattern`. A failure shows each one's parent,
 /// group and state (`ps`), for the cause.
@@ -695,9 +702,10 @@ async fn a_command_waiting_for_input_goes_on_running_and_takes_the_agents_input(
 #[tokio::test]
 async fn a_stop_kills_a_running_command_and_its_children() {
     let (_d, host, llm) = setup_with_runtime("LocalRuntime", "command_timeout_secs = 60", "").await;
+    let sleep = marked_sleep(300);
     llm.push([Reply::Tools(vec![(
         "execute_bash".into(),
-        json!({ "command": "trap '' TERM; (sleep 300 &) ; echo started; sleep 300" }),
+        json!({ "command": format!("trap '' TERM; ({sleep} &) ; echo started; {sleep}") }),
     )])]);
     let id = create(&host, "wait a long time").await;
     events_until(&host, &id, "the command to start", |e| e.iter().any(|e| e["action"] == "run")).await;
@@ -714,22 +722,23 @@ async fn a_stop_kills_a_running_command_and_its_children() {
     assert!(ran["content"].as_str().unwrap().contains("stopped"), "{ran}");
     // Nothing of it is left running (its whole process group was killed; a loaded machine
     // may take a moment to reap them).
-    none_left("sleep 300").await;
+    none_left(&sleep).await;
 }
 
 #[tokio::test]
 async fn with_the_local_runtime_a_host_killed_with_9_leaves_no_command_behind() {
     let (_d, mut host, llm) = setup_with_runtime("LocalRuntime", "command_timeout_secs = 60", "").await;
     // A daemon in a session of its own, and a command still running.
+    let sleep = marked_sleep(303);
     llm.push([Reply::Tools(vec![(
         "execute_bash".into(),
-        json!({ "command": "(setsid sleep 303 &); echo started; sleep 303" }),
+        json!({ "command": format!("(setsid {sleep} &); echo started; {sleep}") }),
     )])]);
     let id = create(&host, "run something long").await;
     events_until(&host, &id, "the command to start", |e| e.iter().any(|e| e["action"] == "run")).await;
     let started = std::time::Instant::now();
     loop {
-        let running = std::process::Command::new("pgrep").args(["-c", "-f", "^sleep 303$"]).output().unwrap();
+        let running = std::process::Command::new("pgrep").args(["-c", "-f", &format!("^{sleep}$")]).output().unwrap();
         if String::from_utf8_lossy(&running.stdout).trim() == "2" {
             break;
         }
@@ -737,7 +746,7 @@ async fn with_the_local_runtime_a_host_killed_with_9_leaves_no_command_behind() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     host.signal("KILL");
-    none_left("sleep 303").await;
+    none_left(&sleep).await;
 }
 
 #[tokio::test]
@@ -753,6 +762,7 @@ async fn saas_mode_refuses_the_local_runtime_at_start() {
 #[tokio::test]
 async fn in_the_bubblewrap_sandbox_commands_cannot_touch_the_system_or_the_network_and_die_with_the_host() {
     let (_d, mut host, llm) = setup_with_runtime("BubblewrapRuntime", "", "").await;
+    let sleep = marked_sleep(301);
     let llm_port = llm.base_url.rsplit(':').next().unwrap().trim_end_matches("/v1").to_owned();
     let probe = format!(
         "echo made > made.txt; touch /etc/oh-escape-probe 2>/dev/null || echo system-read-only; \
@@ -760,7 +770,7 @@ async fn in_the_bubblewrap_sandbox_commands_cannot_touch_the_system_or_the_netwo
     );
     llm.push([
         Reply::Tools(vec![("execute_bash".into(), json!({ "command": probe }))]),
-        Reply::Tools(vec![("execute_bash".into(), json!({ "command": "(sleep 301 &); sleep 301" }))]),
+        Reply::Tools(vec![("execute_bash".into(), json!({ "command": format!("({sleep} &); {sleep}") }))]),
     ]);
     let id = create(&host, "probe the sandbox").await;
     let events = events_until(&host, &id, "the probe's output", |e| e.iter().any(|e| e["observation"] == "run")).await;
@@ -771,10 +781,10 @@ async fn in_the_bubblewrap_sandbox_commands_cannot_touch_the_system_or_the_netwo
     // A command still running when the host is killed with -9 does not outlive it.
     events_until(&host, &id, "the second command", |e| e.iter().filter(|e| e["action"] == "run").count() == 2).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let running = std::process::Command::new("pgrep").args(["-f", "sleep 301"]).output().unwrap();
+    let running = std::process::Command::new("pgrep").args(["-f", &sleep]).output().unwrap();
     assert!(!running.stdout.is_empty(), "the command runs in the sandbox");
     host.signal("KILL");
-    none_left("sleep 301").await;
+    none_left(&sleep).await;
 }
 
 #[tokio::test]
