@@ -4,7 +4,7 @@ use oh_e2e::metrics::{find, histogram_count, scrape};
 use oh_e2e::{
     llm::FakeLlm,
     sio::{is_state, SioClient},
-    Deployment,
+    Deployment, TestHost,
 };
 use prometheus_parse::Value as Metric;
 use serde_json::json;
@@ -504,107 +504,63 @@ async fn feature_flags_follow_their_rules_per_user_on_every_host_and_reach_the_w
     assert!(out.stderr.contains("feature_flags `x`, rule 1: percentage must be 0 to 100"), "{}", out.stderr);
 }
 
-/// One request over a fresh connection; its status line's code, or 0 when none came back.
-fn status_of(addr: &str, request: &str) -> u16 {
-    use std::io::{Read as _, Write as _};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return 0 };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    if stream.write_all(request.as_bytes()).is_err() {
-        return 0;
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.get(9..12).and_then(|code| code.parse().ok()).unwrap_or(0)
-}
-
-/// The log's reader, past the "listening" line.
-type LogPipe = std::io::Lines<std::io::BufReader<std::process::ChildStderr>>;
-
-/// `oh-host` with the bundled plugins at `RUST_LOG=<level>`, its stderr a pipe: the
-/// deployment, the process, the pipe's reader and the address.
-fn host_logging_to_a_pipe(level: &str) -> (Deployment, std::process::Child, LogPipe, String) {
-    use std::io::{BufRead as _, BufReader};
-    use std::process::{Command, Stdio};
+/// A host with the bundled plugins at `RUST_LOG=debug` (a line per request), its stderr
+/// handed to the test past the "listening" line.
+fn host_logging_to_a_pipe() -> (Deployment, TestHost, oh_e2e::LogLines) {
     let d = Deployment::new();
     d.install_bundled();
     d.write_profile("", "");
-    let mut child = Command::new(oh_e2e::host_binary())
-        .arg("--config")
-        .arg(d.profile_path())
-        .env("RUST_LOG", level)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn oh-host");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("oh-host exited before listening").unwrap();
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    (d, child, lines, addr)
+    let (host, lines) = d.start_with_stderr(&[("RUST_LOG", "debug")]);
+    (d, host, lines)
 }
 
-/// Up to `n` `GET /api/settings` one after the other (at debug, each logs a line); how many
-/// were answered before the first that was not.
-fn settings_answered(addr: &str, n: usize) -> usize {
-    (0..n).take_while(|_| status_of(addr, &get(addr, "/api/settings")) != 0).count()
+/// `GET path` over a fresh connection: its raw answer, empty when none came back.
+fn get(host: &TestHost, path: &str) -> String {
+    let addr = host.base.trim_start_matches("http://");
+    host.raw(&format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"))
 }
 
-fn get(addr: &str, path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+/// Up to `n` `GET /api/settings` one after the other (each logs a line); how many were
+/// answered before the first that was not.
+fn settings_answered(host: &TestHost, n: usize) -> usize {
+    (0..n).take_while(|_| !get(host, "/api/settings").is_empty()).count()
 }
 
 /// The log's reader going away (a log shipper restarted, `oh-host 2>&1 | head`) costs the
 /// lines written meanwhile, never the server: it once panicked on its next log line.
 #[test]
 fn a_closed_log_pipe_loses_lines_not_the_server() {
-    let (_d, mut child, lines, addr) = host_logging_to_a_pipe("debug");
+    let (_d, mut host, lines) = host_logging_to_a_pipe();
     drop(lines); // the pipe's only reader: every later write fails with EPIPE
 
     // Requests that log (at debug, each one does), a failing one included.
     for _ in 0..20 {
-        status_of(&addr, &get(&addr, "/api/settings"));
-        status_of(&addr, &get(&addr, "/api/conversations/not-a-conversation"));
+        get(&host, "/api/settings");
+        get(&host, "/api/conversations/not-a-conversation");
     }
     std::thread::sleep(Duration::from_millis(300));
-    let exited = child.try_wait().unwrap();
-    let alive = status_of(&addr, &get(&addr, "/alive"));
-    let _ = child.kill();
-    let _ = child.wait();
-    assert_eq!(exited, None, "the host exited once its log pipe closed");
-    assert_eq!(alive, 200);
+    assert!(host.alive(), "the host exited once its log pipe closed");
+    assert!(get(&host, "/alive").starts_with("HTTP/1.1 200"));
 }
 
 /// A log nobody reads (a terminal paused with Ctrl-S, a stalled shipper) fills its pipe;
 /// the server goes on serving, drops lines, and says how many once the log moves again.
 #[test]
 fn a_log_nobody_reads_drops_lines_and_the_server_serves() {
-    let (_d, mut child, lines, addr) = host_logging_to_a_pipe("debug");
+    let (_d, host, lines) = host_logging_to_a_pipe();
     // More lines than a pipe (64 KiB) and the queue hold.
-    let answered = settings_answered(&addr, 2500);
-    let alive = status_of(&addr, &get(&addr, "/alive"));
+    let answered = settings_answered(&host, 2500);
+    let alive = get(&host, "/alive");
     // The log moves again: what was queued comes out, then the count of what was not.
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let mut l = sink.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
+    host.resume_log(lines);
     let start = std::time::Instant::now();
-    while !log.lock().unwrap().contains("log line(s) dropped") && start.elapsed() < Duration::from_secs(20) {
-        status_of(&addr, &get(&addr, "/alive"));
+    while !host.log().contains("log line(s) dropped") && start.elapsed() < Duration::from_secs(20) {
+        get(&host, "/alive");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
     assert_eq!(answered, 2500, "the server stopped answering while its log was not read");
-    assert_eq!(alive, 200);
-    let log = log.lock().unwrap();
+    assert!(alive.starts_with("HTTP/1.1 200"), "{alive}");
+    let log = host.log();
     let tail: Vec<&str> = log.lines().rev().take(20).collect();
     assert!(log.contains("log line(s) dropped: stderr was not read fast enough"), "{tail:#?}");
 }
@@ -612,22 +568,9 @@ fn a_log_nobody_reads_drops_lines_and_the_server_serves() {
 /// SIGTERM with a log nobody reads: the server still stops (its last lines get two seconds).
 #[test]
 fn a_log_nobody_reads_does_not_hold_the_server_at_its_exit() {
-    let (_d, mut child, _lines, addr) = host_logging_to_a_pipe("debug");
-    settings_answered(&addr, 1500);
-    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if start.elapsed() > Duration::from_secs(15) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let status = status.expect("oh-host did not stop within 15 s of SIGTERM while its log was not read");
+    let (_d, host, _lines) = host_logging_to_a_pipe();
+    settings_answered(&host, 1500);
+    let status = host.stop();
     assert!(status.success(), "{status:?}");
 }
 

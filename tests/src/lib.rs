@@ -226,6 +226,24 @@ impl Deployment {
 
     /// Starts the host under a wrapper command (`["prlimit", "--nofile=128:128", "--"]`).
     pub fn start_wrapped(&self, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> TestHost {
+        self.spawn(wrapper, args, env, false).0
+    }
+
+    /// Starts the server and hands its stderr, past the "listening" line, to the caller: a
+    /// pipe to read, leave unread or close. [`TestHost::log`] holds what came before, and
+    /// what comes after once given back with [`TestHost::resume_log`].
+    pub fn start_with_stderr(&self, env: &[(&str, &str)]) -> (TestHost, LogLines) {
+        let (host, lines) = self.spawn(&[], &[], env, true);
+        (host, lines.expect("handed over"))
+    }
+
+    fn spawn(
+        &self,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        hand_over: bool,
+    ) -> (TestHost, Option<LogLines>) {
         let mut command = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
@@ -244,35 +262,34 @@ impl Deployment {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn oh-host");
-        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = log.clone();
         let admin: Arc<Mutex<Option<String>>> = Arc::default();
         let admin_slot = admin.clone();
         std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            while let Some(Ok(line)) = lines.next() {
+                push_line(&sink, &line);
                 // The address ends at a space, or at a quote in a JSON line (`LOG_JSON`).
                 let address =
                     |rest: &str| rest.split(|c: char| c.is_whitespace() || c == '"').next().unwrap_or("").to_owned();
                 if let Some(addr) = line.split("(/internal/*) on http://").nth(1) {
-                    let addr = address(addr);
-                    *admin_slot.lock().unwrap() = Some(addr);
+                    *admin_slot.lock().unwrap() = Some(address(addr));
                 }
                 if let Some(addr) = line.split("listening on http://").nth(1) {
-                    let addr = address(addr);
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
+                    if hand_over {
+                        let _ = tx.send((address(addr), Some(lines)));
+                        return;
                     }
+                    let _ = tx.send((address(addr), None));
+                    break;
                 }
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
             }
+            append_lines(lines, &sink);
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr,
+        let (addr, lines) = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(started) => started,
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -280,7 +297,23 @@ impl Deployment {
             }
         };
         let admin = admin.lock().unwrap().clone().map(|a| format!("http://{a}"));
-        TestHost { child, base: format!("http://{addr}"), admin, log, http: reqwest::Client::new() }
+        (TestHost { child, base: format!("http://{addr}"), admin, log, http: reqwest::Client::new() }, lines)
+    }
+}
+
+/// A host's stderr, line by line (see [`Deployment::start_with_stderr`]).
+pub type LogLines = std::io::Lines<BufReader<std::process::ChildStderr>>;
+
+fn push_line(log: &Mutex<String>, line: &str) {
+    let mut l = log.lock().unwrap();
+    l.push_str(line);
+    l.push('\n');
+}
+
+/// Appends every line still to come to `log`, until the process closes its stderr.
+fn append_lines(lines: LogLines, log: &Mutex<String>) {
+    for line in lines.map_while(Result::ok) {
+        push_line(log, &line);
     }
 }
 
@@ -316,6 +349,13 @@ impl TestHost {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Reads the stderr handed over by [`Deployment::start_with_stderr`] into [`Self::log`]
+    /// again, from where it stands.
+    pub fn resume_log(&self, lines: LogLines) {
+        let log = self.log.clone();
+        std::thread::spawn(move || append_lines(lines, &log));
     }
 
     /// The process id.
