@@ -292,6 +292,29 @@ impl Kv {
         self.note(answer.map_err(|_| unavailable("timed out")).and_then(|r| r.map_err(unavailable)))
     }
 
+    /// Runs `script` once per `(keys, args)` in `calls`, all in one round trip (the script
+    /// loaded first in the same pipeline, so none finds it missing); the answers in order.
+    /// Each run is atomic on its own, as with [`Kv::script`].
+    pub(crate) async fn script_each<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        calls: &[(Vec<String>, Vec<String>)],
+    ) -> Result<Vec<T>, PluginError> {
+        let mut pipe = redis::pipe();
+        pipe.load_script(script).ignore();
+        for (keys, args) in calls {
+            let mut invocation = script.prepare_invoke();
+            for k in keys {
+                invocation.key(k.as_str());
+            }
+            for a in args {
+                invocation.arg(a.as_str());
+            }
+            pipe.invoke_script(&invocation);
+        }
+        self.run(&pipe).await
+    }
+
     fn note<T>(&self, r: Result<T, PluginError>) -> Result<T, PluginError> {
         let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
         match &r {

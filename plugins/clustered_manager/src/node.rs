@@ -21,6 +21,10 @@ use std::{
     time::Duration,
 };
 
+/// How many leases one renewal round trip carries: each is a short script, so Redis stays
+/// free for other clients between batches; 1,000 conversations are four round trips.
+const RENEW_BATCH: usize = 256;
+
 /// A conversation this node owns.
 pub(crate) struct Owned {
     pub(crate) session: Session,
@@ -305,26 +309,42 @@ impl Node {
             });
             owned.iter().map(|(sid, o)| (sid.clone(), o.lease.clone(), o.active.clone())).collect()
         };
+        // A round trip per batch, not per conversation: renewing one at a time, a node with
+        // hundreds of conversations on a loaded machine (or a Redis a millisecond away) took
+        // longer than the lease, and its peers took over conversations it was running.
         let ttl = self.cluster.lease_ttl_ms.to_string();
-        for (sid, lease, active) in owned {
-            let keys = [self.keys.lease(&sid), self.keys.leases(), self.keys.active(), self.keys.closed(&sid)];
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            match self.kv.script::<i64>(&self.scripts.renew, &keys, &[&lease, &ttl, &sid, &active]).await {
-                Ok(1) => {}
-                Ok(3) => tracing::info!(conversation_id = %sid, "cluster: Redis had lost this lease; restored"),
-                Ok(2) => {
-                    let node = self.clone();
-                    tokio::spawn(async move { node.stop_owned(&sid, "close").await });
+        for batch in owned.chunks(RENEW_BATCH) {
+            let calls: Vec<(Vec<String>, Vec<String>)> = batch
+                .iter()
+                .map(|(sid, lease, active)| {
+                    let keys =
+                        vec![self.keys.lease(sid), self.keys.leases(), self.keys.active(), self.keys.closed(sid)];
+                    (keys, vec![lease.clone(), ttl.clone(), sid.clone(), active.clone()])
+                })
+                .collect();
+            // Redis is away: the loops go on (nobody else can take the leases meanwhile).
+            let Ok(answers) = self.kv.script_each::<i64>(&self.scripts.renew, &calls).await else { continue };
+            for ((sid, _, _), answer) in batch.iter().zip(answers) {
+                self.renewed(sid, answer);
+            }
+        }
+    }
+
+    /// Acts on the renewal script's answer for `sid`.
+    fn renewed(self: &Arc<Self>, sid: &str, answer: i64) {
+        match answer {
+            1 => {}
+            3 => tracing::info!(conversation_id = %sid, "cluster: Redis had lost this lease; restored"),
+            2 => {
+                let (node, sid) = (self.clone(), sid.to_owned());
+                tokio::spawn(async move { node.stop_owned(&sid, "close").await });
+            }
+            _ => {
+                tracing::warn!(conversation_id = %sid, "cluster: lease lost to another node; abandoning the session");
+                if let Some(o) = lock(&self.owned).remove(sid) {
+                    o.session.abandon();
                 }
-                Ok(_) => {
-                    tracing::warn!(conversation_id = %sid, "cluster: lease lost to another node; abandoning the session");
-                    if let Some(o) = lock(&self.owned).remove(&sid) {
-                        o.session.abandon();
-                    }
-                    self.relay.unwatch_commands(&sid);
-                }
-                // Redis is away: the loop goes on (nobody else can take the lease meanwhile).
-                Err(_) => {}
+                self.relay.unwatch_commands(sid);
             }
         }
     }
