@@ -17,6 +17,15 @@ pub(crate) fn target(label: &str, value: String, target: &str, met: bool) {
     println!("   -> {label}: {value}   target {target}   {}", if met { "met" } else { "NOT MET" });
 }
 
+/// Leases a running host said it lost to another node (its log's `lease lost` warnings),
+/// over every host this process started: in a cluster with no host killed or paused, each
+/// is a false failover (a healthy owner's conversation taken over).
+pub(crate) static LEASES_LOST: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub(crate) fn leases_lost() -> usize {
+    LEASES_LOST.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Redis's counters: commands processed, bytes in, bytes out.
 pub(crate) async fn redis_counters(redis: &str) -> (u64, u64, u64) {
     let client = reqwest::Url::parse(redis).unwrap();
@@ -113,6 +122,9 @@ pub(crate) fn spawn_listening(mut command: Command) -> (std::process::Child, Str
     };
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
+            if line.contains("lease lost to another node") {
+                LEASES_LOST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let _ = writeln!(sink, "{line}");
         }
     });
