@@ -49,7 +49,7 @@ pub(crate) fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
             path
         };
         let mut nodes: Vec<(std::process::Child, String)> =
-            (0..CLUSTER_NODES).map(|i| spawn_host(bin, &profile(i))).collect();
+            (0..CLUSTER_NODES).map(|i| spawn_node(bin, &profile(i))).collect();
         let http = reqwest::Client::new();
         let base = |n: &(std::process::Child, String)| format!("http://{}", n.1);
         crate::conversations::save_settings(&http, &base(&nodes[0]), &llm).await;
@@ -135,7 +135,7 @@ pub(crate) fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
             c.until(Duration::from_secs(30), |e| is_state(e, "awaiting_user_input") && e["id"].as_u64().unwrap_or(0) > 4)
                 .await;
             c.close();
-            nodes[victim] = spawn_host(bin, &profile(victim));
+            nodes[victim] = spawn_node(bin, &profile(victim));
         }
         times.sort();
         println!(
@@ -185,11 +185,44 @@ pub(crate) fn cluster_load(bin: &Path, work: &Path, plugins: &Path) {
             "0",
             false_failovers == 0,
         );
+
+        // A node holding a third of them dies: how long until its peers run them all.
+        let killed = Instant::now();
+        let _ = nodes[0].0.kill();
+        let _ = nodes[0].0.wait();
+        let mass_failover = wait_for_takeovers(killed).await;
+        match (mass_failover.first(), mass_failover.last()) {
+            (Some(first), Some(last)) => println!(
+                "   kill -9 of a node holding a third of them: {} conversations resumed elsewhere, the first after {} ms, half after {} ms, the last after {} ms",
+                mass_failover.len(),
+                (*first - killed).as_millis(),
+                (mass_failover[mass_failover.len() / 2] - killed).as_millis(),
+                (*last - killed).as_millis()
+            ),
+            _ => println!("   kill -9 of a node holding a third of them: nothing resumed within 30 s"),
+        }
         for (mut child, _) in nodes {
             let _ = child.kill();
             let _ = child.wait();
         }
     });
+}
+
+/// A node whose log keeps plugins' info lines: the bench times takeovers by them.
+fn spawn_node(bin: &Path, profile: &Path) -> (std::process::Child, String) {
+    spawn_host_env(bin, profile, &[("RUST_LOG", PLUGIN_INFO.to_owned())])
+}
+
+/// The takeovers since `killed`, once none came for two seconds (or after 30 s).
+async fn wait_for_takeovers(killed: Instant) -> Vec<Instant> {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let resumed = resumed_since(killed);
+        let quiet = resumed.last().is_some_and(|last| last.elapsed() > Duration::from_secs(2));
+        if quiet || killed.elapsed() > Duration::from_secs(30) {
+            return resumed;
+        }
+    }
 }
 
 /// 50 new conversations, conversation i owned by node i % 3, each with a client on its owner

@@ -26,6 +26,14 @@ pub(crate) fn leases_lost() -> usize {
     LEASES_LOST.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// When each `resuming a conversation` line of any host was read: a takeover done.
+pub(crate) static RESUMED: std::sync::Mutex<Vec<Instant>> = std::sync::Mutex::new(Vec::new());
+
+/// The takeovers read since `since`, in order.
+pub(crate) fn resumed_since(since: Instant) -> Vec<Instant> {
+    RESUMED.lock().unwrap().iter().copied().filter(|t| *t >= since).collect()
+}
+
 /// Redis's counters: commands processed, bytes in, bytes out.
 pub(crate) async fn redis_counters(redis: &str) -> (u64, u64, u64) {
     let client = reqwest::Url::parse(redis).unwrap();
@@ -94,6 +102,9 @@ pub(crate) fn spawn_host_env(bin: &Path, profile: &Path, env: &[(&str, String)])
     spawn_listening(command)
 }
 
+/// The log filter that keeps plugins' info lines (which conversations a node took over).
+pub(crate) const PLUGIN_INFO: &str = "warn,oh_host::cli=info,plugin=info";
+
 /// Starts a process that prints `listening on http://<addr>` on stderr; returns it and the address.
 pub(crate) fn spawn_listening(mut command: Command) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader, Write as _};
@@ -101,9 +112,12 @@ pub(crate) fn spawn_listening(mut command: Command) -> (std::process::Child, Str
     // `OH_BENCH_LOGS=<dir>`: each host's log goes on to `<dir>/<pid>.log`, plugins' info lines
     // included (e.g. which path took a conversation over in section 6).
     let logs = std::env::var_os("OH_BENCH_LOGS").map(PathBuf::from);
-    let filter = if logs.is_some() { "warn,oh_host::cli=info,plugin=info" } else { "warn,oh_host::cli=info" };
+    let filter = if logs.is_some() { PLUGIN_INFO } else { "warn,oh_host::cli=info" };
+    // A caller's own filter stays (section 6 reads plugins' info lines).
+    if !command.get_envs().any(|(k, _)| k == "RUST_LOG") {
+        command.env("RUST_LOG", filter);
+    }
     let mut child = command
-        .env("RUST_LOG", filter)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -124,6 +138,9 @@ pub(crate) fn spawn_listening(mut command: Command) -> (std::process::Child, Str
         for line in lines.map_while(Result::ok) {
             if line.contains("lease lost to another node") {
                 LEASES_LOST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            if line.contains("cluster: resuming a conversation") {
+                RESUMED.lock().unwrap().push(Instant::now());
             }
             let _ = writeln!(sink, "{line}");
         }
