@@ -103,6 +103,14 @@ async fn socket(host: &TestHost, id: &str) -> SioClient {
         .unwrap_or_else(|e| panic!("socket refused: {e}"))
 }
 
+/// The conversations whose lease node `i` reports holding (published with its heartbeat).
+async fn leases_of(c: &Cluster, i: usize) -> Vec<String> {
+    let me = c.host(i).admin_get("/internal/cluster").await.json();
+    let mine = me["nodes"].as_array().unwrap().iter().find(|n| n["id"] == me["node"]).cloned();
+    let leases = mine.map(|m| m["leases"].clone()).unwrap_or_default();
+    leases.as_array().into_iter().flatten().filter_map(|l| l["conversation_id"].as_str().map(str::to_owned)).collect()
+}
+
 fn stored_ids(events: &[Value]) -> Vec<u64> {
     events.iter().filter_map(|e| e["id"].as_u64()).collect()
 }
@@ -444,10 +452,7 @@ async fn the_agents_tools_work_on_any_node_and_its_workspace_survives_a_failover
     let mut owner = None;
     while owner.is_none() {
         for i in 0..2 {
-            let me = c.host(i).admin_get("/internal/cluster").await.json();
-            let mine = me["nodes"].as_array().unwrap().iter().find(|n| n["id"] == me["node"]).cloned();
-            let leases = mine.map(|m| m["leases"].clone()).unwrap_or_default();
-            if leases.as_array().into_iter().flatten().any(|l| l["conversation_id"] == id.as_str()) {
+            if leases_of(&c, i).await.contains(&id) {
                 owner = Some(i);
             }
         }
@@ -468,14 +473,6 @@ async fn the_agents_tools_work_on_any_node_and_its_workspace_survives_a_failover
     let events = watcher.until(WAIT, |e| e["observation"] == "run").await;
     let ran = events.iter().rev().find(|e| e["observation"] == "run").unwrap();
     assert_eq!(ran["content"], "written on the first owner\n", "{}", pretty(&events));
-}
-
-/// The conversations whose lease node `i` reports holding (published with its heartbeat).
-async fn leases_of(c: &Cluster, i: usize) -> Vec<String> {
-    let me = c.host(i).admin_get("/internal/cluster").await.json();
-    let mine = me["nodes"].as_array().unwrap().iter().find(|n| n["id"] == me["node"]).cloned();
-    let leases = mine.map(|m| m["leases"].clone()).unwrap_or_default();
-    leases.as_array().into_iter().flatten().filter_map(|l| l["conversation_id"].as_str().map(str::to_owned)).collect()
 }
 
 /// A healthy node keeps its conversations however many it holds: its renewal of the leases

@@ -128,11 +128,8 @@ async fn the_banner_names_the_plugins_and_the_state_dir_and_bind_is_overridable(
         "settings_store         file_stores::FileSettingsStore",
         "user_auth              default_auth::DefaultUserAuth",
     ] {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !host.log().contains(line) && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(host.log().contains(line), "`{line}` missing from the banner:\n{}", host.log());
+        let log = host.log_containing(line, Duration::from_secs(5)).await;
+        assert!(log.contains(line), "`{line}` missing from the banner:\n{log}");
     }
 }
 

@@ -584,11 +584,7 @@ async fn log_json_writes_each_line_as_a_json_object() {
     let host = d.start_with_env(&[("LOG_JSON", "1"), ("RUST_LOG", "debug")]);
     let status = host.http.get(host.url("/api/settings")).send().await.unwrap().status();
     assert_eq!(status, 404); // no settings yet: a request that logs all the same
-    let start = std::time::Instant::now();
-    while !host.log().contains("answered") && start.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let log = host.log();
+    let log = host.log_containing("answered", Duration::from_secs(10)).await;
     let lines: Vec<serde_json::Value> = log
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")))

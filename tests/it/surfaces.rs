@@ -201,12 +201,8 @@ async fn an_internal_error_answers_a_correlation_id_and_keeps_its_cause_in_the_l
     let body = r.json();
     let id = body["correlation_id"].as_str().expect("a correlation id").to_owned();
     assert!(!r.text.contains("master key") && !r.text.contains("previous_master_keys"), "{}", r.text);
-    let started = std::time::Instant::now();
-    while !host.log().contains(&id) {
-        assert!(started.elapsed() < Duration::from_secs(5), "{}", host.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let line = host.log().lines().find(|l| l.contains(&id)).unwrap().to_owned();
+    let log = host.log_containing(&id, Duration::from_secs(5)).await;
+    let line = log.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("{log}")).to_owned();
     assert!(line.contains("master key"), "{line}");
 }
 

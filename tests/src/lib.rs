@@ -351,6 +351,18 @@ impl TestHost {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once it holds `needle`, or once `within` has passed (the caller asserts).
+    pub async fn log_containing(&self, needle: &str, within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let log = self.log();
+            if log.contains(needle) || std::time::Instant::now() >= deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Reads the stderr handed over by [`Deployment::start_with_stderr`] into [`Self::log`]
     /// again, from where it stands.
     pub fn resume_log(&self, lines: LogLines) {
