@@ -312,13 +312,12 @@ impl Node {
         // A round trip per batch, not per conversation: renewing one at a time, a node with
         // hundreds of conversations on a loaded machine (or a Redis a millisecond away) took
         // longer than the lease, and its peers took over conversations it was running.
-        let ttl = self.cluster.lease_ttl_ms.to_string();
+        let (ttl, leases, active_key) = (self.cluster.lease_ttl_ms.to_string(), self.keys.leases(), self.keys.active());
         for batch in owned.chunks(RENEW_BATCH) {
             let calls: Vec<(Vec<String>, Vec<String>)> = batch
                 .iter()
                 .map(|(sid, lease, active)| {
-                    let keys =
-                        vec![self.keys.lease(sid), self.keys.leases(), self.keys.active(), self.keys.closed(sid)];
+                    let keys = vec![self.keys.lease(sid), leases.clone(), active_key.clone(), self.keys.closed(sid)];
                     (keys, vec![lease.clone(), ttl.clone(), sid.clone(), active.clone()])
                 })
                 .collect();
